@@ -1,0 +1,58 @@
+"""`tunesmith eval`: base vs tuned on the same held-out prompts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import Progress
+from rich.table import Table
+
+from tunesmith.cli import app, console, err_console, handle_errors
+
+
+def resolve_run(target: Path) -> Any:
+    """A run folder, or a recipe YAML whose output_dir is one."""
+    from tunesmith.config import load_recipe
+    from tunesmith.run import is_run_dir, load_run
+
+    if target.is_dir() and is_run_dir(target):
+        return load_run(target)
+    if target.suffix in (".yaml", ".yml"):
+        return load_run(load_recipe(target).run_dir)
+    return load_run(target)
+
+
+def comparison_table(report: dict[str, Any]) -> Table:
+    summary = report["summary"]
+    table = Table(title=f"{report['run']}: base vs tuned on {report['n_examples']} held-out examples")
+    for col in ("metric", "base", "tuned", "delta"):
+        table.add_column(col, justify="right" if col != "metric" else "left")
+    lower_is_better = {"eval_loss", "perplexity"}
+    for metric, base in summary["base"].items():
+        tuned, delta = summary["tuned"][metric], summary["delta"][metric]
+        good = delta < 0 if metric in lower_is_better else delta > 0
+        colour = "green" if good and abs(delta) > 1e-9 else ("red" if abs(delta) > 1e-9 else "white")
+        table.add_row(metric, f"{base:.4f}", f"{tuned:.4f}", f"[{colour}]{delta:+.4f}[/]")
+    j = report["judgement"]
+    table.caption = f"tuned wins {j['wins']} · loses {j['losses']} · ties {j['ties']}"
+    return table
+
+
+@app.command("eval")
+@handle_errors
+def eval_cmd(
+    target: Path = typer.Argument(..., help="Recipe YAML or run folder."),
+    max_examples: int = typer.Option(None, help="Evaluate only the first N held-out examples."),
+) -> None:
+    """Run the same held-out prompts through the base and the tuned model and compare them."""
+    from tunesmith.eval.compare import evaluate
+
+    run = resolve_run(target)
+    with Progress(console=console, transient=True) as progress:
+        report = evaluate(run, max_examples=max_examples, progress=progress)
+    if report.get("template_warning"):
+        err_console.print(f"[bold yellow]warning:[/] {report['template_warning']}")
+    console.print(comparison_table(report))
+    console.print(f"report: {run.dir / 'eval' / 'report.html'} (+ report.json, predictions.jsonl)")

@@ -1,0 +1,85 @@
+"""From a recipe's data section to train/eval examples and tokenized rows, with counts for everything dropped."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunesmith.config import DataSection
+from tunesmith.data.formats import Example, load_examples
+from tunesmith.data.template import tokenize_example
+from tunesmith.errors import DataError
+
+
+def _row_key(example: Example) -> str:
+    return hashlib.sha256(json.dumps(example.messages, sort_keys=True).encode()).hexdigest()
+
+
+def split_examples(data: DataSection, seed: int) -> tuple[list[Example], list[Example]]:
+    """Train and eval examples. Without an eval file, a seeded, deterministic eval_fraction is held out."""
+    train = load_examples(data.train)
+    if data.eval:
+        evaluation = load_examples(data.eval)
+    else:
+        order = sorted(train, key=_row_key)  # file order must not change which rows are held out
+        random.Random(seed).shuffle(order)
+        n_eval = max(1, round(len(order) * data.eval_fraction))
+        evaluation, train = order[:n_eval], order[n_eval:]
+    # Rows present in both would inflate every eval figure: remove them from eval, and say so in stats.
+    train_keys = {_row_key(e) for e in train}
+    evaluation = [e for e in evaluation if _row_key(e) not in train_keys]
+    if not evaluation:
+        raise DataError("the eval split is empty after removing rows that also appear in train")
+    return train, evaluation
+
+
+@dataclass
+class TokenStats:
+    """What tokenization kept and dropped; recorded in the run manifest."""
+
+    examples: int = 0
+    kept: int = 0
+    dropped_overlong: int = 0
+    dropped_no_trained_tokens: int = 0
+    truncated: int = 0
+    tokens_lost: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+    dropped_ids: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = self.__dict__.copy()
+        out["dropped_ids"] = self.dropped_ids[:50]
+        return out
+
+
+def tokenize_examples(
+    tokenizer: Any, examples: list[Example], max_length: int, overlong: str
+) -> tuple[list[dict[str, Any]], TokenStats]:
+    """Tokenize with labels; drop/truncate over-long rows per policy and count every one."""
+    rows, stats = [], TokenStats(examples=len(examples))
+    for ex in examples:
+        try:
+            tok = tokenize_example(tokenizer, ex.messages, max_length, overlong)
+        except ValueError as exc:
+            raise DataError(f"{ex.source}: {exc}", hint="Raise data.max_length or set data.overlong: drop|truncate.") from None
+        if tok.dropped:
+            setattr(stats, f"dropped_{tok.dropped}", getattr(stats, f"dropped_{tok.dropped}") + 1)
+            stats.dropped_ids.append(ex.id)
+            continue
+        if tok.tokens_lost:
+            stats.truncated += 1
+            stats.tokens_lost += tok.tokens_lost
+        stats.kept += 1
+        stats.tokens += len(tok.input_ids)
+        stats.trained_tokens += tok.n_trained
+        rows.append({"input_ids": tok.input_ids, "labels": tok.labels})
+    if not rows:
+        raise DataError(
+            f"no trainable rows: {stats.dropped_overlong} over max_length={max_length}, "
+            f"{stats.dropped_no_trained_tokens} with no trained tokens"
+        )
+    return rows, stats

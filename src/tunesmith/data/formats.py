@@ -1,0 +1,248 @@
+"""Read data files and normalise every row shape into OpenAI-style chat messages.
+
+Files: JSONL, JSON (a list of rows), Parquet and CSV; UTF-8 with or without BOM, LF or
+CRLF, optionally gzip-compressed (`.gz`). Shapes: OpenAI chat `messages` (with per-message
+`weight` 0/1), ShareGPT `conversations`, alpaca `instruction`/`input`/`output`, and
+`prompt`/`completion`. A bad row never aborts the read: it comes back as a `Record` with an
+error, and the caller decides (training refuses with the list; the audit reports and goes on).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import DataError
+
+ROLES = ("system", "user", "assistant")
+MESSAGE_KEYS = {"role", "content", "name", "weight", "function_call", "tool_calls", "tool_call_id"}
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+
+
+@dataclass
+class Record:
+    """One row as read from a file: `obj` is the parsed value, or None with `error` set."""
+
+    path: str
+    line: int  # 1-based line (JSONL/CSV) or row index + 1 (JSON list, Parquet)
+    obj: Any = None
+    error: str | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+@dataclass
+class Example:
+    """A normalised training example."""
+
+    id: str
+    messages: list[dict[str, Any]]
+    source: str  # file:line
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class RowError(ValueError):
+    """A row that cannot be normalised. `code` is a stable check code; `index` the message index."""
+
+    def __init__(self, code: str, message: str, index: int | None = None):
+        super().__init__(message)
+        self.code, self.message, self.index = code, message, index
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    # utf-8-sig drops a BOM when present; newline=None turns CRLF into LF.
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", newline=None)  # type: ignore[arg-type]
+
+
+def file_kind(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
+    ext = suffixes[-1] if suffixes else ""
+    kinds = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+    if ext not in kinds:
+        raise DataError(f"{path}: unsupported file type `{ext or '(none)'}`", hint="Use .jsonl, .json, .parquet or .csv (optionally .gz).")
+    return kinds[ext]
+
+
+def read_records(path: str | Path) -> Iterator[Record]:
+    """Yield every row of a data file. Unreadable files raise DataError; bad rows come back as Records with `error`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    kind = file_kind(path)
+    try:
+        if kind == "jsonl":
+            yield from _read_jsonl(path)
+        elif kind == "json":
+            yield from _read_json(path)
+        elif kind == "csv":
+            yield from _read_csv(path)
+        else:
+            yield from _read_parquet(path)
+    except (OSError, UnicodeDecodeError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read the file: {exc}") from None
+
+
+def _read_jsonl(path: Path) -> Iterator[Record]:
+    with _open_text(path) as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue  # blank lines carry nothing; they are not rows
+            try:
+                yield Record(str(path), number, json.loads(line))
+            except json.JSONDecodeError as exc:
+                yield Record(str(path), number, None, f"invalid JSON: {exc.msg} (column {exc.colno})")
+
+
+def _read_json(path: Path) -> Iterator[Record]:
+    with _open_text(path) as fh:
+        text = fh.read()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        yield Record(str(path), exc.lineno, None, f"invalid JSON: {exc.msg} (column {exc.colno})")
+        return
+    rows = data if isinstance(data, list) else [data]
+    for index, obj in enumerate(rows, start=1):
+        yield Record(str(path), index, obj)
+
+
+def _read_csv(path: Path) -> Iterator[Record]:
+    import csv
+
+    with _open_text(path) as fh:
+        reader = csv.DictReader(fh)
+        for row in reader:
+            obj = {k: v for k, v in row.items() if k is not None and v not in (None, "")}
+            # A `messages` column holding JSON text is the chat shape stored in a CSV cell.
+            if isinstance(obj.get("messages"), str):
+                try:
+                    obj["messages"] = json.loads(obj["messages"])
+                except json.JSONDecodeError as exc:
+                    yield Record(str(path), reader.line_num, None, f"column `messages` is not valid JSON: {exc.msg}")
+                    continue
+            yield Record(str(path), reader.line_num, obj)
+
+
+def _read_parquet(path: Path) -> Iterator[Record]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for truncated or foreign files
+        raise DataError(f"{path}: not a readable Parquet file: {exc}") from None
+    for index, obj in enumerate(table.to_pylist(), start=1):
+        yield Record(str(path), index, {k: v for k, v in obj.items() if v is not None})
+
+
+def detect_shape(obj: dict[str, Any]) -> str:
+    """Name the row shape: messages | sharegpt | alpaca | prompt_completion | unknown."""
+    if "messages" in obj:
+        return "messages"
+    if "conversations" in obj:
+        return "sharegpt"
+    if "instruction" in obj and "output" in obj:
+        return "alpaca"
+    if "prompt" in obj and "completion" in obj:
+        return "prompt_completion"
+    return "unknown"
+
+
+def _check_messages(messages: Any) -> list[dict[str, Any]]:
+    if not isinstance(messages, list) or not messages:
+        raise RowError("missing_messages_list", "`messages` must be a non-empty list")
+    out = []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise RowError("message_not_object", f"message {i} is not an object", i)
+        if "role" not in msg or ("content" not in msg and "tool_calls" not in msg and "function_call" not in msg):
+            raise RowError("message_missing_key", f"message {i} needs `role` and `content`", i)
+        unknown = set(msg) - MESSAGE_KEYS
+        if unknown:
+            raise RowError("message_unrecognized_key", f"message {i} has unknown key(s) {sorted(unknown)}", i)
+        if msg["role"] not in ROLES + ("tool", "function"):
+            raise RowError("unrecognized_role", f"message {i} has unknown role `{msg['role']}`", i)
+        if "content" in msg and not isinstance(msg["content"], str):
+            raise RowError("content_not_string", f"message {i} content is not a string", i)
+        if "weight" in msg and msg["weight"] not in (0, 1):
+            raise RowError("invalid_weight", f"message {i} weight must be 0 or 1", i)
+        out.append(dict(msg))
+    if not any(m["role"] == "assistant" for m in out):
+        raise RowError("missing_assistant_message", "no assistant message to learn from")
+    return out
+
+
+def to_messages(obj: Any) -> list[dict[str, Any]]:
+    """Normalise one row into chat messages. Raises RowError with a stable code."""
+    if not isinstance(obj, dict):
+        raise RowError("data_type", f"row is a {type(obj).__name__}, not an object")
+    shape = detect_shape(obj)
+    if shape == "messages":
+        return _check_messages(obj["messages"])
+    if shape == "sharegpt":
+        turns = obj["conversations"]
+        if not isinstance(turns, list) or not turns:
+            raise RowError("missing_messages_list", "`conversations` must be a non-empty list")
+        messages = []
+        for i, turn in enumerate(turns):
+            if not isinstance(turn, dict) or turn.get("from") not in SHAREGPT_ROLES or "value" not in turn:
+                raise RowError("message_missing_key", f"turn {i} needs `from` (human/gpt/system) and `value`", i)
+            messages.append({"role": SHAREGPT_ROLES[turn["from"]], "content": turn["value"]})
+        return _check_messages(messages)
+    if shape == "alpaca":
+        prompt = str(obj["instruction"])
+        if obj.get("input"):
+            prompt = f"{prompt}\n\n{obj['input']}"
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": obj["output"]}]
+        if obj.get("system"):
+            messages.insert(0, {"role": "system", "content": obj["system"]})
+        return _check_messages(messages)
+    if shape == "prompt_completion":
+        prompt, completion = obj["prompt"], obj["completion"]
+        if isinstance(prompt, list):  # conversational prompt/completion (TRL's shape)
+            return _check_messages(list(prompt) + list(completion if isinstance(completion, list) else [completion]))
+        return _check_messages([{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}])
+    raise RowError(
+        "unknown_shape",
+        f"row has keys {sorted(obj)[:8]}; expected `messages`, `conversations`, `instruction`+`output` or `prompt`+`completion`",
+    )
+
+
+def load_examples(paths: list[str] | str, max_errors: int = 20) -> list[Example]:
+    """Load and normalise every row of the files; any bad row raises one DataError listing them (file:line)."""
+    if isinstance(paths, str):
+        paths = [paths]
+    examples: list[Example] = []
+    problems: list[str] = []
+    n_bad = 0
+    for path in paths:
+        for rec in read_records(path):
+            try:
+                if rec.error:
+                    raise RowError("invalid_json", rec.error)
+                messages = to_messages(rec.obj)
+            except RowError as exc:
+                n_bad += 1
+                if len(problems) < max_errors:
+                    at = f" (message {exc.index})" if exc.index is not None else ""
+                    problems.append(f"  - {rec.where}{at}: [{exc.code}] {exc.message}")
+                continue
+            row_id = rec.obj.get("id") if isinstance(rec.obj, dict) else None
+            extra = {k: v for k, v in rec.obj.items() if k not in ("messages", "id")}
+            examples.append(Example(str(row_id or f"{Path(path).stem}-{rec.line}"), messages, rec.where, extra))
+    if n_bad:
+        more = f"\n  ... and {n_bad - len(problems)} more" if n_bad > len(problems) else ""
+        raise DataError(
+            f"{n_bad} bad row(s):\n" + "\n".join(problems) + more,
+            hint="Fix or remove these rows (`tunesmith data check` lists every problem).",
+        )
+    if not examples:
+        raise DataError(f"no rows in {', '.join(map(str, paths))}")
+    return examples

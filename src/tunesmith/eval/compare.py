@@ -1,0 +1,121 @@
+"""Base vs tuned on the same held-out prompts, with one model in memory.
+
+The tuned model is the base with its adapter; the base outputs come from the same object with
+the adapter disabled, so both see byte-identical prompts, the same weights and the same template.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from tunesmith import models
+from tunesmith.data.dataset import split_examples
+from tunesmith.data.template import prompt_messages, reference
+from tunesmith.eval import metrics
+from tunesmith.eval.generate import generate, perplexity, reference_loss
+from tunesmith.run import Run, read_metrics, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+def load_tuned(run: Run) -> tuple[Any, Any, bool]:
+    """(model, tokenizer, has_adapter): base + adapter for LoRA runs, the saved model for full fine-tunes."""
+    tokenizer = models.load_tokenizer(str(run.adapter_dir))
+    if (run.adapter_dir / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        base = models.load_model(run.base_path, run.recipe.model.dtype)
+        model = PeftModel.from_pretrained(base, str(run.adapter_dir))
+        return model.eval(), tokenizer, True
+    return models.load_model(str(run.adapter_dir), run.recipe.model.dtype).eval(), tokenizer, False
+
+
+def template_warning(run: Run, tokenizer: Any) -> str | None:
+    """A loud message when the chat template in use differs from the one the run was trained with."""
+    now = models.chat_template_hash(tokenizer)
+    if now != run.template_hash:
+        return f"chat template differs from training ({now[:12]} != {run.template_hash[:12]}): outputs may degrade"
+    return None
+
+
+def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) -> dict[str, Any]:
+    """Run every held-out prompt through base and tuned, score both, write report.json/predictions.jsonl/report.html."""
+    recipe = run.recipe
+    _, eval_ex = split_examples(recipe.data, recipe.training.seed)
+    limit = max_examples if max_examples is not None else recipe.eval.max_examples
+    if limit:
+        eval_ex = eval_ex[:limit]
+    model, tokenizer, has_adapter = load_tuned(run)
+    if (warning := template_warning(run, tokenizer)):
+        log.warning(warning)
+    convs = [prompt_messages(e.messages) for e in eval_ex]
+    refs = [reference(e.messages) for e in eval_ex]
+    json_mode = metrics.references_are_json(refs)
+
+    outputs: dict[str, list[str]] = {}
+    losses: dict[str, float] = {}
+    base_model = None if has_adapter else models.load_model(run.base_path, recipe.model.dtype).eval()
+    for side in ("base", "tuned"):
+        ctx = model.disable_adapter() if side == "base" and has_adapter else nullcontext()
+        target = base_model if side == "base" and base_model is not None else model
+        task = progress.add_task(f"generating ({side})", total=len(convs)) if progress else None
+        with ctx:
+            outputs[side] = generate(
+                target, tokenizer, convs, recipe.eval.max_new_tokens, recipe.eval.batch_size,
+                on_batch=(lambda n, t=task: progress.advance(t, n)) if progress else None,
+            )
+            losses[side] = reference_loss(target, tokenizer, [e.messages for e in eval_ex], recipe.data.max_length)
+
+    rows, scores = [], {"base": [], "tuned": []}
+    for i, ex in enumerate(eval_ex):
+        s_base = metrics.score_example(outputs["base"][i], refs[i], json_mode)
+        s_tuned = metrics.score_example(outputs["tuned"][i], refs[i], json_mode)
+        scores["base"].append(s_base)
+        scores["tuned"].append(s_tuned)
+        rows.append({
+            "id": ex.id, "prompt": convs[i][-1]["content"] if convs[i] else "", "reference": refs[i],
+            "base": outputs["base"][i], "tuned": outputs["tuned"][i],
+            "base_metrics": s_base, "tuned_metrics": s_tuned,
+            "judgement": metrics.judge(s_base, s_tuned, json_mode),
+        })
+    summary: dict[str, dict[str, float]] = {}
+    for side in ("base", "tuned"):
+        agg = metrics.aggregate(scores[side])
+        agg["bleu"] = metrics.corpus_bleu(outputs[side], refs)  # corpus BLEU, not a mean of sentence BLEU
+        agg["eval_loss"] = losses[side]
+        agg["perplexity"] = perplexity(losses[side])
+        summary[side] = agg
+    summary["delta"] = {k: summary["tuned"][k] - summary["base"][k] for k in summary["base"] if k in summary["tuned"]}
+    report = {
+        "run": recipe.name,
+        "base_model": recipe.model.base,
+        "n_examples": len(eval_ex),
+        "json_mode": json_mode,
+        "summary": summary,
+        "judgement": metrics.compare(scores["base"], scores["tuned"], json_mode),
+        "chat_template_sha256": models.chat_template_hash(tokenizer),
+        "template_warning": template_warning(run, tokenizer),
+        "generation": {"greedy": True, "max_new_tokens": recipe.eval.max_new_tokens},
+    }
+    write_outputs(run.dir / "eval", report, rows, read_metrics(run.dir))
+    return report
+
+
+def write_outputs(out: Path, report: dict[str, Any], rows: list[dict[str, Any]], history: list[dict[str, Any]]) -> None:
+    import json
+    import os
+    import tempfile
+
+    from tunesmith.eval.report import write_html
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "report.json", report)
+    fd, tmp = tempfile.mkstemp(prefix=".predictions.", dir=out)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, out / "predictions.jsonl")
+    write_html(out / "report.html", report, rows, history)

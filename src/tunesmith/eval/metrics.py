@@ -1,0 +1,274 @@
+"""Per-example and corpus metrics for comparing a tuned model against its base.
+
+Pure functions over strings; no torch, no model. Scores in [0, 1] unless noted:
+BLEU follows sacrebleu and is on a 0-100 scale.
+
+The evaluator scores every held-out prediction of both models with `score_example`,
+averages them with `aggregate`, and decides per example which output is better with
+`judge` (tallied by `compare`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import sacrebleu
+from rouge_score import rouge_scorer
+
+__all__ = [
+    "PRIMARY_ORDER",
+    "aggregate",
+    "compare",
+    "corpus_bleu",
+    "exact_match",
+    "json_field_accuracy",
+    "json_valid",
+    "judge",
+    "normalize",
+    "parse_json",
+    "primary_metrics",
+    "references_are_json",
+    "rouge_l",
+    "score_example",
+    "sentence_bleu",
+    "token_f1",
+]
+
+_WS = re.compile(r"\s+")
+# One fenced block covering the whole (stripped) text: ```json ... ``` or bare ``` ... ```.
+_FENCE = re.compile(r"^```(?:json)?[ \t]*\n(.*?)\n?```$", re.DOTALL | re.IGNORECASE)
+# Differences at or below this are float noise, not a real preference.
+_EPS = 1e-9
+# Numbers inside JSON values count as equal within this absolute tolerance.
+_NUM_TOL = 1e-6
+# Share of references that must be JSON objects before a set is scored in JSON mode.
+_JSON_REF_SHARE = 0.8
+
+PRIMARY_ORDER: dict[bool, tuple[str, ...]] = {
+    # JSON tasks: getting the fields right matters most, well-formedness next.
+    True: ("json_field_accuracy", "exact_match", "json_valid", "token_f1"),
+    False: ("exact_match", "token_f1", "rouge_l"),
+}
+"""Metrics used to decide which of two outputs is better, most important first,
+keyed by json_mode. Use `primary_metrics(json_mode)`."""
+
+_scorer: rouge_scorer.RougeScorer | None = None
+
+
+def primary_metrics(json_mode: bool) -> tuple[str, ...]:
+    """The metric names `judge` compares, in priority order, for this mode."""
+    return PRIMARY_ORDER[bool(json_mode)]
+
+
+def normalize(text: str) -> str:
+    """Strip and collapse every whitespace run to a single space. Case is kept."""
+    return _WS.sub(" ", text).strip()
+
+
+def exact_match(pred: str, ref: str) -> float:
+    """1.0 if pred equals ref after `normalize` (case-sensitive), else 0.0."""
+    return 1.0 if normalize(pred) == normalize(ref) else 0.0
+
+
+def token_f1(pred: str, ref: str) -> float:
+    """SQuAD-style bag-of-tokens F1 in [0, 1] over lowercased whitespace tokens.
+
+    Both empty gives 1.0 (nothing expected, nothing said); exactly one empty gives 0.0.
+    """
+    p = normalize(pred).lower().split()
+    r = normalize(ref).lower().split()
+    if not p and not r:
+        return 1.0
+    if not p or not r:
+        return 0.0
+    overlap = sum((Counter(p) & Counter(r)).values())
+    if overlap == 0:
+        return 0.0
+    precision = overlap / len(p)
+    recall = overlap / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _rouge() -> rouge_scorer.RougeScorer:
+    # Built on first use: construction is cheap but not free, and importing this
+    # module should not cost anything for callers that never score ROUGE.
+    global _scorer
+    if _scorer is None:
+        _scorer = rouge_scorer.RougeScorer(["rougeL"])
+    return _scorer
+
+
+def rouge_l(pred: str, ref: str) -> float:
+    """ROUGE-L F-measure in [0, 1] (rouge_score's tokenizer: lowercase ASCII words).
+
+    Both empty gives 1.0, matching `token_f1`; rouge_score itself would say 0.
+    Note rouge_score drops non-ASCII characters, so non-Latin text scores 0.
+    """
+    if not normalize(pred) and not normalize(ref):
+        return 1.0
+    return float(_rouge().score(ref, pred)["rougeL"].fmeasure)
+
+
+def _clamp_bleu(score: float) -> float:
+    # sacrebleu reports a perfect match as 100.00000000000004; keep the scale honest.
+    return min(100.0, max(0.0, float(score)))
+
+
+def sentence_bleu(pred: str, ref: str) -> float:
+    """Smoothed sentence BLEU on sacrebleu's 0-100 scale. Both empty gives 100."""
+    if not normalize(pred) and not normalize(ref):
+        return 100.0
+    return _clamp_bleu(sacrebleu.sentence_bleu(pred, [ref]).score)
+
+
+def corpus_bleu(preds: Sequence[str], refs: Sequence[str]) -> float:
+    """Corpus BLEU (one reference each) on sacrebleu's 0-100 scale; 0.0 for no data."""
+    if len(preds) != len(refs):
+        raise ValueError(f"{len(preds)} predictions but {len(refs)} references")
+    if not preds:
+        return 0.0
+    return _clamp_bleu(sacrebleu.corpus_bleu(list(preds), [list(refs)]).score)
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN / Infinity are not JSON; Python accepts them by default, a strict format check must not.
+    raise ValueError(f"not valid JSON: {name}")
+
+
+def parse_json(text: str) -> Any | None:
+    """Parse text as JSON, or None if it is not JSON.
+
+    Tolerated: surrounding whitespace, and the whole text being one ```json (or bare
+    ```) fenced block. Nothing else: prose before or after the JSON is a format failure,
+    because following the output format is part of what is being evaluated.
+    A literal `null` also comes back as None.
+    """
+    s = text.strip()
+    m = _FENCE.match(s)
+    if m:
+        s = m.group(1).strip()
+    try:
+        return json.loads(s, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        return None
+
+
+def json_valid(pred: str) -> float:
+    """1.0 if pred parses (per `parse_json`) to a JSON object or array, else 0.0."""
+    return 1.0 if isinstance(parse_json(pred), (dict, list)) else 0.0
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    # bool is an int subclass in Python; true must not equal 1.
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(float(a), float(b), rel_tol=0.0, abs_tol=_NUM_TOL)
+    if isinstance(a, str) and isinstance(b, str):
+        return normalize(a) == normalize(b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_value(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    return a is None and b is None
+
+
+def json_field_accuracy(pred: str, ref: str) -> float | None:
+    """Share in [0, 1] of the reference object's top-level keys that pred reproduces.
+
+    None when ref is not a non-empty JSON object (the metric does not apply).
+    Numbers match within 1e-6 absolute, strings after `normalize`, nested values
+    recursively by the same rules. A pred that is not a JSON object scores 0.0.
+    """
+    r = parse_json(ref)
+    if not isinstance(r, dict) or not r:
+        return None
+    p = parse_json(pred)
+    if not isinstance(p, dict):
+        return 0.0
+    hits = sum(1 for k, v in r.items() if k in p and _same_value(p[k], v))
+    return hits / len(r)
+
+
+def references_are_json(refs: Sequence[str]) -> bool:
+    """True when at least 80% of refs parse to JSON objects (empty input: False)."""
+    if not refs:
+        return False
+    n_obj = sum(1 for r in refs if isinstance(parse_json(r), dict))
+    return n_obj / len(refs) >= _JSON_REF_SHARE
+
+
+def score_example(pred: str, ref: str, json_mode: bool) -> dict[str, float | None]:
+    """All per-example metrics for one prediction.
+
+    Keys: exact_match, token_f1, rouge_l (0-1), bleu (0-100); in json_mode also
+    json_valid and json_field_accuracy (None when this ref is not a JSON object).
+    """
+    row: dict[str, float | None] = {
+        "exact_match": exact_match(pred, ref),
+        "token_f1": token_f1(pred, ref),
+        "rouge_l": rouge_l(pred, ref),
+        "bleu": sentence_bleu(pred, ref),
+    }
+    if json_mode:
+        row["json_valid"] = json_valid(pred)
+        row["json_field_accuracy"] = json_field_accuracy(pred, ref)
+    return row
+
+
+def aggregate(rows: Sequence[dict[str, float | None]]) -> dict[str, float]:
+    """Mean of each metric over rows, ignoring None; metrics with no values are omitted."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for row in rows:
+        for k, v in row.items():
+            if v is None:
+                continue
+            sums[k] = sums.get(k, 0.0) + float(v)
+            counts[k] = counts.get(k, 0) + 1
+    return {k: sums[k] / counts[k] for k in sums}
+
+
+def judge(base: dict[str, float | None], tuned: dict[str, float | None], json_mode: bool) -> str:
+    """Return "win", "loss" or "tie" for the tuned output against the base output.
+
+    Walks `primary_metrics(json_mode)` in order; the first metric on which the two
+    differ by more than 1e-9 decides. Metrics missing or None on either side are
+    skipped (e.g. json_field_accuracy when the reference is not an object).
+    """
+    for m in primary_metrics(json_mode):
+        b, t = base.get(m), tuned.get(m)
+        if b is None or t is None:
+            continue
+        if t - b > _EPS:
+            return "win"
+        if b - t > _EPS:
+            return "loss"
+    return "tie"
+
+
+def compare(
+    base_rows: Sequence[dict[str, float | None]],
+    tuned_rows: Sequence[dict[str, float | None]],
+    json_mode: bool,
+) -> dict[str, int | float]:
+    """Tally `judge` over paired rows.
+
+    Returns wins, losses, ties (counts) and win_rate = wins / examples (ties count
+    against; 0.0 when there are no examples).
+    """
+    if len(base_rows) != len(tuned_rows):
+        raise ValueError(f"{len(base_rows)} base rows but {len(tuned_rows)} tuned rows")
+    tally = Counter(judge(b, t, json_mode) for b, t in zip(base_rows, tuned_rows))
+    n = len(base_rows)
+    return {
+        "wins": tally["win"],
+        "losses": tally["loss"],
+        "ties": tally["tie"],
+        "win_rate": tally["win"] / n if n else 0.0,
+    }

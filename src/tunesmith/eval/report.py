@@ -1,0 +1,294 @@
+"""Render a base-vs-tuned evaluation as pictures and one self-contained HTML page.
+
+Charts are drawn with matplotlib's Agg canvas directly (no pyplot, no global backend
+switch), so this works headless and never touches the caller's matplotlib state.
+The HTML inlines its PNGs as base64 and uses inline CSS only: one file to attach or
+open offline. Every piece of model or dataset text is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from tunesmith.eval.metrics import primary_metrics
+
+__all__ = ["loss_curve_png", "metrics_chart_png", "write_html"]
+
+# Lower is better for these; they also live on other scales, so the bar chart skips them.
+_LOWER_IS_BETTER = frozenset({"loss", "eval_loss", "perplexity"})
+# BLEU is 0-100 while the rest are 0-1; the bar chart divides it so bars are comparable.
+_PERCENT_SCALE = frozenset({"bleu"})
+_MAX_REGRESSIONS = 10
+_MAX_IMPROVEMENTS = 5
+# Keep the page openable even when a model rambles for thousands of tokens.
+_MAX_TEXT_CHARS = 4000
+_DPI = 100
+
+
+def _png(fig: Figure) -> bytes:
+    canvas = FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    canvas.print_png(buf)
+    return buf.getvalue()
+
+
+def _message_png(text: str) -> bytes:
+    fig = Figure(figsize=(6, 2), dpi=_DPI)
+    fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=14, color="#555555")
+    return _png(fig)
+
+
+def _series(history: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    points = sorted(
+        (float(row["step"]), float(row[key]))
+        for row in history
+        if row.get("step") is not None and row.get(key) is not None
+    )
+    return [s for s, _ in points], [v for _, v in points]
+
+
+def loss_curve_png(history: Sequence[dict[str, Any]], path: Path | None = None) -> bytes:
+    """PNG bytes of training `loss` and (when present) `eval_loss` against `step`.
+
+    history rows look like {"step": 10, "loss": 1.2} or {"step": 10, "eval_loss": 1.1};
+    rows without a step or either loss are ignored. With nothing to plot the picture
+    says "no training history". Also written to `path` when given.
+    """
+    train_x, train_y = _series(history, "loss")
+    eval_x, eval_y = _series(history, "eval_loss")
+    if not train_x and not eval_x:
+        data = _message_png("no training history")
+    else:
+        fig = Figure(figsize=(7, 4), dpi=_DPI)
+        ax = fig.add_subplot()
+        if train_x:
+            ax.plot(train_x, train_y, label="train loss", color="#1f77b4", linewidth=1.5)
+        if eval_x:
+            ax.plot(eval_x, eval_y, label="eval loss", color="#d62728", marker="o", linewidth=1.5)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats/token)")
+        ax.set_title("Training loss")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        data = _png(fig)
+    if path is not None:
+        Path(path).write_bytes(data)
+    return data
+
+
+def metrics_chart_png(summary: dict[str, dict[str, float]]) -> bytes:
+    """PNG bytes of a grouped bar chart, base vs tuned, one group per metric.
+
+    summary is {"base": {metric: value}, "tuned": {...}, ...}. Loss and perplexity are
+    skipped (other scale, lower is better); BLEU is drawn divided by 100 so every bar
+    is on 0-1.
+    """
+    base = summary.get("base", {}) or {}
+    tuned = summary.get("tuned", {}) or {}
+    names = [
+        m
+        for m in dict.fromkeys([*base, *tuned])
+        if m not in _LOWER_IS_BETTER and (base.get(m) is not None or tuned.get(m) is not None)
+    ]
+    if not names:
+        return _message_png("no metrics")
+
+    def scaled(d: dict[str, float], m: str) -> float:
+        v = d.get(m)
+        if v is None:
+            return 0.0
+        return float(v) / 100.0 if m in _PERCENT_SCALE else float(v)
+
+    labels = [f"{m} /100" if m in _PERCENT_SCALE else m for m in names]
+    xs = list(range(len(names)))
+    width = 0.38
+    fig = Figure(figsize=(max(6.0, 1.3 * len(names) + 2), 4), dpi=_DPI)
+    ax = fig.add_subplot()
+    ax.bar([x - width / 2 for x in xs], [scaled(base, m) for m in names], width,
+           label="base", color="#9e9e9e")
+    ax.bar([x + width / 2 for x in xs], [scaled(tuned, m) for m in names], width,
+           label="tuned", color="#2e7d32")
+    ax.set_xticks(xs)
+    ax.set_xticklabels(labels, rotation=20, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("score (0-1)")
+    ax.set_title("Base vs tuned")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "&mdash;"
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return html.escape(str(v))
+    return f"{f:.2f}" if abs(f) >= 10 else f"{f:.4f}"
+
+
+def _delta_cell(metric: str, delta: float | None) -> str:
+    if delta is None:
+        return '<td class="num">&mdash;</td>'
+    better = -delta if metric in _LOWER_IS_BETTER else delta
+    cls = "good" if better > 1e-9 else "bad" if better < -1e-9 else "flat"
+    sign = "+" if delta > 0 else ""
+    return f'<td class="num {cls}">{sign}{_fmt(delta)}</td>'
+
+
+def _metrics_table(summary: dict[str, dict[str, float]]) -> str:
+    base = summary.get("base", {}) or {}
+    tuned = summary.get("tuned", {}) or {}
+    deltas = summary.get("delta", {}) or {}
+    rows = []
+    for m in dict.fromkeys([*base, *tuned]):
+        b, t = base.get(m), tuned.get(m)
+        d = deltas.get(m)
+        if d is None and b is not None and t is not None:
+            d = float(t) - float(b)
+        rows.append(
+            f"<tr><td>{html.escape(str(m))}</td><td class=\"num\">{_fmt(b)}</td>"
+            f"<td class=\"num\">{_fmt(t)}</td>{_delta_cell(m, d)}</tr>"
+        )
+    return (
+        "<table><thead><tr><th>metric</th><th>base</th><th>tuned</th><th>delta</th></tr>"
+        f"</thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _text(value: Any) -> str:
+    s = "" if value is None else str(value)
+    if len(s) > _MAX_TEXT_CHARS:
+        s = s[:_MAX_TEXT_CHARS] + f"\n[... {len(s) - _MAX_TEXT_CHARS} more characters]"
+    return html.escape(s)
+
+
+def _margin(pred: dict[str, Any], order: tuple[str, ...]) -> tuple[float, ...]:
+    # tuned - base on each primary metric in priority order: sorts examples the same way judge() decides them.
+    b = pred.get("base_metrics") or {}
+    t = pred.get("tuned_metrics") or {}
+    return tuple(
+        float(t[m]) - float(b[m]) if b.get(m) is not None and t.get(m) is not None else 0.0
+        for m in order
+    )
+
+
+def _example_cards(preds: list[dict[str, Any]], order: tuple[str, ...]) -> str:
+    if not preds:
+        return '<p class="muted">None.</p>'
+    cards = []
+    for p in preds:
+        bm = p.get("base_metrics") or {}
+        tm = p.get("tuned_metrics") or {}
+        scores = ", ".join(
+            f"{html.escape(m)} {_fmt(bm.get(m))} &rarr; {_fmt(tm.get(m))}" for m in order
+        )
+        cards.append(
+            f'<div class="card"><div class="muted">id {_text(p.get("id"))} &middot; {scores}</div>'
+            f"<h4>Prompt</h4><pre>{_text(p.get('prompt'))}</pre>"
+            f"<h4>Reference</h4><pre>{_text(p.get('reference'))}</pre>"
+            f'<div class="pair"><div><h4>Base</h4><pre>{_text(p.get("base"))}</pre></div>'
+            f'<div><h4>Tuned</h4><pre>{_text(p.get("tuned"))}</pre></div></div></div>'
+        )
+    return "".join(cards)
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
+h1{margin-bottom:.2rem}.muted{color:#666;font-size:.9rem}
+table{border-collapse:collapse;margin:1rem 0}th,td{border:1px solid #ddd;padding:.35rem .7rem;text-align:left}
+th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.good{color:#1b7f2a;font-weight:600}.bad{color:#c62828;font-weight:600}.flat{color:#777}
+.tally span{display:inline-block;margin-right:1.2rem;font-size:1.1rem}
+img{max-width:100%;border:1px solid #eee;margin:.5rem 0}
+.card{border:1px solid #ddd;border-radius:6px;padding:.6rem 1rem;margin:1rem 0}
+.card h4{margin:.6rem 0 .2rem}.pair{display:grid;grid-template-columns:1fr 1fr;gap:1rem}
+pre{white-space:pre-wrap;word-break:break-word;background:#f8f8f8;padding:.5rem;margin:0;font-size:.85rem}
+"""
+
+
+def _render(report: dict[str, Any], predictions: list[dict[str, Any]], history: list[dict[str, Any]]) -> str:
+    run = html.escape(str(report.get("run", "")))
+    base_model = html.escape(str(report.get("base_model", "")))
+    summary = report.get("summary") or {}
+    j = report.get("judgement") or {}
+    order = primary_metrics(bool(report.get("json_mode", False)))
+    mode = "JSON" if report.get("json_mode") else "text"
+
+    losses = sorted((p for p in predictions if p.get("judgement") == "loss"), key=lambda p: _margin(p, order))
+    wins = sorted((p for p in predictions if p.get("judgement") == "win"), key=lambda p: _margin(p, order),
+                  reverse=True)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>tunesmith eval: {run}</title><style>{_CSS}</style></head><body>
+<h1>Evaluation: {run}</h1>
+<p class="muted">base model {base_model} &middot; {html.escape(str(report.get("n_examples", len(predictions))))} held-out examples
+&middot; {mode} mode &middot; examples judged on {html.escape(", ".join(order))} in that order</p>
+<h2>Metrics</h2>
+{_metrics_table(summary)}
+<h2>Tuned vs base, per example</h2>
+<p class="tally"><span class="good">wins {int(j.get("wins", 0))}</span><span class="bad">losses {int(j.get("losses", 0))}</span>
+<span class="flat">ties {int(j.get("ties", 0))}</span><span>win rate {100 * float(j.get("win_rate", 0.0)):.1f}%</span></p>
+<h2>Training loss</h2>
+{_img(loss_curve_png(history), "training loss curve")}
+<h2>Metrics chart</h2>
+{_img(metrics_chart_png(summary), "base vs tuned metrics chart")}
+<h2>Worst regressions</h2>
+<p class="muted">Examples the tuned model lost to base, largest drop first (up to {_MAX_REGRESSIONS}).</p>
+{_example_cards(losses[:_MAX_REGRESSIONS], order)}
+<h2>Best improvements</h2>
+<p class="muted">Examples the tuned model won, largest gain first (up to {_MAX_IMPROVEMENTS}).</p>
+{_example_cards(wins[:_MAX_IMPROVEMENTS], order)}
+</body></html>
+"""
+
+
+def write_html(
+    path: Path,
+    report: dict[str, Any],
+    predictions: list[dict[str, Any]],
+    history: list[dict[str, Any]],
+) -> Path:
+    """Write the self-contained HTML report to `path` atomically and return the path.
+
+    The page is rendered fully in memory, written to a temp file beside `path`, then
+    moved into place with os.replace, so a reader never sees a half-written report
+    and a failure leaves no temp file behind.
+    """
+    path = Path(path)
+    page = _render(report, predictions, history)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(page)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp creates 0600; a report is meant to be shared, so give it normal file permissions.
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        # Remove the partial temp file; the old report (if any) is still intact.
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path

@@ -1,0 +1,70 @@
+"""Merge a LoRA adapter into its base (16/32-bit only) and prove the merge changed nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tunesmith import models
+from tunesmith.data.dataset import split_examples
+from tunesmith.data.template import prompt_messages, render_prompt
+from tunesmith.errors import RunError
+from tunesmith.run import Run, versions, write_json_atomic
+
+
+def _greedy_tokens(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
+    import torch
+
+    out = []
+    for prompt in prompts:
+        enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+        with torch.inference_mode():
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        out.append(gen[0, enc["input_ids"].shape[1] :].tolist())
+    return out
+
+
+def merge(run: Run, out_dir: Path, dtype: str = "float32", n_check: int = 3, max_new_tokens: int = 48) -> dict[str, Any]:
+    """Write a plain HF folder (base + adapter merged) to out_dir; greedy tokens must match the adapter's."""
+    from peft import PeftModel
+
+    if not (run.adapter_dir / "adapter_config.json").exists():
+        raise RunError(f"{run.dir} holds a full fine-tune, not an adapter: its adapter/ folder is already a complete model")
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise RunError(f"cannot merge into dtype {dtype}: merge into a 16/32-bit base, never a 4-bit one")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise RunError(f"{out_dir} exists and is not empty", hint="Choose a new --out folder.")
+    tokenizer = models.load_tokenizer(str(run.adapter_dir))
+    base = models.load_model(run.base_path, dtype)
+    model = PeftModel.from_pretrained(base, str(run.adapter_dir)).eval()
+
+    _, eval_ex = split_examples(run.recipe.data, run.recipe.training.seed)
+    prompts = [render_prompt(tokenizer, prompt_messages(e.messages)) for e in eval_ex[:n_check]]
+    before = _greedy_tokens(model, tokenizer, prompts, max_new_tokens)
+    merged = model.merge_and_unload()
+    after = _greedy_tokens(merged, tokenizer, prompts, max_new_tokens)
+    agree = [a == b for a, b in zip(before, after)]
+
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    check = {"prompts": len(prompts), "identical": sum(agree), "max_new_tokens": max_new_tokens}
+    lineage = {
+        "merged_from_run": str(run.dir), "base_model": run.manifest["base_model"], "adapter": str(run.adapter_dir),
+        "dtype": dtype, "chat_template_sha256": models.chat_template_hash(tokenizer),
+        "data": run.manifest.get("data"), "check": check, "versions": versions(),
+    }
+    write_json_atomic(tmp / "tunesmith_lineage.json", lineage)
+    if out_dir.exists():
+        out_dir.rmdir()
+    tmp.rename(out_dir)
+    if not all(agree):
+        raise RunError(
+            f"merged model written to {out_dir}, but {len(agree) - sum(agree)} of {len(agree)} check prompts "
+            "produced different greedy tokens than the adapter",
+            hint="Merge in float32 (--dtype float32) and compare again.",
+        )
+    return {"out": str(out_dir), **check, "lineage": json.loads((out_dir / "tunesmith_lineage.json").read_text())}

