@@ -14,6 +14,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tunesmith.errors import TunesmithError
 
@@ -38,9 +39,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except TunesmithError as exc:
-            err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True)
+            err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, markup=True)
             if exc.hint:
-                err_console.print(f"[yellow]{exc.hint}[/]", highlight=False)
+                err_console.print(f"[yellow]{escape(exc.hint)}[/]", highlight=False)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
@@ -55,12 +56,14 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # bitsandbytes warns on import that an optional CPU kernel is not downloaded; QLoRA works without it.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     import warnings
 
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-from tunesmith.cli import chat, demo, evaluate, export, model_cmds, train  # noqa: E402  (registers commands)
+from tunesmith.cli import chat, data, demo, evaluate, export, model_cmds, train  # noqa: E402  (registers commands)
 
-__all__ = ["app", "chat", "demo", "evaluate", "export", "model_cmds", "train"]
+__all__ = ["app", "chat", "data", "demo", "evaluate", "export", "model_cmds", "train"]

@@ -2,9 +2,11 @@
 
 Files: JSONL, JSON (a list of rows), Parquet and CSV; UTF-8 with or without BOM, LF or
 CRLF, optionally gzip-compressed (`.gz`). Shapes: OpenAI chat `messages` (with per-message
-`weight` 0/1), ShareGPT `conversations`, alpaca `instruction`/`input`/`output`, and
-`prompt`/`completion`. A bad row never aborts the read: it comes back as a `Record` with an
-error, and the caller decides (training refuses with the list; the audit reports and goes on).
+`weight` 0/1, `name`, tool calls), ShareGPT `conversations`, alpaca `instruction`/`input`/`output`,
+`prompt`/`completion`, preference pairs (`prompt`/`chosen`/`rejected`, or OpenAI's DPO
+`input`/`preferred_output`/`non_preferred_output`) and prompt-only rows (`prompt` alone, for GRPO).
+A bad row never aborts the read: it comes back as a `Record` with an error, and the caller
+decides (training refuses with the list; the audit reports and goes on).
 """
 
 from __future__ import annotations
@@ -128,7 +130,26 @@ def _read_csv(path: Path) -> Iterator[Record]:
                 except json.JSONDecodeError as exc:
                     yield Record(str(path), reader.line_num, None, f"column `messages` is not valid JSON: {exc.msg}")
                     continue
+            for key in _JSON_CSV_COLUMNS & obj.keys():
+                obj[key] = _json_cell(obj[key])
             yield Record(str(path), reader.line_num, obj)
+
+
+# Columns that may hold messages as JSON text in a CSV cell (other shapes than `messages`).
+_JSON_CSV_COLUMNS = {"conversations", "prompt", "completion", "chosen", "rejected", "input", "preferred_output", "non_preferred_output"}
+
+
+def _json_cell(text: str) -> Any:
+    """A cell's JSON value when it is a message list or object; otherwise the text itself (plain prompts stay text)."""
+    if not text.lstrip().startswith(("[", "{")):
+        return text
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    if isinstance(value, dict) or (isinstance(value, list) and value and all(isinstance(v, dict) for v in value)):
+        return value
+    return text
 
 
 def _read_parquet(path: Path) -> Iterator[Record]:
@@ -142,8 +163,11 @@ def _read_parquet(path: Path) -> Iterator[Record]:
         yield Record(str(path), index, {k: v for k, v in obj.items() if v is not None})
 
 
+SHAPES = ("messages", "sharegpt", "alpaca", "prompt_completion", "preference", "openai_dpo", "prompt_only")
+
+
 def detect_shape(obj: dict[str, Any]) -> str:
-    """Name the row shape: messages | sharegpt | alpaca | prompt_completion | unknown."""
+    """Name the row shape: one of SHAPES, or unknown."""
     if "messages" in obj:
         return "messages"
     if "conversations" in obj:
@@ -152,10 +176,26 @@ def detect_shape(obj: dict[str, Any]) -> str:
         return "alpaca"
     if "prompt" in obj and "completion" in obj:
         return "prompt_completion"
+    if "chosen" in obj or "rejected" in obj:
+        return "preference"
+    if "preferred_output" in obj or "non_preferred_output" in obj:
+        return "openai_dpo"
+    if "prompt" in obj:
+        return "prompt_only"
     return "unknown"
 
 
-def _check_messages(messages: Any) -> list[dict[str, Any]]:
+def _check_tool_calls(msg: dict[str, Any], i: int) -> None:
+    calls = msg.get("tool_calls")
+    if calls is None:
+        return
+    if not isinstance(calls, list) or not all(
+        isinstance(c, dict) and isinstance(c.get("function"), dict) and isinstance(c["function"].get("name"), str) for c in calls
+    ):
+        raise RowError("invalid_tool_call", f"message {i} tool_calls must be a list of {{function: {{name, arguments}}}}", i)
+
+
+def _check_messages(messages: Any, need_assistant: bool = True) -> list[dict[str, Any]]:
     if not isinstance(messages, list) or not messages:
         raise RowError("missing_messages_list", "`messages` must be a non-empty list")
     out = []
@@ -169,12 +209,17 @@ def _check_messages(messages: Any) -> list[dict[str, Any]]:
             raise RowError("message_unrecognized_key", f"message {i} has unknown key(s) {sorted(unknown)}", i)
         if msg["role"] not in ROLES + ("tool", "function"):
             raise RowError("unrecognized_role", f"message {i} has unknown role `{msg['role']}`", i)
-        if "content" in msg and not isinstance(msg["content"], str):
+        calling = msg.get("tool_calls") is not None or msg.get("function_call") is not None
+        # A message that calls a tool may carry `content: null` (OpenAI's shape); any other non-string is an error.
+        if "content" in msg and not isinstance(msg["content"], str) and not (calling and msg["content"] is None):
             raise RowError("content_not_string", f"message {i} content is not a string", i)
         if "weight" in msg and msg["weight"] not in (0, 1):
             raise RowError("invalid_weight", f"message {i} weight must be 0 or 1", i)
+        if "name" in msg and not isinstance(msg["name"], str):
+            raise RowError("invalid_name", f"message {i} name must be a string", i)
+        _check_tool_calls(msg, i)
         out.append(dict(msg))
-    if not any(m["role"] == "assistant" for m in out):
+    if need_assistant and not any(m["role"] == "assistant" for m in out):
         raise RowError("missing_assistant_message", "no assistant message to learn from")
     return out
 
@@ -209,10 +254,90 @@ def to_messages(obj: Any) -> list[dict[str, Any]]:
         if isinstance(prompt, list):  # conversational prompt/completion (TRL's shape)
             return _check_messages(list(prompt) + list(completion if isinstance(completion, list) else [completion]))
         return _check_messages([{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}])
+    if shape in ("preference", "openai_dpo"):
+        pair = to_preference(obj)  # SFT on a preference row learns the chosen answer
+        return _check_messages(pair["prompt"] + pair["chosen"])
+    if shape == "prompt_only":
+        raise RowError("missing_assistant_message", "a prompt-only row has no answer to learn from (it is for GRPO)")
     raise RowError(
         "unknown_shape",
-        f"row has keys {sorted(obj)[:8]}; expected `messages`, `conversations`, `instruction`+`output` or `prompt`+`completion`",
+        f"row has keys {sorted(obj)[:8]}; expected `messages`, `conversations`, `instruction`+`output`, "
+        "`prompt`+`completion`, `prompt`+`chosen`+`rejected`, `input`+`preferred_output`+`non_preferred_output` or `prompt`",
     )
+
+
+def _as_turns(value: Any, role: str, code: str, what: str) -> list[dict[str, Any]]:
+    """A string becomes one `role` message; a list must already be messages."""
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if isinstance(value, dict) and "role" in value:
+        return [value]
+    if isinstance(value, list) and value:
+        return list(value)
+    raise RowError(code, f"`{what}` must be a string or a non-empty list of messages")
+
+
+def to_preference(obj: Any) -> dict[str, list[dict[str, Any]]]:
+    """Normalise a preference row into {prompt, chosen, rejected}, each a list of messages.
+
+    Accepts `prompt`/`chosen`/`rejected` (strings or message lists), the implicit-prompt form
+    (`chosen`/`rejected` full conversations sharing a prefix) and OpenAI's DPO shape
+    (`input.messages`/`preferred_output`/`non_preferred_output`). Raises RowError with a code.
+    """
+    if not isinstance(obj, dict):
+        raise RowError("data_type", f"row is a {type(obj).__name__}, not an object")
+    shape = detect_shape(obj)
+    if shape == "openai_dpo":
+        inp = obj.get("input")
+        messages = inp.get("messages") if isinstance(inp, dict) else None
+        prompt = _check_messages(messages, need_assistant=False) if messages is not None else None
+        if prompt is None:
+            raise RowError("missing_prompt", "`input.messages` must hold the prompt messages")
+        chosen = _as_turns(obj.get("preferred_output"), "assistant", "missing_chosen", "preferred_output")
+        rejected = _as_turns(obj.get("non_preferred_output"), "assistant", "missing_rejected", "non_preferred_output")
+    elif shape == "preference":
+        chosen = _as_turns(obj.get("chosen"), "assistant", "missing_chosen", "chosen")
+        rejected = _as_turns(obj.get("rejected"), "assistant", "missing_rejected", "rejected")
+        if "prompt" in obj:
+            prompt = _as_turns(obj["prompt"], "user", "missing_prompt", "prompt")
+        else:  # implicit prompt: the longest shared prefix of both conversations
+            n = 0
+            while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
+                n += 1
+            if n == 0:
+                raise RowError("missing_prompt", "no `prompt` and `chosen`/`rejected` share no leading messages")
+            prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
+    else:
+        raise RowError("not_preference", f"row shape `{shape}` is not a preference pair")
+    prompt = _check_messages(prompt, need_assistant=False)
+    for name, side in (("chosen", chosen), ("rejected", rejected)):
+        checked = _check_messages(side, need_assistant=False)
+        if not any(m["role"] == "assistant" for m in checked):
+            raise RowError(f"missing_{name}", f"`{name}` has no assistant message")
+    return {"prompt": prompt, "chosen": _check_messages(chosen), "rejected": _check_messages(rejected)}
+
+
+def to_prompt_only(obj: Any) -> list[dict[str, Any]]:
+    """The prompt messages of a row for prompt-only training (GRPO). Raises RowError with a code.
+
+    Accepts a `prompt` (string or messages), and any conversational shape, whose messages up to
+    the last assistant turn (or all of them when there is none) are the prompt.
+    """
+    if not isinstance(obj, dict):
+        raise RowError("data_type", f"row is a {type(obj).__name__}, not an object")
+    shape = detect_shape(obj)
+    if shape in ("prompt_only", "prompt_completion"):
+        return _check_messages(_as_turns(obj["prompt"], "user", "missing_prompt", "prompt"), need_assistant=False)
+    if shape in ("preference", "openai_dpo"):
+        return to_preference(obj)["prompt"]
+    if shape == "messages":
+        messages = _check_messages(obj["messages"], need_assistant=False)
+    else:
+        messages = to_messages(obj)
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
+    if last == 0:
+        raise RowError("missing_prompt", "the conversation starts with the assistant: no prompt")
+    return messages[:last]
 
 
 def load_examples(paths: list[str] | str, max_errors: int = 20) -> list[Example]:

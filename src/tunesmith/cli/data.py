@@ -1,0 +1,310 @@
+"""`tunesmith data`: check, fix, split, convert, show and synthesize training data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from tunesmith.cli import app, console, err_console, handle_errors
+
+data_app = typer.Typer(help="Audit, fix, split, convert, preview and synthesize training data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+_SEV = {"error": "bold red", "warning": "yellow"}
+
+
+def _tokenizer(spec: str | None, quiet: bool = False) -> tuple[Any, str]:
+    """Tokenizer (and its model folder) for a model spec; the catalog default when none is given."""
+    from tunesmith import models
+    from tunesmith.config import DEFAULT_BASE
+
+    spec = spec or DEFAULT_BASE
+    if quiet:
+        path = models.resolve_base(spec)
+    else:
+        with err_console.status(f"loading the tokenizer of {spec} ..."):
+            path = models.resolve_base(spec)
+    return models.load_tokenizer(path), path
+
+
+def _settings(recipe: Path | None, model: str | None, max_length: int | None, overlong: str | None) -> dict[str, Any]:
+    """Model spec, max_length, policy, epochs and eval file: flags first, then the recipe, then defaults."""
+    out: dict[str, Any] = {"model": model, "max_length": max_length or 1024, "overlong": overlong or "drop",
+                           "epochs": None, "lora": True, "train": [], "eval": []}
+    if recipe is not None:
+        from tunesmith.config import load_recipe
+
+        cfg = load_recipe(recipe)
+        out.update(model=model or cfg.model.base, max_length=max_length or cfg.data.max_length,
+                   overlong=overlong or cfg.data.overlong, lora=cfg.adapter.type == "lora",
+                   epochs=cfg.training.epochs if cfg.training.max_steps <= 0 else None,
+                   train=list(cfg.data.train), eval=[cfg.data.eval] if cfg.data.eval else [])
+    if out["overlong"] not in ("drop", "truncate", "error"):
+        from tunesmith.errors import DataError
+
+        raise DataError(f"--overlong must be drop, truncate or error, not `{out['overlong']}`")
+    return out
+
+
+def _dist_row(table: Table, name: str, d: dict[str, Any]) -> None:
+    table.add_row(name, *(str(d[k]) for k in ("min", "median", "p95", "max", "mean")))
+
+
+def render_report(report: Any) -> None:
+    """The audit as rich sections: findings by code, tokens, duplicates, balance, cost, verdict."""
+    st = report.stats
+    rows = st["rows"]
+    console.rule("[bold]data check")
+    console.print(f"files: {', '.join(report.files)}")
+    console.print(f"rows: {rows['train']} read, {rows['train_usable']} usable"
+                  + (f" · eval {rows['eval']} read, {rows['eval_usable']} usable" if "eval" in rows else "")
+                  + f" · shapes {st['shapes']}", highlight=False)
+    groups = report.by_code()
+    if groups:
+        table = Table("code", "severity", "count", "first places", title="findings", title_justify="left")
+        for code, g in groups.items():
+            table.add_row(code, f"[{_SEV[g['severity']]}]{g['severity']}[/]", str(g["count"]), escape("\n".join(g["first"][:3])))
+        console.print(table)
+    if "tokens" in st:
+        t = st["tokens"]
+        table = Table("per example", "min", "median", "p95", "max", "mean", title="tokens (chat template applied)", title_justify="left")
+        _dist_row(table, "total", t["total_tokens"])
+        _dist_row(table, "trained (assistant)", t["assistant_tokens"])
+        console.print(table)
+        console.print(f"over max_length {t['max_length']}: {t['n_too_long']} · dropped {t['dropped_overlong']} over-long, "
+                      f"{t['dropped_no_trained_tokens']} without trained tokens · tokens lost {t['tokens_lost']} · "
+                      f"pad == EOS: {t['pad_is_eos']} (EOS still trained)", highlight=False)
+    d = st["duplicates"]
+    line = f"duplicates: {d['exact_duplicates']} exact, {d['near_duplicates']} near"
+    if "overlap" in st:
+        line += f" · train/eval overlap: {st['overlap']['eval_overlap']} exact, {st['overlap']['eval_near_overlap']} near"
+    console.print(line)
+    b = st["balance"]
+    parts = [f"refusal-looking answers {b['refusals']} ({b['refusal_ratio']:.1%})"]
+    if "label_counts" in b:
+        parts.append(f"labels {b['label_counts']}")
+    if "first_answer_token" in b:
+        parts.append(f"first answer token {b['first_answer_token']}")
+    console.print("balance: " + " · ".join(parts), highlight=False)
+    if "cost" in st:
+        _render_cost(st["cost"])
+    if report.errors:
+        console.print(f"[bold red]✗ {len(report.errors)} blocking error(s)[/], {len(report.warnings)} warning(s)")
+    else:
+        console.print(f"[bold green]✓ no blocking errors[/], {len(report.warnings)} warning(s)")
+
+
+def _render_cost(c: dict[str, Any]) -> None:
+    console.print(f"cost: {c['trained_tokens']:,} trained tokens ({c['trained_tokens_per_epoch']:,}/epoch × {c['epochs']} epochs, "
+                  f"{c['epochs_from']}); {c['processed_tokens']:,} tokens processed", highlight=False)
+    for key in ("gpu", "cpu"):
+        if key in c:
+            g = c[key]
+            console.print(f"  {g['device']}: ~{g['tokens_per_s']:,} tokens/s → {g['hours'] * 60:.1f} min, "
+                          f"${g['cost_usd']:.2f} at ${g['price_per_hour']}/h", highlight=False)
+    if "assumption" in c:
+        console.print(f"  [dim]assumed: {c['assumption']}[/]", highlight=False)
+
+
+@data_app.command("check")
+@handle_errors
+def check(
+    files: list[Path] = typer.Argument(None, help="Data files (default: the recipe's train files)."),
+    recipe: Path = typer.Option(None, help="Recipe YAML: its files, model, max_length, policy and epochs."),
+    model: str = typer.Option(None, help="Model whose tokenizer and chat template count tokens (default: the catalog default)."),
+    max_length: int = typer.Option(None, help="Maximum tokens per example (default: the recipe's, else 1024)."),
+    overlong: str = typer.Option(None, help="Over-length policy: drop (default) | truncate | error."),
+    eval_files: list[Path] = typer.Option([], "--eval", help="Eval file(s): also audited, and checked for overlap with train."),
+    label_field: str = typer.Option(None, help="Row field whose value distribution is checked for balance."),
+    strict: bool = typer.Option(False, help="Treat warnings as blocking (exit 1)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    html: Path = typer.Option(None, "--html", help="Also write an HTML report with length histograms."),
+    gpu: str = typer.Option("h100", help="GPU for the time/cost estimate: h100 | a100 | l4 | cpu."),
+    price_per_hour: float = typer.Option(None, help="USD per hour for that GPU (default: an assumed on-demand rate)."),
+    epochs: float = typer.Option(None, help="Epochs for the cost estimate (default: the recipe's, else OpenAI's rule)."),
+    no_tokens: bool = typer.Option(False, "--no-tokens", help="Skip the token checks (no tokenizer is loaded)."),
+    near_threshold: float = typer.Option(0.8, help="MinHash Jaccard similarity from which rows are near-duplicates."),
+) -> None:
+    """Audit data files: blocking errors vs warnings, each with file, line and message index. Exit 0 clean, 1 errors, 2 unreadable."""
+    from tunesmith.data import stats
+    from tunesmith.data.audit import audit
+    from tunesmith.errors import DataError
+
+    s = _settings(recipe, model, max_length, overlong)
+    train = [str(f) for f in files] if files else s["train"]
+    if not train:
+        raise DataError("no data files given", hint="Pass FILE... or --recipe RECIPE.")
+    if gpu not in (*stats.DEVICES, "cpu"):
+        raise DataError(f"unknown --gpu `{gpu}`", hint=f"Known: {', '.join([*stats.DEVICES, 'cpu'])}")
+    tokenizer, cost = None, None
+    if not no_tokens:
+        tokenizer, path = _tokenizer(s["model"], quiet=as_json)
+        cost = dict(params=stats.count_params(path), gpu=gpu, price_per_hour=price_per_hour,
+                    epochs=epochs if epochs is not None else s["epochs"], lora=s["lora"])
+    evals = [str(f) for f in eval_files] or (s["eval"] if not files else [])
+    report = audit(train, evals, tokenizer, s["max_length"], s["overlong"], label_field, near_threshold, cost=cost)
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=1, default=str))
+    else:
+        render_report(report)
+    if html is not None:
+        from tunesmith.data.html import write_html
+
+        write_html(html, report)
+        if not as_json:
+            console.print(f"html report: {html}")
+    if report.unreadable:
+        raise typer.Exit(2)
+    if report.blocking(strict):
+        raise typer.Exit(1)
+
+
+@data_app.command("fix")
+@handle_errors
+def fix(
+    file: Path = typer.Argument(..., help="Data file to clean (never modified)."),
+    out: Path = typer.Option(..., "--out", help="Where to write the cleaned copy (format from the extension)."),
+    recipe: Path = typer.Option(None, help="Recipe YAML: model, max_length and policy for the token checks."),
+    model: str = typer.Option(None, help="Model whose tokenizer drops over-long rows (default: the catalog default)."),
+    max_length: int = typer.Option(None, help="Maximum tokens per example (default: the recipe's, else 1024)."),
+    overlong: str = typer.Option(None, help="Over-length policy: drop (default) | truncate (rows kept) | error (dropped)."),
+    against: list[Path] = typer.Option([], help="Training file(s): drop rows that also appear there (exactly or nearly)."),
+    keep_near_duplicates: bool = typer.Option(False, help="Drop exact duplicates only."),
+    no_tokens: bool = typer.Option(False, "--no-tokens", help="Skip the token checks."),
+) -> None:
+    """Write a cleaned copy: repair what can be repaired, drop what the check flags; print what was done."""
+    from tunesmith.data.fix import fix_file
+
+    s = _settings(recipe, model, max_length, overlong)
+    tokenizer = None if no_tokens else _tokenizer(s["model"])[0]
+    res = fix_file(file, out, tokenizer, s["max_length"], "drop" if s["overlong"] == "error" else s["overlong"],
+                   [str(a) for a in against], near=not keep_near_duplicates)
+    for line in res.actions[:200]:
+        console.print(line, highlight=False, markup=False)
+    if len(res.actions) > 200:
+        console.print(f"... and {len(res.actions) - 200} more")
+    table = Table("action", "code", "rows", title="fix", title_justify="left")
+    for code, n in sorted(res.dropped.items()):
+        table.add_row("[red]dropped[/]", code, str(n))
+    for name, n in sorted(res.repaired.items()):
+        table.add_row("[yellow]repaired[/]", name, str(n))
+    console.print(table)
+    console.print(f"[green]wrote[/] {out}: {res.rows_out} of {res.rows_in} rows kept "
+                  f"({sum(res.dropped.values())} dropped, {sum(res.repaired.values())} repairs)")
+
+
+@data_app.command("split")
+@handle_errors
+def split(
+    file: Path = typer.Argument(..., help="Data file to split."),
+    eval_fraction: float = typer.Option(0.1, "--eval", help="Fraction held out for eval."),
+    seed: int = typer.Option(42, help="Seed: the same seed and content give the same split."),
+    stratify: str = typer.Option(None, help="Row field to stratify by (each value split with the same fraction)."),
+    out_dir: Path = typer.Option(None, help="Folder for the two files (default: next to FILE)."),
+) -> None:
+    """Deterministic, deduplicated train/eval split: writes FILE-stem.train.EXT and FILE-stem.eval.EXT."""
+    from tunesmith.data.split import split_file
+
+    res = split_file(file, eval_fraction, seed, stratify, out_dir)
+    console.print(f"[green]wrote[/] {res.train} ({res.n_train} rows) and {res.eval} ({res.n_eval} rows); "
+                  f"dropped {res.dropped_exact_duplicates} exact duplicates and {res.dropped_invalid} invalid rows; "
+                  f"{res.near_duplicate_groups} near-duplicate groups kept on one side", highlight=False)
+    for value, counts in res.strata.items():
+        console.print(f"  {stratify}={value}: train {counts['train']}, eval {counts['eval']}", highlight=False)
+
+
+@data_app.command("convert")
+@handle_errors
+def convert(
+    file: Path = typer.Argument(..., help="Data file to convert."),
+    to: str = typer.Option(..., help="Target shape: messages | sharegpt | alpaca | prompt_completion | preference | openai_dpo | prompt_only."),
+    out: Path = typer.Option(..., "--out", help="Output file (format from the extension: .jsonl .json .parquet .csv, + .gz)."),
+) -> None:
+    """Convert rows between shapes; rows that cannot be expressed in the target are skipped and counted."""
+    from tunesmith.data.convert import TARGETS, convert_file
+    from tunesmith.errors import DataError
+
+    if to not in TARGETS:
+        raise DataError(f"unknown --to `{to}`", hint=f"Choose one of {', '.join(TARGETS)}.")
+    res = convert_file(file, out, to)
+    for line in res.skipped_rows[:20]:
+        console.print(f"[yellow]skipped[/] {escape(line)}", highlight=False)
+    skipped = ", ".join(f"{n} {code}" for code, n in res.skipped.items()) or "none"
+    console.print(f"[green]wrote[/] {out}: {res.converted} rows as {to}; skipped: {skipped}", highlight=False)
+
+
+@data_app.command("show")
+@handle_errors
+def show(
+    file: Path = typer.Argument(..., help="Data file."),
+    row: int = typer.Option(1, "--row", help="Row number (1-based, blank lines not counted)."),
+    recipe: Path = typer.Option(None, help="Recipe YAML: its model, max_length and policy."),
+    model: str = typer.Option(None, help="Model whose chat template renders the row (default: the catalog default)."),
+    max_length: int = typer.Option(None, help="Maximum tokens (default: the recipe's, else 1024)."),
+) -> None:
+    """Render one row through the chat template exactly as training sees it; trained (loss) tokens highlighted."""
+    from rich.text import Text
+
+    from tunesmith.data.show import nth_record, show_row
+
+    s = _settings(recipe, model, max_length, None)
+    rec = nth_record(file, row)
+    tokenizer, _ = _tokenizer(s["model"])
+    shown = show_row(tokenizer, rec, s["max_length"], s["overlong"])
+    console.rule(f"{shown.where}")
+    for problem in shown.problems:
+        err_console.print(f"[bold red]{escape(problem)}[/]", highlight=False)
+    text = Text()
+    for segment, trained in shown.segments:
+        text.append(segment, style="bold black on green" if trained else "dim")
+    console.print(text)
+    console.rule()
+    state = f"dropped ({shown.dropped})" if shown.dropped else f"{shown.kept_tokens} tokens reach training"
+    console.print(f"{shown.n_tokens} tokens, {shown.n_trained} trained ([black on green]highlighted[/]); "
+                  f"EOS trained: {shown.eos_trained}; max_length {s['max_length']}: {state}")
+
+
+@data_app.command("synth")
+@handle_errors
+def synth(
+    seed_file: Path = typer.Option(..., "--seed-file", help="Seed examples the model imitates."),
+    model: str = typer.Option(..., help="Generator: a run folder (base + adapter), model folder, .gguf or catalog name."),
+    n: int = typer.Option(200, "--n", help="Examples to accept."),
+    out: Path = typer.Option(..., "--out", help="Where to write accepted examples."),
+    schema: Path = typer.Option(None, help="JSON schema file the answer (last assistant message, parsed as JSON) must match."),
+    max_length: int = typer.Option(1024, help="Maximum tokens per accepted example."),
+    max_new_tokens: int = typer.Option(256, help="Generation budget per candidate."),
+    batch_size: int = typer.Option(8, help="Candidates generated together."),
+    max_attempts: int = typer.Option(None, help="Stop after this many candidates (default 4 x N)."),
+    seed: int = typer.Option(0, help="Seed for which seed examples each prompt shows."),
+) -> None:
+    """Generate synthetic examples from seeds; keep only candidates that pass validation; report rejections by reason."""
+    from tunesmith.data.convert import write_rows
+    from tunesmith.data.synth import load_generator, load_seeds, synthesize
+    from tunesmith.errors import DataError
+
+    seeds = load_seeds(seed_file)
+    try:
+        schema_obj = json.loads(schema.read_text(encoding="utf-8")) if schema else None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"--schema {schema}: {exc}") from None
+    with err_console.status(f"loading {model} ..."):
+        gen_model, tokenizer = load_generator(model)
+    with err_console.status("generating ...") as status:
+        res = synthesize(gen_model, tokenizer, seeds, n, schema_obj, max_length, max_new_tokens, batch_size,
+                         max_attempts=max_attempts, seed=seed,
+                         on_batch=lambda ok, tried: status.update(f"generating ... {ok} accepted of {tried}"))
+    write_rows(out, res.accepted)
+    table = Table("verdict", "count", "example output", title=f"synth: {res.attempts} candidates", title_justify="left")
+    table.add_row("[green]accepted[/]", str(len(res.accepted)), "")
+    for reason, count in res.rejected.most_common():
+        table.add_row(f"[red]{reason}[/]", str(count), escape(res.examples.get(reason, "")[:80]))
+    console.print(table)
+    console.print(f"[green]wrote[/] {out}: {len(res.accepted)} of {n} requested")
+    if len(res.accepted) < n:
+        err_console.print(f"[yellow]warning:[/] only {len(res.accepted)} of {n} candidates passed validation")

@@ -1,0 +1,221 @@
+"""Row-level checks of the data audit: each problem is a `Finding` with a stable code.
+
+Format checks reuse the normaliser training uses (`formats.to_messages`), so the audit and
+training can never disagree on what a valid row is; its internal codes are mapped to the
+OpenAI cookbook's names where they correspond. Token checks use the real tokenizer and chat
+template through `template.tokenize_example`, the same function that builds training labels.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from tunesmith.data.formats import Record, RowError, detect_shape, to_messages, to_preference, to_prompt_only
+from tunesmith.data.template import IGNORE, render_prompt, tokenize_example
+
+ERROR, WARNING = "error", "warning"
+
+# code -> (severity, what it means). The table in docs/data.md mirrors this one; a test keeps them in step.
+CODES: dict[str, tuple[str, str]] = {
+    "file_unreadable": (ERROR, "the file cannot be read at all (missing, unsupported type, broken gzip/Parquet, bad encoding)"),
+    "invalid_json": (ERROR, "a line (or the whole JSON file) is not valid JSON; the rest of the file is still read"),
+    "data_type": (ERROR, "the row is not a JSON object"),
+    "unknown_shape": (ERROR, "the row matches none of the supported shapes"),
+    "missing_messages_list": (ERROR, "`messages` (or `conversations`) is absent, empty or not a list"),
+    "message_not_object": (ERROR, "a message is not a JSON object"),
+    "message_missing_key": (ERROR, "a message has no `role` or no `content`"),
+    "message_unrecognized_key": (ERROR, "a message has a key outside role, content, name, weight, function_call, tool_calls, tool_call_id"),
+    "unrecognized_role": (ERROR, "a role outside system, user, assistant, tool, function"),
+    "missing_content": (ERROR, "a message's content is not a string"),
+    "invalid_weight": (ERROR, "a message's weight is not 0 or 1"),
+    "invalid_name": (ERROR, "a message's name is not a string"),
+    "invalid_tool_call": (ERROR, "tool_calls is not a list of {function: {name, arguments}}"),
+    "example_missing_assistant_message": (ERROR, "no assistant message to learn from"),
+    "missing_prompt": (ERROR, "a preference or prompt-only row has no usable prompt"),
+    "missing_chosen": (ERROR, "a preference row has no usable chosen answer"),
+    "missing_rejected": (ERROR, "a preference row has no usable rejected answer"),
+    "system_not_first": (ERROR, "a system message after the first position"),
+    "consecutive_user_turns": (ERROR, "two user turns in a row"),
+    "empty_assistant_content": (ERROR, "an assistant message that is empty or whitespace only (and calls no tool)"),
+    "identical_chosen_rejected": (WARNING, "a preference row whose chosen and rejected answers are the same"),
+    "over_max_length": (WARNING, "longer than max_length: dropped or truncated per policy (an error with policy `error`)"),
+    "truncated_no_trained_tokens": (WARNING, "truncation removes every trained token: the row is dropped"),
+    "all_labels_masked": (WARNING, "no token is trained (every assistant turn has weight 0): the row is dropped"),
+    "eos_not_trained": (WARNING, "EOS is not among the trained tokens (cut by truncation): the model may not learn to stop"),
+    "no_eos_token": (ERROR, "the tokenizer has no EOS token: a tuned model cannot learn to stop"),
+    "no_trainable_rows": (ERROR, "after the length policy and label checks, no row is left to train on"),
+    "too_few_examples": (ERROR, "fewer than 10 training examples"),
+    "few_examples": (WARNING, "fewer than 50 training examples (gains are usually seen from 50-100)"),
+    "exact_duplicate": (WARNING, "the same row (after whitespace normalisation) appears earlier"),
+    "near_duplicate": (WARNING, "a row nearly identical (MinHash Jaccard >= threshold) to an earlier one"),
+    "eval_overlap": (WARNING, "an eval row that also appears in train (inflates every eval figure)"),
+    "eval_near_overlap": (WARNING, "an eval row nearly identical to a train row"),
+    "label_imbalance": (WARNING, "one value of the label field covers >= 80% of the rows"),
+    "refusal_ratio": (WARNING, ">= 5% of answers look like refusals"),
+}
+
+# formats.py codes -> the audit's (OpenAI cookbook) names; the others pass through unchanged.
+FORMAT_CODES = {"missing_assistant_message": "example_missing_assistant_message", "content_not_string": "missing_content"}
+
+_REFUSAL = re.compile(
+    r"\b(i'?m sorry|i am sorry|i apologi[sz]e|i cannot|i can'?t|i can not|i'?m unable|i am unable|i'?m not able|"
+    r"i am not able|i won'?t be able|as an ai\b|i must decline|i'?m afraid i)",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem: where it is (file, 1-based line, message index) and what it is (stable code)."""
+
+    code: str
+    severity: str
+    file: str | None
+    line: int | None
+    message_index: int | None
+    message: str
+
+    @property
+    def where(self) -> str:
+        at = f"{self.file}:{self.line}" if self.line is not None else (self.file or "(dataset)")
+        return at + (f" message {self.message_index}" if self.message_index is not None else "")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(code=self.code, severity=self.severity, file=self.file, line=self.line,
+                    message_index=self.message_index, message=self.message)
+
+
+def finding(code: str, file: str | None, line: int | None, message: str, index: int | None = None,
+            severity: str | None = None) -> Finding:
+    return Finding(code, severity or CODES[code][0], file, line, index, message)
+
+
+@dataclass
+class Row:
+    """A row that passed the format checks, normalised for the rest of the audit."""
+
+    file: str
+    line: int
+    shape: str
+    obj: dict[str, Any]
+    messages: list[dict[str, Any]]  # what SFT trains on; for prompt-only rows, the prompt
+    trained: bool = True  # False for prompt-only rows: no labels expected
+    rejected: list[dict[str, Any]] | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+def _content(msg: dict[str, Any]) -> str:
+    return msg.get("content") if isinstance(msg.get("content"), str) else ""
+
+
+def turn_problems(messages: list[dict[str, Any]]) -> list[tuple[str, int, str]]:
+    """(code, message index, text) for bad turn order and empty answers."""
+    out = []
+    for i, msg in enumerate(messages):
+        role = msg.get("role")
+        if role == "system" and i > 0:
+            out.append(("system_not_first", i, f"system message at position {i}; it must come first"))
+        if role == "user" and i > 0 and messages[i - 1].get("role") == "user":
+            out.append(("consecutive_user_turns", i, f"user turn {i} follows another user turn"))
+        calling = msg.get("tool_calls") is not None or msg.get("function_call") is not None
+        if role == "assistant" and not calling and not _content(msg).strip():
+            out.append(("empty_assistant_content", i, f"assistant message {i} is empty or whitespace only"))
+    return out
+
+
+def _normalise(rec: Record) -> tuple[str, list[dict[str, Any]], bool, list[dict[str, Any]] | None]:
+    """(shape, messages, trained, rejected) for a parsed row; raises RowError."""
+    obj = rec.obj
+    shape = detect_shape(obj) if isinstance(obj, dict) else "unknown"
+    if shape in ("preference", "openai_dpo"):
+        pair = to_preference(obj)
+        return shape, pair["prompt"] + pair["chosen"], True, pair["prompt"] + pair["rejected"]
+    if shape == "prompt_only":
+        return shape, to_prompt_only(obj), False, None
+    return shape, to_messages(obj), True, None
+
+
+def check_record(rec: Record) -> tuple[Row | None, list[Finding]]:
+    """Format, turn-order and empty-answer checks of one record. The Row is None when it cannot be used."""
+    if rec.error:
+        return None, [finding("invalid_json", rec.path, rec.line, rec.error)]
+    try:
+        shape, messages, trained, rejected = _normalise(rec)
+    except RowError as exc:
+        code = FORMAT_CODES.get(exc.code, exc.code)
+        if code not in CODES:
+            code = "unknown_shape"
+        return None, [finding(code, rec.path, rec.line, exc.message, exc.index)]
+    problems = turn_problems(messages) + (turn_problems(rejected) if rejected else [])
+    findings = [finding(code, rec.path, rec.line, text, index) for code, index, text in problems]
+    if rejected is not None and rejected == messages:
+        findings.append(finding("identical_chosen_rejected", rec.path, rec.line, "chosen and rejected are identical"))
+    if any(f.severity == ERROR for f in findings):
+        return None, findings
+    return Row(rec.path, rec.line, shape, rec.obj, messages, trained, rejected), findings
+
+
+@dataclass
+class TokenInfo:
+    """Token counts of one row as training sees it."""
+
+    total: int  # rendered tokens before any truncation
+    assistant: int  # trained (loss) tokens before any truncation
+    kept_total: int = 0  # tokens that reach training (0 when dropped)
+    kept_trained: int = 0
+    lost: int = 0  # tokens removed by drop or truncation
+    dropped: str | None = None
+    first_answer_token: str | None = None
+
+
+def check_tokens(row: Row, tokenizer: Any, max_length: int | None, overlong: str) -> tuple[TokenInfo, list[Finding]]:
+    """Render and tokenize like training does; apply the over-length policy; check labels and EOS."""
+    if not row.trained:
+        n = len(tokenizer(render_prompt(tokenizer, row.messages), add_special_tokens=False)["input_ids"])
+        info = TokenInfo(n, 0, n, 0)
+        if max_length is not None and n > max_length:
+            info.kept_total, info.lost, info.dropped = 0, n, "overlong"
+            return info, [finding("over_max_length", row.file, row.line, f"prompt has {n} tokens > max_length {max_length}",
+                                  severity=ERROR if overlong == "error" else None)]
+        return info, []
+    tok = tokenize_example(tokenizer, row.messages)
+    first = next((t for t, lab in zip(tok.input_ids, tok.labels) if lab != IGNORE), None)
+    info = TokenInfo(tok.n_tokens, tok.n_trained, tok.n_tokens, tok.n_trained,
+                     first_answer_token=tokenizer.decode([first]).strip() if first is not None else None)
+    out: list[Finding] = []
+    if tok.n_trained == 0:
+        info.kept_total, info.kept_trained, info.dropped = 0, 0, "no_trained_tokens"
+        return info, [finding("all_labels_masked", row.file, row.line, "no trained tokens (every assistant turn has weight 0)")]
+    labels = tok.labels
+    if max_length is not None and tok.n_tokens > max_length:
+        over = f"{tok.n_tokens} tokens > max_length {max_length}"
+        if overlong in ("drop", "error"):
+            info.kept_total, info.kept_trained, info.lost, info.dropped = 0, 0, tok.n_tokens, "overlong"
+            what = "refused (policy error)" if overlong == "error" else f"dropped, {tok.n_tokens} tokens lost"
+            return info, [finding("over_max_length", row.file, row.line, f"{over}: {what}",
+                                  severity=ERROR if overlong == "error" else None)]
+        labels = labels[:max_length]
+        info.kept_total, info.lost = max_length, tok.n_tokens - max_length
+        info.kept_trained = sum(lab != IGNORE for lab in labels)
+        if info.kept_trained == 0:
+            info.kept_total, info.dropped = 0, "no_trained_tokens"
+            return info, [finding("truncated_no_trained_tokens", row.file, row.line, f"{over}: truncation keeps no trained token, dropped")]
+        out.append(finding("over_max_length", row.file, row.line, f"{over}: truncated, {info.lost} tokens lost"))
+    eos = tokenizer.eos_token_id
+    if eos is not None and eos not in [lab for lab in labels if lab != IGNORE]:
+        out.append(finding("eos_not_trained", row.file, row.line, "EOS is not a trained token: the model may not learn to stop"))
+    return info, out
+
+
+def last_answer(row: Row) -> str:
+    return next((_content(m) for m in reversed(row.messages) if m.get("role") == "assistant"), "")
+
+
+def looks_like_refusal(text: str) -> bool:
+    """True when an answer opens like a refusal ("I'm sorry, I can't ...")."""
+    return bool(_REFUSAL.search(text[:200]))

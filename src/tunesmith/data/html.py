@@ -1,0 +1,90 @@
+"""The audit as one self-contained HTML page: findings by code, statistics, and length histograms as inline PNGs.
+
+Charts are drawn on matplotlib's Agg canvas (no pyplot, no global backend switch), the page
+uses inline CSS only, every piece of dataset text is HTML-escaped, and the file is written to
+a temp file and renamed, like the eval report.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from tunesmith.data.audit import AuditReport
+
+_DPI = 100
+_CSS = (
+    "body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
+    ".error{color:#b00020;font-weight:bold}.warning{color:#9a6700;font-weight:bold}.ok{color:#1a7f37;font-weight:bold}"
+    "pre{background:#f6f8fa;padding:1em;overflow:auto;font-size:12px}"
+)
+
+
+def histogram_png(values: list[int], title: str, limit: int | None = None) -> bytes:
+    """PNG bytes of a histogram of per-example token counts, with the max_length line when given."""
+    fig = Figure(figsize=(6, 3.2), dpi=_DPI)
+    ax = fig.add_subplot()
+    if values:
+        ax.hist(values, bins=min(50, max(5, len(set(values)))), color="#1f77b4")
+        if limit is not None:
+            ax.axvline(limit, color="#d62728", linestyle="--", label=f"max_length {limit}")
+            ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    ax.set_title(title)
+    ax.set_xlabel("tokens per example")
+    ax.set_ylabel("examples")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    FigureCanvasAgg(fig).print_png(buf)
+    return buf.getvalue()
+
+
+def _img(data: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+def render(report: AuditReport) -> str:
+    """The HTML text of a report."""
+    e = html.escape
+    status = (f'<span class="error">{len(report.errors)} blocking error(s)</span>' if report.errors
+              else '<span class="ok">no blocking errors</span>')
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>data check</title><style>{_CSS}</style></head><body>",
+             f"<h1>Data check</h1><p>{e(', '.join(report.files))}</p><p>{status} · {len(report.warnings)} warning(s)</p>",
+             "<h2>Findings</h2><table><tr><th>code</th><th>severity</th><th>count</th><th>meaning</th><th>first places</th></tr>"]
+    for code, g in report.by_code().items():
+        first = "<br>".join(e(x) for x in g["first"])
+        parts.append(f"<tr><td>{e(code)}</td><td class='{g['severity']}'>{g['severity']}</td><td>{g['count']}</td>"
+                     f"<td>{e(g['description'])}</td><td>{first}</td></tr>")
+    parts.append("</table>")
+    if report.lengths:
+        limit = report.stats.get("tokens", {}).get("max_length")
+        parts.append("<h2>Lengths</h2>")
+        parts.append(_img(histogram_png(report.lengths["total"], "total tokens per example", limit), "total tokens histogram"))
+        parts.append(_img(histogram_png(report.lengths["assistant"], "trained (assistant) tokens per example"), "assistant tokens histogram"))
+    parts.append(f"<h2>Statistics</h2><pre>{e(json.dumps(report.stats, indent=2, default=str))}</pre></body></html>")
+    return "\n".join(parts)
+
+
+def write_html(path: str | Path, report: AuditReport) -> Path:
+    """Write the report page atomically; returns its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(render(report))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
