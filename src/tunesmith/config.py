@@ -10,7 +10,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from tunesmith.errors import RecipeError
 
@@ -72,7 +81,12 @@ class DataSection(Section):
 
 
 class AdapterSection(Section):
-    type: Literal["lora", "full"] = Field("lora", description="lora = train a LoRA adapter; full = train all weights.")
+    type: Literal["lora", "qlora", "dora", "full", "prompt_tuning"] = Field(
+        "lora",
+        description="lora = LoRA adapter; qlora = LoRA on a 4-bit NF4 base (double quantization, needs bitsandbytes); "
+        "dora = weight-decomposed LoRA; full = train all weights; prompt_tuning = learn num_virtual_tokens soft-prompt vectors.",
+    )
+    use_rslora: bool = Field(False, description="Rank-stabilised LoRA: scale = alpha / sqrt(r) instead of alpha / r (lora, qlora, dora).")
     r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
     alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
@@ -80,6 +94,20 @@ class AdapterSection(Section):
         "all-linear", description="Modules that get LoRA: 'all-linear' or a list of module names (q_proj, v_proj, ...)."
     )
     modules_to_save: list[str] = Field(default_factory=list, description="Extra modules trained fully and saved with the adapter.")
+    num_virtual_tokens: int = Field(20, ge=1, le=512, description="prompt_tuning: number of learned soft-prompt tokens.")
+    prompt_tuning_init_text: str | None = Field(
+        None, description="prompt_tuning: initialise the soft prompt from this text's token embeddings; empty = random init."
+    )
+
+    @model_validator(mode="after")
+    def _qlora_needs_bitsandbytes(self) -> "AdapterSection":
+        # QLoRA here always means a 4-bit NF4 base with double quantization; it cannot run without bitsandbytes.
+        if self.type == "qlora":
+            import importlib.util
+
+            if importlib.util.find_spec("bitsandbytes") is None:
+                raise ValueError("type qlora needs bitsandbytes (pip install 'tunesmith[qlora]'); or use type: lora")
+        return self
 
 
 class TrainingSection(Section):
@@ -98,6 +126,34 @@ class TrainingSection(Section):
     save_total_limit: int = Field(2, ge=1, description="Keep at most this many checkpoints.")
     eval_steps: int = Field(0, ge=0, description="Compute eval loss every N steps; 0 = only at the end.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (useful on GPU for long sequences).")
+    unfreeze_top_layers: int = Field(
+        0, ge=0, description="Hybrid: train the top N decoder layers in full (saved with the adapter) and LoRA/DoRA on the layers below."
+    )
+    auto_resume: bool = Field(
+        False, description="Continue from the newest complete checkpoint in output_dir when there is one (as --resume does)."
+    )
+    max_bad_steps: int = Field(
+        3, ge=1, description="Abort after this many optimizer steps in a row with a NaN/inf gradient (each one is skipped and counted)."
+    )
+    oom_backoff: bool = Field(
+        True, description="On GPU out-of-memory: halve the micro-batch and double grad_accum (same global batch), down to 1."
+    )
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list,
+        description="Extra trackers, written under the run folder (tensorboard/, mlflow.db); needs `pip install tunesmith[tracking]`. "
+        "metrics.jsonl and loss.png are always written.",
+    )
+
+    @field_validator("report_to", mode="after")
+    @classmethod
+    def _trackers_installed(cls, value: list[str]) -> list[str]:
+        import importlib.util
+
+        modules = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+        missing = [name for name in value if importlib.util.find_spec(modules[name]) is None]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} not installed: pip install 'tunesmith[tracking]'")
+        return list(dict.fromkeys(value))
 
 
 class EvalSection(Section):
@@ -106,16 +162,97 @@ class EvalSection(Section):
     max_examples: int = Field(0, ge=0, description="Evaluate at most this many held-out examples; 0 = all.")
 
 
+REWARD_TYPES = ("json_valid", "json_schema_valid", "exact_match", "regex", "length_penalty", "custom")
+
+
+class RewardSpec(Section):
+    """One GRPO reward. A bare string in the recipe is shorthand: `json_valid`, or `package.module:function` for custom."""
+
+    type: Literal["json_valid", "json_schema_valid", "exact_match", "regex", "length_penalty", "custom"] = Field(
+        ..., description="json_valid, json_schema_valid (json_schema), exact_match (field), regex (pattern), length_penalty (max_chars) or custom (function)."
+    )
+    weight: float = Field(1.0, description="Weight of this reward in the sum GRPO normalises per group.")
+    json_schema: dict[str, Any] | str | None = Field(
+        None, description="json_schema_valid: a JSON schema, inline or a .json file path (relative to the recipe)."
+    )
+    field: str = Field("reference", description="exact_match: the data column holding the expected answer.")
+    pattern: str | None = Field(None, description="regex: a Python regular expression the whole completion must match.")
+    max_chars: int = Field(256, ge=1, description="length_penalty: completions longer than this lose reward in proportion.")
+    function: str | None = Field(None, description="custom: `module:function` (module importable, or a .py next to the recipe).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"type": "custom", "function": value} if ":" in value else {"type": value}
+        return value
+
+    @model_validator(mode="after")
+    def _options_present(self) -> "RewardSpec":
+        import re
+
+        if self.type == "json_schema_valid" and self.json_schema is None:
+            raise ValueError("json_schema_valid needs `json_schema` (inline or a file path)")
+        if self.type == "regex":
+            if not self.pattern:
+                raise ValueError("regex needs `pattern`")
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern is not a valid regular expression: {exc}") from None
+        if self.type == "custom" and not re.fullmatch(r"[^:]+:[A-Za-z_]\w*", self.function or ""):
+            raise ValueError("custom needs `function` as `module:function` (or `file.py:function`)")
+        return self
+
+
+class DPOSection(Section):
+    beta: float = Field(0.1, gt=0, description="DPO temperature: how far the tuned model may move from the reference (higher = stay closer).")
+    loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero", "apo_down"] = Field(
+        "sigmoid", description="DPO loss: sigmoid (the original), ipo, hinge, robust (noisy labels), ... (TRL's names)."
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Assumed fraction of flipped preference labels (sigmoid/robust losses).")
+
+
+class GRPOSection(Section):
+    rewards: list[RewardSpec] = Field(default_factory=list, description="Reward functions, summed with their weights (method grpo needs at least one).")
+    num_generations: int = Field(4, ge=2, description="Completions sampled per prompt; rewards are normalised within each group.")
+    max_completion_length: int = Field(128, ge=1, description="Token budget of each sampled completion.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature for the completions.")
+    beta: float = Field(0.0, ge=0, description="KL penalty towards the reference (the base under the adapter); 0 = none.")
+    scale_rewards: Literal["group", "batch", "none"] = Field("group", description="Divide advantages by the reward std of the group, the batch, or not at all.")
+
+
+class DistillSection(Section):
+    teacher: str | None = Field(None, description="Teacher: a base model spec (like model.base) or a finished tunesmith run folder.")
+    mode: Literal["sequence", "logits"] = Field(
+        "sequence",
+        description="sequence = the teacher writes answers, saved and audited as a dataset, and the student is SFT-trained on them; "
+        "logits = the student matches the teacher's next-token distributions (needs the same tokenizer).",
+    )
+    max_new_tokens: int = Field(128, ge=1, description="Teacher's generation budget per prompt (sequence mode).")
+    batch_size: int = Field(8, ge=1, description="Prompts the teacher generates together (sequence mode).")
+    beta: float = Field(0.5, ge=0, le=1, description="logits: generalised JSD interpolation (0 = forward KL, 1 = reverse KL).")
+    temperature: float = Field(1.0, gt=0, description="logits: softmax temperature of both distributions.")
+    lmbda: float = Field(0.0, ge=0, le=1, description="logits: fraction of steps trained on student-generated answers (on-policy); 0 = the data's answers.")
+
+
 class Recipe(Section):
     """A complete fine-tuning run."""
 
     name: str = Field("run", description="A name for this run (shown in reports).")
-    method: Literal["sft"] = Field("sft", description="Training method: sft (demonstrations).")
+    method: Literal["sft", "dpo", "grpo", "distill"] = Field(
+        "sft",
+        description="Training method: sft (demonstrations), dpo (preference pairs), grpo (prompts + reward functions), "
+        "distill (a teacher model writes or scores the answers).",
+    )
     model: ModelSection = Field(default_factory=ModelSection, description="The base model.")
     data: DataSection = Field(..., description="Training and eval data.")
     adapter: AdapterSection = Field(default_factory=AdapterSection, description="What is trained.")
     training: TrainingSection = Field(default_factory=TrainingSection, description="Optimisation.")
     eval: EvalSection = Field(default_factory=EvalSection, description="Base-vs-tuned evaluation.")
+    dpo: DPOSection = Field(default_factory=DPOSection, description="DPO settings (method: dpo).")
+    grpo: GRPOSection = Field(default_factory=GRPOSection, validate_default=True, description="GRPO settings (method: grpo).")
+    distill: DistillSection = Field(default_factory=DistillSection, validate_default=True, description="Distillation settings (method: distill).")
     output_dir: str = Field("runs/run", description="Run directory (relative to this recipe).")
 
     @field_validator("output_dir", mode="after")
@@ -124,6 +261,77 @@ class Recipe(Section):
         base = Path((info.context or {}).get("base_dir", "."))
         path = Path(value).expanduser()
         return str(path if path.is_absolute() else (base / path).resolve())
+
+    @field_validator("data", mode="after")
+    @classmethod
+    def _dpo_needs_pairs(cls, value: DataSection, info: ValidationInfo) -> DataSection:
+        if info.data.get("method") == "dpo":
+            from tunesmith.data.formats import detect_shape, read_records
+
+            for path in value.train:
+                first = next((r.obj for r in read_records(path) if isinstance(r.obj, dict)), None)
+                if first is None or detect_shape(first) not in ("preference", "openai_dpo"):
+                    shape = detect_shape(first) if first is not None else "no rows"
+                    raise ValueError(
+                        f"method dpo needs preference pairs (prompt/chosen/rejected or input/preferred_output/"
+                        f"non_preferred_output); {Path(path).name} holds `{shape}` rows"
+                    )
+        return value
+
+    @field_validator("training", mode="after")
+    @classmethod
+    def _hybrid_needs_lora(cls, value: TrainingSection, info: ValidationInfo) -> TrainingSection:
+        adapter = info.data.get("adapter")
+        if value.unfreeze_top_layers and adapter is not None and adapter.type not in ("lora", "dora"):
+            raise ValueError(f"unfreeze_top_layers needs adapter.type lora or dora, not {adapter.type}")
+        return value
+
+    @field_validator("grpo", mode="after")
+    @classmethod
+    def _grpo_rewards(cls, value: GRPOSection, info: ValidationInfo) -> GRPOSection:
+        import importlib.util
+        import json
+
+        if info.data.get("method") == "grpo" and not value.rewards:
+            raise ValueError("method grpo needs at least one entry in `rewards` (e.g. json_valid)")
+        training = info.data.get("training")
+        if info.data.get("method") == "grpo" and training is not None and (training.batch_size * training.grad_accum) % value.num_generations:
+            # TRL groups the completions of one prompt inside one generation batch.
+            raise ValueError(
+                f"training.batch_size x grad_accum ({training.batch_size * training.grad_accum}) must be a multiple of "
+                f"num_generations ({value.num_generations}): the batch counts completions, num_generations per prompt"
+            )
+        base = Path((info.context or {}).get("base_dir", "."))
+        for reward in value.rewards:
+            if isinstance(reward.json_schema, str):  # inline the file so run.yaml stays self-contained
+                path = Path(reward.json_schema).expanduser()
+                path = path if path.is_absolute() else base / path
+                try:
+                    reward.json_schema = json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, json.JSONDecodeError) as exc:
+                    raise ValueError(f"reward schema {path}: {exc}") from None
+            if reward.type == "custom" and reward.function:
+                module, _, _ = reward.function.rpartition(":")
+                local = base / (module if module.endswith(".py") else module.replace(".", "/") + ".py")
+                if local.is_file():  # a file next to the recipe: keep its absolute path so the run finds it later
+                    reward.function = f"{local.resolve()}:{reward.function.rpartition(':')[2]}"
+                elif not module.endswith(".py") and importlib.util.find_spec(module.split(".")[0]) is None:
+                    raise ValueError(f"reward function module `{module}` is not importable and no {local.name} next to the recipe")
+                elif module.endswith(".py") and not Path(module).is_file():
+                    raise ValueError(f"reward function file not found: {module}")
+        return value
+
+    @field_validator("distill", mode="after")
+    @classmethod
+    def _distill_teacher(cls, value: DistillSection, info: ValidationInfo) -> DistillSection:
+        if info.data.get("method") != "distill":
+            return value
+        if not value.teacher:
+            raise ValueError("method distill needs `teacher` (a base model spec or a tunesmith run folder)")
+        local = Path((info.context or {}).get("base_dir", ".")) / Path(value.teacher).expanduser()
+        if not Path(value.teacher).is_absolute() and local.exists():
+            value.teacher = str(local.resolve())
+        return value
 
     @property
     def run_dir(self) -> Path:
@@ -194,6 +402,6 @@ def commented_yaml(values: dict[str, Any], model: type[BaseModel] = Recipe, inde
             out.append(f"{pad}{name}:")
             out.append(commented_yaml(value, sub, indent + 1))
         else:
-            dumped = yaml.safe_dump({name: value}, sort_keys=False, default_flow_style=None).rstrip("\n")
+            dumped = yaml.safe_dump({name: value}, sort_keys=False, default_flow_style=False, allow_unicode=True).rstrip("\n")
             out.extend(pad + line for line in dumped.splitlines())
     return "\n".join(out)

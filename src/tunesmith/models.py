@@ -122,7 +122,7 @@ def resolve_base(spec: str) -> str:
         if not (path / "config.json").exists():
             raise ModelError(f"{path} is not a model folder (no config.json)")
         return str(path.resolve())
-    if spec.startswith((".", "/", "~")) or os.sep in spec and spec.count("/") > 1:
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:  # a path, not an org/name hub id
         raise ModelError(f"model path not found: {spec}")
     return spec  # a hub id: the normal transformers cache applies
 
@@ -161,17 +161,21 @@ def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bo
     return tok
 
 
-def load_model(path: str, dtype: str = "auto", revision: str | None = None, trust_remote_code: bool = False) -> Any:
-    """Load a causal LM on the available device in the requested dtype."""
+def load_model(
+    path: str, dtype: str = "auto", revision: str | None = None, trust_remote_code: bool = False, quantization_config: Any = None
+) -> Any:
+    """Load a causal LM on the available device in the requested dtype (4-bit when given a BitsAndBytesConfig)."""
     from transformers import AutoModelForCausalLM
 
+    # A quantized model is placed while it loads and cannot be moved afterwards.
+    placement = {"quantization_config": quantization_config, "device_map": {"": device()}} if quantization_config else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch_dtype(dtype), revision=revision, trust_remote_code=trust_remote_code
+            path, dtype=torch_dtype(dtype), revision=revision, trust_remote_code=trust_remote_code, **placement
         )
     except OSError as exc:
         raise ModelError(f"cannot load a model from {path}: {exc}") from None
-    return model.to(device())
+    return model if quantization_config else model.to(device())
 
 
 def chat_template_hash(tokenizer: Any) -> str:

@@ -1,6 +1,6 @@
 import pytest
 
-from tunesmith.config import Recipe, apply_overrides, commented_yaml, load_recipe
+from tunesmith.config import apply_overrides, commented_yaml, load_recipe
 from tunesmith.errors import RecipeError
 
 
@@ -44,3 +44,17 @@ def test_commented_yaml_documents_every_field():
     text = commented_yaml({"training": {"learning_rate": 0.001, "seed": 1}, "name": "x"})
     assert "# Peak learning rate." in text and "learning_rate: 0.001" in text
     assert "# A name for this run" in text
+
+
+def test_init_writes_a_valid_commented_recipe(tmp_path):
+    from tunesmith.demo.pipeline import write_project
+    from tunesmith.errors import TunesmithError
+
+    path = write_project(tmp_path / "proj")
+    recipe = load_recipe(path)
+    assert recipe.data.train == [str((tmp_path / "proj" / "data" / "train.jsonl").resolve())]
+    assert recipe.run_dir == (tmp_path / "proj" / "runs" / "demo").resolve()
+    text = path.read_text()
+    assert text.count("\n# ") + text.count("\n  # ") >= 30  # every field carries its description
+    with pytest.raises(TunesmithError, match="already exists"):
+        write_project(tmp_path / "proj")

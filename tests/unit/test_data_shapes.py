@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tunesmith.data.formats import RowError, detect_shape, to_messages, to_preference, to_prompt_only
+from tunesmith.data.formats import (
+    RowError,
+    detect_shape,
+    to_messages,
+    to_preference,
+    to_prompt_only,
+)
 
 U = {"role": "user", "content": "q"}
 A = {"role": "assistant", "content": "a"}

@@ -6,10 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
-
-from tunesmith.data.synth import REASONS, CandidateValidator, build_prompt, parse_candidate, synthesize
-
 from test_data_checks import LONG, chat, clean_row
+
+from tunesmith.data.synth import (
+    REASONS,
+    CandidateValidator,
+    build_prompt,
+    parse_candidate,
+    synthesize,
+)
 
 TOKENIZER_DIR = Path(__file__).parents[1] / "fixtures" / "tiny-tokenizer"
 SCHEMA = {"type": "object", "required": ["sum", "id"], "properties": {"sum": {"type": "integer"}, "id": {"type": "integer"}}}

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from test_data_checks import LONG, NEAR, chat, clean_row, write
 
 from tunesmith.data import stats
 from tunesmith.data.audit import audit
@@ -15,8 +16,6 @@ from tunesmith.data.formats import RowError, load_examples, read_records
 from tunesmith.data.show import nth_record, show_row
 from tunesmith.data.split import split_file
 from tunesmith.errors import DataError
-
-from test_data_checks import LONG, NEAR, chat, clean_row, write
 
 TOKENIZER_DIR = Path(__file__).parents[1] / "fixtures" / "tiny-tokenizer"
 

@@ -1,8 +1,14 @@
 import pytest
+from conftest import TINY_TOKENIZER
 from transformers import AutoTokenizer
 
-from tunesmith.data.template import IGNORE, prompt_messages, reference, render_prompt, tokenize_example
-from conftest import TINY_TOKENIZER
+from tunesmith.data.template import (
+    IGNORE,
+    prompt_messages,
+    reference,
+    render_prompt,
+    tokenize_example,
+)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from tunesmith.config import load_recipe
 from tunesmith.errors import RunError
 from tunesmith.run import load_run, read_metrics
 from tunesmith.train import sft
-from tunesmith.train.callbacks import COMPLETE, latest_complete_checkpoint
+from tunesmith.train.callbacks import latest_complete_checkpoint
 
 
 def _adapter(run_dir):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from tunesmith.cli import app, console, err_console, handle_errors

@@ -28,21 +28,34 @@ def train(
     recipe: Path = typer.Argument(..., help="Recipe YAML."),
     set_: list[str] = typer.Option([], "--set", help="Override a field: section.field=value (repeatable)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint of this run."),
+    force: bool = typer.Option(False, "--force", help="Train even when the data check finds blocking errors."),
+    nproc: int = typer.Option(0, "--nproc", help="Train on N processes (GPUs; CPU processes without GPUs) via accelerate launch."),
+    accelerate_config: str = typer.Option(
+        "ddp", "--accelerate-config", help="With --nproc: ddp, fsdp, deepspeed_zero2, deepspeed_zero3 (configs/accelerate/) or a YAML path."
+    ),
 ) -> None:
-    """Fine-tune the base model on the recipe's data (SFT with a LoRA adapter by default)."""
+    """Fine-tune the base model on the recipe's data with its method (sft, dpo, grpo or distill; LoRA by default).
+
+    Exit codes: 0 done · 1 bad recipe/data · 3 diverged (NaN/inf) · 4 out of memory at micro-batch 1 ·
+    74 disk full · 75 stopped by SIGTERM/SIGINT after a checkpoint (continue with --resume).
+    """
     from tunesmith.config import load_recipe
 
     cfg = load_recipe(recipe, set_)  # every recipe problem is reported here, before any model loads
-    from tunesmith.train import sft
+    if nproc:
+        from tunesmith.train import launch
 
-    run = sft.run(cfg, resume=resume)
-    f = run.manifest["figures"]
-    tok = run.manifest["tokens"]["train"]
-    console.print(
-        f"[green]trained[/] {run.dir}: {f['global_step']} steps, train loss {f['train_loss']:.4f}, "
-        f"eval loss {f['eval_loss']:.4f}, {f['wall_time_s']:.0f}s, {f['tokens_per_s']:.0f} tokens/s, "
-        f"peak {f['peak_memory_mb']:.0f} MB\n"
-        f"data: {tok['kept']} of {tok['examples']} train rows used "
-        f"({tok['dropped_overlong']} over max_length, {tok['dropped_no_trained_tokens']} without trained tokens dropped)\n"
-        f"next: tunesmith eval {recipe}"
-    )
+        child = ["train", str(recipe), *[a for s in set_ for a in ("--set", s)]]
+        child += ["--resume"] * resume + ["--force"] * force
+        raise typer.Exit(launch.launch(nproc, accelerate_config, child))
+    from tunesmith.errors import TunesmithError
+    from tunesmith.train import launch, summary
+    from tunesmith.train import run as train_run
+
+    try:
+        run = train_run(cfg, resume=resume, force=force)  # picks sft | dpo | grpo | distill by recipe.method
+    except TunesmithError as exc:
+        launch.record_exit_code(exc.exit_code)  # under --nproc, the launcher returns rank 0's code
+        raise
+    if launch.rank() == 0:
+        console.print(f"[green]trained[/] {run.dir}\n{summary(run)}\nnext: tunesmith eval {recipe}")

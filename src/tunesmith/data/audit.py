@@ -16,7 +16,17 @@ from typing import Any
 
 from tunesmith.data import dedup, stats
 from tunesmith.data.checks import (
-    CODES, ERROR, WARNING, Finding, Row, TokenInfo, check_record, check_tokens, finding, last_answer, looks_like_refusal,
+    CODES,
+    ERROR,
+    WARNING,
+    Finding,
+    Row,
+    TokenInfo,
+    check_record,
+    check_tokens,
+    finding,
+    last_answer,
+    looks_like_refusal,
 )
 from tunesmith.data.formats import read_records
 from tunesmith.errors import DataError

@@ -12,7 +12,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from tunesmith.data.formats import Record, RowError, detect_shape, to_messages, to_preference, to_prompt_only
+from tunesmith.data.formats import (
+    Record,
+    RowError,
+    detect_shape,
+    to_messages,
+    to_preference,
+    to_prompt_only,
+)
 from tunesmith.data.template import IGNORE, render_prompt, tokenize_example
 
 ERROR, WARNING = "error", "warning"

@@ -16,7 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.data.formats import RowError, detect_shape, file_kind, read_records, to_messages, to_preference, to_prompt_only
+from tunesmith.data.formats import (
+    RowError,
+    detect_shape,
+    file_kind,
+    read_records,
+    to_messages,
+    to_preference,
+    to_prompt_only,
+)
 
 TARGETS = ("messages", "sharegpt", "alpaca", "prompt_completion", "preference", "openai_dpo", "prompt_only")
 SHAPE_KEYS = {

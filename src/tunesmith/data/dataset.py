@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from tunesmith.config import DataSection
 from tunesmith.data.formats import Example, load_examples
@@ -18,19 +19,28 @@ def _row_key(example: Example) -> str:
     return hashlib.sha256(json.dumps(example.messages, sort_keys=True).encode()).hexdigest()
 
 
+T = TypeVar("T")
+
+
+def hold_out(train: list[T], evaluation: list[T] | None, key: Callable[[T], str], fraction: float, seed: int) -> tuple[list[T], list[T]]:
+    """(train, eval): the given eval rows, or a seeded `fraction` of train held out; eval rows also in train are removed.
+
+    The held-out rows depend on the seed and the rows' content, not on file order. Rows present in both splits
+    would inflate every eval figure.
+    """
+    if evaluation is None:
+        order = sorted(train, key=key)
+        random.Random(seed).shuffle(order)
+        n_eval = max(1, round(len(order) * fraction))
+        evaluation, train = order[:n_eval], order[n_eval:]
+    train_keys = {key(r) for r in train}
+    return train, [r for r in evaluation if key(r) not in train_keys]
+
+
 def split_examples(data: DataSection, seed: int) -> tuple[list[Example], list[Example]]:
     """Train and eval examples. Without an eval file, a seeded, deterministic eval_fraction is held out."""
     train = load_examples(data.train)
-    if data.eval:
-        evaluation = load_examples(data.eval)
-    else:
-        order = sorted(train, key=_row_key)  # file order must not change which rows are held out
-        random.Random(seed).shuffle(order)
-        n_eval = max(1, round(len(order) * data.eval_fraction))
-        evaluation, train = order[:n_eval], order[n_eval:]
-    # Rows present in both would inflate every eval figure: remove them from eval, and say so in stats.
-    train_keys = {_row_key(e) for e in train}
-    evaluation = [e for e in evaluation if _row_key(e) not in train_keys]
+    train, evaluation = hold_out(train, load_examples(data.eval) if data.eval else None, _row_key, data.eval_fraction, seed)
     if not evaluation:
         raise DataError("the eval split is empty after removing rows that also appear in train")
     return train, evaluation

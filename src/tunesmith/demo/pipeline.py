@@ -7,7 +7,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunesmith.config import AdapterSection, EvalSection, ModelSection, TrainingSection, commented_yaml
+from tunesmith.config import (
+    AdapterSection,
+    EvalSection,
+    ModelSection,
+    TrainingSection,
+    commented_yaml,
+)
 from tunesmith.errors import TunesmithError
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -16,8 +22,8 @@ DATA_DIR = Path(__file__).parent / "data"
 DEMO_OVERRIDES: dict[str, dict[str, Any]] = {
     "data": {"train": ["data/train.jsonl"], "eval": "data/eval.jsonl", "max_length": 512},
     "adapter": {"r": 16, "alpha": 32},
-    "training": {"max_steps": 100, "batch_size": 4, "learning_rate": 1e-3, "logging_steps": 5, "save_steps": 50},
-    "eval": {"max_new_tokens": 80, "batch_size": 20},
+    "training": {"max_steps": 40, "batch_size": 4, "learning_rate": 1e-3, "logging_steps": 5, "save_steps": 20},
+    "eval": {"max_new_tokens": 72, "batch_size": 20},
 }
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith import models
-from tunesmith.data.dataset import split_examples
 from tunesmith.data.template import prompt_messages, reference
 from tunesmith.eval import metrics
 from tunesmith.eval.generate import generate, perplexity, reference_loss
 from tunesmith.run import Run, read_metrics, write_json_atomic
+from tunesmith.train.rows import eval_examples
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def template_warning(run: Run, tokenizer: Any) -> str | None:
 def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) -> dict[str, Any]:
     """Run every held-out prompt through base and tuned, score both, write report.json/predictions.jsonl/report.html."""
     recipe = run.recipe
-    _, eval_ex = split_examples(recipe.data, recipe.training.seed)
+    eval_ex = eval_examples(recipe)  # dpo/grpo: preference prompts / prompt rows, with chosen / reference answers
     limit = max_examples if max_examples is not None else recipe.eval.max_examples
     if limit:
         eval_ex = eval_ex[:limit]

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith import models
-from tunesmith.data.dataset import split_examples
 from tunesmith.data.template import prompt_messages, render_prompt
 from tunesmith.errors import RunError
 from tunesmith.run import Run, versions, write_json_atomic
+from tunesmith.train.rows import eval_examples
 
 
 def _greedy_tokens(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
@@ -40,7 +40,7 @@ def merge(run: Run, out_dir: Path, dtype: str = "float32", n_check: int = 3, max
     base = models.load_model(run.base_path, dtype)
     model = PeftModel.from_pretrained(base, str(run.adapter_dir)).eval()
 
-    _, eval_ex = split_examples(run.recipe.data, run.recipe.training.seed)
+    eval_ex = eval_examples(run.recipe)
     prompts = [render_prompt(tokenizer, prompt_messages(e.messages)) for e in eval_ex[:n_check]]
     before = _greedy_tokens(model, tokenizer, prompts, max_new_tokens)
     merged = model.merge_and_unload()

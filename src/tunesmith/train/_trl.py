@@ -11,20 +11,69 @@ from typing import Any
 from tunesmith.config import AdapterSection, Recipe
 
 
-def build_peft_config(adapter: AdapterSection) -> Any | None:
-    """A peft LoraConfig for `adapter.type: lora`; None for full fine-tuning."""
+def build_peft_config(
+    adapter: AdapterSection,
+    base_path: str | None = None,
+    unfreeze_top_layers: int = 0,
+    num_layers: int = 0,
+    layers_path: str = "model.layers",
+) -> Any | None:
+    """The peft config for the adapter: LoraConfig (lora, qlora, dora), PromptTuningConfig, or None for full.
+
+    Hybrid (`unfreeze_top_layers: N`): LoRA on layers 0..L-N-1, and the top N decoder layers (found under
+    `layers_path`) trained in full through `modules_to_save`, so they are saved and reloaded with the adapter.
+    LoRA inside a fully trained layer would be redundant, so those layers carry none.
+    """
     if adapter.type == "full":
         return None
+    if adapter.type == "prompt_tuning":
+        from peft import PromptTuningConfig, PromptTuningInit
+
+        text = adapter.prompt_tuning_init_text
+        return PromptTuningConfig(
+            task_type="CAUSAL_LM",
+            num_virtual_tokens=adapter.num_virtual_tokens,
+            prompt_tuning_init=PromptTuningInit.TEXT if text else PromptTuningInit.RANDOM,
+            prompt_tuning_init_text=text,
+            tokenizer_name_or_path=base_path if text else None,
+        )
     from peft import LoraConfig
 
+    modules_to_save = list(adapter.modules_to_save)
+    layers: dict[str, Any] = {}
+    if unfreeze_top_layers:
+        if not 0 < unfreeze_top_layers < num_layers:
+            raise ValueError(f"unfreeze_top_layers={unfreeze_top_layers} must be below the model's {num_layers} layers")
+        first_full = num_layers - unfreeze_top_layers
+        layers = {"layers_to_transform": list(range(first_full)), "layers_pattern": layers_path.rsplit(".", 1)[-1]}
+        modules_to_save += [f"{layers_path}.{i}" for i in range(first_full, num_layers)]
     return LoraConfig(
         r=adapter.r,
         lora_alpha=adapter.alpha,
         lora_dropout=adapter.dropout,
         target_modules=adapter.target_modules,
-        modules_to_save=adapter.modules_to_save or None,
+        modules_to_save=modules_to_save or None,
+        use_dora=adapter.type == "dora",
+        use_rslora=adapter.use_rslora,
         bias="none",
         task_type="CAUSAL_LM",
+        **layers,
+    )
+
+
+def build_bnb_config(adapter: AdapterSection) -> Any | None:
+    """BitsAndBytesConfig for QLoRA: 4-bit NF4 base, double quantization; None for any other adapter."""
+    if adapter.type != "qlora":
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16 if gpu_bf16 else torch.float32,
     )
 
 
@@ -56,7 +105,12 @@ def common_args(recipe: Recipe, run_dir: Path, has_eval: bool) -> dict[str, Any]
         eval_steps=t.eval_steps or None,
         gradient_checkpointing=t.gradient_checkpointing,
         bf16=bf16,
+        # training.report_to trackers are added by train.callbacks.standard_callbacks, pointed at the run folder
+        # (transformers' own defaults would write under checkpoints/ and into an sqlite file in the cwd).
         report_to=[],
+        # transformers' default replaces a NaN/inf loss by the running mean in the logs: a diverged run would
+        # look healthy. train.faults.NonFiniteGuard skips and counts such steps instead, in plain sight.
+        logging_nan_inf_filter=False,
         disable_tqdm=True,  # the rich progress bar replaces tqdm
         dataloader_num_workers=0,
         remove_unused_columns=False,
@@ -75,4 +129,53 @@ def build_sft_config(recipe: Recipe, run_dir: Path, has_eval: bool) -> Any:
         packing=False,
         completion_only_loss=False,
         assistant_only_loss=False,
+    )
+
+
+def build_dpo_config(recipe: Recipe, run_dir: Path, has_eval: bool) -> Any:
+    """DPOConfig. With an adapter the reference is the base under it (adapter disabled), so no second copy;
+    a full fine-tune precomputes the reference log-probs once instead of keeping a frozen copy in memory."""
+    from trl import DPOConfig
+
+    d = recipe.dpo
+    return DPOConfig(
+        **common_args(recipe, run_dir, has_eval),
+        beta=d.beta,
+        loss_type=[d.loss_type],
+        label_smoothing=d.label_smoothing,
+        max_length=recipe.data.max_length,
+        precompute_ref_log_probs=recipe.adapter.type == "full",
+    )
+
+
+def build_grpo_config(recipe: Recipe, run_dir: Path) -> Any:
+    """GRPOConfig. training.batch_size counts completions: num_generations of them per prompt."""
+    from trl import GRPOConfig
+
+    g = recipe.grpo
+    return GRPOConfig(
+        **common_args(recipe, run_dir, has_eval=False),
+        num_generations=g.num_generations,
+        max_completion_length=g.max_completion_length,
+        temperature=g.temperature,
+        beta=g.beta,
+        scale_rewards=g.scale_rewards,
+        reward_weights=[r.weight for r in g.rewards],
+    )
+
+
+def build_gkd_config(recipe: Recipe, run_dir: Path, has_eval: bool) -> Any:
+    """GKDConfig for logit distillation: generalised JSD between student and teacher next-token distributions."""
+    from trl.experimental.gkd import GKDConfig
+
+    d = recipe.distill
+    return GKDConfig(
+        **common_args(recipe, run_dir, has_eval),
+        max_length=recipe.data.max_length,
+        beta=d.beta,
+        temperature=d.temperature,
+        lmbda=d.lmbda,
+        max_new_tokens=d.max_new_tokens,
+        seq_kd=False,  # sequence-level distillation is distill.mode: sequence, with an audited dataset
+        packing=False,
     )

@@ -1,0 +1,150 @@
+"""Distillation from a teacher model (a base model spec or a finished tunesmith run).
+
+sequence: the teacher answers every prompt (greedy); the answers are saved in the run folder as a normal
+  chat dataset (distill/train.jsonl, distill/eval.jsonl), audited (distill/audit.json), and the student is
+  SFT-trained on them, so eval later measures the student's agreement with its teacher.
+logits: the student matches the teacher's next-token distributions on the recipe's demonstrations through
+  TRL's GKD trainer (generalised JSD; `distill.lmbda` of the steps on student-generated answers). Teacher and
+  student must share a tokenizer.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from tunesmith import models
+from tunesmith.config import Recipe
+from tunesmith.data import audit
+from tunesmith.data.dataset import split_examples
+from tunesmith.data.template import prompt_messages
+from tunesmith.errors import RecipeError, RunError
+from tunesmith.run import Run, is_run_dir, load_run, write_json_atomic
+from tunesmith.train import _trl, faults, policy, sft, start
+from tunesmith.train.callbacks import standard_callbacks
+from tunesmith.train.finish import finish_run
+from tunesmith.train.rows import prompt_row, split_rows, write_jsonl
+
+log = logging.getLogger(__name__)
+GENERATED = "distill"
+
+
+def load_teacher(spec: str, dtype: str = "auto") -> tuple[Any, Any, str]:
+    """(model, tokenizer, description) for a base model spec or a tunesmith run folder (its tuned model)."""
+    if is_run_dir(spec):
+        from tunesmith.eval.compare import load_tuned
+
+        teacher_run = load_run(spec)
+        model, tokenizer, _ = load_tuned(teacher_run)
+        return model, tokenizer, f"run {teacher_run.dir} (base {teacher_run.recipe.model.base})"
+    path = models.resolve_base(spec)
+    return models.load_model(path, dtype).eval(), models.load_tokenizer(path), f"model {spec}"
+
+
+def same_tokenizer(a: Any, b: Any) -> bool:
+    """True when both tokenizers map every token to the same id (logit distillation compares vocabularies)."""
+    return a.get_vocab() == b.get_vocab()
+
+
+def generate_dataset(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
+    """Teacher answers for the train and eval prompts, written as chat JSONL; returns what was written."""
+    from tunesmith.eval.generate import generate
+
+    d = recipe.distill
+    train, evaluation = split_rows(recipe.data, recipe.training.seed, prompt_row)
+    model, tokenizer, described = load_teacher(d.teacher or "", recipe.model.dtype)
+    started = time.time()
+    written: dict[str, Any] = {"teacher": described, "files": {}}
+    for split, rows in (("train", train), ("eval", evaluation)):
+        if not rows:
+            continue
+        answers = generate(model, tokenizer, [r["prompt"] for r in rows], d.max_new_tokens, d.batch_size)
+        out = [{"id": f"{split}-{i}", "messages": r["prompt"] + [{"role": "assistant", "content": a}], "source": r["source"]}
+               for i, (r, a) in enumerate(zip(rows, answers))]
+        path = write_jsonl(out_dir / f"{split}.jsonl", out)
+        written["files"][split] = {"path": str(path), "rows": len(out), "sha256": models.sha256_file(path),
+                                   "empty_answers": sum(not a for a in answers)}
+    written["teacher_seconds"] = round(time.time() - started, 1)
+    del model
+    gc.collect()
+    return written
+
+
+def _sequence(recipe: Recipe, resume: bool, force: bool) -> Run:
+    out_dir = recipe.run_dir / GENERATED
+    marker = out_dir / "generated.json"
+    if not resume and (recipe.run_dir / "manifest.json").exists():
+        raise RunError(f"{recipe.run_dir} already holds a finished run", hint="Choose another output_dir (--set output_dir=...).")
+    if marker.exists():  # a resumed run reuses the teacher's answers instead of paying for them twice
+        generated = json.loads(marker.read_text(encoding="utf-8"))
+    else:
+        generated = generate_dataset(recipe, out_dir)
+        write_json_atomic(marker, generated)
+    files = generated["files"]
+    # The student recipe is this recipe on the generated data: run.yaml then says `distill` and points at the
+    # teacher's answers, so `tunesmith eval` scores the student's agreement with its teacher.
+    data = recipe.data.model_copy(update={"train": [files["train"]["path"]], "eval": files.get("eval", {}).get("path")})
+    student = recipe.model_copy(update={"data": data})
+    tokenizer = models.load_tokenizer(models.resolve_base(recipe.model.base))
+    report = audit.audit_recipe(student, tokenizer)
+    write_json_atomic(out_dir / "audit.json", report.as_dict())
+    run = sft.run(student, resume=resume, force=force)  # sft.run audits again and refuses blocking errors
+    manifest = dict(run.manifest)
+    manifest["distill"] = {"mode": "sequence", "teacher_spec": recipe.distill.teacher, **generated,
+                           "audit": {"errors": len(report.errors), "warnings": len(report.warnings)},
+                           "prompts_from": recipe.data.train}
+    write_json_atomic(run.dir / "manifest.json", manifest)
+    return load_run(run.dir)
+
+
+def _logits(recipe: Recipe, resume: bool, force: bool) -> Run:
+    import torch
+    from datasets import Dataset
+    from trl.experimental.gkd import GKDTrainer
+
+    st = start.begin(recipe, resume, force)  # blocking data errors stop here, before any model loads
+    run_dir, checkpoint, base_path, tokenizer = st.run_dir, st.checkpoint, st.base_path, st.tokenizer
+    teacher, teacher_tok, described = load_teacher(recipe.distill.teacher or "", recipe.model.dtype)
+    if not same_tokenizer(tokenizer, teacher_tok):
+        raise RecipeError([("distill.mode", "logits needs the teacher and the student to share a tokenizer; "
+                                             "this teacher's differs: use mode: sequence")])
+    train_ex, eval_ex = split_examples(recipe.data, recipe.training.seed)
+
+    def rows(examples: list[Any]) -> Any:  # the GKD collator renders `messages`, the last one being the answer
+        return Dataset.from_list([{"messages": prompt_messages(e.messages) + [{"role": "assistant", "content": _answer(e)}]}
+                                  for e in examples])
+
+    torch.manual_seed(recipe.training.seed)
+    model = policy.load(recipe, base_path)
+    trainer = GKDTrainer(
+        model=model,
+        teacher_model=teacher,
+        args=_trl.build_gkd_config(recipe, run_dir, has_eval=True),
+        train_dataset=rows(train_ex),
+        eval_dataset=rows(eval_ex),
+        processing_class=tokenizer,
+        peft_config=policy.peft_config(recipe, model, base_path),
+        callbacks=standard_callbacks(recipe, run_dir),
+    )
+    result = faults.fit(trainer, recipe, checkpoint)  # trainer.train under the fault policy
+    final_eval = trainer.evaluate()
+    stats = {"train": {"examples": len(train_ex), "kept": len(train_ex)}, "eval": {"examples": len(eval_ex)}}
+    d = recipe.distill
+    return finish_run(
+        recipe, trainer, tokenizer, result, stats, st.started, checkpoint, base_path=base_path, final_eval=final_eval,
+        extra={"distill": {"mode": "logits", "teacher": described, "teacher_spec": d.teacher, "beta": d.beta,
+                           "temperature": d.temperature, "lmbda": d.lmbda}},
+    )
+
+
+def _answer(example: Any) -> str:
+    return next(m.get("content") or "" for m in reversed(example.messages) if m["role"] == "assistant")
+
+
+def run(recipe: Recipe, resume: bool = False, force: bool = False) -> Run:
+    """Distil the teacher into the student (recipe.model + adapter) and return the run."""
+    return _sequence(recipe, resume, force) if recipe.distill.mode == "sequence" else _logits(recipe, resume, force)

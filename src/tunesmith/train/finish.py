@@ -1,0 +1,120 @@
+"""The tail every method shares: save the adapter (or full model) atomically, write manifest.json and loss.png."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from tunesmith import models
+from tunesmith.config import Recipe
+from tunesmith.run import (
+    Run,
+    git_sha,
+    load_run,
+    peak_memory_mb,
+    read_metrics,
+    versions,
+    write_json_atomic,
+)
+
+
+def save_adapter(trainer: Any, tokenizer: Any, run_dir: Path) -> Path:
+    """Write the trained adapter (or the full model) to run_dir/adapter via a temp folder + rename."""
+    import errno
+
+    from tunesmith.train.faults import DiskFull, _kept_hint
+
+    adapter_dir = run_dir / "adapter"
+    tmp_dir = run_dir / ".adapter.tmp"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    try:
+        trainer.model.save_pretrained(tmp_dir)
+        tokenizer.save_pretrained(tmp_dir)
+    except OSError as exc:
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # no half-written adapter is left behind
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise DiskFull(
+            f"disk full while saving the final adapter under {run_dir}: {exc.strerror}",
+            hint=_kept_hint(run_dir) + " Free space, then finish with: tunesmith train RECIPE --resume",
+        ) from None
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    tmp_dir.rename(adapter_dir)
+    return adapter_dir
+
+
+def data_hashes(recipe: Recipe) -> dict[str, str]:
+    files = recipe.data.train + ([recipe.data.eval] if recipe.data.eval else [])
+    return {path: models.sha256_file(Path(path)) for path in files}
+
+
+def finish_run(
+    recipe: Recipe,
+    trainer: Any,
+    tokenizer: Any,
+    result: Any,
+    token_stats: dict[str, Any],
+    started: float,
+    checkpoint: Path | None,
+    *,
+    base_path: str,
+    final_eval: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Run:
+    """Save the adapter, write manifest.json (versions, hashes, figures) and loss.png; return the run read back.
+
+    token_stats: per split, at least `tokens` and `kept` (rows) when tokens/s can be computed.
+    extra: method-specific manifest entries (e.g. the distillation teacher and its generated dataset).
+    """
+    from tunesmith.train import faults
+
+    run_dir = recipe.run_dir
+    faults.raise_if_stopped(trainer, run_dir)  # a run stopped by a signal or NaN guard is not finished
+    if not faults.is_main_process():  # under --nproc N only rank 0 writes; the others read its result
+        faults.barrier()
+        return load_run(run_dir)
+    save_adapter(trainer, tokenizer, run_dir)
+    wall = time.time() - started
+    runtime = result.metrics.get("train_runtime", wall)
+    train_stats = token_stats.get("train", {})
+    t = recipe.training
+    rows_seen = result.global_step * t.batch_size * t.grad_accum
+    trained = train_stats.get("tokens", 0) * rows_seen / max(1, train_stats.get("kept", 0))
+    manifest = {
+        "run": recipe.name,
+        "method": recipe.method,
+        "adapter": recipe.adapter.type,
+        "base_model": {"spec": recipe.model.base, "path": base_path},
+        "chat_template_sha256": models.chat_template_hash(tokenizer),
+        "data": data_hashes(recipe),
+        "tokens": token_stats,
+        "figures": {
+            "global_step": result.global_step,
+            "train_loss": result.training_loss,
+            "eval_loss": (final_eval or {}).get("eval_loss"),
+            "wall_time_s": round(wall, 1),
+            "train_runtime_s": round(runtime, 1),
+            "tokens_per_s": round(trained / max(runtime, 1e-9), 1) if trained else None,
+            "peak_memory_mb": round(peak_memory_mb(), 1),
+            "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+            "total_params": sum(p.numel() for p in trainer.model.parameters()),
+        },
+        "resumed_from": str(checkpoint) if checkpoint else None,
+        "faults": faults.summary(trainer),
+        "device": models.device(),
+        "versions": versions(),
+        "git_sha": git_sha(),
+        **(extra or {}),
+    }
+    write_json_atomic(run_dir / "manifest.json", manifest)
+    write_loss_png(run_dir)
+    faults.barrier()
+    return load_run(run_dir)
+
+
+def write_loss_png(run_dir: Path) -> None:
+    from tunesmith.eval.report import loss_curve_png
+
+    loss_curve_png(read_metrics(run_dir), run_dir / "loss.png")

@@ -1,0 +1,145 @@
+"""GRPO reward functions: built-ins selected by the recipe, and user functions given as `module:function`.
+
+Every reward has TRL's signature `f(prompts, completions, **columns) -> list[float]`, one float per
+completion. Completions arrive as text or as a list of chat messages (conversational prompts); both
+are reduced to the assistant's text. Built-ins score 1.0 for a pass and 0.0 for a fail, except the
+length penalty, which is 0 within budget and negative beyond it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import RewardSpec
+from tunesmith.errors import RecipeError
+
+RewardFn = Callable[..., list[float]]
+
+_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
+
+
+def completion_text(completion: Any) -> str:
+    """The generated text of one completion (a string, or TRL's list of assistant messages)."""
+    if isinstance(completion, str):
+        return completion.strip()
+    if isinstance(completion, list):
+        return "".join(str(m.get("content") or "") for m in completion if isinstance(m, dict)).strip()
+    return str(completion).strip()
+
+
+def parse_json(text: str) -> tuple[bool, Any]:
+    """(ok, value): the text as JSON, tolerating a surrounding ``` fence (models often add one)."""
+    match = _FENCE.match(text)
+    try:
+        return True, json.loads(match.group(1) if match else text)
+    except (json.JSONDecodeError, ValueError):
+        return False, None
+
+
+def json_valid(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
+    """1.0 when the completion is a JSON value (fences allowed), else 0.0."""
+    return [float(parse_json(completion_text(c))[0]) for c in completions]
+
+
+def make_json_schema_valid(schema: dict[str, Any]) -> RewardFn:
+    """1.0 when the completion is JSON that validates against `schema`, else 0.0."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema)
+
+    def json_schema_valid(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
+        out = []
+        for c in completions:
+            ok, value = parse_json(completion_text(c))
+            out.append(float(ok and validator.is_valid(value)))
+        return out
+
+    return json_schema_valid
+
+
+def make_exact_match(field: str) -> RewardFn:
+    """1.0 when the completion equals the row's `field` (compared as JSON when both parse, else as stripped text)."""
+
+    def exact_match(prompts: list[Any], completions: list[Any], **columns: Any) -> list[float]:
+        refs = columns.get(field)
+        if refs is None:
+            raise KeyError(f"exact_match reward: the data has no `{field}` column")
+        out = []
+        for c, ref in zip(completions, refs):
+            text, ref_text = completion_text(c), ref if isinstance(ref, str) else json.dumps(ref)
+            ok_c, val_c = parse_json(text)
+            ok_r, val_r = parse_json(ref_text)
+            out.append(float(val_c == val_r if ok_c and ok_r else text == ref_text.strip()))
+        return out
+
+    return exact_match
+
+
+def make_regex(pattern: str) -> RewardFn:
+    """1.0 when the whole completion matches `pattern`, else 0.0."""
+    compiled = re.compile(pattern, re.DOTALL)
+
+    def regex_match(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
+        return [float(compiled.fullmatch(completion_text(c)) is not None) for c in completions]
+
+    return regex_match
+
+
+def make_length_penalty(max_chars: int) -> RewardFn:
+    """0 within `max_chars`; beyond it, minus the excess as a fraction of the budget (-1.0 at twice the budget)."""
+
+    def length_penalty(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
+        return [-max(0, len(completion_text(c)) - max_chars) / max_chars for c in completions]
+
+    return length_penalty
+
+
+def load_function(spec: str) -> RewardFn:
+    """Import `module:function` or `/path/file.py:function`; RecipeError when it cannot be found."""
+    target, _, name = spec.rpartition(":")
+    try:
+        if target.endswith(".py"):
+            path = Path(target)
+            module_name = f"tunesmith_user_reward_{path.stem}"
+            module = sys.modules.get(module_name)
+            if module is None:
+                loader_spec = importlib.util.spec_from_file_location(module_name, path)
+                if loader_spec is None or loader_spec.loader is None:
+                    raise ImportError(f"cannot load {path}")
+                module = importlib.util.module_from_spec(loader_spec)
+                sys.modules[module_name] = module
+                loader_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except (ImportError, OSError, SyntaxError) as exc:
+        raise RecipeError([("grpo.rewards", f"cannot import `{target}`: {exc}")]) from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise RecipeError([("grpo.rewards", f"`{target}` has no function `{name}`")])
+    return fn
+
+
+def build(specs: list[RewardSpec]) -> list[RewardFn]:
+    """The reward functions of a recipe, in order (their weights go to GRPOConfig.reward_weights)."""
+    out: list[RewardFn] = []
+    for spec in specs:
+        if spec.type == "json_valid":
+            out.append(json_valid)
+        elif spec.type == "json_schema_valid":
+            out.append(make_json_schema_valid(spec.json_schema))  # type: ignore[arg-type]  # inlined by the recipe
+        elif spec.type == "exact_match":
+            out.append(make_exact_match(spec.field))
+        elif spec.type == "regex":
+            out.append(make_regex(spec.pattern or ""))
+        elif spec.type == "length_penalty":
+            out.append(make_length_penalty(spec.max_chars))
+        else:
+            out.append(load_function(spec.function or ""))
+    return out

@@ -1,0 +1,131 @@
+"""Rows for the methods that do not train on tokenized demonstrations: preference pairs (DPO), prompts (GRPO, distill).
+
+Each row keeps the chat messages TRL expects (its trainers apply the chat template themselves) plus
+the file:line it came from; a bad row never trains silently: all of them are listed in one DataError.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import DataSection
+from tunesmith.data.formats import (
+    RowError,
+    detect_shape,
+    read_records,
+    to_preference,
+    to_prompt_only,
+)
+from tunesmith.data.template import reference
+from tunesmith.errors import DataError
+
+# Columns of a source row that describe its shape, not extra data a reward may read.
+SHAPE_KEYS = {"messages", "conversations", "prompt", "completion", "chosen", "rejected", "input", "preferred_output",
+              "non_preferred_output", "instruction", "output", "system"}
+
+
+def _clean(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"role": m["role"], "content": m.get("content") or ""} for m in messages]
+
+
+def preference_row(obj: Any) -> dict[str, Any]:
+    """{prompt, chosen, rejected} as message lists (TRL's conversational preference shape)."""
+    pair = to_preference(obj)
+    return {"prompt": _clean(pair["prompt"]), "chosen": _clean(pair["chosen"]), "rejected": _clean(pair["rejected"])}
+
+
+def prompt_row(obj: Any) -> dict[str, Any]:
+    """{prompt, reference, ...extra columns}: the prompt messages, the row's answer when it has one, and its scalar fields.
+
+    `reference` is the last assistant turn, the `completion`, or the chosen answer; "" for prompt-only rows
+    (a row's own `reference` column wins). Rewards receive every column by name.
+    """
+    prompt = _clean(to_prompt_only(obj))
+    shape = detect_shape(obj)
+    ref = ""
+    if shape in ("preference", "openai_dpo"):
+        ref = preference_row(obj)["chosen"][-1]["content"]
+    elif shape == "prompt_completion":
+        ref = obj["completion"] if isinstance(obj["completion"], str) else reference(list(obj["completion"]))
+    elif shape != "prompt_only":
+        from tunesmith.data.formats import to_messages
+
+        messages = to_messages(obj)
+        ref = reference(messages) if any(m["role"] == "assistant" for m in messages) else ""
+    extra = {k: v for k, v in obj.items() if k not in SHAPE_KEYS and isinstance(v, (str, int, float, bool))}
+    return {"prompt": prompt, "reference": ref, **extra}
+
+
+def load_rows(paths: list[str] | str, normalise: Callable[[Any], dict[str, Any]], max_errors: int = 20) -> list[dict[str, Any]]:
+    """Normalise every row of the files; any bad row raises one DataError listing them (file:line [code])."""
+    rows, problems, n_bad = [], [], 0
+    for path in [paths] if isinstance(paths, str) else paths:
+        for rec in read_records(path):
+            try:
+                if rec.error:
+                    raise RowError("invalid_json", rec.error)
+                row = normalise(rec.obj)
+            except RowError as exc:
+                n_bad += 1
+                if len(problems) < max_errors:
+                    problems.append(f"  - {rec.where}: [{exc.code}] {exc.message}")
+                continue
+            row["source"] = rec.where
+            rows.append(row)
+    if n_bad:
+        more = f"\n  ... and {n_bad - len(problems)} more" if n_bad > len(problems) else ""
+        raise DataError(f"{n_bad} bad row(s):\n" + "\n".join(problems) + more, hint="`tunesmith data check FILE` lists every problem.")
+    if not rows:
+        raise DataError(f"no rows in {', '.join(map(str, [paths] if isinstance(paths, str) else paths))}")
+    return rows
+
+
+def _key(row: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps({k: row[k] for k in sorted(row) if k != "source"}, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def split_rows(
+    data: DataSection, seed: int, normalise: Callable[[Any], dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Train and eval rows: the eval file, or a seeded eval_fraction held out; rows also in train leave eval."""
+    from tunesmith.data.dataset import hold_out
+
+    evaluation = load_rows(data.eval, normalise) if data.eval else None
+    return hold_out(load_rows(data.train, normalise), evaluation, _key, data.eval_fraction, seed)
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """Write rows as JSONL via a temp file + rename."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def eval_examples(recipe: Any) -> list[Any]:
+    """The held-out examples eval/merge score a run on, for every method.
+
+    sft and distill: the recipe's demonstrations. dpo and grpo: the prompt of each held-out row, with the
+    chosen answer (dpo) or the row's reference (grpo; "" for prompt-only rows) as the expected answer.
+    """
+    from tunesmith.data.dataset import split_examples
+    from tunesmith.data.formats import Example
+
+    if recipe.method not in ("dpo", "grpo"):
+        return split_examples(recipe.data, recipe.training.seed)[1]
+    _, evaluation = split_rows(recipe.data, recipe.training.seed, prompt_row)
+    return [
+        Example(f"eval-{i}", r["prompt"] + [{"role": "assistant", "content": r["reference"]}], r["source"])
+        for i, r in enumerate(evaluation)
+    ]

@@ -1,0 +1,49 @@
+"""GRPO rewards: built-ins score text and chat-shaped completions; user functions load from a module or a file."""
+
+import pytest
+
+from tunesmith.config import RewardSpec
+from tunesmith.errors import RecipeError
+from tunesmith.train import rewards
+
+
+def chat(text):
+    return [{"role": "assistant", "content": text}]
+
+
+def test_json_valid_accepts_fences_and_chat_completions():
+    out = rewards.json_valid(None, ['{"a": 1}', chat("```json\n{\"a\": 1}\n```"), "Sure! {a: 1}", chat("")])
+    assert out == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_json_schema_valid():
+    fn = rewards.build([RewardSpec(type="json_schema_valid", json_schema={"type": "object", "required": ["sum"]})])[0]
+    assert fn(None, ['{"sum": 3}', '{"total": 3}', "3"]) == [1.0, 0.0, 0.0]
+
+
+def test_exact_match_compares_json_by_value_and_text_by_string():
+    fn = rewards.make_exact_match("reference")
+    out = fn(None, ['{"b": 2, "a": 1}', "Paris", "paris", '{"a": 2}'], reference=['{"a": 1, "b": 2}', "Paris", "Paris", '{"a": 1}'])
+    assert out == [1.0, 1.0, 0.0, 0.0]
+    with pytest.raises(KeyError, match="no `answer` column"):
+        rewards.make_exact_match("answer")(None, ["x"], reference=["x"])
+
+
+def test_regex_and_length_penalty():
+    assert rewards.make_regex(r"\{.*\}")(None, ["{x}", "x {x}"]) == [1.0, 0.0]
+    assert rewards.make_length_penalty(10)(None, ["short", "x" * 15, "x" * 20]) == [0.0, -0.5, -1.0]
+
+
+def test_user_function_from_module_and_file(tmp_path):
+    assert rewards.load_function("json:dumps") is __import__("json").dumps
+    (tmp_path / "mine.py").write_text("def score(prompts, completions, **kw):\n    return [1.0] * len(completions)\n")
+    fn = rewards.load_function(f"{tmp_path / 'mine.py'}:score")
+    assert fn(None, ["a", "b"]) == [1.0, 1.0]
+    with pytest.raises(RecipeError, match="no function"):
+        rewards.load_function(f"{tmp_path / 'mine.py'}:missing")
+
+
+def test_shorthand_strings():
+    assert RewardSpec.model_validate("json_valid").type == "json_valid"
+    custom = RewardSpec.model_validate("pkg.mod:fn")
+    assert custom.type == "custom" and custom.function == "pkg.mod:fn"
