@@ -7,6 +7,7 @@ training, so it is imported once into a plain safetensors folder under the tunes
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -77,8 +78,15 @@ def import_gguf(gguf_path: Path, dest: Path) -> Path:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     folder, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = gguf_utils.tqdm
+    gguf_utils.tqdm = functools.partial(bar, disable=True)  # a per-tensor bar on stderr; the CLI shows its own status
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    finally:
+        gguf_utils.tqdm = bar
     config = loaded.config
     if hasattr(config, "quantization_config"):
         # The marker makes transformers treat the folder as GGUF-quantized (not trainable, not saveable).
