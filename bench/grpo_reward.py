@@ -1,6 +1,6 @@
 """Does GRPO raise the JSON-valid reward on the demo task? GRPO on the embedded SmolLM2, then base vs tuned.
 
-    .venv/bin/python bench/grpo_reward.py [--steps 20] [--prompts 48] [--eval 16]
+    .venv/bin/python bench/grpo_reward.py [--steps 16] [--prompts 48] [--eval 16]
 
 Prompts are the bundled demo task's support messages with one worked example in front (zero-shot, the base
 never writes JSON, so every group scores 0 and GRPO has nothing to learn from). Rewards: json_valid, plus
@@ -22,7 +22,7 @@ DEMO = ROOT / "src" / "tunesmith" / "demo" / "data"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--prompts", type=int, default=48)
     parser.add_argument("--eval", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-4)

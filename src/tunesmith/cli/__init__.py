@@ -23,7 +23,7 @@ err_console = Console(stderr=True)
 
 app = typer.Typer(
     name="tunesmith",
-    help="Fine-tune open LLMs with LoRA, prove the tuned model beats its base on your held-out set, merge and serve.",
+    help="Fine-tune open LLMs with LoRA, prove the tuned model beats its base on your held-out set, merge it.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
