@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
-import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-
-FIXTURES = Path(__file__).parent / "fixtures"
-TINY_TOKENIZER = FIXTURES / "tiny-tokenizer"
+from helpers import TINY_TOKENIZER, chat_rows, write_jsonl
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -33,24 +31,6 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     LlamaForCausalLM(config).save_pretrained(out)
     tok.save_pretrained(out)
     return out
-
-
-def chat_rows(n: int, seed: int = 0) -> list[dict]:
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        a, b = rng.randint(1, 99), rng.randint(1, 99)
-        rows.append({"id": f"r{i}", "messages": [
-            {"role": "system", "content": "Answer with JSON."},
-            {"role": "user", "content": f"Add {a} and {b}."},
-            {"role": "assistant", "content": json.dumps({"sum": a + b})},
-        ]})
-    return rows
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 @pytest.fixture
@@ -80,3 +60,14 @@ def tiny_recipe(tmp_path, tiny_model_dir):
         return path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def smollm2_env(tmp_path_factory):
+    """One imported SmolLM2 shared by the e2e modules that only use it (test_cli_smollm2 tests `models pull` itself)."""
+    home = tmp_path_factory.mktemp("tunesmith-home")
+    env = {**os.environ, "TUNESMITH_HOME": str(home), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    res = subprocess.run([sys.executable, "-m", "tunesmith", "models", "pull", "smollm2-135m-instruct"],
+                         cwd=home, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    return env

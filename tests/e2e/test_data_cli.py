@@ -11,7 +11,7 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-WORDS = "apple river stone cloud maple tiger violet ocean amber cedar falcon harbor lemon meadow nickel orbit".split()
+WORDS = ["apple", "river", "stone", "cloud", "maple", "tiger", "violet", "ocean", "amber", "cedar", "falcon", "harbor", "lemon", "meadow", "nickel", "orbit"]
 
 
 def tunesmith(*args: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:

@@ -13,7 +13,7 @@ from tunesmith.data.audit import CODES, audit
 from tunesmith.data.checks import Finding
 
 TOKENIZER_DIR = Path(__file__).parents[1] / "fixtures" / "tiny-tokenizer"
-WORDS = "apple river stone cloud maple tiger violet ocean amber cedar falcon harbor lemon meadow nickel orbit pepper quartz".split()
+WORDS = ["apple", "river", "stone", "cloud", "maple", "tiger", "violet", "ocean", "amber", "cedar", "falcon", "harbor", "lemon", "meadow", "nickel", "orbit", "pepper", "quartz"]
 
 
 @pytest.fixture(scope="module")

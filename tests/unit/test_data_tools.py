@@ -68,7 +68,7 @@ def test_split_is_deterministic_deduplicated_and_stratified(tmp_path):
     # Same content in another order: the same rows are held out.
     write(src, list(reversed(rows)))
     again = split_file(src, 0.2, seed=7, stratify="label")
-    key = lambda text: sorted(text.splitlines())  # noqa: E731
+    key = lambda text: sorted(text.splitlines())
     assert key(again.train.read_text()) == key(first[0]) and key(again.eval.read_text()) == key(first[1])
     train_ids = {json.loads(x).get("id") for x in first[0].splitlines()}
     eval_rows = [json.loads(x) for x in first[1].splitlines()]

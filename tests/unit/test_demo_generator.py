@@ -98,7 +98,7 @@ def test_splits_are_disjoint(splits):
     ids = [r["id"] for r in train + eval_]
     assert len(set(ids)) == len(ids)
     assert {_user(r) for r in train}.isdisjoint(_user(r) for r in eval_)
-    pairs = lambda rs: {(_record(r)["customer"], _record(r)["product"]) for r in rs}  # noqa: E731
+    pairs = lambda rs: {(_record(r)["customer"], _record(r)["product"]) for r in rs}
     assert pairs(train).isdisjoint(pairs(eval_))
     # Eval customers are unseen people, not merely unseen pairs.
     assert {_record(r)["customer"] for r in train}.isdisjoint(_record(r)["customer"] for r in eval_)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import chat_rows, write_jsonl
+from helpers import chat_rows, write_jsonl
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -106,7 +106,7 @@ def test_qlora_loads_4bit_nf4_and_trains_the_adapter(tiny_recipe, tiny_qlora_mod
 @pytest.fixture(scope="module")
 def tiny_qlora_model_dir(tmp_path_factory):
     """The tiny Llama a little wider: bitsandbytes' CPU 4-bit kernels need output widths of at least 32."""
-    from conftest import TINY_TOKENIZER
+    from helpers import TINY_TOKENIZER
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     out = tmp_path_factory.mktemp("tiny-llama-64")

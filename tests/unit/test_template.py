@@ -1,5 +1,5 @@
 import pytest
-from conftest import TINY_TOKENIZER
+from helpers import TINY_TOKENIZER
 from transformers import AutoTokenizer
 
 from tunesmith.data.template import (
