@@ -113,6 +113,7 @@ def common_args(recipe: Recipe, run_dir: Path, has_eval: bool) -> dict[str, Any]
         logging_nan_inf_filter=False,
         disable_tqdm=True,  # the rich progress bar replaces tqdm
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinned memory only helps a host-to-GPU copy
         remove_unused_columns=False,
     )
 
