@@ -7,11 +7,9 @@ adapter/ · checkpoints/ · metrics.jsonl · loss.png · eval/
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from tunesmith.atomic import write_text_atomic
 from tunesmith.config import Recipe, recipe_from_dict
 from tunesmith.errors import RunError
 
@@ -27,17 +26,7 @@ LIBRARIES = ("tunesmith", "torch", "transformers", "peft", "trl", "datasets", "a
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON via a temp file + rename so a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 def versions() -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import re
 
+from tunesmith import atomic
 from tunesmith.eval import report as R
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -120,7 +121,7 @@ def test_write_html_failure_cleans_temp_and_keeps_old(tmp_path, monkeypatch):
     def boom(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(R.os, "replace", boom)
+    monkeypatch.setattr(atomic.os, "replace", boom)
     try:
         R.write_html(target, _report(), [], HISTORY)
     except OSError:

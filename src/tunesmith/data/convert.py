@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunesmith.atomic import atomic_path
 from tunesmith.data.formats import (
     RowError,
     detect_shape,
@@ -82,10 +81,7 @@ def write_rows(path: str | Path, rows: list[dict[str, Any]]) -> Path:
     """Write rows in the format named by the extension (.jsonl .json .parquet .csv, + .gz); temp file then rename."""
     path = Path(path)
     kind = file_kind(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         if kind == "parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -105,10 +101,6 @@ def write_rows(path: str | Path, rows: list[dict[str, Any]]) -> Path:
                     writer = csv.DictWriter(fh, fieldnames=columns)
                     writer.writeheader()
                     writer.writerows({k: _csv_cell(v) for k, v in r.items()} for r in rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

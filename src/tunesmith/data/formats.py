@@ -14,12 +14,14 @@ from __future__ import annotations
 import gzip
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tunesmith.errors import DataError
+
+T = TypeVar("T")
 
 ROLES = ("system", "user", "assistant")
 MESSAGE_KEYS = {"role", "content", "name", "weight", "function_call", "tool_calls", "tool_call_id"}
@@ -340,11 +342,11 @@ def to_prompt_only(obj: Any) -> list[dict[str, Any]]:
     return messages[:last]
 
 
-def load_examples(paths: list[str] | str, max_errors: int = 20) -> list[Example]:
-    """Load and normalise every row of the files; any bad row raises one DataError listing them (file:line)."""
+def load_normalised(paths: list[str] | str, normalise: Callable[[Record], T], max_errors: int = 20) -> list[T]:
+    """`normalise` every row of the files; any bad row (invalid JSON or a RowError) raises one DataError listing them."""
     if isinstance(paths, str):
         paths = [paths]
-    examples: list[Example] = []
+    out: list[T] = []
     problems: list[str] = []
     n_bad = 0
     for path in paths:
@@ -352,22 +354,30 @@ def load_examples(paths: list[str] | str, max_errors: int = 20) -> list[Example]
             try:
                 if rec.error:
                     raise RowError("invalid_json", rec.error)
-                messages = to_messages(rec.obj)
+                out.append(normalise(rec))
             except RowError as exc:
                 n_bad += 1
                 if len(problems) < max_errors:
                     at = f" (message {exc.index})" if exc.index is not None else ""
                     problems.append(f"  - {rec.where}{at}: [{exc.code}] {exc.message}")
-                continue
-            row_id = rec.obj.get("id") if isinstance(rec.obj, dict) else None
-            extra = {k: v for k, v in rec.obj.items() if k not in ("messages", "id")}
-            examples.append(Example(str(row_id or f"{Path(path).stem}-{rec.line}"), messages, rec.where, extra))
     if n_bad:
         more = f"\n  ... and {n_bad - len(problems)} more" if n_bad > len(problems) else ""
         raise DataError(
             f"{n_bad} bad row(s):\n" + "\n".join(problems) + more,
             hint="Fix or remove these rows (`tunesmith data check` lists every problem).",
         )
-    if not examples:
+    if not out:
         raise DataError(f"no rows in {', '.join(map(str, paths))}")
-    return examples
+    return out
+
+
+def load_examples(paths: list[str] | str, max_errors: int = 20) -> list[Example]:
+    """Load and normalise every row of the files; any bad row raises one DataError listing them (file:line)."""
+
+    def example(rec: Record) -> Example:
+        messages = to_messages(rec.obj)
+        row_id = rec.obj.get("id")  # to_messages accepted it, so it is an object
+        extra = {k: v for k, v in rec.obj.items() if k not in ("messages", "id")}
+        return Example(str(row_id or f"{Path(rec.path).stem}-{rec.line}"), messages, rec.where, extra)
+
+    return load_normalised(paths, example, max_errors)

@@ -11,13 +11,12 @@ import base64
 import html
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from tunesmith.atomic import write_text_atomic
 from tunesmith.data.audit import AuditReport
 
 _DPI = 100
@@ -77,14 +76,4 @@ def render(report: AuditReport) -> str:
 
 def write_html(path: str | Path, report: AuditReport) -> Path:
     """Write the report page atomically; returns its path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(render(report))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, render(report))

@@ -10,11 +10,11 @@ priority follow from cue phrases listed in ``CATEGORY_CUES`` / ``PRIORITY_CUES``
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 import unicodedata
 from pathlib import Path
+
+from tunesmith.data.convert import write_rows
 
 FIELDS: tuple[str, ...] = ("customer", "product", "category", "priority", "amount", "currency")
 
@@ -221,20 +221,6 @@ def make_splits(n_train: int = 400, n_eval: int = 60,
     return train, eval_
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    """Write ``rows`` to ``path`` atomically, so a reader never sees a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; shipped data should be world-readable
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_splits(out_dir: Path, n_train: int = 400, n_eval: int = 60,
                  seed: int = 0) -> tuple[Path, Path]:
     """Write ``train.jsonl`` and ``eval.jsonl`` under ``out_dir``; returns their paths."""
@@ -242,8 +228,8 @@ def write_splits(out_dir: Path, n_train: int = 400, n_eval: int = 60,
     out_dir.mkdir(parents=True, exist_ok=True)
     train, eval_ = make_splits(n_train, n_eval, seed)
     paths = out_dir / "train.jsonl", out_dir / "eval.jsonl"
-    _write_jsonl(paths[0], train)
-    _write_jsonl(paths[1], eval_)
+    write_rows(paths[0], train)
+    write_rows(paths[1], eval_)
     return paths
 
 

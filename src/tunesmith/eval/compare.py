@@ -105,17 +105,9 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
 
 
 def write_outputs(out: Path, report: dict[str, Any], rows: list[dict[str, Any]], history: list[dict[str, Any]]) -> None:
-    import json
-    import os
-    import tempfile
-
+    from tunesmith.data.convert import write_rows
     from tunesmith.eval.report import write_html
 
-    out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "report.json", report)
-    fd, tmp = tempfile.mkstemp(prefix=".predictions.", dir=out)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, out / "predictions.jsonl")
+    write_rows(out / "predictions.jsonl", rows)
     write_html(out / "report.html", report, rows, history)

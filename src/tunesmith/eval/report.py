@@ -11,8 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from tunesmith.atomic import write_text_atomic
 from tunesmith.eval.metrics import primary_metrics
 
 __all__ = ["loss_curve_png", "metrics_chart_png", "write_html"]
@@ -272,23 +271,4 @@ def write_html(
     moved into place with os.replace, so a reader never sees a half-written report
     and a failure leaves no temp file behind.
     """
-    path = Path(path)
-    page = _render(report, predictions, history)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates 0600; a report is meant to be shared, so give it normal file permissions.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        # Remove the partial temp file; the old report (if any) is still intact.
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    return write_text_atomic(path, _render(report, predictions, history))

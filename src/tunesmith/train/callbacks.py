@@ -151,9 +151,6 @@ class AtomicCheckpoints(TrainerCallback):
             shutil.rmtree(path, ignore_errors=True)
 
 
-CompletionMarker = AtomicCheckpoints  # the name this callback had before saves were staged
-
-
 def _checkpoint_dirs(root: Path) -> list[Path]:
     return [p for p in root.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
 

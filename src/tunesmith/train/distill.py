@@ -20,14 +20,15 @@ from typing import Any
 from tunesmith import models
 from tunesmith.config import Recipe
 from tunesmith.data import audit
+from tunesmith.data.convert import write_rows
 from tunesmith.data.dataset import split_examples
-from tunesmith.data.template import prompt_messages
-from tunesmith.errors import RecipeError, RunError
+from tunesmith.data.template import prompt_messages, reference
+from tunesmith.errors import RecipeError
 from tunesmith.run import Run, is_run_dir, load_run, write_json_atomic
 from tunesmith.train import _trl, faults, policy, sft, start
 from tunesmith.train.callbacks import standard_callbacks
 from tunesmith.train.finish import finish_run
-from tunesmith.train.rows import prompt_row, split_rows, write_jsonl
+from tunesmith.train.rows import prompt_row, split_rows
 
 log = logging.getLogger(__name__)
 GENERATED = "distill"
@@ -65,7 +66,7 @@ def generate_dataset(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
         answers = generate(model, tokenizer, [r["prompt"] for r in rows], d.max_new_tokens, d.batch_size)
         out = [{"id": f"{split}-{i}", "messages": r["prompt"] + [{"role": "assistant", "content": a}], "source": r["source"]}
                for i, (r, a) in enumerate(zip(rows, answers))]
-        path = write_jsonl(out_dir / f"{split}.jsonl", out)
+        path = write_rows(out_dir / f"{split}.jsonl", out)
         written["files"][split] = {"path": str(path), "rows": len(out), "sha256": models.sha256_file(path),
                                    "empty_answers": sum(not a for a in answers)}
     written["teacher_seconds"] = round(time.time() - started, 1)
@@ -77,8 +78,8 @@ def generate_dataset(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
 def _sequence(recipe: Recipe, resume: bool, force: bool) -> Run:
     out_dir = recipe.run_dir / GENERATED
     marker = out_dir / "generated.json"
-    if not resume and (recipe.run_dir / "manifest.json").exists():
-        raise RunError(f"{recipe.run_dir} already holds a finished run", hint="Choose another output_dir (--set output_dir=...).")
+    if not resume:
+        start.refuse_finished(recipe.run_dir)  # before paying for the teacher's answers
     if marker.exists():  # a resumed run reuses the teacher's answers instead of paying for them twice
         generated = json.loads(marker.read_text(encoding="utf-8"))
     else:
@@ -115,7 +116,7 @@ def _logits(recipe: Recipe, resume: bool, force: bool) -> Run:
     train_ex, eval_ex = split_examples(recipe.data, recipe.training.seed)
 
     def rows(examples: list[Any]) -> Any:  # the GKD collator renders `messages`, the last one being the answer
-        return Dataset.from_list([{"messages": prompt_messages(e.messages) + [{"role": "assistant", "content": _answer(e)}]}
+        return Dataset.from_list([{"messages": prompt_messages(e.messages) + [{"role": "assistant", "content": reference(e.messages)}]}
                                   for e in examples])
 
     torch.manual_seed(recipe.training.seed)
@@ -139,10 +140,6 @@ def _logits(recipe: Recipe, resume: bool, force: bool) -> Run:
         extra={"distill": {"mode": "logits", "teacher": described, "teacher_spec": d.teacher, "beta": d.beta,
                            "temperature": d.temperature, "lmbda": d.lmbda}},
     )
-
-
-def _answer(example: Any) -> str:
-    return next(m.get("content") or "" for m in reversed(example.messages) if m["role"] == "assistant")
 
 
 def run(recipe: Recipe, resume: bool = False, force: bool = False) -> Run:

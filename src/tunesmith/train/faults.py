@@ -22,6 +22,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from tunesmith.atomic import write_text_atomic
 from tunesmith.errors import RunError
 
 log = logging.getLogger(__name__)
@@ -254,9 +255,7 @@ def trim_metrics(run_dir: Path, step: int) -> int:
     lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     kept = [ln for ln in lines if (json.loads(ln).get("step") or 0) <= step]
     if len(kept) != len(lines):
-        tmp = path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(ln + "\n" for ln in kept))
     return len(lines) - len(kept)
 
 
@@ -317,12 +316,10 @@ def fit(trainer: Any, recipe: Any, checkpoint: Path | None) -> Any:
         except OSError as exc:
             if saver is not None:
                 saver.abort(trainer.args)
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            if (full := disk_full(exc, f"writing under {recipe.run_dir} at step {trainer.state.global_step}",
+                                  recipe.run_dir)) is None:
                 raise
-            raise DiskFull(
-                f"disk full while writing under {recipe.run_dir} at step {trainer.state.global_step}: {exc.strerror}",
-                hint=_kept_hint(recipe.run_dir),
-            ) from None
+            raise full from None
         except Exception as exc:
             if saver is not None:
                 saver.abort(trainer.args)
@@ -381,6 +378,13 @@ def raise_if_stopped(trainer: Any, run_dir: Path) -> None:
             f"{stop.signal_name} received: stopped after step {stop.stopped_at} and saved checkpoint-{stop.stopped_at}",
             hint="Continue with: tunesmith train RECIPE --resume",
         )
+
+
+def disk_full(exc: OSError, what: str, run_dir: Path, then: str = "") -> DiskFull | None:
+    """The DiskFull error for an ENOSPC/EDQUOT `exc` raised while `what`; None for any other OSError."""
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    return DiskFull(f"disk full while {what}: {exc.strerror}", hint=" ".join(filter(None, (_kept_hint(run_dir), then))))
 
 
 def _kept_hint(run_dir: Path) -> str:

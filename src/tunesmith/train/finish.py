@@ -22,9 +22,7 @@ from tunesmith.run import (
 
 def save_adapter(trainer: Any, tokenizer: Any, run_dir: Path) -> Path:
     """Write the trained adapter (or the full model) to run_dir/adapter via a temp folder + rename."""
-    import errno
-
-    from tunesmith.train.faults import DiskFull, _kept_hint
+    from tunesmith.train.faults import disk_full
 
     adapter_dir = run_dir / "adapter"
     tmp_dir = run_dir / ".adapter.tmp"
@@ -34,12 +32,11 @@ def save_adapter(trainer: Any, tokenizer: Any, run_dir: Path) -> Path:
         tokenizer.save_pretrained(tmp_dir)
     except OSError as exc:
         shutil.rmtree(tmp_dir, ignore_errors=True)  # no half-written adapter is left behind
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        full = disk_full(exc, f"saving the final adapter under {run_dir}", run_dir,
+                         then="Free space, then finish with: tunesmith train RECIPE --resume")
+        if full is None:
             raise
-        raise DiskFull(
-            f"disk full while saving the final adapter under {run_dir}: {exc.strerror}",
-            hint=_kept_hint(run_dir) + " Free space, then finish with: tunesmith train RECIPE --resume",
-        ) from None
+        raise full from None
     shutil.rmtree(adapter_dir, ignore_errors=True)
     tmp_dir.rename(adapter_dir)
     return adapter_dir

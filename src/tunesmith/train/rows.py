@@ -9,19 +9,16 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from tunesmith.config import DataSection
 from tunesmith.data.formats import (
-    RowError,
     detect_shape,
-    read_records,
+    load_normalised,
     to_preference,
     to_prompt_only,
 )
 from tunesmith.data.template import reference
-from tunesmith.errors import DataError
 
 # Columns of a source row that describe its shape, not extra data a reward may read.
 SHAPE_KEYS = {"messages", "conversations", "prompt", "completion", "chosen", "rejected", "input", "preferred_output",
@@ -61,27 +58,8 @@ def prompt_row(obj: Any) -> dict[str, Any]:
 
 
 def load_rows(paths: list[str] | str, normalise: Callable[[Any], dict[str, Any]], max_errors: int = 20) -> list[dict[str, Any]]:
-    """Normalise every row of the files; any bad row raises one DataError listing them (file:line [code])."""
-    rows, problems, n_bad = [], [], 0
-    for path in [paths] if isinstance(paths, str) else paths:
-        for rec in read_records(path):
-            try:
-                if rec.error:
-                    raise RowError("invalid_json", rec.error)
-                row = normalise(rec.obj)
-            except RowError as exc:
-                n_bad += 1
-                if len(problems) < max_errors:
-                    problems.append(f"  - {rec.where}: [{exc.code}] {exc.message}")
-                continue
-            row["source"] = rec.where
-            rows.append(row)
-    if n_bad:
-        more = f"\n  ... and {n_bad - len(problems)} more" if n_bad > len(problems) else ""
-        raise DataError(f"{n_bad} bad row(s):\n" + "\n".join(problems) + more, hint="`tunesmith data check FILE` lists every problem.")
-    if not rows:
-        raise DataError(f"no rows in {', '.join(map(str, [paths] if isinstance(paths, str) else paths))}")
-    return rows
+    """Normalise every row of the files, each tagged with its file:line; any bad row raises one DataError listing them."""
+    return load_normalised(paths, lambda rec: {**normalise(rec.obj), "source": rec.where}, max_errors)
 
 
 def _key(row: dict[str, Any]) -> str:
@@ -96,21 +74,6 @@ def split_rows(
 
     evaluation = load_rows(data.eval, normalise) if data.eval else None
     return hold_out(load_rows(data.train, normalise), evaluation, _key, data.eval_fraction, seed)
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    """Write rows as JSONL via a temp file + rename."""
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
 
 
 def eval_examples(recipe: Any) -> list[Any]:

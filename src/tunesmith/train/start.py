@@ -26,6 +26,12 @@ class Start:
     tokenizer: Any
 
 
+def refuse_finished(run_dir: Path) -> None:
+    """A fresh run never overwrites a finished one."""
+    if (run_dir / "manifest.json").exists():
+        raise RunError(f"{run_dir} already holds a finished run", hint="Choose another output_dir (--set output_dir=...).")
+
+
 def prepare_run_dir(recipe: Recipe, resume: bool) -> tuple[Path, Path | None]:
     """Create the run folder; refuse to overwrite a finished run unless resuming."""
     run_dir = recipe.run_dir
@@ -37,8 +43,8 @@ def prepare_run_dir(recipe: Recipe, resume: bool) -> tuple[Path, Path | None]:
     checkpoint = newest if resume else None
     if resume and checkpoint is None:
         raise RunError(f"--resume: no complete checkpoint in {run_dir / 'checkpoints'}", hint="Start without --resume.")
-    if not resume and (run_dir / "manifest.json").exists():
-        raise RunError(f"{run_dir} already holds a finished run", hint="Choose another output_dir (--set output_dir=...).")
+    if not resume:
+        refuse_finished(run_dir)
     if not resume and (run_dir / "checkpoints").exists():
         raise RunError(
             f"{run_dir} holds checkpoints of an unfinished run",
