@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.data import dedup
-from tunesmith.data.audit import load_rows
+from tunesmith.data.audit import Rows, load_rows
 from tunesmith.data.checks import ERROR, check_record, check_tokens
 from tunesmith.data.convert import write_rows
 from tunesmith.data.formats import MESSAGE_KEYS, Record, detect_shape, read_records
@@ -115,9 +115,8 @@ def fix_file(
             else:
                 still.append((obj, row))
         kept = still
-    rows = [row for _, row in kept]
-    keys = [dedup.row_key(r.messages, r.rejected) for r in rows]
-    texts = [dedup.row_text(r.messages + (r.rejected or [])) for r in rows]
+    usable = Rows(rows=[row for _, row in kept])
+    rows, keys, texts = usable.rows, usable.keys(), usable.texts()
     dups = dedup.find_duplicates(keys, texts, near_threshold, near)
     gone = {i: f"exact_duplicate of {rows[j].where}" for i, j in dups.exact}
     gone.update({i: f"near_duplicate (~{s:.2f}) of {rows[j].where}" for i, j, s in dups.near})

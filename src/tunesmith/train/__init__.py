@@ -9,12 +9,9 @@ if TYPE_CHECKING:
     from tunesmith.config import Recipe
     from tunesmith.run import Run
 
-METHODS = {"sft": "sft", "dpo": "dpo", "grpo": "grpo", "distill": "distill"}
-
-
 def run(recipe: Recipe, resume: bool = False, force: bool = False) -> Run:
     """Train with the recipe's method (sft | dpo | grpo | distill) and return the finished run."""
-    module = import_module(f"tunesmith.train.{METHODS[recipe.method]}")
+    module = import_module(f"tunesmith.train.{recipe.method}")  # one module per method, named after it
     return module.run(recipe, resume=resume, force=force)
 
 

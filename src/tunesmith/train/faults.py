@@ -24,6 +24,7 @@ from transformers import TrainerCallback
 
 from tunesmith.atomic import write_text_atomic
 from tunesmith.errors import RunError
+from tunesmith.train.launch import rank
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,6 @@ class DiskFull(RunError):
     """The disk filled up while saving; the previous complete checkpoint is intact."""
 
     exit_code = 74
-
-
-def rank() -> int:
-    """Global rank of this process (0 when not launched by accelerate/torchrun)."""
-    return int(os.environ.get("RANK", "0"))
 
 
 def is_main_process() -> bool:
