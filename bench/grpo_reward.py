@@ -64,7 +64,7 @@ def main() -> None:
                   f"{r.get('rewards/exact_match/mean', float('nan')):6.3f}")
     started = time.time()
     report = evaluate(result, max_examples=args.eval)
-    s = report["summary"]
+    s = report.summary
     print(f"\nheld-out ({args.eval} one-shot prompts, greedy): metric base -> tuned")
     for key in ("json_valid", "json_field_accuracy", "exact_match"):
         if key in s["base"]:

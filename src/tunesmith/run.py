@@ -20,6 +20,7 @@ import yaml
 from tunesmith.atomic import write_text_atomic
 from tunesmith.config import Recipe, recipe_from_dict
 from tunesmith.errors import RunError
+from tunesmith.records import Manifest, read_manifest
 
 LIBRARIES = ("tunesmith", "torch", "transformers", "peft", "trl", "datasets", "accelerate")
 
@@ -65,7 +66,7 @@ class Run:
 
     dir: Path
     recipe: Recipe
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @property
     def adapter_dir(self) -> Path:
@@ -73,11 +74,11 @@ class Run:
 
     @property
     def base_path(self) -> str:
-        return self.manifest["base_model"]["path"]
+        return self.manifest.base_model.path
 
     @property
     def template_hash(self) -> str:
-        return self.manifest["chat_template_sha256"]
+        return self.manifest.chat_template_sha256
 
 
 def load_run(path: str | Path) -> Run:
@@ -90,7 +91,7 @@ def load_run(path: str | Path) -> Run:
         raise RunError(f"{run_dir} has no manifest.json: training did not finish", hint="Resume it: tunesmith train RECIPE --resume")
     data = yaml.safe_load(recipe_file.read_text(encoding="utf-8"))
     recipe = recipe_from_dict(data, run_dir, source=str(recipe_file))
-    return Run(run_dir, recipe, json.loads(manifest_file.read_text(encoding="utf-8")))
+    return Run(run_dir, recipe, read_manifest(manifest_file))
 
 
 def is_run_dir(path: str | Path) -> bool:

@@ -30,7 +30,7 @@ def test_two_processes_train_and_rank0_writes(tiny_recipe, tiny_model_dir):
                          capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     run = load_run(load_recipe(path).run_dir)
-    assert run.manifest["figures"]["global_step"] == 6  # the data was split between two ranks
+    assert run.manifest.figures.global_step == 6  # the data was split between two ranks
     ckpt = run.dir / "checkpoints" / "checkpoint-6"
     assert (ckpt / COMPLETE).exists()
     assert (ckpt / "rng_state_0.pth").exists() and (ckpt / "rng_state_1.pth").exists()  # both ranks saved, then one renamed

@@ -93,7 +93,7 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(tiny_recipe):
 
     resumed = sft.run(load_recipe(path), resume=True)
     ref = sft.run(load_recipe(path, ["output_dir=runs/ref"]))
-    assert resumed.manifest["figures"]["global_step"] == 8
+    assert resumed.manifest.figures.global_step == 8
     _assert_same_run(resumed.dir, ref.dir)
     assert any(r.get("event") == "resumed" for r in read_metrics(resumed.dir))
 
@@ -113,7 +113,7 @@ def test_sigterm_finishes_step_saves_and_exits_75_then_auto_resume(tiny_recipe):
     assert (run_dir / "loss.png").exists()  # even a stopped run has its curve
 
     run = sft.run(load_recipe(path, ["training.auto_resume=true"]))  # no --resume: the recipe asks for it
-    assert run.manifest["resumed_from"] == str(stopped) and run.manifest["figures"]["global_step"] == 8
+    assert run.manifest.resumed_from == str(stopped) and run.manifest.figures.global_step == 8
 
 
 def test_resume_refuses_a_changed_seed_or_batch(tiny_recipe):
@@ -167,7 +167,7 @@ def test_nan_step_is_skipped_counted_and_visible(tiny_recipe, monkeypatch):
     assert rows[1]["loss"] == "nan"  # never hidden or smoothed over
     assert rows[1]["skipped_nonfinite_steps"] == 1 and rows[3]["skipped_nonfinite_steps"] == 1
     assert all(isinstance(r["loss"], float) for i, r in enumerate(rows) if i != 1)
-    assert run.manifest["faults"]["skipped_nonfinite_steps"] == [2]
+    assert run.manifest.faults["skipped_nonfinite_steps"] == [2]
     assert all(torch.isfinite(w).all() for w in _adapter(run.dir).values())
 
 
@@ -201,7 +201,7 @@ def test_oom_halves_micro_batch_keeps_global_batch(tiny_recipe, monkeypatch):
     oom = FakeOOM(fits=1)
     _with(monkeypatch, oom)
     run = sft.run(load_recipe(path))
-    f = run.manifest["faults"]
+    f = run.manifest.faults
     assert oom.raised == 2 and (f["final_batch_size"], f["final_grad_accum"]) == (1, 4)
     assert [(e["batch_size"], e["grad_accum"]) for e in f["oom_backoffs"]] == [(2, 2), (1, 4)]
     assert [r["batch_size"] for r in read_metrics(run.dir) if r.get("event") == "oom_backoff"] == [2, 1]
@@ -242,7 +242,7 @@ def test_disk_full_while_saving_keeps_previous_checkpoint(tiny_recipe, monkeypat
 
     monkeypatch.setattr(torch, "save", real_save)
     run = sft.run(load_recipe(path), resume=True)
-    assert run.manifest["figures"]["global_step"] == 6
+    assert run.manifest.figures.global_step == 6
 
 
 def test_disk_full_while_saving_final_adapter_leaves_no_partial_adapter(tiny_recipe, monkeypatch):
@@ -266,4 +266,4 @@ def test_disk_full_while_saving_final_adapter_leaves_no_partial_adapter(tiny_rec
 
     monkeypatch.setattr(peft.peft_model, "safe_save_file", real)
     run = sft.run(load_recipe(path), resume=True)
-    assert run.manifest["figures"]["global_step"] == 4 and (run_dir / "adapter" / "adapter_model.safetensors").exists()
+    assert run.manifest.figures.global_step == 4 and (run_dir / "adapter" / "adapter_model.safetensors").exists()

@@ -99,7 +99,7 @@ def test_qlora_loads_4bit_nf4_and_trains_the_adapter(tiny_recipe, tiny_qlora_mod
     assert q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_use_double_quant is True
     del model
     run = train_run(recipe)
-    assert run.manifest["adapter"] == "qlora"
+    assert run.manifest.adapter == "qlora"
     assert_lora_moved_base_frozen(run, tiny_qlora_model_dir)
 
 
@@ -146,7 +146,7 @@ def test_dpo(tiny_recipe, tiny_model_dir, tmp_path, monkeypatch, adapter):
                                      dpo={"beta": 0.2}))
     run = train_run(recipe)
     assert seen["ref_model"] is None
-    assert run.manifest["method"] == "dpo" and "rewards/margins" in run.manifest["dpo"]["final_eval"]
+    assert run.manifest.method == "dpo" and "rewards/margins" in run.manifest.dpo["final_eval"]
     assert any("rewards/margins" in r for r in read_metrics(run.dir))
     if adapter == "lora":
         assert_lora_moved_base_frozen(run, tiny_model_dir)
@@ -176,7 +176,7 @@ def test_grpo_with_a_user_reward(tiny_recipe, tiny_model_dir, tmp_path):
     run = train_run(recipe)
     logged = [r for r in read_metrics(run.dir) if "reward" in r]
     assert len(logged) == 4 and all("reward_std" in r and "rewards/distinct_chars/mean" in r for r in logged)
-    assert run.manifest["grpo"]["logged_steps"] == 4
+    assert run.manifest.grpo["logged_steps"] == 4
     assert_lora_moved_base_frozen(run, tiny_model_dir)
 
 
@@ -200,14 +200,14 @@ def test_distill_sequence_saves_audits_and_trains_on_teacher_answers(tiny_recipe
     assert len(rows) == 24 and all(r["messages"][-1]["role"] == "assistant" for r in rows)
     assert json.loads((run.dir / "distill" / "audit.json").read_text())["files"]
     m = run.manifest
-    assert m["method"] == "distill" and m["distill"]["mode"] == "sequence" and m["distill"]["files"]["train"]["rows"] == 24
+    assert m.method == "distill" and m.distill and m.distill["mode"] == "sequence" and m.distill["files"]["train"]["rows"] == 24
     assert load_run(run.dir).recipe.data.train == [str(generated)]  # eval scores agreement with the teacher
     assert_lora_moved_base_frozen(run, tiny_model_dir)
 
 
 def test_distill_logits(tiny_recipe, tiny_model_dir, teacher_dir):
     run = train_run(load_recipe(tiny_recipe(method="distill", distill={"teacher": str(teacher_dir), "mode": "logits"})))
-    assert run.manifest["distill"]["mode"] == "logits"
+    assert run.manifest.distill["mode"] == "logits"
     losses = [r["loss"] for r in read_metrics(run.dir) if "loss" in r]
     assert losses and losses[-1] < losses[0]  # the student moves towards the teacher's distributions
     assert_lora_moved_base_frozen(run, tiny_model_dir)

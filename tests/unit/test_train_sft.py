@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from tunesmith.config import load_recipe
 from tunesmith.errors import RunError
+from tunesmith.records import read_manifest
 from tunesmith.run import load_run, read_metrics
 from tunesmith.train import sft
 from tunesmith.train.callbacks import latest_complete_checkpoint
@@ -37,9 +38,10 @@ def test_lora_moves_only_adapter_weights(tiny_recipe, tiny_model_dir):
     assert changed_lora > 0 and frozen_same > 0
     # Run folder explains itself.
     m = run.manifest
-    assert m["figures"]["global_step"] == 4 and m["tokens"]["train"]["kept"] == 24
-    assert len(m["chat_template_sha256"]) == 64 and all(len(h) == 64 for h in m["data"].values())
-    assert m["versions"]["transformers"] and m["figures"]["peak_memory_mb"] > 0
+    assert m.figures.global_step == 4 and m.tokens["train"]["kept"] == 24
+    assert len(m.chat_template_sha256) == 64 and all(len(h) == 64 for h in m.data.values())
+    assert m.versions["transformers"] and m.figures.peak_memory_mb > 0
+    assert read_manifest(run.dir / "manifest.json") == m  # the typed record round-trips
     assert (run.dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert any("loss" in row for row in read_metrics(run.dir))
 
@@ -68,8 +70,8 @@ def test_resume_continues_from_last_complete_checkpoint(tiny_recipe):
     assert latest_complete_checkpoint(run_dir / "checkpoints").name == "checkpoint-3"
 
     resumed = sft.run(load_recipe(path), resume=True)
-    assert resumed.manifest["resumed_from"].endswith("checkpoint-3")
-    assert resumed.manifest["figures"]["global_step"] == 6
+    assert resumed.manifest.resumed_from.endswith("checkpoint-3")
+    assert resumed.manifest.figures.global_step == 6
     resumed_losses = [r["loss"] for r in read_metrics(resumed.dir) if "loss" in r]
     assert [r["step"] for r in read_metrics(resumed.dir) if "loss" in r] == [1, 2, 3, 4, 5, 6]
     assert resumed_losses == pytest.approx(full_losses, rel=1e-4)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.progress import Progress
 from rich.table import Table
 
 from tunesmith.cli import app, console, err_console, handle_errors
+
+if TYPE_CHECKING:
+    from tunesmith.records import EvalReport
 
 
 def resolve_run(target: Path) -> Any:
@@ -24,9 +27,9 @@ def resolve_run(target: Path) -> Any:
     return load_run(target)
 
 
-def comparison_table(report: dict[str, Any]) -> Table:
-    summary = report["summary"]
-    table = Table(title=f"{report['run']}: base vs tuned on {report['n_examples']} held-out examples")
+def comparison_table(report: EvalReport) -> Table:
+    summary = report.summary
+    table = Table(title=f"{report.run}: base vs tuned on {report.n_examples} held-out examples")
     for col in ("metric", "base", "tuned", "delta"):
         table.add_column(col, justify="right" if col != "metric" else "left")
     lower_is_better = {"eval_loss", "perplexity"}
@@ -35,8 +38,8 @@ def comparison_table(report: dict[str, Any]) -> Table:
         good = delta < 0 if metric in lower_is_better else delta > 0
         colour = "green" if good and abs(delta) > 1e-9 else ("red" if abs(delta) > 1e-9 else "white")
         table.add_row(metric, f"{base:.4f}", f"{tuned:.4f}", f"[{colour}]{delta:+.4f}[/]")
-    j = report["judgement"]
-    table.caption = f"tuned wins {j['wins']} · loses {j['losses']} · ties {j['ties']}"
+    j = report.judgement
+    table.caption = f"tuned wins {j.wins} · loses {j.losses} · ties {j.ties}"
     return table
 
 
@@ -52,7 +55,7 @@ def eval_cmd(
     run = resolve_run(target)
     with Progress(console=console, transient=True) as progress:
         report = evaluate(run, max_examples=max_examples, progress=progress)
-    if report.get("template_warning"):
-        err_console.print(f"[bold yellow]warning:[/] {report['template_warning']}")
+    if report.template_warning:
+        err_console.print(f"[bold yellow]warning:[/] {report.template_warning}")
     console.print(comparison_table(report))
     console.print(f"report: {run.dir / 'eval' / 'report.html'} (+ report.json, predictions.jsonl)")

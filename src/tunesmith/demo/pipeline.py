@@ -82,8 +82,8 @@ def run_demo(directory: Path, console: Any, steps: int | None = None, fresh: boo
 
     console.rule("[bold]3/5 train (LoRA SFT)")
     run = sft.run(recipe)
-    fig = run.manifest["figures"]
-    console.print(f"{fig['global_step']} steps in {fig['train_runtime_s']:.0f}s, train loss {fig['train_loss']:.3f}, eval loss {fig['eval_loss']:.3f}")
+    fig = run.manifest.figures
+    console.print(f"{fig.global_step} steps in {fig.train_runtime_s:.0f}s, train loss {fig.train_loss or 0:.3f}, eval loss {fig.eval_loss or 0:.3f}")
 
     console.rule("[bold]4/5 base vs tuned on the held-out split")
     with Progress(console=console, transient=True) as progress:
@@ -97,13 +97,13 @@ def run_demo(directory: Path, console: Any, steps: int | None = None, fresh: boo
     answer = ChatSession.open(str(run.dir)).ask(sample, 80)
     console.print(f"chat> {sample}\n[bold]tuned>[/] {answer}", highlight=False)
 
-    s = report["summary"]
+    s = report.summary
     console.rule("[bold]what this proved")
     console.print(
-        f"On {report['n_examples']} held-out examples the tuned adapter scored exact match "
+        f"On {report.n_examples} held-out examples the tuned adapter scored exact match "
         f"{s['base']['exact_match']:.0%} -> {s['tuned']['exact_match']:.0%} and JSON-valid "
         f"{s['base']['json_valid']:.0%} -> {s['tuned']['json_valid']:.0%} against its base; "
-        f"it won {report['judgement']['wins']} of {report['n_examples']} examples. Total {time.time() - started:.0f}s.\n"
+        f"it won {report.judgement.wins} of {report.n_examples} examples. Total {time.time() - started:.0f}s.\n"
         f"report: {run.dir / 'eval' / 'report.html'}"
     )
     if s["tuned"]["exact_match"] <= s["base"]["exact_match"] or s["tuned"]["json_valid"] <= s["base"]["json_valid"]:

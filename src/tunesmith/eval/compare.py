@@ -15,7 +15,8 @@ from tunesmith import models
 from tunesmith.data.template import prompt_messages, reference
 from tunesmith.eval import metrics
 from tunesmith.eval.generate import generate, perplexity, reference_loss
-from tunesmith.run import Run, read_metrics, write_json_atomic
+from tunesmith.records import EvalReport, Judgement, write_eval_report
+from tunesmith.run import Run, read_metrics
 from tunesmith.train.rows import eval_examples
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def template_warning(run: Run, tokenizer: Any) -> str | None:
     return None
 
 
-def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) -> dict[str, Any]:
+def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) -> EvalReport:
     """Run every held-out prompt through base and tuned, score both, write report.json/predictions.jsonl/report.html."""
     recipe = run.recipe
     eval_ex = eval_examples(recipe)  # dpo/grpo: preference prompts / prompt rows, with chosen / reference answers
@@ -89,25 +90,25 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
         agg["perplexity"] = perplexity(losses[side])
         summary[side] = agg
     summary["delta"] = {k: summary["tuned"][k] - summary["base"][k] for k in summary["base"] if k in summary["tuned"]}
-    report = {
-        "run": recipe.name,
-        "base_model": recipe.model.base,
-        "n_examples": len(eval_ex),
-        "json_mode": json_mode,
-        "summary": summary,
-        "judgement": metrics.compare(scores["base"], scores["tuned"], json_mode),
-        "chat_template_sha256": models.chat_template_hash(tokenizer),
-        "template_warning": template_warning(run, tokenizer),
-        "generation": {"greedy": True, "max_new_tokens": recipe.eval.max_new_tokens},
-    }
+    report = EvalReport(
+        run=recipe.name,
+        base_model=recipe.model.base,
+        n_examples=len(eval_ex),
+        json_mode=json_mode,
+        summary=summary,
+        judgement=Judgement(**metrics.compare(scores["base"], scores["tuned"], json_mode)),
+        chat_template_sha256=models.chat_template_hash(tokenizer),
+        template_warning=template_warning(run, tokenizer),
+        generation={"greedy": True, "max_new_tokens": recipe.eval.max_new_tokens},
+    )
     write_outputs(run.dir / "eval", report, rows, read_metrics(run.dir))
     return report
 
 
-def write_outputs(out: Path, report: dict[str, Any], rows: list[dict[str, Any]], history: list[dict[str, Any]]) -> None:
+def write_outputs(out: Path, report: EvalReport, rows: list[dict[str, Any]], history: list[dict[str, Any]]) -> None:
     from tunesmith.data.convert import write_rows
     from tunesmith.eval.report import write_html
 
-    write_json_atomic(out / "report.json", report)
+    write_eval_report(out / "report.json", report)
     write_rows(out / "predictions.jsonl", rows)
     write_html(out / "report.html", report, rows, history)

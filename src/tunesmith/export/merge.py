@@ -53,9 +53,9 @@ def merge(run: Run, out_dir: Path, dtype: str = "float32", n_check: int = 3, max
     tokenizer.save_pretrained(tmp)
     check = {"prompts": len(prompts), "identical": sum(agree), "max_new_tokens": max_new_tokens}
     lineage = {
-        "merged_from_run": str(run.dir), "base_model": run.manifest["base_model"], "adapter": str(run.adapter_dir),
+        "merged_from_run": str(run.dir), "base_model": run.manifest.base_model.model_dump(), "adapter": str(run.adapter_dir),
         "dtype": dtype, "chat_template_sha256": models.chat_template_hash(tokenizer),
-        "data": run.manifest.get("data"), "check": check, "versions": versions(),
+        "data": run.manifest.data, "check": check, "versions": versions(),
     }
     write_json_atomic(tmp / "tunesmith_lineage.json", lineage)
     if out_dir.exists():

@@ -17,25 +17,28 @@ def run(recipe: Recipe, resume: bool = False, force: bool = False) -> Run:
 
 def summary(run: Run) -> str:
     """One or two lines on what a finished run did, for the CLI (figures a method lacks are left out)."""
-    f, m = run.manifest["figures"], run.manifest
-    parts = [f"{f['global_step']} steps", f"train loss {f['train_loss']:.4f}"]
-    if f.get("eval_loss") is not None:
-        parts.append(f"eval loss {f['eval_loss']:.4f}")
-    parts.append(f"{f['wall_time_s']:.0f}s")
-    if f.get("tokens_per_s"):
-        parts.append(f"{f['tokens_per_s']:.0f} tokens/s")
-    parts.append(f"peak {f['peak_memory_mb']:.0f} MB")
-    lines = [f"{m['method']} + {m['adapter']}: " + ", ".join(parts)]
-    tok = m["tokens"].get("train", {})
+    m = run.manifest
+    f = m.figures
+    parts = [f"{f.global_step} steps"]
+    if f.train_loss is not None:
+        parts.append(f"train loss {f.train_loss:.4f}")
+    if f.eval_loss is not None:
+        parts.append(f"eval loss {f.eval_loss:.4f}")
+    parts.append(f"{f.wall_time_s:.0f}s")
+    if f.tokens_per_s:
+        parts.append(f"{f.tokens_per_s:.0f} tokens/s")
+    parts.append(f"peak {f.peak_memory_mb:.0f} MB")
+    lines = [f"{m.method} + {m.adapter}: " + ", ".join(parts)]
+    tok = m.tokens.get("train", {})
     if "dropped_overlong" in tok:
         lines.append(
             f"data: {tok['kept']} of {tok['examples']} train rows used ({tok['dropped_overlong']} over max_length, "
             f"{tok['dropped_no_trained_tokens']} without trained tokens dropped)"
         )
-    if "grpo" in m and "last_step_reward" in m["grpo"]:
-        lines.append(f"reward: {m['grpo']['first_step_reward']:.3f} at the first logged step, {m['grpo']['last_step_reward']:.3f} at the last")
-    if "dpo" in m and "rewards/margins" in m["dpo"].get("final_eval", {}):
-        lines.append(f"eval reward margin (chosen - rejected): {m['dpo']['final_eval']['rewards/margins']:.4f}")
-    if "distill" in m:
-        lines.append(f"teacher: {m['distill'].get('teacher')}")
+    if m.grpo and "last_step_reward" in m.grpo:
+        lines.append(f"reward: {m.grpo['first_step_reward']:.3f} at the first logged step, {m.grpo['last_step_reward']:.3f} at the last")
+    if m.dpo and "rewards/margins" in m.dpo.get("final_eval", {}):
+        lines.append(f"eval reward margin (chosen - rejected): {m.dpo['final_eval']['rewards/margins']:.4f}")
+    if m.distill:
+        lines.append(f"teacher: {m.distill.get('teacher') or m.distill.get('teacher_spec')}")
     return "\n".join(lines)

@@ -24,6 +24,7 @@ from tunesmith.data.convert import write_rows
 from tunesmith.data.dataset import split_examples
 from tunesmith.data.template import prompt_messages, reference
 from tunesmith.errors import RecipeError
+from tunesmith.records import write_manifest
 from tunesmith.run import Run, is_run_dir, load_run, write_json_atomic
 from tunesmith.train import _trl, faults, policy, sft, start
 from tunesmith.train.callbacks import standard_callbacks
@@ -94,11 +95,12 @@ def _sequence(recipe: Recipe, resume: bool, force: bool) -> Run:
     report = audit.audit_recipe(student, tokenizer)
     write_json_atomic(out_dir / "audit.json", report.as_dict())
     run = sft.run(student, resume=resume, force=force)  # sft.run audits again and refuses blocking errors
-    manifest = dict(run.manifest)
-    manifest["distill"] = {"mode": "sequence", "teacher_spec": recipe.distill.teacher, **generated,
-                           "audit": {"errors": len(report.errors), "warnings": len(report.warnings)},
-                           "prompts_from": recipe.data.train}
-    write_json_atomic(run.dir / "manifest.json", manifest)
+    # The student's manifest gains the teacher's lineage before the run is read back as finished.
+    manifest = run.manifest.model_copy(update={"distill": {
+        "mode": "sequence", "teacher_spec": recipe.distill.teacher, **generated,
+        "audit": {"errors": len(report.errors), "warnings": len(report.warnings)},
+        "prompts_from": recipe.data.train}})
+    write_manifest(run.dir / "manifest.json", manifest)
     return load_run(run.dir)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from tunesmith import models
 from tunesmith.config import Recipe
+from tunesmith.records import BaseModelRef, Figures, Manifest, write_manifest
 from tunesmith.run import (
     Run,
     git_sha,
@@ -16,7 +17,6 @@ from tunesmith.run import (
     peak_memory_mb,
     read_metrics,
     versions,
-    write_json_atomic,
 )
 
 
@@ -79,33 +79,34 @@ def finish_run(
     t = recipe.training
     rows_seen = result.global_step * t.batch_size * t.grad_accum
     trained = train_stats.get("tokens", 0) * rows_seen / max(1, train_stats.get("kept", 0))
-    manifest = {
-        "run": recipe.name,
-        "method": recipe.method,
-        "adapter": recipe.adapter.type,
-        "base_model": {"spec": recipe.model.base, "path": base_path},
-        "chat_template_sha256": models.chat_template_hash(tokenizer),
-        "data": data_hashes(recipe),
-        "tokens": token_stats,
-        "figures": {
-            "global_step": result.global_step,
-            "train_loss": result.training_loss,
-            "eval_loss": (final_eval or {}).get("eval_loss"),
-            "wall_time_s": round(wall, 1),
-            "train_runtime_s": round(runtime, 1),
-            "tokens_per_s": round(trained / max(runtime, 1e-9), 1) if trained else None,
-            "peak_memory_mb": round(peak_memory_mb(), 1),
-            "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
-            "total_params": sum(p.numel() for p in trainer.model.parameters()),
-        },
-        "resumed_from": str(checkpoint) if checkpoint else None,
-        "faults": faults.summary(trainer),
-        "device": models.device(),
-        "versions": versions(),
-        "git_sha": git_sha(),
+    manifest = Manifest(
+        run=recipe.name,
+        method=recipe.method,
+        adapter=recipe.adapter.type,
+        base_model=BaseModelRef(spec=recipe.model.base, path=base_path),
+        chat_template_sha256=models.chat_template_hash(tokenizer),
+        data=data_hashes(recipe),
+        tokens=token_stats,
+        figures=Figures(
+            global_step=result.global_step,
+            train_loss=result.training_loss,
+            eval_loss=(final_eval or {}).get("eval_loss"),
+            wall_time_s=round(wall, 1),
+            train_runtime_s=round(runtime, 1),
+            tokens_per_s=round(trained / max(runtime, 1e-9), 1) if trained else None,
+            peak_memory_mb=round(peak_memory_mb(), 1),
+            trainable_params=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+            total_params=sum(p.numel() for p in trainer.model.parameters()),
+        ),
+        resumed_from=str(checkpoint) if checkpoint else None,
+        faults=faults.summary(trainer),
+        device=models.device(),
+        versions=versions(),
+        git_sha=git_sha(),
+        quantized_base=recipe.adapter.type == "qlora",
         **(extra or {}),
-    }
-    write_json_atomic(run_dir / "manifest.json", manifest)
+    )
+    write_manifest(run_dir / "manifest.json", manifest)
     write_loss_png(run_dir)
     faults.barrier()
     return load_run(run_dir)

@@ -1,0 +1,143 @@
+"""Typed records passed between stages: the run `Manifest` and the base-vs-tuned `EvalReport`.
+
+Each is written and read here only. Later stages (ladder, serve, studio, monitor) take these
+objects and read attributes, never raw dict keys, so a renamed field fails in one place.
+A record carries `schema_version`; reading a newer version than this code knows is an error
+that says so, reading an older one fills defaults.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tunesmith.atomic import write_text_atomic
+from tunesmith.errors import RunError
+
+MANIFEST_VERSION = 1
+EVAL_REPORT_VERSION = 1
+
+
+class Record(BaseModel):
+    """Base of every stored record: unknown keys are errors, so a typo never reads as a default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class BaseModelRef(Record):
+    spec: str = Field(..., description="model.base as the recipe gave it (catalog name, folder, .gguf, hub id).")
+    path: str = Field(..., description="What from_pretrained loaded: a local folder or a hub id.")
+
+
+class Figures(Record):
+    global_step: int = 0
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    wall_time_s: float = 0.0
+    train_runtime_s: float = 0.0
+    tokens_per_s: float | None = Field(None, description="Trained (non-padding) tokens per second, all ranks together.")
+    peak_memory_mb: float = 0.0
+    trainable_params: int = 0
+    total_params: int = 0
+    world_size: int = Field(1, description="Processes that trained (DDP/FSDP ranks).")
+
+
+class Manifest(Record):
+    """manifest.json: what a finished run is, traceable to its data, recipe and base model."""
+
+    schema_version: int = MANIFEST_VERSION
+    run: str
+    method: str
+    adapter: str
+    base_model: BaseModelRef
+    chat_template_sha256: str
+    data: dict[str, str] = Field(default_factory=dict, description="Absolute data path -> SHA-256 at training time.")
+    tokens: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Per split: examples, kept, dropped, truncated, tokens.")
+    figures: Figures = Field(default_factory=Figures)
+    resumed_from: str | None = None
+    faults: dict[str, Any] = Field(default_factory=dict)
+    device: str = "cpu"
+    versions: dict[str, str] = Field(default_factory=dict)
+    git_sha: str | None = None
+    quantized_base: bool = Field(False, description="The adapter was trained on a 4-bit base (QLoRA); eval loads the same.")
+    speed: dict[str, Any] = Field(default_factory=dict, description="Speed levers in force (packing, bf16, ...), as resolved.")
+    plan: dict[str, Any] | None = Field(None, description="The planner's estimate made before training, next to what was measured.")
+    rag: dict[str, Any] | None = Field(None, description="Retrieval index the run trained with: path, content hash, k.")
+    golden: list[dict[str, Any]] = Field(default_factory=list, description="Golden prompts with the tuned model's greedy answers.")
+    checkpoint_selection: dict[str, Any] | None = None
+    dpo: dict[str, Any] | None = None
+    grpo: dict[str, Any] | None = None
+    distill: dict[str, Any] | None = None
+
+
+class Judgement(Record):
+    wins: int = 0
+    losses: int = 0
+    ties: int = 0
+    win_rate: float = 0.0
+
+
+class EvalReport(Record):
+    """eval/report.json: the same held-out prompts through base and tuned."""
+
+    schema_version: int = EVAL_REPORT_VERSION
+    run: str
+    base_model: str
+    n_examples: int
+    json_mode: bool
+    summary: dict[str, dict[str, float]] = Field(..., description="base / tuned / delta -> metric -> value.")
+    judgement: Judgement
+    chat_template_sha256: str
+    template_warning: str | None = None
+    warnings: list[str] = Field(default_factory=list, description="Input hash changes, quantized base, degenerate output, ...")
+    generation: dict[str, Any] = Field(default_factory=dict)
+    degenerate: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="Per model: share of outputs that hit the token budget, repetition-loop rate."
+    )
+    gates: list[dict[str, Any]] = Field(default_factory=list, description="Release gate results (name, rule, value, passed).")
+    extra: dict[str, Any] = Field(default_factory=dict, description="Optional metrics (forgetting, hallucination, judge).")
+
+
+R = TypeVar("R", bound=Record)
+
+
+def _read(path: Path, model: type[R], version: int) -> R:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunError(f"{path} not found") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RunError(f"{path} is not readable JSON: {exc}") from None
+    if isinstance(data, dict) and int(data.get("schema_version", 1)) > version:
+        raise RunError(
+            f"{path} has schema_version {data['schema_version']}, newer than this tunesmith reads ({version})",
+            hint="Upgrade tunesmith to read it.",
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+        raise RunError(f"{path} does not match the {model.__name__} schema: {problems}") from None
+
+
+def _write(path: Path, record: Record) -> None:
+    write_text_atomic(path, record.model_dump_json(indent=2))
+
+
+def read_manifest(path: Path) -> Manifest:
+    return _read(path, Manifest, MANIFEST_VERSION)
+
+
+def write_manifest(path: Path, manifest: Manifest) -> None:
+    _write(path, manifest)
+
+
+def read_eval_report(path: Path) -> EvalReport:
+    return _read(path, EvalReport, EVAL_REPORT_VERSION)
+
+
+def write_eval_report(path: Path, report: EvalReport) -> None:
+    _write(path, report)
