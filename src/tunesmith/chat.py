@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from tunesmith import models
 from tunesmith.eval.generate import generate
-from tunesmith.run import is_run_dir, load_run
 
 
 @dataclass
@@ -22,19 +19,17 @@ class ChatSession:
     @classmethod
     def open(cls, target: str, system: str | None = None) -> "ChatSession":
         """Open a run folder (base + adapter, template checked) or a model (folder, .gguf, catalog name)."""
-        if is_run_dir(target):
-            from tunesmith.data.formats import load_examples
-            from tunesmith.eval.compare import load_tuned, template_warning
+        from tunesmith.loader import load_target
 
-            run = load_run(target)
-            model, tokenizer, _ = load_tuned(run)
-            if system is None:
-                # The run was trained with its data's system prompt; answering without it is a different task.
-                first = load_examples(run.recipe.data.eval or run.recipe.data.train[0])[0].messages
-                system = first[0]["content"] if first[0]["role"] == "system" else None
-            return cls(model, tokenizer, system, template_warning(run, tokenizer))
-        path = models.resolve_base(str(Path(target).expanduser()) if Path(target).expanduser().exists() else target)
-        return cls(models.load_model(path).eval(), models.load_tokenizer(path), system)
+        loaded = load_target(target)
+        run = loaded.run
+        if run is not None and system is None:
+            from tunesmith.data.formats import load_examples
+
+            # The run was trained with its data's system prompt; answering without it is a different task.
+            first = load_examples(run.recipe.data.eval or run.recipe.data.train[0])[0].messages
+            system = first[0]["content"] if first[0]["role"] == "system" else None
+        return cls(loaded.model, loaded.tokenizer, system, loaded.template_warning)
 
     def ask(self, text: str, max_new_tokens: int = 256) -> str:
         """Append a user turn, generate greedily, keep the answer in the history."""

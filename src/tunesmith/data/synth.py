@@ -145,13 +145,7 @@ def synthesize(
 
 def load_generator(spec: str) -> tuple[Any, Any]:
     """(model, tokenizer) for a run folder (base + adapter) or a base model spec."""
-    from tunesmith import models
-    from tunesmith.run import is_run_dir, load_run
+    from tunesmith.loader import load_target
 
-    if is_run_dir(spec):
-        from tunesmith.eval.compare import load_tuned
-
-        model, tokenizer, _ = load_tuned(load_run(spec))
-        return model, tokenizer
-    path = models.resolve_base(spec)
-    return models.load_model(path).eval(), models.load_tokenizer(path)
+    loaded = load_target(spec)
+    return loaded.model, loaded.tokenizer

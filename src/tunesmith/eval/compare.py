@@ -15,31 +15,12 @@ from tunesmith import models
 from tunesmith.data.template import prompt_messages, reference
 from tunesmith.eval import metrics
 from tunesmith.eval.generate import generate, perplexity, reference_loss
+from tunesmith.loader import load_base, load_run_model
 from tunesmith.records import EvalReport, Judgement, write_eval_report
 from tunesmith.run import Run, read_metrics
 from tunesmith.train.rows import eval_examples
 
 log = logging.getLogger(__name__)
-
-
-def load_tuned(run: Run) -> tuple[Any, Any, bool]:
-    """(model, tokenizer, has_adapter): base + adapter for LoRA runs, the saved model for full fine-tunes."""
-    tokenizer = models.load_tokenizer(str(run.adapter_dir))
-    if (run.adapter_dir / "adapter_config.json").exists():
-        from peft import PeftModel
-
-        base = models.load_model(run.base_path, run.recipe.model.dtype)
-        model = PeftModel.from_pretrained(base, str(run.adapter_dir))
-        return model.eval(), tokenizer, True
-    return models.load_model(str(run.adapter_dir), run.recipe.model.dtype).eval(), tokenizer, False
-
-
-def template_warning(run: Run, tokenizer: Any) -> str | None:
-    """A loud message when the chat template in use differs from the one the run was trained with."""
-    now = models.chat_template_hash(tokenizer)
-    if now != run.template_hash:
-        return f"chat template differs from training ({now[:12]} != {run.template_hash[:12]}): outputs may degrade"
-    return None
 
 
 def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) -> EvalReport:
@@ -49,16 +30,17 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
     limit = max_examples if max_examples is not None else recipe.eval.max_examples
     if limit:
         eval_ex = eval_ex[:limit]
-    model, tokenizer, has_adapter = load_tuned(run)
-    if (warning := template_warning(run, tokenizer)):
-        log.warning(warning)
+    loaded = load_run_model(run)
+    model, tokenizer, has_adapter = loaded.model, loaded.tokenizer, loaded.has_adapter
+    if loaded.template_warning:
+        log.warning(loaded.template_warning)
     convs = [prompt_messages(e.messages) for e in eval_ex]
     refs = [reference(e.messages) for e in eval_ex]
     json_mode = metrics.references_are_json(refs)
 
     outputs: dict[str, list[str]] = {}
     losses: dict[str, float] = {}
-    base_model = None if has_adapter else models.load_model(run.base_path, recipe.model.dtype).eval()
+    base_model = None if has_adapter else load_base(run).eval()
     for side in ("base", "tuned"):
         ctx = model.disable_adapter() if side == "base" and has_adapter else nullcontext()
         target = base_model if side == "base" and base_model is not None else model
@@ -98,7 +80,7 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
         summary=summary,
         judgement=Judgement(**metrics.compare(scores["base"], scores["tuned"], json_mode)),
         chat_template_sha256=models.chat_template_hash(tokenizer),
-        template_warning=template_warning(run, tokenizer),
+        template_warning=loaded.template_warning,
         generation={"greedy": True, "max_new_tokens": recipe.eval.max_new_tokens},
     )
     write_outputs(run.dir / "eval", report, rows, read_metrics(run.dir))

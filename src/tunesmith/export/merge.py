@@ -10,6 +10,7 @@ from typing import Any
 from tunesmith import models
 from tunesmith.data.template import prompt_messages, render_prompt
 from tunesmith.errors import RunError
+from tunesmith.loader import resolve_run_base
 from tunesmith.run import Run, versions, write_json_atomic
 from tunesmith.train.rows import eval_examples
 
@@ -37,7 +38,8 @@ def merge(run: Run, out_dir: Path, dtype: str = "float32", n_check: int = 3, max
     if out_dir.exists() and any(out_dir.iterdir()):
         raise RunError(f"{out_dir} exists and is not empty", hint="Choose a new --out folder.")
     tokenizer = models.load_tokenizer(str(run.adapter_dir))
-    base = models.load_model(run.base_path, dtype)
+    # Always a 16/32-bit base, even for a QLoRA run: merging into 4-bit weights changes the model (peft #2321).
+    base = models.load_model(resolve_run_base(run), dtype)
     model = PeftModel.from_pretrained(base, str(run.adapter_dir)).eval()
 
     eval_ex = eval_examples(run.recipe)

@@ -25,7 +25,7 @@ from tunesmith.data.dataset import split_examples
 from tunesmith.data.template import prompt_messages, reference
 from tunesmith.errors import RecipeError
 from tunesmith.records import write_manifest
-from tunesmith.run import Run, is_run_dir, load_run, write_json_atomic
+from tunesmith.run import Run, load_run, write_json_atomic
 from tunesmith.train import _trl, faults, policy, sft, start
 from tunesmith.train.callbacks import standard_callbacks
 from tunesmith.train.finish import finish_run
@@ -37,14 +37,12 @@ GENERATED = "distill"
 
 def load_teacher(spec: str, dtype: str = "auto") -> tuple[Any, Any, str]:
     """(model, tokenizer, description) for a base model spec or a tunesmith run folder (its tuned model)."""
-    if is_run_dir(spec):
-        from tunesmith.eval.compare import load_tuned
+    from tunesmith.loader import load_target
 
-        teacher_run = load_run(spec)
-        model, tokenizer, _ = load_tuned(teacher_run)
-        return model, tokenizer, f"run {teacher_run.dir} (base {teacher_run.recipe.model.base})"
-    path = models.resolve_base(spec)
-    return models.load_model(path, dtype).eval(), models.load_tokenizer(path), f"model {spec}"
+    loaded = load_target(spec, dtype)
+    if loaded.run is not None:
+        return loaded.model, loaded.tokenizer, f"run {loaded.run.dir} (base {loaded.run.recipe.model.base})"
+    return loaded.model, loaded.tokenizer, f"model {spec}"
 
 
 def same_tokenizer(a: Any, b: Any) -> bool:
