@@ -31,7 +31,7 @@ def train(
     force: bool = typer.Option(False, "--force", help="Train even when the data check finds blocking errors."),
     nproc: int = typer.Option(0, "--nproc", help="Train on N processes (GPUs; CPU processes without GPUs) via accelerate launch."),
     accelerate_config: str = typer.Option(
-        "ddp", "--accelerate-config", help="With --nproc: ddp, fsdp, deepspeed_zero2, deepspeed_zero3 (configs/accelerate/) or a YAML path."
+        "ddp", "--accelerate-config", help="With --nproc: ddp, fsdp, deepspeed_zero2, deepspeed_zero3 (shipped with tunesmith) or a YAML path."
     ),
 ) -> None:
     """Fine-tune the base model on the recipe's data with its method (sft, dpo, grpo or distill; LoRA by default).

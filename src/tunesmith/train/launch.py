@@ -2,7 +2,8 @@
 
 No launcher of our own: accelerate (torchrun underneath) starts the processes, sets RANK/WORLD_SIZE and the
 rendezvous; each process runs `python -m tunesmith train RECIPE ...` and the Trainer picks up the process group.
-Shipped configs live in configs/accelerate/ (ddp, fsdp, deepspeed_zero2, deepspeed_zero3); a path works too.
+Shipped configs live inside the package, in tunesmith/accelerate_configs/ (ddp, fsdp, deepspeed_zero2,
+deepspeed_zero3), so a wheel install has them; a path to any accelerate YAML works too.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from tunesmith.errors import RunError
 
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs" / "accelerate"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "accelerate_configs"  # package data (pyproject.toml)
 EXIT_CODE_FILE = "TUNESMITH_EXIT_CODE_FILE"  # rank 0 writes its TunesmithError exit code here for the launcher
 
 
