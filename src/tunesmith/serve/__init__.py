@@ -1,0 +1,1 @@
+"""Serving: an OpenAI-compatible API over a base model and its LoRA adapters, with a request log."""
