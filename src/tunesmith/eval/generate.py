@@ -1,50 +1,255 @@
-"""Batched, greedy, deterministic generation and per-example reference loss."""
+"""The one generation function: batched or streamed, greedy or sampled, plus per-example reference loss.
+
+Every caller (eval, merge check, chat, distillation teacher, synth, serve) goes through here, so stop
+tokens, padding side and decoding are decided once. Stop tokens are the model's generation_config
+eos list (Llama-3 / Qwen ship several) plus the tokenizer's eos, never the tokenizer's alone.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from tunesmith.data.template import IGNORE, render_prompt, tokenize_example
 
+FinishReason = Literal["stop", "length", "cancelled"]
 
-def generate(
-    model: Any,
-    tokenizer: Any,
-    conversations: list[list[dict[str, Any]]],
-    max_new_tokens: int,
-    batch_size: int = 8,
+
+@dataclass
+class Completion:
+    """One generated answer. Token counts are in tokens of the model's tokenizer."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int  # generated tokens, the closing stop token included
+    finish_reason: FinishReason  # "stop": eos or a stop string; "length": max_new_tokens reached
+    token_ids: list[int] = field(default_factory=list)  # generated ids, stop token included, padding excluded
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Ids that end a turn: the generation_config's eos (int or list) first, then the tokenizer's eos."""
+    ids: list[int] = []
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (config_eos, tokenizer.eos_token_id):
+        for i in value if isinstance(value, (list, tuple)) else [value]:
+            if i is not None and int(i) not in ids:
+                ids.append(int(i))
+    return ids
+
+
+def _generation_config(model: Any, tokenizer: Any, max_new_tokens: int, temperature: float, top_p: float) -> Any:
+    """A copy of the model's generation_config with this call's decoding (keeps its other fields)."""
+    import copy
+
+    from transformers import GenerationConfig
+
+    base = getattr(model, "generation_config", None)
+    config = copy.deepcopy(base) if base is not None else GenerationConfig()
+    sample = temperature > 0
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_token_ids(model, tokenizer)[0]
+    # Greedy clears the sampling knobs a hub config may carry, so transformers does not warn they are unused.
+    config.update(
+        max_new_tokens=max_new_tokens, do_sample=sample, num_beams=1, eos_token_id=stop_token_ids(model, tokenizer),
+        pad_token_id=pad, temperature=temperature if sample else None, top_p=top_p if sample else None,
+        top_k=None if not sample else config.top_k, max_length=None,
+    )
+    return config
+
+
+def _cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
+    """Text before the earliest stop string (the stop string itself is not returned), and whether one was found."""
+    hits = [text.find(s) for s in stop or [] if s and s in text]
+    return (text[: min(hits)], True) if hits else (text, False)
+
+
+def _seeded(seed: int | None) -> Any:
+    """A context in which sampling is reproducible for `seed` without touching the caller's global RNG."""
+    import contextlib
+
+    import torch
+
+    if seed is None:
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    stack.enter_context(torch.random.fork_rng(devices=devices))
+    torch.manual_seed(seed)
+    return stack
+
+
+def _finish(tokenizer: Any, new_ids: list[int], stops: set[int], pad: int | None, stop: list[str] | None,
+            prompt_tokens: int) -> Completion:
+    """Trim one row's generated ids at its first stop token and decode it."""
+    end = next((j for j, t in enumerate(new_ids) if t in stops), None)
+    ids = new_ids[: end + 1] if end is not None else new_ids
+    if end is None and pad is not None:
+        # A row that hit a stop string is padded to the batch's length afterwards.
+        while ids and ids[-1] == pad:
+            ids = ids[:-1]
+    text, cut = _cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop)
+    reason: FinishReason = "stop" if end is not None or cut else "length"
+    return Completion(text.strip(), prompt_tokens, len(ids), reason, ids)
+
+
+def generate_detailed(
+    model: Any, tokenizer: Any, conversations: list[list[dict[str, Any]]], max_new_tokens: int, batch_size: int = 8,
+    *, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None,
     on_batch: Callable[[int], None] | None = None,
-) -> list[str]:
-    """Greedy completions for each conversation (rendered with the tokenizer's chat template, left-padded)."""
+) -> list[Completion]:
+    """Completions in input order, generated in left-padded batches of similar prompt length.
+
+    Greedy when temperature == 0. A batch ends as soon as every row has produced a stop token
+    (or a stop string), so short answers do not pay for max_new_tokens.
+    """
     import torch
 
     prompts = [render_prompt(tokenizer, conv) for conv in conversations]
+    config = _generation_config(model, tokenizer, max_new_tokens, temperature, top_p)
+    stops = set(config.eos_token_id)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
-    outputs: list[str] = []
+    done: dict[int, Completion] = {}
     try:
         # Similar lengths together waste less padding; results go back in input order.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        done: dict[int, str] = {}
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = {k: v.to(model.device) for k, v in enc.items()}
-            with torch.inference_mode():
-                out = model.generate(
-                    **enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                )
-            for row, i in enumerate(idx):
-                done[i] = tokenizer.decode(out[row, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
-            if on_batch:
-                on_batch(len(idx))
-        outputs = [done[i] for i in range(len(prompts))]
+        with _seeded(seed):
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+                enc = {k: v.to(model.device) for k, v in enc.items()}
+                extra = {"stop_strings": stop, "tokenizer": tokenizer} if stop else {}
+                with torch.inference_mode():
+                    out = model.generate(**enc, generation_config=config, **extra)
+                width = enc["input_ids"].shape[1]
+                for row, i in enumerate(idx):
+                    n_prompt = int(enc["attention_mask"][row].sum())
+                    done[i] = _finish(tokenizer, out[row, width:].tolist(), stops, config.pad_token_id, stop, n_prompt)
+                if on_batch:
+                    on_batch(len(idx))
     finally:
         tokenizer.padding_side = side
-    return outputs
+    return [done[i] for i in range(len(prompts))]
+
+
+def generate(
+    model: Any, tokenizer: Any, conversations: list[list[dict[str, Any]]], max_new_tokens: int, batch_size: int = 8,
+    *, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Completion texts in input order (see generate_detailed)."""
+    return [c.text for c in generate_detailed(
+        model, tokenizer, conversations, max_new_tokens, batch_size,
+        temperature=temperature, top_p=top_p, seed=seed, stop=stop, on_batch=on_batch)]
+
+
+class TextStream:
+    """Iterator of text deltas from a generation running in a background thread.
+
+    `cancel()` (or setting `cancel_event`) stops generation at the next token. After the iterator is
+    exhausted, `prompt_tokens`, `completion_tokens` and `finish_reason` describe the generation.
+    """
+
+    def __init__(self, stop: list[str] | None) -> None:
+        self.cancel_event = threading.Event()
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.finish_reason: FinishReason | None = None
+        self.error: BaseException | None = None
+        self._stop = [s for s in stop or [] if s]
+        self._last_token: int | None = None
+        self._deltas: Iterator[str] = iter(())
+        self._thread: threading.Thread | None = None
+
+    def cancel(self) -> None:
+        self.cancel_event.set()
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._deltas)
+
+    def _held_back(self, text: str) -> int:
+        """Length of the longest tail of `text` that could still grow into a stop string."""
+        return max((k for s in self._stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+
+    def _run(self, streamer: Any, stops: set[int]) -> Iterator[str]:
+        """Yield deltas, holding back a possible stop-string prefix; cut and cancel when one appears."""
+        text, sent, cut = "", 0, False
+        for piece in streamer:
+            text += piece
+            found, hit = _cut_at_stop(text, self._stop)
+            if hit:
+                text, cut = found, True
+                self.cancel_event.set()
+                break
+            safe = len(text) - self._held_back(text)
+            if safe > sent:
+                yield text[sent:safe]
+                sent = safe
+        if self._thread is not None:
+            self._thread.join()
+        if self.error is not None:
+            raise self.error
+        if len(text) > sent:  # the held-back tail did not become a stop string, or precedes one
+            yield text[sent:]
+        if cut or (self._last_token is not None and self._last_token in stops):
+            self.finish_reason = "stop"
+        elif self.cancel_event.is_set():
+            self.finish_reason = "cancelled"
+        else:
+            self.finish_reason = "length"
+
+
+def generate_stream(
+    model: Any, tokenizer: Any, conversation: list[dict[str, Any]], max_new_tokens: int,
+    *, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None,
+    cancel: threading.Event | None = None, timeout_s: float | None = 600.0,
+) -> TextStream:
+    """Stream one completion as text deltas (transformers' TextIteratorStreamer, generation in a thread).
+
+    Pass `cancel` (or call the returned stream's `cancel()`) to abort, e.g. when a client disconnects.
+    `timeout_s` bounds the wait for each next piece of text.
+    """
+    import torch
+    from transformers import (
+        StoppingCriteria,
+        StoppingCriteriaList,
+        TextIteratorStreamer,
+    )
+
+    stream = TextStream(stop)
+    if cancel is not None:
+        stream.cancel_event = cancel
+    config = _generation_config(model, tokenizer, max_new_tokens, temperature, top_p)
+    enc = tokenizer(render_prompt(tokenizer, conversation), return_tensors="pt", add_special_tokens=False)
+    enc = {k: v.to(model.device) for k, v in enc.items()}
+    stream.prompt_tokens = int(enc["input_ids"].shape[1])
+
+    class _Watch(StoppingCriteria):  # counts tokens and honours cancel between two decoding steps
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            stream.completion_tokens = int(input_ids.shape[1]) - stream.prompt_tokens
+            stream._last_token = int(input_ids[0, -1])
+            return torch.full((input_ids.shape[0],), stream.cancel_event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=timeout_s)
+
+    def work() -> None:
+        try:
+            with _seeded(seed), torch.inference_mode():
+                model.generate(**enc, generation_config=config, streamer=streamer,
+                               stopping_criteria=StoppingCriteriaList([_Watch()]))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer instead of dying silently in the thread
+            stream.error = exc
+            streamer.end()
+
+    stream._thread = threading.Thread(target=work, name="tunesmith-generate", daemon=True)
+    stream._thread.start()
+    stream._deltas = stream._run(streamer, set(config.eos_token_id))
+    return stream
 
 
 def reference_loss(model: Any, tokenizer: Any, conversations: list[list[dict[str, Any]]], max_length: int) -> float:

@@ -8,23 +8,18 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith import models
-from tunesmith.data.template import prompt_messages, render_prompt
+from tunesmith.data.template import prompt_messages
 from tunesmith.errors import RunError
 from tunesmith.loader import resolve_run_base
 from tunesmith.run import Run, versions, write_json_atomic
 from tunesmith.train.rows import eval_examples
 
 
-def _greedy_tokens(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
-    import torch
+def _greedy_tokens(model: Any, tokenizer: Any, conversations: list[list[dict[str, Any]]], max_new_tokens: int) -> list[list[int]]:
+    """Greedy generated ids per conversation, one at a time so no padding differs between the two models."""
+    from tunesmith.eval.generate import generate_detailed
 
-    out = []
-    for prompt in prompts:
-        enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
-        with torch.inference_mode():
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        out.append(gen[0, enc["input_ids"].shape[1] :].tolist())
-    return out
+    return [c.token_ids for c in generate_detailed(model, tokenizer, conversations, max_new_tokens, batch_size=1)]
 
 
 def merge(run: Run, out_dir: Path, dtype: str = "float32", n_check: int = 3, max_new_tokens: int = 48) -> dict[str, Any]:
@@ -43,7 +38,7 @@ def merge(run: Run, out_dir: Path, dtype: str = "float32", n_check: int = 3, max
     model = PeftModel.from_pretrained(base, str(run.adapter_dir)).eval()
 
     eval_ex = eval_examples(run.recipe)
-    prompts = [render_prompt(tokenizer, prompt_messages(e.messages)) for e in eval_ex[:n_check]]
+    prompts = [prompt_messages(e.messages) for e in eval_ex[:n_check]]
     before = _greedy_tokens(model, tokenizer, prompts, max_new_tokens)
     merged = model.merge_and_unload()
     after = _greedy_tokens(merged, tokenizer, prompts, max_new_tokens)

@@ -1,0 +1,145 @@
+"""The one generation function: order, batching, stop tokens from generation_config, stop strings, streaming."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    return model, tok
+
+
+def convs(n: int) -> list[list[dict]]:
+    return [[{"role": "user", "content": f"question {i} " + "word " * (i % 3)}] for i in range(n)]
+
+
+def test_batched_equals_one_at_a_time_in_input_order(tiny):
+    from tunesmith.eval.generate import generate_detailed
+
+    model, tok = tiny
+    side = tok.padding_side
+    batched = generate_detailed(model, tok, convs(5), 6, batch_size=4)
+    single = [generate_detailed(model, tok, [c], 6, batch_size=1)[0] for c in convs(5)]
+    assert [c.token_ids for c in batched] == [c.token_ids for c in single]
+    assert [c.prompt_tokens for c in batched] == [c.prompt_tokens for c in single]
+    assert tok.padding_side == side
+
+
+def test_generation_config_eos_list_is_kept(tiny):
+    """A Llama-3 style eos list [a, b]: generation stops at b even though the tokenizer's eos is neither."""
+    from tunesmith.eval.generate import generate_detailed, stop_token_ids
+
+    model, tok = tiny
+    conv = convs(1)[0]
+    saved = model.generation_config.eos_token_id
+    try:
+        model.generation_config.eos_token_id = None
+        free = generate_detailed(model, tok, [conv], 10)[0]
+        tokens = [t for t in free.token_ids if t != tok.eos_token_id]
+        assert free.finish_reason in ("length", "stop")
+        second = tokens[min(2, len(tokens) - 1)]
+        first_at = free.token_ids.index(second)
+        unused = next(i for i in range(len(tok)) if i not in free.token_ids and i != tok.eos_token_id)
+        model.generation_config.eos_token_id = [unused, second]
+        assert stop_token_ids(model, tok)[:2] == [unused, second]
+        stopped = generate_detailed(model, tok, [conv], 10)[0]
+    finally:
+        model.generation_config.eos_token_id = saved
+    assert stopped.token_ids == free.token_ids[: first_at + 1]
+    assert stopped.finish_reason == "stop"
+    assert stopped.completion_tokens == first_at + 1
+
+
+def test_length_finish_and_token_counts(tiny):
+    from tunesmith.eval.generate import generate_detailed, stop_token_ids
+
+    model, tok = tiny
+    out = generate_detailed(model, tok, convs(4), 5, batch_size=4)
+    for c in out:
+        assert c.prompt_tokens > 0
+        assert c.completion_tokens == len(c.token_ids) <= 5
+        if c.finish_reason == "length":
+            assert c.completion_tokens == 5 and not set(c.token_ids) & set(stop_token_ids(model, tok))
+        else:
+            assert c.token_ids[-1] in stop_token_ids(model, tok)
+
+
+def test_stop_string_cuts_text(tiny):
+    from tunesmith.eval.generate import generate_detailed
+
+    model, tok = tiny
+    full = generate_detailed(model, tok, convs(1), 12)[0]
+    if len(full.text) < 4:
+        pytest.skip("the random model's answer is too short to cut")
+    stop = full.text[2:4]
+    cut = generate_detailed(model, tok, convs(1), 12, stop=[stop])[0]
+    assert cut.finish_reason == "stop"
+    assert stop not in cut.text
+    assert full.text.startswith(cut.text)
+
+
+def test_sampling_is_seeded_and_leaves_global_rng_alone(tiny):
+    import torch
+
+    from tunesmith.eval.generate import generate
+
+    model, tok = tiny
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = generate(model, tok, convs(3), 8, temperature=1.5, top_p=0.95, seed=7)
+    assert torch.rand(1).item() == before.item()  # the global generator was not advanced
+    b = generate(model, tok, convs(3), 8, temperature=1.5, top_p=0.95, seed=7)
+    assert a == b
+
+
+def test_stream_matches_batch_and_reports_usage(tiny):
+    from tunesmith.eval.generate import generate_detailed, generate_stream
+
+    model, tok = tiny
+    conv = convs(1)[0]
+    whole = generate_detailed(model, tok, [conv], 10)[0]
+    stream = generate_stream(model, tok, conv, 10)
+    text = "".join(stream)
+    assert text.strip() == whole.text
+    assert stream.finish_reason == whole.finish_reason
+    assert stream.prompt_tokens == whole.prompt_tokens
+    assert stream.completion_tokens == whole.completion_tokens
+
+
+def test_stream_cancel_stops_early(tiny):
+    from tunesmith.eval.generate import generate_stream
+
+    model, tok = tiny
+    saved = model.generation_config.eos_token_id
+    cancel = threading.Event()
+    cancel.set()  # cancelled before the first step: at most one token is produced
+    try:
+        model.generation_config.eos_token_id = None
+        stream = generate_stream(model, tok, convs(1)[0], 50, cancel=cancel)
+        list(stream)
+    finally:
+        model.generation_config.eos_token_id = saved
+    assert stream.completion_tokens <= 1
+    assert stream.finish_reason in ("cancelled", "stop")
+
+
+def test_stream_surfaces_errors():
+    from tunesmith.eval.generate import TextStream
+
+    class Boom:
+        def __iter__(self):
+            return iter(())
+
+    stream = TextStream(None)
+    stream.error = RuntimeError("boom")
+    stream._deltas = stream._run(Boom(), set())
+    with pytest.raises(RuntimeError, match="boom"):
+        list(stream)
