@@ -65,6 +65,7 @@ def test_answer_is_compact_json_with_fixed_keys(rows):
         assert rec["category"] in g.CATEGORY_CUES and rec["priority"] in g.PRIORITY_CUES
         assert rec["currency"] in g.CURRENCY_FORMS
         assert isinstance(rec["amount"], float) and rec["amount"] > 0
+        assert rec["warranty"] in g.WARRANTY_TIERS
 
 
 def test_values_are_recoverable_from_text(rows):
@@ -74,6 +75,29 @@ def test_values_are_recoverable_from_text(rows):
         assert rec["product"] in text
         assert f"{rec['amount']:.2f}" in text.replace(",", "")
         assert any(sym in text for sym, _ in g.CURRENCY_FORMS[rec["currency"]])
+
+
+def test_catalog_fields_come_only_from_the_catalog(rows):
+    catalog = g.catalog()
+    assert set(catalog) == set(g.PRODUCTS)
+    assert len({c["sku"] for c in catalog.values()}) == len(g.PRODUCTS)  # a SKU names one product
+    for r in rows:
+        text, rec = _user(r), _record(r)
+        assert {k: rec[k] for k in g.CATALOG_FIELDS} == catalog[rec["product"]]
+        assert rec["sku"] not in text  # knowledge the message itself never supplies
+        # Exactly one catalog product is named, so the retrieval query points at one entry.
+        assert [p for p in g.PRODUCTS if p in text] == [rec["product"]]
+
+
+def test_shipped_catalog_matches_generator(tmp_path):
+    shipped = DATA_DIR.parent / "catalog"
+    written = g.write_catalog(tmp_path)
+    assert sorted(p.name for p in shipped.iterdir()) == sorted(p.name for p in written)
+    for p in written:
+        assert p.read_bytes() == (shipped / p.name).read_bytes()
+        text = p.read_text(encoding="utf-8")
+        product = text.splitlines()[0].removeprefix("# ")
+        assert g.catalog()[product]["sku"] in text and g.catalog()[product]["warranty"] in text
 
 
 @pytest.mark.parametrize("field,cues", [("category", g.CATEGORY_CUES),
@@ -102,6 +126,9 @@ def test_splits_are_disjoint(splits):
     assert pairs(train).isdisjoint(pairs(eval_))
     # Eval customers are unseen people, not merely unseen pairs.
     assert {_record(r)["customer"] for r in train}.isdisjoint(_record(r)["customer"] for r in eval_)
+    # Eval products are unseen catalog entries: their SKU and warranty never appear in train.
+    assert {_record(r)["product"] for r in eval_} == set(g.EVAL_ONLY_PRODUCTS)
+    assert {_record(r)["sku"] for r in train}.isdisjoint(_record(r)["sku"] for r in eval_)
 
 
 def test_eval_covers_every_label(splits):

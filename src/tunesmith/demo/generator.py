@@ -2,26 +2,34 @@
 
 Each row is an OpenAI-chat-shaped dict whose user turn is an email, chat log, voicemail
 transcript or web-form submission about a product problem, and whose assistant turn is a
-single-line JSON object with the keys in ``FIELDS``, in that order. Every value is
+single-line JSON object with the keys in ``FIELDS``, in that order. Most values are
 recoverable from the text: names, products and amounts are copied verbatim, and category and
 priority follow from cue phrases listed in ``CATEGORY_CUES`` / ``PRIORITY_CUES``.
+
+Two fields are knowledge the text cannot supply: the product's ``sku`` and ``warranty`` tier live
+only in the product catalog (one small Markdown file per product, ``catalog/``). Eval rows are
+about products that never appear in train, so a model can only get those two fields right on
+the held-out split by reading the catalog entry retrieved into its prompt.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import unicodedata
 from pathlib import Path
 
 from tunesmith.data.convert import write_rows
 
-FIELDS: tuple[str, ...] = ("customer", "product", "category", "priority", "amount", "currency")
+FIELDS: tuple[str, ...] = ("customer", "product", "sku", "warranty", "category", "priority", "amount", "currency")
+CATALOG_FIELDS: tuple[str, ...] = ("sku", "warranty")
 
 SYSTEM_PROMPT = (
-    "Extract the support ticket as one line of JSON with keys customer, product, "
-    "category (billing, technical, shipping or account), priority (high, medium or low), "
-    "amount (number) and currency (ISO code). Reply with only the JSON object on one line."
+    "Extract the support ticket as one line of JSON with keys customer, product, sku and warranty "
+    "(both from the product catalog), category (billing, technical, shipping or account), "
+    "priority (high, medium or low), amount (number) and currency (ISO code). "
+    "Reply with only the JSON object on one line."
 )
 
 FIRST = ["Dana", "Marcus", "Priya", "Tomás", "Ingrid", "Kwame", "Mei", "Oliver", "Fatima",
@@ -38,7 +46,17 @@ COMPANIES = ["Acme Logistics", "Northwind Traders", "Bluepeak Studio", "Harbor &
 PRODUCTS = ["ProBook 14", "AirDesk Pro", "Nimbus Router X2", "Lumen Smart Bulb", "PixelCam 4K",
             "QuietFan 300", "TrailWatch S", "Orbit Headphones", "VoltCharge 65W", "SoundBar Mini",
             "EchoDock 2", "Vista Monitor 27", "StrideScale", "CloudSync Business plan",
-            "FlexKeyboard K3", "AquaPure Filter", "HomeHub Hub+", "SnapPrint 200"]
+            "FlexKeyboard K3", "AquaPure Filter", "HomeHub Hub+", "SnapPrint 200",
+            "GlideMouse M5", "ThermoMug Go", "SkyLink Mesh 3", "BreezeAir Purifier", "CinemaBeam Mini",
+            "PocketDrive 2TB", "PulseBand Fit", "ChefMate Blender", "Arc Desk Lamp", "RoamCase 40L",
+            # The last eight products only ever appear in the eval split: their SKU and warranty are unseen.
+            "Halo Doorbell", "TerraKettle", "NovaTab 11", "Ember Space Heater", "ZenPod Earbuds",
+            "Atlas Tripod", "Ripple Speaker", "Quill Stylus"]
+EVAL_ONLY_PRODUCTS = frozenset(PRODUCTS[-8:])
+WARRANTY_TIERS = ("basic", "plus", "premium")
+CATALOG_SEED = 2024
+# Generic purchases for a distractor sentence: never catalog names, so retrieval finds one product per message.
+ACCESSORIES = ["laptop sleeve", "spare charging cable", "screen protector", "gift card", "carry bag"]
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
           "September", "October", "November", "December"]
 
@@ -164,17 +182,43 @@ def _wrap(rng: random.Random, name: str, company: str, product: str, body: list[
             f"Topic: {rng.choice(['Other', 'General enquiry', 'Product support'])}\nMessage: {text}")
 
 
-def _row(rng: random.Random, lasts: list[str]) -> tuple[dict, str]:
-    """One (record, user text) pair, with the customer's surname drawn from ``lasts``."""
+def catalog() -> dict[str, dict[str, str]]:
+    """Product -> {sku, warranty}: fixed for the package (its own seed), unrelated to the product's name."""
+    rng = random.Random(CATALOG_SEED)
+    letters = "ABCDEFGHJKLMNPQRSTUVWXYZ"
+    return {p: {"sku": f"{rng.choice(letters)}{rng.choice(letters)}-{rng.randint(1000, 9999)}",
+                "warranty": rng.choice(WARRANTY_TIERS)} for p in PRODUCTS}
+
+
+def catalog_slug(product: str) -> str:
+    """File stem of a product's catalog entry, e.g. 'nimbus-router-x2'."""
+    return re.sub(r"[^a-z0-9]+", "-", product.lower().replace("+", " plus")).strip("-")
+
+
+def catalog_entry(product: str) -> str:
+    """The Markdown catalog page of one product: its name as the heading, then SKU and warranty tier."""
+    item = catalog()[product]
+    return f"# {product}\n\nSKU: {item['sku']}\nWarranty tier: {item['warranty']}\n"
+
+
+def write_catalog(out_dir: Path) -> list[Path]:
+    """Write one ``<slug>.md`` per product under ``out_dir``; returns the paths in PRODUCTS order."""
+    from tunesmith.atomic import write_text_atomic
+
+    return [write_text_atomic(Path(out_dir) / f"{catalog_slug(p)}.md", catalog_entry(p)) for p in PRODUCTS]
+
+
+def _row(rng: random.Random, lasts: list[str], products: list[str]) -> tuple[dict, str]:
+    """One (record, user text) pair about one of ``products``, with the customer's surname drawn from ``lasts``."""
     name = f"{rng.choice(FIRST)} {rng.choice(lasts)}"
-    company, product = rng.choice(COMPANIES), rng.choice(PRODUCTS)
+    company, product = rng.choice(COMPANIES), rng.choice(products)
     category, priority = rng.choice(list(ISSUES)), rng.choice(list(PRIORITIES))
     currency = rng.choice(list(CURRENCY_FORMS))
     amount, money = _money(rng, currency)
     fills = {
         "a": money, "d": _date(rng), "inv": f"INV-{rng.randint(1000, 99999)}",
         "o": f"#{rng.randint(100000, 999999)}", "y": rng.randint(2, 12),
-        "p2": rng.choice([p for p in PRODUCTS if p != product]), "f": rng.choice(FIRST),
+        "p2": rng.choice(ACCESSORIES), "f": rng.choice(FIRST),
         "ph": f"+{rng.randint(1, 49)} {rng.randint(100, 999)} {rng.randint(1000000, 9999999)}",
     }
     facts = [rng.choice(AMOUNTS).format(**fills), rng.choice(PRIORITIES[priority])]
@@ -183,18 +227,18 @@ def _row(rng: random.Random, lasts: list[str]) -> tuple[dict, str]:
     # The issue sentence leads most of the time, as in real tickets, but not always.
     issue = rng.choice(ISSUES[category]).format(p=product)
     facts.insert(0 if rng.random() < 0.7 else rng.randint(1, len(facts)), issue)
-    record = {"customer": name, "product": product, "category": category,
+    record = {"customer": name, "product": product, **catalog()[product], "category": category,
               "priority": priority, "amount": amount, "currency": currency}
     return record, _wrap(rng, name, company, product, facts)
 
 
-def _rows(n: int, rng: random.Random, lasts: list[str], start: int, seen: set[str]) -> list[dict]:
+def _rows(n: int, rng: random.Random, lasts: list[str], products: list[str], start: int, seen: set[str]) -> list[dict]:
     """``n`` chat rows with ids from ``start``, skipping texts already in ``seen`` (updated)."""
     rows: list[dict] = []
     for _ in range(n * 50):  # generous cap: collisions are rare, but never loop forever
         if len(rows) == n:
             return rows
-        record, text = _row(rng, lasts)
+        record, text = _row(rng, lasts, products)
         # Resample rather than truncate so every text stays a complete, natural message.
         if text in seen or not MIN_WORDS <= len(text.split()) <= MAX_WORDS:
             continue
@@ -209,15 +253,17 @@ def _rows(n: int, rng: random.Random, lasts: list[str], start: int, seen: set[st
 
 def generate(n: int, seed: int = 0) -> list[dict]:
     """``n`` rows, deterministic for ``seed``, with no duplicate user texts."""
-    return _rows(n, random.Random(seed), LAST, 0, set())
+    return _rows(n, random.Random(seed), LAST, PRODUCTS, 0, set())
 
 
 def make_splits(n_train: int = 400, n_eval: int = 60,
                 seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """Disjoint train/eval rows: eval customers have held-out surnames, ids run on from train."""
+    """Disjoint train/eval rows: eval customers have held-out surnames and eval products held-out catalog entries;
+    ids run on from train."""
     rng, seen = random.Random(seed), set()
-    train = _rows(n_train, rng, [s for s in LAST if s not in EVAL_ONLY_LAST], 0, seen)
-    eval_ = _rows(n_eval, rng, sorted(EVAL_ONLY_LAST), n_train, seen)
+    train_products = [p for p in PRODUCTS if p not in EVAL_ONLY_PRODUCTS]
+    train = _rows(n_train, rng, [s for s in LAST if s not in EVAL_ONLY_LAST], train_products, 0, seen)
+    eval_ = _rows(n_eval, rng, sorted(EVAL_ONLY_LAST), sorted(EVAL_ONLY_PRODUCTS), n_train, seen)
     return train, eval_
 
 
@@ -234,5 +280,6 @@ def write_splits(out_dir: Path, n_train: int = 400, n_eval: int = 60,
 
 
 if __name__ == "__main__":
-    for p in write_splits(Path(__file__).resolve().parent / "data"):
+    here = Path(__file__).resolve().parent
+    for p in [*write_splits(here / "data"), *write_catalog(here / "catalog")]:
         print(p)
