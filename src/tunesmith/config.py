@@ -80,6 +80,25 @@ class DataSection(Section):
 
 
 
+class RagSection(Section):
+    """Retrieval-augmented prompts: training, eval, the ladder and serving put the same retrieved passages in each prompt."""
+
+    index: DataPath = Field(..., description="Retrieval index folder made by `tunesmith index build` (relative to this recipe).")
+    k: int = Field(4, ge=1, le=50, description="Passages retrieved per prompt.")
+    mode: Literal["hybrid", "vector", "fts"] = Field(
+        "hybrid", description="hybrid = vector and full-text hits fused by reciprocal rank; vector = embeddings only; fts = BM25 only."
+    )
+    template: str | None = Field(
+        None,
+        description="How passages enter the prompt. Empty: a block 'Context:\\n[1] (source:line) text ...' appended to the system "
+        "message. Otherwise the last user turn is replaced by this template, with placeholders {context} (the numbered passages) and "
+        "{question} (the user's text); str.format syntax, or Jinja2 ({{ context }}) when it contains '{{' or '{%'.",
+    )
+    embedder: str | None = Field(
+        None, description="Embedding model for queries; empty = the one the index was built with (it must match the index)."
+    )
+
+
 class AdapterSection(Section):
     type: Literal["lora", "qlora", "dora", "full", "prompt_tuning"] = Field(
         "lora",
@@ -253,6 +272,7 @@ class Recipe(Section):
     dpo: DPOSection = Field(default_factory=DPOSection, description="DPO settings (method: dpo).")
     grpo: GRPOSection = Field(default_factory=GRPOSection, validate_default=True, description="GRPO settings (method: grpo).")
     distill: DistillSection = Field(default_factory=DistillSection, validate_default=True, description="Distillation settings (method: distill).")
+    rag: RagSection | None = Field(None, description="Retrieval: put passages from an index into every prompt (train, eval, serve).")
     output_dir: str = Field("runs/run", description="Run directory (relative to this recipe).")
 
     @field_validator("output_dir", mode="after")

@@ -1,0 +1,163 @@
+"""Retrieval: chunking with line numbers, the LanceDB index (incremental, hashed, refusing foreign folders), hybrid
+search, retrieval metrics, and the one prompt builder that training and eval share. Uses the bundled MiniLM."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import write_jsonl
+
+from tunesmith.errors import DataError
+from tunesmith.rag.chunk import chunk_lines, read_lines
+from tunesmith.rag.embed import load_embedder
+from tunesmith.rag.index import build_index, content_hash, read_meta
+from tunesmith.rag.prompt import augment, retrieval_query, with_context
+from tunesmith.rag.retrieve import Passage, Retriever, mrr, recall_at_k
+
+DOC_A = """# Billing
+
+Invoices are sent on the first day of each month. Late payments incur a fee of 2 percent.
+
+# Refunds
+
+Customers may ask for a refund within 30 days. The Zorblax-9 form must be attached to every refund request.
+"""
+DOC_B = """# Shipping
+
+Parcels leave the warehouse in Rotterdam every Tuesday. Delivery across Europe takes three to five working days.
+"""
+
+
+class CountingEmbedder:
+    """The bundled MiniLM, counting how many texts it embeds."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.calls = inner, inner.name, 0
+
+    def encode(self, texts):
+        self.calls += len(texts)
+        return self.inner.encode(texts)
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    return load_embedder(None)
+
+
+@pytest.fixture
+def docs(tmp_path) -> Path:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "billing.md").write_text(DOC_A, encoding="utf-8")
+    (folder / "shipping.md").write_text(DOC_B, encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def index(docs, tmp_path, minilm) -> Path:
+    build_index([docs], tmp_path / "idx", embedder=minilm, chunk_chars=200, overlap_chars=40)
+    return tmp_path / "idx"
+
+
+def test_chunks_follow_headings_and_sentences_with_overlap_and_lines():
+    text = "# One\n\n" + " ".join(f"Sentence number {i} is here." for i in range(12)) + "\n\n# Two\n\nShort tail.\n"
+    lines = list(enumerate(text.splitlines(), start=1))
+    chunks = chunk_lines(lines, chunk_chars=120, overlap_chars=40)
+    assert all(len(c.text) <= 120 for c in chunks)
+    assert chunks[-1].text == "# Two Short tail." and chunks[-1].line == 5  # a heading starts a new chunk, at its line
+    assert not any("# Two" in c.text for c in chunks[:-1])
+    first, second = chunks[0].text, chunks[1].text
+    assert first.startswith("# One") and all(c.text.rstrip().endswith(".") for c in chunks)  # whole sentences
+    assert second.split(". ")[0] + "." in first  # consecutive chunks share a sentence (the overlap)
+    with pytest.raises(DataError):
+        chunk_lines(lines, chunk_chars=100, overlap_chars=100)
+
+
+def test_source_lines_for_markdown_html_and_jsonl(tmp_path):
+    md = tmp_path / "a.md"
+    md.write_text("intro\n\n\n# Head\n\nfirst line of para\ncontinues here. Second sentence.\n", encoding="utf-8")
+    chunks = chunk_lines(read_lines(md), 50, 0)
+    assert [(c.line, c.end_line) for c in chunks] == [(1, 1), (4, 7), (7, 7)]
+    assert chunks[1].text == "# Head first line of para continues here."
+    page = tmp_path / "p.html"
+    page.write_text("<html><head><script>var secret = 'do not index';</script><style>p{}</style></head>\n"
+                    "<body>\n<h2>Team</h2>\n<p>Alice runs <b>ops</b> &amp; support.</p>\n</body></html>", encoding="utf-8")
+    text = " ".join(c.text for c in chunk_lines(read_lines(page), 400, 0))
+    assert "secret" not in text and "p{}" not in text and "Alice runs ops & support." in text
+    assert chunk_lines(read_lines(page), 400, 0)[0].line == 3
+    rows = write_jsonl(tmp_path / "r.jsonl", [{"text": "alpha fact."}, {"messages": [{"role": "user", "content": "beta fact."}]}])
+    assert [(c.text, c.line) for c in chunk_lines(read_lines(rows), 400, 0)] == [("alpha fact.", 1), ("beta fact.", 2)]
+
+
+def test_hybrid_fuses_keyword_and_paraphrase_hits(index):
+    retriever = Retriever.open(index)
+    assert retriever is Retriever.open(index)  # cached per path: one model load per process
+    keyword = retriever.search("Zorblax-9", k=3, mode="fts")
+    assert keyword[0].source == "docs/billing.md" and "Zorblax-9" in keyword[0].text
+    paraphrase = "how long until my package arrives"
+    assert retriever.search(paraphrase, k=3, mode="fts") == []  # no shared word: full text cannot find it
+    assert "Delivery across Europe" in retriever.search(paraphrase, k=1, mode="vector")[0].text
+    hybrid = retriever.search(f"{paraphrase} Zorblax-9", k=3)
+    texts = [p.text for p in hybrid[:2]]
+    assert any("Zorblax-9" in t for t in texts) and any("Delivery" in t for t in texts)  # each list's winner survives RRF
+    assert hybrid[0].score == pytest.approx(1 / 61 + 1 / 62, abs=1e-3) or hybrid[0].score >= 1 / 61
+    assert retriever.search("   ", k=3) == [] and retriever.search('<script>"AND OR (', k=2) is not None
+
+
+def test_recall_and_mrr_on_a_hand_made_set():
+    def p(source, line, end, cid):
+        return Passage("t", source, line, 0.0, cid, end)
+
+    results = [[p("docs/a.md", 1, 5, "x"), p("docs/b.md", 10, 12, "y")], [p("docs/c.md", 1, 2, "z")], [p("docs/a.md", 1, 5, "x")]]
+    gold = [["b.md:11"], ["z"], ["docs/d.md"]]
+    assert recall_at_k(results, gold, k=1) == pytest.approx(1 / 3)
+    assert recall_at_k(results, gold, k=2) == pytest.approx(2 / 3)
+    assert mrr(results, gold) == pytest.approx((1 / 2 + 1 + 0) / 3)
+
+
+def test_incremental_rebuild_embeds_only_changed_files(docs, tmp_path, minilm):
+    counter = CountingEmbedder(minilm)
+    out = tmp_path / "idx"
+    first = build_index([docs], out, embedder=counter, chunk_chars=200, overlap_chars=40)
+    assert first.files_embedded == 2 and counter.calls == first.chunks_embedded == first.chunks
+    assert build_index([docs], out, embedder=counter, chunk_chars=200, overlap_chars=40).chunks_embedded == 0
+    assert counter.calls == first.chunks and content_hash(out) == first.content_hash  # stable across rebuilds
+    (docs / "shipping.md").write_text(DOC_B + "\nReturns go back to Rotterdam.\n", encoding="utf-8")
+    third = build_index([docs], out, embedder=counter, chunk_chars=200, overlap_chars=40)
+    shipping_chunks = read_meta(out).files[str((docs / "shipping.md").resolve())].chunks
+    assert third.files_embedded == 1 and third.files_reused == 1 and third.chunks_embedded == shipping_chunks
+    assert counter.calls == first.chunks + shipping_chunks
+    assert content_hash(out) != first.content_hash and third.chunks == Retriever.open(out).table.count_rows()
+
+
+def test_refuses_a_foreign_non_empty_folder(docs, tmp_path, minilm):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me", encoding="utf-8")
+    with pytest.raises(DataError, match="did not create"):
+        build_index([docs], foreign, embedder=minilm)
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+
+
+def test_with_context_default_and_template():
+    passages = [Passage("Paris is the capital.", "geo.md", 3, 0.9, "c1")]
+    no_system = [{"role": "user", "content": "Capital of France?"}]
+    out = with_context(no_system, passages)
+    assert out[0] == {"role": "system", "content": "Context:\n[1] (geo.md:3) Paris is the capital."} and out[1:] == no_system
+    with_sys = [{"role": "system", "content": "Be brief."}, *no_system]
+    assert with_context(with_sys, passages)[0]["content"].startswith("Be brief.\n\nContext:\n[1]")
+    assert with_sys[0]["content"] == "Be brief."  # input untouched
+    fmt = with_context(no_system, passages, "Q: {question}\nUse:\n{context}")
+    assert fmt[-1]["content"] == "Q: Capital of France?\nUse:\n[1] (geo.md:3) Paris is the capital."
+    jinja = with_context(no_system, passages, "{{ question }} | {{ context }}")
+    assert jinja[-1]["content"] == "Capital of France? | [1] (geo.md:3) Paris is the capital."
+    assert retrieval_query([*with_sys, {"role": "assistant", "content": "Paris"}]) == "Capital of France?"
+
+
+def test_augment_retrieves_for_the_last_user_turn(index):
+    messages = [{"role": "user", "content": "Which form goes with a refund request?"}]
+    out, passages = augment(messages, Retriever.open(index), k=2)
+    assert "Zorblax-9" in passages[0].text and out == with_context(messages, passages)
+    assert json.dumps(out).count("[1] (docs/billing.md:") == 1
