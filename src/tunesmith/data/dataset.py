@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from tunesmith.config import DataSection
+from tunesmith.config import DataSection, Recipe
 from tunesmith.data.formats import Example, load_examples
 from tunesmith.data.template import tokenize_example
 from tunesmith.errors import DataError
@@ -44,6 +44,14 @@ def split_examples(data: DataSection, seed: int) -> tuple[list[Example], list[Ex
     if not evaluation:
         raise DataError("the eval split is empty after removing rows that also appear in train")
     return train, evaluation
+
+
+def recipe_examples(recipe: Recipe) -> tuple[list[Example], list[Example]]:
+    """split_examples for a recipe; with `rag`, every prompt (train and eval alike) carries its retrieved context."""
+    from tunesmith.rag.prompt import augment_examples
+
+    train, evaluation = split_examples(recipe.data, recipe.training.seed)
+    return augment_examples(train, recipe), augment_examples(evaluation, recipe)
 
 
 @dataclass

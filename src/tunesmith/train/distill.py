@@ -21,7 +21,7 @@ from tunesmith import models
 from tunesmith.config import Recipe
 from tunesmith.data import audit
 from tunesmith.data.convert import write_rows
-from tunesmith.data.dataset import split_examples
+from tunesmith.data.dataset import recipe_examples
 from tunesmith.data.template import prompt_messages, reference
 from tunesmith.errors import RecipeError
 from tunesmith.records import write_manifest
@@ -113,7 +113,7 @@ def _logits(recipe: Recipe, resume: bool, force: bool) -> Run:
     if not same_tokenizer(tokenizer, teacher_tok):
         raise RecipeError([("distill.mode", "logits needs the teacher and the student to share a tokenizer; "
                                              "this teacher's differs: use mode: sequence")])
-    train_ex, eval_ex = split_examples(recipe.data, recipe.training.seed)
+    train_ex, eval_ex = recipe_examples(recipe)
 
     def rows(examples: list[Any]) -> Any:  # the GKD collator renders `messages`, the last one being the answer
         return Dataset.from_list([{"messages": prompt_messages(e.messages) + [{"role": "assistant", "content": reference(e.messages)}]}

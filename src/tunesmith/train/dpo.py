@@ -14,7 +14,7 @@ from tunesmith.run import Run
 from tunesmith.train import _trl, faults, policy, start
 from tunesmith.train.callbacks import standard_callbacks
 from tunesmith.train.finish import finish_run
-from tunesmith.train.rows import preference_row, split_rows
+from tunesmith.train.rows import preference_row, recipe_rows
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def _datasets(recipe: Recipe) -> tuple[Any, Any, dict[str, Any]]:
     from datasets import Dataset
 
-    train, evaluation = split_rows(recipe.data, recipe.training.seed, preference_row)
+    train, evaluation = recipe_rows(recipe, preference_row)
     stats = {"train": {"examples": len(train), "kept": len(train)}, "eval": {"examples": len(evaluation), "kept": len(evaluation)}}
     drop = lambda rows: [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]  # noqa: E731
     return Dataset.from_list(drop(train)), (Dataset.from_list(drop(evaluation)) if evaluation else None), stats

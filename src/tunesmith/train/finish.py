@@ -9,6 +9,7 @@ from typing import Any
 
 from tunesmith import models
 from tunesmith.config import Recipe
+from tunesmith.rag.index import manifest_entry
 from tunesmith.records import BaseModelRef, Figures, Manifest, write_manifest
 from tunesmith.run import (
     Run,
@@ -104,6 +105,7 @@ def finish_run(
         versions=versions(),
         git_sha=git_sha(),
         quantized_base=recipe.adapter.type == "qlora",
+        rag=manifest_entry(recipe),  # the retrieval index trained with: eval warns when it changes
         **(extra or {}),
     )
     write_manifest(run_dir / "manifest.json", manifest)

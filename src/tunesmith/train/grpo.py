@@ -15,7 +15,7 @@ from tunesmith.run import Run, read_metrics
 from tunesmith.train import _trl, faults, policy, rewards, start
 from tunesmith.train.callbacks import standard_callbacks
 from tunesmith.train.finish import finish_run
-from tunesmith.train.rows import prompt_row, split_rows
+from tunesmith.train.rows import prompt_row, recipe_rows
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def _dataset(recipe: Recipe) -> tuple[Any, dict[str, Any]]:
     from datasets import Dataset
 
     # GRPO learns from its own samples: held-out rows stay out of training (eval compares base vs tuned on them).
-    train, evaluation = split_rows(recipe.data, recipe.training.seed, prompt_row)
+    train, evaluation = recipe_rows(recipe, prompt_row)
     for row in train:
         row.pop("source", None)
     stats = {"train": {"examples": len(train), "kept": len(train)}, "eval": {"examples": len(evaluation)}}

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from tunesmith.config import DataSection
+from tunesmith.config import DataSection, Recipe
 from tunesmith.data.formats import (
     detect_shape,
     load_normalised,
@@ -76,18 +76,28 @@ def split_rows(
     return hold_out(load_rows(data.train, normalise), evaluation, _key, data.eval_fraction, seed)
 
 
+def recipe_rows(
+    recipe: Recipe, normalise: Callable[[Any], dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """split_rows for a recipe; with `rag`, every row's prompt (train and eval alike) carries its retrieved context."""
+    from tunesmith.rag.prompt import augment_rows
+
+    train, evaluation = split_rows(recipe.data, recipe.training.seed, normalise)
+    return augment_rows(train, recipe), augment_rows(evaluation, recipe)
+
+
 def eval_examples(recipe: Any) -> list[Any]:
     """The held-out examples eval/merge score a run on, for every method.
 
     sft and distill: the recipe's demonstrations. dpo and grpo: the prompt of each held-out row, with the
     chosen answer (dpo) or the row's reference (grpo; "" for prompt-only rows) as the expected answer.
     """
-    from tunesmith.data.dataset import split_examples
+    from tunesmith.data.dataset import recipe_examples
     from tunesmith.data.formats import Example
 
     if recipe.method not in ("dpo", "grpo"):
-        return split_examples(recipe.data, recipe.training.seed)[1]
-    _, evaluation = split_rows(recipe.data, recipe.training.seed, prompt_row)
+        return recipe_examples(recipe)[1]
+    _, evaluation = recipe_rows(recipe, prompt_row)
     return [
         Example(f"eval-{i}", r["prompt"] + [{"role": "assistant", "content": r["reference"]}], r["source"])
         for i, r in enumerate(evaluation)

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from tunesmith.config import Recipe
-from tunesmith.data.dataset import split_examples, tokenize_examples
+from tunesmith.data.dataset import recipe_examples, tokenize_examples
 from tunesmith.run import Run
 from tunesmith.train import _trl, faults, policy, start
 from tunesmith.train.callbacks import standard_callbacks
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 def _datasets(recipe: Recipe, tokenizer: Any) -> tuple[Any, Any, dict[str, Any]]:
     from datasets import Dataset
 
-    train_ex, eval_ex = split_examples(recipe.data, recipe.training.seed)
+    train_ex, eval_ex = recipe_examples(recipe)  # with rag: retrieved context in every prompt
     d = recipe.data
     train_rows, train_stats = tokenize_examples(tokenizer, train_ex, d.max_length, d.overlong)
     eval_rows, eval_stats = tokenize_examples(tokenizer, eval_ex, d.max_length, d.overlong)
