@@ -161,3 +161,35 @@ def test_augment_retrieves_for_the_last_user_turn(index):
     out, passages = augment(messages, Retriever.open(index), k=2)
     assert "Zorblax-9" in passages[0].text and out == with_context(messages, passages)
     assert json.dumps(out).count("[1] (docs/billing.md:") == 1
+
+
+def test_training_and_eval_see_the_prompt_augment_builds(docs, tmp_path, minilm, tiny_recipe):
+    from tunesmith.config import load_recipe
+    from tunesmith.data.dataset import recipe_examples, split_examples
+    from tunesmith.data.template import tokenize_example
+    from tunesmith.models import load_tokenizer
+    from tunesmith.rag.index import changed_since
+    from tunesmith.run import load_run
+    from tunesmith.train import sft
+    from tunesmith.train.rows import eval_examples
+
+    build_index([docs], tmp_path / "idx", embedder=minilm, chunk_chars=200, overlap_chars=40)
+    recipe = load_recipe(tiny_recipe(rag={"index": "idx", "k": 1}, data={"max_length": 512}))
+    retriever = Retriever.open(tmp_path / "idx")
+    raw_train, raw_eval = split_examples(recipe.data, recipe.training.seed)
+    train_ex, _ = recipe_examples(recipe)
+    expected = [augment(e.messages, retriever, k=1)[0] for e in raw_train]
+    assert [e.messages for e in train_ex] == expected and expected[0][0]["content"].startswith("Answer with JSON.\n\nContext:\n[1] (docs/")
+    assert [e.messages for e in eval_examples(recipe)] == [augment(e.messages, retriever, k=1)[0] for e in raw_eval]
+
+    tokenizer = load_tokenizer(recipe.model.base)
+    train_ds, _, _ = sft._datasets(recipe, tokenizer)
+    assert train_ds[0]["input_ids"] == tokenize_example(tokenizer, expected[0], 512, "drop").input_ids  # what training tokenizes
+
+    run = sft.run(recipe)
+    assert run.manifest.rag == {"index": str(tmp_path / "idx"), "content_hash": content_hash(tmp_path / "idx"), "k": 1,
+                                "embedder": "all-MiniLM-L6-v2", "mode": "hybrid"}
+    assert changed_since(run) is None
+    (docs / "shipping.md").write_text(DOC_B + "\nNew fact.\n", encoding="utf-8")
+    build_index([docs], tmp_path / "idx", embedder=minilm, chunk_chars=200, overlap_chars=40)
+    assert "changed since training" in (changed_since(load_run(run.dir)) or "")
