@@ -175,15 +175,25 @@ def load_model(
     """Load a causal LM on the available device in the requested dtype (4-bit when given a BitsAndBytesConfig)."""
     from transformers import AutoModelForCausalLM
 
-    # A quantized model is placed while it loads and cannot be moved afterwards.
-    placement = {"quantization_config": quantization_config, "device_map": {"": device()}} if quantization_config else {}
+    # A quantized model is placed while it loads and cannot be moved afterwards: on this process's own GPU
+    # (LOCAL_RANK under --nproc; every rank on cuda:0 would pile all copies onto one card).
+    placement = {"quantization_config": quantization_config, "device_map": {"": local_device()}} if quantization_config else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=torch_dtype(dtype), revision=revision, trust_remote_code=trust_remote_code, **placement
         )
     except OSError as exc:
         raise ModelError(f"cannot load a model from {path}: {exc}") from None
-    return model if quantization_config else model.to(device())
+    if quantization_config or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return model  # under --nproc the Trainer places it (DDP) or accelerate shards it (FSDP/ZeRO-3) from where it is
+    return model.to(device())
+
+
+def local_device() -> int | str:
+    """This process's device for a device_map: the GPU index LOCAL_RANK (0 outside a launch), or "cpu"."""
+    import torch
+
+    return int(os.environ.get("LOCAL_RANK", "0")) if torch.cuda.is_available() else "cpu"
 
 
 def chat_template_hash(tokenizer: Any) -> str:

@@ -1,4 +1,7 @@
-"""Two CPU processes (gloo DDP) through `tunesmith train --nproc 2`: both ranks train, only rank 0 writes."""
+"""Two CPU processes (gloo DDP) through `tunesmith train --nproc 2`: both ranks train, only rank 0 writes.
+
+FSDP and DeepSpeed need GPUs (see test_fsdp_on_cpu_is_refused); their 2-GPU runs are in tests/gpu/.
+"""
 
 import os
 import subprocess
@@ -30,7 +33,12 @@ def test_two_processes_train_and_rank0_writes(tiny_recipe, tiny_model_dir):
                          capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     run = load_run(load_recipe(path).run_dir)
-    assert run.manifest.figures.global_step == 6  # the data was split between two ranks
+    f = run.manifest.figures
+    assert f.global_step == 6  # the data was split between two ranks
+    # Figures count both ranks: 6 steps x 2 rows x 2 ranks = every train token once in the epoch.
+    assert f.world_size == 2
+    assert f.tokens_per_s * f.train_runtime_s == pytest.approx(run.manifest.tokens["train"]["tokens"], rel=0.1)
+    assert f.total_params > f.trainable_params > 0
     ckpt = run.dir / "checkpoints" / "checkpoint-6"
     assert (ckpt / COMPLETE).exists()
     assert (ckpt / "rng_state_0.pth").exists() and (ckpt / "rng_state_1.pth").exists()  # both ranks saved, then one renamed
@@ -57,3 +65,110 @@ def test_nproc_needs_two(tiny_recipe):
         launch.launch(1, "ddp", ["train", "x"])
     with pytest.raises(RunError, match="accelerate config not found"):
         launch.config_path("nope")
+
+
+def test_shipped_configs_are_package_data():
+    """The configs live inside the package and pyproject ships them, so `pip install tunesmith` (a wheel) has them."""
+    import tomllib
+    from pathlib import Path
+
+    import tunesmith
+
+    package = Path(tunesmith.__file__).parent
+    assert launch.CONFIG_DIR.parent == package
+    globs = tomllib.loads((package.parents[1] / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["tunesmith"]
+    shipped = {p.relative_to(package) for g in globs for p in package.glob(g)}
+    for name in ("ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"):
+        assert launch.config_path(name).relative_to(package) in shipped
+
+
+@pytest.mark.parametrize("name", ["fsdp", "deepspeed_zero3"])
+def test_sharding_without_gpus_is_refused(name, monkeypatch):
+    """On CPU accelerate would run these as plain DDP (MULTI_CPU ignores the FSDP plugin): refused, not faked."""
+    import torch
+
+    from tunesmith.errors import RunError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(launch.subprocess, "Popen", lambda *a, **k: pytest.fail("launched a run that would not shard"))
+    with pytest.raises(RunError, match="GPUs only"):
+        launch.launch(2, name, ["train", "r.yaml"])
+
+
+def test_model_is_loaded_after_the_distributed_state_exists(tiny_recipe, tiny_model_dir, monkeypatch):
+    """FSDP's rank-0-only loading and ZeRO-3's partitioned init both need the process state before from_pretrained."""
+    from accelerate import PartialState
+
+    from tunesmith import models
+    from tunesmith.train import policy
+
+    seen = []
+    monkeypatch.setattr(PartialState, "_shared_state", {})  # as in a fresh process
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: seen.append(PartialState._shared_state != {}))
+    policy.load(load_recipe(tiny_recipe()), str(tiny_model_dir))
+    assert seen == [True]
+
+
+def test_qlora_lands_on_this_ranks_gpu(monkeypatch, tiny_model_dir):
+    """Under --nproc each rank's 4-bit base goes to cuda:LOCAL_RANK, not every rank onto cuda:0."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith import models
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(models, "torch_dtype", lambda name: torch.float32)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: calls.append(k) or object())
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    models.load_model(str(tiny_model_dir), quantization_config=object())
+    assert calls[-1]["device_map"] == {"": 1}
+
+
+def test_distributed_model_is_left_for_the_trainer_to_place(monkeypatch, tiny_model_dir):
+    """Under --nproc a plain model is not moved after loading: FSDP ranks other than 0 hold meta tensors then."""
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith import models
+
+    class Model:
+        def to(self, device):
+            pytest.fail(f"moved to {device} before accelerate could shard it")
+
+    model = Model()
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: model)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert models.load_model(str(tiny_model_dir), "float32") is model
+
+
+FSDP_ON_CPU = (
+    "FSDP needs 2 CUDA GPUs: accelerate attaches its FSDP plugin only to GPU/accelerator process groups; with "
+    "ACCELERATE_USE_CPU (gloo) AcceleratorState is MULTI_CPU and would train plain DDP, so tunesmith refuses it "
+    "(test_sharding_without_gpus_is_refused); torch's own gloo FSDP is not reachable through the Trainer"
+)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.device_count() < 2, reason=FSDP_ON_CPU)
+@pytest.mark.parametrize("adapter", ["lora", "full"])
+def test_two_processes_fsdp_save_a_whole_model(tiny_recipe, tiny_model_dir, adapter):
+    """FSDP shards the model; the final save gathers it: the saved adapter/model loads with every weight full-size."""
+    from safetensors.torch import load_file
+
+    path = tiny_recipe(adapter={"type": adapter}, training={"max_steps": 4, "batch_size": 2})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    res = subprocess.run([sys.executable, "-m", "tunesmith", "train", str(path), "--nproc", "2", "--accelerate-config", "fsdp"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    run = load_run(load_recipe(path).run_dir)
+    assert run.manifest.figures.world_size == 2
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    if adapter == "full":
+        saved = load_file(str(run.adapter_dir / "model.safetensors"))
+        assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in base.state_dict().items() if k in saved}
+        assert len(saved) >= len(dict(base.named_parameters())) - 1  # lm_head may be tied
+        return
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(base, str(run.adapter_dir))
+    assert any("lora_B" in n and p.abs().sum() > 0 for n, p in model.named_parameters())

@@ -267,3 +267,24 @@ def test_disk_full_while_saving_final_adapter_leaves_no_partial_adapter(tiny_rec
     monkeypatch.setattr(peft.peft_model, "safe_save_file", real)
     run = sft.run(load_recipe(path), resume=True)
     assert run.manifest.figures.global_step == 4 and (run_dir / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_train_dependencies_point_one_way():
+    """dist ← checkpoints ← callbacks ← faults: no module imports one above it, not even inside a function."""
+    import ast
+    from pathlib import Path
+
+    layers = ["dist", "checkpoints", "callbacks", "faults"]
+    root = Path(faults.__file__).parent
+    for i, name in enumerate(layers):
+        tree = ast.parse((root / f"{name}.py").read_text(encoding="utf-8"))
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module.removeprefix("tunesmith.train.").removeprefix("tunesmith.train"))
+                if node.module == "tunesmith.train":
+                    imported.update(a.name for a in node.names)
+            elif isinstance(node, ast.Import):
+                imported.update(a.name.removeprefix("tunesmith.train.") for a in node.names)
+        above = imported & set(layers[i + 1:])
+        assert not above, f"train/{name}.py imports {above}, which sit above it"

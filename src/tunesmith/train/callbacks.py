@@ -1,19 +1,32 @@
-"""Trainer callbacks: rich progress, metrics.jsonl + loss.png, atomic checkpoints with a COMPLETE marker, trackers."""
+"""Trainer callbacks: rich progress, metrics.jsonl + loss.png, stop on a signal, skip NaN steps, trackers.
+
+dist ← checkpoints ← callbacks ← faults: the callbacks set flags; `faults.fit` turns them into errors.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
-COMPLETE = "COMPLETE"
-STAGING = ".staging"  # inside checkpoints/: where a checkpoint is written before it is renamed into place
+from tunesmith.train import _private, dist
+from tunesmith.train.checkpoints import (  # noqa: F401  (re-exported: the names callers know)
+    COMPLETE,
+    STAGING,
+    AtomicCheckpoints,
+    checkpoint_step,
+    fingerprint,
+    latest_complete_checkpoint,
+)
+
+log = logging.getLogger(__name__)
 
 
 class RichProgress(TrainerCallback):
@@ -83,119 +96,103 @@ class MetricsLog(TrainerCallback):
             loss_curve_png(read_metrics(self.path.parent), self.path.parent / "loss.png")
 
 
-class AtomicCheckpoints(TrainerCallback):
-    """Checkpoints appear whole or not at all: staged, fsynced, marked COMPLETE, then renamed into place.
+class StopOnSignal(TrainerCallback):
+    """SIGTERM/SIGINT: finish the current optimizer step, save a checkpoint, stop; a second signal stops at once."""
 
-    When a save is due (`on_step_end` sees `should_save`), the Trainer's output_dir points at
-    `checkpoints/.staging` for the length of that one save, so every rank writes its part (model, optimizer,
-    rng_state_<rank>.pth) there. In `on_save` all ranks meet at a barrier, then only the saving process
-    (rank 0, or each node's first with save_on_each_node) writes the marker, renames, and rotates old
-    checkpoints; a second barrier keeps the others from running ahead. transformers' own atomic-save
-    attempts renamed while other ranks were still writing (#27925, #36076); the barrier is the difference.
-    """
+    def __init__(self) -> None:
+        self.requested = 0  # signal number, 0 = none
+        self.stopped_at: int | None = None
+        self.signal_name = ""
+        self._previous: dict[int, Any] = {}
 
-    def __init__(self, keep: int, fingerprint: dict[str, Any] | None = None):
-        self.keep = keep
-        self.fingerprint = fingerprint or {}
-        self.final_dir: Path | None = None
+    def _handler(self, signum: int, frame: Any) -> None:
+        # The same signal twice: the user means it. A different one is the launcher relaying (torchrun turns
+        # the terminal's SIGINT into a SIGTERM to each worker): keep stopping gracefully.
+        if self.requested == signum:
+            self._restore()
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signum)
+            return
+        if self.requested:
+            return
+        self.requested = signum
+        log.warning("%s received: finishing the current step, then saving a checkpoint", signal.Signals(signum).name)
+
+    def _restore(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.final_dir = Path(args.output_dir)
-        if args.should_save:  # a crash mid-save leaves a staging folder: never trusted, always discarded
-            shutil.rmtree(self.final_dir / STAGING, ignore_errors=True)
+        self._restore()  # a train() retried after an exception never reached on_train_end
+        self.requested, self.stopped_at = 0, None
+        try:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handler)
+        except ValueError:  # not the main thread: signals stay with whoever owns them
+            self._previous.clear()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if control.should_save and self.final_dir is not None:
-            args.output_dir = str(self.final_dir / STAGING)
+        # All ranks must stop at the same step, or the ones that go on hang in the next all-reduce.
+        signum = dist.world_max(self.requested, args.device)
+        if signum:
+            self.requested = self.requested or signum
+            self.signal_name = signal.Signals(signum).name
+            self.stopped_at = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
 
-    on_epoch_end = on_step_end
+    def on_train_end(self, args, state, control, **kwargs):
+        self._restore()
 
-    def on_save(self, args, state, control, **kwargs):
-        from tunesmith.train.faults import barrier
 
-        if self.final_dir is None:
+class NonFiniteGuard(TrainerCallback):
+    """Skip (and count) optimizer steps whose gradient is NaN/inf; stop after `max_bad_steps` in a row.
+
+    Gradients are already all-reduced when `on_pre_optimizer_step` runs, so every rank decides alike.
+    Dropping the gradients (`grad = None`) makes torch optimizers leave those parameters and their state untouched.
+    """
+
+    def __init__(self, max_bad_steps: int):
+        self.max_bad_steps = max_bad_steps
+        self.total = 0
+        self.in_a_row = 0
+        self.aborted_at: int | None = None
+        self.bad_steps: list[int] = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        import torch
+
+        grads = [p.grad for p in model.parameters() if p.grad is not None] if model is not None else []
+        norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0) if grads else torch.tensor(0.0)
+        # Sharded (FSDP/ZeRO) gradients differ per rank: any rank's NaN skips the step everywhere.
+        if not dist.world_max(int(not torch.isfinite(norm)), args.device):
+            self.in_a_row = 0
             return
-        args.output_dir = str(self.final_dir)
-        name = f"checkpoint-{state.global_step}"
-        staged, final = self.final_dir / STAGING / name, self.final_dir / name
-        barrier()
-        if args.should_save:
-            # A save nobody redirected (e.g. requested after on_step_end) was written in place: mark it there.
-            target = staged if staged.is_dir() else final
-            marker = {"step": state.global_step, "fingerprint": self.fingerprint}
-            (target / COMPLETE).write_text(json.dumps(marker), encoding="utf-8")
-            if target is staged:
-                _fsync_tree(staged)
-                _replace_dir(staged, final)
-                shutil.rmtree(staged.parent, ignore_errors=True)  # e.g. the model card TRL writes beside it
-            self._rotate()
-        barrier()
+        for p in model.parameters():
+            p.grad = None
+        self.total += 1
+        self.in_a_row += 1
+        self.bad_steps.append(state.global_step + 1)
+        log.warning("step %d: non-finite gradient norm (%s), step skipped (%d in a row, %d in all)",
+                    state.global_step + 1, norm.item(), self.in_a_row, self.total)
 
-    def abort(self, args) -> None:
-        """After a failed save: point the Trainer back at checkpoints/ and free the half-written staging folder."""
-        if self.final_dir is not None:
-            args.output_dir = str(self.final_dir)
-            if args.should_save:
-                shutil.rmtree(self.final_dir / STAGING, ignore_errors=True)
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.in_a_row >= self.max_bad_steps:
+            self.aborted_at = state.global_step
+            control.should_save = False  # keep the last good checkpoint as the newest one
+            control.should_training_stop = True
 
-    def _rotate(self) -> None:
-        assert self.final_dir is not None
-        complete = sorted((checkpoint_step(p), p) for p in _checkpoint_dirs(self.final_dir) if (p / COMPLETE).exists())
-        if not complete:
-            return
-        newest = complete[-1][0]
-        doomed = [p for _, p in complete[:-self.keep]]
-        # Unmarked folders older than the newest complete one are leftovers of an older crash.
-        doomed += [p for p in _checkpoint_dirs(self.final_dir) if not (p / COMPLETE).exists() and checkpoint_step(p) < newest]
-        for path in doomed:
-            shutil.rmtree(path, ignore_errors=True)
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None and self.total:
+            logs["skipped_nonfinite_steps"] = self.total
+        # The Trainer resets its running loss with `tr_loss -= tr_loss`, which leaves NaN in place: every
+        # later log would read NaN although those steps were fine. Zero it once the NaN has been logged.
+        if self.trainer is not None:
+            _private.reset_running_loss_if_nonfinite(self.trainer)
 
-
-def _checkpoint_dirs(root: Path) -> list[Path]:
-    return [p for p in root.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
-
-
-def checkpoint_step(path: Path) -> int:
-    """The step N of a checkpoint-N folder."""
-    return int(Path(path).name.split("-", 1)[1])
-
-
-def _fsync_tree(root: Path) -> None:
-    """Flush every file and folder under root to disk, so the rename publishes bytes that are really there."""
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on folders
-        pass
-    finally:
-        os.close(fd)
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Rename src onto dst; a stale dst (unmarked leftover of the same step) is moved aside first, then deleted."""
-    aside = None
-    if dst.exists():
-        aside = src.parent / f"replaced-{dst.name}"
-        shutil.rmtree(aside, ignore_errors=True)
-        os.rename(dst, aside)
-    os.rename(src, dst)
-    _fsync_dir(dst.parent)
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
+    trainer: Any = None  # bound by fit(); without it a NaN step also shows in the logs that follow it
 
 
 def _trackers(recipe: Any, run_dir: Path) -> list[TrainerCallback]:
@@ -224,7 +221,7 @@ def _mlflow_callback(uri: str) -> TrainerCallback:
 
         def setup(self, args, state, model):
             if not os.environ.get("MLFLOW_TRACKING_URI"):
-                self._ml_flow.set_tracking_uri(uri)
+                _private.mlflow_module(self).set_tracking_uri(uri)
             super().setup(args, state, model)
 
     return RunDirMLflow()
@@ -236,8 +233,6 @@ def standard_callbacks(recipe: Any, run_dir: Path) -> list[TrainerCallback]:
     Signal stop and the NaN guard decide `should_save` before AtomicCheckpoints reads it; the guard adds its
     count to the logs before MetricsLog writes them. Train through `faults.fit` to turn their flags into errors.
     """
-    from tunesmith.train.faults import NonFiniteGuard, StopOnSignal, fingerprint
-
     return [
         RichProgress(f"{recipe.method} {recipe.name}"),
         StopOnSignal(),
@@ -246,15 +241,3 @@ def standard_callbacks(recipe: Any, run_dir: Path) -> list[TrainerCallback]:
         AtomicCheckpoints(recipe.training.save_total_limit, fingerprint(recipe)),
         *_trackers(recipe, run_dir),
     ]
-
-
-def latest_complete_checkpoint(checkpoints_dir: Path) -> Path | None:
-    """Newest checkpoint-N folder that carries the COMPLETE marker; partial ones are skipped."""
-    if not checkpoints_dir.is_dir():
-        return None
-    found = []
-    for path in checkpoints_dir.glob("checkpoint-*"):
-        suffix = path.name.split("-", 1)[1]
-        if suffix.isdigit() and (path / COMPLETE).exists():
-            found.append((int(suffix), path))
-    return max(found)[1] if found else None

@@ -1,7 +1,8 @@
 """Runs that survive faults: stop cleanly on a signal, skip non-finite steps, back off on OOM, keep checkpoints on disk full.
 
 Every method trains through `fit(trainer, recipe, checkpoint)` instead of `trainer.train(...)`; the trainer
-carries the callbacks of `callbacks.standard_callbacks`, two of which live here (StopOnSignal, NonFiniteGuard).
+carries the callbacks of `callbacks.standard_callbacks`, whose flags (StopOnSignal, NonFiniteGuard) become errors here.
+The top of train/'s dependency chain: dist ← checkpoints ← callbacks ← faults.
 
 Exit codes (errors.TunesmithError.exit_code, shown by the CLI):
   3  diverged: `training.max_bad_steps` NaN/inf steps in a row
@@ -20,11 +21,17 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
-
 from tunesmith.atomic import write_text_atomic
 from tunesmith.errors import RunError
-from tunesmith.train.launch import rank
+from tunesmith.train import _private
+from tunesmith.train.callbacks import NonFiniteGuard, StopOnSignal
+from tunesmith.train.checkpoints import (
+    AtomicCheckpoints,
+    check_resume,
+    checkpoint_step,
+    latest_complete_checkpoint,
+)
+from tunesmith.train.dist import barrier, is_main_process  # noqa: F401  (re-exported for the method modules)
 
 log = logging.getLogger(__name__)
 
@@ -53,131 +60,6 @@ class DiskFull(RunError):
     exit_code = 74
 
 
-def is_main_process() -> bool:
-    """True on the one process that writes run files (run.yaml, manifest, metrics, plots, adapter)."""
-    return rank() == 0
-
-
-def barrier() -> None:
-    """Wait for every rank (no-op in a single process)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def _world_max(value: int, device: Any) -> int:
-    """The largest `value` over all ranks, so every rank takes the same decision."""
-    import torch
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    t = torch.tensor([value], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
-
-
-class StopOnSignal(TrainerCallback):
-    """SIGTERM/SIGINT: finish the current optimizer step, save a checkpoint, stop; a second signal stops at once."""
-
-    def __init__(self) -> None:
-        self.requested = 0  # signal number, 0 = none
-        self.stopped_at: int | None = None
-        self.signal_name = ""
-        self._previous: dict[int, Any] = {}
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        # The same signal twice: the user means it. A different one is the launcher relaying (torchrun turns
-        # the terminal's SIGINT into a SIGTERM to each worker): keep stopping gracefully.
-        if self.requested == signum:
-            self._restore()
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            os.kill(os.getpid(), signum)
-            return
-        if self.requested:
-            return
-        self.requested = signum
-        log.warning("%s received: finishing the current step, then saving a checkpoint", signal.Signals(signum).name)
-
-    def _restore(self) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
-        self._previous.clear()
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._restore()  # a train() retried after an exception never reached on_train_end
-        self.requested, self.stopped_at = 0, None
-        try:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._previous[signum] = signal.signal(signum, self._handler)
-        except ValueError:  # not the main thread: signals stay with whoever owns them
-            self._previous.clear()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        # All ranks must stop at the same step, or the ones that go on hang in the next all-reduce.
-        signum = _world_max(self.requested, args.device)
-        if signum:
-            self.requested = self.requested or signum
-            self.signal_name = signal.Signals(signum).name
-            self.stopped_at = state.global_step
-            control.should_save = True
-            control.should_training_stop = True
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self._restore()
-
-
-class NonFiniteGuard(TrainerCallback):
-    """Skip (and count) optimizer steps whose gradient is NaN/inf; stop after `max_bad_steps` in a row.
-
-    Gradients are already all-reduced when `on_pre_optimizer_step` runs, so every rank decides alike.
-    Dropping the gradients (`grad = None`) makes torch optimizers leave those parameters and their state untouched.
-    """
-
-    def __init__(self, max_bad_steps: int):
-        self.max_bad_steps = max_bad_steps
-        self.total = 0
-        self.in_a_row = 0
-        self.aborted_at: int | None = None
-        self.bad_steps: list[int] = []
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        import torch
-
-        grads = [p.grad for p in model.parameters() if p.grad is not None] if model is not None else []
-        norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0) if grads else torch.tensor(0.0)
-        # Sharded (FSDP/ZeRO) gradients differ per rank: any rank's NaN skips the step everywhere.
-        if not _world_max(int(not torch.isfinite(norm)), args.device):
-            self.in_a_row = 0
-            return
-        for p in model.parameters():
-            p.grad = None
-        self.total += 1
-        self.in_a_row += 1
-        self.bad_steps.append(state.global_step + 1)
-        log.warning("step %d: non-finite gradient norm (%s), step skipped (%d in a row, %d in all)",
-                    state.global_step + 1, norm.item(), self.in_a_row, self.total)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.in_a_row >= self.max_bad_steps:
-            self.aborted_at = state.global_step
-            control.should_save = False  # keep the last good checkpoint as the newest one
-            control.should_training_stop = True
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is not None and self.total:
-            logs["skipped_nonfinite_steps"] = self.total
-        # The Trainer resets its running loss with `tr_loss -= tr_loss`, which leaves NaN in place: every
-        # later log would read NaN although those steps were fine. Zero it once the NaN has been logged.
-        running = getattr(self.trainer, "_tr_loss", None)
-        if running is not None and not bool(running.isfinite().all()):
-            running.zero_()
-
-    trainer: Any = None  # bound by fit(); without it a NaN step also shows in the logs that follow it
-
-
 def _callback(trainer: Any, kind: type) -> Any | None:
     return next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, kind)), None)
 
@@ -196,8 +78,6 @@ def _smaller_batch(batch: int) -> int:
 
 def _back_off(trainer: Any, resume: str | None, start_step: int, exc: BaseException) -> str | None:
     """Shrink the micro-batch after an OOM; return the checkpoint to restart from (None = from the start)."""
-    from tunesmith.train.callbacks import checkpoint_step, latest_complete_checkpoint
-
     a = trainer.args
     bs, ga = a.per_device_train_batch_size, a.gradient_accumulation_steps
     if bs == 1:
@@ -224,15 +104,14 @@ def _back_off(trainer: Any, resume: str | None, start_step: int, exc: BaseExcept
                 bs, new_bs, new_ga)
     a.per_device_train_batch_size = new_bs
     a.gradient_accumulation_steps = new_ga
-    # The Trainer sizes its dataloader from this private copy; auto_find_batch_size updates it the same way.
-    trainer._train_batch_size = a.train_batch_size
+    _private.set_train_batch_size(trainer, a.train_batch_size)
     trainer.model.zero_grad(set_to_none=True)
     from accelerate.utils.memory import clear_device_cache
 
     clear_device_cache(garbage_collection=True)
     event = {"event": "oom_backoff", "step": trainer.state.global_step, "batch_size": new_bs, "grad_accum": new_ga,
              "resume_from": resume}
-    trainer._tunesmith_oom = getattr(trainer, "_tunesmith_oom", []) + [event]
+    trainer.tunesmith_oom_backoffs = getattr(trainer, "tunesmith_oom_backoffs", []) + [event]
     _append_metrics(Path(a.output_dir).parent, event)
     return resume
 
@@ -255,42 +134,8 @@ def trim_metrics(run_dir: Path, step: int) -> int:
     return len(lines) - len(kept)
 
 
-def fingerprint(recipe: Any) -> dict[str, Any]:
-    """What must not change between a checkpoint and the run that resumes it."""
-    from tunesmith.models import sha256_file
-
-    t = recipe.training
-    data = list(recipe.data.train) + ([recipe.data.eval] if recipe.data.eval else [])
-    return {
-        "method": recipe.method, "base": recipe.model.base, "adapter": recipe.adapter.type,
-        "seed": t.seed, "batch_size": t.batch_size, "grad_accum": t.grad_accum, "max_length": recipe.data.max_length,
-        "data_sha256": {Path(p).name: sha256_file(Path(p)) for p in data},
-    }
-
-
-def check_resume(recipe: Any, checkpoint: Path) -> None:
-    """Refuse to resume a checkpoint under a different seed, batch, data or base: the result would be neither run."""
-    from tunesmith.train.callbacks import COMPLETE
-
-    try:
-        saved = json.loads((checkpoint / COMPLETE).read_text(encoding="utf-8")).get("fingerprint")
-    except (OSError, ValueError):
-        saved = None
-    if not saved:
-        return  # a marker from before fingerprints: nothing to compare
-    now = fingerprint(recipe)
-    diffs = [f"{k}: checkpoint {saved.get(k)!r}, recipe {now[k]!r}" for k in now if saved.get(k) != now[k]]
-    if diffs:
-        raise RunError(
-            f"refusing to resume {checkpoint.name}: the recipe changed since it was written\n  " + "\n  ".join(diffs),
-            hint="Resume with the original values, or start a fresh run in another output_dir.",
-        )
-
-
 def fit(trainer: Any, recipe: Any, checkpoint: Path | None) -> Any:
     """`trainer.train()` under the fault policy; returns its TrainOutput or raises one of this module's errors."""
-    from tunesmith.train.callbacks import AtomicCheckpoints, checkpoint_step
-
     if checkpoint is not None:
         check_resume(recipe, checkpoint)
         dropped = trim_metrics(recipe.run_dir, checkpoint_step(checkpoint))
@@ -343,7 +188,7 @@ def _already_finished(trainer: Any, checkpoint: Path) -> Any | None:
         return None  # epochs changed: let the Trainer work out the new total
     if not target or state.global_step < target:
         return None
-    trainer._load_from_checkpoint(str(checkpoint))
+    _private.load_checkpoint_weights(trainer, str(checkpoint))
     trainer.state = state
     losses = [row["loss"] for row in state.log_history if "loss" in row]
     log.warning("%s is the last step (%d): nothing left to train, finishing the run", checkpoint.name, state.global_step)
@@ -384,8 +229,6 @@ def disk_full(exc: OSError, what: str, run_dir: Path, then: str = "") -> DiskFul
 
 
 def _kept_hint(run_dir: Path) -> str:
-    from tunesmith.train.callbacks import latest_complete_checkpoint
-
     ckpt = latest_complete_checkpoint(run_dir / "checkpoints")
     return f"Newest complete checkpoint kept: {ckpt}." if ckpt else "No complete checkpoint was written yet."
 
@@ -394,7 +237,7 @@ def summary(trainer: Any) -> dict[str, Any]:
     """Faults met during training, for manifest.json: OOM back-offs, skipped non-finite steps, the final batch shape."""
     guard = _callback(trainer, NonFiniteGuard)
     return {
-        "oom_backoffs": getattr(trainer, "_tunesmith_oom", []),
+        "oom_backoffs": getattr(trainer, "tunesmith_oom_backoffs", []),
         "skipped_nonfinite_steps": guard.bad_steps if guard is not None else [],
         "final_batch_size": trainer.args.per_device_train_batch_size,
         "final_grad_accum": trainer.args.gradient_accumulation_steps,

@@ -16,6 +16,9 @@ import tempfile
 from pathlib import Path
 
 from tunesmith.errors import RunError
+from tunesmith.train.dist import rank
+
+SHARDED = ("FSDP", "DEEPSPEED")  # distributed types accelerate applies to GPU process groups only
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "accelerate_configs"  # package data (pyproject.toml)
 EXIT_CODE_FILE = "TUNESMITH_EXIT_CODE_FILE"  # rank 0 writes its TunesmithError exit code here for the launcher
@@ -45,6 +48,29 @@ def command(nproc: int, config: Path, child_args: list[str]) -> list[str]:
     ]
 
 
+def distributed_type(config: Path) -> str:
+    """The `distributed_type` an accelerate YAML asks for (MULTI_GPU, FSDP, DEEPSPEED, ...)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    return str(load_config_from_file(str(config)).distributed_type.value)
+
+
+def refuse_sharding_on_cpu(config: Path) -> None:
+    """FSDP and DeepSpeed need GPUs: on CPU processes accelerate would quietly train plain DDP instead.
+
+    With ACCELERATE_USE_CPU, AcceleratorState sets up a MULTI_CPU (gloo) process group and attaches the FSDP
+    plugin only for GPU/accelerator types (accelerate/state.py), and DeepSpeed only when not on CPU: the run
+    would print "FSDP" in its config and replicate the whole model per process.
+    """
+    kind = distributed_type(config)
+    if kind in SHARDED:
+        raise RunError(
+            f"{config.name} asks for {kind}, which accelerate runs on GPUs only; without CUDA the processes would "
+            "silently train plain DDP (a full model copy each)",
+            hint="Use --accelerate-config ddp on CPU, or run on a machine with GPUs.",
+        )
+
+
 def launch(nproc: int, config_name: str, child_args: list[str]) -> int:
     """Run the training command in `nproc` processes; return the exit code (rank 0's tunesmith code when it has one)."""
     import torch
@@ -54,6 +80,7 @@ def launch(nproc: int, config_name: str, child_args: list[str]) -> int:
     config = config_path(config_name)
     env = os.environ.copy()
     if not torch.cuda.is_available():
+        refuse_sharding_on_cpu(config)
         env["ACCELERATE_USE_CPU"] = "true"  # DDP over gloo between CPU processes
     elif torch.cuda.device_count() < nproc:
         raise RunError(f"--nproc {nproc} but only {torch.cuda.device_count()} GPU(s) are visible")
@@ -76,11 +103,6 @@ def launch(nproc: int, config_name: str, child_args: list[str]) -> int:
         recorded = Path(code_file).read_text().strip()
         Path(code_file).unlink(missing_ok=True)
     return int(recorded) if code != 0 and recorded.isdigit() else code
-
-
-def rank() -> int:
-    """Global rank of this process (0 when not launched by accelerate/torchrun)."""
-    return int(os.environ.get("RANK", "0"))
 
 
 def record_exit_code(code: int) -> None:

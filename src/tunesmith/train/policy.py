@@ -11,11 +11,16 @@ from typing import Any
 from tunesmith import models
 from tunesmith.config import Recipe
 from tunesmith.errors import RecipeError
-from tunesmith.train import _trl
+from tunesmith.train import _trl, dist
 
 
 def load(recipe: Recipe, base_path: str) -> Any:
-    """The base model to train, quantized to 4-bit NF4 for `adapter.type: qlora`."""
+    """The base model to train, quantized to 4-bit NF4 for `adapter.type: qlora`.
+
+    The distributed state comes first (dist.prepare): FSDP and ZeRO-3 can only shard a model whose loading
+    already saw the process group / DeepSpeed config; QLoRA lands on this rank's GPU (models.local_device).
+    """
+    dist.prepare()
     m = recipe.model
     return models.load_model(base_path, m.dtype, m.revision, m.trust_remote_code, _trl.build_bnb_config(recipe.adapter))
 
