@@ -24,10 +24,11 @@ class ChatSession:
         loaded = load_target(target)
         run = loaded.run
         if run is not None and system is None:
-            from tunesmith.data.formats import load_examples
+            from tunesmith.run import held_out_examples
 
             # The run was trained with its data's system prompt; answering without it is a different task.
-            first = load_examples(run.recipe.data.eval or run.recipe.data.train[0])[0].messages
+            # Read from the run folder's own held-out rows, so chat works after the data moved.
+            first = held_out_examples(run)[0].messages
             system = first[0]["content"] if first[0]["role"] == "system" else None
         return cls(loaded.model, loaded.tokenizer, system, loaded.template_warning)
 

@@ -32,6 +32,12 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def checks_environment(info: ValidationInfo) -> bool:
+    """Whether validation also checks the environment (files exist, modules import): yes for a recipe about to
+    run (load_recipe), no for a finished run read back (load_run), whose data may have moved."""
+    return bool((info.context or {}).get("check_files", True))
+
+
 def _resolve_path(value: str | None, info: ValidationInfo) -> str | None:
     """Resolve a data path against the recipe's folder and check that it exists."""
     if value is None:
@@ -40,7 +46,7 @@ def _resolve_path(value: str | None, info: ValidationInfo) -> str | None:
     path = Path(value).expanduser()
     if not path.is_absolute():
         path = (base / path).resolve()
-    if not path.exists():
+    if checks_environment(info) and not path.exists():
         raise ValueError(f"file not found: {path}")
     return str(path)
 
@@ -119,9 +125,9 @@ class AdapterSection(Section):
     )
 
     @model_validator(mode="after")
-    def _qlora_needs_bitsandbytes(self) -> "AdapterSection":
+    def _qlora_needs_bitsandbytes(self, info: ValidationInfo) -> "AdapterSection":
         # QLoRA here always means a 4-bit NF4 base with double quantization; it cannot run without bitsandbytes.
-        if self.type == "qlora":
+        if self.type == "qlora" and checks_environment(info):
             import importlib.util
 
             if importlib.util.find_spec("bitsandbytes") is None:
@@ -163,11 +169,20 @@ class TrainingSection(Section):
         "metrics.jsonl and loss.png are always written.",
     )
 
+    @field_validator("max_steps", mode="after")
+    @classmethod
+    def _steps_positive(cls, value: int) -> int:
+        if value == 0 or value < -1:
+            raise ValueError(f"must be a positive number of steps, or -1 to train for `epochs` (got {value})")
+        return value
+
     @field_validator("report_to", mode="after")
     @classmethod
-    def _trackers_installed(cls, value: list[str]) -> list[str]:
+    def _trackers_installed(cls, value: list[str], info: ValidationInfo) -> list[str]:
         import importlib.util
 
+        if not checks_environment(info):
+            return list(dict.fromkeys(value))
         modules = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
         missing = [name for name in value if importlib.util.find_spec(modules[name]) is None]
         if missing:
@@ -285,7 +300,7 @@ class Recipe(Section):
     @field_validator("data", mode="after")
     @classmethod
     def _dpo_needs_pairs(cls, value: DataSection, info: ValidationInfo) -> DataSection:
-        if info.data.get("method") == "dpo":
+        if info.data.get("method") == "dpo" and checks_environment(info):
             from tunesmith.data.formats import detect_shape, read_records
 
             for path in value.train:
@@ -335,6 +350,8 @@ class Recipe(Section):
                 local = base / (module if module.endswith(".py") else module.replace(".", "/") + ".py")
                 if local.is_file():  # a file next to the recipe: keep its absolute path so the run finds it later
                     reward.function = f"{local.resolve()}:{reward.function.rpartition(':')[2]}"
+                elif not checks_environment(info):
+                    continue
                 elif not module.endswith(".py") and importlib.util.find_spec(module.split(".")[0]) is None:
                     raise ValueError(f"reward function module `{module}` is not importable and no {local.name} next to the recipe")
                 elif module.endswith(".py") and not Path(module).is_file():
@@ -378,10 +395,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def recipe_from_dict(data: dict[str, Any], base_dir: Path, source: str | None = None) -> Recipe:
-    """Validate a dict into a Recipe; every problem is reported at once as a RecipeError."""
+def recipe_from_dict(data: dict[str, Any], base_dir: Path, source: str | None = None, check_files: bool = True) -> Recipe:
+    """Validate a dict into a Recipe; every problem is reported at once as a RecipeError.
+
+    check_files=False validates the schema only (no file existence, importability or installed extras).
+    """
     try:
-        return Recipe.model_validate(data, context={"base_dir": str(base_dir)})
+        return Recipe.model_validate(data, context={"base_dir": str(base_dir), "check_files": check_files})
     except ValidationError as exc:
         problems = [(_format_loc(e["loc"]), e["msg"].removeprefix("Value error, ")) for e in exc.errors()]
         raise RecipeError(problems, source=source) from None

@@ -45,6 +45,14 @@ class Figures(Record):
     world_size: int = Field(1, description="Processes that trained (DDP/FSDP ranks).")
 
 
+class HeldOut(Record):
+    """The held-out rows a run is scored on, copied into the run folder at training time."""
+
+    path: str = Field(..., description="Path relative to the run folder (data/eval.jsonl).")
+    rows: int = 0
+    sha256: str = Field(..., description="SHA-256 of that file when training finished.")
+
+
 class Manifest(Record):
     """manifest.json: what a finished run is, traceable to its data, recipe and base model."""
 
@@ -68,6 +76,7 @@ class Manifest(Record):
     rag: dict[str, Any] | None = Field(None, description="Retrieval index the run trained with: path, content hash, k.")
     golden: list[dict[str, Any]] = Field(default_factory=list, description="Golden prompts with the tuned model's greedy answers.")
     checkpoint_selection: dict[str, Any] | None = None
+    held_out: HeldOut | None = Field(None, description="The eval rows saved in the run folder; eval, merge and chat read them.")
     dpo: dict[str, Any] | None = None
     grpo: dict[str, Any] | None = None
     distill: dict[str, Any] | None = None

@@ -1,7 +1,11 @@
 """The run directory: everything after `train` reads what it needs from here.
 
 Layout: run.yaml (resolved recipe) · manifest.json (versions, hashes, figures) ·
-adapter/ · checkpoints/ · metrics.jsonl · loss.png · eval/
+adapter/ · checkpoints/ · metrics.jsonl · loss.png · eval/ · data/eval.jsonl (the held-out rows) ·
+.tunesmith (marker: train made this folder) · .lock (held while training)
+
+A finished run is self-contained: reading it validates the schema only (its data may have moved), and the
+held-out rows come from its own data/eval.jsonl, verified against the manifest's SHA-256.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from tunesmith.config import Recipe, recipe_from_dict
 from tunesmith.errors import RunError
 from tunesmith.records import Manifest, read_manifest
 
+HELD_OUT = "data/eval.jsonl"  # inside the run folder
 LIBRARIES = ("tunesmith", "torch", "transformers", "peft", "trl", "datasets", "accelerate")
 
 
@@ -89,9 +94,58 @@ def load_run(path: str | Path) -> Run:
         raise RunError(f"{run_dir} is not a run folder (no run.yaml)", hint="Pass the output_dir of a `tunesmith train` run.")
     if not manifest_file.exists():
         raise RunError(f"{run_dir} has no manifest.json: training did not finish", hint="Resume it: tunesmith train RECIPE --resume")
-    data = yaml.safe_load(recipe_file.read_text(encoding="utf-8"))
-    recipe = recipe_from_dict(data, run_dir, source=str(recipe_file))
+    try:
+        data = yaml.safe_load(recipe_file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise RunError(f"{recipe_file} is not readable YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{recipe_file} does not hold a recipe")
+    # Schema only: a finished run must load after its data moved or on a machine without the training extras.
+    recipe = recipe_from_dict(data, run_dir, source=str(recipe_file), check_files=False)
     return Run(run_dir, recipe, read_manifest(manifest_file))
+
+
+def held_out_examples(run: Run) -> list[Any]:
+    """The held-out examples the run is scored on: its own data/eval.jsonl when it has one (runs that travel),
+    else recomputed from the recipe's data files (runs written before the copy existed)."""
+    from tunesmith.data.formats import Example
+
+    held = run.manifest.held_out
+    if held is None:
+        from tunesmith.train.rows import eval_examples
+
+        return eval_examples(run.recipe)
+    path = run.dir / held.path
+    if not path.exists():
+        raise RunError(f"{path} is missing: the run's held-out rows were removed", hint="Restore the run folder from a copy.")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [Example(r["id"], r["messages"], r.get("source", f"{path}:{i + 1}")) for i, r in enumerate(rows)]
+
+
+def eval_sources(run: Run) -> list[str]:
+    """The data files the held-out rows came from: the eval file, or the train files eval_fraction was taken from."""
+    d = run.recipe.data
+    return [d.eval] if d.eval else list(d.train)
+
+
+def changed_inputs(run: Run) -> list[str]:
+    """Warnings for eval inputs that differ from the SHA-256 the manifest recorded (gates fail on any).
+
+    The run's own held-out copy must match; a source data file that still exists must match too (a missing one is
+    fine: the run's copy is used). Empty when everything matches.
+    """
+    from tunesmith.models import sha256_file
+
+    warnings = []
+    held = run.manifest.held_out
+    if held is not None and (path := run.dir / held.path).exists() and sha256_file(path) != held.sha256:
+        warnings.append(f"{path} changed since training (SHA-256 differs from the manifest): the held-out rows were edited")
+    for src in eval_sources(run):
+        recorded = run.manifest.data.get(src)
+        if recorded and Path(src).is_file() and sha256_file(Path(src)) != recorded:
+            used = "the run's own copy of the held-out rows is used" if held else "eval reads the changed file"
+            warnings.append(f"{src} changed since training (SHA-256 differs from the manifest); {used}")
+    return warnings
 
 
 def is_run_dir(path: str | Path) -> bool:

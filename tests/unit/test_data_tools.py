@@ -15,6 +15,7 @@ from tunesmith.data.fix import fix_file, repair
 from tunesmith.data.formats import RowError, load_examples, read_records
 from tunesmith.data.show import nth_record, show_row
 from tunesmith.data.split import split_file
+from tunesmith.outputs import OutputError
 from tunesmith.errors import DataError
 
 TOKENIZER_DIR = Path(__file__).parents[1] / "fixtures" / "tiny-tokenizer"
@@ -44,7 +45,7 @@ def test_fix_repairs_drops_and_never_touches_input(tmp_path, tok):
     assert any(a.startswith(f"{src}:31: dropped [invalid_json]") for a in res.actions)
     clean = audit([str(tmp_path / "out.jsonl")], tokenizer=tok, max_length=96)
     assert clean.errors == [] and {f.code for f in clean.warnings} <= {"few_examples"}
-    with pytest.raises(DataError, match="input"):
+    with pytest.raises(OutputError, match="input"):
         fix_file(src, src)
 
 
@@ -67,7 +68,7 @@ def test_split_is_deterministic_deduplicated_and_stratified(tmp_path):
     first = (res.train.read_text(), res.eval.read_text())
     # Same content in another order: the same rows are held out.
     write(src, list(reversed(rows)))
-    again = split_file(src, 0.2, seed=7, stratify="label")
+    again = split_file(src, 0.2, seed=7, stratify="label", overwrite=True)  # replaces split's own outputs
     key = lambda text: sorted(text.splitlines())
     assert key(again.train.read_text()) == key(first[0]) and key(again.eval.read_text()) == key(first[1])
     train_ids = {json.loads(x).get("id") for x in first[0].splitlines()}
@@ -75,7 +76,7 @@ def test_split_is_deterministic_deduplicated_and_stratified(tmp_path):
     assert not train_ids & {r.get("id") for r in eval_rows if r.get("id")}
     # The near-duplicate pair lands on one side.
     assert sum(LONG[-30:] in x for x in first[0].splitlines()) == 2
-    assert split_file(src, 0.2, seed=8).eval.read_text() != first[1]
+    assert split_file(src, 0.2, seed=8, overwrite=True).eval.read_text() != first[1]
 
 
 def test_convert_round_trips(tmp_path):

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 from tunesmith.config import load_recipe
 from tunesmith.errors import RunError
 from tunesmith.records import read_manifest
+from tunesmith.outputs import OutputError
 from tunesmith.run import load_run, read_metrics
 from tunesmith.train import sft
 from tunesmith.train.callbacks import latest_complete_checkpoint
@@ -101,7 +102,7 @@ def test_merge_matches_adapter_and_loads_plainly(tiny_recipe, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     assert not any("lora" in n for n, _ in model.named_parameters())
     assert json.loads((tmp_path / "merged" / "tunesmith_lineage.json").read_text())["check"]["identical"] == 3
-    with pytest.raises(RunError, match="not empty"):
+    with pytest.raises(OutputError, match="not empty"):
         merge(load_run(run.dir), tmp_path / "merged")
     with pytest.raises(RunError, match="4-bit"):
         merge(load_run(run.dir), tmp_path / "m2", dtype="int4")

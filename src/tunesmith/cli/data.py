@@ -117,7 +117,7 @@ def check(
     files: list[Path] = typer.Argument(None, help="Data files (default: the recipe's train files)."),
     recipe: Path = typer.Option(None, help="Recipe YAML: its files, model, max_length, policy and epochs."),
     model: str = typer.Option(None, help="Model whose tokenizer and chat template count tokens (default: the catalog default)."),
-    max_length: int = typer.Option(None, help="Maximum tokens per example (default: the recipe's, else 1024)."),
+    max_length: int = typer.Option(None, min=1, help="Maximum tokens per example (default: the recipe's, else 1024)."),
     overlong: str = typer.Option(None, help="Over-length policy: drop (default) | truncate | error."),
     eval_files: list[Path] = typer.Option([], "--eval", help="Eval file(s): also audited, and checked for overlap with train."),
     label_field: str = typer.Option(None, help="Row field whose value distribution is checked for balance."),
@@ -171,11 +171,12 @@ def fix(
     out: Path = typer.Option(..., "--out", help="Where to write the cleaned copy (format from the extension)."),
     recipe: Path = typer.Option(None, help="Recipe YAML: model, max_length and policy for the token checks."),
     model: str = typer.Option(None, help="Model whose tokenizer drops over-long rows (default: the catalog default)."),
-    max_length: int = typer.Option(None, help="Maximum tokens per example (default: the recipe's, else 1024)."),
+    max_length: int = typer.Option(None, min=1, help="Maximum tokens per example (default: the recipe's, else 1024)."),
     overlong: str = typer.Option(None, help="Over-length policy: drop (default) | truncate (rows kept) | error (dropped)."),
     against: list[Path] = typer.Option([], help="Training file(s): drop rows that also appear there (exactly or nearly)."),
     keep_near_duplicates: bool = typer.Option(False, help="Drop exact duplicates only."),
     no_tokens: bool = typer.Option(False, "--no-tokens", help="Skip the token checks."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out when an earlier tunesmith command wrote it (unedited)."),
 ) -> None:
     """Write a cleaned copy: repair what can be repaired, drop what the check flags; print what was done."""
     from tunesmith.data.fix import fix_file
@@ -183,7 +184,7 @@ def fix(
     s = _settings(recipe, model, max_length, overlong)
     tokenizer = None if no_tokens else _tokenizer(s["model"])[0]
     res = fix_file(file, out, tokenizer, s["max_length"], "drop" if s["overlong"] == "error" else s["overlong"],
-                   [str(a) for a in against], near=not keep_near_duplicates)
+                   [str(a) for a in against], near=not keep_near_duplicates, overwrite=overwrite)
     for line in res.actions[:200]:
         console.print(line, highlight=False, markup=False)
     if len(res.actions) > 200:
@@ -206,11 +207,12 @@ def split(
     seed: int = typer.Option(42, help="Seed: the same seed and content give the same split."),
     stratify: str = typer.Option(None, help="Row field to stratify by (each value split with the same fraction)."),
     out_dir: Path = typer.Option(None, help="Folder for the two files (default: next to FILE)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the two files when an earlier split wrote them (unedited)."),
 ) -> None:
     """Deterministic, deduplicated train/eval split: writes FILE-stem.train.EXT and FILE-stem.eval.EXT."""
     from tunesmith.data.split import split_file
 
-    res = split_file(file, eval_fraction, seed, stratify, out_dir)
+    res = split_file(file, eval_fraction, seed, stratify, out_dir, overwrite=overwrite)
     console.print(f"[green]wrote[/] {res.train} ({res.n_train} rows) and {res.eval} ({res.n_eval} rows); "
                   f"dropped {res.dropped_exact_duplicates} exact duplicates and {res.dropped_invalid} invalid rows; "
                   f"{res.near_duplicate_groups} near-duplicate groups kept on one side", highlight=False)
@@ -224,6 +226,7 @@ def convert(
     file: Path = typer.Argument(..., help="Data file to convert."),
     to: str = typer.Option(..., help="Target shape: messages | sharegpt | alpaca | prompt_completion | preference | openai_dpo | prompt_only."),
     out: Path = typer.Option(..., "--out", help="Output file (format from the extension: .jsonl .json .parquet .csv, + .gz)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out when an earlier tunesmith command wrote it (unedited)."),
 ) -> None:
     """Convert rows between shapes; rows that cannot be expressed in the target are skipped and counted."""
     from tunesmith.data.convert import TARGETS, convert_file
@@ -231,7 +234,7 @@ def convert(
 
     if to not in TARGETS:
         raise DataError(f"unknown --to `{to}`", hint=f"Choose one of {', '.join(TARGETS)}.")
-    res = convert_file(file, out, to)
+    res = convert_file(file, out, to, overwrite=overwrite)
     for line in res.skipped_rows[:20]:
         console.print(f"[yellow]skipped[/] {escape(line)}", highlight=False)
     skipped = ", ".join(f"{n} {code}" for code, n in res.skipped.items()) or "none"
@@ -242,10 +245,10 @@ def convert(
 @handle_errors
 def show(
     file: Path = typer.Argument(..., help="Data file."),
-    row: int = typer.Option(1, "--row", help="Row number (1-based, blank lines not counted)."),
+    row: int = typer.Option(1, "--row", min=1, help="Row number (1-based, blank lines not counted)."),
     recipe: Path = typer.Option(None, help="Recipe YAML: its model, max_length and policy."),
     model: str = typer.Option(None, help="Model whose chat template renders the row (default: the catalog default)."),
-    max_length: int = typer.Option(None, help="Maximum tokens (default: the recipe's, else 1024)."),
+    max_length: int = typer.Option(None, min=1, help="Maximum tokens (default: the recipe's, else 1024)."),
 ) -> None:
     """Render one row through the chat template exactly as training sees it; trained (loss) tokens highlighted."""
     from rich.text import Text
@@ -274,20 +277,22 @@ def show(
 def synth(
     seed_file: Path = typer.Option(..., "--seed-file", help="Seed examples the model imitates."),
     model: str = typer.Option(..., help="Generator: a run folder (base + adapter), model folder, .gguf or catalog name."),
-    n: int = typer.Option(200, "--n", help="Examples to accept."),
+    n: int = typer.Option(200, "--n", min=1, help="Examples to accept."),
     out: Path = typer.Option(..., "--out", help="Where to write accepted examples."),
     schema: Path = typer.Option(None, help="JSON schema file the answer (last assistant message, parsed as JSON) must match."),
-    max_length: int = typer.Option(1024, help="Maximum tokens per accepted example."),
-    max_new_tokens: int = typer.Option(256, help="Generation budget per candidate."),
-    batch_size: int = typer.Option(8, help="Candidates generated together."),
-    max_attempts: int = typer.Option(None, help="Stop after this many candidates (default 4 x N)."),
+    max_length: int = typer.Option(1024, min=1, help="Maximum tokens per accepted example."),
+    max_new_tokens: int = typer.Option(256, min=1, help="Generation budget per candidate."),
+    batch_size: int = typer.Option(8, min=1, help="Candidates generated together."),
+    max_attempts: int = typer.Option(None, min=1, help="Stop after this many candidates (default 4 x N)."),
     seed: int = typer.Option(0, help="Seed for which seed examples each prompt shows."),
 ) -> None:
     """Generate synthetic examples from seeds; keep only candidates that pass validation; report rejections by reason."""
     from tunesmith.data.convert import write_rows
     from tunesmith.data.synth import load_generator, load_seeds, synthesize
     from tunesmith.errors import DataError
+    from tunesmith.outputs import claim_file, record_file
 
+    claim_file(out, inputs=[seed_file])  # before paying for any generation
     seeds = load_seeds(seed_file)
     try:
         schema_obj = json.loads(schema.read_text(encoding="utf-8")) if schema else None
@@ -300,6 +305,7 @@ def synth(
                          max_attempts=max_attempts, seed=seed,
                          on_batch=lambda ok, tried: status.update(f"generating ... {ok} accepted of {tried}"))
     write_rows(out, res.accepted)
+    record_file(out)
     table = Table("verdict", "count", "example output", title=f"synth: {res.attempts} candidates", title_justify="left")
     table.add_row("[green]accepted[/]", str(len(res.accepted)), "")
     for reason, count in res.rejected.most_common():

@@ -15,7 +15,7 @@ def merge(
     run_dir: Path = typer.Argument(..., help="Run folder (output_dir of a train run)."),
     out: Path = typer.Option(..., "--out", help="Folder for the merged model."),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16 (never 4-bit)."),
-    check_prompts: int = typer.Option(3, help="Held-out prompts whose greedy tokens must agree after merging."),
+    check_prompts: int = typer.Option(3, min=1, help="Held-out prompts whose greedy tokens must agree after merging."),
 ) -> None:
     """Merge the adapter into its base; the result loads with plain AutoModelForCausalLM.from_pretrained."""
     from tunesmith.export.merge import merge as do_merge

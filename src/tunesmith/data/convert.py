@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunesmith import outputs
 from tunesmith.atomic import atomic_path
 from tunesmith.data.formats import (
     RowError,
@@ -24,6 +25,7 @@ from tunesmith.data.formats import (
     to_preference,
     to_prompt_only,
 )
+from tunesmith.errors import DataError
 
 TARGETS = ("messages", "sharegpt", "alpaca", "prompt_completion", "preference", "openai_dpo", "prompt_only")
 SHAPE_KEYS = {
@@ -111,8 +113,12 @@ class ConvertResult:
     skipped_rows: list[str] = field(default_factory=list)  # "file:line [code] message", first 50
 
 
-def convert_file(src: str | Path, out: str | Path, to: str) -> ConvertResult:
-    """Convert every convertible row of `src` into shape `to` and write `out`; skipped rows are counted by code."""
+def convert_file(src: str | Path, out: str | Path, to: str, overwrite: bool = False) -> ConvertResult:
+    """Convert every convertible row of `src` into shape `to` and write `out`; skipped rows are counted by code.
+
+    `out` must be new (or, with overwrite, an earlier tunesmith output) and never `src`; no row converted: DataError.
+    """
+    outputs.claim_file(out, inputs=[src], overwrite=overwrite)
     result, rows = ConvertResult(), []
     for rec in read_records(src):
         try:
@@ -123,6 +129,9 @@ def convert_file(src: str | Path, out: str | Path, to: str) -> ConvertResult:
             result.skipped[exc.code] += 1
             if len(result.skipped_rows) < 50:
                 result.skipped_rows.append(f"{rec.where} [{exc.code}] {exc.message}")
+    if not rows:
+        raise DataError(f"{src}: no row could be converted to {to} ({dict(result.skipped) or 'the file has no rows'}); nothing written")
     write_rows(out, rows)
+    outputs.record_file(out)
     result.converted = len(rows)
     return result

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunesmith import outputs
 from tunesmith.data import dedup
 from tunesmith.data.audit import Rows, load_rows
 from tunesmith.data.checks import ERROR, check_record, check_tokens
@@ -87,11 +88,14 @@ def repair(obj: Any) -> tuple[Any, list[str]]:
 def fix_file(
     src: str | Path, out: str | Path, tokenizer: Any = None, max_length: int | None = None, overlong: str = "drop",
     against: list[str] | None = None, near: bool = True, near_threshold: float = dedup.DEFAULT_THRESHOLD,
+    overwrite: bool = False,
 ) -> FixResult:
-    """Repair what can be repaired, drop what the audit flags, write `out` (same shape, format by extension)."""
+    """Repair what can be repaired, drop what the audit flags, write `out` (same shape, format by extension).
+
+    `out` must be new (or, with overwrite, an earlier tunesmith output), never an input; no row left: DataError.
+    """
     src, out = Path(src), Path(out)
-    if src.resolve() == out.resolve():
-        raise DataError(f"--out {out} is the input file", hint="fix never overwrites its input: choose another path.")
+    outputs.claim_file(out, inputs=[src, *(against or [])], overwrite=overwrite)
     result = FixResult()
     kept: list[tuple[Any, Any]] = []  # (repaired object, Row)
     for rec in read_records(src):
@@ -129,7 +133,10 @@ def fix_file(
         code, _, detail = why.partition(" ")
         _drop(result, rows[i].where, code, detail)
     final = [obj for i, (obj, _) in enumerate(kept) if i not in gone]
+    if not final:
+        raise DataError(f"{src}: no usable row left ({result.rows_in} read, {dict(result.dropped)} dropped); nothing written")
     write_rows(out, final)
+    outputs.record_file(out)
     result.rows_out = len(final)
     return result
 

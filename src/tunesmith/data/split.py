@@ -13,6 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunesmith import outputs
 from tunesmith.data import dedup
 from tunesmith.data.audit import load_rows
 from tunesmith.data.convert import write_rows
@@ -49,14 +50,28 @@ def _groups(n: int, near_pairs: list[tuple[int, int, float]]) -> list[list[int]]
     return list(groups.values())
 
 
+def _targets(src: Path, out_dir: str | Path | None) -> tuple[Path, Path]:
+    ext = "".join(src.suffixes[-2:]) if src.suffix == ".gz" else src.suffix
+    stem = src.name[: -len(ext)] if ext else src.name
+    folder = Path(out_dir) if out_dir else src.parent
+    return folder / f"{stem}.train{ext}", folder / f"{stem}.eval{ext}"
+
+
 def split_file(
     src: str | Path, eval_fraction: float = 0.1, seed: int = 42, stratify: str | None = None,
     out_dir: str | Path | None = None, near: bool = True, near_threshold: float = dedup.DEFAULT_THRESHOLD,
+    overwrite: bool = False,
 ) -> SplitResult:
-    """Write `<stem>.train.<ext>` and `<stem>.eval.<ext>` next to `src` (or into out_dir)."""
+    """Write `<stem>.train.<ext>` and `<stem>.eval.<ext>` next to `src` (or into out_dir).
+
+    Both must be new (or, with overwrite, earlier tunesmith outputs); checked before anything is read or written.
+    """
     if not 0 < eval_fraction < 1:
         raise DataError(f"--eval must be between 0 and 1, got {eval_fraction}")
     src = Path(src)
+    targets = _targets(src, out_dir)
+    for target in targets:
+        outputs.claim_file(target, inputs=[src], overwrite=overwrite, what="split output")
     loaded = load_rows([str(src)])
     if any(f.code == "file_unreadable" for f in loaded.findings):
         raise DataError(next(f.message for f in loaded.findings if f.code == "file_unreadable"))
@@ -92,12 +107,11 @@ def split_file(
         result_strata[value] = {"train": size - taken, "eval": taken}
     if not eval_idx or not train_idx:
         raise DataError(f"{src}: {len(unique)} distinct rows cannot be split into non-empty train and eval sets")
-    ext = "".join(src.suffixes[-2:]) if src.suffix == ".gz" else src.suffix
-    stem = src.name[: -len(ext)] if ext else src.name
-    folder = Path(out_dir) if out_dir else src.parent
-    result = SplitResult(folder / f"{stem}.train{ext}", folder / f"{stem}.eval{ext}")
+    result = SplitResult(*targets)
     write_rows(result.train, [rows[i].obj for i in sorted(train_idx, key=lambda i: (rows[i].file, rows[i].line))])
     write_rows(result.eval, [rows[i].obj for i in sorted(eval_idx, key=lambda i: (rows[i].file, rows[i].line))])
+    outputs.record_file(result.train)
+    outputs.record_file(result.eval)
     result.n_train, result.n_eval = len(train_idx), len(eval_idx)
     result.dropped_invalid = loaded.n_records - len(rows)
     result.dropped_exact_duplicates = len(exact)

@@ -39,11 +39,22 @@ def demo_recipe_values() -> dict[str, Any]:
     return values
 
 
-def write_project(directory: Path, force: bool = False) -> Path:
-    """Create DIRECTORY/recipe.yaml (commented) and DIRECTORY/data/{train,eval}.jsonl."""
+PROJECT_FILES = ("recipe.yaml", "data/train.jsonl", "data/eval.jsonl")
+
+
+def write_project(directory: Path, overwrite: bool = False, claimed: bool = False) -> Path:
+    """Create DIRECTORY/recipe.yaml (commented) and DIRECTORY/data/{train,eval}.jsonl.
+
+    DIRECTORY must be new, empty or an earlier `tunesmith init` (replaced only with overwrite, and only the files
+    init wrote, unedited); `claimed`: the caller (the demo) already made the folder its own.
+    """
+    from tunesmith import outputs
+
+    if not claimed:
+        directory = outputs.claim_dir(directory, "init", overwrite=overwrite, what="project folder")
     recipe = directory / "recipe.yaml"
-    if recipe.exists() and not force:
-        raise TunesmithError(f"{recipe} already exists", hint="Use --force to overwrite it, or pick another folder.")
+    if any((directory / name).exists() for name in PROJECT_FILES):
+        raise TunesmithError(f"{recipe} already exists", hint="Pass --overwrite to replace the files init wrote, or pick another folder.")
     (directory / "data").mkdir(parents=True, exist_ok=True)
     for name in ("train.jsonl", "eval.jsonl"):
         shutil.copyfile(DATA_DIR / name, directory / "data" / name)
@@ -52,6 +63,7 @@ def write_project(directory: Path, force: bool = False) -> Path:
         "# The data is the bundled demo task: support messages -> a strict one-line JSON ticket.\n"
     )
     recipe.write_text(header + commented_yaml(demo_recipe_values()) + "\n", encoding="utf-8")
+    outputs.record(directory, *PROJECT_FILES)
     return recipe
 
 
@@ -67,16 +79,19 @@ def run_demo(directory: Path, console: Any, steps: int | None = None, fresh: boo
     from tunesmith.models import pull
     from tunesmith.train import sft
 
+    from tunesmith import outputs
+
     started = time.time()
-    if fresh and directory.exists():
-        shutil.rmtree(directory)
+    # Only a folder an earlier demo made is reused; with fresh, only the demo's own files in it are removed.
+    directory = outputs.claim_dir(directory, "demo", overwrite=fresh, what="--dir")
+    outputs.record(directory, "runs/demo", "merged")  # recorded up front: a rerun after a crash still removes them
     console.rule("[bold]1/5 base model")
     with console.status("importing SmolLM2-135M-Instruct from its GGUF (once) ..."):
         base = pull("smollm2-135m-instruct")
     console.print(f"base model: {base}")
 
     console.rule("[bold]2/5 project")
-    recipe_path = write_project(directory, force=True)
+    recipe_path = write_project(directory, claimed=True)
     recipe = load_recipe(recipe_path, [f"training.max_steps={steps}"] if steps else [])
     console.print(f"recipe: {recipe_path}  (train {recipe.data.train[0]}, eval {recipe.data.eval})")
 

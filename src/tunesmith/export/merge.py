@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from tunesmith import models
+from tunesmith import models, outputs
 from tunesmith.data.template import prompt_messages
 from tunesmith.errors import RunError
 from tunesmith.loader import resolve_run_base
-from tunesmith.run import Run, versions, write_json_atomic
-from tunesmith.train.rows import eval_examples
+from tunesmith.run import Run, held_out_examples, versions, write_json_atomic
 
 
 def _greedy_tokens(model: Any, tokenizer: Any, conversations: list[list[dict[str, Any]]], max_new_tokens: int) -> list[list[int]]:
@@ -22,46 +23,78 @@ def _greedy_tokens(model: Any, tokenizer: Any, conversations: list[list[dict[str
     return [c.token_ids for c in generate_detailed(model, tokenizer, conversations, max_new_tokens, batch_size=1)]
 
 
-def merge(run: Run, out_dir: Path, dtype: str = "float32", n_check: int = 3, max_new_tokens: int = 48) -> dict[str, Any]:
-    """Write a plain HF folder (base + adapter merged) to out_dir; greedy tokens must match the adapter's."""
-    from peft import PeftModel
-
-    if not (run.adapter_dir / "adapter_config.json").exists():
+def _refuse(run: Run, dtype: str) -> None:
+    """Every reason not to merge, before any model loads or any folder appears."""
+    config = run.adapter_dir / "adapter_config.json"
+    if not config.exists():
         raise RunError(f"{run.dir} holds a full fine-tune, not an adapter: its adapter/ folder is already a complete model")
+    peft_type = json.loads(config.read_text(encoding="utf-8")).get("peft_type", "LORA")
+    if peft_type not in ("LORA",):  # DoRA and rsLoRA are LORA too; soft prompts have no weights to fold in
+        raise RunError(
+            f"cannot merge a {peft_type.lower().replace('_', '-')} adapter ({run.dir}): it adds virtual tokens, not weight deltas",
+            hint="Serve it with its base instead: tunesmith chat RUN_DIR (or eval), which loads base + adapter.",
+        )
     if dtype not in ("float32", "bfloat16", "float16"):
         raise RunError(f"cannot merge into dtype {dtype}: merge into a 16/32-bit base, never a 4-bit one")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise RunError(f"{out_dir} exists and is not empty", hint="Choose a new --out folder.")
+
+
+def _save(merged: Any, tokenizer: Any, stage: Path, lineage: dict[str, Any], run: Run) -> None:
+    """Write the merged model into the staging folder; a full disk becomes DiskFull (exit 74)."""
+    from tunesmith.train.faults import disk_full
+
+    try:
+        merged.save_pretrained(stage, safe_serialization=True)
+        tokenizer.save_pretrained(stage)
+        write_json_atomic(stage / "tunesmith_lineage.json", lineage)
+    except (OSError, RuntimeError) as exc:  # torch/safetensors may report a full disk as RuntimeError
+        full = disk_full(exc, f"writing the merged model beside {stage.parent}", run.dir, then="Free space and merge again.")
+        if full is None:
+            raise
+        raise full from None
+
+
+def merge(run: Run, out_dir: Path, dtype: str = "float32", n_check: int = 3, max_new_tokens: int = 48) -> dict[str, Any]:
+    """Write a plain HF folder (base + adapter merged) to out_dir; greedy tokens must match the adapter's.
+
+    The model is staged in a temp folder beside out_dir and renamed into place only after the check passed;
+    a refused or failed merge leaves nothing behind.
+    """
+    from peft import PeftModel
+
+    _refuse(run, dtype)
+    out_dir = outputs.check_new_dir(out_dir)
     tokenizer = models.load_tokenizer(str(run.adapter_dir))
     # Always a 16/32-bit base, even for a QLoRA run: merging into 4-bit weights changes the model (peft #2321).
     base = models.load_model(resolve_run_base(run), dtype)
     model = PeftModel.from_pretrained(base, str(run.adapter_dir)).eval()
 
-    eval_ex = eval_examples(run.recipe)
+    eval_ex = held_out_examples(run)
     prompts = [prompt_messages(e.messages) for e in eval_ex[:n_check]]
     before = _greedy_tokens(model, tokenizer, prompts, max_new_tokens)
     merged = model.merge_and_unload()
     after = _greedy_tokens(merged, tokenizer, prompts, max_new_tokens)
     agree = [a == b for a, b in zip(before, after)]
-
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
+    if not all(agree):
+        raise RunError(
+            f"refusing to write {out_dir}: {len(agree) - sum(agree)} of {len(agree)} check prompts produced different "
+            "greedy tokens after merging than with the adapter",
+            hint="Merge in float32 (--dtype float32) and compare again.",
+        )
     check = {"prompts": len(prompts), "identical": sum(agree), "max_new_tokens": max_new_tokens}
     lineage = {
         "merged_from_run": str(run.dir), "base_model": run.manifest.base_model.model_dump(), "adapter": str(run.adapter_dir),
         "dtype": dtype, "chat_template_sha256": models.chat_template_hash(tokenizer),
         "data": run.manifest.data, "check": check, "versions": versions(),
     }
-    write_json_atomic(tmp / "tunesmith_lineage.json", lineage)
-    if out_dir.exists():
-        out_dir.rmdir()
-    tmp.rename(out_dir)
-    if not all(agree):
-        raise RunError(
-            f"merged model written to {out_dir}, but {len(agree) - sum(agree)} of {len(agree)} check prompts "
-            "produced different greedy tokens than the adapter",
-            hint="Merge in float32 (--dtype float32) and compare again.",
-        )
-    return {"out": str(out_dir), **check, "lineage": json.loads((out_dir / "tunesmith_lineage.json").read_text())}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        _save(merged, tokenizer, stage, lineage, run)
+        outputs.record(stage, *[p.name for p in stage.iterdir()], command="merge")
+        if out_dir.exists():
+            out_dir.rmdir()  # empty (checked above)
+        os.replace(stage, out_dir)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return {"out": str(out_dir), **check, "lineage": lineage}
