@@ -1,0 +1,37 @@
+"""`tunesmith studio`: the local web app over run folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from tunesmith.cli import app, console, handle_errors
+
+
+@app.command()
+@handle_errors
+def studio(
+    runs: list[Path] = typer.Option([Path("runs")], "--runs", help="Folder(s) holding run folders (repeatable)."),
+    data: list[Path] = typer.Option([], "--data", help="Extra folder(s) whose data files Launch and Data may read."),
+    serve_dir: Path = typer.Option(None, "--serve-dir", help="A `tunesmith serve` folder: the Monitor page shows its request log."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; anything but loopback needs --token."),
+    port: int = typer.Option(7860, help="Port to listen on."),
+    token: str = typer.Option(None, envvar="TUNESMITH_STUDIO_TOKEN", help="Access token every request must carry (?token= once, then a cookie)."),
+) -> None:
+    """Browse runs and eval reports, launch and follow training, review answers blind, audit data, chat, monitor."""
+    import uvicorn
+
+    from tunesmith.errors import RunError
+    from tunesmith.studio.app import StudioConfig, check_bind, create_app
+
+    check_bind(host, token)
+    missing = [str(d) for d in [*runs, *data] if not d.is_dir()]
+    if missing:
+        raise RunError(f"not a folder: {', '.join(missing)}", hint="Pass existing folders to --runs / --data.")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the studio never downloads a model behind the user's back
+    config = StudioConfig(runs=list(runs), data=list(data), serve_dir=serve_dir, token=token)
+    suffix = f"/?token={token}" if token else "/"
+    console.print(f"tunesmith studio on http://{host}:{port}{suffix}  (Ctrl+C stops it)")
+    uvicorn.run(create_app(config), host=host, port=port, log_level="warning")

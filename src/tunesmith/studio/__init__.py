@@ -1,0 +1,1 @@
+"""The studio: a local web app over run folders (runs, launch, reports, blind review, data, chat, monitor)."""

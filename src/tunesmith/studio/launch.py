@@ -1,0 +1,162 @@
+"""Launching `tunesmith train` from the studio: the recipe file, the subprocess, its job record, stop and resume.
+
+A job record (`Job`, pydantic, schema_version) lives in the studio's own folder (<first root>/.studio/jobs/),
+never inside the run folder, which `train` alone writes. Stopping sends SIGTERM: train saves a
+checkpoint and exits 75; resuming starts `tunesmith train RECIPE --resume` on the same recipe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from tunesmith.atomic import write_text_atomic
+from tunesmith.config import Recipe, recipe_from_dict
+from tunesmith.errors import RecipeError, RunError
+
+JOB_VERSION = 1
+POLL_S = 0.5
+
+
+class Job(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = JOB_VERSION
+    run_dir: str
+    recipe: str
+    cmd: list[str]
+    pid: int
+    log: str
+    started: float = Field(default_factory=time.time, description="Unix time (s).")
+    exit_code: int | None = None
+    ended: float | None = None
+
+
+def _job_path(studio_dir: Path, run_dir: Path) -> Path:
+    digest = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
+    return studio_dir / "jobs" / f"{digest}.json"
+
+
+def read_job(studio_dir: Path, run_dir: Path) -> dict[str, object] | None:
+    path = _job_path(studio_dir, run_dir)
+    if not path.exists():
+        return None
+    try:
+        return Job.model_validate_json(path.read_text(encoding="utf-8")).model_dump()
+    except (OSError, ValueError):
+        return None
+
+
+def _write_job(studio_dir: Path, job: Job) -> None:
+    write_text_atomic(_job_path(studio_dir, Path(job.run_dir)), job.model_dump_json(indent=2))
+
+
+def validate_recipe(text: str, recipes_dir: Path, allowed: list[Path]) -> Recipe:
+    """Parse and validate the edited recipe YAML; its output_dir and data files must lie under the studio's folders."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise RecipeError([("(yaml)", str(exc))]) from None
+    if not isinstance(data, dict):
+        raise RecipeError([("(recipe)", "the top level must be a mapping of sections")])
+    recipe = recipe_from_dict(data, recipes_dir)
+    paths = [("output_dir", Path(recipe.output_dir))] + [("data.train", Path(p)) for p in recipe.data.train]
+    paths += [("data.eval", Path(recipe.data.eval))] if recipe.data.eval else []
+    bad = [(f, f"{p} is outside the studio's folders") for f, p in paths
+           if not any(p.resolve().is_relative_to(a) for a in allowed)]
+    if bad:
+        raise RecipeError(bad)
+    return recipe
+
+
+class Launcher:
+    """Starts and stops training subprocesses; one job record per run folder."""
+
+    def __init__(self, studio_dir: Path) -> None:
+        self.studio_dir = studio_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def save_recipe(self, text: str, recipe: Recipe) -> Path:
+        """Write the edited recipe into a new file under .studio/recipes/ (never over an existing one)."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = self.studio_dir / "recipes" / f"{Path(recipe.output_dir).name}-{stamp}.yaml"
+        if path.exists():
+            raise RunError(f"{path} already exists; try again in a second")
+        write_text_atomic(path, text)
+        return path
+
+    def start(self, recipe_path: Path, run_dir: Path, resume: bool = False) -> Job:
+        key = str(Path(run_dir).resolve())
+        old = self.procs.get(key)
+        if old is not None and old.poll() is None:
+            raise RunError(f"{run_dir.name} is already training (pid {old.pid})")
+        log = self.studio_dir / "jobs" / f"{_job_path(self.studio_dir, run_dir).stem}-{int(time.time())}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "tunesmith", "train", str(recipe_path)] + ["--resume"] * resume
+        env = {**os.environ, "COLUMNS": "120", "PYTHONUNBUFFERED": "1"}
+        with open(log, "wb") as fh:
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.procs[key] = proc
+        job = Job(run_dir=key, recipe=str(recipe_path), cmd=cmd, pid=proc.pid, log=str(log))
+        _write_job(self.studio_dir, job)
+        threading.Thread(target=self._wait, args=(proc, job), daemon=True, name="tunesmith-train-wait").start()
+        return job
+
+    def _wait(self, proc: subprocess.Popen[bytes], job: Job) -> None:
+        job.exit_code = proc.wait()
+        job.ended = time.time()
+        _write_job(self.studio_dir, job)
+
+    def stop(self, run_dir: Path) -> bool:
+        """SIGTERM the run's training process (it saves a checkpoint and exits 75); False when none is running."""
+        proc = self.procs.get(str(Path(run_dir).resolve()))
+        if proc is None or proc.poll() is not None:
+            return False
+        proc.send_signal(signal.SIGTERM)
+        return True
+
+    def resume(self, run_dir: Path) -> Job:
+        job = read_job(self.studio_dir, run_dir)
+        if job is None:
+            raise RunError(f"{run_dir.name} was not started from the studio", hint="Resume it with: tunesmith train RECIPE --resume")
+        return self.start(Path(str(job["recipe"])), run_dir, resume=True)
+
+
+def _sse(event: str, data: object) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+
+
+def follow(studio_dir: Path, run_dir: Path, timeout_s: float = 3600.0) -> Iterator[str]:
+    """Server-sent events for a launched run: `metrics` rows, `log` lines, then one `status` with the exit code."""
+    sent_metrics, sent_log = 0, 0
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = read_job(studio_dir, run_dir)
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists():
+            lines = [ln for ln in metrics.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            for line in lines[sent_metrics:]:
+                yield _sse("metrics", json.loads(line))
+            sent_metrics = len(lines)
+        if job is not None and Path(str(job["log"])).exists():
+            text = Path(str(job["log"])).read_text(encoding="utf-8", errors="replace").replace("\r", "\n")
+            lines = [ln for ln in text.splitlines() if ln.strip()]
+            for line in lines[sent_log:]:
+                yield _sse("log", line[-300:])
+            sent_log = len(lines)
+        if job is not None and job.get("exit_code") is not None:
+            yield _sse("status", {"exit_code": job["exit_code"], "finished": (run_dir / "manifest.json").exists()})
+            return
+        yield ": keep-alive\n\n"
+        time.sleep(POLL_S)

@@ -1,0 +1,231 @@
+"""Launch (audit, recipe, train subprocess, live progress, stop, resume), chat playground, data audit browse, monitor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
+
+from tunesmith.errors import RunError, TunesmithError
+from tunesmith.studio import launch
+from tunesmith.studio.app import page, resolve_run
+from tunesmith.studio.runs import SKIP_DIRS, list_runs
+
+router = APIRouter()
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".jsonl.gz")
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def data_files(request: Request, limit: int = 300) -> list[tuple[str, str]]:
+    """(key, shown path) of data files under the studio's folders, outside run folders' own subfolders."""
+    roots = request.app.state.roots
+    out: list[tuple[str, str]] = []
+    for root in roots.dirs:
+        for path in sorted(root.rglob("*")):
+            if len(out) >= limit:
+                return out
+            rel = path.relative_to(root)
+            if any(p in SKIP_DIRS or p.startswith(".") for p in rel.parts[:-1]) or not path.name.endswith(DATA_SUFFIXES):
+                continue
+            if path.is_file() and path.name not in ("predictions.jsonl", "metrics.jsonl"):
+                out.append((roots.key(path), str(path)))
+    return out
+
+
+def _launcher(request: Request) -> launch.Launcher:
+    state = request.app.state
+    if getattr(state, "launcher", None) is None:
+        state.launcher = launch.Launcher(state.roots.studio_dir)
+    return state.launcher
+
+
+def _tokenizer(base: str) -> tuple[Any, str | None]:
+    """The base model's tokenizer for the token checks, or (None, why not) when it is not available here."""
+    from tunesmith import models
+
+    try:
+        return models.load_tokenizer(models.resolve_base(base)), None
+    except (TunesmithError, OSError, ValueError) as exc:
+        return None, f"token checks skipped: {getattr(exc, 'message', exc)}"
+
+
+def field_help() -> list[tuple[str, str]]:
+    """(field path, description) for every recipe field, from the recipe's JSON schema."""
+    from tunesmith.config import Recipe
+
+    schema = Recipe.model_json_schema()
+    defs = schema.get("$defs", {})
+    out: list[tuple[str, str]] = []
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for name, prop in node.get("properties", {}).items():
+            ref = prop.get("$ref") or next((a.get("$ref") for a in prop.get("allOf", []) if "$ref" in a), None)
+            out.append((prefix + name, prop.get("description", "")))
+            if ref:
+                walk(defs[ref.rsplit("/", 1)[-1]], f"{prefix}{name}.")
+
+    walk(schema, "")
+    return out
+
+
+@router.get("/launch", response_class=HTMLResponse)
+def launch_form(request: Request) -> HTMLResponse:
+    from tunesmith.config import DEFAULT_BASE
+
+    return page(request, "launch.html", files=data_files(request), base=DEFAULT_BASE, audit=None)
+
+
+@router.post("/launch/preview", response_class=HTMLResponse)
+def launch_preview(request: Request, train: list[str] = Form(...), eval_file: str = Form(""), base: str = Form(...),
+                   method: str = Form("sft"), adapter: str = Form("lora"), name: str = Form("run"),
+                   max_steps: int = Form(-1)) -> HTMLResponse:
+    """The data audit (the same findings as `tunesmith data check`) and the recipe to edit, before anything trains."""
+    from tunesmith.config import commented_yaml
+    from tunesmith.data.audit import audit
+
+    roots = request.app.state.roots
+    train_paths = [str(roots.resolve(k)) for k in train]
+    eval_paths = [str(roots.resolve(eval_file))] if eval_file else []
+    tokenizer, note = _tokenizer(base)
+    report = audit(train_paths, eval_paths, tokenizer)
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name) or "run"
+    values: dict[str, Any] = {
+        "name": safe, "method": method, "model": {"base": base},
+        "data": {"train": train_paths, **({"eval": eval_paths[0]} if eval_paths else {})},
+        "adapter": {"type": adapter}, "training": {"max_steps": max_steps},
+        "output_dir": str(request.app.state.roots.dirs[0] / safe),
+    }
+    return page(request, "launch.html", files=data_files(request), base=base, audit=report, note=note,
+                recipe=commented_yaml(values), help=field_help(), error=None)
+
+
+@router.post("/launch/start")
+def launch_start(request: Request, recipe: str = Form(...)) -> Any:
+    studio_dir = request.app.state.roots.studio_dir
+    try:
+        parsed = launch.validate_recipe(recipe, studio_dir / "recipes", request.app.state.roots.dirs)
+    except TunesmithError as exc:
+        from tunesmith.config import DEFAULT_BASE
+
+        return page(request, "launch.html", files=data_files(request), base=DEFAULT_BASE, audit=None, recipe=recipe,
+                    help=field_help(), error=exc.message, status_code=422)
+    run_dir = Path(parsed.output_dir)
+    if (run_dir / "manifest.json").exists() or (run_dir / "checkpoints").exists():
+        raise RunError(f"{run_dir} already holds a run", hint="Change name/output_dir, or resume it from its job page.")
+    launcher = _launcher(request)
+    launcher.start(launcher.save_recipe(recipe, parsed), run_dir)
+    return RedirectResponse(f"/job?k={request.app.state.roots.key(run_dir)}", status_code=303)
+
+
+@router.get("/job", response_class=HTMLResponse)
+def job_page(request: Request, k: str) -> HTMLResponse:
+    roots = request.app.state.roots
+    run_dir = roots.resolve(k)
+    job = launch.read_job(roots.studio_dir, run_dir)
+    if job is None:
+        raise RunError("no studio job for this folder")
+    return page(request, "job.html", k=k, name=run_dir.name, job=job)
+
+
+@router.get("/job/events")
+def job_events(request: Request, k: str) -> StreamingResponse:
+    roots = request.app.state.roots
+    return StreamingResponse(launch.follow(roots.studio_dir, roots.resolve(k)), media_type="text/event-stream",
+                             headers=SSE_HEADERS)
+
+
+@router.post("/job/stop")
+def job_stop(request: Request, k: str = Form(...)) -> RedirectResponse:
+    _launcher(request).stop(request.app.state.roots.resolve(k))
+    return RedirectResponse(f"/job?k={k}", status_code=303)
+
+
+@router.post("/job/resume")
+def job_resume(request: Request, k: str = Form(...)) -> RedirectResponse:
+    _launcher(request).resume(request.app.state.roots.resolve(k))
+    return RedirectResponse(f"/job?k={k}", status_code=303)
+
+
+@router.get("/chat", response_class=HTMLResponse)
+def chat_page(request: Request, k: str = "") -> HTMLResponse:
+    runs = [r for r in list_runs(request.app.state.roots) if r.status == "finished"]
+    selected = next((r for r in runs if r.key == k), runs[0] if runs else None)
+    has_rag = bool(selected and selected.manifest and selected.manifest.rag)
+    return page(request, "chat.html", runs=runs, selected=selected, has_rag=has_rag)
+
+
+@router.post("/chat/stream")
+async def chat_stream(request: Request) -> StreamingResponse:
+    from tunesmith.studio.chat import ModelCache, stream_reply
+
+    body = await request.json()
+    run_dir = resolve_run(request, str(body.get("k", "")))
+    messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in body.get("messages", [])
+                if m.get("role") in ("system", "user", "assistant")]
+    if not messages or messages[-1]["role"] != "user":
+        raise RunError("the conversation must end with a user message")
+    state = request.app.state
+    if getattr(state, "models", None) is None:
+        state.models = ModelCache()
+    side = "base" if body.get("side") == "base" else "tuned"
+    max_new = min(max(int(body.get("max_new_tokens", 128)), 1), 1024)
+    stream = stream_reply(state.models, run_dir, messages, side, bool(body.get("rag")), max_new)
+    return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+@router.get("/data", response_class=HTMLResponse)
+def data_page(request: Request, k: str = "") -> HTMLResponse:
+    """Browse a file's audit: findings grouped by code, each linked to its row."""
+    from tunesmith.data.audit import audit
+
+    report, path = None, None
+    if k:
+        path = request.app.state.roots.resolve(k)
+        if not path.is_file():
+            raise RunError("not a data file")
+        report = audit([str(path)], tokenizer=None)
+    return page(request, "data.html", files=data_files(request), k=k, path=path, report=report)
+
+
+@router.get("/data/row", response_class=HTMLResponse)
+def data_row(request: Request, k: str, line: int) -> HTMLResponse:
+    from tunesmith.data.formats import read_records
+
+    path = request.app.state.roots.resolve(k)
+    rec = next((r for r in read_records(str(path)) if r.line == line), None)
+    if rec is None:
+        raise RunError(f"no row at line {line}")
+    text = json.dumps(rec.obj, indent=2, ensure_ascii=False) if not isinstance(rec.obj, str) else rec.obj
+    return page(request, "data_row.html", k=k, path=path, line=line, text=text)
+
+
+@router.get("/monitor", response_class=HTMLResponse)
+def monitor_page(request: Request, offset: int = 0) -> HTMLResponse:
+    serve_dir = request.app.state.config.serve_dir
+    if serve_dir is None:
+        return page(request, "monitor.html", serve_dir=None, rows=[], feedback=[])
+    from tunesmith.serve.store import DB_NAME, RequestLog
+
+    db = Path(serve_dir) / DB_NAME
+    if not db.exists():
+        return page(request, "monitor.html", serve_dir=serve_dir, rows=[], feedback=[], missing=str(db))
+    with RequestLog.open(db) as log:
+        rows = list(log.iter_requests())
+        feedback = list(log.iter_feedback())
+    buckets = hourly(rows)
+    rows.reverse()
+    return page(request, "monitor.html", serve_dir=serve_dir, rows=rows[offset:offset + 100], total=len(rows),
+                offset=offset, feedback=feedback[-100:], buckets=buckets)
+
+
+def hourly(rows: list[Any]) -> list[dict[str, Any]]:
+    """Drift signals per UTC hour: request count, errors, mean latency (s), mean prompt and completion tokens."""
+    groups: dict[str, list[Any]] = {}
+    for r in rows:
+        groups.setdefault(r.time.strftime("%Y-%m-%d %H:00"), []).append(r)
+    return [{"hour": hour, "n": len(g), "errors": sum(r.status >= 400 for r in g),
+             "latency": sum(r.latency_s for r in g) / len(g), "prompt": sum(r.prompt_tokens for r in g) / len(g),
+             "completion": sum(r.completion_tokens for r in g) / len(g)} for hour, g in sorted(groups.items())]
