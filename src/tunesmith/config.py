@@ -191,7 +191,11 @@ class TrainingSection(Section):
 
 
 class EvalSection(Section):
-    max_new_tokens: int = Field(128, ge=1, description="Generation budget per eval prompt.")
+    max_new_tokens: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto",
+        description="Generation budget per eval prompt, in tokens. auto = the longest reference answer x 1.25 + 16, "
+        "capped by data.max_length (the report says the value used and how many outputs hit it).",
+    )
     batch_size: int = Field(8, ge=1, description="Prompts generated together (greedy, left-padded).")
     max_examples: int = Field(0, ge=0, description="Evaluate at most this many held-out examples; 0 = all.")
 

@@ -69,24 +69,32 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def import_gguf(gguf_path: Path, dest: Path) -> Path:
-    """Dequantize a .gguf into a plain safetensors HF folder at `dest` (atomic: temp dir, then rename)."""
+def load_gguf(gguf_path: Path) -> tuple[Any, Any]:
+    """(model, tokenizer) read from a .gguf by transformers: weights dequantized to float32, frozen (not trainable)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if (dest / "config.json").exists():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    folder, name = str(gguf_path.parent), gguf_path.name
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
+    folder, name = str(gguf_path.parent), gguf_path.name
     bar = gguf_utils.tqdm
     gguf_utils.tqdm = functools.partial(bar, disable=True)  # a per-tensor bar on stderr; the CLI shows its own status
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     finally:
         gguf_utils.tqdm = bar
+    return model, tokenizer
+
+
+def import_gguf(gguf_path: Path, dest: Path) -> Path:
+    """Dequantize a .gguf into a plain safetensors HF folder at `dest` (atomic: temp dir, then rename)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if (dest / "config.json").exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    loaded, tokenizer = load_gguf(gguf_path)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         # The marker makes transformers treat the folder as GGUF-quantized (not trainable, not saveable).

@@ -56,7 +56,7 @@ def test_preflight_passes_clean_recipe_with_warnings_only(tiny_recipe, tiny_mode
 
 def test_edited_template_triggers_the_warning(tiny_recipe):
     from tunesmith.chat import ChatSession
-    from tunesmith.eval.compare import template_warning
+    from tunesmith.loader import template_warning
     from tunesmith.run import load_run
 
     run = sft.run(load_recipe(tiny_recipe()))

@@ -21,10 +21,12 @@ def test_json_schema_valid():
     assert fn(None, ['{"sum": 3}', '{"total": 3}', "3"]) == [1.0, 0.0, 0.0]
 
 
-def test_exact_match_compares_json_by_value_and_text_by_string():
+def test_exact_match_is_eval_exact_match():
+    # Whitespace-normalised text, as `tunesmith eval` scores it: reordered JSON keys are not an exact match there.
     fn = rewards.make_exact_match("reference")
-    out = fn(None, ['{"b": 2, "a": 1}', "Paris", "paris", '{"a": 2}'], reference=['{"a": 1, "b": 2}', "Paris", "Paris", '{"a": 1}'])
-    assert out == [1.0, 1.0, 0.0, 0.0]
+    out = fn(None, ['{"a":  1, "b": 2}', '{"b": 2, "a": 1}', "Paris", "paris", '{"a": 2}'],
+             reference=['{"a": 1, "b": 2}', '{"a": 1, "b": 2}', "Paris", "Paris", '{"a": 1}'])
+    assert out == [1.0, 0.0, 1.0, 0.0, 0.0]
     with pytest.raises(KeyError, match="no `answer` column"):
         rewards.make_exact_match("answer")(None, ["x"], reference=["x"])
 

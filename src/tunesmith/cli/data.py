@@ -32,18 +32,30 @@ def _tokenizer(spec: str | None, quiet: bool = False) -> tuple[Any, str]:
     return models.load_tokenizer(path), path
 
 
-def _settings(recipe: Path | None, model: str | None, max_length: int | None, overlong: str | None) -> dict[str, Any]:
-    """Model spec, max_length, policy, epochs and eval file: flags first, then the recipe, then defaults."""
-    out: dict[str, Any] = {"model": model, "max_length": max_length or 1024, "overlong": overlong or "drop",
-                           "epochs": None, "lora": True, "train": [], "eval": []}
+def _settings(recipe: Path | None, model: str | None, max_length: int | None, overlong: str | None,
+              method: str | None = None, completion_length: int | None = None) -> dict[str, Any]:
+    """Model spec, max_length, policy, method, epochs and eval file: flags first, then the recipe, then the
+    recipe's field defaults (`source` says which)."""
+    from tunesmith.config import DataSection, GRPOSection
+
+    out: dict[str, Any] = {"model": model, "max_length": max_length or DataSection.model_fields["max_length"].default,
+                           "overlong": overlong or "drop", "method": method or "sft",
+                           "completion_length": completion_length or GRPOSection.model_fields["max_completion_length"].default,
+                           "epochs": None, "lora": True, "train": [], "eval": [],
+                           "source": "flags" if max_length else "default (no --recipe, no --max-length)"}
     if recipe is not None:
         from tunesmith.config import load_recipe
 
         cfg = load_recipe(recipe)
         out.update(model=model or cfg.model.base, max_length=max_length or cfg.data.max_length,
                    overlong=overlong or cfg.data.overlong, lora=cfg.adapter.type == "lora",
+                   method=method or cfg.method, completion_length=completion_length or cfg.grpo.max_completion_length,
                    epochs=cfg.training.epochs if cfg.training.max_steps <= 0 else None,
-                   train=list(cfg.data.train), eval=[cfg.data.eval] if cfg.data.eval else [])
+                   train=list(cfg.data.train), eval=[cfg.data.eval] if cfg.data.eval else [], source=str(recipe))
+    if out["method"] not in ("sft", "dpo", "grpo", "distill"):
+        from tunesmith.errors import DataError
+
+        raise DataError(f"--method must be sft, dpo, grpo or distill, not `{out['method']}`")
     if out["overlong"] not in ("drop", "truncate", "error"):
         from tunesmith.errors import DataError
 
@@ -76,9 +88,10 @@ def render_report(report: Any) -> None:
         _dist_row(table, "total", t["total_tokens"])
         _dist_row(table, "trained (assistant)", t["assistant_tokens"])
         console.print(table)
-        console.print(f"over max_length {t['max_length']}: {t['n_too_long']} · dropped {t['dropped_overlong']} over-long, "
+        console.print(f"method {t.get('method', 'sft')}: measured as {t.get('measured_as', 'the rendered conversation')} · "
+                      f"over max_length {t['max_length']}: {t['n_too_long']} · dropped {t['dropped_overlong']} over-long, "
                       f"{t['dropped_no_trained_tokens']} without trained tokens · tokens lost {t['tokens_lost']} · "
-                      f"pad == EOS: {t['pad_is_eos']} (EOS still trained)", highlight=False)
+                      f"pad == EOS: {t['pad_is_eos']} · {eos_line(t)}", highlight=False)
     d = st["duplicates"]
     line = f"duplicates: {d['exact_duplicates']} exact, {d['near_duplicates']} near"
     if "overlap" in st:
@@ -97,6 +110,15 @@ def render_report(report: Any) -> None:
         console.print(f"[bold red]✗ {len(report.errors)} blocking error(s)[/], {len(report.warnings)} warning(s)")
     else:
         console.print(f"[bold green]✓ no blocking errors[/], {len(report.warnings)} warning(s)")
+
+
+def eos_line(t: dict[str, Any]) -> str:
+    """Whether EOS is trained, as counted from the loss masks of the audited rows (never assumed)."""
+    checked, trained = t.get("eos_checked_rows", 0), t.get("eos_trained_rows", 0)
+    if not checked:
+        return "EOS: no fixed answer is trained (completions are sampled)" if t.get("method") == "grpo" else "EOS: no kept rows"
+    colour = "green" if trained == checked else "yellow"
+    return f"[{colour}]EOS trained in {trained} of {checked} kept rows[/]"
 
 
 def _render_cost(c: dict[str, Any]) -> None:
@@ -119,6 +141,10 @@ def check(
     model: str = typer.Option(None, help="Model whose tokenizer and chat template count tokens (default: the catalog default)."),
     max_length: int = typer.Option(None, min=1, help="Maximum tokens per example (default: the recipe's, else 1024)."),
     overlong: str = typer.Option(None, help="Over-length policy: drop (default) | truncate | error."),
+    method: str = typer.Option(None, "--method", help="sft | dpo | grpo | distill: whose length contract the token checks "
+                               "apply (default: the recipe's, else sft)."),
+    completion_length: int = typer.Option(None, "--max-completion-length", min=1,
+                                          help="grpo: tokens each prompt must leave for a completion (default: the recipe's, else 128)."),
     eval_files: list[Path] = typer.Option([], "--eval", help="Eval file(s): also audited, and checked for overlap with train."),
     label_field: str = typer.Option(None, help="Row field whose value distribution is checked for balance."),
     strict: bool = typer.Option(False, help="Treat warnings as blocking (exit 1)."),
@@ -135,7 +161,7 @@ def check(
     from tunesmith.data.audit import audit
     from tunesmith.errors import DataError
 
-    s = _settings(recipe, model, max_length, overlong)
+    s = _settings(recipe, model, max_length, overlong, method, completion_length)
     train = [str(f) for f in files] if files else s["train"]
     if not train:
         raise DataError("no data files given", hint="Pass FILE... or --recipe RECIPE.")
@@ -147,11 +173,17 @@ def check(
         cost = dict(params=stats.count_params(path), gpu=gpu, price_per_hour=price_per_hour,
                     epochs=epochs if epochs is not None else s["epochs"], lora=s["lora"])
     evals = [str(f) for f in eval_files] or (s["eval"] if not files else [])
-    report = audit(train, evals, tokenizer, s["max_length"], s["overlong"], label_field, near_threshold, cost=cost)
+    report = audit(train, evals, tokenizer, s["max_length"], s["overlong"], label_field, near_threshold, cost=cost,
+                   method=s["method"], completion_budget=s["completion_length"])
+    report.stats["settings"] = {k: s[k] for k in ("method", "max_length", "overlong", "completion_length", "source")}
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=1, default=str))
     else:
         render_report(report)
+        if not no_tokens:
+            console.print(f"[dim]settings: method {s['method']}, max_length {s['max_length']}, overlong {s['overlong']}"
+                          f"{', max_completion_length ' + str(s['completion_length']) if s['method'] == 'grpo' else ''} "
+                          f"(from {s['source']})[/]", highlight=False)
     if html is not None:
         from tunesmith.data.html import write_html
 

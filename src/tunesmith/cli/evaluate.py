@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -43,6 +44,18 @@ def comparison_table(report: EvalReport) -> Table:
     return table
 
 
+def degenerate_lines(report: EvalReport) -> list[str]:
+    """The generation budget and, per model, the share of outputs that hit it or loop (flagged when high)."""
+    from tunesmith.eval.notes import DEGENERATE_SHARE
+
+    g = report.generation
+    lines = [f"generation budget: {g.get('max_new_tokens')} tokens ({g.get('max_new_tokens_from', 'eval.max_new_tokens')})"]
+    for side, d in report.degenerate.items():
+        flag = "[bold red]degenerate[/]" if d["degenerate"] >= DEGENERATE_SHARE else "[green]ok[/]"
+        lines.append(f"  {side}: {d['hit_budget']:.0%} hit the budget · {d['loop_rate']:.0%} repetition loops · {flag}")
+    return lines
+
+
 @app.command("eval")
 @handle_errors
 def eval_cmd(
@@ -58,4 +71,8 @@ def eval_cmd(
     if report.template_warning:
         err_console.print(f"[bold yellow]warning:[/] {report.template_warning}")
     console.print(comparison_table(report))
+    for line in degenerate_lines(report):
+        console.print(line, highlight=False)
+    for warning in report.warnings:
+        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
     console.print(f"report: {run.dir / 'eval' / 'report.html'} (+ report.json, predictions.jsonl)")

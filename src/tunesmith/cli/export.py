@@ -25,5 +25,36 @@ def merge(
         result = do_merge(load_run(run_dir), out, dtype=dtype, n_check=check_prompts)
     console.print(
         f"[green]merged[/] -> {result['out']}\n"
-        f"check: merged and adapter greedy tokens identical on {result['identical']}/{result['prompts']} prompts"
+        f"check: merged and adapter greedy tokens identical on {result['identical']}/{result['prompts']} prompts\n"
+        f"base: {result['base_note']}"
     )
+
+
+export_app = typer.Typer(help="Export a tuned model for other runtimes (GGUF for llama.cpp, Ollama, LM Studio).", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("gguf")
+@handle_errors
+def gguf(
+    source: Path = typer.Argument(..., help="Run folder (merged first, in a temp folder) or a merged model folder."),
+    out: Path = typer.Option(..., "--out", help="The .gguf file to write (must not exist)."),
+    type_: str = typer.Option("f16", "--type", help="f16 | bf16 | q8_0."),
+    adapter_only: bool = typer.Option(False, "--adapter-only", help="Write the LoRA alone as a llama.cpp GGUF adapter (--lora)."),
+    check_prompts: int = typer.Option(3, min=1, help="Held-out prompts whose greedy tokens are compared after reloading."),
+) -> None:
+    """Convert with llama.cpp's converter, reload and compare greedy tokens, then publish FILE.gguf + FILE.gguf.lineage.json."""
+    from tunesmith.export import gguf as export_gguf
+
+    with console.status("exporting to GGUF ..."):
+        if adapter_only:
+            lineage = export_gguf.export_adapter_gguf(source, out)
+        else:
+            lineage = export_gguf.export_gguf(source, out, type_, n_check=check_prompts)
+    c = lineage.check or {}
+    if adapter_only:
+        console.print(f"[green]wrote[/] {out} (GGUF LoRA, {c.get('adapted_weights')} weights, alpha {c.get('alpha')}, r {c.get('r')})")
+    else:
+        console.print(f"[green]wrote[/] {out} ({lineage.type})\ncheck: greedy tokens identical on {c.get('identical')}/"
+                      f"{c.get('prompts')} prompts, first {export_gguf.EXACT_PREFIX} identical on {c.get('prefix_identical')}")
+    console.print(f"lineage: {out}.lineage.json (also in the file under {export_gguf.LINEAGE_KEY})")

@@ -113,18 +113,28 @@ def load_rows(paths: list[str]) -> Rows:
     return out
 
 
-def _token_pass(rows: Rows, tokenizer: Any, max_length: int | None, overlong: str) -> list[TokenInfo]:
+def _token_pass(rows: Rows, tokenizer: Any, max_length: int | None, overlong: str, method: str = "sft",
+                completion_budget: int = 0) -> list[TokenInfo]:
     infos = []
     for row in rows.rows:
-        info, found = check_tokens(row, tokenizer, max_length, overlong)
+        info, found = check_tokens(row, tokenizer, max_length, overlong, method, completion_budget)
         infos.append(info)
         rows.findings.extend(found)
     return infos
 
 
-def _token_stats(infos: list[TokenInfo], max_length: int | None, tokenizer: Any) -> dict[str, Any]:
+MEASURED_AS = {
+    "sft": "the rendered conversation", "distill": "the rendered conversation",
+    "dpo": "prompt + the longer of chosen/rejected", "grpo": "prompt + grpo.max_completion_length",
+}
+
+
+def _token_stats(infos: list[TokenInfo], max_length: int | None, tokenizer: Any, method: str = "sft") -> dict[str, Any]:
     dropped = Counter(i.dropped for i in infos if i.dropped)
+    kept = [i for i in infos if not i.dropped and i.eos_trained is not None]
     return {
+        "method": method,
+        "measured_as": MEASURED_AS.get(method, MEASURED_AS["sft"]),
         "max_length": max_length,
         "total_tokens": stats.distribution([i.total for i in infos]),
         "assistant_tokens": stats.distribution([i.assistant for i in infos]),
@@ -135,7 +145,9 @@ def _token_stats(infos: list[TokenInfo], max_length: int | None, tokenizer: Any)
         "kept_tokens": sum(i.kept_total for i in infos),
         "kept_trained_tokens": sum(i.kept_trained for i in infos),
         "pad_is_eos": tokenizer.pad_token_id is not None and tokenizer.pad_token_id == tokenizer.eos_token_id,
-        "eos_trained": "yes: loss masks come from assistant spans, so EOS is trained even when pad == EOS",
+        # Counted from the loss masks of the audited rows (kept rows with a fixed answer; grpo has none).
+        "eos_trained_rows": sum(bool(i.eos_trained) for i in kept),
+        "eos_checked_rows": len(kept),
     }
 
 
@@ -194,10 +206,14 @@ def audit(
     near: bool = True,
     cost: dict[str, Any] | None = None,
     on_stage: Callable[[str], None] | None = None,
+    method: str = "sft",
+    completion_budget: int = 0,
 ) -> AuditReport:
     """Audit training files (and eval files). Without a tokenizer the token checks are skipped.
 
     cost: keyword arguments for `stats.cost_estimate` (params, gpu, price_per_hour, epochs, lora).
+    method: whose length contract the token checks apply (data.lengths); completion_budget: grpo's
+    max_completion_length, the room each prompt needs for a sampled completion.
     """
     stage = on_stage or (lambda _s: None)
     eval_files = list(eval_files or [])
@@ -216,11 +232,12 @@ def audit(
         stage("tokenizing")
         if tokenizer.eos_token_id is None:
             tr.findings.append(finding("no_eos_token", None, None, "the tokenizer defines no EOS token"))
-        infos = _token_pass(tr, tokenizer, max_length, overlong)
-        st["tokens"] = _token_stats(infos, max_length, tokenizer)
+        infos = _token_pass(tr, tokenizer, max_length, overlong, method, completion_budget)
+        st["tokens"] = _token_stats(infos, max_length, tokenizer, method)
         report.lengths = {"total": [i.total for i in infos], "assistant": [i.assistant for i in infos]}
         if ev.rows:
-            st["eval_tokens"] = _token_stats(_token_pass(ev, tokenizer, max_length, overlong), max_length, tokenizer)
+            ev_infos = _token_pass(ev, tokenizer, max_length, overlong, method, completion_budget)
+            st["eval_tokens"] = _token_stats(ev_infos, max_length, tokenizer, method)
     stage("deduplicating")
     st["duplicates"] = _duplicate_findings(tr, near_threshold, near)
     if ev.rows:
@@ -243,7 +260,8 @@ def _ordered(findings: list[Finding]) -> list[Finding]:
 def audit_recipe(recipe: Any, tokenizer: Any, **kwargs: Any) -> AuditReport:
     """Audit a recipe's train (and eval) files with its max_length and over-length policy."""
     d = recipe.data
-    return audit(d.train, [d.eval] if d.eval else [], tokenizer, d.max_length, d.overlong, **kwargs)
+    return audit(d.train, [d.eval] if d.eval else [], tokenizer, d.max_length, d.overlong, method=recipe.method,
+                 completion_budget=recipe.grpo.max_completion_length, **kwargs)
 
 
 def preflight(recipe: Any, tokenizer: Any, force: bool = False, max_listed: int = 20) -> AuditReport:

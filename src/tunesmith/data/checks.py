@@ -178,10 +178,48 @@ class TokenInfo:
     lost: int = 0  # tokens removed by drop or truncation
     dropped: str | None = None
     first_answer_token: str | None = None
+    eos_trained: bool | None = None  # EOS among the kept trained labels; None where nothing fixed is trained (grpo)
 
 
-def check_tokens(row: Row, tokenizer: Any, max_length: int | None, overlong: str) -> tuple[TokenInfo, list[Finding]]:
-    """Render and tokenize like training does; apply the over-length policy; check labels and EOS."""
+def _method_tokens(row: Row, tokenizer: Any, max_length: int | None, overlong: str, method: str,
+                   completion_budget: int) -> tuple[TokenInfo, list[Finding]]:
+    """dpo and grpo rows measured as their trainer measures them (data.lengths: the same functions training uses)."""
+    from tunesmith.data import lengths
+
+    limit = max_length if max_length is not None else 1 << 62
+    policy = "drop" if overlong == "error" else overlong  # refused rows become findings here, not exceptions
+    if method == "dpo":
+        if row.rejected is None:  # not a pair: format checks and the recipe say so; nothing to measure here
+            return TokenInfo(0, 0), []
+        pair = to_preference(row.obj)
+        fit = lengths.fit_pair(tokenizer, pair["prompt"], pair["chosen"], pair["rejected"], limit, policy)
+        what = f"prompt + longer answer = {fit.n_tokens} tokens"
+    else:
+        fit = lengths.fit_prompt(tokenizer, to_prompt_only(row.obj), completion_budget, limit, policy)
+        what = f"prompt + max_completion_length {completion_budget} = {fit.n_tokens} tokens"
+    info = TokenInfo(fit.n_tokens, fit.trained_tokens, fit.kept_tokens, fit.trained_tokens, fit.tokens_lost,
+                     fit.dropped, eos_trained=fit.eos_trained)
+    if not fit.over:
+        return info, []
+    over = f"{what} > max_length {max_length}"
+    if fit.dropped == "no_trained_tokens":
+        return info, [finding("truncated_no_trained_tokens", row.file, row.line, f"{over}: no room left for an answer, dropped")]
+    if fit.dropped:
+        what_happens = "refused (policy error)" if overlong == "error" else "dropped"
+        return info, [finding("over_max_length", row.file, row.line, f"{over}: {what_happens}",
+                              severity=ERROR if overlong == "error" else None)]
+    return info, [finding("over_max_length", row.file, row.line, f"{over}: truncated, {fit.tokens_lost} tokens lost")]
+
+
+def check_tokens(row: Row, tokenizer: Any, max_length: int | None, overlong: str, method: str = "sft",
+                 completion_budget: int = 0) -> tuple[TokenInfo, list[Finding]]:
+    """Render and tokenize like the method's training does; apply the over-length policy; check labels and EOS.
+
+    sft and distill: the conversation with its loss mask. dpo: prompt + the longer answer. grpo: the prompt +
+    completion_budget (grpo.max_completion_length) tokens of room for a sampled completion.
+    """
+    if method in ("dpo", "grpo"):
+        return _method_tokens(row, tokenizer, max_length, overlong, method, completion_budget)
     if not row.trained:
         n = len(tokenizer(render_prompt(tokenizer, row.messages), add_special_tokens=False)["input_ids"])
         info = TokenInfo(n, 0, n, 0)
@@ -214,7 +252,8 @@ def check_tokens(row: Row, tokenizer: Any, max_length: int | None, overlong: str
             return info, [finding("truncated_no_trained_tokens", row.file, row.line, f"{over}: truncation keeps no trained token, dropped")]
         out.append(finding("over_max_length", row.file, row.line, f"{over}: truncated, {info.lost} tokens lost"))
     eos = tokenizer.eos_token_id
-    if eos is not None and eos not in [lab for lab in labels if lab != IGNORE]:
+    info.eos_trained = eos is not None and eos in [lab for lab in labels if lab != IGNORE]
+    if eos is not None and not info.eos_trained:
         out.append(finding("eos_not_trained", row.file, row.line, "EOS is not a trained token: the model may not learn to stop"))
     return info, out
 

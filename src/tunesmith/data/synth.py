@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,29 +22,18 @@ from tunesmith.data.checks import ERROR, check_record, last_answer
 from tunesmith.data.formats import Record, read_records
 from tunesmith.data.template import tokenize_example
 from tunesmith.errors import DataError
+from tunesmith.eval import metrics
 
 REASONS = ("unparseable", "invalid_row", "empty_answer", "schema_mismatch", "duplicate_of_seed", "duplicate_of_candidate", "too_long")
 SYSTEM = (
     "You write training examples for a fine-tuning dataset. Reply with exactly one new example: a single JSON "
     "object on one line, in the same format as the examples, on a different topic or with different details."
 )
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
 
 
 def parse_candidate(text: str) -> Any:
     """The first JSON object in a model's answer (code fences and chatter around it ignored); None if there is none."""
-    fenced = _FENCE.search(text)
-    if fenced:
-        text = fenced.group(1)
-    decoder = json.JSONDecoder()
-    for start in (m.start() for m in re.finditer(r"\{", text)):
-        try:
-            obj, _ = decoder.raw_decode(text, start)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
-            return obj
-    return None
+    return metrics.first_json_object(text)
 
 
 class CandidateValidator:
@@ -76,11 +64,9 @@ class CandidateValidator:
             codes = {f.code for f in findings if f.severity == ERROR}
             return None, "empty_answer" if codes == {"empty_assistant_content"} else "invalid_row"
         if self.schema is not None:
-            try:
-                answer = json.loads(last_answer(row))
-            except json.JSONDecodeError:
-                return None, "schema_mismatch"
-            if next(self._schema.iter_errors(answer), None) is not None:
+            # The answer is judged as eval judges an output: metrics.parse_json (one ``` fence allowed).
+            answer = metrics.parse_json(last_answer(row))
+            if answer is None or next(self._schema.iter_errors(answer), None) is not None:
                 return None, "schema_mismatch"
         key, body = dedup.row_key(row.messages, row.rejected), dedup.row_text(row.messages)
         match = self.index.match(key, body)

@@ -14,11 +14,13 @@ from typing import Any
 from tunesmith import models
 from tunesmith.data.template import prompt_messages, reference
 from tunesmith.eval import metrics
-from tunesmith.eval.generate import generate, perplexity, reference_loss
+from tunesmith.eval.budget import resolve_max_new_tokens
+from tunesmith.eval.generate import generate_detailed, perplexity, reference_loss
+from tunesmith.eval.notes import eval_warnings
 from tunesmith.loader import load_base, load_run_model
+from tunesmith.rag.index import changed_since
 from tunesmith.records import EvalReport, Judgement, write_eval_report
-from tunesmith.run import Run, read_metrics
-from tunesmith.train.rows import eval_examples
+from tunesmith.run import Run, changed_inputs, held_out_examples, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,13 @@ log = logging.getLogger(__name__)
 def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) -> EvalReport:
     """Run every held-out prompt through base and tuned, score both, write report.json/predictions.jsonl/report.html."""
     recipe = run.recipe
-    eval_ex = eval_examples(recipe)  # dpo/grpo: preference prompts / prompt rows, with chosen / reference answers
+    # The run's own copy of its held-out rows (dpo/grpo: prompts with the chosen / reference answer as expected).
+    eval_ex = held_out_examples(run)
+    warnings = changed_inputs(run)  # inputs that differ from the manifest's SHA-256; gates fail on these
+    if (stale_index := changed_since(run)) is not None:  # recipe.rag: the index differs from the one trained with
+        warnings.append(stale_index)
+    for warning in warnings:
+        log.warning(warning)
     limit = max_examples if max_examples is not None else recipe.eval.max_examples
     if limit:
         eval_ex = eval_ex[:limit]
@@ -37,8 +45,10 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
     convs = [prompt_messages(e.messages) for e in eval_ex]
     refs = [reference(e.messages) for e in eval_ex]
     json_mode = metrics.references_are_json(refs)
+    budget = resolve_max_new_tokens(recipe, tokenizer, refs)  # `auto`: from the longest reference
 
     outputs: dict[str, list[str]] = {}
+    hit_budget: dict[str, list[bool]] = {}
     losses: dict[str, float] = {}
     base_model = None if has_adapter else load_base(run).eval()
     for side in ("base", "tuned"):
@@ -46,10 +56,12 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
         target = base_model if side == "base" and base_model is not None else model
         task = progress.add_task(f"generating ({side})", total=len(convs)) if progress else None
         with ctx:
-            outputs[side] = generate(
-                target, tokenizer, convs, recipe.eval.max_new_tokens, recipe.eval.batch_size,
+            done = generate_detailed(
+                target, tokenizer, convs, budget.tokens, recipe.eval.batch_size,
                 on_batch=(lambda n, t=task: progress.advance(t, n)) if progress else None,
             )
+            outputs[side] = [c.text for c in done]
+            hit_budget[side] = [c.finish_reason == "length" for c in done]
             losses[side] = reference_loss(target, tokenizer, [e.messages for e in eval_ex], recipe.data.max_length)
 
     rows, scores = [], {"base": [], "tuned": []}
@@ -72,25 +84,35 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
         agg["perplexity"] = perplexity(losses[side])
         summary[side] = agg
     summary["delta"] = {k: summary["tuned"][k] - summary["base"][k] for k in summary["base"] if k in summary["tuned"]}
+    degenerate = {side: metrics.degeneration(outputs[side], hit_budget[side]) for side in ("base", "tuned")}
+    judgement = Judgement(**metrics.compare(scores["base"], scores["tuned"], json_mode))
+    warnings += eval_warnings(degenerate, budget.tokens, judgement, loaded.quantized_base)
     report = EvalReport(
         run=recipe.name,
         base_model=recipe.model.base,
         n_examples=len(eval_ex),
         json_mode=json_mode,
         summary=summary,
-        judgement=Judgement(**metrics.compare(scores["base"], scores["tuned"], json_mode)),
+        judgement=judgement,
         chat_template_sha256=models.chat_template_hash(tokenizer),
         template_warning=loaded.template_warning,
-        generation={"greedy": True, "max_new_tokens": recipe.eval.max_new_tokens},
+        warnings=warnings,
+        generation={"greedy": True, "max_new_tokens": budget.tokens, "max_new_tokens_from": budget.source,
+                    "hit_budget": {side: sum(hit_budget[side]) for side in hit_budget},
+                    "base_weights": "4-bit NF4 (QLoRA, as trained)" if loaded.quantized_base else "as trained"},
+        degenerate=degenerate,
     )
     write_outputs(run.dir / "eval", report, rows, read_metrics(run.dir))
     return report
 
 
 def write_outputs(out: Path, report: EvalReport, rows: list[dict[str, Any]], history: list[dict[str, Any]]) -> None:
+    from tunesmith import outputs
     from tunesmith.data.convert import write_rows
     from tunesmith.eval.report import write_html
 
+    out = outputs.claim_dir(out, "eval", overwrite=True, what="eval folder")  # replaces only an earlier eval's files
     write_eval_report(out / "report.json", report)
     write_rows(out / "predictions.jsonl", rows)
     write_html(out / "report.html", report, rows, history)
+    outputs.record(out, "report.json", "predictions.jsonl", "report.html")

@@ -25,7 +25,10 @@ __all__ = [
     "aggregate",
     "compare",
     "corpus_bleu",
+    "degeneration",
     "exact_match",
+    "first_json_object",
+    "is_repetition_loop",
     "json_field_accuracy",
     "json_valid",
     "judge",
@@ -161,6 +164,63 @@ def parse_json(text: str) -> Any | None:
 def json_valid(pred: str) -> float:
     """1.0 if pred parses (per `parse_json`) to a JSON object or array, else 0.0."""
     return 1.0 if isinstance(parse_json(pred), (dict, list)) else 0.0
+
+
+def first_json_object(text: str) -> dict[str, Any] | None:
+    """The JSON object a generator meant, from a chatty answer: the whole text (per `parse_json`), else the
+    first `{...}` that parses. For extracting rows a model wrote (synth), never for scoring an output."""
+    whole = parse_json(text)
+    if isinstance(whole, dict):
+        return whole
+    fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.DOTALL | re.IGNORECASE)
+    body = fenced.group(1) if fenced else text
+    decoder = json.JSONDecoder(parse_constant=_reject_constant)
+    for m in re.finditer(r"\{", body):
+        try:
+            obj, _ = decoder.raw_decode(body, m.start())
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(obj, dict):
+            return obj
+    return None
+
+
+# A loop: the last `_LOOP_LINES` non-empty lines are the same line, or the tail of the text is one n-gram
+# (n = 1.._LOOP_MAX_N words) repeated at least `_LOOP_REPEATS` times, or at least half of all word 4-grams repeat.
+_LOOP_LINES, _LOOP_REPEATS, _LOOP_MAX_N, _LOOP_NGRAM_SHARE = 3, 4, 12, 0.5
+
+
+def is_repetition_loop(text: str) -> bool:
+    """True when the text ends in a greedy repetition loop (a line, phrase or word repeated until the budget ran out).
+
+    Short answers that merely repeat a word twice are not loops; the n-gram share rule needs 20+ words.
+    """
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if len(lines) >= _LOOP_LINES and len(set(lines[-_LOOP_LINES:])) == 1:
+        return True
+    words = text.split()
+    for n in range(1, _LOOP_MAX_N + 1):
+        if len(words) < n * _LOOP_REPEATS:
+            break
+        tail = words[-n:]
+        if all(words[-(k + 1) * n : len(words) - k * n] == tail for k in range(_LOOP_REPEATS)):
+            return True
+    if len(words) >= 20:
+        grams = [tuple(words[i : i + 4]) for i in range(len(words) - 3)]
+        repeated = len(grams) - len(set(grams))
+        return repeated / len(grams) >= _LOOP_NGRAM_SHARE
+    return False
+
+
+def degeneration(texts: Sequence[str], hit_budget: Sequence[bool]) -> dict[str, float]:
+    """Degenerate output of one model: share (0-1) of outputs that hit the token budget, share that end in a
+    repetition loop (`is_repetition_loop`), and share that do either."""
+    n = len(texts)
+    if n == 0:
+        return {"hit_budget": 0.0, "loop_rate": 0.0, "degenerate": 0.0}
+    loops = [is_repetition_loop(t) for t in texts]
+    either = sum(a or b for a, b in zip(loops, hit_budget))
+    return {"hit_budget": sum(map(bool, hit_budget)) / n, "loop_rate": sum(loops) / n, "degenerate": either / n}
 
 
 def _same_value(a: Any, b: Any) -> bool:

@@ -81,10 +81,14 @@ def merge(run: Run, out_dir: Path, dtype: str = "float32", n_check: int = 3, max
             hint="Merge in float32 (--dtype float32) and compare again.",
         )
     check = {"prompts": len(prompts), "identical": sum(agree), "max_new_tokens": max_new_tokens}
+    base_note = (f"dequantized: the adapter was trained (and evaluated) on a 4-bit NF4 base (QLoRA); it is merged into the "
+                 f"{dtype} base, so outputs can differ slightly from the 4-bit model eval scored"
+                 if run.manifest.quantized_base else f"merged into the {dtype} base the adapter was trained on")
     lineage = {
         "merged_from_run": str(run.dir), "base_model": run.manifest.base_model.model_dump(), "adapter": str(run.adapter_dir),
         "dtype": dtype, "chat_template_sha256": models.chat_template_hash(tokenizer),
         "data": run.manifest.data, "check": check, "versions": versions(),
+        "dequantized": run.manifest.quantized_base, "base_note": base_note,
     }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
@@ -97,4 +101,4 @@ def merge(run: Run, out_dir: Path, dtype: str = "float32", n_check: int = 3, max
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    return {"out": str(out_dir), **check, "lineage": lineage}
+    return {"out": str(out_dir), **check, "base_note": base_note, "lineage": lineage}

@@ -144,7 +144,9 @@ def build_dpo_config(recipe: Recipe, run_dir: Path, has_eval: bool) -> Any:
         beta=d.beta,
         loss_type=[d.loss_type],
         label_smoothing=d.label_smoothing,
-        max_length=recipe.data.max_length,
+        # Pairs arrive within data.max_length (train.dpo applied the policy and counted it): TRL must not
+        # truncate or filter them again silently.
+        max_length=None,
         precompute_ref_log_probs=recipe.adapter.type == "full",
     )
 

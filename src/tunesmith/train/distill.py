@@ -102,6 +102,20 @@ def _sequence(recipe: Recipe, resume: bool, force: bool) -> Run:
     return load_run(run.dir)
 
 
+def logit_rows(recipe: Recipe, tokenizer: Any, examples: list[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """GKD rows ({messages}: the prompt, then the answer) within data.max_length (data.lengths.fit_conversation),
+    with the manifest's counts. The GKD collator would otherwise cut over-long rows from the left, uncounted."""
+    from tunesmith.data.lengths import fit_conversation
+    from tunesmith.train.rows import apply_length_policy
+
+    d = recipe.data
+    rows = [{"prompt": prompt_messages(e.messages), "answer": [{"role": "assistant", "content": reference(e.messages)}],
+             "source": e.source} for e in examples]
+    fit = lambda r: fit_conversation(tokenizer, r["prompt"], r["answer"], d.max_length, d.overlong)
+    kept, stats = apply_length_policy(rows, fit, d, "the rendered conversation")
+    return [{"messages": r["prompt"] + r["answer"]} for r in kept], stats
+
+
 def _logits(recipe: Recipe, resume: bool, force: bool) -> Run:
     import torch
     from datasets import Dataset
@@ -114,10 +128,8 @@ def _logits(recipe: Recipe, resume: bool, force: bool) -> Run:
         raise RecipeError([("distill.mode", "logits needs the teacher and the student to share a tokenizer; "
                                              "this teacher's differs: use mode: sequence")])
     train_ex, eval_ex = recipe_examples(recipe)
-
-    def rows(examples: list[Any]) -> Any:  # the GKD collator renders `messages`, the last one being the answer
-        return Dataset.from_list([{"messages": prompt_messages(e.messages) + [{"role": "assistant", "content": reference(e.messages)}]}
-                                  for e in examples])
+    train_rows, train_stats = logit_rows(recipe, tokenizer, train_ex)
+    eval_rows, eval_stats = logit_rows(recipe, tokenizer, eval_ex)
 
     torch.manual_seed(recipe.training.seed)
     model = policy.load(recipe, base_path)
@@ -125,15 +137,15 @@ def _logits(recipe: Recipe, resume: bool, force: bool) -> Run:
         model=model,
         teacher_model=teacher,
         args=_trl.build_gkd_config(recipe, run_dir, has_eval=True),
-        train_dataset=rows(train_ex),
-        eval_dataset=rows(eval_ex),
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(eval_rows),
         processing_class=tokenizer,
         peft_config=policy.peft_config(recipe, model, base_path),
         callbacks=standard_callbacks(recipe, run_dir),
     )
     result = faults.fit(trainer, recipe, checkpoint)  # trainer.train under the fault policy
     final_eval = trainer.evaluate()
-    stats = {"train": {"examples": len(train_ex), "kept": len(train_ex)}, "eval": {"examples": len(eval_ex)}}
+    stats = {"train": train_stats, "eval": eval_stats}
     d = recipe.distill
     return finish_run(
         recipe, trainer, tokenizer, result, stats, st.started, checkpoint, base_path=base_path, final_eval=final_eval,

@@ -14,17 +14,24 @@ from tunesmith.run import Run
 from tunesmith.train import _trl, faults, policy, start
 from tunesmith.train.callbacks import standard_callbacks
 from tunesmith.train.finish import finish_run
-from tunesmith.train.rows import preference_row, recipe_rows
+from tunesmith.train.rows import apply_length_policy, preference_row, recipe_rows
 
 log = logging.getLogger(__name__)
 
 
-def _datasets(recipe: Recipe) -> tuple[Any, Any, dict[str, Any]]:
+def _datasets(recipe: Recipe, tokenizer: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """Train/eval preference datasets within data.max_length (data.lengths.fit_pair), with the manifest's counts."""
     from datasets import Dataset
 
+    from tunesmith.data.lengths import fit_pair
+
+    d = recipe.data
+    fit = lambda r: fit_pair(tokenizer, r["prompt"], r["chosen"], r["rejected"], d.max_length, d.overlong)
     train, evaluation = recipe_rows(recipe, preference_row)
-    stats = {"train": {"examples": len(train), "kept": len(train)}, "eval": {"examples": len(evaluation), "kept": len(evaluation)}}
-    drop = lambda rows: [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]  # noqa: E731
+    train, train_stats = apply_length_policy(train, fit, d, "prompt + the longer of chosen/rejected")
+    evaluation, eval_stats = apply_length_policy(evaluation, fit, d, "prompt + the longer of chosen/rejected")
+    stats = {"train": train_stats, "eval": eval_stats}
+    drop = lambda rows: [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]
     return Dataset.from_list(drop(train)), (Dataset.from_list(drop(evaluation)) if evaluation else None), stats
 
 
@@ -35,7 +42,7 @@ def run(recipe: Recipe, resume: bool = False, force: bool = False) -> Run:
 
     st = start.begin(recipe, resume, force)  # blocking data errors stop here, before any model loads
     run_dir, checkpoint, base_path, tokenizer = st.run_dir, st.checkpoint, st.base_path, st.tokenizer
-    train_ds, eval_ds, row_stats = _datasets(recipe)
+    train_ds, eval_ds, row_stats = _datasets(recipe, tokenizer)
 
     torch.manual_seed(recipe.training.seed)
     model = policy.load(recipe, base_path)

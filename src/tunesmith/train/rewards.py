@@ -4,6 +4,9 @@ Every reward has TRL's signature `f(prompts, completions, **columns) -> list[flo
 completion. Completions arrive as text or as a list of chat messages (conversational prompts); both
 are reduced to the assistant's text. Built-ins score 1.0 for a pass and 0.0 for a fail, except the
 length penalty, which is 0 within budget and negative beyond it.
+
+The pass/fail rewards are the eval metrics themselves (tunesmith.eval.metrics: json_valid, exact_match,
+parse_json), so a run is trained on exactly the objective `tunesmith eval` scores it on.
 """
 
 from __future__ import annotations
@@ -19,10 +22,9 @@ from typing import Any
 
 from tunesmith.config import RewardSpec
 from tunesmith.errors import RecipeError
+from tunesmith.eval import metrics
 
 RewardFn = Callable[..., list[float]]
-
-_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 
 
 def completion_text(completion: Any) -> str:
@@ -34,18 +36,9 @@ def completion_text(completion: Any) -> str:
     return str(completion).strip()
 
 
-def parse_json(text: str) -> tuple[bool, Any]:
-    """(ok, value): the text as JSON, tolerating a surrounding ``` fence (models often add one)."""
-    match = _FENCE.match(text)
-    try:
-        return True, json.loads(match.group(1) if match else text)
-    except (json.JSONDecodeError, ValueError):
-        return False, None
-
-
 def json_valid(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
-    """1.0 when the completion is a JSON value (fences allowed), else 0.0."""
-    return [float(parse_json(completion_text(c))[0]) for c in completions]
+    """eval's json_valid: 1.0 when the completion is a JSON object or array (one ``` fence allowed), else 0.0."""
+    return [metrics.json_valid(completion_text(c)) for c in completions]
 
 
 def make_json_schema_valid(schema: dict[str, Any]) -> RewardFn:
@@ -57,27 +50,22 @@ def make_json_schema_valid(schema: dict[str, Any]) -> RewardFn:
     def json_schema_valid(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
         out = []
         for c in completions:
-            ok, value = parse_json(completion_text(c))
-            out.append(float(ok and validator.is_valid(value)))
+            value = metrics.parse_json(completion_text(c))
+            out.append(float(value is not None and validator.is_valid(value)))
         return out
 
     return json_schema_valid
 
 
 def make_exact_match(field: str) -> RewardFn:
-    """1.0 when the completion equals the row's `field` (compared as JSON when both parse, else as stripped text)."""
+    """eval's exact_match: 1.0 when the completion equals the row's `field` after whitespace normalisation, else 0.0."""
 
     def exact_match(prompts: list[Any], completions: list[Any], **columns: Any) -> list[float]:
         refs = columns.get(field)
         if refs is None:
             raise KeyError(f"exact_match reward: the data has no `{field}` column")
-        out = []
-        for c, ref in zip(completions, refs):
-            text, ref_text = completion_text(c), ref if isinstance(ref, str) else json.dumps(ref)
-            ok_c, val_c = parse_json(text)
-            ok_r, val_r = parse_json(ref_text)
-            out.append(float(val_c == val_r if ok_c and ok_r else text == ref_text.strip()))
-        return out
+        return [metrics.exact_match(completion_text(c), ref if isinstance(ref, str) else json.dumps(ref))
+                for c, ref in zip(completions, refs)]
 
     return exact_match
 

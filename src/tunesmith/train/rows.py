@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,10 @@ from tunesmith.data.formats import (
     to_preference,
     to_prompt_only,
 )
+from tunesmith.data.lengths import Fit
 from tunesmith.data.template import reference
+
+log = logging.getLogger(__name__)
 
 # Columns of a source row that describe its shape, not extra data a reward may read.
 SHAPE_KEYS = {"messages", "conversations", "prompt", "completion", "chosen", "rejected", "input", "preferred_output",
@@ -60,6 +64,43 @@ def prompt_row(obj: Any) -> dict[str, Any]:
 def load_rows(paths: list[str] | str, normalise: Callable[[Any], dict[str, Any]], max_errors: int = 20) -> list[dict[str, Any]]:
     """Normalise every row of the files, each tagged with its file:line; any bad row raises one DataError listing them."""
     return load_normalised(paths, lambda rec: {**normalise(rec.obj), "source": rec.where}, max_errors)
+
+
+def apply_length_policy(
+    rows: list[dict[str, Any]], fit: Callable[[dict[str, Any]], Fit], data: DataSection, measured_as: str
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The rows that fit data.max_length under data.overlong (data.lengths), truncated ones rewritten, with the
+    manifest's counts (the same TokenStats fields as sft). Policy `error` raises one DataError at the first row over."""
+    from tunesmith.data.dataset import TokenStats
+    from tunesmith.errors import DataError
+
+    stats, kept = TokenStats(examples=len(rows)), []
+    for row in rows:
+        try:
+            f = fit(row)
+        except ValueError as exc:
+            raise DataError(f"{row.get('source', '?')}: {exc}",
+                            hint="Raise data.max_length or set data.overlong: drop|truncate.") from None
+        if f.dropped:
+            setattr(stats, f"dropped_{f.dropped}", getattr(stats, f"dropped_{f.dropped}") + 1)
+            stats.dropped_ids.append(str(row.get("source", "?")))
+            continue
+        if f.tokens_lost:
+            stats.truncated += 1
+            stats.tokens_lost += f.tokens_lost
+        stats.kept += 1
+        stats.tokens += f.kept_tokens
+        stats.trained_tokens += f.trained_tokens
+        kept.append({**row, **f.parts})
+    if rows and not kept:
+        raise DataError(f"no trainable rows: {stats.dropped_overlong} over max_length={data.max_length} ({measured_as}), "
+                        f"{stats.dropped_no_trained_tokens} with no room left for an answer",
+                        hint="Raise data.max_length, or set data.overlong: truncate.")
+    if stats.dropped_overlong or stats.dropped_no_trained_tokens or stats.truncated:
+        log.warning("dropped %d over max_length=%d (%s), %d with no room for an answer; truncated %d (%d tokens lost)",
+                    stats.dropped_overlong, data.max_length, measured_as, stats.dropped_no_trained_tokens,
+                    stats.truncated, stats.tokens_lost)
+    return kept, {**stats.as_dict(), "max_length": data.max_length, "overlong": data.overlong, "measured_as": measured_as}
 
 
 def _key(row: dict[str, Any]) -> str:
