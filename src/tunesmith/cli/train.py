@@ -12,13 +12,15 @@ from tunesmith.cli import app, console, handle_errors
 @app.command()
 @handle_errors
 def init(
-    directory: Path = typer.Argument(..., help="Folder to create, e.g. my-run."),
-    force: bool = typer.Option(False, help="Overwrite an existing recipe.yaml."),
+    directory: Path = typer.Argument(..., help="Folder to create, e.g. my-run (new, empty, or made by an earlier init)."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the files an earlier `tunesmith init` wrote there (refused if you edited them)."
+    ),
 ) -> None:
     """Write a commented recipe and a copy of the bundled demo data into DIRECTORY."""
     from tunesmith.demo.pipeline import write_project
 
-    recipe = write_project(directory, force=force)
+    recipe = write_project(directory, overwrite=overwrite)
     console.print(f"[green]wrote[/] {recipe}\nnext: tunesmith train {recipe}")
 
 
@@ -52,10 +54,14 @@ def train(
     from tunesmith.train import launch, summary
     from tunesmith.train import run as train_run
 
+    from tunesmith.train.start import release_run_dir
+
     try:
         run = train_run(cfg, resume=resume, force=force)  # picks sft | dpo | grpo | distill by recipe.method
     except TunesmithError as exc:
         launch.record_exit_code(exc.exit_code)  # under --nproc, the launcher returns rank 0's code
         raise
+    finally:
+        release_run_dir(cfg.run_dir)  # the run folder's lock, also when training stopped with an error
     if launch.rank() == 0:
         console.print(f"[green]trained[/] {run.dir}\n{summary(run)}\nnext: tunesmith eval {recipe}")

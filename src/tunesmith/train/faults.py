@@ -164,6 +164,9 @@ def fit(trainer: Any, recipe: Any, checkpoint: Path | None) -> Any:
         except Exception as exc:
             if saver is not None:
                 saver.abort(trainer.args)
+            if (full := disk_full(exc, f"writing under {recipe.run_dir} at step {trainer.state.global_step}",
+                                  recipe.run_dir)) is not None:
+                raise full from None
             if not (_is_oom(exc) and recipe.training.oom_backoff):
                 raise
             resume = _back_off(trainer, resume, start_step, exc)
@@ -221,11 +224,18 @@ def raise_if_stopped(trainer: Any, run_dir: Path) -> None:
         )
 
 
-def disk_full(exc: OSError, what: str, run_dir: Path, then: str = "") -> DiskFull | None:
-    """The DiskFull error for an ENOSPC/EDQUOT `exc` raised while `what`; None for any other OSError."""
-    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+def disk_full(exc: BaseException, what: str, run_dir: Path, then: str = "") -> DiskFull | None:
+    """The DiskFull error for an ENOSPC/EDQUOT `exc` raised while `what`; None for any other error.
+
+    torch.save reports a full disk as RuntimeError ("file write failed" / "No space left on device"), not OSError.
+    """
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason = exc.strerror
+    elif isinstance(exc, RuntimeError) and any(s in str(exc) for s in ("No space left on device", "file write failed")):
+        reason = "No space left on device"
+    else:
         return None
-    return DiskFull(f"disk full while {what}: {exc.strerror}", hint=" ".join(filter(None, (_kept_hint(run_dir), then))))
+    return DiskFull(f"disk full while {what}: {reason}", hint=" ".join(filter(None, (_kept_hint(run_dir), then))))
 
 
 def _kept_hint(run_dir: Path) -> str:

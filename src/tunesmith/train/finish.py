@@ -10,8 +10,9 @@ from typing import Any
 from tunesmith import models
 from tunesmith.config import Recipe
 from tunesmith.rag.index import manifest_entry
-from tunesmith.records import BaseModelRef, Figures, Manifest, write_manifest
+from tunesmith.records import BaseModelRef, Figures, HeldOut, Manifest, write_manifest
 from tunesmith.run import (
+    HELD_OUT,
     Run,
     git_sha,
     load_run,
@@ -21,26 +22,49 @@ from tunesmith.run import (
 )
 
 
-def save_adapter(trainer: Any, tokenizer: Any, run_dir: Path) -> Path:
-    """Write the trained adapter (or the full model) to run_dir/adapter via a temp folder + rename."""
+def _raise_if_disk_full(exc: BaseException, what: str, run_dir: Path) -> None:
     from tunesmith.train.faults import disk_full
+
+    full = disk_full(exc, what, run_dir, then="Free space, then finish with: tunesmith train RECIPE --resume")
+    if full is not None:
+        raise full from None
+
+
+def save_adapter(trainer: Any, tokenizer: Any, run_dir: Path) -> Path:
+    """Write the trained adapter (or the full model) to run_dir/adapter via a temp folder + rename.
+
+    Every rank calls it: the save is collective (checkpoints.save_final_model), rank 0 writes and renames.
+    """
+    from tunesmith.train import checkpoints, dist
 
     adapter_dir = run_dir / "adapter"
     tmp_dir = run_dir / ".adapter.tmp"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
+    main = dist.is_main_process()
+    if main:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     try:
-        trainer.model.save_pretrained(tmp_dir)
-        tokenizer.save_pretrained(tmp_dir)
-    except OSError as exc:
+        checkpoints.save_final_model(trainer, tmp_dir)
+        if main:
+            tokenizer.save_pretrained(tmp_dir)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
         shutil.rmtree(tmp_dir, ignore_errors=True)  # no half-written adapter is left behind
-        full = disk_full(exc, f"saving the final adapter under {run_dir}", run_dir,
-                         then="Free space, then finish with: tunesmith train RECIPE --resume")
-        if full is None:
-            raise
-        raise full from None
-    shutil.rmtree(adapter_dir, ignore_errors=True)
-    tmp_dir.rename(adapter_dir)
+        _raise_if_disk_full(exc, f"saving the final adapter under {run_dir}", run_dir)
+        raise
+    if main:
+        shutil.rmtree(adapter_dir, ignore_errors=True)
+        tmp_dir.rename(adapter_dir)
     return adapter_dir
+
+
+def save_held_out(recipe: Recipe, run_dir: Path) -> HeldOut:
+    """Copy the held-out rows this run is scored on into run_dir/data/eval.jsonl, so eval, merge and chat
+    work after the training data moved; returns what the manifest records about the copy."""
+    from tunesmith.data.convert import write_rows
+    from tunesmith.train.rows import eval_examples
+
+    examples = eval_examples(recipe)
+    path = write_rows(run_dir / HELD_OUT, [{"id": e.id, "messages": e.messages, "source": e.source} for e in examples])
+    return HeldOut(path=HELD_OUT, rows=len(examples), sha256=models.sha256_file(path))
 
 
 def data_hashes(recipe: Recipe) -> dict[str, str]:
@@ -66,19 +90,27 @@ def finish_run(
     token_stats: per split, at least `tokens` and `kept` (rows) when tokens/s can be computed.
     extra: method-specific manifest entries (e.g. the distillation teacher and its generated dataset).
     """
-    from tunesmith.train import faults
+    from tunesmith.train import dist, faults, start
 
     run_dir = recipe.run_dir
     faults.raise_if_stopped(trainer, run_dir)  # a run stopped by a signal or NaN guard is not finished
-    if not faults.is_main_process():  # under --nproc N only rank 0 writes; the others read its result
-        faults.barrier()
+    save_adapter(trainer, tokenizer, run_dir)  # collective: every rank takes part, rank 0 writes
+    peak_mb = max(dist.world_values(peak_memory_mb()))  # collective too: the busiest rank's peak
+    if not dist.is_main_process():  # under --nproc N only rank 0 writes; the others read its result
+        dist.barrier()
         return load_run(run_dir)
-    save_adapter(trainer, tokenizer, run_dir)
+    try:
+        held_out = save_held_out(recipe, run_dir)
+    except (OSError, RuntimeError) as exc:
+        shutil.rmtree(run_dir / "data", ignore_errors=True)
+        _raise_if_disk_full(exc, f"saving the held-out rows under {run_dir}", run_dir)
+        raise
     wall = time.time() - started
     runtime = result.metrics.get("train_runtime", wall)
     train_stats = token_stats.get("train", {})
     t = recipe.training
-    rows_seen = result.global_step * t.batch_size * t.grad_accum
+    # Each optimizer step takes batch_size x grad_accum rows on every rank: tokens/s counts all of them.
+    rows_seen = result.global_step * t.batch_size * t.grad_accum * dist.world_size()
     trained = train_stats.get("tokens", 0) * rows_seen / max(1, train_stats.get("kept", 0))
     manifest = Manifest(
         run=recipe.name,
@@ -95,9 +127,10 @@ def finish_run(
             wall_time_s=round(wall, 1),
             train_runtime_s=round(runtime, 1),
             tokens_per_s=round(trained / max(runtime, 1e-9), 1) if trained else None,
-            peak_memory_mb=round(peak_memory_mb(), 1),
-            trainable_params=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
-            total_params=sum(p.numel() for p in trainer.model.parameters()),
+            peak_memory_mb=round(peak_mb, 1),
+            trainable_params=dist.param_count(trainer.model, trainable_only=True),
+            total_params=dist.param_count(trainer.model),
+            world_size=dist.world_size(),
         ),
         resumed_from=str(checkpoint) if checkpoint else None,
         faults=faults.summary(trainer),
@@ -106,11 +139,17 @@ def finish_run(
         git_sha=git_sha(),
         quantized_base=recipe.adapter.type == "qlora",
         rag=manifest_entry(recipe),  # the retrieval index trained with: eval warns when it changes
+        held_out=held_out,
         **(extra or {}),
     )
-    write_manifest(run_dir / "manifest.json", manifest)
-    write_loss_png(run_dir)
-    faults.barrier()
+    try:
+        write_loss_png(run_dir)
+        write_manifest(run_dir / "manifest.json", manifest)  # last: its presence means "finished"
+    except (OSError, RuntimeError) as exc:
+        _raise_if_disk_full(exc, f"writing manifest.json under {run_dir}", run_dir)
+        raise
+    start.release_run_dir(run_dir)
+    dist.barrier()
     return load_run(run_dir)
 
 

@@ -8,11 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunesmith import models
+import yaml
+
+from tunesmith import models, outputs
+from tunesmith.atomic import atomic_path
 from tunesmith.config import Recipe, dump_recipe
 from tunesmith.errors import RunError
-from tunesmith.train import faults
-from tunesmith.train.callbacks import latest_complete_checkpoint
+from tunesmith.train import checkpoints, dist
+from tunesmith.train.checkpoints import latest_complete_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -26,36 +29,98 @@ class Start:
     tokenizer: Any
 
 
+# Training settings whose change mid-run would bend the learning-rate curve or the step count the
+# checkpoint's scheduler was built for; a resume must use the values the run started with.
+SCHEDULE = ("max_steps", "epochs", "learning_rate", "lr_scheduler", "warmup_ratio")
+LOCK = ".lock"
+_held: dict[Path, Any] = {}  # run folder -> this process's FileLock on it
+
+
 def refuse_finished(run_dir: Path) -> None:
-    """A fresh run never overwrites a finished one."""
-    if (run_dir / "manifest.json").exists():
-        raise RunError(f"{run_dir} already holds a finished run", hint="Choose another output_dir (--set output_dir=...).")
+    """A finished run is never changed: refuse before anything is written; then claim the folder for `train`."""
+    _refuse_if_finished(run_dir)
+    if dist.is_main_process():
+        outputs.claim_dir(run_dir, "train", reuse=True, what="output_dir")
+
+
+def check_schedule(recipe: Recipe, run_dir: Path) -> None:
+    """Refuse a resume whose learning-rate schedule or length differs from the run's: the LR curve would jump."""
+    try:
+        saved = (yaml.safe_load((run_dir / "run.yaml").read_text(encoding="utf-8")) or {}).get("training", {})
+    except (OSError, yaml.YAMLError):
+        return  # no recorded recipe to compare with (the checkpoint fingerprint still guards data and batch)
+    now = recipe.training.model_dump(mode="json")
+    diffs = [f"training.{k}: run {saved[k]!r}, recipe {now[k]!r}" for k in SCHEDULE if k in saved and saved[k] != now[k]]
+    if diffs:
+        raise RunError(
+            "refusing to resume: the schedule changed since the run started\n  " + "\n  ".join(diffs),
+            hint="Resume with the original values (the resumed learning-rate curve must continue, not jump), "
+            "or start a fresh run in another output_dir.",
+        )
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """Hold run_dir/.lock until finish_run: one writer per run folder."""
+    from filelock import FileLock, Timeout
+
+    stale = _held.pop(run_dir, None)
+    if stale is not None:  # this process's own lock from a run that raised before finishing
+        stale.release(force=True)
+    lock = FileLock(str(run_dir / LOCK), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunError(
+            f"another tunesmith train holds {run_dir / LOCK}: two runs writing one folder would interleave their files",
+            hint="Wait for it to finish, or train into another output_dir.",
+        ) from None
+    _held[run_dir] = lock
+
+
+def release_run_dir(run_dir: Path) -> None:
+    lock = _held.pop(run_dir, None)
+    if lock is not None:
+        lock.release(force=True)
 
 
 def prepare_run_dir(recipe: Recipe, resume: bool) -> tuple[Path, Path | None]:
-    """Create the run folder; refuse to overwrite a finished run unless resuming."""
+    """Check, claim and lock the run folder, then write run.yaml. Every refusal happens before anything is written."""
     run_dir = recipe.run_dir
+    _refuse_if_finished(run_dir)
     newest = latest_complete_checkpoint(run_dir / "checkpoints")
-    if recipe.training.auto_resume and newest is not None and not (run_dir / "manifest.json").exists():
+    if recipe.training.auto_resume and newest is not None:
         if not resume:
             log.warning("training.auto_resume: continuing from %s", newest)
         resume = True
     checkpoint = newest if resume else None
     if resume and checkpoint is None:
         raise RunError(f"--resume: no complete checkpoint in {run_dir / 'checkpoints'}", hint="Start without --resume.")
-    if not resume:
-        refuse_finished(run_dir)
     if not resume and (run_dir / "checkpoints").exists():
         raise RunError(
             f"{run_dir} holds checkpoints of an unfinished run",
             hint="Continue it with --resume, or choose another output_dir.",
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if faults.is_main_process():  # under --nproc N only rank 0 writes run files
+    if checkpoint is not None:
+        checkpoints.check_resume(recipe, checkpoint)
+        check_schedule(recipe, run_dir)
+    if dist.is_main_process():  # under --nproc N only rank 0 claims, locks and writes run files
+        outputs.claim_dir(run_dir, "train", reuse=resume, what="output_dir")
+        lock_run_dir(run_dir)
         if not resume:
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        dump_recipe(recipe, run_dir / "run.yaml")
+        with atomic_path(run_dir / "run.yaml") as tmp:
+            dump_recipe(recipe, tmp)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir, checkpoint
+
+
+def _refuse_if_finished(run_dir: Path) -> None:
+    if (run_dir / "manifest.json").exists():
+        raise RunError(
+            f"{run_dir} already holds a finished run; a finished run is never changed (not even by --resume)",
+            hint="Choose another output_dir (--set output_dir=...).",
+        )
 
 
 def begin(recipe: Recipe, resume: bool, force: bool) -> Start:
@@ -64,7 +129,11 @@ def begin(recipe: Recipe, resume: bool, force: bool) -> Start:
 
     started = time.time()
     run_dir, checkpoint = prepare_run_dir(recipe, resume)
-    base_path = models.resolve_base(recipe.model.base)
-    tokenizer = models.load_tokenizer(base_path, recipe.model.revision, recipe.model.trust_remote_code)
-    audit.preflight(recipe, tokenizer, force)
+    try:
+        base_path = models.resolve_base(recipe.model.base)
+        tokenizer = models.load_tokenizer(base_path, recipe.model.revision, recipe.model.trust_remote_code)
+        audit.preflight(recipe, tokenizer, force)
+    except BaseException:
+        release_run_dir(run_dir)
+        raise
     return Start(started, run_dir, checkpoint, base_path, tokenizer)
