@@ -7,7 +7,7 @@ import json
 import pytest
 from studio_helpers import fake_run
 
-from tunesmith.errors import RunError
+from tunesmith.errors import RunError, TunesmithError
 from tunesmith.studio import review
 from tunesmith.studio.agreement import cohen_kappa, fleiss_kappa, wilson
 
@@ -111,7 +111,7 @@ def test_export_sft_and_dpo_rows_audit_clean(store, tmp_path):
 
         assert detect_shape(dpo[0]) == "openai_dpo"
         assert review.write_export(dpo, tmp_path / "dpo.jsonl").by_code == {"too_few_examples": 1}
-    with pytest.raises(RunError, match="already exists"):
+    with pytest.raises(TunesmithError, match="already exists"):
         review.write_export(sft, out)  # never over an existing file
 
 

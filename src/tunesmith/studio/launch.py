@@ -84,7 +84,9 @@ class Launcher:
     """Starts and stops training subprocesses; one job record per run folder."""
 
     def __init__(self, studio_dir: Path) -> None:
-        self.studio_dir = studio_dir
+        from tunesmith.outputs import claim_dir
+
+        self.studio_dir = claim_dir(studio_dir, "studio", reuse=True, what="studio folder")
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def save_recipe(self, text: str, recipe: Recipe) -> Path:

@@ -112,11 +112,15 @@ class ReviewStore:
 
     @classmethod
     def open(cls, run_dir: Path, create: bool = True) -> ReviewStore:
+        from tunesmith.outputs import claim_dir
+
         path = db_path(run_dir)
         if not create and not path.exists():
             raise RunError(f"{run_dir} has no review yet ({path})", hint="Start a review round in `tunesmith studio`.")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        claim_dir(path.parent, "studio review", reuse=True, what="review folder")
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")  # one fsync per verdict, readers never blocked
+        conn.execute("PRAGMA busy_timeout=5000")
         conn.executescript(_SCHEMA)
         return cls(path, conn)
 
@@ -198,10 +202,21 @@ class ReviewStore:
 
     def next_item(self, round_id: int, reviewer: str) -> tuple[ReviewItem | None, int, int]:
         """The first item this reviewer has not judged yet, with (done, total)."""
-        items = self.items(round_id)
-        done = {v.item_id for v in self.verdicts(round_id) if v.reviewer == reviewer.strip()}
-        todo = [i for i in items if i.id not in done]
-        return (todo[0] if todo else None), len(items) - len(todo), len(items)
+        who = reviewer.strip()
+        (total,) = self.conn.execute("SELECT COUNT(*) FROM items WHERE round_id=?", (round_id,)).fetchone()
+        (done,) = self.conn.execute(
+            "SELECT COUNT(*) FROM verdicts v JOIN items i ON i.id = v.item_id WHERE i.round_id=? AND v.reviewer=?",
+            (round_id, who)).fetchone()
+        row = self.conn.execute(
+            "SELECT row FROM items WHERE round_id=? AND id NOT IN (SELECT item_id FROM verdicts WHERE reviewer=?) "
+            "ORDER BY id LIMIT 1", (round_id, who)).fetchone()
+        return (ReviewItem.model_validate_json(row[0]) if row else None), int(done), int(total)
+
+    def item(self, round_id: int, item_id: int) -> ReviewItem:
+        row = self.conn.execute("SELECT row FROM items WHERE round_id=? AND id=?", (round_id, item_id)).fetchone()
+        if row is None:
+            raise RunError(f"no item {item_id} in review round {round_id}")
+        return ReviewItem.model_validate_json(row[0])
 
 
 def item_outcome(choices: list[str], min_agree: int = 1) -> str | None:
@@ -271,13 +286,13 @@ def write_export(rows: list[dict[str, object]], out: Path) -> ExportSummary:
     """Write rows to a new file (never over an existing one) and audit it like any other data; returns the audit summary."""
     from tunesmith.data.audit import audit
     from tunesmith.data.convert import write_rows
+    from tunesmith.outputs import claim_file, record_file
 
-    out = Path(out)
-    if out.exists():
-        raise RunError(f"{out} already exists", hint="Choose a new --out file; an existing file is never overwritten.")
     if not rows:
         raise RunError("nothing to export: no corrections (sft) or no counted preferences (dpo) yet")
+    out = claim_file(out)
     write_rows(out, rows)
+    record_file(out)
     report = audit([str(out)], tokenizer=None)
     return ExportSummary(file=str(out), rows=len(rows), errors=len(report.errors), warnings=len(report.warnings),
                          by_code={code: g["count"] for code, g in report.by_code().items()})

@@ -92,10 +92,7 @@ def review_verdict(request: Request, k: str = Form(...), r: int = Form(...), ite
     run_dir = resolve_run(request, k)
     store = _store(run_dir)
     try:
-        match = next((i for i in store.items(r) if i.id == item), None)
-        if match is None:
-            raise RunError(f"no item {item} in round {r}")
-        store.record(match, reviewer, choice, correction)
+        store.record(store.item(r, item), reviewer, choice, correction)
     finally:
         store.close()
     from urllib.parse import quote

@@ -30,7 +30,7 @@ def data_files(request: Request, limit: int = 300) -> list[tuple[str, str]]:
             rel = path.relative_to(root)
             if any(p in SKIP_DIRS or p.startswith(".") for p in rel.parts[:-1]) or not path.name.endswith(DATA_SUFFIXES):
                 continue
-            if path.is_file() and path.name not in ("predictions.jsonl", "metrics.jsonl"):
+            if path.is_file() and not (path.parent / "run.yaml").exists():  # a run's own records are not data
                 out.append((roots.key(path), str(path)))
     return out
 
