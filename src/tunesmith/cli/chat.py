@@ -13,7 +13,7 @@ def chat(
     target: str = typer.Argument(..., help="Run folder, model folder, .gguf file or catalog name."),
     prompt: str = typer.Option(None, "--prompt", "-p", help="Answer this one prompt and exit."),
     system: str = typer.Option(None, "--system", help="System message (a run's default: the first one in its eval data)."),
-    max_new_tokens: int = typer.Option(256, help="Generation budget per answer."),
+    max_new_tokens: int = typer.Option(256, min=1, help="Generation budget per answer."),
 ) -> None:
     """Talk to a tuned run or any model, with its own chat template (greedy)."""
     from tunesmith.chat import ChatSession

@@ -60,7 +60,7 @@ def degenerate_lines(report: EvalReport) -> list[str]:
 @handle_errors
 def eval_cmd(
     target: Path = typer.Argument(..., help="Recipe YAML or run folder."),
-    max_examples: int = typer.Option(None, help="Evaluate only the first N held-out examples."),
+    max_examples: int = typer.Option(None, min=1, help="Evaluate only the first N held-out examples."),
 ) -> None:
     """Run the same held-out prompts through the base and the tuned model and compare them."""
     from tunesmith.eval.compare import evaluate

@@ -176,8 +176,10 @@ def _overlap_findings(train: Rows, evaluation: Rows, threshold: float, near: boo
 def _dataset_findings(train: Rows, files: list[str], infos: list[TokenInfo], label_field: str | None) -> dict[str, Any]:
     n = len(train.rows)
     where = files[0] if len(files) == 1 else ", ".join(files)
-    if train.n_records and n < MIN_EXAMPLES:
-        train.findings.append(finding("too_few_examples", where, None, f"{n} usable examples; at least {MIN_EXAMPLES} are required"))
+    readable = not any(f.code == "file_unreadable" for f in train.findings)  # an unreadable file is reported once
+    if (train.n_records or readable) and n < MIN_EXAMPLES:
+        empty = "" if train.n_records else " (no rows at all)"
+        train.findings.append(finding("too_few_examples", where, None, f"{n} usable examples{empty}; at least {MIN_EXAMPLES} are required"))
     elif train.n_records and n < RECOMMENDED_EXAMPLES:
         train.findings.append(finding("few_examples", where, None, f"{n} usable examples; {RECOMMENDED_EXAMPLES}+ recommended"))
     if infos and all(i.dropped for i in infos):
