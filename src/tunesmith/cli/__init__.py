@@ -64,6 +64,6 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-from tunesmith.cli import chat, data, demo, evaluate, export, model_cmds, train, review, studio  # noqa: E402  (registers commands)
+from tunesmith.cli import chat, data, demo, evaluate, export, model_cmds, train, review, studio, serve  # noqa: E402  (registers commands)
 
-__all__ = ["app", "chat", "data", "demo", "evaluate", "export", "model_cmds", "train", "review", "studio"]
+__all__ = ["app", "chat", "data", "demo", "evaluate", "export", "model_cmds", "train", "review", "studio", "serve"]

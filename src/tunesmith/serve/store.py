@@ -133,8 +133,16 @@ class RequestLog:
             path = path / DB_NAME
         if not path.exists() and not create:
             raise RunError(f"no request log at {path}", hint="Point at a serve folder (default ./serve) or its requests.sqlite.")
+        existed = path.exists() and path.stat().st_size > 0
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError:
+            tables = set()
+        if existed and "requests" not in tables:  # never add tables to a file someone else made
+            conn.close()
+            raise RunError(f"{path} exists and is not a tunesmith request log", hint="Pass a new path.")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")  # WAL + FULL: a committed row survives power loss
         conn.execute("PRAGMA busy_timeout=5000")

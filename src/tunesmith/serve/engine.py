@@ -1,0 +1,208 @@
+"""The transformers engine: one base model in memory, LoRA adapters attached to it with peft, switched per request.
+
+Adapters share the base weights (peft load_adapter / set_adapter / delete_adapter), so each one costs
+only its LoRA matrices. Generation goes through tunesmith.eval.generate, the same code eval used,
+so a served answer is the answer eval recorded. Only the batching worker thread generates; adding
+or removing an adapter takes the same lock, so an adapter never changes under a running batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import ModelError
+from tunesmith.serve.security import check_name, check_safetensors
+
+
+@dataclass
+class ServedModel:
+    """A name clients can put in `model`: the base, or an adapter with its lineage."""
+
+    name: str
+    peft_name: str | None  # None for the base
+    base: str
+    run: str | None = None
+    data: dict[str, str] = field(default_factory=dict)
+    template_sha256: str | None = None
+    template_warning: str | None = None
+    rag: Any = None  # the run recipe's RagSection, when it trained with retrieval
+    recipe: Any = None
+
+    @property
+    def data_hash(self) -> str | None:
+        """The training data's SHA-256 (one file), or a SHA-256 over the sorted per-file hashes."""
+        if not self.data:
+            return None
+        if len(self.data) == 1:
+            return next(iter(self.data.values()))
+        return hashlib.sha256("".join(sorted(self.data.values())).encode()).hexdigest()
+
+    def lineage(self) -> dict[str, Any]:
+        return {"base": self.base, "run": self.run, "data_hash": self.data_hash, "data": self.data,
+                "chat_template_sha256": self.template_sha256}
+
+
+def _model_name(spec: str) -> str:
+    """A client-facing name for a base model spec (catalog name, folder or hub id)."""
+    name = Path(spec.rstrip("/")).name if ("/" in spec and Path(spec).exists()) or spec.startswith((".", "/", "~")) else spec
+    return name.replace("/", "--")
+
+
+class Engine:
+    """Base model + tokenizer + named adapters. `generate_batch` / `stream` run one request group."""
+
+    kind = "transformers"
+
+    def __init__(self, model: Any, tokenizer: Any, base_name: str, base_path: str) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.base_path = base_path
+        self.lock = threading.RLock()
+        self.models: dict[str, ServedModel] = {base_name: ServedModel(base_name, None, base_name)}
+        self.base_name = base_name
+        self.default_name = base_name
+        self._counter = 0
+        config = getattr(model, "config", None)
+        self.context_length = int(getattr(config, "max_position_embeddings", 0) or tokenizer.model_max_length)
+
+    # -- adapters ---------------------------------------------------------------------------------
+    def _template_hash(self) -> str:
+        from tunesmith import models
+
+        return models.chat_template_hash(self.tokenizer)
+
+    def _served_from_run(self, name: str, peft_name: str, run: Any) -> ServedModel:
+        now = self._template_hash()
+        warning = None
+        if run.template_hash != now:
+            warning = (f"chat template differs from training ({now[:12]} != {run.template_hash[:12]}): "
+                       "the adapter may look like it has no effect")
+        return ServedModel(name, peft_name, self.base_name, str(run.dir), dict(run.manifest.data), run.template_hash,
+                           warning, getattr(run.recipe, "rag", None), run.recipe)
+
+    def add_adapter(self, name: str, path: str | Path) -> ServedModel:
+        """Attach a run's adapter (or a bare adapter folder) under `name`; ModelError if it does not fit this base."""
+        from tunesmith.run import is_run_dir, load_run
+
+        check_name(name)
+        path = Path(path)
+        with self.lock:
+            if name in self.models:
+                raise ModelError(f"a model named {name!r} is already served", hint="Remove it first or pick another name.")
+            run = load_run(path) if is_run_dir(path) else None
+            adapter_dir = run.adapter_dir if run is not None else path
+            if not (adapter_dir / "adapter_config.json").exists():
+                raise ModelError(f"{path} holds no LoRA adapter (no adapter_config.json)")
+            check_safetensors(adapter_dir)
+            if run is not None and Path(run.base_path).resolve() != Path(self.base_path).resolve() \
+                    and run.base_path != self.base_path:
+                raise ModelError(f"adapter {name!r} was trained on {run.base_path}, not on the served base {self.base_path}")
+            self._counter += 1
+            peft_name = f"adapter{self._counter}"  # peft names become module keys: no dots allowed there
+            self._attach(adapter_dir, peft_name)
+            served = (self._served_from_run(name, peft_name, run) if run is not None
+                      else ServedModel(name, peft_name, self.base_name))
+            self.models[name] = served
+            return served
+
+    def _attach(self, adapter_dir: Path, peft_name: str) -> None:
+        from peft import PeftModel
+
+        try:
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(str(adapter_dir), adapter_name=peft_name)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, str(adapter_dir), adapter_name=peft_name).eval()
+        except (ValueError, KeyError, RuntimeError, OSError) as exc:
+            raise ModelError(f"cannot attach the adapter at {adapter_dir}: {exc}") from None
+
+    def remove_adapter(self, name: str) -> None:
+        with self.lock:
+            served = self.models.get(name)
+            if served is None or served.peft_name is None:
+                raise ModelError(f"no adapter named {name!r}")
+            self.model.delete_adapter(served.peft_name)
+            del self.models[name]
+            if self.default_name == name:
+                self.default_name = self.base_name
+
+    def resolve(self, name: str | None) -> ServedModel:
+        served = self.models.get(name or self.default_name)
+        if served is None:
+            raise KeyError(name)
+        return served
+
+    @contextmanager
+    def activate(self, name: str) -> Iterator[ServedModel]:
+        """Hold the model lock with `name` in force: its adapter set, or every adapter disabled for the base."""
+        with self.lock:
+            served = self.resolve(name)
+            if served.peft_name is None:
+                ctx = self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else nullcontext()
+                with ctx:
+                    yield served
+            else:
+                self.model.set_adapter(served.peft_name)
+                yield served
+
+    # -- generation -------------------------------------------------------------------------------
+    def prompt_tokens(self, conversation: list[dict[str, Any]]) -> int:
+        from tunesmith.data.template import render_prompt
+
+        text = render_prompt(self.tokenizer, conversation)
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def generate_batch(self, name: str, conversations: list[list[dict[str, Any]]], params: Any) -> list[Any]:
+        """Completions (tunesmith.eval.generate.Completion) for one group sharing model and sampling parameters."""
+        from tunesmith.eval.generate import generate_detailed
+
+        with self.activate(name):
+            return generate_detailed(self.model, self.tokenizer, conversations, params.max_tokens,
+                                     batch_size=len(conversations), temperature=params.temperature,
+                                     top_p=params.top_p, seed=params.seed, stop=list(params.stop) or None)
+
+    def stream(self, name: str, conversation: list[dict[str, Any]], params: Any, cancel: threading.Event,
+               timeout_s: float) -> Iterator[tuple[str, Any]]:
+        """Yield (delta, TextStream) pieces of one streamed completion, holding the model for its duration."""
+        from tunesmith.eval.generate import generate_stream
+
+        with self.activate(name):
+            ts = generate_stream(self.model, self.tokenizer, conversation, params.max_tokens,
+                                 temperature=params.temperature, top_p=params.top_p, seed=params.seed,
+                                 stop=list(params.stop) or None, cancel=cancel, timeout_s=timeout_s)
+            for delta in ts:
+                yield delta, ts
+            yield "", ts
+
+
+def load_engine(target: str | Path, adapters: dict[str, str] | None = None, dtype: str = "auto") -> Engine:
+    """The served engine: a run folder (its base + adapter, named after the run) or a model, plus more adapters."""
+    from tunesmith.loader import load_target
+
+    loaded = load_target(target, dtype)
+    if loaded.run is not None:
+        run = loaded.run
+        base_name = _model_name(run.manifest.base_model.spec)
+        engine = Engine(loaded.model, loaded.tokenizer, base_name, run.base_path)
+        if loaded.has_adapter:
+            name = check_name(run.dir.name)
+            engine.models[name] = engine._served_from_run(name, "default", run)  # load_run_model names it "default"
+            engine.default_name = name
+        else:  # a full fine-tune is its own base: adapters trained on the original base do not fit it
+            engine.models[base_name] = engine._served_from_run(base_name, None, run)
+    else:
+        from tunesmith import models
+
+        spec = str(target)
+        local = Path(spec).expanduser()  # resolved as load_target did, so adapters' recorded base paths compare equal
+        engine = Engine(loaded.model, loaded.tokenizer, _model_name(spec),
+                        models.resolve_base(str(local) if local.exists() else spec))
+    for name, path in (adapters or {}).items():
+        engine.add_adapter(name, path)
+    return engine

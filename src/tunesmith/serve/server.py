@@ -1,0 +1,129 @@
+"""Putting a server together: the serve folder, the request log, the keys and the engine loader.
+
+The serve folder (default ./serve) is created by serve and marked as such; serve never writes into
+a folder it did not create. Without --api-key / --keys-file a random key is made, written to
+<dir>/api_key (mode 0600) and printed once.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import ModelError, RunError
+from tunesmith.serve.app import ServeSettings, create_app
+from tunesmith.serve.security import KeyRing, check_name, generate_key
+
+MARKER = ".tunesmith-serve"
+
+
+@dataclass
+class ServeOptions:
+    """What `tunesmith serve` was asked (see its --help for each option)."""
+
+    target: str
+    adapters: list[str] = field(default_factory=list)  # "name=RUN_DIR"
+    index: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    dir: Path = Path("serve")
+    log_path: Path | None = None
+    log: bool = True
+    log_content: bool = True
+    api_keys: list[str] = field(default_factory=list)
+    admin_keys: list[str] = field(default_factory=list)
+    keys_file: Path | None = None
+    adapters_dir: Path | None = None
+    max_queue: int = 64
+    max_batch: int = 8
+    batching: bool = True
+    timeout_s: float = 300.0
+    check: bool = False
+    engine: str = "transformers"
+    dtype: str = "auto"
+
+
+@dataclass
+class Prepared:
+    app: Any
+    url: str
+    generated_key: str | None
+    log_path: Path | None
+
+
+def serve_dir(path: Path) -> Path:
+    """The serve folder: created with a marker, or an existing one that carries it (never someone else's folder)."""
+    if path.exists() and not (path / MARKER).exists() and any(path.iterdir()):
+        raise RunError(f"{path} exists and was not made by `tunesmith serve`",
+                       hint="Pass --dir with a new or empty folder.")
+    path.mkdir(parents=True, exist_ok=True)
+    (path / MARKER).touch()
+    return path
+
+
+def parse_adapters(specs: list[str]) -> dict[str, str]:
+    """name=RUN_DIR pairs (a bare RUN_DIR is named after its folder)."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, _, path = spec.partition("=") if "=" in spec else (Path(spec).name, "=", spec)
+        check_name(name)
+        if name in out:
+            raise ModelError(f"adapter name {name!r} given twice")
+        if not Path(path).exists():
+            raise ModelError(f"adapter {name!r}: {path} not found")
+        out[name] = path
+    return out
+
+
+def _keys(opts: ServeOptions, folder: Path) -> tuple[KeyRing, str | None]:
+    generated = None
+    api_keys = list(opts.api_keys) + ([os.environ["TUNESMITH_API_KEY"]] if os.environ.get("TUNESMITH_API_KEY") else [])
+    if not api_keys and opts.keys_file is None:
+        generated = generate_key()
+        key_file = folder / "api_key"
+        key_file.write_text(generated + "\n", encoding="utf-8")
+        key_file.chmod(0o600)
+        api_keys = [generated]
+    return KeyRing.build(api_keys, opts.admin_keys, opts.keys_file), generated
+
+
+def loader(opts: ServeOptions, adapters: dict[str, str]) -> Any:
+    """A zero-argument function that loads the engine (called in the server's startup thread)."""
+    if opts.engine == "vllm":
+        from tunesmith.serve.vllm_engine import load_vllm_engine, require_vllm
+
+        require_vllm()  # fail now, with a clear message, rather than after the server started
+        return lambda: load_vllm_engine(opts.target, adapters, opts.dtype)
+    if opts.engine != "transformers":
+        raise ModelError(f"unknown engine {opts.engine!r}", hint="Use transformers (default) or vllm.")
+    from tunesmith.serve.engine import load_engine
+
+    return lambda: load_engine(opts.target, adapters, opts.dtype)
+
+
+def prepare(opts: ServeOptions) -> Prepared:
+    """Validate the options and build the app (the model loads once the server runs)."""
+    from tunesmith.run import is_run_dir
+    from tunesmith.serve.store import RequestLog
+
+    if not Path(opts.target).exists() and "/" in opts.target and opts.target.startswith((".", "/", "~")):
+        raise ModelError(f"{opts.target} not found")
+    adapters = parse_adapters(opts.adapters)
+    folder = serve_dir(opts.dir)
+    keys, generated = _keys(opts, folder)
+    store, log_path = None, None
+    if opts.log:
+        log_path = opts.log_path or folder / "requests.sqlite"
+        store = RequestLog.open(log_path, create=True)
+    adapters_dir = opts.adapters_dir
+    if adapters_dir is None:  # sibling runs of the served run are the natural candidates
+        adapters_dir = Path(opts.target).resolve().parent if is_run_dir(opts.target) else folder / "adapters"
+        adapters_dir.mkdir(parents=True, exist_ok=True)
+    url = f"http://{'127.0.0.1' if opts.host in ('0.0.0.0', '::') else opts.host}:{opts.port}"
+    settings = ServeSettings(keys=keys, max_queue=opts.max_queue, max_batch=opts.max_batch, batching=opts.batching,
+                             timeout_s=opts.timeout_s, log_content=opts.log_content, index=opts.index,
+                             adapters_dir=adapters_dir, check=opts.check, check_url=url)
+    app = create_app(loader(opts, adapters), settings, store)
+    return Prepared(app, url, generated, log_path)

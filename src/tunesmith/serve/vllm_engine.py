@@ -1,0 +1,120 @@
+"""The vLLM engine (GPU, optional extra `tunesmith[vllm]`): the same base + LoRA adapters, the same API and metrics.
+
+Prompts are rendered by tunesmith.data.template.render_prompt, as for the transformers engine, and
+adapters are vLLM LoRARequests on one base. vLLM's offline LLM generates a whole group at once, so a
+streamed request receives its answer as one delta (time to first token = total latency).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import ModelError
+from tunesmith.serve.engine import Engine, ServedModel, _model_name
+
+
+def require_vllm() -> None:
+    """ModelError with the install line when vLLM (or CUDA) is missing."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        raise ModelError("--engine vllm needs the vllm package",
+                         hint="pip install 'tunesmith[vllm]' on a CUDA machine, or use the default engine.") from None
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ModelError("--engine vllm needs a CUDA GPU", hint="Use the default transformers engine on this machine.")
+
+
+class VllmEngine(Engine):
+    kind = "vllm"
+
+    def __init__(self, llm: Any, tokenizer: Any, base_name: str, base_path: str) -> None:
+        super().__init__(llm, tokenizer, base_name, base_path)
+        self.context_length = int(llm.llm_engine.model_config.max_model_len)
+        self._loras: dict[str, Any] = {}
+
+    def _attach(self, adapter_dir: Path, peft_name: str) -> None:
+        from vllm.lora.request import LoRARequest
+
+        self._loras[peft_name] = LoRARequest(peft_name, len(self._loras) + 1, str(adapter_dir))
+
+    def remove_adapter(self, name: str) -> None:
+        with self.lock:
+            served = self.models.get(name)
+            if served is None or served.peft_name is None:
+                raise ModelError(f"no adapter named {name!r}")
+            lora = self._loras.pop(served.peft_name, None)
+            if lora is not None:
+                self.model.llm_engine.remove_lora(lora.lora_int_id)
+            del self.models[name]
+            if self.default_name == name:
+                self.default_name = self.base_name
+
+    def generate_batch(self, name: str, conversations: list[list[dict[str, Any]]], params: Any) -> list[Any]:
+        from vllm import SamplingParams
+
+        from tunesmith.data.template import render_prompt
+        from tunesmith.eval.generate import Completion
+
+        with self.lock:
+            served = self.resolve(name)
+            lora = self._loras.get(served.peft_name) if served.peft_name else None
+            sampling = SamplingParams(temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens,
+                                      stop=list(params.stop) or None, seed=params.seed)
+            prompts = [render_prompt(self.tokenizer, c) for c in conversations]
+            outs = self.model.generate(prompts, sampling, lora_request=lora, use_tqdm=False)
+        result = []
+        for out in outs:
+            gen = out.outputs[0]
+            reason = "length" if gen.finish_reason == "length" else "stop"
+            result.append(Completion(gen.text.strip(), len(out.prompt_token_ids), len(gen.token_ids), reason,
+                                     list(gen.token_ids)))
+        return result
+
+    def stream(self, name: str, conversation: list[dict[str, Any]], params: Any, cancel: threading.Event,
+               timeout_s: float) -> Any:
+        done = self.generate_batch(name, [conversation], params)[0]
+
+        class _Finished:  # what the batcher reads off a finished stream
+            completion_tokens, finish_reason = done.completion_tokens, done.finish_reason
+
+        yield done.text, _Finished
+        yield "", _Finished
+
+
+def load_vllm_engine(target: str | Path, adapters: dict[str, str] | None = None, dtype: str = "auto") -> VllmEngine:
+    """The vLLM engine for a run folder (base + its adapter) or a model, plus more adapters on the same base."""
+    require_vllm()
+    from vllm import LLM
+
+    from tunesmith import models
+    from tunesmith.loader import resolve_run_base
+    from tunesmith.run import is_run_dir, load_run
+
+    run = load_run(target) if is_run_dir(target) else None
+    if run is not None and (run.adapter_dir / "adapter_config.json").exists():
+        base_path, base_name = resolve_run_base(run), _model_name(run.manifest.base_model.spec)
+        tokenizer_dir = str(run.adapter_dir)
+    elif run is not None:  # a full fine-tune is served as its own model
+        base_path = tokenizer_dir = str(run.adapter_dir)
+        base_name = _model_name(run.manifest.base_model.spec)
+    else:
+        local = Path(str(target)).expanduser()
+        base_path = tokenizer_dir = models.resolve_base(str(local) if local.exists() else str(target))
+        base_name = _model_name(str(target))
+    trust = bool(run and run.recipe.model.trust_remote_code)  # only when the run recorded it
+    llm = LLM(model=base_path, tokenizer=tokenizer_dir, dtype=dtype, enable_lora=True, max_loras=8,
+              max_lora_rank=64, trust_remote_code=trust)
+    engine = VllmEngine(llm, models.load_tokenizer(tokenizer_dir), base_name, base_path)
+    if run is not None and (run.adapter_dir / "adapter_config.json").exists():
+        name = run.dir.name
+        engine.add_adapter(name, run.dir)
+        engine.default_name = name
+    elif run is not None:
+        engine.models[base_name] = ServedModel(base_name, None, base_name, str(run.dir), dict(run.manifest.data))
+    for name, path in (adapters or {}).items():
+        engine.add_adapter(name, path)
+    return engine
