@@ -133,7 +133,13 @@ def resolve_base(spec: str) -> str:
         if not path.is_file():
             raise ModelError(f"GGUF file not found: {path}")
         digest = sha256_file(path)[:16]
-        return str(import_gguf(path.resolve(), tunesmith_home() / "models" / f"{path.stem}-{digest}"))
+        try:
+            return str(import_gguf(path.resolve(), tunesmith_home() / "models" / f"{path.stem}-{digest}"))
+        except (ValueError, KeyError, OSError, RuntimeError, IndexError) as exc:  # the GGUF reader's errors on a bad file
+            raise ModelError(
+                f"{path} is not a readable GGUF model ({type(exc).__name__}: {exc})",
+                hint="The file is empty, truncated or not a GGUF: download it again, or give a model folder.",
+            ) from None
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelError(f"{path} is not a model folder (no config.json)")

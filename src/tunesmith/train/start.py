@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ import yaml
 from tunesmith import models, outputs
 from tunesmith.atomic import atomic_path
 from tunesmith.config import Recipe, dump_recipe
-from tunesmith.errors import RunError
+from tunesmith.errors import RecipeError, RunError
 from tunesmith.train import checkpoints, dist
 from tunesmith.train.checkpoints import latest_complete_checkpoint
 
@@ -128,12 +129,36 @@ def begin(recipe: Recipe, resume: bool, force: bool) -> Start:
     from tunesmith.data import audit
 
     started = time.time()
+    new = not recipe.run_dir.exists()
     run_dir, checkpoint = prepare_run_dir(recipe, resume)
     try:
         base_path = models.resolve_base(recipe.model.base)
         tokenizer = models.load_tokenizer(base_path, recipe.model.revision, recipe.model.trust_remote_code)
+        check_target_modules(recipe, base_path)
         audit.preflight(recipe, tokenizer, force)
     except BaseException:
         release_run_dir(run_dir)
+        if new and dist.is_main_process():  # a run refused before training leaves no folder behind
+            shutil.rmtree(run_dir, ignore_errors=True)
         raise
     return Start(started, run_dir, checkpoint, base_path, tokenizer)
+
+
+def check_target_modules(recipe: Recipe, base_path: str) -> None:
+    """Every name in adapter.target_modules must match a module of the base (checked on an empty meta-device copy,
+    before any weight loads); peft would otherwise fail with a traceback or silently skip the name."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    targets, m = recipe.adapter.target_modules, recipe.model
+    if recipe.adapter.type not in ("lora", "qlora", "dora") or targets == "all-linear":
+        return
+    config = AutoConfig.from_pretrained(base_path, revision=m.revision, trust_remote_code=m.trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=m.trust_remote_code)
+    names = [n for n, _ in model.named_modules() if n]
+    unknown = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if unknown:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)})
+        raise RecipeError([("adapter.target_modules",
+                            f"{', '.join(unknown)} match(es) no module of {m.base}; its linear modules are {', '.join(linear)}")])
