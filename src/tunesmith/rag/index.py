@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from tunesmith.atomic import write_text_atomic
 from tunesmith.errors import DataError
 from tunesmith.rag.chunk import Chunk, chunk_lines, expand_sources, read_lines
 from tunesmith.rag.embed import Embedder, resolve_embedder
+from tunesmith.records import Record
 
 if TYPE_CHECKING:
     from tunesmith.config import Recipe
@@ -37,18 +38,14 @@ Progress = Callable[[int, int], None]
 """progress(chunks_embedded_so_far, chunks_to_embed)."""
 
 
-class FileEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class FileEntry(Record):
     label: str = Field(..., description="How hits from this file are shown (file name or folder-relative path).")
     sha256: str = Field(..., description="SHA-256 of the file's bytes when it was embedded.")
     chunks: int = 0
 
 
-class IndexMeta(BaseModel):
+class IndexMeta(Record):
     """tunesmith-index.json: what an index holds and how it was made."""
-
-    model_config = ConfigDict(extra="forbid")
 
     schema_version: int = INDEX_VERSION
     embedder: str = Field(..., description="Embedding model name (path-free for the bundled MiniLM).")
@@ -120,10 +117,18 @@ def _check_target(out: Path) -> IndexMeta | None:
     return None
 
 
-def _open_table(out: Path) -> Any:
+def connect(index: Path) -> Any:
+    """The LanceDB database in an index folder (embedded: files on disk, no server)."""
+    import os
+
+    os.environ.setdefault("LANCE_LOG", "error")  # keep the "creating a new dataset" notice out of the user's terminal
     import lancedb
 
-    db = lancedb.connect(str(out))
+    return lancedb.connect(str(index))
+
+
+def _open_table(out: Path) -> Any:
+    db = connect(out)
     return db, (db.open_table(TABLE) if TABLE in db.list_tables().tables else None)
 
 

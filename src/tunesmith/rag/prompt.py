@@ -89,6 +89,14 @@ def recipe_retriever(recipe: Recipe) -> Retriever | None:
     return Retriever.open(Path(recipe.rag.index), recipe.rag.embedder)
 
 
+def augment_many(
+    conversations: list[list[dict[str, Any]]], retriever: Retriever, k: int = 4, template: str | None = None, mode: Mode = "hybrid"
+) -> list[list[dict[str, Any]]]:
+    """`augment` for many conversations (queries embedded in one batch); the same messages `augment` returns for each."""
+    hits = retriever.search_many([retrieval_query(m) for m in conversations], k=k, mode=mode)
+    return [with_context(m, passages, template) for m, passages in zip(conversations, hits, strict=True)]
+
+
 def augment_examples(examples: list[Example], recipe: Recipe) -> list[Example]:
     """Each example with retrieved context in its prompt (recipe.rag); the examples unchanged without rag.
 
@@ -98,7 +106,8 @@ def augment_examples(examples: list[Example], recipe: Recipe) -> list[Example]:
     if retriever is None or recipe.rag is None:
         return examples
     rag = recipe.rag
-    return [replace(ex, messages=augment(ex.messages, retriever, rag.k, rag.template, rag.mode)[0]) for ex in examples]
+    augmented = augment_many([ex.messages for ex in examples], retriever, rag.k, rag.template, rag.mode)
+    return [replace(ex, messages=messages) for ex, messages in zip(examples, augmented, strict=True)]
 
 
 def augment_rows(rows: list[dict[str, Any]], recipe: Recipe) -> list[dict[str, Any]]:
@@ -107,4 +116,5 @@ def augment_rows(rows: list[dict[str, Any]], recipe: Recipe) -> list[dict[str, A
     if retriever is None or recipe.rag is None:
         return rows
     rag = recipe.rag
-    return [{**row, "prompt": augment(row["prompt"], retriever, rag.k, rag.template, rag.mode)[0]} for row in rows]
+    augmented = augment_many([row["prompt"] for row in rows], retriever, rag.k, rag.template, rag.mode)
+    return [{**row, "prompt": prompt} for row, prompt in zip(rows, augmented, strict=True)]

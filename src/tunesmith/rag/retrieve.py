@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 
 from tunesmith.errors import ModelError
 from tunesmith.rag.embed import Embedder, resolve_embedder
-from tunesmith.rag.index import TABLE, IndexMeta, read_meta
+from tunesmith.rag.index import TABLE, IndexMeta, connect, read_meta
 
 Mode = Literal["hybrid", "vector", "fts"]
 RRF_K = 60  # the usual reciprocal-rank constant: damps the gap between rank 1 and rank 2
@@ -71,8 +71,6 @@ class Retriever:
 
         embedder: None = the model the index was built with; a spec or object must give vectors of the same model.
         """
-        import lancedb
-
         path = Path(index).resolve()
         meta = read_meta(path)
         key = (str(path), embedder if isinstance(embedder, str) or embedder is None else f"object:{id(embedder)}")
@@ -84,25 +82,32 @@ class Retriever:
             if model.name != meta.embedder:
                 raise ModelError(f"{path} was built with embedder {meta.embedder}, not {model.name}",
                                  hint="Query with the index's own embedder (leave embedder empty).")
-            table = lancedb.connect(str(path)).open_table(TABLE)
+            table = connect(path).open_table(TABLE)
             cls._cache[key] = retriever = cls(path, meta, model, table)
             return retriever
 
     def search(self, query: str, k: int = 4, mode: Mode = "hybrid") -> list[Passage]:
         """The k best passages for `query` (fewer when the index is small; none for an empty query)."""
-        if not query.strip() or k < 1:
-            return []
-        n = max(k * CANDIDATES, 20)
-        if mode == "vector":
-            return self._vector(query, k)
-        if mode == "fts":
-            return self._fts(query, k)
-        if mode != "hybrid":
-            raise ValueError(f"mode must be hybrid, vector or fts, not {mode!r}")
-        return rrf([self._vector(query, n), self._fts(query, n)], k)
+        return self.search_many([query], k, mode)[0]
 
-    def _vector(self, query: str, n: int) -> list[Passage]:
-        vector = self.embedder.encode([query])[0]
+    def search_many(self, queries: list[str], k: int = 4, mode: Mode = "hybrid") -> list[list[Passage]]:
+        """`search` for each query, the query vectors embedded in one batch (what training-set augmentation uses)."""
+        if mode not in ("hybrid", "vector", "fts"):
+            raise ValueError(f"mode must be hybrid, vector or fts, not {mode!r}")
+        asked = [i for i, q in enumerate(queries) if q.strip()] if k >= 1 else []
+        vectors = self.embedder.encode([queries[i] for i in asked]) if asked and mode != "fts" else None
+        out: list[list[Passage]] = [[] for _ in queries]
+        n = max(k * CANDIDATES, 20)
+        for j, i in enumerate(asked):
+            if mode == "vector":
+                out[i] = self._vector(vectors[j], k)  # type: ignore[index]
+            elif mode == "fts":
+                out[i] = self._fts(queries[i], k)
+            else:
+                out[i] = rrf([self._vector(vectors[j], n), self._fts(queries[i], n)], k)  # type: ignore[index]
+        return out
+
+    def _vector(self, vector: Any, n: int) -> list[Passage]:
         rows = self.table.search(vector).distance_type("cosine").limit(n).to_list()
         return [_passage(r, 1.0 - r["_distance"]) for r in rows]
 
