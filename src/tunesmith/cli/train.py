@@ -16,8 +16,24 @@ def init(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace the files an earlier `tunesmith init` wrote there (refused if you edited them)."
     ),
+    data: list[Path] = typer.Option(None, "--data", help="Your training file(s) (repeatable); without it, the bundled demo task."),
+    eval_file: Path = typer.Option(None, "--eval", help="Your held-out file; without it, a share of --data is held out."),
+    model: str = typer.Option(None, "--model", help="Base model (catalog name, folder, .gguf, hub id); default: the catalog default."),
+    method: str = typer.Option("sft", "--method", help="sft | dpo | grpo (with --data)."),
 ) -> None:
-    """Write a commented recipe and a copy of the bundled demo data into DIRECTORY."""
+    """Write a commented recipe into DIRECTORY: for your --data (format detected, audited, schedule chosen from
+    the data), or with a copy of the bundled demo task."""
+    if data:
+        from tunesmith.cli.project import print_project
+        from tunesmith.errors import RecipeError
+        from tunesmith.project import write_user_project
+
+        if method not in ("sft", "dpo", "grpo"):
+            raise RecipeError([("--method", f"must be sft, dpo or grpo, not `{method}`")])
+        with console.status("reading and auditing your data ..."):
+            project = write_user_project(directory, list(data), eval_file, model, method, overwrite=overwrite)
+        print_project(project)
+        return
     from tunesmith.demo.pipeline import write_project
 
     recipe = write_project(directory, overwrite=overwrite)

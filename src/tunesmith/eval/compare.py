@@ -114,5 +114,5 @@ def write_outputs(out: Path, report: EvalReport, rows: list[dict[str, Any]], his
     out = outputs.claim_dir(out, "eval", overwrite=True, what="eval folder")  # replaces only an earlier eval's files
     write_eval_report(out / "report.json", report)
     write_rows(out / "predictions.jsonl", rows)
-    write_html(out / "report.html", report, rows, history)
+    write_html(out / "report.html", report.model_dump(mode="json"), rows, history)  # the page reads plain JSON
     outputs.record(out, "report.json", "predictions.jsonl", "report.html")
