@@ -200,6 +200,55 @@ class EvalSection(Section):
     max_examples: int = Field(0, ge=0, description="Evaluate at most this many held-out examples; 0 = all.")
 
 
+RUNGS = ("base", "base_few_shot", "base_rag", "tuned", "tuned_rag", "student")
+"""The ladder's rungs, simplest first: the order breaks cost ties (prompt, then RAG, then fine-tune, then distill)."""
+
+
+class LadderSection(Section):
+    rungs: list[Literal["base", "base_few_shot", "base_rag", "tuned", "tuned_rag", "student"]] = Field(
+        list(RUNGS),
+        description="Rungs to measure: base (zero-shot, the recipe's system prompt), base_few_shot, base_rag, tuned, tuned_rag, "
+        "student (ladder.student). A rung whose ingredient is missing (no rag section, no trained run, no student) is skipped.",
+    )
+    few_shot_k: int = Field(3, ge=1, le=32, description="base_few_shot: training examples shown before each prompt (seeded pick).")
+    max_examples: int = Field(0, ge=0, description="Held-out prompts per rung; 0 = eval.max_examples (or all).")
+    max_new_tokens: int | None = Field(None, ge=1, description="Generation budget per prompt; empty = eval.max_new_tokens.")
+    batch_size: int | None = Field(
+        None, ge=1, description="Prompts generated together; empty = eval.batch_size. A request's latency is the wall time of "
+        "its batch, so 1 measures single-request latency.",
+    )
+    price_per_1k_tokens: float | None = Field(
+        None, ge=0, description="Cost basis 'tokens': price of 1,000 prompt + completion tokens. Empty = cost basis 'compute'."
+    )
+    hourly_price: float = Field(
+        1.0, ge=0, description="Cost basis 'compute' (when price_per_1k_tokens is empty): price of one hour of the machine the "
+        "ladder runs on, charged for the measured generation seconds.",
+    )
+    student: str | None = Field(None, description="student rung: a distilled student's run folder or a model spec.")
+
+
+class TargetsSection(Section):
+    """What 'good enough' means: the ladder recommends the cheapest rung meeting every target set here."""
+
+    exact_match: float | None = Field(None, ge=0, le=1, description="At least this exact-match rate (0-1).")
+    json_valid: float | None = Field(None, ge=0, le=1, description="At least this JSON-valid rate (0-1).")
+    json_field_accuracy: float | None = Field(None, ge=0, le=1, description="At least this mean JSON field accuracy (0-1).")
+    token_f1: float | None = Field(None, ge=0, le=1, description="At least this mean token F1 (0-1).")
+    rouge_l: float | None = Field(None, ge=0, le=1, description="At least this mean ROUGE-L (0-1).")
+    bleu: float | None = Field(None, ge=0, le=100, description="At least this corpus BLEU (0-100).")
+    p50_latency_ms: float | None = Field(None, gt=0, description="At most this median latency per request (ms).")
+    p95_latency_ms: float | None = Field(None, gt=0, description="At most this 95th-percentile latency per request (ms).")
+    cost_per_1k: float | None = Field(None, ge=0, description="At most this cost per 1,000 requests (ladder cost basis).")
+
+    def as_dict(self) -> dict[str, float]:
+        """The targets that are set, by metric name."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+LOWER_IS_BETTER_TARGETS = frozenset({"p50_latency_ms", "p95_latency_ms", "cost_per_1k"})
+"""Targets met at or below their value; every other target is met at or above it."""
+
+
 REWARD_TYPES = ("json_valid", "json_schema_valid", "exact_match", "regex", "length_penalty", "custom")
 
 
@@ -292,6 +341,8 @@ class Recipe(Section):
     grpo: GRPOSection = Field(default_factory=GRPOSection, validate_default=True, description="GRPO settings (method: grpo).")
     distill: DistillSection = Field(default_factory=DistillSection, validate_default=True, description="Distillation settings (method: distill).")
     rag: RagSection | None = Field(None, description="Retrieval: put passages from an index into every prompt (train, eval, serve).")
+    ladder: LadderSection = Field(default_factory=LadderSection, description="`tunesmith ladder`: prompt, few-shot, RAG, tuned, tuned + RAG, student on the same prompts.")
+    targets: TargetsSection = Field(default_factory=TargetsSection, description="Quality, latency and cost targets the ladder recommends against.")
     output_dir: str = Field("runs/run", description="Run directory (relative to this recipe).")
 
     @field_validator("output_dir", mode="after")
