@@ -136,6 +136,11 @@ def _write(path: Path, record: Record) -> None:
     write_text_atomic(path, record.model_dump_json(indent=2))
 
 
+# Record modules outside this file (the ladder report, request-log rows, ...) read and write through these.
+read_record = _read
+write_record = _write
+
+
 def read_manifest(path: Path) -> Manifest:
     return _read(path, Manifest, MANIFEST_VERSION)
 

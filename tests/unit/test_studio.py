@@ -169,3 +169,22 @@ def test_data_audit_links_findings_to_rows(studio):
     html = client.get(f"/data?k={k}").text
     assert "invalid_json" in html and f'/data/row?k={k}&line=2' in html
     assert "messages" in client.get(f"/data/row?k={k}&line=1").text
+
+
+def test_report_shows_the_ladder_and_its_recommendation(studio):
+    from tunesmith.eval.ladder_report import (
+        LadderReport,
+        Recommendation,
+        RungResult,
+        write_ladder_report,
+    )
+
+    client, root, _ = studio
+    rungs = [RungResult(name="base", label="base", metrics={"exact_match": 0.2}, cost_per_1k=0.01),
+             RungResult(name="tuned", label="tuned <adapter>", metrics={"exact_match": 0.8}, cost_per_1k=0.01)]
+    write_ladder_report(root / "good-ladder" / "ladder.json", LadderReport(
+        run="good", base_model="tiny", n_examples=6, json_mode=True, primary_metric="exact_match", cost_basis="tokens",
+        price=0.001, rungs=rungs, recommendation=Recommendation(rung="tuned", sentence="Ship tuned: it meets every target.")))
+    html = client.get(f"/report?k={keys(client.get('/').text)['good']}").text
+    assert "Ship tuned: it meets every target." in html and "tuned &lt;adapter&gt; ★" in html
+    assert 'style="width:100.0%"' in html and 'style="width:25.0%"' in html  # bars scaled to the best rung

@@ -64,6 +64,6 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-from tunesmith.cli import chat, data, demo, evaluate, export, model_cmds, train, review, studio, serve, index  # noqa: E402  (registers commands)
+from tunesmith.cli import chat, data, demo, evaluate, export, ladder, model_cmds, train, review, studio, serve, index  # noqa: E402  (registers commands)
 
-__all__ = ["app", "chat", "data", "demo", "evaluate", "export", "model_cmds", "train", "review", "studio", "serve", "index"]
+__all__ = ["app", "chat", "data", "demo", "evaluate", "export", "ladder", "model_cmds", "train", "review", "studio", "serve", "index"]

@@ -53,9 +53,10 @@ def check_bind(host: str, token: str | None) -> None:
                        hint="Pass --token (or set TUNESMITH_STUDIO_TOKEN), or keep the default --host 127.0.0.1.")
 
 
-def page(request: Request, name: str, status_code: int = 200, **ctx: Any) -> HTMLResponse:
+def page(request: Request, template: str, /, status_code: int = 200, **ctx: Any) -> HTMLResponse:
+    """Render a template from pages/ (autoescaped) with `ctx`."""
     templates: Jinja2Templates = request.app.state.templates
-    return templates.TemplateResponse(request, name, ctx, status_code=status_code)
+    return templates.TemplateResponse(request, template, ctx, status_code=status_code)
 
 
 def resolve_run(request: Request, k: str) -> Path:

@@ -18,7 +18,6 @@ from tunesmith.records import EvalReport
 from tunesmith.studio.runs import RunSummary, cached, predictions
 
 PAGE_SIZE = 50
-LADDER_PLACES = ("ladder/ladder.json", "ladder.json", "eval/ladder.json")
 
 
 def loss_series(metrics: list[dict[str, Any]]) -> dict[str, list[list[float]]]:
@@ -97,8 +96,8 @@ def ladder(run_dir: Path) -> Any:
         from tunesmith.eval.ladder_report import read_ladder_report
     except ImportError:
         return None
-    for rel in LADDER_PLACES:
-        path = run_dir / rel
+    # `tunesmith ladder` writes beside the run folder by default (<run>-ladder/), or into --out.
+    for path in (run_dir.parent / f"{run_dir.name}-ladder" / "ladder.json", run_dir / "ladder" / "ladder.json"):
         if path.is_file():
             try:
                 return cached(path, "ladder", read_ladder_report)
