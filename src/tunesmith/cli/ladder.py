@@ -1,0 +1,66 @@
+"""`tunesmith ladder`: prompt, few-shot, RAG, tuned, tuned + RAG and student on the same prompts, and which to ship."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.progress import Progress
+from rich.table import Table
+
+from tunesmith.cli import app, console, handle_errors
+
+if TYPE_CHECKING:
+    from tunesmith.eval.ladder_report import LadderReport
+
+
+def ladder_table(report: LadderReport) -> Table:
+    """One row per rung: quality, latency, tokens, cost, and the targets it misses; the recommended rung in bold green."""
+    quality = [m for m in (report.primary_metric, "exact_match", "json_valid", "json_field_accuracy", "token_f1")
+               if any(m in r.metrics for r in report.measured)]
+    quality = list(dict.fromkeys(quality))
+    table = Table(title=f"{report.run}: the ladder on {report.n_examples} held-out prompts")
+    for col in ["rung", *quality, "p50 ms", "p95 ms", "prompt tok", "compl. tok", "cost/1k", "misses"]:
+        table.add_column(col, justify="left" if col in ("rung", "misses") else "right")
+    for r in report.rungs:
+        if r.status != "ok":
+            table.add_row(f"[dim]{r.label}[/]", *["" for _ in quality], "", "", "", "", "", f"[dim]skipped: {r.reason}[/]")
+            continue
+        missed = ", ".join(k for k, ok in r.meets.items() if not ok)
+        name = f"[bold green]{r.label}[/]" if r.name == report.recommendation.rung else r.label
+        table.add_row(
+            name, *[f"{r.metrics.get(m, float('nan')):.3f}" for m in quality], f"{r.p50_latency_ms:.0f}",
+            f"{r.p95_latency_ms:.0f}", f"{r.prompt_tokens:.0f}", f"{r.completion_tokens:.0f}", f"{r.cost_per_1k:.4g}",
+            missed or ("[green]all met[/]" if r.meets else "-"),
+        )
+    table.caption = f"cost basis: {report.cost_basis} at {report.price:g}; latency = wall time of the request's batch"
+    return table
+
+
+def print_ladder(report: LadderReport, folder: Path) -> None:
+    console.print(ladder_table(report))
+    rec = report.recommendation
+    console.print(f"[bold]recommendation:[/] {rec.sentence}", highlight=False)
+    if rec.warning:
+        console.print(f"[bold yellow]warning:[/] {rec.warning}", highlight=False)
+    console.print(f"report: {folder / 'ladder.html'} (+ ladder.json, predictions.jsonl)")
+
+
+@app.command("ladder")
+@handle_errors
+def ladder_cmd(
+    recipe: Path = typer.Argument(..., help="Recipe YAML (its run, rag and ladder sections decide the rungs)."),
+    out: Path = typer.Option(None, "--out", help="Output folder (default: beside the run folder, <output_dir>-ladder)."),
+    max_examples: int = typer.Option(None, help="Held-out prompts per rung (default: ladder.max_examples)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe field: section.field=value (repeatable)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output of an earlier `tunesmith ladder` in that folder."),
+) -> None:
+    """Measure every rung of the ladder on the same held-out prompts and recommend the cheapest that meets the targets."""
+    from tunesmith.config import load_recipe
+    from tunesmith.eval.ladder import ladder
+
+    parsed = load_recipe(recipe, set_)
+    with Progress(console=console, transient=True) as progress:
+        report, folder = ladder(parsed, out, overwrite=overwrite, max_examples=max_examples, progress=progress)
+    print_ladder(report, folder)

@@ -1,0 +1,92 @@
+"""ladder.html: the rung table, the recommendation and a quality-vs-cost chart (matplotlib PNG inline), one file."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from tunesmith.atomic import write_text_atomic
+from tunesmith.eval.ladder_report import LadderReport
+
+# The eval page's PNG encoder, <img> tag and stylesheet, so both pages look and embed alike.
+from tunesmith.eval.report import _CSS, _img, _png
+
+_EXAMPLES = 3
+_MAX_TEXT_CHARS = 600
+
+
+def quality_cost_png(report: LadderReport) -> bytes:
+    """Scatter of each measured rung: cost per 1,000 requests (x) against the report's primary metric (y)."""
+    fig = Figure(figsize=(7, 4.2), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    metric = report.primary_metric
+    for rung in report.measured:
+        x, y = rung.cost_per_1k, rung.value(metric) or 0.0
+        chosen = rung.name == report.recommendation.rung
+        ax.scatter([x], [y], s=120 if chosen else 60, color="#2a9d8f" if chosen else "#457b9d", zorder=3)
+        ax.annotate(rung.label, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
+    if metric in report.targets:
+        ax.axhline(report.targets[metric], color="#e76f51", linestyle="--", linewidth=1, label=f"target {metric}")
+        ax.legend(loc="lower right", fontsize=8)
+    if "cost_per_1k" in report.targets:
+        ax.axvline(report.targets["cost_per_1k"], color="#e76f51", linestyle=":", linewidth=1)
+    ax.set_xlabel(f"cost per 1,000 requests ({report.cost_basis} basis)")
+    ax.set_ylabel(metric)
+    ax.set_title("quality vs cost per rung")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _rung_table(report: LadderReport) -> str:
+    quality = sorted({k for r in report.measured for k in r.metrics})
+    head = ["rung", *quality, "p50 ms", "p95 ms", "prompt tok", "completion tok", "cost / 1k", "targets"]
+    lines = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
+    for r in report.rungs:
+        if r.status != "ok":
+            lines.append(f"<tr><td>{html.escape(r.label)}</td><td colspan='{len(head) - 1}'>skipped: "
+                         f"{html.escape(r.reason or '')}</td></tr>")
+            continue
+        met = "all met" if r.meets and all(r.meets.values()) else ", ".join(k for k, ok in r.meets.items() if not ok) or "-"
+        cells = [html.escape(r.label)] + [f"{r.metrics.get(k, float('nan')):.3f}" for k in quality]
+        cells += [f"{r.p50_latency_ms:.0f}", f"{r.p95_latency_ms:.0f}", f"{r.prompt_tokens:.0f}", f"{r.completion_tokens:.0f}",
+                  f"{r.cost_per_1k:.4g}", html.escape(met)]
+        style = " style='background:#e9f5f2'" if r.name == report.recommendation.rung else ""
+        lines.append(f"<tr{style}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return "\n".join(lines + ["</table>"])
+
+
+def _examples(report: LadderReport, rows: list[dict[str, Any]]) -> str:
+    cards = []
+    for row in rows[:_EXAMPLES]:
+        outs = "".join(
+            f"<tr><td>{html.escape(r.label)}</td><td><pre>{html.escape(str(row['outputs'].get(r.name, ''))[:_MAX_TEXT_CHARS])}</pre></td></tr>"
+            for r in report.measured
+        )
+        cards.append(f"<h3>{html.escape(str(row['id']))}</h3><pre>{html.escape(row['prompt'][:_MAX_TEXT_CHARS])}</pre>"
+                     f"<p>reference:</p><pre>{html.escape(row['reference'])}</pre><table>{outs}</table>")
+    return "\n".join(cards)
+
+
+def render(report: LadderReport, rows: list[dict[str, Any]]) -> str:
+    rec = report.recommendation
+    warning = f"<p><b>warning:</b> {html.escape(rec.warning)}</p>" if rec.warning else ""
+    targets = ", ".join(f"{k}: {v:g}" for k, v in report.targets.items()) or "none set"
+    return f"""<!doctype html><html><head><meta charset="utf-8">
+<title>tunesmith ladder: {html.escape(report.run)}</title><style>{_CSS}</style></head><body>
+<h1>Ladder: {html.escape(report.run)}</h1>
+<p>{report.n_examples} held-out prompts per rung · base model {html.escape(report.base_model)} · device {html.escape(report.device)}
+· cost basis {report.cost_basis} at {report.price:g} · targets: {html.escape(targets)}</p>
+<h2>Recommendation</h2><p>{html.escape(rec.sentence)}</p>{warning}
+<h2>Rungs</h2>{_rung_table(report)}
+<p>Latency is the wall time of the batch a request was generated in (batch size {report.generation.get('batch_size')}).</p>
+{_img(quality_cost_png(report), "quality vs cost")}
+<h2>First prompts, every rung</h2>{_examples(report, rows)}
+</body></html>"""
+
+
+def write_ladder_html(path: Path, report: LadderReport, rows: list[dict[str, Any]]) -> Path:
+    return write_text_atomic(path, render(report, rows))

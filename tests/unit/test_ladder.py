@@ -1,0 +1,202 @@
+"""The ladder: every rung on the same prompts and metrics, the recommendation rule, the report and its page."""
+
+from __future__ import annotations
+
+import html
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tunesmith.cli import app
+from tunesmith.config import LOWER_IS_BETTER_TARGETS, TargetsSection, load_recipe
+from tunesmith.errors import RunError
+from tunesmith.eval import metrics
+from tunesmith.eval.ladder import (
+    SPECS,
+    cost_per_1k,
+    ladder_inputs,
+    run_ladder,
+    rung_prompts,
+    write_ladder,
+)
+from tunesmith.eval.ladder_report import (
+    LadderReport,
+    RungResult,
+    read_ladder_report,
+    write_ladder_report,
+)
+from tunesmith.eval.recommend import recommend
+from tunesmith.rag.retrieve import Passage
+from tunesmith.train import sft
+
+FACT = "The answer key lives in the catalog."
+
+
+class FakeRetriever:
+    """Stands in for a Retriever: one passage per query, and a record of what was asked."""
+
+    def __init__(self) -> None:
+        self.queries: list[str] = []
+
+    def search(self, query: str, k: int = 4, mode: str = "hybrid") -> list[Passage]:
+        self.queries.append(query)
+        return [Passage(FACT, "kb.md", 3, 1.0, "kb-3")][:k]
+
+
+def _rag_recipe(path, tmp_path):
+    (tmp_path / "idx").mkdir(exist_ok=True)
+    return load_recipe(path, [f"rag.index={tmp_path / 'idx'}", "rag.k=1"])
+
+
+def test_every_rung_answers_the_same_prompts_scored_like_eval(tiny_recipe, tmp_path, monkeypatch):
+    from tunesmith.eval import compare
+
+    path = tiny_recipe(ladder={"few_shot_k": 2}, eval={"batch_size": 8})
+    run = sft.run(load_recipe(path))
+    recipe = _rag_recipe(path, tmp_path)
+    fake = FakeRetriever()
+    report, rows = run_ladder(recipe, retriever=fake)
+
+    status = {r.name: r.status for r in report.rungs}
+    assert status == {"base": "ok", "base_few_shot": "ok", "base_rag": "ok", "tuned": "ok", "tuned_rag": "ok", "student": "skipped"}
+    assert "student" in (report.rung("student").reason or "")
+    assert report.n_examples == 6 and all(r.n_examples == 6 for r in report.measured)
+
+    inputs = ladder_inputs(recipe, retriever=FakeRetriever())
+    assert fake.queries == [c[-1]["content"] for c in inputs.convs]  # retrieval asked with each eval prompt, once
+    for spec in SPECS.values():
+        if spec.name == "student":
+            continue
+        prompts = rung_prompts(spec, inputs)
+        assert [p[-1] for p in prompts] == [c[-1] for c in inputs.convs]  # same question last, every rung
+        assert all((FACT in p[0]["content"]) == spec.rag for p in prompts)
+        assert all(len(p) == len(c) + (4 if spec.few_shot else 0) for p, c in zip(prompts, inputs.convs))
+
+    # Same metric functions as `tunesmith eval`: its base/tuned summary equals the ladder's zero-shot rungs.
+    monkeypatch.setattr(compare, "write_outputs", lambda *a, **k: None)  # only its numbers are compared here
+    ev = compare.evaluate(run)
+    for side, rung in (("base", "base"), ("tuned", "tuned")):
+        for metric in ("exact_match", "token_f1", "rouge_l", "json_valid", "json_field_accuracy", "bleu"):
+            assert report.rung(rung).metrics[metric] == pytest.approx(ev.summary[side][metric]), (rung, metric)
+    json_mode = metrics.references_are_json([r["reference"] for r in rows])
+    for rung in report.measured:
+        texts = [row["outputs"][rung.name] for row in rows]
+        again = metrics.aggregate([metrics.score_example(t, row["reference"], json_mode) for t, row in zip(texts, rows)])
+        assert rung.metrics["exact_match"] == pytest.approx(again["exact_match"])
+        assert rung.p95_latency_ms >= rung.p50_latency_ms > 0 and rung.completion_tokens > 0
+    by = {r.name: r for r in report.measured}
+    assert by["base_few_shot"].prompt_tokens > by["base"].prompt_tokens < by["base_rag"].prompt_tokens
+    assert by["base"].prompt_tokens == by["tuned"].prompt_tokens and by["base_rag"].prompt_tokens == by["tuned_rag"].prompt_tokens
+    assert rows[0]["passages"] == ["kb.md:3"]
+
+
+def test_base_only_ladder_before_training_and_token_pricing(tiny_recipe):
+    recipe = load_recipe(tiny_recipe(ladder={"price_per_1k_tokens": 0.5, "max_new_tokens": 4}))
+    report, _ = run_ladder(recipe, max_examples=3)
+    reasons = {r.name: r.reason for r in report.rungs if r.status == "skipped"}
+    assert set(reasons) == {"base_rag", "tuned", "tuned_rag", "student"}
+    assert "train first" in reasons["tuned"] and "rag" in reasons["base_rag"]
+    assert report.cost_basis == "tokens" and report.price == 0.5
+    for r in report.measured:
+        assert r.n_examples == 3 and r.completion_tokens <= 4
+        assert r.cost_per_1k == pytest.approx((r.prompt_tokens + r.completion_tokens) * 0.5)
+
+
+def test_cost_per_1k_on_each_basis():
+    assert cost_per_1k("tokens", 0.002, 300, 100, 9.9) == pytest.approx(0.8)  # 400 tokens x 0.002 per 1k x 1,000
+    assert cost_per_1k("compute", 3.6, 300, 100, 0.5) == pytest.approx(0.5)  # 500 machine-s x 3.6 per hour
+
+
+def _rung(name: str, em: float, p95: float = 100.0, cost: float = 1.0, status: str = "ok") -> RungResult:
+    return RungResult(name=name, label=SPECS[name].label, status=status, n_examples=10, metrics={"exact_match": em},
+                      p50_latency_ms=p95 / 2, p95_latency_ms=p95, cost_per_1k=cost)
+
+
+LADDER = [_rung("base", 0.1, 50, 1.0), _rung("base_few_shot", 0.3, 80, 3.0), _rung("base_rag", 0.95, 900, 2.0),
+          _rung("tuned", 0.92, 60, 1.0), _rung("tuned_rag", 0.99, 700, 2.0)]
+
+
+@pytest.mark.parametrize("rungs,targets,winner,closest,warning", [
+    # RAG alone meets quality but not latency: tuned + RAG? too slow too; plain tuned wins, with the warning.
+    (LADDER, {"exact_match": 0.9, "p95_latency_ms": 800}, "tuned", None, "missed p95_latency_ms"),
+    # Only quality asked: tuned (1.0) beats base_rag (2.0) on cost; RAG met quality, so warn that it costs more.
+    (LADDER, {"exact_match": 0.9}, "tuned", None, "it costs 2"),
+    # A bar only retrieval + tuning clears: tuned + RAG; RAG alone missed quality, so no warning.
+    (LADDER, {"exact_match": 0.97}, "tuned_rag", None, None),
+    # Cheap and good enough: the zero-shot prompt wins, and on a cost tie (base vs tuned at 1.0) the simpler rung.
+    (LADDER, {"exact_match": 0.05}, "base", None, None),
+    # RAG cheaper than tuning and good enough: RAG, no warning.
+    ([_rung("base", 0.1, cost=1.0), _rung("base_rag", 0.95, cost=1.5), _rung("tuned", 0.95, cost=2.0)],
+     {"exact_match": 0.9}, "base_rag", None, None),
+    # Nobody gets there: no winner; the closest is the smallest relative miss.
+    (LADDER, {"exact_match": 0.999, "p95_latency_ms": 650}, None, "tuned", None),
+    # Skipped rungs never win, even with perfect (empty) numbers.
+    ([_rung("base", 0.2), _rung("tuned", 1.0, status="skipped")], {"exact_match": 0.5}, None, "base", None),
+])
+def test_recommendation_rule(rungs, targets, winner, closest, warning):
+    rec = recommend(rungs, targets)
+    assert rec.rung == winner and rec.closest == closest
+    if warning:
+        assert rec.warning is not None and warning in rec.warning and "RAG" in rec.warning
+    else:
+        assert rec.warning is None
+    if winner:
+        assert rec.sentence.startswith(f"Use {SPECS[winner].label}:") and rec.sentence.count(".") >= 1
+    else:
+        assert rec.sentence.startswith("No rung meets the targets") and SPECS[closest].label in rec.sentence
+
+
+def test_recommendation_without_targets_names_the_cheapest_and_asks_for_targets():
+    rec = recommend(LADDER, {})
+    assert rec.rung is None and "No targets" in rec.sentence and "base, zero-shot" in rec.sentence
+
+
+def test_target_names_match_the_metrics():
+    quality = set(TargetsSection.model_fields) - LOWER_IS_BETTER_TARGETS
+    assert quality == set(metrics.score_example("a", "a", json_mode=True))
+    assert set(RungResult.model_fields) >= LOWER_IS_BETTER_TARGETS - {"cost_per_1k"} | {"cost_per_1k"}
+
+
+def _report(rungs: list[RungResult]) -> LadderReport:
+    return LadderReport(run="r", base_model="m", n_examples=10, json_mode=True, primary_metric="exact_match",
+                        targets={"exact_match": 0.9}, cost_basis="compute", price=1.0, rungs=rungs,
+                        recommendation=recommend(rungs, {"exact_match": 0.9}))
+
+
+def test_report_round_trip_and_newer_schema_refused(tmp_path):
+    report = _report(LADDER)
+    write_ladder_report(tmp_path / "ladder.json", report)
+    back = read_ladder_report(tmp_path / "ladder.json")
+    assert back == report and back.rung("tuned").value("p95_latency_ms") == 60.0 and back.rung("nope") is None
+    data = json.loads((tmp_path / "ladder.json").read_text())
+    data["schema_version"] = 99
+    (tmp_path / "ladder.json").write_text(json.dumps(data))
+    with pytest.raises(RunError, match="newer"):
+        read_ladder_report(tmp_path / "ladder.json")
+
+
+def test_html_page_with_chart(tmp_path):
+    report = _report([*LADDER, RungResult(name="student", label="distilled student", status="skipped", reason="none <named>")])
+    rows = [{"id": "e1", "prompt": "<b>hi</b>", "reference": "{}", "passages": [], "outputs": {"base": "x", "tuned": "y"}}]
+    write_ladder(tmp_path, report, rows)
+    page = (tmp_path / "ladder.html").read_text()
+    assert page.count("<img") == 1 and "data:image/png;base64," in page
+    assert report.recommendation.sentence in html.unescape(page)
+    assert "&lt;b&gt;hi&lt;/b&gt;" in page and "none &lt;named&gt;" in page  # text is escaped
+    assert [json.loads(x)["id"] for x in (tmp_path / "predictions.jsonl").read_text().splitlines()] == ["e1"]
+
+
+def test_cli_writes_the_ladder_and_never_over_earlier_output(tiny_recipe, tmp_path):
+    path = tiny_recipe(ladder={"max_new_tokens": 4}, targets={"exact_match": 0.5})
+    runner = CliRunner()
+    res = runner.invoke(app, ["ladder", str(path), "--max-examples", "2"])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "runs" / "tiny-ladder"
+    assert "recommendation:" in res.output and "No rung meets the targets" in res.output
+    report = read_ladder_report(out / "ladder.json")
+    assert report.n_examples == 2 and report.targets == {"exact_match": 0.5} and (out / "ladder.html").exists()
+    again = runner.invoke(app, ["ladder", str(path), "--max-examples", "2"])
+    assert again.exit_code != 0 and "already exists" in again.output
+    assert runner.invoke(app, ["ladder", str(path), "--max-examples", "1", "--overwrite"]).exit_code == 0
+    assert read_ladder_report(out / "ladder.json").n_examples == 1
