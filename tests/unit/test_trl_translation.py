@@ -75,7 +75,8 @@ def test_dpo_config_fields(tmp_path):
                             training={"learning_rate": 1e-5, "seed": 3})
     cfg = _trl.build_dpo_config(recipe, recipe.run_dir, has_eval=True)
     assert cfg.beta == 0.3 and cfg.loss_type == ["ipo"] and cfg.label_smoothing == 0.1
-    assert cfg.max_length == 200 and cfg.learning_rate == 1e-5 and cfg.seed == 3
+    # train.dpo applied data.max_length (200) and counted it; TRL must not truncate again
+    assert cfg.max_length is None and cfg.learning_rate == 1e-5 and cfg.seed == 3
     assert cfg.precompute_ref_log_probs is False  # the adapter's base is the reference
     full = _method_recipe(tmp_path, method="dpo", adapter={"type": "full"})
     assert _trl.build_dpo_config(full, full.run_dir, has_eval=True).precompute_ref_log_probs is True
