@@ -245,9 +245,12 @@ def test_no_log_content_and_bounded_queue(runs, tmp_path):
         end = time.monotonic() + seconds
         async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as http:
             async def one() -> None:
+                n = 0
                 while time.monotonic() < end:
+                    n += 1  # prompts of different lengths: batches are padded while other threads count tokens
+                    ask = [{"role": "user", "content": "Add 3 and 4. " * (n % 5 + 1)}]
                     res = await http.post(url + "/v1/chat/completions",
-                                          json={"model": "alpha", "messages": ASK, "max_tokens": 16, "temperature": 0})
+                                          json={"model": "alpha", "messages": ask, "max_tokens": 16, "temperature": 0})
                     codes.append(res.status_code)
                     if res.status_code == 429:
                         assert res.headers["retry-after"] == "1"

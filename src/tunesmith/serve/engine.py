@@ -8,6 +8,7 @@ or removing an adapter takes the same lock, so an adapter never changes under a 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import threading
 from collections.abc import Iterator
@@ -68,6 +69,10 @@ class Engine:
         self.base_name = base_name
         self.default_name = base_name
         self._counter = 0
+        # A fast tokenizer keeps padding state on its Rust object: request threads counting tokens must not
+        # share it with the worker's padded batch encoding, so counting uses its own copy and lock.
+        self._count_tokenizer = copy.deepcopy(tokenizer)
+        self._count_lock = threading.Lock()
         config = getattr(model, "config", None)
         self.context_length = int(getattr(config, "max_position_embeddings", 0) or tokenizer.model_max_length)
 
@@ -155,8 +160,9 @@ class Engine:
     def prompt_tokens(self, conversation: list[dict[str, Any]]) -> int:
         from tunesmith.data.template import render_prompt
 
-        text = render_prompt(self.tokenizer, conversation)
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        with self._count_lock:
+            text = render_prompt(self._count_tokenizer, conversation)
+            return len(self._count_tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def generate_batch(self, name: str, conversations: list[list[dict[str, Any]]], params: Any) -> list[Any]:
         """Completions (tunesmith.eval.generate.Completion) for one group sharing model and sampling parameters."""
