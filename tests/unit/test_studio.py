@@ -188,3 +188,48 @@ def test_report_shows_the_ladder_and_its_recommendation(studio):
     html = client.get(f"/report?k={keys(client.get('/').text)['good']}").text
     assert "Ship tuned: it meets every target." in html and "tuned &lt;adapter&gt; ★" in html
     assert 'style="width:100.0%"' in html and 'style="width:25.0%"' in html  # bars scaled to the best rung
+
+
+FAKE_TRAIN = """
+import json, signal, sys, time
+from pathlib import Path
+out = Path(sys.argv[1]).with_suffix("").parent / "run"   # stands in for `tunesmith train RECIPE`: logs steps, exits 75 on SIGTERM
+out.mkdir(exist_ok=True)
+(out / "run.yaml").write_text("name: run\\n")
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(75))
+start = 10 if "--resume" in sys.argv else 0
+for step in range(start + 1, start + 4):
+    with open(out / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps({"step": step, "loss": 1.0 / step}) + "\\n")
+    time.sleep(0.2 if "--resume" in sys.argv else 30)
+(out / "manifest.json").write_text("{}")
+"""
+
+
+def test_launcher_follows_stops_and_resumes(tmp_path):
+    import sys
+    import time
+
+    from tunesmith.studio import launch
+    from tunesmith.studio.runs import Roots, run_status
+
+    roots = Roots([tmp_path])
+    (tmp_path / "fake_train.py").write_text(FAKE_TRAIN)
+    launcher = launch.Launcher(roots.studio_dir)
+    launcher.command = [sys.executable, str(tmp_path / "fake_train.py")]
+    recipe, run_dir = tmp_path / "recipe.yaml", tmp_path / "run"
+    recipe.write_text("name: run\n")
+    launcher.start(recipe, run_dir)
+    deadline = time.monotonic() + 20
+    while not (run_dir / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert run_status(run_dir, roots) == "running"
+    assert launcher.stop(run_dir)
+    events = list(launch.follow(roots.studio_dir, run_dir, timeout_s=20))
+    assert 'event: metrics\ndata: {"step": 1, "loss": 1.0}' in "".join(events)
+    assert events[-1] == 'event: status\ndata: {"exit_code": 75, "finished": false}\n\n'
+    assert run_status(run_dir, roots) == "stopped"
+    job = launcher.resume(run_dir)
+    assert job.cmd[-1] == "--resume" and job.recipe == str(recipe)
+    events = list(launch.follow(roots.studio_dir, run_dir, timeout_s=20))
+    assert '"exit_code": 0, "finished": true' in events[-1] and run_status(run_dir, roots) == "finished"

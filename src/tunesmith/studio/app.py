@@ -68,12 +68,16 @@ def resolve_run(request: Request, k: str) -> Path:
 
 
 def create_app(config: StudioConfig) -> FastAPI:
+    import tunesmith.eval.metrics  # noqa: F401  (seconds of imports paid at start-up, not by the first page)
+
     app = FastAPI(title="tunesmith studio", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.config = config
     app.state.roots = Roots([*config.runs, *config.data])
     app.state.run_roots = len(config.runs)
     app.state.templates = Jinja2Templates(directory=str(HERE / "pages"))  # .html templates: autoescape on
     app.state.templates.env.globals["ladder_bars"] = reports.ladder_bars
+    for name in app.state.templates.env.list_templates():  # compile once now, not on each page's first visit
+        app.state.templates.env.get_template(name)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
     @app.middleware("http")
@@ -137,11 +141,12 @@ def _runs_routes(app: FastAPI) -> None:
         s = summarize(run_dir, request.app.state.roots)
         if s.report is None:
             return page(request, "report.html", run=s, report=None, ladder=reports.ladder(run_dir))
-        rows = reports.filter_rows(run_dir, losses, metric)
-        pages = max(1, math.ceil(len(rows) / reports.PAGE_SIZE))
-        page_no = min(max(1, page_no), pages)
-        shown = reports.diffed(rows[(page_no - 1) * reports.PAGE_SIZE: page_no * reports.PAGE_SIZE])
-        return page(request, "report.html", run=s, report=s.report, rows=shown, total=len(rows), page_no=page_no,
+        shown, total = reports.report_page(run_dir, max(1, page_no), losses, metric)
+        pages = max(1, math.ceil(total / reports.PAGE_SIZE))
+        if page_no > pages:  # past the end (e.g. a filter shrank the list): show the last page
+            page_no = pages
+            shown, total = reports.report_page(run_dir, page_no, losses, metric)
+        return page(request, "report.html", run=s, report=s.report, rows=shown, total=total, page_no=max(1, page_no),
                     pages=pages, losses=losses, metric=metric, metrics=reports.metric_names(s.report),
                     ladder=reports.ladder(run_dir))
 

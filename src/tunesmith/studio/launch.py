@@ -88,6 +88,7 @@ class Launcher:
 
         self.studio_dir = claim_dir(studio_dir, "studio", reuse=True, what="studio folder")
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.command = [sys.executable, "-m", "tunesmith", "train"]  # + RECIPE [--resume]
 
     def save_recipe(self, text: str, recipe: Recipe) -> Path:
         """Write the edited recipe into a new file under .studio/recipes/ (never over an existing one)."""
@@ -105,7 +106,7 @@ class Launcher:
             raise RunError(f"{run_dir.name} is already training (pid {old.pid})")
         log = self.studio_dir / "jobs" / f"{_job_path(self.studio_dir, run_dir).stem}-{int(time.time())}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "tunesmith", "train", str(recipe_path)] + ["--resume"] * resume
+        cmd = [*self.command, str(recipe_path)] + ["--resume"] * resume
         env = {**os.environ, "COLUMNS": "120", "PYTHONUNBUFFERED": "1"}
         with open(log, "wb") as fh:
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)

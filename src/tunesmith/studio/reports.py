@@ -7,6 +7,7 @@ are diffed, so a 5,000-example report pages in milliseconds.
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,9 @@ from typing import Any
 from markupsafe import Markup, escape
 
 from tunesmith.errors import RunError
+from tunesmith.eval.ladder_report import read_ladder_report
 from tunesmith.records import EvalReport
-from tunesmith.studio.runs import RunSummary, cached, predictions
+from tunesmith.studio.runs import RunSummary, cached, prediction_lines, predictions
 
 PAGE_SIZE = 50
 
@@ -57,6 +59,16 @@ def _delta(row: dict[str, Any], metric: str) -> float | None:
     return t - b if isinstance(b, (int, float)) and isinstance(t, (int, float)) else None
 
 
+def report_page(run_dir: Path, page_no: int, losses: bool = False, metric: str = "") -> tuple[list[dict[str, Any]], int]:
+    """(rows of page `page_no`, 1-based, with word diffs; total rows after the filters)."""
+    start = (page_no - 1) * PAGE_SIZE
+    if not losses and not metric:  # unfiltered: parse only the rows shown
+        lines = prediction_lines(run_dir)
+        return diffed([json.loads(line) for line in lines[start:start + PAGE_SIZE]]), len(lines)
+    rows = filter_rows(run_dir, losses, metric)
+    return diffed(rows[start:start + PAGE_SIZE]), len(rows)
+
+
 def filter_rows(run_dir: Path, losses: bool = False, metric: str = "") -> list[dict[str, Any]]:
     """Report rows: all, or only those the tuned model lost; with `metric`, only rows where tuned is worse on it, worst first."""
     rows = predictions(run_dir)
@@ -91,11 +103,7 @@ def diffed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def ladder(run_dir: Path) -> Any:
-    """The run's LadderReport, or None when no ladder was run (or the module is not installed)."""
-    try:
-        from tunesmith.eval.ladder_report import read_ladder_report
-    except ImportError:
-        return None
+    """The run's LadderReport, or None when no ladder was run (or its file is unreadable)."""
     # `tunesmith ladder` writes beside the run folder by default (<run>-ladder/), or into --out.
     for path in (run_dir.parent / f"{run_dir.name}-ladder" / "ladder.json", run_dir / "ladder" / "ladder.json"):
         if path.is_file():

@@ -189,13 +189,19 @@ def list_runs(roots: Roots) -> list[RunSummary]:
     return sorted((summarize(d, roots) for d in find_runs(roots)), key=lambda s: -s.mtime)
 
 
+def prediction_lines(run_dir: Path) -> list[str]:
+    """The raw lines of eval/predictions.jsonl (cached): a page parses only the rows it shows."""
+
+    def load(path: Path) -> list[str]:
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    return cached(run_dir / "eval" / "predictions.jsonl", "lines", load) or []
+
+
 def predictions(run_dir: Path) -> list[dict[str, Any]]:
     """eval/predictions.jsonl rows (id, prompt, reference, base, tuned, *_metrics, judgement); cached."""
-
-    def load(path: Path) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-    return cached(run_dir / "eval" / "predictions.jsonl", "predictions", load) or []
+    return cached(run_dir / "eval" / "predictions.jsonl", "predictions",
+                  lambda _p: [json.loads(line) for line in prediction_lines(run_dir)]) or []
 
 
 def checkpoints(run_dir: Path) -> list[dict[str, Any]]:
