@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import write_jsonl
 
+from helpers import write_jsonl
 from tunesmith.errors import DataError
 from tunesmith.rag.chunk import chunk_lines, read_lines
 from tunesmith.rag.embed import load_embedder
@@ -89,6 +89,33 @@ def test_source_lines_for_markdown_html_and_jsonl(tmp_path):
     assert chunk_lines(read_lines(page), 400, 0)[0].line == 3
     rows = write_jsonl(tmp_path / "r.jsonl", [{"text": "alpha fact."}, {"messages": [{"role": "user", "content": "beta fact."}]}])
     assert [(c.text, c.line) for c in chunk_lines(read_lines(rows), 400, 0)] == [("alpha fact.", 1), ("beta fact.", 2)]
+    pdf = tmp_path / "manual.pdf"
+    pdf.write_bytes(tiny_pdf(["Hello first page.", "Second page fact."]))
+    pages = [(c.text, c.line) for c in chunk_lines(read_lines(pdf), 400, 0)]
+    assert pages == [("Hello first page.", 1), ("Second page fact.", 2)]
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 not really")
+    with pytest.raises(DataError, match="broken.pdf"):
+        read_lines(tmp_path / "broken.pdf")
+
+
+def tiny_pdf(pages: list[str]) -> bytes:
+    """A minimal PDF with one line of Helvetica text per page (no PDF writer needed)."""
+    objs = ["<< /Type /Catalog /Pages 2 0 R >>", "", "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    kids = []
+    for text in pages:
+        stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET"
+        objs.append(f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream")
+        objs.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {len(objs)} 0 R "
+                    "/Resources << /Font << /F1 3 0 R >> >> >>")
+        kids.append(f"{len(objs)} 0 R")
+    objs[1] = f"<< /Type /Pages /Kids [{' '.join(kids)}] /Count {len(kids)} >>"
+    out, offsets = "%PDF-1.4\n", []
+    for i, body in enumerate(objs, start=1):
+        offsets.append(len(out))
+        out += f"{i} 0 obj\n{body}\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objs) + 1}\n0000000000 65535 f \n" + "".join(f"{o:010d} 00000 n \n" for o in offsets)
+    return (out + f"trailer\n<< /Size {len(objs) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n").encode("latin-1")
 
 
 def test_hybrid_fuses_keyword_and_paraphrase_hits(index):
@@ -179,7 +206,8 @@ def test_training_and_eval_see_the_prompt_augment_builds(docs, tmp_path, minilm,
     raw_train, raw_eval = split_examples(recipe.data, recipe.training.seed)
     train_ex, _ = recipe_examples(recipe)
     expected = [augment(e.messages, retriever, k=1)[0] for e in raw_train]
-    assert [e.messages for e in train_ex] == expected and expected[0][0]["content"].startswith("Answer with JSON.\n\nContext:\n[1] (docs/")
+    assert [e.messages for e in train_ex] == expected
+    assert expected[0][0]["content"].startswith("Answer with JSON.\n\nContext:\n[1] (docs/")
     assert [e.messages for e in eval_examples(recipe)] == [augment(e.messages, retriever, k=1)[0] for e in raw_eval]
 
     tokenizer = load_tokenizer(recipe.model.base)

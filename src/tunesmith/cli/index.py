@@ -11,7 +11,9 @@ from rich.table import Table
 
 from tunesmith.cli import app, console, err_console, handle_errors
 
-index_app = typer.Typer(help="Retrieval indexes (LanceDB, hybrid vector + full-text search): build, query, eval.", no_args_is_help=True)
+index_app = typer.Typer(
+    help="Retrieval indexes (LanceDB, hybrid vector + full-text search): build, query, eval.", no_args_is_help=True
+)
 app.add_typer(index_app, name="index")
 
 MODES = ("hybrid", "vector", "fts")
@@ -28,10 +30,14 @@ def _check_mode(mode: str) -> str:
 @index_app.command("build")
 @handle_errors
 def build(
-    sources: list[Path] = typer.Argument(..., help="Documents or folders (.md .txt .html .jsonl .pdf; folders are read recursively)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Index folder: new, empty, or an index tunesmith built (then only changed files are re-embedded)."),
-    embedder: str | None = typer.Option(None, help="sentence-transformers folder or cached hub id; default: the bundled all-MiniLM-L6-v2."),
-    chunk_chars: int = typer.Option(800, help="Largest chunk, in characters; chunks end on sentence boundaries, headings start new ones."),
+    sources: list[Path] = typer.Argument(..., help="Documents or folders (.md .txt .html .jsonl .pdf), read recursively."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Index folder: new, empty, or an index tunesmith built (only changed files are re-embedded)."
+    ),
+    embedder: str | None = typer.Option(
+        None, help="sentence-transformers folder or cached hub id; default: the bundled all-MiniLM-L6-v2."
+    ),
+    chunk_chars: int = typer.Option(800, help="Largest chunk in characters; chunks end on sentences, headings start new ones."),
     overlap_chars: int = typer.Option(120, help="Characters of trailing sentences repeated at the start of the next chunk."),
 ) -> None:
     """Chunk, embed and store documents in a LanceDB index (vectors + full-text index + source lines)."""
@@ -95,7 +101,9 @@ def query(
 @handle_errors
 def evaluate(
     index: Path = typer.Argument(..., help="Index folder."),
-    file: Path = typer.Argument(..., help="JSONL rows with `question` (or messages) and gold `sources` (chunk ids, files or file:line)."),
+    file: Path = typer.Argument(
+        ..., help="JSONL rows with `question` (or messages) and gold `sources` (chunk ids, files or file:line)."
+    ),
     k: int = typer.Option(5, "-k", help="Cut-off for recall@k and hit rate."),
     out: Path | None = typer.Option(None, "--out", help="Also write the figures as JSON to this new file."),
 ) -> None:

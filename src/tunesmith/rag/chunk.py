@@ -72,11 +72,15 @@ def read_lines(path: Path) -> list[Line]:
 
 def _pdf_lines(path: Path) -> list[Line]:
     from pypdf import PdfReader
+    from pypdf.errors import PyPdfError
 
     out: list[Line] = []
-    for page_no, page in enumerate(PdfReader(str(path)).pages, start=1):
-        out.append((page_no, SECTION_BREAK))
-        out += [(page_no, line) for line in (page.extract_text() or "").splitlines()]
+    try:
+        for page_no, page in enumerate(PdfReader(str(path)).pages, start=1):
+            out.append((page_no, SECTION_BREAK))
+            out += [(page_no, line) for line in (page.extract_text() or "").splitlines()]
+    except PyPdfError as exc:
+        raise DataError(f"{path}: not a readable PDF: {exc}") from None
     return out
 
 

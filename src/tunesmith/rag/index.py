@@ -79,7 +79,8 @@ def read_meta(index: Path) -> IndexMeta:
     """The index's record; DataError when `index` is not a tunesmith index."""
     path = Path(index) / META_FILE
     if not path.is_file():
-        raise DataError(f"{index} is not a tunesmith index (no {META_FILE})", hint="Build one: tunesmith index build SOURCES --out INDEX")
+        raise DataError(f"{index} is not a tunesmith index (no {META_FILE})",
+                        hint="Build one: tunesmith index build SOURCES --out INDEX")
     try:
         meta = IndexMeta.model_validate_json(path.read_text(encoding="utf-8"))
     except (OSError, ValidationError) as exc:
@@ -121,7 +122,7 @@ def connect(index: Path) -> Any:
     """The LanceDB database in an index folder (embedded: files on disk, no server)."""
     import os
 
-    os.environ.setdefault("LANCE_LOG", "error")  # keep the "creating a new dataset" notice out of the user's terminal
+    os.environ.setdefault("LANCEDB_LOG", "error")  # keep the "no existing dataset, creating it" notice out of the terminal
     import lancedb
 
     return lancedb.connect(str(index))
@@ -154,12 +155,14 @@ def build_index(
     old = _check_target(out)
     files = expand_sources(sources)
     if not files:
-        raise DataError(f"no documents found in {', '.join(map(str, sources))}", hint="Index .md, .txt, .html, .jsonl or .pdf files.")
+        raise DataError(f"no documents found in {', '.join(map(str, sources))}",
+                        hint="Index .md, .txt, .html, .jsonl or .pdf files.")
     model = resolve_embedder(embedder)
     out.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out / ".lock")):
         old = _check_target(out) if old is not None else old
-        reusable = old is not None and (old.embedder, old.chunk_chars, old.overlap_chars) == (model.name, chunk_chars, overlap_chars)
+        settings = (model.name, chunk_chars, overlap_chars)
+        reusable = old is not None and (old.embedder, old.chunk_chars, old.overlap_chars) == settings
         db, table = _open_table(out)
         kept_rows, new_rows, entries, embedded = [], [], {}, set()
         old_rows = table.to_arrow().to_pylist() if reusable and table is not None else []
@@ -178,7 +181,8 @@ def build_index(
             entries[str(path)] = FileEntry(label=label, sha256=digest, chunks=len(rows))
         rows = kept_rows + new_rows
         if not rows:
-            raise DataError(f"no text found in {len(files)} document(s)", hint="Check the files hold text (scanned PDFs have none).")
+            raise DataError(f"no text found in {len(files)} document(s)",
+                            hint="Check the files hold text (scanned PDFs have none).")
         embed_started = time.perf_counter()
         _embed_rows(model, new_rows, progress)
         embed_seconds = time.perf_counter() - embed_started

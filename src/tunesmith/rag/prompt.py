@@ -43,7 +43,7 @@ def _jinja(template: str) -> Any:
 
 
 def render_template(template: str, context: str, question: str) -> str:
-    """Fill `{context}`/`{question}` (str.format) or `{{ context }}`/`{{ question }}` (Jinja2, when the template has `{{`/`{%`)."""
+    """Fill `{context}`/`{question}` (str.format), or `{{ context }}`/`{{ question }}` (Jinja2: a template with `{{`/`{%`)."""
     if "{{" in template or "{%" in template:
         return _jinja(template).render(context=context, question=question)
     return template.format(context=context, question=question)
@@ -90,7 +90,11 @@ def recipe_retriever(recipe: Recipe) -> Retriever | None:
 
 
 def augment_many(
-    conversations: list[list[dict[str, Any]]], retriever: Retriever, k: int = 4, template: str | None = None, mode: Mode = "hybrid"
+    conversations: list[list[dict[str, Any]]],
+    retriever: Retriever,
+    k: int = 4,
+    template: str | None = None,
+    mode: Mode = "hybrid",
 ) -> list[list[dict[str, Any]]]:
     """`augment` for many conversations (queries embedded in one batch); the same messages `augment` returns for each."""
     hits = retriever.search_many([retrieval_query(m) for m in conversations], k=k, mode=mode)

@@ -38,7 +38,9 @@ class RetrievalEval(Record):
     scored: int = Field(..., description="Rows with a question and gold references.")
     skipped: int = Field(0, description="Rows without a question or gold references.")
     modes: dict[str, ModeScore]
-    misses: list[dict[str, Any]] = Field(default_factory=list, description="Up to 20 questions whose gold was not in the hybrid top k.")
+    misses: list[dict[str, Any]] = Field(
+        default_factory=list, description="Up to 20 questions whose gold was not in the first mode's top k."
+    )
 
 
 def _question(obj: dict[str, Any]) -> str:
