@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from studio_helpers import fake_run
 
+from studio_helpers import fake_run
 from tunesmith.errors import RunError, TunesmithError
 from tunesmith.studio import review
 from tunesmith.studio.agreement import cohen_kappa, fleiss_kappa, wilson
@@ -96,7 +96,8 @@ def test_export_sft_and_dpo_rows_audit_clean(store, tmp_path):
     a_is_y = s.swapped(rnd.id, items[1].id, "ann")
     s.record(items[1], "ann", "a" if a_is_y else "b")  # ann prefers y (tuned) on item 1
     sft = review.export_rows(items, s.verdicts(rnd.id), "sft")
-    assert sft == [{"id": f"review-{items[0].id}-ann", "messages": [*items[0].messages, {"role": "assistant", "content": '{"sum": 1}'}]}]
+    corrected = [*items[0].messages, {"role": "assistant", "content": '{"sum": 1}'}]
+    assert sft == [{"id": f"review-{items[0].id}-ann", "messages": corrected}]
     dpo = review.export_rows(items, s.verdicts(rnd.id), "dpo")
     if items[1].answer_x != items[1].answer_y:
         assert dpo == [{"input": {"messages": items[1].messages},

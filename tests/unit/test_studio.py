@@ -7,9 +7,9 @@ import re
 
 import pytest
 from fastapi.testclient import TestClient
+
 from helpers import chat_rows, write_jsonl
 from studio_helpers import fake_run
-
 from tunesmith.errors import RunError
 from tunesmith.studio.app import StudioConfig, check_bind, create_app
 
@@ -104,7 +104,8 @@ def test_report_pages_and_filters(studio):
     assert html.count('class="card example"') == 50 and "page 1 of 3" in html
     assert client.get(f"/report?k={k}&page_no=3").text.count('class="card example"') == 20
     losses = client.get(f"/report?k={k}&losses=true").text
-    n_losses = sum(json.loads(line)["judgement"] == "loss" for line in (root / "good/eval/predictions.jsonl").read_text().splitlines())
+    lines = (root / "good/eval/predictions.jsonl").read_text().splitlines()
+    n_losses = sum(json.loads(line)["judgement"] == "loss" for line in lines)
     assert losses.count('class="card example"') == min(50, n_losses) and '<span class="pill win">' not in losses
     worse = client.get(f"/report?k={k}&metric=exact_match").text
     assert worse.count('class="card example"') == min(50, n_losses)  # a loss here is exactly a drop in exact_match
@@ -149,7 +150,8 @@ def test_monitor_without_and_with_a_serve_dir(tmp_path):
 
 def test_launch_preview_audits_and_refuses_paths_outside(studio):
     client, root, tmp_path = studio
-    data_key = next(m for m in re.findall(r'name="train" value="([^"]+)"', client.get("/launch").text) if m.endswith("train.jsonl"))
+    offered = re.findall(r'name="train" value="([^"]+)"', client.get("/launch").text)
+    data_key = next(m for m in offered if m.endswith("train.jsonl"))
     html = client.post("/launch/preview", data={"train": [data_key], "base": str(tmp_path / "nope"), "name": "new"}).text
     assert 'id="audit-summary"' in html and "0 blocking errors" in html and "token checks skipped" in html
     assert "# Training method" in html  # field help comes from the recipe schema's descriptions

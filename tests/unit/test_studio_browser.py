@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from helpers import chat_rows, write_jsonl
 from studio_helpers import fake_run
 
@@ -47,7 +48,8 @@ def server(workspace):
     from tunesmith.studio.app import StudioConfig, create_app
 
     port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(StudioConfig(runs=[workspace])), host="127.0.0.1", port=port, log_level="warning"))
+    app = create_app(StudioConfig(runs=[workspace]))
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -42,7 +42,8 @@ def stats(
         s = compute_stats(store.items(rnd.id), store.verdicts(rnd.id), max(1, min_agree))
     finally:
         store.close()
-    table = Table("figure", "value", title=f"review round {rnd.id}: {rnd.name}" + ("" if rnd.closed else " (open)"), title_justify="left")
+    title = f"review round {rnd.id}: {rnd.name}" + ("" if rnd.closed else " (open)")
+    table = Table("figure", "value", title=title, title_justify="left")
     win = "n/a" if s.win_rate is None else f"{s.win_rate:.1%} (95% CI {s.ci_low:.1%}-{s.ci_high:.1%})"
     table.add_row(f"{rnd.label_y} win rate vs {rnd.label_x}", win)
     table.add_row("items counted", f"{s.counted} of {s.n_items} (min agree {s.min_agree})")

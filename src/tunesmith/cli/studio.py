@@ -15,10 +15,12 @@ from tunesmith.cli import app, console, handle_errors
 def studio(
     runs: list[Path] = typer.Option([Path("runs")], "--runs", help="Folder(s) holding run folders (repeatable)."),
     data: list[Path] = typer.Option([], "--data", help="Extra folder(s) whose data files Launch and Data may read."),
-    serve_dir: Path = typer.Option(None, "--serve-dir", help="A `tunesmith serve` folder: the Monitor page shows its request log."),
+    serve_dir: Path = typer.Option(None, "--serve-dir", help="A `tunesmith serve` folder: Monitor shows its request log."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; anything but loopback needs --token."),
     port: int = typer.Option(7860, help="Port to listen on."),
-    token: str = typer.Option(None, envvar="TUNESMITH_STUDIO_TOKEN", help="Access token every request must carry (?token= once, then a cookie)."),
+    token: str = typer.Option(
+        None, envvar="TUNESMITH_STUDIO_TOKEN", help="Access token every request must carry (?token= once, then a cookie)."
+    ),
 ) -> None:
     """Browse runs and eval reports, launch and follow training, review answers blind, audit data, chat, monitor."""
     import uvicorn

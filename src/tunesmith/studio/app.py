@@ -61,7 +61,8 @@ def page(request: Request, template: str, /, status_code: int = 200, **ctx: Any)
 
 def resolve_run(request: Request, k: str) -> Path:
     """The run folder named by `k`; RunError (a 404 page) when it is outside the roots or not a run."""
-    path = request.app.state.roots.resolve(k)
+    roots: Roots = request.app.state.roots
+    path = roots.resolve(k)
     if not (path / "run.yaml").is_file():
         raise RunError("not a run folder")
     return path
@@ -91,7 +92,8 @@ def create_app(config: StudioConfig) -> FastAPI:
             if request.query_params.get("token"):
                 response.set_cookie(COOKIE, config.token, httponly=True, samesite="strict")
             return response
-        return await call_next(request)
+        passed: Response = await call_next(request)
+        return passed
 
     @app.exception_handler(TunesmithError)
     async def not_found(request: Request, exc: TunesmithError) -> HTMLResponse:

@@ -132,7 +132,8 @@ class Launcher:
     def resume(self, run_dir: Path) -> Job:
         job = read_job(self.studio_dir, run_dir)
         if job is None:
-            raise RunError(f"{run_dir.name} was not started from the studio", hint="Resume it with: tunesmith train RECIPE --resume")
+            raise RunError(f"{run_dir.name} was not started from the studio",
+                           hint="Resume it with: tunesmith train RECIPE --resume")
         return self.start(Path(str(job["recipe"])), run_dir, resume=True)
 
 

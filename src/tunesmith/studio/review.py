@@ -308,5 +308,6 @@ def items_from_predictions(rows: list[dict[str, object]], conversations: dict[st
             continue
         messages = conversations.get(ex_id) or [{"role": "user", "content": str(r.get("prompt", ""))}]
         x, y = (str(r.get("tuned", "")), other[ex_id]) if other is not None else (str(r.get("base", "")), str(r.get("tuned", "")))
-        items.append(ReviewItem(example_id=ex_id, messages=messages, reference=str(r.get("reference", "")), answer_x=x, answer_y=y))
+        items.append(ReviewItem(example_id=ex_id, messages=messages, reference=str(r.get("reference", "")),
+                                answer_x=x, answer_y=y))
     return items

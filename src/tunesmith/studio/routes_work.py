@@ -39,7 +39,8 @@ def _launcher(request: Request) -> launch.Launcher:
     state = request.app.state
     if getattr(state, "launcher", None) is None:
         state.launcher = launch.Launcher(state.roots.studio_dir)
-    return state.launcher
+    launcher: launch.Launcher = state.launcher
+    return launcher
 
 
 def _tokenizer(base: str) -> tuple[Any, str | None]:
