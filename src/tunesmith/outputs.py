@@ -70,7 +70,8 @@ def _remove_own(folder: Path, marker: dict[str, Any]) -> None:
     edited = [name for name, sha in own.items() if sha and (folder / name).is_file() and _sha256(folder / name) != sha]
     if edited:
         raise OutputError(
-            f"{folder}: {', '.join(edited)} changed since `tunesmith {marker.get('command')}` wrote it; --overwrite would lose the edit",
+            f"{folder}: {', '.join(edited)} changed since `tunesmith {marker.get('command')}` wrote it; "
+            "--overwrite would lose the edit",
             hint="Move the edited file(s) away first, or choose a new folder.",
         )
     for name in own:
@@ -81,7 +82,9 @@ def _remove_own(folder: Path, marker: dict[str, Any]) -> None:
             target.unlink()
 
 
-def claim_dir(path: str | Path, command: str, *, overwrite: bool = False, reuse: bool = False, what: str = "output folder") -> Path:
+def claim_dir(
+    path: str | Path, command: str, *, overwrite: bool = False, reuse: bool = False, what: str = "output folder"
+) -> Path:
     """Make `path` this command's output folder and return it (resolved).
 
     New or empty: created and marked. Marked by the same command: with `reuse` kept as it is (a resumed run);
@@ -100,7 +103,9 @@ def claim_dir(path: str | Path, command: str, *, overwrite: bool = False, reuse:
     entries = [p.name for p in path.iterdir() if p.name != MARKER]
     if marker is None or marker.get("command") != command:
         if entries or marker is not None:
-            made_by = f"by `tunesmith {marker.get('command')}`" if marker and marker.get("command") else "by you, not by tunesmith"
+            made_by = (
+                f"by `tunesmith {marker.get('command')}`" if marker and marker.get("command") else "by you, not by tunesmith"
+            )
             raise OutputError(
                 f"{what} {path} already exists and holds files made {made_by} ({', '.join(sorted(entries)[:5]) or MARKER})",
                 hint="tunesmith writes only into a new folder or one the same command created: choose a new folder.",
@@ -112,8 +117,10 @@ def claim_dir(path: str | Path, command: str, *, overwrite: bool = False, reuse:
         return path
     if not overwrite:
         raise OutputError(
-            f"{what} {path} already exists and holds the output of an earlier `tunesmith {command}` ({', '.join(sorted(own)[:5])})",
-            hint="Pass --overwrite to replace that output (only files tunesmith wrote there are removed), or choose a new folder.",
+            f"{what} {path} already exists and holds the output of an earlier `tunesmith {command}` "
+            f"({', '.join(sorted(own)[:5])})",
+            hint="Pass --overwrite to replace that output (only files tunesmith wrote there are removed), "
+            "or choose a new folder.",
         )
     _remove_own(path, marker)
     _write_marker(path, {**marker, "own": {}})
@@ -142,7 +149,9 @@ def check_new_dir(path: str | Path, what: str = "--out") -> Path:
     if path.exists() and not path.is_dir():
         raise OutputError(f"{what} {path} is a file, not a folder", hint="Choose a new folder.")
     if path.is_dir() and any(path.iterdir()):
-        raise OutputError(f"{what} {path} exists and is not empty", hint="Choose a new folder; tunesmith never writes over your files.")
+        raise OutputError(
+            f"{what} {path} exists and is not empty", hint="Choose a new folder; tunesmith never writes over your files."
+        )
     parent = next((p for p in path.parents if p.exists()), Path("."))
     if not parent.is_dir():
         raise OutputError(f"{what} {path}: {parent} is a file, not a folder", hint="Choose another path.")
@@ -160,7 +169,9 @@ def claim_file(path: str | Path, *, inputs: Sequence[str | Path] = (), overwrite
     resolved = path.resolve()
     for src in inputs:
         if Path(src).expanduser().resolve() == resolved:
-            raise OutputError(f"{what} {path} is an input of this command", hint="tunesmith never writes over its input: choose another path.")
+            raise OutputError(
+                f"{what} {path} is an input of this command", hint="tunesmith never writes over its input: choose another path."
+            )
     if path.is_dir():
         raise OutputError(f"{what} {path} is a folder, not a file", hint="Give a file path, e.g. out.jsonl.")
     parent = next((p for p in resolved.parents if p.exists()), Path("."))
@@ -173,9 +184,13 @@ def claim_file(path: str | Path, *, inputs: Sequence[str | Path] = (), overwrite
     sha = own.get(resolved.name)
     if not overwrite or not sha:
         detail = "an earlier tunesmith output; --overwrite replaces it" if sha else "a file tunesmith did not create"
-        raise OutputError(f"{what} {path} already exists ({detail})", hint="Choose a new path; tunesmith never writes over your files.")
+        raise OutputError(
+            f"{what} {path} already exists ({detail})", hint="Choose a new path; tunesmith never writes over your files."
+        )
     if _sha256(resolved) != sha:
-        raise OutputError(f"{what} {path} changed since tunesmith wrote it; --overwrite would lose the edit", hint="Choose a new path.")
+        raise OutputError(
+            f"{what} {path} changed since tunesmith wrote it; --overwrite would lose the edit", hint="Choose a new path."
+        )
     return path
 
 

@@ -69,7 +69,6 @@ def train(
     from tunesmith.errors import TunesmithError
     from tunesmith.train import launch, summary
     from tunesmith.train import run as train_run
-
     from tunesmith.train.start import release_run_dir
 
     try:

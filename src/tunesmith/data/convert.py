@@ -130,7 +130,8 @@ def convert_file(src: str | Path, out: str | Path, to: str, overwrite: bool = Fa
             if len(result.skipped_rows) < 50:
                 result.skipped_rows.append(f"{rec.where} [{exc.code}] {exc.message}")
     if not rows:
-        raise DataError(f"{src}: no row could be converted to {to} ({dict(result.skipped) or 'the file has no rows'}); nothing written")
+        why = dict(result.skipped) or "the file has no rows"
+        raise DataError(f"{src}: no row could be converted to {to} ({why}); nothing written")
     write_rows(out, rows)
     outputs.record_file(out)
     result.converted = len(rows)

@@ -31,7 +31,8 @@ def _refuse(run: Run, dtype: str) -> None:
     peft_type = json.loads(config.read_text(encoding="utf-8")).get("peft_type", "LORA")
     if peft_type not in ("LORA",):  # DoRA and rsLoRA are LORA too; soft prompts have no weights to fold in
         raise RunError(
-            f"cannot merge a {peft_type.lower().replace('_', '-')} adapter ({run.dir}): it adds virtual tokens, not weight deltas",
+            f"cannot merge a {peft_type.lower().replace('_', '-')} adapter ({run.dir}): "
+            "it adds virtual tokens, not weight deltas",
             hint="Serve it with its base instead: tunesmith chat RUN_DIR (or eval), which loads base + adapter.",
         )
     if dtype not in ("float32", "bfloat16", "float16"):
@@ -46,7 +47,7 @@ def _save(merged: Any, tokenizer: Any, stage: Path, lineage: dict[str, Any], run
         merged.save_pretrained(stage, safe_serialization=True)
         tokenizer.save_pretrained(stage)
         write_json_atomic(stage / "tunesmith_lineage.json", lineage)
-    except (OSError, RuntimeError) as exc:  # torch/safetensors may report a full disk as RuntimeError
+    except Exception as exc:  # torch and safetensors report a full disk as RuntimeError / SafetensorError
         full = disk_full(exc, f"writing the merged model beside {stage.parent}", run.dir, then="Free space and merge again.")
         if full is None:
             raise

@@ -227,12 +227,17 @@ def raise_if_stopped(trainer: Any, run_dir: Path) -> None:
 def disk_full(exc: BaseException, what: str, run_dir: Path, then: str = "") -> DiskFull | None:
     """The DiskFull error for an ENOSPC/EDQUOT `exc` raised while `what`; None for any other error.
 
-    torch.save reports a full disk as RuntimeError ("file write failed" / "No space left on device"), not OSError.
+    Not every writer raises OSError: safetensors raises SafetensorError("... No space left on device (os error 28)"),
+    and torch.save's zip writer a RuntimeError ("file write failed", or "[enforce fail at inline_container.cc] ...
+    unexpected pos N vs M" when a write came up short), as measured on a full tmpfs.
     """
+    text = str(exc)
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         reason = exc.strerror
-    elif isinstance(exc, RuntimeError) and any(s in str(exc) for s in ("No space left on device", "file write failed")):
+    elif any(s in text for s in ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")):
         reason = "No space left on device"
+    elif isinstance(exc, RuntimeError) and ("file write failed" in text or ("inline_container" in text and "unexpected pos" in text)):
+        reason = "a write came up short (no space left on device)"
     else:
         return None
     return DiskFull(f"disk full while {what}: {reason}", hint=" ".join(filter(None, (_kept_hint(run_dir), then))))

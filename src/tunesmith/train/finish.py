@@ -46,7 +46,7 @@ def save_adapter(trainer: Any, tokenizer: Any, run_dir: Path) -> Path:
         checkpoints.save_final_model(trainer, tmp_dir)
         if main:
             tokenizer.save_pretrained(tmp_dir)
-    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
+    except Exception as exc:  # torch.save and safetensors report a full disk as RuntimeError / SafetensorError
         shutil.rmtree(tmp_dir, ignore_errors=True)  # no half-written adapter is left behind
         _raise_if_disk_full(exc, f"saving the final adapter under {run_dir}", run_dir)
         raise
@@ -101,7 +101,7 @@ def finish_run(
         return load_run(run_dir)
     try:
         held_out = save_held_out(recipe, run_dir)
-    except (OSError, RuntimeError) as exc:
+    except Exception as exc:  # a full disk is not always an OSError (see faults.disk_full)
         shutil.rmtree(run_dir / "data", ignore_errors=True)
         _raise_if_disk_full(exc, f"saving the held-out rows under {run_dir}", run_dir)
         raise
@@ -145,7 +145,7 @@ def finish_run(
     try:
         write_loss_png(run_dir)
         write_manifest(run_dir / "manifest.json", manifest)  # last: its presence means "finished"
-    except (OSError, RuntimeError) as exc:
+    except Exception as exc:  # a full disk is not always an OSError (see faults.disk_full)
         _raise_if_disk_full(exc, f"writing manifest.json under {run_dir}", run_dir)
         raise
     start.release_run_dir(run_dir)

@@ -1,0 +1,289 @@
+"""Nothing the user made is ever lost: hostile commands through the real CLI leave the user's tree unchanged.
+
+Each test snapshots a folder tree (paths + SHA-256), runs a command a new user could plausibly type, and asserts
+the exit code, one clear message (no traceback), and that the tree is unchanged except for the files the command
+documents. Training runs on the tiny random Llama.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from helpers import chat_rows, write_jsonl
+from tunesmith.cli import app
+from tunesmith.outputs import MARKER, OutputError
+
+runner = CliRunner()
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under root -> SHA-256 of its bytes ('dir' for folders)."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def cli(*args: str) -> tuple[int, str]:
+    res = runner.invoke(app, [str(a) for a in args])
+    out = " ".join(res.output.split())  # rich wraps long lines
+    assert "Traceback" not in out and not (res.exception and not isinstance(res.exception, SystemExit)), out
+    return res.exit_code, out
+
+
+def user_tree(root: Path) -> Path:
+    """A folder of the user's own work: data, notes, a hand-made adapter/ folder."""
+    (root / "data").mkdir(parents=True)
+    write_jsonl(root / "data" / "train.jsonl", chat_rows(12, seed=5))
+    (root / "notes.md").write_text("my notes\n")
+    (root / "adapter").mkdir()
+    (root / "adapter" / "adapter_model.safetensors").write_bytes(b"my own weights")
+    return root
+
+
+# --- deleting or overwriting what tunesmith did not create --------------------------------------------------------
+
+
+def test_demo_refuses_a_dir_holding_other_files(tmp_path):
+    home = user_tree(tmp_path / "work")
+    before = snapshot(tmp_path)
+    code, out = cli("demo", "--dir", home)
+    assert code == OutputError.exit_code and "by you, not by tunesmith" in out
+    assert snapshot(tmp_path) == before
+
+
+def test_init_never_writes_over_existing_data_files(tmp_path):
+    home = user_tree(tmp_path / "proj")
+    before = snapshot(tmp_path)
+    code, out = cli("init", home)
+    assert code == OutputError.exit_code and "already exists" in out
+    assert snapshot(tmp_path) == before
+
+
+def test_init_overwrite_replaces_only_its_own_unedited_files(tmp_path):
+    proj = tmp_path / "proj"
+    assert cli("init", proj)[0] == 0
+    assert json.loads((proj / MARKER).read_text())["command"] == "init"
+    (proj / "mine.txt").write_text("keep me")
+    code, out = cli("init", proj)
+    assert code == OutputError.exit_code and "--overwrite" in out
+    assert cli("init", proj, "--overwrite")[0] == 0 and (proj / "mine.txt").read_text() == "keep me"
+    (proj / "recipe.yaml").write_text("# my edits\n")  # the user's work now
+    before = snapshot(tmp_path)
+    code, out = cli("init", proj, "--overwrite")
+    assert code == OutputError.exit_code and "changed since" in out
+    assert snapshot(tmp_path) == before
+
+
+def test_train_refuses_an_output_dir_with_other_files(tiny_recipe, tmp_path):
+    path = tiny_recipe()
+    user_tree(tmp_path / "runs" / "tiny")  # output_dir holds an adapter/ the user made
+    before = snapshot(tmp_path)
+    code, out = cli("train", path)
+    assert code == OutputError.exit_code and "output_dir" in out
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", ["convert", "fix", "split"])
+def test_data_outputs_never_replace_existing_files_or_inputs(tmp_path, command):
+    src = write_jsonl(tmp_path / "d.jsonl", chat_rows(40, seed=3))
+    (tmp_path / "d.train.jsonl").write_text("mine\n")
+    (tmp_path / "out.jsonl").write_text("mine\n")
+    before = snapshot(tmp_path)
+    args = {
+        "convert": [
+            ["data", "convert", src, "--to", "messages", "--out", tmp_path / "out.jsonl"],
+            ["data", "convert", src, "--to", "messages", "--out", src],
+        ],
+        "fix": [
+            ["data", "fix", src, "--no-tokens", "--out", tmp_path / "out.jsonl"],
+            ["data", "fix", src, "--no-tokens", "--out", src],
+        ],
+        "split": [["data", "split", src], ["data", "split", src, "--overwrite"]],
+    }[command]
+    for a in args:
+        code, out = cli(*a)
+        assert code == OutputError.exit_code and ("already exists" in out or "input" in out), out
+    assert snapshot(tmp_path) == before
+
+
+def test_data_output_overwrite_replaces_only_its_own_output(tmp_path):
+    src = write_jsonl(tmp_path / "d.jsonl", chat_rows(10, seed=3))
+    out = tmp_path / "o.jsonl"
+    assert cli("data", "convert", src, "--to", "prompt_completion", "--out", out)[0] == 0
+    assert cli("data", "convert", src, "--to", "prompt_completion", "--out", out)[0] == OutputError.exit_code
+    assert cli("data", "convert", src, "--to", "messages", "--out", out, "--overwrite")[0] == 0
+    assert '"messages"' in out.read_text()
+    out.write_text(out.read_text() + "\n")  # edited by the user: no longer tunesmith's to replace
+    code, msg = cli("data", "convert", src, "--to", "messages", "--out", out, "--overwrite")
+    assert code == OutputError.exit_code and "changed since" in msg
+
+
+def test_out_that_is_a_folder_or_read_only_is_one_clear_error(tmp_path, small_disk):
+    src = write_jsonl(tmp_path / "d.jsonl", chat_rows(10, seed=3))
+    (tmp_path / "folder").mkdir()
+    code, out = cli("data", "convert", src, "--to", "messages", "--out", tmp_path / "folder")
+    assert code == OutputError.exit_code and "is a folder" in out
+    locked = small_disk("1m", read_only=True)  # permission bits do not stop root; a read-only mount does
+    code, out = cli("data", "convert", src, "--to", "messages", "--out", locked / "o.jsonl")
+    assert code == OutputError.exit_code and "read-only" in out
+    code, out = cli("init", locked / "proj")
+    assert code == OutputError.exit_code and "read-only" in out
+
+
+# --- a finished run is immutable; one writer per run folder --------------------------------------------------------
+
+
+@pytest.fixture
+def finished(tiny_recipe):
+    path = tiny_recipe(training={"max_steps": 2, "save_steps": 2})
+    code, out = cli("train", path)
+    assert code == 0, out
+    return path, path.parent / "runs" / "tiny"
+
+
+def test_resume_of_a_finished_run_changes_nothing(finished):
+    path, run_dir = finished
+    before = snapshot(run_dir)
+    for extra in ([], ["--set", "training.seed=7"], ["--set", "training.learning_rate=0.1"]):
+        code, out = cli("train", path, "--resume", *extra)
+        assert code == 1 and "finished run" in out and "never changed" in out
+        assert snapshot(run_dir) == before
+
+
+def test_refused_resume_changes_nothing_and_a_changed_schedule_is_refused(finished):
+    path, run_dir = finished
+    (run_dir / "manifest.json").unlink()  # an unfinished run with a complete checkpoint-2
+    before = snapshot(run_dir)
+    code, out = cli("train", path, "--resume", "--set", "training.seed=7")
+    assert code == 1 and "refusing to resume" in out
+    assert snapshot(run_dir) == before
+    code, out = cli("train", path, "--resume", "--set", "training.learning_rate=0.1", "--set", "training.max_steps=4")
+    assert code == 1 and "schedule changed" in out and "training.learning_rate" in out and "training.max_steps" in out
+    assert snapshot(run_dir) == before
+
+
+def test_second_train_on_a_locked_run_folder_is_refused(tiny_recipe, tmp_path):
+    from filelock import FileLock
+
+    from tunesmith.outputs import claim_dir
+
+    path = tiny_recipe()
+    run_dir = claim_dir(tmp_path / "runs" / "tiny", "train")  # as a first `train` leaves it while it runs
+    with FileLock(str(run_dir / ".lock")):
+        before = snapshot(tmp_path)
+        code, out = cli("train", path)
+    assert code == 1 and "another tunesmith train holds" in out
+    assert snapshot(tmp_path) == before
+
+
+# --- checks that passed when they should not; tracebacks for user mistakes ----------------------------------------
+
+
+def test_zero_row_file_is_blocking(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    code, out = cli("data", "check", tmp_path / "empty.jsonl", "--no-tokens")
+    assert code == 1 and "too_few_examples" in out
+
+
+@pytest.mark.parametrize("steps", [0, -2])
+def test_max_steps_zero_or_negative_is_a_recipe_error(tiny_recipe, steps):
+    code, out = cli("train", tiny_recipe(), "--set", f"training.max_steps={steps}")
+    assert code == 1 and "training.max_steps" in out and "-1" in out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["merge", ".", "--out", "x", "--check-prompts", "0"],
+        ["chat", ".", "--max-new-tokens", "0"],
+        ["eval", ".", "--max-examples", "0"],
+        ["demo", "--steps", "0"],
+        ["data", "show", "f", "--row", "0"],
+    ],
+)
+def test_non_positive_counts_are_refused(args):
+    code, out = cli(*args)
+    assert code == 2 and "Invalid value for" in out and "1" in out, out
+
+
+def test_corrupt_gguf_base_and_unknown_target_modules_are_clear_errors(tiny_recipe, tmp_path):
+    path = tiny_recipe()
+    (tmp_path / "empty.gguf").write_bytes(b"")
+    code, out = cli("train", path, "--set", f"model.base={tmp_path / 'empty.gguf'}")
+    assert code == 1 and "not a readable GGUF" in out
+    code, out = cli("train", path, "--set", "adapter.target_modules=[q_proj,nope_proj]")
+    assert code == 1 and "adapter.target_modules" in out and "nope_proj" in out
+    assert not (tmp_path / "runs" / "tiny").exists()  # a refused run leaves no folder
+
+
+def test_merge_out_that_is_a_file_leaves_it_alone(finished, tmp_path):
+    _, run_dir = finished
+    (tmp_path / "model").write_text("mine")
+    before = snapshot(tmp_path / "model")
+    code, out = cli("merge", run_dir, "--out", tmp_path / "model")
+    assert code == OutputError.exit_code and "is a file" in out
+    assert (tmp_path / "model").read_text() == "mine" and snapshot(tmp_path / "model") == before
+
+
+# --- real full disks (a small tmpfs) -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """Factory: a tmpfs of `size` mounted under tmp_path (root only; skipped otherwise)."""
+    mounts: list[Path] = []
+
+    def make(size: str, read_only: bool = False) -> Path:
+        point = tmp_path / f"disk{len(mounts)}"
+        point.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True, text=True)
+        if res.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here (needs root and mount rights): {res.stderr.strip()}")
+        mounts.append(point)
+        return point
+
+    yield make
+    for point in mounts:
+        subprocess.run(["umount", "-l", str(point)], check=False)  # lazy: a failed writer may still hold a handle
+
+
+def _tmp_leftovers(root: Path) -> list[str]:
+    return [str(p.relative_to(root)) for p in root.rglob("*") if ".tmp" in p.name or p.name == ".staging"]
+
+
+def test_full_disk_while_training_is_exit_74_without_partial_files(tiny_recipe, small_disk):
+    disk = small_disk("96k")  # room for run.yaml and logs, not for the first checkpoint (~120 KB)
+    path = tiny_recipe(output_dir=str(disk / "run"), training={"max_steps": 2, "save_steps": 1})
+    code, out = cli("train", path)
+    assert code == 74 and "disk full" in out, out
+    assert _tmp_leftovers(disk) == [] and not (disk / "run" / "manifest.json").exists()
+    assert not [p for p in (disk / "run" / "checkpoints").glob("checkpoint-*") if not (p / "COMPLETE").exists()]
+
+
+def test_full_disk_while_merging_is_exit_74_and_leaves_nothing(finished, small_disk):
+    _, run_dir = finished
+    disk = small_disk("64k")  # the merged tiny model is ~200 KB
+    code, out = cli("merge", run_dir, "--out", disk / "merged")
+    assert code == 74 and "disk full" in out, out
+    assert list(disk.iterdir()) == []
+
+
+def test_torch_save_full_disk_runtime_error_is_recognised(small_disk):
+    """torch.save reports ENOSPC as RuntimeError, not OSError: a real one, from a real small filesystem."""
+    import torch
+
+    from tunesmith.train.faults import disk_full
+
+    disk = small_disk("16k")
+    with pytest.raises(RuntimeError) as info:
+        torch.save(torch.zeros(64 * 1024), disk / "big.pt")
+    full = disk_full(info.value, "saving", disk)
+    assert full is not None and full.exit_code == 74
