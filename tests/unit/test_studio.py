@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -235,3 +236,27 @@ def test_launcher_follows_stops_and_resumes(tmp_path):
     assert job.cmd[-1] == "--resume" and job.recipe == str(recipe)
     events = list(launch.follow(roots.studio_dir, run_dir, timeout_s=20))
     assert '"exit_code": 0, "finished": true' in events[-1] and run_status(run_dir, roots) == "finished"
+
+
+def test_synthetic_rows_review_writes_an_audited_file_and_the_rate(studio):
+    client, root, _ = studio
+    synth = root / "data" / "synth.jsonl"
+    write_jsonl(synth, chat_rows(12, seed=4))
+    before = synth.read_text()
+    k = "0/data/synth.jsonl"
+    for i in range(4):
+        html = client.get(f"/data/synth?k={k}&n=4").text
+        line = int(re.search(r'name="line" value="(\d+)"', html).group(1))
+        form = {"k": k, "n": 4, "line": line, "verdict": ["accept", "reject", "edit", "accept"][i], "reason": "wrong sum"}
+        if i == 2:
+            edited = [{"role": "user", "content": "<b>hi</b>"}, {"role": "assistant", "content": "ok"}]
+            form["row"] = json.dumps({"messages": edited})
+        assert client.post("/data/synth/decide", data=form).status_code == 200
+    assert "Every sampled row is decided" in client.get(f"/data/synth?k={k}&n=4").text
+    html = client.post("/data/synth/write", data={"k": k, "n": 4}).text
+    assert "acceptance rate 75%" in html and "1 rejected" in html
+    outcome = json.loads(next((root / ".studio" / "synth").glob("synth-*/acceptance.json")).read_text())
+    written = [json.loads(x) for x in Path(outcome["out_file"]).read_text().splitlines()]
+    assert len(written) == 3 and {"role": "user", "content": "<b>hi</b>"} in written[1]["messages"]
+    assert outcome["reasons"] == {"wrong sum": 1} and outcome["audit_errors"] == 1  # too_few_examples: 3 rows
+    assert synth.read_text() == before  # the input is never modified

@@ -32,7 +32,8 @@ def data_files(request: Request, limit: int = 300) -> list[tuple[str, str]]:
                 continue
             if path.is_file() and not (path.parent / "run.yaml").exists():  # a run's own records are not data
                 out.append((roots.key(path), str(path)))
-    return out
+    reviewed = sorted(roots.studio_dir.glob("synth/*/accepted-*.jsonl"))  # rows accepted in a synthetic-data review
+    return out + [(roots.key(p), str(p)) for p in reviewed][: max(0, limit - len(out))]
 
 
 def _launcher(request: Request) -> launch.Launcher:
@@ -201,6 +202,53 @@ def data_row(request: Request, k: str, line: int) -> HTMLResponse:
         raise RunError(f"no row at line {line}")
     text = json.dumps(rec.obj, indent=2, ensure_ascii=False) if not isinstance(rec.obj, str) else rec.obj
     return page(request, "data_row.html", k=k, path=path, line=line, text=text)
+
+
+def _synth(request: Request, k: str, n: int) -> Any:
+    from tunesmith.studio.synth_review import SynthReview
+
+    path = request.app.state.roots.resolve(k)
+    if not path.is_file():
+        raise RunError("not a data file")
+    return SynthReview(path, request.app.state.roots.studio_dir, sample_size=max(1, min(n, 1000)))
+
+
+@router.get("/data/synth", response_class=HTMLResponse)
+def synth_page(request: Request, k: str, n: int = 20) -> HTMLResponse:
+    """Review a sample of synthetic rows: accept, reject with a reason, or edit."""
+    review = _synth(request, k, n)
+    try:
+        line = review.next_line()
+        done = len(review.decisions())
+        text = json.dumps(review.rows[line], indent=2, ensure_ascii=False) if line is not None else ""
+        return page(request, "synth.html", k=k, n=n, path=review.source, line=line, text=text, done=done,
+                    total=len(review.sample), outcome=None)
+    finally:
+        review.close()
+
+
+@router.post("/data/synth/decide")
+def synth_decide(request: Request, k: str = Form(...), n: int = Form(20), line: int = Form(...), verdict: str = Form(...),
+                 reason: str = Form(""), row: str = Form("")) -> RedirectResponse:
+    from urllib.parse import quote
+
+    review = _synth(request, k, n)
+    try:
+        review.decide(line, verdict, reason, row)
+    finally:
+        review.close()
+    return RedirectResponse(f"/data/synth?k={quote(k)}&n={n}", status_code=303)
+
+
+@router.post("/data/synth/write", response_class=HTMLResponse)
+def synth_write(request: Request, k: str = Form(...), n: int = Form(20)) -> HTMLResponse:
+    review = _synth(request, k, n)
+    try:
+        outcome = review.write_accepted()
+        return page(request, "synth.html", k=k, n=n, path=review.source, line=None, text="",
+                    done=len(review.decisions()), total=len(review.sample), outcome=outcome)
+    finally:
+        review.close()
 
 
 @router.get("/monitor", response_class=HTMLResponse)
