@@ -11,9 +11,9 @@ import httpx
 import openai
 import pytest
 import yaml
-from helpers import chat_rows, write_jsonl
 from serve_helpers import free_port, live_server
 
+from helpers import chat_rows, write_jsonl
 from tunesmith.serve.app import ServeSettings, create_app
 from tunesmith.serve.engine import load_engine
 from tunesmith.serve.security import KeyRing
@@ -42,10 +42,7 @@ def runs(tmp_path_factory, tiny_model_dir):
                   "eval": {"max_new_tokens": 8, "batch_size": 4}, "output_dir": f"runs/{name}"}
         (root / f"{name}.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
         run = sft.run(load_recipe(root / f"{name}.yaml"))
-        try:  # TEMP
-            evaluate(run)
-        except AttributeError:
-            pass
+        evaluate(run)
         out[name] = run.dir
     return out
 
@@ -278,3 +275,40 @@ def test_grafana_dashboard_queries_only_exported_metrics(server):
     queried = {name for expr in metric_exprs(dashboard) for name in re.findall(r"\btunesmith_[a-z_]+", expr)}
     exported = exported_names(httpx.get(server[0] + "/metrics").text)
     assert len(queried) >= 10 and queried <= exported, queried - exported
+
+
+def test_cli_serve_with_check_and_generated_key(runs, tmp_path):
+    """`tunesmith serve RUN --adapter beta=RUN --check`: a key is generated (0600), /health turns ready, the log fills."""
+    import os
+    import subprocess
+    import sys
+
+    port, folder = free_port(), tmp_path / "serve"
+    cmd = [sys.executable, "-m", "tunesmith", "serve", str(runs["alpha"]), "--adapter", f"beta={runs['beta']}",
+           "--port", str(port), "--dir", str(folder), "--check"]
+    env = {k: v for k, v in os.environ.items() if k != "TUNESMITH_API_KEY"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline, health = time.monotonic() + 180, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                health = httpx.get(url + "/health", timeout=5)
+                if health.status_code == 200 or health.json().get("problem"):
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        assert health is not None and health.status_code == 200, health.text if health is not None else proc.poll()
+        assert health.json()["check"]["passed"] and (folder / ".tunesmith-serve").exists()
+        key_file = folder / "api_key"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        auth = {"Authorization": f"Bearer {key_file.read_text().strip()}"}
+        res = httpx.post(url + "/v1/chat/completions", headers=auth,
+                         json={"model": "beta", "messages": ASK, "max_tokens": 4, "temperature": 0})
+        assert res.status_code == 200
+        assert RequestLog.open(folder).get_request(res.json()["id"]) is not None
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=20)[0]
+    assert "Traceback" not in out, out
