@@ -121,3 +121,23 @@ def test_closed_round_refuses_verdicts(store):
     s.close_round(rnd.id)
     with pytest.raises(RunError, match="closed"):
         s.record(s.items(rnd.id)[0], "ann", "a")
+
+
+def test_cli_review_stats_and_export(store, tmp_path):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    s, rnd = store
+    run_dir = s.path.parent.parent
+    for item in s.items(rnd.id):
+        s.record(item, "ann", "tie", correction="a better answer")
+    runner = CliRunner()
+    res = runner.invoke(app, ["review", "stats", str(run_dir)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "tie 8" in res.output and "n/a" in res.output
+    out = tmp_path / "fixes.jsonl"
+    res = runner.invoke(app, ["review", "export", str(run_dir), "--to", "sft", "--out", str(out)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "8 rows" in res.output and len(out.read_text().splitlines()) == 8
+    res = runner.invoke(app, ["review", "export", str(run_dir), "--to", "dpo", "--out", str(tmp_path / "p.jsonl")])
+    assert res.exit_code != 0 and "nothing to export" in res.output  # all ties: no preference to export
+    assert runner.invoke(app, ["review", "stats", str(tmp_path)]).exit_code != 0  # no review in this folder

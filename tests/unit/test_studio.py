@@ -260,3 +260,21 @@ def test_synthetic_rows_review_writes_an_audited_file_and_the_rate(studio):
     assert len(written) == 3 and {"role": "user", "content": "<b>hi</b>"} in written[1]["messages"]
     assert outcome["reasons"] == {"wrong sum": 1} and outcome["audit_errors"] == 1  # too_few_examples: 3 rows
     assert synth.read_text() == before  # the input is never modified
+
+
+def test_review_round_between_two_runs(studio):
+    client, root, _ = studio
+    fake_run(root, "other", n_examples=6, seed=8)
+    fake_run(root, "mine", n_examples=6, seed=3)
+    k = keys(client.get("/").text)["mine"]
+    home = client.get(f"/review?k={k}").text
+    other = re.search(r'<option value="([^"]+)">this run vs other', home).group(1)
+    client.post("/review/new", data={"k": k, "other": other, "name": "mine vs other"})
+    from tunesmith.studio.review import ReviewStore
+
+    store = ReviewStore.open(root / "mine")
+    rnd, items = store.rounds()[0], store.items(1)
+    store.close()
+    rows = [json.loads(x) for x in (root / "other/eval/predictions.jsonl").read_text().splitlines()]
+    theirs = {r["id"]: r["tuned"] for r in rows}
+    assert (rnd.label_x, rnd.label_y) == ("mine", "other") and all(i.answer_y == theirs[i.example_id] for i in items)

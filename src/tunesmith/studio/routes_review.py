@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from tunesmith.errors import RunError
 from tunesmith.studio import review
 from tunesmith.studio.app import page, resolve_run
-from tunesmith.studio.runs import predictions
+from tunesmith.studio.runs import list_runs, predictions
 
 router = APIRouter()
 
@@ -55,7 +55,8 @@ def review_home(request: Request, k: str) -> HTMLResponse:
         rounds = store.rounds()
     finally:
         store.close()
-    return page(request, "review_home.html", k=k, run_name=run_dir.name, rounds=rounds)
+    others = [r for r in list_runs(request.app.state.roots) if r.report is not None and r.dir != run_dir]
+    return page(request, "review_home.html", k=k, run_name=run_dir.name, rounds=rounds, others=others)
 
 
 @router.post("/review/new")
