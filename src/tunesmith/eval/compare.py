@@ -75,6 +75,7 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
             "base": outputs["base"][i], "tuned": outputs["tuned"][i],
             "base_metrics": s_base, "tuned_metrics": s_tuned,
             "judgement": metrics.judge(s_base, s_tuned, json_mode),
+            "hit_budget": {side: hit_budget[side][i] for side in ("base", "tuned")},
         })
     summary: dict[str, dict[str, float]] = {}
     for side in ("base", "tuned"):
