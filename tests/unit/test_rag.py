@@ -194,9 +194,10 @@ def test_training_and_eval_see_the_prompt_augment_builds(docs, tmp_path, minilm,
     from tunesmith.config import load_recipe
     from tunesmith.data.dataset import recipe_examples, split_examples
     from tunesmith.data.template import tokenize_example
+    from tunesmith.eval.compare import evaluate
     from tunesmith.models import load_tokenizer
     from tunesmith.rag.index import changed_since
-    from tunesmith.run import load_run
+    from tunesmith.run import held_out_examples, load_run
     from tunesmith.train import sft
     from tunesmith.train.rows import eval_examples
 
@@ -217,10 +218,13 @@ def test_training_and_eval_see_the_prompt_augment_builds(docs, tmp_path, minilm,
     run = sft.run(recipe)
     assert run.manifest.rag == {"index": str(tmp_path / "idx"), "content_hash": content_hash(tmp_path / "idx"), "k": 1,
                                 "embedder": "all-MiniLM-L6-v2", "mode": "hybrid"}
+    assert [e.messages for e in held_out_examples(run)] == [augment(e.messages, retriever, k=1)[0] for e in raw_eval]
     assert changed_since(run) is None
     (docs / "shipping.md").write_text(DOC_B + "\nNew fact.\n", encoding="utf-8")
     build_index([docs], tmp_path / "idx", embedder=minilm, chunk_chars=200, overlap_chars=40)
     assert "changed since training" in (changed_since(load_run(run.dir)) or "")
+    report = evaluate(load_run(run.dir), max_examples=2)
+    assert any("retrieval index" in w and "changed since training" in w for w in report.warnings)
 
 
 def test_odd_inputs_do_not_break_the_index(tmp_path, minilm):
