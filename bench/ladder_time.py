@@ -15,7 +15,7 @@ from pathlib import Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("demo_dir", type=Path)
-    parser.add_argument("--max-examples", type=int, default=None, help="Prompts per rung (default: the recipe's ladder.max_examples).")
+    parser.add_argument("--max-examples", type=int, default=None, help="Prompts per rung (default: ladder.max_examples).")
     parser.add_argument("--rungs", default=None, help="Comma-separated rungs (default: the recipe's ladder.rungs).")
     args = parser.parse_args()
 

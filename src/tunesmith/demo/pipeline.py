@@ -101,7 +101,8 @@ def run_demo(directory: Path, console: Any, steps: int | None = None, fresh: boo
     started = time.time()
     # Only a folder an earlier demo made is reused; with fresh, only the demo's own files in it are removed.
     directory = outputs.claim_dir(directory, "demo", overwrite=fresh, what="--dir")
-    outputs.record(directory, "runs/demo", "runs/demo-ladder", "merged")  # recorded up front: a rerun after a crash still removes them
+    # Recorded up front: a rerun after a crash still removes them.
+    outputs.record(directory, "runs/demo", "runs/demo-ladder", "merged")
     console.rule("[bold]1/5 base model")
     with console.status("importing SmolLM2-135M-Instruct from its GGUF (once) ..."):
         base = pull("smollm2-135m-instruct")
