@@ -13,7 +13,7 @@ import functools
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +38,11 @@ class RewardWatch(TrainerCallback):
         self.metrics_path = metrics_path
         self.min_steps = min_steps
         self.groups: dict[str, list[int]] = {}  # reward name -> [groups seen, groups whose values differ]
-        self.values: dict[str, Counter] = {}
+        self.values: dict[str, Counter[float]] = {}
         self.warnings: list[str] = []
         self._checked = False
 
-    def wrap(self, fn: Callable[..., list[float]]) -> Callable[..., list[float]]:
+    def wrap(self, fn: Callable[..., list[float]]) -> Callable[..., Any]:
         """The reward function, unchanged in what it returns (and in its __name__, which TRL logs it by)."""
         name = getattr(fn, "__name__", "reward")
         self.groups.setdefault(name, [0, 0])
@@ -56,7 +56,7 @@ class RewardWatch(TrainerCallback):
 
         return watched
 
-    def observe(self, name: str, values: list[float | None]) -> None:
+    def observe(self, name: str, values: Sequence[float | None]) -> None:
         seen = [float(v) for v in values if v is not None]
         self.values[name].update(round(v, 4) for v in seen)
         g = self.num_generations
