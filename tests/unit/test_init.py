@@ -157,3 +157,13 @@ def test_eval_cli_prints_budget_and_degenerate_lines(tmp_path):
     assert "base: 0% hit the budget" in lines[1] and "ok" in lines[1]
     assert "tuned: 50% hit the budget · 25% repetition loops" in lines[2] and "degenerate" in lines[2]
     yaml.safe_dump(report.model_dump(mode="json"))  # the report stays plain data
+
+
+def test_init_grpo_gets_rewards_that_match_the_references(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "g.jsonl", chat_rows(40, seed=3))  # JSON answers
+    res = CliRunner().invoke(app, ["init", str(tmp_path / "g"), "--data", str(data), "--model", str(tiny_model_dir),
+                                   "--method", "grpo"])
+    assert res.exit_code == 0, res.output
+    recipe = load_recipe(tmp_path / "g" / "recipe.yaml")
+    assert [r.type for r in recipe.grpo.rewards] == ["json_valid", "exact_match"]
+    assert recipe.grpo.rewards[1].field == "reference" and recipe.data.eval_fraction == 0.2
