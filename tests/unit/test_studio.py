@@ -23,6 +23,8 @@ def studio(tmp_path):
     root.mkdir()
     (tmp_path / "secret.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": SECRET}]}) + "\n")
     (tmp_path / "secret.png").write_bytes(b"\x89PNG" + SECRET.encode())
+    (root / "link.png").symlink_to(tmp_path / "secret.png")  # symlinks pointing out of the roots
+    (root / "linkdir").symlink_to(tmp_path, target_is_directory=True)
     fake_run(root, "good", n_examples=120, seed=3)
     fake_run(root, "live", finished=False)
     stopped = fake_run(root, "halted", finished=False)
@@ -55,12 +57,14 @@ def test_runs_page_lists_every_run_with_status_and_figures(studio):
     "/file?k=0/../secret.png", "/file?k=0/%2e%2e/secret.png", "/file?k=0//tmp/x.png", "/file?k=7/x.png",
     "/data?k=0/../secret.jsonl", "/data?k=0/%2E%2E/secret.jsonl", "/data/row?k=0/../secret.jsonl&line=1",
     "/report?k=0/..", "/review?k=0/../", "/job?k=0/../../", "/%2e%2e/%2e%2e/etc/passwd", "/static/../app.py",
+    "/file?k=0/link.png", "/data?k=0/linkdir/secret.jsonl", "/data/synth?k=0/linkdir/secret.jsonl",
 ])
 def test_no_path_outside_the_roots_is_readable(studio, url):
     client, _, _ = studio
     res = client.get(url)
     assert res.status_code in (404, 422) and SECRET not in res.text
     assert "def create_app" not in res.text
+    assert "secret.jsonl" not in client.get("/launch").text  # nor is a file outside listed
 
 
 def test_form_input_and_records_are_escaped(studio):

@@ -30,6 +30,8 @@ def data_files(request: Request, limit: int = 300) -> list[tuple[str, str]]:
             rel = path.relative_to(root)
             if any(p in SKIP_DIRS or p.startswith(".") for p in rel.parts[:-1]) or not path.name.endswith(DATA_SUFFIXES):
                 continue
+            if not path.resolve().is_relative_to(root):  # a symlink out of the roots is not listed either
+                continue
             if path.is_file() and not (path.parent / "run.yaml").exists():  # a run's own records are not data
                 out.append((roots.key(path), str(path)))
     reviewed = sorted(roots.studio_dir.glob("synth/*/accepted-*.jsonl"))  # rows accepted in a synthetic-data review
