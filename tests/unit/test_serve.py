@@ -204,6 +204,27 @@ def test_disconnect_cancels_generation(server):
     assert 'tunesmith_cancelled_total{reason="disconnect"}' in metrics
 
 
+def test_per_request_timeout(server):
+    """Past the server's time limit a waiting request gets 504 and a stream is cut short (finish_reason length)."""
+    url, state, _ = server
+    hook = state.engine.model.get_base_model().model.register_forward_pre_hook(lambda m, a: time.sleep(0.02))
+    old, state.settings.timeout_s = state.settings.timeout_s, 0.3
+    auth = {"Authorization": f"Bearer {KEY}"}
+    try:
+        body = {"model": "alpha", "messages": ASK, "max_tokens": 30, "temperature": 0.8}
+        res = httpx.post(url + "/v1/chat/completions", json=body, headers=auth, timeout=30)
+        assert res.status_code == 504 and res.json()["error"]["code"] == "timeout"
+        started = time.monotonic()
+        with httpx.stream("POST", url + "/v1/chat/completions", json={**body, "max_tokens": 300, "stream": True},
+                          headers=auth, timeout=30) as stream:
+            lines = [line for line in stream.iter_lines() if line.startswith("data: {")]
+        assert time.monotonic() - started < 4  # 300 steps at 20 ms would take 6 s
+        assert json.loads(lines[-1][6:])["choices"][0]["finish_reason"] == "length"
+    finally:
+        state.settings.timeout_s = old
+        hook.remove()
+
+
 def test_deploy_check_fails_for_sabotaged_adapters(runs, tmp_path):
     """A zeroed adapter and one whose run recorded another chat template: /health never turns ready."""
     from safetensors.torch import load_file, save_file

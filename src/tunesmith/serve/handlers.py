@@ -250,6 +250,9 @@ async def _stream(state: Any, request: Request, call: Call, job: Job) -> AsyncIt
                 yield _chunk(call, item)
                 continue
             call.completion_tokens, call.finish_reason = item.completion_tokens, item.finish_reason
+            if job.cancel_reason == "timeout":  # cut short by the server's time limit: reported like a token budget
+                call.finish_reason = "length"
+                state.metrics.cancelled.labels("timeout").inc()
             break
         yield _chunk(call, None, _finish_reason(call.finish_reason))
         if call.body.include_usage:

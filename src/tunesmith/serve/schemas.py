@@ -116,8 +116,10 @@ class AdapterRequest(_Body):
 def validation_error(errors: list[Any]) -> ApiError:
     """A 400 for the first problem pydantic or the JSON parser found, naming the field."""
     first = errors[0] if errors else {}
-    if first.get("type") == "json_invalid" or (tuple(first.get("loc", ())) == ("body",) and "dict" in str(first.get("type"))):
-        return ApiError(400, f"malformed JSON body: {first.get('ctx', {}).get('error', 'expected a JSON object')}", code="invalid_json")
+    whole_body = tuple(first.get("loc", ())) == ("body",) and "dict" in str(first.get("type"))
+    if first.get("type") == "json_invalid" or whole_body:
+        detail = first.get("ctx", {}).get("error", "expected a JSON object")
+        return ApiError(400, f"malformed JSON body: {detail}", code="invalid_json")
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     param = ".".join(loc) or None
     return ApiError(400, f"{param or 'body'}: {first.get('msg', 'invalid value')}", param=param, code="invalid_value")
