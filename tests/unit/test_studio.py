@@ -282,3 +282,29 @@ def test_review_round_between_two_runs(studio):
     rows = [json.loads(x) for x in (root / "other/eval/predictions.jsonl").read_text().splitlines()]
     theirs = {r["id"]: r["tuned"] for r in rows}
     assert (rnd.label_x, rnd.label_y) == ("mine", "other") and all(i.answer_y == theirs[i.example_id] for i in items)
+
+
+def test_run_page_shows_faults_and_failed_runs(studio):
+    client, root, _ = studio
+    run_dir = fake_run(root, "bumpy")
+    events = [{"step": 3, "loss": "nan"}, {"event": "oom_backoff", "step": 4, "batch_size": 2, "grad_accum": 2},
+              {"event": "resumed", "step": 4, "checkpoint": "checkpoint-4", "dropped_rows": 1}]
+    with open(run_dir / "metrics.jsonl", "a") as fh:
+        fh.writelines(json.dumps(e) + "\n" for e in events)
+    html = client.get(f"/run?k={keys(client.get('/').text)['bumpy']}").text
+    assert "nonfinite_loss" in html and "oom_backoff" in html and "batch_size=2" in html and "checkpoint-4" in html
+    broken = fake_run(root, "broken", finished=False)
+    import os
+
+    os.utime(broken / "metrics.jsonl", (0, 0))
+    row = re.search(r"broken</a>.*?</tr>", client.get("/").text, re.S).group(0)
+    assert "s-failed" in row  # no manifest, no checkpoint, nothing writing: failed
+
+
+def test_studio_cli_refuses_a_public_bind_without_a_token(tmp_path):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    res = CliRunner().invoke(app, ["studio", "--runs", str(tmp_path), "--host", "0.0.0.0"], env={"COLUMNS": "200"})
+    assert res.exit_code == 1 and "without an access token" in res.output

@@ -23,7 +23,7 @@ from fastapi.templating import Jinja2Templates
 
 from tunesmith.errors import RunError, TunesmithError
 from tunesmith.studio import reports
-from tunesmith.studio.runs import Roots, checkpoints, faults, list_runs, summarize
+from tunesmith.studio.runs import Roots, checkpoints, faults, job_state, list_runs, summarize
 
 HERE = Path(__file__).parent
 COOKIE = "tunesmith_studio_token"
@@ -128,7 +128,8 @@ def _runs_routes(app: FastAPI) -> None:
         curves = reports.loss_series(metrics)
         return page(request, "run.html", run=s, recipe=recipe_text, manifest=manifest, curves=curves,
                     checkpoints=checkpoints(run_dir), faults=faults(metrics, s.manifest),
-                    lineage=reports.lineage(s), has_png=(run_dir / "loss.png").is_file())
+                    lineage=reports.lineage(s), has_png=(run_dir / "loss.png").is_file(),
+                    has_job=job_state(run_dir, request.app.state.roots) is not None)
 
     @app.get("/file")
     def file(request: Request, k: str) -> FileResponse:

@@ -79,7 +79,13 @@ def field_help() -> list[tuple[str, str]]:
 def launch_form(request: Request) -> HTMLResponse:
     from tunesmith.config import DEFAULT_BASE
 
-    return page(request, "launch.html", files=data_files(request), base=DEFAULT_BASE, audit=None)
+    return page(request, "launch.html", files=data_files(request), base=DEFAULT_BASE, audit=None, catalog=_catalog())
+
+
+def _catalog() -> list[str]:
+    from tunesmith.models import CATALOG
+
+    return sorted(CATALOG)
 
 
 @router.post("/launch/preview", response_class=HTMLResponse)
@@ -103,7 +109,7 @@ def launch_preview(request: Request, train: list[str] = Form(...), eval_file: st
         "output_dir": str(request.app.state.roots.dirs[0] / safe),
     }
     return page(request, "launch.html", files=data_files(request), base=base, audit=report, note=note,
-                recipe=commented_yaml(values), help=field_help(), error=None)
+                recipe=commented_yaml(values), help=field_help(), error=None, catalog=_catalog())
 
 
 @router.post("/launch/start")
