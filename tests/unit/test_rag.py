@@ -245,6 +245,7 @@ def test_odd_inputs_do_not_break_the_index(tmp_path, minilm):
         assert isinstance(retriever.search(query, k=2), list)
     with pytest.raises(DataError, match="no text"):
         build_index([odd / "empty.md"], tmp_path / "idx2", embedder=minilm)
+    assert not (tmp_path / "idx2").exists()  # a failed first build leaves no folder behind
     with pytest.raises(DataError, match="unsupported"):
         build_index([odd / "ignored.bin"], tmp_path / "idx3", embedder=minilm)
 

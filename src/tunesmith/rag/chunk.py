@@ -101,7 +101,7 @@ class _TextParser(HTMLParser):
             self.lines += [(self.current[0], " ".join("".join(self.current[1]).split())), (self.current[0], "")]
         self.current = None
 
-    def handle_starttag(self, tag: str, attrs: list) -> None:
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in self.HIDDEN:
             self.hidden += 1
         elif tag in self.BLOCKS or re.fullmatch(r"h[1-6]", tag):
@@ -139,7 +139,7 @@ def _row_text(obj: object) -> str:
         return ""
     for key in ("text", "content", "body", "document"):
         if isinstance(obj.get(key), str):
-            return obj[key]
+            return str(obj[key])
     if isinstance(obj.get("messages"), list):
         return "\n".join(str(m.get("content") or "") for m in obj["messages"] if isinstance(m, dict))
     return "\n".join(v for v in obj.values() if isinstance(v, str))

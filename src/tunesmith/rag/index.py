@@ -12,6 +12,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from tunesmith.run import Run
 
 META_FILE = "tunesmith-index.json"
+LOCK_FILE = ".lock"
 TABLE = "chunks"
 INDEX_VERSION = 1
 DEFAULT_CHUNK_CHARS = 800
@@ -112,7 +114,7 @@ def _check_target(out: Path) -> IndexMeta | None:
         raise DataError(f"{out} exists and is not a folder", hint="Choose a new --out folder.")
     if (out / META_FILE).exists():
         return read_meta(out)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
         raise DataError(f"{out} is a non-empty folder that tunesmith did not create; nothing was written",
                         hint="Choose a new --out folder (an index is only rebuilt in place when tunesmith made it).")
     return None
@@ -148,6 +150,8 @@ def build_index(
     embedded again; rows of files no longer in `sources` are removed. Changing the embedder or the chunk
     sizes re-embeds everything.
     """
+    import shutil
+
     from filelock import FileLock
 
     started = time.perf_counter()
@@ -158,47 +162,64 @@ def build_index(
         raise DataError(f"no documents found in {', '.join(map(str, sources))}",
                         hint="Index .md, .txt, .html, .jsonl or .pdf files.")
     model = resolve_embedder(embedder)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out / ".lock")):
-        old = _check_target(out) if old is not None else old
-        settings = (model.name, chunk_chars, overlap_chars)
-        reusable = old is not None and (old.embedder, old.chunk_chars, old.overlap_chars) == settings
-        db, table = _open_table(out)
-        kept_rows, new_rows, entries, embedded = [], [], {}, set()
-        old_rows = table.to_arrow().to_pylist() if reusable and table is not None else []
-        for path, label in files.items():
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            previous = old.files.get(str(path)) if reusable and old else None
-            if previous is not None and previous.sha256 == digest and previous.label == label:
-                rows = [r for r in old_rows if r["path"] == str(path)]
-                kept_rows += rows
-            else:
-                chunks = chunk_lines(read_lines(path), chunk_chars, overlap_chars)
-                rows = [{"chunk_id": _chunk_id(label, c), "text": c.text, "source": label, "path": str(path),
-                         "line": c.line, "end_line": c.end_line} for c in chunks]
-                new_rows += rows
-                embedded.add(path)
-            entries[str(path)] = FileEntry(label=label, sha256=digest, chunks=len(rows))
-        rows = kept_rows + new_rows
-        if not rows:
-            raise DataError(f"no text found in {len(files)} document(s)",
-                            hint="Check the files hold text (scanned PDFs have none).")
-        embed_started = time.perf_counter()
-        _embed_rows(model, new_rows, progress)
-        embed_seconds = time.perf_counter() - embed_started
-        _write_table(db, rows)
-        digest = _hash_chunks(model.name, [r["text"] for r in rows])
-        meta = IndexMeta(
-            embedder=model.name, embedder_spec=embedder if isinstance(embedder, str) else None, dim=len(rows[0]["vector"]),
-            chunk_chars=chunk_chars, overlap_chars=overlap_chars, files=entries, chunks=len(rows), content_hash=digest,
-        )
-        write_text_atomic(out / META_FILE, meta.model_dump_json(indent=2))
+    try:
+        with FileLock(str(out / LOCK_FILE)):
+            old = _check_target(out)  # again, under the lock: another build may have finished meanwhile
+            settings = (model.name, chunk_chars, overlap_chars)
+            reusable = old is not None and (old.embedder, old.chunk_chars, old.overlap_chars) == settings
+            db, table = _open_table(out)
+            old_rows = table.to_arrow().to_pylist() if reusable and table is not None else []
+            kept, new, entries, embedded = _collect_rows(files, old if reusable else None, old_rows, chunk_chars, overlap_chars)
+            rows = kept + new
+            if not rows:
+                raise DataError(f"no text found in {len(files)} document(s)",
+                                hint="Check the files hold text (scanned PDFs have none).")
+            embed_started = time.perf_counter()
+            _embed_rows(model, new, progress)
+            embed_seconds = time.perf_counter() - embed_started
+            _write_table(db, rows)
+            meta = IndexMeta(
+                embedder=model.name, embedder_spec=embedder if isinstance(embedder, str) else None, dim=len(rows[0]["vector"]),
+                chunk_chars=chunk_chars, overlap_chars=overlap_chars, files=entries, chunks=len(rows),
+                content_hash=_hash_chunks(model.name, [r["text"] for r in rows]),
+            )
+            write_text_atomic(out / META_FILE, meta.model_dump_json(indent=2))
+    except BaseException:
+        if created:  # a failed first build leaves no folder behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return IndexStats(
         index=str(out), files=len(files), files_embedded=len(embedded), files_reused=len(files) - len(embedded),
-        files_removed=len(set(old.files) - set(entries)) if old else 0, chunks=len(rows), chunks_embedded=len(new_rows),
-        content_hash=digest, embedder=model.name, seconds=round(time.perf_counter() - started, 3),
+        files_removed=len(set(old.files) - set(entries)) if old else 0, chunks=len(rows), chunks_embedded=len(new),
+        content_hash=meta.content_hash, embedder=model.name, seconds=round(time.perf_counter() - started, 3),
         embed_seconds=round(embed_seconds, 3),
     )
+
+
+def _collect_rows(
+    files: dict[Path, str], old: IndexMeta | None, old_rows: list[dict[str, Any]], chunk_chars: int, overlap_chars: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, FileEntry], set[str]]:
+    """(rows kept with their vectors, new rows to embed, file entries, files re-read): unchanged files reuse `old_rows`."""
+    kept: list[dict[str, Any]] = []
+    new: list[dict[str, Any]] = []
+    entries: dict[str, FileEntry] = {}
+    reread: set[str] = set()
+    for path, label in files.items():
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        previous = old.files.get(str(path)) if old else None
+        if previous is not None and previous.sha256 == digest and previous.label == label:
+            rows = [r for r in old_rows if r["path"] == str(path)]
+            kept += rows
+        else:
+            chunks = chunk_lines(read_lines(path), chunk_chars, overlap_chars)
+            rows = [{"chunk_id": _chunk_id(label, c), "text": c.text, "source": label, "path": str(path),
+                     "line": c.line, "end_line": c.end_line} for c in chunks]
+            new += rows
+            reread.add(str(path))
+        entries[str(path)] = FileEntry(label=label, sha256=digest, chunks=len(rows))
+    return kept, new, entries, reread
 
 
 def _embed_rows(model: Embedder, rows: list[dict[str, Any]], progress: Progress | None) -> None:
@@ -226,6 +247,8 @@ def _write_table(db: Any, rows: list[dict[str, Any]]) -> None:
     ])
     table = db.create_table(TABLE, pa.Table.from_pylist(rows, schema=schema), mode="overwrite")
     table.create_index("text", config=FTS(), replace=True)
+    # Every overwrite is a new LanceDB version; drop old ones (kept a few minutes for searches still reading them).
+    table.optimize(cleanup_older_than=timedelta(minutes=5))
 
 
 def manifest_entry(recipe: Recipe) -> dict[str, Any] | None:

@@ -45,7 +45,7 @@ def _jinja(template: str) -> Any:
 def render_template(template: str, context: str, question: str) -> str:
     """Fill `{context}`/`{question}` (str.format), or `{{ context }}`/`{{ question }}` (Jinja2: a template with `{{`/`{%`)."""
     if "{{" in template or "{%" in template:
-        return _jinja(template).render(context=context, question=question)
+        return str(_jinja(template).render(context=context, question=question))
     return template.format(context=context, question=question)
 
 
