@@ -133,6 +133,8 @@ def test_eval_reports_budget_degenerate_output_and_qlora(tiny_recipe, tmp_path, 
     assert lines[0].startswith(f"generation budget: {g['max_new_tokens']} tokens") and len(lines) == 3
     saved = json.loads((run.dir / "eval" / "report.json").read_text())
     assert saved["degenerate"] == report.degenerate
+    page = (run.dir / "eval" / "report.html").read_text()
+    assert "hit the budget" in page and "4-bit NF4 base" in page and f"generation budget: {g['max_new_tokens']} tokens" in page
     preds = [json.loads(line) for line in (run.dir / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert sum(p["hit_budget"]["tuned"] for p in preds) == g["hit_budget"]["tuned"]  # each output says whether it was cut
     # merge says which base it merged into, and that a QLoRA run is dequantized

@@ -223,6 +223,20 @@ pre{white-space:pre-wrap;word-break:break-word;background:#f8f8f8;padding:.5rem;
 """
 
 
+def _notes(report: dict[str, Any]) -> str:
+    """The report's warnings (degenerate output, a tuned model worse than base, QLoRA base, changed inputs), the
+    generation budget, and per model the share of outputs that hit it or loop."""
+    items = "".join(f'<li class="bad">{html.escape(str(w))}</li>' for w in report.get("warnings") or [])
+    g = report.get("generation") or {}
+    rows = "".join(
+        f"<tr><td>{html.escape(side)}</td><td class='num'>{100 * d.get('hit_budget', 0):.0f}%</td>"
+        f"<td class='num'>{100 * d.get('loop_rate', 0):.0f}%</td></tr>"
+        for side, d in (report.get("degenerate") or {}).items())
+    budget = html.escape(f"{g.get('max_new_tokens')} tokens ({g.get('max_new_tokens_from', 'eval.max_new_tokens')})")
+    table = f"<table><tr><th>model</th><th>hit the budget</th><th>repetition loop</th></tr>{rows}</table>" if rows else ""
+    return (f"<h2>Warnings</h2><ul>{items}</ul>" if items else "") + f"<p class='muted'>generation budget: {budget}</p>{table}"
+
+
 def _render(report: dict[str, Any], predictions: list[dict[str, Any]], history: list[dict[str, Any]]) -> str:
     run = html.escape(str(report.get("run", "")))
     base_model = html.escape(str(report.get("base_model", "")))
@@ -240,6 +254,7 @@ def _render(report: dict[str, Any], predictions: list[dict[str, Any]], history: 
 <h1>Evaluation: {run}</h1>
 <p class="muted">base model {base_model} &middot; {html.escape(str(report.get("n_examples", len(predictions))))} held-out examples
 &middot; {mode} mode &middot; examples judged on {html.escape(", ".join(order))} in that order</p>
+{_notes(report)}
 <h2>Metrics</h2>
 {_metrics_table(summary)}
 <h2>Tuned vs base, per example</h2>
