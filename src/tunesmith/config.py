@@ -104,6 +104,23 @@ class RagSection(Section):
         None, description="Embedding model for queries; empty = the one the index was built with (it must match the index)."
     )
 
+    @field_validator("template", mode="after")
+    @classmethod
+    def _template_renders(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        import jinja2
+
+        from tunesmith.rag.prompt import render_template
+
+        if "context" not in value:
+            raise ValueError("the template must place the passages: {context} (or {{ context }} in Jinja2)")
+        try:  # a typo in a placeholder fails here, not hours later in the first training batch
+            render_template(value, "[1] (guide.md:1) text", "question")
+        except (KeyError, IndexError, ValueError, jinja2.TemplateError) as exc:
+            raise ValueError(f"the template does not render: {type(exc).__name__}: {exc}") from None
+        return value
+
 
 class AdapterSection(Section):
     type: Literal["lora", "qlora", "dora", "full", "prompt_tuning"] = Field(
