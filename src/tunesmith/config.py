@@ -89,16 +89,19 @@ class DataSection(Section):
 class RagSection(Section):
     """Retrieval-augmented prompts: training, eval, the ladder and serving put the same retrieved passages in each prompt."""
 
-    index: DataPath = Field(..., description="Retrieval index folder made by `tunesmith index build` (relative to this recipe).")
+    index: DataPath = Field(
+        ..., description="Retrieval index folder made by `tunesmith index build` (relative to this recipe)."
+    )
     k: int = Field(4, ge=1, le=50, description="Passages retrieved per prompt.")
     mode: Literal["hybrid", "vector", "fts"] = Field(
-        "hybrid", description="hybrid = vector and full-text hits fused by reciprocal rank; vector = embeddings only; fts = BM25 only."
+        "hybrid",
+        description="hybrid = vector and full-text hits fused by reciprocal rank; vector = embeddings only; fts = BM25 only.",
     )
     template: str | None = Field(
         None,
-        description="How passages enter the prompt. Empty: a block 'Context:\\n[1] (source:line) text ...' appended to the system "
-        "message. Otherwise the last user turn is replaced by this template, with placeholders {context} (the numbered passages) and "
-        "{question} (the user's text); str.format syntax, or Jinja2 ({{ context }}) when it contains '{{' or '{%'.",
+        description="How passages enter the prompt. Empty: a block 'Context:\\n[1] (source:line) text ...' appended to the "
+        "system message. Otherwise the last user turn is replaced by this template, with placeholders {context} (the numbered "
+        "passages) and {question} (the user's text); str.format syntax, or Jinja2 ({{ context }}) when it contains '{{' or '{%'.",
     )
     embedder: str | None = Field(
         None, description="Embedding model for queries; empty = the one the index was built with (it must match the index)."
