@@ -308,3 +308,13 @@ def test_studio_cli_refuses_a_public_bind_without_a_token(tmp_path):
 
     res = CliRunner().invoke(app, ["studio", "--runs", str(tmp_path), "--host", "0.0.0.0"], env={"COLUMNS": "200"})
     assert res.exit_code == 1 and "without an access token" in res.output
+
+
+def test_launch_preview_keeps_the_choices_made(studio):
+    client, _, tmp_path = studio
+    offered = re.findall(r'name="train" value="([^"]+)"', client.get("/launch").text)
+    data_key = next(m for m in offered if m.endswith("train.jsonl"))
+    html = client.post("/launch/preview", data={"train": [data_key], "base": str(tmp_path / "nope"), "name": "kept",
+                                                "method": "sft", "adapter": "dora", "max_steps": 7}).text
+    assert f'value="{data_key}" aria-label="train' in html and re.search(rf'value="{data_key}"[^>]*checked', html)
+    assert 'value="kept"' in html and 'value="7"' in html and "<option selected>dora</option>" in html

@@ -108,7 +108,8 @@ def launch_preview(request: Request, train: list[str] = Form(...), eval_file: st
         "adapter": {"type": adapter}, "training": {"max_steps": max_steps},
         "output_dir": str(request.app.state.roots.dirs[0] / safe),
     }
-    return page(request, "launch.html", files=data_files(request), base=base, audit=report, note=note,
+    picked = {"train": set(train), "eval": eval_file, "method": method, "adapter": adapter, "name": safe, "max_steps": max_steps}
+    return page(request, "launch.html", files=data_files(request), base=base, audit=report, note=note, picked=picked,
                 recipe=commented_yaml(values), help=field_help(), error=None, catalog=_catalog())
 
 
