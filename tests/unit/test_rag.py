@@ -274,3 +274,17 @@ def test_cli_build_query_eval(docs, tmp_path, minilm):
     assert report["content_hash"] == content_hash(out)
     res = runner.invoke(app, ["index", "build", str(docs), "--out", str(docs)])  # a folder tunesmith did not make
     assert res.exit_code == 1 and "did not create" in " ".join(res.output.split())
+
+
+def test_recipe_rag_template_is_checked_when_the_recipe_loads(index, tiny_recipe):
+    from tunesmith.config import load_recipe
+    from tunesmith.errors import RecipeError
+
+    ok = load_recipe(tiny_recipe(rag={"index": str(index), "template": "{{ question }}\n{{ context }}", "k": 2}))
+    assert ok.rag is not None and ok.rag.index == str(index) and ok.rag.k == 2
+    for bad, why in (("{context} {questoin}", "does not render"), ("Answer: {question}", "must place"),
+                     ("{{ context }", "does not render")):
+        with pytest.raises(RecipeError, match=why):
+            load_recipe(tiny_recipe(rag={"index": str(index), "template": bad}))
+    with pytest.raises(RecipeError, match="rag.index"):
+        load_recipe(tiny_recipe(rag={"index": "no-such-index"}))
