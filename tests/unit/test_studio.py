@@ -318,3 +318,32 @@ def test_launch_preview_keeps_the_choices_made(studio):
                                                 "method": "sft", "adapter": "dora", "max_steps": 7}).text
     assert f'value="{data_key}" aria-label="train' in html and re.search(rf'value="{data_key}"[^>]*checked', html)
     assert 'value="kept"' in html and 'value="7"' in html and "<option selected>dora</option>" in html
+
+
+def test_chat_stream_with_rag_sends_sources_then_text(tmp_path, tiny_model_dir):
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.rag.embed import load_embedder
+    from tunesmith.rag.index import build_index
+    from tunesmith.studio import chat
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "shipping.md").write_text("# Shipping\n\nParcels leave the warehouse in Rotterdam every Tuesday.\n")
+    build_index([tmp_path / "docs"], tmp_path / "idx", embedder=load_embedder(None))
+    rag = SimpleNamespace(index=str(tmp_path / "idx"), embedder=None, k=1, template=None, mode="hybrid")
+    loaded = SimpleNamespace(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(),
+                             tokenizer=AutoTokenizer.from_pretrained(tiny_model_dir), has_adapter=False,
+                             run=SimpleNamespace(recipe=SimpleNamespace(rag=rag)))
+    messages = [{"role": "user", "content": "Where do parcels leave from?"}]
+    augmented, sources = chat._with_rag(loaded, messages)
+    assert "Rotterdam" in augmented[0]["content"] and sources[0]["source"].endswith("shipping.md")
+    assert messages == [{"role": "user", "content": "Where do parcels leave from?"}]  # the input is not modified
+    cache = chat.ModelCache()
+    cache._loaded[str(tmp_path / "run")] = loaded
+    events = list(chat.stream_reply(cache, tmp_path / "run", messages, rag=True, max_new_tokens=4))
+    assert events[0].startswith("event: sources") and "shipping.md" in events[0]
+    assert events[-1].startswith("event: done") and any(e.startswith("event: delta") for e in events[1:-1])
+    base = list(chat.stream_reply(cache, tmp_path / "run", messages, side="base"))
+    assert base == ['event: error\ndata: "the base side needs an adapter run (this target has no adapter to disable)"\n\n']

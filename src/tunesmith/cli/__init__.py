@@ -9,6 +9,7 @@ import functools
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -58,12 +59,18 @@ def _quiet_libraries() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # bitsandbytes warns on import that an optional CPU kernel is not downloaded; QLoRA works without it.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    import warnings
-
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    for message, category, module in LIBRARY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
 
 
-from tunesmith.cli import chat, data, demo, evaluate, export, ladder, model_cmds, train, review, studio, serve, index  # noqa: E402  (registers commands)
+# Advisory warnings libraries raise inside their own code on tunesmith's normal paths, silenced one by one (by
+# message and module) so that any new warning, above all a deprecation of an API tunesmith calls, still shows.
+LIBRARY_WARNINGS: list[tuple[str, type[Warning], str]] = [
+    (r"`torch\.jit\.script_method` is deprecated", DeprecationWarning, r"torch\.jit"),
+    (r"`is_gradient_checkpointing` is deprecated", FutureWarning, r"transformers\.modeling_utils"),
+    # distill.mode: logits uses TRL's GKD trainer, which lives under trl.experimental (chosen knowingly).
+    (r"You are importing from 'trl\.experimental'", UserWarning, r""),
+]
+
 
 __all__ = ["app", "chat", "data", "demo", "evaluate", "export", "ladder", "model_cmds", "train", "review", "studio", "serve", "index"]
