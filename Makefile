@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,12 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/tunesmith demo
+
+# Lint: ruff (rules and format in pyproject.toml) and mypy (strict on the typed core, lenient elsewhere).
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
 
 test: $(STAMP)
 	# The studio's browser tests drive Debian's chromium (never a downloaded one); they skip when it is absent.

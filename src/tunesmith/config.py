@@ -220,12 +220,13 @@ class EvalSection(Section):
     max_examples: int = Field(0, ge=0, description="Evaluate at most this many held-out examples; 0 = all.")
 
 
-RUNGS = ("base", "base_few_shot", "base_rag", "tuned", "tuned_rag", "student")
+Rung = Literal["base", "base_few_shot", "base_rag", "tuned", "tuned_rag", "student"]
+RUNGS: tuple[Rung, ...] = ("base", "base_few_shot", "base_rag", "tuned", "tuned_rag", "student")
 """The ladder's rungs, simplest first: the order breaks cost ties (prompt, then RAG, then fine-tune, then distill)."""
 
 
 class LadderSection(Section):
-    rungs: list[Literal["base", "base_few_shot", "base_rag", "tuned", "tuned_rag", "student"]] = Field(
+    rungs: list[Rung] = Field(
         list(RUNGS),
         description="Rungs to measure: base (zero-shot, the recipe's system prompt), base_few_shot, base_rag, tuned, tuned_rag, "
         "student (ladder.student). A rung whose ingredient is missing (no rag section, no trained run, no student) is skipped.",

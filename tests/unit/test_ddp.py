@@ -29,8 +29,13 @@ def test_two_processes_train_and_rank0_writes(tiny_recipe, tiny_model_dir):
     # 24 rows, micro-batch 2: one process takes 12 steps for an epoch, two processes take 6.
     path = tiny_recipe(training={"max_steps": -1, "epochs": 1, "batch_size": 2, "save_steps": 3})
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    res = subprocess.run([sys.executable, "-m", "tunesmith", "train", str(path), "--nproc", "2"],
-                         capture_output=True, text=True, env=env, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-m", "tunesmith", "train", str(path), "--nproc", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-4000:]
     run = load_run(load_recipe(path).run_dir)
     f = run.manifest.figures
@@ -69,8 +74,9 @@ def test_nproc_needs_two(tiny_recipe):
 
 def test_shipped_configs_are_package_data():
     """The configs live inside the package and pyproject ships them, so `pip install tunesmith` (a wheel) has them."""
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     import tunesmith
 
@@ -157,8 +163,13 @@ def test_two_processes_fsdp_save_a_whole_model(tiny_recipe, tiny_model_dir, adap
 
     path = tiny_recipe(adapter={"type": adapter}, training={"max_steps": 4, "batch_size": 2})
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    res = subprocess.run([sys.executable, "-m", "tunesmith", "train", str(path), "--nproc", "2", "--accelerate-config", "fsdp"],
-                         capture_output=True, text=True, env=env, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-m", "tunesmith", "train", str(path), "--nproc", "2", "--accelerate-config", "fsdp"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-4000:]
     run = load_run(load_recipe(path).run_dir)
     assert run.manifest.figures.world_size == 2

@@ -22,24 +22,38 @@ from tunesmith.train import sft
 def tiny_run(tiny_model_dir, tmp_path_factory):
     """One trained tiny run (with an eval report) shared by the tests here; none of them changes it."""
     import yaml
-    from helpers import chat_rows, write_jsonl
 
+    from helpers import chat_rows, write_jsonl
     from tunesmith.records import EvalReport, Judgement, write_eval_report
 
     root = tmp_path_factory.mktemp("gguf-run")
     write_jsonl(root / "train.jsonl", chat_rows(24, seed=1))
     write_jsonl(root / "eval.jsonl", chat_rows(6, seed=2))
-    (root / "recipe.yaml").write_text(yaml.safe_dump({
-        "name": "tiny", "model": {"base": str(tiny_model_dir)}, "output_dir": "runs/tiny",
-        "data": {"train": ["train.jsonl"], "eval": "eval.jsonl", "max_length": 128},
-        "adapter": {"r": 4, "alpha": 8, "dropout": 0.0},
-        "training": {"max_steps": 3, "batch_size": 4, "learning_rate": 5e-2, "save_steps": 3},
-    }))
+    (root / "recipe.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "model": {"base": str(tiny_model_dir)},
+                "output_dir": "runs/tiny",
+                "data": {"train": ["train.jsonl"], "eval": "eval.jsonl", "max_length": 128},
+                "adapter": {"r": 4, "alpha": 8, "dropout": 0.0},
+                "training": {"max_steps": 3, "batch_size": 4, "learning_rate": 5e-2, "save_steps": 3},
+            }
+        )
+    )
     run = sft.run(load_recipe(root / "recipe.yaml"))
-    write_eval_report(run.dir / "eval" / "report.json", EvalReport(
-        run=run.recipe.name, base_model="tiny", n_examples=6, json_mode=True, judgement=Judgement(),
-        summary={"base": {"json_valid": 0.0}, "tuned": {"json_valid": 0.5}, "delta": {"json_valid": 0.5}},
-        chat_template_sha256=run.template_hash))
+    write_eval_report(
+        run.dir / "eval" / "report.json",
+        EvalReport(
+            run=run.recipe.name,
+            base_model="tiny",
+            n_examples=6,
+            json_mode=True,
+            judgement=Judgement(),
+            summary={"base": {"json_valid": 0.0}, "tuned": {"json_valid": 0.5}, "delta": {"json_valid": 0.5}},
+            chat_template_sha256=run.template_hash,
+        ),
+    )
     return run
 
 
@@ -114,11 +128,14 @@ def test_lora_deltas_match_the_merged_weights_in_gguf_layout(tiny_run, tmp_path)
         assert torch.allclose(base[name] + scale * delta, merged_t[name], atol=1e-5), name
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"use_dora": True}, "DoRA"),
-    ({"peft_type": "PROMPT_TUNING"}, "prompt tuning"),
-    ({"modules_to_save": ["model.layers.1"]}, "modules_to_save"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"use_dora": True}, "DoRA"),
+        ({"peft_type": "PROMPT_TUNING"}, "prompt tuning"),
+        ({"modules_to_save": ["model.layers.1"]}, "modules_to_save"),
+    ],
+)
 def test_adapter_only_refuses_what_llama_cpp_cannot_apply(tiny_run, tmp_path, change, message):
     copy = tmp_path / "copy"
     shutil.copytree(tiny_run.dir, copy)

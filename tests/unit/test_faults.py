@@ -44,7 +44,10 @@ def _start_slow(recipe_path, pause=0.4, *args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.Popen(
         [sys.executable, "-c", SLOW_CLI, str(pause), "train", str(recipe_path), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
 
 
@@ -286,5 +289,5 @@ def test_train_dependencies_point_one_way():
                     imported.update(a.name for a in node.names)
             elif isinstance(node, ast.Import):
                 imported.update(a.name.removeprefix("tunesmith.train.") for a in node.names)
-        above = imported & set(layers[i + 1:])
+        above = imported & set(layers[i + 1 :])
         assert not above, f"train/{name}.py imports {above}, which sit above it"

@@ -42,15 +42,16 @@ def gguf(
     type_: str = typer.Option("f16", "--type", help="f16 | bf16 | q8_0."),
     adapter_only: bool = typer.Option(False, "--adapter-only", help="Write the LoRA alone as a llama.cpp GGUF adapter (--lora)."),
     check_prompts: int = typer.Option(3, min=1, help="Held-out prompts whose greedy tokens are compared after reloading."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export tunesmith wrote there (unchanged since)."),
 ) -> None:
     """Convert with llama.cpp's converter, reload and compare greedy tokens, then publish FILE.gguf + FILE.gguf.lineage.json."""
     from tunesmith.export import gguf as export_gguf
 
     with console.status("exporting to GGUF ..."):
         if adapter_only:
-            lineage = export_gguf.export_adapter_gguf(source, out)
+            lineage = export_gguf.export_adapter_gguf(source, out, overwrite=overwrite)
         else:
-            lineage = export_gguf.export_gguf(source, out, type_, n_check=check_prompts)
+            lineage = export_gguf.export_gguf(source, out, type_, n_check=check_prompts, overwrite=overwrite)
     c = lineage.check or {}
     if adapter_only:
         console.print(f"[green]wrote[/] {out} (GGUF LoRA, {c.get('adapted_weights')} weights, alpha {c.get('alpha')}, r {c.get('r')})")

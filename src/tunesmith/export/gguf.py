@@ -12,6 +12,7 @@ layout of llama.cpp's convert_lora_to_gguf (lora_a/lora_b per weight, Q/K rows p
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -27,6 +28,7 @@ from tunesmith.errors import ModelError, RunError
 from tunesmith.records import Record
 from tunesmith.run import Run, is_run_dir, load_run, versions
 
+log = logging.getLogger(__name__)
 LINEAGE_KEY = "tunesmith.lineage"
 LINEAGE_VERSION = 1
 TYPES = {"f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0"}
@@ -47,7 +49,9 @@ class ExportLineage(Record):
     adapter: str | None = None
     data: dict[str, str] = Field(default_factory=dict, description="Training data path -> SHA-256.")
     chat_template_sha256: str
-    eval_summary: dict[str, Any] | None = Field(None, description="eval/report.json summary and gates, when the run was evaluated.")
+    eval_summary: dict[str, Any] | None = Field(
+        None, description="eval/report.json summary and gates, when the run was evaluated."
+    )
     check: dict[str, Any] | None = Field(None, description="Reload check (sidecar only: the file cannot hold its own result).")
     sha256: str | None = Field(None, description="SHA-256 of the artifact (sidecar only).")
     versions: dict[str, str] = Field(default_factory=dict)
@@ -59,8 +63,13 @@ def _run_lineage(run: Run | None, tokenizer: Any, merged_lineage: dict[str, Any]
     if run is None:
         out.update(base_model=merged_lineage.get("base_model", {}), data=merged_lineage.get("data", {}))
         return out
-    out.update(run=str(run.dir), recipe=run.recipe.model_dump(mode="json"), base_model=run.manifest.base_model.model_dump(),
-               adapter=run.manifest.adapter, data=run.manifest.data)
+    out.update(
+        run=str(run.dir),
+        recipe=run.recipe.model_dump(mode="json"),
+        base_model=run.manifest.base_model.model_dump(),
+        adapter=run.manifest.adapter,
+        data=run.manifest.data,
+    )
     report = run.dir / "eval" / "report.json"
     if report.exists():
         from tunesmith.records import read_eval_report
@@ -98,7 +107,9 @@ def _converter(model_dir: Path, type_: str, out: Path) -> Any:
     try:
         cls = get_model_class(arch, mmproj=False)
     except NotImplementedError:
-        raise ModelError(f"llama.cpp's converter does not support {arch}", hint="Export safetensors (tunesmith merge) instead.") from None
+        raise ModelError(
+            f"llama.cpp's converter does not support {arch}", hint="Export safetensors (tunesmith merge) instead."
+        ) from None
     converter = cls(model_dir, getattr(gguf.LlamaFileType, TYPES.get(type_, "ALL_F32")), out)
     by_hash = converter.get_vocab_base_pre
 
@@ -112,9 +123,14 @@ def _converter(model_dir: Path, type_: str, out: Path) -> Any:
             spec = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
             pre = spec.get("pre_tokenizer") or {}
             if spec.get("normalizer") is None and pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+                log.warning(
+                    "%s: pre-tokenizer not in llama.cpp's list; byte-level with GPT-2's regex, written as 'gpt-2'", model_dir
+                )
                 return "gpt-2"
-            raise ModelError(f"llama.cpp's converter does not recognise the pre-tokenizer of {model_dir}",
-                             hint="See llama.cpp's convert_hf_to_gguf_update.py for adding it.") from None
+            raise ModelError(
+                f"llama.cpp's converter does not recognise the pre-tokenizer of {model_dir}",
+                hint="See llama.cpp's convert_hf_to_gguf_update.py for adding it.",
+            ) from None
 
     converter.get_vocab_base_pre = pre_tokenizer
     return converter
@@ -124,10 +140,22 @@ def convert(model_dir: Path, out: Path, type_: str, lineage: ExportLineage) -> N
     """Write model_dir (an HF folder) as a GGUF file at `out`, lineage embedded."""
     import torch
 
-    with torch.inference_mode():
-        converter = _converter(model_dir, type_, out)
-        converter.gguf_writer.add_string(LINEAGE_KEY, lineage.model_dump_json())
-        converter.write()
+    chatter = logging.getLogger("hf-to-gguf")  # per-tensor INFO lines and a banner for unknown pre-tokenizers
+    level = chatter.level
+    chatter.setLevel(logging.ERROR)
+    try:
+        with torch.inference_mode():
+            converter = _converter(model_dir, type_, out)
+            converter.gguf_writer.add_string(LINEAGE_KEY, lineage.model_dump_json())
+            # ModelBase.write() with the writer's per-byte tqdm bar off (the CLI shows its own status).
+            converter.prepare_tensors()
+            converter.prepare_metadata(vocab_only=False)
+            converter.gguf_writer.write_header_to_file(path=out)
+            converter.gguf_writer.write_kv_data_to_file()
+            converter.gguf_writer.write_tensors_to_file(progress=False)
+            converter.gguf_writer.close()
+    finally:
+        chatter.setLevel(level)
 
 
 def _conversations(run: Run | None, n: int) -> list[list[dict[str, Any]]]:
@@ -154,18 +182,21 @@ def check(model_dir: Path, gguf_path: Path, conversations: list[list[dict[str, A
     got = [c.token_ids for c in generate_detailed(model.eval(), tokenizer, conversations, max_new_tokens, batch_size=1)]
     prefix = [a[:EXACT_PREFIX] == b[:EXACT_PREFIX] for a, b in zip(ref, got)]
     return {
-        "prompts": len(ref), "identical": sum(a == b for a, b in zip(ref, got)), "prefix_identical": sum(prefix),
-        "max_new_tokens": max_new_tokens, "template_carried": tokenizer.chat_template == ref_tok.chat_template,
+        "prompts": len(ref),
+        "identical": sum(a == b for a, b in zip(ref, got)),
+        "prefix_identical": sum(prefix),
+        "max_new_tokens": max_new_tokens,
+        "template_carried": tokenizer.chat_template == ref_tok.chat_template,
         "rule": f"f16/bf16: the first {EXACT_PREFIX} greedy tokens of every prompt equal the merged model's; q8_0: reported",
     }
 
 
-def _claim(out: Path) -> tuple[Path, Path]:
-    """--out and its sidecar must both be new (or earlier tunesmith outputs, never replaced without asking)."""
+def _claim(out: Path, overwrite: bool) -> tuple[Path, Path]:
+    """--out and its sidecar must both be new, or (with overwrite) unchanged earlier tunesmith outputs."""
     if out.suffix != ".gguf":
         raise RunError(f"--out {out} must end in .gguf")
-    out = outputs.claim_file(out)
-    sidecar = outputs.claim_file(out.with_name(out.name + ".lineage.json"), what="lineage sidecar")
+    out = outputs.claim_file(out, overwrite=overwrite)
+    sidecar = outputs.claim_file(out.with_name(out.name + ".lineage.json"), overwrite=overwrite, what="lineage sidecar")
     return out, sidecar
 
 
@@ -196,17 +227,20 @@ def _source(source: Path, stage: Path) -> tuple[Path, Run | None, dict[str, Any]
     return source, (load_run(parent) if parent and is_run_dir(parent) else None), lineage
 
 
-def export_gguf(source: Path, out: Path, type_: str = "f16", n_check: int = 3, max_new_tokens: int = 32) -> ExportLineage:
+def export_gguf(
+    source: Path, out: Path, type_: str = "f16", n_check: int = 3, max_new_tokens: int = 32, overwrite: bool = False
+) -> ExportLineage:
     """Convert a run (merged first) or a merged folder to a verified GGUF at `out`; returns the sidecar's lineage."""
     if type_ not in TYPES:
         raise RunError(f"--type {type_}: choose one of {', '.join(TYPES)}")
-    out, sidecar = _claim(out)
+    out, sidecar = _claim(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         model_dir, run, merged = _source(source.expanduser().resolve(), stage)
-        lineage = ExportLineage(artifact=out.name, kind="gguf", type=type_,
-                                **_run_lineage(run, models.load_tokenizer(str(model_dir)), merged))
+        lineage = ExportLineage(
+            artifact=out.name, kind="gguf", type=type_, **_run_lineage(run, models.load_tokenizer(str(model_dir)), merged)
+        )
         tmp = stage / out.name
         convert(model_dir, tmp, type_, lineage)
         result = check(model_dir, tmp, _conversations(run, n_check), max_new_tokens)
@@ -229,19 +263,30 @@ def refuse_adapter(run: Run) -> dict[str, Any]:
     """The adapter's peft config when llama.cpp can apply it as a GGUF LoRA; a clear refusal otherwise."""
     path = run.adapter_dir / "adapter_config.json"
     if not path.exists():
-        raise RunError(f"{run.dir} is a full fine-tune: there is no adapter to export alone", hint="Export the model: drop --adapter-only.")
+        raise RunError(
+            f"{run.dir} is a full fine-tune: there is no adapter to export alone", hint="Export the model: drop --adapter-only."
+        )
     cfg = json.loads(path.read_text(encoding="utf-8"))
     kind = cfg.get("peft_type", "LORA")
     hint = "Export the merged model instead: drop --adapter-only."
     if kind != "LORA":
-        raise RunError(f"cannot export a {kind.lower().replace('_', ' ')} adapter as a GGUF LoRA: it adds virtual tokens, "
-                       "which llama.cpp adapters cannot express", hint="Serve it with its base: tunesmith chat RUN_DIR.")
+        raise RunError(
+            f"cannot export a {kind.lower().replace('_', ' ')} adapter as a GGUF LoRA: it adds virtual tokens, "
+            "which llama.cpp adapters cannot express",
+            hint="Serve it with its base: tunesmith chat RUN_DIR.",
+        )
     if cfg.get("use_dora"):
-        raise RunError("cannot export a DoRA adapter as a GGUF LoRA: llama.cpp applies W + s*B*A, DoRA also rescales "
-                       "each weight's magnitude", hint=hint)
+        raise RunError(
+            "cannot export a DoRA adapter as a GGUF LoRA: llama.cpp applies W + s*B*A, DoRA also rescales "
+            "each weight's magnitude",
+            hint=hint,
+        )
     if cfg.get("modules_to_save") or cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
-        raise RunError("cannot export this adapter as a GGUF LoRA: it trains whole modules (modules_to_save) or uses "
-                       "per-module ranks, which a GGUF LoRA cannot hold", hint=hint)
+        raise RunError(
+            "cannot export this adapter as a GGUF LoRA: it trains whole modules (modules_to_save) or uses "
+            "per-module ranks, which a GGUF LoRA cannot hold",
+            hint=hint,
+        )
     return dict(cfg)
 
 
@@ -289,11 +334,11 @@ def lora_to_gguf(base_dir: Path, adapter_dir: Path, cfg: dict[str, Any], out: Pa
     return len(pairs)
 
 
-def export_adapter_gguf(run_dir: Path, out: Path) -> ExportLineage:
+def export_adapter_gguf(run_dir: Path, out: Path, overwrite: bool = False) -> ExportLineage:
     """The run's LoRA alone as a GGUF adapter (f32) for llama.cpp's --lora; refused for DoRA and prompt tuning."""
     run = load_run(run_dir)
     cfg = refuse_adapter(run)
-    out, sidecar = _claim(out)
+    out, sidecar = _claim(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = models.load_tokenizer(str(run.adapter_dir))
     from tunesmith.loader import resolve_run_base
@@ -302,8 +347,12 @@ def export_adapter_gguf(run_dir: Path, out: Path) -> ExportLineage:
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         count = lora_to_gguf(Path(resolve_run_base(run)), run.adapter_dir, cfg, tmp, lineage)
-        lineage = lineage.model_copy(update={"check": {"adapted_weights": count, "alpha": cfg["lora_alpha"], "r": cfg["r"]},
-                                             "sha256": models.sha256_file(tmp)})
+        lineage = lineage.model_copy(
+            update={
+                "check": {"adapted_weights": count, "alpha": cfg["lora_alpha"], "r": cfg["r"]},
+                "sha256": models.sha256_file(tmp),
+            }
+        )
         _publish(tmp, out, sidecar, lineage)
     finally:
         tmp.unlink(missing_ok=True)

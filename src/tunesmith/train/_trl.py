@@ -69,7 +69,7 @@ def build_bnb_config(adapter: AdapterSection) -> Any | None:
     from transformers import BitsAndBytesConfig
 
     gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return BitsAndBytesConfig(
+    return BitsAndBytesConfig(  # type: ignore[no-untyped-call]  # transformers leaves its __init__ unannotated
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
@@ -103,7 +103,7 @@ def common_args(recipe: Recipe, run_dir: Path, has_eval: bool) -> dict[str, Any]
         save_total_limit=t.save_total_limit,
         eval_strategy="steps" if has_eval and t.eval_steps else "no",
         eval_steps=t.eval_steps or None,
-        gradient_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing=t.gradient_checkpointing,  # transformers 5 name (gradient_checkpointing is deprecated)
         bf16=bf16,
         # training.report_to trackers are added by train.callbacks.standard_callbacks, pointed at the run folder
         # (transformers' own defaults would write under checkpoints/ and into an sqlite file in the cwd).

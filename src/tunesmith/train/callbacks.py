@@ -51,8 +51,13 @@ class RichProgress(TrainerCallback):
         )
 
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            transient=False,
         )
         self.progress.start()
         self.task = self.progress.add_task(self.description, total=state.max_steps, completed=state.global_step, loss="-")
@@ -175,8 +180,13 @@ class NonFiniteGuard(TrainerCallback):
         self.total += 1
         self.in_a_row += 1
         self.bad_steps.append(state.global_step + 1)
-        log.warning("step %d: non-finite gradient norm (%s), step skipped (%d in a row, %d in all)",
-                    state.global_step + 1, norm.item(), self.in_a_row, self.total)
+        log.warning(
+            "step %d: non-finite gradient norm (%s), step skipped (%d in a row, %d in all)",
+            state.global_step + 1,
+            norm.item(),
+            self.in_a_row,
+            self.total,
+        )
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.in_a_row >= self.max_bad_steps:

@@ -79,7 +79,7 @@ class AtomicCheckpoints(TrainerCallback):
         if not complete:
             return
         newest = complete[-1][0]
-        doomed = [p for _, p in complete[:-self.keep]]
+        doomed = [p for _, p in complete[: -self.keep]]
         # Unmarked folders older than the newest complete one are leftovers of an older crash.
         doomed += [p for p in _checkpoint_dirs(self.final_dir) if not (p / COMPLETE).exists() and checkpoint_step(p) < newest]
         for path in doomed:
@@ -140,8 +140,13 @@ def fingerprint(recipe: Any) -> dict[str, Any]:
     t = recipe.training
     data = list(recipe.data.train) + ([recipe.data.eval] if recipe.data.eval else [])
     return {
-        "method": recipe.method, "base": recipe.model.base, "adapter": recipe.adapter.type,
-        "seed": t.seed, "batch_size": t.batch_size, "grad_accum": t.grad_accum, "max_length": recipe.data.max_length,
+        "method": recipe.method,
+        "base": recipe.model.base,
+        "adapter": recipe.adapter.type,
+        "seed": t.seed,
+        "batch_size": t.batch_size,
+        "grad_accum": t.grad_accum,
+        "max_length": recipe.data.max_length,
         "data_sha256": {Path(p).name: sha256_file(Path(p)) for p in data},
     }
 

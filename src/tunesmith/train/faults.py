@@ -16,8 +16,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -86,9 +84,10 @@ def _back_off(trainer: Any, resume: str | None, start_step: int, exc: BaseExcept
             hint="Lower data.max_length, set training.gradient_checkpointing: true, use adapter.type: qlora, or a larger device.",
         ) from None
     if a.world_size > 1:
+        half = _smaller_batch(bs)
         raise OutOfMemory(
             f"out of memory at micro-batch {bs} on a {a.world_size}-process run (back-off works on one process only)",
-            hint=f"Restart with --set training.batch_size={_smaller_batch(bs)} --set training.grad_accum={ga * bs // _smaller_batch(bs)}.",
+            hint=f"Restart with --set training.batch_size={half} --set training.grad_accum={ga * bs // half}.",
         ) from None
     new_bs = _smaller_batch(bs)
     new_ga = ga * bs // new_bs
@@ -100,8 +99,12 @@ def _back_off(trainer: Any, resume: str | None, start_step: int, exc: BaseExcept
                 hint=f"Restart with --set training.batch_size={new_bs} --set training.grad_accum={new_ga}.",
             ) from None
         resume = str(ckpt)
-    log.warning("out of memory at micro-batch %d: retrying with micro-batch %d x grad_accum %d (global batch unchanged)",
-                bs, new_bs, new_ga)
+    log.warning(
+        "out of memory at micro-batch %d: retrying with micro-batch %d x grad_accum %d (global batch unchanged)",
+        bs,
+        new_bs,
+        new_ga,
+    )
     a.per_device_train_batch_size = new_bs
     a.gradient_accumulation_steps = new_ga
     _private.set_train_batch_size(trainer, a.train_batch_size)
@@ -109,8 +112,13 @@ def _back_off(trainer: Any, resume: str | None, start_step: int, exc: BaseExcept
     from accelerate.utils.memory import clear_device_cache
 
     clear_device_cache(garbage_collection=True)
-    event = {"event": "oom_backoff", "step": trainer.state.global_step, "batch_size": new_bs, "grad_accum": new_ga,
-             "resume_from": resume}
+    event = {
+        "event": "oom_backoff",
+        "step": trainer.state.global_step,
+        "batch_size": new_bs,
+        "grad_accum": new_ga,
+        "resume_from": resume,
+    }
     trainer.tunesmith_oom_backoffs = getattr(trainer, "tunesmith_oom_backoffs", []) + [event]
     _append_metrics(Path(a.output_dir).parent, event)
     return resume
@@ -139,8 +147,10 @@ def fit(trainer: Any, recipe: Any, checkpoint: Path | None) -> Any:
     if checkpoint is not None:
         check_resume(recipe, checkpoint)
         dropped = trim_metrics(recipe.run_dir, checkpoint_step(checkpoint))
-        _append_metrics(recipe.run_dir, {"event": "resumed", "step": checkpoint_step(checkpoint),
-                                         "checkpoint": checkpoint.name, "dropped_rows": dropped})
+        _append_metrics(
+            recipe.run_dir,
+            {"event": "resumed", "step": checkpoint_step(checkpoint), "checkpoint": checkpoint.name, "dropped_rows": dropped},
+        )
     resume = str(checkpoint) if checkpoint else None
     quiet_stdout(trainer)
     if checkpoint is not None and (done := _already_finished(trainer, checkpoint)) is not None:
@@ -157,15 +167,17 @@ def fit(trainer: Any, recipe: Any, checkpoint: Path | None) -> Any:
         except OSError as exc:
             if saver is not None:
                 saver.abort(trainer.args)
-            if (full := disk_full(exc, f"writing under {recipe.run_dir} at step {trainer.state.global_step}",
-                                  recipe.run_dir)) is None:
+            if (
+                full := disk_full(exc, f"writing under {recipe.run_dir} at step {trainer.state.global_step}", recipe.run_dir)
+            ) is None:
                 raise
             raise full from None
         except Exception as exc:
             if saver is not None:
                 saver.abort(trainer.args)
-            if (full := disk_full(exc, f"writing under {recipe.run_dir} at step {trainer.state.global_step}",
-                                  recipe.run_dir)) is not None:
+            if (
+                full := disk_full(exc, f"writing under {recipe.run_dir} at step {trainer.state.global_step}", recipe.run_dir)
+            ) is not None:
                 raise full from None
             if not (_is_oom(exc) and recipe.training.oom_backoff):
                 raise
@@ -236,7 +248,9 @@ def disk_full(exc: BaseException, what: str, run_dir: Path, then: str = "") -> D
         reason = exc.strerror
     elif any(s in text for s in ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")):
         reason = "No space left on device"
-    elif isinstance(exc, RuntimeError) and ("file write failed" in text or ("inline_container" in text and "unexpected pos" in text)):
+    elif isinstance(exc, RuntimeError) and (
+        "file write failed" in text or ("inline_container" in text and "unexpected pos" in text)
+    ):
         reason = "a write came up short (no space left on device)"
     else:
         return None

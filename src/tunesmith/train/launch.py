@@ -39,12 +39,20 @@ def config_path(name: str) -> Path:
 def command(nproc: int, config: Path, child_args: list[str]) -> list[str]:
     """The `accelerate launch` command line that runs `tunesmith <child_args>` in `nproc` processes."""
     return [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(config),
-        "--num_processes", str(nproc),
-        "--num_machines", "1",
-        "--main_process_port", "0",  # a free port, so two runs on one machine do not collide
-        "-m", "tunesmith", *child_args,
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config),
+        "--num_processes",
+        str(nproc),
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        "0",  # a free port, so two runs on one machine do not collide
+        "-m",
+        "tunesmith",
+        *child_args,
     ]
 
 

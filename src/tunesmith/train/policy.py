@@ -58,8 +58,10 @@ def linear_names(model: Any, layers_path: str) -> list[str]:
     import torch
 
     prefix = layers_path + "."
-    return sorted({
-        name.rsplit(".", 1)[-1]
-        for name, module in model.named_modules()
-        if name.startswith(prefix) and isinstance(module, torch.nn.Linear)
-    })
+    return sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if name.startswith(prefix) and isinstance(module, torch.nn.Linear)
+        }
+    )
