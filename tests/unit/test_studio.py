@@ -347,3 +347,25 @@ def test_chat_stream_with_rag_sends_sources_then_text(tmp_path, tiny_model_dir):
     assert events[-1].startswith("event: done") and any(e.startswith("event: delta") for e in events[1:-1])
     base = list(chat.stream_reply(cache, tmp_path / "run", messages, side="base"))
     assert base == ['event: error\ndata: "the base side needs an adapter run (this target has no adapter to disable)"\n\n']
+
+
+def test_a_job_left_by_an_earlier_studio_session_can_be_stopped_and_ends(tmp_path):
+    import subprocess
+    import sys
+
+    from tunesmith.studio import launch
+    from tunesmith.studio.runs import Roots, run_status
+
+    roots = Roots([tmp_path])
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.yaml").write_text("name: run\n")
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    launch.Launcher(roots.studio_dir)  # the earlier session: it made .studio, then went away
+    launch._write_job(roots.studio_dir, launch.Job(run_dir=str(run_dir.resolve()), recipe="r.yaml", cmd=["x"],
+                                                   pid=orphan.pid, log=str(tmp_path / "none.log")))
+    assert run_status(run_dir, roots) == "running"
+    assert launch.Launcher(roots.studio_dir).stop(run_dir) and orphan.wait(timeout=10) != 0  # a new session stops it
+    events = list(launch.follow(roots.studio_dir, run_dir, timeout_s=20))
+    assert events[-1] == 'event: status\ndata: {"exit_code": null, "finished": false}\n\n'
+    assert run_status(run_dir, roots) == "failed"  # no checkpoint was left

@@ -27,6 +27,7 @@ from tunesmith.errors import RecipeError, RunError
 
 JOB_VERSION = 1
 POLL_S = 0.5
+GONE_GRACE_S = 3.0
 
 
 class Job(BaseModel):
@@ -60,6 +61,22 @@ def read_job(studio_dir: Path, run_dir: Path) -> dict[str, object] | None:
 
 def _write_job(studio_dir: Path, job: Job) -> None:
     write_text_atomic(_job_path(studio_dir, Path(job.run_dir)), job.model_dump_json(indent=2))
+
+
+def pid_alive(pid: object) -> bool:
+    """Whether process `pid` is running (a zombie, exited but not yet reaped, is not)."""
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child (exited, not yet reaped) is not running
+        return "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return True
 
 
 def validate_recipe(text: str, recipes_dir: Path, allowed: list[Path]) -> Recipe:
@@ -124,9 +141,15 @@ class Launcher:
     def stop(self, run_dir: Path) -> bool:
         """SIGTERM the run's training process (it saves a checkpoint and exits 75); False when none is running."""
         proc = self.procs.get(str(Path(run_dir).resolve()))
-        if proc is None or proc.poll() is not None:
+        if proc is not None:
+            if proc.poll() is not None:
+                return False
+            proc.send_signal(signal.SIGTERM)
+            return True
+        job = read_job(self.studio_dir, run_dir)  # started by an earlier studio session
+        if job is None or job.get("exit_code") is not None or not pid_alive(job.get("pid")):
             return False
-        proc.send_signal(signal.SIGTERM)
+        os.kill(int(str(job["pid"])), signal.SIGTERM)
         return True
 
     def resume(self, run_dir: Path) -> Job:
@@ -143,7 +166,7 @@ def _sse(event: str, data: object) -> str:
 
 def follow(studio_dir: Path, run_dir: Path, timeout_s: float = 3600.0) -> Iterator[str]:
     """Server-sent events for a launched run: `metrics` rows, `log` lines, then one `status` with the exit code."""
-    sent_metrics, sent_log = 0, 0
+    sent_metrics, sent_log, gone = 0, 0, 0
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         job = read_job(studio_dir, run_dir)
@@ -159,8 +182,11 @@ def follow(studio_dir: Path, run_dir: Path, timeout_s: float = 3600.0) -> Iterat
             for line in lines[sent_log:]:
                 yield _sse("log", line[-300:])
             sent_log = len(lines)
-        if job is not None and job.get("exit_code") is not None:
-            yield _sse("status", {"exit_code": job["exit_code"], "finished": (run_dir / "manifest.json").exists()})
+        # No exit code and no process for a while: started by an earlier studio session that is gone, so nobody
+        # will record one (the grace covers the moment between the exit and the waiter writing the code).
+        gone = gone + 1 if job is not None and job.get("exit_code") is None and not pid_alive(job.get("pid")) else 0
+        if job is not None and (job.get("exit_code") is not None or gone * POLL_S >= GONE_GRACE_S):
+            yield _sse("status", {"exit_code": job.get("exit_code"), "finished": (run_dir / "manifest.json").exists()})
             return
         yield ": keep-alive\n\n"
         time.sleep(POLL_S)

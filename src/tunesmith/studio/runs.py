@@ -19,6 +19,7 @@ import yaml
 
 from tunesmith.errors import RunError
 from tunesmith.records import EvalReport, Manifest, read_eval_report, read_manifest
+from tunesmith.studio.launch import pid_alive, read_job
 
 STUDIO_DIR = ".studio"  # the studio's own files (launch jobs, recipes) inside the first root
 SKIP_DIRS = {STUDIO_DIR, "checkpoints", "adapter", "eval", "review", ".git", "__pycache__", "node_modules"}
@@ -114,8 +115,6 @@ def find_runs(roots: Roots, max_depth: int = 4) -> list[Path]:
 
 def job_state(run_dir: Path, roots: Roots) -> dict[str, Any] | None:
     """The studio's launch record for this run, if the studio started it (pid, exit code)."""
-    from tunesmith.studio.launch import read_job
-
     return read_job(roots.studio_dir, run_dir)
 
 
@@ -125,7 +124,7 @@ def run_status(run_dir: Path, roots: Roots) -> str:
         return "finished"
     job = job_state(run_dir, roots)
     if job is not None:
-        if job.get("exit_code") is None and _alive(job.get("pid")):
+        if job.get("exit_code") is None and pid_alive(job.get("pid")):
             return "running"
         if job.get("exit_code") == 75:
             return "stopped"
@@ -135,21 +134,6 @@ def run_status(run_dir: Path, roots: Roots) -> str:
     if job is None and metrics.exists() and time.time() - metrics.stat().st_mtime < RUNNING_WINDOW_S:
         return "running"  # started outside the studio and still logging
     return "stopped" if any((run_dir / "checkpoints").glob("checkpoint-*")) else "failed"
-
-
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child (exited, not yet reaped) is not running
-        return "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except OSError:
-        return True
 
 
 def summarize(run_dir: Path, roots: Roots) -> RunSummary:
