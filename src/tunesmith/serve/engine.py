@@ -82,7 +82,7 @@ class Engine:
 
         return models.chat_template_hash(self.tokenizer)
 
-    def _served_from_run(self, name: str, peft_name: str, run: Any) -> ServedModel:
+    def _served_from_run(self, name: str, peft_name: str | None, run: Any) -> ServedModel:
         now = self._template_hash()
         warning = None
         if run.template_hash != now:

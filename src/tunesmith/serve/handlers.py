@@ -65,8 +65,10 @@ def _retrieve(state: Any, call: Call, flag: bool | None) -> None:
     if index is None:
         raise ApiError(400, "retrieval was requested but the server has no index (start it with --index)", param="rag")
     retriever = Retriever.open(Path(index), section.embedder if section is not None else None)
-    k, template, mode = (section.k, section.template, section.mode) if section is not None else (4, None, "hybrid")
-    call.conversation, call.passages = augment(call.conversation, retriever, k, template, mode)
+    if section is not None:
+        call.conversation, call.passages = augment(call.conversation, retriever, section.k, section.template, section.mode)
+    else:
+        call.conversation, call.passages = augment(call.conversation, retriever)
     state.metrics.retrieval_requests.labels(call.model).inc()
     state.metrics.retrieval_hits.labels(call.model).inc(len(call.passages))
 

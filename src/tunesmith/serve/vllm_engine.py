@@ -57,7 +57,7 @@ class VllmEngine(Engine):
         from vllm import SamplingParams
 
         from tunesmith.data.template import render_prompt
-        from tunesmith.eval.generate import Completion
+        from tunesmith.eval.generate import Completion, FinishReason
 
         with self.lock:
             served = self.resolve(name)
@@ -69,7 +69,7 @@ class VllmEngine(Engine):
         result = []
         for out in outs:
             gen = out.outputs[0]
-            reason = "length" if gen.finish_reason == "length" else "stop"
+            reason: FinishReason = "length" if gen.finish_reason == "length" else "stop"
             result.append(Completion(gen.text.strip(), len(out.prompt_token_ids), len(gen.token_ids), reason,
                                      list(gen.token_ids)))
         return result
