@@ -63,6 +63,7 @@ ROW_TRIGGERS: dict[str, tuple[object, dict]] = {
     "consecutive_user_turns": ({"messages": [{"role": "user", "content": "q1"}, {"role": "user", "content": "q2"},
                                              {"role": "assistant", "content": "a"}]}, {}),
     "empty_assistant_content": (chat("q", "   \n"), {}),
+    "ends_with_user_turn": ({"messages": [*chat("q", "a")["messages"], {"role": "user", "content": "and then?"}]}, {}),
     "identical_chosen_rejected": ({"prompt": "pick one", "chosen": "same answer", "rejected": "same answer"}, {}),
     "over_max_length": (chat("long one", LONG), {"max_length": 96}),
     "truncated_no_trained_tokens": (chat(LONG, "short"), {"max_length": 96, "overlong": "truncate"}),

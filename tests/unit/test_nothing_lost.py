@@ -186,10 +186,19 @@ def test_second_train_on_a_locked_run_folder_is_refused(tiny_recipe, tmp_path):
 # --- checks that passed when they should not; tracebacks for user mistakes ----------------------------------------
 
 
-def test_zero_row_file_is_blocking(tmp_path):
+def test_zero_row_file_and_trailing_user_turn_are_blocking(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     code, out = cli("data", "check", tmp_path / "empty.jsonl", "--no-tokens")
     assert code == 1 and "too_few_examples" in out
+    row = chat_rows(1)[0]
+    row["messages"].append({"role": "user", "content": "and then?"})
+    src = write_jsonl(tmp_path / "d.jsonl", chat_rows(12, seed=4) + [row])
+    code, out = cli("data", "check", src, "--no-tokens")
+    assert code == 1 and "ends_with_user_turn" in out
+    assert cli("data", "fix", src, "--no-tokens", "--out", tmp_path / "fixed.jsonl")[0] == 0
+    assert "and then?" not in (tmp_path / "fixed.jsonl").read_text()  # fix drops what the check flags
+    code, out = cli("data", "convert", src, "--to", "prompt_completion", "--out", tmp_path / "pc.jsonl")
+    assert code == 0 and "not_convertible" in out and "and then?" not in (tmp_path / "pc.jsonl").read_text()
 
 
 @pytest.mark.parametrize("steps", [0, -2])

@@ -45,6 +45,7 @@ CODES: dict[str, tuple[str, str]] = {
     "missing_rejected": (ERROR, "a preference row has no usable rejected answer"),
     "system_not_first": (ERROR, "a system message after the first position"),
     "consecutive_user_turns": (ERROR, "two user turns in a row"),
+    "ends_with_user_turn": (ERROR, "the last turn is the user's: nothing answers it (grpo takes prompt-only rows)"),
     "empty_assistant_content": (ERROR, "an assistant message that is empty or whitespace only (and calls no tool)"),
     "identical_chosen_rejected": (WARNING, "a preference row whose chosen and rejected answers are the same"),
     "over_max_length": (WARNING, "longer than max_length: dropped or truncated per policy (an error with policy `error`)"),
@@ -159,6 +160,8 @@ def check_record(rec: Record) -> tuple[Row | None, list[Finding]]:
             code = "unknown_shape"
         return None, [finding(code, rec.path, rec.line, exc.message, exc.index)]
     problems = turn_problems(messages) + (turn_problems(rejected) if rejected else [])
+    if trained and messages and messages[-1].get("role") == "user":  # the trailing question would train nothing
+        problems.append(("ends_with_user_turn", len(messages) - 1, f"the last message ({len(messages) - 1}) is a user turn"))
     findings = [finding(code, rec.path, rec.line, text, index) for code, index, text in problems]
     if rejected is not None and rejected == messages:
         findings.append(finding("identical_chosen_rejected", rec.path, rec.line, "chosen and rejected are identical"))

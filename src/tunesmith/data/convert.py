@@ -54,6 +54,8 @@ def convert_row(obj: Any, to: str) -> dict[str, Any]:
     if to == "prompt_only":
         return {**extra, "prompt": to_prompt_only(obj)}
     messages = to_messages(obj)
+    if messages and messages[-1]["role"] == "user" and to != "messages":
+        raise RowError("not_convertible", "the conversation ends with a user turn: nothing answers it")
     if to == "messages":
         return {**extra, "messages": messages}
     if to == "sharegpt":
