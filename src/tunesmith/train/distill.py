@@ -53,6 +53,7 @@ def same_tokenizer(a: Any, b: Any) -> bool:
 def generate_dataset(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
     """Teacher answers for the train and eval prompts, written as chat JSONL; returns what was written."""
     from tunesmith.eval.generate import generate
+    from tunesmith.rag.prompt import augment_rows
 
     d = recipe.distill
     train, evaluation = split_rows(recipe.data, recipe.training.seed, prompt_row)
@@ -62,7 +63,10 @@ def generate_dataset(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
     for split, rows in (("train", train), ("eval", evaluation)):
         if not rows:
             continue
-        answers = generate(model, tokenizer, [r["prompt"] for r in rows], d.max_new_tokens, d.batch_size)
+        # With rag, the teacher answers from the context the student then trains with (sft.run adds it again to the
+        # raw prompts written below, from the same index), so the student learns to answer from that context.
+        prompts = [r["prompt"] for r in augment_rows(rows, recipe)]
+        answers = generate(model, tokenizer, prompts, d.max_new_tokens, d.batch_size)
         out = [{"id": f"{split}-{i}", "messages": r["prompt"] + [{"role": "assistant", "content": a}], "source": r["source"]}
                for i, (r, a) in enumerate(zip(rows, answers))]
         path = write_rows(out_dir / f"{split}.jsonl", out)
