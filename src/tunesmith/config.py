@@ -483,8 +483,11 @@ def recipe_from_dict(data: dict[str, Any], base_dir: Path, source: str | None = 
         raise RecipeError(problems, source=source) from None
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a recipe YAML, apply `--set` overrides, validate. Paths resolve against the YAML's folder."""
+def load_recipe(path: str | Path, overrides: list[str] | None = None, check_files: bool = True) -> Recipe:
+    """Read a recipe YAML, apply `--set` overrides, validate. Paths resolve against the YAML's folder.
+
+    check_files=False: the schema only (e.g. to find the output_dir of a finished run whose data moved).
+    """
     path = Path(path)
     if not path.exists():
         raise RecipeError([("(file)", f"recipe not found: {path}")])
@@ -495,7 +498,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if not isinstance(data, dict):
         raise RecipeError([("(recipe)", "the top level must be a mapping of sections")], source=str(path))
     apply_overrides(data, overrides or [])
-    return recipe_from_dict(data, path.parent.resolve(), source=str(path))
+    return recipe_from_dict(data, path.parent.resolve(), source=str(path), check_files=check_files)
 
 
 def dump_recipe(recipe: Recipe, path: Path) -> None:

@@ -113,6 +113,17 @@ def test_data_outputs_never_replace_existing_files_or_inputs(tmp_path, command):
     assert snapshot(tmp_path) == before
 
 
+def test_data_check_html_never_replaces_a_users_file(tmp_path):
+    src = write_jsonl(tmp_path / "d.jsonl", chat_rows(12, seed=3))
+    (tmp_path / "report.html").write_text("<p>my page</p>")
+    before = snapshot(tmp_path)
+    code, out = cli("data", "check", src, "--no-tokens", "--html", tmp_path / "report.html")
+    assert code == OutputError.exit_code and "did not create" in out
+    assert snapshot(tmp_path) == before
+    assert cli("data", "check", src, "--no-tokens", "--html", tmp_path / "mine.html")[0] == 0
+    assert cli("data", "check", src, "--no-tokens", "--html", tmp_path / "mine.html")[0] == 0  # its own report, rewritten
+
+
 def test_data_output_overwrite_replaces_only_its_own_output(tmp_path):
     src = write_jsonl(tmp_path / "d.jsonl", chat_rows(10, seed=3))
     out = tmp_path / "o.jsonl"

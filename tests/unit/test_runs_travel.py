@@ -111,3 +111,13 @@ def test_merging_a_prompt_tuning_run_is_a_clear_error(tiny_recipe, tmp_path):
     assert res.exit_code == 1 and "cannot merge a prompt-tuning adapter" in out and "serve it with its base" in out.lower()
     assert not (tmp_path / "merged").exists() and not list(tmp_path.glob(".merged*"))
     assert yaml.safe_load((run.dir / "run.yaml").read_text())["adapter"]["type"] == "prompt_tuning"
+
+
+def test_eval_by_recipe_after_the_data_moved(tiny_recipe, tmp_path):
+    path = tiny_recipe(training={"max_steps": 1, "save_steps": 1})
+    _train(path)
+    (tmp_path / "train.jsonl").unlink()
+    (tmp_path / "eval.jsonl").unlink()
+    res = CliRunner().invoke(app, ["eval", str(path), "--max-examples", "1"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "runs" / "tiny" / "eval" / "report.json").exists()

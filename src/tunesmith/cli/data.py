@@ -186,8 +186,11 @@ def check(
                           f"(from {s['source']})[/]", highlight=False)
     if html is not None:
         from tunesmith.data.html import write_html
+        from tunesmith.outputs import claim_file, record_file
 
+        claim_file(html, inputs=train + evals, overwrite=True, what="--html")  # replaces only its own earlier report
         write_html(html, report)
+        record_file(html)
         if not as_json:
             console.print(f"html report: {html}")
     if report.unreadable:

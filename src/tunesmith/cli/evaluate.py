@@ -24,7 +24,7 @@ def resolve_run(target: Path) -> Any:
     if target.is_dir() and is_run_dir(target):
         return load_run(target)
     if target.suffix in (".yaml", ".yml"):
-        return load_run(load_recipe(target).run_dir)
+        return load_run(load_recipe(target, check_files=False).run_dir)  # the run is self-contained: data may have moved
     return load_run(target)
 
 
