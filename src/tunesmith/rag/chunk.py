@@ -169,11 +169,12 @@ def _units(lines: list[Line]) -> Iterator[tuple[int, int, str, bool]]:
         if not para:
             return
         joined = "\n".join(text for _, text in para)
+        pos, index = 0, 0  # newlines are counted forward from the previous sentence: linear in the paragraph's length
         for m in _SENTENCE.finditer(joined):
-            start = para[joined.count("\n", 0, m.start())][0]
-            end = para[joined.count("\n", 0, m.end())][0]
-            yield start, end, " ".join(m.group().split()), new_section
-            new_section = False
+            index += joined.count("\n", pos, m.start())
+            end_index = index + joined.count("\n", m.start(), m.end())
+            yield para[index][0], para[end_index][0], " ".join(m.group().split()), new_section
+            pos, index, new_section = m.end(), end_index, False
         para.clear()
 
     for number, text in lines:
@@ -193,13 +194,16 @@ def _units(lines: list[Line]) -> Iterator[tuple[int, int, str, bool]]:
 def _split_long(unit: tuple[int, int, str, bool], limit: int) -> Iterator[tuple[int, int, str, bool]]:
     """A sentence longer than `limit` characters, cut at spaces (or hard, for unbroken text)."""
     line, end, text, section = unit
-    while len(text) > limit:
-        cut = text.rfind(" ", 0, limit)
-        cut = cut if cut > limit // 2 else limit
-        yield line, end, text[:cut].strip(), section
-        text, section = text[cut:].strip(), False
-    if text:
-        yield line, end, text, section
+    start = 0
+    while len(text) - start > limit:
+        cut = text.rfind(" ", start, start + limit)
+        cut = cut if cut > start + limit // 2 else start + limit
+        yield line, end, text[start:cut].strip(), section
+        start, section = cut, False
+        while start < len(text) and text[start] == " ":
+            start += 1
+    if start < len(text):
+        yield line, end, text[start:], section
 
 
 def chunk_lines(lines: list[Line], chunk_chars: int, overlap_chars: int) -> list[Chunk]:
