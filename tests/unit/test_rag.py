@@ -4,6 +4,7 @@ search, retrieval metrics, and the one prompt builder that training and eval sha
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -157,6 +158,11 @@ def test_incremental_rebuild_embeds_only_changed_files(docs, tmp_path, minilm):
     assert third.files_embedded == 1 and third.files_reused == 1 and third.chunks_embedded == shipping_chunks
     assert counter.calls == first.chunks + shipping_chunks
     assert content_hash(out) != first.content_hash and third.chunks == Retriever.open(out).table.count_rows()
+    moved = tmp_path / "elsewhere" / "docs"  # the same documents in another place: nothing to embed again
+    shutil.copytree(docs, moved)
+    fourth = build_index([moved], out, embedder=counter, chunk_chars=200, overlap_chars=40)
+    assert fourth.chunks_embedded == 0 and fourth.files_removed == 2 and content_hash(out) == third.content_hash
+    assert {r["path"] for r in Retriever.open(out).table.to_arrow().to_pylist()} == {str(p.resolve()) for p in moved.iterdir()}
 
 
 def test_refuses_a_foreign_non_empty_folder(docs, tmp_path, minilm):

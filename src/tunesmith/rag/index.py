@@ -121,13 +121,17 @@ def _check_target(out: Path) -> IndexMeta | None:
 
 
 def connect(index: Path) -> Any:
-    """The LanceDB database in an index folder (embedded: files on disk, no server)."""
+    """The LanceDB database in an index folder (embedded: files on disk, no server).
+
+    Tables opened from it look for a newer version at most every few seconds, so a long-lived reader (the
+    server) follows a rebuild instead of reading a version the rebuild later cleans up.
+    """
     import os
 
     os.environ.setdefault("LANCEDB_LOG", "error")  # keep the "no existing dataset, creating it" notice out of the terminal
     import lancedb
 
-    return lancedb.connect(str(index))
+    return lancedb.connect(str(index), read_consistency_interval=timedelta(seconds=2))
 
 
 def _open_table(out: Path) -> Any:
@@ -181,7 +185,7 @@ def build_index(
             embed_seconds = time.perf_counter() - embed_started
             _write_table(db, rows)
             meta = IndexMeta(
-                embedder=model.name, embedder_spec=embedder if isinstance(embedder, str) else None, dim=len(rows[0]["vector"]),
+                embedder=model.name, embedder_spec=_spec(embedder), dim=len(rows[0]["vector"]),
                 chunk_chars=chunk_chars, overlap_chars=overlap_chars, files=entries, chunks=len(rows),
                 content_hash=_hash_chunks(model.name, [r["text"] for r in rows]),
             )
@@ -198,19 +202,32 @@ def build_index(
     )
 
 
+def _spec(embedder: str | Embedder | None) -> str | None:
+    """The embedder as the index records it: a local folder as an absolute path (queries may run from elsewhere)."""
+    if not isinstance(embedder, str):
+        return None
+    path = Path(embedder).expanduser()
+    return str(path.resolve()) if path.exists() else embedder
+
+
 def _collect_rows(
     files: dict[Path, str], old: IndexMeta | None, old_rows: list[dict[str, Any]], chunk_chars: int, overlap_chars: int
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, FileEntry], set[str]]:
-    """(rows kept with their vectors, new rows to embed, file entries, files re-read): unchanged files reuse `old_rows`."""
+    """(rows kept with their vectors, new rows to embed, file entries, files re-read): unchanged files reuse `old_rows`.
+
+    A file is unchanged when a file with the same label and bytes was indexed, wherever it lay then: an index
+    rebuilt after its documents moved (another machine, another checkout) re-embeds nothing.
+    """
+    before = {(e.label, e.sha256): p for p, e in old.files.items()} if old else {}
     kept: list[dict[str, Any]] = []
     new: list[dict[str, Any]] = []
     entries: dict[str, FileEntry] = {}
     reread: set[str] = set()
     for path, label in files.items():
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        previous = old.files.get(str(path)) if old else None
-        if previous is not None and previous.sha256 == digest and previous.label == label:
-            rows = [r for r in old_rows if r["path"] == str(path)]
+        previous = before.get((label, digest))
+        if previous is not None:
+            rows = [{**r, "path": str(path)} for r in old_rows if r["path"] == previous]
             kept += rows
         else:
             chunks = chunk_lines(read_lines(path), chunk_chars, overlap_chars)

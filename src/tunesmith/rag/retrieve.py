@@ -76,7 +76,7 @@ class Retriever:
         key = (str(path), embedder if isinstance(embedder, str) or embedder is None else f"object:{id(embedder)}")
         with cls._lock:
             cached = cls._cache.get(key)
-            if cached is not None and cached.meta.content_hash == meta.content_hash:
+            if cached is not None and cached.meta == meta:  # a rebuild since (even to equal content) opens afresh
                 return cached
             model = resolve_embedder(embedder if embedder is not None else meta.embedder_spec)
             if model.name != meta.embedder:
