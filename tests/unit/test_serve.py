@@ -333,3 +333,20 @@ def test_cli_serve_with_check_and_generated_key(runs, tmp_path):
         proc.terminate()
         out = proc.communicate(timeout=20)[0]
     assert "Traceback" not in out, out
+
+
+def test_engine_removes_every_adapter_and_keeps_the_base(runs):
+    """Removing adapters (the last one too) leaves the base answering as before; re-adding works."""
+    from tunesmith.serve.batching import Params
+
+    engine = load_engine(runs["alpha"], {"beta": str(runs["beta"])})
+    ask, params = [ASK], Params(max_tokens=6)
+    base, beta = (engine.generate_batch(n, ask, params)[0].text for n in (engine.base_name, "beta"))
+    engine.remove_adapter("alpha")
+    assert engine.default_name == engine.base_name
+    assert engine.generate_batch("beta", ask, params)[0].text == beta
+    engine.remove_adapter("beta")
+    assert list(engine.models) == [engine.base_name]
+    assert engine.generate_batch(engine.base_name, ask, params)[0].text == base
+    engine.add_adapter("again", runs["beta"])
+    assert engine.generate_batch("again", ask, params)[0].text == beta

@@ -132,7 +132,11 @@ class Engine:
             served = self.models.get(name)
             if served is None or served.peft_name is None:
                 raise ModelError(f"no adapter named {name!r}")
-            self.model.delete_adapter(served.peft_name)
+            if set(self.model.peft_config) == {served.peft_name}:
+                # peft cannot disable its last adapter once deleted: strip the LoRA layers, keep the plain base.
+                self.model = self.model.unload()
+            else:
+                self.model.delete_adapter(served.peft_name)
             del self.models[name]
             if self.default_name == name:
                 self.default_name = self.base_name
