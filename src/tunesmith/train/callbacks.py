@@ -169,9 +169,10 @@ class NonFiniteGuard(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         import torch
 
-        grads = [p.grad for p in model.parameters() if p.grad is not None] if model is not None else []
+        # FSDP2 gradients are DTensors: this rank's shard (to_local) is what it can check without a collective;
+        # any rank's NaN then skips the step everywhere (world_max below).
+        grads = [_local(p.grad) for p in model.parameters() if p.grad is not None] if model is not None else []
         norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0) if grads else torch.tensor(0.0)
-        # Sharded (FSDP/ZeRO) gradients differ per rank: any rank's NaN skips the step everywhere.
         if not dist.world_max(int(not torch.isfinite(norm)), args.device):
             self.in_a_row = 0
             return
@@ -203,6 +204,11 @@ class NonFiniteGuard(TrainerCallback):
             _private.reset_running_loss_if_nonfinite(self.trainer)
 
     trainer: Any = None  # bound by fit(); without it a NaN step also shows in the logs that follow it
+
+
+def _local(tensor: Any) -> Any:
+    """The local shard of a DTensor (FSDP2), the tensor itself otherwise."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 def _trackers(recipe: Any, run_dir: Path) -> list[TrainerCallback]:
