@@ -183,3 +183,42 @@ def test_two_processes_fsdp_save_a_whole_model(tiny_recipe, tiny_model_dir, adap
 
     model = PeftModel.from_pretrained(base, str(run.adapter_dir))
     assert any("lora_B" in n and p.abs().sum() > 0 for n, p in model.named_parameters())
+
+
+class _FakeTrainer:
+    """Records the collective save; `save_model` writes a file only where the Trainer would (args.should_save)."""
+
+    def __init__(self, fsdp: bool, should_save: bool):
+        from types import SimpleNamespace
+
+        self.is_fsdp_enabled = fsdp
+        self.calls = []
+        plugin = SimpleNamespace(set_state_dict_type=lambda kind: self.calls.append(("state_dict_type", kind)))
+        self.accelerator = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin))
+        self.should_save = should_save
+
+    def save_model(self, out):
+        self.calls.append(("save_model", out))
+        if self.should_save:
+            os.makedirs(out, exist_ok=True)
+            open(os.path.join(out, "adapter_model.safetensors"), "w").close()
+
+
+class _Tok:
+    def save_pretrained(self, out):
+        open(os.path.join(out, "tokenizer.json"), "w").close()
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_final_save_is_collective_and_gathers_fsdp_shards(tmp_path, monkeypatch, rank):
+    """Every rank joins trainer.save_model (FSDP switched to a full state dict first); only rank 0 writes and renames."""
+    from tunesmith.train.finish import save_adapter
+
+    monkeypatch.setenv("RANK", rank)
+    trainer = _FakeTrainer(fsdp=True, should_save=rank == "0")
+    save_adapter(trainer, _Tok(), tmp_path)
+    assert trainer.calls == [("state_dict_type", "FULL_STATE_DICT"), ("save_model", str(tmp_path / ".adapter.tmp"))]
+    if rank == "0":
+        assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["adapter_model.safetensors", "tokenizer.json"]
+    else:
+        assert list(tmp_path.iterdir()) == []  # rank 1 took part in the gather and wrote nothing
