@@ -222,3 +222,12 @@ def test_final_save_is_collective_and_gathers_fsdp_shards(tmp_path, monkeypatch,
         assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["adapter_model.safetensors", "tokenizer.json"]
     else:
         assert list(tmp_path.iterdir()) == []  # rank 1 took part in the gather and wrote nothing
+
+
+def test_qlora_under_fsdp_is_refused(tiny_recipe, tiny_model_dir, monkeypatch):
+    from tunesmith.errors import RecipeError
+    from tunesmith.train import policy
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(RecipeError, match="qlora is not supported under FSDP"):
+        policy.load(load_recipe(tiny_recipe(adapter={"type": "qlora"})), str(tiny_model_dir))

@@ -6,6 +6,7 @@ thing for SFT, DPO, GRPO and distillation.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from tunesmith import models
@@ -20,6 +21,18 @@ def load(recipe: Recipe, base_path: str) -> Any:
     The distributed state comes first (dist.prepare): FSDP and ZeRO-3 can only shard a model whose loading
     already saw the process group / DeepSpeed config; QLoRA lands on this rank's GPU (models.local_device).
     """
+    if recipe.adapter.type == "qlora" and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        # FSDP can only flatten 4-bit weights stored in the compute dtype (bnb_4bit_quant_storage) and loaded
+        # without a device_map; that path is not wired or tested here, so it is refused rather than half-working.
+        raise RecipeError(
+            [
+                (
+                    "adapter.type",
+                    "qlora is not supported under FSDP; use --accelerate-config ddp "
+                    "(each GPU holds the small 4-bit base) or adapter.type: lora with FSDP",
+                )
+            ]
+        )
     dist.prepare()
     m = recipe.model
     return models.load_model(base_path, m.dtype, m.revision, m.trust_remote_code, _trl.build_bnb_config(recipe.adapter))
