@@ -210,6 +210,20 @@ class TrainingSection(Section):
         return list(dict.fromkeys(value))
 
 
+class JudgeSection(Section):
+    """An LLM judge: pairwise tuned-vs-base preference (both orders) and unsupported claims in free-text answers."""
+
+    model: str = Field(..., description="A run folder, a model spec (catalog name, folder, hub id) or an OpenAI-compatible "
+                       "endpoint URL (http://host:port/v1).")
+    endpoint_model: str = Field("default", description="Endpoint only: the model name sent with each request.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Endpoint only: environment variable holding the API key (may be unset).")
+    max_new_tokens: int = Field(256, ge=1, description="Judge answer budget, in tokens.")
+    max_examples: int = Field(0, ge=0, description="Judge at most this many held-out examples; 0 = all evaluated.")
+
+
+Check = Literal["inputs_unchanged", "loss_converged", "beats_base"]
+
+
 class EvalSection(Section):
     max_new_tokens: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         "auto",
@@ -218,6 +232,49 @@ class EvalSection(Section):
     )
     batch_size: int = Field(8, ge=1, description="Prompts generated together (greedy, left-padded).")
     max_examples: int = Field(0, ge=0, description="Evaluate at most this many held-out examples; 0 = all.")
+    gates: dict[str, str | float] = Field(
+        default_factory=dict,
+        description="Release gates: metric -> rule, e.g. exact_match: '>=0.85', forgetting: '<=0.02', p95_latency_ms: '<=800'. "
+        "A bare number means >= (<= for lower-is-better metrics). `tunesmith eval` exits non-zero when one fails (docs/gates.md).",
+    )
+    checks: list[Check] = Field(
+        ["inputs_unchanged", "loss_converged", "beats_base"],
+        description="Built-in checklist items that join the gates whenever gates or graders are set.",
+    )
+    graders: list[dict[str, Any]] | DataPath = Field(
+        default_factory=list,
+        description="Graders in the OpenAI evals shape (string_check, text_similarity, python, score_model, multi), or a JSON "
+        "file holding such a list; each grader's pass rate is reported and usable in gates as graders.<name>.",
+    )
+    judge: JudgeSection | None = Field(None, description="LLM judge for pairwise win rate and free-text hallucination.")
+    forgetting: bool = Field(False, description="Run the bundled general-capability probe on base and tuned (also on when a "
+                             "gate names forgetting).")
+    similarity: bool = Field(False, description="Embedding cosine similarity to the references even when they are JSON "
+                             "(always computed for free-text references).")
+    select_checkpoint: str | None = Field(
+        None, description="At the end of training, score each kept checkpoint on the first select_examples held-out rows by "
+        "this metric (exact_match, json_field_accuracy, eval_loss, ...) and keep the best as the run's adapter.",
+    )
+    select_examples: int = Field(16, ge=1, description="Held-out rows each checkpoint is scored on by select_checkpoint.")
+
+    @field_validator("gates")
+    @classmethod
+    def _rules_parse(cls, value: dict[str, str | float]) -> dict[str, str | float]:
+        from tunesmith.eval.gates import parse_rule
+
+        for name, rule in value.items():
+            parse_rule(name, rule)  # ValueError names the gate
+        return value
+
+    @field_validator("graders")
+    @classmethod
+    def _graders_load(cls, value: list[dict[str, Any]] | str, info: ValidationInfo) -> list[dict[str, Any]] | str:
+        from tunesmith.eval.graders import load_graders
+
+        if isinstance(value, str) and not checks_environment(info):
+            return value
+        # A file is read once here, so run.yaml carries the definitions and the run works after the file moved.
+        return [g.model_dump(mode="json", exclude_none=True) for g in load_graders(value)]
 
 
 Rung = Literal["base", "base_few_shot", "base_rag", "tuned", "tuned_rag", "student"]

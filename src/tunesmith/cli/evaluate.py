@@ -13,6 +13,7 @@ from rich.table import Table
 from tunesmith.cli import app, console, err_console, handle_errors
 
 if TYPE_CHECKING:
+    from tunesmith.eval.gates import GateResult
     from tunesmith.records import EvalReport
 
 
@@ -56,16 +57,36 @@ def degenerate_lines(report: EvalReport) -> list[str]:
     return lines
 
 
+def print_checklist(results: list[GateResult], title: str = "release gates") -> bool:
+    """One PASS/FAIL/SKIP line per gate; whether every gate passed (skipped ones do not block)."""
+    if not results:
+        return True
+    console.print(f"[bold]{title}[/]")
+    marks = {"pass": "[green]PASS[/]", "fail": "[bold red]FAIL[/]", "skip": "[dim]SKIP[/]"}
+    for r in results:
+        value = "" if r.value is None else f"{r.value:.4g} "
+        detail = f" · {escape(r.detail)}" if r.detail else ""
+        console.print(f"  {marks[r.status]} {r.name}: {value}({r.rule}){detail}", highlight=False)
+    ok = all(r.passed for r in results)
+    console.print("[green]all gates pass[/]" if ok else "[bold red]a release gate failed[/]")
+    return ok
+
+
 @app.command("eval")
 @handle_errors
 def eval_cmd(
     target: Path = typer.Argument(..., help="Recipe YAML or run folder."),
     max_examples: int = typer.Option(None, min=1, help="Evaluate only the first N held-out examples."),
+    gate: list[str] = typer.Option([], "--gate", help="Add or replace a release gate: metric=RULE, e.g. exact_match='>=0.9' (repeatable)."),
 ) -> None:
     """Run the same held-out prompts through the base and the tuned model and compare them."""
     from tunesmith.eval.compare import evaluate
 
+    from tunesmith.eval.gates import GATES_FAILED_EXIT, gate_options, results_of
+
     run = resolve_run(target)
+    if gate:  # in memory only: the run folder's run.yaml is never rewritten
+        run.recipe.eval.gates = {**run.recipe.eval.gates, **gate_options(gate)}
     with Progress(console=console, transient=True) as progress:
         report = evaluate(run, max_examples=max_examples, progress=progress)
     if report.template_warning:
@@ -76,3 +97,5 @@ def eval_cmd(
     for warning in report.warnings:
         err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
     console.print(f"report: {run.dir / 'eval' / 'report.html'} (+ report.json, predictions.jsonl)")
+    if not print_checklist(results_of(report)):
+        raise typer.Exit(GATES_FAILED_EXIT)  # CI blocks the release

@@ -64,3 +64,10 @@ def ladder_cmd(
     with Progress(console=console, transient=True) as progress:
         report, folder = ladder(parsed, out, overwrite=overwrite, max_examples=max_examples, progress=progress)
     print_ladder(report, folder)
+    if parsed.eval.gates:
+        from tunesmith.cli.evaluate import print_checklist
+        from tunesmith.eval.gates import GATES_FAILED_EXIT, check_rung
+
+        rung, results = check_rung(report, parsed.eval.gates)
+        if not print_checklist(results, f"release gates on the chosen rung ({rung or 'none'})"):
+            raise typer.Exit(GATES_FAILED_EXIT)

@@ -7,13 +7,12 @@ the adapter disabled, so both see byte-identical prompts, the same weights and t
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from tunesmith import models
 from tunesmith.data.template import prompt_messages, reference
-from tunesmith.eval import metrics
+from tunesmith.eval import gates, metrics, release
 from tunesmith.eval.budget import resolve_max_new_tokens
 from tunesmith.eval.generate import generate_detailed, perplexity, reference_loss
 from tunesmith.eval.notes import eval_warnings
@@ -35,6 +34,7 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
         warnings.append(stale_index)
     for warning in warnings:
         log.warning(warning)
+    changed = list(warnings)  # the inputs_unchanged gate fails on these
     limit = max_examples if max_examples is not None else recipe.eval.max_examples
     if limit:
         eval_ex = eval_ex[:limit]
@@ -51,15 +51,13 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
     hit_budget: dict[str, list[bool]] = {}
     losses: dict[str, float] = {}
     base_model = None if has_adapter else load_base(run).eval()
+    clocks: dict[str, release.BatchClock] = {}
     for side in ("base", "tuned"):
-        ctx = model.disable_adapter() if side == "base" and has_adapter else nullcontext()
-        target = base_model if side == "base" and base_model is not None else model
+        ctx, target = release.side_model(model, base_model, has_adapter, side)
         task = progress.add_task(f"generating ({side})", total=len(convs)) if progress else None
         with ctx:
-            done = generate_detailed(
-                target, tokenizer, convs, budget.tokens, recipe.eval.batch_size,
-                on_batch=(lambda n, t=task: progress.advance(t, n)) if progress else None,
-            )
+            clocks[side] = release.BatchClock((lambda n, t=task: progress.advance(t, n)) if progress else None)
+            done = generate_detailed(target, tokenizer, convs, budget.tokens, recipe.eval.batch_size, on_batch=clocks[side])
             outputs[side] = [c.text for c in done]
             hit_budget[side] = [c.finish_reason == "length" for c in done]
             losses[side] = reference_loss(target, tokenizer, [e.messages for e in eval_ex], recipe.data.max_length)
@@ -84,7 +82,13 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
         agg["eval_loss"] = losses[side]
         agg["perplexity"] = perplexity(losses[side])
         summary[side] = agg
+    generated = release.EvalOutputs([e.id for e in eval_ex], convs, refs, outputs, json_mode)
+    for side, value in release.similarity_summary(recipe.eval, generated).items():
+        summary[side]["semantic_similarity"] = value
     summary["delta"] = {k: summary["tuned"][k] - summary["base"][k] for k in summary["base"] if k in summary["tuned"]}
+    extra = release.measure(recipe.eval, generated, lambda side: release.side_model(model, base_model, has_adapter, side),
+                            tokenizer, recipe.data.max_length, progress)
+    extra.update(changed_inputs=changed, latency={side: clock.summary() for side, clock in clocks.items()})
     degenerate = {side: metrics.degeneration(outputs[side], hit_budget[side]) for side in ("base", "tuned")}
     judgement = Judgement(**metrics.compare(scores["base"], scores["tuned"], json_mode))
     warnings += eval_warnings(degenerate, budget.tokens, judgement, loaded.quantized_base)
@@ -102,8 +106,11 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
                     "hit_budget": {side: sum(hit_budget[side]) for side in hit_budget},
                     "base_weights": "4-bit NF4 (QLoRA, as trained)" if loaded.quantized_base else "as trained"},
         degenerate=degenerate,
+        extra=extra,
     )
-    write_outputs(run.dir / "eval", report, rows, read_metrics(run.dir))
+    history = read_metrics(run.dir)
+    report.gates = [g.model_dump() for g in gates.check_report(report, recipe.eval, history)]
+    write_outputs(run.dir / "eval", report, rows, history)
     return report
 
 

@@ -105,6 +105,11 @@ def finish_run(
         shutil.rmtree(run_dir / "data", ignore_errors=True)
         _raise_if_disk_full(exc, f"saving the held-out rows under {run_dir}", run_dir)
         raise
+    selection = None
+    if recipe.eval.select_checkpoint:  # before the manifest: a finished run is never rewritten afterwards
+        from tunesmith.eval.select import select_checkpoint
+
+        selection = select_checkpoint(recipe, run_dir, base_path)
     wall = time.time() - started
     runtime = result.metrics.get("train_runtime", wall)
     train_stats = token_stats.get("train", {})
@@ -140,6 +145,7 @@ def finish_run(
         quantized_base=recipe.adapter.type == "qlora",
         rag=manifest_entry(recipe),  # the retrieval index trained with: eval warns when it changes
         held_out=held_out,
+        checkpoint_selection=selection,
         **(extra or {}),
     )
     try:

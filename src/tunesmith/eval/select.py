@@ -1,0 +1,121 @@
+"""Pick the checkpoint by the task, not the loss (eval.select_checkpoint).
+
+At the end of training, before manifest.json is written (so a finished run is never rewritten), every kept
+checkpoint and the final adapter are scored on the first eval.select_examples held-out rows by the chosen metric
+(any per-example eval metric, corpus bleu, or eval_loss / perplexity where lower wins). The best becomes the run's
+adapter/; every score goes into Manifest.checkpoint_selection. Ties keep the later one (the final adapter last).
+Those rows are also in the held-out set `tunesmith eval` scores, so that eval is slightly optimistic; the manifest
+records how many rows the selection saw.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import Recipe
+from tunesmith.eval import metrics
+
+LOWER_WINS = frozenset({"eval_loss", "perplexity"})
+# What a checkpoint contributes to adapter/: the adapter (or full model) weights and config, never optimizer state.
+_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "adapter_config.json", "model.safetensors",
+                 "model.safetensors.index.json", "config.json", "generation_config.json")
+
+
+def candidates(run_dir: Path) -> list[tuple[str, Path]]:
+    """(name, folder) of every complete kept checkpoint, oldest first, then the final adapter ("final")."""
+    from tunesmith.train.checkpoints import COMPLETE, checkpoint_step
+
+    kept = [p for p in (run_dir / "checkpoints").glob("checkpoint-*") if (p / COMPLETE).exists()]
+    return [(p.name, p) for p in sorted(kept, key=checkpoint_step)] + [("final", run_dir / "adapter")]
+
+
+def choose(scores: dict[str, float], metric: str) -> str:
+    """The best-scoring name (lowest for eval_loss/perplexity); on a tie the later one in `scores`' order."""
+    sign = -1.0 if metric in LOWER_WINS else 1.0
+    best = None
+    for name, value in scores.items():
+        if best is None or sign * value >= sign * scores[best]:
+            best = name
+    assert best is not None, "no candidates"
+    return best
+
+
+def score(model: Any, tokenizer: Any, recipe: Recipe, examples: list[Any], metric: str) -> float:
+    """One model's value of `metric` on the examples (greedy generation through the one generation function)."""
+    from tunesmith.data.template import prompt_messages, reference
+    from tunesmith.eval.budget import resolve_max_new_tokens
+    from tunesmith.eval.generate import generate, perplexity, reference_loss
+
+    if metric in LOWER_WINS:
+        loss = reference_loss(model, tokenizer, [e.messages for e in examples], recipe.data.max_length)
+        return loss if metric == "eval_loss" else perplexity(loss)
+    refs = [reference(e.messages) for e in examples]
+    budget = resolve_max_new_tokens(recipe, tokenizer, refs).tokens
+    outs = generate(model, tokenizer, [prompt_messages(e.messages) for e in examples], budget, recipe.eval.batch_size)
+    if metric == "bleu":
+        return metrics.corpus_bleu(outs, refs)
+    json_mode = metrics.references_are_json(refs)
+    agg = metrics.aggregate([metrics.score_example(o, r, json_mode) for o, r in zip(outs, refs)])
+    if metric not in agg:
+        from tunesmith.errors import RecipeError
+
+        raise RecipeError([("eval.select_checkpoint", f"{metric} is not measured on these rows; use one of "
+                            f"{', '.join(sorted(agg) + ['bleu', *sorted(LOWER_WINS)])}")])
+    return agg[metric]
+
+
+def _load(recipe: Recipe, base_path: str, folder: Path, peft_model: Any) -> Any:
+    """The model of one candidate: its adapter loaded into the one PeftModel, or a full fine-tune's weights."""
+    from tunesmith import models
+
+    if not (folder / "adapter_config.json").exists():
+        return models.load_model(str(folder), recipe.model.dtype).eval()
+    if peft_model is None:
+        from peft import PeftModel
+
+        from tunesmith.train import _trl
+
+        bnb = _trl.build_bnb_config(recipe.adapter) if recipe.adapter.type == "qlora" else None
+        base = models.load_model(base_path, recipe.model.dtype, recipe.model.revision, recipe.model.trust_remote_code, bnb)
+        return PeftModel.from_pretrained(base, str(folder), adapter_name=folder.name).eval()
+    peft_model.load_adapter(str(folder), adapter_name=folder.name)
+    peft_model.set_adapter(folder.name)
+    return peft_model
+
+
+def select_checkpoint(recipe: Recipe, run_dir: Path, base_path: str) -> dict[str, Any]:
+    """Score every candidate, make the best run_dir/adapter, and return what the manifest records."""
+    from tunesmith import models
+    from tunesmith.train.rows import eval_examples
+
+    metric = recipe.eval.select_checkpoint
+    assert metric is not None
+    examples = eval_examples(recipe)[: recipe.eval.select_examples]
+    tokenizer = models.load_tokenizer(str(run_dir / "adapter"))
+    scores: dict[str, float] = {}
+    peft_model = None
+    for name, folder in candidates(run_dir):
+        model = _load(recipe, base_path, folder, peft_model)
+        peft_model = model if hasattr(model, "load_adapter") and hasattr(model, "peft_config") else None
+        scores[name] = score(model, tokenizer, recipe, examples, metric)
+    chosen = choose(scores, metric)
+    if chosen != "final":
+        install(run_dir / "checkpoints" / chosen, run_dir / "adapter")
+    return {"metric": metric, "scores": scores, "chosen": chosen, "n_examples": len(examples),
+            "rows": f"first {len(examples)} held-out rows"}
+
+
+def install(checkpoint: Path, adapter_dir: Path) -> None:
+    """Replace adapter/'s weights with the checkpoint's (tokenizer files stay): staged in a copy, then renamed."""
+    staged = adapter_dir.with_name(".adapter.select")
+    shutil.rmtree(staged, ignore_errors=True)
+    shutil.copytree(adapter_dir, staged)
+    for name in _WEIGHT_FILES:
+        if (staged / name).exists():
+            (staged / name).unlink()
+        if (checkpoint / name).exists():
+            shutil.copy2(checkpoint / name, staged / name)
+    shutil.rmtree(adapter_dir)
+    staged.rename(adapter_dir)
