@@ -276,6 +276,8 @@ def test_cli_build_query_eval(docs, tmp_path, minilm):
     res = runner.invoke(app, ["index", "eval", str(out), str(gold), "-k", "1", "--out", str(tmp_path / "r.json")])
     assert res.exit_code == 0 and "2 question(s) (1 skipped)" in " ".join(res.output.split()), res.output
     report = json.loads((tmp_path / "r.json").read_text())
+    page = (tmp_path / "r.html").read_text()
+    assert "data:image/png;base64," in page and "recall@1" in page
     assert report["modes"]["hybrid"] == {"recall_at_k": 1.0, "mrr": 1.0, "hit_rate": 1.0}
     assert report["content_hash"] == content_hash(out)
     res = runner.invoke(app, ["index", "build", str(docs), "--out", str(docs)])  # a folder tunesmith did not make

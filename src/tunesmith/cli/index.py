@@ -105,7 +105,9 @@ def evaluate(
         ..., help="JSONL rows with `question` (or messages) and gold `sources` (chunk ids, files or file:line)."
     ),
     k: int = typer.Option(5, "-k", help="Cut-off for recall@k and hit rate."),
-    out: Path | None = typer.Option(None, "--out", help="Also write the figures as JSON to this new file."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Also write the figures as JSON to this new file, and a page beside it (.html)."
+    ),
 ) -> None:
     """Recall@k, MRR and hit rate of each search mode on labelled questions."""
     from tunesmith.rag.quality import evaluate_index
@@ -120,13 +122,18 @@ def evaluate(
     for miss in report.misses[:5]:
         err_console.print(f"[yellow]miss:[/] {escape(miss['question'][:100])} -> gold {escape(', '.join(miss['gold']))}")
     if out is not None:
-        _write_new(out, report.model_dump_json(indent=2))
+        _write_report(out, report)
 
 
-def _write_new(path: Path, text: str) -> Any:
+def _write_report(out: Path, report: Any) -> None:
+    """report.json and report.html; refuses (writing nothing) when either exists."""
     from tunesmith.atomic import write_text_atomic
     from tunesmith.errors import DataError
+    from tunesmith.rag.report import write_html
 
-    if path.exists():
-        raise DataError(f"{path} exists; nothing was written", hint="Choose a new --out file.")
-    return write_text_atomic(path, text)
+    page = out.with_suffix(".html")
+    if taken := [str(p) for p in (out, page) if p.exists()]:
+        raise DataError(f"{', '.join(taken)} exists; nothing was written", hint="Choose a new --out file.")
+    write_text_atomic(out, report.model_dump_json(indent=2))
+    write_html(page, report)
+    console.print(f"wrote {escape(str(out))} and {escape(str(page))}")
