@@ -291,7 +291,7 @@ def test_full_disk_while_training_is_exit_74_without_partial_files(tiny_recipe, 
 def test_full_disk_while_merging_is_exit_74_and_leaves_nothing(finished, small_disk):
     _, run_dir = finished
     disk = small_disk("64k")  # the merged tiny model is ~200 KB
-    code, out = cli("merge", run_dir, "--out", disk / "merged")
+    code, out = cli("merge", run_dir, "--out", disk / "new" / "merged")
     assert code == 74 and "disk full" in out, out
     assert list(disk.iterdir()) == []
 

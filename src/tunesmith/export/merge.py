@@ -91,6 +91,7 @@ def merge(run: Run, out_dir: Path, dtype: str = "float32", n_check: int = 3, max
         "data": run.manifest.data, "check": check, "versions": versions(),
         "dequantized": run.manifest.quantized_base, "base_note": base_note,
     }
+    made = [p for p in out_dir.parents if not p.exists()]  # parent folders this merge creates, deepest first
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
@@ -101,5 +102,7 @@ def merge(run: Run, out_dir: Path, dtype: str = "float32", n_check: int = 3, max
         os.replace(stage, out_dir)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
+        for folder in made:  # a failed merge leaves nothing, not even the folders it made for --out
+            folder.rmdir()
         raise
     return {"out": str(out_dir), **check, "base_note": base_note, "lineage": lineage}
