@@ -370,6 +370,58 @@ class RewardSpec(Section):
         return self
 
 
+class SpeedSection(Section):
+    """How SFT is made fast; every lever is measured in docs/benchmarks.md and recorded in the manifest."""
+
+    packing: Literal["auto", "padding_free", "group_by_length", "off"] = Field(
+        "auto", description="Batching. padding_free: the batch's rows are concatenated without padding and kept apart by "
+        "position_ids (transformers builds a per-row mask for sdpa, varlen kernels for flash attention); group_by_length: "
+        "rows of similar length batched together; off: shuffled rows padded to the longest. auto = padding_free "
+        "(group_by_length for prompt tuning).",
+    )
+    labelled_logits: bool = Field(
+        True, description="Only positions whose next token is trained reach the LM head: prompt positions never produce vocabulary-sized logits."
+    )
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="bf16: bf16 autocast with fp32 master weights; fp32: no autocast. auto = bf16 on GPUs that support it, "
+        "fp32 on CPU (bf16 autocast measured slower there, see docs/benchmarks.md).",
+    )
+    fused_optimizer: bool = Field(True, description="torch's fused AdamW (one kernel for all parameters) instead of the per-tensor loop.")
+    compile: bool = Field(False, description="torch.compile the model (pays only after warm-up on long runs; GPU mostly).")
+    eval_batch_size: int = Field(8, ge=1, description="Rows per batch when computing the eval loss during and after training (bounds its peak memory).")
+
+
+class DPOSection(Section):
+    beta: float = Field(0.1, gt=0, description="DPO temperature: how far the tuned model may move from the reference (higher = stay closer).")
+    loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero", "apo_down"] = Field(
+        "sigmoid", description="DPO loss: sigmoid (the original), ipo, hinge, robust (noisy labels), ... (TRL's names)."
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Assumed fraction of flipped preference labels (sigmoid/robust losses).")
+
+
+class GRPOSection(Section):
+    rewards: list[RewardSpec] = Field(default_factory=list, description="Reward functions, summed with their weights (method grpo needs at least one).")
+    num_generations: int = Field(4, ge=2, description="Completions sampled per prompt; rewards are normalised within each group.")
+    max_completion_length: int = Field(128, ge=1, description="Token budget of each sampled completion.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature for the completions.")
+    beta: float = Field(0.0, ge=0, description="KL penalty towards the reference (the base under the adapter); 0 = none.")
+    scale_rewards: Literal["group", "batch", "none"] = Field("group", description="Divide advantages by the reward std of the group, the batch, or not at all.")
+
+
+class DistillSection(Section):
+    teacher: str | None = Field(None, description="Teacher: a base model spec (like model.base) or a finished tunesmith run folder.")
+    mode: Literal["sequence", "logits"] = Field(
+        "sequence",
+        description="sequence = the teacher writes answers, saved and audited as a dataset, and the student is SFT-trained on them; "
+        "logits = the student matches the teacher's next-token distributions (needs the same tokenizer).",
+    )
+    max_new_tokens: int = Field(128, ge=1, description="Teacher's generation budget per prompt (sequence mode).")
+    batch_size: int = Field(8, ge=1, description="Prompts the teacher generates together (sequence mode).")
+    beta: float = Field(0.5, ge=0, le=1, description="logits: generalised JSD interpolation (0 = forward KL, 1 = reverse KL).")
+    temperature: float = Field(1.0, gt=0, description="logits: softmax temperature of both distributions.")
+    lmbda: float = Field(0.0, ge=0, le=1, description="logits: fraction of steps trained on student-generated answers (on-policy); 0 = the data's answers.")
+
+
 class DPOSection(Section):
     beta: float = Field(0.1, gt=0, description="DPO temperature: how far the tuned model may move from the reference (higher = stay closer).")
     loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero", "apo_down"] = Field(
@@ -415,6 +467,7 @@ class Recipe(Section):
     adapter: AdapterSection = Field(default_factory=AdapterSection, description="What is trained.")
     training: TrainingSection = Field(default_factory=TrainingSection, description="Optimisation.")
     eval: EvalSection = Field(default_factory=EvalSection, description="Base-vs-tuned evaluation.")
+    speed: SpeedSection = Field(default_factory=SpeedSection, description="Training speed levers (method: sft).")
     dpo: DPOSection = Field(default_factory=DPOSection, description="DPO settings (method: dpo).")
     grpo: GRPOSection = Field(default_factory=GRPOSection, validate_default=True, description="GRPO settings (method: grpo).")
     distill: DistillSection = Field(default_factory=DistillSection, validate_default=True, description="Distillation settings (method: distill).")

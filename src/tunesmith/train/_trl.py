@@ -118,12 +118,17 @@ def common_args(recipe: Recipe, run_dir: Path, has_eval: bool) -> dict[str, Any]
     )
 
 
-def build_sft_config(recipe: Recipe, run_dir: Path, has_eval: bool) -> Any:
-    """SFTConfig for pre-tokenized rows (input_ids + labels built by tunesmith.data.template)."""
+def build_sft_config(recipe: Recipe, run_dir: Path, has_eval: bool, speed: Any = None) -> Any:
+    """SFTConfig for pre-tokenized rows (input_ids + labels built by tunesmith.data.template).
+
+    speed: the resolved levers (tunesmith.train.speed.Speed); None keeps the plain defaults of common_args.
+    """
     from trl import SFTConfig
 
+    from tunesmith.train.speed import sft_args
+
     return SFTConfig(
-        **common_args(recipe, run_dir, has_eval),
+        **{**common_args(recipe, run_dir, has_eval), **(sft_args(speed) if speed is not None else {})},
         # Rows arrive tokenized and already within max_length (over-long ones were dropped or truncated
         # with counts); TRL must not truncate them again silently.
         max_length=None,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from tunesmith.config import Recipe
 from tunesmith.data.dataset import recipe_examples, tokenize_examples
-from tunesmith.run import Run
-from tunesmith.train import _trl, faults, policy, start
+from tunesmith.run import Run, peak_memory_mb
+from tunesmith.train import _trl, faults, policy, speed, start
 from tunesmith.train.callbacks import standard_callbacks
 from tunesmith.train.finish import finish_run
 
@@ -32,30 +33,67 @@ def _datasets(recipe: Recipe, tokenizer: Any) -> tuple[Any, Any, dict[str, Any]]
     return Dataset.from_list(train_rows), Dataset.from_list(eval_rows), stats
 
 
-def run(recipe: Recipe, resume: bool = False, force: bool = False) -> Run:
-    """Train an SFT run end to end and return it (read back from its folder)."""
+@dataclass
+class Built:
+    """Everything a run needs between data and trainer.train(): used by run() and by bench/train_throughput.py."""
+
+    start: start.Start
+    trainer: Any
+    token_stats: dict[str, Any]
+    speed: speed.Speed
+    plan: Any  # tunesmith.plan.advisor.Plan, or None when the model's config cannot be planned
+
+
+def build(recipe: Recipe, resume: bool = False, force: bool = False) -> Built:
+    """Run folder, data (tokenized once), model with adapter and the SFTTrainer with the resolved speed levers."""
     import torch
     from trl import SFTTrainer
 
     st = start.begin(recipe, resume, force)  # blocking data errors stop here, before any model loads
-    run_dir, checkpoint, base_path, tokenizer = st.run_dir, st.checkpoint, st.base_path, st.tokenizer
-    train_ds, eval_ds, token_stats = _datasets(recipe, tokenizer)
+    train_ds, eval_ds, token_stats = _datasets(recipe, st.tokenizer)
+    levers = speed.resolve(recipe)
+    speed.score_labelled_positions_only(levers.labelled_logits)
+    estimate = _plan(recipe, train_ds, token_stats)
 
     torch.manual_seed(recipe.training.seed)
-    model = policy.load(recipe, base_path)  # 4-bit NF4 for qlora
+    model = policy.load(recipe, st.base_path)  # 4-bit NF4 for qlora
     trainer = SFTTrainer(
         model=model,
-        args=_trl.build_sft_config(recipe, run_dir, has_eval=True),
+        args=_trl.build_sft_config(recipe, st.run_dir, has_eval=True, speed=levers),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        peft_config=policy.peft_config(recipe, model, base_path),
-        callbacks=standard_callbacks(recipe, run_dir),
+        processing_class=st.tokenizer,
+        peft_config=policy.peft_config(recipe, model, st.base_path),
+        callbacks=standard_callbacks(recipe, st.run_dir),
     )
-    result = faults.fit(trainer, recipe, checkpoint)  # trainer.train under the fault policy (OOM, disk full, signals, NaN)
-    final_eval = trainer.evaluate()  # logged to metrics.jsonl by MetricsLog
+    return Built(st, trainer, token_stats, levers, estimate)
+
+
+def _plan(recipe: Recipe, train_ds: Any, token_stats: dict[str, Any]) -> Any:
+    """The planner's estimate for this run on this machine, from the rows already tokenized."""
+    from tunesmith.plan import advisor
+
+    lengths = [len(ids) for ids in train_ds["input_ids"]]
+    trained = token_stats["train"]["trained_tokens"] / max(token_stats["train"]["tokens"], 1)
+    try:
+        return advisor.plan(recipe, gpu=advisor.local_gpu(), lengths=lengths, trained=trained)
+    except (KeyError, ValueError, OSError) as exc:  # a config.json the planner cannot read: train anyway
+        log.warning("no plan for this model (%s: %s)", type(exc).__name__, exc)
+        return None
+
+
+def run(recipe: Recipe, resume: bool = False, force: bool = False) -> Run:
+    """Train an SFT run end to end and return it (read back from its folder)."""
+    b = build(recipe, resume, force)
+    # trainer.train under the fault policy (OOM, disk full, signals, NaN)
+    result = faults.fit(b.trainer, recipe, b.start.checkpoint)
+    final_eval = b.trainer.evaluate()  # logged to metrics.jsonl by MetricsLog
+    extra: dict[str, Any] = {"speed": b.speed.as_dict()}
+    if b.plan is not None:
+        measured = {"peak_mb": round(peak_memory_mb(), 1), "seconds": round(result.metrics.get("train_runtime", 0.0), 1)}
+        extra["plan"] = b.plan.model_copy(update={"measured": measured}).model_dump()
 
     return finish_run(
-        recipe, trainer, tokenizer, result, token_stats, st.started, checkpoint, base_path=base_path, final_eval=final_eval
+        recipe, b.trainer, b.start.tokenizer, result, b.token_stats, b.start.started, b.start.checkpoint,
+        base_path=b.start.base_path, final_eval=final_eval, extra=extra,
     )
-

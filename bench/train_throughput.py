@@ -1,0 +1,272 @@
+"""A/B training throughput: A = tunesmith's default SFT-LoRA recipe, B = a plain TRL SFTTrainer with its defaults.
+
+    .venv/bin/python bench/train_throughput.py [--steps 20] [--warmup 3] [--pairs 3] [--batch 4]
+        [--data demo,mixed] [--model smollm2-135m-instruct] [--a-set speed.precision=bf16 ...] [--quick]
+
+Both sides get the same base model, rows, batch size, optimizer steps, learning-rate schedule, seed and LoRA
+settings (r16/alpha32/dropout 0.05, all-linear). B gets the rows in TRL's conversational prompt/completion form,
+so its completion-only loss trains the assistant turn as tunesmith's mask does (TRL also trains the newline
+after the end-of-turn token: one token per row more). Every run is a fresh process; A and B alternate, the
+first of each pair swapping, and the first `--warmup` optimizer steps are not counted. Reported per run:
+non-padding tokens/s (the real tokens of the rows each step consumed, counted in the collator the same way for
+both), time per step, peak memory (process RSS on CPU, torch.cuda.max_memory_allocated on CUDA) after training
+and after the final evaluation, the loss per step, and on CUDA the MFU. The load average is printed next to
+every run: the machine is shared, so figures are noisy. Results (JSON, loss-curve PNG) go to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "src" / "tunesmith" / "demo" / "data"
+LR, MAX_LENGTH, SEED = 1e-3, 1024, 42
+# Dense bf16 tensor-core peak TFLOPs by GPU name (vendor datasheets, no sparsity).
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "4090": 165.0, "A10": 125.0}
+
+
+def mixed_rows(n: int, seed: int = 0) -> list[dict]:
+    """Demo rows whose user turn carries 0-5 earlier messages of the thread: prompts from ~150 to ~900 tokens."""
+    base = [json.loads(line) for line in (DEMO / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        row = json.loads(json.dumps(base[i % len(base)]))
+        earlier = [rng.choice(base)["messages"][1]["content"] for _ in range(rng.choice([0, 0, 0, 1, 2, 3, 5]))]
+        if earlier:
+            row["messages"][1]["content"] = "Earlier in this thread:\n" + "\n---\n".join(earlier) + "\n---\nLatest:\n" + row["messages"][1]["content"]
+        rows.append(row)
+    return rows
+
+
+def write_data(kind: str, folder: Path) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "demo":
+        return DEMO / "train.jsonl", DEMO / "eval.jsonl"
+    for name, rows in (("train", mixed_rows(400, 1)), ("eval", mixed_rows(60, 2))):
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return folder / "train.jsonl", folder / "eval.jsonl"
+
+
+class Counting:
+    """Wraps a data collator: counts the real tokens of every row it batches, before any padding."""
+
+    def __init__(self, collate):
+        self.collate, self.tokens = collate, 0
+
+    def __call__(self, features):
+        self.tokens += sum(len(f["input_ids"]) for f in features)
+        return self.collate(features)
+
+
+def clock(counter: Counting):
+    import torch
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        """Seconds and tokens between consecutive optimizer-step ends (data loading included), and the loss."""
+
+        def __init__(self):
+            self.seconds, self.tokens, self.loss, self.last, self.seen = [], [], {}, 0.0, 0
+
+        def _now(self):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            return time.perf_counter()
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.last = self._now()
+
+        def on_step_end(self, args, state, control, **kw):
+            now = self._now()
+            self.seconds.append(now - self.last)
+            self.tokens.append(counter.tokens - self.seen)
+            self.last, self.seen = now, counter.tokens
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                self.loss[state.global_step] = float(logs["loss"])
+
+    return Clock()
+
+
+def trainer_a(model: str, train: Path, evaluation: Path, steps: int, batch: int, sets: list[str], out: Path):
+    """tunesmith's default recipe, built exactly as `tunesmith train` builds it."""
+    import yaml
+
+    from tunesmith.config import load_recipe
+    from tunesmith.train import sft
+
+    recipe = {
+        "name": "bench", "model": {"base": model},
+        "data": {"train": [str(train)], "eval": str(evaluation), "max_length": MAX_LENGTH},
+        "adapter": {"r": 16, "alpha": 32},
+        "training": {"max_steps": steps, "batch_size": batch, "learning_rate": LR, "logging_steps": 1,
+                     "save_steps": 10_000, "seed": SEED},
+        "output_dir": str(out / "run"),
+    }
+    (out / "recipe.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    built = sft.build(load_recipe(out / "recipe.yaml", sets), force=True)
+    return built.trainer, built.speed.as_dict()
+
+
+def trainer_b(model: str, train: Path, evaluation: Path, steps: int, batch: int, out: Path):
+    """A plain TRL SFTTrainer with its defaults; same LoRA settings, schedule, seed and loss mask."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    def rows(path: Path):
+        convs = [json.loads(line)["messages"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return Dataset.from_list([{"prompt": m[:-1], "completion": m[-1:]} for m in convs])
+
+    args = SFTConfig(output_dir=str(out / "b"), max_steps=steps, per_device_train_batch_size=batch, learning_rate=LR,
+                     lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=1, save_strategy="no", report_to=[],
+                     seed=SEED, max_length=MAX_LENGTH, disable_tqdm=True)
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", bias="none", task_type="CAUSAL_LM")
+    return SFTTrainer(model=model, args=args, train_dataset=rows(train), eval_dataset=rows(evaluation), peft_config=lora), {}
+
+
+def peak_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def child(ns: argparse.Namespace) -> None:
+    """One measured run in this (fresh) process; writes its figures as JSON to ns.result."""
+    import torch
+
+    out = Path(tempfile.mkdtemp(prefix=f"bench-{ns.child}-"))
+    train, evaluation = Path(ns.train), Path(ns.eval)
+    total = ns.warmup + ns.steps
+    if ns.child == "A":
+        trainer, speed = trainer_a(ns.model, train, evaluation, total, ns.batch, ns.a_set, out)
+    else:
+        trainer, speed = trainer_b(ns.model, train, evaluation, total, ns.batch, out)
+    counter = Counting(trainer.data_collator)
+    trainer.data_collator = counter
+    watch = clock(counter)
+    trainer.add_callback(watch)
+    trainer.train()
+    peak_train = peak_mb()
+    trainer.evaluate()
+    seconds, tokens = watch.seconds[ns.warmup :], watch.tokens[ns.warmup :]
+    n_params = sum(p.numel() for p in trainer.model.get_base_model().parameters()) if hasattr(trainer.model, "get_base_model") else 0
+    result = {
+        "side": ns.child, "speed": speed, "tokens_per_s": sum(tokens) / sum(seconds), "s_per_step": sum(seconds) / len(seconds),
+        "peak_train_mb": peak_train, "peak_mb": peak_mb(), "loss": watch.loss, "counted_steps": len(seconds),
+        "params": n_params, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    }
+    if torch.cuda.is_available():
+        peak = next((v for k, v in PEAK_TFLOPS.items() if k in result["device"]), None)
+        result["flops_per_token"] = f"4N, N={n_params}"  # LoRA: forward 2N + input-gradient backward 2N; full: 6N
+        result["mfu"] = result["tokens_per_s"] * 4 * n_params / (peak * 1e12) if peak else None
+    Path(ns.result).write_text(json.dumps(result), encoding="utf-8")
+
+
+def run_one(side: str, kind: str, train: Path, evaluation: Path, ns: argparse.Namespace, out: Path, i: int) -> dict:
+    result = out / f"{kind}-{side}-{i}.json"
+    load = os.getloadavg()[0]
+    cmd = [sys.executable, __file__, "--child", side, "--train", str(train), "--eval", str(evaluation), "--result", str(result),
+           "--model", ns.model, "--steps", str(ns.steps), "--warmup", str(ns.warmup), "--batch", str(ns.batch)]
+    cmd += [arg for s in ns.a_set for arg in ("--a-set", s)]
+    started = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    if proc.returncode:
+        sys.exit(f"{side} run failed:\n{proc.stderr[-4000:]}")
+    data = json.loads(result.read_text(encoding="utf-8"))
+    data.update(load_before=load, wall_s=time.time() - started)
+    print(f"  {kind} pair {i} {side}: {data['tokens_per_s']:7.1f} tok/s  {data['s_per_step']:.2f} s/step  peak {data['peak_mb']:6.0f} MB "
+          f"(train {data['peak_train_mb']:.0f})  load {load:.2f}", flush=True)
+    return data
+
+
+def final_loss(loss: dict) -> float:
+    last = sorted(loss.items(), key=lambda kv: int(kv[0]))[-5:]
+    return sum(v for _, v in last) / len(last)
+
+
+def report(kind: str, pairs: list[tuple[dict, dict]], out: Path) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (a, b) in enumerate(pairs):
+        steps = sorted(set(a["loss"]) & set(b["loss"]), key=int)
+        dev = max(abs(a["loss"][s] - b["loss"][s]) / b["loss"][s] for s in steps)
+        rows.append({"pair": i, "tok_s_ratio": a["tokens_per_s"] / b["tokens_per_s"], "mem_ratio": a["peak_mb"] / b["peak_mb"],
+                     "step_ratio": a["s_per_step"] / b["s_per_step"], "max_loss_dev": dev,
+                     "final_loss_a": final_loss(a["loss"]), "final_loss_b": final_loss(b["loss"])})
+        for side, r, style in (("A tunesmith", a, "-"), ("B TRL", b, "--")):
+            xs = sorted(r["loss"], key=int)
+            ax.plot([int(x) for x in xs], [r["loss"][x] for x in xs], style, color=f"C{i}", label=f"{side} (pair {i})")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"{kind}: max relative deviation {max(r['max_loss_dev'] for r in rows):.1%}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / f"loss-{kind}.png", dpi=110)
+    plt.close(fig)
+    for r in rows:
+        print(f"  {kind} pair {r['pair']}: A/B tokens/s {r['tok_s_ratio']:.2f}x  memory {r['mem_ratio']:.2f}x  time/step {r['step_ratio']:.2f}x  "
+              f"final loss A {r['final_loss_a']:.4f} B {r['final_loss_b']:.4f}  max loss deviation {r['max_loss_dev']:.1%}")
+    return {"pairs": rows}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--steps", type=int, default=20, help="counted optimizer steps per run")
+    p.add_argument("--warmup", type=int, default=3, help="optimizer steps run first and not counted")
+    p.add_argument("--pairs", type=int, default=3)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--data", default="demo,mixed", help="comma-separated: demo, mixed")
+    p.add_argument("--a-set", action="append", default=[], help="recipe override for A, e.g. speed.precision=bf16")
+    p.add_argument("--quick", action="store_true", help="8 counted steps, 2 warm-up, 1 pair: a smoke test, not a figure")
+    p.add_argument("--out", default=str(ROOT / "runs" / "bench" / "train_throughput"))
+    p.add_argument("--child", choices=["A", "B"], help=argparse.SUPPRESS)
+    p.add_argument("--train", help=argparse.SUPPRESS)
+    p.add_argument("--eval", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    ns = p.parse_args()
+    if ns.child:
+        return child(ns)
+    if ns.quick:
+        ns.steps, ns.warmup, ns.pairs = 8, 2, 1
+    from tunesmith import models
+
+    ns.model = models.resolve_base(ns.model)
+    out = Path(ns.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    summary: dict = {"args": vars(ns), "cpu_count": os.cpu_count(), "started": started}
+    for kind in ns.data.split(","):
+        train, evaluation = write_data(kind, out / "data" / kind)
+        print(f"{kind}: {ns.pairs} pairs x (A, B), {ns.warmup} warm-up + {ns.steps} counted steps, batch {ns.batch}", flush=True)
+        pairs = []
+        for i in range(ns.pairs):
+            order = ("A", "B") if i % 2 == 0 else ("B", "A")
+            got = {side: run_one(side, kind, train, evaluation, ns, out, i) for side in order}
+            pairs.append((got["A"], got["B"]))
+        summary[kind] = {"runs": pairs, **report(kind, pairs, out)}
+    (out / "results.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    print(f"results: {out / 'results.json'}; loss curves: {out}/loss-*.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""`tunesmith plan`: peak memory, time and cost of a training run before it starts, and how to make it fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from tunesmith.cli import app, console, handle_errors
+
+
+@app.command()
+@handle_errors
+def plan(
+    recipe: Path = typer.Argument(None, help="Recipe YAML (or give --model and --data)."),
+    gpu: str = typer.Option("cpu", "--gpu", help="h100 | a100 | l4 | rtx4090 | cpu (this machine, measured)."),
+    nproc: int = typer.Option(1, "--nproc", help="Devices trained on together (data parallel)."),
+    price: float = typer.Option(None, "--price", help="Price per device-hour in USD (default: a typical on-demand rate)."),
+    model: str = typer.Option(None, "--model", help="Base model, without a recipe."),
+    data: Path = typer.Option(None, "--data", help="Training file, without a recipe."),
+    adapter: str = typer.Option("lora", "--adapter", help="lora | qlora | dora | full, without a recipe."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe field: section.field=value (repeatable)."),
+) -> None:
+    """Estimate peak memory (weights, adapter, optimizer, gradients, activations, logits), time and cost; say
+    whether it fits and which `--set` overrides make it fit. Parameters come from the model's config.json."""
+    from rich.table import Table
+
+    from tunesmith import models
+    from tunesmith.config import Recipe, load_recipe
+    from tunesmith.errors import RecipeError
+    from tunesmith.plan.advisor import plan as make_plan
+    from tunesmith.plan.cost import GPUS
+
+    if gpu != "cpu" and gpu not in GPUS:
+        raise RecipeError([("--gpu", f"must be one of cpu, {', '.join(GPUS)}; got {gpu}")])
+    if recipe is not None:
+        cfg = load_recipe(recipe, set_)
+    elif model and data:
+        values = {"model": {"base": model}, "data": {"train": [str(data.resolve())]}, "adapter": {"type": adapter}}
+        cfg = Recipe.model_validate(values)
+    else:
+        raise RecipeError([("(arguments)", "give a RECIPE, or --model and --data")])
+    tokenizer = models.load_tokenizer(models.resolve_base(cfg.model.base))
+    with console.status("reading the data ..."):
+        p = make_plan(cfg, tokenizer, gpu, nproc, price)
+    table = Table(title=f"plan on {p.nproc} x {p.hardware}", show_header=True)
+    table.add_column("memory (MiB)")
+    table.add_column("estimate", justify="right")
+    for key, value in p.memory_mb.items():
+        table.add_row(key, f"{value:,.0f}")
+    table.add_row("capacity (90%)", f"{p.capacity_mb:,.0f}")
+    console.print(table)
+    console.print(f"{p.params / 1e6:,.1f}M parameters, {p.trainable_params / 1e6:,.2f}M trained; {p.steps} steps, "
+                  f"{p.tokens:,} tokens: ~{p.seconds / 60:,.1f} min, ~${p.usd:,.2f}")
+    if p.fits:
+        console.print("[green]fits[/]")
+    else:
+        console.print("[red]does not fit[/]; try: " + " ".join(f"--set {s}" for s in p.fix))

@@ -1,0 +1,127 @@
+"""The plan of a recipe on some hardware: peak memory, time, cost, whether it fits, and the overrides that make it fit."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from tunesmith.config import Recipe
+from tunesmith.plan import cost
+from tunesmith.plan.memory import Memory, Shape, estimate
+
+PLAN_VERSION = 1
+
+
+class Plan(BaseModel):
+    """An estimate made before training (recorded in Manifest.plan, next to what the run then measured)."""
+
+    schema_version: int = PLAN_VERSION
+    hardware: str
+    nproc: int = 1
+    params: int
+    trainable_params: int
+    memory_mb: dict[str, float] = Field(description="Estimated peak by component (MiB), with `total`.")
+    capacity_mb: float = Field(description="Memory of one device (MiB) the estimate is compared with (90% usable).")
+    fits: bool
+    steps: int
+    tokens: int = Field(description="Tokens processed in training (non-padding).")
+    seconds: float
+    usd: float
+    fix: list[str] = Field(default_factory=list, description="`--set` overrides that make it fit, when it does not.")
+    measured: dict[str, Any] | None = Field(None, description="Filled after training: measured peak (MiB) and seconds.")
+
+
+def data_lengths(recipe: Recipe, tokenizer: Any) -> tuple[list[int], float]:
+    """Token length of every training row as trained, and the share of tokens that are trained (labels)."""
+    from tunesmith.data.dataset import recipe_examples, tokenize_examples
+
+    train, _ = recipe_examples(recipe)
+    rows, stats = tokenize_examples(tokenizer, train, recipe.data.max_length, "truncate")
+    return [len(r["input_ids"]) for r in rows], stats.trained_tokens / max(stats.tokens, 1)
+
+
+def _memory(recipe: Recipe, shape: Shape, lengths: list[int], trained: float, cuda: bool) -> Memory:
+    a, t = recipe.adapter, recipe.training
+    longest = sorted(lengths)[-t.batch_size:]
+    packed = recipe.speed.packing in ("auto", "padding_free") and a.type != "prompt_tuning"
+    # Padded: every row as long as the longest; padding-free: the longest rows side by side.
+    seq = sum(longest) / len(longest) if packed else max(lengths)
+    dtype = recipe.model.dtype if recipe.model.dtype != "auto" else ("bfloat16" if cuda else "float32")
+    return estimate(shape, adapter=a.type, r=a.r, targets=a.target_modules, dtype=dtype, batch=t.batch_size,
+                    seq_len=int(seq), checkpointing=t.gradient_checkpointing, labelled_logits=recipe.speed.labelled_logits,
+                    trained_fraction=trained, cuda=cuda)
+
+
+def _fix(recipe: Recipe, shape: Shape, lengths: list[int], trained: float, hw: cost.Hardware) -> list[str]:
+    """The first combination of memory-saving overrides, least intrusive first, whose estimate fits."""
+    capacity = hw.memory_gib * 2**30 * 0.9
+    sets: list[str] = []
+    r = recipe
+    candidates: list[tuple[str, Any]] = [("training.gradient_checkpointing", True)]
+    b, acc = r.training.batch_size, r.training.grad_accum
+    while b > 1:
+        b, acc = b // 2, acc * 2
+        candidates.append(("training.batch_size", b))
+        candidates.append(("training.grad_accum", acc))
+    if hw.name != "cpu" and r.adapter.type in ("lora", "dora"):
+        candidates.append(("adapter.type", "qlora"))
+    m = r.data.max_length
+    while m > 256:
+        m //= 2
+        candidates.append(("data.max_length", m))
+    for key, value in candidates:
+        section, field = key.split(".")
+        r = r.model_copy(update={section: getattr(r, section).model_copy(update={field: value})})
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        sets = [s for s in sets if not s.startswith(key + "=")] + [f"{key}={text}"]
+        clipped = [min(n, r.data.max_length) for n in lengths]
+        if field != "batch_size" and _memory(r, shape, clipped, trained, hw.name != "cpu").total <= capacity:
+            return sets
+    return sets
+
+
+def local_gpu() -> str:
+    """The GPUS key of this machine's first CUDA device, or "cpu"."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    name = torch.cuda.get_device_name().lower().replace(" ", "")
+    return next((key for key in cost.GPUS if key in name), "h100")
+
+
+def plan(
+    recipe: Recipe, tokenizer: Any = None, gpu: str = "cpu", nproc: int = 1, price: float | None = None,
+    lengths: list[int] | None = None, trained: float | None = None,
+) -> Plan:
+    """Estimate the recipe's training run on `gpu` (h100, a100, l4, rtx4090, or cpu: this machine) x nproc.
+
+    lengths/trained: the training rows' token lengths and trained-token share when already tokenized;
+    otherwise the recipe's data is tokenized with `tokenizer`.
+    """
+    from tunesmith import models
+
+    hw = cost.GPUS[gpu] if gpu != "cpu" else cost.cpu_hardware()
+    if price is not None:
+        hw = hw.__class__(hw.name, hw.memory_gib, hw.peak_tflops, hw.mfu, price)
+    shape = Shape.from_config(models.resolve_base(recipe.model.base))
+    if lengths is None or trained is None:
+        lengths, trained = data_lengths(recipe, tokenizer)
+    mem = _memory(recipe, shape, lengths, trained, gpu != "cpu")
+    t = recipe.training
+    per_step = t.batch_size * t.grad_accum * nproc
+    steps = t.max_steps if t.max_steps > 0 else math.ceil(len(lengths) * t.epochs / per_step)
+    tokens = int(steps * per_step * sum(lengths) / len(lengths))
+    secs = cost.seconds(tokens, shape.params, recipe.adapter.type, hw, nproc)
+    capacity = hw.memory_gib * 2**30 * 0.9
+    fits = mem.total <= capacity
+    a = recipe.adapter
+    trainable = shape.params if a.type == "full" else shape.lora_params(a.r, a.target_modules)
+    return Plan(
+        hardware=hw.name, nproc=nproc, params=shape.params, trainable_params=trainable, memory_mb=mem.as_mb(),
+        capacity_mb=round(capacity / 2**20, 1), fits=fits, steps=steps, tokens=tokens, seconds=secs,
+        usd=round(secs / 3600 * hw.usd_per_hour * nproc, 2),
+        fix=[] if fits else _fix(recipe, shape, lengths, trained, hw),
+    )

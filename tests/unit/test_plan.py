@@ -1,0 +1,81 @@
+"""The planner: parameters from config.json, memory components that move the right way, fixes that fit, and an
+estimate within a stated tolerance of the measured peak."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+# The estimate vs the measured peak RSS of a fresh `tunesmith train` process on the tiny model. At this size
+# the figure is mostly the runtime (python + torch + libraries), so this bounds that constant; docs/planner.md
+# has the SmolLM2 table, where activations and weights matter.
+TOLERANCE = 0.35
+
+
+def test_shape_counts_parameters_like_the_model(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.plan.memory import Shape
+
+    shape = Shape.from_config(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert shape.params == model.num_parameters()
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    assert shape.lora_params(4) == lora.get_nb_trainable_parameters()[0]
+
+
+def test_levers_move_the_estimate_the_right_way(tiny_model_dir):
+    from tunesmith.plan.memory import Shape, estimate
+
+    s = Shape.from_config(tiny_model_dir)
+    base = estimate(s, batch=8, seq_len=512)
+    assert estimate(s, batch=8, seq_len=512, checkpointing=True).activations < base.activations
+    answers = estimate(s, batch=8, seq_len=512, trained_fraction=0.25)
+    assert estimate(s, batch=8, seq_len=512, trained_fraction=0.25, labelled_logits=False).logits > 3 * answers.logits
+    assert estimate(s, batch=8, seq_len=512, adapter="qlora").weights < base.weights
+    assert estimate(s, batch=16, seq_len=512).activations == pytest.approx(2 * base.activations)
+    full = estimate(s, batch=8, seq_len=512, adapter="full")
+    assert full.optimizer == 8 * s.params and full.gradients == 4 * s.params
+
+
+def test_fix_suggests_overrides_that_fit(tiny_recipe):
+    from tunesmith.config import load_recipe
+    from tunesmith.plan import advisor, cost
+
+    path = tiny_recipe(training={"batch_size": 64})
+    recipe = load_recipe(path)
+    lengths, trained = [128] * 64, 0.2
+    big = advisor.plan(recipe, gpu="h100", lengths=lengths, trained=trained)
+    small = advisor.plan(load_recipe(path, ["training.batch_size=4", "training.gradient_checkpointing=true"]),
+                         gpu="h100", lengths=lengths, trained=trained)
+    # A device with room for the small settings only.
+    gib = (big.memory_mb["total"] + small.memory_mb["total"]) / 2 / 1024 / 0.9
+    cost.GPUS["tiny-test-gpu"] = cost.Hardware("tiny-test-gpu", gib, 121.0, 0.35, 0.8)
+    try:
+        p = advisor.plan(recipe, gpu="tiny-test-gpu", lengths=lengths, trained=trained)
+        fixed = advisor.plan(load_recipe(path, p.fix), gpu="tiny-test-gpu", lengths=lengths, trained=trained)
+    finally:
+        del cost.GPUS["tiny-test-gpu"]
+    assert big.fits and not big.fix
+    assert not p.fits and p.fix
+    assert "training.gradient_checkpointing=true" in p.fix
+    assert fixed.fits
+    assert big.steps == 4 and big.tokens == 4 * 64 * 128 and big.seconds > 0
+
+
+def test_estimate_is_within_tolerance_of_measured_peak(tiny_recipe, tmp_path):
+    import json
+
+    recipe = tiny_recipe()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    res = subprocess.run([sys.executable, "-m", "tunesmith", "train", str(recipe)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "plan vs measured" in res.stdout
+    plan = json.loads((tmp_path / "runs" / "tiny" / "manifest.json").read_text())["plan"]
+    est, got = plan["memory_mb"]["total"], plan["measured"]["peak_mb"]
+    assert abs(est - got) / got < TOLERANCE, (est, got)

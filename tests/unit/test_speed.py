@@ -1,0 +1,152 @@
+"""Speed levers: each one computes what the plain path computes (loss, gradients, updates) within tolerance."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import chat_rows
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    return model, AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def rows(tok, n=4):
+    from tunesmith.data.template import tokenize_example
+
+    out = []
+    for i, r in enumerate(chat_rows(n, seed=5)):
+        if i % 2:  # different lengths, so the padded batch really pads
+            r["messages"][1]["content"] += " Please, quickly." * (i + 1)
+        t = tokenize_example(tok, r["messages"])
+        out.append({"input_ids": t.input_ids, "labels": t.labels})
+    return out
+
+
+def fused_loss(model, batch, compact: bool):
+    """TRL's fused LM head loss, with only labelled positions scored (compact) or every position."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    from tunesmith.train.speed import score_labelled_positions_only
+
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    score_labelled_positions_only(compact)
+    try:
+        return model(**batch, fused_lm_head=True).loss
+    finally:
+        score_labelled_positions_only(False)
+        model.forward = type(model).forward.__get__(model)
+
+
+def test_padding_free_loss_equals_padded_loss(tiny):
+    """Rows concatenated without padding (position_ids, sdpa) score exactly as the padded batch: no cross-row attention."""
+    import torch
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    model, tok = tiny
+    data = rows(tok)
+    padded = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id)(data)
+    packed = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=True)(data)
+    assert packed["input_ids"].shape[0] == 1 and "attention_mask" not in packed
+    with torch.no_grad():
+        a = model(**padded).loss
+        # transformers isolates packed rows only without a KV cache; TRL's fused head (the training path) turns it off.
+        b = model(**{k: packed[k] for k in ("input_ids", "labels", "position_ids")}, use_cache=False).loss
+        fused = fused_loss(model, {k: packed[k] for k in ("input_ids", "labels", "position_ids")}, True)
+        separate = [model(input_ids=torch.tensor([r["input_ids"]]), labels=torch.tensor([r["labels"]])) for r in data]
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a, fused, rtol=1e-5, atol=1e-5)
+    # and the packed loss is the token-weighted mean of each row scored alone
+    n = [sum(x != -100 for x in r["labels"][1:]) for r in data]
+    alone = sum(float(o.loss) * k for o, k in zip(separate, n)) / sum(n)
+    assert float(b) == pytest.approx(alone, rel=1e-5)
+
+
+def test_labelled_logits_equal_full_logits_loss_and_gradients(tiny):
+    import torch
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    model, tok = tiny
+    batch = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id)(rows(tok))
+    grads = {}
+    losses = {}
+    for name, fn in (("plain", lambda: model(**batch).loss), ("all", lambda: fused_loss(model, batch, False)),
+                     ("labelled", lambda: fused_loss(model, batch, True))):
+        model.zero_grad()
+        losses[name] = fn()
+        losses[name].backward()
+        grads[name] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    for name in ("all", "labelled"):
+        torch.testing.assert_close(losses[name], losses["plain"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(grads[name], grads["plain"], rtol=1e-4, atol=1e-6)
+
+
+def test_private_trl_names_still_exist():
+    """score_labelled_positions_only patches these; an upgrade that moves them must fail here, not silently."""
+    import trl.trainer.utils as trl_utils
+    from trl.kernels import chunked_logprob
+
+    assert callable(trl_utils._use_triton) and callable(chunked_logprob._use_triton)
+    assert callable(trl_utils.add_fused_lm_head)
+
+
+def test_fused_adamw_matches_loop():
+    import torch
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(16, 8)) for _ in range(3)]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opts = [torch.optim.AdamW(params, lr=1e-2, fused=True), torch.optim.AdamW(twins, lr=1e-2, foreach=False)]
+    for _ in range(5):
+        grads = [torch.randn_like(p) for p in params]
+        for group, opt in zip((params, twins), opts):
+            for p, g in zip(group, grads):
+                p.grad = g.clone()
+            opt.step()
+    for p, q in zip(params, twins):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_resolve_and_translate(tiny_recipe):
+    from tunesmith.config import load_recipe
+    from tunesmith.train import speed
+
+    recipe = load_recipe(tiny_recipe())
+    s = speed.resolve(recipe)
+    assert s.packing == "padding_free" and s.labelled_logits and s.fused_optimizer and not s.compile
+    args = speed.sft_args(s)
+    assert args["padding_free"] and args["optim"] == "adamw_torch_fused" and args["prediction_loss_only"]
+    grouped = speed.resolve(load_recipe(tiny_recipe(speed={"packing": "group_by_length", "precision": "bf16"})))
+    assert speed.sft_args(grouped)["train_sampling_strategy"] == "group_by_length"
+    assert not speed.sft_args(grouped)["padding_free"] and grouped.bf16
+    prompt = speed.resolve(load_recipe(tiny_recipe(adapter={"type": "prompt_tuning"})))
+    assert prompt.packing == "group_by_length"
+
+
+def _losses(tiny_recipe, name, **speed_section):
+    from tunesmith.config import load_recipe
+    from tunesmith.train import sft
+
+    path = tiny_recipe(speed=speed_section, training={"max_steps": 6, "learning_rate": 1e-3},
+                       output_dir=f"run-{name}")
+    run = sft.run(load_recipe(path))
+    from tunesmith.run import read_metrics
+
+    return [m["loss"] for m in read_metrics(run.dir) if "loss" in m and "eval_loss" not in m], run
+
+
+def test_training_levers_keep_the_loss_curve(tiny_recipe):
+    """Default levers (padding-free, labelled logits, fused AdamW) and bf16 autocast vs the plain fp32 padded path."""
+    plain, _ = _losses(tiny_recipe, "plain", packing="off", labelled_logits=False, fused_optimizer=False, precision="fp32")
+    fast, run = _losses(tiny_recipe, "fast")
+    bf16, _ = _losses(tiny_recipe, "bf16", precision="bf16")
+    assert len(plain) == len(fast) == 6
+    assert max(abs(a - b) / a for a, b in zip(plain, fast)) < 1e-3
+    assert max(abs(a - b) / a for a, b in zip(plain, bf16)) < 0.03
+    assert run.manifest.speed["packing"] == "padding_free"
