@@ -250,6 +250,10 @@ def test_merge_out_that_is_a_file_leaves_it_alone(finished, tmp_path):
     code, out = cli("merge", run_dir, "--out", tmp_path / "model")
     assert code == OutputError.exit_code and "is a file" in out
     assert (tmp_path / "model").read_text() == "mine" and snapshot(tmp_path / "model") == before
+    sealed = snapshot(run_dir)
+    code, out = cli("merge", run_dir, "--out", run_dir / "merged")
+    assert code == OutputError.exit_code and "inside the run folder" in out
+    assert snapshot(run_dir) == sealed
 
 
 # --- real full disks (a small tmpfs) -------------------------------------------------------------------------------

@@ -64,6 +64,9 @@ def merge(run: Run, out_dir: Path, dtype: str = "float32", n_check: int = 3, max
 
     _refuse(run, dtype)
     out_dir = outputs.check_new_dir(out_dir)
+    if out_dir == run.dir or run.dir in out_dir.parents:
+        raise outputs.OutputError(f"--out {out_dir} is inside the run folder {run.dir}; a finished run is never changed",
+                                  hint="Choose an --out outside the run folder.")
     tokenizer = models.load_tokenizer(str(run.adapter_dir))
     # Always a 16/32-bit base, even for a QLoRA run: merging into 4-bit weights changes the model (peft #2321).
     base = models.load_model(resolve_run_base(run), dtype)
