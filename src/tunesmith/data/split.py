@@ -70,8 +70,8 @@ def split_file(
         raise DataError(f"--eval must be between 0 and 1, got {eval_fraction}")
     src = Path(src)
     targets = _targets(src, out_dir)
-    for target in targets:
-        outputs.claim_file(target, inputs=[src], overwrite=overwrite, what="split output")
+    for dest in targets:
+        outputs.claim_file(dest, inputs=[src], overwrite=overwrite, what="split output")
     loaded = load_rows([str(src)])
     if any(f.code == "file_unreadable" for f in loaded.findings):
         raise DataError(next(f.message for f in loaded.findings if f.code == "file_unreadable"))

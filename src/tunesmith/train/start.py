@@ -155,7 +155,7 @@ def check_target_modules(recipe: Recipe, base_path: str) -> None:
         return
     config = AutoConfig.from_pretrained(base_path, revision=m.revision, trust_remote_code=m.trust_remote_code)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=m.trust_remote_code)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=m.trust_remote_code)  # type: ignore[no-untyped-call]
     names = [n for n, _ in model.named_modules() if n]
     unknown = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if unknown:
