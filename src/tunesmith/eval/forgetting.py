@@ -18,6 +18,7 @@ from typing import Any, Literal
 from tunesmith.eval import metrics
 
 PROBE_MAX_NEW_TOKENS = 48  # every probe answer is a word, a number or a one-line JSON object
+PROBE_BATCH = 16  # probe prompts are one short line each: batch wider than eval.batch_size
 _NUMBER = re.compile(r"[-+]?\d+(?:[.,]\d+)?")
 
 
@@ -81,5 +82,5 @@ def probe_side(model: Any, tokenizer: Any, items: list[ProbeItem], batch_size: i
     from tunesmith.eval.generate import generate, reference_loss
 
     convs = [[{"role": "user", "content": item.prompt}] for item in items]
-    outputs = generate(model, tokenizer, convs, PROBE_MAX_NEW_TOKENS, batch_size)
+    outputs = generate(model, tokenizer, convs, PROBE_MAX_NEW_TOKENS, max(batch_size, PROBE_BATCH))
     return outputs, reference_loss(model, tokenizer, load_general_text(), max_length)

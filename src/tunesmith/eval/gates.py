@@ -9,8 +9,9 @@ the EvalReport (tuned summary, latency, forgetting, hallucination, judge, grader
 from __future__ import annotations
 
 import math
+import operator
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
@@ -27,8 +28,10 @@ GATES_FAILED_EXIT = 3
 """Exit code of `tunesmith eval` / `tunesmith ladder` when a gate fails (1 stays 'the command itself failed')."""
 
 _RULE = re.compile(r"^\s*(>=|<=|==|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
-_OPS = {">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t, ">": lambda v, t: v > t,
-        "<": lambda v, t: v < t, "==": lambda v, t: math.isclose(v, t, abs_tol=1e-9)}
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
+    "==": lambda v, t: math.isclose(v, t, abs_tol=1e-9),
+}
 # A bare number means "at most" for these (and every forgetting_* / *_latency_ms), "at least" for the rest.
 LOWER_IS_BETTER = frozenset({"forgetting", "hallucination_rate", "text_loss_increase", "eval_loss", "perplexity", "cost_per_1k"})
 
@@ -87,7 +90,7 @@ def gate_values(report: EvalReport) -> dict[str, float]:
     values = dict(report.summary.get("tuned", {}))
     extra = report.extra
     judge = extra.get("judge") or {}
-    values["win_rate_vs_base"] = judge["win_rate"] if "win_rate" in judge else report.judgement.win_rate
+    values["win_rate_vs_base"] = judge.get("win_rate", report.judgement.win_rate)
     if "agreement" in judge:
         values["judge_agreement"] = judge["agreement"]
     for key in ("p50_ms", "p95_ms"):
@@ -136,8 +139,8 @@ def loss_converged(history: Sequence[dict[str, Any]]) -> GateResult:
     before, last = sum(series[-2 * q:-q]) / q, sum(series[-q:]) / q  # window means: training loss is noisy
     drop = (before - last) / max(abs(before), 1e-9)
     if series[-1] > DIVERGED_FACTOR * min(series):
-        return GateResult(name="loss_converged", rule=rule, value=drop, status="fail",
-                          detail=f"{which} ends at {series[-1]:.4g}, above {DIVERGED_FACTOR}x its minimum {min(series):.4g}: diverging")
+        detail = f"{which} ends at {series[-1]:.4g}, above {DIVERGED_FACTOR}x its minimum {min(series):.4g}: diverging"
+        return GateResult(name="loss_converged", rule=rule, value=drop, status="fail", detail=detail)
     if drop > CONVERGED_DROP:
         return GateResult(name="loss_converged", rule=rule, value=drop, status="fail",
                           detail=f"{which} still falling {drop:.1%} over its last quarter: train longer")

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable
 from difflib import SequenceMatcher
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -70,7 +70,7 @@ class Multi(_Grader):
     pass_threshold: float = 1.0
 
 
-Grader = Annotated[Union[StringCheck, TextSimilarity, PythonGrader, ScoreModel, Multi], Field(discriminator="type")]
+Grader = Annotated[StringCheck | TextSimilarity | PythonGrader | ScoreModel | Multi, Field(discriminator="type")]
 Multi.model_rebuild()
 _GRADERS: TypeAdapter[list[Grader]] = TypeAdapter(list[Grader])
 
@@ -157,9 +157,11 @@ def scores(grader: Grader, outputs: list[str], items: list[dict[str, Any]], judg
     """One score per output (all of one model's outputs at once, so a score_model judge sees one batch)."""
     samples = [{"output_text": o, "output_json": metrics.parse_json(o)} for o in outputs]
     if isinstance(grader, StringCheck):
-        ops = {"eq": lambda a, b: float(a == b), "ne": lambda a, b: float(a != b), "like": _like,
-               "ilike": lambda a, b: _like(a, b, re.IGNORECASE)}
-        return [ops[grader.operation](_render(grader.input, s, i), _render(grader.reference, s, i)) for s, i in zip(samples, items)]
+        ops: dict[str, Callable[[str, str], float]] = {
+            "eq": lambda a, b: float(a == b), "ne": lambda a, b: float(a != b), "like": _like,
+            "ilike": lambda a, b: _like(a, b, re.IGNORECASE)}
+        check = ops[grader.operation]
+        return [check(_render(grader.input, s, i), _render(grader.reference, s, i)) for s, i in zip(samples, items)]
     if isinstance(grader, TextSimilarity):
         pairs = [(_render(grader.input, s, i), _render(grader.reference, s, i)) for s, i in zip(samples, items)]
         if grader.evaluation_metric == "cosine":
