@@ -94,7 +94,8 @@ async def drive(url: str, model: str, clients: int, seconds: float, max_tokens: 
                 first = None
                 async with http.stream("POST", url + "/v1/chat/completions", json=body) as res:
                     async for line in res.aiter_lines():
-                        if line.startswith("data: {") and '"content": "' in line and '"content": ""' not in line and first is None:
+                        text = line.startswith("data: {") and '"content": "' in line and '"content": ""' not in line
+                        if text and first is None:
                             first = time.monotonic() - t0
                         if line.startswith("data: {") and '"usage"' in line and '"choices": []' in line:
                             tokens += json.loads(line[6:])["usage"]["completion_tokens"]
@@ -139,22 +140,30 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="Load duration per row (streamed pass: half).")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--modes", nargs="+", default=["batched", "single", "merged"],
+                        choices=["batched", "single", "merged"], help="Which server modes to measure.")
+    parser.add_argument("--work", type=Path, help="Keep the trained run and merged model here (default: a temp folder).")
     args = parser.parse_args()
 
     import torch
 
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         run_dir = args.run or quick_run(work)
-        merged = args.merged or merged_copy(run_dir, work)
-        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
+        merged = args.merged or (merged_copy(run_dir, work) if "merged" in args.modes else None)
+        cpu = f"CPU ({platform.processor() or platform.machine()})"
+        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu
         print(f"serve load, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {device}, torch {torch.__version__}, "
               f"{args.seconds:g} s per row, max_tokens {args.max_tokens}, greedy\n")
         print("| mode | clients | req/s | tokens/s | p50 s | p95 s | p99 s | TTFT p50 s (stream) | errors |")
         print("|---|---|---|---|---|---|---|---|---|")
-        bench_mode("adapter, batched", run_dir, True, args)
-        bench_mode("adapter, one at a time", run_dir, False, args)
-        bench_mode("merged, batched", merged, True, args)
+        if "batched" in args.modes:
+            bench_mode("adapter, batched", run_dir, True, args)
+        if "single" in args.modes:
+            bench_mode("adapter, one at a time", run_dir, False, args)
+        if merged is not None:
+            bench_mode("merged, batched", merged, True, args)
 
 
 if __name__ == "__main__":
