@@ -58,7 +58,8 @@ def main() -> None:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"))
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
     params = [p for p in model.parameters() if p.requires_grad]
     opts = {False: torch.optim.AdamW(params, lr=1e-5, foreach=False), True: torch.optim.AdamW(params, lr=1e-5, fused=True)}
     times: dict[str, list[float]] = {k: [] for k in CONFIGS}

@@ -79,3 +79,15 @@ def test_estimate_is_within_tolerance_of_measured_peak(tiny_recipe, tmp_path):
     plan = json.loads((tmp_path / "runs" / "tiny" / "manifest.json").read_text())["plan"]
     est, got = plan["memory_mb"]["total"], plan["measured"]["peak_mb"]
     assert abs(est - got) / got < TOLERANCE, (est, got)
+
+
+def test_plan_command_prints_the_estimate(tiny_recipe, tmp_path):
+    recipe = tiny_recipe()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    res = subprocess.run([sys.executable, "-m", "tunesmith", "plan", str(recipe), "--gpu", "l4", "--price", "1.5"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "plan on 1 x l4" in res.stdout and "activations" in res.stdout and "fits" in res.stdout
+    bad = subprocess.run([sys.executable, "-m", "tunesmith", "plan", str(recipe), "--gpu", "tpu"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "--gpu" in bad.stdout + bad.stderr
