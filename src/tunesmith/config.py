@@ -453,6 +453,32 @@ class DistillSection(Section):
     lmbda: float = Field(0.0, ge=0, le=1, description="logits: fraction of steps trained on student-generated answers (on-policy); 0 = the data's answers.")
 
 
+class MonitorSection(Section):
+    """`tunesmith monitor`: the recent traffic window against the training data and the window before it; a signal
+    whose threshold is crossed makes the command exit non-zero (docs/monitoring.md)."""
+
+    window_hours: float = Field(24.0, gt=0, description="Length of the recent window (and of the earlier one before it), hours.")
+    min_requests: int = Field(20, ge=2, description="Fewer requests than this in a window: its signals are skipped, not judged.")
+    max_samples: int = Field(300, ge=10, description="Texts per side fed to the embedding test (a seeded sample beyond this).")
+    embedder: Literal["minilm", "char-ngrams"] = Field(
+        "minilm", description="Input embeddings for the MMD test: minilm (the bundled all-MiniLM-L6-v2) or char-ngrams "
+        "(hashed character trigrams: no model, for quick checks).")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Input embedding drift: MMD permutation p-value below this is drift.")
+    permutations: int = Field(500, ge=50, description="Permutations behind the MMD p-value.")
+    seed: int = Field(0, description="Seed of the sampling and the permutations (the same log gives the same report).")
+    max_length_change: float = Field(0.5, gt=0, description="Mean prompt or answer length (words) changed by more than this "
+                                     "share of the reference (0.5 = +-50%).")
+    max_vocab_shift: float = Field(0.5, gt=0, le=1, description="Jensen-Shannon divergence (base 2, 0-1) of the prompts' word "
+                                   "frequencies above this.")
+    max_refusal_increase: float = Field(0.05, gt=0, le=1, description="Share of refusal-looking answers up by more than this.")
+    max_json_valid_drop: float = Field(0.05, gt=0, le=1, description="JSON tasks: share of valid-JSON answers down by more than this.")
+    max_down_rate: float = Field(0.3, gt=0, le=1, description="Share of rated answers in the recent window rated down above this.")
+    max_latency_increase: float = Field(0.5, gt=0, description="p95 latency up by more than this share of the earlier window's.")
+    max_error_rate_increase: float = Field(0.02, gt=0, le=1, description="Share of failed requests (HTTP >= 400) up by more than this.")
+    max_regression: float = Field(0.0, ge=0, le=1, description="`tunesmith retrain`: the new version may score at most this much "
+                                  "below the served one on the primary metric of its held-out prompts.")
+
+
 class Recipe(Section):
     """A complete fine-tuning run."""
 
@@ -474,6 +500,7 @@ class Recipe(Section):
     rag: RagSection | None = Field(None, description="Retrieval: put passages from an index into every prompt (train, eval, serve).")
     ladder: LadderSection = Field(default_factory=LadderSection, description="`tunesmith ladder`: prompt, few-shot, RAG, tuned, tuned + RAG, student on the same prompts.")
     targets: TargetsSection = Field(default_factory=TargetsSection, description="Quality, latency and cost targets the ladder recommends against.")
+    monitor: MonitorSection = Field(default_factory=MonitorSection, description="`tunesmith monitor`: drift thresholds for served traffic.")
     output_dir: str = Field("runs/run", description="Run directory (relative to this recipe).")
 
     @field_validator("output_dir", mode="after")

@@ -204,6 +204,32 @@ def test_disconnect_cancels_generation(server):
     assert 'tunesmith_cancelled_total{reason="disconnect"}' in metrics
 
 
+def test_waiting_request_of_a_client_that_left_is_dropped(server):
+    """A non-streamed request whose client gave up while it waited never runs; its row says 499."""
+    import threading
+
+    url, state, store = server
+    hook = state.engine.model.get_base_model().model.register_forward_pre_hook(lambda m, a: time.sleep(0.02))
+    auth = {"Authorization": f"Bearer {KEY}"}
+    try:
+        busy = {"model": "alpha", "messages": ASK, "max_tokens": 60, "temperature": 0.8}
+        blocker = threading.Thread(target=lambda: httpx.post(url + "/v1/chat/completions", json=busy, headers=auth,
+                                                             timeout=30))
+        blocker.start()
+        time.sleep(0.2)  # the worker is now busy with the first request
+        gave_up = {"model": "beta", "messages": ASK, "max_tokens": 60, "temperature": 0.5}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + "/v1/chat/completions", json=gave_up, headers=auth, timeout=0.3)
+        blocker.join()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not [r for r in store.iter_requests() if r.status == 499 and not r.stream]:
+            time.sleep(0.1)
+    finally:
+        hook.remove()
+    dropped = [r for r in store.iter_requests() if r.status == 499 and not r.stream]
+    assert dropped and dropped[-1].model == "beta" and dropped[-1].completion_tokens == 0
+
+
 def test_per_request_timeout(server):
     """Past the server's time limit a waiting request gets 504 and a stream is cut short (finish_reason length)."""
     url, state, _ = server

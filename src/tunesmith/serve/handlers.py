@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from tunesmith.serve.batching import Job, Params, QueueFull
@@ -171,7 +171,7 @@ def _chunk(call: Call, text: str | None, finish: str | None = None, first: bool 
 
 
 async def _wait(request: Request, job: Job, timeout_s: float) -> Any:
-    """The job's Completion; cancels it when the client disconnects or the timeout passes."""
+    """The job's Completion, or None when the client disconnected (the job is cancelled); 504 after the timeout."""
     assert job.future is not None
     deadline = time.monotonic() + timeout_s
     while True:
@@ -181,7 +181,7 @@ async def _wait(request: Request, job: Job, timeout_s: float) -> Any:
         if await request.is_disconnected():
             job.cancel_reason = "disconnect"
             job.cancel.set()
-            raise asyncio.CancelledError
+            return None
         if time.monotonic() > deadline:
             job.cancel_reason = "timeout"
             job.cancel.set()
@@ -220,11 +220,11 @@ async def complete(state: Any, request: Request, call: Call) -> Any:
         state.metrics.cancelled.labels("timeout").inc()
         await finish(state, call)
         raise
-    except asyncio.CancelledError:
+    if completion is None:  # the client went away; nobody reads this response
         call.status, call.error = 499, "client_disconnected"
         state.metrics.cancelled.labels("disconnect").inc()
         await finish(state, call)
-        raise
+        return Response(status_code=499)
     call.output, call.finish_reason = completion.text, completion.finish_reason
     call.completion_tokens = completion.completion_tokens
     await finish(state, call)
