@@ -234,7 +234,7 @@ def test_eval_exit_code_follows_the_gates(tiny_recipe):
     assert ok.exit_code == 0, ok.output
     assert "PASS inputs_unchanged" in ok.output and "PASS json_valid" in ok.output
     stored = read_eval_report(run.dir / "eval" / "report.json")
-    assert [g["name"] for g in stored.gates] == ["inputs_unchanged", "json_valid"]
+    assert [(g["name"], g["passed"]) for g in stored.gates] == [("inputs_unchanged", True), ("json_valid", True)]
     assert set(stored.extra) >= {"latency", "hallucination", "changed_inputs"} and stored.extra["latency"]["tuned"]["p95_ms"] > 0
     failed = runner.invoke(app, ["eval", str(run.dir), "--gate", "exact_match=>=1.5", "--gate", "p95_latency_ms=<=0.001"])
     assert failed.exit_code == gates.GATES_FAILED_EXIT

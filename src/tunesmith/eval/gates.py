@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tunesmith.eval import metrics
 from tunesmith.records import Record
@@ -48,10 +48,12 @@ class GateResult(Record):
     value: float | None = None
     status: Literal["pass", "fail", "skip"]
     detail: str = ""
+    passed: bool = Field(True, description="status != fail (skipped gates do not block); set from status.")
 
-    @property
-    def passed(self) -> bool:
-        return self.status != "fail"
+    @model_validator(mode="after")
+    def _passed_from_status(self) -> GateResult:
+        self.passed = self.status != "fail"
+        return self
 
 
 def lower_is_better(name: str) -> bool:
