@@ -73,6 +73,6 @@ LIBRARY_WARNINGS: list[tuple[str, type[Warning], str]] = [
 ]
 
 
-from tunesmith.cli import chat, data, demo, evaluate, export, ladder, model_cmds, train, review, studio, serve, index, plan  # noqa: E402  (registers commands)
+from tunesmith.cli import chat, data, demo, evaluate, export, ladder, model_cmds, train, review, studio, serve, index, plan, monitor  # noqa: E402  (registers commands)
 
-__all__ = ["app", "chat", "data", "demo", "evaluate", "export", "ladder", "model_cmds", "train", "review", "studio", "serve", "index", "plan"]
+__all__ = ["app", "chat", "data", "demo", "evaluate", "export", "ladder", "model_cmds", "train", "review", "studio", "serve", "index", "plan", "monitor"]

@@ -275,8 +275,10 @@ def monitor_page(request: Request, offset: int = 0) -> HTMLResponse:
         feedback = list(log.iter_feedback())
     buckets = hourly(rows)
     rows.reverse()
+    from tunesmith.monitor.report import latest
+
     return page(request, "monitor.html", serve_dir=serve_dir, rows=rows[offset:offset + 100], total=len(rows),
-                offset=offset, feedback=feedback[-100:], buckets=buckets)
+                offset=offset, feedback=feedback[-100:], buckets=buckets, drift=latest(serve_dir))
 
 
 def hourly(rows: list[Any]) -> list[dict[str, Any]]:

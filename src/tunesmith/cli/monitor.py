@@ -1,0 +1,152 @@
+"""`tunesmith monitor`, `tunesmith retrain` and `tunesmith feedback export`: from served traffic back to training."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from tunesmith.cli import app, console, handle_errors
+
+if TYPE_CHECKING:
+    from tunesmith.monitor.report import MonitorReport
+
+feedback_app = typer.Typer(help="Turn served feedback (ratings, corrections) into training data.", no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
+
+_STATUS = {"ok": "[green]ok[/]", "drift": "[bold red]DRIFT[/]", "skip": "[dim]skip[/]"}
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.4g}"
+
+
+def signal_table(report: MonitorReport) -> Table:
+    table = Table("signal", "vs", "recent", "reference", "statistic", "drift when", "status", "detail",
+                  title=f"recent {report.recent.requests} requests vs earlier {report.earlier.requests}"
+                  + (" and the training data" if report.baseline else ""), title_justify="left")
+    for s in report.signals:
+        table.add_row(s.name, s.reference, _num(s.recent), _num(s.baseline), _num(s.statistic), escape(s.rule),
+                      _STATUS[s.status], escape(s.detail))
+    return table
+
+
+def _section(baseline: Any, recipe: Path | None, window_hours: float | None, embedder: str | None) -> Any:
+    """Thresholds: --recipe's monitor section, else the baseline run's, else the defaults; then the flags."""
+    from tunesmith.config import MonitorSection, load_recipe
+
+    cfg = (load_recipe(recipe, check_files=False).monitor if recipe else
+           baseline.recipe.monitor if baseline is not None else MonitorSection())
+    updates = {k: v for k, v in (("window_hours", window_hours), ("embedder", embedder)) if v is not None}
+    return MonitorSection.model_validate({**cfg.model_dump(), **updates}) if updates else cfg
+
+
+@app.command("monitor")
+@handle_errors
+def monitor(
+    serve_dir: Path = typer.Argument(..., help="Serve folder holding requests.sqlite (or the .sqlite file)."),
+    baseline: Path = typer.Option(None, "--baseline", help="Run folder whose training data is the reference distribution."),
+    recipe: Path = typer.Option(None, "--recipe", help="Recipe whose `monitor` section sets the thresholds (default: the "
+                                "baseline run's, else the defaults)."),
+    out: Path = typer.Option(None, "--out", help="Folder for monitor.json and monitor.html (default: SERVE_DIR/monitor; "
+                             "a later monitor run replaces only its own files there)."),
+    until: datetime = typer.Option(None, "--until", help="End of the recent window (UTC, ISO); default: now."),
+    window_hours: float = typer.Option(None, "--window-hours", min=0.001, help="Override monitor.window_hours."),
+    embedder: str = typer.Option(None, "--embedder", help="Override monitor.embedder: minilm | char-ngrams."),
+    export_retrain: Path = typer.Option(None, "--export-retrain", help="Also write the corrected and drifted traffic "
+                                        "as the next training set (messages JSONL, a new file)."),
+) -> None:
+    """Compare recent traffic with the training data and the earlier window: input, output and latency/error drift.
+
+    Exit codes: 0 no drift · 3 a signal crossed its threshold (for cron/CI alerts) · 1 the command failed.
+    """
+    from tunesmith import outputs
+    from tunesmith.monitor import traffic
+    from tunesmith.monitor.report import DRIFT_EXIT, HTML_NAME, REPORT_NAME, write_html, write_report
+    from tunesmith.run import load_run
+
+    base = load_run(baseline) if baseline is not None else None
+    cfg = _section(base, recipe, window_hours, embedder)
+    with console.status("embedding prompts and testing for drift ..."):
+        report = traffic.check(serve_dir, base, cfg, until)
+    folder = outputs.claim_dir(out or (serve_dir if serve_dir.is_dir() else serve_dir.parent) / "monitor", "monitor",
+                               overwrite=True, what="monitor folder")
+    write_report(folder / REPORT_NAME, report)
+    write_html(folder / HTML_NAME, report)
+    outputs.record(folder, REPORT_NAME, HTML_NAME)
+    console.print(signal_table(report))
+    console.print(f"report: {folder / HTML_NAME} (+ {REPORT_NAME})")
+    if export_retrain is not None:
+        from tunesmith.monitor.feedback import export_retrain as write_retrain
+
+        done = write_retrain(serve_dir, base, cfg, export_retrain, until)
+        console.print(f"[green]wrote[/] {done.rows} rows to {done.path} · review them, then: "
+                      f"tunesmith retrain RECIPE --add {done.path}")
+    if report.drifted:
+        console.print(f"[bold red]{len(report.drifted)} signal(s) drifted:[/] {', '.join(s.name for s in report.drifted)}")
+        raise typer.Exit(DRIFT_EXIT)
+    console.print("[green]no drift[/]")
+
+
+@feedback_app.command("export")
+@handle_errors
+def feedback_export(
+    serve_dir: Path = typer.Argument(..., help="Serve folder holding requests.sqlite (or the .sqlite file)."),
+    to: str = typer.Option(..., "--to", help="sft (corrections) | dpo (corrections and up/down pairs, OpenAI DPO shape)."),
+    out: Path = typer.Option(..., "--out", help="New JSONL file (an existing file is never replaced)."),
+    model: str = typer.Option(None, "--model", help="Tokenizer for the audit's token checks (default: no token checks)."),
+) -> None:
+    """Write served feedback as training rows, then run the data audit on the written file."""
+    from tunesmith.cli.data import render_report
+    from tunesmith.data.audit import audit
+    from tunesmith.errors import DataError
+    from tunesmith.monitor.feedback import export
+
+    if to not in ("sft", "dpo"):
+        raise DataError(f"--to must be sft or dpo, not `{to}`")
+    done = export(serve_dir, to, out)  # type: ignore[arg-type]
+    console.print(f"[green]wrote[/] {done.rows} {to} rows to {done.path}")
+    for why, n in done.skipped.items():
+        console.print(f"  [dim]skipped {n}: {why}[/]")
+    tokenizer = None
+    if model:
+        from tunesmith import models
+
+        tokenizer = models.load_tokenizer(models.resolve_base(model))
+    render_report(audit([str(done.path)], tokenizer=tokenizer, method=to))
+    if tokenizer is None:
+        console.print("[dim]token checks skipped (pass --model to run them)[/]")
+
+
+@app.command("retrain")
+@handle_errors
+def retrain(
+    recipe: Path = typer.Argument(..., help="The recipe of the served version (its output_dir is the served run)."),
+    add: Path = typer.Option(..., "--add", help="New training rows (e.g. from feedback export or monitor --export-retrain)."),
+    serve_dir: Path = typer.Option(Path("serve"), "--serve-dir", help="Serve folder whose adapters/<name> link is promoted."),
+    name: str = typer.Option(None, "--name", help="Adapter name served (default: the recipe's name)."),
+    force: bool = typer.Option(False, "--force", help="Train even when the data check finds blocking errors."),
+) -> None:
+    """Train the next version on old + new data (a new run folder), gate it against the served version, and point
+    SERVE_DIR/adapters/NAME at it only when every gate passes. Exit 3 when a gate fails (nothing promoted)."""
+    from rich.progress import Progress
+
+    from tunesmith.cli.evaluate import print_checklist
+    from tunesmith.config import load_recipe
+    from tunesmith.eval.gates import GATES_FAILED_EXIT
+    from tunesmith.monitor.retrain import retrain as run_retrain
+
+    name = name or load_recipe(recipe, check_files=False).name
+    with Progress(console=console, transient=True) as progress:
+        done = run_retrain(recipe, add, serve_dir, name, progress=progress, force=force)
+    console.print(f"new run: {done.new_run} · served: {done.served_run}")
+    print_checklist(done.gates, title="release gates (new vs served)")
+    if not done.promoted:
+        console.print(f"[bold red]not promoted[/]: {serve_dir / 'adapters' / name} still serves {done.served_run}")
+        raise typer.Exit(GATES_FAILED_EXIT)
+    console.print(f"[green]promoted[/]: {done.link} -> {done.new_run}\n"
+                  f"serve it: tunesmith serve BASE --adapter {name}={done.link} (restart picks up the new target)")

@@ -1,0 +1,1 @@
+"""Served-model monitoring: drift signals, feedback export, retraining (docs/monitoring.md)."""

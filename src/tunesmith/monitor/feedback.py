@@ -1,0 +1,143 @@
+"""Feedback and traffic become training data: `feedback export` (SFT or DPO rows) and `monitor --export-retrain`.
+
+SFT: every corrected answer is a `messages` row (the logged prompt + the correction).
+DPO (OpenAI's preference shape: input.messages, preferred_output, non_preferred_output): a correction is preferred
+to the answer it corrected; on the same prompt, an answer rated up is preferred to one rated down.
+Files are written once (never over an existing --out), atomically; the data audit reads them like any other file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from tunesmith.errors import DataError
+from tunesmith.monitor.traffic import latest_feedback, prompt_of
+
+if TYPE_CHECKING:
+    from tunesmith.config import MonitorSection
+    from tunesmith.serve.store import FeedbackRow, RequestRow
+
+
+@dataclass
+class Export:
+    """What an export wrote: the file, its row count, and the feedback that could not become a row (and why)."""
+
+    path: Path
+    rows: int
+    skipped: dict[str, int]
+
+
+def _answered(requests: dict[str, RequestRow], fb: FeedbackRow, skipped: dict[str, int]) -> RequestRow | None:
+    row = requests.get(fb.request_id)
+    if row is None or prompt_of(row) is None or row.output is None:
+        key = "request content not logged" if row is not None else "request not in the log"
+        skipped[key] = skipped.get(key, 0) + 1
+        return None
+    return row
+
+
+def sft_rows(requests: dict[str, RequestRow], feedback: list[FeedbackRow]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """One messages row per corrected answer."""
+    rows: list[dict[str, Any]] = []
+    skipped: dict[str, int] = {}
+    for fb in latest_feedback(feedback).values():
+        if not fb.correction:
+            continue
+        req = _answered(requests, fb, skipped)
+        if req is not None:
+            rows.append({"id": fb.feedback_id, "messages": [*prompt_of(req), {"role": "assistant", "content": fb.correction}]})  # type: ignore[misc]
+    return rows, skipped
+
+
+def _pair(pid: str, prompt: list[dict[str, str]], good: str, bad: str) -> dict[str, Any]:
+    return {"id": pid, "input": {"messages": prompt}, "preferred_output": [{"role": "assistant", "content": good}],
+            "non_preferred_output": [{"role": "assistant", "content": bad}]}
+
+
+def dpo_rows(requests: dict[str, RequestRow], feedback: list[FeedbackRow]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Correction > corrected answer; and per identical prompt, every answer rated up > every answer rated down."""
+    rows: list[dict[str, Any]] = []
+    skipped: dict[str, int] = {}
+    by_prompt: dict[str, dict[str, list[str]]] = {}
+    prompts: dict[str, list[dict[str, str]]] = {}
+    for fb in latest_feedback(feedback).values():
+        req = _answered(requests, fb, skipped)
+        if req is None:
+            continue
+        prompt = prompt_of(req) or []
+        if fb.correction and fb.correction.strip() != (req.output or "").strip():
+            rows.append(_pair(fb.feedback_id, prompt, fb.correction, req.output or ""))
+            continue
+        key = json.dumps(prompt, sort_keys=True)
+        prompts[key] = prompt
+        by_prompt.setdefault(key, {"up": [], "down": []})[fb.rating].append(req.output or "")
+    for key, rated in by_prompt.items():
+        pairs = [(g, b) for g in dict.fromkeys(rated["up"]) for b in dict.fromkeys(rated["down"]) if g != b]
+        if not pairs:
+            skipped["rating without a counterpart on the same prompt"] = skipped.get(
+                "rating without a counterpart on the same prompt", 0) + len(rated["up"]) + len(rated["down"])
+        rows += [_pair("pair-" + hashlib.sha256(json.dumps([key, g, b]).encode()).hexdigest()[:16], prompts[key], g, b)
+                 for g, b in pairs]
+    return rows, skipped
+
+
+def write_new(out: str | Path, rows: list[dict[str, Any]], inputs: list[Path]) -> Path:
+    """Write rows as JSONL to a path that must not exist yet (atomic; recorded as tunesmith's output)."""
+    from tunesmith.atomic import write_text_atomic
+    from tunesmith.outputs import OutputError, claim_file, record_file
+
+    if Path(out).expanduser().exists():  # not even an earlier export of ours: each export is kept
+        raise OutputError(f"--out {out} already exists", hint="Choose a new file; an export never replaces one.")
+    path = claim_file(out, inputs=inputs, overwrite=False)
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    record_file(path)
+    return Path(path)
+
+
+def _read_log(serve_dir: str | Path) -> tuple[dict[str, RequestRow], list[FeedbackRow], Path]:
+    from tunesmith.serve.store import RequestLog
+
+    with RequestLog.open(serve_dir) as store:
+        return {r.request_id: r for r in store.iter_requests()}, list(store.iter_feedback()), store.path
+
+
+def export(serve_dir: str | Path, to: Literal["sft", "dpo"], out: str | Path) -> Export:
+    """Write the serve folder's feedback as SFT or DPO rows to `out` (a new file). DataError when nothing qualifies."""
+    requests, feedback, db = _read_log(serve_dir)
+    rows, skipped = (sft_rows if to == "sft" else dpo_rows)(requests, feedback)
+    if not rows:
+        what = "corrected answers" if to == "sft" else "corrections or up/down pairs on the same prompt"
+        raise DataError(f"no {what} in {db} ({len(feedback)} feedback rows)",
+                        hint="SFT rows come from corrections; DPO rows from corrections and up/down ratings of one prompt.")
+    return Export(write_new(out, rows, [db]), len(rows), skipped)
+
+
+def export_retrain(serve_dir: str | Path, baseline: Any, cfg: MonitorSection, out: str | Path, until: Any = None,
+                   embedder: Any = None) -> Export:
+    """The next training set: every corrected answer, plus the recent window's out-of-distribution prompts with the
+    answer served (unless rated down without a correction). Messages rows; review them before training."""
+    from tunesmith.monitor import drift
+    from tunesmith.monitor.traffic import out_of_distribution, prompt_text, read_windows, training_traffic
+
+    requests, feedback, db = _read_log(serve_dir)
+    rows, skipped = sft_rows(requests, feedback)
+    corrected = {r["id"] for r in rows}
+    verdicts = latest_feedback(feedback)
+    w = read_windows(serve_dir, cfg.window_hours, until)
+    candidates = [r for r in w.recent if r.status < 400 and r.output and prompt_text(r)
+                  and not (r.request_id in verdicts and (verdicts[r.request_id].rating == "down"
+                                                           or verdicts[r.request_id].feedback_id in corrected))]
+    if baseline is not None and candidates:
+        train, _ = training_traffic(baseline)
+        flags = out_of_distribution([prompt_text(r) or "" for r in candidates], train.prompts,
+                                    embedder or drift.embedder_for(cfg))
+        rows += [{"id": r.request_id, "messages": [*(prompt_of(r) or []), {"role": "assistant", "content": r.output}]}
+                 for r, off in zip(candidates, flags) if off]
+    if not rows:
+        raise DataError(f"nothing to retrain on in {db}: no corrections and no out-of-distribution prompts",
+                        hint="Correct answers through POST /v1/feedback, or pass --baseline to find drifted prompts.")
+    return Export(write_new(out, rows, [db]), len(rows), skipped)

@@ -1,0 +1,154 @@
+"""monitor.json (MonitorReport) and monitor.html: written and read here only.
+
+A report holds one `Signal` per comparison (recent window vs training data, recent vs the earlier window) and per-hour
+series for the pictures. `drifted` is what the CLI's exit code follows.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError
+
+from tunesmith.atomic import write_text_atomic
+from tunesmith.errors import RunError
+from tunesmith.records import Record
+
+MONITOR_REPORT_VERSION = 1
+REPORT_NAME, HTML_NAME = "monitor.json", "monitor.html"
+DRIFT_EXIT = 3
+"""Exit code of `tunesmith monitor` when a signal crosses its threshold (1 stays 'the command itself failed')."""
+
+
+class Signal(Record):
+    """One drift signal: the recent window's value, the reference's, the statistic judged and its verdict."""
+
+    name: str = Field(..., description="input_embedding, input_length, input_vocabulary, output_length, refusal_rate, "
+                      "json_valid_rate, down_rate, latency_p95, error_rate.")
+    kind: Literal["input", "output", "ops"]
+    reference: str = Field(..., description="What the recent window is compared with: training or earlier.")
+    recent: float | None = None
+    baseline: float | None = Field(None, description="The reference's value.")
+    statistic: float | None = Field(None, description="What the threshold is applied to (p-value, change, divergence).")
+    threshold: float
+    rule: str = Field(..., description="When the signal is drift, e.g. 'p < 0.05', '|change| > 0.5'.")
+    status: Literal["ok", "drift", "skip"]
+    detail: str = ""
+
+
+class Window(Record):
+    start: datetime
+    end: datetime
+    requests: int
+
+
+class HourPoint(Record):
+    """Per UTC hour: the series monitor.html plots."""
+
+    hour: datetime
+    requests: int
+    error_rate: float
+    latency_p95_s: float | None
+    prompt_words: float | None
+    output_words: float | None
+    refusal_rate: float | None
+    down_rate: float | None
+
+
+class MonitorReport(Record):
+    schema_version: int = MONITOR_REPORT_VERSION
+    serve_dir: str
+    baseline: str | None = Field(None, description="Run folder whose training data is the reference; None when not given.")
+    created: datetime
+    recent: Window
+    earlier: Window
+    json_task: bool = Field(False, description="The training answers are JSON, so json_valid_rate is watched.")
+    embedder: str = ""
+    signals: list[Signal] = Field(default_factory=list)
+    hours: list[HourPoint] = Field(default_factory=list)
+
+    @property
+    def drifted(self) -> list[Signal]:
+        return [s for s in self.signals if s.status == "drift"]
+
+
+def write_report(path: Path, report: MonitorReport) -> None:
+    write_text_atomic(path, report.model_dump_json(indent=1) + "\n")
+
+
+def read_report(path: str | Path) -> MonitorReport:
+    """A monitor.json back as a MonitorReport; RunError when unreadable or newer than this code."""
+    path = Path(path)
+    try:
+        report = MonitorReport.model_validate_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValidationError) as exc:
+        raise RunError(f"{path} is not a readable monitor report: {exc}") from None
+    if report.schema_version > MONITOR_REPORT_VERSION:
+        raise RunError(f"{path} has schema_version {report.schema_version}, newer than this tunesmith reads "
+                       f"({MONITOR_REPORT_VERSION})", hint="Upgrade tunesmith to read it.")
+    return report
+
+
+def latest(serve_dir: str | Path) -> MonitorReport | None:
+    """The report `tunesmith monitor` last wrote for a serve folder (SERVE_DIR/monitor/monitor.json), if any."""
+    path = Path(serve_dir) / "monitor" / REPORT_NAME
+    return read_report(path) if path.is_file() else None
+
+
+_SERIES = [("requests", "requests"), ("error_rate", "error rate"), ("latency_p95_s", "p95 latency (s)"),
+           ("prompt_words", "mean prompt words"), ("output_words", "mean answer words"),
+           ("refusal_rate", "refusal rate"), ("down_rate", "share rated down")]
+
+
+def _png(report: MonitorReport) -> str:
+    """The per-hour series as one inline PNG (base64), recent window shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(_SERIES), 1, figsize=(9, 1.7 * len(_SERIES)), sharex=True)
+    times = [h.hour for h in report.hours]
+    for ax, (key, label) in zip(axes, _SERIES):
+        values = [getattr(h, key) for h in report.hours]
+        ax.plot(times, [float("nan") if v is None else v for v in values], marker=".", lw=1)
+        ax.axvspan(report.recent.start, report.recent.end, color="tab:orange", alpha=0.12)
+        ax.set_ylabel(label, fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[-1].set_xlabel("hour (UTC); shaded: recent window")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.4g}"
+
+
+def write_html(path: Path, report: MonitorReport) -> None:
+    """monitor.html: the signal table and the per-hour pictures."""
+    colour = {"ok": "#1a7f37", "drift": "#cf222e", "skip": "#6e7781"}
+    rows = "".join(
+        f"<tr><td>{html.escape(s.name)}</td><td>{s.reference}</td><td>{_fmt(s.recent)}</td><td>{_fmt(s.baseline)}</td>"
+        f"<td>{_fmt(s.statistic)}</td><td>{html.escape(s.rule)}</td>"
+        f"<td style='color:{colour[s.status]};font-weight:bold'>{s.status}</td><td>{html.escape(s.detail)}</td></tr>"
+        for s in report.signals)
+    verdict = (f"<p style='color:#cf222e'><b>{len(report.drifted)} signal(s) crossed their threshold</b></p>"
+               if report.drifted else "<p style='color:#1a7f37'><b>no drift</b></p>")
+    picture = f"<img alt='per-hour signals' src='data:image/png;base64,{_png(report)}'>" if report.hours else ""
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tunesmith monitor</title>
+<style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:3px 8px;border-bottom:1px solid #ddd;font-size:13px}}</style>
+</head><body><h1>Monitor: {html.escape(report.serve_dir)}</h1>
+<p>recent {report.recent.start:%Y-%m-%d %H:%M} to {report.recent.end:%Y-%m-%d %H:%M} UTC ({report.recent.requests} requests) ·
+earlier {report.earlier.start:%Y-%m-%d %H:%M} to {report.earlier.end:%Y-%m-%d %H:%M} ({report.earlier.requests}) ·
+baseline {html.escape(report.baseline or 'none')} · embedder {html.escape(report.embedder)}</p>{verdict}
+<table><tr><th>signal</th><th>vs</th><th>recent</th><th>reference</th><th>statistic</th><th>drift when</th><th>status</th>
+<th>detail</th></tr>{rows}</table><h2>By hour</h2>{picture}</body></html>"""
+    write_text_atomic(path, page)

@@ -1,0 +1,184 @@
+"""`tunesmith retrain RECIPE --add FILE`: train the next version on old + new data, gate it against the version being
+served, and only then point the serve folder's adapter link at it.
+
+The new run gets a new folder (<output_dir>-r2, -r3, ...); the served run is never touched. Promotion is one atomic
+symlink swap, SERVE_DIR/adapters/<name> -> the new run folder, which `tunesmith serve BASE --adapter
+<name>=SERVE_DIR/adapters/<name>` loads on its next start; SERVE_DIR/adapters/<name>.promotion.json records it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
+
+from tunesmith.atomic import write_text_atomic
+from tunesmith.errors import RunError
+from tunesmith.eval.gates import GateResult
+from tunesmith.records import Record
+
+if TYPE_CHECKING:
+    from tunesmith.config import Recipe
+    from tunesmith.records import EvalReport
+    from tunesmith.run import Run
+
+log = logging.getLogger(__name__)
+
+PROMOTION_VERSION = 1
+
+
+class Promotion(Record):
+    """SERVE_DIR/adapters/<name>.promotion.json: which run the link points at, what it replaced, the gates it passed."""
+
+    schema_version: int = PROMOTION_VERSION
+    name: str
+    run: str = Field(..., description="Run folder now served under `name`.")
+    previous: str | None = Field(None, description="Run folder served before.")
+    added_data: str
+    time: datetime
+    gates: list[GateResult]
+
+
+@dataclass
+class Retrained:
+    new_run: Path
+    served_run: Path
+    gates: list[GateResult] = field(default_factory=list)
+    link: Path | None = None  # set when promoted
+
+    @property
+    def promoted(self) -> bool:
+        return self.link is not None
+
+
+def next_run_dir(run_dir: Path) -> Path:
+    """<run_dir>-r2, -r3, ...: the first that does not exist."""
+    n = 2
+    while (candidate := run_dir.with_name(f"{run_dir.name}-r{n}")).exists():
+        n += 1
+    return candidate
+
+
+def next_recipe(recipe_path: str | Path, add: str | Path, served_train: Sequence[str] = ()) -> Recipe:
+    """The recipe with the served run's training files (earlier additions included) and `add` appended to data.train,
+    writing to the next free run folder (<output_dir>-rN)."""
+    from tunesmith.config import load_recipe, recipe_from_dict
+
+    old = load_recipe(recipe_path)
+    data = old.model_dump(mode="json")
+    data["data"]["train"] = list(dict.fromkeys([*old.data.train, *served_train, str(Path(add).expanduser().resolve())]))
+    new_dir = next_run_dir(old.run_dir)
+    data["output_dir"] = str(new_dir)
+    data["name"] = f"{old.name}-{new_dir.name.rpartition('-')[2]}"
+    return recipe_from_dict(data, Path(recipe_path).expanduser().resolve().parent, source=str(recipe_path))
+
+
+def served_run(serve_dir: Path, name: str, recipe_path: str | Path) -> Run:
+    """The run served under `name`: the adapter link's target, else the recipe's own (first) run."""
+    from tunesmith.config import load_recipe
+    from tunesmith.run import load_run
+
+    link = serve_dir / "adapters" / name
+    if link.exists() and not link.is_symlink():
+        raise RunError(f"{link} exists and is not an adapter link made by tunesmith retrain",
+                       hint="Move it away or pick another --name.")
+    if link.exists():
+        return load_run(link)
+    return load_run(load_recipe(recipe_path, check_files=False).run_dir)
+
+
+def against_served(new: Run, served: Run, report: EvalReport, max_regression: float, progress: Any = None) -> GateResult:
+    """The served version answers the new run's held-out prompts (same budget); the new one must score no more than
+    `max_regression` below it on the first primary metric both have."""
+    from tunesmith.data.template import prompt_messages, reference
+    from tunesmith.eval import metrics
+    from tunesmith.eval.generate import generate_detailed
+    from tunesmith.loader import load_run_model
+    from tunesmith.run import held_out_examples
+
+    examples = held_out_examples(new)[: report.n_examples]
+    convs = [prompt_messages(e.messages) for e in examples]
+    refs = [reference(e.messages) for e in examples]
+    loaded = load_run_model(served)
+    task = progress.add_task("generating (served)", total=len(convs)) if progress else None
+    done = generate_detailed(loaded.model, loaded.tokenizer, convs, int(report.generation["max_new_tokens"]),
+                             served.recipe.eval.batch_size,
+                             on_batch=(lambda n: progress.advance(task, n)) if progress else None)
+    served_summary = metrics.aggregate([metrics.score_example(c.text, r, report.json_mode) for c, r in zip(done, refs)])
+    tuned = report.summary.get("tuned", {})
+    metric = next((m for m in metrics.primary_metrics(report.json_mode) if m in tuned and m in served_summary), None)
+    rule = f"new >= served - {max_regression:g}"
+    if metric is None:
+        return GateResult(name="beats_served", rule=rule, status="fail", detail="no primary metric measured on both")
+    delta = tuned[metric] - served_summary[metric]
+    return GateResult(name="beats_served", rule=f"{metric}: {rule}", value=delta,
+                      status="pass" if delta >= -max_regression - 1e-9 else "fail",
+                      detail=f"{metric} {tuned[metric]:.4f} new vs {served_summary[metric]:.4f} served ({served.dir.name}), "
+                      f"{len(convs)} prompts")
+
+
+def promote(serve_dir: Path, name: str, run_dir: Path, previous: Path, added: Path, results: list[GateResult]) -> Path:
+    """Point SERVE_DIR/adapters/<name> at run_dir in one atomic rename, and record it. Refuses to replace anything
+    at that path that is not a link (a folder or file the user put there)."""
+    from tunesmith.serve.security import check_name
+
+    check_name(name)
+    adapters = serve_dir / "adapters"
+    adapters.mkdir(parents=True, exist_ok=True)
+    link = adapters / name
+    if link.exists() and not link.is_symlink():
+        raise RunError(f"{link} exists and is not an adapter link made by tunesmith retrain",
+                       hint="Move it away or pick another --name.")
+    tmp = adapters / f".{name}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    os.symlink(run_dir.resolve(), tmp, target_is_directory=True)
+    os.replace(tmp, link)  # readers see the old target or the new one, never neither
+    record = Promotion(name=name, run=str(run_dir.resolve()), previous=str(previous), added_data=str(added),
+                       time=datetime.now(timezone.utc), gates=results)
+    write_text_atomic(adapters / f"{name}.promotion.json", record.model_dump_json(indent=1) + "\n")
+    return link
+
+
+def read_promotion(path: str | Path) -> Promotion:
+    path = Path(path)
+    record = Promotion.model_validate_json(path.read_text(encoding="utf-8"))
+    if record.schema_version > PROMOTION_VERSION:
+        raise RunError(f"{path} has schema_version {record.schema_version}, newer than this tunesmith reads")
+    return record
+
+
+def retrain(recipe_path: str | Path, add: str | Path, serve_dir: str | Path, name: str, progress: Any = None,
+            force: bool = False) -> Retrained:
+    """Train on old + new data into a new run folder, run its release gates plus `beats_served` against the served
+    run, and promote it only when every one passes."""
+    from tunesmith.eval.compare import evaluate
+    from tunesmith.eval.gates import results_of
+    from tunesmith.run import load_run
+    from tunesmith.serve.server import serve_dir as claim_serve_dir
+    from tunesmith.train import run as train_run
+    from tunesmith.train.start import release_run_dir
+
+    add = Path(add).expanduser().resolve()
+    if not add.is_file():
+        raise RunError(f"--add {add} not found")
+    folder = claim_serve_dir(Path(serve_dir))  # refuses a folder serve did not make
+    served = served_run(folder, name, recipe_path)
+    recipe = next_recipe(recipe_path, add, list(served.recipe.data.train))
+    try:
+        new = load_run(train_run(recipe, force=force).dir)
+    finally:
+        release_run_dir(recipe.run_dir)
+    report = evaluate(new, progress=progress)
+    results = results_of(report) + [against_served(new, served, report, recipe.monitor.max_regression, progress)]
+    out = Retrained(new.dir, served.dir, results)
+    if all(g.passed for g in results):
+        out.link = promote(folder, name, new.dir, served.dir, add, results)
+    else:
+        log.warning("not promoted: %s", ", ".join(g.name for g in results if not g.passed))
+    return out

@@ -1,0 +1,172 @@
+"""From the request log to a MonitorReport: the recent window, the window before it, the baseline run's training data.
+
+The log is read through tunesmith.serve.store (RequestRow / FeedbackRow) only. Windows end at `until` (default: now):
+recent = [until - window_hours, until), earlier = the same length before it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tunesmith.monitor import drift
+from tunesmith.monitor.report import HourPoint, MonitorReport, Signal, Window
+
+if TYPE_CHECKING:
+    from tunesmith.config import MonitorSection
+    from tunesmith.run import Run
+    from tunesmith.serve.store import FeedbackRow, RequestRow
+
+log = logging.getLogger(__name__)
+
+
+def prompt_of(row: RequestRow) -> list[dict[str, str]] | None:
+    """The prompt messages of a logged request (a completions prompt becomes one user turn); None when not logged."""
+    if row.messages:
+        return [{"role": m.role, "content": m.content} for m in row.messages]
+    if row.prompt is not None:
+        return [{"role": "user", "content": row.prompt}]
+    return None
+
+
+def prompt_text(row: RequestRow) -> str | None:
+    """What the user asked: the last user turn (or the completions prompt)."""
+    messages = prompt_of(row) or []
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)
+
+
+def latest_feedback(feedback: list[FeedbackRow]) -> dict[str, FeedbackRow]:
+    """request_id -> the last verdict given on it (a later rating replaces an earlier one)."""
+    return {f.request_id: f for f in feedback}
+
+
+def to_traffic(name: str, rows: list[RequestRow], verdicts: dict[str, FeedbackRow]) -> drift.Traffic:
+    ok = [r for r in rows if r.status < 400]
+    texts = [(prompt_text(r), r.output) for r in ok if r.content_logged]
+    return drift.Traffic(
+        name=name,
+        prompts=[p for p, _ in texts if p is not None],
+        outputs=[o for _, o in texts if o is not None],
+        latencies_s=[r.latency_s for r in ok],
+        errors=[r.status >= 400 for r in rows],
+        ratings=[verdicts[r.request_id].rating for r in rows if r.request_id in verdicts],
+    )
+
+
+def training_traffic(run: Run) -> tuple[drift.Traffic, bool]:
+    """The baseline run's training prompts and answers (its held-out copy when the data files moved); JSON task?"""
+    from tunesmith.data.formats import load_examples
+    from tunesmith.data.template import reference
+    from tunesmith.eval.metrics import references_are_json
+    from tunesmith.run import held_out_examples
+
+    files = [f for f in run.recipe.data.train if Path(f).is_file()]
+    examples = load_examples(files) if files else held_out_examples(run)
+    answered = [e for e in examples if any(m["role"] == "assistant" for m in e.messages)]
+    prompts = [next((m["content"] for m in reversed(e.messages) if m["role"] == "user"), "") for e in answered]
+    refs = [reference(e.messages) for e in answered]
+    return drift.Traffic("training", prompts=prompts, outputs=refs, served=False), references_are_json(refs)
+
+
+def hours(rows: list[RequestRow], verdicts: dict[str, FeedbackRow]) -> list[HourPoint]:
+    """Per UTC hour series for the pictures."""
+    groups: dict[datetime, list[RequestRow]] = {}
+    for r in rows:
+        at = r.time if r.time.tzinfo else r.time.replace(tzinfo=timezone.utc)
+        groups.setdefault(at.replace(minute=0, second=0, microsecond=0), []).append(r)
+    points = []
+    for hour, group in sorted(groups.items()):
+        t = to_traffic("hour", group, verdicts)
+        points.append(HourPoint(hour=hour, requests=len(group), error_rate=drift.share(t.errors) or 0.0,
+                                latency_p95_s=drift.p95(t.latencies_s), prompt_words=drift.mean_words(t.prompts),
+                                output_words=drift.mean_words(t.outputs), refusal_rate=drift.refusal_rate(t.outputs),
+                                down_rate=drift.share([x == "down" for x in t.ratings])))
+    return points
+
+
+@dataclass
+class Windows:
+    recent: list[RequestRow]
+    earlier: list[RequestRow]
+    everything: list[RequestRow]
+    feedback: list[FeedbackRow]
+    recent_window: Window
+    earlier_window: Window
+
+
+def read_windows(serve_dir: str | Path, window_hours: float, until: datetime | None = None) -> Windows:
+    """The log's rows split into the recent and earlier windows (and all rows, for the pictures)."""
+    from tunesmith.serve.store import RequestLog
+
+    end = until or datetime.now(timezone.utc)
+    end = end if end.tzinfo else end.replace(tzinfo=timezone.utc)
+    mid, start = end - timedelta(hours=window_hours), end - timedelta(hours=2 * window_hours)
+    with RequestLog.open(serve_dir) as store:
+        everything = list(store.iter_requests(until=end))
+        feedback = list(store.iter_feedback())
+    recent = [r for r in everything if _epoch(r.time) >= mid.timestamp()]
+    earlier = [r for r in everything if start.timestamp() <= _epoch(r.time) < mid.timestamp()]
+    return Windows(recent, earlier, everything, feedback, Window(start=mid, end=end, requests=len(recent)),
+                   Window(start=start, end=mid, requests=len(earlier)))
+
+
+def _epoch(t: datetime) -> float:
+    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def _skipped(signals: list[Signal], why: str) -> list[Signal]:
+    return [s.model_copy(update={"status": "skip", "detail": why}) if s.status != "skip" else s for s in signals]
+
+
+def _vectors(embedder: Any, texts: list[str], cfg: MonitorSection, salt: int) -> np.ndarray | None:
+    picked = drift.sample(texts, cfg.max_samples, cfg.seed + salt)
+    return embedder.encode(picked) if len(picked) >= 2 else None
+
+
+def check(serve_dir: str | Path, baseline: Run | None, cfg: MonitorSection, until: datetime | None = None,
+          embedder: Any = None) -> MonitorReport:
+    """Every drift signal of the serve folder's log: recent vs training (with a baseline run) and recent vs earlier."""
+    w = read_windows(serve_dir, cfg.window_hours, until)
+    verdicts = latest_feedback(w.feedback)
+    recent, earlier = to_traffic("recent", w.recent, verdicts), to_traffic("earlier", w.earlier, verdicts)
+    embedder = embedder or drift.embedder_for(cfg)
+    recent_vec = _vectors(embedder, recent.prompts, cfg, 0)
+    signals: list[Signal] = []
+    json_task = False
+    refs: list[tuple[drift.Traffic, int]] = [(earlier, len(w.earlier))]
+    if baseline is not None:
+        train, json_task = training_traffic(baseline)
+        refs.insert(0, (train, train.n))
+    for ref, n_ref in refs:
+        ref_vec = _vectors(embedder, ref.prompts, cfg, 1)
+        pair = (recent_vec, ref_vec) if recent_vec is not None and ref_vec is not None else None
+        found = drift.input_signals(recent, ref, pair, cfg) + drift.output_signals(recent, ref, json_task, cfg)
+        if ref.served:
+            found += drift.ops_signals(recent, ref, cfg)
+        if min(len(w.recent), n_ref) < cfg.min_requests:
+            found = _skipped(found, f"too few rows: {len(w.recent)} recent, {n_ref} {ref.name} (min_requests "
+                                    f"{cfg.min_requests})")
+        signals += found
+    return MonitorReport(serve_dir=str(serve_dir), baseline=str(baseline.dir) if baseline else None,
+                         created=datetime.now(timezone.utc), recent=w.recent_window, earlier=w.earlier_window,
+                         json_task=json_task, embedder=getattr(embedder, "name", type(embedder).__name__),
+                         signals=signals, hours=hours(w.everything, verdicts))
+
+
+def out_of_distribution(recent_prompts: list[str], train_prompts: list[str], embedder: Any,
+                        quantile: float = 0.05) -> list[bool]:
+    """Per recent prompt: is its nearest training prompt (cosine) less similar than the `quantile` of the training
+    prompts' own leave-one-out nearest-neighbour similarities?"""
+    if len(train_prompts) < 3 or not recent_prompts:
+        return [False] * len(recent_prompts)
+    t = embedder.encode(train_prompts)
+    own = t @ t.T
+    np.fill_diagonal(own, -np.inf)
+    cut = float(np.quantile(own.max(1), quantile))
+    nearest = (embedder.encode(recent_prompts) @ t.T).max(1)
+    return [bool(x < cut) for x in nearest]
