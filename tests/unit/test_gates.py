@@ -297,3 +297,19 @@ def test_choose_picks_by_direction_and_breaks_ties_late():
     assert choose({"c-1": 0.5, "c-2": 0.8, "final": 0.7}, "exact_match") == "c-2"
     assert choose({"c-1": 0.5, "c-2": 0.8, "final": 0.7}, "eval_loss") == "c-1"
     assert choose({"c-1": 0.8, "final": 0.8}, "exact_match") == "final"
+
+
+def test_free_text_eval_gets_judge_win_rate_and_claim_hallucination(monkeypatch):
+    from tunesmith.eval import release
+
+    reply = '{"claims": [{"claim": "a", "supported": true}, {"claim": "b", "supported": false}]}'
+    fake = FakeJudge(lambda t: reply if "TRUTH" in t else ("A" if "GOOD" in _answer(t, "A") else "B"))
+    monkeypatch.setattr(release, "_judge", lambda section: fake)
+    data = release.EvalOutputs(["1", "2"], [[{"role": "user", "content": "q1"}], [{"role": "user", "content": "q2"}]],
+                               ["r1", "r2"], {"base": ["bad", "bad"], "tuned": ["GOOD", "GOOD"]}, json_mode=False)
+    section = EvalSection(gates={"win_rate_vs_base": ">=0.6", "hallucination_rate": "<=0.05"}, checks=[])
+    extra = release.measure(section, data, sides=lambda side: pytest.fail("no probe asked for"), tokenizer=None, max_length=64)
+    assert extra["judge"]["win_rate"] == 1.0 and extra["judge"]["agreement"] == 1.0
+    assert extra["hallucination"]["rate"] == 0.5 and extra["hallucination"]["method"] == "claims labelled by the judge"
+    results = gates.check_report(report(extra=extra, json_mode=False), section, [])
+    assert [(g.name, g.status) for g in results] == [("win_rate_vs_base", "pass"), ("hallucination_rate", "fail")]
