@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import (
     AdapterSection,
@@ -18,6 +18,9 @@ from tunesmith.config import (
     commented_yaml,
 )
 from tunesmith.errors import TunesmithError
+
+if TYPE_CHECKING:
+    from tunesmith.eval.ladder_report import LadderReport
 
 DATA_DIR = Path(__file__).parent / "data"
 CATALOG_DIR = Path(__file__).parent / "catalog"
@@ -46,7 +49,7 @@ def demo_recipe_values() -> dict[str, Any]:
     for name, section in (("adapter", AdapterSection), ("training", TrainingSection), ("eval", EvalSection),
                           ("ladder", LadderSection), ("targets", TargetsSection)):
         values[name] = {**section().model_dump(), **DEMO_OVERRIDES.get(name, {})}
-    values["rag"] = {**RagSection.model_construct().model_dump(exclude={"index"}), **DEMO_OVERRIDES["rag"]}
+    values["rag"] = {**{k: f.default for k, f in RagSection.model_fields.items() if k != "index"}, **DEMO_OVERRIDES["rag"]}
     values["output_dir"] = "runs/demo"
     return values
 
@@ -84,7 +87,7 @@ def write_project(directory: Path, overwrite: bool = False, claimed: bool = Fals
     return recipe
 
 
-def run_demo(directory: Path, console: Any, steps: int | None = None, fresh: bool = True) -> dict[str, Any]:
+def run_demo(directory: Path, console: Any, steps: int | None = None, fresh: bool = True) -> LadderReport:
     """Pull → init → train → the ladder → merge → chat; print what it proved. Returns the ladder report."""
     from rich.progress import Progress
 
@@ -140,7 +143,7 @@ def run_demo(directory: Path, console: Any, steps: int | None = None, fresh: boo
     return report
 
 
-def proof(report: Any) -> str:
+def proof(report: LadderReport) -> str:
     """The demo's claim in words: each rung's format (JSON-valid) and facts (exact match, catalog fields right)."""
     parts = []
     for rung in report.measured:

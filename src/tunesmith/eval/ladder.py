@@ -10,6 +10,7 @@ get byte-identical retrieved context through `rag.prompt.augment`, the prompt bu
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Callable
@@ -89,7 +90,8 @@ def ladder_inputs(recipe: Recipe, max_examples: int | None = None, retriever: An
     cap = max_examples if max_examples is not None else (recipe.ladder.max_examples or recipe.eval.max_examples)
     evaluation = evaluation[:cap] if cap else evaluation
     convs = [prompt_messages(e.messages) for e in evaluation]
-    rag_convs, sources = None, [[] for _ in convs]
+    rag_convs: list[Conversation] | None = None
+    sources: list[list[str]] = [[] for _ in convs]
     if recipe.rag is not None:
         retriever = retriever if retriever is not None else rag_prompt.recipe_retriever(recipe)
         rag = recipe.rag
@@ -132,7 +134,9 @@ def timed_generate(
     return completions, latencies, total
 
 
-def cost_per_1k(basis: CostBasis, price: float, prompt_tokens: float, completion_tokens: float, seconds_per_request: float) -> float:
+def cost_per_1k(
+    basis: CostBasis, price: float, prompt_tokens: float, completion_tokens: float, seconds_per_request: float
+) -> float:
     """Cost of 1,000 requests: tokens x price per 1,000 tokens, or machine seconds x price per hour."""
     if basis == "tokens":
         return (prompt_tokens + completion_tokens) * price
@@ -238,7 +242,7 @@ def run_ladder(
         with who.context():
             completions, latencies, seconds = timed_generate(
                 who.model, who.tokenizer, rung_prompts(spec, inputs), max_new, batch,
-                on_batch=(lambda n, t=task: progress.advance(t, n)) if progress else None,
+                on_batch=functools.partial(progress.advance, task) if progress else None,
             )
         results.append(score_rung(spec, completions, latencies, seconds, inputs.refs, json_mode, basis, price, targets))
         for row, c in zip(rows, completions):
