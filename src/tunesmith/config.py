@@ -384,7 +384,7 @@ class SpeedSection(Section):
     )
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="bf16: bf16 autocast with fp32 master weights; fp32: no autocast. auto = bf16 on GPUs that support it, "
-        "fp32 on CPU (bf16 autocast measured slower there, see docs/benchmarks.md).",
+        "fp32 on CPU (bf16 autocast on CPU is not yet shown to pay: docs/benchmarks.md).",
     )
     fused_optimizer: bool = Field(True, description="torch's fused AdamW (one kernel for all parameters) instead of the per-tensor loop.")
     compile: bool = Field(False, description="torch.compile the model (pays only after warm-up on long runs; GPU mostly).")

@@ -49,8 +49,8 @@ def resolve(recipe: Recipe) -> Speed:
     s = recipe.speed
     cuda = torch.cuda.is_available()
     if s.precision == "auto":
-        # CUDA: bf16 where supported. CPU: plain fp32 by default, because bf16 autocast measured slower than
-        # fp32 on the benchmark machine (docs/benchmarks.md) even with avx512_bf16; `bf16` opts in.
+        # CUDA: bf16 where supported. CPU: plain fp32 by default: bf16 autocast on CPU (even with avx512_bf16)
+        # has no measurement yet that it pays (docs/benchmarks.md); `precision: bf16` opts in.
         bf16 = cuda and torch.cuda.is_bf16_supported() and recipe.model.dtype in ("auto", "bfloat16")
     else:
         bf16 = s.precision == "bf16"
