@@ -121,6 +121,7 @@ def trainer_a(model: str, train: Path, evaluation: Path, steps: int, batch: int,
 
 def trainer_b(model: str, train: Path, evaluation: Path, steps: int, batch: int, out: Path):
     """A plain TRL SFTTrainer with its defaults; same LoRA settings, schedule, seed and loss mask."""
+    import torch
     from datasets import Dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
@@ -131,7 +132,9 @@ def trainer_b(model: str, train: Path, evaluation: Path, steps: int, batch: int,
 
     args = SFTConfig(output_dir=str(out / "b"), max_steps=steps, per_device_train_batch_size=batch, learning_rate=LR,
                      lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=1, save_strategy="no", report_to=[],
-                     seed=SEED, max_length=MAX_LENGTH, disable_tqdm=True)
+                     seed=SEED, max_length=MAX_LENGTH, disable_tqdm=True,
+                     # TRL defaults to bf16, which transformers refuses without CUDA unless told the run is on CPU.
+                     use_cpu=not torch.cuda.is_available())
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", bias="none", task_type="CAUSAL_LM")
     return SFTTrainer(model=model, args=args, train_dataset=rows(train), eval_dataset=rows(evaluation), peft_config=lora), {}
 
@@ -237,6 +240,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--data", default="demo,mixed", help="comma-separated: demo, mixed")
     p.add_argument("--a-set", action="append", default=[], help="recipe override for A, e.g. speed.precision=bf16")
+    p.add_argument("--sides", default="A,B", help="sides to run; the other is read from an earlier run's JSON in --out")
     p.add_argument("--quick", action="store_true", help="8 counted steps, 2 warm-up, 1 pair: a smoke test, not a figure")
     p.add_argument("--out", default=str(ROOT / "runs" / "bench" / "train_throughput"))
     p.add_argument("--child", choices=["A", "B"], help=argparse.SUPPRESS)
@@ -261,7 +265,8 @@ def main() -> None:
         pairs = []
         for i in range(ns.pairs):
             order = ("A", "B") if i % 2 == 0 else ("B", "A")
-            got = {side: run_one(side, kind, train, evaluation, ns, out, i) for side in order}
+            got = {side: run_one(side, kind, train, evaluation, ns, out, i) if side in ns.sides
+                   else json.loads((out / f"{kind}-{side}-{i}.json").read_text(encoding="utf-8")) for side in order}
             pairs.append((got["A"], got["B"]))
         summary[kind] = {"runs": pairs, **report(kind, pairs, out)}
     (out / "results.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
