@@ -43,7 +43,8 @@ def mixed_rows(n: int, seed: int = 0) -> list[dict]:
         row = json.loads(json.dumps(base[i % len(base)]))
         earlier = [rng.choice(base)["messages"][1]["content"] for _ in range(rng.choice([0, 0, 0, 1, 2, 3, 5]))]
         if earlier:
-            row["messages"][1]["content"] = "Earlier in this thread:\n" + "\n---\n".join(earlier) + "\n---\nLatest:\n" + row["messages"][1]["content"]
+            thread = "Earlier in this thread:\n" + "\n---\n".join(earlier)
+            row["messages"][1]["content"] = thread + "\n---\nLatest:\n" + row["messages"][1]["content"]
         rows.append(row)
     return rows
 
@@ -166,7 +167,8 @@ def child(ns: argparse.Namespace) -> None:
     peak_train = peak_mb()
     trainer.evaluate()
     seconds, tokens = watch.seconds[ns.warmup :], watch.tokens[ns.warmup :]
-    n_params = sum(p.numel() for p in trainer.model.get_base_model().parameters()) if hasattr(trainer.model, "get_base_model") else 0
+    base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+    n_params = sum(p.numel() for p in base.parameters())
     result = {
         "side": ns.child, "speed": speed, "tokens_per_s": sum(tokens) / sum(seconds), "s_per_step": sum(seconds) / len(seconds),
         "peak_train_mb": peak_train, "peak_mb": peak_mb(), "loss": watch.loss, "counted_steps": len(seconds),
@@ -191,7 +193,8 @@ def run_one(side: str, kind: str, train: Path, evaluation: Path, ns: argparse.Na
         sys.exit(f"{side} run failed:\n{proc.stderr[-4000:]}")
     data = json.loads(result.read_text(encoding="utf-8"))
     data.update(load_before=load, wall_s=time.time() - started)
-    print(f"  {kind} pair {i} {side}: {data['tokens_per_s']:7.1f} tok/s  {data['s_per_step']:.2f} s/step  peak {data['peak_mb']:6.0f} MB "
+    print(f"  {kind} pair {i} {side}: {data['tokens_per_s']:7.1f} tok/s  {data['s_per_step']:.2f} s/step  "
+          f"peak {data['peak_mb']:6.0f} MB "
           f"(train {data['peak_train_mb']:.0f})  load {load:.2f}", flush=True)
     return data
 
@@ -226,7 +229,8 @@ def report(kind: str, pairs: list[tuple[dict, dict]], out: Path) -> dict:
     fig.savefig(out / f"loss-{kind}.png", dpi=110)
     plt.close(fig)
     for r in rows:
-        print(f"  {kind} pair {r['pair']}: A/B tokens/s {r['tok_s_ratio']:.2f}x  memory {r['mem_ratio']:.2f}x  time/step {r['step_ratio']:.2f}x  "
+        print(f"  {kind} pair {r['pair']}: A/B tokens/s {r['tok_s_ratio']:.2f}x  memory {r['mem_ratio']:.2f}x  "
+              f"time/step {r['step_ratio']:.2f}x  "
               f"final loss A {r['final_loss_a']:.4f} B {r['final_loss_b']:.4f}  max loss deviation {r['max_loss_dev']:.1%}")
     return {"pairs": rows}
 
