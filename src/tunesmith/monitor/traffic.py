@@ -93,7 +93,7 @@ def hours(rows: list[RequestRow], verdicts: dict[str, FeedbackRow]) -> list[Hour
 class Windows:
     recent: list[RequestRow]
     earlier: list[RequestRow]
-    everything: list[RequestRow]
+    everything: list[RequestRow]  # the last week (at least both windows), for the pictures
     feedback: list[FeedbackRow]
     recent_window: Window
     earlier_window: Window
@@ -107,7 +107,8 @@ def read_windows(serve_dir: str | Path, window_hours: float, until: datetime | N
     end = end if end.tzinfo else end.replace(tzinfo=timezone.utc)
     mid, start = end - timedelta(hours=window_hours), end - timedelta(hours=2 * window_hours)
     with RequestLog.open(serve_dir) as store:
-        everything = list(store.iter_requests(until=end))
+        # The pictures show at most a week (or the two windows when longer): a year-old log is not read whole.
+        everything = list(store.iter_requests(since=min(start, end - timedelta(days=7)), until=end))
         feedback = list(store.iter_feedback())
     recent = [r for r in everything if _epoch(r.time) >= mid.timestamp()]
     earlier = [r for r in everything if start.timestamp() <= _epoch(r.time) < mid.timestamp()]
