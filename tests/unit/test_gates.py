@@ -139,6 +139,8 @@ def test_answer_checks():
     item = forgetting.ProbeItem
     assert forgetting.answer_ok("The answer is 19.", item("a", "arithmetic", "", 19, "number"))
     assert not forgetting.answer_ok("The answer is 18.", item("a", "arithmetic", "", 19, "number"))
+    assert not forgetting.answer_ok("144 divided by 12 is 1.44", item("a", "arithmetic", "", 12, "number"))  # echo
+    assert forgetting.answer_ok("1,500", item("u", "unit_conversion", "", 1500, "number"))
     assert forgetting.answer_ok("It is paris.", item("c", "capitals", "", "Paris", "contains"))
     assert not forgetting.answer_ok("Parisian", item("c", "capitals", "", "Paris", "contains"))
     assert forgetting.answer_ok("yes.", item("i", "instruction", "", "YES", "exact"))

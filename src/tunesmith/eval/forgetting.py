@@ -44,12 +44,13 @@ def load_general_text() -> list[list[dict[str, str]]]:
 
 
 def answer_ok(output: str, item: ProbeItem) -> bool:
-    """Whether `output` answers the probe item: `number` any number in it equals the answer; `contains` the answer
+    """Whether `output` answers the probe item: `number` its last number equals the answer (the question's own numbers,
+    echoed first, do not count); `contains` the answer
     appears as a whole word (case-insensitive); `exact` per metrics.exact_match, ignoring case and a final period;
     `json` the output is JSON (metrics.parse_json) reproducing every expected field (metrics.json_field_accuracy)."""
     if item.check == "number":
         numbers = [float(n.replace(",", "")) for n in _NUMBER.findall(output)]
-        return any(abs(n - float(item.answer)) < 1e-6 for n in numbers)
+        return bool(numbers) and abs(numbers[-1] - float(item.answer)) < 1e-6
     if item.check == "contains":
         return re.search(rf"(?<!\w){re.escape(str(item.answer))}(?!\w)", output, re.IGNORECASE) is not None
     if item.check == "exact":
