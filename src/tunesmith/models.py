@@ -99,7 +99,7 @@ def import_gguf(gguf_path: Path, dest: Path) -> Path:
     if hasattr(config, "quantization_config"):
         # The marker makes transformers treat the folder as GGUF-quantized (not trainable, not saveable).
         delattr(config, "quantization_config")
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]  # untyped upstream
     model.load_state_dict(loaded.state_dict(), strict=True)
     model.generation_config = loaded.generation_config
     tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=dest.parent))
@@ -200,7 +200,8 @@ def load_model(
         raise ModelError(f"cannot load a model from {path}: {exc}") from None
     if quantization_config or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return model  # under --nproc the Trainer places it (DDP) or accelerate shards it (FSDP/ZeRO-3) from where it is
-    return model.to(device())
+    # PreTrainedModel.to is @wraps(nn.Module.to): typeshed's _Wrapped then expects `self` as the first argument.
+    return model.to(device())  # type: ignore[arg-type]
 
 
 def local_device() -> int | str:

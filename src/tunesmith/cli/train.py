@@ -16,9 +16,13 @@ def init(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace the files an earlier `tunesmith init` wrote there (refused if you edited them)."
     ),
-    data: list[Path] = typer.Option(None, "--data", help="Your training file(s) (repeatable); without it, the bundled demo task."),
+    data: list[Path] = typer.Option(
+        None, "--data", help="Your training file(s) (repeatable); without it, the bundled demo task."
+    ),
     eval_file: Path = typer.Option(None, "--eval", help="Your held-out file; without it, a share of --data is held out."),
-    model: str = typer.Option(None, "--model", help="Base model (catalog name, folder, .gguf, hub id); default: the catalog default."),
+    model: str = typer.Option(
+        None, "--model", help="Base model (catalog name, folder, .gguf, hub id); default: the catalog default."
+    ),
     method: str = typer.Option("sft", "--method", help="sft | dpo | grpo (with --data)."),
 ) -> None:
     """Write a commented recipe into DIRECTORY: for your --data (format detected, audited, schedule chosen from
@@ -47,9 +51,13 @@ def train(
     set_: list[str] = typer.Option([], "--set", help="Override a field: section.field=value (repeatable)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint of this run."),
     force: bool = typer.Option(False, "--force", help="Train even when the data check finds blocking errors."),
-    nproc: int = typer.Option(0, "--nproc", help="Train on N processes (GPUs; CPU processes without GPUs) via accelerate launch."),
+    nproc: int = typer.Option(
+        0, "--nproc", help="Train on N processes (GPUs; CPU processes without GPUs) via accelerate launch."
+    ),
     accelerate_config: str = typer.Option(
-        "ddp", "--accelerate-config", help="With --nproc: ddp, fsdp, deepspeed_zero2, deepspeed_zero3 (shipped with tunesmith) or a YAML path."
+        "ddp",
+        "--accelerate-config",
+        help="With --nproc: ddp, fsdp, deepspeed_zero2, deepspeed_zero3 (shipped with tunesmith) or a YAML path.",
     ),
 ) -> None:
     """Fine-tune the base model on the recipe's data with its method (sft, dpo, grpo or distill; LoRA by default).
@@ -67,7 +75,7 @@ def train(
         child += ["--resume"] * resume + ["--force"] * force
         raise typer.Exit(launch.launch(nproc, accelerate_config, child))
     from tunesmith.errors import TunesmithError
-    from tunesmith.train import launch, summary
+    from tunesmith.train import dist, launch, summary
     from tunesmith.train import run as train_run
     from tunesmith.train.start import release_run_dir
 
@@ -78,7 +86,7 @@ def train(
         raise
     finally:
         release_run_dir(cfg.run_dir)  # the run folder's lock, also when training stopped with an error
-    if launch.rank() == 0:
+    if dist.rank() == 0:
         console.print(f"[green]trained[/] {run.dir}\n{summary(run)}\nnext: tunesmith eval {recipe}")
         if run.manifest.plan and run.manifest.plan.get("measured"):
             est, got = run.manifest.plan, run.manifest.plan["measured"]

@@ -168,7 +168,8 @@ def _overlap_findings(train: Rows, evaluation: Rows, threshold: float, near: boo
     for j, i in ov.exact:
         evaluation.findings.append(finding("eval_overlap", e[j].file, e[j].line, f"also in train at {t[i].where}"))
     for j, i, sim in ov.near:
-        evaluation.findings.append(finding("eval_near_overlap", e[j].file, e[j].line, f"~{sim:.2f} similar to train {t[i].where}"))
+        similar = f"~{sim:.2f} similar to train {t[i].where}"
+        evaluation.findings.append(finding("eval_near_overlap", e[j].file, e[j].line, similar))
     return {"eval_overlap": len(ov.exact), "eval_near_overlap": len(ov.near),
             "eval_near_overlap_pairs": [[e[j].where, t[i].where, sim] for j, i, sim in ov.near[:100]]}
 
@@ -179,11 +180,13 @@ def _dataset_findings(train: Rows, files: list[str], infos: list[TokenInfo], lab
     readable = not any(f.code == "file_unreadable" for f in train.findings)  # an unreadable file is reported once
     if (train.n_records or readable) and n < MIN_EXAMPLES:
         empty = "" if train.n_records else " (no rows at all)"
-        train.findings.append(finding("too_few_examples", where, None, f"{n} usable examples{empty}; at least {MIN_EXAMPLES} are required"))
+        too_few = f"{n} usable examples{empty}; at least {MIN_EXAMPLES} are required"
+        train.findings.append(finding("too_few_examples", where, None, too_few))
     elif train.n_records and n < RECOMMENDED_EXAMPLES:
         train.findings.append(finding("few_examples", where, None, f"{n} usable examples; {RECOMMENDED_EXAMPLES}+ recommended"))
     if infos and all(i.dropped for i in infos):
-        train.findings.append(finding("no_trainable_rows", where, None, f"all {n} usable rows are dropped by the length policy or label checks"))
+        none_left = f"all {n} usable rows are dropped by the length policy or label checks"
+        train.findings.append(finding("no_trainable_rows", where, None, none_left))
     answered = [r for r in train.rows if r.trained]
     refusals = sum(looks_like_refusal(last_answer(r)) for r in answered)
     labels = [r.obj.get(label_field) for r in train.rows] if label_field else []

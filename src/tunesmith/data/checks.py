@@ -33,7 +33,10 @@ CODES: dict[str, tuple[str, str]] = {
     "missing_messages_list": (ERROR, "`messages` (or `conversations`) is absent, empty or not a list"),
     "message_not_object": (ERROR, "a message is not a JSON object"),
     "message_missing_key": (ERROR, "a message has no `role` or no `content`"),
-    "message_unrecognized_key": (ERROR, "a message has a key outside role, content, name, weight, function_call, tool_calls, tool_call_id"),
+    "message_unrecognized_key": (
+        ERROR,
+        "a message has a key outside role, content, name, weight, function_call, tool_calls, tool_call_id",
+    ),
     "unrecognized_role": (ERROR, "a role outside system, user, assistant, tool, function"),
     "missing_content": (ERROR, "a message's content is not a string"),
     "invalid_weight": (ERROR, "a message's weight is not 0 or 1"),
@@ -118,7 +121,8 @@ class Row:
 
 
 def _content(msg: dict[str, Any]) -> str:
-    return msg.get("content") if isinstance(msg.get("content"), str) else ""
+    content = msg.get("content")
+    return content if isinstance(content, str) else ""
 
 
 def turn_problems(messages: list[dict[str, Any]]) -> list[tuple[str, int, str]]:
@@ -252,7 +256,8 @@ def check_tokens(row: Row, tokenizer: Any, max_length: int | None, overlong: str
         info.kept_trained = sum(lab != IGNORE for lab in labels)
         if info.kept_trained == 0:
             info.kept_total, info.dropped = 0, "no_trained_tokens"
-            return info, [finding("truncated_no_trained_tokens", row.file, row.line, f"{over}: truncation keeps no trained token, dropped")]
+            lost = f"{over}: truncation keeps no trained token, dropped"
+            return info, [finding("truncated_no_trained_tokens", row.file, row.line, lost)]
         out.append(finding("over_max_length", row.file, row.line, f"{over}: truncated, {info.lost} tokens lost"))
     eos = tokenizer.eos_token_id
     info.eos_trained = eos is not None and eos in [lab for lab in labels if lab != IGNORE]

@@ -111,7 +111,7 @@ def write_rows(path: str | Path, rows: list[dict[str, Any]]) -> Path:
 @dataclass
 class ConvertResult:
     converted: int = 0
-    skipped: Counter = field(default_factory=Counter)  # code -> count
+    skipped: Counter[str] = field(default_factory=Counter)  # code -> count
     skipped_rows: list[str] = field(default_factory=list)  # "file:line [code] message", first 50
 
 

@@ -22,7 +22,9 @@ def _row_key(example: Example) -> str:
 T = TypeVar("T")
 
 
-def hold_out(train: list[T], evaluation: list[T] | None, key: Callable[[T], str], fraction: float, seed: int) -> tuple[list[T], list[T]]:
+def hold_out(
+    train: list[T], evaluation: list[T] | None, key: Callable[[T], str], fraction: float, seed: int
+) -> tuple[list[T], list[T]]:
     """(train, eval): the given eval rows, or a seeded `fraction` of train held out; eval rows also in train are removed.
 
     The held-out rows depend on the seed and the rows' content, not on file order. Rows present in both splits

@@ -52,7 +52,8 @@ def _minhashes(texts: Iterable[str]) -> list[Any]:
     from datasketch import MinHash
 
     # bulk() reuses one set of permutations: building them per row would dominate the run time.
-    return MinHash.bulk((shingles(t) for t in texts), num_perm=NUM_PERM)
+    hashes: list[Any] = MinHash.bulk((shingles(t) for t in texts), num_perm=NUM_PERM)
+    return hashes
 
 
 @dataclass
@@ -102,7 +103,7 @@ def find_overlap(
 ) -> Duplicates:
     """Pairs (eval index, train index[, similarity]) of eval rows also present (exactly or nearly) in train."""
     out = Duplicates()
-    index = {}
+    index: dict[str, int] = {}
     for i, key in enumerate(train_keys):
         index.setdefault(key, i)
     rest = []

@@ -29,8 +29,8 @@ class FixResult:
 
     rows_in: int = 0
     rows_out: int = 0
-    dropped: Counter = field(default_factory=Counter)  # code -> rows dropped
-    repaired: Counter = field(default_factory=Counter)  # repair -> rows repaired
+    dropped: Counter[str] = field(default_factory=Counter)  # code -> rows dropped
+    repaired: Counter[str] = field(default_factory=Counter)  # repair -> rows repaired
     actions: list[str] = field(default_factory=list)  # "file:line: dropped [code] ..." / "repaired ..."
 
     def as_dict(self) -> dict[str, Any]:
@@ -104,7 +104,8 @@ def fix_file(
         row, found = check_record(Record(rec.path, rec.line, obj, rec.error))
         errors = [f for f in found if f.severity == ERROR]
         if errors or row is None:
-            _drop(result, rec.where, errors[0].code if errors else found[0].code, errors[0].message if errors else found[0].message)
+            first = errors[0] if errors else found[0]
+            _drop(result, rec.where, first.code, first.message)
             continue
         for name in repairs:
             result.repaired[name] += 1

@@ -61,9 +61,10 @@ class RowError(ValueError):
 
 
 def _open_text(path: Path) -> io.TextIOBase:
-    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    # The caller owns (and closes) the returned stream, so no context manager here.
+    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
     # utf-8-sig drops a BOM when present; newline=None turns CRLF into LF.
-    return io.TextIOWrapper(raw, encoding="utf-8-sig", newline=None)  # type: ignore[arg-type]
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", newline=None)
 
 
 def file_kind(path: Path) -> str:
@@ -71,7 +72,9 @@ def file_kind(path: Path) -> str:
     ext = suffixes[-1] if suffixes else ""
     kinds = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
     if ext not in kinds:
-        raise DataError(f"{path}: unsupported file type `{ext or '(none)'}`", hint="Use .jsonl, .json, .parquet or .csv (optionally .gz).")
+        raise DataError(
+            f"{path}: unsupported file type `{ext or '(none)'}`", hint="Use .jsonl, .json, .parquet or .csv (optionally .gz)."
+        )
     return kinds[ext]
 
 
@@ -138,7 +141,9 @@ def _read_csv(path: Path) -> Iterator[Record]:
 
 
 # Columns that may hold messages as JSON text in a CSV cell (other shapes than `messages`).
-_JSON_CSV_COLUMNS = {"conversations", "prompt", "completion", "chosen", "rejected", "input", "preferred_output", "non_preferred_output"}
+_JSON_CSV_COLUMNS = {
+    "conversations", "prompt", "completion", "chosen", "rejected", "input", "preferred_output", "non_preferred_output"
+}
 
 
 def _json_cell(text: str) -> Any:

@@ -44,7 +44,7 @@ def histogram_png(values: list[int], title: str, limit: int | None = None) -> by
     ax.set_ylabel("examples")
     fig.tight_layout()
     buf = io.BytesIO()
-    FigureCanvasAgg(fig).print_png(buf)
+    FigureCanvasAgg(fig).print_png(buf)  # type: ignore[no-untyped-call]  # matplotlib leaves print_png untyped
     return buf.getvalue()
 
 
@@ -69,7 +69,8 @@ def render(report: AuditReport) -> str:
         limit = report.stats.get("tokens", {}).get("max_length")
         parts.append("<h2>Lengths</h2>")
         parts.append(_img(histogram_png(report.lengths["total"], "total tokens per example", limit), "total tokens histogram"))
-        parts.append(_img(histogram_png(report.lengths["assistant"], "trained (assistant) tokens per example"), "assistant tokens histogram"))
+        assistant_png = histogram_png(report.lengths["assistant"], "trained (assistant) tokens per example")
+        parts.append(_img(assistant_png, "assistant tokens histogram"))
     parts.append(f"<h2>Statistics</h2><pre>{e(json.dumps(report.stats, indent=2, default=str))}</pre></body></html>")
     return "\n".join(parts)
 

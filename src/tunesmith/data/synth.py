@@ -24,7 +24,9 @@ from tunesmith.data.template import tokenize_example
 from tunesmith.errors import DataError
 from tunesmith.eval import metrics
 
-REASONS = ("unparseable", "invalid_row", "empty_answer", "schema_mismatch", "duplicate_of_seed", "duplicate_of_candidate", "too_long")
+REASONS = (
+    "unparseable", "invalid_row", "empty_answer", "schema_mismatch", "duplicate_of_seed", "duplicate_of_candidate", "too_long"
+)
 SYSTEM = (
     "You write training examples for a fine-tuning dataset. Reply with exactly one new example: a single JSON "
     "object on one line, in the same format as the examples, on a different topic or with different details."
@@ -72,9 +74,12 @@ class CandidateValidator:
         match = self.index.match(key, body)
         if match is not None:
             return None, "duplicate_of_seed" if match[1] == "seed" else "duplicate_of_candidate"
-        if self.tokenizer is not None and row.trained:
-            if tokenize_example(self.tokenizer, row.messages).n_tokens > self.max_length:
-                return None, "too_long"
+        if (
+            self.tokenizer is not None
+            and row.trained
+            and tokenize_example(self.tokenizer, row.messages).n_tokens > self.max_length
+        ):
+            return None, "too_long"
         self.index.add(key, body, "candidate")
         return obj, "accepted"
 
@@ -82,7 +87,7 @@ class CandidateValidator:
 @dataclass
 class SynthResult:
     accepted: list[dict[str, Any]] = field(default_factory=list)
-    rejected: Counter = field(default_factory=Counter)  # reason -> count
+    rejected: Counter[str] = field(default_factory=Counter)  # reason -> count
     attempts: int = 0
     examples: dict[str, str] = field(default_factory=dict)  # reason -> one rejected output (truncated)
 

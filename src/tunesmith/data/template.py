@@ -28,7 +28,8 @@ class Tokenized:
 
 def _render(tokenizer: Any, messages: list[dict[str, Any]], add_generation_prompt: bool = False) -> str:
     clean = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
-    return tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=add_generation_prompt)
+    text: str = tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return text
 
 
 def assistant_spans(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
@@ -38,7 +39,7 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[str
     prompt: the content plus the closing end-of-turn token(s).
     """
     text = _render(tokenizer, messages)
-    spans = []
+    spans: list[tuple[int, int]] = []
     for i, msg in enumerate(messages):
         if msg["role"] != "assistant" or msg.get("weight", 1) == 0:
             continue

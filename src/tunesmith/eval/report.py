@@ -37,7 +37,7 @@ _DPI = 100
 def _png(fig: Figure) -> bytes:
     canvas = FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    canvas.print_png(buf)
+    canvas.print_png(buf)  # type: ignore[no-untyped-call]  # matplotlib leaves print_png untyped
     return buf.getvalue()
 
 

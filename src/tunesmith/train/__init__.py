@@ -12,7 +12,8 @@ if TYPE_CHECKING:
 def run(recipe: Recipe, resume: bool = False, force: bool = False) -> Run:
     """Train with the recipe's method (sft | dpo | grpo | distill) and return the finished run."""
     module = import_module(f"tunesmith.train.{recipe.method}")  # one module per method, named after it
-    return module.run(recipe, resume=resume, force=force)
+    finished: Run = module.run(recipe, resume=resume, force=force)
+    return finished
 
 
 def summary(run: Run) -> str:
@@ -36,7 +37,8 @@ def summary(run: Run) -> str:
             f"{tok['dropped_no_trained_tokens']} without trained tokens dropped)"
         )
     if m.grpo and "last_step_reward" in m.grpo:
-        lines.append(f"reward: {m.grpo['first_step_reward']:.3f} at the first logged step, {m.grpo['last_step_reward']:.3f} at the last")
+        first, last = m.grpo["first_step_reward"], m.grpo["last_step_reward"]
+        lines.append(f"reward: {first:.3f} at the first logged step, {last:.3f} at the last")
     if m.dpo and "rewards/margins" in m.dpo.get("final_eval", {}):
         lines.append(f"eval reward margin (chosen - rejected): {m.dpo['final_eval']['rewards/margins']:.4f}")
     if m.distill:

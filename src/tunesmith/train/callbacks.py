@@ -12,7 +12,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
@@ -26,6 +26,11 @@ from tunesmith.train.checkpoints import (  # noqa: F401  (re-exported: the names
     latest_complete_checkpoint,
 )
 
+if TYPE_CHECKING:
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+Logs = dict[str, Any] | None  # the Trainer's log event: metric name -> value
+
 log = logging.getLogger(__name__)
 
 
@@ -37,7 +42,7 @@ class RichProgress(TrainerCallback):
         self.progress: Any = None
         self.task: Any = None
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if not state.is_world_process_zero:
             return
         self.on_train_end(args, state, control)  # a retried train() (OOM back-off) starts a fresh bar
@@ -62,15 +67,17 @@ class RichProgress(TrainerCallback):
         self.progress.start()
         self.task = self.progress.add_task(self.description, total=state.max_steps, completed=state.global_step, loss="-")
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self.progress is not None:
             self.progress.update(self.task, completed=state.global_step)
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs: Logs = None, **kwargs: Any
+    ) -> None:
         if self.progress is not None and logs and "loss" in logs:
             self.progress.update(self.task, loss=f"{logs['loss']:.4f}")
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
@@ -83,7 +90,9 @@ class MetricsLog(TrainerCallback):
         self.path = path
         self.started = time.time()
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs: Logs = None, **kwargs: Any
+    ) -> None:
         if not state.is_world_process_zero or not logs:
             return
         row: dict[str, Any] = {"step": state.global_step, "epoch": state.epoch, "time_s": round(time.time() - self.started, 2)}
@@ -92,7 +101,7 @@ class MetricsLog(TrainerCallback):
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         # Every run folder gets its loss curve, also runs that stop early (signal, divergence).
         if state.is_world_process_zero and self.path.exists():
             from tunesmith.eval.report import loss_curve_png
@@ -129,7 +138,7 @@ class StopOnSignal(TrainerCallback):
             signal.signal(signum, previous)
         self._previous.clear()
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         self._restore()  # a train() retried after an exception never reached on_train_end
         self.requested, self.stopped_at = 0, None
         try:
@@ -138,7 +147,7 @@ class StopOnSignal(TrainerCallback):
         except ValueError:  # not the main thread: signals stay with whoever owns them
             self._previous.clear()
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         # All ranks must stop at the same step, or the ones that go on hang in the next all-reduce.
         signum = dist.world_max(self.requested, args.device)
         if signum:
@@ -148,7 +157,7 @@ class StopOnSignal(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         self._restore()
 
 
@@ -166,7 +175,9 @@ class NonFiniteGuard(TrainerCallback):
         self.aborted_at: int | None = None
         self.bad_steps: list[int] = []
 
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+    def on_pre_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any
+    ) -> None:
         import torch
 
         # FSDP2 gradients are DTensors: this rank's shard (to_local) is what it can check without a collective;
@@ -189,13 +200,15 @@ class NonFiniteGuard(TrainerCallback):
             self.total,
         )
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self.in_a_row >= self.max_bad_steps:
             self.aborted_at = state.global_step
             control.should_save = False  # keep the last good checkpoint as the newest one
             control.should_training_stop = True
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs: Logs = None, **kwargs: Any
+    ) -> None:
         if logs is not None and self.total:
             logs["skipped_nonfinite_steps"] = self.total
         # The Trainer resets its running loss with `tr_loss -= tr_loss`, which leaves NaN in place: every
@@ -217,7 +230,7 @@ def _trackers(recipe: Any, run_dir: Path) -> list[TrainerCallback]:
     if "tensorboard" in recipe.training.report_to:
         from transformers.integrations import TensorBoardCallback
 
-        tb = TensorBoardCallback()
+        tb = TensorBoardCallback()  # type: ignore[no-untyped-call]  # untyped __init__ upstream
         tb.logging_dir = tb.logging_dir or str(run_dir / "tensorboard")  # TENSORBOARD_LOGGING_DIR still wins
         out.append(tb)
     if "mlflow" in recipe.training.report_to:
@@ -235,12 +248,12 @@ def _mlflow_callback(uri: str) -> TrainerCallback:
         keeps runs self-contained: `mlflow ui --backend-store-uri sqlite:///RUN/mlflow.db`.
         """
 
-        def setup(self, args, state, model):
+        def setup(self, args: TrainingArguments, state: TrainerState, model: Any) -> None:
             if not os.environ.get("MLFLOW_TRACKING_URI"):
                 _private.mlflow_module(self).set_tracking_uri(uri)
-            super().setup(args, state, model)
+            super().setup(args, state, model)  # type: ignore[no-untyped-call]  # transformers leaves setup() untyped
 
-    return RunDirMLflow()
+    return RunDirMLflow()  # type: ignore[no-untyped-call]  # MLflowCallback.__init__ is untyped upstream
 
 
 def standard_callbacks(recipe: Any, run_dir: Path) -> list[TrainerCallback]:

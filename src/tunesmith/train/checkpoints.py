@@ -9,12 +9,15 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
 from tunesmith.errors import RunError
 from tunesmith.train import dist
+
+if TYPE_CHECKING:
+    from transformers import TrainerControl, TrainerState, TrainingArguments
 
 COMPLETE = "COMPLETE"
 STAGING = ".staging"  # inside checkpoints/: where a checkpoint is written before it is renamed into place
@@ -36,18 +39,19 @@ class AtomicCheckpoints(TrainerCallback):
         self.fingerprint = fingerprint or {}
         self.final_dir: Path | None = None
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        assert args.output_dir is not None  # TrainingArguments.__post_init__ fills in a default
         self.final_dir = Path(args.output_dir)
         if args.should_save:  # a crash mid-save leaves a staging folder: never trusted, always discarded
             shutil.rmtree(self.final_dir / STAGING, ignore_errors=True)
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if control.should_save and self.final_dir is not None:
             args.output_dir = str(self.final_dir / STAGING)
 
     on_epoch_end = on_step_end
 
-    def on_save(self, args, state, control, **kwargs):
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self.final_dir is None:
             return
         args.output_dir = str(self.final_dir)
@@ -66,7 +70,7 @@ class AtomicCheckpoints(TrainerCallback):
             self._rotate()
         dist.barrier()
 
-    def abort(self, args) -> None:
+    def abort(self, args: TrainingArguments) -> None:
         """After a failed save: point the Trainer back at checkpoints/ and free the half-written staging folder."""
         if self.final_dir is not None:
             args.output_dir = str(self.final_dir)

@@ -47,7 +47,7 @@ def load_teacher(spec: str, dtype: str = "auto") -> tuple[Any, Any, str]:
 
 def same_tokenizer(a: Any, b: Any) -> bool:
     """True when both tokenizers map every token to the same id (logit distillation compares vocabularies)."""
-    return a.get_vocab() == b.get_vocab()
+    return bool(a.get_vocab() == b.get_vocab())
 
 
 def generate_dataset(recipe: Recipe, out_dir: Path) -> dict[str, Any]:

@@ -31,7 +31,10 @@ def _datasets(recipe: Recipe, tokenizer: Any) -> tuple[Any, Any, dict[str, Any]]
     train, train_stats = apply_length_policy(train, fit, d, "prompt + the longer of chosen/rejected")
     evaluation, eval_stats = apply_length_policy(evaluation, fit, d, "prompt + the longer of chosen/rejected")
     stats = {"train": train_stats, "eval": eval_stats}
-    drop = lambda rows: [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]
+
+    def drop(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]
+
     return Dataset.from_list(drop(train)), (Dataset.from_list(drop(evaluation)) if evaluation else None), stats
 
 
@@ -59,8 +62,8 @@ def run(recipe: Recipe, resume: bool = False, force: bool = False) -> Run:
     result = faults.fit(trainer, recipe, checkpoint)  # trainer.train under the fault policy
     final_eval = trainer.evaluate() if eval_ds is not None else {}  # eval_rewards/margins etc. land in metrics.jsonl
     figures = {k.removeprefix("eval_"): v for k, v in final_eval.items() if k.startswith(("eval_rewards/", "eval_logps/"))}
+    reference = "base under the adapter" if recipe.adapter.type != "full" else "precomputed log-probs of the initial model"
     return finish_run(
         recipe, trainer, tokenizer, result, row_stats, st.started, checkpoint, base_path=base_path, final_eval=final_eval,
-        extra={"dpo": {"beta": recipe.dpo.beta, "loss_type": recipe.dpo.loss_type, "reference": "base under the adapter"
-                       if recipe.adapter.type != "full" else "precomputed log-probs of the initial model", "final_eval": figures}},
+        extra={"dpo": dict(beta=recipe.dpo.beta, loss_type=recipe.dpo.loss_type, reference=reference, final_eval=figures)},
     )

@@ -18,7 +18,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tunesmith.config import RewardSpec
 from tunesmith.errors import RecipeError
@@ -111,7 +111,7 @@ def load_function(spec: str) -> RewardFn:
     fn = getattr(module, name, None)
     if not callable(fn):
         raise RecipeError([("grpo.rewards", f"`{target}` has no function `{name}`")])
-    return fn
+    return cast(RewardFn, fn)  # user code: TRL's reward signature is the documented contract
 
 
 def build(specs: list[RewardSpec]) -> list[RewardFn]:
