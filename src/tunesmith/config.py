@@ -422,37 +422,6 @@ class DistillSection(Section):
     lmbda: float = Field(0.0, ge=0, le=1, description="logits: fraction of steps trained on student-generated answers (on-policy); 0 = the data's answers.")
 
 
-class DPOSection(Section):
-    beta: float = Field(0.1, gt=0, description="DPO temperature: how far the tuned model may move from the reference (higher = stay closer).")
-    loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero", "apo_down"] = Field(
-        "sigmoid", description="DPO loss: sigmoid (the original), ipo, hinge, robust (noisy labels), ... (TRL's names)."
-    )
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Assumed fraction of flipped preference labels (sigmoid/robust losses).")
-
-
-class GRPOSection(Section):
-    rewards: list[RewardSpec] = Field(default_factory=list, description="Reward functions, summed with their weights (method grpo needs at least one).")
-    num_generations: int = Field(4, ge=2, description="Completions sampled per prompt; rewards are normalised within each group.")
-    max_completion_length: int = Field(128, ge=1, description="Token budget of each sampled completion.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature for the completions.")
-    beta: float = Field(0.0, ge=0, description="KL penalty towards the reference (the base under the adapter); 0 = none.")
-    scale_rewards: Literal["group", "batch", "none"] = Field("group", description="Divide advantages by the reward std of the group, the batch, or not at all.")
-
-
-class DistillSection(Section):
-    teacher: str | None = Field(None, description="Teacher: a base model spec (like model.base) or a finished tunesmith run folder.")
-    mode: Literal["sequence", "logits"] = Field(
-        "sequence",
-        description="sequence = the teacher writes answers, saved and audited as a dataset, and the student is SFT-trained on them; "
-        "logits = the student matches the teacher's next-token distributions (needs the same tokenizer).",
-    )
-    max_new_tokens: int = Field(128, ge=1, description="Teacher's generation budget per prompt (sequence mode).")
-    batch_size: int = Field(8, ge=1, description="Prompts the teacher generates together (sequence mode).")
-    beta: float = Field(0.5, ge=0, le=1, description="logits: generalised JSD interpolation (0 = forward KL, 1 = reverse KL).")
-    temperature: float = Field(1.0, gt=0, description="logits: softmax temperature of both distributions.")
-    lmbda: float = Field(0.0, ge=0, le=1, description="logits: fraction of steps trained on student-generated answers (on-policy); 0 = the data's answers.")
-
-
 class MonitorSection(Section):
     """`tunesmith monitor`: the recent traffic window against the training data and the window before it; a signal
     whose threshold is crossed makes the command exit non-zero (docs/monitoring.md)."""
