@@ -31,7 +31,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-test: $(STAMP)
+test: $(STAMP) lint
 	# The studio's browser tests drive Debian's chromium (never a downloaded one); they skip when it is absent.
 	-command -v chromium >/dev/null || ([ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1) || echo "chromium not installed: the studio browser tests will skip"
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -17,8 +17,31 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = ("order refund parcel invoice charger cable screen battery voucher address delivery warranty "
-         "account password upgrade cancel shipping receipt discount coupon store manager weekend").split()
+WORDS = [
+    "order",
+    "refund",
+    "parcel",
+    "invoice",
+    "charger",
+    "cable",
+    "screen",
+    "battery",
+    "voucher",
+    "address",
+    "delivery",
+    "warranty",
+    "account",
+    "password",
+    "upgrade",
+    "cancel",
+    "shipping",
+    "receipt",
+    "discount",
+    "coupon",
+    "store",
+    "manager",
+    "weekend",
+]
 
 
 def make_rows(n: int, seed: int = 0) -> list[dict]:
@@ -28,11 +51,16 @@ def make_rows(n: int, seed: int = 0) -> list[dict]:
     for i in range(n):
         words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 40)))
         answer = {"intent": rng.choice(["refund", "track", "cancel", "other"]), "ticket": i, "note": words[:60]}
-        rows.append({"id": i, "messages": [
-            {"role": "system", "content": "Extract the intent of the message as JSON."},
-            {"role": "user", "content": f"Customer {i}: {words}"},
-            {"role": "assistant", "content": json.dumps(answer)},
-        ]})
+        rows.append(
+            {
+                "id": i,
+                "messages": [
+                    {"role": "system", "content": "Extract the intent of the message as JSON."},
+                    {"role": "user", "content": f"Customer {i}: {words}"},
+                    {"role": "assistant", "content": json.dumps(answer)},
+                ],
+            }
+        )
     return rows
 
 
@@ -81,8 +109,10 @@ def main() -> None:
     print(f"rows: {args.rows:,}  tokenizer: {name}  cpu cores: {os.cpu_count()}")
     print(f"audit wall time: {wall:.1f} s  ({args.rows / wall:,.0f} rows/s)")
     print("stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in stages.items()))
-    print(f"findings: {len(report.errors)} errors, {len(report.warnings)} warnings; by code: "
-          + ", ".join(f"{c}={g['count']}" for c, g in report.by_code().items()))
+    print(
+        f"findings: {len(report.errors)} errors, {len(report.warnings)} warnings; by code: "
+        + ", ".join(f"{c}={g['count']}" for c, g in report.by_code().items())
+    )
 
 
 if __name__ == "__main__":

@@ -47,8 +47,10 @@ def main() -> None:
     batched, t_b, n_b = timed(model, tok, convs, ns.max_new_tokens, ns.prompts)
     single, t_s, n_s = timed(model, tok, convs, ns.max_new_tokens, 1)
     same = sum(a.token_ids == b.token_ids for a, b in zip(batched, single))
-    print(f"{ns.prompts} prompts, max_new_tokens {ns.max_new_tokens}, load average {load:.2f} -> {os.getloadavg()[0]:.2f} "
-          f"on {os.cpu_count()} cores")
+    print(
+        f"{ns.prompts} prompts, max_new_tokens {ns.max_new_tokens}, load average {load:.2f} -> {os.getloadavg()[0]:.2f} "
+        f"on {os.cpu_count()} cores"
+    )
     print(f"  batch {ns.prompts}: {n_b} tokens in {t_b:.1f} s = {n_b / t_b:.1f} tok/s")
     print(f"  one at a time: {n_s} tokens in {t_s:.1f} s = {n_s / t_s:.1f} tok/s")
     print(f"  speed-up {n_b / t_b / (n_s / t_s):.2f}x; identical greedy outputs {same}/{len(convs)}")

@@ -43,16 +43,30 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-grpo-"))
     for name, items in (("train.jsonl", rows[1 : 1 + args.prompts]), ("eval.jsonl", held[: args.eval])):
         (work / name).write_text("".join(json.dumps(prompt_row(r)) + "\n" for r in items), encoding="utf-8")
-    recipe = recipe_from_dict({
-        "name": "grpo-bench", "method": "grpo", "output_dir": "runs/grpo",
-        "data": {"train": ["train.jsonl"], "eval": "eval.jsonl", "max_length": 768},
-        "adapter": {"r": 16, "alpha": 32},
-        "grpo": {"rewards": ["json_valid", {"type": "exact_match", "weight": 0.5}], "num_generations": 4,
-                 "max_completion_length": 72},
-        "training": {"max_steps": args.steps, "batch_size": 8, "learning_rate": args.lr, "logging_steps": 1,
-                     "warmup_ratio": 0.0, "save_steps": 1000},
-        "eval": {"max_new_tokens": 72, "batch_size": 8},
-    }, work)
+    recipe = recipe_from_dict(
+        {
+            "name": "grpo-bench",
+            "method": "grpo",
+            "output_dir": "runs/grpo",
+            "data": {"train": ["train.jsonl"], "eval": "eval.jsonl", "max_length": 768},
+            "adapter": {"r": 16, "alpha": 32},
+            "grpo": {
+                "rewards": ["json_valid", {"type": "exact_match", "weight": 0.5}],
+                "num_generations": 4,
+                "max_completion_length": 72,
+            },
+            "training": {
+                "max_steps": args.steps,
+                "batch_size": 8,
+                "learning_rate": args.lr,
+                "logging_steps": 1,
+                "warmup_ratio": 0.0,
+                "save_steps": 1000,
+            },
+            "eval": {"max_new_tokens": 72, "batch_size": 8},
+        },
+        work,
+    )
 
     started = time.time()
     result = run(recipe)
@@ -60,8 +74,10 @@ def main() -> None:
     print(f"{'step':>4} {'reward':>7} {'json_valid':>10} {'exact':>6}")
     for r in read_metrics(result.dir):
         if "reward" in r:
-            print(f"{r['step']:4d} {r['reward']:7.3f} {r.get('rewards/json_valid/mean', float('nan')):10.3f} "
-                  f"{r.get('rewards/exact_match/mean', float('nan')):6.3f}")
+            print(
+                f"{r['step']:4d} {r['reward']:7.3f} {r.get('rewards/json_valid/mean', float('nan')):10.3f} "
+                f"{r.get('rewards/exact_match/mean', float('nan')):6.3f}"
+            )
     started = time.time()
     report = evaluate(result, max_examples=args.eval)
     s = report.summary
@@ -69,7 +85,9 @@ def main() -> None:
     for key in ("json_valid", "json_field_accuracy", "exact_match"):
         if key in s["base"]:
             print(f"  {key:20} {s['base'][key]:.3f} -> {s['tuned'][key]:.3f}")
-    print(f"train {trained:.0f}s ({args.steps} steps x 2 prompts x 4 samples), eval {time.time() - started:.0f}s; run in {result.dir}")
+    print(
+        f"train {trained:.0f}s ({args.steps} steps x 2 prompts x 4 samples), eval {time.time() - started:.0f}s; run in {result.dir}"
+    )
 
 
 if __name__ == "__main__":

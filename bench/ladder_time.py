@@ -35,8 +35,10 @@ def main() -> None:
         if r.status != "ok":
             print(f"{r.label:<18} skipped: {r.reason}")
             continue
-        print(f"{r.label:<18}{r.generation_s:>8.1f}{r.p50_latency_ms:>9.0f}{r.p95_latency_ms:>9.0f}{r.prompt_tokens:>12.0f}"
-              f"{r.completion_tokens:>11.0f}{r.metrics['exact_match']:>7.2f}{r.metrics.get('json_valid', 0):>7.2f}")
+        print(
+            f"{r.label:<18}{r.generation_s:>8.1f}{r.p50_latency_ms:>9.0f}{r.p95_latency_ms:>9.0f}{r.prompt_tokens:>12.0f}"
+            f"{r.completion_tokens:>11.0f}{r.metrics['exact_match']:>7.2f}{r.metrics.get('json_valid', 0):>7.2f}"
+        )
     print(f"whole ladder (model load, retrieval, every rung): {total:.1f} s on {report.device}")
 
 

@@ -19,8 +19,19 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PAIRS = [("sft", "lora"), ("sft", "dora"), ("sft", "qlora"), ("sft", "full"), ("sft", "prompt_tuning"), ("sft", "lora+top1"),
-         ("dpo", "lora"), ("dpo", "full"), ("grpo", "lora"), ("distill", "lora/sequence"), ("distill", "lora/logits")]
+PAIRS = [
+    ("sft", "lora"),
+    ("sft", "dora"),
+    ("sft", "qlora"),
+    ("sft", "full"),
+    ("sft", "prompt_tuning"),
+    ("sft", "lora+top1"),
+    ("dpo", "lora"),
+    ("dpo", "full"),
+    ("grpo", "lora"),
+    ("distill", "lora/sequence"),
+    ("distill", "lora/logits"),
+]
 
 
 def tiny_model(out: Path, hidden: int = 64) -> Path:
@@ -28,9 +39,18 @@ def tiny_model(out: Path, hidden: int = 64) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(ROOT / "tests" / "fixtures" / "tiny-tokenizer")
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(out)
     tok.save_pretrained(out)
@@ -40,9 +60,11 @@ def tiny_model(out: Path, hidden: int = 64) -> Path:
 def data(work: Path) -> None:
     rng = random.Random(0)
     rows = []
-    for i in range(32):
+    for _ in range(32):
         a, b = rng.randint(1, 99), rng.randint(1, 99)
-        rows.append([{"role": "user", "content": f"Add {a} and {b}."}, {"role": "assistant", "content": json.dumps({"sum": a + b})}])
+        rows.append(
+            [{"role": "user", "content": f"Add {a} and {b}."}, {"role": "assistant", "content": json.dumps({"sum": a + b})}]
+        )
     write = lambda name, items: (work / name).write_text("".join(json.dumps(x) + "\n" for x in items))  # noqa: E731
     write("sft.jsonl", [{"messages": m} for m in rows])
     write("pref.jsonl", [{"prompt": m[:1], "chosen": m[1:], "rejected": [{"role": "assistant", "content": "no"}]} for m in rows])
@@ -51,10 +73,14 @@ def data(work: Path) -> None:
 
 def recipe(work: Path, base: str, teacher: str, method: str, adapter: str, steps: int) -> dict:
     kind, _, variant = adapter.partition("/")
-    body = {"name": f"{method}-{adapter}".replace("/", "-").replace("+", "-"), "method": method, "model": {"base": base},
-            "data": {"train": ["sft.jsonl"], "max_length": 256},
-            "adapter": {"type": kind.split("+")[0], "r": 8, "alpha": 16, "dropout": 0.0},
-            "training": {"max_steps": steps, "batch_size": 4, "logging_steps": 1, "save_steps": 1000}}
+    body = {
+        "name": f"{method}-{adapter}".replace("/", "-").replace("+", "-"),
+        "method": method,
+        "model": {"base": base},
+        "data": {"train": ["sft.jsonl"], "max_length": 256},
+        "adapter": {"type": kind.split("+")[0], "r": 8, "alpha": 16, "dropout": 0.0},
+        "training": {"max_steps": steps, "batch_size": 4, "logging_steps": 1, "save_steps": 1000},
+    }
     body["output_dir"] = f"runs/{body['name']}"
     if "+top1" in kind:
         body["training"]["unfreeze_top_layers"] = 1
@@ -94,7 +120,10 @@ def main() -> None:
         result = run(rec)
         wall, cpu = time.time() - wall, time.process_time() - cpu
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"{method:8} {adapter:16} {wall:7.1f} {cpu:7.1f} {result.manifest['figures']['global_step']:5d} {rss:10.0f}", flush=True)
+        print(
+            f"{method:8} {adapter:16} {wall:7.1f} {cpu:7.1f} {result.manifest['figures']['global_step']:5d} {rss:10.0f}",
+            flush=True,
+        )
     print(f"(runs in {work}; device {sys.platform}, torch threads: {__import__('torch').get_num_threads()})")
 
 

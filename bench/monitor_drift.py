@@ -40,8 +40,10 @@ def main() -> None:
             false_pos += drift.mmd_test(ref, same, args.permutations, seed=i).p_value < args.alpha
             hits += drift.mmd_test(ref, other, args.permutations, seed=i).p_value < args.alpha
         per_test = (time.perf_counter() - start) / (2 * args.repeats)
-        print(f"{embedder.name:<12} {args.n:>4} {args.repeats:>7} {false_pos / args.repeats:>6.3f} "
-              f"{hits / args.repeats:>6.3f} {per_test:>7.3f}")
+        print(
+            f"{embedder.name:<12} {args.n:>4} {args.repeats:>7} {false_pos / args.repeats:>6.3f} "
+            f"{hits / args.repeats:>6.3f} {per_test:>7.3f}"
+        )
 
 
 if __name__ == "__main__":

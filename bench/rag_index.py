@@ -17,10 +17,46 @@ import time
 from pathlib import Path
 
 WORDS = [
-    "valve", "pump", "sensor", "filter", "warranty", "invoice", "refund", "shipping", "pallet", "firmware", "battery",
-    "charger", "module", "cable", "torque", "pressure", "voltage", "seal", "gasket", "bracket", "housing", "rotor",
-    "bearing", "coolant", "nozzle", "thermostat", "relay", "fuse", "calibrate", "replace", "inspect", "tighten", "drain",
-    "reset", "configure", "install", "measure", "clean", "order", "return",
+    "valve",
+    "pump",
+    "sensor",
+    "filter",
+    "warranty",
+    "invoice",
+    "refund",
+    "shipping",
+    "pallet",
+    "firmware",
+    "battery",
+    "charger",
+    "module",
+    "cable",
+    "torque",
+    "pressure",
+    "voltage",
+    "seal",
+    "gasket",
+    "bracket",
+    "housing",
+    "rotor",
+    "bearing",
+    "coolant",
+    "nozzle",
+    "thermostat",
+    "relay",
+    "fuse",
+    "calibrate",
+    "replace",
+    "inspect",
+    "tighten",
+    "drain",
+    "reset",
+    "configure",
+    "install",
+    "measure",
+    "clean",
+    "order",
+    "return",
 ]
 CHUNK_CHARS, OVERLAP = 400, 60
 
@@ -89,11 +125,15 @@ def main() -> None:
         retriever.search_many(queries, k=5, mode="hybrid")
         batched_ms = (time.perf_counter() - t) * 1000 / len(queries)
 
-    print(f"embedder {embedder.name} on {device} (loaded in {load_s:.1f} s); {first.files} files, {first.chunks} chunks "
-          f"of <= {CHUNK_CHARS} chars, index {size_mb:.1f} MiB on disk\n")
+    print(
+        f"embedder {embedder.name} on {device} (loaded in {load_s:.1f} s); {first.files} files, {first.chunks} chunks "
+        f"of <= {CHUNK_CHARS} chars, index {size_mb:.1f} MiB on disk\n"
+    )
     print("| measurement | value |\n|---|---|")
-    print(f"| full build ({first.chunks} chunks) | {first.seconds:.1f} s ({first.embed_seconds:.1f} s embedding, "
-          f"{first.chunks / max(first.embed_seconds, 1e-9):.0f} chunks/s; {build_cpu_s:.0f} CPU-s) |")
+    print(
+        f"| full build ({first.chunks} chunks) | {first.seconds:.1f} s ({first.embed_seconds:.1f} s embedding, "
+        f"{first.chunks / max(first.embed_seconds, 1e-9):.0f} chunks/s; {build_cpu_s:.0f} CPU-s) |"
+    )
     print(f"| rebuild, nothing changed | {noop.seconds:.2f} s ({noop.chunks_embedded} chunks embedded) |")
     print(f"| rebuild, 1 of {one.files} files changed | {one.seconds:.2f} s ({one.chunks_embedded} chunks embedded) |")
     for mode, times in latency.items():

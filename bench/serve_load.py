@@ -36,10 +36,14 @@ def quick_run(work: Path) -> Path:
     from tunesmith.train import sft
 
     data = ROOT / "src" / "tunesmith" / "demo" / "data"
-    recipe = {"name": "bench", "model": {"base": "smollm2-135m-instruct"},
-              "data": {"train": [str(data / "train.jsonl")], "eval": str(data / "eval.jsonl"), "max_length": 256},
-              "training": {"max_steps": 2, "batch_size": 2, "logging_steps": 1, "save_steps": 2},
-              "eval": {"max_new_tokens": 32}, "output_dir": str(work / "run")}
+    recipe = {
+        "name": "bench",
+        "model": {"base": "smollm2-135m-instruct"},
+        "data": {"train": [str(data / "train.jsonl")], "eval": str(data / "eval.jsonl"), "max_length": 256},
+        "training": {"max_steps": 2, "batch_size": 2, "logging_steps": 1, "save_steps": 2},
+        "eval": {"max_new_tokens": 32},
+        "output_dir": str(work / "run"),
+    }
     (work / "bench.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
     return sft.run(load_recipe(work / "bench.yaml")).dir
 
@@ -79,8 +83,14 @@ async def drive(url: str, model: str, clients: int, seconds: float, max_tokens: 
         nonlocal tokens, errors
         n = i
         while time.monotonic() < end:
-            body = {"model": model, "messages": convs[n % len(convs)], "max_tokens": max_tokens, "temperature": 0,
-                    "stream": stream, "stream_options": {"include_usage": True}}
+            body = {
+                "model": model,
+                "messages": convs[n % len(convs)],
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "stream": stream,
+                "stream_options": {"include_usage": True},
+            }
             n += clients
             t0 = time.monotonic()
             if not stream:
@@ -107,8 +117,16 @@ async def drive(url: str, model: str, clients: int, seconds: float, max_tokens: 
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}, timeout=600) as http:
         await asyncio.gather(*(one(http, i) for i in range(clients)))
     wall = time.monotonic() - started
-    return {"requests": len(lat), "rps": len(lat) / wall, "tps": tokens / wall, "p50": pct(lat, 0.5),
-            "p95": pct(lat, 0.95), "p99": pct(lat, 0.99), "ttft50": pct(ttft, 0.5), "errors": errors}
+    return {
+        "requests": len(lat),
+        "rps": len(lat) / wall,
+        "tps": tokens / wall,
+        "p50": pct(lat, 0.5),
+        "p95": pct(lat, 0.95),
+        "p99": pct(lat, 0.99),
+        "ttft50": pct(ttft, 0.5),
+        "errors": errors,
+    }
 
 
 def bench_mode(label: str, target: Path, batching: bool, args: argparse.Namespace) -> list[str]:
@@ -126,8 +144,10 @@ def bench_mode(label: str, target: Path, batching: bool, args: argparse.Namespac
         for clients in args.concurrency:
             flat = asyncio.run(drive(url, model, clients, args.seconds, args.max_tokens, stream=False))
             streamed = asyncio.run(drive(url, model, clients, args.seconds / 2, args.max_tokens, stream=True))
-            row = (f"| {label} | {clients} | {flat['rps']:.2f} | {flat['tps']:.1f} | {flat['p50']:.2f} | "
-                   f"{flat['p95']:.2f} | {flat['p99']:.2f} | {streamed['ttft50']:.2f} | {flat['errors']} |")
+            row = (
+                f"| {label} | {clients} | {flat['rps']:.2f} | {flat['tps']:.1f} | {flat['p50']:.2f} | "
+                f"{flat['p95']:.2f} | {flat['p99']:.2f} | {streamed['ttft50']:.2f} | {flat['errors']} |"
+            )
             print(row, flush=True)
             rows.append(row)
     return rows
@@ -140,8 +160,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="Load duration per row (streamed pass: half).")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--modes", nargs="+", default=["batched", "single", "merged"],
-                        choices=["batched", "single", "merged"], help="Which server modes to measure.")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["batched", "single", "merged"],
+        choices=["batched", "single", "merged"],
+        help="Which server modes to measure.",
+    )
     parser.add_argument("--work", type=Path, help="Keep the trained run and merged model here (default: a temp folder).")
     args = parser.parse_args()
 
@@ -154,8 +179,10 @@ def main() -> None:
         merged = args.merged or (merged_copy(run_dir, work) if "merged" in args.modes else None)
         cpu = f"CPU ({platform.processor() or platform.machine()})"
         device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu
-        print(f"serve load, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {device}, torch {torch.__version__}, "
-              f"{args.seconds:g} s per row, max_tokens {args.max_tokens}, greedy\n")
+        print(
+            f"serve load, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {device}, torch {torch.__version__}, "
+            f"{args.seconds:g} s per row, max_tokens {args.max_tokens}, greedy\n"
+        )
         print("| mode | clients | req/s | tokens/s | p50 s | p95 s | p99 s | TTFT p50 s (stream) | errors |")
         print("|---|---|---|---|---|---|---|---|---|")
         if "batched" in args.modes:

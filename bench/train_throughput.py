@@ -108,11 +108,18 @@ def trainer_a(model: str, train: Path, evaluation: Path, steps: int, batch: int,
     from tunesmith.train import sft
 
     recipe = {
-        "name": "bench", "model": {"base": model},
+        "name": "bench",
+        "model": {"base": model},
         "data": {"train": [str(train)], "eval": str(evaluation), "max_length": MAX_LENGTH},
         "adapter": {"r": 16, "alpha": 32},
-        "training": {"max_steps": steps, "batch_size": batch, "learning_rate": LR, "logging_steps": 1,
-                     "save_steps": 10_000, "seed": SEED},
+        "training": {
+            "max_steps": steps,
+            "batch_size": batch,
+            "learning_rate": LR,
+            "logging_steps": 1,
+            "save_steps": 10_000,
+            "seed": SEED,
+        },
         "output_dir": str(out / "run"),
     }
     (out / "recipe.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
@@ -131,11 +138,22 @@ def trainer_b(model: str, train: Path, evaluation: Path, steps: int, batch: int,
         convs = [json.loads(line)["messages"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         return Dataset.from_list([{"prompt": m[:-1], "completion": m[-1:]} for m in convs])
 
-    args = SFTConfig(output_dir=str(out / "b"), max_steps=steps, per_device_train_batch_size=batch, learning_rate=LR,
-                     lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=1, save_strategy="no", report_to=[],
-                     seed=SEED, max_length=MAX_LENGTH, disable_tqdm=True,
-                     # TRL defaults to bf16, which transformers refuses without CUDA unless told the run is on CPU.
-                     use_cpu=not torch.cuda.is_available())
+    args = SFTConfig(
+        output_dir=str(out / "b"),
+        max_steps=steps,
+        per_device_train_batch_size=batch,
+        learning_rate=LR,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=SEED,
+        max_length=MAX_LENGTH,
+        disable_tqdm=True,
+        # TRL defaults to bf16, which transformers refuses without CUDA unless told the run is on CPU.
+        use_cpu=not torch.cuda.is_available(),
+    )
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", bias="none", task_type="CAUSAL_LM")
     return SFTTrainer(model=model, args=args, train_dataset=rows(train), eval_dataset=rows(evaluation), peft_config=lora), {}
 
@@ -170,9 +188,16 @@ def child(ns: argparse.Namespace) -> None:
     base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
     n_params = sum(p.numel() for p in base.parameters())
     result = {
-        "side": ns.child, "speed": speed, "tokens_per_s": sum(tokens) / sum(seconds), "s_per_step": sum(seconds) / len(seconds),
-        "peak_train_mb": peak_train, "peak_mb": peak_mb(), "loss": watch.loss, "counted_steps": len(seconds),
-        "params": n_params, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "side": ns.child,
+        "speed": speed,
+        "tokens_per_s": sum(tokens) / sum(seconds),
+        "s_per_step": sum(seconds) / len(seconds),
+        "peak_train_mb": peak_train,
+        "peak_mb": peak_mb(),
+        "loss": watch.loss,
+        "counted_steps": len(seconds),
+        "params": n_params,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     }
     if torch.cuda.is_available():
         peak = next((v for k, v in PEAK_TFLOPS.items() if k in result["device"]), None)
@@ -184,8 +209,26 @@ def child(ns: argparse.Namespace) -> None:
 def run_one(side: str, kind: str, train: Path, evaluation: Path, ns: argparse.Namespace, out: Path, i: int) -> dict:
     result = out / f"{kind}-{side}-{i}.json"
     load = os.getloadavg()[0]
-    cmd = [sys.executable, __file__, "--child", side, "--train", str(train), "--eval", str(evaluation), "--result", str(result),
-           "--model", ns.model, "--steps", str(ns.steps), "--warmup", str(ns.warmup), "--batch", str(ns.batch)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        side,
+        "--train",
+        str(train),
+        "--eval",
+        str(evaluation),
+        "--result",
+        str(result),
+        "--model",
+        ns.model,
+        "--steps",
+        str(ns.steps),
+        "--warmup",
+        str(ns.warmup),
+        "--batch",
+        str(ns.batch),
+    ]
     cmd += [arg for s in ns.a_set for arg in ("--a-set", s)]
     started = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
@@ -193,9 +236,12 @@ def run_one(side: str, kind: str, train: Path, evaluation: Path, ns: argparse.Na
         sys.exit(f"{side} run failed:\n{proc.stderr[-4000:]}")
     data = json.loads(result.read_text(encoding="utf-8"))
     data.update(load_before=load, wall_s=time.time() - started)
-    print(f"  {kind} pair {i} {side}: {data['tokens_per_s']:7.1f} tok/s  {data['s_per_step']:.2f} s/step  "
-          f"peak {data['peak_mb']:6.0f} MB "
-          f"(train {data['peak_train_mb']:.0f})  load {load:.2f}", flush=True)
+    print(
+        f"  {kind} pair {i} {side}: {data['tokens_per_s']:7.1f} tok/s  {data['s_per_step']:.2f} s/step  "
+        f"peak {data['peak_mb']:6.0f} MB "
+        f"(train {data['peak_train_mb']:.0f})  load {load:.2f}",
+        flush=True,
+    )
     return data
 
 
@@ -215,9 +261,17 @@ def report(kind: str, pairs: list[tuple[dict, dict]], out: Path) -> dict:
     for i, (a, b) in enumerate(pairs):
         steps = sorted(set(a["loss"]) & set(b["loss"]), key=int)
         dev = max(abs(a["loss"][s] - b["loss"][s]) / b["loss"][s] for s in steps)
-        rows.append({"pair": i, "tok_s_ratio": a["tokens_per_s"] / b["tokens_per_s"], "mem_ratio": a["peak_mb"] / b["peak_mb"],
-                     "step_ratio": a["s_per_step"] / b["s_per_step"], "max_loss_dev": dev,
-                     "final_loss_a": final_loss(a["loss"]), "final_loss_b": final_loss(b["loss"])})
+        rows.append(
+            {
+                "pair": i,
+                "tok_s_ratio": a["tokens_per_s"] / b["tokens_per_s"],
+                "mem_ratio": a["peak_mb"] / b["peak_mb"],
+                "step_ratio": a["s_per_step"] / b["s_per_step"],
+                "max_loss_dev": dev,
+                "final_loss_a": final_loss(a["loss"]),
+                "final_loss_b": final_loss(b["loss"]),
+            }
+        )
         for side, r, style in (("A tunesmith", a, "-"), ("B TRL", b, "--")):
             xs = sorted(r["loss"], key=int)
             ax.plot([int(x) for x in xs], [r["loss"][x] for x in xs], style, color=f"C{i}", label=f"{side} (pair {i})")
@@ -229,9 +283,11 @@ def report(kind: str, pairs: list[tuple[dict, dict]], out: Path) -> dict:
     fig.savefig(out / f"loss-{kind}.png", dpi=110)
     plt.close(fig)
     for r in rows:
-        print(f"  {kind} pair {r['pair']}: A/B tokens/s {r['tok_s_ratio']:.2f}x  memory {r['mem_ratio']:.2f}x  "
-              f"time/step {r['step_ratio']:.2f}x  "
-              f"final loss A {r['final_loss_a']:.4f} B {r['final_loss_b']:.4f}  max loss deviation {r['max_loss_dev']:.1%}")
+        print(
+            f"  {kind} pair {r['pair']}: A/B tokens/s {r['tok_s_ratio']:.2f}x  memory {r['mem_ratio']:.2f}x  "
+            f"time/step {r['step_ratio']:.2f}x  "
+            f"final loss A {r['final_loss_a']:.4f} B {r['final_loss_b']:.4f}  max loss deviation {r['max_loss_dev']:.1%}"
+        )
     return {"pairs": rows}
 
 
@@ -269,8 +325,12 @@ def main() -> None:
         pairs = []
         for i in range(ns.pairs):
             order = ("A", "B") if i % 2 == 0 else ("B", "A")
-            got = {side: run_one(side, kind, train, evaluation, ns, out, i) if side in ns.sides
-                   else json.loads((out / f"{kind}-{side}-{i}.json").read_text(encoding="utf-8")) for side in order}
+            got = {
+                side: run_one(side, kind, train, evaluation, ns, out, i)
+                if side in ns.sides
+                else json.loads((out / f"{kind}-{side}-{i}.json").read_text(encoding="utf-8"))
+                for side in order
+            }
             pairs.append((got["A"], got["B"]))
         summary[kind] = {"runs": pairs, **report(kind, pairs, out)}
     (out / "results.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")

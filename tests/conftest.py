@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from helpers import TINY_TOKENIZER, chat_rows, write_jsonl
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -23,9 +24,16 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny-llama")
     tok = AutoTokenizer.from_pretrained(TINY_TOKENIZER)
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(out)
@@ -46,7 +54,14 @@ def tiny_recipe(tmp_path, tiny_model_dir):
             "model": {"base": str(tiny_model_dir)},
             "data": {"train": ["train.jsonl"], "eval": "eval.jsonl", "max_length": 128},
             "adapter": {"r": 4, "alpha": 8, "dropout": 0.0},
-            "training": {"max_steps": 4, "batch_size": 4, "learning_rate": 5e-3, "logging_steps": 1, "save_steps": 2, "save_total_limit": 5},
+            "training": {
+                "max_steps": 4,
+                "batch_size": 4,
+                "learning_rate": 5e-3,
+                "logging_steps": 1,
+                "save_steps": 2,
+                "save_total_limit": 5,
+            },
             "eval": {"max_new_tokens": 8, "batch_size": 4},
             "output_dir": "runs/tiny",
         }
@@ -67,7 +82,13 @@ def smollm2_env(tmp_path_factory):
     """One imported SmolLM2 shared by the e2e modules that only use it (test_cli_smollm2 tests `models pull` itself)."""
     home = tmp_path_factory.mktemp("tunesmith-home")
     env = {**os.environ, "TUNESMITH_HOME": str(home), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
-    res = subprocess.run([sys.executable, "-m", "tunesmith", "models", "pull", "smollm2-135m-instruct"],
-                         cwd=home, env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-m", "tunesmith", "models", "pull", "smollm2-135m-instruct"],
+        cwd=home,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr
     return env

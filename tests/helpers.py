@@ -15,11 +15,16 @@ def chat_rows(n: int, seed: int = 0) -> list[dict]:
     rows = []
     for i in range(n):
         a, b = rng.randint(1, 99), rng.randint(1, 99)
-        rows.append({"id": f"r{i}", "messages": [
-            {"role": "system", "content": "Answer with JSON."},
-            {"role": "user", "content": f"Add {a} and {b}."},
-            {"role": "assistant", "content": json.dumps({"sum": a + b})},
-        ]})
+        rows.append(
+            {
+                "id": f"r{i}",
+                "messages": [
+                    {"role": "system", "content": "Answer with JSON."},
+                    {"role": "user", "content": f"Add {a} and {b}."},
+                    {"role": "assistant", "content": json.dumps({"sum": a + b})},
+                ],
+            }
+        )
     return rows
 
 

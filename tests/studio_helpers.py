@@ -19,38 +19,74 @@ from tunesmith.records import (
 )
 
 
-def fake_run(root: Path, name: str, n_examples: int = 6, seed: int = 0, finished: bool = True,
-             data_file: Path | None = None) -> Path:
+def fake_run(
+    root: Path, name: str, n_examples: int = 6, seed: int = 0, finished: bool = True, data_file: Path | None = None
+) -> Path:
     """A run folder with run.yaml, metrics.jsonl and (when finished) manifest.json and an eval report of n_examples."""
     rng = random.Random(seed)
     run_dir = root / name
     (run_dir / "eval").mkdir(parents=True, exist_ok=True)
     data = str(data_file or run_dir / "train.jsonl")
-    recipe = {"name": name, "method": "sft", "model": {"base": "tiny"}, "data": {"train": [data]},
-              "adapter": {"type": "lora"}, "output_dir": str(run_dir)}
+    recipe = {
+        "name": name,
+        "method": "sft",
+        "model": {"base": "tiny"},
+        "data": {"train": [data]},
+        "adapter": {"type": "lora"},
+        "output_dir": str(run_dir),
+    }
     (run_dir / "run.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
     metrics = [{"step": s, "loss": 2.0 / s, "learning_rate": 1e-4} for s in range(1, 11)]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics), encoding="utf-8")
     if not finished:
         return run_dir
-    write_manifest(run_dir / "manifest.json", Manifest(
-        run=name, method="sft", adapter="lora", base_model=BaseModelRef(spec="tiny", path="/models/tiny"),
-        chat_template_sha256="ab" * 32, data={data: "cd" * 32}, figures=Figures(global_step=10, train_loss=0.2)))
+    write_manifest(
+        run_dir / "manifest.json",
+        Manifest(
+            run=name,
+            method="sft",
+            adapter="lora",
+            base_model=BaseModelRef(spec="tiny", path="/models/tiny"),
+            chat_template_sha256="ab" * 32,
+            data={data: "cd" * 32},
+            figures=Figures(global_step=10, train_loss=0.2),
+        ),
+    )
     rows, wins, losses = [], 0, 0
     for i in range(n_examples):
         base_ok, tuned_ok = rng.random() < 0.4, rng.random() < 0.7
         judgement = "win" if tuned_ok > base_ok else "loss" if base_ok > tuned_ok else "tie"
         wins, losses = wins + (judgement == "win"), losses + (judgement == "loss")
-        rows.append({"id": f"ex{i}", "prompt": f"Add {i} and {i + 1}.", "reference": json.dumps({"sum": 2 * i + 1}),
-                     "base": json.dumps({"sum": 2 * i + 1 if base_ok else 0}), "tuned": json.dumps({"sum": 2 * i + 1 if tuned_ok else 7}),
-                     "base_metrics": {"exact_match": float(base_ok), "json_valid": 1.0},
-                     "tuned_metrics": {"exact_match": float(tuned_ok), "json_valid": 1.0}, "judgement": judgement})
+        rows.append(
+            {
+                "id": f"ex{i}",
+                "prompt": f"Add {i} and {i + 1}.",
+                "reference": json.dumps({"sum": 2 * i + 1}),
+                "base": json.dumps({"sum": 2 * i + 1 if base_ok else 0}),
+                "tuned": json.dumps({"sum": 2 * i + 1 if tuned_ok else 7}),
+                "base_metrics": {"exact_match": float(base_ok), "json_valid": 1.0},
+                "tuned_metrics": {"exact_match": float(tuned_ok), "json_valid": 1.0},
+                "judgement": judgement,
+            }
+        )
     (run_dir / "eval" / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     mean = {side: sum(r[f"{side}_metrics"]["exact_match"] for r in rows) / max(1, n_examples) for side in ("base", "tuned")}
-    summary = {"base": {"exact_match": mean["base"], "json_valid": 1.0}, "tuned": {"exact_match": mean["tuned"], "json_valid": 1.0}}
+    summary = {
+        "base": {"exact_match": mean["base"], "json_valid": 1.0},
+        "tuned": {"exact_match": mean["tuned"], "json_valid": 1.0},
+    }
     summary["delta"] = {k: summary["tuned"][k] - summary["base"][k] for k in summary["base"]}
-    write_eval_report(run_dir / "eval" / "report.json", EvalReport(
-        run=name, base_model="tiny", n_examples=n_examples, json_mode=True, summary=summary,
-        judgement=Judgement(wins=wins, losses=losses, ties=n_examples - wins - losses, win_rate=wins / max(1, n_examples)),
-        chat_template_sha256="ab" * 32, gates=[{"name": "exact_match", "rule": ">= base", "value": mean["tuned"], "passed": True}]))
+    write_eval_report(
+        run_dir / "eval" / "report.json",
+        EvalReport(
+            run=name,
+            base_model="tiny",
+            n_examples=n_examples,
+            json_mode=True,
+            summary=summary,
+            judgement=Judgement(wins=wins, losses=losses, ties=n_examples - wins - losses, win_rate=wins / max(1, n_examples)),
+            chat_template_sha256="ab" * 32,
+            gates=[{"name": "exact_match", "rule": ">= base", "value": mean["tuned"], "passed": True}],
+        ),
+    )
     return run_dir

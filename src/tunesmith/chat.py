@@ -17,7 +17,7 @@ class ChatSession:
     history: list[dict[str, str]] = field(default_factory=list)
 
     @classmethod
-    def open(cls, target: str, system: str | None = None) -> "ChatSession":
+    def open(cls, target: str, system: str | None = None) -> ChatSession:
         """Open a run folder (base + adapter, template checked) or a model (folder, .gguf, catalog name)."""
         from tunesmith.loader import load_target
 

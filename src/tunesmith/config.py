@@ -67,7 +67,7 @@ class ModelSection(Section):
     )
 
     @model_validator(mode="after")
-    def _remote_code_needs_revision(self) -> "ModelSection":
+    def _remote_code_needs_revision(self) -> ModelSection:
         if self.trust_remote_code and not self.revision:
             raise ValueError("trust_remote_code: true requires a pinned `revision`")
         return self
@@ -85,13 +85,10 @@ class DataSection(Section):
     )
 
 
-
 class RagSection(Section):
     """Retrieval-augmented prompts: training, eval, the ladder and serving put the same retrieved passages in each prompt."""
 
-    index: DataPath = Field(
-        ..., description="Retrieval index folder made by `tunesmith index build` (relative to this recipe)."
-    )
+    index: DataPath = Field(..., description="Retrieval index folder made by `tunesmith index build` (relative to this recipe).")
     k: int = Field(4, ge=1, le=50, description="Passages retrieved per prompt.")
     mode: Literal["hybrid", "vector", "fts"] = Field(
         "hybrid",
@@ -131,21 +128,25 @@ class AdapterSection(Section):
         description="lora = LoRA adapter; qlora = LoRA on a 4-bit NF4 base (double quantization, needs bitsandbytes); "
         "dora = weight-decomposed LoRA; full = train all weights; prompt_tuning = learn num_virtual_tokens soft-prompt vectors.",
     )
-    use_rslora: bool = Field(False, description="Rank-stabilised LoRA: scale = alpha / sqrt(r) instead of alpha / r (lora, qlora, dora).")
+    use_rslora: bool = Field(
+        False, description="Rank-stabilised LoRA: scale = alpha / sqrt(r) instead of alpha / r (lora, qlora, dora)."
+    )
     r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
     alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Modules that get LoRA: 'all-linear' or a list of module names (q_proj, v_proj, ...)."
     )
-    modules_to_save: list[str] = Field(default_factory=list, description="Extra modules trained fully and saved with the adapter.")
+    modules_to_save: list[str] = Field(
+        default_factory=list, description="Extra modules trained fully and saved with the adapter."
+    )
     num_virtual_tokens: int = Field(20, ge=1, le=512, description="prompt_tuning: number of learned soft-prompt tokens.")
     prompt_tuning_init_text: str | None = Field(
         None, description="prompt_tuning: initialise the soft prompt from this text's token embeddings; empty = random init."
     )
 
     @model_validator(mode="after")
-    def _qlora_needs_bitsandbytes(self, info: ValidationInfo) -> "AdapterSection":
+    def _qlora_needs_bitsandbytes(self, info: ValidationInfo) -> AdapterSection:
         # QLoRA here always means a 4-bit NF4 base with double quantization; it cannot run without bitsandbytes.
         if self.type == "qlora" and checks_environment(info):
             import importlib.util
@@ -160,7 +161,9 @@ class TrainingSection(Section):
     max_steps: int = Field(-1, description="Stop after this many optimizer steps; -1 = use epochs.")
     learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate.")
     batch_size: int = Field(4, ge=1, description="Micro-batch size per device.")
-    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps (global batch = batch_size x grad_accum x devices).")
+    grad_accum: int = Field(
+        1, ge=1, description="Gradient accumulation steps (global batch = batch_size x grad_accum x devices)."
+    )
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps spent warming up the learning rate.")
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field("cosine", description="LR schedule.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
@@ -172,13 +175,17 @@ class TrainingSection(Section):
     eval_steps: int = Field(0, ge=0, description="Compute eval loss every N steps; 0 = only at the end.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (useful on GPU for long sequences).")
     unfreeze_top_layers: int = Field(
-        0, ge=0, description="Hybrid: train the top N decoder layers in full (saved with the adapter) and LoRA/DoRA on the layers below."
+        0,
+        ge=0,
+        description="Hybrid: train the top N decoder layers in full (saved with the adapter) and LoRA/DoRA on the layers below.",
     )
     auto_resume: bool = Field(
         False, description="Continue from the newest complete checkpoint in output_dir when there is one (as --resume does)."
     )
     max_bad_steps: int = Field(
-        3, ge=1, description="Abort after this many optimizer steps in a row with a NaN/inf gradient (each one is skipped and counted)."
+        3,
+        ge=1,
+        description="Abort after this many optimizer steps in a row with a NaN/inf gradient (each one is skipped and counted).",
     )
     oom_backoff: bool = Field(
         True, description="On GPU out-of-memory: halve the micro-batch and double grad_accum (same global batch), down to 1."
@@ -213,10 +220,15 @@ class TrainingSection(Section):
 class JudgeSection(Section):
     """An LLM judge: pairwise tuned-vs-base preference (both orders) and unsupported claims in free-text answers."""
 
-    model: str = Field(..., description="A run folder, a model spec (catalog name, folder, hub id) or an OpenAI-compatible "
-                       "endpoint URL (http://host:port/v1).")
+    model: str = Field(
+        ...,
+        description="A run folder, a model spec (catalog name, folder, hub id) or an OpenAI-compatible "
+        "endpoint URL (http://host:port/v1).",
+    )
     endpoint_model: str = Field("default", description="Endpoint only: the model name sent with each request.")
-    api_key_env: str = Field("OPENAI_API_KEY", description="Endpoint only: environment variable holding the API key (may be unset).")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="Endpoint only: environment variable holding the API key (may be unset)."
+    )
     max_new_tokens: int = Field(256, ge=1, description="Judge answer budget, in tokens.")
     max_examples: int = Field(0, ge=0, description="Judge at most this many held-out examples; 0 = all evaluated.")
 
@@ -247,12 +259,17 @@ class EvalSection(Section):
         "file holding such a list; each grader's pass rate is reported and usable in gates as graders.<name>.",
     )
     judge: JudgeSection | None = Field(None, description="LLM judge for pairwise win rate and free-text hallucination.")
-    forgetting: bool = Field(False, description="Run the bundled general-capability probe on base and tuned (also on when a "
-                             "gate names forgetting).")
-    similarity: bool = Field(False, description="Embedding cosine similarity to the references even when they are JSON "
-                             "(always computed for free-text references).")
+    forgetting: bool = Field(
+        False, description="Run the bundled general-capability probe on base and tuned (also on when a gate names forgetting)."
+    )
+    similarity: bool = Field(
+        False,
+        description="Embedding cosine similarity to the references even when they are JSON "
+        "(always computed for free-text references).",
+    )
     select_checkpoint: str | None = Field(
-        None, description="At the end of training, score each kept checkpoint on the first select_examples held-out rows by "
+        None,
+        description="At the end of training, score each kept checkpoint on the first select_examples held-out rows by "
         "this metric (exact_match, json_field_accuracy, eval_loss, ...) and keep the best as the run's adapter.",
     )
     select_examples: int = Field(16, ge=1, description="Held-out rows each checkpoint is scored on by select_checkpoint.")
@@ -288,18 +305,24 @@ class LadderSection(Section):
         description="Rungs to measure: base (zero-shot, the recipe's system prompt), base_few_shot, base_rag, tuned, tuned_rag, "
         "student (ladder.student). A rung whose ingredient is missing (no rag section, no trained run, no student) is skipped.",
     )
-    few_shot_k: int = Field(3, ge=1, le=32, description="base_few_shot: training examples shown before each prompt (seeded pick).")
+    few_shot_k: int = Field(
+        3, ge=1, le=32, description="base_few_shot: training examples shown before each prompt (seeded pick)."
+    )
     max_examples: int = Field(0, ge=0, description="Held-out prompts per rung; 0 = eval.max_examples (or all).")
     max_new_tokens: int | None = Field(None, ge=1, description="Generation budget per prompt; empty = eval.max_new_tokens.")
     batch_size: int | None = Field(
-        None, ge=1, description="Prompts generated together; empty = eval.batch_size. A request's latency is the wall time of "
+        None,
+        ge=1,
+        description="Prompts generated together; empty = eval.batch_size. A request's latency is the wall time of "
         "its batch, so 1 measures single-request latency.",
     )
     price_per_1k_tokens: float | None = Field(
         None, ge=0, description="Cost basis 'tokens': price of 1,000 prompt + completion tokens. Empty = cost basis 'compute'."
     )
     hourly_price: float = Field(
-        1.0, ge=0, description="Cost basis 'compute' (when price_per_1k_tokens is empty): price of one hour of the machine the "
+        1.0,
+        ge=0,
+        description="Cost basis 'compute' (when price_per_1k_tokens is empty): price of one hour of the machine the "
         "ladder runs on, charged for the measured generation seconds.",
     )
     student: str | None = Field(None, description="student rung: a distilled student's run folder or a model spec.")
@@ -334,7 +357,8 @@ class RewardSpec(Section):
     """One GRPO reward. A bare string in the recipe is shorthand: `json_valid`, or `package.module:function` for custom."""
 
     type: Literal["json_valid", "json_schema_valid", "exact_match", "regex", "length_penalty", "custom"] = Field(
-        ..., description="json_valid, json_schema_valid (json_schema), exact_match (field), regex (pattern), length_penalty (max_chars) or custom (function)."
+        ...,
+        description="json_valid, json_schema_valid (json_schema), exact_match (field), regex (pattern), length_penalty (max_chars) or custom (function).",
     )
     weight: float = Field(1.0, description="Weight of this reward in the sum GRPO normalises per group.")
     json_schema: dict[str, Any] | str | None = Field(
@@ -353,7 +377,7 @@ class RewardSpec(Section):
         return value
 
     @model_validator(mode="after")
-    def _options_present(self) -> "RewardSpec":
+    def _options_present(self) -> RewardSpec:
         import re
 
         if self.type == "json_schema_valid" and self.json_schema is None:
@@ -374,42 +398,59 @@ class SpeedSection(Section):
     """How SFT is made fast; every lever is measured in docs/benchmarks.md and recorded in the manifest."""
 
     packing: Literal["auto", "padding_free", "group_by_length", "off"] = Field(
-        "auto", description="Batching. padding_free: the batch's rows are concatenated without padding and kept apart by "
+        "auto",
+        description="Batching. padding_free: the batch's rows are concatenated without padding and kept apart by "
         "position_ids (transformers builds a per-row mask for sdpa, varlen kernels for flash attention); group_by_length: "
         "rows of similar length batched together; off: shuffled rows padded to the longest. auto = padding_free "
         "(group_by_length for prompt tuning).",
     )
     labelled_logits: bool = Field(
-        True, description="Only positions whose next token is trained reach the LM head: prompt positions never produce vocabulary-sized logits."
+        True,
+        description="Only positions whose next token is trained reach the LM head: prompt positions never produce vocabulary-sized logits.",
     )
     precision: Literal["auto", "bf16", "fp32"] = Field(
-        "auto", description="bf16: bf16 autocast with fp32 master weights; fp32: no autocast. auto = bf16 on GPUs that support it, "
+        "auto",
+        description="bf16: bf16 autocast with fp32 master weights; fp32: no autocast. auto = bf16 on GPUs that support it, "
         "fp32 on CPU (bf16 autocast on CPU is not yet shown to pay: docs/benchmarks.md).",
     )
-    fused_optimizer: bool = Field(True, description="torch's fused AdamW (one kernel for all parameters) instead of the per-tensor loop.")
+    fused_optimizer: bool = Field(
+        True, description="torch's fused AdamW (one kernel for all parameters) instead of the per-tensor loop."
+    )
     compile: bool = Field(False, description="torch.compile the model (pays only after warm-up on long runs; GPU mostly).")
-    eval_batch_size: int = Field(8, ge=1, description="Rows per batch when computing the eval loss during and after training (bounds its peak memory).")
+    eval_batch_size: int = Field(
+        8, ge=1, description="Rows per batch when computing the eval loss during and after training (bounds its peak memory)."
+    )
 
 
 class DPOSection(Section):
-    beta: float = Field(0.1, gt=0, description="DPO temperature: how far the tuned model may move from the reference (higher = stay closer).")
+    beta: float = Field(
+        0.1, gt=0, description="DPO temperature: how far the tuned model may move from the reference (higher = stay closer)."
+    )
     loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero", "apo_down"] = Field(
         "sigmoid", description="DPO loss: sigmoid (the original), ipo, hinge, robust (noisy labels), ... (TRL's names)."
     )
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Assumed fraction of flipped preference labels (sigmoid/robust losses).")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="Assumed fraction of flipped preference labels (sigmoid/robust losses)."
+    )
 
 
 class GRPOSection(Section):
-    rewards: list[RewardSpec] = Field(default_factory=list, description="Reward functions, summed with their weights (method grpo needs at least one).")
+    rewards: list[RewardSpec] = Field(
+        default_factory=list, description="Reward functions, summed with their weights (method grpo needs at least one)."
+    )
     num_generations: int = Field(4, ge=2, description="Completions sampled per prompt; rewards are normalised within each group.")
     max_completion_length: int = Field(128, ge=1, description="Token budget of each sampled completion.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature for the completions.")
     beta: float = Field(0.0, ge=0, description="KL penalty towards the reference (the base under the adapter); 0 = none.")
-    scale_rewards: Literal["group", "batch", "none"] = Field("group", description="Divide advantages by the reward std of the group, the batch, or not at all.")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="Divide advantages by the reward std of the group, the batch, or not at all."
+    )
 
 
 class DistillSection(Section):
-    teacher: str | None = Field(None, description="Teacher: a base model spec (like model.base) or a finished tunesmith run folder.")
+    teacher: str | None = Field(
+        None, description="Teacher: a base model spec (like model.base) or a finished tunesmith run folder."
+    )
     mode: Literal["sequence", "logits"] = Field(
         "sequence",
         description="sequence = the teacher writes answers, saved and audited as a dataset, and the student is SFT-trained on them; "
@@ -419,7 +460,12 @@ class DistillSection(Section):
     batch_size: int = Field(8, ge=1, description="Prompts the teacher generates together (sequence mode).")
     beta: float = Field(0.5, ge=0, le=1, description="logits: generalised JSD interpolation (0 = forward KL, 1 = reverse KL).")
     temperature: float = Field(1.0, gt=0, description="logits: softmax temperature of both distributions.")
-    lmbda: float = Field(0.0, ge=0, le=1, description="logits: fraction of steps trained on student-generated answers (on-policy); 0 = the data's answers.")
+    lmbda: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="logits: fraction of steps trained on student-generated answers (on-policy); 0 = the data's answers.",
+    )
 
 
 class MonitorSection(Section):
@@ -430,22 +476,39 @@ class MonitorSection(Section):
     min_requests: int = Field(20, ge=2, description="Fewer requests than this in a window: its signals are skipped, not judged.")
     max_samples: int = Field(300, ge=10, description="Texts per side fed to the embedding test (a seeded sample beyond this).")
     embedder: Literal["minilm", "char-ngrams"] = Field(
-        "minilm", description="Input embeddings for the MMD test: minilm (the bundled all-MiniLM-L6-v2) or char-ngrams "
-        "(hashed character trigrams: no model, for quick checks).")
+        "minilm",
+        description="Input embeddings for the MMD test: minilm (the bundled all-MiniLM-L6-v2) or char-ngrams "
+        "(hashed character trigrams: no model, for quick checks).",
+    )
     alpha: float = Field(0.05, gt=0, lt=1, description="Input embedding drift: MMD permutation p-value below this is drift.")
     permutations: int = Field(500, ge=50, description="Permutations behind the MMD p-value.")
     seed: int = Field(0, description="Seed of the sampling and the permutations (the same log gives the same report).")
-    max_length_change: float = Field(0.5, gt=0, description="Mean prompt or answer length (words) changed by more than this "
-                                     "share of the reference (0.5 = +-50%).")
-    max_vocab_shift: float = Field(0.5, gt=0, le=1, description="Jensen-Shannon divergence (base 2, 0-1) of the prompts' word "
-                                   "frequencies above this.")
+    max_length_change: float = Field(
+        0.5,
+        gt=0,
+        description="Mean prompt or answer length (words) changed by more than this share of the reference (0.5 = +-50%).",
+    )
+    max_vocab_shift: float = Field(
+        0.5, gt=0, le=1, description="Jensen-Shannon divergence (base 2, 0-1) of the prompts' word frequencies above this."
+    )
     max_refusal_increase: float = Field(0.05, gt=0, le=1, description="Share of refusal-looking answers up by more than this.")
-    max_json_valid_drop: float = Field(0.05, gt=0, le=1, description="JSON tasks: share of valid-JSON answers down by more than this.")
-    max_down_rate: float = Field(0.3, gt=0, le=1, description="Share of rated answers in the recent window rated down above this.")
+    max_json_valid_drop: float = Field(
+        0.05, gt=0, le=1, description="JSON tasks: share of valid-JSON answers down by more than this."
+    )
+    max_down_rate: float = Field(
+        0.3, gt=0, le=1, description="Share of rated answers in the recent window rated down above this."
+    )
     max_latency_increase: float = Field(0.5, gt=0, description="p95 latency up by more than this share of the earlier window's.")
-    max_error_rate_increase: float = Field(0.02, gt=0, le=1, description="Share of failed requests (HTTP >= 400) up by more than this.")
-    max_regression: float = Field(0.0, ge=0, le=1, description="`tunesmith retrain`: the new version may score at most this much "
-                                  "below the served one on the primary metric of its held-out prompts.")
+    max_error_rate_increase: float = Field(
+        0.02, gt=0, le=1, description="Share of failed requests (HTTP >= 400) up by more than this."
+    )
+    max_regression: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="`tunesmith retrain`: the new version may score at most this much "
+        "below the served one on the primary metric of its held-out prompts.",
+    )
 
 
 class Recipe(Section):
@@ -465,11 +528,22 @@ class Recipe(Section):
     speed: SpeedSection = Field(default_factory=SpeedSection, description="Training speed levers (method: sft).")
     dpo: DPOSection = Field(default_factory=DPOSection, description="DPO settings (method: dpo).")
     grpo: GRPOSection = Field(default_factory=GRPOSection, validate_default=True, description="GRPO settings (method: grpo).")
-    distill: DistillSection = Field(default_factory=DistillSection, validate_default=True, description="Distillation settings (method: distill).")
-    rag: RagSection | None = Field(None, description="Retrieval: put passages from an index into every prompt (train, eval, serve).")
-    ladder: LadderSection = Field(default_factory=LadderSection, description="`tunesmith ladder`: prompt, few-shot, RAG, tuned, tuned + RAG, student on the same prompts.")
-    targets: TargetsSection = Field(default_factory=TargetsSection, description="Quality, latency and cost targets the ladder recommends against.")
-    monitor: MonitorSection = Field(default_factory=MonitorSection, description="`tunesmith monitor`: drift thresholds for served traffic.")
+    distill: DistillSection = Field(
+        default_factory=DistillSection, validate_default=True, description="Distillation settings (method: distill)."
+    )
+    rag: RagSection | None = Field(
+        None, description="Retrieval: put passages from an index into every prompt (train, eval, serve)."
+    )
+    ladder: LadderSection = Field(
+        default_factory=LadderSection,
+        description="`tunesmith ladder`: prompt, few-shot, RAG, tuned, tuned + RAG, student on the same prompts.",
+    )
+    targets: TargetsSection = Field(
+        default_factory=TargetsSection, description="Quality, latency and cost targets the ladder recommends against."
+    )
+    monitor: MonitorSection = Field(
+        default_factory=MonitorSection, description="`tunesmith monitor`: drift thresholds for served traffic."
+    )
     output_dir: str = Field("runs/run", description="Run directory (relative to this recipe).")
 
     @field_validator("output_dir", mode="after")
@@ -512,7 +586,11 @@ class Recipe(Section):
         if info.data.get("method") == "grpo" and not value.rewards:
             raise ValueError("method grpo needs at least one entry in `rewards` (e.g. json_valid)")
         training = info.data.get("training")
-        if info.data.get("method") == "grpo" and training is not None and (training.batch_size * training.grad_accum) % value.num_generations:
+        if (
+            info.data.get("method") == "grpo"
+            and training is not None
+            and (training.batch_size * training.grad_accum) % value.num_generations
+        ):
             # TRL groups the completions of one prompt inside one generation batch.
             raise ValueError(
                 f"training.batch_size x grad_accum ({training.batch_size * training.grad_accum}) must be a multiple of "
@@ -535,7 +613,9 @@ class Recipe(Section):
                 elif not checks_environment(info):
                     continue
                 elif not module.endswith(".py") and importlib.util.find_spec(module.split(".")[0]) is None:
-                    raise ValueError(f"reward function module `{module}` is not importable and no {local.name} next to the recipe")
+                    raise ValueError(
+                        f"reward function module `{module}` is not importable and no {local.name} next to the recipe"
+                    )
                 elif module.endswith(".py") and not Path(module).is_file():
                     raise ValueError(f"reward function file not found: {module}")
         return value

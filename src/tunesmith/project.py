@@ -78,12 +78,26 @@ def _grpo_rewards(refs: list[str]) -> list[Any]:
     return [{"type": "exact_match", "field": "reference"}]
 
 
-def user_recipe_values(name: str, method: str, model: str, train: list[str], eval_file: str | None, eval_fraction: float,
-                       max_length: int, schedule: dict[str, Any], refs: list[str]) -> dict[str, Any]:
+def user_recipe_values(
+    name: str,
+    method: str,
+    model: str,
+    train: list[str],
+    eval_file: str | None,
+    eval_fraction: float,
+    max_length: int,
+    schedule: dict[str, Any],
+    refs: list[str],
+) -> dict[str, Any]:
     """The recipe as plain values: every section's defaults, the data-derived choices on top."""
     values: dict[str, Any] = {"name": name, "method": method, "model": {**ModelSection().model_dump(), "base": model}}
-    values["data"] = {"train": train, "eval": eval_file, "eval_fraction": eval_fraction, "max_length": max_length,
-                      "overlong": "drop"}
+    values["data"] = {
+        "train": train,
+        "eval": eval_file,
+        "eval_fraction": eval_fraction,
+        "max_length": max_length,
+        "overlong": "drop",
+    }
     values["adapter"] = AdapterSection().model_dump()
     values["training"] = {**TrainingSection().model_dump(), **schedule}
     values["eval"] = EvalSection().model_dump()
@@ -93,8 +107,14 @@ def user_recipe_values(name: str, method: str, model: str, train: list[str], eva
     return values
 
 
-def write_user_project(directory: Path, data: list[Path], eval_file: Path | None = None, model: str | None = None,
-                       method: str = "sft", overwrite: bool = False) -> UserProject:
+def write_user_project(
+    directory: Path,
+    data: list[Path],
+    eval_file: Path | None = None,
+    model: str | None = None,
+    method: str = "sft",
+    overwrite: bool = False,
+) -> UserProject:
     """Audit the user's files with the base's tokenizer, choose the schedule, write DIRECTORY/recipe.yaml."""
     from tunesmith import models, outputs
     from tunesmith.data.audit import audit, load_rows
@@ -120,9 +140,16 @@ def write_user_project(directory: Path, data: list[Path], eval_file: Path | None
     schedule = schedule_for(n_train)
     directory = outputs.claim_dir(directory, "init", overwrite=overwrite, what="project folder")
     values = user_recipe_values(
-        directory.name, method, spec, [_rel(Path(p), directory) for p in train],
-        _rel(Path(evals[0]), directory) if evals else None, fraction, max_length, schedule,
-        [last_answer(r) for r in rows.rows if r.trained])
+        directory.name,
+        method,
+        spec,
+        [_rel(Path(p), directory) for p in train],
+        _rel(Path(evals[0]), directory) if evals else None,
+        fraction,
+        max_length,
+        schedule,
+        [last_answer(r) for r in rows.rows if r.trained],
+    )
     recipe_from_dict(values, directory)  # a recipe init writes always loads (e.g. dpo refuses rows that are not pairs)
     shapes = dict(Counter(r.shape for r in rows.rows))
     header = (
@@ -136,5 +163,15 @@ def write_user_project(directory: Path, data: list[Path], eval_file: Path | None
     recipe.write_text(header + commented_yaml(values) + "\n", encoding="utf-8")
     outputs.record(directory, "recipe.yaml")
     steps = math.ceil(n_train / (TrainingSection().batch_size * TrainingSection().grad_accum)) * int(schedule["epochs"])
-    return UserProject(recipe, shapes, n_train, n_eval, "file" if evals else "held out", max_length,
-                       report.stats.get("tokens", {}).get("n_too_long", 0), schedule, steps, report)
+    return UserProject(
+        recipe,
+        shapes,
+        n_train,
+        n_eval,
+        "file" if evals else "held out",
+        max_length,
+        report.stats.get("tokens", {}).get("n_too_long", 0),
+        schedule,
+        steps,
+        report,
+    )

@@ -63,7 +63,9 @@ class Manifest(Record):
     base_model: BaseModelRef
     chat_template_sha256: str
     data: dict[str, str] = Field(default_factory=dict, description="Absolute data path -> SHA-256 at training time.")
-    tokens: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Per split: examples, kept, dropped, truncated, tokens.")
+    tokens: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per split: examples, kept, dropped, truncated, tokens."
+    )
     figures: Figures = Field(default_factory=Figures)
     resumed_from: str | None = None
     faults: dict[str, Any] = Field(default_factory=dict)
@@ -72,9 +74,13 @@ class Manifest(Record):
     git_sha: str | None = None
     quantized_base: bool = Field(False, description="The adapter was trained on a 4-bit base (QLoRA); eval loads the same.")
     speed: dict[str, Any] = Field(default_factory=dict, description="Speed levers in force (packing, bf16, ...), as resolved.")
-    plan: dict[str, Any] | None = Field(None, description="The planner's estimate made before training, next to what was measured.")
+    plan: dict[str, Any] | None = Field(
+        None, description="The planner's estimate made before training, next to what was measured."
+    )
     rag: dict[str, Any] | None = Field(None, description="Retrieval index the run trained with: path, content hash, k.")
-    golden: list[dict[str, Any]] = Field(default_factory=list, description="Golden prompts with the tuned model's greedy answers.")
+    golden: list[dict[str, Any]] = Field(
+        default_factory=list, description="Golden prompts with the tuned model's greedy answers."
+    )
     checkpoint_selection: dict[str, Any] | None = None
     held_out: HeldOut | None = Field(None, description="The eval rows saved in the run folder; eval, merge and chat read them.")
     dpo: dict[str, Any] | None = None

@@ -93,7 +93,9 @@ def load_run(path: str | Path) -> Run:
     if not recipe_file.exists():
         raise RunError(f"{run_dir} is not a run folder (no run.yaml)", hint="Pass the output_dir of a `tunesmith train` run.")
     if not manifest_file.exists():
-        raise RunError(f"{run_dir} has no manifest.json: training did not finish", hint="Resume it: tunesmith train RECIPE --resume")
+        raise RunError(
+            f"{run_dir} has no manifest.json: training did not finish", hint="Resume it: tunesmith train RECIPE --resume"
+        )
     try:
         data = yaml.safe_load(recipe_file.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:

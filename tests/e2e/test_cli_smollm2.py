@@ -14,7 +14,9 @@ pytestmark = pytest.mark.e2e
 
 
 def tunesmith(*args: str, env: dict, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    res = subprocess.run([sys.executable, "-m", "tunesmith", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    res = subprocess.run(
+        [sys.executable, "-m", "tunesmith", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
     if check and res.returncode != 0:
         raise AssertionError(f"tunesmith {' '.join(args)} exited {res.returncode}\n{res.stdout}\n{res.stderr}")
     return res
@@ -38,7 +40,9 @@ def test_pipeline_end_to_end(tmp_path, env):
     recipe = tmp_path / "proj" / "recipe.yaml"
     assert "# Peak learning rate." in recipe.read_text()
 
-    train = tunesmith("train", str(recipe), "--set", "training.max_steps=2", "--set", "training.save_steps=1", env=env, cwd=tmp_path)
+    train = tunesmith(
+        "train", str(recipe), "--set", "training.max_steps=2", "--set", "training.save_steps=1", env=env, cwd=tmp_path
+    )
     run_dir = tmp_path / "proj" / "runs" / "demo"
     assert "trained" in train.stdout and (run_dir / "adapter" / "adapter_model.safetensors").exists()
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -55,8 +59,16 @@ def test_pipeline_end_to_end(tmp_path, env):
     merged = tunesmith("merge", str(run_dir), "--out", str(tmp_path / "merged"), env=env, cwd=tmp_path)
     assert "identical on 3/3" in merged.stdout
 
-    chat = tunesmith("chat", str(run_dir), "--prompt", "Hi, Ann Lee here. My VoltCharge 65W never arrived, I paid $40. Urgent!",
-                     "--max-new-tokens", "40", env=env, cwd=tmp_path)
+    chat = tunesmith(
+        "chat",
+        str(run_dir),
+        "--prompt",
+        "Hi, Ann Lee here. My VoltCharge 65W never arrived, I paid $40. Urgent!",
+        "--max-new-tokens",
+        "40",
+        env=env,
+        cwd=tmp_path,
+    )
     assert chat.stdout.strip()
 
 

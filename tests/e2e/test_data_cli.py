@@ -11,19 +11,42 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-WORDS = ["apple", "river", "stone", "cloud", "maple", "tiger", "violet", "ocean", "amber", "cedar", "falcon", "harbor", "lemon", "meadow", "nickel", "orbit"]
+WORDS = [
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "maple",
+    "tiger",
+    "violet",
+    "ocean",
+    "amber",
+    "cedar",
+    "falcon",
+    "harbor",
+    "lemon",
+    "meadow",
+    "nickel",
+    "orbit",
+]
 
 
 def tunesmith(*args: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tunesmith", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "tunesmith", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
 
 
 def row(i: int) -> dict:
-    return {"id": i, "label": ["refund", "track", "other"][i % 3], "messages": [
-        {"role": "system", "content": "Answer with JSON."},
-        {"role": "user", "content": f"Ticket {i}: where is my {WORDS[i % len(WORDS)]} order number {i * 13}?"},
-        {"role": "assistant", "content": json.dumps({"ticket": i, "intent": ["refund", "track", "other"][i % 3]})},
-    ]}
+    return {
+        "id": i,
+        "label": ["refund", "track", "other"][i % 3],
+        "messages": [
+            {"role": "system", "content": "Answer with JSON."},
+            {"role": "user", "content": f"Ticket {i}: where is my {WORDS[i % len(WORDS)]} order number {i * 13}?"},
+            {"role": "assistant", "content": json.dumps({"ticket": i, "intent": ["refund", "track", "other"][i % 3]})},
+        ],
+    }
 
 
 def write(path: Path, rows: list) -> Path:
@@ -38,15 +61,29 @@ def env(smollm2_env):
 
 def test_check_clean_corrupt_and_unreadable(tmp_path, env):
     clean = write(tmp_path / "clean.jsonl", [row(i) for i in range(60)])
-    res = tunesmith("data", "check", str(clean), "--json", "--label-field", "label", "--gpu", "a100", "--price-per-hour", "2",
-                    env=env, cwd=tmp_path)
+    res = tunesmith(
+        "data",
+        "check",
+        str(clean),
+        "--json",
+        "--label-field",
+        "label",
+        "--gpu",
+        "a100",
+        "--price-per-hour",
+        "2",
+        env=env,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)
     assert report["ok"] and report["findings"] == []
     tokens = report["stats"]["tokens"]
     assert tokens["total_tokens"]["min"] > tokens["assistant_tokens"]["max"] > 0
     cost = report["stats"]["cost"]
-    assert cost["epochs"] == 3 and cost["gpu"]["device"] == "a100" and cost["gpu"]["price_per_hour"] == 2.0 and cost["params"] > 1e8
+    assert (
+        cost["epochs"] == 3 and cost["gpu"]["device"] == "a100" and cost["gpu"]["price_per_hour"] == 2.0 and cost["params"] > 1e8
+    )
 
     bad = [row(i) for i in range(60)]
     bad[9] = "{not json"
@@ -56,14 +93,21 @@ def test_check_clean_corrupt_and_unreadable(tmp_path, env):
     html = tmp_path / "report.html"
     res = tunesmith("data", "check", str(corrupt), "--html", str(html), env=env, cwd=tmp_path)
     assert res.returncode == 1 and "Traceback" not in res.stderr
-    for text in ("invalid_json", f"{corrupt}:10", "unrecognized_role", f"{corrupt}:21 message 1", "exact_duplicate",
-                 "2 blocking error(s)", "tokens (chat template applied)", "h100"):
+    for text in (
+        "invalid_json",
+        f"{corrupt}:10",
+        "unrecognized_role",
+        f"{corrupt}:21 message 1",
+        "exact_duplicate",
+        "2 blocking error(s)",
+        "tokens (chat template applied)",
+        "h100",
+    ):
         assert text in res.stdout, text
     assert html.read_text().count("data:image/png;base64,") == 2
 
     assert tunesmith("data", "check", str(tmp_path / "nope.jsonl"), "--no-tokens", env=env, cwd=tmp_path).returncode == 2
-    strict = tunesmith("data", "check", str(clean), "--strict", "--no-tokens", "--max-length", "64",
-                       env=env, cwd=tmp_path)
+    strict = tunesmith("data", "check", str(clean), "--strict", "--no-tokens", "--max-length", "64", env=env, cwd=tmp_path)
     assert strict.returncode == 0
 
     fixed = tmp_path / "fixed.jsonl"
@@ -99,8 +143,26 @@ def test_train_refuses_bad_data_before_loading_the_model(tmp_path, env):
 def test_synth_reports_rejections(tmp_path, env):
     seeds = write(tmp_path / "seeds.jsonl", [row(i) for i in range(8)])
     out = tmp_path / "synth.jsonl"
-    res = tunesmith("data", "synth", "--seed-file", str(seeds), "--model", "smollm2-135m-instruct", "--n", "2",
-                    "--out", str(out), "--max-new-tokens", "64", "--max-attempts", "2", "--batch-size", "2", env=env, cwd=tmp_path)
+    res = tunesmith(
+        "data",
+        "synth",
+        "--seed-file",
+        str(seeds),
+        "--model",
+        "smollm2-135m-instruct",
+        "--n",
+        "2",
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "64",
+        "--max-attempts",
+        "2",
+        "--batch-size",
+        "2",
+        env=env,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     assert "synth: 2 candidates" in res.stdout and out.exists()
     accepted = len(out.read_text().splitlines())

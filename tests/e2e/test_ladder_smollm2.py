@@ -27,8 +27,17 @@ def test_ladder_on_the_demo_project(tmp_path):
     recipe = tmp_path / "proj" / "recipe.yaml"
     assert (tmp_path / "proj" / "index").is_dir() and "rag:" in recipe.read_text()
     tunesmith("train", str(recipe), "--set", "training.max_steps=1", "--set", "training.save_steps=1", cwd=tmp_path)
-    res = tunesmith("ladder", str(recipe), "--max-examples", "2", "--set", "ladder.max_new_tokens=12",
-                    "--set", "ladder.few_shot_k=1", cwd=tmp_path)
+    res = tunesmith(
+        "ladder",
+        str(recipe),
+        "--max-examples",
+        "2",
+        "--set",
+        "ladder.max_new_tokens=12",
+        "--set",
+        "ladder.few_shot_k=1",
+        cwd=tmp_path,
+    )
     assert "recommendation:" in res.stdout and "tuned + RAG" in res.stdout
 
     out = tmp_path / "proj" / "runs" / "demo-ladder"

@@ -21,7 +21,9 @@ DEMO = ROOT / "src" / "tunesmith" / "demo" / "data" / "train.jsonl"
 
 
 def tunesmith(*args: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    res = subprocess.run([sys.executable, "-m", "tunesmith", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    res = subprocess.run(
+        [sys.executable, "-m", "tunesmith", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
     if res.returncode != 0:
         raise AssertionError(f"tunesmith {' '.join(args)} exited {res.returncode}\n{res.stdout}\n{res.stderr}")
     return res
@@ -51,8 +53,14 @@ def test_dpo_moves_the_reward_margin(tmp_path, env):
     pref = [json.loads(line) for line in (ROOT / "configs" / "data" / "tickets-preference.jsonl").read_text().splitlines()]
     write(tmp_path / "pref.jsonl", pref[:24])
     write(tmp_path / "pref-eval.jsonl", pref[48:52])
-    path = recipe(tmp_path, name="dpo", method="dpo", data={"train": ["pref.jsonl"], "eval": "pref-eval.jsonl", "max_length": 320},
-                  dpo={"beta": 0.1}, training={"max_steps": 3, "batch_size": 4, "learning_rate": 1e-4, "logging_steps": 1})
+    path = recipe(
+        tmp_path,
+        name="dpo",
+        method="dpo",
+        data={"train": ["pref.jsonl"], "eval": "pref-eval.jsonl", "max_length": 320},
+        dpo={"beta": 0.1},
+        training={"max_steps": 3, "batch_size": 4, "learning_rate": 1e-4, "logging_steps": 1},
+    )
     out = tunesmith("train", str(path), env=env, cwd=tmp_path)
     assert "eval reward margin" in out.stdout
     manifest = json.loads((tmp_path / "runs" / "dpo" / "manifest.json").read_text())
@@ -95,13 +103,24 @@ def _mean_logprob(model, tokenizer, samples: list[dict]) -> float:
 def test_grpo_makes_json_valid_samples_likelier(tmp_path, env):
     rows = demo_rows()
     shot = rows[0]["messages"]  # one worked example in the prompt, so some samples are valid JSON from the start
-    write(tmp_path / "prompts.jsonl", [{"prompt": shot + r["messages"][1:2], "reference": r["messages"][2]["content"]} for r in rows[1:41]])
+    write(
+        tmp_path / "prompts.jsonl",
+        [{"prompt": shot + r["messages"][1:2], "reference": r["messages"][2]["content"]} for r in rows[1:41]],
+    )
     (tmp_path / "recorder.py").write_text(RECORDER)
     samples = tmp_path / "samples.jsonl"
-    path = recipe(tmp_path, name="grpo", method="grpo", data={"train": ["prompts.jsonl"], "max_length": 512},
-                  grpo={"rewards": ["json_valid", {"type": "custom", "function": "recorder:record", "weight": 0.0}],
-                        "num_generations": 4, "max_completion_length": 64},
-                  training={"max_steps": 3, "batch_size": 4, "learning_rate": 3e-4, "logging_steps": 1, "warmup_ratio": 0.0})
+    path = recipe(
+        tmp_path,
+        name="grpo",
+        method="grpo",
+        data={"train": ["prompts.jsonl"], "max_length": 512},
+        grpo={
+            "rewards": ["json_valid", {"type": "custom", "function": "recorder:record", "weight": 0.0}],
+            "num_generations": 4,
+            "max_completion_length": 64,
+        },
+        training={"max_steps": 3, "batch_size": 4, "learning_rate": 3e-4, "logging_steps": 1, "warmup_ratio": 0.0},
+    )
     tunesmith("train", str(path), env={**env, "GRPO_SAMPLES": str(samples)}, cwd=tmp_path)
     run_dir = tmp_path / "runs" / "grpo"
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -129,15 +148,24 @@ def test_grpo_makes_json_valid_samples_likelier(tmp_path, env):
 def test_distill_student_agrees_more_with_its_teacher(tmp_path, env):
     rows = demo_rows()
     write(tmp_path / "sft.jsonl", rows[100:180])
-    teacher = recipe(tmp_path, name="teacher", data={"train": ["sft.jsonl"], "max_length": 384},
-                     training={"max_steps": 3, "batch_size": 4, "learning_rate": 5e-4, "logging_steps": 2})
+    teacher = recipe(
+        tmp_path,
+        name="teacher",
+        data={"train": ["sft.jsonl"], "max_length": 384},
+        training={"max_steps": 3, "batch_size": 4, "learning_rate": 5e-4, "logging_steps": 2},
+    )
     tunesmith("train", str(teacher), env=env, cwd=tmp_path)
 
     write(tmp_path / "prompts.jsonl", [{"prompt": r["messages"][:2]} for r in rows[200:220]])
-    student = recipe(tmp_path, name="student", method="distill", data={"train": ["prompts.jsonl"], "max_length": 384, "eval_fraction": 0.2},
-                     distill={"teacher": "runs/teacher", "max_new_tokens": 64, "batch_size": 12},
-                     training={"max_steps": 4, "batch_size": 4, "learning_rate": 5e-4, "logging_steps": 2},
-                     eval={"max_new_tokens": 64, "batch_size": 4})
+    student = recipe(
+        tmp_path,
+        name="student",
+        method="distill",
+        data={"train": ["prompts.jsonl"], "max_length": 384, "eval_fraction": 0.2},
+        distill={"teacher": "runs/teacher", "max_new_tokens": 64, "batch_size": 12},
+        training={"max_steps": 4, "batch_size": 4, "learning_rate": 5e-4, "logging_steps": 2},
+        eval={"max_new_tokens": 64, "batch_size": 4},
+    )
     out = tunesmith("train", str(student), env=env, cwd=tmp_path)
     assert "teacher: run" in out.stdout
     run_dir = tmp_path / "runs" / "student"

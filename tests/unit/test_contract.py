@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import chat_rows, write_jsonl
 
+from helpers import chat_rows, write_jsonl
 from tunesmith.config import load_recipe
 from tunesmith.data import lengths
 from tunesmith.data.audit import audit, audit_recipe
@@ -28,14 +28,24 @@ def _pairs(path, n=12, n_long=4):
     rows = []
     for i, r in enumerate(chat_rows(n, seed=3)):
         chosen = r["messages"][2]["content"] + (" " + LONG if i < n_long else "")
-        rows.append({"prompt": r["messages"][:2], "chosen": [{"role": "assistant", "content": chosen}],
-                     "rejected": [{"role": "assistant", "content": "no idea"}]})
+        rows.append(
+            {
+                "prompt": r["messages"][:2],
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": "no idea"}],
+            }
+        )
     return write_jsonl(path, rows)
 
 
 def _prompts(path, n=12, n_long=4):
-    rows = [{"prompt": [{"role": "user", "content": (LONG + " " if i < n_long else "") + f"Question {i}: add 2 and {i}."}],
-             "answer": str(2 + i)} for i in range(n)]
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": (LONG + " " if i < n_long else "") + f"Question {i}: add 2 and {i}."}],
+            "answer": str(2 + i),
+        }
+        for i in range(n)
+    ]
     return write_jsonl(path, rows)
 
 
@@ -49,8 +59,9 @@ def test_dpo_applies_the_policy_and_counts_it(tiny_recipe, tmp_path, tok, policy
 
     _pairs(tmp_path / "pref.jsonl")
     _pairs(tmp_path / "pref_eval.jsonl", n=3, n_long=0)
-    recipe = load_recipe(tiny_recipe(method="dpo", data={"train": ["pref.jsonl"], "eval": "pref_eval.jsonl",
-                                                          "max_length": 96, "overlong": policy}))
+    recipe = load_recipe(
+        tiny_recipe(method="dpo", data={"train": ["pref.jsonl"], "eval": "pref_eval.jsonl", "max_length": 96, "overlong": policy})
+    )
     if policy == "error":
         with pytest.raises(DataError, match="over max_length=96"):
             dpo._datasets(recipe, tok)
@@ -82,9 +93,13 @@ def test_grpo_counts_prompt_plus_completion_budget(tiny_recipe, tmp_path, tok, p
     from tunesmith.train import grpo
 
     _prompts(tmp_path / "prompts.jsonl")
-    recipe = load_recipe(tiny_recipe(
-        method="grpo", data={"train": ["prompts.jsonl"], "eval": None, "max_length": 96, "overlong": policy},
-        grpo={"rewards": ["json_valid"], "num_generations": 4, "max_completion_length": 32}))
+    recipe = load_recipe(
+        tiny_recipe(
+            method="grpo",
+            data={"train": ["prompts.jsonl"], "eval": None, "max_length": 96, "overlong": policy},
+            grpo={"rewards": ["json_valid"], "num_generations": 4, "max_completion_length": 32},
+        )
+    )
     ds, stats = grpo._dataset(recipe, tok)
     both = [stats["train"], stats["eval"]]
     assert sum(s["dropped_overlong"] + s["truncated"] for s in both) == 4  # the 4 long prompts, nothing else
@@ -95,8 +110,13 @@ def test_grpo_counts_prompt_plus_completion_budget(tiny_recipe, tmp_path, tok, p
         assert all("add 2 and" in row["prompt"][-1]["content"] for row in ds)
     # the audit of the same file with the same recipe finds the same rows over the limit
     report = audit_recipe(recipe, tok)
-    assert report.stats["tokens"]["n_too_long"] == stats["train"]["dropped_overlong"] + stats["train"]["truncated"] + \
-        stats["eval"]["dropped_overlong"] + stats["eval"]["truncated"]
+    assert (
+        report.stats["tokens"]["n_too_long"]
+        == stats["train"]["dropped_overlong"]
+        + stats["train"]["truncated"]
+        + stats["eval"]["dropped_overlong"]
+        + stats["eval"]["truncated"]
+    )
 
 
 def test_distill_logits_rows_fit_and_are_counted(tiny_recipe, tmp_path, tok):
@@ -107,8 +127,13 @@ def test_distill_logits_rows_fit_and_are_counted(tiny_recipe, tmp_path, tok):
     for r in rows[:3]:
         r["messages"][2]["content"] += " " + LONG
     write_jsonl(tmp_path / "long.jsonl", rows)
-    recipe = load_recipe(tiny_recipe(method="distill", distill={"teacher": str(tmp_path), "mode": "logits"},
-                                     data={"max_length": 80, "overlong": "truncate"}))
+    recipe = load_recipe(
+        tiny_recipe(
+            method="distill",
+            distill={"teacher": str(tmp_path), "mode": "logits"},
+            data={"max_length": 80, "overlong": "truncate"},
+        )
+    )
     kept, stats = distill.logit_rows(recipe, tok, load_examples(str(tmp_path / "long.jsonl")))
     assert stats["examples"] == 8 and stats["truncated"] == 3 and stats["tokens_lost"] > 0 and len(kept) == 8
     assert all(not _over(tok, r["messages"], 80) for r in kept)  # the GKD collator's left-cut never fires
@@ -144,15 +169,33 @@ def test_data_check_cli_takes_method_and_max_length_from_the_recipe(tiny_recipe,
     from tunesmith.cli import app
 
     _prompts(tmp_path / "prompts.jsonl", n_long=0)
-    recipe = tiny_recipe(method="grpo", data={"train": ["prompts.jsonl"], "eval": None, "max_length": 64},
-                         grpo={"rewards": ["json_valid"], "num_generations": 4, "max_completion_length": 60})
+    recipe = tiny_recipe(
+        method="grpo",
+        data={"train": ["prompts.jsonl"], "eval": None, "max_length": 64},
+        grpo={"rewards": ["json_valid"], "num_generations": 4, "max_completion_length": 60},
+    )
     cfg = load_recipe(recipe)
     res = CliRunner().invoke(app, ["data", "check", "--recipe", str(recipe), "--json", "--model", cfg.model.base])
     report = json.loads(res.stdout)
     t = report["stats"]["tokens"]
     assert t["method"] == "grpo" and t["max_length"] == 64 and t["n_too_long"] == 12
     # an explicit --method / --max-length without a recipe
-    res = CliRunner().invoke(app, ["data", "check", str(tmp_path / "prompts.jsonl"), "--json", "--model", cfg.model.base,
-                                   "--method", "grpo", "--max-length", "400", "--max-completion-length", "60"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "data",
+            "check",
+            str(tmp_path / "prompts.jsonl"),
+            "--json",
+            "--model",
+            cfg.model.base,
+            "--method",
+            "grpo",
+            "--max-length",
+            "400",
+            "--max-completion-length",
+            "60",
+        ],
+    )
     t = json.loads(res.stdout)["stats"]["tokens"]
     assert t["max_length"] == 400 and t["n_too_long"] == 0

@@ -13,7 +13,26 @@ from tunesmith.data.audit import CODES, audit
 from tunesmith.data.checks import Finding
 
 TOKENIZER_DIR = Path(__file__).parents[1] / "fixtures" / "tiny-tokenizer"
-WORDS = ["apple", "river", "stone", "cloud", "maple", "tiger", "violet", "ocean", "amber", "cedar", "falcon", "harbor", "lemon", "meadow", "nickel", "orbit", "pepper", "quartz"]
+WORDS = [
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "maple",
+    "tiger",
+    "violet",
+    "ocean",
+    "amber",
+    "cedar",
+    "falcon",
+    "harbor",
+    "lemon",
+    "meadow",
+    "nickel",
+    "orbit",
+    "pepper",
+    "quartz",
+]
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +45,14 @@ def tok():
 def clean_row(i: int) -> dict:
     """A valid, distinct row: no duplicates or near-duplicates among clean_row(0..n)."""
     a, b = i % 97 + 1, (i * 7) % 89 + 2
-    return {"id": f"r{i}", "messages": [
-        {"role": "system", "content": "Answer with JSON."},
-        {"role": "user", "content": f"Question {i}: what is {a} plus {b} for {WORDS[i % len(WORDS)]}?"},
-        {"role": "assistant", "content": json.dumps({"sum": a + b, "id": i})},
-    ]}
+    return {
+        "id": f"r{i}",
+        "messages": [
+            {"role": "system", "content": "Answer with JSON."},
+            {"role": "user", "content": f"Question {i}: what is {a} plus {b} for {WORDS[i % len(WORDS)]}?"},
+            {"role": "assistant", "content": json.dumps({"sum": a + b, "id": i})},
+        ],
+    }
 
 
 def chat(user: str, answer: str, **extra) -> dict:
@@ -58,10 +80,26 @@ ROW_TRIGGERS: dict[str, tuple[object, dict]] = {
     "missing_prompt": ({"chosen": "good", "rejected": "bad"}, {}),
     "missing_chosen": ({"prompt": "p", "chosen": [], "rejected": "bad"}, {}),
     "missing_rejected": ({"prompt": "p", "chosen": "good", "rejected": 5}, {}),
-    "system_not_first": ({"messages": [{"role": "user", "content": "q"}, {"role": "system", "content": "s"},
-                                       {"role": "assistant", "content": "a"}]}, {}),
-    "consecutive_user_turns": ({"messages": [{"role": "user", "content": "q1"}, {"role": "user", "content": "q2"},
-                                             {"role": "assistant", "content": "a"}]}, {}),
+    "system_not_first": (
+        {
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "system", "content": "s"},
+                {"role": "assistant", "content": "a"},
+            ]
+        },
+        {},
+    ),
+    "consecutive_user_turns": (
+        {
+            "messages": [
+                {"role": "user", "content": "q1"},
+                {"role": "user", "content": "q2"},
+                {"role": "assistant", "content": "a"},
+            ]
+        },
+        {},
+    ),
     "empty_assistant_content": (chat("q", "   \n"), {}),
     "ends_with_user_turn": ({"messages": [*chat("q", "a")["messages"], {"role": "user", "content": "and then?"}]}, {}),
     "identical_chosen_rejected": ({"prompt": "pick one", "chosen": "same answer", "rejected": "same answer"}, {}),
@@ -71,8 +109,18 @@ ROW_TRIGGERS: dict[str, tuple[object, dict]] = {
     "all_labels_masked": (chat("q", "a", weight=0), {}),
     "refusal_ratio": (chat("Tell me a secret", "I'm sorry, I can't help with that."), {}),
 }
-DATASET_CODES = {"file_unreadable", "no_eos_token", "no_trainable_rows", "too_few_examples", "few_examples",
-                 "exact_duplicate", "near_duplicate", "eval_overlap", "eval_near_overlap", "label_imbalance"}
+DATASET_CODES = {
+    "file_unreadable",
+    "no_eos_token",
+    "no_trainable_rows",
+    "too_few_examples",
+    "few_examples",
+    "exact_duplicate",
+    "near_duplicate",
+    "eval_overlap",
+    "eval_near_overlap",
+    "label_imbalance",
+}
 
 
 def write(path: Path, rows: list) -> Path:
@@ -111,7 +159,9 @@ def test_row_trigger_reports_its_line(tmp_path, tok, code, seed):
             item["messages"][0]["content"] += f" number {k}"
         rows.insert(position + k, item)
     path = write(tmp_path / "train.jsonl", rows)
-    report = audit([str(path)], tokenizer=tok, max_length=options.get("max_length", 256), overlong=options.get("overlong", "drop"))
+    report = audit(
+        [str(path)], tokenizer=tok, max_length=options.get("max_length", 256), overlong=options.get("overlong", "drop")
+    )
     hits = [f for f in report.findings if f.code == code]
     assert hits, f"{code} not reported; got {codes(report.findings)}"
     if code != "refusal_ratio":
@@ -124,8 +174,14 @@ def test_row_trigger_reports_its_line(tmp_path, tok, code, seed):
 
 def test_message_index_points_at_the_message(tmp_path):
     rows = [clean_row(i) for i in range(20)]
-    rows[5] = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
-                            {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2", "bad": 1}]}
+    rows[5] = {
+        "messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "a"},
+            {"role": "user", "content": "q2"},
+            {"role": "assistant", "content": "a2", "bad": 1},
+        ]
+    }
     report = audit([str(write(tmp_path / "t.jsonl", rows))])
     (hit,) = [f for f in report.findings if f.code == "message_unrecognized_key"]
     assert (hit.line, hit.message_index, hit.severity) == (6, 3, "error")
@@ -166,7 +222,7 @@ def test_policy_error_makes_over_length_blocking(tmp_path, tok, clean60):
     assert not drop.errors and drop.stats["tokens"]["dropped_overlong"] == 1 and drop.stats["tokens"]["tokens_lost"] > 96
     assert [f.code for f in error.errors] == ["over_max_length"]
     trunc = audit([str(path)], tokenizer=tok, max_length=96, overlong="truncate")
-    assert trunc.stats["tokens"]["dropped_overlong"] == 0 and 0 < trunc.stats["tokens"]["tokens_lost"]
+    assert trunc.stats["tokens"]["dropped_overlong"] == 0 and trunc.stats["tokens"]["tokens_lost"] > 0
 
 
 def test_one_bad_line_in_ten_thousand(tmp_path, tok):
@@ -189,19 +245,25 @@ def test_shapes_all_audit_clean(tmp_path, tok):
     rows = []
     for i in range(60):
         q, a = f"question {i} about {WORDS[i % len(WORDS)]}", f"answer {i * 3} with {WORDS[(i + 5) % len(WORDS)]}"
-        rows.append([
-            {"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]},
-            {"instruction": q, "input": "", "output": a},
-            {"prompt": q, "completion": a},
-            {"prompt": q, "chosen": a, "rejected": a + " not"},
-            {"input": {"messages": [{"role": "user", "content": q}]},
-             "preferred_output": [{"role": "assistant", "content": a}],
-             "non_preferred_output": [{"role": "assistant", "content": "no " + a}]},
-            {"prompt": [{"role": "user", "content": q}]},
-        ][i % 6])
+        rows.append(
+            [
+                {"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]},
+                {"instruction": q, "input": "", "output": a},
+                {"prompt": q, "completion": a},
+                {"prompt": q, "chosen": a, "rejected": a + " not"},
+                {
+                    "input": {"messages": [{"role": "user", "content": q}]},
+                    "preferred_output": [{"role": "assistant", "content": a}],
+                    "non_preferred_output": [{"role": "assistant", "content": "no " + a}],
+                },
+                {"prompt": [{"role": "user", "content": q}]},
+            ][i % 6]
+        )
     report = audit([str(write(tmp_path / "mixed.jsonl", rows))], tokenizer=tok)
     assert report.findings == []
-    assert report.stats["shapes"] == {s: 10 for s in ("sharegpt", "alpaca", "prompt_completion", "preference", "openai_dpo", "prompt_only")}
+    assert report.stats["shapes"] == {
+        s: 10 for s in ("sharegpt", "alpaca", "prompt_completion", "preference", "openai_dpo", "prompt_only")
+    }
 
 
 def test_docs_table_lists_every_code():

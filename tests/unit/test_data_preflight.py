@@ -19,8 +19,9 @@ def _add_rows(recipe_path, rows):
     return train
 
 
-TWO_USERS = {"messages": [{"role": "user", "content": "q1"}, {"role": "user", "content": "q2"},
-                          {"role": "assistant", "content": "a"}]}
+TWO_USERS = {
+    "messages": [{"role": "user", "content": "q1"}, {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a"}]
+}
 
 
 def test_train_refuses_blocking_errors_before_loading_a_model(tiny_recipe, monkeypatch):

@@ -18,8 +18,11 @@ A = {"role": "assistant", "content": "a"}
 
 def test_preference_string_and_conversational_forms():
     flat = to_preference({"prompt": "q", "chosen": "good", "rejected": "bad"})
-    assert flat == {"prompt": [U], "chosen": [{"role": "assistant", "content": "good"}],
-                    "rejected": [{"role": "assistant", "content": "bad"}]}
+    assert flat == {
+        "prompt": [U],
+        "chosen": [{"role": "assistant", "content": "good"}],
+        "rejected": [{"role": "assistant", "content": "bad"}],
+    }
     conv = to_preference({"prompt": [U], "chosen": [A], "rejected": [{"role": "assistant", "content": "b"}]})
     assert conv["prompt"] == [U] and conv["chosen"] == [A]
 
@@ -30,8 +33,11 @@ def test_implicit_prompt_is_the_shared_prefix():
 
 
 def test_openai_dpo_shape():
-    row = {"input": {"messages": [U], "tools": [], "parallel_tool_calls": True},
-           "preferred_output": [A], "non_preferred_output": [{"role": "assistant", "content": "meh"}]}
+    row = {
+        "input": {"messages": [U], "tools": [], "parallel_tool_calls": True},
+        "preferred_output": [A],
+        "non_preferred_output": [{"role": "assistant", "content": "meh"}],
+    }
     assert detect_shape(row) == "openai_dpo"
     pair = to_preference(row)
     assert pair["prompt"] == [U] and pair["chosen"] == [A]
@@ -39,16 +45,19 @@ def test_openai_dpo_shape():
     assert to_prompt_only(row) == [U]
 
 
-@pytest.mark.parametrize("row, code", [
-    ({"prompt": "q", "chosen": "", "rejected": "b"}, None),  # empty answers are the audit's business
-    ({"prompt": "q", "chosen": [], "rejected": "b"}, "missing_chosen"),
-    ({"prompt": "q", "chosen": "a", "rejected": None}, "missing_rejected"),
-    ({"chosen": "a", "rejected": "b"}, "missing_prompt"),
-    ({"input": {}, "preferred_output": [A], "non_preferred_output": [A]}, "missing_prompt"),
-    ({"prompt": "q", "chosen": [U], "rejected": [A]}, "missing_chosen"),
-    ({"messages": [U, A]}, "not_preference"),
-    ("text", "data_type"),
-])
+@pytest.mark.parametrize(
+    "row, code",
+    [
+        ({"prompt": "q", "chosen": "", "rejected": "b"}, None),  # empty answers are the audit's business
+        ({"prompt": "q", "chosen": [], "rejected": "b"}, "missing_chosen"),
+        ({"prompt": "q", "chosen": "a", "rejected": None}, "missing_rejected"),
+        ({"chosen": "a", "rejected": "b"}, "missing_prompt"),
+        ({"input": {}, "preferred_output": [A], "non_preferred_output": [A]}, "missing_prompt"),
+        ({"prompt": "q", "chosen": [U], "rejected": [A]}, "missing_chosen"),
+        ({"messages": [U, A]}, "not_preference"),
+        ("text", "data_type"),
+    ],
+)
 def test_preference_errors_have_codes(row, code):
     if code is None:
         to_preference(row)
@@ -72,13 +81,15 @@ def test_prompt_only_rows():
 
 
 def test_names_and_tool_calls_in_messages():
-    call = {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\": 1}"}}
-    row = {"messages": [
-        {"role": "user", "content": "find it", "name": "ann"},
-        {"role": "assistant", "content": None, "tool_calls": [call]},
-        {"role": "tool", "content": "found", "tool_call_id": "c1"},
-        {"role": "assistant", "content": "here it is"},
-    ]}
+    call = {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": 1}'}}
+    row = {
+        "messages": [
+            {"role": "user", "content": "find it", "name": "ann"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "content": "found", "tool_call_id": "c1"},
+            {"role": "assistant", "content": "here it is"},
+        ]
+    }
     assert len(to_messages(row)) == 4
     bad = {"messages": [U, {"role": "assistant", "content": None, "tool_calls": [{"function": {}}]}]}
     with pytest.raises(RowError) as exc:

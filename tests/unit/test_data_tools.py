@@ -15,8 +15,8 @@ from tunesmith.data.fix import fix_file, repair
 from tunesmith.data.formats import RowError, load_examples, read_records
 from tunesmith.data.show import nth_record, show_row
 from tunesmith.data.split import split_file
-from tunesmith.outputs import OutputError
 from tunesmith.errors import DataError
+from tunesmith.outputs import OutputError
 
 TOKENIZER_DIR = Path(__file__).parents[1] / "fixtures" / "tiny-tokenizer"
 
@@ -32,15 +32,29 @@ def test_fix_repairs_drops_and_never_touches_input(tmp_path, tok):
     rows: list = [clean_row(i) for i in range(30)]
     rows[2]["messages"][1]["mood"] = "x"  # repaired: unknown key removed
     rows[4]["messages"].insert(2, {"role": "user", "content": "and also"})  # repaired: user turns merged
-    rows += ["{not json", {"messages": []}, chat("q", "  "), clean_row(0), chat("long", LONG), chat("w", "a" + LONG),
-             chat("w", "a" + NEAR), chat("q", "a", weight=0)]
+    rows += [
+        "{not json",
+        {"messages": []},
+        chat("q", "  "),
+        clean_row(0),
+        chat("long", LONG),
+        chat("w", "a" + LONG),
+        chat("w", "a" + NEAR),
+        chat("q", "a", weight=0),
+    ]
     src = write(tmp_path / "in.jsonl", rows)
     before = src.read_bytes()
     res = fix_file(src, tmp_path / "out.jsonl", tok, max_length=96)
     assert src.read_bytes() == before
     assert res.rows_in == 38 and res.rows_out == 30
-    assert dict(res.dropped) == {"invalid_json": 1, "missing_messages_list": 1, "empty_assistant_content": 1,
-                                 "exact_duplicate": 1, "over_max_length": 3, "all_labels_masked": 1}
+    assert dict(res.dropped) == {
+        "invalid_json": 1,
+        "missing_messages_list": 1,
+        "empty_assistant_content": 1,
+        "exact_duplicate": 1,
+        "over_max_length": 3,
+        "all_labels_masked": 1,
+    }
     assert dict(res.repaired) == {"removed_unknown_keys": 1, "merged_user_turns": 1}
     assert any(a.startswith(f"{src}:31: dropped [invalid_json]") for a in res.actions)
     clean = audit([str(tmp_path / "out.jsonl")], tokenizer=tok, max_length=96)

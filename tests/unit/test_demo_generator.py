@@ -100,8 +100,7 @@ def test_shipped_catalog_matches_generator(tmp_path):
         assert g.catalog()[product]["sku"] in text and g.catalog()[product]["warranty"] in text
 
 
-@pytest.mark.parametrize("field,cues", [("category", g.CATEGORY_CUES),
-                                        ("priority", g.PRIORITY_CUES)])
+@pytest.mark.parametrize("field,cues", [("category", g.CATEGORY_CUES), ("priority", g.PRIORITY_CUES)])
 def test_labels_follow_exactly_one_cue_set(rows, field, cues):
     for r in rows:
         text, label = _user(r).lower(), _record(r)[field]

@@ -22,9 +22,16 @@ def log_with_feedback(serve_dir):
     from tunesmith.serve.store import FeedbackRow, RequestLog, RequestRow
 
     def ask(log, rid, text, output, minutes, **kw):
-        log.add_request(RequestRow(request_id=rid, time=T0 + timedelta(minutes=minutes), model="m",
-                                   messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}],
-                                   output=output, **kw))
+        log.add_request(
+            RequestRow(
+                request_id=rid,
+                time=T0 + timedelta(minutes=minutes),
+                model="m",
+                messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}],
+                output=output,
+                **kw,
+            )
+        )
 
     with RequestLog.open(serve_dir, create=True) as log:
         ask(log, "a", "What is the capital of France?", "Lyon.", 1)
@@ -66,8 +73,10 @@ def test_dpo_rows_are_openai_preference_pairs_and_pass_the_audit(tmp_path):
     done = export(log_with_feedback(tmp_path / "serve"), "dpo", tmp_path / "dpo.jsonl")
     got = rows(done.path)
     assert {detect_shape(r) for r in got} == {"openai_dpo"}
-    pairs = {(r["input"]["messages"][-1]["content"], r["preferred_output"][0]["content"], r["non_preferred_output"][0]["content"])
-             for r in got}
+    pairs = {
+        (r["input"]["messages"][-1]["content"], r["preferred_output"][0]["content"], r["non_preferred_output"][0]["content"])
+        for r in got
+    }
     router = ("Reset the router?", "Hold the reset button for ten seconds.", "I cannot help with routers.")
     france, plus = ("What is the capital of France?", "Paris.", "Lyon."), ("Two plus two?", "4", "5")
     assert len(got) == 12 and {france, plus, router} <= pairs

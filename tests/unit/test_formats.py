@@ -9,22 +9,27 @@ from tunesmith.errors import DataError
 
 def test_shapes_normalise_to_messages():
     assert to_messages({"instruction": "Sum", "input": "1 2", "output": "3"}) == [
-        {"role": "user", "content": "Sum\n\n1 2"}, {"role": "assistant", "content": "3"}]
+        {"role": "user", "content": "Sum\n\n1 2"},
+        {"role": "assistant", "content": "3"},
+    ]
     assert to_messages({"prompt": "p", "completion": "c"})[1] == {"role": "assistant", "content": "c"}
     sharegpt = {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
     assert [m["role"] for m in to_messages(sharegpt)] == ["user", "assistant"]
 
 
-@pytest.mark.parametrize("row, code", [
-    ([1, 2], "data_type"),
-    ({"messages": []}, "missing_messages_list"),
-    ({"messages": [{"role": "user"}]}, "message_missing_key"),
-    ({"messages": [{"role": "user", "content": "x", "foo": 1}]}, "message_unrecognized_key"),
-    ({"messages": [{"role": "robot", "content": "x"}]}, "unrecognized_role"),
-    ({"messages": [{"role": "user", "content": 5}]}, "content_not_string"),
-    ({"messages": [{"role": "user", "content": "x"}]}, "missing_assistant_message"),
-    ({"foo": "bar"}, "unknown_shape"),
-])
+@pytest.mark.parametrize(
+    "row, code",
+    [
+        ([1, 2], "data_type"),
+        ({"messages": []}, "missing_messages_list"),
+        ({"messages": [{"role": "user"}]}, "message_missing_key"),
+        ({"messages": [{"role": "user", "content": "x", "foo": 1}]}, "message_unrecognized_key"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "unrecognized_role"),
+        ({"messages": [{"role": "user", "content": 5}]}, "content_not_string"),
+        ({"messages": [{"role": "user", "content": "x"}]}, "missing_assistant_message"),
+        ({"foo": "bar"}, "unknown_shape"),
+    ],
+)
 def test_row_errors_have_codes(row, code):
     with pytest.raises(RowError) as exc:
         to_messages(row)
@@ -52,7 +57,9 @@ def test_bom_crlf_gzip_csv_json_parquet(tmp_path):
     (tmp_path / "c.csv").write_text("prompt,completion\na,b\n")
     (tmp_path / "l.json").write_text(json.dumps([row, row, row]))
     pq.write_table(pa.Table.from_pylist([row]), tmp_path / "p.parquet")
-    counts = {name: len(load_examples([str(tmp_path / name)])) for name in ("bom.jsonl", "z.jsonl.gz", "c.csv", "l.json", "p.parquet")}
+    counts = {
+        name: len(load_examples([str(tmp_path / name)])) for name in ("bom.jsonl", "z.jsonl.gz", "c.csv", "l.json", "p.parquet")
+    }
     assert counts == {"bom.jsonl": 2, "z.jsonl.gz": 1, "c.csv": 1, "l.json": 3, "p.parquet": 1}
     assert [r.line for r in read_records(tmp_path / "bom.jsonl")] == [1, 2]
 

@@ -15,14 +15,20 @@ from tunesmith.eval import forgetting, gates, hallucination, judge
 from tunesmith.records import EvalReport, Judgement, read_eval_report, read_manifest
 
 
-def report(tuned: dict | None = None, base: dict | None = None, extra: dict | None = None, json_mode: bool = True,
-           win_rate: float = 0.5) -> EvalReport:
+def report(
+    tuned: dict | None = None, base: dict | None = None, extra: dict | None = None, json_mode: bool = True, win_rate: float = 0.5
+) -> EvalReport:
     tuned = tuned if tuned is not None else {"exact_match": 0.9, "json_valid": 1.0, "json_field_accuracy": 0.95}
     base = base if base is not None else {k: v / 2 for k, v in tuned.items()}
     return EvalReport(
-        run="r", base_model="m", n_examples=10, json_mode=json_mode, chat_template_sha256="x",
+        run="r",
+        base_model="m",
+        n_examples=10,
+        json_mode=json_mode,
+        chat_template_sha256="x",
         summary={"base": base, "tuned": tuned, "delta": {k: tuned[k] - base[k] for k in tuned}},
-        judgement=Judgement(wins=5, losses=1, ties=4, win_rate=win_rate), extra=extra or {},
+        judgement=Judgement(wins=5, losses=1, ties=4, win_rate=win_rate),
+        extra=extra or {},
     )
 
 
@@ -35,19 +41,22 @@ FULL_EXTRA = {
 }
 
 
-@pytest.mark.parametrize("name,passing,failing", [
-    ("exact_match", ">=0.85", ">=0.95"),
-    ("json_valid", ">=0.99", ">1.0"),
-    ("forgetting", "<=0.02", "<=0.0"),
-    ("forgetting_arithmetic", "<=0.1", "<0.1"),
-    ("text_loss_increase", "<=0.5", "<=0.1"),
-    ("hallucination_rate", "<=0.05", "<=0.01"),
-    ("p95_latency_ms", "<=800", "<=500"),
-    ("p50_latency_ms", "<400", "<300"),
-    ("win_rate_vs_base", ">=0.6", ">=0.8"),
-    ("judge_agreement", ">=0.8", "==1"),
-    ("graders.exact", ">=0.8", ">0.8"),
-])
+@pytest.mark.parametrize(
+    "name,passing,failing",
+    [
+        ("exact_match", ">=0.85", ">=0.95"),
+        ("json_valid", ">=0.99", ">1.0"),
+        ("forgetting", "<=0.02", "<=0.0"),
+        ("forgetting_arithmetic", "<=0.1", "<0.1"),
+        ("text_loss_increase", "<=0.5", "<=0.1"),
+        ("hallucination_rate", "<=0.05", "<=0.01"),
+        ("p95_latency_ms", "<=800", "<=500"),
+        ("p50_latency_ms", "<400", "<300"),
+        ("win_rate_vs_base", ">=0.6", ">=0.8"),
+        ("judge_agreement", ">=0.8", "==1"),
+        ("graders.exact", ">=0.8", ">0.8"),
+    ],
+)
 def test_each_gate_passes_and_fails(name, passing, failing):
     values = gates.gate_values(report(extra=FULL_EXTRA))
     [ok] = gates.check_rules({name: passing}, values)
@@ -78,13 +87,16 @@ def test_rules_parse_and_bare_numbers_take_the_metric_direction():
         gates.gate_options(["exact_match"])
 
 
-@pytest.mark.parametrize("losses,expected,why", [
-    ([2.0, 1.5, 1.2, 1.1, 1.05, 1.04, 1.04, 1.03], "pass", ""),
-    ([4.0, 3.5, 3.0, 2.5, 2.0, 1.5, 1.0, 0.5], "fail", "still falling"),
-    ([2.0, 1.0, 0.9, 0.9, 1.0, 1.2, 1.4, 1.6], "fail", "diverging"),
-    ([2.0, 1.0, float("nan"), 1.0], "fail", "not finite"),
-    ([2.0, 1.0], "fail", "too few"),
-])
+@pytest.mark.parametrize(
+    "losses,expected,why",
+    [
+        ([2.0, 1.5, 1.2, 1.1, 1.05, 1.04, 1.04, 1.03], "pass", ""),
+        ([4.0, 3.5, 3.0, 2.5, 2.0, 1.5, 1.0, 0.5], "fail", "still falling"),
+        ([2.0, 1.0, 0.9, 0.9, 1.0, 1.2, 1.4, 1.6], "fail", "diverging"),
+        ([2.0, 1.0, float("nan"), 1.0], "fail", "not finite"),
+        ([2.0, 1.0], "fail", "too few"),
+    ],
+)
 def test_loss_converged(losses, expected, why):
     result = gates.loss_converged([{"step": i, "loss": x} for i, x in enumerate(losses)])
     assert result.status == expected and why in result.detail
@@ -118,14 +130,23 @@ def test_ladder_gates_read_the_chosen_rung():
     from tunesmith.eval.ladder_report import LadderReport, Recommendation, RungResult
 
     rung = RungResult(name="tuned", label="tuned", metrics={"exact_match": 0.9}, p95_latency_ms=900.0)
-    ladder = LadderReport(run="r", base_model="m", n_examples=3, json_mode=True, primary_metric="exact_match",
-                          cost_basis="compute", price=1.0, rungs=[rung],
-                          recommendation=Recommendation(rung="tuned", sentence="s"))
+    ladder = LadderReport(
+        run="r",
+        base_model="m",
+        n_examples=3,
+        json_mode=True,
+        primary_metric="exact_match",
+        cost_basis="compute",
+        price=1.0,
+        rungs=[rung],
+        recommendation=Recommendation(rung="tuned", sentence="s"),
+    )
     name, results = gates.check_rung(ladder, {"exact_match": ">=0.85", "p95_latency_ms": "<=800", "forgetting": "<=0.02"})
     assert name == "tuned" and [r.status for r in results] == ["pass", "fail", "skip"]
 
 
 # --- forgetting ------------------------------------------------------------------------------------------------------
+
 
 def test_the_bundled_probe_covers_five_categories():
     items = forgetting.load_probe()
@@ -150,8 +171,10 @@ def test_answer_checks():
 
 
 def test_forgetting_is_the_accuracy_drop_per_category():
-    items = [forgetting.ProbeItem(f"x{i}", cat, "", ans, "number") for i, (cat, ans) in
-             enumerate([("arithmetic", 1), ("arithmetic", 2), ("capitals", 3), ("capitals", 4)])]
+    items = [
+        forgetting.ProbeItem(f"x{i}", cat, "", ans, "number")
+        for i, (cat, ans) in enumerate([("arithmetic", 1), ("arithmetic", 2), ("capitals", 3), ("capitals", 4)])
+    ]
     scores = forgetting.forgetting_scores(items, ["1", "2", "3", "0"], ["1", "0", "3", "4"], base_loss=2.0, tuned_loss=2.5)
     assert scores["score"] == pytest.approx(0.0)  # 3/4 both: one lost, one gained
     assert scores["categories"]["arithmetic"] == {"base": 1.0, "tuned": 0.5, "drop": 0.5, "n": 2}
@@ -160,6 +183,7 @@ def test_forgetting_is_the_accuracy_drop_per_category():
 
 
 # --- hallucination ---------------------------------------------------------------------------------------------------
+
 
 def test_json_hallucination_counts_values_supported_by_neither_input_nor_reference():
     source = "Order 1042: two blue mugs shipped to Lyon on 3 May."
@@ -182,6 +206,7 @@ def test_rate_with_nothing_scored_is_none():
 
 
 # --- judge -----------------------------------------------------------------------------------------------------------
+
 
 class FakeJudge:
     """Answers with `pick(prompt_text)` for each conversation; records what it saw."""
@@ -225,11 +250,14 @@ def test_free_text_claims_labelled_by_the_judge():
 
 # --- through the CLI and the train command -----------------------------------------------------------------------------
 
+
 def test_eval_exit_code_follows_the_gates(tiny_recipe):
     from tunesmith.train import sft
 
-    path = tiny_recipe(training={"max_steps": 2, "save_steps": 2},
-                       eval={"gates": {"json_valid": ">=0"}, "checks": ["inputs_unchanged"], "max_examples": 2})
+    path = tiny_recipe(
+        training={"max_steps": 2, "save_steps": 2},
+        eval={"gates": {"json_valid": ">=0"}, "checks": ["inputs_unchanged"], "max_examples": 2},
+    )
     run = sft.run(load_recipe(path))
     runner = CliRunner()
     ok = runner.invoke(app, ["eval", str(run.dir)])
@@ -253,8 +281,9 @@ def test_forgetting_gate_runs_the_probe_on_base_and_tuned(tiny_recipe, monkeypat
     from tunesmith.run import load_run
     from tunesmith.train import sft
 
-    path = tiny_recipe(training={"max_steps": 1, "save_steps": 1},
-                       eval={"gates": {"forgetting": "<=0.02"}, "checks": [], "max_examples": 1})
+    path = tiny_recipe(
+        training={"max_steps": 1, "save_steps": 1}, eval={"gates": {"forgetting": "<=0.02"}, "checks": [], "max_examples": 1}
+    )
     run = load_run(sft.run(load_recipe(path)).dir)
     result = evaluate(run)
     f = result.extra["forgetting"]
@@ -307,8 +336,13 @@ def test_free_text_eval_gets_judge_win_rate_and_claim_hallucination(monkeypatch)
     reply = '{"claims": [{"claim": "a", "supported": true}, {"claim": "b", "supported": false}]}'
     fake = FakeJudge(lambda t: reply if "TRUTH" in t else ("A" if "GOOD" in _answer(t, "A") else "B"))
     monkeypatch.setattr(release, "_judge", lambda section: fake)
-    data = release.EvalOutputs(["1", "2"], [[{"role": "user", "content": "q1"}], [{"role": "user", "content": "q2"}]],
-                               ["r1", "r2"], {"base": ["bad", "bad"], "tuned": ["GOOD", "GOOD"]}, json_mode=False)
+    data = release.EvalOutputs(
+        ["1", "2"],
+        [[{"role": "user", "content": "q1"}], [{"role": "user", "content": "q2"}]],
+        ["r1", "r2"],
+        {"base": ["bad", "bad"], "tuned": ["GOOD", "GOOD"]},
+        json_mode=False,
+    )
     section = EvalSection(gates={"win_rate_vs_base": ">=0.6", "hallucination_rate": "<=0.05"}, checks=[])
     extra = release.measure(section, data, sides=lambda side: pytest.fail("no probe asked for"), tokenizer=None, max_length=64)
     assert extra["judge"]["win_rate"] == 1.0 and extra["judge"]["agreement"] == 1.0

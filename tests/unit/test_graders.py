@@ -63,9 +63,17 @@ def test_score_model_asks_the_judge_with_rendered_messages():
             seen.extend(conversations)
             return ["Score: 7", "no number here"]
 
-    definition = {"type": "score_model", "name": "m", "model": "judge-x", "range": [0, 10], "pass_threshold": 5,
-                  "input": [{"role": "system", "content": "Rate 0-10."},
-                            {"role": "user", "content": "Q: {{ item.input }} A: {{ sample.output_text }}"}]}
+    definition = {
+        "type": "score_model",
+        "name": "m",
+        "model": "judge-x",
+        "range": [0, 10],
+        "pass_threshold": 5,
+        "input": [
+            {"role": "system", "content": "Rate 0-10."},
+            {"role": "user", "content": "Q: {{ item.input }} A: {{ sample.output_text }}"},
+        ],
+    }
     asked = []
     got = one(definition, ["Paris", "Lyon"], judge_for=lambda name: asked.append(name) or Fake())
     assert got == [7.0, 0.0] and asked == ["judge-x"]
@@ -75,9 +83,16 @@ def test_score_model_asks_the_judge_with_rendered_messages():
 
 
 def test_multi_combines_sub_graders_and_pass_rates_feed_gates():
-    multi = {"type": "multi", "name": "combo", "calculate_output": "0.5 * exact + 0.5 * fuzzy", "pass_threshold": 0.75,
-             "graders": {"exact": {"type": "string_check", "name": "exact", "operation": "eq"},
-                         "fuzzy": {"type": "text_similarity", "name": "fuzzy", "evaluation_metric": "fuzzy_match"}}}
+    multi = {
+        "type": "multi",
+        "name": "combo",
+        "calculate_output": "0.5 * exact + 0.5 * fuzzy",
+        "pass_threshold": 0.75,
+        "graders": {
+            "exact": {"type": "string_check", "name": "exact", "operation": "eq"},
+            "fuzzy": {"type": "text_similarity", "name": "fuzzy", "evaluation_metric": "fuzzy_match"},
+        },
+    }
     graders = load_graders([multi, {"type": "string_check", "name": "exact", "operation": "eq"}])
     report = run_graders(graders, {"base": ["Lyon", "Rome"], "tuned": ["Paris", "Rome"]}, ITEMS)
     assert report["combo"]["tuned"]["pass_rate"] == 0.5 and report["combo"]["tuned"]["mean"] > report["combo"]["base"]["mean"]
@@ -94,8 +109,15 @@ def test_calculate_is_arithmetic_only():
 
 
 def test_graders_load_from_a_json_file_into_the_recipe(tmp_path):
-    definitions = [{"type": "string_check", "name": "exact", "input": "{{ sample.output_text }}",
-                    "reference": "{{ item.reference }}", "operation": "eq"}]
+    definitions = [
+        {
+            "type": "string_check",
+            "name": "exact",
+            "input": "{{ sample.output_text }}",
+            "reference": "{{ item.reference }}",
+            "operation": "eq",
+        }
+    ]
     (tmp_path / "graders.json").write_text(json.dumps({"graders": definitions}))
     write_jsonl(tmp_path / "train.jsonl", chat_rows(4))
     recipe = recipe_from_dict({"data": {"train": ["train.jsonl"]}, "eval": {"graders": "graders.json"}}, tmp_path)

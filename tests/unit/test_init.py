@@ -7,9 +7,9 @@ import json
 
 import pytest
 import yaml
-from helpers import chat_rows, write_jsonl
 from typer.testing import CliRunner
 
+from helpers import chat_rows, write_jsonl
 from tunesmith.cli import app
 from tunesmith.config import load_recipe
 from tunesmith.errors import RecipeError
@@ -49,18 +49,34 @@ def test_init_writes_a_recipe_for_the_users_data(tmp_path, tiny_model_dir):
 
 
 def test_init_with_eval_file_and_preference_data(tmp_path, tiny_model_dir):
-    pairs = [{"prompt": r["messages"][:2], "chosen": [r["messages"][2]], "rejected": [{"role": "assistant", "content": "?"}]}
-             for r in chat_rows(30, seed=2)]
+    pairs = [
+        {"prompt": r["messages"][:2], "chosen": [r["messages"][2]], "rejected": [{"role": "assistant", "content": "?"}]}
+        for r in chat_rows(30, seed=2)
+    ]
     train, evals = write_jsonl(tmp_path / "p.jsonl", pairs[:24]), write_jsonl(tmp_path / "e.jsonl", pairs[24:])
-    res = CliRunner().invoke(app, ["init", str(tmp_path / "p"), "--data", str(train), "--eval", str(evals),
-                                   "--model", str(tiny_model_dir), "--method", "dpo"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "init",
+            str(tmp_path / "p"),
+            "--data",
+            str(train),
+            "--eval",
+            str(evals),
+            "--model",
+            str(tiny_model_dir),
+            "--method",
+            "dpo",
+        ],
+    )
     assert res.exit_code == 0, res.output
     recipe = load_recipe(tmp_path / "p" / "recipe.yaml")
     assert recipe.method == "dpo" and recipe.data.eval == str(evals) and "your eval file (6 rows)" in res.output
     # chat rows are not pairs: init refuses instead of writing a recipe that cannot load
     chat = write_jsonl(tmp_path / "c.jsonl", chat_rows(12))
-    res = CliRunner().invoke(app, ["init", str(tmp_path / "c"), "--data", str(chat), "--model", str(tiny_model_dir),
-                                   "--method", "dpo"])
+    res = CliRunner().invoke(
+        app, ["init", str(tmp_path / "c"), "--data", str(chat), "--model", str(tiny_model_dir), "--method", "dpo"]
+    )
     assert res.exit_code != 0 and "preference pairs" in res.output
 
 
@@ -86,16 +102,19 @@ def test_auto_budget_comes_from_the_longest_reference(tiny_recipe, tiny_model_di
     assert resolve_max_new_tokens(load_recipe(tiny_recipe(eval={"max_new_tokens": 9})), tok, refs).tokens == 9
 
 
-@pytest.mark.parametrize("text,loop", [
-    ("The answer is 42.", False),
-    ('{"sum": 12}', False),
-    ("yes yes", False),
-    ("Step 1: add.\nStep 2: carry.\nThe answer is 7.", False),
-    ("Let me think.\nLet me think.\nLet me think.", True),
-    ("So the total is " + "the total is " * 6, True),
-    ("a b c d " * 10, True),
-    ("First we add 3 and 4 to get 7, then we multiply by 2 to get 14, and the final answer is 14.", False),
-])
+@pytest.mark.parametrize(
+    "text,loop",
+    [
+        ("The answer is 42.", False),
+        ('{"sum": 12}', False),
+        ("yes yes", False),
+        ("Step 1: add.\nStep 2: carry.\nThe answer is 7.", False),
+        ("Let me think.\nLet me think.\nLet me think.", True),
+        ("So the total is " + "the total is " * 6, True),
+        ("a b c d " * 10, True),
+        ("First we add 3 and 4 to get 7, then we multiply by 2 to get 14, and the final answer is 14.", False),
+    ],
+)
 def test_repetition_loop_detector(text, loop):
     assert metrics.is_repetition_loop(text) is loop
 
@@ -149,11 +168,20 @@ def test_eval_cli_prints_budget_and_degenerate_lines(tmp_path):
     from tunesmith.cli.evaluate import degenerate_lines
     from tunesmith.records import EvalReport, Judgement
 
-    report = EvalReport(run="r", base_model="b", n_examples=4, json_mode=False, summary={"base": {}, "tuned": {}, "delta": {}},
-                        judgement=Judgement(), chat_template_sha256="x",
-                        generation={"max_new_tokens": 40, "max_new_tokens_from": "auto: longest reference 20 tokens x 1.25 + 16"},
-                        degenerate={"base": {"hit_budget": 0.0, "loop_rate": 0.0, "degenerate": 0.0},
-                                    "tuned": {"hit_budget": 0.5, "loop_rate": 0.25, "degenerate": 0.5}})
+    report = EvalReport(
+        run="r",
+        base_model="b",
+        n_examples=4,
+        json_mode=False,
+        summary={"base": {}, "tuned": {}, "delta": {}},
+        judgement=Judgement(),
+        chat_template_sha256="x",
+        generation={"max_new_tokens": 40, "max_new_tokens_from": "auto: longest reference 20 tokens x 1.25 + 16"},
+        degenerate={
+            "base": {"hit_budget": 0.0, "loop_rate": 0.0, "degenerate": 0.0},
+            "tuned": {"hit_budget": 0.5, "loop_rate": 0.25, "degenerate": 0.5},
+        },
+    )
     lines = degenerate_lines(report)
     assert "auto: longest reference" in lines[0]
     assert "base: 0% hit the budget" in lines[1] and "ok" in lines[1]
@@ -163,8 +191,9 @@ def test_eval_cli_prints_budget_and_degenerate_lines(tmp_path):
 
 def test_init_grpo_gets_rewards_that_match_the_references(tmp_path, tiny_model_dir):
     data = write_jsonl(tmp_path / "g.jsonl", chat_rows(40, seed=3))  # JSON answers
-    res = CliRunner().invoke(app, ["init", str(tmp_path / "g"), "--data", str(data), "--model", str(tiny_model_dir),
-                                   "--method", "grpo"])
+    res = CliRunner().invoke(
+        app, ["init", str(tmp_path / "g"), "--data", str(data), "--model", str(tiny_model_dir), "--method", "grpo"]
+    )
     assert res.exit_code == 0, res.output
     recipe = load_recipe(tmp_path / "g" / "recipe.yaml")
     assert [r.type for r in recipe.grpo.rewards] == ["json_valid", "exact_match"]

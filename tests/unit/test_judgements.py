@@ -7,16 +7,32 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from helpers import chat_rows, write_jsonl
 
+from helpers import chat_rows, write_jsonl
 from tunesmith.config import RewardSpec, load_recipe
 from tunesmith.eval import metrics
 from tunesmith.train import rewards
 from tunesmith.train.reward_watch import EVENT, RewardWatch
 
 TEXTS = [
-    '{"a": 1}', '"42"', "42", "null", "true", "[1, 2]", '```json\n{"a": 1}\n```', '```json {"a": 1}```',
-    'Sure! {"a": 1}', ' {"a":  1} ', "NaN", '{"a": NaN}', "", "   ", '{"a": 1', "Paris", "paris", "Paris\n",
+    '{"a": 1}',
+    '"42"',
+    "42",
+    "null",
+    "true",
+    "[1, 2]",
+    '```json\n{"a": 1}\n```',
+    '```json {"a": 1}```',
+    'Sure! {"a": 1}',
+    ' {"a":  1} ',
+    "NaN",
+    '{"a": NaN}',
+    "",
+    "   ",
+    '{"a": 1',
+    "Paris",
+    "paris",
+    "Paris\n",
 ]
 
 
@@ -44,8 +60,12 @@ def test_synth_schema_check_uses_the_eval_parser():
 
     seeds = chat_rows(3)
     validator = CandidateValidator(seeds, schema={"type": "object", "required": ["sum"]})
-    fenced = {"messages": [{"role": "user", "content": "Add 400 and 1."},
-                           {"role": "assistant", "content": '```json\n{"sum": 401}\n```'}]}
+    fenced = {
+        "messages": [
+            {"role": "user", "content": "Add 400 and 1."},
+            {"role": "assistant", "content": '```json\n{"sum": 401}\n```'},
+        ]
+    }
     row, verdict = validator.check(json.dumps(fenced))
     assert verdict == "accepted" and row is not None  # eval scores this answer json_valid 1.0, so synth keeps it
     number = {"messages": [{"role": "user", "content": "Add 500 and 2."}, {"role": "assistant", "content": "502"}]}
@@ -88,10 +108,14 @@ def test_grpo_run_warns_when_its_reward_cannot_vary(tiny_recipe, tmp_path):
 
     write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": r["messages"][:2]} for r in chat_rows(16, 4)])
     (tmp_path / "const.py").write_text("def always_one(prompts, completions, **kw):\n    return [1.0] * len(completions)\n")
-    recipe = load_recipe(tiny_recipe(
-        method="grpo", data={"train": ["prompts.jsonl"], "eval": None},
-        training={"max_steps": 2}, grpo={"rewards": ["const:always_one", "length_penalty"],
-                                         "num_generations": 4, "max_completion_length": 4}))
+    recipe = load_recipe(
+        tiny_recipe(
+            method="grpo",
+            data={"train": ["prompts.jsonl"], "eval": None},
+            training={"max_steps": 2},
+            grpo={"rewards": ["const:always_one", "length_penalty"], "num_generations": 4, "max_completion_length": 4},
+        )
+    )
     run = train_run(recipe)
     warnings = run.manifest.grpo["warnings"]
     assert any("always_one" in w and "1 x" in w for w in warnings)
@@ -103,8 +127,10 @@ def test_eval_notes_say_qlora_and_degenerate_and_worse():
     from tunesmith.eval.notes import QLORA_NOTE, eval_warnings
     from tunesmith.records import Judgement
 
-    degenerate = {"base": {"hit_budget": 0.0, "loop_rate": 0.0, "degenerate": 0.0},
-                  "tuned": {"hit_budget": 0.5, "loop_rate": 0.4, "degenerate": 0.6}}
+    degenerate = {
+        "base": {"hit_budget": 0.0, "loop_rate": 0.0, "degenerate": 0.0},
+        "tuned": {"hit_budget": 0.5, "loop_rate": 0.4, "degenerate": 0.6},
+    }
     notes = eval_warnings(degenerate, 64, Judgement(wins=23, losses=37, ties=0), quantized_base=True)
     assert "worse than base on 37 of 60" in notes[0]
     assert any(n.startswith("tuned: 60% of outputs are degenerate (50% hit the 64-token budget") for n in notes)

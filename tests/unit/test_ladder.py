@@ -59,7 +59,14 @@ def test_every_rung_answers_the_same_prompts_scored_like_eval(tiny_recipe, tmp_p
     report, rows = run_ladder(recipe, retriever=fake)
 
     status = {r.name: r.status for r in report.rungs}
-    assert status == {"base": "ok", "base_few_shot": "ok", "base_rag": "ok", "tuned": "ok", "tuned_rag": "ok", "student": "skipped"}
+    assert status == {
+        "base": "ok",
+        "base_few_shot": "ok",
+        "base_rag": "ok",
+        "tuned": "ok",
+        "tuned_rag": "ok",
+        "student": "skipped",
+    }
     assert "student" in (report.rung("student").reason or "")
     assert report.n_examples == 6 and all(r.n_examples == 6 for r in report.measured)
 
@@ -109,31 +116,52 @@ def test_cost_per_1k_on_each_basis():
 
 
 def _rung(name: str, em: float, p95: float = 100.0, cost: float = 1.0, status: str = "ok") -> RungResult:
-    return RungResult(name=name, label=SPECS[name].label, status=status, n_examples=10, metrics={"exact_match": em},
-                      p50_latency_ms=p95 / 2, p95_latency_ms=p95, cost_per_1k=cost)
+    return RungResult(
+        name=name,
+        label=SPECS[name].label,
+        status=status,
+        n_examples=10,
+        metrics={"exact_match": em},
+        p50_latency_ms=p95 / 2,
+        p95_latency_ms=p95,
+        cost_per_1k=cost,
+    )
 
 
-LADDER = [_rung("base", 0.1, 50, 1.0), _rung("base_few_shot", 0.3, 80, 3.0), _rung("base_rag", 0.95, 900, 2.0),
-          _rung("tuned", 0.92, 60, 1.0), _rung("tuned_rag", 0.99, 700, 2.0)]
+LADDER = [
+    _rung("base", 0.1, 50, 1.0),
+    _rung("base_few_shot", 0.3, 80, 3.0),
+    _rung("base_rag", 0.95, 900, 2.0),
+    _rung("tuned", 0.92, 60, 1.0),
+    _rung("tuned_rag", 0.99, 700, 2.0),
+]
 
 
-@pytest.mark.parametrize("rungs,targets,winner,closest,warning", [
-    # RAG alone meets quality but not latency: tuned + RAG? too slow too; plain tuned wins, with the warning.
-    (LADDER, {"exact_match": 0.9, "p95_latency_ms": 800}, "tuned", None, "missed p95_latency_ms"),
-    # Only quality asked: tuned (1.0) beats base_rag (2.0) on cost; RAG met quality, so warn that it costs more.
-    (LADDER, {"exact_match": 0.9}, "tuned", None, "it costs 2"),
-    # A bar only retrieval + tuning clears: tuned + RAG; RAG alone missed quality, so no warning.
-    (LADDER, {"exact_match": 0.97}, "tuned_rag", None, None),
-    # Cheap and good enough: the zero-shot prompt wins, and on a cost tie (base vs tuned at 1.0) the simpler rung.
-    (LADDER, {"exact_match": 0.05}, "base", None, None),
-    # RAG cheaper than tuning and good enough: RAG, no warning.
-    ([_rung("base", 0.1, cost=1.0), _rung("base_rag", 0.95, cost=1.5), _rung("tuned", 0.95, cost=2.0)],
-     {"exact_match": 0.9}, "base_rag", None, None),
-    # Nobody gets there: no winner; the closest is the smallest relative miss.
-    (LADDER, {"exact_match": 0.999, "p95_latency_ms": 650}, None, "tuned", None),
-    # Skipped rungs never win, even with perfect (empty) numbers.
-    ([_rung("base", 0.2), _rung("tuned", 1.0, status="skipped")], {"exact_match": 0.5}, None, "base", None),
-])
+@pytest.mark.parametrize(
+    "rungs,targets,winner,closest,warning",
+    [
+        # RAG alone meets quality but not latency: tuned + RAG? too slow too; plain tuned wins, with the warning.
+        (LADDER, {"exact_match": 0.9, "p95_latency_ms": 800}, "tuned", None, "missed p95_latency_ms"),
+        # Only quality asked: tuned (1.0) beats base_rag (2.0) on cost; RAG met quality, so warn that it costs more.
+        (LADDER, {"exact_match": 0.9}, "tuned", None, "it costs 2"),
+        # A bar only retrieval + tuning clears: tuned + RAG; RAG alone missed quality, so no warning.
+        (LADDER, {"exact_match": 0.97}, "tuned_rag", None, None),
+        # Cheap and good enough: the zero-shot prompt wins, and on a cost tie (base vs tuned at 1.0) the simpler rung.
+        (LADDER, {"exact_match": 0.05}, "base", None, None),
+        # RAG cheaper than tuning and good enough: RAG, no warning.
+        (
+            [_rung("base", 0.1, cost=1.0), _rung("base_rag", 0.95, cost=1.5), _rung("tuned", 0.95, cost=2.0)],
+            {"exact_match": 0.9},
+            "base_rag",
+            None,
+            None,
+        ),
+        # Nobody gets there: no winner; the closest is the smallest relative miss.
+        (LADDER, {"exact_match": 0.999, "p95_latency_ms": 650}, None, "tuned", None),
+        # Skipped rungs never win, even with perfect (empty) numbers.
+        ([_rung("base", 0.2), _rung("tuned", 1.0, status="skipped")], {"exact_match": 0.5}, None, "base", None),
+    ],
+)
 def test_recommendation_rule(rungs, targets, winner, closest, warning):
     rec = recommend(rungs, targets)
     assert rec.rung == winner and rec.closest == closest
@@ -159,9 +187,18 @@ def test_target_names_match_the_metrics():
 
 
 def _report(rungs: list[RungResult]) -> LadderReport:
-    return LadderReport(run="r", base_model="m", n_examples=10, json_mode=True, primary_metric="exact_match",
-                        targets={"exact_match": 0.9}, cost_basis="compute", price=1.0, rungs=rungs,
-                        recommendation=recommend(rungs, {"exact_match": 0.9}))
+    return LadderReport(
+        run="r",
+        base_model="m",
+        n_examples=10,
+        json_mode=True,
+        primary_metric="exact_match",
+        targets={"exact_match": 0.9},
+        cost_basis="compute",
+        price=1.0,
+        rungs=rungs,
+        recommendation=recommend(rungs, {"exact_match": 0.9}),
+    )
 
 
 def test_report_round_trip_and_newer_schema_refused(tmp_path):

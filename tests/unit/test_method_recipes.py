@@ -38,22 +38,40 @@ def test_shipped_recipes_cover_every_method():
 def test_dpo_needs_preference_pairs(tmp_path):
     problems = _problems(_write(tmp_path, {"method": "dpo"}))
     assert "preference pairs" in problems["data"] and "prompt_completion" in problems["data"]
-    ok = _write(tmp_path, {"method": "dpo"}, '{"input": {"messages": [{"role": "user", "content": "q"}]}, '
-                '"preferred_output": [{"role": "assistant", "content": "a"}], "non_preferred_output": [{"role": "assistant", "content": "b"}]}\n')
+    ok = _write(
+        tmp_path,
+        {"method": "dpo"},
+        '{"input": {"messages": [{"role": "user", "content": "q"}]}, '
+        '"preferred_output": [{"role": "assistant", "content": "a"}], "non_preferred_output": [{"role": "assistant", "content": "b"}]}\n',
+    )
     assert load_recipe(ok).method == "dpo"
 
 
 def test_grpo_needs_rewards_and_whole_groups(tmp_path):
     assert "rewards" in _problems(_write(tmp_path, {"method": "grpo"}))["grpo"]
-    problems = _problems(_write(tmp_path, {"method": "grpo", "grpo": {"rewards": ["json_valid"], "num_generations": 3},
-                                           "training": {"batch_size": 4}}))
+    problems = _problems(
+        _write(
+            tmp_path, {"method": "grpo", "grpo": {"rewards": ["json_valid"], "num_generations": 3}, "training": {"batch_size": 4}}
+        )
+    )
     assert "multiple of num_generations" in problems["grpo"]
 
 
 def test_reward_specs_are_checked(tmp_path):
-    path = _write(tmp_path, {"method": "grpo", "grpo": {"rewards": [
-        "not_a_reward", {"type": "regex"}, {"type": "regex", "pattern": "("}, {"type": "json_schema_valid"},
-    ]}})
+    path = _write(
+        tmp_path,
+        {
+            "method": "grpo",
+            "grpo": {
+                "rewards": [
+                    "not_a_reward",
+                    {"type": "regex"},
+                    {"type": "regex", "pattern": "("},
+                    {"type": "json_schema_valid"},
+                ]
+            },
+        },
+    )
     problems = _problems(path)
     assert "grpo.rewards.0.type" in problems
     assert any("needs `pattern`" in m for m in problems.values()) and any("regular expression" in m for m in problems.values())
@@ -65,7 +83,9 @@ def test_reward_specs_are_checked(tmp_path):
 
 def test_reward_schema_file_is_inlined(tmp_path):
     (tmp_path / "s.json").write_text('{"type": "object"}')
-    recipe = load_recipe(_write(tmp_path, {"method": "grpo", "grpo": {"rewards": [{"type": "json_schema_valid", "json_schema": "s.json"}]}}))
+    recipe = load_recipe(
+        _write(tmp_path, {"method": "grpo", "grpo": {"rewards": [{"type": "json_schema_valid", "json_schema": "s.json"}]}})
+    )
     assert recipe.grpo.rewards[0].json_schema == {"type": "object"}
 
 

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from helpers import chat_rows, write_jsonl
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from helpers import chat_rows, write_jsonl
 from tunesmith.config import load_recipe
 from tunesmith.run import load_run, read_metrics
 from tunesmith.train import run as train_run
@@ -72,12 +72,18 @@ def test_sft_prompt_tuning_moves_only_the_soft_prompt(tiny_recipe, tiny_model_di
 
     from tunesmith.train import _trl
 
-    recipe = load_recipe(tiny_recipe(adapter={"type": "prompt_tuning", "num_virtual_tokens": 4, "prompt_tuning_init_text": "Answer with JSON."},
-                                     training={"learning_rate": 5e-2}))
+    recipe = load_recipe(
+        tiny_recipe(
+            adapter={"type": "prompt_tuning", "num_virtual_tokens": 4, "prompt_tuning_init_text": "Answer with JSON."},
+            training={"learning_rate": 5e-2},
+        )
+    )
     run = train_run(recipe)
     saved = load_file(str(run.adapter_dir / "adapter_model.safetensors"))
     assert list(saved) == ["prompt_embeddings"] and saved["prompt_embeddings"].shape[0] == 4
-    initial = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), _trl.build_peft_config(recipe.adapter, str(tiny_model_dir)))
+    initial = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), _trl.build_peft_config(recipe.adapter, str(tiny_model_dir))
+    )
     start = initial.prompt_encoder["default"].embedding.weight.detach()
     assert not torch.allclose(saved["prompt_embeddings"], start)
     tuned = _tuned(run, tiny_model_dir)
@@ -106,15 +112,23 @@ def test_qlora_loads_4bit_nf4_and_trains_the_adapter(tiny_recipe, tiny_qlora_mod
 @pytest.fixture(scope="module")
 def tiny_qlora_model_dir(tmp_path_factory):
     """The tiny Llama a little wider: bitsandbytes' CPU 4-bit kernels need output widths of at least 32."""
-    from helpers import TINY_TOKENIZER
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from helpers import TINY_TOKENIZER
 
     out = tmp_path_factory.mktemp("tiny-llama-64")
     tok = AutoTokenizer.from_pretrained(TINY_TOKENIZER)
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(out)
@@ -125,7 +139,9 @@ def tiny_qlora_model_dir(tmp_path_factory):
 def _preference_file(path, n=24):
     rows = []
     for r in chat_rows(n, seed=3):
-        rows.append({"prompt": r["messages"][:2], "chosen": [r["messages"][2]], "rejected": [{"role": "assistant", "content": "no idea"}]})
+        rows.append(
+            {"prompt": r["messages"][:2], "chosen": [r["messages"][2]], "rejected": [{"role": "assistant", "content": "no idea"}]}
+        )
     return write_jsonl(path, rows)
 
 
@@ -142,8 +158,9 @@ def test_dpo(tiny_recipe, tiny_model_dir, tmp_path, monkeypatch, adapter):
 
     monkeypatch.setattr(DPOTrainer, "train", spy)
     _preference_file(tmp_path / "pref.jsonl")
-    recipe = load_recipe(tiny_recipe(method="dpo", adapter={"type": adapter}, data={"train": ["pref.jsonl"], "eval": None},
-                                     dpo={"beta": 0.2}))
+    recipe = load_recipe(
+        tiny_recipe(method="dpo", adapter={"type": adapter}, data={"train": ["pref.jsonl"], "eval": None}, dpo={"beta": 0.2})
+    )
     run = train_run(recipe)
     assert seen["ref_model"] is None
     assert run.manifest.method == "dpo" and "rewards/margins" in run.manifest.dpo["final_eval"]
@@ -166,12 +183,21 @@ def test_grpo_with_a_user_reward(tiny_recipe, tiny_model_dir, tmp_path):
         "def distinct_chars(prompts, completions, **kw):\n"
         "    return [len(set(c[0]['content'] if isinstance(c, list) else c)) / 10 for c in completions]\n"
     )
-    write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": r["messages"][:2], "answer": r["messages"][2]["content"]} for r in chat_rows(24, 4)])
-    recipe = load_recipe(tiny_recipe(
-        method="grpo", data={"train": ["prompts.jsonl"], "eval": None},
-        grpo={"rewards": ["json_valid", "my_rewards:distinct_chars", {"type": "exact_match", "field": "answer", "weight": 0.5}],
-              "num_generations": 4, "max_completion_length": 8},
-    ))
+    write_jsonl(
+        tmp_path / "prompts.jsonl",
+        [{"prompt": r["messages"][:2], "answer": r["messages"][2]["content"]} for r in chat_rows(24, 4)],
+    )
+    recipe = load_recipe(
+        tiny_recipe(
+            method="grpo",
+            data={"train": ["prompts.jsonl"], "eval": None},
+            grpo={
+                "rewards": ["json_valid", "my_rewards:distinct_chars", {"type": "exact_match", "field": "answer", "weight": 0.5}],
+                "num_generations": 4,
+                "max_completion_length": 8,
+            },
+        )
+    )
     assert recipe.grpo.rewards[1].function.endswith("my_rewards.py:distinct_chars")
     run = train_run(recipe)
     logged = [r for r in read_metrics(run.dir) if "reward" in r]
@@ -221,7 +247,14 @@ def test_distill_logits_refuses_another_tokenizer(tiny_recipe, tmp_path, tiny_mo
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     tok.add_tokens(["<extra_token>"])
     other = tmp_path / "other-teacher"
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     LlamaForCausalLM(cfg).save_pretrained(other)
     tok.save_pretrained(other)
     with pytest.raises(RecipeError, match="share a tokenizer"):

@@ -55,7 +55,7 @@ def test_bleu_scale_and_bounds():
 def test_parse_json_accepts_plain_and_fenced():
     assert M.parse_json('  {"a": 1}\n') == {"a": 1}
     assert M.parse_json('```json\n{"a": [1, 2]}\n```') == {"a": [1, 2]}
-    assert M.parse_json('\n```\n[1]\n```  ') == [1]
+    assert M.parse_json("\n```\n[1]\n```  ") == [1]
 
 
 def test_parse_json_rejects_prose_and_nan():

@@ -18,13 +18,20 @@ from tunesmith.monitor import drift
 from tunesmith.monitor.report import DRIFT_EXIT, read_report
 
 TOPICS = ["router", "headphones", "blender", "lamp", "tripod", "keyboard", "mouse", "speaker", "doorbell", "heater"]
-ASK = ["How do I reset my {t}?", "My {t} stopped working after an update, what should I do?",
-       "Is the {t} covered by the warranty if it was dropped?", "Can I return the {t} after {n} days?",
-       "What is the battery life of the {t}?", "Where can I find the manual for the {t}?"]
-SHIFTED = ["Write a poem about the {t} in the style of Shakespeare, with {n} stanzas.",
-           "Translate the sentence 'the {t} is broken' into German, French and Spanish.",
-           "Summarise the history of the Roman empire in {n} bullet points.",
-           "Explain quantum entanglement to a five year old using a {t} as the example."]
+ASK = [
+    "How do I reset my {t}?",
+    "My {t} stopped working after an update, what should I do?",
+    "Is the {t} covered by the warranty if it was dropped?",
+    "Can I return the {t} after {n} days?",
+    "What is the battery life of the {t}?",
+    "Where can I find the manual for the {t}?",
+]
+SHIFTED = [
+    "Write a poem about the {t} in the style of Shakespeare, with {n} stanzas.",
+    "Translate the sentence 'the {t} is broken' into German, French and Spanish.",
+    "Summarise the history of the Roman empire in {n} bullet points.",
+    "Explain quantum entanglement to a five year old using a {t} as the example.",
+]
 UNTIL = datetime(2026, 5, 1, 12, tzinfo=timezone.utc)
 
 
@@ -79,11 +86,17 @@ def write_log(serve_dir, recent_shifted: bool, n: int = 40) -> None:
                 rid = f"{window}-{i}"
                 hours_back = (36 if window == "earlier" else 12) - i * 0.25
                 failed = bad and i % 5 == 0
-                log.add_request(RequestRow(
-                    request_id=rid, time=UNTIL - timedelta(hours=hours_back), model="m",
-                    messages=[{"role": "user", "content": text}],
-                    output=("I'm sorry, I can't help with that." if bad and i % 3 == 0 else answer(text)),
-                    latency_s=(2.0 if bad else 0.5) + 0.01 * (i % 7), status=500 if failed else 200))
+                log.add_request(
+                    RequestRow(
+                        request_id=rid,
+                        time=UNTIL - timedelta(hours=hours_back),
+                        model="m",
+                        messages=[{"role": "user", "content": text}],
+                        output=("I'm sorry, I can't help with that." if bad and i % 3 == 0 else answer(text)),
+                        latency_s=(2.0 if bad else 0.5) + 0.01 * (i % 7),
+                        status=500 if failed else 200,
+                    )
+                )
                 if i % 4 == 0:
                     log.add_feedback(FeedbackRow(request_id=rid, rating="down" if bad else "up"))
 
@@ -124,14 +137,38 @@ def test_cli_exit_code_report_files_and_retrain_export(tmp_path):
     runner = CliRunner()
     run = baseline(tmp_path)
     write_log(tmp_path / "steady", recent_shifted=False)
-    ok = runner.invoke(app, ["monitor", str(tmp_path / "steady"), "--baseline", str(run), "--embedder", "char-ngrams",
-                             "--until", UNTIL.strftime("%Y-%m-%dT%H:%M:%S")])
+    ok = runner.invoke(
+        app,
+        [
+            "monitor",
+            str(tmp_path / "steady"),
+            "--baseline",
+            str(run),
+            "--embedder",
+            "char-ngrams",
+            "--until",
+            UNTIL.strftime("%Y-%m-%dT%H:%M:%S"),
+        ],
+    )
     assert ok.exit_code == 0, ok.output
     assert "no drift" in ok.output
     write_log(tmp_path / "serve", recent_shifted=True)
     out = tmp_path / "next.jsonl"
-    res = runner.invoke(app, ["monitor", str(tmp_path / "serve"), "--baseline", str(run), "--embedder", "char-ngrams",
-                              "--until", UNTIL.strftime("%Y-%m-%dT%H:%M:%S"), "--export-retrain", str(out)])
+    res = runner.invoke(
+        app,
+        [
+            "monitor",
+            str(tmp_path / "serve"),
+            "--baseline",
+            str(run),
+            "--embedder",
+            "char-ngrams",
+            "--until",
+            UNTIL.strftime("%Y-%m-%dT%H:%M:%S"),
+            "--export-retrain",
+            str(out),
+        ],
+    )
     assert res.exit_code == DRIFT_EXIT, res.output
     assert "DRIFT" in res.output and "input_embedding" in res.output
     report = read_report(tmp_path / "serve" / "monitor" / "monitor.json")
@@ -142,8 +179,21 @@ def test_cli_exit_code_report_files_and_retrain_export(tmp_path):
     asked = {r["messages"][0]["content"] for r in rows}
     assert rows and asked <= set(prompts(40, 2, shifted=True))  # only recent, drifted prompts
     assert all(r["messages"][-1]["role"] == "assistant" for r in rows)
-    again = runner.invoke(app, ["monitor", str(tmp_path / "serve"), "--baseline", str(run), "--embedder", "char-ngrams",
-                                "--until", UNTIL.strftime("%Y-%m-%dT%H:%M:%S"), "--export-retrain", str(out)])
+    again = runner.invoke(
+        app,
+        [
+            "monitor",
+            str(tmp_path / "serve"),
+            "--baseline",
+            str(run),
+            "--embedder",
+            "char-ngrams",
+            "--until",
+            UNTIL.strftime("%Y-%m-%dT%H:%M:%S"),
+            "--export-retrain",
+            str(out),
+        ],
+    )
     assert again.exit_code == 73 and "already exists" in " ".join(again.output.split())  # the export is never overwritten
 
 
@@ -153,8 +203,9 @@ def test_studio_monitor_page_shows_the_latest_signals(tmp_path):
     from tunesmith.studio.app import StudioConfig, create_app
 
     write_log(tmp_path / "serve", recent_shifted=True)
-    CliRunner().invoke(app, ["monitor", str(tmp_path / "serve"), "--embedder", "char-ngrams",
-                             "--until", UNTIL.strftime("%Y-%m-%dT%H:%M:%S")])
+    CliRunner().invoke(
+        app, ["monitor", str(tmp_path / "serve"), "--embedder", "char-ngrams", "--until", UNTIL.strftime("%Y-%m-%dT%H:%M:%S")]
+    )
     fake_run(tmp_path / "runs", "r")
     page = TestClient(create_app(StudioConfig(runs=[tmp_path / "runs"], serve_dir=tmp_path / "serve"))).get("/monitor").text
     assert 'id="drift"' in page and "latency_p95" in page and "drift" in page

@@ -50,8 +50,12 @@ def test_fix_suggests_overrides_that_fit(tiny_recipe):
     recipe = load_recipe(path)
     lengths, trained = [128] * 64, 0.2
     big = advisor.plan(recipe, gpu="h100", lengths=lengths, trained=trained)
-    small = advisor.plan(load_recipe(path, ["training.batch_size=4", "training.gradient_checkpointing=true"]),
-                         gpu="h100", lengths=lengths, trained=trained)
+    small = advisor.plan(
+        load_recipe(path, ["training.batch_size=4", "training.gradient_checkpointing=true"]),
+        gpu="h100",
+        lengths=lengths,
+        trained=trained,
+    )
     # A device with room for the small settings only.
     gib = (big.memory_mb["total"] + small.memory_mb["total"]) / 2 / 1024 / 0.9
     cost.GPUS["tiny-test-gpu"] = cost.Hardware("tiny-test-gpu", gib, 121.0, 0.35, 0.8)
@@ -72,8 +76,14 @@ def test_estimate_is_within_tolerance_of_measured_peak(tiny_recipe, tmp_path):
 
     recipe = tiny_recipe()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
-    res = subprocess.run([sys.executable, "-m", "tunesmith", "train", str(recipe)], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-m", "tunesmith", "train", str(recipe)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "plan vs measured" in res.stdout
     plan = json.loads((tmp_path / "runs" / "tiny" / "manifest.json").read_text())["plan"]
@@ -84,10 +94,22 @@ def test_estimate_is_within_tolerance_of_measured_peak(tiny_recipe, tmp_path):
 def test_plan_command_prints_the_estimate(tiny_recipe, tmp_path):
     recipe = tiny_recipe()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
-    res = subprocess.run([sys.executable, "-m", "tunesmith", "plan", str(recipe), "--gpu", "l4", "--price", "1.5"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "tunesmith", "plan", str(recipe), "--gpu", "l4", "--price", "1.5"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "plan on 1 x l4" in res.stdout and "activations" in res.stdout and "fits" in res.stdout
-    bad = subprocess.run([sys.executable, "-m", "tunesmith", "plan", str(recipe), "--gpu", "tpu"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [sys.executable, "-m", "tunesmith", "plan", str(recipe), "--gpu", "tpu"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode != 0 and "--gpu" in bad.stdout + bad.stderr

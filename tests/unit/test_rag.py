@@ -83,8 +83,11 @@ def test_source_lines_for_markdown_html_and_jsonl(tmp_path):
     assert [(c.line, c.end_line) for c in chunks] == [(1, 1), (4, 7), (7, 7)]
     assert chunks[1].text == "# Head first line of para continues here."
     page = tmp_path / "p.html"
-    page.write_text("<html><head><script>var secret = 'do not index';</script><style>p{}</style></head>\n"
-                    "<body>\n<h2>Team</h2>\n<p>Alice runs <b>ops</b> &amp; support.</p>\n</body></html>", encoding="utf-8")
+    page.write_text(
+        "<html><head><script>var secret = 'do not index';</script><style>p{}</style></head>\n"
+        "<body>\n<h2>Team</h2>\n<p>Alice runs <b>ops</b> &amp; support.</p>\n</body></html>",
+        encoding="utf-8",
+    )
     text = " ".join(c.text for c in chunk_lines(read_lines(page), 400, 0))
     assert "secret" not in text and "p{}" not in text and "Alice runs ops & support." in text
     assert chunk_lines(read_lines(page), 400, 0)[0].line == 3
@@ -106,8 +109,10 @@ def tiny_pdf(pages: list[str]) -> bytes:
     for text in pages:
         stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET"
         objs.append(f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream")
-        objs.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {len(objs)} 0 R "
-                    "/Resources << /Font << /F1 3 0 R >> >> >>")
+        objs.append(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {len(objs)} 0 R "
+            "/Resources << /Font << /F1 3 0 R >> >> >>"
+        )
         kids.append(f"{len(objs)} 0 R")
     objs[1] = f"<< /Type /Pages /Kids [{' '.join(kids)}] /Count {len(kids)} >>"
     out, offsets = "%PDF-1.4\n", []
@@ -222,8 +227,13 @@ def test_training_and_eval_see_the_prompt_augment_builds(docs, tmp_path, minilm,
     assert train_ds[0]["input_ids"] == tokenize_example(tokenizer, expected[0], 512, "drop").input_ids  # what training tokenizes
 
     run = sft.run(recipe)
-    assert run.manifest.rag == {"index": str(tmp_path / "idx"), "content_hash": content_hash(tmp_path / "idx"), "k": 1,
-                                "embedder": "all-MiniLM-L6-v2", "mode": "hybrid"}
+    assert run.manifest.rag == {
+        "index": str(tmp_path / "idx"),
+        "content_hash": content_hash(tmp_path / "idx"),
+        "k": 1,
+        "embedder": "all-MiniLM-L6-v2",
+        "mode": "hybrid",
+    }
     assert [e.messages for e in held_out_examples(run)] == [augment(e.messages, retriever, k=1)[0] for e in raw_eval]
     assert changed_since(run) is None
     (docs / "shipping.md").write_text(DOC_B + "\nNew fact.\n", encoding="utf-8")
@@ -268,11 +278,14 @@ def test_cli_build_query_eval(docs, tmp_path, minilm):
     assert "2 embedded" in res.output and "all-MiniLM-L6-v2" in res.output
     res = runner.invoke(app, ["index", "query", str(out), "Zorblax-9 form", "-k", "2"])
     assert res.exit_code == 0 and "docs/billing.md:5" in res.output, res.output
-    gold = write_jsonl(tmp_path / "gold.jsonl", [
-        {"question": "Which form must be attached to a refund?", "sources": ["billing.md:7"]},
-        {"question": "Where do parcels leave from?", "sources": ["docs/shipping.md"]},
-        {"question": "no gold"},
-    ])
+    gold = write_jsonl(
+        tmp_path / "gold.jsonl",
+        [
+            {"question": "Which form must be attached to a refund?", "sources": ["billing.md:7"]},
+            {"question": "Where do parcels leave from?", "sources": ["docs/shipping.md"]},
+            {"question": "no gold"},
+        ],
+    )
     res = runner.invoke(app, ["index", "eval", str(out), str(gold), "-k", "1", "--out", str(tmp_path / "r.json")])
     assert res.exit_code == 0 and "2 question(s) (1 skipped)" in " ".join(res.output.split()), res.output
     report = json.loads((tmp_path / "r.json").read_text())
@@ -290,8 +303,11 @@ def test_recipe_rag_template_is_checked_when_the_recipe_loads(index, tiny_recipe
 
     ok = load_recipe(tiny_recipe(rag={"index": str(index), "template": "{{ question }}\n{{ context }}", "k": 2}))
     assert ok.rag is not None and ok.rag.index == str(index) and ok.rag.k == 2
-    for bad, why in (("{context} {questoin}", "does not render"), ("Answer: {question}", "must place"),
-                     ("{{ context }", "does not render")):
+    for bad, why in (
+        ("{context} {questoin}", "does not render"),
+        ("Answer: {question}", "must place"),
+        ("{{ context }", "does not render"),
+    ):
         with pytest.raises(RecipeError, match=why):
             load_recipe(tiny_recipe(rag={"index": str(index), "template": bad}))
     with pytest.raises(RecipeError, match="rag.index"):

@@ -87,8 +87,11 @@ def test_write_html_escapes_and_is_self_contained(tmp_path):
 
 def test_write_html_table_and_colours(tmp_path):
     page = R.write_html(tmp_path / "r.html", _report(), [], []).read_text(encoding="utf-8")
-    assert re.search(r"<td>exact_match</td><td class=\"num\">0\.2500</td><td class=\"num\">0\.5000</td>"
-                     r"<td class=\"num good\">\+0\.2500</td>", page)
+    assert re.search(
+        r"<td>exact_match</td><td class=\"num\">0\.2500</td><td class=\"num\">0\.5000</td>"
+        r"<td class=\"num good\">\+0\.2500</td>",
+        page,
+    )
     assert 'class="num bad">-0.1000</td>' in page
     # eval_loss went down: that is an improvement, so green despite the negative sign
     assert re.search(r"<td>eval_loss</td>.*?<td class=\"num good\">-0\.5000</td>", page)

@@ -33,8 +33,9 @@ def test_retrain_refuses_when_a_gate_fails_and_promotes_when_all_pass(tiny_recip
     assert str(add) in refused.recipe.data.train and len(refused.recipe.data.train) == 2  # trained on old + new
     assert (old / "manifest.json").read_bytes() == old_manifest  # the served run is never touched
 
-    passing = tiny_recipe(training=quick, eval={"gates": {"json_valid": ">=0"}, "checks": ["inputs_unchanged"]},
-                          monitor={"max_regression": 1.0})
+    passing = tiny_recipe(
+        training=quick, eval={"gates": {"json_valid": ">=0"}, "checks": ["inputs_unchanged"]}, monitor={"max_regression": 1.0}
+    )
     done = retrain(passing, add, serve, "prod")
     assert done.promoted and done.new_run == old.with_name("tiny-r3") and done.served_run == old
     assert [g.name for g in done.gates] == ["inputs_unchanged", "json_valid", "beats_served"]

@@ -30,8 +30,18 @@ def test_cohen_kappa_hand_worked():
 
 def test_fleiss_kappa_wikipedia_example():
     # The worked example from Fleiss (1971) as on Wikipedia: 10 items, 14 raters, 5 categories -> 0.210
-    table = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
-             [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]]
+    table = [
+        [0, 0, 0, 0, 14],
+        [0, 2, 6, 4, 2],
+        [0, 0, 3, 5, 6],
+        [0, 3, 9, 2, 0],
+        [2, 2, 8, 1, 1],
+        [7, 7, 0, 0, 0],
+        [3, 2, 6, 3, 0],
+        [2, 5, 3, 2, 2],
+        [6, 5, 2, 1, 0],
+        [0, 2, 2, 3, 7],
+    ]
     items = [[str(c) for c, n in enumerate(row) for _ in range(n)] for row in table]
     assert fleiss_kappa(items) == pytest.approx(0.210, abs=1e-3)
     with pytest.raises(ValueError):
@@ -100,9 +110,13 @@ def test_export_sft_and_dpo_rows_audit_clean(store, tmp_path):
     assert sft == [{"id": f"review-{items[0].id}-ann", "messages": corrected}]
     dpo = review.export_rows(items, s.verdicts(rnd.id), "dpo")
     if items[1].answer_x != items[1].answer_y:
-        assert dpo == [{"input": {"messages": items[1].messages},
-                        "preferred_output": [{"role": "assistant", "content": items[1].answer_y}],
-                        "non_preferred_output": [{"role": "assistant", "content": items[1].answer_x}]}]
+        assert dpo == [
+            {
+                "input": {"messages": items[1].messages},
+                "preferred_output": [{"role": "assistant", "content": items[1].answer_y}],
+                "non_preferred_output": [{"role": "assistant", "content": items[1].answer_x}],
+            }
+        ]
     out = tmp_path / "sft.jsonl"
     summary = review.write_export(sft, out)
     assert summary.rows == 1 and json.loads(out.read_text().splitlines()[0])["messages"][-1]["content"] == '{"sum": 1}'

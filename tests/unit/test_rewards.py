@@ -12,7 +12,7 @@ def chat(text):
 
 
 def test_json_valid_accepts_fences_and_chat_completions():
-    out = rewards.json_valid(None, ['{"a": 1}', chat("```json\n{\"a\": 1}\n```"), "Sure! {a: 1}", chat("")])
+    out = rewards.json_valid(None, ['{"a": 1}', chat('```json\n{"a": 1}\n```'), "Sure! {a: 1}", chat("")])
     assert out == [1.0, 1.0, 0.0, 0.0]
 
 
@@ -24,8 +24,11 @@ def test_json_schema_valid():
 def test_exact_match_is_eval_exact_match():
     # Whitespace-normalised text, as `tunesmith eval` scores it: reordered JSON keys are not an exact match there.
     fn = rewards.make_exact_match("reference")
-    out = fn(None, ['{"a":  1, "b": 2}', '{"b": 2, "a": 1}', "Paris", "paris", '{"a": 2}'],
-             reference=['{"a": 1, "b": 2}', '{"a": 1, "b": 2}', "Paris", "Paris", '{"a": 1}'])
+    out = fn(
+        None,
+        ['{"a":  1, "b": 2}', '{"b": 2, "a": 1}', "Paris", "paris", '{"a": 2}'],
+        reference=['{"a": 1, "b": 2}', '{"a": 1, "b": 2}', "Paris", "Paris", '{"a": 1}'],
+    )
     assert out == [1.0, 0.0, 1.0, 0.0, 0.0]
     with pytest.raises(KeyError, match="no `answer` column"):
         rewards.make_exact_match("answer")(None, ["x"], reference=["x"])

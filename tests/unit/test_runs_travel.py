@@ -64,8 +64,12 @@ def test_changed_inputs_are_warnings_in_the_eval_report(tiny_recipe, tmp_path):
 
 
 def test_load_run_validates_the_schema_not_the_environment(tiny_recipe, tmp_path):
-    values = {"method": "dpo", "data": {"train": ["gone.jsonl"], "eval": "gone-too.jsonl"},
-              "adapter": {"type": "lora"}, "training": {"report_to": []}}
+    values = {
+        "method": "dpo",
+        "data": {"train": ["gone.jsonl"], "eval": "gone-too.jsonl"},
+        "adapter": {"type": "lora"},
+        "training": {"report_to": []},
+    }
     recipe = recipe_from_dict(values, tmp_path, check_files=False)  # dpo data that cannot be read: fine when reading a run
     assert recipe.data.train == [str(tmp_path / "gone.jsonl")]
     with pytest.raises(RecipeError, match="file not found"):

@@ -35,11 +35,15 @@ def runs(tmp_path_factory, tiny_model_dir):
     write_jsonl(root / "eval.jsonl", chat_rows(6, seed=2))
     out = {}
     for name, lr in (("alpha", 5e-2), ("beta", 2e-1)):
-        recipe = {"name": name, "model": {"base": str(tiny_model_dir)},
-                  "data": {"train": ["train.jsonl"], "eval": "eval.jsonl", "max_length": 128},
-                  "adapter": {"r": 4, "alpha": 8, "dropout": 0.0},
-                  "training": {"max_steps": 2, "batch_size": 4, "learning_rate": lr, "logging_steps": 1, "save_steps": 2},
-                  "eval": {"max_new_tokens": 8, "batch_size": 4}, "output_dir": f"runs/{name}"}
+        recipe = {
+            "name": name,
+            "model": {"base": str(tiny_model_dir)},
+            "data": {"train": ["train.jsonl"], "eval": "eval.jsonl", "max_length": 128},
+            "adapter": {"r": 4, "alpha": 8, "dropout": 0.0},
+            "training": {"max_steps": 2, "batch_size": 4, "learning_rate": lr, "logging_steps": 1, "save_steps": 2},
+            "eval": {"max_new_tokens": 8, "batch_size": 4},
+            "output_dir": f"runs/{name}",
+        }
         (root / f"{name}.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
         run = sft.run(load_recipe(root / f"{name}.yaml"))
         evaluate(run)
@@ -57,8 +61,11 @@ def server(runs, tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve")
     port = free_port()
     store = RequestLog.open(folder, create=True)
-    app = create_app(lambda: load_engine(runs["alpha"], {"beta": str(runs["beta"])}),
-                     _settings(port, check=True, adapters_dir=runs["alpha"].parent), store)
+    app = create_app(
+        lambda: load_engine(runs["alpha"], {"beta": str(runs["beta"])}),
+        _settings(port, check=True, adapters_dir=runs["alpha"].parent),
+        store,
+    )
     with live_server(app, port=port) as url:
         yield url, app.state.tunesmith, store
 
@@ -97,8 +104,11 @@ def test_adapters_switch_per_request_and_equal_offline_generate(client, runs):
 
 def test_streaming_equals_non_streaming(client):
     full = client.chat.completions.create(model="beta", messages=ASK, max_tokens=8, temperature=0)
-    chunks = list(client.chat.completions.create(model="beta", messages=ASK, max_tokens=8, temperature=0, stream=True,
-                                                 stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="beta", messages=ASK, max_tokens=8, temperature=0, stream=True, stream_options={"include_usage": True}
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == full.choices[0].message.content
     assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
@@ -151,8 +161,7 @@ def test_request_log_and_feedback(server, client):
     assert row is not None and row.adapter == "alpha" and row.output == res.choices[0].message.content
     assert row.messages[-1].content == ASK[-1]["content"] and row.completion_tokens == res.usage.completion_tokens
     auth = {"Authorization": f"Bearer {KEY}"}
-    ok = httpx.post(url + "/v1/feedback", json={"request_id": res.id, "rating": "down", "correction": '{"sum": 7}'},
-                    headers=auth)
+    ok = httpx.post(url + "/v1/feedback", json={"request_id": res.id, "rating": "down", "correction": '{"sum": 7}'}, headers=auth)
     assert ok.status_code == 200
     assert [f.correction for f in store.iter_feedback() if f.request_id == res.id] == ['{"sum": 7}']
     assert httpx.post(url + "/v1/feedback", json={"request_id": "req-none", "rating": "up"}, headers=auth).status_code == 404
@@ -189,8 +198,9 @@ def test_disconnect_cancels_generation(server):
     hook = state.engine.model.get_base_model().model.register_forward_pre_hook(slow)
     try:
         body = {"model": "alpha", "messages": ASK, "max_tokens": 400, "temperature": 0.8, "stream": True}
-        with httpx.stream("POST", url + "/v1/chat/completions", json=body,
-                          headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as res:
+        with httpx.stream(
+            "POST", url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=30
+        ) as res:
             next(res.iter_lines())
         gone = time.monotonic()
         deadline = gone + 5
@@ -213,8 +223,7 @@ def test_waiting_request_of_a_client_that_left_is_dropped(server):
     auth = {"Authorization": f"Bearer {KEY}"}
     try:
         busy = {"model": "alpha", "messages": ASK, "max_tokens": 60, "temperature": 0.8}
-        blocker = threading.Thread(target=lambda: httpx.post(url + "/v1/chat/completions", json=busy, headers=auth,
-                                                             timeout=30))
+        blocker = threading.Thread(target=lambda: httpx.post(url + "/v1/chat/completions", json=busy, headers=auth, timeout=30))
         blocker.start()
         time.sleep(0.2)  # the worker is now busy with the first request
         gave_up = {"model": "beta", "messages": ASK, "max_tokens": 60, "temperature": 0.5}
@@ -241,8 +250,9 @@ def test_per_request_timeout(server):
         res = httpx.post(url + "/v1/chat/completions", json=body, headers=auth, timeout=30)
         assert res.status_code == 504 and res.json()["error"]["code"] == "timeout"
         started = time.monotonic()
-        with httpx.stream("POST", url + "/v1/chat/completions", json={**body, "max_tokens": 300, "stream": True},
-                          headers=auth, timeout=30) as stream:
+        with httpx.stream(
+            "POST", url + "/v1/chat/completions", json={**body, "max_tokens": 300, "stream": True}, headers=auth, timeout=30
+        ) as stream:
             lines = [line for line in stream.iter_lines() if line.startswith("data: {")]
         assert time.monotonic() - started < 4  # 300 steps at 20 ms would take 6 s
         assert json.loads(lines[-1][6:])["choices"][0]["finish_reason"] == "length"
@@ -264,8 +274,9 @@ def test_deploy_check_fails_for_sabotaged_adapters(runs, tmp_path):
     manifest["chat_template_sha256"] = "0" * 64
     (other / "manifest.json").write_text(json.dumps(manifest))
     port = free_port()
-    app = create_app(lambda: load_engine(runs["alpha"], {"zeroed": str(zeroed), "template": str(other)}),
-                     _settings(port, check=True))
+    app = create_app(
+        lambda: load_engine(runs["alpha"], {"zeroed": str(zeroed), "template": str(other)}), _settings(port, check=True)
+    )
     with live_server(app, port=port) as url:
         res = httpx.get(url + "/health")
         assert res.status_code == 503
@@ -288,17 +299,20 @@ def test_no_log_content_and_bounded_queue(runs, tmp_path):
         codes: list[int] = []
         end = time.monotonic() + seconds
         async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as http:
+
             async def one() -> None:
                 n = 0
                 while time.monotonic() < end:
                     n += 1  # prompts of different lengths: batches are padded while other threads count tokens
                     ask = [{"role": "user", "content": "Add 3 and 4. " * (n % 5 + 1)}]
-                    res = await http.post(url + "/v1/chat/completions",
-                                          json={"model": "alpha", "messages": ask, "max_tokens": 16, "temperature": 0})
+                    res = await http.post(
+                        url + "/v1/chat/completions", json={"model": "alpha", "messages": ask, "max_tokens": 16, "temperature": 0}
+                    )
                     codes.append(res.status_code)
                     if res.status_code == 429:
                         assert res.headers["retry-after"] == "1"
                         await asyncio.sleep(0.05)
+
             await asyncio.gather(*(one() for _ in range(clients)))
         return codes
 
@@ -331,8 +345,20 @@ def test_cli_serve_with_check_and_generated_key(runs, tmp_path):
     import sys
 
     port, folder = free_port(), tmp_path / "serve"
-    cmd = [sys.executable, "-m", "tunesmith", "serve", str(runs["alpha"]), "--adapter", f"beta={runs['beta']}",
-           "--port", str(port), "--dir", str(folder), "--check"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tunesmith",
+        "serve",
+        str(runs["alpha"]),
+        "--adapter",
+        f"beta={runs['beta']}",
+        "--port",
+        str(port),
+        "--dir",
+        str(folder),
+        "--check",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "TUNESMITH_API_KEY"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -351,8 +377,9 @@ def test_cli_serve_with_check_and_generated_key(runs, tmp_path):
         key_file = folder / "api_key"
         assert key_file.stat().st_mode & 0o777 == 0o600
         auth = {"Authorization": f"Bearer {key_file.read_text().strip()}"}
-        res = httpx.post(url + "/v1/chat/completions", headers=auth,
-                         json={"model": "beta", "messages": ASK, "max_tokens": 4, "temperature": 0})
+        res = httpx.post(
+            url + "/v1/chat/completions", headers=auth, json={"model": "beta", "messages": ASK, "max_tokens": 4, "temperature": 0}
+        )
         assert res.status_code == 200
         assert RequestLog.open(folder).get_request(res.json()["id"]) is not None
     finally:

@@ -51,8 +51,11 @@ def test_rag_returns_sources_and_builds_the_prompt_like_training(rag_server):
     expected, passages = augment(ASK, Retriever.open(state.settings.index), 4)
     assert [p.chunk_id for p in passages] == [s["chunk_id"] for s in sources]
     assert res.usage.prompt_tokens == state.engine.prompt_tokens(expected) > plain.usage.prompt_tokens
-    chunks = list(client.chat.completions.create(model=model, messages=ASK, max_tokens=4, temperature=0, stream=True,
-                                                 extra_body={"rag": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model=model, messages=ASK, max_tokens=4, temperature=0, stream=True, extra_body={"rag": True}
+        )
+    )
     assert chunks[0].model_extra["sources"] == sources
     metrics = state.metrics.render()[0].decode()
     assert f'tunesmith_retrieval_hits_total{{model="{model}"}} {2.0 * len(sources)}' in metrics

@@ -74,8 +74,10 @@ def test_serve_folder_is_ours_or_new(tmp_path):
 
 def test_adapter_specs(tmp_path):
     (tmp_path / "r1").mkdir()
-    assert parse_adapters([f"a={tmp_path / 'r1'}", str(tmp_path / "r1")]) == {"a": str(tmp_path / "r1"),
-                                                                              "r1": str(tmp_path / "r1")}
+    assert parse_adapters([f"a={tmp_path / 'r1'}", str(tmp_path / "r1")]) == {
+        "a": str(tmp_path / "r1"),
+        "r1": str(tmp_path / "r1"),
+    }
     with pytest.raises(ModelError):
         parse_adapters(["../evil=" + str(tmp_path / "r1")])
     with pytest.raises(ModelError, match="not found"):
@@ -98,6 +100,7 @@ def test_cli_vllm_without_vllm_is_a_clean_error(tmp_path, tiny_model_dir):
 
     try:
         import vllm  # noqa: F401
+
         pytest.skip("vllm is installed")
     except ImportError:
         pass

@@ -18,16 +18,16 @@ from tunesmith.serve.store import (
 
 
 def _row(rid: str, when: datetime, **kw) -> RequestRow:
-    return RequestRow(request_id=rid, time=when, model="m", messages=[Message(role="user", content="hi")],
-                      output="hello", **kw)
+    return RequestRow(request_id=rid, time=when, model="m", messages=[Message(role="user", content="hi")], output="hello", **kw)
 
 
 def test_rows_round_trip_and_window(tmp_path):
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
     with RequestLog.open(tmp_path, create=True) as log:
         for i in range(3):
-            log.add_request(_row(f"r{i}", t0 + timedelta(hours=i),
-                                 sources=[SourceRef(source="a.md", line=3, chunk_id="c", score=0.5)]))
+            log.add_request(
+                _row(f"r{i}", t0 + timedelta(hours=i), sources=[SourceRef(source="a.md", line=3, chunk_id="c", score=0.5)])
+            )
         log.add_feedback(FeedbackRow(request_id="r1", rating="down", correction="better"))
     log = RequestLog.open(tmp_path / "requests.sqlite")
     assert [r.request_id for r in log.iter_requests()] == ["r0", "r1", "r2"]

@@ -76,8 +76,11 @@ def test_labelled_logits_equal_full_logits_loss_and_gradients(tiny):
     batch = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id)(rows(tok))
     grads = {}
     losses = {}
-    for name, fn in (("plain", lambda: model(**batch).loss), ("all", lambda: fused_loss(model, batch, False)),
-                     ("labelled", lambda: fused_loss(model, batch, True))):
+    for name, fn in (
+        ("plain", lambda: model(**batch).loss),
+        ("all", lambda: fused_loss(model, batch, False)),
+        ("labelled", lambda: fused_loss(model, batch, True)),
+    ):
         model.zero_grad()
         losses[name] = fn()
         losses[name].backward()
@@ -133,8 +136,7 @@ def _losses(tiny_recipe, name, **speed_section):
     from tunesmith.config import load_recipe
     from tunesmith.train import sft
 
-    path = tiny_recipe(speed=speed_section, training={"max_steps": 6, "learning_rate": 1e-3},
-                       output_dir=f"run-{name}")
+    path = tiny_recipe(speed=speed_section, training={"max_steps": 6, "learning_rate": 1e-3}, output_dir=f"run-{name}")
     run = sft.run(load_recipe(path))
     from tunesmith.run import read_metrics
 

@@ -52,13 +52,31 @@ def test_runs_page_lists_every_run_with_status_and_figures(studio):
     assert "Resolved recipe" in run and "chat_template_sha256" in run and "drawLines" in run
 
 
-@pytest.mark.parametrize("url", [
-    "/run?k=0/../secret.jsonl", "/run?k=0/%2e%2e/", "/run?k=0%2F%2e%2e%2F", "/run?k=/etc", "/run?k=0//etc",
-    "/file?k=0/../secret.png", "/file?k=0/%2e%2e/secret.png", "/file?k=0//tmp/x.png", "/file?k=7/x.png",
-    "/data?k=0/../secret.jsonl", "/data?k=0/%2E%2E/secret.jsonl", "/data/row?k=0/../secret.jsonl&line=1",
-    "/report?k=0/..", "/review?k=0/../", "/job?k=0/../../", "/%2e%2e/%2e%2e/etc/passwd", "/static/../app.py",
-    "/file?k=0/link.png", "/data?k=0/linkdir/secret.jsonl", "/data/synth?k=0/linkdir/secret.jsonl",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/run?k=0/../secret.jsonl",
+        "/run?k=0/%2e%2e/",
+        "/run?k=0%2F%2e%2e%2F",
+        "/run?k=/etc",
+        "/run?k=0//etc",
+        "/file?k=0/../secret.png",
+        "/file?k=0/%2e%2e/secret.png",
+        "/file?k=0//tmp/x.png",
+        "/file?k=7/x.png",
+        "/data?k=0/../secret.jsonl",
+        "/data?k=0/%2E%2E/secret.jsonl",
+        "/data/row?k=0/../secret.jsonl&line=1",
+        "/report?k=0/..",
+        "/review?k=0/../",
+        "/job?k=0/../../",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "/static/../app.py",
+        "/file?k=0/link.png",
+        "/data?k=0/linkdir/secret.jsonl",
+        "/data/synth?k=0/linkdir/secret.jsonl",
+    ],
+)
 def test_no_path_outside_the_roots_is_readable(studio, url):
     client, _, _ = studio
     res = client.get(url)
@@ -147,8 +165,18 @@ def test_monitor_without_and_with_a_serve_dir(tmp_path):
     assert "--serve-dir" in page and "tunesmith serve" in page
     (tmp_path / "serve").mkdir()
     with RequestLog.open(tmp_path / "serve", create=True) as log:
-        log.add_request(RequestRow(request_id="q1", time=datetime.now(timezone.utc), model="m", prompt="hello <there>",
-                                   output="hi", latency_s=0.25, prompt_tokens=3, completion_tokens=1))
+        log.add_request(
+            RequestRow(
+                request_id="q1",
+                time=datetime.now(timezone.utc),
+                model="m",
+                prompt="hello <there>",
+                output="hi",
+                latency_s=0.25,
+                prompt_tokens=3,
+                completion_tokens=1,
+            )
+        )
     page = TestClient(create_app(StudioConfig(runs=[tmp_path / "runs"], serve_dir=tmp_path / "serve"))).get("/monitor").text
     assert "hello &lt;there&gt;" in page and "0.250" in page and 'id="signals"' in page
 
@@ -174,7 +202,7 @@ def test_data_audit_links_findings_to_rows(studio):
     bad.write_text('{"messages": []}\nnot json\n')
     k = re.search(r'<option value="([^"]+)"[^>]*>[^<]*bad.jsonl', client.get("/data").text).group(1)
     html = client.get(f"/data?k={k}").text
-    assert "invalid_json" in html and f'/data/row?k={k}&line=2' in html
+    assert "invalid_json" in html and f"/data/row?k={k}&line=2" in html
     assert "messages" in client.get(f"/data/row?k={k}&line=1").text
 
 
@@ -187,11 +215,24 @@ def test_report_shows_the_ladder_and_its_recommendation(studio):
     )
 
     client, root, _ = studio
-    rungs = [RungResult(name="base", label="base", metrics={"exact_match": 0.2}, cost_per_1k=0.01),
-             RungResult(name="tuned", label="tuned <adapter>", metrics={"exact_match": 0.8}, cost_per_1k=0.01)]
-    write_ladder_report(root / "good-ladder" / "ladder.json", LadderReport(
-        run="good", base_model="tiny", n_examples=6, json_mode=True, primary_metric="exact_match", cost_basis="tokens",
-        price=0.001, rungs=rungs, recommendation=Recommendation(rung="tuned", sentence="Ship tuned: it meets every target.")))
+    rungs = [
+        RungResult(name="base", label="base", metrics={"exact_match": 0.2}, cost_per_1k=0.01),
+        RungResult(name="tuned", label="tuned <adapter>", metrics={"exact_match": 0.8}, cost_per_1k=0.01),
+    ]
+    write_ladder_report(
+        root / "good-ladder" / "ladder.json",
+        LadderReport(
+            run="good",
+            base_model="tiny",
+            n_examples=6,
+            json_mode=True,
+            primary_metric="exact_match",
+            cost_basis="tokens",
+            price=0.001,
+            rungs=rungs,
+            recommendation=Recommendation(rung="tuned", sentence="Ship tuned: it meets every target."),
+        ),
+    )
     html = client.get(f"/report?k={keys(client.get('/').text)['good']}").text
     assert "Ship tuned: it meets every target." in html and "tuned &lt;adapter&gt; ★" in html
     assert 'style="width:100.0%"' in html and 'style="width:25.0%"' in html  # bars scaled to the best rung
@@ -287,8 +328,11 @@ def test_review_round_between_two_runs(studio):
 def test_run_page_shows_faults_and_failed_runs(studio):
     client, root, _ = studio
     run_dir = fake_run(root, "bumpy")
-    events = [{"step": 3, "loss": "nan"}, {"event": "oom_backoff", "step": 4, "batch_size": 2, "grad_accum": 2},
-              {"event": "resumed", "step": 4, "checkpoint": "checkpoint-4", "dropped_rows": 1}]
+    events = [
+        {"step": 3, "loss": "nan"},
+        {"event": "oom_backoff", "step": 4, "batch_size": 2, "grad_accum": 2},
+        {"event": "resumed", "step": 4, "checkpoint": "checkpoint-4", "dropped_rows": 1},
+    ]
     with open(run_dir / "metrics.jsonl", "a") as fh:
         fh.writelines(json.dumps(e) + "\n" for e in events)
     html = client.get(f"/run?k={keys(client.get('/').text)['bumpy']}").text
@@ -314,8 +358,17 @@ def test_launch_preview_keeps_the_choices_made(studio):
     client, _, tmp_path = studio
     offered = re.findall(r'name="train" value="([^"]+)"', client.get("/launch").text)
     data_key = next(m for m in offered if m.endswith("train.jsonl"))
-    html = client.post("/launch/preview", data={"train": [data_key], "base": str(tmp_path / "nope"), "name": "kept",
-                                                "method": "sft", "adapter": "dora", "max_steps": 7}).text
+    html = client.post(
+        "/launch/preview",
+        data={
+            "train": [data_key],
+            "base": str(tmp_path / "nope"),
+            "name": "kept",
+            "method": "sft",
+            "adapter": "dora",
+            "max_steps": 7,
+        },
+    ).text
     assert f'value="{data_key}" aria-label="train' in html and re.search(rf'value="{data_key}"[^>]*checked', html)
     assert 'value="kept"' in html and 'value="7"' in html and "<option selected>dora</option>" in html
 
@@ -333,9 +386,12 @@ def test_chat_stream_with_rag_sends_sources_then_text(tmp_path, tiny_model_dir):
     (tmp_path / "docs" / "shipping.md").write_text("# Shipping\n\nParcels leave the warehouse in Rotterdam every Tuesday.\n")
     build_index([tmp_path / "docs"], tmp_path / "idx", embedder=load_embedder(None))
     rag = SimpleNamespace(index=str(tmp_path / "idx"), embedder=None, k=1, template=None, mode="hybrid")
-    loaded = SimpleNamespace(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(),
-                             tokenizer=AutoTokenizer.from_pretrained(tiny_model_dir), has_adapter=False,
-                             run=SimpleNamespace(recipe=SimpleNamespace(rag=rag)))
+    loaded = SimpleNamespace(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(),
+        tokenizer=AutoTokenizer.from_pretrained(tiny_model_dir),
+        has_adapter=False,
+        run=SimpleNamespace(recipe=SimpleNamespace(rag=rag)),
+    )
     messages = [{"role": "user", "content": "Where do parcels leave from?"}]
     augmented, sources = chat._with_rag(loaded, messages)
     assert "Rotterdam" in augmented[0]["content"] and sources[0]["source"].endswith("shipping.md")
@@ -362,8 +418,10 @@ def test_a_job_left_by_an_earlier_studio_session_can_be_stopped_and_ends(tmp_pat
     (run_dir / "run.yaml").write_text("name: run\n")
     orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     launch.Launcher(roots.studio_dir)  # the earlier session: it made .studio, then went away
-    launch._write_job(roots.studio_dir, launch.Job(run_dir=str(run_dir.resolve()), recipe="r.yaml", cmd=["x"],
-                                                   pid=orphan.pid, log=str(tmp_path / "none.log")))
+    launch._write_job(
+        roots.studio_dir,
+        launch.Job(run_dir=str(run_dir.resolve()), recipe="r.yaml", cmd=["x"], pid=orphan.pid, log=str(tmp_path / "none.log")),
+    )
     assert run_status(run_dir, roots) == "running"
     assert launch.Launcher(roots.studio_dir).stop(run_dir) and orphan.wait(timeout=10) != 0  # a new session stops it
     events = list(launch.follow(roots.studio_dir, run_dir, timeout_s=20))

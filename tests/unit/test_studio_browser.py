@@ -18,8 +18,15 @@ from studio_helpers import fake_run
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "studio"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (apt-get install -y chromium)")
 
@@ -140,8 +147,13 @@ def test_blind_review_with_two_reviewers(page, server, workspace):
     # What the keys meant, from the blind order each reviewer was shown (A is side y when swapped).
     store = ReviewStore.open(workspace / "earlier-try")
     items = store.items(1)
-    sides = {r: [{"t": "tie", "x": "bad"}.get(key) or ("y" if (key == "a") == store.swapped(1, item.id, r) else "x")
-                 for item, key in zip(items, keys, strict=True)] for r, keys in pressed.items()}
+    sides = {
+        r: [
+            {"t": "tie", "x": "bad"}.get(key) or ("y" if (key == "a") == store.swapped(1, item.id, r) else "x")
+            for item, key in zip(items, keys, strict=True)
+        ]
+        for r, keys in pressed.items()
+    }
     store.close()
     agreed = [a for a, b in zip(sides["ann"], sides["bob"], strict=True) if a == b]
     wins, decided = agreed.count("y"), agreed.count("y") + agreed.count("x")

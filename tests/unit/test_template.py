@@ -1,7 +1,7 @@
 import pytest
-from helpers import TINY_TOKENIZER
 from transformers import AutoTokenizer
 
+from helpers import TINY_TOKENIZER
 from tunesmith.data.template import (
     IGNORE,
     prompt_messages,

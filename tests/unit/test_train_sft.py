@@ -10,8 +10,8 @@ from transformers import AutoModelForCausalLM
 
 from tunesmith.config import load_recipe
 from tunesmith.errors import RunError
-from tunesmith.records import read_manifest
 from tunesmith.outputs import OutputError
+from tunesmith.records import read_manifest
 from tunesmith.run import load_run, read_metrics
 from tunesmith.train import sft
 from tunesmith.train.callbacks import latest_complete_checkpoint

@@ -73,6 +73,37 @@ LIBRARY_WARNINGS: list[tuple[str, type[Warning], str]] = [
 ]
 
 
-from tunesmith.cli import chat, data, demo, evaluate, export, ladder, model_cmds, train, review, studio, serve, index, plan, monitor  # noqa: E402  (registers commands)
+from tunesmith.cli import (  # noqa: E402  (the command modules import `app` from here)
+    chat,
+    data,
+    demo,
+    evaluate,
+    export,
+    index,
+    ladder,
+    model_cmds,
+    monitor,
+    plan,
+    review,
+    serve,
+    studio,
+    train,
+)  # noqa: E402  (registers commands)
 
-__all__ = ["app", "chat", "data", "demo", "evaluate", "export", "ladder", "model_cmds", "train", "review", "studio", "serve", "index", "plan", "monitor"]
+__all__ = [
+    "app",
+    "chat",
+    "data",
+    "demo",
+    "evaluate",
+    "export",
+    "ladder",
+    "model_cmds",
+    "train",
+    "review",
+    "studio",
+    "serve",
+    "index",
+    "plan",
+    "monitor",
+]

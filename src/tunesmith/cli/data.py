@@ -32,26 +32,46 @@ def _tokenizer(spec: str | None, quiet: bool = False) -> tuple[Any, str]:
     return models.load_tokenizer(path), path
 
 
-def _settings(recipe: Path | None, model: str | None, max_length: int | None, overlong: str | None,
-              method: str | None = None, completion_length: int | None = None) -> dict[str, Any]:
+def _settings(
+    recipe: Path | None,
+    model: str | None,
+    max_length: int | None,
+    overlong: str | None,
+    method: str | None = None,
+    completion_length: int | None = None,
+) -> dict[str, Any]:
     """Model spec, max_length, policy, method, epochs and eval file: flags first, then the recipe, then the
     recipe's field defaults (`source` says which)."""
     from tunesmith.config import DataSection, GRPOSection
 
-    out: dict[str, Any] = {"model": model, "max_length": max_length or DataSection.model_fields["max_length"].default,
-                           "overlong": overlong or "drop", "method": method or "sft",
-                           "completion_length": completion_length or GRPOSection.model_fields["max_completion_length"].default,
-                           "epochs": None, "lora": True, "train": [], "eval": [],
-                           "source": "flags" if max_length else "default (no --recipe, no --max-length)"}
+    out: dict[str, Any] = {
+        "model": model,
+        "max_length": max_length or DataSection.model_fields["max_length"].default,
+        "overlong": overlong or "drop",
+        "method": method or "sft",
+        "completion_length": completion_length or GRPOSection.model_fields["max_completion_length"].default,
+        "epochs": None,
+        "lora": True,
+        "train": [],
+        "eval": [],
+        "source": "flags" if max_length else "default (no --recipe, no --max-length)",
+    }
     if recipe is not None:
         from tunesmith.config import load_recipe
 
         cfg = load_recipe(recipe)
-        out.update(model=model or cfg.model.base, max_length=max_length or cfg.data.max_length,
-                   overlong=overlong or cfg.data.overlong, lora=cfg.adapter.type == "lora",
-                   method=method or cfg.method, completion_length=completion_length or cfg.grpo.max_completion_length,
-                   epochs=cfg.training.epochs if cfg.training.max_steps <= 0 else None,
-                   train=list(cfg.data.train), eval=[cfg.data.eval] if cfg.data.eval else [], source=str(recipe))
+        out.update(
+            model=model or cfg.model.base,
+            max_length=max_length or cfg.data.max_length,
+            overlong=overlong or cfg.data.overlong,
+            lora=cfg.adapter.type == "lora",
+            method=method or cfg.method,
+            completion_length=completion_length or cfg.grpo.max_completion_length,
+            epochs=cfg.training.epochs if cfg.training.max_steps <= 0 else None,
+            train=list(cfg.data.train),
+            eval=[cfg.data.eval] if cfg.data.eval else [],
+            source=str(recipe),
+        )
     if out["method"] not in ("sft", "dpo", "grpo", "distill"):
         from tunesmith.errors import DataError
 
@@ -73,9 +93,12 @@ def render_report(report: Any) -> None:
     rows = st["rows"]
     console.rule("[bold]data check")
     console.print(f"files: {', '.join(report.files)}")
-    console.print(f"rows: {rows['train']} read, {rows['train_usable']} usable"
-                  + (f" · eval {rows['eval']} read, {rows['eval_usable']} usable" if "eval" in rows else "")
-                  + f" · shapes {st['shapes']}", highlight=False)
+    console.print(
+        f"rows: {rows['train']} read, {rows['train_usable']} usable"
+        + (f" · eval {rows['eval']} read, {rows['eval_usable']} usable" if "eval" in rows else "")
+        + f" · shapes {st['shapes']}",
+        highlight=False,
+    )
     groups = report.by_code()
     if groups:
         table = Table("code", "severity", "count", "first places", title="findings", title_justify="left")
@@ -84,14 +107,19 @@ def render_report(report: Any) -> None:
         console.print(table)
     if "tokens" in st:
         t = st["tokens"]
-        table = Table("per example", "min", "median", "p95", "max", "mean", title="tokens (chat template applied)", title_justify="left")
+        table = Table(
+            "per example", "min", "median", "p95", "max", "mean", title="tokens (chat template applied)", title_justify="left"
+        )
         _dist_row(table, "total", t["total_tokens"])
         _dist_row(table, "trained (assistant)", t["assistant_tokens"])
         console.print(table)
-        console.print(f"method {t.get('method', 'sft')}: measured as {t.get('measured_as', 'the rendered conversation')} · "
-                      f"over max_length {t['max_length']}: {t['n_too_long']} · dropped {t['dropped_overlong']} over-long, "
-                      f"{t['dropped_no_trained_tokens']} without trained tokens · tokens lost {t['tokens_lost']} · "
-                      f"pad == EOS: {t['pad_is_eos']} · {eos_line(t)}", highlight=False)
+        console.print(
+            f"method {t.get('method', 'sft')}: measured as {t.get('measured_as', 'the rendered conversation')} · "
+            f"over max_length {t['max_length']}: {t['n_too_long']} · dropped {t['dropped_overlong']} over-long, "
+            f"{t['dropped_no_trained_tokens']} without trained tokens · tokens lost {t['tokens_lost']} · "
+            f"pad == EOS: {t['pad_is_eos']} · {eos_line(t)}",
+            highlight=False,
+        )
     d = st["duplicates"]
     line = f"duplicates: {d['exact_duplicates']} exact, {d['near_duplicates']} near"
     if "overlap" in st:
@@ -122,13 +150,19 @@ def eos_line(t: dict[str, Any]) -> str:
 
 
 def _render_cost(c: dict[str, Any]) -> None:
-    console.print(f"cost: {c['trained_tokens']:,} trained tokens ({c['trained_tokens_per_epoch']:,}/epoch × {c['epochs']} epochs, "
-                  f"{c['epochs_from']}); {c['processed_tokens']:,} tokens processed", highlight=False)
+    console.print(
+        f"cost: {c['trained_tokens']:,} trained tokens ({c['trained_tokens_per_epoch']:,}/epoch × {c['epochs']} epochs, "
+        f"{c['epochs_from']}); {c['processed_tokens']:,} tokens processed",
+        highlight=False,
+    )
     for key in ("gpu", "cpu"):
         if key in c:
             g = c[key]
-            console.print(f"  {g['device']}: ~{g['tokens_per_s']:,} tokens/s → {g['hours'] * 60:.1f} min, "
-                          f"${g['cost_usd']:.2f} at ${g['price_per_hour']}/h", highlight=False)
+            console.print(
+                f"  {g['device']}: ~{g['tokens_per_s']:,} tokens/s → {g['hours'] * 60:.1f} min, "
+                f"${g['cost_usd']:.2f} at ${g['price_per_hour']}/h",
+                highlight=False,
+            )
     if "assumption" in c:
         console.print(f"  [dim]assumed: {c['assumption']}[/]", highlight=False)
 
@@ -141,10 +175,17 @@ def check(
     model: str = typer.Option(None, help="Model whose tokenizer and chat template count tokens (default: the catalog default)."),
     max_length: int = typer.Option(None, min=1, help="Maximum tokens per example (default: the recipe's, else 1024)."),
     overlong: str = typer.Option(None, help="Over-length policy: drop (default) | truncate | error."),
-    method: str = typer.Option(None, "--method", help="sft | dpo | grpo | distill: whose length contract the token checks "
-                               "apply (default: the recipe's, else sft)."),
-    completion_length: int = typer.Option(None, "--max-completion-length", min=1,
-                                          help="grpo: tokens each prompt must leave for a completion (default: the recipe's, else 128)."),
+    method: str = typer.Option(
+        None,
+        "--method",
+        help="sft | dpo | grpo | distill: whose length contract the token checks apply (default: the recipe's, else sft).",
+    ),
+    completion_length: int = typer.Option(
+        None,
+        "--max-completion-length",
+        min=1,
+        help="grpo: tokens each prompt must leave for a completion (default: the recipe's, else 128).",
+    ),
     eval_files: list[Path] = typer.Option([], "--eval", help="Eval file(s): also audited, and checked for overlap with train."),
     label_field: str = typer.Option(None, help="Row field whose value distribution is checked for balance."),
     strict: bool = typer.Option(False, help="Treat warnings as blocking (exit 1)."),
@@ -170,20 +211,38 @@ def check(
     tokenizer, cost = None, None
     if not no_tokens:
         tokenizer, path = _tokenizer(s["model"], quiet=as_json)
-        cost = dict(params=stats.count_params(path), gpu=gpu, price_per_hour=price_per_hour,
-                    epochs=epochs if epochs is not None else s["epochs"], lora=s["lora"])
+        cost = dict(
+            params=stats.count_params(path),
+            gpu=gpu,
+            price_per_hour=price_per_hour,
+            epochs=epochs if epochs is not None else s["epochs"],
+            lora=s["lora"],
+        )
     evals = [str(f) for f in eval_files] or (s["eval"] if not files else [])
-    report = audit(train, evals, tokenizer, s["max_length"], s["overlong"], label_field, near_threshold, cost=cost,
-                   method=s["method"], completion_budget=s["completion_length"])
+    report = audit(
+        train,
+        evals,
+        tokenizer,
+        s["max_length"],
+        s["overlong"],
+        label_field,
+        near_threshold,
+        cost=cost,
+        method=s["method"],
+        completion_budget=s["completion_length"],
+    )
     report.stats["settings"] = {k: s[k] for k in ("method", "max_length", "overlong", "completion_length", "source")}
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=1, default=str))
     else:
         render_report(report)
         if not no_tokens:
-            console.print(f"[dim]settings: method {s['method']}, max_length {s['max_length']}, overlong {s['overlong']}"
-                          f"{', max_completion_length ' + str(s['completion_length']) if s['method'] == 'grpo' else ''} "
-                          f"(from {s['source']})[/]", highlight=False)
+            console.print(
+                f"[dim]settings: method {s['method']}, max_length {s['max_length']}, overlong {s['overlong']}"
+                f"{', max_completion_length ' + str(s['completion_length']) if s['method'] == 'grpo' else ''} "
+                f"(from {s['source']})[/]",
+                highlight=False,
+            )
     if html is not None:
         from tunesmith.data.html import write_html
         from tunesmith.outputs import claim_file, record_file
@@ -211,15 +270,25 @@ def fix(
     against: list[Path] = typer.Option([], help="Training file(s): drop rows that also appear there (exactly or nearly)."),
     keep_near_duplicates: bool = typer.Option(False, help="Drop exact duplicates only."),
     no_tokens: bool = typer.Option(False, "--no-tokens", help="Skip the token checks."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out when an earlier tunesmith command wrote it (unedited)."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace --out when an earlier tunesmith command wrote it (unedited)."
+    ),
 ) -> None:
     """Write a cleaned copy: repair what can be repaired, drop what the check flags; print what was done."""
     from tunesmith.data.fix import fix_file
 
     s = _settings(recipe, model, max_length, overlong)
     tokenizer = None if no_tokens else _tokenizer(s["model"])[0]
-    res = fix_file(file, out, tokenizer, s["max_length"], "drop" if s["overlong"] == "error" else s["overlong"],
-                   [str(a) for a in against], near=not keep_near_duplicates, overwrite=overwrite)
+    res = fix_file(
+        file,
+        out,
+        tokenizer,
+        s["max_length"],
+        "drop" if s["overlong"] == "error" else s["overlong"],
+        [str(a) for a in against],
+        near=not keep_near_duplicates,
+        overwrite=overwrite,
+    )
     for line in res.actions[:200]:
         console.print(line, highlight=False, markup=False)
     if len(res.actions) > 200:
@@ -230,8 +299,10 @@ def fix(
     for name, n in sorted(res.repaired.items()):
         table.add_row("[yellow]repaired[/]", name, str(n))
     console.print(table)
-    console.print(f"[green]wrote[/] {out}: {res.rows_out} of {res.rows_in} rows kept "
-                  f"({sum(res.dropped.values())} dropped, {sum(res.repaired.values())} repairs)")
+    console.print(
+        f"[green]wrote[/] {out}: {res.rows_out} of {res.rows_in} rows kept "
+        f"({sum(res.dropped.values())} dropped, {sum(res.repaired.values())} repairs)"
+    )
 
 
 @data_app.command("split")
@@ -242,15 +313,20 @@ def split(
     seed: int = typer.Option(42, help="Seed: the same seed and content give the same split."),
     stratify: str = typer.Option(None, help="Row field to stratify by (each value split with the same fraction)."),
     out_dir: Path = typer.Option(None, help="Folder for the two files (default: next to FILE)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the two files when an earlier split wrote them (unedited)."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the two files when an earlier split wrote them (unedited)."
+    ),
 ) -> None:
     """Deterministic, deduplicated train/eval split: writes FILE-stem.train.EXT and FILE-stem.eval.EXT."""
     from tunesmith.data.split import split_file
 
     res = split_file(file, eval_fraction, seed, stratify, out_dir, overwrite=overwrite)
-    console.print(f"[green]wrote[/] {res.train} ({res.n_train} rows) and {res.eval} ({res.n_eval} rows); "
-                  f"dropped {res.dropped_exact_duplicates} exact duplicates and {res.dropped_invalid} invalid rows; "
-                  f"{res.near_duplicate_groups} near-duplicate groups kept on one side", highlight=False)
+    console.print(
+        f"[green]wrote[/] {res.train} ({res.n_train} rows) and {res.eval} ({res.n_eval} rows); "
+        f"dropped {res.dropped_exact_duplicates} exact duplicates and {res.dropped_invalid} invalid rows; "
+        f"{res.near_duplicate_groups} near-duplicate groups kept on one side",
+        highlight=False,
+    )
     for value, counts in res.strata.items():
         console.print(f"  {stratify}={value}: train {counts['train']}, eval {counts['eval']}", highlight=False)
 
@@ -259,9 +335,13 @@ def split(
 @handle_errors
 def convert(
     file: Path = typer.Argument(..., help="Data file to convert."),
-    to: str = typer.Option(..., help="Target shape: messages | sharegpt | alpaca | prompt_completion | preference | openai_dpo | prompt_only."),
+    to: str = typer.Option(
+        ..., help="Target shape: messages | sharegpt | alpaca | prompt_completion | preference | openai_dpo | prompt_only."
+    ),
     out: Path = typer.Option(..., "--out", help="Output file (format from the extension: .jsonl .json .parquet .csv, + .gz)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out when an earlier tunesmith command wrote it (unedited)."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace --out when an earlier tunesmith command wrote it (unedited)."
+    ),
 ) -> None:
     """Convert rows between shapes; rows that cannot be expressed in the target are skipped and counted."""
     from tunesmith.data.convert import TARGETS, convert_file
@@ -303,8 +383,10 @@ def show(
     console.print(text)
     console.rule()
     state = f"dropped ({shown.dropped})" if shown.dropped else f"{shown.kept_tokens} tokens reach training"
-    console.print(f"{shown.n_tokens} tokens, {shown.n_trained} trained ([black on green]highlighted[/]); "
-                  f"EOS trained: {shown.eos_trained}; max_length {s['max_length']}: {state}")
+    console.print(
+        f"{shown.n_tokens} tokens, {shown.n_trained} trained ([black on green]highlighted[/]); "
+        f"EOS trained: {shown.eos_trained}; max_length {s['max_length']}: {state}"
+    )
 
 
 @data_app.command("synth")
@@ -336,9 +418,19 @@ def synth(
     with err_console.status(f"loading {model} ..."):
         gen_model, tokenizer = load_generator(model)
     with err_console.status("generating ...") as status:
-        res = synthesize(gen_model, tokenizer, seeds, n, schema_obj, max_length, max_new_tokens, batch_size,
-                         max_attempts=max_attempts, seed=seed,
-                         on_batch=lambda ok, tried: status.update(f"generating ... {ok} accepted of {tried}"))
+        res = synthesize(
+            gen_model,
+            tokenizer,
+            seeds,
+            n,
+            schema_obj,
+            max_length,
+            max_new_tokens,
+            batch_size,
+            max_attempts=max_attempts,
+            seed=seed,
+            on_batch=lambda ok, tried: status.update(f"generating ... {ok} accepted of {tried}"),
+        )
     write_rows(out, res.accepted)
     record_file(out)
     table = Table("verdict", "count", "example output", title=f"synth: {res.attempts} candidates", title_justify="left")

@@ -15,7 +15,8 @@ def demo(
     directory: Path = typer.Option(Path("demo-run"), "--dir", help="Folder for the demo project and its run."),
     steps: int = typer.Option(None, min=1, help="Override the number of training steps."),
     fresh: bool = typer.Option(
-        True, "--overwrite/--no-overwrite",
+        True,
+        "--overwrite/--no-overwrite",
         help="Replace an earlier demo's own files in --dir (never files the demo did not write).",
     ),
 ) -> None:

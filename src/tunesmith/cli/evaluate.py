@@ -78,7 +78,8 @@ def eval_cmd(
     target: Path = typer.Argument(..., help="Recipe YAML or run folder."),
     max_examples: int = typer.Option(None, min=1, help="Evaluate only the first N held-out examples."),
     gate: list[str] = typer.Option(
-        [], "--gate", help="Add or replace a release gate: metric=RULE, e.g. exact_match='>=0.9' (repeatable)."),
+        [], "--gate", help="Add or replace a release gate: metric=RULE, e.g. exact_match='>=0.9' (repeatable)."
+    ),
 ) -> None:
     """Run the same held-out prompts through the base and the tuned model and compare them."""
     from tunesmith.eval.compare import evaluate

@@ -30,7 +30,9 @@ def merge(
     )
 
 
-export_app = typer.Typer(help="Export a tuned model for other runtimes (GGUF for llama.cpp, Ollama, LM Studio).", no_args_is_help=True)
+export_app = typer.Typer(
+    help="Export a tuned model for other runtimes (GGUF for llama.cpp, Ollama, LM Studio).", no_args_is_help=True
+)
 app.add_typer(export_app, name="export")
 
 
@@ -42,7 +44,9 @@ def gguf(
     type_: str = typer.Option("f16", "--type", help="f16 | bf16 | q8_0."),
     adapter_only: bool = typer.Option(False, "--adapter-only", help="Write the LoRA alone as a llama.cpp GGUF adapter (--lora)."),
     check_prompts: int = typer.Option(3, min=1, help="Held-out prompts whose greedy tokens are compared after reloading."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export tunesmith wrote there (unchanged since)."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an earlier export tunesmith wrote there (unchanged since)."
+    ),
 ) -> None:
     """Convert with llama.cpp's converter, reload and compare greedy tokens, then publish FILE.gguf + FILE.gguf.lineage.json."""
     from tunesmith.export import gguf as export_gguf
@@ -54,8 +58,12 @@ def gguf(
             lineage = export_gguf.export_gguf(source, out, type_, n_check=check_prompts, overwrite=overwrite)
     c = lineage.check or {}
     if adapter_only:
-        console.print(f"[green]wrote[/] {out} (GGUF LoRA, {c.get('adapted_weights')} weights, alpha {c.get('alpha')}, r {c.get('r')})")
+        console.print(
+            f"[green]wrote[/] {out} (GGUF LoRA, {c.get('adapted_weights')} weights, alpha {c.get('alpha')}, r {c.get('r')})"
+        )
     else:
-        console.print(f"[green]wrote[/] {out} ({lineage.type})\ncheck: greedy tokens identical on {c.get('identical')}/"
-                      f"{c.get('prompts')} prompts, first {export_gguf.EXACT_PREFIX} identical on {c.get('prefix_identical')}")
+        console.print(
+            f"[green]wrote[/] {out} ({lineage.type})\ncheck: greedy tokens identical on {c.get('identical')}/"
+            f"{c.get('prompts')} prompts, first {export_gguf.EXACT_PREFIX} identical on {c.get('prefix_identical')}"
+        )
     console.print(f"lineage: {out}.lineage.json (also in the file under {export_gguf.LINEAGE_KEY})")

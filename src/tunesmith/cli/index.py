@@ -51,17 +51,32 @@ def build(
 
     from tunesmith.rag.index import build_index
 
-    with Progress(TextColumn("[bold]embedding chunks"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err_console, transient=True) as bar:
+    with Progress(
+        TextColumn("[bold]embedding chunks"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
         task = bar.add_task("embed", total=None)
-        stats = build_index(sources, out, embedder=embedder, chunk_chars=chunk_chars, overlap_chars=overlap_chars,
-                            progress=lambda done, total: bar.update(task, completed=done, total=total))
+        stats = build_index(
+            sources,
+            out,
+            embedder=embedder,
+            chunk_chars=chunk_chars,
+            overlap_chars=overlap_chars,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
     table = Table(title=f"index {escape(stats.index)}", show_header=False)
     files = f"{stats.files} ({stats.files_embedded} embedded, {stats.files_reused} unchanged, {stats.files_removed} removed)"
-    for label, value in (("files", files),
-                         ("chunks", f"{stats.chunks} ({stats.chunks_embedded} embedded)"), ("embedder", stats.embedder),
-                         ("content hash", stats.content_hash[:16]),
-                         ("time", f"{stats.seconds:.1f} s ({stats.embed_seconds:.1f} s embedding)")):
+    for label, value in (
+        ("files", files),
+        ("chunks", f"{stats.chunks} ({stats.chunks_embedded} embedded)"),
+        ("embedder", stats.embedder),
+        ("content hash", stats.content_hash[:16]),
+        ("time", f"{stats.seconds:.1f} s ({stats.embed_seconds:.1f} s embedding)"),
+    ):
         table.add_row(label, escape(str(value)))
     console.print(table)
 

@@ -17,8 +17,11 @@ if TYPE_CHECKING:
 
 def ladder_table(report: LadderReport) -> Table:
     """One row per rung: quality, latency, tokens, cost, and the targets it misses; the recommended rung in bold green."""
-    quality = [m for m in (report.primary_metric, "exact_match", "json_valid", "json_field_accuracy", "token_f1")
-               if any(m in r.metrics for r in report.measured)]
+    quality = [
+        m
+        for m in (report.primary_metric, "exact_match", "json_valid", "json_field_accuracy", "token_f1")
+        if any(m in r.metrics for r in report.measured)
+    ]
     quality = list(dict.fromkeys(quality))
     table = Table(title=f"{report.run}: the ladder on {report.n_examples} held-out prompts")
     for col in ["rung", *quality, "p50 ms", "p95 ms", "prompt tok", "compl. tok", "cost/1k", "misses"]:
@@ -30,8 +33,13 @@ def ladder_table(report: LadderReport) -> Table:
         missed = ", ".join(k for k, ok in r.meets.items() if not ok)
         name = f"[bold green]{r.label}[/]" if r.name == report.recommendation.rung else r.label
         table.add_row(
-            name, *[f"{r.metrics.get(m, float('nan')):.3f}" for m in quality], f"{r.p50_latency_ms:.0f}",
-            f"{r.p95_latency_ms:.0f}", f"{r.prompt_tokens:.0f}", f"{r.completion_tokens:.0f}", f"{r.cost_per_1k:.4g}",
+            name,
+            *[f"{r.metrics.get(m, float('nan')):.3f}" for m in quality],
+            f"{r.p50_latency_ms:.0f}",
+            f"{r.p95_latency_ms:.0f}",
+            f"{r.prompt_tokens:.0f}",
+            f"{r.completion_tokens:.0f}",
+            f"{r.cost_per_1k:.4g}",
             missed or ("[green]all met[/]" if r.meets else "-"),
         )
     table.caption = f"cost basis: {report.cost_basis} at {report.price:g}; latency = wall time of the request's batch"
@@ -54,7 +62,9 @@ def ladder_cmd(
     out: Path = typer.Option(None, "--out", help="Output folder (default: beside the run folder, <output_dir>-ladder)."),
     max_examples: int = typer.Option(None, help="Held-out prompts per rung (default: ladder.max_examples)."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe field: section.field=value (repeatable)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output of an earlier `tunesmith ladder` in that folder."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the output of an earlier `tunesmith ladder` in that folder."
+    ),
 ) -> None:
     """Measure every rung of the ladder on the same held-out prompts and recommend the cheapest that meets the targets."""
     from tunesmith.config import load_recipe

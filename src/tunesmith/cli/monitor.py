@@ -26,12 +26,30 @@ def _num(value: float | None) -> str:
 
 
 def signal_table(report: MonitorReport) -> Table:
-    table = Table("signal", "vs", "recent", "reference", "statistic", "drift when", "status", "detail",
-                  title=f"recent {report.recent.requests} requests vs earlier {report.earlier.requests}"
-                  + (" and the training data" if report.baseline else ""), title_justify="left")
+    table = Table(
+        "signal",
+        "vs",
+        "recent",
+        "reference",
+        "statistic",
+        "drift when",
+        "status",
+        "detail",
+        title=f"recent {report.recent.requests} requests vs earlier {report.earlier.requests}"
+        + (" and the training data" if report.baseline else ""),
+        title_justify="left",
+    )
     for s in report.signals:
-        table.add_row(s.name, s.reference, _num(s.recent), _num(s.baseline), _num(s.statistic), escape(s.rule),
-                      _STATUS[s.status], escape(s.detail))
+        table.add_row(
+            s.name,
+            s.reference,
+            _num(s.recent),
+            _num(s.baseline),
+            _num(s.statistic),
+            escape(s.rule),
+            _STATUS[s.status],
+            escape(s.detail),
+        )
     return table
 
 
@@ -39,8 +57,13 @@ def _section(baseline: Any, recipe: Path | None, window_hours: float | None, emb
     """Thresholds: --recipe's monitor section, else the baseline run's, else the defaults; then the flags."""
     from tunesmith.config import MonitorSection, load_recipe
 
-    cfg = (load_recipe(recipe, check_files=False).monitor if recipe else
-           baseline.recipe.monitor if baseline is not None else MonitorSection())
+    cfg = (
+        load_recipe(recipe, check_files=False).monitor
+        if recipe
+        else baseline.recipe.monitor
+        if baseline is not None
+        else MonitorSection()
+    )
     updates = {k: v for k, v in (("window_hours", window_hours), ("embedder", embedder)) if v is not None}
     return MonitorSection.model_validate({**cfg.model_dump(), **updates}) if updates else cfg
 
@@ -50,15 +73,25 @@ def _section(baseline: Any, recipe: Path | None, window_hours: float | None, emb
 def monitor(
     serve_dir: Path = typer.Argument(..., help="Serve folder holding requests.sqlite (or the .sqlite file)."),
     baseline: Path = typer.Option(None, "--baseline", help="Run folder whose training data is the reference distribution."),
-    recipe: Path = typer.Option(None, "--recipe", help="Recipe whose `monitor` section sets the thresholds (default: the "
-                                "baseline run's, else the defaults)."),
-    out: Path = typer.Option(None, "--out", help="Folder for monitor.json and monitor.html (default: SERVE_DIR/monitor; "
-                             "a later monitor run replaces only its own files there)."),
+    recipe: Path = typer.Option(
+        None,
+        "--recipe",
+        help="Recipe whose `monitor` section sets the thresholds (default: the baseline run's, else the defaults).",
+    ),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        help="Folder for monitor.json and monitor.html (default: SERVE_DIR/monitor; "
+        "a later monitor run replaces only its own files there).",
+    ),
     until: datetime = typer.Option(None, "--until", help="End of the recent window (UTC, ISO); default: now."),
     window_hours: float = typer.Option(None, "--window-hours", min=0.001, help="Override monitor.window_hours."),
     embedder: str = typer.Option(None, "--embedder", help="Override monitor.embedder: minilm | char-ngrams."),
-    export_retrain: Path = typer.Option(None, "--export-retrain", help="Also write the corrected and drifted traffic "
-                                        "as the next training set (messages JSONL, a new file)."),
+    export_retrain: Path = typer.Option(
+        None,
+        "--export-retrain",
+        help="Also write the corrected and drifted traffic as the next training set (messages JSONL, a new file).",
+    ),
 ) -> None:
     """Compare recent traffic with the training data and the earlier window: input, output and latency/error drift.
 
@@ -73,8 +106,12 @@ def monitor(
     cfg = _section(base, recipe, window_hours, embedder)
     with console.status("embedding prompts and testing for drift ..."):
         report = traffic.check(serve_dir, base, cfg, until)
-    folder = outputs.claim_dir(out or (serve_dir if serve_dir.is_dir() else serve_dir.parent) / "monitor", "monitor",
-                               overwrite=True, what="monitor folder")
+    folder = outputs.claim_dir(
+        out or (serve_dir if serve_dir.is_dir() else serve_dir.parent) / "monitor",
+        "monitor",
+        overwrite=True,
+        what="monitor folder",
+    )
     write_report(folder / REPORT_NAME, report)
     write_html(folder / HTML_NAME, report)
     outputs.record(folder, REPORT_NAME, HTML_NAME)
@@ -84,8 +121,9 @@ def monitor(
         from tunesmith.monitor.feedback import export_retrain as write_retrain
 
         done = write_retrain(serve_dir, base, cfg, export_retrain, until)
-        console.print(f"[green]wrote[/] {done.rows} rows to {done.path} · review them, then: "
-                      f"tunesmith retrain RECIPE --add {done.path}")
+        console.print(
+            f"[green]wrote[/] {done.rows} rows to {done.path} · review them, then: tunesmith retrain RECIPE --add {done.path}"
+        )
     if report.drifted:
         console.print(f"[bold red]{len(report.drifted)} signal(s) drifted:[/] {', '.join(s.name for s in report.drifted)}")
         raise typer.Exit(DRIFT_EXIT)
@@ -148,5 +186,7 @@ def retrain(
     if not done.promoted:
         console.print(f"[bold red]not promoted[/]: {serve_dir / 'adapters' / name} still serves {done.served_run}")
         raise typer.Exit(GATES_FAILED_EXIT)
-    console.print(f"[green]promoted[/]: {done.link} -> {done.new_run}\n"
-                  f"serve it: tunesmith serve BASE --adapter {name}={done.link} (restart picks up the new target)")
+    console.print(
+        f"[green]promoted[/]: {done.link} -> {done.new_run}\n"
+        f"serve it: tunesmith serve BASE --adapter {name}={done.link} (restart picks up the new target)"
+    )

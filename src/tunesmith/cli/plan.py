@@ -50,8 +50,10 @@ def plan(
         table.add_row(key, f"{value:,.0f}")
     table.add_row("capacity (90%)", f"{p.capacity_mb:,.0f}")
     console.print(table)
-    console.print(f"{p.params / 1e6:,.1f}M parameters, {p.trainable_params / 1e6:,.2f}M trained; {p.steps} steps, "
-                  f"{p.tokens:,} tokens: ~{p.seconds / 60:,.1f} min, ~${p.usd:,.2f}")
+    console.print(
+        f"{p.params / 1e6:,.1f}M parameters, {p.trainable_params / 1e6:,.2f}M trained; {p.steps} steps, "
+        f"{p.tokens:,} tokens: ~{p.seconds / 60:,.1f} min, ~${p.usd:,.2f}"
+    )
     if p.fits:
         console.print("[green]fits[/]")
     else:

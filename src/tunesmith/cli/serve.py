@@ -14,7 +14,7 @@ from tunesmith.cli import app, console, err_console, handle_errors
 def serve(
     target: str = typer.Argument(..., help="Run folder (served with its adapter) or model (folder, catalog name, hub id)."),
     adapter: list[str] = typer.Option([], "--adapter", help="More adapters on the same base: name=RUN_DIR (repeatable)."),
-    index: str = typer.Option(None, "--index", help="Retrieval index for requests with \"rag\": true."),
+    index: str = typer.Option(None, "--index", help='Retrieval index for requests with "rag": true.'),
     host: str = typer.Option("127.0.0.1", help="Interface to bind (loopback by default)."),
     port: int = typer.Option(8000, help="TCP port."),
     dir: Path = typer.Option(Path("serve"), "--dir", help="Serve folder (created, marked): request log, generated key."),
@@ -24,14 +24,20 @@ def serve(
     api_key: list[str] = typer.Option([], "--api-key", help="Accepted API key (repeatable; also $TUNESMITH_API_KEY)."),
     admin_key: list[str] = typer.Option([], "--admin-key", help="Key that may add and remove adapters (repeatable)."),
     keys_file: Path = typer.Option(None, "--keys-file", help="File with one key a line; `admin KEY` for admin keys."),
-    adapters_dir: Path = typer.Option(None, "--adapters-dir", help="Folder runtime-added adapters must live in "
-                                      "(default: the served run's parent folder, else <dir>/adapters)."),
+    adapters_dir: Path = typer.Option(
+        None,
+        "--adapters-dir",
+        help="Folder runtime-added adapters must live in (default: the served run's parent folder, else <dir>/adapters).",
+    ),
     max_queue: int = typer.Option(64, min=1, help="Requests allowed to wait; beyond it: 429 with Retry-After."),
     max_batch: int = typer.Option(8, min=1, help="Most requests generated together in one batch."),
     no_batching: bool = typer.Option(False, "--no-batching", help="Generate one request at a time."),
     timeout: float = typer.Option(300.0, min=1.0, help="Per-request time limit, seconds."),
-    check: bool = typer.Option(False, "--check", help="Deploy check: each adapter must answer its run's golden prompts "
-                               "as eval recorded before /health reports ready."),
+    check: bool = typer.Option(
+        False,
+        "--check",
+        help="Deploy check: each adapter must answer its run's golden prompts as eval recorded before /health reports ready.",
+    ),
     engine: str = typer.Option("transformers", help="transformers (default) or vllm (GPU, optional extra)."),
     dtype: str = typer.Option("auto", help="Weights dtype: auto, float32, bfloat16, float16."),
 ) -> None:
@@ -40,9 +46,28 @@ def serve(
 
     from tunesmith.serve.server import ServeOptions, prepare
 
-    opts = ServeOptions(target, adapter, index, host, port, dir, log_path, not no_log, not no_log_content, api_key,
-                        admin_key, keys_file, adapters_dir, max_queue, max_batch, not no_batching, timeout, check,
-                        engine, dtype)
+    opts = ServeOptions(
+        target,
+        adapter,
+        index,
+        host,
+        port,
+        dir,
+        log_path,
+        not no_log,
+        not no_log_content,
+        api_key,
+        admin_key,
+        keys_file,
+        adapters_dir,
+        max_queue,
+        max_batch,
+        not no_batching,
+        timeout,
+        check,
+        engine,
+        dtype,
+    )
     prepared = prepare(opts)
     if host not in ("127.0.0.1", "localhost", "::1"):
         err_console.print(f"[bold yellow]warning:[/] listening on {host}: reachable from other machines")

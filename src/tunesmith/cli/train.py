@@ -90,5 +90,7 @@ def train(
         console.print(f"[green]trained[/] {run.dir}\n{summary(run)}\nnext: tunesmith eval {recipe}")
         if run.manifest.plan and run.manifest.plan.get("measured"):
             est, got = run.manifest.plan, run.manifest.plan["measured"]
-            console.print(f"plan vs measured: peak {est['memory_mb']['total']:,.0f} vs {got['peak_mb']:,.0f} MiB, "
-                          f"time {est['seconds']:,.0f} vs {got['seconds']:,.0f} s")
+            console.print(
+                f"plan vs measured: peak {est['memory_mb']['total']:,.0f} vs {got['peak_mb']:,.0f} MiB, "
+                f"time {est['seconds']:,.0f} vs {got['seconds']:,.0f} s"
+            )

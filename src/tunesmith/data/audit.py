@@ -77,8 +77,13 @@ class AuditReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "files": self.files, "ok": not self.errors, "errors": len(self.errors), "warnings": len(self.warnings),
-            "by_code": self.by_code(), "findings": [f.as_dict() for f in self.findings], "stats": self.stats,
+            "files": self.files,
+            "ok": not self.errors,
+            "errors": len(self.errors),
+            "warnings": len(self.warnings),
+            "by_code": self.by_code(),
+            "findings": [f.as_dict() for f in self.findings],
+            "stats": self.stats,
         }
 
 
@@ -113,8 +118,9 @@ def load_rows(paths: list[str]) -> Rows:
     return out
 
 
-def _token_pass(rows: Rows, tokenizer: Any, max_length: int | None, overlong: str, method: str = "sft",
-                completion_budget: int = 0) -> list[TokenInfo]:
+def _token_pass(
+    rows: Rows, tokenizer: Any, max_length: int | None, overlong: str, method: str = "sft", completion_budget: int = 0
+) -> list[TokenInfo]:
     infos = []
     for row in rows.rows:
         info, found = check_tokens(row, tokenizer, max_length, overlong, method, completion_budget)
@@ -124,8 +130,10 @@ def _token_pass(rows: Rows, tokenizer: Any, max_length: int | None, overlong: st
 
 
 MEASURED_AS = {
-    "sft": "the rendered conversation", "distill": "the rendered conversation",
-    "dpo": "prompt + the longer of chosen/rejected", "grpo": "prompt + grpo.max_completion_length",
+    "sft": "the rendered conversation",
+    "distill": "the rendered conversation",
+    "dpo": "prompt + the longer of chosen/rejected",
+    "grpo": "prompt + grpo.max_completion_length",
 }
 
 
@@ -158,8 +166,11 @@ def _duplicate_findings(rows: Rows, threshold: float, near: bool) -> dict[str, A
         rows.findings.append(finding("exact_duplicate", r[i].file, r[i].line, f"same row as {r[j].where}"))
     for i, j, sim in dups.near:
         rows.findings.append(finding("near_duplicate", r[i].file, r[i].line, f"~{sim:.2f} similar to {r[j].where}"))
-    return {"exact_duplicates": len(dups.exact), "near_duplicates": len(dups.near),
-            "near_duplicate_pairs": [[r[i].where, r[j].where, sim] for i, j, sim in dups.near[:100]]}
+    return {
+        "exact_duplicates": len(dups.exact),
+        "near_duplicates": len(dups.near),
+        "near_duplicate_pairs": [[r[i].where, r[j].where, sim] for i, j, sim in dups.near[:100]],
+    }
 
 
 def _overlap_findings(train: Rows, evaluation: Rows, threshold: float, near: bool) -> dict[str, Any]:
@@ -170,8 +181,11 @@ def _overlap_findings(train: Rows, evaluation: Rows, threshold: float, near: boo
     for j, i, sim in ov.near:
         similar = f"~{sim:.2f} similar to train {t[i].where}"
         evaluation.findings.append(finding("eval_near_overlap", e[j].file, e[j].line, similar))
-    return {"eval_overlap": len(ov.exact), "eval_near_overlap": len(ov.near),
-            "eval_near_overlap_pairs": [[e[j].where, t[i].where, sim] for j, i, sim in ov.near[:100]]}
+    return {
+        "eval_overlap": len(ov.exact),
+        "eval_near_overlap": len(ov.near),
+        "eval_near_overlap_pairs": [[e[j].where, t[i].where, sim] for j, i, sim in ov.near[:100]],
+    }
 
 
 def _dataset_findings(train: Rows, files: list[str], infos: list[TokenInfo], label_field: str | None) -> dict[str, Any]:
@@ -193,8 +207,9 @@ def _dataset_findings(train: Rows, files: list[str], infos: list[TokenInfo], lab
     bal = stats.balance(labels, [i.first_answer_token for i in infos], refusals, len(answered))
     if label_field and labels and bal["label_majority_share"] >= LABEL_MAJORITY:
         top = next(iter(bal["label_counts"]))
-        train.findings.append(finding("label_imbalance", where, None,
-                                      f"`{label_field}` = {top!r} in {bal['label_majority_share']:.0%} of rows"))
+        train.findings.append(
+            finding("label_imbalance", where, None, f"`{label_field}` = {top!r} in {bal['label_majority_share']:.0%} of rows")
+        )
     if answered and refusals and refusals / len(answered) >= REFUSAL_SHARE:
         train.findings.append(finding("refusal_ratio", where, None, f"{refusals} of {len(answered)} answers look like refusals"))
     return bal
@@ -225,8 +240,10 @@ def audit(
     stage("reading")
     tr, ev = load_rows(list(train)), load_rows(eval_files)
     report = AuditReport(list(map(str, train)) + list(map(str, eval_files)))
-    st: dict[str, Any] = {"rows": {"train": tr.n_records, "train_usable": len(tr.rows)},
-                          "shapes": dict(Counter(r.shape for r in tr.rows))}
+    st: dict[str, Any] = {
+        "rows": {"train": tr.n_records, "train_usable": len(tr.rows)},
+        "shapes": dict(Counter(r.shape for r in tr.rows)),
+    }
     if eval_files:
         st["rows"].update(eval=ev.n_records, eval_usable=len(ev.rows))
     st["messages_per_example"] = stats.distribution([len(r.messages) for r in tr.rows])
@@ -265,8 +282,16 @@ def _ordered(findings: list[Finding]) -> list[Finding]:
 def audit_recipe(recipe: Any, tokenizer: Any, **kwargs: Any) -> AuditReport:
     """Audit a recipe's train (and eval) files with its max_length and over-length policy."""
     d = recipe.data
-    return audit(d.train, [d.eval] if d.eval else [], tokenizer, d.max_length, d.overlong, method=recipe.method,
-                 completion_budget=recipe.grpo.max_completion_length, **kwargs)
+    return audit(
+        d.train,
+        [d.eval] if d.eval else [],
+        tokenizer,
+        d.max_length,
+        d.overlong,
+        method=recipe.method,
+        completion_budget=recipe.grpo.max_completion_length,
+        **kwargs,
+    )
 
 
 def preflight(recipe: Any, tokenizer: Any, force: bool = False, max_listed: int = 20) -> AuditReport:

@@ -94,12 +94,19 @@ class Finding:
         return at + (f" message {self.message_index}" if self.message_index is not None else "")
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(code=self.code, severity=self.severity, file=self.file, line=self.line,
-                    message_index=self.message_index, message=self.message)
+        return dict(
+            code=self.code,
+            severity=self.severity,
+            file=self.file,
+            line=self.line,
+            message_index=self.message_index,
+            message=self.message,
+        )
 
 
-def finding(code: str, file: str | None, line: int | None, message: str, index: int | None = None,
-            severity: str | None = None) -> Finding:
+def finding(
+    code: str, file: str | None, line: int | None, message: str, index: int | None = None, severity: str | None = None
+) -> Finding:
     return Finding(code, severity or CODES[code][0], file, line, index, message)
 
 
@@ -188,8 +195,9 @@ class TokenInfo:
     eos_trained: bool | None = None  # EOS among the kept trained labels; None where nothing fixed is trained (grpo)
 
 
-def _method_tokens(row: Row, tokenizer: Any, max_length: int | None, overlong: str, method: str,
-                   completion_budget: int) -> tuple[TokenInfo, list[Finding]]:
+def _method_tokens(
+    row: Row, tokenizer: Any, max_length: int | None, overlong: str, method: str, completion_budget: int
+) -> tuple[TokenInfo, list[Finding]]:
     """dpo and grpo rows measured as their trainer measures them (data.lengths: the same functions training uses)."""
     from tunesmith.data import lengths
 
@@ -204,8 +212,15 @@ def _method_tokens(row: Row, tokenizer: Any, max_length: int | None, overlong: s
     else:
         fit = lengths.fit_prompt(tokenizer, to_prompt_only(row.obj), completion_budget, limit, policy)
         what = f"prompt + max_completion_length {completion_budget} = {fit.n_tokens} tokens"
-    info = TokenInfo(fit.n_tokens, fit.trained_tokens, fit.kept_tokens, fit.trained_tokens, fit.tokens_lost,
-                     fit.dropped, eos_trained=fit.eos_trained)
+    info = TokenInfo(
+        fit.n_tokens,
+        fit.trained_tokens,
+        fit.kept_tokens,
+        fit.trained_tokens,
+        fit.tokens_lost,
+        fit.dropped,
+        eos_trained=fit.eos_trained,
+    )
     if not fit.over:
         return info, []
     over = f"{what} > max_length {max_length}"
@@ -213,13 +228,17 @@ def _method_tokens(row: Row, tokenizer: Any, max_length: int | None, overlong: s
         return info, [finding("truncated_no_trained_tokens", row.file, row.line, f"{over}: no room left for an answer, dropped")]
     if fit.dropped:
         what_happens = "refused (policy error)" if overlong == "error" else "dropped"
-        return info, [finding("over_max_length", row.file, row.line, f"{over}: {what_happens}",
-                              severity=ERROR if overlong == "error" else None)]
+        return info, [
+            finding(
+                "over_max_length", row.file, row.line, f"{over}: {what_happens}", severity=ERROR if overlong == "error" else None
+            )
+        ]
     return info, [finding("over_max_length", row.file, row.line, f"{over}: truncated, {fit.tokens_lost} tokens lost")]
 
 
-def check_tokens(row: Row, tokenizer: Any, max_length: int | None, overlong: str, method: str = "sft",
-                 completion_budget: int = 0) -> tuple[TokenInfo, list[Finding]]:
+def check_tokens(
+    row: Row, tokenizer: Any, max_length: int | None, overlong: str, method: str = "sft", completion_budget: int = 0
+) -> tuple[TokenInfo, list[Finding]]:
     """Render and tokenize like the method's training does; apply the over-length policy; check labels and EOS.
 
     sft and distill: the conversation with its loss mask. dpo: prompt + the longer answer. grpo: the prompt +
@@ -232,13 +251,25 @@ def check_tokens(row: Row, tokenizer: Any, max_length: int | None, overlong: str
         info = TokenInfo(n, 0, n, 0)
         if max_length is not None and n > max_length:
             info.kept_total, info.lost, info.dropped = 0, n, "overlong"
-            return info, [finding("over_max_length", row.file, row.line, f"prompt has {n} tokens > max_length {max_length}",
-                                  severity=ERROR if overlong == "error" else None)]
+            return info, [
+                finding(
+                    "over_max_length",
+                    row.file,
+                    row.line,
+                    f"prompt has {n} tokens > max_length {max_length}",
+                    severity=ERROR if overlong == "error" else None,
+                )
+            ]
         return info, []
     tok = tokenize_example(tokenizer, row.messages)
     first = next((t for t, lab in zip(tok.input_ids, tok.labels) if lab != IGNORE), None)
-    info = TokenInfo(tok.n_tokens, tok.n_trained, tok.n_tokens, tok.n_trained,
-                     first_answer_token=tokenizer.decode([first]).strip() if first is not None else None)
+    info = TokenInfo(
+        tok.n_tokens,
+        tok.n_trained,
+        tok.n_tokens,
+        tok.n_trained,
+        first_answer_token=tokenizer.decode([first]).strip() if first is not None else None,
+    )
     out: list[Finding] = []
     if tok.n_trained == 0:
         info.kept_total, info.kept_trained, info.dropped = 0, 0, "no_trained_tokens"
@@ -249,8 +280,9 @@ def check_tokens(row: Row, tokenizer: Any, max_length: int | None, overlong: str
         if overlong in ("drop", "error"):
             info.kept_total, info.kept_trained, info.lost, info.dropped = 0, 0, tok.n_tokens, "overlong"
             what = "refused (policy error)" if overlong == "error" else f"dropped, {tok.n_tokens} tokens lost"
-            return info, [finding("over_max_length", row.file, row.line, f"{over}: {what}",
-                                  severity=ERROR if overlong == "error" else None)]
+            return info, [
+                finding("over_max_length", row.file, row.line, f"{over}: {what}", severity=ERROR if overlong == "error" else None)
+            ]
         labels = labels[:max_length]
         info.kept_total, info.lost = max_length, tok.n_tokens - max_length
         info.kept_trained = sum(lab != IGNORE for lab in labels)

@@ -29,9 +29,14 @@ from tunesmith.errors import DataError
 
 TARGETS = ("messages", "sharegpt", "alpaca", "prompt_completion", "preference", "openai_dpo", "prompt_only")
 SHAPE_KEYS = {
-    "messages": {"messages"}, "sharegpt": {"conversations"}, "alpaca": {"instruction", "input", "output", "system"},
-    "prompt_completion": {"prompt", "completion"}, "preference": {"prompt", "chosen", "rejected"},
-    "openai_dpo": {"input", "preferred_output", "non_preferred_output"}, "prompt_only": {"prompt"}, "unknown": set(),
+    "messages": {"messages"},
+    "sharegpt": {"conversations"},
+    "alpaca": {"instruction", "input", "output", "system"},
+    "prompt_completion": {"prompt", "completion"},
+    "preference": {"prompt", "chosen", "rejected"},
+    "openai_dpo": {"input", "preferred_output", "non_preferred_output"},
+    "prompt_only": {"prompt"},
+    "unknown": set(),
 }
 _TO_SHAREGPT = {"user": "human", "assistant": "gpt", "system": "system", "tool": "observation", "function": "observation"}
 
@@ -49,8 +54,12 @@ def convert_row(obj: Any, to: str) -> dict[str, Any]:
         pair = to_preference(obj)
         if to == "preference":
             return {**extra, **pair}
-        return {**extra, "input": {"messages": pair["prompt"]}, "preferred_output": pair["chosen"],
-                "non_preferred_output": pair["rejected"]}
+        return {
+            **extra,
+            "input": {"messages": pair["prompt"]},
+            "preferred_output": pair["chosen"],
+            "non_preferred_output": pair["rejected"],
+        }
     if to == "prompt_only":
         return {**extra, "prompt": to_prompt_only(obj)}
     messages = to_messages(obj)
@@ -69,8 +78,13 @@ def convert_row(obj: Any, to: str) -> dict[str, Any]:
         rest = prompt[1:] if system is not None else prompt
         if len(rest) != 1 or rest[0]["role"] != "user" or len(answer) != 1 or not _plain(messages):
             raise RowError("not_convertible", "alpaca holds one instruction and one answer (single-turn, plain text)")
-        return {**extra, "instruction": rest[0]["content"], "input": "", "output": answer[0]["content"],
-                **({"system": system} if system else {})}
+        return {
+            **extra,
+            "instruction": rest[0]["content"],
+            "input": "",
+            "output": answer[0]["content"],
+            **({"system": system} if system else {}),
+        }
     # prompt_completion: plain strings for a single user turn, TRL's conversational lists otherwise.
     if len(prompt) == 1 and prompt[0]["role"] == "user" and len(answer) == 1 and _plain(messages):
         return {**extra, "prompt": prompt[0]["content"], "completion": answer[0]["content"]}

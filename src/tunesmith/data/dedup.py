@@ -98,8 +98,12 @@ def find_duplicates(keys: list[str], texts: list[str], threshold: float = DEFAUL
 
 
 def find_overlap(
-    train_keys: list[str], train_texts: list[str], eval_keys: list[str], eval_texts: list[str],
-    threshold: float = DEFAULT_THRESHOLD, near: bool = True,
+    train_keys: list[str],
+    train_texts: list[str],
+    eval_keys: list[str],
+    eval_texts: list[str],
+    threshold: float = DEFAULT_THRESHOLD,
+    near: bool = True,
 ) -> Duplicates:
     """Pairs (eval index, train index[, similarity]) of eval rows also present (exactly or nearly) in train."""
     out = Duplicates()

@@ -34,8 +34,13 @@ class FixResult:
     actions: list[str] = field(default_factory=list)  # "file:line: dropped [code] ..." / "repaired ..."
 
     def as_dict(self) -> dict[str, Any]:
-        return {"rows_in": self.rows_in, "rows_out": self.rows_out, "dropped": dict(self.dropped),
-                "repaired": dict(self.repaired), "actions": self.actions}
+        return {
+            "rows_in": self.rows_in,
+            "rows_out": self.rows_out,
+            "dropped": dict(self.dropped),
+            "repaired": dict(self.repaired),
+            "actions": self.actions,
+        }
 
 
 def _text_of(content: Any) -> str | None:
@@ -75,8 +80,12 @@ def repair(obj: Any) -> tuple[Any, list[str]]:
                 msg["content"] = text
                 done.append("content_to_string")
             prev = merged[-1] if merged else None
-            if (isinstance(prev, dict) and prev.get("role") == msg.get("role") == "user"
-                    and isinstance(prev.get("content"), str) and isinstance(msg.get("content"), str)):
+            if (
+                isinstance(prev, dict)
+                and prev.get("role") == msg.get("role") == "user"
+                and isinstance(prev.get("content"), str)
+                and isinstance(msg.get("content"), str)
+            ):
                 prev["content"] = f"{prev['content']}\n\n{msg['content']}"
                 done.append("merged_user_turns")
                 continue
@@ -86,8 +95,14 @@ def repair(obj: Any) -> tuple[Any, list[str]]:
 
 
 def fix_file(
-    src: str | Path, out: str | Path, tokenizer: Any = None, max_length: int | None = None, overlong: str = "drop",
-    against: list[str] | None = None, near: bool = True, near_threshold: float = dedup.DEFAULT_THRESHOLD,
+    src: str | Path,
+    out: str | Path,
+    tokenizer: Any = None,
+    max_length: int | None = None,
+    overlong: str = "drop",
+    against: list[str] | None = None,
+    near: bool = True,
+    near_threshold: float = dedup.DEFAULT_THRESHOLD,
     overwrite: bool = False,
 ) -> FixResult:
     """Repair what can be repaired, drop what the audit flags, write `out` (same shape, format by extension).

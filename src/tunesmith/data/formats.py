@@ -142,7 +142,14 @@ def _read_csv(path: Path) -> Iterator[Record]:
 
 # Columns that may hold messages as JSON text in a CSV cell (other shapes than `messages`).
 _JSON_CSV_COLUMNS = {
-    "conversations", "prompt", "completion", "chosen", "rejected", "input", "preferred_output", "non_preferred_output"
+    "conversations",
+    "prompt",
+    "completion",
+    "chosen",
+    "rejected",
+    "input",
+    "preferred_output",
+    "non_preferred_output",
 }
 
 

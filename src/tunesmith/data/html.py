@@ -55,15 +55,22 @@ def _img(data: bytes, alt: str) -> str:
 def render(report: AuditReport) -> str:
     """The HTML text of a report."""
     e = html.escape
-    status = (f'<span class="error">{len(report.errors)} blocking error(s)</span>' if report.errors
-              else '<span class="ok">no blocking errors</span>')
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>data check</title><style>{_CSS}</style></head><body>",
-             f"<h1>Data check</h1><p>{e(', '.join(report.files))}</p><p>{status} · {len(report.warnings)} warning(s)</p>",
-             "<h2>Findings</h2><table><tr><th>code</th><th>severity</th><th>count</th><th>meaning</th><th>first places</th></tr>"]
+    status = (
+        f'<span class="error">{len(report.errors)} blocking error(s)</span>'
+        if report.errors
+        else '<span class="ok">no blocking errors</span>'
+    )
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>data check</title><style>{_CSS}</style></head><body>",
+        f"<h1>Data check</h1><p>{e(', '.join(report.files))}</p><p>{status} · {len(report.warnings)} warning(s)</p>",
+        "<h2>Findings</h2><table><tr><th>code</th><th>severity</th><th>count</th><th>meaning</th><th>first places</th></tr>",
+    ]
     for code, g in report.by_code().items():
         first = "<br>".join(e(x) for x in g["first"])
-        parts.append(f"<tr><td>{e(code)}</td><td class='{g['severity']}'>{g['severity']}</td><td>{g['count']}</td>"
-                     f"<td>{e(g['description'])}</td><td>{first}</td></tr>")
+        parts.append(
+            f"<tr><td>{e(code)}</td><td class='{g['severity']}'>{g['severity']}</td><td>{g['count']}</td>"
+            f"<td>{e(g['description'])}</td><td>{first}</td></tr>"
+        )
     parts.append("</table>")
     if report.lengths:
         limit = report.stats.get("tokens", {}).get("max_length")

@@ -48,8 +48,9 @@ def prompt_tokens(tokenizer: Any, messages: Messages) -> int:
     return len(tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"])
 
 
-def _shrink(tokenizer: Any, messages: Messages, index: int, measure: Callable[[Messages], int], limit: int,
-            keep_end: bool) -> Messages | None:
+def _shrink(
+    tokenizer: Any, messages: Messages, index: int, measure: Callable[[Messages], int], limit: int, keep_end: bool
+) -> Messages | None:
     """`messages` with message `index`'s text cut until measure() <= limit; None when nothing of it can stay."""
     msgs = [dict(m) for m in messages]
     for _ in range(_MAX_CUTS):
@@ -64,8 +65,7 @@ def _shrink(tokenizer: Any, messages: Messages, index: int, measure: Callable[[M
     return None
 
 
-def _answers(tokenizer: Any, prompt: Messages, answers: dict[str, Messages], max_length: int,
-             overlong: str, what: str) -> Fit:
+def _answers(tokenizer: Any, prompt: Messages, answers: dict[str, Messages], max_length: int, overlong: str, what: str) -> Fit:
     """Fit for one or more answers to one prompt (dpo: chosen + rejected; distill logits: the answer)."""
     measured = {k: conversation(tokenizer, prompt + a) for k, a in answers.items()}
     n = max(m[0] for m in measured.values())
@@ -84,12 +84,18 @@ def _answers(tokenizer: Any, prompt: Messages, answers: dict[str, Messages], max
     for key, answer in answers.items():
         if not answer:
             continue
-        cut = _shrink(tokenizer, prompt + answer, len(prompt) + len(answer) - 1,
-                      lambda m: conversation(tokenizer, m)[0], max_length, keep_end=False)
+        cut = _shrink(
+            tokenizer,
+            prompt + answer,
+            len(prompt) + len(answer) - 1,
+            lambda m: conversation(tokenizer, m)[0],
+            max_length,
+            keep_end=False,
+        )
         if cut is None:  # the prompt alone fills max_length: no answer token would be trained
             fit.tokens_lost, fit.dropped = total, "no_trained_tokens"
             return fit
-        fit.parts[key] = cut[len(prompt):]
+        fit.parts[key] = cut[len(prompt) :]
     after = [conversation(tokenizer, prompt + fit.parts[k]) for k in answers]
     fit.kept_tokens = sum(m[0] for m in after)
     fit.trained_tokens = sum(m[1] for m in after)
@@ -100,8 +106,14 @@ def _answers(tokenizer: Any, prompt: Messages, answers: dict[str, Messages], max
 
 def fit_pair(tokenizer: Any, prompt: Messages, chosen: Messages, rejected: Messages, max_length: int, overlong: str) -> Fit:
     """dpo: prompt + the longer answer against max_length; truncate shortens each answer that does not fit."""
-    return _answers(tokenizer, prompt, {"chosen": chosen, "rejected": rejected}, max_length, overlong,
-                    "preference pair (prompt + longer answer)")
+    return _answers(
+        tokenizer,
+        prompt,
+        {"chosen": chosen, "rejected": rejected},
+        max_length,
+        overlong,
+        "preference pair (prompt + longer answer)",
+    )
 
 
 def fit_conversation(tokenizer: Any, prompt: Messages, answer: Messages, max_length: int, overlong: str) -> Fit:
@@ -120,8 +132,9 @@ def fit_prompt(tokenizer: Any, prompt: Messages, completion_budget: int, max_len
     if not fit.over:
         return fit
     if overlong == "error":
-        raise ValueError(f"prompt has {p} tokens + grpo.max_completion_length {completion_budget} = {n}, "
-                         f"over max_length={max_length}")
+        raise ValueError(
+            f"prompt has {p} tokens + grpo.max_completion_length {completion_budget} = {n}, over max_length={max_length}"
+        )
     users = [i for i, m in enumerate(prompt) if m.get("role") == "user"]
     limit = max_length - completion_budget
     cut = None

@@ -58,8 +58,13 @@ def _targets(src: Path, out_dir: str | Path | None) -> tuple[Path, Path]:
 
 
 def split_file(
-    src: str | Path, eval_fraction: float = 0.1, seed: int = 42, stratify: str | None = None,
-    out_dir: str | Path | None = None, near: bool = True, near_threshold: float = dedup.DEFAULT_THRESHOLD,
+    src: str | Path,
+    eval_fraction: float = 0.1,
+    seed: int = 42,
+    stratify: str | None = None,
+    out_dir: str | Path | None = None,
+    near: bool = True,
+    near_threshold: float = dedup.DEFAULT_THRESHOLD,
     overwrite: bool = False,
 ) -> SplitResult:
     """Write `<stem>.train.<ext>` and `<stem>.eval.<ext>` next to `src` (or into out_dir).

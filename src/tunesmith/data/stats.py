@@ -26,8 +26,15 @@ def distribution(values: list[int | float]) -> dict[str, float]:
         # Nearest-rank percentile: an actual value from the data, easy to reason about.
         return data[min(n - 1, max(0, int(round(q * (n - 1)))))]
 
-    return {"n": n, "min": data[0], "mean": round(sum(data) / n, 1), "median": pct(0.5), "p5": pct(0.05),
-            "p95": pct(0.95), "max": data[-1]}
+    return {
+        "n": n,
+        "min": data[0],
+        "mean": round(sum(data) / n, 1),
+        "median": pct(0.5),
+        "p5": pct(0.05),
+        "p95": pct(0.95),
+        "max": data[-1],
+    }
 
 
 def openai_epochs(n_examples: int, default: int = 3) -> int:
@@ -71,16 +78,25 @@ def device(name: str) -> Device:
 
 
 def cost_estimate(
-    tokens_per_epoch: int, trained_tokens_per_epoch: int, n_examples: int, params: int | None,
-    gpu: str = "h100", price_per_hour: float | None = None, epochs: float | None = None, lora: bool = True,
+    tokens_per_epoch: int,
+    trained_tokens_per_epoch: int,
+    n_examples: int,
+    params: int | None,
+    gpu: str = "h100",
+    price_per_hour: float | None = None,
+    epochs: float | None = None,
+    lora: bool = True,
 ) -> dict[str, Any]:
     """Tokens x epochs, and the time/cost on the named GPU and on this CPU under the stated assumption."""
     rule = "recipe" if epochs is not None else "OpenAI default rule (3; raised for <34 examples, lowered above 25,000 passes)"
     epochs = epochs if epochs is not None else openai_epochs(n_examples)
     out: dict[str, Any] = {
-        "epochs": epochs, "epochs_from": rule,
-        "tokens_per_epoch": tokens_per_epoch, "trained_tokens_per_epoch": trained_tokens_per_epoch,
-        "processed_tokens": round(tokens_per_epoch * epochs), "trained_tokens": round(trained_tokens_per_epoch * epochs),
+        "epochs": epochs,
+        "epochs_from": rule,
+        "tokens_per_epoch": tokens_per_epoch,
+        "trained_tokens_per_epoch": trained_tokens_per_epoch,
+        "processed_tokens": round(tokens_per_epoch * epochs),
+        "trained_tokens": round(trained_tokens_per_epoch * epochs),
         "params": params,
     }
     if not params:
@@ -96,8 +112,13 @@ def cost_estimate(
         hours = out["processed_tokens"] / tps / 3600
         price = price_per_hour if (price_per_hour is not None and name == gpu) else dev.price_per_hour
         out["gpu" if name == gpu and name != "cpu" else "cpu"] = {
-            "device": dev.name, "peak_tflops": round(dev.peak_flops / 1e12, 2), "mfu": dev.mfu,
-            "tokens_per_s": round(tps), "hours": round(hours, 4), "price_per_hour": price, "cost_usd": round(hours * price, 4),
+            "device": dev.name,
+            "peak_tflops": round(dev.peak_flops / 1e12, 2),
+            "mfu": dev.mfu,
+            "tokens_per_s": round(tps),
+            "hours": round(hours, 4),
+            "price_per_hour": price,
+            "cost_usd": round(hours * price, 4),
         }
     return out
 

@@ -25,7 +25,13 @@ from tunesmith.errors import DataError
 from tunesmith.eval import metrics
 
 REASONS = (
-    "unparseable", "invalid_row", "empty_answer", "schema_mismatch", "duplicate_of_seed", "duplicate_of_candidate", "too_long"
+    "unparseable",
+    "invalid_row",
+    "empty_answer",
+    "schema_mismatch",
+    "duplicate_of_seed",
+    "duplicate_of_candidate",
+    "too_long",
 )
 SYSTEM = (
     "You write training examples for a fine-tuning dataset. Reply with exactly one new example: a single JSON "
@@ -41,8 +47,14 @@ def parse_candidate(text: str) -> Any:
 class CandidateValidator:
     """Checks candidates one by one; an accepted candidate joins the duplicate index."""
 
-    def __init__(self, seeds: list[dict[str, Any]], tokenizer: Any = None, max_length: int = 1024,
-                 schema: dict[str, Any] | None = None, threshold: float = dedup.DEFAULT_THRESHOLD):
+    def __init__(
+        self,
+        seeds: list[dict[str, Any]],
+        tokenizer: Any = None,
+        max_length: int = 1024,
+        schema: dict[str, Any] | None = None,
+        threshold: float = dedup.DEFAULT_THRESHOLD,
+    ):
         self.tokenizer, self.max_length, self.threshold = tokenizer, max_length, threshold
         self.schema = schema
         if schema is not None:
@@ -95,8 +107,10 @@ class SynthResult:
 def build_prompt(seeds: list[dict[str, Any]], rng: random.Random, k: int = 3) -> list[dict[str, str]]:
     shots = rng.sample(seeds, min(k, len(seeds)))
     body = "\n".join(json.dumps(s, ensure_ascii=False) for s in shots)
-    return [{"role": "system", "content": SYSTEM},
-            {"role": "user", "content": f"Examples:\n{body}\n\nWrite one new example as one JSON object."}]
+    return [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": f"Examples:\n{body}\n\nWrite one new example as one JSON object."},
+    ]
 
 
 def load_seeds(path: str | Path) -> list[dict[str, Any]]:
@@ -107,9 +121,18 @@ def load_seeds(path: str | Path) -> list[dict[str, Any]]:
 
 
 def synthesize(
-    model: Any, tokenizer: Any, seeds: list[dict[str, Any]], n: int, schema: dict[str, Any] | None = None,
-    max_length: int = 1024, max_new_tokens: int = 256, batch_size: int = 8, k: int = 3, seed: int = 0,
-    max_attempts: int | None = None, on_batch: Callable[[int, int], None] | None = None,
+    model: Any,
+    tokenizer: Any,
+    seeds: list[dict[str, Any]],
+    n: int,
+    schema: dict[str, Any] | None = None,
+    max_length: int = 1024,
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    k: int = 3,
+    seed: int = 0,
+    max_attempts: int | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> SynthResult:
     """Generate until `n` candidates are accepted or `max_attempts` (default 4 x n) are spent."""
     from tunesmith.eval.generate import generate

@@ -19,6 +19,7 @@ import random
 import re
 import unicodedata
 from pathlib import Path
+from typing import Any
 
 from tunesmith.data.convert import write_rows
 
@@ -32,33 +33,136 @@ SYSTEM_PROMPT = (
     "Reply with only the JSON object on one line."
 )
 
-FIRST = ["Dana", "Marcus", "Priya", "Tomás", "Ingrid", "Kwame", "Mei", "Oliver", "Fatima",
-         "Lukas", "Sofia", "Rahul", "Chloé", "Ethan", "Aiko", "Gabriel", "Nadia", "Hugo",
-         "Zoë", "Samuel", "Leila", "Björn", "Grace", "Mateo", "Hannah", "Yusuf", "Elena", "Noah"]
+FIRST = [
+    "Dana",
+    "Marcus",
+    "Priya",
+    "Tomás",
+    "Ingrid",
+    "Kwame",
+    "Mei",
+    "Oliver",
+    "Fatima",
+    "Lukas",
+    "Sofia",
+    "Rahul",
+    "Chloé",
+    "Ethan",
+    "Aiko",
+    "Gabriel",
+    "Nadia",
+    "Hugo",
+    "Zoë",
+    "Samuel",
+    "Leila",
+    "Björn",
+    "Grace",
+    "Mateo",
+    "Hannah",
+    "Yusuf",
+    "Elena",
+    "Noah",
+]
 # The last five surnames only ever appear in the eval split, so eval customers are unseen.
-LAST = ["Whitfield", "Okafor", "Lindqvist", "Ramírez", "Chen", "Novak", "Brennan", "Patel",
-        "Schneider", "Dubois", "Kowalski", "Tanaka", "Haddad", "Moreau", "Fischer", "Ivanova",
-        "Mensah", "Costa", "Bergström", "O'Neill", "Nakamura", "Yilmaz", "Larsen", "Duarte"]
+LAST = [
+    "Whitfield",
+    "Okafor",
+    "Lindqvist",
+    "Ramírez",
+    "Chen",
+    "Novak",
+    "Brennan",
+    "Patel",
+    "Schneider",
+    "Dubois",
+    "Kowalski",
+    "Tanaka",
+    "Haddad",
+    "Moreau",
+    "Fischer",
+    "Ivanova",
+    "Mensah",
+    "Costa",
+    "Bergström",
+    "O'Neill",
+    "Nakamura",
+    "Yilmaz",
+    "Larsen",
+    "Duarte",
+]
 EVAL_ONLY_LAST = frozenset(LAST[-5:])
-COMPANIES = ["Acme Logistics", "Northwind Traders", "Bluepeak Studio", "Harbor & Finch",
-             "Greenline Foods", "Kestrel Analytics", "Orchid Dental", "Tidewater Legal",
-             "Summit Bikes", "Copperleaf Café", "Vantage Realty", "Brightpath School"]
-PRODUCTS = ["ProBook 14", "AirDesk Pro", "Nimbus Router X2", "Lumen Smart Bulb", "PixelCam 4K",
-            "QuietFan 300", "TrailWatch S", "Orbit Headphones", "VoltCharge 65W", "SoundBar Mini",
-            "EchoDock 2", "Vista Monitor 27", "StrideScale", "CloudSync Business plan",
-            "FlexKeyboard K3", "AquaPure Filter", "HomeHub Hub+", "SnapPrint 200",
-            "GlideMouse M5", "ThermoMug Go", "SkyLink Mesh 3", "BreezeAir Purifier", "CinemaBeam Mini",
-            "PocketDrive 2TB", "PulseBand Fit", "ChefMate Blender", "Arc Desk Lamp", "RoamCase 40L",
-            # The last eight products only ever appear in the eval split: their SKU and warranty are unseen.
-            "Halo Doorbell", "TerraKettle", "NovaTab 11", "Ember Space Heater", "ZenPod Earbuds",
-            "Atlas Tripod", "Ripple Speaker", "Quill Stylus"]
+COMPANIES = [
+    "Acme Logistics",
+    "Northwind Traders",
+    "Bluepeak Studio",
+    "Harbor & Finch",
+    "Greenline Foods",
+    "Kestrel Analytics",
+    "Orchid Dental",
+    "Tidewater Legal",
+    "Summit Bikes",
+    "Copperleaf Café",
+    "Vantage Realty",
+    "Brightpath School",
+]
+PRODUCTS = [
+    "ProBook 14",
+    "AirDesk Pro",
+    "Nimbus Router X2",
+    "Lumen Smart Bulb",
+    "PixelCam 4K",
+    "QuietFan 300",
+    "TrailWatch S",
+    "Orbit Headphones",
+    "VoltCharge 65W",
+    "SoundBar Mini",
+    "EchoDock 2",
+    "Vista Monitor 27",
+    "StrideScale",
+    "CloudSync Business plan",
+    "FlexKeyboard K3",
+    "AquaPure Filter",
+    "HomeHub Hub+",
+    "SnapPrint 200",
+    "GlideMouse M5",
+    "ThermoMug Go",
+    "SkyLink Mesh 3",
+    "BreezeAir Purifier",
+    "CinemaBeam Mini",
+    "PocketDrive 2TB",
+    "PulseBand Fit",
+    "ChefMate Blender",
+    "Arc Desk Lamp",
+    "RoamCase 40L",
+    # The last eight products only ever appear in the eval split: their SKU and warranty are unseen.
+    "Halo Doorbell",
+    "TerraKettle",
+    "NovaTab 11",
+    "Ember Space Heater",
+    "ZenPod Earbuds",
+    "Atlas Tripod",
+    "Ripple Speaker",
+    "Quill Stylus",
+]
 EVAL_ONLY_PRODUCTS = frozenset(PRODUCTS[-8:])
 WARRANTY_TIERS = ("basic", "plus", "premium")
 CATALOG_SEED = 2024
 # Generic purchases for a distractor sentence: never catalog names, so retrieval finds one product per message.
 ACCESSORIES = ["laptop sleeve", "spare charging cable", "screen protector", "gift card", "carry bag"]
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
-          "September", "October", "November", "December"]
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
 
 # Cue phrases are the only wording that signals a label; distractors never contain any of them.
 CATEGORY_CUES: dict[str, tuple[str, ...]] = {
@@ -99,24 +203,39 @@ ISSUES = {
     ],
 }
 PRIORITIES = {
-    "high": ["This is urgent, please help.", "I need this sorted asap.",
-             "Please get back to me as soon as possible.",
-             "It's critical for our team, we rely on it daily."],
-    "medium": ["A reply within the next few days would be great.",
-               "Could someone look into it this week?",
-               "I'd appreciate an answer by the end of the week."],
-    "low": ["No rush on this, just wanted it on record.", "Whenever you get a chance is fine.",
-            "It's low priority for me, but I'd like it fixed eventually."],
+    "high": [
+        "This is urgent, please help.",
+        "I need this sorted asap.",
+        "Please get back to me as soon as possible.",
+        "It's critical for our team, we rely on it daily.",
+    ],
+    "medium": [
+        "A reply within the next few days would be great.",
+        "Could someone look into it this week?",
+        "I'd appreciate an answer by the end of the week.",
+    ],
+    "low": [
+        "No rush on this, just wanted it on record.",
+        "Whenever you get a chance is fine.",
+        "It's low priority for me, but I'd like it fixed eventually.",
+    ],
 }
-AMOUNTS = ["The order total was {a}.", "I paid {a} for it on {d}.", "Invoice {inv} came to {a}.",
-           "It cost {a} in total.", "The amount in question is {a}.",
-           "For reference, the purchase was {a}."]
-DISTRACTORS = ["My order number is {o}, if that helps.",
-               "We have been customers of yours for {y} years now.",
-               "I also bought a {p2} from you last year and it has been fine.",
-               "My colleague {f} said your team was helpful last time.",
-               "I'm reachable on {ph} during office hours.",
-               "Sorry if this is a bit rambling, it has been a long day."]
+AMOUNTS = [
+    "The order total was {a}.",
+    "I paid {a} for it on {d}.",
+    "Invoice {inv} came to {a}.",
+    "It cost {a} in total.",
+    "The amount in question is {a}.",
+    "For reference, the purchase was {a}.",
+]
+DISTRACTORS = [
+    "My order number is {o}, if that helps.",
+    "We have been customers of yours for {y} years now.",
+    "I also bought a {p2} from you last year and it has been fine.",
+    "My colleague {f} said your team was helpful last time.",
+    "I'm reachable on {ph} during office hours.",
+    "Sorry if this is a bit rambling, it has been a long day.",
+]
 # (symbol-or-code form, placement): several surface forms per currency so the model learns
 # the mapping instead of copying a code; "$" alone always means USD.
 CURRENCY_FORMS = {
@@ -160,34 +279,46 @@ def _wrap(rng: random.Random, name: str, company: str, product: str, body: list[
     text = " ".join(body)
     kind = rng.choice(("email", "chat", "voicemail", "form"))
     if kind == "email":
-        subject = rng.choice([f"Problem with my {product}", "Support request",
-                              f"Re: ticket #{rng.randint(10000, 99999)}", "Need help please"])
-        greet = rng.choice(["Hi,", "Hello support team,", "Dear Customer Service,", "Hi there,",
-                            "Good morning,"])
+        subject = rng.choice(
+            [f"Problem with my {product}", "Support request", f"Re: ticket #{rng.randint(10000, 99999)}", "Need help please"]
+        )
+        greet = rng.choice(["Hi,", "Hello support team,", "Dear Customer Service,", "Hi there,", "Good morning,"])
         sign = rng.choice(["Thanks,", "Best regards,", "Kind regards,", "Cheers,", "Thank you,"])
         sender = f"{_ascii(first)}.{_ascii(last)}@{_ascii(company)}.com"
         return f"From: {sender}\nSubject: {subject}\n\n{greet}\n\n{text}\n\n{sign}\n{name}\n{company}"
     if kind == "chat":
         opener = rng.choice(["hi, quick question.", "hello!", "hey there,"])
-        lines = ["Agent: Thanks for contacting support, how can I help today?",
-                 f"{name}: {opener} {body[0]}"] + [f"{name}: {s}" for s in body[1:]]
+        lines = ["Agent: Thanks for contacting support, how can I help today?", f"{name}: {opener} {body[0]}"] + [
+            f"{name}: {s}" for s in body[1:]
+        ]
         return "\n".join(lines)
     if kind == "voicemail":
-        intro = rng.choice([f"Hi, this is {name} from {company}.",
-                            f"Hello, {name} calling from {company}.",
-                            f"Good afternoon, my name is {name}, I work at {company}."])
+        intro = rng.choice(
+            [
+                f"Hi, this is {name} from {company}.",
+                f"Hello, {name} calling from {company}.",
+                f"Good afternoon, my name is {name}, I work at {company}.",
+            ]
+        )
         outro = rng.choice(["Please call me back.", "Thanks, bye.", "Talk soon."])
         return f"Voicemail transcript, {_date(rng)}: {intro} {text} {outro}"
-    return (f"Web form submission\nName: {name}\nCompany: {company}\n"
-            f"Topic: {rng.choice(['Other', 'General enquiry', 'Product support'])}\nMessage: {text}")
+    return (
+        f"Web form submission\nName: {name}\nCompany: {company}\n"
+        f"Topic: {rng.choice(['Other', 'General enquiry', 'Product support'])}\nMessage: {text}"
+    )
 
 
 def catalog() -> dict[str, dict[str, str]]:
     """Product -> {sku, warranty}: fixed for the package (its own seed), unrelated to the product's name."""
     rng = random.Random(CATALOG_SEED)
     letters = "ABCDEFGHJKLMNPQRSTUVWXYZ"
-    return {p: {"sku": f"{rng.choice(letters)}{rng.choice(letters)}-{rng.randint(1000, 9999)}",
-                "warranty": rng.choice(WARRANTY_TIERS)} for p in PRODUCTS}
+    return {
+        p: {
+            "sku": f"{rng.choice(letters)}{rng.choice(letters)}-{rng.randint(1000, 9999)}",
+            "warranty": rng.choice(WARRANTY_TIERS),
+        }
+        for p in PRODUCTS
+    }
 
 
 def catalog_slug(product: str) -> str:
@@ -208,7 +339,7 @@ def write_catalog(out_dir: Path) -> list[Path]:
     return [write_text_atomic(Path(out_dir) / f"{catalog_slug(p)}.md", catalog_entry(p)) for p in PRODUCTS]
 
 
-def _row(rng: random.Random, lasts: list[str], products: list[str]) -> tuple[dict, str]:
+def _row(rng: random.Random, lasts: list[str], products: list[str]) -> tuple[dict[str, Any], str]:
     """One (record, user text) pair about one of ``products``, with the customer's surname drawn from ``lasts``."""
     name = f"{rng.choice(FIRST)} {rng.choice(lasts)}"
     company, product = rng.choice(COMPANIES), rng.choice(products)
@@ -216,9 +347,13 @@ def _row(rng: random.Random, lasts: list[str], products: list[str]) -> tuple[dic
     currency = rng.choice(list(CURRENCY_FORMS))
     amount, money = _money(rng, currency)
     fills = {
-        "a": money, "d": _date(rng), "inv": f"INV-{rng.randint(1000, 99999)}",
-        "o": f"#{rng.randint(100000, 999999)}", "y": rng.randint(2, 12),
-        "p2": rng.choice(ACCESSORIES), "f": rng.choice(FIRST),
+        "a": money,
+        "d": _date(rng),
+        "inv": f"INV-{rng.randint(1000, 99999)}",
+        "o": f"#{rng.randint(100000, 999999)}",
+        "y": rng.randint(2, 12),
+        "p2": rng.choice(ACCESSORIES),
+        "f": rng.choice(FIRST),
         "ph": f"+{rng.randint(1, 49)} {rng.randint(100, 999)} {rng.randint(1000000, 9999999)}",
     }
     facts = [rng.choice(AMOUNTS).format(**fills), rng.choice(PRIORITIES[priority])]
@@ -227,14 +362,21 @@ def _row(rng: random.Random, lasts: list[str], products: list[str]) -> tuple[dic
     # The issue sentence leads most of the time, as in real tickets, but not always.
     issue = rng.choice(ISSUES[category]).format(p=product)
     facts.insert(0 if rng.random() < 0.7 else rng.randint(1, len(facts)), issue)
-    record = {"customer": name, "product": product, **catalog()[product], "category": category,
-              "priority": priority, "amount": amount, "currency": currency}
+    record = {
+        "customer": name,
+        "product": product,
+        **catalog()[product],
+        "category": category,
+        "priority": priority,
+        "amount": amount,
+        "currency": currency,
+    }
     return record, _wrap(rng, name, company, product, facts)
 
 
-def _rows(n: int, rng: random.Random, lasts: list[str], products: list[str], start: int, seen: set[str]) -> list[dict]:
+def _rows(n: int, rng: random.Random, lasts: list[str], products: list[str], start: int, seen: set[str]) -> list[dict[str, Any]]:
     """``n`` chat rows with ids from ``start``, skipping texts already in ``seen`` (updated)."""
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     for _ in range(n * 50):  # generous cap: collisions are rare, but never loop forever
         if len(rows) == n:
             return rows
@@ -244,31 +386,35 @@ def _rows(n: int, rng: random.Random, lasts: list[str], products: list[str], sta
             continue
         seen.add(text)
         answer = json.dumps(record, ensure_ascii=False, separators=(", ", ": "))
-        rows.append({"id": f"demo-{start + len(rows):06d}", "messages": [
-            {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": text},
-            {"role": "assistant", "content": answer}]})
+        rows.append(
+            {
+                "id": f"demo-{start + len(rows):06d}",
+                "messages": [
+                    {"role": "system", "content": SYSTEM_PROMPT},
+                    {"role": "user", "content": text},
+                    {"role": "assistant", "content": answer},
+                ],
+            }
+        )
     raise RuntimeError(f"could not generate {n} unique rows")
 
 
-def generate(n: int, seed: int = 0) -> list[dict]:
+def generate(n: int, seed: int = 0) -> list[dict[str, Any]]:
     """``n`` rows, deterministic for ``seed``, with no duplicate user texts."""
     return _rows(n, random.Random(seed), LAST, PRODUCTS, 0, set())
 
 
-def make_splits(n_train: int = 400, n_eval: int = 60,
-                seed: int = 0) -> tuple[list[dict], list[dict]]:
+def make_splits(n_train: int = 400, n_eval: int = 60, seed: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Disjoint train/eval rows: eval customers have held-out surnames and eval products held-out catalog entries;
     ids run on from train."""
-    rng, seen = random.Random(seed), set()
+    rng, seen = random.Random(seed), set[str]()
     train_products = [p for p in PRODUCTS if p not in EVAL_ONLY_PRODUCTS]
     train = _rows(n_train, rng, [s for s in LAST if s not in EVAL_ONLY_LAST], train_products, 0, seen)
     eval_ = _rows(n_eval, rng, sorted(EVAL_ONLY_LAST), sorted(EVAL_ONLY_PRODUCTS), n_train, seen)
     return train, eval_
 
 
-def write_splits(out_dir: Path, n_train: int = 400, n_eval: int = 60,
-                 seed: int = 0) -> tuple[Path, Path]:
+def write_splits(out_dir: Path, n_train: int = 400, n_eval: int = 60, seed: int = 0) -> tuple[Path, Path]:
     """Write ``train.jsonl`` and ``eval.jsonl`` under ``out_dir``; returns their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

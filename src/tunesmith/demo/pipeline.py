@@ -35,8 +35,12 @@ DEMO_OVERRIDES: dict[str, dict[str, Any]] = {
     "eval": {"max_new_tokens": 80, "batch_size": 20},
     "rag": {"index": "index", "k": 1},
     # 24 prompts per rung and the student rung left out keep `make demo` inside its time budget on 2 cores.
-    "ladder": {"rungs": ["base", "base_few_shot", "base_rag", "tuned", "tuned_rag"], "few_shot_k": 2,
-               "max_examples": 24, "batch_size": 24},
+    "ladder": {
+        "rungs": ["base", "base_few_shot", "base_rag", "tuned", "tuned_rag"],
+        "few_shot_k": 2,
+        "max_examples": 24,
+        "batch_size": 24,
+    },
     "targets": {"exact_match": 0.8, "json_valid": 0.95},
 }
 
@@ -46,8 +50,13 @@ def demo_recipe_values() -> dict[str, Any]:
     values: dict[str, Any] = {"name": "demo", "method": "sft"}
     values["model"] = ModelSection().model_dump()
     values["data"] = {"eval_fraction": 0.1, "overlong": "drop", **DEMO_OVERRIDES["data"]}
-    for name, section in (("adapter", AdapterSection), ("training", TrainingSection), ("eval", EvalSection),
-                          ("ladder", LadderSection), ("targets", TargetsSection)):
+    for name, section in (
+        ("adapter", AdapterSection),
+        ("training", TrainingSection),
+        ("eval", EvalSection),
+        ("ladder", LadderSection),
+        ("targets", TargetsSection),
+    ):
         values[name] = {**section().model_dump(), **DEMO_OVERRIDES.get(name, {})}
     values["rag"] = {**{k: f.default for k, f in RagSection.model_fields.items() if k != "index"}, **DEMO_OVERRIDES["rag"]}
     values["output_dir"] = "runs/demo"
@@ -71,7 +80,9 @@ def write_project(directory: Path, overwrite: bool = False, claimed: bool = Fals
         directory = outputs.claim_dir(directory, "init", overwrite=overwrite, what="project folder")
     recipe = directory / "recipe.yaml"
     if any((directory / name).exists() for name in PROJECT_FILES):
-        raise TunesmithError(f"{recipe} already exists", hint="Pass --overwrite to replace the files init wrote, or pick another folder.")
+        raise TunesmithError(
+            f"{recipe} already exists", hint="Pass --overwrite to replace the files init wrote, or pick another folder."
+        )
     (directory / "data").mkdir(parents=True, exist_ok=True)
     for name in ("train.jsonl", "eval.jsonl"):
         shutil.copyfile(DATA_DIR / name, directory / "data" / name)
@@ -91,6 +102,7 @@ def run_demo(directory: Path, console: Any, steps: int | None = None, fresh: boo
     """Pull → init → train → the ladder → merge → chat; print what it proved. Returns the ladder report."""
     from rich.progress import Progress
 
+    from tunesmith import outputs
     from tunesmith.chat import ChatSession
     from tunesmith.cli.ladder import print_ladder
     from tunesmith.config import load_recipe
@@ -98,8 +110,6 @@ def run_demo(directory: Path, console: Any, steps: int | None = None, fresh: boo
     from tunesmith.export.merge import merge
     from tunesmith.models import pull
     from tunesmith.train import sft
-
-    from tunesmith import outputs
 
     started = time.time()
     # Only a folder an earlier demo made is reused; with fresh, only the demo's own files in it are removed.
@@ -119,7 +129,9 @@ def run_demo(directory: Path, console: Any, steps: int | None = None, fresh: boo
     console.rule("[bold]3/5 train (LoRA SFT)")
     run = sft.run(recipe)
     fig = run.manifest.figures
-    console.print(f"{fig.global_step} steps in {fig.train_runtime_s:.0f}s, train loss {fig.train_loss or 0:.3f}, eval loss {fig.eval_loss or 0:.3f}")
+    console.print(
+        f"{fig.global_step} steps in {fig.train_runtime_s:.0f}s, train loss {fig.train_loss or 0:.3f}, eval loss {fig.eval_loss or 0:.3f}"
+    )
 
     console.rule("[bold]4/5 the ladder: prompt, few-shot, RAG, tuned, tuned + RAG on the same held-out prompts")
     with Progress(console=console, transient=True) as progress:
@@ -136,8 +148,13 @@ def run_demo(directory: Path, console: Any, steps: int | None = None, fresh: boo
     console.rule("[bold]what this proved")
     console.print(proof(report) + f" Total {time.time() - started:.0f}s.", highlight=False)
     zero, both = report.rung("base"), report.rung("tuned_rag")
-    if zero is None or both is None or both.status != "ok" or not (
-        both.metrics["exact_match"] > zero.metrics["exact_match"] and both.metrics["json_valid"] > zero.metrics["json_valid"]
+    if (
+        zero is None
+        or both is None
+        or both.status != "ok"
+        or not (
+            both.metrics["exact_match"] > zero.metrics["exact_match"] and both.metrics["json_valid"] > zero.metrics["json_valid"]
+        )
     ):
         raise TunesmithError("tuned + RAG did not beat the base on exact match and JSON-valid rate")
     return report
@@ -148,7 +165,13 @@ def proof(report: LadderReport) -> str:
     parts = []
     for rung in report.measured:
         m = rung.metrics
-        parts.append(f"{rung.label}: JSON-valid {m.get('json_valid', 0):.0%}, exact match {m.get('exact_match', 0):.0%}, "
-                     f"fields right {m.get('json_field_accuracy', 0):.0%}")
-    return (f"On {report.n_examples} held-out messages about products that never appear in train — "
-            + "; ".join(parts) + ". " + report.recommendation.sentence)
+        parts.append(
+            f"{rung.label}: JSON-valid {m.get('json_valid', 0):.0%}, exact match {m.get('exact_match', 0):.0%}, "
+            f"fields right {m.get('json_field_accuracy', 0):.0%}"
+        )
+    return (
+        f"On {report.n_examples} held-out messages about products that never appear in train — "
+        + "; ".join(parts)
+        + ". "
+        + report.recommendation.sentence
+    )

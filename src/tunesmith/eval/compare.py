@@ -56,25 +56,38 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
         ctx, target = release.side_model(model, base_model, has_adapter, side)
         task = progress.add_task(f"generating ({side})", total=len(convs)) if progress else None
         with ctx:
-            clocks[side] = release.BatchClock((lambda n, t=task: progress.advance(t, n)) if progress else None)
+            advance = None
+            if progress is not None:
+
+                def advance(n: int, t: Any = task) -> None:
+                    progress.advance(t, n)
+
+            clocks[side] = release.BatchClock(advance)
             done = generate_detailed(target, tokenizer, convs, budget.tokens, recipe.eval.batch_size, on_batch=clocks[side])
             outputs[side] = [c.text for c in done]
             hit_budget[side] = [c.finish_reason == "length" for c in done]
             losses[side] = reference_loss(target, tokenizer, [e.messages for e in eval_ex], recipe.data.max_length)
 
-    rows, scores = [], {"base": [], "tuned": []}
+    rows: list[dict[str, Any]] = []
+    scores: dict[str, list[dict[str, float | None]]] = {"base": [], "tuned": []}
     for i, ex in enumerate(eval_ex):
         s_base = metrics.score_example(outputs["base"][i], refs[i], json_mode)
         s_tuned = metrics.score_example(outputs["tuned"][i], refs[i], json_mode)
         scores["base"].append(s_base)
         scores["tuned"].append(s_tuned)
-        rows.append({
-            "id": ex.id, "prompt": convs[i][-1]["content"] if convs[i] else "", "reference": refs[i],
-            "base": outputs["base"][i], "tuned": outputs["tuned"][i],
-            "base_metrics": s_base, "tuned_metrics": s_tuned,
-            "judgement": metrics.judge(s_base, s_tuned, json_mode),
-            "hit_budget": {side: hit_budget[side][i] for side in ("base", "tuned")},
-        })
+        rows.append(
+            {
+                "id": ex.id,
+                "prompt": convs[i][-1]["content"] if convs[i] else "",
+                "reference": refs[i],
+                "base": outputs["base"][i],
+                "tuned": outputs["tuned"][i],
+                "base_metrics": s_base,
+                "tuned_metrics": s_tuned,
+                "judgement": metrics.judge(s_base, s_tuned, json_mode),
+                "hit_budget": {side: hit_budget[side][i] for side in ("base", "tuned")},
+            }
+        )
     summary: dict[str, dict[str, float]] = {}
     for side in ("base", "tuned"):
         agg = metrics.aggregate(scores[side])
@@ -86,8 +99,14 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
     for side, value in release.similarity_summary(recipe.eval, generated).items():
         summary[side]["semantic_similarity"] = value
     summary["delta"] = {k: summary["tuned"][k] - summary["base"][k] for k in summary["base"] if k in summary["tuned"]}
-    extra = release.measure(recipe.eval, generated, lambda side: release.side_model(model, base_model, has_adapter, side),
-                            tokenizer, recipe.data.max_length, progress)
+    extra = release.measure(
+        recipe.eval,
+        generated,
+        lambda side: release.side_model(model, base_model, has_adapter, side),
+        tokenizer,
+        recipe.data.max_length,
+        progress,
+    )
     extra.update(changed_inputs=changed, latency={side: clock.summary() for side, clock in clocks.items()})
     degenerate = {side: metrics.degeneration(outputs[side], hit_budget[side]) for side in ("base", "tuned")}
     judgement = Judgement(**metrics.compare(scores["base"], scores["tuned"], json_mode))
@@ -102,9 +121,13 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
         chat_template_sha256=models.chat_template_hash(tokenizer),
         template_warning=loaded.template_warning,
         warnings=warnings,
-        generation={"greedy": True, "max_new_tokens": budget.tokens, "max_new_tokens_from": budget.source,
-                    "hit_budget": {side: sum(hit_budget[side]) for side in hit_budget},
-                    "base_weights": "4-bit NF4 (QLoRA, as trained)" if loaded.quantized_base else "as trained"},
+        generation={
+            "greedy": True,
+            "max_new_tokens": budget.tokens,
+            "max_new_tokens_from": budget.source,
+            "hit_budget": {side: sum(hit_budget[side]) for side in hit_budget},
+            "base_weights": "4-bit NF4 (QLoRA, as trained)" if loaded.quantized_base else "as trained",
+        },
         degenerate=degenerate,
         extra=extra,
     )

@@ -58,8 +58,9 @@ def answer_ok(output: str, item: ProbeItem) -> bool:
     return metrics.json_field_accuracy(output, json.dumps(item.answer)) == 1.0
 
 
-def forgetting_scores(items: list[ProbeItem], base: list[str], tuned: list[str], base_loss: float,
-                      tuned_loss: float) -> dict[str, Any]:
+def forgetting_scores(
+    items: list[ProbeItem], base: list[str], tuned: list[str], base_loss: float, tuned_loss: float
+) -> dict[str, Any]:
     """score (overall base accuracy - tuned accuracy), per category {base, tuned, drop, n}, and text_loss
     {base, tuned, increase} in nats/token. Pure: outputs in, numbers out."""
     by_cat: dict[str, dict[str, float]] = {}
@@ -71,11 +72,18 @@ def forgetting_scores(items: list[ProbeItem], base: list[str], tuned: list[str],
     n = max(len(items), 1)
     base_acc = sum(c["base"] for c in by_cat.values()) / n
     tuned_acc = sum(c["tuned"] for c in by_cat.values()) / n
-    categories = {cat: {"base": c["base"] / c["n"], "tuned": c["tuned"] / c["n"],
-                        "drop": (c["base"] - c["tuned"]) / c["n"], "n": c["n"]} for cat, c in by_cat.items()}
-    return {"score": base_acc - tuned_acc, "base_accuracy": base_acc, "tuned_accuracy": tuned_acc,
-            "categories": categories, "n_items": len(items),
-            "text_loss": {"base": base_loss, "tuned": tuned_loss, "increase": tuned_loss - base_loss}}
+    categories = {
+        cat: {"base": c["base"] / c["n"], "tuned": c["tuned"] / c["n"], "drop": (c["base"] - c["tuned"]) / c["n"], "n": c["n"]}
+        for cat, c in by_cat.items()
+    }
+    return {
+        "score": base_acc - tuned_acc,
+        "base_accuracy": base_acc,
+        "tuned_accuracy": tuned_acc,
+        "categories": categories,
+        "n_items": len(items),
+        "text_loss": {"base": base_loss, "tuned": tuned_loss, "increase": tuned_loss - base_loss},
+    }
 
 
 def probe_side(model: Any, tokenizer: Any, items: list[ProbeItem], batch_size: int, max_length: int) -> tuple[list[str], float]:

@@ -29,7 +29,10 @@ GATES_FAILED_EXIT = 3
 
 _RULE = re.compile(r"^\s*(>=|<=|==|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 _OPS: dict[str, Callable[[float, float], bool]] = {
-    ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
+    ">=": operator.ge,
+    "<=": operator.le,
+    ">": operator.gt,
+    "<": operator.lt,
     "==": lambda v, t: math.isclose(v, t, abs_tol=1e-9),
 }
 # A bare number means "at most" for these (and every forgetting_* / *_latency_ms), "at least" for the rest.
@@ -109,8 +112,12 @@ def gate_values(report: EvalReport) -> dict[str, float]:
     return values
 
 
-def check_rules(gates: dict[str, str | float], values: dict[str, float], missing: Literal["fail", "skip"] = "fail",
-                why_missing: str = "not measured") -> list[GateResult]:
+def check_rules(
+    gates: dict[str, str | float],
+    values: dict[str, float],
+    missing: Literal["fail", "skip"] = "fail",
+    why_missing: str = "not measured",
+) -> list[GateResult]:
     """One result per gate: the value against its rule; a value that is absent fails (or is skipped)."""
     results = []
     for name, rule in gates.items():
@@ -130,22 +137,34 @@ def loss_converged(history: Sequence[dict[str, Any]]) -> GateResult:
     (more than 5% over its last quarter) nor diverging (final above 1.5x its minimum, or not finite)."""
     rule = f"last-quarter drop <= {CONVERGED_DROP:.0%}, final <= {DIVERGED_FACTOR}x min"
     evals = [float(r["eval_loss"]) for r in history if r.get("eval_loss") is not None]
-    series, which = (evals, "eval_loss") if len(evals) >= MIN_LOSS_POINTS else (
-        [float(r["loss"]) for r in history if r.get("loss") is not None], "training loss")
+    series, which = (
+        (evals, "eval_loss")
+        if len(evals) >= MIN_LOSS_POINTS
+        else ([float(r["loss"]) for r in history if r.get("loss") is not None], "training loss")
+    )
     if len(series) < MIN_LOSS_POINTS:
-        return GateResult(name="loss_converged", rule=rule, status="fail",
-                          detail=f"only {len(series)} loss points in metrics.jsonl: too few to judge")
+        return GateResult(
+            name="loss_converged",
+            rule=rule,
+            status="fail",
+            detail=f"only {len(series)} loss points in metrics.jsonl: too few to judge",
+        )
     if not all(math.isfinite(x) for x in series):
         return GateResult(name="loss_converged", rule=rule, status="fail", detail=f"{which} is not finite: diverged")
     q = max(1, len(series) // 4)
-    before, last = sum(series[-2 * q:-q]) / q, sum(series[-q:]) / q  # window means: training loss is noisy
+    before, last = sum(series[-2 * q : -q]) / q, sum(series[-q:]) / q  # window means: training loss is noisy
     drop = (before - last) / max(abs(before), 1e-9)
     if series[-1] > DIVERGED_FACTOR * min(series):
         detail = f"{which} ends at {series[-1]:.4g}, above {DIVERGED_FACTOR}x its minimum {min(series):.4g}: diverging"
         return GateResult(name="loss_converged", rule=rule, value=drop, status="fail", detail=detail)
     if drop > CONVERGED_DROP:
-        return GateResult(name="loss_converged", rule=rule, value=drop, status="fail",
-                          detail=f"{which} still falling {drop:.1%} over its last quarter: train longer")
+        return GateResult(
+            name="loss_converged",
+            rule=rule,
+            value=drop,
+            status="fail",
+            detail=f"{which} still falling {drop:.1%} over its last quarter: train longer",
+        )
     return GateResult(name="loss_converged", rule=rule, value=drop, status="pass", detail=f"{which}, {len(series)} points")
 
 
@@ -156,23 +175,36 @@ def beats_base(report: EvalReport) -> GateResult:
     if metric is None:
         return GateResult(name="beats_base", rule="tuned > base", status="fail", detail="no primary metric in the report")
     delta = summary["tuned"][metric] - summary["base"][metric]
-    return GateResult(name="beats_base", rule=f"tuned {metric} > base", value=delta,
-                      status="pass" if delta > 1e-9 else "fail", detail=f"{metric} delta {delta:+.4f}")
+    return GateResult(
+        name="beats_base",
+        rule=f"tuned {metric} > base",
+        value=delta,
+        status="pass" if delta > 1e-9 else "fail",
+        detail=f"{metric} delta {delta:+.4f}",
+    )
 
 
 def inputs_unchanged(report: EvalReport) -> GateResult:
     """No input (held-out rows, data files, retrieval index) differs from what the manifest recorded."""
     changed = list(report.extra.get("changed_inputs", []))
-    return GateResult(name="inputs_unchanged", rule="hashes match the manifest", value=float(len(changed)),
-                      status="fail" if changed else "pass", detail="; ".join(changed))
+    return GateResult(
+        name="inputs_unchanged",
+        rule="hashes match the manifest",
+        value=float(len(changed)),
+        status="fail" if changed else "pass",
+        detail="; ".join(changed),
+    )
 
 
 def check_report(report: EvalReport, section: EvalSection, history: Sequence[dict[str, Any]]) -> list[GateResult]:
     """The checklist for one eval: built-in checks (when gates or graders are set), then every gate. Empty when neither."""
     if not section.gates and not section.graders:
         return []
-    builtin = {"inputs_unchanged": lambda: inputs_unchanged(report), "loss_converged": lambda: loss_converged(history),
-               "beats_base": lambda: beats_base(report)}
+    builtin = {
+        "inputs_unchanged": lambda: inputs_unchanged(report),
+        "loss_converged": lambda: loss_converged(history),
+        "beats_base": lambda: beats_base(report),
+    }
     results = [builtin[name]() for name in section.checks]
     return results + check_rules(section.gates, gate_values(report))
 

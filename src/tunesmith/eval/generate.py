@@ -47,14 +47,20 @@ def _generation_config(model: Any, tokenizer: Any, max_new_tokens: int, temperat
     from transformers import GenerationConfig
 
     base = getattr(model, "generation_config", None)
-    config = copy.deepcopy(base) if base is not None else GenerationConfig()
+    config = copy.deepcopy(base) if base is not None else GenerationConfig()  # type: ignore[no-untyped-call]  # untyped upstream
     sample = temperature > 0
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_token_ids(model, tokenizer)[0]
     # Greedy clears the sampling knobs a hub config may carry, so transformers does not warn they are unused.
     config.update(
-        max_new_tokens=max_new_tokens, do_sample=sample, num_beams=1, eos_token_id=stop_token_ids(model, tokenizer),
-        pad_token_id=pad, temperature=temperature if sample else None, top_p=top_p if sample else None,
-        top_k=None if not sample else config.top_k, max_length=None,
+        max_new_tokens=max_new_tokens,
+        do_sample=sample,
+        num_beams=1,
+        eos_token_id=stop_token_ids(model, tokenizer),
+        pad_token_id=pad,
+        temperature=temperature if sample else None,
+        top_p=top_p if sample else None,
+        top_k=None if not sample else config.top_k,
+        max_length=None,
     )
     return config
 
@@ -80,8 +86,9 @@ def _seeded(seed: int | None) -> Any:
     return stack
 
 
-def _finish(tokenizer: Any, new_ids: list[int], stops: set[int], pad: int | None, stop: list[str] | None,
-            prompt_tokens: int) -> Completion:
+def _finish(
+    tokenizer: Any, new_ids: list[int], stops: set[int], pad: int | None, stop: list[str] | None, prompt_tokens: int
+) -> Completion:
     """Trim one row's generated ids at its first stop token and decode it."""
     end = next((j for j, t in enumerate(new_ids) if t in stops), None)
     ids = new_ids[: end + 1] if end is not None else new_ids
@@ -95,8 +102,16 @@ def _finish(tokenizer: Any, new_ids: list[int], stops: set[int], pad: int | None
 
 
 def generate_detailed(
-    model: Any, tokenizer: Any, conversations: list[list[dict[str, Any]]], max_new_tokens: int, batch_size: int = 8,
-    *, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None,
+    model: Any,
+    tokenizer: Any,
+    conversations: list[list[dict[str, Any]]],
+    max_new_tokens: int,
+    batch_size: int = 8,
+    *,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    stop: list[str] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[Completion]:
     """Completions in input order, generated in left-padded batches of similar prompt length.
@@ -135,14 +150,34 @@ def generate_detailed(
 
 
 def generate(
-    model: Any, tokenizer: Any, conversations: list[list[dict[str, Any]]], max_new_tokens: int, batch_size: int = 8,
-    *, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None,
+    model: Any,
+    tokenizer: Any,
+    conversations: list[list[dict[str, Any]]],
+    max_new_tokens: int,
+    batch_size: int = 8,
+    *,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    stop: list[str] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Completion texts in input order (see generate_detailed)."""
-    return [c.text for c in generate_detailed(
-        model, tokenizer, conversations, max_new_tokens, batch_size,
-        temperature=temperature, top_p=top_p, seed=seed, stop=stop, on_batch=on_batch)]
+    return [
+        c.text
+        for c in generate_detailed(
+            model,
+            tokenizer,
+            conversations,
+            max_new_tokens,
+            batch_size,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            stop=stop,
+            on_batch=on_batch,
+        )
+    ]
 
 
 class TextStream:
@@ -205,9 +240,17 @@ class TextStream:
 
 
 def generate_stream(
-    model: Any, tokenizer: Any, conversation: list[dict[str, Any]], max_new_tokens: int,
-    *, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None,
-    cancel: threading.Event | None = None, timeout_s: float | None = 600.0,
+    model: Any,
+    tokenizer: Any,
+    conversation: list[dict[str, Any]],
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    stop: list[str] | None = None,
+    cancel: threading.Event | None = None,
+    timeout_s: float | None = 600.0,
 ) -> TextStream:
     """Stream one completion as text deltas (transformers' TextIteratorStreamer, generation in a thread).
 
@@ -240,11 +283,12 @@ def generate_stream(
     def work() -> None:
         try:
             with _seeded(seed), torch.inference_mode():
-                model.generate(**enc, generation_config=config, streamer=streamer,
-                               stopping_criteria=StoppingCriteriaList([_Watch()]))
+                model.generate(
+                    **enc, generation_config=config, streamer=streamer, stopping_criteria=StoppingCriteriaList([_Watch()])
+                )
         except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer instead of dying silently in the thread
             stream.error = exc
-            streamer.end()
+            streamer.end()  # type: ignore[no-untyped-call]  # untyped upstream
 
     stream._thread = threading.Thread(target=work, name="tunesmith-generate", daemon=True)
     stream._thread.start()

@@ -42,8 +42,9 @@ class TextSimilarity(_Grader):
     type: Literal["text_similarity"]
     input: str = "{{ sample.output_text }}"
     reference: str = "{{ item.reference }}"
-    evaluation_metric: Literal["fuzzy_match", "bleu", "gleu", "cosine", "rouge_1", "rouge_2", "rouge_3", "rouge_4",
-                               "rouge_5", "rouge_l"] = "fuzzy_match"
+    evaluation_metric: Literal[
+        "fuzzy_match", "bleu", "gleu", "cosine", "rouge_1", "rouge_2", "rouge_3", "rouge_4", "rouge_5", "rouge_l"
+    ] = "fuzzy_match"
     pass_threshold: float = 0.5
 
 
@@ -101,8 +102,15 @@ def _render(template: str, sample: dict[str, Any], item: dict[str, Any]) -> str:
     try:
         return env.from_string(template).render(sample=sample, item=item)
     except jinja2.TemplateError as exc:
-        raise RecipeError([("eval.graders", f"template {template!r}: {exc}; templates see sample.output_text, "
-                            "sample.output_json, item.reference, item.reference_json, item.input, item.id")]) from None
+        raise RecipeError(
+            [
+                (
+                    "eval.graders",
+                    f"template {template!r}: {exc}; templates see sample.output_text, "
+                    "sample.output_json, item.reference, item.reference_json, item.input, item.id",
+                )
+            ]
+        ) from None
 
 
 def _like(text: str, pattern: str, flags: int = 0) -> float:
@@ -127,14 +135,20 @@ def _similarity(metric: str, a: str, b: str) -> float:
     return float(rouge_scorer.RougeScorer([key]).score(b, a)[key].fmeasure)
 
 
-_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-           ast.Pow: operator.pow}
-_FUNCS: dict[str, Callable[..., float]] = {"min": min, "max": max, "abs": abs, "sqrt": math.sqrt, "log": math.log,
-                                           "exp": math.exp}
+_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv, ast.Pow: operator.pow}
+_FUNCS: dict[str, Callable[..., float]] = {
+    "min": min,
+    "max": max,
+    "abs": abs,
+    "sqrt": math.sqrt,
+    "log": math.log,
+    "exp": math.exp,
+}
 
 
 def calculate(expr: str, names: dict[str, float]) -> float:
     """multi's calculate_output: arithmetic over sub-grader scores (+ - * / **, min max abs sqrt log exp), nothing else."""
+
     def ev(node: ast.AST) -> float:
         if isinstance(node, ast.Expression):
             return ev(node.body)
@@ -148,8 +162,16 @@ def calculate(expr: str, names: dict[str, float]) -> float:
             return -ev(node.operand)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS:
             return float(_FUNCS[node.func.id](*[ev(a) for a in node.args]))
-        raise RecipeError([("eval.graders", f"calculate_output {expr!r}: only numbers, the sub-grader names "
-                            f"({', '.join(names)}), + - * / ** and min/max/abs/sqrt/log/exp are allowed")])
+        raise RecipeError(
+            [
+                (
+                    "eval.graders",
+                    f"calculate_output {expr!r}: only numbers, the sub-grader names "
+                    f"({', '.join(names)}), + - * / ** and min/max/abs/sqrt/log/exp are allowed",
+                )
+            ]
+        )
+
     return ev(ast.parse(expr, mode="eval"))
 
 
@@ -158,8 +180,11 @@ def scores(grader: Grader, outputs: list[str], items: list[dict[str, Any]], judg
     samples = [{"output_text": o, "output_json": metrics.parse_json(o)} for o in outputs]
     if isinstance(grader, StringCheck):
         ops: dict[str, Callable[[str, str], float]] = {
-            "eq": lambda a, b: float(a == b), "ne": lambda a, b: float(a != b), "like": _like,
-            "ilike": lambda a, b: _like(a, b, re.IGNORECASE)}
+            "eq": lambda a, b: float(a == b),
+            "ne": lambda a, b: float(a != b),
+            "like": _like,
+            "ilike": lambda a, b: _like(a, b, re.IGNORECASE),
+        }
         check = ops[grader.operation]
         return [check(_render(grader.input, s, i), _render(grader.reference, s, i)) for s, i in zip(samples, items)]
     if isinstance(grader, TextSimilarity):
@@ -183,16 +208,25 @@ def _python_scores(grader: PythonGrader, samples: list[dict[str, Any]], items: l
         exec(compile(grader.source, f"<grader {grader.name}>", "exec"), namespace)  # noqa: S102 - the recipe's own code
         return [float(namespace["grade"](s, i)) for s, i in zip(samples, items)]
     except Exception as exc:  # noqa: BLE001 - any failure of user code is one clear recipe error
-        raise RecipeError([(f"eval.graders.{grader.name}", f"{type(exc).__name__}: {exc} (the source must define "
-                            "grade(sample, item) returning a number)")]) from None
+        raise RecipeError(
+            [
+                (
+                    f"eval.graders.{grader.name}",
+                    f"{type(exc).__name__}: {exc} (the source must define grade(sample, item) returning a number)",
+                )
+            ]
+        ) from None
 
 
-def _model_scores(grader: ScoreModel, samples: list[dict[str, Any]], items: list[dict[str, Any]],
-                  judge_for: JudgeFor | None) -> list[float]:
+def _model_scores(
+    grader: ScoreModel, samples: list[dict[str, Any]], items: list[dict[str, Any]], judge_for: JudgeFor | None
+) -> list[float]:
     if judge_for is None:
         raise RecipeError([(f"eval.graders.{grader.name}", "score_model needs a model: set eval.judge or give a model spec/URL")])
-    convs = [[{"role": m.get("role", "user"), "content": _render(m.get("content", ""), s, i)} for m in grader.input]
-             for s, i in zip(samples, items)]
+    convs = [
+        [{"role": m.get("role", "user"), "content": _render(m.get("content", ""), s, i)} for m in grader.input]
+        for s, i in zip(samples, items)
+    ]
     low, high = grader.range
     out = []
     for reply in judge_for(grader.model).complete(convs):
@@ -210,8 +244,9 @@ def passed(grader: Grader, score: float) -> bool:
     return score >= threshold
 
 
-def run_graders(graders: list[Grader], outputs: dict[str, list[str]], items: list[dict[str, Any]],
-                judge_for: JudgeFor | None = None) -> dict[str, dict[str, dict[str, float]]]:
+def run_graders(
+    graders: list[Grader], outputs: dict[str, list[str]], items: list[dict[str, Any]], judge_for: JudgeFor | None = None
+) -> dict[str, dict[str, dict[str, float]]]:
     """grader name -> model (base, tuned) -> {mean, pass_rate}."""
     report: dict[str, dict[str, dict[str, float]]] = {}
     for g in graders:

@@ -72,8 +72,13 @@ def rate(per_example: list[tuple[int, int] | None]) -> dict[str, Any]:
     scored = [c for c in per_example if c is not None]
     claims = sum(c for c, _ in scored)
     bad = sum(h for _, h in scored)
-    return {"rate": bad / claims if claims else None, "claims": claims, "hallucinated": bad, "scored": len(scored),
-            "examples": len(per_example)}
+    return {
+        "rate": bad / claims if claims else None,
+        "claims": claims,
+        "hallucinated": bad,
+        "scored": len(scored),
+        "examples": len(per_example),
+    }
 
 
 def json_hallucination(preds: list[str], refs: list[str], sources: list[str]) -> dict[str, Any]:

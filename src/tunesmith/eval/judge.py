@@ -88,16 +88,23 @@ class EndpointJudge:
         for conv in conversations:
             try:
                 resp = self.client.chat.completions.create(
-                    model=self.model, messages=conv, temperature=0, max_tokens=self.max_new_tokens)  # type: ignore[arg-type]
+                    model=self.model,
+                    messages=conv,  # type: ignore[arg-type]  # plain role/content dicts are what the API accepts
+                    temperature=0,
+                    max_tokens=self.max_new_tokens,
+                )
             except openai.OpenAIError as exc:
-                raise ModelError(f"judge endpoint {self.url} failed: {exc}",
-                                 hint="Check the URL (it ends in /v1), eval.judge.endpoint_model and the API key.") from None
+                raise ModelError(
+                    f"judge endpoint {self.url} failed: {exc}",
+                    hint="Check the URL (it ends in /v1), eval.judge.endpoint_model and the API key.",
+                ) from None
             out.append(resp.choices[0].message.content or "")
         return out
 
 
-def open_judge(spec: str, endpoint_model: str = "default", api_key_env: str = "OPENAI_API_KEY",
-               max_new_tokens: int = 256) -> Judge:
+def open_judge(
+    spec: str, endpoint_model: str = "default", api_key_env: str = "OPENAI_API_KEY", max_new_tokens: int = 256
+) -> Judge:
     """An endpoint judge for an http(s) URL, else a local one (run folder or model spec)."""
     if spec.startswith(("http://", "https://")):
         return EndpointJudge(spec, endpoint_model, api_key_env, max_new_tokens)
@@ -127,21 +134,31 @@ def pairwise(judge: Judge, prompts: list[str], refs: list[str], base: list[str],
     """Tuned vs base judged in both orders. win_rate = wins / examples (ties and disagreements count against);
     agreement = share of examples whose two verdicts agree; per order, its own tally (the position bias shows there)."""
     n = len(prompts)
-    replies = judge.complete([_ask(p, r, b, t) for p, r, b, t in zip(prompts, refs, base, tuned, strict=True)]
-                             + [_ask(p, r, t, b) for p, r, b, t in zip(prompts, refs, base, tuned, strict=True)])
+    replies = judge.complete(
+        [_ask(p, r, b, t) for p, r, b, t in zip(prompts, refs, base, tuned, strict=True)]
+        + [_ask(p, r, t, b) for p, r, b, t in zip(prompts, refs, base, tuned, strict=True)]
+    )
     tuned_second = [{"B": "win", "A": "loss", "tie": "tie"}.get(parse_verdict(x) or "", "none") for x in replies[:n]]
     tuned_first = [{"A": "win", "B": "loss", "tie": "tie"}.get(parse_verdict(x) or "", "none") for x in replies[n:]]
     agreed = [x == y and x != "none" for x, y in zip(tuned_second, tuned_first)]
     final = [x if ok else "tie" for x, ok in zip(tuned_second, agreed)]
-    return {**_tally(final), "agreement": sum(agreed) / n if n else 0.0, "n": n,
-            "unparsed": (tuned_second + tuned_first).count("none"),
-            "orders": {"base_first": _tally(tuned_second), "tuned_first": _tally(tuned_first)}}
+    return {
+        **_tally(final),
+        "agreement": sum(agreed) / n if n else 0.0,
+        "n": n,
+        "unparsed": (tuned_second + tuned_first).count("none"),
+        "orders": {"base_first": _tally(tuned_second), "tuned_first": _tally(tuned_first)},
+    }
 
 
 def unsupported_claims(judge: Judge, answers: list[str], truths: list[str], sources: list[str]) -> list[tuple[int, int] | None]:
     """(claims, unsupported) per answer as the judge labels them; None when its reply holds no claims list."""
-    replies = judge.complete([[{"role": "user", "content": CLAIMS_PROMPT.format(source=s, truth=t, answer=a)}]
-                              for a, t, s in zip(answers, truths, sources, strict=True)])
+    replies = judge.complete(
+        [
+            [{"role": "user", "content": CLAIMS_PROMPT.format(source=s, truth=t, answer=a)}]
+            for a, t, s in zip(answers, truths, sources, strict=True)
+        ]
+    )
     out: list[tuple[int, int] | None] = []
     for reply in replies:
         obj = metrics.first_json_object(reply)

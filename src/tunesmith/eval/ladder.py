@@ -74,8 +74,11 @@ def few_shot_prompt(conv: Conversation, shots: list[Conversation]) -> Conversati
 def pick_shots(train: list[Any], k: int, seed: int) -> list[Conversation]:
     """k training examples (seeded pick) as their non-system turns ending with the reference answer."""
     chosen = random.Random(seed).sample(train, min(k, len(train)))
-    return [[m for m in prompt_messages(e.messages) if m["role"] != "system"]
-            + [{"role": "assistant", "content": reference(e.messages)}] for e in chosen]
+    return [
+        [m for m in prompt_messages(e.messages) if m["role"] != "system"]
+        + [{"role": "assistant", "content": reference(e.messages)}]
+        for e in chosen
+    ]
 
 
 def ladder_inputs(recipe: Recipe, max_examples: int | None = None, retriever: Any = None) -> LadderInputs:
@@ -99,8 +102,12 @@ def ladder_inputs(recipe: Recipe, max_examples: int | None = None, retriever: An
         rag_convs = [p[0] for p in pairs]
         sources = [[f"{x.source}:{x.line}" for x in p[1]] for p in pairs]
     return LadderInputs(
-        ids=[e.id for e in evaluation], convs=convs, refs=[reference(e.messages) for e in evaluation],
-        shots=pick_shots(train, recipe.ladder.few_shot_k, recipe.training.seed), rag_convs=rag_convs, sources=sources,
+        ids=[e.id for e in evaluation],
+        convs=convs,
+        refs=[reference(e.messages) for e in evaluation],
+        shots=pick_shots(train, recipe.ladder.few_shot_k, recipe.training.seed),
+        rag_convs=rag_convs,
+        sources=sources,
     )
 
 
@@ -115,7 +122,11 @@ def rung_prompts(spec: RungSpec, inputs: LadderInputs) -> list[Conversation]:
 
 
 def timed_generate(
-    model: Any, tokenizer: Any, prompts: list[Conversation], max_new_tokens: int, batch_size: int,
+    model: Any,
+    tokenizer: Any,
+    prompts: list[Conversation],
+    max_new_tokens: int,
+    batch_size: int,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[list[Completion], list[float], float]:
     """Completions in input order, each request's latency (ms: the wall time of the batch that produced it), total seconds."""
@@ -150,8 +161,15 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def score_rung(
-    spec: RungSpec, completions: list[Completion], latencies: list[float], seconds: float, refs: list[str],
-    json_mode: bool, basis: CostBasis, price: float, targets: dict[str, float],
+    spec: RungSpec,
+    completions: list[Completion],
+    latencies: list[float],
+    seconds: float,
+    refs: list[str],
+    json_mode: bool,
+    basis: CostBasis,
+    price: float,
+    targets: dict[str, float],
 ) -> RungResult:
     """A rung's quality (the eval's metrics), latency, tokens and cost, and which targets it meets."""
     texts = [c.text for c in completions]
@@ -162,9 +180,15 @@ def score_rung(
     completion_tokens = sum(c.completion_tokens for c in completions) / n
     # Requests in a batch share the machine, so compute cost is charged on total seconds / requests, not on latency.
     rung = RungResult(
-        name=spec.name, label=spec.label, n_examples=len(completions), metrics=quality,
-        p50_latency_ms=_percentile(latencies, 50), p95_latency_ms=_percentile(latencies, 95),
-        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, generation_s=seconds,
+        name=spec.name,
+        label=spec.label,
+        n_examples=len(completions),
+        metrics=quality,
+        p50_latency_ms=_percentile(latencies, 50),
+        p95_latency_ms=_percentile(latencies, 95),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        generation_s=seconds,
         cost_per_1k=cost_per_1k(basis, price, prompt_tokens, completion_tokens, seconds / n),
     )
     rung.meets = target_checks(rung, targets)
@@ -214,7 +238,11 @@ def load_answerers(recipe: Recipe, kinds: set[str]) -> tuple[dict[str, Answerer]
 
 
 def run_ladder(
-    recipe: Recipe, *, max_examples: int | None = None, retriever: Any = None, progress: Any = None,
+    recipe: Recipe,
+    *,
+    max_examples: int | None = None,
+    retriever: Any = None,
+    progress: Any = None,
 ) -> tuple[LadderReport, list[dict[str, Any]]]:
     """Measure every rung of `recipe.ladder.rungs` on the same prompts; the report and one prediction row per prompt."""
     lad = recipe.ladder
@@ -241,7 +269,11 @@ def run_ladder(
         task = progress.add_task(f"ladder: {spec.label}", total=len(inputs.convs)) if progress else None
         with who.context():
             completions, latencies, seconds = timed_generate(
-                who.model, who.tokenizer, rung_prompts(spec, inputs), max_new, batch,
+                who.model,
+                who.tokenizer,
+                rung_prompts(spec, inputs),
+                max_new,
+                batch,
                 on_batch=functools.partial(progress.advance, task) if progress else None,
             )
         results.append(score_rung(spec, completions, latencies, seconds, inputs.refs, json_mode, basis, price, targets))
@@ -250,9 +282,16 @@ def run_ladder(
     quality_targets = [t for t in targets if t in metrics.score_example("", "", True)]
     any_model = next(iter(answerers.values()), None)
     report = LadderReport(
-        run=recipe.name, base_model=recipe.model.base, n_examples=len(inputs.convs), json_mode=json_mode,
+        run=recipe.name,
+        base_model=recipe.model.base,
+        n_examples=len(inputs.convs),
+        json_mode=json_mode,
         primary_metric=quality_targets[0] if quality_targets else metrics.primary_metrics(json_mode)[0],
-        targets=targets, cost_basis=basis, price=price, rungs=results, recommendation=recommend(results, targets),
+        targets=targets,
+        cost_basis=basis,
+        price=price,
+        rungs=results,
+        recommendation=recommend(results, targets),
         generation={"greedy": True, "max_new_tokens": max_new, "batch_size": batch, "few_shot_k": len(inputs.shots)},
         rag=None if recipe.rag is None else {"index": recipe.rag.index, "k": recipe.rag.k, "mode": recipe.rag.mode},
         device=str(any_model.model.device) if any_model else "cpu",
@@ -282,7 +321,12 @@ def default_out(recipe: Recipe) -> Path:
 
 
 def ladder(
-    recipe: Recipe, out: Path | None = None, *, overwrite: bool = False, max_examples: int | None = None, progress: Any = None,
+    recipe: Recipe,
+    out: Path | None = None,
+    *,
+    overwrite: bool = False,
+    max_examples: int | None = None,
+    progress: Any = None,
 ) -> tuple[LadderReport, Path]:
     """Claim the output folder, measure the ladder, write its files; (report, folder)."""
     from tunesmith.outputs import claim_dir

@@ -47,13 +47,21 @@ def _rung_table(report: LadderReport) -> str:
     lines = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     for r in report.rungs:
         if r.status != "ok":
-            lines.append(f"<tr><td>{html.escape(r.label)}</td><td colspan='{len(head) - 1}'>skipped: "
-                         f"{html.escape(r.reason or '')}</td></tr>")
+            lines.append(
+                f"<tr><td>{html.escape(r.label)}</td><td colspan='{len(head) - 1}'>skipped: "
+                f"{html.escape(r.reason or '')}</td></tr>"
+            )
             continue
         met = "all met" if r.meets and all(r.meets.values()) else ", ".join(k for k, ok in r.meets.items() if not ok) or "-"
         cells = [html.escape(r.label)] + [f"{r.metrics.get(k, float('nan')):.3f}" for k in quality]
-        cells += [f"{r.p50_latency_ms:.0f}", f"{r.p95_latency_ms:.0f}", f"{r.prompt_tokens:.0f}", f"{r.completion_tokens:.0f}",
-                  f"{r.cost_per_1k:.4g}", html.escape(met)]
+        cells += [
+            f"{r.p50_latency_ms:.0f}",
+            f"{r.p95_latency_ms:.0f}",
+            f"{r.prompt_tokens:.0f}",
+            f"{r.completion_tokens:.0f}",
+            f"{r.cost_per_1k:.4g}",
+            html.escape(met),
+        ]
         style = " style='background:#e9f5f2'" if r.name == report.recommendation.rung else ""
         lines.append(f"<tr{style}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return "\n".join(lines + ["</table>"])
@@ -66,8 +74,10 @@ def _examples(report: LadderReport, rows: list[dict[str, Any]]) -> str:
             f"<tr><td>{html.escape(r.label)}</td><td><pre>{html.escape(str(row['outputs'].get(r.name, ''))[:_MAX_TEXT_CHARS])}</pre></td></tr>"
             for r in report.measured
         )
-        cards.append(f"<h3>{html.escape(str(row['id']))}</h3><pre>{html.escape(row['prompt'][:_MAX_TEXT_CHARS])}</pre>"
-                     f"<p>reference:</p><pre>{html.escape(row['reference'])}</pre><table>{outs}</table>")
+        cards.append(
+            f"<h3>{html.escape(str(row['id']))}</h3><pre>{html.escape(row['prompt'][:_MAX_TEXT_CHARS])}</pre>"
+            f"<p>reference:</p><pre>{html.escape(row['reference'])}</pre><table>{outs}</table>"
+        )
     return "\n".join(cards)
 
 
@@ -82,7 +92,7 @@ def render(report: LadderReport, rows: list[dict[str, Any]]) -> str:
 · cost basis {report.cost_basis} at {report.price:g} · targets: {html.escape(targets)}</p>
 <h2>Recommendation</h2><p>{html.escape(rec.sentence)}</p>{warning}
 <h2>Rungs</h2>{_rung_table(report)}
-<p>Latency is the wall time of the batch a request was generated in (batch size {report.generation.get('batch_size')}).</p>
+<p>Latency is the wall time of the batch a request was generated in (batch size {report.generation.get("batch_size")}).</p>
 {_img(quality_cost_png(report), "quality vs cost")}
 <h2>First prompts, every rung</h2>{_examples(report, rows)}
 </body></html>"""

@@ -27,7 +27,9 @@ class RungResult(Record):
     reason: str | None = Field(None, description="Why a rung was skipped.")
     n_examples: int = 0
     metrics: dict[str, float] = Field(default_factory=dict, description="Quality: the eval metrics (score_example, aggregate).")
-    p50_latency_ms: float = Field(0.0, description="Median wall time per request (ms): the time of the batch it was generated in.")
+    p50_latency_ms: float = Field(
+        0.0, description="Median wall time per request (ms): the time of the batch it was generated in."
+    )
     p95_latency_ms: float = Field(0.0, description="95th percentile of the same (ms).")
     prompt_tokens: float = Field(0.0, description="Mean prompt tokens per request.")
     completion_tokens: float = Field(0.0, description="Mean completion tokens per request.")
@@ -59,13 +61,17 @@ class LadderReport(Record):
     base_model: str
     n_examples: int
     json_mode: bool
-    primary_metric: str = Field(..., description="The quality metric the chart plots (the first quality target, else the mode's first).")
+    primary_metric: str = Field(
+        ..., description="The quality metric the chart plots (the first quality target, else the mode's first)."
+    )
     targets: dict[str, float] = Field(default_factory=dict)
     cost_basis: CostBasis
     price: float = Field(..., description="Price per 1,000 tokens (basis tokens) or per machine-hour (basis compute).")
     rungs: list[RungResult]
     recommendation: Recommendation
-    generation: dict[str, int | float | bool] = Field(default_factory=dict, description="max_new_tokens, batch_size, greedy, few_shot_k.")
+    generation: dict[str, int | float | bool] = Field(
+        default_factory=dict, description="max_new_tokens, batch_size, greedy, few_shot_k."
+    )
     rag: dict[str, str | int | None] | None = Field(None, description="The index, k and mode of the RAG rungs.")
     device: str = "cpu"
 

@@ -85,8 +85,7 @@ def recommend(rungs: list[RungResult], targets: dict[str, float]) -> Recommendat
     best = min(passing, key=lambda r: (r.cost_per_1k, _order(r)))
     cheaper = [r.label for r in measured if r not in passing and r.cost_per_1k <= best.cost_per_1k]
     reason = f"every rung costing as little or less ({', '.join(cheaper)}) misses a target" if cheaper else "no rung costs less"
-    sentence = (f"Use {best.label}: it meets every target ({wanted}) at {best.cost_per_1k:.4g} per 1,000 requests, "
-                f"and {reason}.")
+    sentence = f"Use {best.label}: it meets every target ({wanted}) at {best.cost_per_1k:.4g} per 1,000 requests, and {reason}."
     return Recommendation(rung=best.name, sentence=sentence, warning=_rag_warning(best, measured, targets))
 
 
@@ -98,5 +97,7 @@ def _rag_warning(best: RungResult, measured: list[RungResult], targets: dict[str
         return None
     missed = _misses(rag, targets)
     because = f"; it missed {missed}" if missed else f"; it costs {rag.cost_per_1k:.4g} against {best.cost_per_1k:.4g}"
-    return (f"Fine-tuning chosen although {rag.label} alone met the quality targets{because}: "
-            "knowledge that changes belongs in the index, so re-check the RAG rung before paying for training.")
+    return (
+        f"Fine-tuning chosen although {rag.label} alone met the quality targets{because}: "
+        "knowledge that changes belongs in the index, so re-check the RAG rung before paying for training."
+    )

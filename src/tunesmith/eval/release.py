@@ -61,12 +61,19 @@ class EvalOutputs:
 
 
 def wants_forgetting(section: EvalSection) -> bool:
-    return section.forgetting or any(name == "forgetting" or name.startswith(("forgetting_", "text_loss"))
-                                     for name in section.gates)
+    return section.forgetting or any(
+        name == "forgetting" or name.startswith(("forgetting_", "text_loss")) for name in section.gates
+    )
 
 
-def measure(section: EvalSection, data: EvalOutputs, sides: Callable[[str], tuple[Any, Any]], tokenizer: Any,
-            max_length: int, progress: Any = None) -> dict[str, Any]:
+def measure(
+    section: EvalSection,
+    data: EvalOutputs,
+    sides: Callable[[str], tuple[Any, Any]],
+    tokenizer: Any,
+    max_length: int,
+    progress: Any = None,
+) -> dict[str, Any]:
     """Every optional measurement the section asks for; the keys of EvalReport.extra they fill."""
     from tunesmith.eval import hallucination
 
@@ -89,8 +96,9 @@ def measure(section: EvalSection, data: EvalOutputs, sides: Callable[[str], tupl
     if section.graders:
         from tunesmith.eval.graders import grader_items, load_graders, run_graders
 
-        extra["graders"] = run_graders(load_graders(section.graders), data.outputs,
-                                       grader_items(data.ids, prompts, data.refs), _judge_for(section, judge))
+        extra["graders"] = run_graders(
+            load_graders(section.graders), data.outputs, grader_items(data.ids, prompts, data.refs), _judge_for(section, judge)
+        )
     if wants_forgetting(section):
         extra["forgetting"] = forgetting(sides, tokenizer, section.batch_size, max_length, progress)
     return extra
@@ -105,8 +113,9 @@ def similarity_summary(section: EvalSection, data: EvalOutputs) -> dict[str, flo
     return {side: mean_similarity(texts, data.refs) for side, texts in data.outputs.items()}
 
 
-def forgetting(sides: Callable[[str], tuple[Any, Any]], tokenizer: Any, batch_size: int, max_length: int,
-               progress: Any = None) -> dict[str, Any]:
+def forgetting(
+    sides: Callable[[str], tuple[Any, Any]], tokenizer: Any, batch_size: int, max_length: int, progress: Any = None
+) -> dict[str, Any]:
     """The bundled probe and general-text loss on base and tuned; forgetting.forgetting_scores of them."""
     from tunesmith.eval.forgetting import forgetting_scores, load_probe, probe_side
 

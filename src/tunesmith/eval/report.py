@@ -49,9 +49,7 @@ def _message_png(text: str) -> bytes:
 
 def _series(history: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
     points = sorted(
-        (float(row["step"]), float(row[key]))
-        for row in history
-        if row.get("step") is not None and row.get(key) is not None
+        (float(row["step"]), float(row[key])) for row in history if row.get("step") is not None and row.get(key) is not None
     )
     return [s for s, _ in points], [v for _, v in points]
 
@@ -114,10 +112,8 @@ def metrics_chart_png(summary: dict[str, dict[str, float]]) -> bytes:
     width = 0.38
     fig = Figure(figsize=(max(6.0, 1.3 * len(names) + 2), 4), dpi=_DPI)
     ax = fig.add_subplot()
-    ax.bar([x - width / 2 for x in xs], [scaled(base, m) for m in names], width,
-           label="base", color="#9e9e9e")
-    ax.bar([x + width / 2 for x in xs], [scaled(tuned, m) for m in names], width,
-           label="tuned", color="#2e7d32")
+    ax.bar([x - width / 2 for x in xs], [scaled(base, m) for m in names], width, label="base", color="#9e9e9e")
+    ax.bar([x + width / 2 for x in xs], [scaled(tuned, m) for m in names], width, label="tuned", color="#2e7d32")
     ax.set_xticks(xs)
     ax.set_xticklabels(labels, rotation=20, ha="right")
     ax.set_ylim(0, 1.05)
@@ -159,8 +155,8 @@ def _metrics_table(summary: dict[str, dict[str, float]]) -> str:
         if d is None and b is not None and t is not None:
             d = float(t) - float(b)
         rows.append(
-            f"<tr><td>{html.escape(str(m))}</td><td class=\"num\">{_fmt(b)}</td>"
-            f"<td class=\"num\">{_fmt(t)}</td>{_delta_cell(m, d)}</tr>"
+            f'<tr><td>{html.escape(str(m))}</td><td class="num">{_fmt(b)}</td>'
+            f'<td class="num">{_fmt(t)}</td>{_delta_cell(m, d)}</tr>'
         )
     return (
         "<table><thead><tr><th>metric</th><th>base</th><th>tuned</th><th>delta</th></tr>"
@@ -179,10 +175,7 @@ def _margin(pred: dict[str, Any], order: tuple[str, ...]) -> tuple[float, ...]:
     # tuned - base on each primary metric in priority order: sorts examples the same way judge() decides them.
     b = pred.get("base_metrics") or {}
     t = pred.get("tuned_metrics") or {}
-    return tuple(
-        float(t[m]) - float(b[m]) if b.get(m) is not None and t.get(m) is not None else 0.0
-        for m in order
-    )
+    return tuple(float(t[m]) - float(b[m]) if b.get(m) is not None and t.get(m) is not None else 0.0 for m in order)
 
 
 def _example_cards(preds: list[dict[str, Any]], order: tuple[str, ...]) -> str:
@@ -192,15 +185,13 @@ def _example_cards(preds: list[dict[str, Any]], order: tuple[str, ...]) -> str:
     for p in preds:
         bm = p.get("base_metrics") or {}
         tm = p.get("tuned_metrics") or {}
-        scores = ", ".join(
-            f"{html.escape(m)} {_fmt(bm.get(m))} &rarr; {_fmt(tm.get(m))}" for m in order
-        )
+        scores = ", ".join(f"{html.escape(m)} {_fmt(bm.get(m))} &rarr; {_fmt(tm.get(m))}" for m in order)
         cards.append(
             f'<div class="card"><div class="muted">id {_text(p.get("id"))} &middot; {scores}</div>'
             f"<h4>Prompt</h4><pre>{_text(p.get('prompt'))}</pre>"
             f"<h4>Reference</h4><pre>{_text(p.get('reference'))}</pre>"
             f'<div class="pair"><div><h4>Base</h4><pre>{_text(p.get("base"))}</pre></div>'
-            f'<div><h4>Tuned</h4><pre>{_text(p.get("tuned"))}</pre></div></div></div>'
+            f"<div><h4>Tuned</h4><pre>{_text(p.get('tuned'))}</pre></div></div></div>"
         )
     return "".join(cards)
 
@@ -231,7 +222,8 @@ def _notes(report: dict[str, Any]) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(side)}</td><td class='num'>{100 * d.get('hit_budget', 0):.0f}%</td>"
         f"<td class='num'>{100 * d.get('loop_rate', 0):.0f}%</td></tr>"
-        for side, d in (report.get("degenerate") or {}).items())
+        for side, d in (report.get("degenerate") or {}).items()
+    )
     budget = html.escape(f"{g.get('max_new_tokens')} tokens ({g.get('max_new_tokens_from', 'eval.max_new_tokens')})")
     table = f"<table><tr><th>model</th><th>hit the budget</th><th>repetition loop</th></tr>{rows}</table>" if rows else ""
     return (f"<h2>Warnings</h2><ul>{items}</ul>" if items else "") + f"<p class='muted'>generation budget: {budget}</p>{table}"
@@ -246,8 +238,7 @@ def _render(report: dict[str, Any], predictions: list[dict[str, Any]], history: 
     mode = "JSON" if report.get("json_mode") else "text"
 
     losses = sorted((p for p in predictions if p.get("judgement") == "loss"), key=lambda p: _margin(p, order))
-    wins = sorted((p for p in predictions if p.get("judgement") == "win"), key=lambda p: _margin(p, order),
-                  reverse=True)
+    wins = sorted((p for p in predictions if p.get("judgement") == "win"), key=lambda p: _margin(p, order), reverse=True)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>tunesmith eval: {run}</title><style>{_CSS}</style></head><body>

@@ -19,8 +19,15 @@ from tunesmith.eval import metrics
 
 LOWER_WINS = frozenset({"eval_loss", "perplexity"})
 # What a checkpoint contributes to adapter/: the adapter (or full model) weights and config, never optimizer state.
-_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "adapter_config.json", "model.safetensors",
-                 "model.safetensors.index.json", "config.json", "generation_config.json")
+_WEIGHT_FILES = (
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+    "adapter_config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "config.json",
+    "generation_config.json",
+)
 
 
 def candidates(run_dir: Path) -> list[tuple[str, Path]]:
@@ -61,8 +68,15 @@ def score(model: Any, tokenizer: Any, recipe: Recipe, examples: list[Any], metri
     if metric not in agg:
         from tunesmith.errors import RecipeError
 
-        raise RecipeError([("eval.select_checkpoint", f"{metric} is not measured on these rows; use one of "
-                            f"{', '.join(sorted(agg) + ['bleu', *sorted(LOWER_WINS)])}")])
+        raise RecipeError(
+            [
+                (
+                    "eval.select_checkpoint",
+                    f"{metric} is not measured on these rows; use one of "
+                    f"{', '.join(sorted(agg) + ['bleu', *sorted(LOWER_WINS)])}",
+                )
+            ]
+        )
     return agg[metric]
 
 
@@ -103,8 +117,13 @@ def select_checkpoint(recipe: Recipe, run_dir: Path, base_path: str) -> dict[str
     chosen = choose(scores, metric)
     if chosen != "final":
         install(run_dir / "checkpoints" / chosen, run_dir / "adapter")
-    return {"metric": metric, "scores": scores, "chosen": chosen, "n_examples": len(examples),
-            "rows": f"first {len(examples)} held-out rows"}
+    return {
+        "metric": metric,
+        "scores": scores,
+        "chosen": chosen,
+        "n_examples": len(examples),
+        "rows": f"first {len(examples)} held-out rows",
+    }
 
 
 def install(checkpoint: Path, adapter_dir: Path) -> None:

@@ -65,8 +65,10 @@ def merge(run: Run, out_dir: Path, dtype: str = "float32", n_check: int = 3, max
     _refuse(run, dtype)
     out_dir = outputs.check_new_dir(out_dir)
     if out_dir == run.dir or run.dir in out_dir.parents:
-        raise outputs.OutputError(f"--out {out_dir} is inside the run folder {run.dir}; a finished run is never changed",
-                                  hint="Choose an --out outside the run folder.")
+        raise outputs.OutputError(
+            f"--out {out_dir} is inside the run folder {run.dir}; a finished run is never changed",
+            hint="Choose an --out outside the run folder.",
+        )
     tokenizer = models.load_tokenizer(str(run.adapter_dir))
     # Always a 16/32-bit base, even for a QLoRA run: merging into 4-bit weights changes the model (peft #2321).
     base = models.load_model(resolve_run_base(run), dtype)
@@ -85,14 +87,23 @@ def merge(run: Run, out_dir: Path, dtype: str = "float32", n_check: int = 3, max
             hint="Merge in float32 (--dtype float32) and compare again.",
         )
     check = {"prompts": len(prompts), "identical": sum(agree), "max_new_tokens": max_new_tokens}
-    base_note = (f"dequantized: the adapter was trained (and evaluated) on a 4-bit NF4 base (QLoRA); it is merged into the "
-                 f"{dtype} base, so outputs can differ slightly from the 4-bit model eval scored"
-                 if run.manifest.quantized_base else f"merged into the {dtype} base the adapter was trained on")
+    base_note = (
+        f"dequantized: the adapter was trained (and evaluated) on a 4-bit NF4 base (QLoRA); it is merged into the "
+        f"{dtype} base, so outputs can differ slightly from the 4-bit model eval scored"
+        if run.manifest.quantized_base
+        else f"merged into the {dtype} base the adapter was trained on"
+    )
     lineage = {
-        "merged_from_run": str(run.dir), "base_model": run.manifest.base_model.model_dump(), "adapter": str(run.adapter_dir),
-        "dtype": dtype, "chat_template_sha256": models.chat_template_hash(tokenizer),
-        "data": run.manifest.data, "check": check, "versions": versions(),
-        "dequantized": run.manifest.quantized_base, "base_note": base_note,
+        "merged_from_run": str(run.dir),
+        "base_model": run.manifest.base_model.model_dump(),
+        "adapter": str(run.adapter_dir),
+        "dtype": dtype,
+        "chat_template_sha256": models.chat_template_hash(tokenizer),
+        "data": run.manifest.data,
+        "check": check,
+        "versions": versions(),
+        "dequantized": run.manifest.quantized_base,
+        "base_note": base_note,
     }
     made = [p for p in out_dir.parents if not p.exists()]  # parent folders this merge creates, deepest first
     out_dir.parent.mkdir(parents=True, exist_ok=True)

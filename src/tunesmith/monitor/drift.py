@@ -46,6 +46,7 @@ class Traffic:
 
 # --- embeddings ---------------------------------------------------------------------------------------------------
 
+
 class CharNgramEmbedder:
     """Hashed character-trigram counts, L2-normalised: no model to load, milliseconds per thousand texts.
     Sees spelling and topic words, not meaning; the default embedder is MiniLM."""
@@ -59,7 +60,7 @@ class CharNgramEmbedder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for i, text in enumerate(texts):
             t = f"  {text.lower()} "
-            idx = [zlib.crc32(t[j:j + 3].encode()) % self.dim for j in range(len(t) - 2)]
+            idx = [zlib.crc32(t[j : j + 3].encode()) % self.dim for j in range(len(t) - 2)]
             out[i] = np.bincount(idx, minlength=self.dim)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return np.asarray(out / np.maximum(norms, 1e-12), dtype=np.float32)
@@ -120,6 +121,7 @@ def sample(texts: Sequence[str], k: int, seed: int) -> list[str]:
 
 # --- simple statistics ----------------------------------------------------------------------------------------------
 
+
 def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
@@ -164,11 +166,32 @@ def share(flags: Sequence[bool]) -> float | None:
 
 # --- signals ---------------------------------------------------------------------------------------------------------
 
-def _signal(name: str, kind: str, ref: Traffic, recent: float | None, reference: float | None, statistic: float | None,
-            threshold: float, rule: str, drifted: bool | None, detail: str = "") -> Signal:
+
+def _signal(
+    name: str,
+    kind: str,
+    ref: Traffic,
+    recent: float | None,
+    reference: float | None,
+    statistic: float | None,
+    threshold: float,
+    rule: str,
+    drifted: bool | None,
+    detail: str = "",
+) -> Signal:
     status = "skip" if drifted is None else ("drift" if drifted else "ok")
-    return Signal(name=name, kind=kind, reference=ref.name, recent=recent, baseline=reference, statistic=statistic,
-                  threshold=threshold, rule=rule, status=status, detail=detail)
+    return Signal(
+        name=name,
+        kind=kind,
+        reference=ref.name,
+        recent=recent,
+        baseline=reference,
+        statistic=statistic,
+        threshold=threshold,
+        rule=rule,
+        status=status,
+        detail=detail,
+    )
 
 
 def _relative(recent: float | None, reference: float | None) -> float | None:
@@ -177,25 +200,64 @@ def _relative(recent: float | None, reference: float | None) -> float | None:
     return recent / reference - 1.0
 
 
-def input_signals(recent: Traffic, ref: Traffic, vectors: tuple[np.ndarray, np.ndarray] | None,
-                  cfg: MonitorSection) -> list[Signal]:
+def input_signals(
+    recent: Traffic, ref: Traffic, vectors: tuple[np.ndarray, np.ndarray] | None, cfg: MonitorSection
+) -> list[Signal]:
     """Embedding MMD, prompt length and vocabulary: recent vs ref."""
     out = []
     if vectors is not None:
         res = mmd_test(vectors[0], vectors[1], cfg.permutations, cfg.seed)
-        out.append(_signal("input_embedding", "input", ref, res.mmd2, 0.0, res.p_value, cfg.alpha, f"p < {cfg.alpha:g}",
-                           res.p_value < cfg.alpha, f"MMD² {res.mmd2:.4f}, p {res.p_value:.3f}, "
-                           f"{len(vectors[0])} vs {len(vectors[1])} prompts"))
+        out.append(
+            _signal(
+                "input_embedding",
+                "input",
+                ref,
+                res.mmd2,
+                0.0,
+                res.p_value,
+                cfg.alpha,
+                f"p < {cfg.alpha:g}",
+                res.p_value < cfg.alpha,
+                f"MMD² {res.mmd2:.4f}, p {res.p_value:.3f}, {len(vectors[0])} vs {len(vectors[1])} prompts",
+            )
+        )
     else:
-        out.append(_signal("input_embedding", "input", ref, None, None, None, cfg.alpha, f"p < {cfg.alpha:g}", None,
-                           "too few logged prompts"))
+        out.append(
+            _signal(
+                "input_embedding", "input", ref, None, None, None, cfg.alpha, f"p < {cfg.alpha:g}", None, "too few logged prompts"
+            )
+        )
     a, b = mean_words(recent.prompts), mean_words(ref.prompts)
     change = _relative(a, b)
-    out.append(_signal("input_length", "input", ref, a, b, change, cfg.max_length_change, f"|change| > {cfg.max_length_change:g}",
-                       None if change is None else abs(change) > cfg.max_length_change, "mean words per prompt"))
+    out.append(
+        _signal(
+            "input_length",
+            "input",
+            ref,
+            a,
+            b,
+            change,
+            cfg.max_length_change,
+            f"|change| > {cfg.max_length_change:g}",
+            None if change is None else abs(change) > cfg.max_length_change,
+            "mean words per prompt",
+        )
+    )
     js = vocab_shift(recent.prompts, ref.prompts)
-    out.append(_signal("input_vocabulary", "input", ref, js, 0.0, js, cfg.max_vocab_shift, f"JS > {cfg.max_vocab_shift:g}",
-                       None if js is None else js > cfg.max_vocab_shift, "word-frequency Jensen-Shannon divergence"))
+    out.append(
+        _signal(
+            "input_vocabulary",
+            "input",
+            ref,
+            js,
+            0.0,
+            js,
+            cfg.max_vocab_shift,
+            f"JS > {cfg.max_vocab_shift:g}",
+            None if js is None else js > cfg.max_vocab_shift,
+            "word-frequency Jensen-Shannon divergence",
+        )
+    )
     return out
 
 
@@ -203,21 +265,67 @@ def output_signals(recent: Traffic, ref: Traffic, json_task: bool, cfg: MonitorS
     """Answer length, refusals, JSON validity (JSON tasks) and, against an earlier window, the share rated down."""
     a, b = mean_words(recent.outputs), mean_words(ref.outputs)
     change = _relative(a, b)
-    out = [_signal("output_length", "output", ref, a, b, change, cfg.max_length_change, f"|change| > {cfg.max_length_change:g}",
-                   None if change is None else abs(change) > cfg.max_length_change, "mean words per answer")]
+    out = [
+        _signal(
+            "output_length",
+            "output",
+            ref,
+            a,
+            b,
+            change,
+            cfg.max_length_change,
+            f"|change| > {cfg.max_length_change:g}",
+            None if change is None else abs(change) > cfg.max_length_change,
+            "mean words per answer",
+        )
+    ]
     ra, rb = refusal_rate(recent.outputs), refusal_rate(ref.outputs)
     up = None if ra is None or rb is None else ra - rb
-    out.append(_signal("refusal_rate", "output", ref, ra, rb, up, cfg.max_refusal_increase,
-                       f"increase > {cfg.max_refusal_increase:g}", None if up is None else up > cfg.max_refusal_increase))
+    out.append(
+        _signal(
+            "refusal_rate",
+            "output",
+            ref,
+            ra,
+            rb,
+            up,
+            cfg.max_refusal_increase,
+            f"increase > {cfg.max_refusal_increase:g}",
+            None if up is None else up > cfg.max_refusal_increase,
+        )
+    )
     if json_task:
         ja, jb = json_valid_rate(recent.outputs), json_valid_rate(ref.outputs)
         drop = None if ja is None or jb is None else jb - ja
-        out.append(_signal("json_valid_rate", "output", ref, ja, jb, drop, cfg.max_json_valid_drop,
-                           f"drop > {cfg.max_json_valid_drop:g}", None if drop is None else drop > cfg.max_json_valid_drop))
+        out.append(
+            _signal(
+                "json_valid_rate",
+                "output",
+                ref,
+                ja,
+                jb,
+                drop,
+                cfg.max_json_valid_drop,
+                f"drop > {cfg.max_json_valid_drop:g}",
+                None if drop is None else drop > cfg.max_json_valid_drop,
+            )
+        )
     if ref.served:
         da, db = share([r == "down" for r in recent.ratings]), share([r == "down" for r in ref.ratings])
-        out.append(_signal("down_rate", "output", ref, da, db, da, cfg.max_down_rate, f"> {cfg.max_down_rate:g}",
-                           None if da is None else da > cfg.max_down_rate, f"{len(recent.ratings)} rated answers"))
+        out.append(
+            _signal(
+                "down_rate",
+                "output",
+                ref,
+                da,
+                db,
+                da,
+                cfg.max_down_rate,
+                f"> {cfg.max_down_rate:g}",
+                None if da is None else da > cfg.max_down_rate,
+                f"{len(recent.ratings)} rated answers",
+            )
+        )
     return out
 
 
@@ -225,11 +333,33 @@ def ops_signals(recent: Traffic, earlier: Traffic, cfg: MonitorSection) -> list[
     """p95 latency and error rate against the earlier window."""
     la, lb = p95(recent.latencies_s), p95(earlier.latencies_s)
     change = _relative(la, lb)
-    out = [_signal("latency_p95", "ops", earlier, la, lb, change, cfg.max_latency_increase,
-                   f"increase > {cfg.max_latency_increase:g}", None if change is None else change > cfg.max_latency_increase,
-                   "seconds, successful requests")]
+    out = [
+        _signal(
+            "latency_p95",
+            "ops",
+            earlier,
+            la,
+            lb,
+            change,
+            cfg.max_latency_increase,
+            f"increase > {cfg.max_latency_increase:g}",
+            None if change is None else change > cfg.max_latency_increase,
+            "seconds, successful requests",
+        )
+    ]
     ea, eb = share(recent.errors), share(earlier.errors)
     up = None if ea is None or eb is None else ea - eb
-    out.append(_signal("error_rate", "ops", earlier, ea, eb, up, cfg.max_error_rate_increase,
-                       f"increase > {cfg.max_error_rate_increase:g}", None if up is None else up > cfg.max_error_rate_increase))
+    out.append(
+        _signal(
+            "error_rate",
+            "ops",
+            earlier,
+            ea,
+            eb,
+            up,
+            cfg.max_error_rate_increase,
+            f"increase > {cfg.max_error_rate_increase:g}",
+            None if up is None else up > cfg.max_error_rate_increase,
+        )
+    )
     return out

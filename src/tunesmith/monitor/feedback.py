@@ -54,8 +54,12 @@ def sft_rows(requests: dict[str, RequestRow], feedback: list[FeedbackRow]) -> tu
 
 
 def _pair(pid: str, prompt: list[dict[str, str]], good: str, bad: str) -> dict[str, Any]:
-    return {"id": pid, "input": {"messages": prompt}, "preferred_output": [{"role": "assistant", "content": good}],
-            "non_preferred_output": [{"role": "assistant", "content": bad}]}
+    return {
+        "id": pid,
+        "input": {"messages": prompt},
+        "preferred_output": [{"role": "assistant", "content": good}],
+        "non_preferred_output": [{"role": "assistant", "content": bad}],
+    }
 
 
 def dpo_rows(requests: dict[str, RequestRow], feedback: list[FeedbackRow]) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -78,10 +82,13 @@ def dpo_rows(requests: dict[str, RequestRow], feedback: list[FeedbackRow]) -> tu
     for key, rated in by_prompt.items():
         pairs = [(g, b) for g in dict.fromkeys(rated["up"]) for b in dict.fromkeys(rated["down"]) if g != b]
         if not pairs:
-            skipped["rating without a counterpart on the same prompt"] = skipped.get(
-                "rating without a counterpart on the same prompt", 0) + len(rated["up"]) + len(rated["down"])
-        rows += [_pair("pair-" + hashlib.sha256(json.dumps([key, g, b]).encode()).hexdigest()[:16], prompts[key], g, b)
-                 for g, b in pairs]
+            skipped["rating without a counterpart on the same prompt"] = (
+                skipped.get("rating without a counterpart on the same prompt", 0) + len(rated["up"]) + len(rated["down"])
+            )
+        rows += [
+            _pair("pair-" + hashlib.sha256(json.dumps([key, g, b]).encode()).hexdigest()[:16], prompts[key], g, b)
+            for g, b in pairs
+        ]
     return rows, skipped
 
 
@@ -111,13 +118,16 @@ def export(serve_dir: str | Path, to: Literal["sft", "dpo"], out: str | Path) ->
     rows, skipped = (sft_rows if to == "sft" else dpo_rows)(requests, feedback)
     if not rows:
         what = "corrected answers" if to == "sft" else "corrections or up/down pairs on the same prompt"
-        raise DataError(f"no {what} in {db} ({len(feedback)} feedback rows)",
-                        hint="SFT rows come from corrections; DPO rows from corrections and up/down ratings of one prompt.")
+        raise DataError(
+            f"no {what} in {db} ({len(feedback)} feedback rows)",
+            hint="SFT rows come from corrections; DPO rows from corrections and up/down ratings of one prompt.",
+        )
     return Export(write_new(out, rows, [db]), len(rows), skipped)
 
 
-def export_retrain(serve_dir: str | Path, baseline: Any, cfg: MonitorSection, out: str | Path, until: Any = None,
-                   embedder: Any = None) -> Export:
+def export_retrain(
+    serve_dir: str | Path, baseline: Any, cfg: MonitorSection, out: str | Path, until: Any = None, embedder: Any = None
+) -> Export:
     """The next training set: every corrected answer, plus the recent window's out-of-distribution prompts with the
     answer served (unless rated down without a correction). Messages rows; review them before training."""
     from tunesmith.monitor import drift
@@ -128,16 +138,30 @@ def export_retrain(serve_dir: str | Path, baseline: Any, cfg: MonitorSection, ou
     corrected = {r["id"] for r in rows}
     verdicts = latest_feedback(feedback)
     w = read_windows(serve_dir, cfg.window_hours, until)
-    candidates = [r for r in w.recent if r.status < 400 and r.output and prompt_text(r)
-                  and not (r.request_id in verdicts and (verdicts[r.request_id].rating == "down"
-                                                           or verdicts[r.request_id].feedback_id in corrected))]
+    candidates = [
+        r
+        for r in w.recent
+        if r.status < 400
+        and r.output
+        and prompt_text(r)
+        and not (
+            r.request_id in verdicts
+            and (verdicts[r.request_id].rating == "down" or verdicts[r.request_id].feedback_id in corrected)
+        )
+    ]
     if baseline is not None and candidates:
         train, _ = training_traffic(baseline)
-        flags = out_of_distribution([prompt_text(r) or "" for r in candidates], train.prompts,
-                                    embedder or drift.embedder_for(cfg))
-        rows += [{"id": r.request_id, "messages": [*(prompt_of(r) or []), {"role": "assistant", "content": r.output}]}
-                 for r, off in zip(candidates, flags) if off]
+        flags = out_of_distribution(
+            [prompt_text(r) or "" for r in candidates], train.prompts, embedder or drift.embedder_for(cfg)
+        )
+        rows += [
+            {"id": r.request_id, "messages": [*(prompt_of(r) or []), {"role": "assistant", "content": r.output}]}
+            for r, off in zip(candidates, flags)
+            if off
+        ]
     if not rows:
-        raise DataError(f"nothing to retrain on in {db}: no corrections and no out-of-distribution prompts",
-                        hint="Correct answers through POST /v1/feedback, or pass --baseline to find drifted prompts.")
+        raise DataError(
+            f"nothing to retrain on in {db}: no corrections and no out-of-distribution prompts",
+            hint="Correct answers through POST /v1/feedback, or pass --baseline to find drifted prompts.",
+        )
     return Export(write_new(out, rows, [db]), len(rows), skipped)

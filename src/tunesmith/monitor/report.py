@@ -28,8 +28,11 @@ DRIFT_EXIT = 3
 class Signal(Record):
     """One drift signal: the recent window's value, the reference's, the statistic judged and its verdict."""
 
-    name: str = Field(..., description="input_embedding, input_length, input_vocabulary, output_length, refusal_rate, "
-                      "json_valid_rate, down_rate, latency_p95, error_rate.")
+    name: str = Field(
+        ...,
+        description="input_embedding, input_length, input_vocabulary, output_length, refusal_rate, "
+        "json_valid_rate, down_rate, latency_p95, error_rate.",
+    )
     kind: Literal["input", "output", "ops"]
     reference: str = Field(..., description="What the recent window is compared with: training or earlier.")
     recent: float | None = None
@@ -89,8 +92,10 @@ def read_report(path: str | Path) -> MonitorReport:
     except (OSError, ValidationError) as exc:
         raise RunError(f"{path} is not a readable monitor report: {exc}") from None
     if report.schema_version > MONITOR_REPORT_VERSION:
-        raise RunError(f"{path} has schema_version {report.schema_version}, newer than this tunesmith reads "
-                       f"({MONITOR_REPORT_VERSION})", hint="Upgrade tunesmith to read it.")
+        raise RunError(
+            f"{path} has schema_version {report.schema_version}, newer than this tunesmith reads ({MONITOR_REPORT_VERSION})",
+            hint="Upgrade tunesmith to read it.",
+        )
     return report
 
 
@@ -100,9 +105,15 @@ def latest(serve_dir: str | Path) -> MonitorReport | None:
     return read_report(path) if path.is_file() else None
 
 
-_SERIES = [("requests", "requests"), ("error_rate", "error rate"), ("latency_p95_s", "p95 latency (s)"),
-           ("prompt_words", "mean prompt words"), ("output_words", "mean answer words"),
-           ("refusal_rate", "refusal rate"), ("down_rate", "share rated down")]
+_SERIES = [
+    ("requests", "requests"),
+    ("error_rate", "error rate"),
+    ("latency_p95_s", "p95 latency (s)"),
+    ("prompt_words", "mean prompt words"),
+    ("output_words", "mean answer words"),
+    ("refusal_rate", "refusal rate"),
+    ("down_rate", "share rated down"),
+]
 
 
 def _png(report: MonitorReport) -> str:
@@ -139,16 +150,20 @@ def write_html(path: Path, report: MonitorReport) -> None:
         f"<tr><td>{html.escape(s.name)}</td><td>{s.reference}</td><td>{_fmt(s.recent)}</td><td>{_fmt(s.baseline)}</td>"
         f"<td>{_fmt(s.statistic)}</td><td>{html.escape(s.rule)}</td>"
         f"<td style='color:{colour[s.status]};font-weight:bold'>{s.status}</td><td>{html.escape(s.detail)}</td></tr>"
-        for s in report.signals)
-    verdict = (f"<p style='color:#cf222e'><b>{len(report.drifted)} signal(s) crossed their threshold</b></p>"
-               if report.drifted else "<p style='color:#1a7f37'><b>no drift</b></p>")
+        for s in report.signals
+    )
+    verdict = (
+        f"<p style='color:#cf222e'><b>{len(report.drifted)} signal(s) crossed their threshold</b></p>"
+        if report.drifted
+        else "<p style='color:#1a7f37'><b>no drift</b></p>"
+    )
     picture = f"<img alt='per-hour signals' src='data:image/png;base64,{_png(report)}'>" if report.hours else ""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tunesmith monitor</title>
 <style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:3px 8px;border-bottom:1px solid #ddd;font-size:13px}}</style>
 </head><body><h1>Monitor: {html.escape(report.serve_dir)}</h1>
 <p>recent {report.recent.start:%Y-%m-%d %H:%M} to {report.recent.end:%Y-%m-%d %H:%M} UTC ({report.recent.requests} requests) ·
 earlier {report.earlier.start:%Y-%m-%d %H:%M} to {report.earlier.end:%Y-%m-%d %H:%M} ({report.earlier.requests}) ·
-baseline {html.escape(report.baseline or 'none')} · embedder {html.escape(report.embedder)}</p>{verdict}
+baseline {html.escape(report.baseline or "none")} · embedder {html.escape(report.embedder)}</p>{verdict}
 <table><tr><th>signal</th><th>vs</th><th>recent</th><th>reference</th><th>statistic</th><th>drift when</th><th>status</th>
 <th>detail</th></tr>{rows}</table><h2>By hour</h2>{picture}</body></html>"""
     write_text_atomic(path, page)

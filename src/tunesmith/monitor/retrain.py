@@ -86,8 +86,9 @@ def served_run(serve_dir: Path, name: str, recipe_path: str | Path) -> Run:
 
     link = serve_dir / "adapters" / name
     if link.exists() and not link.is_symlink():
-        raise RunError(f"{link} exists and is not an adapter link made by tunesmith retrain",
-                       hint="Move it away or pick another --name.")
+        raise RunError(
+            f"{link} exists and is not an adapter link made by tunesmith retrain", hint="Move it away or pick another --name."
+        )
     if link.exists():
         return load_run(link)
     return load_run(load_recipe(recipe_path, check_files=False).run_dir)
@@ -107,9 +108,14 @@ def against_served(new: Run, served: Run, report: EvalReport, max_regression: fl
     refs = [reference(e.messages) for e in examples]
     loaded = load_run_model(served)
     task = progress.add_task("generating (served)", total=len(convs)) if progress else None
-    done = generate_detailed(loaded.model, loaded.tokenizer, convs, int(report.generation["max_new_tokens"]),
-                             served.recipe.eval.batch_size,
-                             on_batch=(lambda n: progress.advance(task, n)) if progress else None)
+    done = generate_detailed(
+        loaded.model,
+        loaded.tokenizer,
+        convs,
+        int(report.generation["max_new_tokens"]),
+        served.recipe.eval.batch_size,
+        on_batch=(lambda n: progress.advance(task, n)) if progress else None,
+    )
     served_summary = metrics.aggregate([metrics.score_example(c.text, r, report.json_mode) for c, r in zip(done, refs)])
     tuned = report.summary.get("tuned", {})
     metric = next((m for m in metrics.primary_metrics(report.json_mode) if m in tuned and m in served_summary), None)
@@ -117,10 +123,14 @@ def against_served(new: Run, served: Run, report: EvalReport, max_regression: fl
     if metric is None:
         return GateResult(name="beats_served", rule=rule, status="fail", detail="no primary metric measured on both")
     delta = tuned[metric] - served_summary[metric]
-    return GateResult(name="beats_served", rule=f"{metric}: {rule}", value=delta,
-                      status="pass" if delta >= -max_regression - 1e-9 else "fail",
-                      detail=f"{metric} {tuned[metric]:.4f} new vs {served_summary[metric]:.4f} served ({served.dir.name}), "
-                      f"{len(convs)} prompts")
+    return GateResult(
+        name="beats_served",
+        rule=f"{metric}: {rule}",
+        value=delta,
+        status="pass" if delta >= -max_regression - 1e-9 else "fail",
+        detail=f"{metric} {tuned[metric]:.4f} new vs {served_summary[metric]:.4f} served ({served.dir.name}), "
+        f"{len(convs)} prompts",
+    )
 
 
 def promote(serve_dir: Path, name: str, run_dir: Path, previous: Path, added: Path, results: list[GateResult]) -> Path:
@@ -133,14 +143,21 @@ def promote(serve_dir: Path, name: str, run_dir: Path, previous: Path, added: Pa
     adapters.mkdir(parents=True, exist_ok=True)
     link = adapters / name
     if link.exists() and not link.is_symlink():
-        raise RunError(f"{link} exists and is not an adapter link made by tunesmith retrain",
-                       hint="Move it away or pick another --name.")
+        raise RunError(
+            f"{link} exists and is not an adapter link made by tunesmith retrain", hint="Move it away or pick another --name."
+        )
     tmp = adapters / f".{name}.{os.getpid()}.tmp"
     tmp.unlink(missing_ok=True)
     os.symlink(run_dir.resolve(), tmp, target_is_directory=True)
     os.replace(tmp, link)  # readers see the old target or the new one, never neither
-    record = Promotion(name=name, run=str(run_dir.resolve()), previous=str(previous), added_data=str(added),
-                       time=datetime.now(timezone.utc), gates=results)
+    record = Promotion(
+        name=name,
+        run=str(run_dir.resolve()),
+        previous=str(previous),
+        added_data=str(added),
+        time=datetime.now(timezone.utc),
+        gates=results,
+    )
     write_text_atomic(adapters / f"{name}.promotion.json", record.model_dump_json(indent=1) + "\n")
     return link
 
@@ -153,8 +170,9 @@ def read_promotion(path: str | Path) -> Promotion:
     return record
 
 
-def retrain(recipe_path: str | Path, add: str | Path, serve_dir: str | Path, name: str, progress: Any = None,
-            force: bool = False) -> Retrained:
+def retrain(
+    recipe_path: str | Path, add: str | Path, serve_dir: str | Path, name: str, progress: Any = None, force: bool = False
+) -> Retrained:
     """Train on old + new data into a new run folder, run its release gates plus `beats_served` against the served
     run, and promote it only when every one passes."""
     from tunesmith.eval.compare import evaluate

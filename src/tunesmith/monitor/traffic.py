@@ -82,10 +82,18 @@ def hours(rows: list[RequestRow], verdicts: dict[str, FeedbackRow]) -> list[Hour
     points = []
     for hour, group in sorted(groups.items()):
         t = to_traffic("hour", group, verdicts)
-        points.append(HourPoint(hour=hour, requests=len(group), error_rate=drift.share(t.errors) or 0.0,
-                                latency_p95_s=drift.p95(t.latencies_s), prompt_words=drift.mean_words(t.prompts),
-                                output_words=drift.mean_words(t.outputs), refusal_rate=drift.refusal_rate(t.outputs),
-                                down_rate=drift.share([x == "down" for x in t.ratings])))
+        points.append(
+            HourPoint(
+                hour=hour,
+                requests=len(group),
+                error_rate=drift.share(t.errors) or 0.0,
+                latency_p95_s=drift.p95(t.latencies_s),
+                prompt_words=drift.mean_words(t.prompts),
+                output_words=drift.mean_words(t.outputs),
+                refusal_rate=drift.refusal_rate(t.outputs),
+                down_rate=drift.share([x == "down" for x in t.ratings]),
+            )
+        )
     return points
 
 
@@ -112,8 +120,14 @@ def read_windows(serve_dir: str | Path, window_hours: float, until: datetime | N
         feedback = list(store.iter_feedback())
     recent = [r for r in everything if _epoch(r.time) >= mid.timestamp()]
     earlier = [r for r in everything if start.timestamp() <= _epoch(r.time) < mid.timestamp()]
-    return Windows(recent, earlier, everything, feedback, Window(start=mid, end=end, requests=len(recent)),
-                   Window(start=start, end=mid, requests=len(earlier)))
+    return Windows(
+        recent,
+        earlier,
+        everything,
+        feedback,
+        Window(start=mid, end=end, requests=len(recent)),
+        Window(start=start, end=mid, requests=len(earlier)),
+    )
 
 
 def _epoch(t: datetime) -> float:
@@ -129,8 +143,9 @@ def _vectors(embedder: Any, texts: list[str], cfg: MonitorSection, salt: int) ->
     return embedder.encode(picked) if len(picked) >= 2 else None
 
 
-def check(serve_dir: str | Path, baseline: Run | None, cfg: MonitorSection, until: datetime | None = None,
-          embedder: Any = None) -> MonitorReport:
+def check(
+    serve_dir: str | Path, baseline: Run | None, cfg: MonitorSection, until: datetime | None = None, embedder: Any = None
+) -> MonitorReport:
     """Every drift signal of the serve folder's log: recent vs training (with a baseline run) and recent vs earlier."""
     w = read_windows(serve_dir, cfg.window_hours, until)
     verdicts = latest_feedback(w.feedback)
@@ -150,17 +165,22 @@ def check(serve_dir: str | Path, baseline: Run | None, cfg: MonitorSection, unti
         if ref.served:
             found += drift.ops_signals(recent, ref, cfg)
         if min(len(w.recent), n_ref) < cfg.min_requests:
-            found = _skipped(found, f"too few rows: {len(w.recent)} recent, {n_ref} {ref.name} (min_requests "
-                                    f"{cfg.min_requests})")
+            found = _skipped(found, f"too few rows: {len(w.recent)} recent, {n_ref} {ref.name} (min_requests {cfg.min_requests})")
         signals += found
-    return MonitorReport(serve_dir=str(serve_dir), baseline=str(baseline.dir) if baseline else None,
-                         created=datetime.now(timezone.utc), recent=w.recent_window, earlier=w.earlier_window,
-                         json_task=json_task, embedder=getattr(embedder, "name", type(embedder).__name__),
-                         signals=signals, hours=hours(w.everything, verdicts))
+    return MonitorReport(
+        serve_dir=str(serve_dir),
+        baseline=str(baseline.dir) if baseline else None,
+        created=datetime.now(timezone.utc),
+        recent=w.recent_window,
+        earlier=w.earlier_window,
+        json_task=json_task,
+        embedder=getattr(embedder, "name", type(embedder).__name__),
+        signals=signals,
+        hours=hours(w.everything, verdicts),
+    )
 
 
-def out_of_distribution(recent_prompts: list[str], train_prompts: list[str], embedder: Any,
-                        quantile: float = 0.05) -> list[bool]:
+def out_of_distribution(recent_prompts: list[str], train_prompts: list[str], embedder: Any, quantile: float = 0.05) -> list[bool]:
     """Per recent prompt: is its nearest training prompt (cosine) less similar than the `quantile` of the training
     prompts' own leave-one-out nearest-neighbour similarities?"""
     if len(train_prompts) < 3 or not recent_prompts:

@@ -44,14 +44,24 @@ def data_lengths(recipe: Recipe, tokenizer: Any) -> tuple[list[int], float]:
 
 def _memory(recipe: Recipe, shape: Shape, lengths: list[int], trained: float, cuda: bool) -> Memory:
     a, t = recipe.adapter, recipe.training
-    longest = sorted(lengths)[-t.batch_size:]
+    longest = sorted(lengths)[-t.batch_size :]
     packed = recipe.speed.packing in ("auto", "padding_free") and a.type != "prompt_tuning"
     # Padded: every row as long as the longest; padding-free: the longest rows side by side.
     seq = sum(longest) / len(longest) if packed else max(lengths)
     dtype = recipe.model.dtype if recipe.model.dtype != "auto" else ("bfloat16" if cuda else "float32")
-    return estimate(shape, adapter=a.type, r=a.r, targets=a.target_modules, dtype=dtype, batch=t.batch_size,
-                    seq_len=int(seq), checkpointing=t.gradient_checkpointing, labelled_logits=recipe.speed.labelled_logits,
-                    trained_fraction=trained, cuda=cuda)
+    return estimate(
+        shape,
+        adapter=a.type,
+        r=a.r,
+        targets=a.target_modules,
+        dtype=dtype,
+        batch=t.batch_size,
+        seq_len=int(seq),
+        checkpointing=t.gradient_checkpointing,
+        labelled_logits=recipe.speed.labelled_logits,
+        trained_fraction=trained,
+        cuda=cuda,
+    )
 
 
 def _fix(recipe: Recipe, shape: Shape, lengths: list[int], trained: float, hw: cost.Hardware) -> list[str]:
@@ -93,8 +103,13 @@ def local_gpu() -> str:
 
 
 def plan(
-    recipe: Recipe, tokenizer: Any = None, gpu: str = "cpu", nproc: int = 1, price: float | None = None,
-    lengths: list[int] | None = None, trained: float | None = None,
+    recipe: Recipe,
+    tokenizer: Any = None,
+    gpu: str = "cpu",
+    nproc: int = 1,
+    price: float | None = None,
+    lengths: list[int] | None = None,
+    trained: float | None = None,
 ) -> Plan:
     """Estimate the recipe's training run on `gpu` (h100, a100, l4, rtx4090, or cpu: this machine) x nproc.
 
@@ -120,8 +135,16 @@ def plan(
     a = recipe.adapter
     trainable = shape.params if a.type == "full" else shape.lora_params(a.r, a.target_modules)
     return Plan(
-        hardware=hw.name, nproc=nproc, params=shape.params, trainable_params=trainable, memory_mb=mem.as_mb(),
-        capacity_mb=round(capacity / 2**20, 1), fits=fits, steps=steps, tokens=tokens, seconds=secs,
+        hardware=hw.name,
+        nproc=nproc,
+        params=shape.params,
+        trainable_params=trainable,
+        memory_mb=mem.as_mb(),
+        capacity_mb=round(capacity / 2**20, 1),
+        fits=fits,
+        steps=steps,
+        tokens=tokens,
+        seconds=secs,
         usd=round(secs / 3600 * hw.usd_per_hour * nproc, 2),
         fix=[] if fits else _fix(recipe, shape, lengths, trained, hw),
     )

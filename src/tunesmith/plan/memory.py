@@ -35,16 +35,28 @@ class Shape:
         c = c.get("text_config", c)
         heads = c["num_attention_heads"]
         return cls(
-            layers=c["num_hidden_layers"], hidden=c["hidden_size"], intermediate=c.get("intermediate_size", 4 * c["hidden_size"]),
-            vocab=c["vocab_size"], heads=heads, kv_heads=c.get("num_key_value_heads", heads),
-            head_dim=c.get("head_dim") or c["hidden_size"] // heads, tied=bool(c.get("tie_word_embeddings", False)),
+            layers=c["num_hidden_layers"],
+            hidden=c["hidden_size"],
+            intermediate=c.get("intermediate_size", 4 * c["hidden_size"]),
+            vocab=c["vocab_size"],
+            heads=heads,
+            kv_heads=c.get("num_key_value_heads", heads),
+            head_dim=c.get("head_dim") or c["hidden_size"] // heads,
+            tied=bool(c.get("tie_word_embeddings", False)),
         )
 
     def linears(self) -> dict[str, tuple[int, int]]:
         """(in, out) features of each linear in one decoder layer (Llama/Qwen/Mistral naming)."""
         h, i, q, kv = self.hidden, self.intermediate, self.heads * self.head_dim, self.kv_heads * self.head_dim
-        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+        return {
+            "q_proj": (h, q),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (q, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
 
     @property
     def params(self) -> int:
@@ -87,9 +99,18 @@ LOGIT_CHUNK = 4096  # rows of the vocabulary projection alive at once with the c
 
 
 def estimate(
-    shape: Shape, *, adapter: str = "lora", r: int = 16, targets: list[str] | str = "all-linear", dtype: str = "float32",
-    batch: int = 4, seq_len: int = 512, checkpointing: bool = False, labelled_logits: bool = True,
-    trained_fraction: float = 1.0, cuda: bool = False,
+    shape: Shape,
+    *,
+    adapter: str = "lora",
+    r: int = 16,
+    targets: list[str] | str = "all-linear",
+    dtype: str = "float32",
+    batch: int = 4,
+    seq_len: int = 512,
+    checkpointing: bool = False,
+    labelled_logits: bool = True,
+    trained_fraction: float = 1.0,
+    cuda: bool = False,
 ) -> Memory:
     """Peak memory of one training step. seq_len: tokens per row (the padded length, or the mean with packing)."""
     wbytes = BYTES["nf4"] if adapter == "qlora" else BYTES[dtype]

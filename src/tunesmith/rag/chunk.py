@@ -46,8 +46,10 @@ def expand_sources(sources: list[Path]) -> dict[Path, str]:
                 files.setdefault(path.resolve(), path.relative_to(source.parent).as_posix())
         elif source.is_file():
             if source.suffix.lower() not in SUFFIXES:
-                raise DataError(f"{source}: unsupported document type `{source.suffix or '(none)'}`",
-                                hint=f"Index {', '.join(SUFFIXES)} files.")
+                raise DataError(
+                    f"{source}: unsupported document type `{source.suffix or '(none)'}`",
+                    hint=f"Index {', '.join(SUFFIXES)} files.",
+                )
             files.setdefault(source.resolve(), source.name)
         else:
             raise DataError(f"{source}: no such file or folder")

@@ -81,8 +81,9 @@ def read_meta(index: Path) -> IndexMeta:
     """The index's record; DataError when `index` is not a tunesmith index."""
     path = Path(index) / META_FILE
     if not path.is_file():
-        raise DataError(f"{index} is not a tunesmith index (no {META_FILE})",
-                        hint="Build one: tunesmith index build SOURCES --out INDEX")
+        raise DataError(
+            f"{index} is not a tunesmith index (no {META_FILE})", hint="Build one: tunesmith index build SOURCES --out INDEX"
+        )
     try:
         meta = IndexMeta.model_validate_json(path.read_text(encoding="utf-8"))
     except (OSError, ValidationError) as exc:
@@ -115,8 +116,10 @@ def _check_target(out: Path) -> IndexMeta | None:
     if (out / META_FILE).exists():
         return read_meta(out)
     if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
-        raise DataError(f"{out} is a non-empty folder that tunesmith did not create; nothing was written",
-                        hint="Choose a new --out folder (an index is only rebuilt in place when tunesmith made it).")
+        raise DataError(
+            f"{out} is a non-empty folder that tunesmith did not create; nothing was written",
+            hint="Choose a new --out folder (an index is only rebuilt in place when tunesmith made it).",
+        )
     return None
 
 
@@ -163,8 +166,9 @@ def build_index(
     old = _check_target(out)
     files = expand_sources(sources)
     if not files:
-        raise DataError(f"no documents found in {', '.join(map(str, sources))}",
-                        hint="Index .md, .txt, .html, .jsonl or .pdf files.")
+        raise DataError(
+            f"no documents found in {', '.join(map(str, sources))}", hint="Index .md, .txt, .html, .jsonl or .pdf files."
+        )
     model = resolve_embedder(embedder)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -178,15 +182,21 @@ def build_index(
             kept, new, entries, embedded = _collect_rows(files, old if reusable else None, old_rows, chunk_chars, overlap_chars)
             rows = kept + new
             if not rows:
-                raise DataError(f"no text found in {len(files)} document(s)",
-                                hint="Check the files hold text (scanned PDFs have none).")
+                raise DataError(
+                    f"no text found in {len(files)} document(s)", hint="Check the files hold text (scanned PDFs have none)."
+                )
             embed_started = time.perf_counter()
             _embed_rows(model, new, progress)
             embed_seconds = time.perf_counter() - embed_started
             _write_table(db, rows)
             meta = IndexMeta(
-                embedder=model.name, embedder_spec=_spec(embedder), dim=len(rows[0]["vector"]),
-                chunk_chars=chunk_chars, overlap_chars=overlap_chars, files=entries, chunks=len(rows),
+                embedder=model.name,
+                embedder_spec=_spec(embedder),
+                dim=len(rows[0]["vector"]),
+                chunk_chars=chunk_chars,
+                overlap_chars=overlap_chars,
+                files=entries,
+                chunks=len(rows),
                 content_hash=_hash_chunks(model.name, [r["text"] for r in rows]),
             )
             write_text_atomic(out / META_FILE, meta.model_dump_json(indent=2))
@@ -195,9 +205,16 @@ def build_index(
             shutil.rmtree(out, ignore_errors=True)
         raise
     return IndexStats(
-        index=str(out), files=len(files), files_embedded=len(embedded), files_reused=len(files) - len(embedded),
-        files_removed=len(set(old.files) - set(entries)) if old else 0, chunks=len(rows), chunks_embedded=len(new),
-        content_hash=meta.content_hash, embedder=model.name, seconds=round(time.perf_counter() - started, 3),
+        index=str(out),
+        files=len(files),
+        files_embedded=len(embedded),
+        files_reused=len(files) - len(embedded),
+        files_removed=len(set(old.files) - set(entries)) if old else 0,
+        chunks=len(rows),
+        chunks_embedded=len(new),
+        content_hash=meta.content_hash,
+        embedder=model.name,
+        seconds=round(time.perf_counter() - started, 3),
         embed_seconds=round(embed_seconds, 3),
     )
 
@@ -231,8 +248,17 @@ def _collect_rows(
             kept += rows
         else:
             chunks = chunk_lines(read_lines(path), chunk_chars, overlap_chars)
-            rows = [{"chunk_id": _chunk_id(label, c), "text": c.text, "source": label, "path": str(path),
-                     "line": c.line, "end_line": c.end_line} for c in chunks]
+            rows = [
+                {
+                    "chunk_id": _chunk_id(label, c),
+                    "text": c.text,
+                    "source": label,
+                    "path": str(path),
+                    "line": c.line,
+                    "end_line": c.end_line,
+                }
+                for c in chunks
+            ]
             new += rows
             reread.add(str(path))
         entries[str(path)] = FileEntry(label=label, sha256=digest, chunks=len(rows))
@@ -258,10 +284,17 @@ def _write_table(db: Any, rows: list[dict[str, Any]]) -> None:
     from lancedb.index import FTS
 
     dim = len(rows[0]["vector"])
-    schema = pa.schema([
-        ("chunk_id", pa.string()), ("text", pa.string()), ("source", pa.string()), ("path", pa.string()),
-        ("line", pa.int32()), ("end_line", pa.int32()), ("vector", pa.list_(pa.float32(), dim)),
-    ])
+    schema = pa.schema(
+        [
+            ("chunk_id", pa.string()),
+            ("text", pa.string()),
+            ("source", pa.string()),
+            ("path", pa.string()),
+            ("line", pa.int32()),
+            ("end_line", pa.int32()),
+            ("vector", pa.list_(pa.float32(), dim)),
+        ]
+    )
     table = db.create_table(TABLE, pa.Table.from_pylist(rows, schema=schema), mode="overwrite")
     table.create_index("text", config=FTS(), replace=True)
     # Every overwrite is a new LanceDB version; drop old ones (kept a few minutes for searches still reading them).
@@ -290,6 +323,8 @@ def changed_since(run: Run) -> str | None:
     if not trained:
         return f"the run records no retrieval index hash; cannot tell whether {rag.index} changed since training"
     if now != trained:
-        return (f"retrieval index {rag.index} changed since training ({now[:12]} != {trained[:12]}): "
-                "retrieved context differs from what the adapter learned to use")
+        return (
+            f"retrieval index {rag.index} changed since training ({now[:12]} != {trained[:12]}): "
+            "retrieved context differs from what the adapter learned to use"
+        )
     return None

@@ -81,13 +81,16 @@ def load_labelled(path: Path) -> tuple[list[str], list[list[str]], int]:
     if bad:
         raise DataError(f"{len(bad)} unreadable row(s) in {path}:\n  " + "\n  ".join(bad[:10]))
     if not questions:
-        raise DataError(f"{path}: no row has both a question and gold references",
-                        hint=f"Give each row `question` and `sources` (or one of {', '.join(GOLD_KEYS[1:])}).")
+        raise DataError(
+            f"{path}: no row has both a question and gold references",
+            hint=f"Give each row `question` and `sources` (or one of {', '.join(GOLD_KEYS[1:])}).",
+        )
     return questions, gold, skipped
 
 
-def evaluate_index(index: Path, path: Path, k: int = 5, modes: tuple[Mode, ...] = ("hybrid", "vector", "fts"),
-                   embedder: str | None = None) -> RetrievalEval:
+def evaluate_index(
+    index: Path, path: Path, k: int = 5, modes: tuple[Mode, ...] = ("hybrid", "vector", "fts"), embedder: str | None = None
+) -> RetrievalEval:
     """Search every labelled question in each mode and score the top k against its gold references."""
     from tunesmith.rag.retrieve import is_relevant
 
@@ -98,10 +101,24 @@ def evaluate_index(index: Path, path: Path, k: int = 5, modes: tuple[Mode, ...] 
     for mode in modes:
         results = retriever.search_many(questions, k=k, mode=mode)
         hits = [any(is_relevant(p, g) for p in r for g in refs) for r, refs in zip(results, gold, strict=True)]
-        scores[mode] = ModeScore(recall_at_k=round(recall_at_k(results, gold, k), 4), mrr=round(mrr(results, gold), 4),
-                                 hit_rate=round(sum(hits) / len(hits), 4))
+        scores[mode] = ModeScore(
+            recall_at_k=round(recall_at_k(results, gold, k), 4),
+            mrr=round(mrr(results, gold), 4),
+            hit_rate=round(sum(hits) / len(hits), 4),
+        )
         if mode == modes[0]:
-            misses = [{"question": q, "gold": g, "got": [p.where for p in r]}
-                      for q, g, r, hit in zip(questions, gold, results, hits, strict=True) if not hit][:20]
-    return RetrievalEval(index=str(index), file=str(path), k=k, content_hash=retriever.meta.content_hash, scored=len(questions),
-                         skipped=skipped, modes=scores, misses=misses)
+            misses = [
+                {"question": q, "gold": g, "got": [p.where for p in r]}
+                for q, g, r, hit in zip(questions, gold, results, hits, strict=True)
+                if not hit
+            ][:20]
+    return RetrievalEval(
+        index=str(index),
+        file=str(path),
+        k=k,
+        content_hash=retriever.meta.content_hash,
+        scored=len(questions),
+        skipped=skipped,
+        modes=scores,
+        misses=misses,
+    )

@@ -80,8 +80,10 @@ class Retriever:
                 return cached
             model = resolve_embedder(embedder if embedder is not None else meta.embedder_spec)
             if model.name != meta.embedder:
-                raise ModelError(f"{path} was built with embedder {meta.embedder}, not {model.name}",
-                                 hint="Query with the index's own embedder (leave embedder empty).")
+                raise ModelError(
+                    f"{path} was built with embedder {meta.embedder}, not {model.name}",
+                    hint="Query with the index's own embedder (leave embedder empty).",
+                )
             table = connect(path).open_table(TABLE)
             cls._cache[key] = retriever = cls(path, meta, model, table)
             return retriever
@@ -130,8 +132,11 @@ def is_relevant(passage: Passage, gold: str) -> bool:
 
 def recall_at_k(results: list[list[Passage]], gold: list[list[str]], k: int) -> float:
     """Mean over queries of the share of gold references matched by a passage in the top k (0..1)."""
-    scores = [sum(any(is_relevant(p, g) for p in hits[:k]) for g in refs) / len(refs)
-              for hits, refs in zip(results, gold, strict=True) if refs]
+    scores = [
+        sum(any(is_relevant(p, g) for p in hits[:k]) for g in refs) / len(refs)
+        for hits, refs in zip(results, gold, strict=True)
+        if refs
+    ]
     return sum(scores) / len(scores) if scores else 0.0
 
 

@@ -75,8 +75,14 @@ def _startup(state: ServeState, load: Callable[[], Any]) -> None:
 
     try:
         engine = load()
-        state.batcher = Batcher(engine, max_batch=state.settings.max_batch, max_queue=state.settings.max_queue,
-                                batching=state.settings.batching, timeout_s=state.settings.timeout_s, metrics=state.metrics)
+        state.batcher = Batcher(
+            engine,
+            max_batch=state.settings.max_batch,
+            max_queue=state.settings.max_queue,
+            batching=state.settings.batching,
+            timeout_s=state.settings.timeout_s,
+            metrics=state.metrics,
+        )
         state.engine = engine
         for served in engine.models.values():
             if served.template_warning:
@@ -149,8 +155,9 @@ def _routes(app: FastAPI, state: ServeState) -> None:
     def user(request: Request) -> None:
         if not state.settings.keys.allows(request.headers.get("authorization")):
             state.metrics.errors.labels("invalid_api_key").inc()
-            raise ApiError(401, "missing or invalid API key (send Authorization: Bearer KEY)", "authentication_error",
-                           code="invalid_api_key")
+            raise ApiError(
+                401, "missing or invalid API key (send Authorization: Bearer KEY)", "authentication_error", code="invalid_api_key"
+            )
 
     def admin(request: Request) -> None:
         user(request)
@@ -162,8 +169,13 @@ def _routes(app: FastAPI, state: ServeState) -> None:
 
     def loaded() -> Any:
         if state.engine is None:
-            raise ApiError(503, f"the model is not loaded ({state.status}){': ' + state.problem if state.problem else ''}",
-                           "server_error", code="not_ready", headers={"Retry-After": "5"})
+            raise ApiError(
+                503,
+                f"the model is not loaded ({state.status}){': ' + state.problem if state.problem else ''}",
+                "server_error",
+                code="not_ready",
+                headers={"Retry-After": "5"},
+            )
         return state.engine
 
     @app.get("/health")
@@ -184,9 +196,18 @@ def _routes(app: FastAPI, state: ServeState) -> None:
     @app.get("/v1/models", dependencies=[Depends(user)])
     async def list_models() -> dict[str, Any]:
         engine = loaded()
-        data = [{"id": s.name, "object": "model", "created": 0, "owned_by": "tunesmith",
-                 "root": engine.base_name, "parent": None if s.peft_name is None else engine.base_name,
-                 "lineage": s.lineage()} for s in engine.models.values()]
+        data = [
+            {
+                "id": s.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "tunesmith",
+                "root": engine.base_name,
+                "parent": None if s.peft_name is None else engine.base_name,
+                "lineage": s.lineage(),
+            }
+            for s in engine.models.values()
+        ]
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions", dependencies=[Depends(user)])
@@ -209,8 +230,13 @@ def _routes(app: FastAPI, state: ServeState) -> None:
         try:
             await run_in_threadpool(state.store.add_feedback, row)
         except TunesmithError:
-            raise ApiError(404, f"no logged request with id {body.request_id!r}", "not_found_error",
-                           param="request_id", code="request_not_found") from None
+            raise ApiError(
+                404,
+                f"no logged request with id {body.request_id!r}",
+                "not_found_error",
+                param="request_id",
+                code="request_not_found",
+            ) from None
         return {"id": row.feedback_id, "object": "feedback", "request_id": row.request_id}
 
     @app.post("/v1/adapters", dependencies=[Depends(admin)])
@@ -218,8 +244,9 @@ def _routes(app: FastAPI, state: ServeState) -> None:
         engine = loaded()
         root = state.settings.adapters_dir
         if root is None:
-            raise ApiError(400, "adapters cannot be added: the server has no adapters folder (--adapters-dir)",
-                           code="no_adapters_dir")
+            raise ApiError(
+                400, "adapters cannot be added: the server has no adapters folder (--adapters-dir)", code="no_adapters_dir"
+            )
         try:
             path = contained_path(root, body.path)
             served = await run_in_threadpool(engine.add_adapter, body.name, path)

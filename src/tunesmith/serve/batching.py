@@ -72,6 +72,7 @@ class Job:
                     self.future.set_exception(value)
                 else:
                     self.future.set_result(value)
+
         self._call(set_value)
 
     def push(self, item: Any) -> None:
@@ -82,8 +83,17 @@ class Job:
 class Batcher:
     """A bounded queue in front of the engine, drained by one worker thread."""
 
-    def __init__(self, engine: Any, *, max_batch: int = 8, max_queue: int = 64, window_s: float = 0.005,
-                 batching: bool = True, timeout_s: float = 600.0, metrics: Any = None) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        *,
+        max_batch: int = 8,
+        max_queue: int = 64,
+        window_s: float = 0.005,
+        batching: bool = True,
+        timeout_s: float = 600.0,
+        metrics: Any = None,
+    ) -> None:
         self.engine = engine
         self.max_batch = max_batch if batching else 1
         self.max_queue = max_queue

@@ -61,10 +61,12 @@ def golden_prompts(run: Any) -> list[Golden]:
     if path.exists():
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         convs = _conversations(run)
-        return [Golden(convs.get(r.get("id"), [{"role": "user", "content": r["prompt"]}]), r["base"], r["tuned"])
-                for r in rows]
-    return [Golden(g["messages"] if "messages" in g else [{"role": "user", "content": g["prompt"]}],
-                   g.get("base", ""), g["tuned"]) for g in run.manifest.golden if "tuned" in g]
+        return [Golden(convs.get(r.get("id"), [{"role": "user", "content": r["prompt"]}]), r["base"], r["tuned"]) for r in rows]
+    return [
+        Golden(g["messages"] if "messages" in g else [{"role": "user", "content": g["prompt"]}], g.get("base", ""), g["tuned"])
+        for g in run.manifest.golden
+        if "tuned" in g
+    ]
 
 
 def _conversations(run: Any) -> dict[str, list[dict[str, str]]]:
@@ -84,8 +86,10 @@ def _conversations(run: Any) -> dict[str, list[dict[str, str]]]:
 
 
 def _ask(client: Any, name: str, conversation: list[dict[str, str]], max_tokens: int) -> str:
-    res = client.post("/v1/chat/completions", json={"model": name, "messages": conversation, "temperature": 0,
-                                                    "max_tokens": max_tokens, "stream": False})
+    res = client.post(
+        "/v1/chat/completions",
+        json={"model": name, "messages": conversation, "temperature": 0, "max_tokens": max_tokens, "stream": False},
+    )
     if res.status_code != 200:
         raise RuntimeError(f"HTTP {res.status_code}: {res.text[:200]}")
     return str(res.json()["choices"][0]["message"]["content"]).strip()
@@ -122,16 +126,21 @@ def check_adapter(client: Any, served: Any, min_match: float = MIN_MATCH) -> Ada
             out.examples.append({"prompt": g.conversation[-1]["content"], "served": answer, "eval_tuned": g.tuned})
     rate = out.matched / out.n
     out.passed = rate >= min_match and out.base_like <= (1 - min_match) * max(out.differing, 1)
-    out.reason = (f"{out.matched}/{out.n} answers equal eval's tuned answers; {out.base_like} of the {out.differing} "
-                  "prompts where eval saw the adapter change the answer came back as the base's")
+    out.reason = (
+        f"{out.matched}/{out.n} answers equal eval's tuned answers; {out.base_like} of the {out.differing} "
+        "prompts where eval saw the adapter change the answer came back as the base's"
+    )
     if not out.passed:
-        out.reason += (" - the served adapter does not behave as the evaluated one (wrong or zeroed weights, "
-                       "LoRA modules that did not attach, or a different chat template)")
+        out.reason += (
+            " - the served adapter does not behave as the evaluated one (wrong or zeroed weights, "
+            "LoRA modules that did not attach, or a different chat template)"
+        )
     return out
 
 
-def deploy_check(url: str, api_key: str, served: list[Any], min_match: float = MIN_MATCH,
-                 timeout_s: float = 300.0) -> CheckReport:
+def deploy_check(
+    url: str, api_key: str, served: list[Any], min_match: float = MIN_MATCH, timeout_s: float = 300.0
+) -> CheckReport:
     """Check every served adapter that came from a run; base models and bare adapters are not checked."""
     import httpx
 

@@ -45,8 +45,13 @@ class ServedModel:
         return hashlib.sha256("".join(sorted(self.data.values())).encode()).hexdigest()
 
     def lineage(self) -> dict[str, Any]:
-        return {"base": self.base, "run": self.run, "data_hash": self.data_hash, "data": self.data,
-                "chat_template_sha256": self.template_sha256}
+        return {
+            "base": self.base,
+            "run": self.run,
+            "data_hash": self.data_hash,
+            "data": self.data,
+            "chat_template_sha256": self.template_sha256,
+        }
 
 
 def _model_name(spec: str) -> str:
@@ -86,10 +91,21 @@ class Engine:
         now = self._template_hash()
         warning = None
         if run.template_hash != now:
-            warning = (f"chat template differs from training ({now[:12]} != {run.template_hash[:12]}): "
-                       "the adapter may look like it has no effect")
-        return ServedModel(name, peft_name, self.base_name, str(run.dir), dict(run.manifest.data), run.template_hash,
-                           warning, getattr(run.recipe, "rag", None), run.recipe)
+            warning = (
+                f"chat template differs from training ({now[:12]} != {run.template_hash[:12]}): "
+                "the adapter may look like it has no effect"
+            )
+        return ServedModel(
+            name,
+            peft_name,
+            self.base_name,
+            str(run.dir),
+            dict(run.manifest.data),
+            run.template_hash,
+            warning,
+            getattr(run.recipe, "rag", None),
+            run.recipe,
+        )
 
     def add_adapter(self, name: str, path: str | Path) -> ServedModel:
         """Attach a run's adapter (or a bare adapter folder) under `name`; ModelError if it does not fit this base."""
@@ -105,14 +121,18 @@ class Engine:
             if not (adapter_dir / "adapter_config.json").exists():
                 raise ModelError(f"{path} holds no LoRA adapter (no adapter_config.json)")
             check_safetensors(adapter_dir)
-            if run is not None and Path(run.base_path).resolve() != Path(self.base_path).resolve() \
-                    and run.base_path != self.base_path:
+            if (
+                run is not None
+                and Path(run.base_path).resolve() != Path(self.base_path).resolve()
+                and run.base_path != self.base_path
+            ):
                 raise ModelError(f"adapter {name!r} was trained on {run.base_path}, not on the served base {self.base_path}")
             self._counter += 1
             peft_name = f"adapter{self._counter}"  # peft names become module keys: no dots allowed there
             self._attach(adapter_dir, peft_name)
-            served = (self._served_from_run(name, peft_name, run) if run is not None
-                      else ServedModel(name, peft_name, self.base_name))
+            served = (
+                self._served_from_run(name, peft_name, run) if run is not None else ServedModel(name, peft_name, self.base_name)
+            )
             self.models[name] = served
             return served
 
@@ -173,19 +193,37 @@ class Engine:
         from tunesmith.eval.generate import generate_detailed
 
         with self.activate(name):
-            return generate_detailed(self.model, self.tokenizer, conversations, params.max_tokens,
-                                     batch_size=len(conversations), temperature=params.temperature,
-                                     top_p=params.top_p, seed=params.seed, stop=list(params.stop) or None)
+            return generate_detailed(
+                self.model,
+                self.tokenizer,
+                conversations,
+                params.max_tokens,
+                batch_size=len(conversations),
+                temperature=params.temperature,
+                top_p=params.top_p,
+                seed=params.seed,
+                stop=list(params.stop) or None,
+            )
 
-    def stream(self, name: str, conversation: list[dict[str, Any]], params: Any, cancel: threading.Event,
-               timeout_s: float) -> Iterator[tuple[str, Any]]:
+    def stream(
+        self, name: str, conversation: list[dict[str, Any]], params: Any, cancel: threading.Event, timeout_s: float
+    ) -> Iterator[tuple[str, Any]]:
         """Yield (delta, TextStream) pieces of one streamed completion, holding the model for its duration."""
         from tunesmith.eval.generate import generate_stream
 
         with self.activate(name):
-            ts = generate_stream(self.model, self.tokenizer, conversation, params.max_tokens,
-                                 temperature=params.temperature, top_p=params.top_p, seed=params.seed,
-                                 stop=list(params.stop) or None, cancel=cancel, timeout_s=timeout_s)
+            ts = generate_stream(
+                self.model,
+                self.tokenizer,
+                conversation,
+                params.max_tokens,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                seed=params.seed,
+                stop=list(params.stop) or None,
+                cancel=cancel,
+                timeout_s=timeout_s,
+            )
             for delta in ts:
                 yield delta, ts
             yield "", ts
@@ -211,8 +249,9 @@ def load_engine(target: str | Path, adapters: dict[str, str] | None = None, dtyp
 
         spec = str(target)
         local = Path(spec).expanduser()  # resolved as load_target did, so adapters' recorded base paths compare equal
-        engine = Engine(loaded.model, loaded.tokenizer, _model_name(spec),
-                        models.resolve_base(str(local) if local.exists() else spec))
+        engine = Engine(
+            loaded.model, loaded.tokenizer, _model_name(spec), models.resolve_base(str(local) if local.exists() else spec)
+        )
     for name, path in (adapters or {}).items():
         engine.add_adapter(name, path)
     return engine

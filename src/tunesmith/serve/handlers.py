@@ -79,8 +79,9 @@ def _prepare(state: Any, call: Call) -> None:
     try:
         call.served = engine.resolve(body.model)
     except KeyError:
-        raise ApiError(404, f"the model {body.model!r} does not exist (GET /v1/models lists them)",
-                       param="model", code="model_not_found") from None
+        raise ApiError(
+            404, f"the model {body.model!r} does not exist (GET /v1/models lists them)", param="model", code="model_not_found"
+        ) from None
     call.model = call.served.name
     call.conversation = body.conversation() if call.kind == "chat" else [{"role": "user", "content": body.text()}]
     _retrieve(state, call, body.rag)
@@ -88,29 +89,46 @@ def _prepare(state: Any, call: Call) -> None:
     room = engine.context_length - call.prompt_tokens
     limit = body.limit
     if room < 1 or (limit is not None and limit > room):
-        raise ApiError(400, f"this model's context is {engine.context_length} tokens; the prompt has {call.prompt_tokens} "
-                       f"and max_tokens asks for {limit or 1} more", param="messages" if call.kind == "chat" else "prompt",
-                       code="context_length_exceeded")
-    call.params = Params(limit or min(room, state.settings.default_max_tokens), body.temperature, body.top_p, body.seed,
-                         body.stop_tuple())
+        raise ApiError(
+            400,
+            f"this model's context is {engine.context_length} tokens; the prompt has {call.prompt_tokens} "
+            f"and max_tokens asks for {limit or 1} more",
+            param="messages" if call.kind == "chat" else "prompt",
+            code="context_length_exceeded",
+        )
+    call.params = Params(
+        limit or min(room, state.settings.default_max_tokens), body.temperature, body.top_p, body.seed, body.stop_tuple()
+    )
 
 
 def _row(state: Any, call: Call) -> RequestRow:
     content = state.settings.log_content
     body = call.body
     return RequestRow(
-        request_id=call.request_id, time=call.arrived, endpoint=call.kind, model=call.model or str(body.model),
+        request_id=call.request_id,
+        time=call.arrived,
+        endpoint=call.kind,
+        model=call.model or str(body.model),
         adapter=call.served.name if call.served is not None and call.served.peft_name else None,
-        run=call.served.run if call.served is not None else None, base_model=state.engine.base_path,
+        run=call.served.run if call.served is not None else None,
+        base_model=state.engine.base_path,
         data_hash=call.served.data_hash if call.served is not None else None,
         messages=[Message(**m) for m in body.conversation()] if content and call.kind == "chat" else None,
         prompt=body.text() if content and call.kind == "completions" else None,
-        output=call.output if content else None, prompt_tokens=call.prompt_tokens,
-        completion_tokens=call.completion_tokens, latency_s=time.monotonic() - call.t0, ttft_s=call.ttft_s,
-        status=call.status, finish_reason=call.finish_reason, error=call.error, stream=body.stream,
-        temperature=body.temperature, top_p=body.top_p, max_tokens=call.params.max_tokens if call.params else 0,
-        rag=bool(call.passages), sources=[SourceRef(source=p.source, line=p.line, chunk_id=p.chunk_id, score=p.score)
-                                          for p in call.passages],
+        output=call.output if content else None,
+        prompt_tokens=call.prompt_tokens,
+        completion_tokens=call.completion_tokens,
+        latency_s=time.monotonic() - call.t0,
+        ttft_s=call.ttft_s,
+        status=call.status,
+        finish_reason=call.finish_reason,
+        error=call.error,
+        stream=body.stream,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        max_tokens=call.params.max_tokens if call.params else 0,
+        rag=bool(call.passages),
+        sources=[SourceRef(source=p.source, line=p.line, chunk_id=p.chunk_id, score=p.score) for p in call.passages],
         content_logged=content,
     )
 
@@ -118,8 +136,14 @@ def _row(state: Any, call: Call) -> RequestRow:
 async def finish(state: Any, call: Call) -> None:
     """Commit the log row and count the request (before the client gets the end of the response)."""
     latency = time.monotonic() - call.t0
-    state.metrics.observe(call.model or "unknown", call.status, latency if call.status == 200 else None, call.ttft_s,
-                          call.prompt_tokens if call.status == 200 else 0, call.completion_tokens)
+    state.metrics.observe(
+        call.model or "unknown",
+        call.status,
+        latency if call.status == 200 else None,
+        call.ttft_s,
+        call.prompt_tokens if call.status == 200 else 0,
+        call.completion_tokens,
+    )
     if call.status >= 400:
         state.metrics.errors.labels(call.error or str(call.status)).inc()
     if state.store is not None and call.logged:
@@ -127,13 +151,15 @@ async def finish(state: Any, call: Call) -> None:
 
 
 def _sources(call: Call) -> list[dict[str, Any]]:
-    return [{"source": p.source, "line": p.line, "chunk_id": p.chunk_id, "score": p.score, "text": p.text}
-            for p in call.passages]
+    return [{"source": p.source, "line": p.line, "chunk_id": p.chunk_id, "score": p.score, "text": p.text} for p in call.passages]
 
 
 def _usage(call: Call) -> dict[str, int]:
-    return {"prompt_tokens": call.prompt_tokens, "completion_tokens": call.completion_tokens,
-            "total_tokens": call.prompt_tokens + call.completion_tokens}
+    return {
+        "prompt_tokens": call.prompt_tokens,
+        "completion_tokens": call.completion_tokens,
+        "total_tokens": call.prompt_tokens + call.completion_tokens,
+    }
 
 
 def _finish_reason(reason: str | None) -> str:
@@ -142,8 +168,12 @@ def _finish_reason(reason: str | None) -> str:
 
 def _envelope(call: Call, chunk: bool) -> dict[str, Any]:
     obj = {"chat": "chat.completion", "completions": "text_completion"}[call.kind]
-    return {"id": call.request_id, "object": obj + (".chunk" if chunk and call.kind == "chat" else ""),
-            "created": int(call.arrived.timestamp()), "model": call.model}
+    return {
+        "id": call.request_id,
+        "object": obj + (".chunk" if chunk and call.kind == "chat" else ""),
+        "created": int(call.arrived.timestamp()),
+        "model": call.model,
+    }
 
 
 def _body(call: Call) -> dict[str, Any]:
@@ -185,8 +215,7 @@ async def _wait(request: Request, job: Job, timeout_s: float) -> Any:
         if time.monotonic() > deadline:
             job.cancel_reason = "timeout"
             job.cancel.set()
-            raise ApiError(504, f"generation took longer than the server's timeout ({timeout_s:g} s)", "timeout",
-                           code="timeout")
+            raise ApiError(504, f"generation took longer than the server's timeout ({timeout_s:g} s)", "timeout", code="timeout")
 
 
 async def complete(state: Any, request: Request, call: Call) -> Any:
@@ -195,8 +224,14 @@ async def complete(state: Any, request: Request, call: Call) -> Any:
         await run_in_threadpool(_prepare, state, call)
         assert call.params is not None
         loop = asyncio.get_running_loop()
-        job = Job(call.model, call.conversation, call.params, loop, stream=call.body.stream,
-                  deadline=time.monotonic() + state.settings.timeout_s)
+        job = Job(
+            call.model,
+            call.conversation,
+            call.params,
+            loop,
+            stream=call.body.stream,
+            deadline=time.monotonic() + state.settings.timeout_s,
+        )
         if job.stream:
             job.deltas = asyncio.Queue()
         else:
@@ -204,15 +239,21 @@ async def complete(state: Any, request: Request, call: Call) -> Any:
         try:
             state.batcher.submit(job)
         except QueueFull:
-            raise ApiError(429, f"the server is busy ({state.settings.max_queue} requests queued); retry shortly",
-                           "rate_limit_error", code="queue_full", headers={"Retry-After": "1"}) from None
+            raise ApiError(
+                429,
+                f"the server is busy ({state.settings.max_queue} requests queued); retry shortly",
+                "rate_limit_error",
+                code="queue_full",
+                headers={"Retry-After": "1"},
+            ) from None
     except ApiError as err:
         call.status, call.error = err.status, err.code or err.type
         await finish(state, call)
         raise
     if job.stream:
-        return StreamingResponse(_stream(state, request, call, job), media_type="text/event-stream",
-                                 headers={"x-request-id": call.request_id})
+        return StreamingResponse(
+            _stream(state, request, call, job), media_type="text/event-stream", headers={"x-request-id": call.request_id}
+        )
     try:
         completion = await _wait(request, job, state.settings.timeout_s)
     except ApiError as err:

@@ -19,22 +19,32 @@ class ServeMetrics:
         r = self.registry = CollectorRegistry()
         self.requests = Counter("tunesmith_requests", "Requests by model and HTTP status.", ["model", "status"], registry=r)
         self.errors = Counter("tunesmith_errors", "Error responses by type.", ["type"], registry=r)
-        self.latency = Histogram("tunesmith_request_latency_seconds", "Arrival to last token.", ["model"],
-                                 buckets=LATENCY_BUCKETS, registry=r)
-        self.ttft = Histogram("tunesmith_time_to_first_token_seconds", "Arrival to first token.", ["model"],
-                              buckets=LATENCY_BUCKETS, registry=r)
+        self.latency = Histogram(
+            "tunesmith_request_latency_seconds", "Arrival to last token.", ["model"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.ttft = Histogram(
+            "tunesmith_time_to_first_token_seconds", "Arrival to first token.", ["model"], buckets=LATENCY_BUCKETS, registry=r
+        )
         self.prompt_tokens = Counter("tunesmith_prompt_tokens", "Prompt tokens.", ["model"], registry=r)
         self.completion_tokens = Counter("tunesmith_completion_tokens", "Generated tokens.", ["model"], registry=r)
         self.queue_depth = Gauge("tunesmith_queue_depth", "Requests waiting or running.", registry=r)
-        self.batch_size = Histogram("tunesmith_batch_size", "Requests per generate() batch.",
-                                    buckets=(1, 2, 4, 8, 16, 32), registry=r)
+        self.batch_size = Histogram(
+            "tunesmith_batch_size", "Requests per generate() batch.", buckets=(1, 2, 4, 8, 16, 32), registry=r
+        )
         self.retrieval_hits = Counter("tunesmith_retrieval_hits", "Passages retrieved into prompts.", ["model"], registry=r)
         self.retrieval_requests = Counter("tunesmith_retrieval_requests", "Requests that used retrieval.", ["model"], registry=r)
         self.cancelled = Counter("tunesmith_cancelled", "Generations cancelled (client gone or timeout).", ["reason"], registry=r)
         self.ready = Gauge("tunesmith_ready", "1 once the model is loaded and checked.", registry=r)
 
-    def observe(self, model: str, status: int, latency_s: float | None = None, ttft_s: float | None = None,
-                prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+    def observe(
+        self,
+        model: str,
+        status: int,
+        latency_s: float | None = None,
+        ttft_s: float | None = None,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+    ) -> None:
         self.requests.labels(model, str(status)).inc()
         if latency_s is not None:
             self.latency.labels(model).observe(latency_s)
@@ -49,7 +59,6 @@ class ServeMetrics:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
-
 
 
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",), "summary": ("_sum", "_count")}

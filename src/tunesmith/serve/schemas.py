@@ -15,8 +15,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 class ApiError(Exception):
     """An error the client gets as {"error": {message, type, param, code}} with an HTTP status."""
 
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", *, param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
         self.headers = headers

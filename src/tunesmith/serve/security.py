@@ -56,7 +56,7 @@ class KeyRing:
     def _match(header: str | None, digests: list[bytes]) -> bool:
         if not header or not header.startswith("Bearer "):
             return False
-        got = _digest(header[len("Bearer "):].strip())
+        got = _digest(header[len("Bearer ") :].strip())
         ok = False
         for d in digests:  # no early exit: the time taken does not depend on which key matched
             ok |= hmac.compare_digest(got, d)
@@ -77,8 +77,10 @@ def generate_key() -> str:
 def check_name(name: str) -> str:
     """An adapter name as the API sees it; ModelError unless it matches NAME_RE."""
     if not NAME_RE.match(name or ""):
-        raise ModelError(f"invalid adapter name {name!r}",
-                         hint="Names start with a letter or digit and use only letters, digits, '.', '_', '-' (max 128).")
+        raise ModelError(
+            f"invalid adapter name {name!r}",
+            hint="Names start with a letter or digit and use only letters, digits, '.', '_', '-' (max 128).",
+        )
     return name
 
 
@@ -98,5 +100,7 @@ def contained_path(root: Path, relative: str) -> Path:
 def check_safetensors(adapter_dir: Path) -> None:
     """Refuse adapters stored only as pickles (loading a pickle can run code)."""
     if (adapter_dir / "adapter_config.json").exists() and not (adapter_dir / "adapter_model.safetensors").exists():
-        raise ModelError(f"{adapter_dir} has no adapter_model.safetensors",
-                         hint="Only safetensors adapters are served; re-save it with safe_serialization=True.")
+        raise ModelError(
+            f"{adapter_dir} has no adapter_model.safetensors",
+            hint="Only safetensors adapters are served; re-save it with safe_serialization=True.",
+        )

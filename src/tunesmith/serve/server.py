@@ -56,8 +56,7 @@ class Prepared:
 def serve_dir(path: Path) -> Path:
     """The serve folder: created with a marker, or an existing one that carries it (never someone else's folder)."""
     if path.exists() and not (path / MARKER).exists() and any(path.iterdir()):
-        raise RunError(f"{path} exists and was not made by `tunesmith serve`",
-                       hint="Pass --dir with a new or empty folder.")
+        raise RunError(f"{path} exists and was not made by `tunesmith serve`", hint="Pass --dir with a new or empty folder.")
     path.mkdir(parents=True, exist_ok=True)
     (path / MARKER).touch()
     return path
@@ -122,8 +121,17 @@ def prepare(opts: ServeOptions) -> Prepared:
         adapters_dir = Path(opts.target).resolve().parent if is_run_dir(opts.target) else folder / "adapters"
         adapters_dir.mkdir(parents=True, exist_ok=True)
     url = f"http://{'127.0.0.1' if opts.host in ('0.0.0.0', '::') else opts.host}:{opts.port}"
-    settings = ServeSettings(keys=keys, max_queue=opts.max_queue, max_batch=opts.max_batch, batching=opts.batching,
-                             timeout_s=opts.timeout_s, log_content=opts.log_content, index=opts.index,
-                             adapters_dir=adapters_dir, check=opts.check, check_url=url)
+    settings = ServeSettings(
+        keys=keys,
+        max_queue=opts.max_queue,
+        max_batch=opts.max_batch,
+        batching=opts.batching,
+        timeout_s=opts.timeout_s,
+        log_content=opts.log_content,
+        index=opts.index,
+        adapters_dir=adapters_dir,
+        check=opts.check,
+        check_url=url,
+    )
     app = create_app(loader(opts, adapters), settings, store)
     return Prepared(app, url, generated, log_path)

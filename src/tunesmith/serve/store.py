@@ -109,8 +109,11 @@ def _check_version(raw: str, model: type[_Row], version: int, path: Path) -> _Ro
     except ValidationError as exc:
         raise RunError(f"{path}: a stored {model.__name__} does not match its schema: {exc.errors()[0]['msg']}") from None
     if row.schema_version > version:  # type: ignore[attr-defined]
-        raise RunError(f"{path} holds {model.__name__} schema_version {row.schema_version}, newer than this "  # type: ignore[attr-defined]
-                       f"tunesmith reads ({version})", hint="Upgrade tunesmith to read it.")
+        raise RunError(
+            f"{path} holds {model.__name__} schema_version {row.schema_version}, newer than this "  # type: ignore[attr-defined]
+            f"tunesmith reads ({version})",
+            hint="Upgrade tunesmith to read it.",
+        )
     return row
 
 
@@ -188,8 +191,12 @@ class RequestLog:
         lo, hi = _epoch(since), _epoch(until)
         sql = "SELECT row FROM requests WHERE time >= ? AND time < ? ORDER BY time, rowid"
         with self._lock:
-            raws = [r[0] for r in self._conn.execute(sql, (lo if lo is not None else float("-inf"),
-                                                            hi if hi is not None else float("inf")))]
+            raws = [
+                r[0]
+                for r in self._conn.execute(
+                    sql, (lo if lo is not None else float("-inf"), hi if hi is not None else float("inf"))
+                )
+            ]
         for raw in raws:
             yield _check_version(raw, RequestRow, REQUEST_ROW_VERSION, self.path)  # type: ignore[misc]
 

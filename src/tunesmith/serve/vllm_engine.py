@@ -20,8 +20,10 @@ def require_vllm() -> None:
     try:
         import vllm  # noqa: F401
     except ImportError:
-        raise ModelError("--engine vllm needs the vllm package",
-                         hint="pip install 'tunesmith[vllm]' on a CUDA machine, or use the default engine.") from None
+        raise ModelError(
+            "--engine vllm needs the vllm package",
+            hint="pip install 'tunesmith[vllm]' on a CUDA machine, or use the default engine.",
+        ) from None
     import torch
 
     if not torch.cuda.is_available():
@@ -62,20 +64,27 @@ class VllmEngine(Engine):
         with self.lock:
             served = self.resolve(name)
             lora = self._loras.get(served.peft_name) if served.peft_name else None
-            sampling = SamplingParams(temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens,
-                                      stop=list(params.stop) or None, seed=params.seed)
+            sampling = SamplingParams(
+                temperature=params.temperature,
+                top_p=params.top_p,
+                max_tokens=params.max_tokens,
+                stop=list(params.stop) or None,
+                seed=params.seed,
+            )
             prompts = [render_prompt(self.tokenizer, c) for c in conversations]
             outs = self.model.generate(prompts, sampling, lora_request=lora, use_tqdm=False)
         result = []
         for out in outs:
             gen = out.outputs[0]
             reason: FinishReason = "length" if gen.finish_reason == "length" else "stop"
-            result.append(Completion(gen.text.strip(), len(out.prompt_token_ids), len(gen.token_ids), reason,
-                                     list(gen.token_ids)))
+            result.append(
+                Completion(gen.text.strip(), len(out.prompt_token_ids), len(gen.token_ids), reason, list(gen.token_ids))
+            )
         return result
 
-    def stream(self, name: str, conversation: list[dict[str, Any]], params: Any, cancel: threading.Event,
-               timeout_s: float) -> Any:
+    def stream(
+        self, name: str, conversation: list[dict[str, Any]], params: Any, cancel: threading.Event, timeout_s: float
+    ) -> Any:
         done = self.generate_batch(name, [conversation], params)[0]
 
         class _Finished:  # what the batcher reads off a finished stream
@@ -106,8 +115,15 @@ def load_vllm_engine(target: str | Path, adapters: dict[str, str] | None = None,
         base_path = tokenizer_dir = models.resolve_base(str(local) if local.exists() else str(target))
         base_name = _model_name(str(target))
     trust = bool(run and run.recipe.model.trust_remote_code)  # only when the run recorded it
-    llm = LLM(model=base_path, tokenizer=tokenizer_dir, dtype=dtype, enable_lora=True, max_loras=8,
-              max_lora_rank=64, trust_remote_code=trust)
+    llm = LLM(
+        model=base_path,
+        tokenizer=tokenizer_dir,
+        dtype=dtype,
+        enable_lora=True,
+        max_loras=8,
+        max_lora_rank=64,
+        trust_remote_code=trust,
+    )
     engine = VllmEngine(llm, models.load_tokenizer(tokenizer_dir), base_name, base_path)
     if run is not None and (run.adapter_dir / "adapter_config.json").exists():
         name = run.dir.name

@@ -49,8 +49,10 @@ def is_loopback(host: str) -> bool:
 def check_bind(host: str, token: str | None) -> None:
     """Refuse to listen beyond this machine without an access token."""
     if not is_loopback(host) and not token:
-        raise RunError(f"refusing to bind {host} without an access token",
-                       hint="Pass --token (or set TUNESMITH_STUDIO_TOKEN), or keep the default --host 127.0.0.1.")
+        raise RunError(
+            f"refusing to bind {host} without an access token",
+            hint="Pass --token (or set TUNESMITH_STUDIO_TOKEN), or keep the default --host 127.0.0.1.",
+        )
 
 
 def page(request: Request, template: str, /, status_code: int = 200, **ctx: Any) -> HTMLResponse:
@@ -84,8 +86,11 @@ def create_app(config: StudioConfig) -> FastAPI:
     @app.middleware("http")
     async def token_gate(request: Request, call_next: Any) -> Response:
         if config.token and not request.url.path.startswith("/static"):
-            given = (request.query_params.get("token") or request.cookies.get(COOKIE)
-                     or request.headers.get("authorization", "").removeprefix("Bearer "))
+            given = (
+                request.query_params.get("token")
+                or request.cookies.get(COOKIE)
+                or request.headers.get("authorization", "").removeprefix("Bearer ")
+            )
             if not hmac.compare_digest(given.encode(), config.token.encode()):
                 return HTMLResponse("<h1>401</h1><p>This studio needs its access token: open it with ?token=...</p>", 401)
             response: Response = await call_next(request)
@@ -126,10 +131,19 @@ def _runs_routes(app: FastAPI) -> None:
         recipe_text = (run_dir / "run.yaml").read_text(encoding="utf-8")
         manifest = s.manifest.model_dump_json(indent=2) if s.manifest else None
         curves = reports.loss_series(metrics)
-        return page(request, "run.html", run=s, recipe=recipe_text, manifest=manifest, curves=curves,
-                    checkpoints=checkpoints(run_dir), faults=faults(metrics, s.manifest),
-                    lineage=reports.lineage(s), has_png=(run_dir / "loss.png").is_file(),
-                    has_job=job_state(run_dir, request.app.state.roots) is not None)
+        return page(
+            request,
+            "run.html",
+            run=s,
+            recipe=recipe_text,
+            manifest=manifest,
+            curves=curves,
+            checkpoints=checkpoints(run_dir),
+            faults=faults(metrics, s.manifest),
+            lineage=reports.lineage(s),
+            has_png=(run_dir / "loss.png").is_file(),
+            has_job=job_state(run_dir, request.app.state.roots) is not None,
+        )
 
     @app.get("/file")
     def file(request: Request, k: str) -> FileResponse:
@@ -149,9 +163,20 @@ def _runs_routes(app: FastAPI) -> None:
         if page_no > pages:  # past the end (e.g. a filter shrank the list): show the last page
             page_no = pages
             shown, total = reports.report_page(run_dir, page_no, losses, metric)
-        return page(request, "report.html", run=s, report=s.report, rows=shown, total=total, page_no=max(1, page_no),
-                    pages=pages, losses=losses, metric=metric, metrics=reports.metric_names(s.report),
-                    ladder=reports.ladder(run_dir))
+        return page(
+            request,
+            "report.html",
+            run=s,
+            report=s.report,
+            rows=shown,
+            total=total,
+            page_no=max(1, page_no),
+            pages=pages,
+            losses=losses,
+            metric=metric,
+            metrics=reports.metric_names(s.report),
+            ladder=reports.ladder(run_dir),
+        )
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

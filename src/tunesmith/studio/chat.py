@@ -61,8 +61,14 @@ def _sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
-def stream_reply(cache: ModelCache, target: Path, messages: list[dict[str, Any]], side: str = "tuned",
-                 rag: bool = False, max_new_tokens: int = 128) -> Iterator[str]:
+def stream_reply(
+    cache: ModelCache,
+    target: Path,
+    messages: list[dict[str, Any]],
+    side: str = "tuned",
+    rag: bool = False,
+    max_new_tokens: int = 128,
+) -> Iterator[str]:
     """SSE: `sources` (when RAG is on), `delta` text pieces, then `done` (finish reason) or `error` (a message)."""
     from tunesmith.eval.generate import generate_stream
 

@@ -90,8 +90,9 @@ def validate_recipe(text: str, recipes_dir: Path, allowed: list[Path]) -> Recipe
     recipe = recipe_from_dict(data, recipes_dir)
     paths = [("output_dir", Path(recipe.output_dir))] + [("data.train", Path(p)) for p in recipe.data.train]
     paths += [("data.eval", Path(recipe.data.eval))] if recipe.data.eval else []
-    bad = [(f, f"{p} is outside the studio's folders") for f, p in paths
-           if not any(p.resolve().is_relative_to(a) for a in allowed)]
+    bad = [
+        (f, f"{p} is outside the studio's folders") for f, p in paths if not any(p.resolve().is_relative_to(a) for a in allowed)
+    ]
     if bad:
         raise RecipeError(bad)
     return recipe
@@ -155,8 +156,9 @@ class Launcher:
     def resume(self, run_dir: Path) -> Job:
         job = read_job(self.studio_dir, run_dir)
         if job is None:
-            raise RunError(f"{run_dir.name} was not started from the studio",
-                           hint="Resume it with: tunesmith train RECIPE --resume")
+            raise RunError(
+                f"{run_dir.name} was not started from the studio", hint="Resume it with: tunesmith train RECIPE --resume"
+            )
         return self.start(Path(str(job["recipe"])), run_dir, resume=True)
 
 

@@ -64,9 +64,9 @@ def report_page(run_dir: Path, page_no: int, losses: bool = False, metric: str =
     start = (page_no - 1) * PAGE_SIZE
     if not losses and not metric:  # unfiltered: parse only the rows shown
         lines = prediction_lines(run_dir)
-        return diffed([json.loads(line) for line in lines[start:start + PAGE_SIZE]]), len(lines)
+        return diffed([json.loads(line) for line in lines[start : start + PAGE_SIZE]]), len(lines)
     rows = filter_rows(run_dir, losses, metric)
-    return diffed(rows[start:start + PAGE_SIZE]), len(rows)
+    return diffed(rows[start : start + PAGE_SIZE]), len(rows)
 
 
 def filter_rows(run_dir: Path, losses: bool = False, metric: str = "") -> list[dict[str, Any]]:

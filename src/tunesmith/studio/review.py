@@ -190,14 +190,17 @@ class ReviewStore:
             first_is_y = self.swapped(item.round_id, item.id, reviewer)
             side = "y" if (shown_choice == "a") == first_is_y else "x"
         verdict = Verdict(item_id=item.id, reviewer=reviewer, choice=side, correction=(correction or "").strip() or None)
-        self.conn.execute("INSERT OR REPLACE INTO verdicts(item_id, reviewer, row) VALUES (?, ?, ?)",
-                          (item.id, reviewer, verdict.model_dump_json()))
+        self.conn.execute(
+            "INSERT OR REPLACE INTO verdicts(item_id, reviewer, row) VALUES (?, ?, ?)",
+            (item.id, reviewer, verdict.model_dump_json()),
+        )
         return verdict
 
     def verdicts(self, round_id: int) -> list[Verdict]:
         rows = self.conn.execute(
             "SELECT v.row FROM verdicts v JOIN items i ON i.id = v.item_id WHERE i.round_id=? ORDER BY v.item_id, v.reviewer",
-            (round_id,))
+            (round_id,),
+        )
         return [Verdict.model_validate_json(r) for (r,) in rows]
 
     def next_item(self, round_id: int, reviewer: str) -> tuple[ReviewItem | None, int, int]:
@@ -206,10 +209,13 @@ class ReviewStore:
         (total,) = self.conn.execute("SELECT COUNT(*) FROM items WHERE round_id=?", (round_id,)).fetchone()
         (done,) = self.conn.execute(
             "SELECT COUNT(*) FROM verdicts v JOIN items i ON i.id = v.item_id WHERE i.round_id=? AND v.reviewer=?",
-            (round_id, who)).fetchone()
+            (round_id, who),
+        ).fetchone()
         row = self.conn.execute(
             "SELECT row FROM items WHERE round_id=? AND id NOT IN (SELECT item_id FROM verdicts WHERE reviewer=?) "
-            "ORDER BY id LIMIT 1", (round_id, who)).fetchone()
+            "ORDER BY id LIMIT 1",
+            (round_id, who),
+        ).fetchone()
         return (ReviewItem.model_validate_json(row[0]) if row else None), int(done), int(total)
 
     def item(self, round_id: int, item_id: int) -> ReviewItem:
@@ -251,9 +257,16 @@ def compute_stats(items: list[ReviewItem], verdicts: list[Verdict], min_agree: i
         full = [list(votes.values()) for votes in by_item.values() if len(votes) == len(reviewers)]
         kappa, kind = fleiss_kappa(full), "fleiss"
     return ReviewStats(
-        reviewers=reviewers, n_items=len(items), min_agree=min_agree, counted=sum(outcomes.values()),
+        reviewers=reviewers,
+        n_items=len(items),
+        min_agree=min_agree,
+        counted=sum(outcomes.values()),
         outcomes={k: outcomes[k] for k in ("x", "y", "tie", "bad")},
-        win_rate=outcomes["y"] / decided if decided else None, ci_low=lo, ci_high=hi, kappa=kappa, kappa_kind=kind,
+        win_rate=outcomes["y"] / decided if decided else None,
+        ci_low=lo,
+        ci_high=hi,
+        kappa=kappa,
+        kappa_kind=kind,
         disagreements=sorted(i for i, votes in by_item.items() if len(set(votes.values())) > 1),
     )
 
@@ -262,9 +275,14 @@ def export_rows(items: list[ReviewItem], verdicts: list[Verdict], to: str, min_a
     """Corrections -> SFT rows (messages); counted preferences (x or y) -> DPO rows in OpenAI's preference shape."""
     by_id = {i.id: i for i in items}
     if to == "sft":
-        return [{"id": f"review-{v.item_id}-{v.reviewer}",
-                 "messages": [*by_id[v.item_id].messages, {"role": "assistant", "content": v.correction}]}
-                for v in verdicts if v.correction and v.item_id in by_id]
+        return [
+            {
+                "id": f"review-{v.item_id}-{v.reviewer}",
+                "messages": [*by_id[v.item_id].messages, {"role": "assistant", "content": v.correction}],
+            }
+            for v in verdicts
+            if v.correction and v.item_id in by_id
+        ]
     if to != "dpo":
         raise RunError(f"unknown export kind `{to}`", hint="Use --to sft or --to dpo.")
     votes: dict[int, list[str]] = {}
@@ -276,9 +294,13 @@ def export_rows(items: list[ReviewItem], verdicts: list[Verdict], to: str, min_a
         if item is None or out not in ("x", "y") or item.answer_x.strip() == item.answer_y.strip():
             continue
         good, bad = (item.answer_y, item.answer_x) if out == "y" else (item.answer_x, item.answer_y)
-        rows.append({"input": {"messages": item.messages},
-                     "preferred_output": [{"role": "assistant", "content": good}],
-                     "non_preferred_output": [{"role": "assistant", "content": bad}]})
+        rows.append(
+            {
+                "input": {"messages": item.messages},
+                "preferred_output": [{"role": "assistant", "content": good}],
+                "non_preferred_output": [{"role": "assistant", "content": bad}],
+            }
+        )
     return rows
 
 
@@ -294,12 +316,18 @@ def write_export(rows: list[dict[str, object]], out: Path) -> ExportSummary:
     write_rows(out, rows)
     record_file(out)
     report = audit([str(out)], tokenizer=None)
-    return ExportSummary(file=str(out), rows=len(rows), errors=len(report.errors), warnings=len(report.warnings),
-                         by_code={code: g["count"] for code, g in report.by_code().items()})
+    return ExportSummary(
+        file=str(out),
+        rows=len(rows),
+        errors=len(report.errors),
+        warnings=len(report.warnings),
+        by_code={code: g["count"] for code, g in report.by_code().items()},
+    )
 
 
-def items_from_predictions(rows: list[dict[str, object]], conversations: dict[str, list[dict[str, str]]],
-                           other: dict[str, str] | None = None) -> list[ReviewItem]:
+def items_from_predictions(
+    rows: list[dict[str, object]], conversations: dict[str, list[dict[str, str]]], other: dict[str, str] | None = None
+) -> list[ReviewItem]:
     """Items from eval/predictions.jsonl rows: x = base, y = tuned; or, with `other` (id -> answer), x = this run, y = other."""
     items = []
     for r in rows:
@@ -308,6 +336,7 @@ def items_from_predictions(rows: list[dict[str, object]], conversations: dict[st
             continue
         messages = conversations.get(ex_id) or [{"role": "user", "content": str(r.get("prompt", ""))}]
         x, y = (str(r.get("tuned", "")), other[ex_id]) if other is not None else (str(r.get("base", "")), str(r.get("tuned", "")))
-        items.append(ReviewItem(example_id=ex_id, messages=messages, reference=str(r.get("reference", "")),
-                                answer_x=x, answer_y=y))
+        items.append(
+            ReviewItem(example_id=ex_id, messages=messages, reference=str(r.get("reference", "")), answer_x=x, answer_y=y)
+        )
     return items

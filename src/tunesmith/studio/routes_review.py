@@ -88,8 +88,15 @@ def review_round(request: Request, k: str, r: int, reviewer: str = "") -> HTMLRe
 
 
 @router.post("/review/verdict")
-def review_verdict(request: Request, k: str = Form(...), r: int = Form(...), item: int = Form(...),
-                   reviewer: str = Form(...), choice: str = Form(...), correction: str = Form("")) -> RedirectResponse:
+def review_verdict(
+    request: Request,
+    k: str = Form(...),
+    r: int = Form(...),
+    item: int = Form(...),
+    reviewer: str = Form(...),
+    choice: str = Form(...),
+    correction: str = Form(""),
+) -> RedirectResponse:
     run_dir = resolve_run(request, k)
     store = _store(run_dir)
     try:
@@ -128,8 +135,9 @@ def review_results(request: Request, k: str, r: int, min_agree: int = 1) -> HTML
 
 
 @router.post("/review/export", response_class=HTMLResponse)
-def review_export(request: Request, k: str = Form(...), r: int = Form(...), to: str = Form(...),
-                  min_agree: int = Form(1)) -> HTMLResponse:
+def review_export(
+    request: Request, k: str = Form(...), r: int = Form(...), to: str = Form(...), min_agree: int = Form(1)
+) -> HTMLResponse:
     run_dir = resolve_run(request, k)
     store = _store(run_dir)
     try:

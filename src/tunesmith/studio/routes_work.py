@@ -89,9 +89,16 @@ def _catalog() -> list[str]:
 
 
 @router.post("/launch/preview", response_class=HTMLResponse)
-def launch_preview(request: Request, train: list[str] = Form(...), eval_file: str = Form(""), base: str = Form(...),
-                   method: str = Form("sft"), adapter: str = Form("lora"), name: str = Form("run"),
-                   max_steps: int = Form(-1)) -> HTMLResponse:
+def launch_preview(
+    request: Request,
+    train: list[str] = Form(...),
+    eval_file: str = Form(""),
+    base: str = Form(...),
+    method: str = Form("sft"),
+    adapter: str = Form("lora"),
+    name: str = Form("run"),
+    max_steps: int = Form(-1),
+) -> HTMLResponse:
     """The data audit (the same findings as `tunesmith data check`) and the recipe to edit, before anything trains."""
     from tunesmith.config import commented_yaml
     from tunesmith.data.audit import audit
@@ -103,14 +110,28 @@ def launch_preview(request: Request, train: list[str] = Form(...), eval_file: st
     report = audit(train_paths, eval_paths, tokenizer)
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name) or "run"
     values: dict[str, Any] = {
-        "name": safe, "method": method, "model": {"base": base},
+        "name": safe,
+        "method": method,
+        "model": {"base": base},
         "data": {"train": train_paths, **({"eval": eval_paths[0]} if eval_paths else {})},
-        "adapter": {"type": adapter}, "training": {"max_steps": max_steps},
+        "adapter": {"type": adapter},
+        "training": {"max_steps": max_steps},
         "output_dir": str(request.app.state.roots.dirs[0] / safe),
     }
     picked = {"train": set(train), "eval": eval_file, "method": method, "adapter": adapter, "name": safe, "max_steps": max_steps}
-    return page(request, "launch.html", files=data_files(request), base=base, audit=report, note=note, picked=picked,
-                recipe=commented_yaml(values), help=field_help(), error=None, catalog=_catalog())
+    return page(
+        request,
+        "launch.html",
+        files=data_files(request),
+        base=base,
+        audit=report,
+        note=note,
+        picked=picked,
+        recipe=commented_yaml(values),
+        help=field_help(),
+        error=None,
+        catalog=_catalog(),
+    )
 
 
 @router.post("/launch/start")
@@ -121,8 +142,17 @@ def launch_start(request: Request, recipe: str = Form(...)) -> Any:
     except TunesmithError as exc:
         from tunesmith.config import DEFAULT_BASE
 
-        return page(request, "launch.html", files=data_files(request), base=DEFAULT_BASE, audit=None, recipe=recipe,
-                    help=field_help(), error=exc.message, status_code=422)
+        return page(
+            request,
+            "launch.html",
+            files=data_files(request),
+            base=DEFAULT_BASE,
+            audit=None,
+            recipe=recipe,
+            help=field_help(),
+            error=exc.message,
+            status_code=422,
+        )
     run_dir = Path(parsed.output_dir)
     if (run_dir / "manifest.json").exists() or (run_dir / "checkpoints").exists():
         raise RunError(f"{run_dir} already holds a run", hint="Change name/output_dir, or resume it from its job page.")
@@ -144,8 +174,9 @@ def job_page(request: Request, k: str) -> HTMLResponse:
 @router.get("/job/events")
 def job_events(request: Request, k: str) -> StreamingResponse:
     roots = request.app.state.roots
-    return StreamingResponse(launch.follow(roots.studio_dir, roots.resolve(k)), media_type="text/event-stream",
-                             headers=SSE_HEADERS)
+    return StreamingResponse(
+        launch.follow(roots.studio_dir, roots.resolve(k)), media_type="text/event-stream", headers=SSE_HEADERS
+    )
 
 
 @router.post("/job/stop")
@@ -174,8 +205,11 @@ async def chat_stream(request: Request) -> StreamingResponse:
 
     body = await request.json()
     run_dir = resolve_run(request, str(body.get("k", "")))
-    messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in body.get("messages", [])
-                if m.get("role") in ("system", "user", "assistant")]
+    messages = [
+        {"role": str(m["role"]), "content": str(m["content"])}
+        for m in body.get("messages", [])
+        if m.get("role") in ("system", "user", "assistant")
+    ]
     if not messages or messages[-1]["role"] != "user":
         raise RunError("the conversation must end with a user message")
     state = request.app.state
@@ -230,15 +264,32 @@ def synth_page(request: Request, k: str, n: int = 20) -> HTMLResponse:
         line = review.next_line()
         done = len(review.decisions())
         text = json.dumps(review.rows[line], indent=2, ensure_ascii=False) if line is not None else ""
-        return page(request, "synth.html", k=k, n=n, path=review.source, line=line, text=text, done=done,
-                    total=len(review.sample), outcome=None)
+        return page(
+            request,
+            "synth.html",
+            k=k,
+            n=n,
+            path=review.source,
+            line=line,
+            text=text,
+            done=done,
+            total=len(review.sample),
+            outcome=None,
+        )
     finally:
         review.close()
 
 
 @router.post("/data/synth/decide")
-def synth_decide(request: Request, k: str = Form(...), n: int = Form(20), line: int = Form(...), verdict: str = Form(...),
-                 reason: str = Form(""), row: str = Form("")) -> RedirectResponse:
+def synth_decide(
+    request: Request,
+    k: str = Form(...),
+    n: int = Form(20),
+    line: int = Form(...),
+    verdict: str = Form(...),
+    reason: str = Form(""),
+    row: str = Form(""),
+) -> RedirectResponse:
     from urllib.parse import quote
 
     review = _synth(request, k, n)
@@ -254,8 +305,18 @@ def synth_write(request: Request, k: str = Form(...), n: int = Form(20)) -> HTML
     review = _synth(request, k, n)
     try:
         outcome = review.write_accepted()
-        return page(request, "synth.html", k=k, n=n, path=review.source, line=None, text="",
-                    done=len(review.decisions()), total=len(review.sample), outcome=outcome)
+        return page(
+            request,
+            "synth.html",
+            k=k,
+            n=n,
+            path=review.source,
+            line=None,
+            text="",
+            done=len(review.decisions()),
+            total=len(review.sample),
+            outcome=outcome,
+        )
     finally:
         review.close()
 
@@ -277,8 +338,17 @@ def monitor_page(request: Request, offset: int = 0) -> HTMLResponse:
     rows.reverse()
     from tunesmith.monitor.report import latest
 
-    return page(request, "monitor.html", serve_dir=serve_dir, rows=rows[offset:offset + 100], total=len(rows),
-                offset=offset, feedback=feedback[-100:], buckets=buckets, drift=latest(serve_dir))
+    return page(
+        request,
+        "monitor.html",
+        serve_dir=serve_dir,
+        rows=rows[offset : offset + 100],
+        total=len(rows),
+        offset=offset,
+        feedback=feedback[-100:],
+        buckets=buckets,
+        drift=latest(serve_dir),
+    )
 
 
 def hourly(rows: list[Any]) -> list[dict[str, Any]]:
@@ -286,6 +356,14 @@ def hourly(rows: list[Any]) -> list[dict[str, Any]]:
     groups: dict[str, list[Any]] = {}
     for r in rows:
         groups.setdefault(r.time.strftime("%Y-%m-%d %H:00"), []).append(r)
-    return [{"hour": hour, "n": len(g), "errors": sum(r.status >= 400 for r in g),
-             "latency": sum(r.latency_s for r in g) / len(g), "prompt": sum(r.prompt_tokens for r in g) / len(g),
-             "completion": sum(r.completion_tokens for r in g) / len(g)} for hour, g in sorted(groups.items())]
+    return [
+        {
+            "hour": hour,
+            "n": len(g),
+            "errors": sum(r.status >= 400 for r in g),
+            "latency": sum(r.latency_s for r in g) / len(g),
+            "prompt": sum(r.prompt_tokens for r in g) / len(g),
+            "completion": sum(r.completion_tokens for r in g) / len(g),
+        }
+        for hour, g in sorted(groups.items())
+    ]

@@ -184,8 +184,14 @@ def prediction_lines(run_dir: Path) -> list[str]:
 
 def predictions(run_dir: Path) -> list[dict[str, Any]]:
     """eval/predictions.jsonl rows (id, prompt, reference, base, tuned, *_metrics, judgement); cached."""
-    return cached(run_dir / "eval" / "predictions.jsonl", "predictions",
-                  lambda _p: [json.loads(line) for line in prediction_lines(run_dir)]) or []
+    return (
+        cached(
+            run_dir / "eval" / "predictions.jsonl",
+            "predictions",
+            lambda _p: [json.loads(line) for line in prediction_lines(run_dir)],
+        )
+        or []
+    )
 
 
 def checkpoints(run_dir: Path) -> list[dict[str, Any]]:
@@ -200,8 +206,11 @@ def checkpoints(run_dir: Path) -> list[dict[str, Any]]:
 def faults(metrics: list[dict[str, Any]], manifest: Manifest | None) -> list[dict[str, Any]]:
     """NaN/inf steps, OOM back-offs and resumes, from metrics.jsonl events and the manifest's fault summary."""
     out = [dict(r) for r in metrics if r.get("event")]
-    out += [{"event": "nonfinite_loss", "step": r.get("step")} for r in metrics
-            if isinstance(r.get("loss"), str) and r["loss"].lower() in ("nan", "inf", "-inf")]
+    out += [
+        {"event": "nonfinite_loss", "step": r.get("step")}
+        for r in metrics
+        if isinstance(r.get("loss"), str) and r["loss"].lower() in ("nan", "inf", "-inf")
+    ]
     if manifest is not None:
         skipped = manifest.faults.get("skipped_nonfinite_steps") or []
         out += [{"event": "skipped_nonfinite_step", "step": s} for s in skipped]

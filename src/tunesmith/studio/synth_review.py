@@ -120,8 +120,16 @@ class SynthReview:
                 reasons[d.reason] = reasons.get(d.reason, 0) + 1
         verdicts = [d.verdict for d in decided.values()]
         outcome = SynthOutcome(
-            source=str(self.source), sample_size=len(self.sample), accepted=verdicts.count("accept"),
-            edited=verdicts.count("edit"), rejected=verdicts.count("reject"), acceptance_rate=len(kept) / len(decided),
-            reasons=reasons, out_file=str(out), audit_errors=len(report.errors), audit_warnings=len(report.warnings))
+            source=str(self.source),
+            sample_size=len(self.sample),
+            accepted=verdicts.count("accept"),
+            edited=verdicts.count("edit"),
+            rejected=verdicts.count("reject"),
+            acceptance_rate=len(kept) / len(decided),
+            reasons=reasons,
+            out_file=str(out),
+            audit_errors=len(report.errors),
+            audit_warnings=len(report.warnings),
+        )
         write_text_atomic(self.dir / "acceptance.json", outcome.model_dump_json(indent=2))
         return outcome

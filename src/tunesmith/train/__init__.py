@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     from tunesmith.config import Recipe
     from tunesmith.run import Run
 
+
 def run(recipe: Recipe, resume: bool = False, force: bool = False) -> Run:
     """Train with the recipe's method (sft | dpo | grpo | distill) and return the finished run."""
     module = import_module(f"tunesmith.train.{recipe.method}")  # one module per method, named after it

@@ -67,11 +67,17 @@ def generate_dataset(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
         # raw prompts written below, from the same index), so the student learns to answer from that context.
         prompts = [r["prompt"] for r in augment_rows(rows, recipe)]
         answers = generate(model, tokenizer, prompts, d.max_new_tokens, d.batch_size)
-        out = [{"id": f"{split}-{i}", "messages": r["prompt"] + [{"role": "assistant", "content": a}], "source": r["source"]}
-               for i, (r, a) in enumerate(zip(rows, answers))]
+        out = [
+            {"id": f"{split}-{i}", "messages": r["prompt"] + [{"role": "assistant", "content": a}], "source": r["source"]}
+            for i, (r, a) in enumerate(zip(rows, answers))
+        ]
         path = write_rows(out_dir / f"{split}.jsonl", out)
-        written["files"][split] = {"path": str(path), "rows": len(out), "sha256": models.sha256_file(path),
-                                   "empty_answers": sum(not a for a in answers)}
+        written["files"][split] = {
+            "path": str(path),
+            "rows": len(out),
+            "sha256": models.sha256_file(path),
+            "empty_answers": sum(not a for a in answers),
+        }
     written["teacher_seconds"] = round(time.time() - started, 1)
     del model
     gc.collect()
@@ -98,10 +104,17 @@ def _sequence(recipe: Recipe, resume: bool, force: bool) -> Run:
     write_json_atomic(out_dir / "audit.json", report.as_dict())
     run = sft.run(student, resume=resume, force=force)  # sft.run audits again and refuses blocking errors
     # The student's manifest gains the teacher's lineage before the run is read back as finished.
-    manifest = run.manifest.model_copy(update={"distill": {
-        "mode": "sequence", "teacher_spec": recipe.distill.teacher, **generated,
-        "audit": {"errors": len(report.errors), "warnings": len(report.warnings)},
-        "prompts_from": recipe.data.train}})
+    manifest = run.manifest.model_copy(
+        update={
+            "distill": {
+                "mode": "sequence",
+                "teacher_spec": recipe.distill.teacher,
+                **generated,
+                "audit": {"errors": len(report.errors), "warnings": len(report.warnings)},
+                "prompts_from": recipe.data.train,
+            }
+        }
+    )
     write_manifest(run.dir / "manifest.json", manifest)
     return load_run(run.dir)
 
@@ -113,8 +126,14 @@ def logit_rows(recipe: Recipe, tokenizer: Any, examples: list[Any]) -> tuple[lis
     from tunesmith.train.rows import apply_length_policy
 
     d = recipe.data
-    rows = [{"prompt": prompt_messages(e.messages), "answer": [{"role": "assistant", "content": reference(e.messages)}],
-             "source": e.source} for e in examples]
+    rows = [
+        {
+            "prompt": prompt_messages(e.messages),
+            "answer": [{"role": "assistant", "content": reference(e.messages)}],
+            "source": e.source,
+        }
+        for e in examples
+    ]
     fit = lambda r: fit_conversation(tokenizer, r["prompt"], r["answer"], d.max_length, d.overlong)
     kept, stats = apply_length_policy(rows, fit, d, "the rendered conversation")
     return [{"messages": r["prompt"] + r["answer"]} for r in kept], stats
@@ -129,8 +148,14 @@ def _logits(recipe: Recipe, resume: bool, force: bool) -> Run:
     run_dir, checkpoint, base_path, tokenizer = st.run_dir, st.checkpoint, st.base_path, st.tokenizer
     teacher, teacher_tok, described = load_teacher(recipe.distill.teacher or "", recipe.model.dtype)
     if not same_tokenizer(tokenizer, teacher_tok):
-        raise RecipeError([("distill.mode", "logits needs the teacher and the student to share a tokenizer; "
-                                             "this teacher's differs: use mode: sequence")])
+        raise RecipeError(
+            [
+                (
+                    "distill.mode",
+                    "logits needs the teacher and the student to share a tokenizer; this teacher's differs: use mode: sequence",
+                )
+            ]
+        )
     train_ex, eval_ex = recipe_examples(recipe)
     train_rows, train_stats = logit_rows(recipe, tokenizer, train_ex)
     eval_rows, eval_stats = logit_rows(recipe, tokenizer, eval_ex)
@@ -152,9 +177,25 @@ def _logits(recipe: Recipe, resume: bool, force: bool) -> Run:
     stats = {"train": train_stats, "eval": eval_stats}
     d = recipe.distill
     return finish_run(
-        recipe, trainer, tokenizer, result, stats, st.started, checkpoint, base_path=base_path, final_eval=final_eval,
-        extra={"distill": {"mode": "logits", "teacher": described, "teacher_spec": d.teacher, "beta": d.beta,
-                           "temperature": d.temperature, "lmbda": d.lmbda}},
+        recipe,
+        trainer,
+        tokenizer,
+        result,
+        stats,
+        st.started,
+        checkpoint,
+        base_path=base_path,
+        final_eval=final_eval,
+        extra={
+            "distill": {
+                "mode": "logits",
+                "teacher": described,
+                "teacher_spec": d.teacher,
+                "beta": d.beta,
+                "temperature": d.temperature,
+                "lmbda": d.lmbda,
+            }
+        },
     )
 
 

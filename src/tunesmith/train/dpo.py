@@ -64,6 +64,14 @@ def run(recipe: Recipe, resume: bool = False, force: bool = False) -> Run:
     figures = {k.removeprefix("eval_"): v for k, v in final_eval.items() if k.startswith(("eval_rewards/", "eval_logps/"))}
     reference = "base under the adapter" if recipe.adapter.type != "full" else "precomputed log-probs of the initial model"
     return finish_run(
-        recipe, trainer, tokenizer, result, row_stats, st.started, checkpoint, base_path=base_path, final_eval=final_eval,
+        recipe,
+        trainer,
+        tokenizer,
+        result,
+        row_stats,
+        st.started,
+        checkpoint,
+        base_path=base_path,
+        final_eval=final_eval,
         extra={"dpo": dict(beta=recipe.dpo.beta, loss_type=recipe.dpo.loss_type, reference=reference, final_eval=figures)},
     )

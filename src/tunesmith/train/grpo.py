@@ -73,7 +73,20 @@ def run(recipe: Recipe, resume: bool = False, force: bool = False) -> Run:
     result = faults.fit(trainer, recipe, checkpoint)  # trainer.train under the fault policy
     specs = [r.model_dump(mode="json", exclude_defaults=True) | {"type": r.type} for r in recipe.grpo.rewards]
     return finish_run(
-        recipe, trainer, tokenizer, result, row_stats, st.started, checkpoint, base_path=base_path,
-        extra={"grpo": {"rewards": specs, "num_generations": recipe.grpo.num_generations, **reward_summary(run_dir),
-                        "warnings": watch.warnings}},
+        recipe,
+        trainer,
+        tokenizer,
+        result,
+        row_stats,
+        st.started,
+        checkpoint,
+        base_path=base_path,
+        extra={
+            "grpo": {
+                "rewards": specs,
+                "num_generations": recipe.grpo.num_generations,
+                **reward_summary(run_dir),
+                "warnings": watch.warnings,
+            }
+        },
     )

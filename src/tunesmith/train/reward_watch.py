@@ -71,9 +71,11 @@ class RewardWatch(TrainerCallback):
         for name, (seen, varied) in self.groups.items():
             if seen and not varied:
                 vals = ", ".join(f"{v:g} x{n}" for v, n in self.values[name].most_common(5))
-                out[name] = (f"reward `{name}` never varied within a group of {self.num_generations} completions "
-                             f"in {seen} groups (values: {vals}): GRPO cannot learn from it; check the reward and "
-                             "the data (is the task out of reach, or already solved, for this model?)")
+                out[name] = (
+                    f"reward `{name}` never varied within a group of {self.num_generations} completions "
+                    f"in {seen} groups (values: {vals}): GRPO cannot learn from it; check the reward and "
+                    "the data (is the task out of reach, or already solved, for this model?)"
+                )
         return out
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
@@ -91,7 +93,12 @@ class RewardWatch(TrainerCallback):
             self.warnings.append(message)
             log.warning(message)
             if state.is_world_process_zero:
-                row = {"step": state.global_step, "event": EVENT, "reward_name": name,
-                       "values": {str(k): v for k, v in self.values[name].most_common(5)}, "message": message}
+                row = {
+                    "step": state.global_step,
+                    "event": EVENT,
+                    "reward_name": name,
+                    "values": {str(k): v for k, v in self.values[name].most_common(5)},
+                    "message": message,
+                }
                 with open(self.metrics_path, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(row) + "\n")

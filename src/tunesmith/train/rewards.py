@@ -64,8 +64,10 @@ def make_exact_match(field: str) -> RewardFn:
         refs = columns.get(field)
         if refs is None:
             raise KeyError(f"exact_match reward: the data has no `{field}` column")
-        return [metrics.exact_match(completion_text(c), ref if isinstance(ref, str) else json.dumps(ref))
-                for c, ref in zip(completions, refs)]
+        return [
+            metrics.exact_match(completion_text(c), ref if isinstance(ref, str) else json.dumps(ref))
+            for c, ref in zip(completions, refs)
+        ]
 
     return exact_match
 

@@ -25,8 +25,20 @@ from tunesmith.data.template import reference
 log = logging.getLogger(__name__)
 
 # Columns of a source row that describe its shape, not extra data a reward may read.
-SHAPE_KEYS = {"messages", "conversations", "prompt", "completion", "chosen", "rejected", "input", "preferred_output",
-              "non_preferred_output", "instruction", "output", "system"}
+SHAPE_KEYS = {
+    "messages",
+    "conversations",
+    "prompt",
+    "completion",
+    "chosen",
+    "rejected",
+    "input",
+    "preferred_output",
+    "non_preferred_output",
+    "instruction",
+    "output",
+    "system",
+}
 
 
 def _clean(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -79,8 +91,9 @@ def apply_length_policy(
         try:
             f = fit(row)
         except ValueError as exc:
-            raise DataError(f"{row.get('source', '?')}: {exc}",
-                            hint="Raise data.max_length or set data.overlong: drop|truncate.") from None
+            raise DataError(
+                f"{row.get('source', '?')}: {exc}", hint="Raise data.max_length or set data.overlong: drop|truncate."
+            ) from None
         if f.dropped:
             setattr(stats, f"dropped_{f.dropped}", getattr(stats, f"dropped_{f.dropped}") + 1)
             stats.dropped_ids.append(str(row.get("source", "?")))
@@ -93,18 +106,28 @@ def apply_length_policy(
         stats.trained_tokens += f.trained_tokens
         kept.append({**row, **f.parts})
     if rows and not kept:
-        raise DataError(f"no trainable rows: {stats.dropped_overlong} over max_length={data.max_length} ({measured_as}), "
-                        f"{stats.dropped_no_trained_tokens} with no room left for an answer",
-                        hint="Raise data.max_length, or set data.overlong: truncate.")
+        raise DataError(
+            f"no trainable rows: {stats.dropped_overlong} over max_length={data.max_length} ({measured_as}), "
+            f"{stats.dropped_no_trained_tokens} with no room left for an answer",
+            hint="Raise data.max_length, or set data.overlong: truncate.",
+        )
     if stats.dropped_overlong or stats.dropped_no_trained_tokens or stats.truncated:
-        log.warning("dropped %d over max_length=%d (%s), %d with no room for an answer; truncated %d (%d tokens lost)",
-                    stats.dropped_overlong, data.max_length, measured_as, stats.dropped_no_trained_tokens,
-                    stats.truncated, stats.tokens_lost)
+        log.warning(
+            "dropped %d over max_length=%d (%s), %d with no room for an answer; truncated %d (%d tokens lost)",
+            stats.dropped_overlong,
+            data.max_length,
+            measured_as,
+            stats.dropped_no_trained_tokens,
+            stats.truncated,
+            stats.tokens_lost,
+        )
     return kept, {**stats.as_dict(), "max_length": data.max_length, "overlong": data.overlong, "measured_as": measured_as}
 
 
 def _key(row: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps({k: row[k] for k in sorted(row) if k != "source"}, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps({k: row[k] for k in sorted(row) if k != "source"}, sort_keys=True, default=str).encode()
+    ).hexdigest()
 
 
 def split_rows(
@@ -117,9 +140,7 @@ def split_rows(
     return hold_out(load_rows(data.train, normalise), evaluation, _key, data.eval_fraction, seed)
 
 
-def recipe_rows(
-    recipe: Recipe, normalise: Callable[[Any], dict[str, Any]]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def recipe_rows(recipe: Recipe, normalise: Callable[[Any], dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """split_rows for a recipe; with `rag`, every row's prompt (train and eval alike) carries its retrieved context."""
     from tunesmith.rag.prompt import augment_rows
 

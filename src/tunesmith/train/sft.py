@@ -28,7 +28,12 @@ def _datasets(recipe: Recipe, tokenizer: Any) -> tuple[Any, Any, dict[str, Any]]
         if s.dropped_overlong or s.dropped_no_trained_tokens or s.truncated:
             log.warning(
                 "%s: dropped %d over max_length=%d, %d with no trained tokens; truncated %d (%d tokens lost)",
-                split, s.dropped_overlong, d.max_length, s.dropped_no_trained_tokens, s.truncated, s.tokens_lost,
+                split,
+                s.dropped_overlong,
+                d.max_length,
+                s.dropped_no_trained_tokens,
+                s.truncated,
+                s.tokens_lost,
             )
     return Dataset.from_list(train_rows), Dataset.from_list(eval_rows), stats
 
@@ -94,6 +99,14 @@ def run(recipe: Recipe, resume: bool = False, force: bool = False) -> Run:
         extra["plan"] = b.plan.model_copy(update={"measured": measured}).model_dump()
 
     return finish_run(
-        recipe, b.trainer, b.start.tokenizer, result, b.token_stats, b.start.started, b.start.checkpoint,
-        base_path=b.start.base_path, final_eval=final_eval, extra=extra,
+        recipe,
+        b.trainer,
+        b.start.tokenizer,
+        result,
+        b.token_stats,
+        b.start.started,
+        b.start.checkpoint,
+        base_path=b.start.base_path,
+        final_eval=final_eval,
+        extra=extra,
     )

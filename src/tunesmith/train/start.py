@@ -160,5 +160,11 @@ def check_target_modules(recipe: Recipe, base_path: str) -> None:
     unknown = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if unknown:
         linear = sorted({n.rsplit(".", 1)[-1] for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)})
-        raise RecipeError([("adapter.target_modules",
-                            f"{', '.join(unknown)} match(es) no module of {m.base}; its linear modules are {', '.join(linear)}")])
+        raise RecipeError(
+            [
+                (
+                    "adapter.target_modules",
+                    f"{', '.join(unknown)} match(es) no module of {m.base}; its linear modules are {', '.join(linear)}",
+                )
+            ]
+        )
