@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,53 @@ def test_pipeline_end_to_end(tmp_path, env):
         cwd=tmp_path,
     )
     assert chat.stdout.strip()
+    serve_with_openai_client(run_dir, tmp_path, env)
+
+
+def serve_with_openai_client(run_dir: Path, tmp_path: Path, env: dict) -> None:
+    """`tunesmith serve RUN` on SmolLM2, spoken to by the official openai client: models, chat, streaming, feedback."""
+    import time
+
+    import httpx
+    import openai
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "tunesmith", "serve", str(run_dir), "--adapter", f"demo={run_dir}", "--port", str(port)]
+    cmd += ["--dir", str(tmp_path / "serve"), "--api-key", "e2e-key"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(url + "/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        assert httpx.get(url + "/health", timeout=5).status_code == 200
+        client = openai.OpenAI(base_url=url + "/v1", api_key="e2e-key")
+        names = {m.id for m in client.models.list().data}
+        assert "demo" in names and len(names) >= 2
+        ask = [{"role": "user", "content": "Hi, Ann Lee here. My VoltCharge 65W never arrived, I paid $40. Urgent!"}]
+        reply = client.chat.completions.create(model="demo", messages=ask, max_tokens=12, temperature=0)
+        assert reply.choices[0].message.content and reply.usage.completion_tokens <= 12
+        streamed = "".join(
+            chunk.choices[0].delta.content or ""
+            for chunk in client.chat.completions.create(model="demo", messages=ask, max_tokens=12, temperature=0, stream=True)
+            if chunk.choices
+        )
+        assert streamed == reply.choices[0].message.content  # greedy: the stream carries the same answer
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url + "/v1", api_key="wrong").models.list()
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="nope", messages=ask, max_tokens=4)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert (tmp_path / "serve" / "requests.sqlite").exists()
 
 
 def test_bad_recipe_is_one_error_without_traceback(tmp_path, env):
