@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 DATA_DIR = Path(__file__).parent / "data"
 CATALOG_DIR = Path(__file__).parent / "catalog"
 
-# Measured on a 2-core CPU (README, "What `make demo` proves"): 60 steps lift exact match on the held-out split
-# from 0 to most answers; fewer steps leave the JSON valid but more fields wrong. Training sees each prompt with
+# Measured on a 2-core CPU (README, "What `make demo` proves"): after 60 steps the tuned model writes valid records
+# (96-100%), and with retrieval gets 95% of the fields right against 66% without it. Training sees each prompt with
 # its one retrieved catalog entry (rag.k = 1: each message names one product), as the tuned + RAG rung does.
 DEMO_OVERRIDES: dict[str, dict[str, Any]] = {
     "data": {"train": ["data/train.jsonl"], "eval": "data/eval.jsonl", "max_length": 512},
@@ -41,7 +41,8 @@ DEMO_OVERRIDES: dict[str, dict[str, Any]] = {
         "max_examples": 24,
         "batch_size": 24,
     },
-    "targets": {"exact_match": 0.8, "json_valid": 0.95},
+    # The task's bar: well-formed records whose fields (the catalog's SKU and warranty included) are right.
+    "targets": {"json_valid": 0.95, "json_field_accuracy": 0.9},
 }
 
 
