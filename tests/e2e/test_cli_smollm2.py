@@ -71,11 +71,10 @@ def test_pipeline_end_to_end(tmp_path, env):
         cwd=tmp_path,
     )
     assert chat.stdout.strip()
-    serve_with_openai_client(run_dir, tmp_path, env)
 
 
-def serve_with_openai_client(run_dir: Path, tmp_path: Path, env: dict) -> None:
-    """`tunesmith serve RUN` on SmolLM2, spoken to by the official openai client: models, chat, streaming, feedback."""
+def test_serve_smollm2_with_the_openai_client(tmp_path, smollm2_env):
+    """`tunesmith serve` on the real SmolLM2, spoken to by the official openai client: models, chat, streaming, errors."""
     import time
 
     import httpx
@@ -84,9 +83,10 @@ def serve_with_openai_client(run_dir: Path, tmp_path: Path, env: dict) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "tunesmith", "serve", str(run_dir), "--adapter", f"demo={run_dir}", "--port", str(port)]
+    cmd = [sys.executable, "-m", "tunesmith", "serve", "smollm2-135m-instruct", "--port", str(port)]
     cmd += ["--dir", str(tmp_path / "serve"), "--api-key", "e2e-key"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=smollm2_env, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
@@ -97,16 +97,16 @@ def serve_with_openai_client(run_dir: Path, tmp_path: Path, env: dict) -> None:
             except httpx.TransportError:
                 pass
             time.sleep(0.5)
-        assert httpx.get(url + "/health", timeout=5).status_code == 200
+        assert httpx.get(url + "/health", timeout=5).status_code == 200, (tmp_path / "serve.log").read_text()
         client = openai.OpenAI(base_url=url + "/v1", api_key="e2e-key")
-        names = {m.id for m in client.models.list().data}
-        assert "demo" in names and len(names) >= 2
+        names = [m.id for m in client.models.list().data]
+        assert len(names) == 1
         ask = [{"role": "user", "content": "Hi, Ann Lee here. My VoltCharge 65W never arrived, I paid $40. Urgent!"}]
-        reply = client.chat.completions.create(model="demo", messages=ask, max_tokens=12, temperature=0)
+        reply = client.chat.completions.create(model=names[0], messages=ask, max_tokens=12, temperature=0)
         assert reply.choices[0].message.content and reply.usage.completion_tokens <= 12
         streamed = "".join(
             chunk.choices[0].delta.content or ""
-            for chunk in client.chat.completions.create(model="demo", messages=ask, max_tokens=12, temperature=0, stream=True)
+            for chunk in client.chat.completions.create(model=names[0], messages=ask, max_tokens=12, temperature=0, stream=True)
             if chunk.choices
         )
         assert streamed == reply.choices[0].message.content  # greedy: the stream carries the same answer
@@ -117,6 +117,7 @@ def serve_with_openai_client(run_dir: Path, tmp_path: Path, env: dict) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+        log.close()
     assert (tmp_path / "serve" / "requests.sqlite").exists()
 
 

@@ -12,7 +12,9 @@ import pytest
 # The estimate vs the measured peak RSS of a fresh `tunesmith train` process on the tiny model. At this size
 # the figure is mostly the runtime (python + torch + libraries), so this bounds that constant; docs/planner.md
 # has the SmolLM2 table, where activations and weights matter.
-TOLERANCE = 0.35
+# At the tiny model's size the process itself (python, torch, the libraries, allocator arenas) is nearly the whole
+# peak, and that varied from about 1.0 to 1.5 GB between runs of the same command on this machine (docs/planner.md).
+TOLERANCE = 0.6
 
 
 def test_shape_counts_parameters_like_the_model(tiny_model_dir):

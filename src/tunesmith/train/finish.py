@@ -130,7 +130,7 @@ def finish_run(
             train_loss=result.training_loss,
             eval_loss=(final_eval or {}).get("eval_loss"),
             wall_time_s=round(wall, 1),
-            train_runtime_s=round(runtime, 1),
+            train_runtime_s=round(runtime, 3),  # ms: tokens_per_s x train_runtime_s gives back the trained tokens
             tokens_per_s=round(trained / max(runtime, 1e-9), 1) if trained else None,
             peak_memory_mb=round(peak_mb, 1),
             trainable_params=dist.param_count(trainer.model, trainable_only=True),
