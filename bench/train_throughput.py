@@ -4,7 +4,7 @@
         [--data demo,mixed] [--model smollm2-135m-instruct] [--a-set speed.precision=bf16 ...] [--quick]
 
 Both sides get the same base model, rows, batch size, optimizer steps, learning-rate schedule, seed and LoRA
-settings (r16/alpha32/dropout 0.05, all-linear). B gets the rows in TRL's conversational prompt/completion form,
+settings (r16/alpha32, tunesmith's default dropout, all-linear). B gets the rows in TRL's conversational prompt/completion form,
 so its completion-only loss trains the assistant turn as tunesmith's mask does (TRL also trains the newline
 after the end-of-turn token: one token per row more). Every run is a fresh process; A and B alternate, the
 first of each pair swapping, and the first `--warmup` optimizer steps are not counted. Reported per run:
@@ -154,7 +154,10 @@ def trainer_b(model: str, train: Path, evaluation: Path, steps: int, batch: int,
         # TRL defaults to bf16, which transformers refuses without CUDA unless told the run is on CPU.
         use_cpu=not torch.cuda.is_available(),
     )
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", bias="none", task_type="CAUSAL_LM")
+    from tunesmith.config import AdapterSection
+
+    dropout = AdapterSection().dropout  # tunesmith's default, which A trains with
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=dropout, target_modules="all-linear", bias="none", task_type="CAUSAL_LM")
     return SFTTrainer(model=model, args=args, train_dataset=rows(train), eval_dataset=rows(evaluation), peft_config=lora), {}
 
 

@@ -133,7 +133,13 @@ class AdapterSection(Section):
     )
     r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
     alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
-    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="LoRA dropout on each adapter's input. 0 by default: at 0.05 a step took 40% longer and held 500 MB "
+        "more on SmolLM2-135M (docs/benchmarks.md); set it for long runs on little data that overfit.",
+    )
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Modules that get LoRA: 'all-linear' or a list of module names (q_proj, v_proj, ...)."
     )
@@ -173,7 +179,11 @@ class TrainingSection(Section):
     save_steps: int = Field(50, ge=1, description="Write a checkpoint every N steps.")
     save_total_limit: int = Field(2, ge=1, description="Keep at most this many checkpoints.")
     eval_steps: int = Field(0, ge=0, description="Compute eval loss every N steps; 0 = only at the end.")
-    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (useful on GPU for long sequences).")
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto",
+        description="Recompute activations in the backward pass: less memory, ~30-60% more time per step. auto = on only "
+        "when the planner's estimate of the run's peak memory does not fit this machine (SFT; other methods: off).",
+    )
     unfreeze_top_layers: int = Field(
         0,
         ge=0,
@@ -410,8 +420,8 @@ class SpeedSection(Section):
     )
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto",
-        description="bf16: bf16 autocast with fp32 master weights; fp32: no autocast. auto = bf16 on GPUs that support it, "
-        "fp32 on CPU (bf16 autocast on CPU is not yet shown to pay: docs/benchmarks.md).",
+        description="bf16: bf16 autocast with fp32 master weights (adapter methods also store the frozen base in bf16); "
+        "fp32: no autocast. auto = bf16 on GPUs that support it and on CPUs with bf16 units (AVX512-BF16, AMX), else fp32.",
     )
     fused_optimizer: bool = Field(
         True, description="torch's fused AdamW (one kernel for all parameters) instead of the per-tensor loop."

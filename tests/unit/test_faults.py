@@ -199,7 +199,8 @@ class FakeOOM(TrainerCallback):
 
 
 def test_oom_halves_micro_batch_keeps_global_batch(tiny_recipe, monkeypatch):
-    path = tiny_recipe(training={"max_steps": 3, "batch_size": 4})
+    # fp32: the comparison below is up to float summation order, which bf16 rounding would swamp.
+    path = tiny_recipe(training={"max_steps": 3, "batch_size": 4}, speed={"precision": "fp32"})
     ref = sft.run(load_recipe(path, ["output_dir=runs/ref"]))
     oom = FakeOOM(fits=1)
     _with(monkeypatch, oom)

@@ -146,9 +146,75 @@ def _losses(tiny_recipe, name, **speed_section):
 def test_training_levers_keep_the_loss_curve(tiny_recipe):
     """Default levers (padding-free, labelled logits, fused AdamW) and bf16 autocast vs the plain fp32 padded path."""
     plain, _ = _losses(tiny_recipe, "plain", packing="off", labelled_logits=False, fused_optimizer=False, precision="fp32")
-    fast, run = _losses(tiny_recipe, "fast")
-    bf16, _ = _losses(tiny_recipe, "bf16", precision="bf16")
+    fast, run = _losses(tiny_recipe, "fast", precision="fp32")
+    bf16, bf16_run = _losses(tiny_recipe, "bf16", precision="bf16")
     assert len(plain) == len(fast) == 6
     assert max(abs(a - b) / a for a, b in zip(plain, fast)) < 1e-3
+    # bf16: autocast, the frozen base stored in bf16, adapter inputs not cast up to fp32 (fp32 adapter weights).
     assert max(abs(a - b) / a for a, b in zip(plain, bf16)) < 0.03
     assert run.manifest.speed["packing"] == "padding_free"
+    lever = bf16_run.manifest.speed
+    assert lever["bf16"] and lever["base_dtype"] == "bfloat16" and not lever["adapter_input_cast"]
+
+
+def test_adapter_input_cast_off_matches_on_under_autocast(tiny):
+    """Under bf16 autocast, peft's cast of the adapter input to fp32 changes nothing but memory: loss and LoRA
+    gradients are the same with the cast on (peft's default) and off (the bf16 lever)."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from tunesmith.train import speed
+
+    base, tok = tiny
+    batch = rows(tok, 2)[0]
+    ids, labels = torch.tensor([batch["input_ids"]]), torch.tensor([batch["labels"]])
+    results = []
+    for cast in (True, False):
+        torch.manual_seed(0)
+        model = get_peft_model(
+            copy.deepcopy(base).to(torch.bfloat16),
+            LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False),
+        )
+        lever = speed.Speed("padding_free", True, True, "bfloat16", cast, False, True, False, 8, "cpu")
+        speed.apply_to_model(lever, model)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if p.requires_grad)  # fp32 master weights
+        results.append((loss.detach(), grads))
+    (loss_on, g_on), (loss_off, g_off) = results
+    torch.testing.assert_close(loss_on, loss_off, rtol=1e-2, atol=1e-3)
+    for name in g_on:
+        torch.testing.assert_close(g_on[name], g_off[name], rtol=2e-2, atol=2e-3)
+
+
+def test_tokenize_once(tiny_recipe, tiny_model_dir):
+    """The audit's tokenized rows are the training rows: every kept row comes from the memo, none is tokenized twice,
+    and a memo hit gives the same ids and labels as a fresh tokenization, truncation included."""
+    from tunesmith.config import load_recipe
+    from tunesmith.data import template
+    from tunesmith.train import sft
+
+    run = sft.run(load_recipe(tiny_recipe(training={"max_steps": 1}, output_dir="run-once")))
+    for split in ("train", "eval"):
+        stats = run.manifest.tokens[split]
+        assert stats["kept"] > 0 and stats["reused"] == stats["examples"], (split, stats)
+    assert not template._memo  # cleared once the training rows were built
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    messages = chat_rows(1, seed=9)[0]["messages"]
+    fresh = template.tokenize_example(tok, messages, 12, "truncate")
+    again = template.tokenize_example(tok, messages, 12, "truncate")
+    template.clear_memo()
+    assert not fresh.reused and again.reused
+    assert (fresh.input_ids, fresh.labels, fresh.n_tokens, fresh.tokens_lost) == (
+        again.input_ids,
+        again.labels,
+        again.n_tokens,
+        again.tokens_lost,
+    )

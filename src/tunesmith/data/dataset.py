@@ -68,6 +68,7 @@ class TokenStats:
     tokens_lost: int = 0
     tokens: int = 0
     trained_tokens: int = 0
+    reused: int = 0  # rows whose tokens came from the audit's pass (tokenize once), not a second tokenization
     dropped_ids: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -86,6 +87,7 @@ def tokenize_examples(
             tok = tokenize_example(tokenizer, ex.messages, max_length, overlong)
         except ValueError as exc:
             raise DataError(f"{ex.source}: {exc}", hint="Raise data.max_length or set data.overlong: drop|truncate.") from None
+        stats.reused += tok.reused
         if tok.dropped:
             setattr(stats, f"dropped_{tok.dropped}", getattr(stats, f"dropped_{tok.dropped}") + 1)
             stats.dropped_ids.append(ex.id)

@@ -8,6 +8,9 @@ pad == EOS cannot mask EOS because masks come from spans, not token ids.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from array import array
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +27,52 @@ class Tokenized:
     n_trained: int  # label tokens kept
     tokens_lost: int = 0  # removed by truncation
     dropped: str | None = None  # "overlong" | "no_trained_tokens"
+    reused: bool = False  # the full rendering came from the tokenize-once memo (tokenized earlier in this process)
+
+
+# Tokenize once: the audit (data.checks) and training (data.dataset) both go through tokenize_example, so the
+# full, untruncated ids and labels of each conversation are kept per (tokenizer, chat template, conversation)
+# and training reuses the audit's rows. max_length/overlong apply afterwards: one entry serves every limit.
+# Training clears the memo once its rows are built (clear_memo); MEMO_LIMIT bounds it for very large sets.
+MEMO_LIMIT = 500_000
+_memo: dict[tuple[str, str], tuple[array[int], array[int]]] = {}
+
+
+def clear_memo() -> None:
+    _memo.clear()
+
+
+def _memo_key(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[str, str]:
+    template = tokenizer.chat_template or ""
+    if isinstance(template, dict):
+        template = json.dumps(template, sort_keys=True)
+    who = f"{type(tokenizer).__name__}|{getattr(tokenizer, 'name_or_path', '')}|{len(tokenizer)}|{tokenizer.eos_token_id}|{template}"
+    conversation = json.dumps(messages, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(who.encode()).hexdigest(), hashlib.sha256(conversation.encode()).hexdigest()
+
+
+def _full_tokens(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[list[int], list[int], bool]:
+    """ids and labels of the whole rendered conversation (EOS appended when the template omits it), and whether
+    they came from the memo."""
+    key = _memo_key(tokenizer, messages)
+    hit = _memo.get(key)
+    if hit is not None:
+        return list(hit[0]), list(hit[1]), True
+    text, spans = assistant_spans(tokenizer, messages)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids: list[int] = list(enc["input_ids"])
+    labels = [IGNORE] * len(ids)
+    for j, (start, _end) in enumerate(enc["offset_mapping"]):
+        if any(s <= start < e for s, e in spans):
+            labels[j] = ids[j]
+    eos = tokenizer.eos_token_id
+    if spans and eos is not None and eos not in [t for t, lab in zip(ids, labels) if lab != IGNORE]:
+        # The template does not close assistant turns with EOS: append one, trained, so generation stops.
+        ids.append(eos)
+        labels.append(eos)
+    if len(_memo) < MEMO_LIMIT:
+        _memo[key] = (array("i", ids), array("i", labels))
+    return ids, labels, False
 
 
 def _render(tokenizer: Any, messages: list[dict[str, Any]], add_generation_prompt: bool = False) -> str:
@@ -65,20 +114,9 @@ def tokenize_example(
     tokenizer: Any, messages: list[dict[str, Any]], max_length: int | None = None, overlong: str = "drop"
 ) -> Tokenized:
     """Render + tokenize with labels. overlong: drop | truncate | error (error raises ValueError)."""
-    text, spans = assistant_spans(tokenizer, messages)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids: list[int] = list(enc["input_ids"])
-    labels = [IGNORE] * len(ids)
-    for j, (start, _end) in enumerate(enc["offset_mapping"]):
-        if any(s <= start < e for s, e in spans):
-            labels[j] = ids[j]
-    eos = tokenizer.eos_token_id
-    if spans and eos is not None and eos not in [t for t, lab in zip(ids, labels) if lab != IGNORE]:
-        # The template does not close assistant turns with EOS: append one, trained, so generation stops.
-        ids.append(eos)
-        labels.append(eos)
+    ids, labels, reused = _full_tokens(tokenizer, messages)
     n_tokens = len(ids)
-    result = Tokenized(ids, labels, n_tokens, sum(lab != IGNORE for lab in labels))
+    result = Tokenized(ids, labels, n_tokens, sum(lab != IGNORE for lab in labels), reused=reused)
     if max_length is not None and n_tokens > max_length:
         if overlong == "error":
             raise ValueError(f"example has {n_tokens} tokens, over max_length={max_length}")

@@ -48,7 +48,12 @@ def _memory(recipe: Recipe, shape: Shape, lengths: list[int], trained: float, cu
     packed = recipe.speed.packing in ("auto", "padding_free") and a.type != "prompt_tuning"
     # Padded: every row as long as the longest; padding-free: the longest rows side by side.
     seq = sum(longest) / len(longest) if packed else max(lengths)
-    dtype = recipe.model.dtype if recipe.model.dtype != "auto" else ("bfloat16" if cuda else "float32")
+    from tunesmith.train.speed import uses_bf16, weights_dtype
+
+    bf16 = uses_bf16(recipe, cuda)
+    dtype = weights_dtype(recipe, bf16)
+    if dtype == "auto":
+        dtype = "bfloat16" if cuda else "float32"
     return estimate(
         shape,
         adapter=a.type,
@@ -57,7 +62,8 @@ def _memory(recipe: Recipe, shape: Shape, lengths: list[int], trained: float, cu
         dtype=dtype,
         batch=t.batch_size,
         seq_len=int(seq),
-        checkpointing=t.gradient_checkpointing,
+        checkpointing=t.gradient_checkpointing is True,  # auto: estimated without, turned on when that does not fit
+        autocast=bf16,
         labelled_logits=recipe.speed.labelled_logits,
         trained_fraction=trained,
         cuda=cuda,
@@ -117,8 +123,9 @@ def plan(
     otherwise the recipe's data is tokenized with `tokenizer`.
     """
     from tunesmith import models
+    from tunesmith.train.speed import uses_bf16
 
-    hw = cost.GPUS[gpu] if gpu != "cpu" else cost.cpu_hardware()
+    hw = cost.GPUS[gpu] if gpu != "cpu" else cost.cpu_hardware(bf16=uses_bf16(recipe, cuda=False))
     if price is not None:
         hw = hw.__class__(hw.name, hw.memory_gib, hw.peak_tflops, hw.mfu, price)
     shape = Shape.from_config(models.resolve_base(recipe.model.base))

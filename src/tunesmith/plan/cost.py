@@ -30,7 +30,7 @@ GPUS = {
 }
 
 
-def cpu_hardware(memory_gib: float | None = None, price: float = 0.0) -> Hardware:
+def cpu_hardware(memory_gib: float | None = None, price: float = 0.0, bf16: bool = False) -> Hardware:
     """This machine's CPU: its fp32 matmul throughput measured now (0.2 s probe), its RAM, and what training achieves of it.
 
     The 0.25 efficiency is training's share of the probe's matmul rate on the benchmark machine
@@ -41,7 +41,8 @@ def cpu_hardware(memory_gib: float | None = None, price: float = 0.0) -> Hardwar
 
     import torch
 
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    dtype = torch.bfloat16 if bf16 else torch.float32  # the dtype training will multiply in (speed.precision)
+    a, b = torch.randn(1024, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
     torch.mm(a, b)
     n, started = 0, time.perf_counter()
     while time.perf_counter() - started < 0.2:

@@ -111,10 +111,11 @@ def estimate(
     labelled_logits: bool = True,
     trained_fraction: float = 1.0,
     cuda: bool = False,
+    autocast: bool = False,
 ) -> Memory:
     """Peak memory of one training step. seq_len: tokens per row (the padded length, or the mean with packing)."""
     wbytes = BYTES["nf4"] if adapter == "qlora" else BYTES[dtype]
-    act_bytes = 2 if dtype in ("bfloat16", "float16") or adapter == "qlora" else 4
+    act_bytes = 2 if dtype in ("bfloat16", "float16") or adapter == "qlora" or autocast else 4
     trainable: float
     if adapter == "full":
         trainable = shape.params

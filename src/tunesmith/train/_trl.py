@@ -103,7 +103,8 @@ def common_args(recipe: Recipe, run_dir: Path, has_eval: bool) -> dict[str, Any]
         save_total_limit=t.save_total_limit,
         eval_strategy="steps" if has_eval and t.eval_steps else "no",
         eval_steps=t.eval_steps or None,
-        activation_checkpointing=t.gradient_checkpointing,  # transformers 5 name (gradient_checkpointing is deprecated)
+        activation_checkpointing=t.gradient_checkpointing
+        is True,  # auto is resolved for SFT only; transformers 5 name (gradient_checkpointing is deprecated)
         bf16=bf16,
         # training.report_to trackers are added by train.callbacks.standard_callbacks, pointed at the run folder
         # (transformers' own defaults would write under checkpoints/ and into an sqlite file in the cwd).

@@ -8,6 +8,7 @@ from typing import Any
 
 from tunesmith.config import Recipe
 from tunesmith.data.dataset import recipe_examples, tokenize_examples
+from tunesmith.data.template import clear_memo
 from tunesmith.run import Run, peak_memory_mb
 from tunesmith.train import _trl, faults, policy, speed, start
 from tunesmith.train.callbacks import standard_callbacks
@@ -23,6 +24,7 @@ def _datasets(recipe: Recipe, tokenizer: Any) -> tuple[Any, Any, dict[str, Any]]
     d = recipe.data
     train_rows, train_stats = tokenize_examples(tokenizer, train_ex, d.max_length, d.overlong)
     eval_rows, eval_stats = tokenize_examples(tokenizer, eval_ex, d.max_length, d.overlong)
+    clear_memo()  # the audit's tokenized rows are now the training rows; the memo has served
     stats = {"train": train_stats.as_dict(), "eval": eval_stats.as_dict()}
     for split, s in (("train", train_stats), ("eval", eval_stats)):
         if s.dropped_overlong or s.dropped_no_trained_tokens or s.truncated:
@@ -56,12 +58,12 @@ def build(recipe: Recipe, resume: bool = False, force: bool = False) -> Built:
 
     st = start.begin(recipe, resume, force)  # blocking data errors stop here, before any model loads
     train_ds, eval_ds, token_stats = _datasets(recipe, st.tokenizer)
-    levers = speed.resolve(recipe)
-    speed.score_labelled_positions_only(levers.labelled_logits)
     estimate = _plan(recipe, train_ds, token_stats)
+    levers = speed.resolve(recipe, estimate)  # gradient_checkpointing: auto turns on when the estimate does not fit
+    speed.score_labelled_positions_only(levers.labelled_logits)
 
     torch.manual_seed(recipe.training.seed)
-    model = policy.load(recipe, st.base_path)  # 4-bit NF4 for qlora
+    model = policy.load(recipe, st.base_path, levers.base_dtype)  # 4-bit NF4 for qlora
     trainer = SFTTrainer(
         model=model,
         args=_trl.build_sft_config(recipe, st.run_dir, has_eval=True, speed=levers),
@@ -71,6 +73,7 @@ def build(recipe: Recipe, resume: bool = False, force: bool = False) -> Built:
         peft_config=policy.peft_config(recipe, model, st.base_path),
         callbacks=standard_callbacks(recipe, st.run_dir),
     )
+    speed.apply_to_model(levers, trainer.model)
     return Built(st, trainer, token_stats, levers, estimate)
 
 

@@ -22,6 +22,9 @@ class Speed:
     packing: str  # "padding_free" | "group_by_length" | "off"
     labelled_logits: bool  # only positions with a trained next token reach the LM head
     bf16: bool  # bf16 autocast, fp32 master weights (the adapter's optimizer state stays fp32)
+    base_dtype: str  # dtype the frozen base weights load in ("bfloat16" under bf16 for adapter methods)
+    adapter_input_cast: bool  # peft casts each adapter's input to the adapter's fp32 dtype (off under bf16)
+    gradient_checkpointing: bool  # recompute activations in backward (auto: only when the plan does not fit)
     fused_optimizer: bool  # torch's fused AdamW
     compile: bool  # torch.compile of the model
     eval_batch_size: int  # rows per loss-evaluation batch (not the generation batch)
@@ -42,27 +45,52 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve(recipe: Recipe) -> Speed:
-    """Resolve every "auto" in recipe.speed against this machine."""
+def uses_bf16(recipe: Recipe, cuda: bool) -> bool:
+    """speed.precision resolved: auto = bf16 where the hardware multiplies in bf16 (CUDA with bf16 support, CPUs
+    with AVX512-BF16/AMX: a bf16 matmul ran 5.6x the fp32 rate on the benchmark CPU, docs/benchmarks.md)."""
     import torch
 
-    s = recipe.speed
+    if recipe.speed.precision != "auto":
+        return recipe.speed.precision == "bf16"
+    units = torch.cuda.is_bf16_supported() if cuda else cpu_has_bf16()
+    return bool(units) and recipe.model.dtype in ("auto", "bfloat16")
+
+
+def weights_dtype(recipe: Recipe, bf16: bool) -> str:
+    """The dtype the base loads in. A frozen base under bf16 autocast is multiplied in bf16 anyway: it is stored so
+    (half the memory, no cast per step). A full fine-tune keeps fp32 master weights; an explicit model.dtype is kept."""
+    frozen = recipe.adapter.type in ("lora", "dora", "prompt_tuning")
+    return "bfloat16" if bf16 and frozen and recipe.model.dtype == "auto" else recipe.model.dtype
+
+
+def resolve(recipe: Recipe, plan: Any = None) -> Speed:
+    """Resolve every "auto" in recipe.speed (and training.gradient_checkpointing) against this machine.
+
+    plan: the planner's estimate for this run (tunesmith.plan.advisor.Plan) made without checkpointing;
+    `gradient_checkpointing: auto` turns checkpointing on only when that estimate does not fit.
+    """
+    import torch
+
+    s, a = recipe.speed, recipe.adapter
     cuda = torch.cuda.is_available()
-    if s.precision == "auto":
-        # CUDA: bf16 where supported. CPU: plain fp32 by default: bf16 autocast on CPU (even with avx512_bf16)
-        # has no measurement yet that it pays (docs/benchmarks.md); `precision: bf16` opts in.
-        bf16 = cuda and torch.cuda.is_bf16_supported() and recipe.model.dtype in ("auto", "bfloat16")
-    else:
-        bf16 = s.precision == "bf16"
+    bf16 = uses_bf16(recipe, cuda)
     if bf16 and not cuda and not cpu_has_bf16():
         log.warning("speed.precision=bf16 on a CPU without bf16 units: expect it to be slow")
     packing = "padding_free" if s.packing == "auto" else s.packing
-    if recipe.adapter.type == "prompt_tuning" and packing == "padding_free":
+    if a.type == "prompt_tuning" and packing == "padding_free":
         packing = "group_by_length"  # virtual tokens are prepended per row: rows cannot be concatenated
+    checkpointing = recipe.training.gradient_checkpointing
+    if checkpointing == "auto":
+        checkpointing = plan is not None and not plan.fits
     return Speed(
         packing=packing,
         labelled_logits=s.labelled_logits,
         bf16=bf16,
+        base_dtype=weights_dtype(recipe, bf16),
+        # Under autocast peft's cast of a bf16 input to the fp32 adapter dtype is undone by the matmul's own
+        # cast back to bf16, but both copies are kept for backward, per adapted module (q, k and v each).
+        adapter_input_cast=not (bf16 and a.type in ("lora", "dora")),
+        gradient_checkpointing=bool(checkpointing),
         fused_optimizer=s.fused_optimizer,
         compile=s.compile,
         eval_batch_size=s.eval_batch_size,
@@ -79,6 +107,7 @@ def sft_args(speed: Speed) -> dict[str, Any]:
         "use_cpu": speed.device == "cpu",  # transformers refuses bf16 on a machine without CUDA unless told it is a CPU run
         "optim": "adamw_torch_fused" if speed.fused_optimizer else "adamw_torch",
         "torch_compile": speed.compile,
+        "activation_checkpointing": speed.gradient_checkpointing,
         "per_device_eval_batch_size": speed.eval_batch_size,
         # Evaluation needs the loss only; keeping per-token outputs for metrics would hold them for the whole set.
         "prediction_loss_only": True,
@@ -101,3 +130,12 @@ def score_labelled_positions_only(enabled: bool) -> None:
         trl_utils._use_triton = lambda device: device.type == "cpu" or _use_triton(device)
     else:
         trl_utils._use_triton = _use_triton
+
+
+def apply_to_model(speed: Speed, model: Any) -> None:
+    """Levers that act on the built (peft) model: the adapter input cast (the flag peft.helpers.disable_input_dtype_casting sets)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = speed.adapter_input_cast  # type: ignore[attr-defined]  # set on instances by peft
