@@ -1,6 +1,6 @@
 """Generated tokens/s of tunesmith.eval.generate: one batch of N prompts vs the same prompts one at a time.
 
-    .venv/bin/python bench/eval_throughput.py [--prompts 16] [--max-new-tokens 72] [--run RUN_DIR]
+    .venv/bin/python bench/eval_throughput.py [--prompts 16] [--max-new-tokens 72] [--dtype auto|float32|bfloat16] [--run RUN_DIR]
 
 Prompts are the demo task's held-out rows, greedy, on the embedded SmolLM2-135M. Both sides generate the same
 tokens (greedy, left-padded batches stop when every row has closed its turn), so tokens/s compares like with
@@ -33,13 +33,14 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=72)
     p.add_argument("--run", help="a trained run folder: also time the whole evaluation")
+    p.add_argument("--dtype", default="auto", help="weights dtype for the generation figures (auto: what eval loads)")
     ns = p.parse_args()
 
     from tunesmith import models
     from tunesmith.data.template import prompt_messages
 
     path = models.resolve_base("smollm2-135m-instruct")
-    model, tok = models.load_model(path).eval(), models.load_tokenizer(path)
+    model, tok = models.load_model(path, ns.dtype).eval(), models.load_tokenizer(path)
     rows = [json.loads(x)["messages"] for x in (DEMO / "eval.jsonl").read_text(encoding="utf-8").splitlines()]
     convs = [prompt_messages(m) for m in rows[: ns.prompts]]
     timed(model, tok, convs[:2], 4, 2)  # warm-up
@@ -48,7 +49,7 @@ def main() -> None:
     single, t_s, n_s = timed(model, tok, convs, ns.max_new_tokens, 1)
     same = sum(a.token_ids == b.token_ids for a, b in zip(batched, single))
     print(
-        f"{ns.prompts} prompts, max_new_tokens {ns.max_new_tokens}, load average {load:.2f} -> {os.getloadavg()[0]:.2f} "
+        f"{ns.prompts} prompts, max_new_tokens {ns.max_new_tokens}, {model.dtype}, load average {load:.2f} -> {os.getloadavg()[0]:.2f} "
         f"on {os.cpu_count()} cores"
     )
     print(f"  batch {ns.prompts}: {n_b} tokens in {t_b:.1f} s = {n_b / t_b:.1f} tok/s")

@@ -414,6 +414,13 @@ class SpeedSection(Section):
         "rows of similar length batched together; off: shuffled rows padded to the longest. auto = padding_free "
         "(group_by_length for prompt tuning).",
     )
+    attention: Literal["auto", "varlen", "mask"] = Field(
+        "auto",
+        description="How padding-free rows are kept apart in attention. varlen: causal attention run on each row "
+        "(the rows' own work); mask: one block-diagonal mask over the whole packed sequence (sdpa computes every "
+        "row against every other before masking). auto = varlen on CPU, mask on CUDA (where flash-attention's varlen "
+        "kernels do this when installed).",
+    )
     labelled_logits: bool = Field(
         True,
         description="Only positions whose next token is trained reach the LM head: prompt positions never produce vocabulary-sized logits.",

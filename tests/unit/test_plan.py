@@ -73,6 +73,26 @@ def test_fix_suggests_overrides_that_fit(tiny_recipe):
     assert big.steps == 4 and big.tokens == 4 * 64 * 128 and big.seconds > 0
 
 
+def test_gradient_checkpointing_auto_follows_the_plan(tiny_recipe):
+    """training.gradient_checkpointing: auto is off when the estimate (made without it) fits, on when it does not;
+    an explicit true/false is kept whatever the plan says."""
+    from tunesmith.config import load_recipe
+    from tunesmith.plan import advisor
+    from tunesmith.train import speed
+
+    recipe = load_recipe(tiny_recipe(training={"batch_size": 64}))
+    assert recipe.training.gradient_checkpointing == "auto"
+    fits = advisor.plan(recipe, gpu="h100", lengths=[128] * 64, trained=0.2)
+    too_big = fits.model_copy(update={"fits": False})
+    assert fits.fits and not speed.resolve(recipe, fits).gradient_checkpointing
+    assert speed.resolve(recipe, too_big).gradient_checkpointing
+    assert speed.sft_args(speed.resolve(recipe, too_big))["activation_checkpointing"]
+    assert not speed.resolve(recipe, None).gradient_checkpointing  # no plan (unreadable config): off, as before
+    off = load_recipe(tiny_recipe(training={"gradient_checkpointing": False}))
+    on = load_recipe(tiny_recipe(training={"gradient_checkpointing": True}))
+    assert not speed.resolve(off, too_big).gradient_checkpointing and speed.resolve(on, fits).gradient_checkpointing
+
+
 def test_estimate_is_within_tolerance_of_measured_peak(tiny_recipe, tmp_path):
     import json
 

@@ -68,6 +68,38 @@ def test_padding_free_loss_equals_padded_loss(tiny):
     assert float(b) == pytest.approx(alone, rel=1e-5)
 
 
+def test_varlen_attention_equals_the_block_mask_loss_and_gradients(tiny):
+    """speed.attention=varlen (each packed row attended alone) gives the block-diagonal mask's loss and gradients,
+    and refuses what it cannot attend correctly (a padded batch) instead of ignoring the mask."""
+    import torch
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from tunesmith.train import varlen
+
+    model, tok = tiny
+    packed = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=True)(rows(tok))
+    batch = {k: packed[k] for k in ("input_ids", "labels", "position_ids")}
+    assert len(set(packed["position_ids"][0].tolist()[1:]) & {0}) == 1 and (packed["position_ids"][0] == 0).sum() == 4
+    results = {}
+    for name in ("mask", "varlen"):
+        previous = varlen.use(model) if name == "varlen" else None
+        try:
+            model.zero_grad()
+            loss = model(**batch, use_cache=False).loss
+            loss.backward()
+            results[name] = (loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+            if name == "varlen":
+                padded = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id)(rows(tok))
+                with pytest.raises(ValueError, match="one packed sequence"):
+                    model(**padded, use_cache=False)
+        finally:
+            if previous is not None:
+                varlen.restore(model, previous)
+    assert model.config._attn_implementation == "sdpa"
+    torch.testing.assert_close(results["varlen"][0], results["mask"][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results["varlen"][1], results["mask"][1], rtol=1e-4, atol=1e-6)
+
+
 def test_labelled_logits_equal_full_logits_loss_and_gradients(tiny):
     import torch
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
@@ -153,6 +185,9 @@ def test_training_levers_keep_the_loss_curve(tiny_recipe):
     # bf16: autocast, the frozen base stored in bf16, adapter inputs not cast up to fp32 (fp32 adapter weights).
     assert max(abs(a - b) / a for a, b in zip(plain, bf16)) < 0.03
     assert run.manifest.speed["packing"] == "padding_free"
+    import torch
+
+    assert run.manifest.speed["attention"] == ("mask" if torch.cuda.is_available() else "varlen")
     lever = bf16_run.manifest.speed
     assert lever["bf16"] and lever["base_dtype"] == "bfloat16" and not lever["adapter_input_cast"]
 
@@ -177,7 +212,19 @@ def test_adapter_input_cast_off_matches_on_under_autocast(tiny):
             copy.deepcopy(base).to(torch.bfloat16),
             LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False),
         )
-        lever = speed.Speed("padding_free", True, True, "bfloat16", cast, False, True, False, 8, "cpu")
+        lever = speed.Speed(
+            packing="padding_free",
+            attention="varlen",
+            labelled_logits=True,
+            bf16=True,
+            base_dtype="bfloat16",
+            adapter_input_cast=cast,
+            gradient_checkpointing=False,
+            fused_optimizer=True,
+            compile=False,
+            eval_batch_size=8,
+            device="cpu",
+        )
         speed.apply_to_model(lever, model)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = model(input_ids=ids, labels=labels).loss

@@ -10,7 +10,7 @@ from tunesmith.config import Recipe
 from tunesmith.data.dataset import recipe_examples, tokenize_examples
 from tunesmith.data.template import clear_memo
 from tunesmith.run import Run, peak_memory_mb
-from tunesmith.train import _trl, faults, policy, speed, start
+from tunesmith.train import _trl, faults, policy, speed, start, varlen
 from tunesmith.train.callbacks import standard_callbacks
 from tunesmith.train.finish import finish_run
 
@@ -49,6 +49,14 @@ class Built:
     token_stats: dict[str, Any]
     speed: speed.Speed
     plan: Any  # tunesmith.plan.advisor.Plan, or None when the model's config cannot be planned
+    model: Any = None  # the transformers model under the adapter
+    attention: str | None = None  # its attention implementation before speed.attention=varlen replaced it
+
+    def restore_attention(self) -> None:
+        """Back to the model's own attention before anything generates or saves (varlen serves training only)."""
+        if self.attention is not None:
+            varlen.restore(self.model, self.attention)
+            self.attention = None
 
 
 def build(recipe: Recipe, resume: bool = False, force: bool = False) -> Built:
@@ -64,6 +72,7 @@ def build(recipe: Recipe, resume: bool = False, force: bool = False) -> Built:
 
     torch.manual_seed(recipe.training.seed)
     model = policy.load(recipe, st.base_path, levers.base_dtype)  # 4-bit NF4 for qlora
+    attention = varlen.use(model) if levers.attention == "varlen" else None  # restored before anything generates
     trainer = SFTTrainer(
         model=model,
         args=_trl.build_sft_config(recipe, st.run_dir, has_eval=True, speed=levers),
@@ -74,7 +83,7 @@ def build(recipe: Recipe, resume: bool = False, force: bool = False) -> Built:
         callbacks=standard_callbacks(recipe, st.run_dir),
     )
     speed.apply_to_model(levers, trainer.model)
-    return Built(st, trainer, token_stats, levers, estimate)
+    return Built(st, trainer, token_stats, levers, estimate, model, attention)
 
 
 def _plan(recipe: Recipe, train_ds: Any, token_stats: dict[str, Any]) -> Any:
@@ -96,6 +105,7 @@ def run(recipe: Recipe, resume: bool = False, force: bool = False) -> Run:
     # trainer.train under the fault policy (OOM, disk full, signals, NaN)
     result = faults.fit(b.trainer, recipe, b.start.checkpoint)
     final_eval = b.trainer.evaluate()  # logged to metrics.jsonl by MetricsLog
+    b.restore_attention()
     extra: dict[str, Any] = {"speed": b.speed.as_dict()}
     if b.plan is not None:
         measured = {"peak_mb": round(peak_memory_mb(), 1), "seconds": round(result.metrics.get("train_runtime", 0.0), 1)}

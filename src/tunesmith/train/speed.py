@@ -20,6 +20,7 @@ class Speed:
     """The levers in force for one run (all resolved: no "auto" left)."""
 
     packing: str  # "padding_free" | "group_by_length" | "off"
+    attention: str  # "varlen" (each packed row attended alone) | "mask" (transformers' default) | "-" (not packed)
     labelled_logits: bool  # only positions with a trained next token reach the LM head
     bf16: bool  # bf16 autocast, fp32 master weights (the adapter's optimizer state stays fp32)
     base_dtype: str  # dtype the frozen base weights load in ("bfloat16" under bf16 for adapter methods)
@@ -79,11 +80,15 @@ def resolve(recipe: Recipe, plan: Any = None) -> Speed:
     packing = "padding_free" if s.packing == "auto" else s.packing
     if a.type == "prompt_tuning" and packing == "padding_free":
         packing = "group_by_length"  # virtual tokens are prepended per row: rows cannot be concatenated
+    attention = "-"
+    if packing == "padding_free":
+        attention = s.attention if s.attention != "auto" else ("mask" if cuda else "varlen")
     checkpointing = recipe.training.gradient_checkpointing
     if checkpointing == "auto":
         checkpointing = plan is not None and not plan.fits
     return Speed(
         packing=packing,
+        attention=attention,
         labelled_logits=s.labelled_logits,
         bf16=bf16,
         base_dtype=weights_dtype(recipe, bf16),
