@@ -318,7 +318,7 @@ def main() -> None:
     from tunesmith import models
 
     ns.model = models.resolve_base(ns.model)
-    out = Path(ns.out)
+    out = Path(ns.out).resolve()  # the children run elsewhere: data paths must be absolute
     out.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     summary: dict = {"args": vars(ns), "cpu_count": os.cpu_count(), "started": started}
