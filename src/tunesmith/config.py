@@ -63,7 +63,9 @@ class ModelSection(Section):
     revision: str | None = Field(None, description="Hub revision (commit SHA) to pin; required with trust_remote_code.")
     trust_remote_code: bool = Field(False, description="Run model code shipped with the checkpoint. Off by default.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weights dtype: auto = bfloat16 on a GPU that supports it, float32 on CPU."
+        "auto",
+        description="Weights dtype: auto = bfloat16 on a GPU that supports it, float32 on CPU (eval, serve, merge); "
+        "adapter training under speed.precision bf16 stores the frozen base in bfloat16.",
     )
 
     @model_validator(mode="after")
