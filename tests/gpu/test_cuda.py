@@ -39,8 +39,8 @@ def test_qlora_on_cuda_lands_on_gpu_in_4bit(tiny_recipe, monkeypatch):
     seen = {}
     real_load = policy.load
 
-    def spy(recipe, base_path):
-        model = real_load(recipe, base_path)
+    def spy(recipe, base_path, *args):
+        model = real_load(recipe, base_path, *args)
         seen["4bit"] = any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
         seen["device"] = next(model.parameters()).device.type
         return model
@@ -103,3 +103,16 @@ def test_deepspeed_zero3_two_gpus_saves_a_whole_adapter(tiny_recipe, tiny_model_
     assert run.manifest.figures.total_params > base_params  # the whole model + LoRA, not a rank's empty ZeRO-3 shard
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(run.adapter_dir))
     assert any("lora_B" in n and p.abs().sum() > 0 for n, p in model.named_parameters())
+
+
+def test_varlen_attention_matches_the_block_mask_on_cuda(tiny_recipe):
+    """speed.attention=varlen on CUDA in bf16 (auto picks the mask there until this is measured): same loss curve."""
+    losses = {}
+    for name in ("mask", "varlen"):
+        run = sft.run(
+            load_recipe(tiny_recipe(speed={"attention": name}, training={"max_steps": 4}, output_dir=f"runs/att-{name}"))
+        )
+        assert run.manifest.speed["attention"] == name and run.manifest.device == "cuda"
+        losses[name] = [r["loss"] for r in read_metrics(run.dir) if "loss" in r and "eval_loss" not in r]
+    assert len(losses["mask"]) == len(losses["varlen"]) == 4
+    assert max(abs(a - b) / a for a, b in zip(losses["mask"], losses["varlen"])) < 0.02
