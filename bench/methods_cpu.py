@@ -35,26 +35,10 @@ PAIRS = [
 
 
 def tiny_model(out: Path, hidden: int = 64) -> Path:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    sys.path.insert(0, str(ROOT / "tests"))
+    from helpers import save_tiny_llama  # the tests' tiny Llama, wider
 
-    tok = AutoTokenizer.from_pretrained(ROOT / "tests" / "fixtures" / "tiny-tokenizer")
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return save_tiny_llama(out, hidden)
 
 
 def data(work: Path) -> None:

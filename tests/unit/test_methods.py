@@ -112,28 +112,9 @@ def test_qlora_loads_4bit_nf4_and_trains_the_adapter(tiny_recipe, tiny_qlora_mod
 @pytest.fixture(scope="module")
 def tiny_qlora_model_dir(tmp_path_factory):
     """The tiny Llama a little wider: bitsandbytes' CPU 4-bit kernels need output widths of at least 32."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from helpers import save_tiny_llama
 
-    from helpers import TINY_TOKENIZER
-
-    out = tmp_path_factory.mktemp("tiny-llama-64")
-    tok = AutoTokenizer.from_pretrained(TINY_TOKENIZER)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama-64"), hidden=64)
 
 
 def _preference_file(path, n=24):
