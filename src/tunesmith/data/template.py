@@ -43,12 +43,11 @@ def clear_memo() -> None:
 
 
 def _memo_key(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[str, str]:
-    template = tokenizer.chat_template or ""
-    if isinstance(template, dict):
-        template = json.dumps(template, sort_keys=True)
-    who = f"{type(tokenizer).__name__}|{getattr(tokenizer, 'name_or_path', '')}|{len(tokenizer)}|{tokenizer.eos_token_id}|{template}"
+    from tunesmith.models import chat_template_hash
+
+    who = f"{type(tokenizer).__name__}|{getattr(tokenizer, 'name_or_path', '')}|{len(tokenizer)}|{tokenizer.eos_token_id}"
     conversation = json.dumps(messages, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(who.encode()).hexdigest(), hashlib.sha256(conversation.encode()).hexdigest()
+    return f"{who}|{chat_template_hash(tokenizer)}", hashlib.sha256(conversation.encode()).hexdigest()
 
 
 def _full_tokens(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[list[int], list[int], bool]:

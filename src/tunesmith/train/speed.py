@@ -6,6 +6,7 @@ values are recorded in the run manifest (Manifest.speed), so a run says how it w
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -35,6 +36,7 @@ class Speed:
         return asdict(self)
 
 
+@functools.cache
 def cpu_has_bf16() -> bool:
     """True on CPUs with native bf16 dot products (AVX512-BF16 or AMX), read from /proc/cpuinfo on Linux."""
     from pathlib import Path
