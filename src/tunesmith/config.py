@@ -436,6 +436,12 @@ class SpeedSection(Section):
         True, description="torch's fused AdamW (one kernel for all parameters) instead of the per-tensor loop."
     )
     compile: bool = Field(False, description="torch.compile the model (pays only after warm-up on long runs; GPU mostly).")
+    release_memory: bool | Literal["auto"] = Field(
+        "auto",
+        description="Hand the memory freed by each optimizer step and evaluation back to the operating system "
+        "(glibc malloc_trim), and bound oneDNN's cache of per-shape matmul kernels, so a CPU run's resident memory "
+        "does not creep up step after step as padding-free batches change shape. auto = true for CPU runs on glibc.",
+    )
     eval_batch_size: int = Field(
         8, ge=1, description="Rows per batch when computing the eval loss during and after training (bounds its peak memory)."
     )

@@ -177,7 +177,9 @@ def _losses(tiny_recipe, name, **speed_section):
 
 def test_training_levers_keep_the_loss_curve(tiny_recipe):
     """Default levers (padding-free, labelled logits, fused AdamW) and bf16 autocast vs the plain fp32 padded path."""
-    plain, _ = _losses(tiny_recipe, "plain", packing="off", labelled_logits=False, fused_optimizer=False, precision="fp32")
+    plain, plain_run = _losses(
+        tiny_recipe, "plain", packing="off", labelled_logits=False, fused_optimizer=False, precision="fp32", release_memory=False
+    )
     fast, run = _losses(tiny_recipe, "fast", precision="fp32")
     bf16, bf16_run = _losses(tiny_recipe, "bf16", precision="bf16")
     assert len(plain) == len(fast) == 6
@@ -187,9 +189,40 @@ def test_training_levers_keep_the_loss_curve(tiny_recipe):
     assert run.manifest.speed["packing"] == "padding_free"
     import torch
 
+    from tunesmith.train import speed
+
+    # Handing freed memory back after each step is on by default on a glibc CPU, and off in the plain run.
+    assert run.manifest.speed["release_memory"] is (not torch.cuda.is_available() and speed._malloc_trim() is not None)
+    assert plain_run.manifest.speed["release_memory"] is False
+
     assert run.manifest.speed["attention"] == ("mask" if torch.cuda.is_available() else "varlen")
     lever = bf16_run.manifest.speed
     assert lever["bf16"] and lever["base_dtype"] == "bfloat16" and not lever["adapter_input_cast"]
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status", encoding="utf-8") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS"))
+
+
+def test_release_freed_memory_hands_the_heap_back():
+    """Freed tensors that glibc keeps in its heap leave the process's resident memory after release_freed_memory."""
+    import torch
+
+    from tunesmith.train import speed
+
+    if speed._malloc_trim() is None:
+        pytest.skip("the C library is not glibc: speed.release_memory resolves to false here")
+    blocks = [torch.ones(16_000) for _ in range(4_000)]  # 64 KB each, below glibc's mmap threshold: 250 MB of heap
+    pin = torch.ones(16_000)  # a live block above them, so free() cannot shrink the heap from its top
+    full = _rss_mb()
+    del blocks
+    kept = _rss_mb()
+    assert speed.release_freed_memory()
+    released = _rss_mb()
+    assert kept > full - 50  # glibc kept the freed blocks resident
+    assert released < kept - 150, (full, kept, released)
+    assert float(pin.sum()) == 16_000
 
 
 def test_adapter_input_cast_off_matches_on_under_autocast(tiny):
@@ -222,6 +255,7 @@ def test_adapter_input_cast_off_matches_on_under_autocast(tiny):
             gradient_checkpointing=False,
             fused_optimizer=True,
             compile=False,
+            release_memory=False,
             eval_batch_size=8,
             device="cpu",
         )

@@ -256,6 +256,18 @@ def _mlflow_callback(uri: str) -> TrainerCallback:
     return RunDirMLflow()  # type: ignore[no-untyped-call]  # MLflowCallback.__init__ is untyped upstream
 
 
+class ReleaseFreedMemory(TrainerCallback):
+    """After every optimizer step and evaluation, hand the freed heap back to the OS (speed.release_memory)."""
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        from tunesmith.train.speed import release_freed_memory
+
+        release_freed_memory()
+
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        self.on_step_end(args, state, control)
+
+
 def standard_callbacks(recipe: Any, run_dir: Path) -> list[TrainerCallback]:
     """The callbacks every trainer of every method gets, in the order they must run.
 

@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from tunesmith.config import Recipe
 
 log = logging.getLogger(__name__)
+
+# oneDNN (torch's CPU bf16 matmuls) caches a compiled kernel per matmul shape, 1,024 of them by default. Padding-free
+# batches change the token count every step, so that cache fills with kernels for shapes that never recur: resident
+# memory crept up ~10 MB per step on the benchmark. 64 kept the step time (docs/benchmarks.md). oneDNN reads this when
+# it creates its first kernel, so it is set on import, before any model loads; a value the user exported is kept.
+ONEDNN_KERNEL_CACHE = "64"
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_KERNEL_CACHE)
 
 
 @dataclass(frozen=True)
@@ -29,6 +37,7 @@ class Speed:
     gradient_checkpointing: bool  # recompute activations in backward (auto: only when the plan does not fit)
     fused_optimizer: bool  # torch's fused AdamW
     compile: bool  # torch.compile of the model
+    release_memory: bool  # freed heap handed back to the OS after every step and evaluation (glibc malloc_trim)
     eval_batch_size: int  # rows per loss-evaluation batch (not the generation batch)
     device: str
 
@@ -46,6 +55,27 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    """glibc's malloc_trim, or None where the C library is not glibc (musl, macOS)."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory() -> bool:
+    """Return the heap pages freed since the last call to the OS (malloc_trim(0)); False where that is not available.
+
+    glibc keeps freed blocks for reuse, but tensors of a new shape rarely fit the holes the last step left, so the
+    heap grows and RSS with it. Trimming after each step costs ~1 ms against a step of seconds.
+    """
+    trim = _malloc_trim()
+    return bool(trim(0)) if trim is not None else False
 
 
 def uses_bf16(recipe: Recipe, cuda: bool) -> bool:
@@ -100,6 +130,7 @@ def resolve(recipe: Recipe, plan: Any = None) -> Speed:
         gradient_checkpointing=bool(checkpointing),
         fused_optimizer=s.fused_optimizer,
         compile=s.compile,
+        release_memory=s.release_memory is True or (s.release_memory == "auto" and not cuda and _malloc_trim() is not None),
         eval_batch_size=s.eval_batch_size,
         device="cuda" if cuda else "cpu",
     )
