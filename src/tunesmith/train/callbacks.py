@@ -25,6 +25,7 @@ from tunesmith.train.checkpoints import (  # noqa: F401  (re-exported: the names
     fingerprint,
     latest_complete_checkpoint,
 )
+from tunesmith.train.speed import release_freed_memory, releases_memory  # on import: bounds oneDNN's kernel cache
 
 if TYPE_CHECKING:
     from transformers import TrainerControl, TrainerState, TrainingArguments
@@ -260,8 +261,6 @@ class ReleaseFreedMemory(TrainerCallback):
     """After every optimizer step and evaluation, hand the freed heap back to the OS (speed.release_memory)."""
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        from tunesmith.train.speed import release_freed_memory
-
         release_freed_memory()
 
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
@@ -281,4 +280,5 @@ def standard_callbacks(recipe: Any, run_dir: Path) -> list[TrainerCallback]:
         MetricsLog(run_dir / "metrics.jsonl"),
         AtomicCheckpoints(recipe.training.save_total_limit, fingerprint(recipe)),
         *_trackers(recipe, run_dir),
+        *([ReleaseFreedMemory()] if releases_memory(recipe) else []),
     ]

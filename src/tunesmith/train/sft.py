@@ -11,7 +11,7 @@ from tunesmith.data.dataset import recipe_examples, tokenize_examples
 from tunesmith.data.template import clear_memo
 from tunesmith.run import Run, peak_memory_mb
 from tunesmith.train import _trl, faults, policy, speed, start, varlen
-from tunesmith.train.callbacks import ReleaseFreedMemory, standard_callbacks
+from tunesmith.train.callbacks import standard_callbacks
 from tunesmith.train.finish import finish_run
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def build(recipe: Recipe, resume: bool = False, force: bool = False) -> Built:
         eval_dataset=eval_ds,
         processing_class=st.tokenizer,
         peft_config=policy.peft_config(recipe, model, st.base_path),
-        callbacks=standard_callbacks(recipe, st.run_dir) + ([ReleaseFreedMemory()] if levers.release_memory else []),
+        callbacks=standard_callbacks(recipe, st.run_dir),
     )
     speed.apply_to_model(levers, trainer.model)
     return Built(st, trainer, token_stats, levers, estimate, model, attention)

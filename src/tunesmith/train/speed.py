@@ -72,10 +72,20 @@ def release_freed_memory() -> bool:
     """Return the heap pages freed since the last call to the OS (malloc_trim(0)); False where that is not available.
 
     glibc keeps freed blocks for reuse, but tensors of a new shape rarely fit the holes the last step left, so the
-    heap grows and RSS with it. Trimming after each step costs ~1 ms against a step of seconds.
+    heap grows and RSS with it. On the benchmark a trim took 97-126 ms after a 3 s step (docs/benchmarks.md).
     """
     trim = _malloc_trim()
     return bool(trim(0)) if trim is not None else False
+
+
+def releases_memory(recipe: Recipe) -> bool:
+    """speed.release_memory resolved (every method's trainer reads it): auto = on for CPU runs where glibc can trim."""
+    import torch
+
+    value = recipe.speed.release_memory
+    if value == "auto":
+        return not torch.cuda.is_available() and _malloc_trim() is not None
+    return bool(value)
 
 
 def uses_bf16(recipe: Recipe, cuda: bool) -> bool:
@@ -130,7 +140,7 @@ def resolve(recipe: Recipe, plan: Any = None) -> Speed:
         gradient_checkpointing=bool(checkpointing),
         fused_optimizer=s.fused_optimizer,
         compile=s.compile,
-        release_memory=s.release_memory is True or (s.release_memory == "auto" and not cuda and _malloc_trim() is not None),
+        release_memory=releases_memory(recipe),
         eval_batch_size=s.eval_batch_size,
         device="cuda" if cuda else "cpu",
     )
