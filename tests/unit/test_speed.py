@@ -214,15 +214,15 @@ def test_release_freed_memory_hands_the_heap_back():
     if speed._malloc_trim() is None:
         pytest.skip("the C library is not glibc: speed.release_memory resolves to false here")
     blocks = [torch.ones(16_000) for _ in range(4_000)]  # 64 KB each, below glibc's mmap threshold: 250 MB of heap
-    pin = torch.ones(16_000)  # a live block above them, so free() cannot shrink the heap from its top
+    live = blocks[1::2]  # every other block stays: the freed ones are holes free() cannot return from the heap's top
     full = _rss_mb()
     del blocks
     kept = _rss_mb()
     assert speed.release_freed_memory()
     released = _rss_mb()
-    assert kept > full - 50  # glibc kept the freed blocks resident
-    assert released < kept - 150, (full, kept, released)
-    assert float(pin.sum()) == 16_000
+    assert kept > full - 30  # glibc kept the 125 MB of freed blocks resident
+    assert released < kept - 80, (full, kept, released)
+    assert all(float(t[0]) == 1.0 for t in live)
 
 
 def test_adapter_input_cast_off_matches_on_under_autocast(tiny):
