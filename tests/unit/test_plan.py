@@ -42,6 +42,10 @@ def test_levers_move_the_estimate_the_right_way(tiny_model_dir):
     assert estimate(s, batch=16, seq_len=512).activations == pytest.approx(2 * base.activations)
     full = estimate(s, batch=8, seq_len=512, adapter="full")
     assert full.optimizer == 8 * s.params and full.gradients == 4 * s.params
+    # CPU autocast: the allocator's slack between steps counts more when the freed heap is not trimmed after each step.
+    trimmed = estimate(s, batch=8, seq_len=512, autocast=True)
+    assert estimate(s, batch=8, seq_len=512, autocast=True, trimmed=False).activations == pytest.approx(1.2 * trimmed.activations)
+    assert estimate(s, batch=8, seq_len=512, autocast=True, cuda=True, trimmed=False).activations < trimmed.activations
 
 
 def test_fix_suggests_overrides_that_fit(tiny_recipe):

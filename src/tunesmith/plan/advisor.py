@@ -48,7 +48,7 @@ def _memory(recipe: Recipe, shape: Shape, lengths: list[int], trained: float, cu
     packed = recipe.speed.packing in ("auto", "padding_free") and a.type != "prompt_tuning"
     # Padded: every row as long as the longest; padding-free: the longest rows side by side.
     seq = sum(longest) / len(longest) if packed else max(lengths)
-    from tunesmith.train.speed import uses_bf16, weights_dtype
+    from tunesmith.train.speed import releases_memory, uses_bf16, weights_dtype
 
     bf16 = uses_bf16(recipe, cuda)
     dtype = weights_dtype(recipe, bf16)
@@ -67,6 +67,7 @@ def _memory(recipe: Recipe, shape: Shape, lengths: list[int], trained: float, cu
         labelled_logits=recipe.speed.labelled_logits,
         trained_fraction=trained,
         cuda=cuda,
+        trimmed=releases_memory(recipe),
     )
 
 

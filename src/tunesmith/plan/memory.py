@@ -112,15 +112,20 @@ def estimate(
     trained_fraction: float = 1.0,
     cuda: bool = False,
     autocast: bool = False,
+    trimmed: bool = True,
 ) -> Memory:
-    """Peak memory of one training step. seq_len: tokens per row (the padded length, or the mean with packing)."""
+    """Peak memory of one training step. seq_len: tokens per row (the padded length, or the mean with packing).
+
+    trimmed: freed heap is handed back after every step (speed.release_memory), which only CPU runs count.
+    """
     wbytes = BYTES["nf4"] if adapter == "qlora" else BYTES[dtype]
     act_bytes: float = 2 if dtype in ("bfloat16", "float16") or adapter == "qlora" or autocast else 4
     if autocast and not cuda:
-        # Measured on CPU (docs/planner.md): under bf16 autocast the norms still keep fp32 tensors, and the allocator's
-        # slack between steps of different lengths remains (speed.release_memory trims it after each step): 2.5 bytes
-        # per element is 2-4% under the demo set's peak and 11-21% over the long-row set's.
-        act_bytes = 2.5
+        # Measured on CPU (docs/planner.md): under bf16 autocast the norms still keep fp32 tensors, and the allocator
+        # keeps freed blocks between steps of different lengths. With speed.release_memory trimming them after each
+        # step, 2.5 bytes per element is 2-4% under the demo set's peak and 11-21% over the long-row set's; without
+        # it, 3 bytes (-14% and +3% on the same sets).
+        act_bytes = 2.5 if trimmed else 3
     trainable: float
     if adapter == "full":
         trainable = shape.params
