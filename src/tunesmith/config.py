@@ -439,8 +439,9 @@ class SpeedSection(Section):
     release_memory: bool | Literal["auto"] = Field(
         "auto",
         description="Hand the memory freed by each optimizer step and evaluation back to the operating system "
-        "(glibc malloc_trim), and bound oneDNN's cache of per-shape matmul kernels, so a CPU run's resident memory "
-        "does not creep up step after step as padding-free batches change shape. auto = true for CPU runs on glibc.",
+        "(glibc malloc_trim), so a CPU run's resident memory does not creep up step after step as padding-free batches "
+        "change shape. auto = true for CPU runs on glibc. (oneDNN's cache of per-shape matmul kernels is bounded to 64 "
+        "whatever this says, unless ONEDNN_PRIMITIVE_CACHE_CAPACITY is set in the environment.)",
     )
     eval_batch_size: int = Field(
         8, ge=1, description="Rows per batch when computing the eval loss during and after training (bounds its peak memory)."
