@@ -264,7 +264,7 @@ class ReleaseFreedMemory(TrainerCallback):
         release_freed_memory()
 
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        self.on_step_end(args, state, control)
+        release_freed_memory()
 
 
 def standard_callbacks(recipe: Any, run_dir: Path) -> list[TrainerCallback]:
