@@ -143,3 +143,83 @@ def test_stream_surfaces_errors():
     stream._deltas = stream._run(Boom(), set())
     with pytest.raises(RuntimeError, match="boom"):
         list(stream)
+
+
+SYSTEM = "You extract support tickets as one line of JSON with the keys customer, product and priority. Reply with JSON only."
+
+
+def test_shared_prefix_counts_common_leading_tokens():
+    from tunesmith.eval.generate import shared_prefix
+
+    assert shared_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert shared_prefix([[1, 2], [1, 2, 3]]) == 1  # every row keeps at least one token of its own
+    assert shared_prefix([[7, 8, 9]]) == 0  # one row has nothing to share with
+    assert shared_prefix([[1, 2], [3, 4]]) == 0
+
+
+def test_shared_system_prompt_runs_once_and_changes_no_token(tiny, monkeypatch):
+    """Rows with one system prompt: the batch prefills it once; tokens and counts equal one prompt at a time."""
+    import tunesmith.eval.generate as gen
+
+    model, tok = tiny
+    rows = [[{"role": "system", "content": SYSTEM}, *c] for c in convs(5)]
+    calls: list[int] = []
+    real = gen._prefilled
+
+    def spy(model, rows, shared, pad):
+        calls.append(shared)
+        return real(model, rows, shared, pad)
+
+    monkeypatch.setattr(gen, "_prefilled", spy)
+    batched = gen.generate_detailed(model, tok, rows, 8, batch_size=5)
+    assert len(calls) == 1 and calls[0] >= gen.MIN_SHARED_PREFIX
+    single = [gen.generate_detailed(model, tok, [r], 8, batch_size=1)[0] for r in rows]
+    assert len(calls) == 1  # a batch of one is never prefix-shared
+    assert [c.token_ids for c in batched] == [c.token_ids for c in single]
+    assert [c.prompt_tokens for c in batched] == [c.prompt_tokens for c in single]
+    assert [c.finish_reason for c in batched] == [c.finish_reason for c in single]
+
+
+def test_shared_prefix_with_a_lora_adapter_on_and_off(tiny):
+    """Eval generates base and tuned from one PeftModel: the shared prefix must go through the adapter when it is on."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from tunesmith.eval.generate import generate_detailed, shares_prefix
+
+    model, tok = tiny
+    torch.manual_seed(0)
+    lora = get_peft_model(
+        copy_of(model), LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM", init_lora_weights=False)
+    ).eval()
+    assert shares_prefix(lora, lora.generation_config)
+    rows = [[{"role": "system", "content": SYSTEM}, *c] for c in convs(4)]
+    tuned = generate_detailed(lora, tok, rows, 8, batch_size=4)
+    assert [c.token_ids for c in tuned] == [generate_detailed(lora, tok, [r], 8, batch_size=1)[0].token_ids for r in rows]
+    with lora.disable_adapter():
+        base = generate_detailed(lora, tok, rows, 8, batch_size=4)
+    assert [c.token_ids for c in base] == [c.token_ids for c in generate_detailed(model, tok, rows, 8, batch_size=4)]
+    assert [c.token_ids for c in tuned] != [c.token_ids for c in base]  # the adapter was on for the tuned prefix
+
+
+def test_prompt_tuning_and_fixed_cache_configs_do_not_share_a_prefix(tiny):
+    from peft import PromptTuningConfig, get_peft_model
+
+    from tunesmith.eval.generate import _generation_config, generate_detailed, shares_prefix
+
+    model, tok = tiny
+    config = _generation_config(model, tok, 4, 0.0, 1.0)
+    assert shares_prefix(model, config)
+    config.cache_implementation = "static"
+    assert not shares_prefix(model, config)
+    soft = get_peft_model(copy_of(model), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)).eval()
+    assert not shares_prefix(soft, soft.generation_config)
+    rows = [[{"role": "system", "content": SYSTEM}, *c] for c in convs(3)]
+    batched = generate_detailed(soft, tok, rows, 6, batch_size=3)
+    assert [c.token_ids for c in batched] == [generate_detailed(soft, tok, [r], 6, batch_size=1)[0].token_ids for r in rows]
+
+
+def copy_of(model):
+    import copy
+
+    return copy.deepcopy(model)

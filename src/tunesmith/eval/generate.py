@@ -101,6 +101,77 @@ def _finish(
     return Completion(text.strip(), prompt_tokens, len(ids), reason, ids)
 
 
+MIN_SHARED_PREFIX = 16  # tokens; a shorter shared prefix saves less prefill than its own forward pass costs
+
+
+def shared_prefix(rows: list[list[int]]) -> int:
+    """How many leading tokens every row has in common, leaving each row at least one token of its own.
+
+    0 for a single row: prefix sharing is a batching gain, and one row has nothing to share with.
+    """
+    if len(rows) < 2:
+        return 0
+    first, limit = rows[0], min(len(r) for r in rows) - 1
+    n = 0
+    while n < limit and all(r[n] == first[n] for r in rows[1:]):
+        n += 1
+    return n
+
+
+def shares_prefix(model: Any, config: Any) -> bool:
+    """Whether a batch's shared prompt prefix can be run once and its KV cache handed to generate().
+
+    Needs a decoder whose positions generate() derives from the attention mask (the rows are padded between the
+    shared prefix and their own tokens), no cache type fixed by the generation_config, and no virtual prompt
+    tokens (peft's prompt tuning puts its own in front of every row).
+    """
+    import inspect
+
+    peft_config = getattr(model, "active_peft_config", None)
+    if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
+        return False
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(inner.config, "is_encoder_decoder", False) or getattr(config, "cache_implementation", None):
+        return False
+    return "position_ids" in inspect.signature(inner.forward).parameters
+
+
+def _left_padded(model: Any, rows: list[list[int]], pad: int) -> dict[str, Any]:
+    """input_ids and attention_mask, each row right-aligned (decoder-only models continue from the right edge)."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r)
+        mask[i, width - len(r) :] = 1
+    return {"input_ids": ids.to(model.device), "attention_mask": mask.to(model.device)}
+
+
+def _prefilled(model: Any, rows: list[list[int]], shared: int, pad: int) -> dict[str, Any]:
+    """generate() inputs whose first `shared` tokens (the same in every row) are already in a KV cache.
+
+    The shared prefix (a system prompt, the chat template's header) runs once instead of once per row; each row
+    is [prefix][padding][own tokens], masked so that no token attends to padding, with positions from the mask,
+    so every row's tokens see exactly what they would see alone.
+    """
+    import torch
+
+    prefix = torch.tensor([rows[0][:shared]], device=model.device)
+    cache = model(input_ids=prefix, use_cache=True).past_key_values
+    cache.batch_repeat_interleave(len(rows))
+    own = [r[shared:] for r in rows]
+    width = max(len(o) for o in own)
+    ids = torch.full((len(rows), shared + width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    ids[:, :shared], mask[:, :shared] = prefix.cpu(), 1
+    for i, o in enumerate(own):
+        ids[i, shared + width - len(o) :] = torch.tensor(o)
+        mask[i, shared + width - len(o) :] = 1
+    return {"input_ids": ids.to(model.device), "attention_mask": mask.to(model.device), "past_key_values": cache}
+
+
 def generate_detailed(
     model: Any,
     tokenizer: Any,
@@ -117,35 +188,35 @@ def generate_detailed(
     """Completions in input order, generated in left-padded batches of similar prompt length.
 
     Greedy when temperature == 0. A batch ends as soon as every row has produced a stop token
-    (or a stop string), so short answers do not pay for max_new_tokens.
+    (or a stop string), so short answers do not pay for max_new_tokens. When a batch's prompts start with the
+    same tokens (a shared system prompt), that prefix is computed once for the batch (see `_prefilled`).
     """
     import torch
 
     prompts = [render_prompt(tokenizer, conv) for conv in conversations]
     config = _generation_config(model, tokenizer, max_new_tokens, temperature, top_p)
     stops = set(config.eos_token_id)
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
     done: dict[int, Completion] = {}
-    try:
-        # Similar lengths together waste less padding; results go back in input order.
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        with _seeded(seed):
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-                enc = {k: v.to(model.device) for k, v in enc.items()}
-                extra = {"stop_strings": stop, "tokenizer": tokenizer} if stop else {}
-                with torch.inference_mode():
-                    out = model.generate(**enc, generation_config=config, **extra)
-                width = enc["input_ids"].shape[1]
-                for row, i in enumerate(idx):
-                    n_prompt = int(enc["attention_mask"][row].sum())
-                    done[i] = _finish(tokenizer, out[row, width:].tolist(), stops, config.pad_token_id, stop, n_prompt)
-                if on_batch:
-                    on_batch(len(idx))
-    finally:
-        tokenizer.padding_side = side
+    # Similar lengths together waste less padding; results go back in input order.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    with _seeded(seed):
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            rows = [tokenizer(prompts[i], add_special_tokens=False)["input_ids"] for i in idx]
+            extra: dict[str, Any] = {"stop_strings": stop, "tokenizer": tokenizer} if stop else {}
+            with torch.inference_mode():
+                shared = shared_prefix(rows) if shares_prefix(model, config) else 0
+                if shared >= MIN_SHARED_PREFIX:
+                    enc = _prefilled(model, rows, shared, config.pad_token_id)
+                else:
+                    enc = _left_padded(model, rows, config.pad_token_id)
+                out = model.generate(**enc, generation_config=config, **extra)
+            width = enc["input_ids"].shape[1]
+            for row, i in enumerate(idx):
+                n_prompt = int(enc["attention_mask"][row].sum())
+                done[i] = _finish(tokenizer, out[row, width:].tolist(), stops, config.pad_token_id, stop, n_prompt)
+            if on_batch:
+                on_batch(len(idx))
     return [done[i] for i in range(len(prompts))]
 
 
