@@ -223,3 +223,26 @@ def copy_of(model):
     import copy
 
     return copy.deepcopy(model)
+
+
+def test_a_model_that_returns_no_cache_object_generates_left_padded(tiny):
+    """When the prefix pass hands back no transformers Cache, the batch is generated the usual way, same tokens."""
+    from types import SimpleNamespace
+
+    from tunesmith.eval.generate import generate_detailed
+
+    model, tok = tiny
+
+    class NoCache:
+        def __init__(self, inner):
+            self._inner = inner
+
+        def __call__(self, **kwargs):
+            return SimpleNamespace(past_key_values=None)
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+    rows = [[{"role": "system", "content": SYSTEM}, *c] for c in convs(3)]
+    got = generate_detailed(NoCache(model), tok, rows, 6, batch_size=3)
+    assert [c.token_ids for c in got] == [generate_detailed(model, tok, [r], 6, batch_size=1)[0].token_ids for r in rows]

@@ -160,6 +160,8 @@ def _prefilled(model: Any, rows: list[list[int]], shared: int, pad: int) -> dict
 
     prefix = torch.tensor([rows[0][:shared]], device=model.device)
     cache = model(input_ids=prefix, use_cache=True).past_key_values
+    if not hasattr(cache, "batch_repeat_interleave"):  # no transformers Cache object came back: generate as usual
+        return _left_padded(model, rows, pad)
     cache.batch_repeat_interleave(len(rows))
     own = [r[shared:] for r in rows]
     width = max(len(o) for o in own)
