@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import warnings
 
 import pytest
 
@@ -171,8 +172,19 @@ def test_shared_system_prompt_runs_once_and_changes_no_token(tiny, monkeypatch):
         return real(model, rows, shared, pad)
 
     monkeypatch.setattr(gen, "_prefilled", spy)
-    batched = gen.generate_detailed(model, tok, rows, 8, batch_size=5)
+    widths: list[int] = []
+    hook = model.get_input_embeddings().register_forward_pre_hook(lambda _m, args: widths.append(args[0].shape[-1]))
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            batched = gen.generate_detailed(model, tok, rows, 8, batch_size=5)
+    finally:
+        hook.remove()
+    assert not [w for w in caught if "deprecated" in str(w.message)]  # the cache goes by the name this transformers uses
     assert len(calls) == 1 and calls[0] >= gen.MIN_SHARED_PREFIX
+    longest = max(len(tok(gen.render_prompt(tok, r), add_special_tokens=False)["input_ids"]) for r in rows)
+    # The prefix once, then generate() starts after it: its first forward sees only the rows' own tokens.
+    assert widths[:2] == [calls[0], longest - calls[0]]
     single = [gen.generate_detailed(model, tok, [r], 8, batch_size=1)[0] for r in rows]
     assert len(calls) == 1  # a batch of one is never prefix-shared
     assert [c.token_ids for c in batched] == [c.token_ids for c in single]

@@ -136,6 +136,15 @@ def shares_prefix(model: Any, config: Any) -> bool:
     return "position_ids" in inspect.signature(inner.forward).parameters
 
 
+def cache_argument(model: Any) -> str:
+    """The KV cache's name in forward()/generate() and in model outputs: `cache` from transformers 5.24 on
+    (`past_key_values` is deprecated there), `past_key_values` before."""
+    import inspect
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+
+
 def _left_padded(model: Any, rows: list[list[int]], pad: int) -> dict[str, Any]:
     """input_ids and attention_mask, each row right-aligned (decoder-only models continue from the right edge)."""
     import torch
@@ -159,7 +168,8 @@ def _prefilled(model: Any, rows: list[list[int]], shared: int, pad: int) -> dict
     import torch
 
     prefix = torch.tensor([rows[0][:shared]], device=model.device)
-    cache = model(input_ids=prefix, use_cache=True).past_key_values
+    name = cache_argument(model)
+    cache: Any = getattr(model(input_ids=prefix, use_cache=True), name, None)
     if not hasattr(cache, "batch_repeat_interleave"):  # no transformers Cache object came back: generate as usual
         return _left_padded(model, rows, pad)
     cache.batch_repeat_interleave(len(rows))
@@ -171,7 +181,7 @@ def _prefilled(model: Any, rows: list[list[int]], shared: int, pad: int) -> dict
     for i, o in enumerate(own):
         ids[i, shared + width - len(o) :] = torch.tensor(o)
         mask[i, shared + width - len(o) :] = 1
-    return {"input_ids": ids.to(model.device), "attention_mask": mask.to(model.device), "past_key_values": cache}
+    return {"input_ids": ids.to(model.device), "attention_mask": mask.to(model.device), name: cache}
 
 
 def generate_detailed(
