@@ -258,3 +258,60 @@ def test_a_model_that_returns_no_cache_object_generates_left_padded(tiny):
     rows = [[{"role": "system", "content": SYSTEM}, *c] for c in convs(3)]
     got = generate_detailed(NoCache(model), tok, rows, 6, batch_size=3)
     assert [c.token_ids for c in got] == [generate_detailed(model, tok, [r], 6, batch_size=1)[0].token_ids for r in rows]
+
+
+def _whole_rows_loss(model, tok, conversations, max_length):
+    """The reference: every row run whole, no shared prefix."""
+    import torch
+
+    from tunesmith.data.template import IGNORE, tokenize_example
+
+    total, count = 0.0, 0
+    for messages in conversations:
+        t = tokenize_example(tok, messages, max_length, "truncate")
+        labels = torch.tensor([t.labels])
+        with torch.inference_mode():
+            loss = model(input_ids=torch.tensor([t.input_ids]), labels=labels).loss
+        n = int((labels[:, 1:] != IGNORE).sum())
+        total, count = total + float(loss) * n, count + n
+    return total / count
+
+
+def test_reference_loss_with_a_shared_system_prompt_equals_whole_rows(tiny, monkeypatch):
+    import torch
+
+    import tunesmith.eval.generate as gen
+
+    model, tok = tiny
+    rows = [
+        [{"role": "system", "content": SYSTEM}, *c, {"role": "assistant", "content": f"answer {i} " * (i + 1)}]
+        for i, c in enumerate(convs(4))
+    ]
+    # A first assistant turn every row shares and trains: the shared prefix stops before its label.
+    multi = [
+        [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            *r[1:],
+        ]
+        for r in rows
+    ]
+    real = torch.nn.Module.__call__
+    prefixes: list[int] = []
+
+    def counting(self, *args, **kwargs):
+        if self is model and "labels" not in kwargs:
+            prefixes.append(kwargs["input_ids"].shape[-1])
+        return real(self, *args, **kwargs)
+
+    for conversations in (rows, multi):
+        prefixes.clear()
+        monkeypatch.setattr(torch.nn.Module, "__call__", counting)
+        got = gen.reference_loss(model, tok, conversations, 512)
+        monkeypatch.setattr(torch.nn.Module, "__call__", real)
+        assert len(prefixes) == 1 and prefixes[0] >= gen.MIN_SHARED_PREFIX  # the shared part ran once
+        assert abs(got - _whole_rows_loss(model, tok, conversations, 512)) < 1e-5
+    hello = tok("hello", add_special_tokens=False)["input_ids"][0]
+    first = gen.tokenize_example(tok, multi[0], 512, "truncate")
+    assert prefixes[0] <= first.input_ids.index(hello)  # the trained first answer is not inside the prefix

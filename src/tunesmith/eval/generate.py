@@ -118,7 +118,7 @@ def shared_prefix(rows: list[list[int]]) -> int:
     return n
 
 
-def shares_prefix(model: Any, config: Any) -> bool:
+def shares_prefix(model: Any, config: Any = None) -> bool:
     """Whether a batch's shared prompt prefix can be run once and its KV cache handed to generate().
 
     Needs a decoder whose positions generate() derives from the attention mask (the rows are padded between the
@@ -380,18 +380,39 @@ def generate_stream(
 
 
 def reference_loss(model: Any, tokenizer: Any, conversations: list[list[dict[str, Any]]], max_length: int) -> float:
-    """Mean per-token cross-entropy (nats) of the reference assistant turns, as trained (same mask)."""
+    """Mean per-token cross-entropy (nats) of the reference assistant turns, as trained (same mask).
+
+    Rows run one at a time. Leading tokens that every row shares and that no loss term depends on (a system
+    prompt) run once; each row then continues from a copy of that KV cache, with the same positions and the
+    same terms as running it whole.
+    """
+    import copy
+
     import torch
 
-    total, count = 0.0, 0
-    for messages in conversations:
-        tok = tokenize_example(tokenizer, messages, max_length, "truncate")
-        if tok.n_trained == 0:
-            continue
-        ids = torch.tensor([tok.input_ids], device=model.device)
-        labels = torch.tensor([tok.labels], device=model.device)
+    toks = [t for t in (tokenize_example(tokenizer, m, max_length, "truncate") for m in conversations) if t.n_trained]
+    # Shared tokens whose labels are all masked, the first row-own token's label included (the prefix's last
+    # position predicts it).
+    shared = shared_prefix([t.input_ids for t in toks]) if shares_prefix(model, None) else 0
+    while shared and any(label != IGNORE for t in toks for label in t.labels[: shared + 1]):
+        shared -= 1
+    prefix_cache: Any = None
+    name = cache_argument(model)
+    if shared >= MIN_SHARED_PREFIX:
         with torch.inference_mode():
-            loss = model(input_ids=ids, labels=labels).loss
+            prefix = torch.tensor([toks[0].input_ids[:shared]], device=model.device)
+            prefix_cache = getattr(model(input_ids=prefix, use_cache=True), name, None)
+        if not hasattr(prefix_cache, "batch_repeat_interleave"):  # no transformers Cache object came back
+            prefix_cache, shared = None, 0
+    else:
+        shared = 0
+    total, count = 0.0, 0
+    for tok in toks:
+        ids = torch.tensor([tok.input_ids[shared:]], device=model.device)
+        labels = torch.tensor([tok.labels[shared:]], device=model.device)
+        extra = {name: copy.deepcopy(prefix_cache)} if prefix_cache is not None else {}
+        with torch.inference_mode():
+            loss = model(input_ids=ids, labels=labels, **extra).loss
         n = int((labels[:, 1:] != IGNORE).sum())
         total += float(loss) * n
         count += n
