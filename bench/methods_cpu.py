@@ -105,7 +105,7 @@ def main() -> None:
         wall, cpu = time.time() - wall, time.process_time() - cpu
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(
-            f"{method:8} {adapter:16} {wall:7.1f} {cpu:7.1f} {result.manifest['figures']['global_step']:5d} {rss:10.0f}",
+            f"{method:8} {adapter:16} {wall:7.1f} {cpu:7.1f} {result.manifest.figures.global_step:5d} {rss:10.0f}",
             flush=True,
         )
     print(f"(runs in {work}; device {sys.platform}, torch threads: {__import__('torch').get_num_threads()})")
