@@ -240,3 +240,33 @@ def test_distill_logits_refuses_another_tokenizer(tiny_recipe, tmp_path, tiny_mo
     tok.save_pretrained(other)
     with pytest.raises(RecipeError, match="share a tokenizer"):
         train_run(load_recipe(tiny_recipe(method="distill", distill={"teacher": str(other), "mode": "logits"})))
+
+
+def test_dpo_bf16_levers_keep_the_loss_curve(tiny_recipe, tmp_path):
+    """DPO with SFT's precision levers (bf16 autocast, the frozen base stored in bf16, no adapter input cast, fused
+    AdamW) trains the fp32 curve within 3%, and the manifest records the levers."""
+    _preference_file(tmp_path / "pref.jsonl")
+
+    def losses(name, precision):
+        recipe = load_recipe(
+            tiny_recipe(
+                method="dpo",
+                data={"train": ["pref.jsonl"], "eval": None},
+                dpo={"beta": 0.2},
+                training={"max_steps": 6, "learning_rate": 1e-3},
+                speed={"precision": precision},
+                output_dir=f"runs/dpo-{name}",
+            )
+        )
+        run = train_run(recipe)
+        return [m["loss"] for m in read_metrics(run.dir) if "loss" in m and "eval_loss" not in m], run
+
+    fp32, fp32_run = losses("fp32", "fp32")
+    bf16, run = losses("bf16", "bf16")
+    assert len(fp32) == len(bf16) == 6
+    assert max(abs(a - b) / a for a, b in zip(fp32, bf16)) < 0.03
+    assert fp32 != bf16  # bf16 really ran: autocast rounds differently
+    lever = run.manifest.speed
+    assert lever["bf16"] and lever["base_dtype"] == "bfloat16" and not lever["adapter_input_cast"] and lever["fused_optimizer"]
+    assert lever["packing"] == "off" and not fp32_run.manifest.speed["bf16"]
+    assert fp32[0] != fp32[-1]  # the curve moved: the comparison is over training, not six copies of one number

@@ -139,14 +139,19 @@ def build_sft_config(recipe: Recipe, run_dir: Path, has_eval: bool, speed: Any =
     )
 
 
-def build_dpo_config(recipe: Recipe, run_dir: Path, has_eval: bool) -> Any:
+def build_dpo_config(recipe: Recipe, run_dir: Path, has_eval: bool, speed: Any = None) -> Any:
     """DPOConfig. With an adapter the reference is the base under it (adapter disabled), so no second copy;
-    a full fine-tune precomputes the reference log-probs once instead of keeping a frozen copy in memory."""
+    a full fine-tune precomputes the reference log-probs once instead of keeping a frozen copy in memory.
+
+    speed: the resolved levers (tunesmith.train.speed.resolve_pairs); None keeps the plain defaults of common_args.
+    """
     from trl import DPOConfig
+
+    from tunesmith.train.speed import trainer_args
 
     d = recipe.dpo
     return DPOConfig(
-        **common_args(recipe, run_dir, has_eval),
+        **{**common_args(recipe, run_dir, has_eval), **(trainer_args(speed) if speed is not None else {})},
         beta=d.beta,
         loss_type=[d.loss_type],
         label_smoothing=d.label_smoothing,

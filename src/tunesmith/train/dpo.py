@@ -11,7 +11,7 @@ from typing import Any
 
 from tunesmith.config import Recipe
 from tunesmith.run import Run
-from tunesmith.train import _trl, faults, policy, start
+from tunesmith.train import _trl, faults, policy, speed, start
 from tunesmith.train.callbacks import standard_callbacks
 from tunesmith.train.finish import finish_run
 from tunesmith.train.rows import apply_length_policy, preference_row, recipe_rows
@@ -47,18 +47,20 @@ def run(recipe: Recipe, resume: bool = False, force: bool = False) -> Run:
     run_dir, checkpoint, base_path, tokenizer = st.run_dir, st.checkpoint, st.base_path, st.tokenizer
     train_ds, eval_ds, row_stats = _datasets(recipe, tokenizer)
 
+    levers = speed.resolve_pairs(recipe)  # bf16 autocast and a bf16 base where the hardware has bf16 units
     torch.manual_seed(recipe.training.seed)
-    model = policy.load(recipe, base_path)
+    model = policy.load(recipe, base_path, levers.base_dtype)
     trainer = DPOTrainer(
         model=model,
         ref_model=None,  # adapter: the base under it; full: log-probs precomputed (see _trl.build_dpo_config)
-        args=_trl.build_dpo_config(recipe, run_dir, has_eval=eval_ds is not None),
+        args=_trl.build_dpo_config(recipe, run_dir, has_eval=eval_ds is not None, speed=levers),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
         peft_config=policy.peft_config(recipe, model, base_path),
         callbacks=standard_callbacks(recipe, run_dir),
     )
+    speed.apply_to_model(levers, trainer.model)
     result = faults.fit(trainer, recipe, checkpoint)  # trainer.train under the fault policy
     final_eval = trainer.evaluate() if eval_ds is not None else {}  # eval_rewards/margins etc. land in metrics.jsonl
     figures = {k.removeprefix("eval_"): v for k, v in final_eval.items() if k.startswith(("eval_rewards/", "eval_logps/"))}
@@ -73,5 +75,8 @@ def run(recipe: Recipe, resume: bool = False, force: bool = False) -> Run:
         checkpoint,
         base_path=base_path,
         final_eval=final_eval,
-        extra={"dpo": dict(beta=recipe.dpo.beta, loss_type=recipe.dpo.loss_type, reference=reference, final_eval=figures)},
+        extra={
+            "dpo": dict(beta=recipe.dpo.beta, loss_type=recipe.dpo.loss_type, reference=reference, final_eval=figures),
+            "speed": levers.as_dict(),
+        },
     )

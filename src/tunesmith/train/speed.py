@@ -1,4 +1,4 @@
-"""Speed levers for SFT, resolved once per run from the recipe's `speed` section and the hardware.
+"""Speed levers for SFT (and DPO: resolve_pairs), resolved once per run from the recipe's `speed` section and the hardware.
 
 Each lever has a parity test in tests/unit/test_speed.py and a row in docs/benchmarks.md; the resolved
 values are recorded in the run manifest (Manifest.speed), so a run says how it was trained.
@@ -146,16 +146,33 @@ def resolve(recipe: Recipe, plan: Any = None) -> Speed:
     )
 
 
-def sft_args(speed: Speed) -> dict[str, Any]:
-    """SFTConfig fields for these levers."""
+def resolve_pairs(recipe: Recipe) -> Speed:
+    """The levers for preference training (DPO): precision, the bf16 base, the adapter input cast, fused AdamW,
+    compile and the heap release as for SFT. Packing, varlen attention and labelled logits are SFT's (TRL's DPO
+    scores chosen and rejected from padded pairs), and checkpointing is on only when the recipe says true."""
+    import dataclasses
+
+    levers = resolve(recipe)  # no plan: gradient_checkpointing auto stays off
+    return dataclasses.replace(levers, packing="off", attention="-", labelled_logits=False)
+
+
+def trainer_args(speed: Speed) -> dict[str, Any]:
+    """TrainingArguments fields every method takes from these levers."""
     return {
-        "padding_free": speed.packing == "padding_free",
-        "train_sampling_strategy": "group_by_length" if speed.packing == "group_by_length" else "random",
         "bf16": speed.bf16,
         "use_cpu": speed.device == "cpu",  # transformers refuses bf16 on a machine without CUDA unless told it is a CPU run
         "optim": "adamw_torch_fused" if speed.fused_optimizer else "adamw_torch",
         "torch_compile": speed.compile,
         "activation_checkpointing": speed.gradient_checkpointing,
+    }
+
+
+def sft_args(speed: Speed) -> dict[str, Any]:
+    """SFTConfig fields for these levers."""
+    return {
+        **trainer_args(speed),
+        "padding_free": speed.packing == "padding_free",
+        "train_sampling_strategy": "group_by_length" if speed.packing == "group_by_length" else "random",
         "per_device_eval_batch_size": speed.eval_batch_size,
         # Evaluation needs the loss only; keeping per-token outputs for metrics would hold them for the whole set.
         "prediction_loss_only": True,
