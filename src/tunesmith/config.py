@@ -407,8 +407,8 @@ class RewardSpec(Section):
 
 
 class SpeedSection(Section):
-    """How SFT is made fast (DPO takes precision, fused_optimizer, compile and release_memory; packing and
-    labelled_logits are SFT's); every lever is measured in docs/benchmarks.md and recorded in the manifest."""
+    """How SFT is made fast (DPO and logit distillation take precision, fused_optimizer, compile and release_memory;
+    packing and labelled_logits are SFT's); every lever is measured in docs/benchmarks.md and recorded in the manifest."""
 
     packing: Literal["auto", "padding_free", "group_by_length", "off"] = Field(
         "auto",

@@ -270,3 +270,28 @@ def test_dpo_bf16_levers_keep_the_loss_curve(tiny_recipe, tmp_path):
     assert lever["bf16"] and lever["base_dtype"] == "bfloat16" and not lever["adapter_input_cast"] and lever["fused_optimizer"]
     assert lever["packing"] == "off" and not fp32_run.manifest.speed["bf16"]
     assert fp32[0] != fp32[-1]  # the curve moved: the comparison is over training, not six copies of one number
+
+
+def test_distill_logits_bf16_levers_keep_the_loss_curve(tiny_recipe, teacher_dir):
+    """Logit distillation under bf16 autocast (student base and teacher stored in bf16) follows the fp32 curve."""
+
+    def losses(name, precision):
+        recipe = load_recipe(
+            tiny_recipe(
+                method="distill",
+                distill={"teacher": str(teacher_dir), "mode": "logits"},
+                training={"max_steps": 6, "learning_rate": 1e-3},
+                speed={"precision": precision},
+                output_dir=f"runs/gkd-{name}",
+            )
+        )
+        run = train_run(recipe)
+        return [m["loss"] for m in read_metrics(run.dir) if "loss" in m and "eval_loss" not in m], run
+
+    fp32, fp32_run = losses("fp32", "fp32")
+    bf16, run = losses("bf16", "bf16")
+    assert len(fp32) == len(bf16) == 6 and fp32[0] != fp32[-1]
+    assert max(abs(a - b) / a for a, b in zip(fp32, bf16)) < 0.03
+    assert fp32 != bf16  # bf16 really ran
+    lever = run.manifest.speed
+    assert lever["bf16"] and lever["base_dtype"] == "bfloat16" and not fp32_run.manifest.speed["bf16"]

@@ -143,7 +143,7 @@ def build_dpo_config(recipe: Recipe, run_dir: Path, has_eval: bool, speed: Any =
     """DPOConfig. With an adapter the reference is the base under it (adapter disabled), so no second copy;
     a full fine-tune precomputes the reference log-probs once instead of keeping a frozen copy in memory.
 
-    speed: the resolved levers (tunesmith.train.speed.resolve_pairs); None keeps the plain defaults of common_args.
+    speed: the resolved levers (tunesmith.train.speed.resolve_padded); None keeps the plain defaults of common_args.
     """
     from trl import DPOConfig
 
@@ -178,13 +178,18 @@ def build_grpo_config(recipe: Recipe, run_dir: Path) -> Any:
     )
 
 
-def build_gkd_config(recipe: Recipe, run_dir: Path, has_eval: bool) -> Any:
-    """GKDConfig for logit distillation: generalised JSD between student and teacher next-token distributions."""
+def build_gkd_config(recipe: Recipe, run_dir: Path, has_eval: bool, speed: Any = None) -> Any:
+    """GKDConfig for logit distillation: generalised JSD between student and teacher next-token distributions.
+
+    speed: the resolved levers (tunesmith.train.speed.resolve_padded); None keeps the plain defaults of common_args.
+    """
     from trl.experimental.gkd import GKDConfig
+
+    from tunesmith.train.speed import trainer_args
 
     d = recipe.distill
     return GKDConfig(
-        **common_args(recipe, run_dir, has_eval),
+        **{**common_args(recipe, run_dir, has_eval), **(trainer_args(speed) if speed is not None else {})},
         max_length=recipe.data.max_length,
         beta=d.beta,
         temperature=d.temperature,

@@ -26,7 +26,7 @@ from tunesmith.data.template import prompt_messages, reference
 from tunesmith.errors import RecipeError
 from tunesmith.records import write_manifest
 from tunesmith.run import Run, load_run, write_json_atomic
-from tunesmith.train import _trl, faults, policy, sft, start
+from tunesmith.train import _trl, faults, policy, sft, speed, start
 from tunesmith.train.callbacks import standard_callbacks
 from tunesmith.train.finish import finish_run
 from tunesmith.train.rows import prompt_row, split_rows
@@ -146,7 +146,10 @@ def _logits(recipe: Recipe, resume: bool, force: bool) -> Run:
 
     st = start.begin(recipe, resume, force)  # blocking data errors stop here, before any model loads
     run_dir, checkpoint, base_path, tokenizer = st.run_dir, st.checkpoint, st.base_path, st.tokenizer
-    teacher, teacher_tok, described = load_teacher(recipe.distill.teacher or "", recipe.model.dtype)
+    levers = speed.resolve_padded(recipe)  # bf16 autocast where the hardware has bf16 units
+    # The teacher is frozen whatever the student's adapter: under bf16 it is stored in bf16 too (model.dtype auto).
+    teacher_dtype = "bfloat16" if levers.bf16 and recipe.model.dtype == "auto" else recipe.model.dtype
+    teacher, teacher_tok, described = load_teacher(recipe.distill.teacher or "", teacher_dtype)
     if not same_tokenizer(tokenizer, teacher_tok):
         raise RecipeError(
             [
@@ -161,17 +164,18 @@ def _logits(recipe: Recipe, resume: bool, force: bool) -> Run:
     eval_rows, eval_stats = logit_rows(recipe, tokenizer, eval_ex)
 
     torch.manual_seed(recipe.training.seed)
-    model = policy.load(recipe, base_path)
+    model = policy.load(recipe, base_path, levers.base_dtype)
     trainer = GKDTrainer(
         model=model,
         teacher_model=teacher,
-        args=_trl.build_gkd_config(recipe, run_dir, has_eval=True),
+        args=_trl.build_gkd_config(recipe, run_dir, has_eval=True, speed=levers),
         train_dataset=Dataset.from_list(train_rows),
         eval_dataset=Dataset.from_list(eval_rows),
         processing_class=tokenizer,
         peft_config=policy.peft_config(recipe, model, base_path),
         callbacks=standard_callbacks(recipe, run_dir),
     )
+    speed.apply_to_model(levers, trainer.model)
     result = faults.fit(trainer, recipe, checkpoint)  # trainer.train under the fault policy
     final_eval = trainer.evaluate()
     stats = {"train": train_stats, "eval": eval_stats}
@@ -194,7 +198,8 @@ def _logits(recipe: Recipe, resume: bool, force: bool) -> Run:
                 "beta": d.beta,
                 "temperature": d.temperature,
                 "lmbda": d.lmbda,
-            }
+            },
+            "speed": levers.as_dict(),
         },
     )
 

@@ -47,7 +47,7 @@ def run(recipe: Recipe, resume: bool = False, force: bool = False) -> Run:
     run_dir, checkpoint, base_path, tokenizer = st.run_dir, st.checkpoint, st.base_path, st.tokenizer
     train_ds, eval_ds, row_stats = _datasets(recipe, tokenizer)
 
-    levers = speed.resolve_pairs(recipe)  # bf16 autocast and a bf16 base where the hardware has bf16 units
+    levers = speed.resolve_padded(recipe)  # bf16 autocast and a bf16 base where the hardware has bf16 units
     torch.manual_seed(recipe.training.seed)
     model = policy.load(recipe, base_path, levers.base_dtype)
     trainer = DPOTrainer(

@@ -1,4 +1,4 @@
-"""Speed levers for SFT (and DPO: resolve_pairs), resolved once per run from the recipe's `speed` section and the hardware.
+"""Speed levers for SFT (and DPO and logit distillation: resolve_padded), resolved once per run from the recipe's `speed` section and the hardware.
 
 Each lever has a parity test in tests/unit/test_speed.py and a row in docs/benchmarks.md; the resolved
 values are recorded in the run manifest (Manifest.speed), so a run says how it was trained.
@@ -146,10 +146,11 @@ def resolve(recipe: Recipe, plan: Any = None) -> Speed:
     )
 
 
-def resolve_pairs(recipe: Recipe) -> Speed:
-    """The levers for preference training (DPO): precision, the bf16 base, the adapter input cast, fused AdamW,
-    compile and the heap release as for SFT. Packing, varlen attention and labelled logits are SFT's (TRL's DPO
-    scores chosen and rejected from padded pairs), and checkpointing is on only when the recipe says true."""
+def resolve_padded(recipe: Recipe) -> Speed:
+    """The levers for trainers that score padded batches (DPO, logit distillation): precision, the bf16 base, the
+    adapter input cast, fused AdamW, compile and the heap release as for SFT. Packing, varlen attention and labelled
+    logits are SFT's (DPO scores chosen and rejected from padded pairs; distillation compares full next-token
+    distributions), and checkpointing is on only when the recipe says true."""
     import dataclasses
 
     levers = resolve(recipe)  # no plan: gradient_checkpointing auto stays off
