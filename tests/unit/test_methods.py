@@ -242,56 +242,39 @@ def test_distill_logits_refuses_another_tokenizer(tiny_recipe, tmp_path, tiny_mo
         train_run(load_recipe(tiny_recipe(method="distill", distill={"teacher": str(other), "mode": "logits"})))
 
 
+def _fp32_and_bf16_curves(tiny_recipe, name, **sections):
+    """Six steps of one method at speed.precision fp32 and bf16: both loss curves and both runs. Checks the curves
+    agree within 3%, moved, and differ at all (bf16 really ran: autocast rounds differently)."""
+    curves = {}
+    for precision in ("fp32", "bf16"):
+        path = tiny_recipe(
+            training={"max_steps": 6, "learning_rate": 1e-3},
+            speed={"precision": precision},
+            output_dir=f"runs/{name}-{precision}",
+            **sections,
+        )
+        run = train_run(load_recipe(path))
+        curves[precision] = [m["loss"] for m in read_metrics(run.dir) if "loss" in m and "eval_loss" not in m], run
+    (fp32, fp32_run), (bf16, run) = curves["fp32"], curves["bf16"]
+    assert len(fp32) == len(bf16) == 6 and fp32[0] != fp32[-1]  # over training, not six copies of one number
+    assert max(abs(a - b) / a for a, b in zip(fp32, bf16)) < 0.03
+    assert fp32 != bf16
+    assert run.manifest.speed["bf16"] and not fp32_run.manifest.speed["bf16"]
+    return run.manifest.speed
+
+
 def test_dpo_bf16_levers_keep_the_loss_curve(tiny_recipe, tmp_path):
     """DPO with SFT's precision levers (bf16 autocast, the frozen base stored in bf16, no adapter input cast, fused
     AdamW) trains the fp32 curve within 3%, and the manifest records the levers."""
     _preference_file(tmp_path / "pref.jsonl")
-
-    def losses(name, precision):
-        recipe = load_recipe(
-            tiny_recipe(
-                method="dpo",
-                data={"train": ["pref.jsonl"], "eval": None},
-                dpo={"beta": 0.2},
-                training={"max_steps": 6, "learning_rate": 1e-3},
-                speed={"precision": precision},
-                output_dir=f"runs/dpo-{name}",
-            )
-        )
-        run = train_run(recipe)
-        return [m["loss"] for m in read_metrics(run.dir) if "loss" in m and "eval_loss" not in m], run
-
-    fp32, fp32_run = losses("fp32", "fp32")
-    bf16, run = losses("bf16", "bf16")
-    assert len(fp32) == len(bf16) == 6
-    assert max(abs(a - b) / a for a, b in zip(fp32, bf16)) < 0.03
-    assert fp32 != bf16  # bf16 really ran: autocast rounds differently
-    lever = run.manifest.speed
-    assert lever["bf16"] and lever["base_dtype"] == "bfloat16" and not lever["adapter_input_cast"] and lever["fused_optimizer"]
-    assert lever["packing"] == "off" and not fp32_run.manifest.speed["bf16"]
-    assert fp32[0] != fp32[-1]  # the curve moved: the comparison is over training, not six copies of one number
+    lever = _fp32_and_bf16_curves(
+        tiny_recipe, "dpo", method="dpo", data={"train": ["pref.jsonl"], "eval": None}, dpo={"beta": 0.2}
+    )
+    assert lever["base_dtype"] == "bfloat16" and not lever["adapter_input_cast"] and lever["fused_optimizer"]
+    assert lever["packing"] == "off"
 
 
 def test_distill_logits_bf16_levers_keep_the_loss_curve(tiny_recipe, teacher_dir):
     """Logit distillation under bf16 autocast (student base and teacher stored in bf16) follows the fp32 curve."""
-
-    def losses(name, precision):
-        recipe = load_recipe(
-            tiny_recipe(
-                method="distill",
-                distill={"teacher": str(teacher_dir), "mode": "logits"},
-                training={"max_steps": 6, "learning_rate": 1e-3},
-                speed={"precision": precision},
-                output_dir=f"runs/gkd-{name}",
-            )
-        )
-        run = train_run(recipe)
-        return [m["loss"] for m in read_metrics(run.dir) if "loss" in m and "eval_loss" not in m], run
-
-    fp32, fp32_run = losses("fp32", "fp32")
-    bf16, run = losses("bf16", "bf16")
-    assert len(fp32) == len(bf16) == 6 and fp32[0] != fp32[-1]
-    assert max(abs(a - b) / a for a, b in zip(fp32, bf16)) < 0.03
-    assert fp32 != bf16  # bf16 really ran
-    lever = run.manifest.speed
-    assert lever["bf16"] and lever["base_dtype"] == "bfloat16" and not fp32_run.manifest.speed["bf16"]
+    lever = _fp32_and_bf16_curves(tiny_recipe, "gkd", method="distill", distill={"teacher": str(teacher_dir), "mode": "logits"})
+    assert lever["base_dtype"] == "bfloat16"
