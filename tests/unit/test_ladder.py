@@ -175,6 +175,14 @@ def test_recommendation_rule(rungs, targets, winner, closest, warning):
         assert rec.sentence.startswith("No rung meets the targets") and SPECS[closest].label in rec.sentence
 
 
+def test_recommendation_lists_the_cheaper_misses_one_rung_at_a_time():
+    """Rung labels carry commas ("base, few-shot"): the cheaper rungs that miss are separated by semicolons."""
+    rungs = [_rung("base", 0.0, cost=1.0), _rung("base_few_shot", 0.2, cost=1.2), _rung("tuned_rag", 0.99, cost=1.5)]
+    rec = recommend(rungs, {"exact_match": 0.9})
+    assert rec.rung == "tuned_rag"
+    assert f"({SPECS['base'].label}; {SPECS['base_few_shot'].label}) misses a target" in rec.sentence
+
+
 def test_recommendation_without_targets_names_the_cheapest_and_asks_for_targets():
     rec = recommend(LADDER, {})
     assert rec.rung is None and "No targets" in rec.sentence and "base, zero-shot" in rec.sentence

@@ -84,7 +84,8 @@ def recommend(rungs: list[RungResult], targets: dict[str, float]) -> Recommendat
         )
     best = min(passing, key=lambda r: (r.cost_per_1k, _order(r)))
     cheaper = [r.label for r in measured if r not in passing and r.cost_per_1k <= best.cost_per_1k]
-    reason = f"every rung costing as little or less ({', '.join(cheaper)}) misses a target" if cheaper else "no rung costs less"
+    # Labels carry commas ("base, few-shot"): the list is joined with semicolons so each rung reads as one.
+    reason = f"every rung costing as little or less ({'; '.join(cheaper)}) misses a target" if cheaper else "no rung costs less"
     sentence = f"Use {best.label}: it meets every target ({wanted}) at {best.cost_per_1k:.4g} per 1,000 requests, and {reason}."
     return Recommendation(rung=best.name, sentence=sentence, warning=_rag_warning(best, measured, targets))
 
