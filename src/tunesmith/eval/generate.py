@@ -118,6 +118,14 @@ def shared_prefix(rows: list[list[int]]) -> int:
     return n
 
 
+def _forward_parameters(model: Any) -> set[str]:
+    """Parameter names of the transformers model's forward() (under a peft wrapper, the wrapped model's)."""
+    import inspect
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return set(inspect.signature(inner.forward).parameters)
+
+
 def shares_prefix(model: Any, config: Any = None) -> bool:
     """Whether a batch's shared prompt prefix can be run once and its KV cache handed to generate().
 
@@ -125,28 +133,32 @@ def shares_prefix(model: Any, config: Any = None) -> bool:
     shared prefix and their own tokens), no cache type fixed by the generation_config, and no virtual prompt
     tokens (peft's prompt tuning puts its own in front of every row).
     """
-    import inspect
-
     peft_config = getattr(model, "active_peft_config", None)
     if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
         return False
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     if getattr(inner.config, "is_encoder_decoder", False) or getattr(config, "cache_implementation", None):
         return False
-    return "position_ids" in inspect.signature(inner.forward).parameters
+    return "position_ids" in _forward_parameters(model)
 
 
 def cache_argument(model: Any) -> str:
     """The KV cache's name in forward()/generate() and in model outputs: `cache` from transformers 5.24 on
     (`past_key_values` is deprecated there), `past_key_values` before."""
-    import inspect
-
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+    return "cache" if "cache" in _forward_parameters(model) else "past_key_values"
 
 
-def _left_padded(model: Any, rows: list[list[int]], pad: int) -> dict[str, Any]:
-    """input_ids and attention_mask, each row right-aligned (decoder-only models continue from the right edge)."""
+def _prefix_cache(model: Any, prefix: list[int]) -> Any:
+    """The KV cache of one forward pass over `prefix`, or None when the model hands back no transformers Cache."""
+    import torch
+
+    out = model(input_ids=torch.tensor([prefix], device=model.device), use_cache=True)
+    cache = getattr(out, cache_argument(model), None)
+    return cache if hasattr(cache, "batch_repeat_interleave") else None
+
+
+def _right_aligned(rows: list[list[int]], pad: int) -> tuple[Any, Any]:
+    """input_ids and attention_mask (on the CPU), each row right-aligned after `pad` tokens the mask hides."""
     import torch
 
     width = max(len(r) for r in rows)
@@ -155,6 +167,12 @@ def _left_padded(model: Any, rows: list[list[int]], pad: int) -> dict[str, Any]:
     for i, r in enumerate(rows):
         ids[i, width - len(r) :] = torch.tensor(r)
         mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+def _left_padded(model: Any, rows: list[list[int]], pad: int) -> dict[str, Any]:
+    """generate() inputs, each row right-aligned (decoder-only models continue from the right edge)."""
+    ids, mask = _right_aligned(rows, pad)
     return {"input_ids": ids.to(model.device), "attention_mask": mask.to(model.device)}
 
 
@@ -167,21 +185,15 @@ def _prefilled(model: Any, rows: list[list[int]], shared: int, pad: int) -> dict
     """
     import torch
 
-    prefix = torch.tensor([rows[0][:shared]], device=model.device)
-    name = cache_argument(model)
-    cache: Any = getattr(model(input_ids=prefix, use_cache=True), name, None)
-    if not hasattr(cache, "batch_repeat_interleave"):  # no transformers Cache object came back: generate as usual
+    cache = _prefix_cache(model, rows[0][:shared])
+    if cache is None:  # generate as usual
         return _left_padded(model, rows, pad)
     cache.batch_repeat_interleave(len(rows))
-    own = [r[shared:] for r in rows]
-    width = max(len(o) for o in own)
-    ids = torch.full((len(rows), shared + width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    ids[:, :shared], mask[:, :shared] = prefix.cpu(), 1
-    for i, o in enumerate(own):
-        ids[i, shared + width - len(o) :] = torch.tensor(o)
-        mask[i, shared + width - len(o) :] = 1
-    return {"input_ids": ids.to(model.device), "attention_mask": mask.to(model.device), name: cache}
+    own_ids, own_mask = _right_aligned([r[shared:] for r in rows], pad)
+    prefix = torch.tensor(rows[0][:shared]).expand(len(rows), shared)
+    ids = torch.cat([prefix, own_ids], dim=1)
+    mask = torch.cat([torch.ones_like(prefix), own_mask], dim=1)
+    return {"input_ids": ids.to(model.device), "attention_mask": mask.to(model.device), cache_argument(model): cache}
 
 
 def generate_detailed(
@@ -211,13 +223,14 @@ def generate_detailed(
     done: dict[int, Completion] = {}
     # Similar lengths together waste less padding; results go back in input order.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    can_share = shares_prefix(model, config)
     with _seeded(seed):
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             rows = [tokenizer(prompts[i], add_special_tokens=False)["input_ids"] for i in idx]
             extra: dict[str, Any] = {"stop_strings": stop, "tokenizer": tokenizer} if stop else {}
             with torch.inference_mode():
-                shared = shared_prefix(rows) if shares_prefix(model, config) else 0
+                shared = shared_prefix(rows) if can_share else 0
                 if shared >= MIN_SHARED_PREFIX:
                     enc = _prefilled(model, rows, shared, config.pad_token_id)
                 else:
@@ -397,15 +410,12 @@ def reference_loss(model: Any, tokenizer: Any, conversations: list[list[dict[str
     while shared and any(label != IGNORE for t in toks for label in t.labels[: shared + 1]):
         shared -= 1
     prefix_cache: Any = None
-    name = cache_argument(model)
     if shared >= MIN_SHARED_PREFIX:
         with torch.inference_mode():
-            prefix = torch.tensor([toks[0].input_ids[:shared]], device=model.device)
-            prefix_cache = getattr(model(input_ids=prefix, use_cache=True), name, None)
-        if not hasattr(prefix_cache, "batch_repeat_interleave"):  # no transformers Cache object came back
-            prefix_cache, shared = None, 0
-    else:
+            prefix_cache = _prefix_cache(model, toks[0].input_ids[:shared])
+    if prefix_cache is None:
         shared = 0
+    name = cache_argument(model)
     total, count = 0.0, 0
     for tok in toks:
         ids = torch.tensor([tok.input_ids[shared:]], device=model.device)

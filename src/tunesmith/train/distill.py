@@ -148,7 +148,7 @@ def _logits(recipe: Recipe, resume: bool, force: bool) -> Run:
     run_dir, checkpoint, base_path, tokenizer = st.run_dir, st.checkpoint, st.base_path, st.tokenizer
     levers = speed.resolve_padded(recipe)  # bf16 autocast where the hardware has bf16 units
     # The teacher is frozen whatever the student's adapter: under bf16 it is stored in bf16 too (model.dtype auto).
-    teacher_dtype = "bfloat16" if levers.bf16 and recipe.model.dtype == "auto" else recipe.model.dtype
+    teacher_dtype = speed.weights_dtype(recipe, levers.bf16, frozen=True)
     teacher, teacher_tok, described = load_teacher(recipe.distill.teacher or "", teacher_dtype)
     if not same_tokenizer(tokenizer, teacher_tok):
         raise RecipeError(

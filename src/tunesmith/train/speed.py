@@ -1,4 +1,5 @@
-"""Speed levers for SFT (and DPO and logit distillation: resolve_padded), resolved once per run from the recipe's `speed` section and the hardware.
+"""Speed levers for SFT (and DPO and logit distillation: resolve_padded), resolved once per run from the recipe's
+`speed` section and the hardware.
 
 Each lever has a parity test in tests/unit/test_speed.py and a row in docs/benchmarks.md; the resolved
 values are recorded in the run manifest (Manifest.speed), so a run says how it was trained.
@@ -99,10 +100,14 @@ def uses_bf16(recipe: Recipe, cuda: bool) -> bool:
     return bool(units) and recipe.model.dtype in ("auto", "bfloat16")
 
 
-def weights_dtype(recipe: Recipe, bf16: bool) -> str:
+def weights_dtype(recipe: Recipe, bf16: bool, frozen: bool | None = None) -> str:
     """The dtype the base loads in. A frozen base under bf16 autocast is multiplied in bf16 anyway: it is stored so
-    (half the memory, no cast per step). A full fine-tune keeps fp32 master weights; an explicit model.dtype is kept."""
-    frozen = recipe.adapter.type in ("lora", "dora", "prompt_tuning")
+    (half the memory, no cast per step). A full fine-tune keeps fp32 master weights; an explicit model.dtype is kept.
+
+    frozen: whether these weights stay frozen; None = decided by the adapter type (a distillation teacher: True).
+    """
+    if frozen is None:
+        frozen = recipe.adapter.type in ("lora", "dora", "prompt_tuning")
     return "bfloat16" if bf16 and frozen and recipe.model.dtype == "auto" else recipe.model.dtype
 
 
