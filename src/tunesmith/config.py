@@ -437,6 +437,12 @@ class SpeedSection(Section):
         True, description="torch's fused AdamW (one kernel for all parameters) instead of the per-tensor loop."
     )
     compile: bool = Field(False, description="torch.compile the model (pays only after warm-up on long runs; GPU mostly).")
+    liger: bool | Literal["auto"] = Field(
+        "auto",
+        description="Liger's Triton kernels for the model's RMSNorm, SwiGLU MLP and rotary embedding (SFT on CUDA), "
+        "from the optional package `liger-kernel` (pip install 'tunesmith[liger]'); TRL's chunked LM head stays the "
+        "loss. auto = on where CUDA is available and liger-kernel is installed, else off; true without either is refused.",
+    )
     release_memory: bool | Literal["auto"] = Field(
         "auto",
         description="Hand the memory freed by each optimizer step and evaluation back to the operating system "
@@ -445,7 +451,20 @@ class SpeedSection(Section):
         "whatever this says, unless ONEDNN_PRIMITIVE_CACHE_CAPACITY is set in the environment.)",
     )
     eval_batch_size: int = Field(
-        8, ge=1, description="Rows per batch when computing the eval loss during and after training (bounds its peak memory)."
+        4,
+        ge=1,
+        description="Rows per batch when computing the eval loss during and after training (bounds its peak memory: on "
+        "the benchmark CPU 8 rows took 8.5-9.1 s and +417-472 MB, 4 rows 8.2-9.1 s and +282-351 MB).",
+    )
+    micro_batch_tokens: Annotated[int, Field(ge=1)] | Literal["auto", "off"] = Field(
+        "auto",
+        description="Most tokens one forward/backward pass takes (SFT). A batch of training.batch_size rows whose "
+        "expected length (rows x the mean training row) exceeds it runs as several passes of whole rows, the largest "
+        "divisor of batch_size that fits (at least one row), and their gradients are accumulated before the optimizer "
+        "step: the same rows, the same gradient, the same steps, less memory. auto = 256 on CPU (there a pass of one "
+        "~240-token row ran as fast as whole 944-token batches at 0.7x the memory: docs/benchmarks.md), off on CUDA "
+        "(a GPU wants long passes; the planner and gradient checkpointing handle its memory). Not applied with "
+        "packing: group_by_length, whose sampler groups by micro-batch.",
     )
 
 

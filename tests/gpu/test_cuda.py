@@ -116,3 +116,26 @@ def test_varlen_attention_matches_the_block_mask_on_cuda(tiny_recipe):
         losses[name] = [r["loss"] for r in read_metrics(run.dir) if "loss" in r and "eval_loss" not in r]
     assert len(losses["mask"]) == len(losses["varlen"]) == 4
     assert max(abs(a - b) / a for a, b in zip(losses["mask"], losses["varlen"])) < 0.02
+
+
+def test_liger_keeps_the_loss_curve(tiny_recipe, monkeypatch):
+    """speed.liger: Liger's RMSNorm, SwiGLU and RoPE kernels really patch the model, and the bf16 loss curve stays
+    within 3% of the same run without them."""
+    pytest.importorskip("liger_kernel", reason="needs the optional liger-kernel package (pip install 'tunesmith[liger]')")
+    import transformers.trainer
+
+    applied = []
+    real = transformers.trainer.apply_liger_kernel
+    monkeypatch.setattr(transformers.trainer, "apply_liger_kernel", lambda *a, **k: applied.append(1) or real(*a, **k))
+
+    def losses(name, liger):
+        recipe = tiny_recipe(speed={"liger": liger}, training={"max_steps": 6, "learning_rate": 1e-3}, output_dir=f"run-{name}")
+        run = sft.run(load_recipe(recipe))
+        return [m["loss"] for m in read_metrics(run.dir) if "loss" in m and "eval_loss" not in m], run
+
+    plain, _ = losses("plain", False)
+    assert not applied
+    fused, run = losses("liger", True)
+    assert applied and run.manifest.speed["liger"] is True
+    assert len(plain) == len(fused) == 6
+    assert max(abs(a - b) / a for a, b in zip(plain, fused)) < 0.03

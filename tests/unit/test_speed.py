@@ -214,6 +214,105 @@ def test_compile_keeps_the_loss_curve(tiny_recipe):
     assert max(abs(a - b) / a for a, b in zip(eager, compiled)) < 1e-3
 
 
+def test_micro_batch_follows_the_token_budget(tiny_recipe):
+    """speed.micro_batch_tokens: the largest divisor of batch_size whose rows x mean row length fit the budget (at
+    least one row); auto = 256 tokens on CPU and no split on CUDA; never with group_by_length batching."""
+    from tunesmith.config import load_recipe
+    from tunesmith.train import speed
+
+    def rows(budget="auto", batch=4, mean=240, cuda=False, packing="auto", **sections):
+        levers = {"micro_batch_tokens": budget, "packing": packing}
+        recipe = load_recipe(tiny_recipe(speed=levers, training={"batch_size": batch}, **sections))
+        return speed.micro_batch(recipe, [mean - 10, mean + 10], cuda)
+
+    assert speed.CPU_MICRO_BATCH_TOKENS == 256
+    assert rows() == 1 and rows(mean=100) == 2 and rows(mean=60) == 4 and rows(mean=300) == 1
+    assert rows(batch=6, mean=100) == 2 and rows(batch=6, mean=80) == 3  # divisors of 6: 1, 2, 3, 6
+    assert rows(cuda=True) == 4 and rows("off") == 4 and rows(1000) == 4 and rows(500, cuda=True) == 2
+    assert rows(1, packing="group_by_length") == 4
+    assert rows(adapter={"type": "prompt_tuning"}) == 4  # auto packing is group_by_length there
+
+    recipe = load_recipe(tiny_recipe(speed={"micro_batch_tokens": 100}, training={"batch_size": 4, "grad_accum": 3}))
+    levers = speed.resolve(recipe, None, [90, 110, 100])
+    assert (levers.micro_batch, levers.passes) == (1, 12)
+    args = speed.sft_args(levers)
+    assert args["per_device_train_batch_size"] == 1 and args["gradient_accumulation_steps"] == 12
+    assert speed.resolve(recipe).micro_batch == 4  # no lengths: not split
+    padded = speed.resolve_padded(recipe)  # DPO and logit distillation do not split
+    assert (padded.micro_batch, padded.passes) == (4, 3) and "per_device_train_batch_size" not in speed.trainer_args(padded)
+
+
+def test_liger_is_on_only_where_it_can_run(tiny_recipe, monkeypatch):
+    """speed.liger: auto is on only with CUDA and liger-kernel both present (and for SFT); true without them is a
+    recipe error naming the field, not a crash when training starts."""
+    import dataclasses
+    import importlib.util
+
+    from tunesmith.config import load_recipe
+    from tunesmith.errors import RecipeError
+    from tunesmith.train import speed
+
+    auto = load_recipe(tiny_recipe())
+    forced = load_recipe(tiny_recipe(speed={"liger": True}))
+    dpo = auto.model_copy(update={"method": "dpo"})
+    real = importlib.util.find_spec
+    for installed in (True, False):
+
+        def find_spec(name, *args, installed=installed):
+            return (object() if installed else None) if name == "liger_kernel" else real(name, *args)
+
+        monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+        assert speed.uses_liger(auto, cuda=True) is installed
+        assert speed.uses_liger(auto, cuda=False) is False
+        assert speed.uses_liger(dpo, cuda=True) is False  # SFT only: TRL's DPO swaps in Liger's own loss
+        with pytest.raises(RecipeError, match="speed.liger"):
+            speed.uses_liger(forced, cuda=False)
+        if installed:
+            assert speed.uses_liger(forced, cuda=True) is True
+            assert speed.sft_args(dataclasses.replace(speed.resolve(auto), liger=True))["use_liger_kernel"] is True
+        else:
+            with pytest.raises(RecipeError, match="liger-kernel is not installed"):
+                speed.uses_liger(forced, cuda=True)
+    assert speed.sft_args(speed.resolve(auto))["use_liger_kernel"] is False  # this CPU machine
+
+
+def test_split_batches_keep_the_loss_curve(tiny_recipe, caplog):
+    """A batch run as one-row passes with accumulated gradients trains what the whole batch trains: the same losses
+    and the same adapter weights after 5 steps, from four times the forward passes of a quarter of the tokens."""
+    import torch
+
+    from tunesmith.config import load_recipe
+    from tunesmith.train import sft
+
+    results = {}
+    for name, budget in (("whole", "off"), ("split", 1)):
+        path = tiny_recipe(
+            speed={"micro_batch_tokens": budget, "precision": "fp32"},
+            training={"max_steps": 5, "learning_rate": 1e-2},
+            output_dir=f"run-{name}",
+        )
+        built = sft.build(load_recipe(path))
+        passes: list[int] = []
+
+        def count(module, args, kwargs, passes=passes):
+            if module.training:
+                passes.append(int((kwargs.get("labels", args[1] if len(args) > 1 else None) != -100).sum()))
+
+        built.model.register_forward_pre_hook(count, with_kwargs=True)
+        built.trainer.train()
+        losses = [h["loss"] for h in built.trainer.state.log_history if "loss" in h]
+        weights = {n: p.detach().clone() for n, p in built.trainer.model.named_parameters() if p.requires_grad}
+        results[name] = (losses, weights, passes, built.speed)
+    (l1, w1, p1, s1), (l2, w2, p2, s2) = results["whole"], results["split"]
+    assert not [r for r in caplog.records if "padding-free" in r.getMessage()]  # TRL's batch-of-one advice is not shown
+    assert (s1.micro_batch, s1.passes) == (4, 1) and (s2.micro_batch, s2.passes) == (1, 4)
+    assert len(p1) == 5 and len(p2) == 20 and sum(p1) == sum(p2)  # the same trained tokens, in 4x the passes
+    assert len(l1) == len(l2) == 5 and l1[0] != l1[-1]
+    assert max(abs(a - b) / a for a, b in zip(l1, l2)) < 1e-4, (l1, l2)
+    for n in w1:
+        torch.testing.assert_close(w1[n], w2[n], rtol=1e-4, atol=1e-5)
+
+
 def _rss_mb() -> float:
     with open("/proc/self/status", encoding="utf-8") as f:
         return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS"))

@@ -70,6 +70,9 @@ LIBRARY_WARNINGS: list[tuple[str, type[Warning], str]] = [
     (r"`is_gradient_checkpointing` is deprecated", FutureWarning, r"transformers\.modeling_utils"),
     # distill.mode: logits uses TRL's GKD trainer, which lives under trl.experimental (chosen knowingly).
     (r"You are importing from 'trl\.experimental'", UserWarning, r""),
+    # speed.liger uses TRL's use_liger_kernel (the pip package, no download at run time) over the Hub kernels TRL
+    # now points to, which are fetched from the Hub when training starts (chosen knowingly).
+    (r"`use_liger_kernel=True` is deprecated", FutureWarning, r""),
 ]
 
 

@@ -51,7 +51,8 @@ def plan(
     table.add_row("capacity (90%)", f"{p.capacity_mb:,.0f}")
     console.print(table)
     console.print(
-        f"{p.params / 1e6:,.1f}M parameters, {p.trainable_params / 1e6:,.2f}M trained; {p.steps} steps, "
+        f"{p.params / 1e6:,.1f}M parameters, {p.trainable_params / 1e6:,.2f}M trained; {p.steps} steps of "
+        f"{cfg.training.batch_size * cfg.training.grad_accum * p.nproc} rows in passes of {p.micro_batch}, "
         f"{p.tokens:,} tokens: ~{p.seconds / 60:,.1f} min, ~${p.usd:,.2f}"
     )
     if p.fits:

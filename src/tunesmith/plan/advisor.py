@@ -26,6 +26,9 @@ class Plan(BaseModel):
     capacity_mb: float = Field(description="Memory of one device (MiB) the estimate is compared with (90% usable).")
     fits: bool
     steps: int
+    micro_batch: int = Field(
+        0, description="Rows per forward/backward pass the memory estimate assumes (speed.micro_batch_tokens); 0: unrecorded."
+    )
     tokens: int = Field(description="Tokens processed in training (non-padding).")
     seconds: float
     usd: float
@@ -43,12 +46,14 @@ def data_lengths(recipe: Recipe, tokenizer: Any) -> tuple[list[int], float]:
 
 
 def _memory(recipe: Recipe, shape: Shape, lengths: list[int], trained: float, cuda: bool) -> Memory:
-    a, t = recipe.adapter, recipe.training
-    longest = sorted(lengths)[-t.batch_size :]
+    from tunesmith.train.speed import micro_batch, releases_memory, uses_bf16, weights_dtype
+
+    a = recipe.adapter
+    rows = micro_batch(recipe, lengths, cuda)  # rows per forward/backward pass (speed.micro_batch_tokens)
+    longest = sorted(lengths)[-rows:]
     packed = recipe.speed.packing in ("auto", "padding_free") and a.type != "prompt_tuning"
     # Padded: every row as long as the longest; padding-free: the longest rows side by side.
     seq = sum(longest) / len(longest) if packed else max(lengths)
-    from tunesmith.train.speed import releases_memory, uses_bf16, weights_dtype
 
     bf16 = uses_bf16(recipe, cuda)
     dtype = weights_dtype(recipe, bf16)
@@ -60,9 +65,9 @@ def _memory(recipe: Recipe, shape: Shape, lengths: list[int], trained: float, cu
         r=a.r,
         targets=a.target_modules,
         dtype=dtype,
-        batch=t.batch_size,
+        batch=rows,
         seq_len=int(seq),
-        checkpointing=t.gradient_checkpointing is True,  # auto: estimated without, turned on when that does not fit
+        checkpointing=recipe.training.gradient_checkpointing is True,  # auto: estimated without, turned on when that does not fit
         autocast=bf16,
         labelled_logits=recipe.speed.labelled_logits,
         trained_fraction=trained,
@@ -124,7 +129,7 @@ def plan(
     otherwise the recipe's data is tokenized with `tokenizer`.
     """
     from tunesmith import models
-    from tunesmith.train.speed import uses_bf16
+    from tunesmith.train.speed import micro_batch, uses_bf16
 
     hw = cost.GPUS[gpu] if gpu != "cpu" else cost.cpu_hardware(bf16=uses_bf16(recipe, cuda=False))
     if price is not None:
@@ -151,6 +156,7 @@ def plan(
         capacity_mb=round(capacity / 2**20, 1),
         fits=fits,
         steps=steps,
+        micro_batch=micro_batch(recipe, lengths, gpu != "cpu"),
         tokens=tokens,
         seconds=secs,
         usd=round(secs / 3600 * hw.usd_per_hour * nproc, 2),

@@ -40,6 +40,17 @@ def _datasets(recipe: Recipe, tokenizer: Any) -> tuple[Any, Any, dict[str, Any]]
     return Dataset.from_list(train_rows), Dataset.from_list(eval_rows), stats
 
 
+class _OneRowPassesAreChosen(logging.Filter):
+    """TRL warns that a micro-batch of one row loses padding-free's benefit. speed.micro_batch_tokens chooses one-row
+    passes where that measured best (a pass of one row has no padding either way), so the advice does not apply."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "per_device_train_batch_size of 1 with padding-free" not in record.getMessage()
+
+
+logging.getLogger("trl.trainer.sft_trainer").addFilter(_OneRowPassesAreChosen())
+
+
 @dataclass
 class Built:
     """Everything a run needs between data and trainer.train(): used by run() and by bench/train_throughput.py."""
@@ -66,8 +77,10 @@ def build(recipe: Recipe, resume: bool = False, force: bool = False) -> Built:
 
     st = start.begin(recipe, resume, force)  # blocking data errors stop here, before any model loads
     train_ds, eval_ds, token_stats = _datasets(recipe, st.tokenizer)
-    estimate = _plan(recipe, train_ds, token_stats)
-    levers = speed.resolve(recipe, estimate)  # gradient_checkpointing: auto turns on when the estimate does not fit
+    lengths = [len(ids) for ids in train_ds["input_ids"]]
+    estimate = _plan(recipe, lengths, token_stats)
+    # gradient_checkpointing: auto turns on when the estimate does not fit; micro_batch_tokens splits long batches
+    levers = speed.resolve(recipe, estimate, lengths)
     speed.score_labelled_positions_only(levers.labelled_logits)
 
     torch.manual_seed(recipe.training.seed)
@@ -86,11 +99,10 @@ def build(recipe: Recipe, resume: bool = False, force: bool = False) -> Built:
     return Built(st, trainer, token_stats, levers, estimate, model, attention)
 
 
-def _plan(recipe: Recipe, train_ds: Any, token_stats: dict[str, Any]) -> Any:
-    """The planner's estimate for this run on this machine, from the rows already tokenized."""
+def _plan(recipe: Recipe, lengths: list[int], token_stats: dict[str, Any]) -> Any:
+    """The planner's estimate for this run on this machine, from the rows already tokenized (their lengths)."""
     from tunesmith.plan import advisor
 
-    lengths = [len(ids) for ids in train_ds["input_ids"]]
     trained = token_stats["train"]["trained_tokens"] / max(token_stats["train"]["tokens"], 1)
     try:
         return advisor.plan(recipe, gpu=advisor.local_gpu(), lengths=lengths, trained=trained)
