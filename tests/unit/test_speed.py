@@ -231,6 +231,7 @@ def test_micro_batch_follows_the_token_budget(tiny_recipe):
     assert rows(cuda=True) == 4 and rows("off") == 4 and rows(1000) == 4 and rows(500, cuda=True) == 2
     assert rows(1, packing="group_by_length") == 4
     assert rows(adapter={"type": "prompt_tuning"}) == 4  # auto packing is group_by_length there
+    assert rows(1, packing="padding_free", adapter={"type": "prompt_tuning"}) == 4  # batched group_by_length as well
 
     recipe = load_recipe(tiny_recipe(speed={"micro_batch_tokens": 100}, training={"batch_size": 4, "grad_accum": 3}))
     levers = speed.resolve(recipe, None, [90, 110, 100])
@@ -371,6 +372,9 @@ def test_adapter_input_cast_off_matches_on_under_autocast(tiny):
             release_memory=False,
             eval_batch_size=8,
             device="cpu",
+            liger=False,
+            micro_batch=1,
+            passes=1,
         )
         speed.apply_to_model(lever, model)
         with torch.autocast("cpu", dtype=torch.bfloat16):

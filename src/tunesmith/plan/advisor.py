@@ -46,12 +46,12 @@ def data_lengths(recipe: Recipe, tokenizer: Any) -> tuple[list[int], float]:
 
 
 def _memory(recipe: Recipe, shape: Shape, lengths: list[int], trained: float, cuda: bool) -> Memory:
-    from tunesmith.train.speed import micro_batch, releases_memory, uses_bf16, weights_dtype
+    from tunesmith.train.speed import batching, micro_batch, releases_memory, uses_bf16, weights_dtype
 
     a = recipe.adapter
     rows = micro_batch(recipe, lengths, cuda)  # rows per forward/backward pass (speed.micro_batch_tokens)
     longest = sorted(lengths)[-rows:]
-    packed = recipe.speed.packing in ("auto", "padding_free") and a.type != "prompt_tuning"
+    packed = batching(recipe) == "padding_free"
     # Padded: every row as long as the longest; padding-free: the longest rows side by side.
     seq = sum(longest) / len(longest) if packed else max(lengths)
 

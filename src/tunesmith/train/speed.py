@@ -41,9 +41,9 @@ class Speed:
     release_memory: bool  # freed heap handed back to the OS after every step and evaluation (glibc malloc_trim)
     eval_batch_size: int  # rows per loss-evaluation batch (not the generation batch)
     device: str
-    liger: bool = False  # Liger's Triton kernels (RMSNorm, SwiGLU, RoPE) patched into the model, CUDA only
-    micro_batch: int = 0  # rows per forward/backward pass (0: training.batch_size, unsplit)
-    passes: int = 0  # forward/backward passes accumulated per optimizer step (0: training.grad_accum)
+    liger: bool  # Liger's Triton kernels (RMSNorm, SwiGLU, RoPE) patched into the model, CUDA only
+    micro_batch: int  # rows per forward/backward pass (training.batch_size when batches are not split)
+    passes: int  # forward/backward passes accumulated per optimizer step (training.grad_accum when not split)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,6 +119,13 @@ def weights_dtype(recipe: Recipe, bf16: bool, frozen: bool | None = None) -> str
 CPU_MICRO_BATCH_TOKENS = 256
 
 
+def batching(recipe: Recipe) -> str:
+    """speed.packing resolved: auto = padding_free, except for prompt tuning (its virtual tokens are prepended per
+    row, so rows cannot be concatenated), which is batched group_by_length whatever packing asks."""
+    packing = "padding_free" if recipe.speed.packing == "auto" else recipe.speed.packing
+    return "group_by_length" if recipe.adapter.type == "prompt_tuning" and packing == "padding_free" else packing
+
+
 def micro_batch(recipe: Recipe, lengths: list[int] | None, cuda: bool) -> int:
     """Rows per forward/backward pass (speed.micro_batch_tokens resolved): the largest divisor of training.batch_size
     whose expected tokens (rows x the mean of `lengths`) fit the budget, at least 1; the whole batch when there is
@@ -127,10 +134,7 @@ def micro_batch(recipe: Recipe, lengths: list[int] | None, cuda: bool) -> int:
     b, budget = recipe.training.batch_size, recipe.speed.micro_batch_tokens
     if budget == "auto":
         budget = "off" if cuda else CPU_MICRO_BATCH_TOKENS
-    grouped = recipe.speed.packing == "group_by_length" or (
-        recipe.speed.packing == "auto" and recipe.adapter.type == "prompt_tuning"
-    )
-    if budget == "off" or not lengths or grouped:
+    if budget == "off" or not lengths or batching(recipe) == "group_by_length":
         return b
     mean = sum(lengths) / len(lengths)
     return max([d for d in range(1, b + 1) if b % d == 0 and d * mean <= budget], default=1)
@@ -174,9 +178,7 @@ def resolve(recipe: Recipe, plan: Any = None, lengths: list[int] | None = None) 
     bf16 = uses_bf16(recipe, cuda)
     if bf16 and not cuda and not cpu_has_bf16():
         log.warning("speed.precision=bf16 on a CPU without bf16 units: expect it to be slow")
-    packing = "padding_free" if s.packing == "auto" else s.packing
-    if a.type == "prompt_tuning" and packing == "padding_free":
-        packing = "group_by_length"  # virtual tokens are prepended per row: rows cannot be concatenated
+    packing = batching(recipe)
     attention = "-"
     if packing == "padding_free":
         attention = s.attention if s.attention != "auto" else ("mask" if cuda else "varlen")
@@ -231,16 +233,12 @@ def trainer_args(speed: Speed) -> dict[str, Any]:
 
 def sft_args(speed: Speed) -> dict[str, Any]:
     """SFTConfig fields for these levers."""
-    split = (
-        # speed.micro_batch_tokens: the batch runs as `passes` passes of `micro_batch` rows, gradients accumulated
-        # (transformers normalises the loss by the trained tokens of the whole batch, so the gradient is the same).
-        {"per_device_train_batch_size": speed.micro_batch, "gradient_accumulation_steps": speed.passes}
-        if speed.micro_batch
-        else {}
-    )
     return {
         **trainer_args(speed),
-        **split,
+        # speed.micro_batch_tokens: the batch runs as `passes` passes of `micro_batch` rows, gradients accumulated
+        # (transformers normalises the loss by the trained tokens of the whole batch, so the gradient is the same).
+        "per_device_train_batch_size": speed.micro_batch,
+        "gradient_accumulation_steps": speed.passes,
         # Liger's RMSNorm, SwiGLU and RoPE kernels (transformers applies them when training starts); TRL keeps its
         # own chunked LM head as the loss, so Liger's fused linear cross-entropy stays off.
         "use_liger_kernel": speed.liger,
