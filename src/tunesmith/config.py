@@ -447,7 +447,7 @@ class SpeedSection(Section):
         "auto",
         description="Hand the memory freed by each optimizer step and evaluation back to the operating system "
         "(glibc malloc_trim), so a CPU run's resident memory does not creep up step after step as padding-free batches "
-        "change shape. auto = true for CPU runs on glibc. (oneDNN's cache of per-shape matmul kernels is bounded to 64 "
+        "change shape. auto = true for CPU runs on glibc. (oneDNN's cache of per-shape matmul kernels is bounded to 32 "
         "whatever this says, unless ONEDNN_PRIMITIVE_CACHE_CAPACITY is set in the environment.)",
     )
     eval_batch_size: int = Field(

@@ -81,6 +81,7 @@ class Memory:
     activations: float
     logits: float
     runtime: float  # the process itself (CPU: python + torch + libraries) or the CUDA context
+    heap: float = 0.0  # CPU bf16 runs: heap oneDNN's bf16 matmuls leave resident after the first dozen steps
 
     @property
     def total(self) -> float:
@@ -150,4 +151,9 @@ def estimate(
         activations=activations,
         logits=logits,
         runtime=RUNTIME_CUDA if cuda else RUNTIME_CPU,
+        # Measured on SmolLM2-135M (docs/planner.md): under bf16 autocast on CPU the main heap grows 322 -> 550 MiB
+        # over the first 14 steps and then stays, with a trim after every step and whatever oneDNN's kernel-cache
+        # bound; in fp32 it stays at 251 MiB. Counted as the size of the bf16 weights (257 MiB there), which
+        # oneDNN's matmuls reorder; fitted on that one model.
+        heap=shape.params * 2 if autocast and not cuda else 0.0,
     )
