@@ -153,7 +153,7 @@ def estimate(
         runtime=RUNTIME_CUDA if cuda else RUNTIME_CPU,
         # Measured on SmolLM2-135M (docs/planner.md): under bf16 autocast on CPU the main heap grows 322 -> 550 MiB
         # over the first 14 steps and then stays, with a trim after every step and whatever oneDNN's kernel-cache
-        # bound; in fp32 it stays at 251 MiB. Counted as the size of the bf16 weights (257 MiB there), which
-        # oneDNN's matmuls reorder; fitted on that one model.
+        # bound; in fp32 (MKL's matmuls, not oneDNN's) it stays at 251 MiB. The cause is not pinned down; counted
+        # as the size of the bf16 weights (257 MiB there against the 228 measured), fitted on that one model.
         heap=shape.params * 2 if autocast and not cuda else 0.0,
     )
