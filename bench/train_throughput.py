@@ -12,7 +12,9 @@ first of each pair swapping, and the first `--warmup` optimizer steps are not co
 non-padding tokens/s (the real tokens of the rows each step consumed, counted in the collator the same way for
 both), time per step, peak memory (process RSS on CPU, torch.cuda.max_memory_allocated on CUDA) after training
 and after the final evaluation, the loss per step, and on CUDA the MFU. The load average is printed next to
-every run: the machine is shared, so figures are noisy. Results (JSON, loss-curve PNG) go to --out.
+every run: the machine is shared, so figures are noisy. Results (JSON, loss-curve PNG) go to --out, by default
+a new folder per run under runs/bench/train_throughput/; a folder holding other files, or an earlier run of both
+sides, is refused rather than written over.
 """
 
 from __future__ import annotations
@@ -188,10 +190,15 @@ def peak_mb() -> float:
 
 
 def child(ns: argparse.Namespace) -> None:
-    """One measured run in this (fresh) process; writes its figures as JSON to ns.result."""
+    """One measured run in this (fresh) process; writes its figures as JSON to ns.result. The run's own output
+    (A's run folder, B's trainer folder) goes to a scratch folder removed at the end."""
+    with tempfile.TemporaryDirectory(prefix=f"bench-{ns.child}-") as scratch:
+        measure(ns, Path(scratch))
+
+
+def measure(ns: argparse.Namespace, out: Path) -> None:
     import torch
 
-    out = Path(tempfile.mkdtemp(prefix=f"bench-{ns.child}-"))
     train, evaluation = Path(ns.train), Path(ns.eval)
     total = ns.warmup + ns.steps
     if ns.child == "A":
@@ -317,6 +324,23 @@ def report(kind: str, pairs: list[tuple[dict, dict]], out: Path) -> dict:
     return {"pairs": rows}
 
 
+MARK = ".train_throughput"  # in every --out this script made
+
+
+def claim(out: Path, sides: str) -> Path:
+    """--out for this run: a new or empty folder, or (with --sides naming one side) a folder an earlier run of this
+    script made, whose other side it reads and whose runs of the named side it replaces. A folder holding anyone
+    else's files, or an earlier run's results for a run of both sides, is refused: nothing there is written over."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARK).exists():
+            sys.exit(f"{out} holds files this benchmark did not write: choose another --out")
+        if {"A", "B"} <= set(sides.split(",")):
+            sys.exit(f"{out} holds an earlier benchmark run: choose another --out, or rerun one side there with --sides")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARK).touch()
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m-instruct")
@@ -328,7 +352,11 @@ def main() -> None:
     p.add_argument("--a-set", action="append", default=[], help="recipe override for A, e.g. speed.precision=bf16")
     p.add_argument("--sides", default="A,B", help="sides to run; the other is read from an earlier run's JSON in --out")
     p.add_argument("--quick", action="store_true", help="8 counted steps, 2 warm-up, 1 pair: a smoke test, not a figure")
-    p.add_argument("--out", default=str(ROOT / "runs" / "bench" / "train_throughput"))
+    p.add_argument(
+        "--out",
+        default=str(ROOT / "runs" / "bench" / "train_throughput" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())),
+        help="results folder: new, or with --sides an earlier run's (default: a new one per run under runs/bench)",
+    )
     p.add_argument("--child", choices=["A", "B"], help=argparse.SUPPRESS)
     p.add_argument("--train", help=argparse.SUPPRESS)
     p.add_argument("--eval", help=argparse.SUPPRESS)
@@ -338,11 +366,10 @@ def main() -> None:
         return child(ns)
     if ns.quick:
         ns.steps, ns.warmup, ns.pairs = 8, 2, 1
+    out = claim(Path(ns.out).resolve(), ns.sides)  # the children run elsewhere: data paths must be absolute
     from tunesmith import models
 
     ns.model = models.resolve_base(ns.model)
-    out = Path(ns.out).resolve()  # the children run elsewhere: data paths must be absolute
-    out.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     summary: dict = {"args": vars(ns), "cpu_count": os.cpu_count(), "started": started}
     for kind in ns.data.split(","):
