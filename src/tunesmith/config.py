@@ -85,6 +85,11 @@ class DataSection(Section):
     overlong: Literal["drop", "truncate", "error"] = Field(
         "drop", description="What to do with examples over max_length: drop (counted), truncate (tokens lost counted) or error."
     )
+    reasoning: Literal["train", "mask", "drop"] = Field(
+        "train",
+        description="Reasoning traces (reasoning_content, reasoning, thinking or <think>…</think>): train = the model "
+        "learns them; mask = rendered in the text but not learned; drop = removed (counted).",
+    )
 
 
 class RagSection(Section):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunesmith import models
+from tunesmith import families, models
 from tunesmith.errors import ModelError
 from tunesmith.run import Run, is_run_dir, load_run
 
@@ -30,6 +30,20 @@ class Loaded:
     @property
     def template_hash(self) -> str:
         return models.chat_template_hash(self.tokenizer)
+
+    @property
+    def family(self) -> families.Family:
+        """The chat family of the loaded model (its config's model_type and its tokenizer's template)."""
+        return families.detect(getattr(self.model, "config", None), self.tokenizer)
+
+    def stop_token_ids(self) -> list[int]:
+        """Ids that end generation: the family's end-of-turn and stop tokens, then the generation_config's EOS."""
+        ids = self.family.stop_token_ids(self.tokenizer)
+        config_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        for i in config_eos if isinstance(config_eos, (list, tuple)) else [config_eos]:
+            if i is not None and int(i) not in ids:
+                ids.append(int(i))
+        return ids
 
 
 def template_warning(run: Run, tokenizer: Any) -> str | None:

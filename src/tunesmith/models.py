@@ -176,11 +176,42 @@ def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bo
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if not tok.chat_template:
-        raise ModelError(
-            f"the tokenizer at {path} has no chat template",
-            hint="Use an instruct/chat model, or add a chat_template to its tokenizer_config.json.",
-        )
+        from tunesmith import families
+
+        # A base-model folder of a known family (its vocabulary has the family's tokens) gets the family's template.
+        family = families.ensure_template(tok, read_config(path))
+        if family is None:
+            raise ModelError(
+                f"the tokenizer at {path} has no chat template",
+                hint="Use an instruct/chat model, or add a chat_template to its tokenizer_config.json.",
+            )
+        log.info("%s has no chat template: using tunesmith's %s template", path, family.title)
     return tok
+
+
+def read_config(path: str) -> dict[str, Any] | None:
+    """The config.json of a local model folder (None for a hub id or a folder without one)."""
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        return None
+    try:
+        value = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{file} is not readable JSON: {exc}") from None
+    return value if isinstance(value, dict) else None
+
+
+def model_info(spec: str) -> dict[str, Any]:
+    """What `models info` shows: where a model is, its model_type, and its chat family (stop ids, system
+    handling, reasoning, tools, template hash)."""
+    from tunesmith import families
+
+    path = resolve_base(spec)
+    tokenizer = load_tokenizer(path)
+    config = read_config(path)
+    family = families.detect(config, tokenizer)
+    where = {"spec": spec, "path": path, "model_type": families.model_type_of(config)}
+    return {**where, **families.describe(family, tokenizer), "template_sha256": chat_template_hash(tokenizer)}
 
 
 def load_model(

@@ -1,4 +1,4 @@
-"""`tunesmith models`: the embedded catalog."""
+"""`tunesmith models`: the embedded catalog, and what tunesmith knows about a model."""
 
 from __future__ import annotations
 
@@ -33,3 +33,19 @@ def pull(name: str = typer.Argument(..., help="Catalog name, e.g. smollm2-135m-i
     with console.status(f"importing {name} ..."):
         path = do_pull(name)
     console.print(f"[green]ready:[/] {name} -> {path}")
+
+
+@models_app.command("info")
+@handle_errors
+def info(model: str = typer.Argument(..., help="Catalog name, model folder, .gguf file or hub id.")) -> None:
+    """Show a model's chat family: end-of-turn and stop tokens, generation prompt, system, reasoning and tools."""
+    from rich.markup import escape
+
+    from tunesmith.models import model_info
+
+    with console.status(f"reading {model} ..."):
+        data = model_info(model)
+    table = Table("field", "value")
+    for key, value in data.items():
+        table.add_row(key, escape(repr(value) if key == "generation_prompt" else str(value)))
+    console.print(table)

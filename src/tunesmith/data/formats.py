@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tunesmith.data import reasoning
 from tunesmith.errors import DataError
 
 T = TypeVar("T")
 
 ROLES = ("system", "user", "assistant")
-MESSAGE_KEYS = {"role", "content", "name", "weight", "function_call", "tool_calls", "tool_call_id"}
+MESSAGE_KEYS = {"role", "content", "name", "weight", "function_call", "tool_calls", "tool_call_id", *reasoning.KEYS}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 
@@ -232,7 +233,7 @@ def _check_messages(messages: Any, need_assistant: bool = True) -> list[dict[str
         if "name" in msg and not isinstance(msg["name"], str):
             raise RowError("invalid_name", f"message {i} name must be a string", i)
         _check_tool_calls(msg, i)
-        out.append(dict(msg))
+        out.append(reasoning.normalise_message(dict(msg), i))  # one trace field, whatever the row called it
     if need_assistant and not any(m["role"] == "assistant" for m in out):
         raise RowError("missing_assistant_message", "no assistant message to learn from")
     return out
