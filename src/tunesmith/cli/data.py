@@ -364,29 +364,41 @@ def show(
     recipe: Path = typer.Option(None, help="Recipe YAML: its model, max_length and policy."),
     model: str = typer.Option(None, help="Model whose chat template renders the row (default: the catalog default)."),
     max_length: int = typer.Option(None, min=1, help="Maximum tokens (default: the recipe's, else 1024)."),
+    reasoning: str = typer.Option(None, help="Reasoning traces: train, mask or drop (default: the recipe's, else train)."),
 ) -> None:
-    """Render one row through the chat template exactly as training sees it; trained (loss) tokens highlighted."""
+    """Render one row through the chat template exactly as training sees it; trained (loss) tokens highlighted
+    (in a terminal) or between [[ and ]] (when the output is not a terminal)."""
     from rich.text import Text
 
-    from tunesmith.data.show import nth_record, show_row
+    from tunesmith.data.show import counts_line, nth_record, plain, show_row
 
     s = _settings(recipe, model, max_length, None)
+    if reasoning is None and recipe is not None:
+        from tunesmith.config import load_recipe
+
+        reasoning = load_recipe(recipe).data.reasoning
     rec = nth_record(file, row)
     tokenizer, _ = _tokenizer(s["model"])
-    shown = show_row(tokenizer, rec, s["max_length"], s["overlong"])
+    shown = show_row(tokenizer, rec, s["max_length"], s["overlong"], reasoning=reasoning or "train")
     console.rule(f"{shown.where}")
     for problem in shown.problems:
         err_console.print(f"[bold red]{escape(problem)}[/]", highlight=False)
-    text = Text()
-    for segment, trained in shown.segments:
-        text.append(segment, style="bold black on green" if trained else "dim")
-    console.print(text)
+    if console.is_terminal:
+        text = Text()
+        for segment, trained in shown.segments:
+            text.append(segment, style="bold black on green" if trained else "dim")
+        console.print(text)
+    else:
+        typer.echo(plain(shown))
     console.rule()
     state = f"dropped ({shown.dropped})" if shown.dropped else f"{shown.kept_tokens} tokens reach training"
+    marked = "[black on green]highlighted[/]" if console.is_terminal else "between \\[[ and ]]"
     console.print(
-        f"{shown.n_tokens} tokens, {shown.n_trained} trained ([black on green]highlighted[/]); "
-        f"EOS trained: {shown.eos_trained}; max_length {s['max_length']}: {state}"
+        f"{shown.n_tokens} tokens, {shown.n_trained} trained ({marked}); "
+        f"EOS trained: {shown.eos_trained}; max_length {s['max_length']}: {state}",
+        soft_wrap=True,
     )
+    console.print(escape(counts_line(shown)), highlight=False, soft_wrap=True)
 
 
 @data_app.command("synth")

@@ -11,6 +11,8 @@ import base64
 import html
 import io
 import json
+import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -18,6 +20,7 @@ from matplotlib.figure import Figure
 
 from tunesmith.atomic import write_text_atomic
 from tunesmith.data.audit import AuditReport
+from tunesmith.data.show import Shown, counts_line
 
 _DPI = 100
 _CSS = (
@@ -80,6 +83,53 @@ def render(report: AuditReport) -> str:
         parts.append(_img(assistant_png, "assistant tokens histogram"))
     parts.append(f"<h2>Statistics</h2><pre>{e(json.dumps(report.stats, indent=2, default=str))}</pre></body></html>")
     return "\n".join(parts)
+
+
+# Inline styles, so a row renders the same inside the audit page, the studio or any other page.
+_STYLE = {
+    "trained": "background:#b7ebc6;color:#0b3d1a",
+    "context": "color:#6a737d",
+    "special": "font-weight:bold;color:#6f42c1;background:#efe6ff;border-radius:2px",
+}
+_LEGEND = (
+    "<p class='ts-legend'>"
+    f"<span style='{_STYLE['trained']}'>trained: the model learns to write this</span> · "
+    f"<span style='{_STYLE['context']}'>context: seen, not learned</span> · "
+    f"<span style='{_STYLE['special']}'>&lt;special token&gt;</span></p>"
+)
+
+
+def _marked(text: str, specials: list[str]) -> str:
+    """Escaped text with every special token wrapped so it stands out."""
+    if not specials:
+        return html.escape(text)
+    pieces = re.split("(" + "|".join(map(re.escape, specials)) + ")", text)
+    return "".join(
+        f"<span class='ts-special' style='{_STYLE['special']}'>{html.escape(p)}</span>" if i % 2 else html.escape(p)
+        for i, p in enumerate(pieces)
+    )
+
+
+def row_html(shown: Shown, legend: bool = True) -> str:
+    """One rendered row as an HTML fragment: trained runs coloured, special tokens visible, counts below."""
+    runs = "".join(
+        f"<span class='{'ts-trained' if trained else 'ts-context'}' style='{_STYLE['trained' if trained else 'context']}'>"
+        f"{_marked(text, shown.specials)}</span>"
+        for text, trained in shown.segments
+    )
+    problems = "".join(f"<p class='error'>{html.escape(p)}</p>" for p in shown.problems)
+    state = f"dropped ({shown.dropped})" if shown.dropped else f"{shown.kept_tokens} tokens reach training"
+    return (
+        f"<div class='ts-row'><p><b>{html.escape(shown.where)}</b></p>{problems}{_LEGEND if legend else ''}"
+        "<pre style='white-space:pre-wrap;word-break:break-word;background:#f6f8fa;padding:1em;font-size:12px'>"
+        f"{runs}</pre><p>{shown.n_tokens} tokens, {shown.n_trained} trained; end of turn trained: {shown.eos_trained}; "
+        f"{html.escape(state)}<br>{html.escape(counts_line(shown))}</p></div>"
+    )
+
+
+def rows_section(rows: Iterable[Shown], title: str = "What the model will learn") -> str:
+    """A report section of sampled rows, with the legend once."""
+    return f"<h2>{html.escape(title)}</h2>{_LEGEND}" + "".join(row_html(r, legend=False) for r in rows)
 
 
 def write_html(path: str | Path, report: AuditReport) -> Path:
