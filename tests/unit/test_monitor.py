@@ -8,6 +8,7 @@ import random
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from serve_helpers import run_cli
 from typer.testing import CliRunner
 
 from helpers import write_jsonl
@@ -211,22 +212,6 @@ def test_studio_monitor_page_shows_the_latest_signals(tmp_path):
     assert 'id="drift"' in page and "latency_p95" in page and "drift" in page
 
 
-def _cli(args: list[str], as_reader: bool = False):
-    """`tunesmith ARGS` in a subprocess; as_reader: without root's power to write read-only files (as any user)."""
-    import os
-    import shutil
-    import subprocess
-    import sys
-
-    cmd = [sys.executable, "-m", "tunesmith", *args]
-    if as_reader and os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("running as root without setpriv: file modes do not bind root")
-        cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", "--", *cmd]
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-
-
 def test_an_empty_log_file_is_reported_not_converted(tmp_path):
     """A 0-byte requests.sqlite is an empty log, not "no drift": nothing is written into it or beside it."""
     serve = tmp_path / "serve"
@@ -253,7 +238,7 @@ def test_a_read_only_log_is_read(tmp_path, folder_mode):
     db.chmod(0o444)
     serve.chmod(folder_mode)
     try:
-        res = _cli(
+        res = run_cli(
             ["monitor", str(serve), "--embedder", "char-ngrams", "--until", UNTIL.isoformat()[:19], "--out", str(tmp_path / "m")],
             as_reader=True,
         )

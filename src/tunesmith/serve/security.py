@@ -142,3 +142,36 @@ def check_safetensors(adapter_dir: Path) -> None:
             f"{adapter_dir} has no adapter_model.safetensors",
             hint="Only safetensors adapters are served; re-save it with safe_serialization=True.",
         )
+
+
+def check_adapter_files(adapter_dir: Path) -> None:
+    """Refuse, before anything is loaded, an adapter folder whose files cannot be a peft adapter.
+
+    adapter_config.json must be a JSON object naming its peft_type; adapter_model.safetensors must parse (its
+    header and the byte ranges it declares), so a truncated or foreign file is a clear ModelError, not a crash.
+    """
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    config = adapter_dir / "adapter_config.json"
+    if not config.is_file():
+        raise ModelError(f"{adapter_dir} holds no adapter (no adapter_config.json)")
+    check_safetensors(adapter_dir)
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ModelError(f"{config} is not readable JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("peft_type"), str):
+        raise ModelError(
+            f"{config} is not a peft adapter config (expected a JSON object with a peft_type, found {type(data).__name__})",
+            hint="Point at the adapter folder a `tunesmith train` run (or peft's save_pretrained) wrote.",
+        )
+    weights = adapter_dir / "adapter_model.safetensors"
+    try:
+        with safe_open(str(weights), framework="numpy") as f:
+            names = list(f.keys())
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"{weights} is not a readable safetensors file: {exc}", hint="Re-save or re-copy the adapter.") from None
+    if not names:
+        raise ModelError(f"{weights} holds no tensors", hint="Re-save or re-copy the adapter.")
