@@ -126,6 +126,8 @@ def test_a_full_fine_tune_is_served_under_its_run_name(base, tmp_path):
 def test_cli_start_up_mistakes_are_one_paragraph_and_an_exit_code(base, index, tmp_path):
     a_file = tmp_path / "notes.txt"
     a_file.write_text("mine")
+    keys = tmp_path / "keys"
+    keys.write_text("ok-key\nadmin\n")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -140,6 +142,8 @@ def test_cli_start_up_mistakes_are_one_paragraph_and_an_exit_code(base, index, t
             (["--adapters-dir", str(a_file)], 1, "is not a folder"),
             (["--adapter", f"x={index}"], 1, "holds no adapter"),
             (["--name", "../evil"], 1, "invalid adapter name"),
+            (["--keys-file", str(keys)], 1, f"{keys}:2: expected `KEY` or `admin KEY`"),
+            (["--keys-file", str(tmp_path / "no-keys")], 1, "cannot read the keys file"),
         ]
         for extra, code, said in cases:
             folder = tmp_path / "serve"

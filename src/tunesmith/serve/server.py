@@ -113,9 +113,14 @@ def parse_adapters(specs: list[str]) -> dict[str, str]:
     return out
 
 
+def _user_keys(opts: ServeOptions) -> list[str]:
+    """User keys from --api-key and $TUNESMITH_API_KEY (the keys file is read by KeyRing.build)."""
+    return list(opts.api_keys) + ([os.environ["TUNESMITH_API_KEY"]] if os.environ.get("TUNESMITH_API_KEY") else [])
+
+
 def _keys(opts: ServeOptions, folder: Path) -> tuple[KeyRing, str | None]:
     generated = None
-    api_keys = list(opts.api_keys) + ([os.environ["TUNESMITH_API_KEY"]] if os.environ.get("TUNESMITH_API_KEY") else [])
+    api_keys = _user_keys(opts)
     if not api_keys and opts.keys_file is None:
         generated = generate_key()
         # Created 0600 from the start and never through a symlink planted in the folder.
@@ -167,7 +172,7 @@ def prepare(opts: ServeOptions) -> Prepared:
         read_meta(Path(opts.index))
     if opts.adapters_dir is not None and not opts.adapters_dir.is_dir():
         raise RunError(f"--adapters-dir {opts.adapters_dir} is not a folder")
-    KeyRing.build(opts.api_keys, opts.admin_keys, opts.keys_file)
+    KeyRing.build(_user_keys(opts), opts.admin_keys, opts.keys_file)  # a bad key or keys file: refused here
     folder = serve_dir(opts.dir)
     keys, generated = _keys(opts, folder)
     store, log_path = None, None
