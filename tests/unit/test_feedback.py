@@ -112,3 +112,34 @@ def test_cli_prints_the_audit_of_the_written_file(tmp_path):
     assert again.exit_code == 73 and "already exists" in " ".join(again.output.split())
     bad = runner.invoke(app, ["feedback", "export", str(serve), "--to", "kto", "--out", str(tmp_path / "q.jsonl")])
     assert bad.exit_code != 0 and "sft or dpo" in " ".join(bad.output.split())
+
+
+def test_feedback_on_a_failed_request_is_refused_and_never_exported(tmp_path):
+    """A request answered 429 (or any error) has no answer: feedback on it is refused, and a log that holds such
+    feedback anyway (written by an older server) exports no row from it."""
+    import sqlite3
+
+    from tunesmith.serve.store import FailedRequest, FeedbackRow, RequestLog, RequestRow
+
+    serve = log_with_feedback(tmp_path / "serve")
+    busy = RequestRow(
+        request_id="busy",
+        time=T0,
+        model="m",
+        messages=[{"role": "user", "content": "Capital of Spain?"}],
+        output="",
+        status=429,
+        error="queue_full",
+    )
+    with RequestLog.open(serve, create=True) as log:
+        path = log.path
+        log.add_request(busy)
+        with pytest.raises(FailedRequest, match="HTTP 429"):
+            log.add_feedback(FeedbackRow(request_id="busy", rating="down", correction="Madrid."))
+        assert [f for f in log.iter_feedback() if f.request_id == "busy"] == []
+    old = FeedbackRow(request_id="busy", rating="down", correction="Madrid.")
+    with sqlite3.connect(path) as db:  # what a server before this check let through
+        db.execute("INSERT INTO feedback VALUES (?, ?, ?, ?)", (old.feedback_id, "busy", T0.timestamp(), old.model_dump_json()))
+    for to in ("sft", "dpo"):
+        done = export(serve, to, tmp_path / f"{to}.jsonl")
+        assert "Madrid." not in done.path.read_text() and done.skipped["request answered with an error"] == 1

@@ -8,6 +8,7 @@ import random
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from serve_helpers import run_cli
 from typer.testing import CliRunner
 
 from helpers import write_jsonl
@@ -97,7 +98,7 @@ def write_log(serve_dir, recent_shifted: bool, n: int = 40) -> None:
                         status=500 if failed else 200,
                     )
                 )
-                if i % 4 == 0:
+                if i % 4 == 0 and not failed:  # a failed request has no answer to rate
                     log.add_feedback(FeedbackRow(request_id=rid, rating="down" if bad else "up"))
 
 
@@ -209,3 +210,41 @@ def test_studio_monitor_page_shows_the_latest_signals(tmp_path):
     fake_run(tmp_path / "runs", "r")
     page = TestClient(create_app(StudioConfig(runs=[tmp_path / "runs"], serve_dir=tmp_path / "serve"))).get("/monitor").text
     assert 'id="drift"' in page and "latency_p95" in page and "drift" in page
+
+
+def test_an_empty_log_file_is_reported_not_converted(tmp_path):
+    """A 0-byte requests.sqlite is an empty log, not "no drift": nothing is written into it or beside it."""
+    serve = tmp_path / "serve"
+    serve.mkdir()
+    (serve / "requests.sqlite").touch()
+    res = CliRunner().invoke(app, ["monitor", str(serve), "--embedder", "char-ngrams", "--out", str(tmp_path / "m")])
+    assert res.exit_code == 1, res.output
+    assert "empty (0 bytes)" in " ".join(res.output.split()) and "no drift" not in res.output
+    assert sorted(p.name for p in serve.iterdir()) == ["requests.sqlite"] and (serve / "requests.sqlite").stat().st_size == 0
+    bad = CliRunner().invoke(app, ["feedback", "export", str(serve), "--to", "sft", "--out", str(tmp_path / "x.jsonl")])
+    assert bad.exit_code == 1 and "empty (0 bytes)" in " ".join(bad.output.split())
+
+
+@pytest.mark.parametrize("folder_mode", [0o555, 0o777], ids=["read-only folder", "read-only file"])
+def test_a_read_only_log_is_read(tmp_path, folder_mode):
+    """A log the reader may not write (a copy from a server, another user's folder) is read, not refused."""
+    import hashlib
+
+    serve = tmp_path / "serve"
+    write_log(serve, recent_shifted=False)
+    (serve / ".tunesmith-serve").unlink()
+    db = serve / "requests.sqlite"
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    db.chmod(0o444)
+    serve.chmod(folder_mode)
+    try:
+        res = run_cli(
+            ["monitor", str(serve), "--embedder", "char-ngrams", "--until", UNTIL.isoformat()[:19], "--out", str(tmp_path / "m")],
+            as_reader=True,
+        )
+    finally:
+        serve.chmod(0o755)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "no drift" in res.stdout and "Traceback" not in res.stderr
+    assert read_report(tmp_path / "m" / "monitor.json").recent.requests == 40
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before

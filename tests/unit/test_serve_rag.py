@@ -4,34 +4,20 @@ from __future__ import annotations
 
 import openai
 import pytest
-from serve_helpers import free_port, live_server
+from serve_helpers import docs_index, free_port, live_server
 
 from tunesmith.serve.app import ServeSettings, create_app
 from tunesmith.serve.engine import load_engine
 from tunesmith.serve.security import KeyRing
 
-DOC = """# Refunds
-
-Customers may ask for a refund within 30 days. The Zorblax-9 form must be attached to every refund request.
-
-# Shipping
-
-Parcels leave the warehouse in Rotterdam every Tuesday.
-"""
 ASK = [{"role": "user", "content": "Which form goes with a refund request?"}]
 
 
 @pytest.fixture(scope="module")
 def rag_server(tmp_path_factory, tiny_model_dir):
-    from tunesmith.rag.embed import load_embedder
-    from tunesmith.rag.index import build_index
-
-    root = tmp_path_factory.mktemp("serve-rag")
-    (root / "docs").mkdir()
-    (root / "docs" / "policy.md").write_text(DOC, encoding="utf-8")
-    build_index([root / "docs"], root / "idx", embedder=load_embedder(None), chunk_chars=120, overlap_chars=20)
+    index = docs_index(tmp_path_factory.mktemp("serve-rag"))
     port = free_port()
-    settings = ServeSettings(keys=KeyRing.build(["k"], []), index=str(root / "idx"))
+    settings = ServeSettings(keys=KeyRing.build(["k"], []), index=str(index))
     app = create_app(lambda: load_engine(tiny_model_dir), settings)
     with live_server(app, port=port) as url:
         yield openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0), app.state.tunesmith

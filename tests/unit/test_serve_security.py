@@ -14,9 +14,48 @@ from tunesmith.serve.security import (
 from tunesmith.serve.server import parse_adapters, serve_dir
 
 
+def test_keys_file_hash_is_a_comment_only_at_the_start_of_a_line(tmp_path):
+    """`user#key-1` is one key (its prefix is not); `admin adm#in-key` never makes `adm` an admin key."""
+    keys = tmp_path / "keys"
+    keys.write_text("\ufeff# users\nuser#key-1\n\t # admins\nadmin adm#in-key\r\nadmin\tk-tab\n", encoding="utf-8")
+    ring = KeyRing.build([], [], keys)
+    assert ring.allows("Bearer user#key-1") and not ring.allows("Bearer user")
+    assert ring.allows_admin("Bearer adm#in-key") and not ring.allows("Bearer adm") and not ring.allows_admin("Bearer adm")
+    assert ring.allows_admin("Bearer k-tab") and not ring.allows_admin("Bearer user#key-1")
+    assert not ring.allows("Bearer # users") and not ring.allows("Bearer #")
+    assert ring.allows("bearer user#key-1")  # the scheme is case-insensitive (RFC 9110), the key is not
+    assert not ring.allows("Bearer USER#KEY-1") and not ring.allows("Bearer ")
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("admin k-admin  # ops\n", ":1: expected `KEY` or `admin KEY`, found 4"),  # no comments after an entry
+        ("ok-key\nadmin\n", ":2: expected `KEY` or `admin KEY`, found 1 word(s) (`admin` needs a key"),
+        ("admin a b\n", ":1:"),
+        ("user k\n", ":1:"),
+        ("clé\n", ":1: an API key is not visible ASCII"),
+    ],
+)
+def test_keys_file_refuses_what_it_does_not_document(tmp_path, text, where):
+    keys = tmp_path / "keys"
+    keys.write_text(text, encoding="utf-8")
+    with pytest.raises(RunError) as err:
+        KeyRing.build([], [], keys)
+    assert where in err.value.message and "clé" not in err.value.message  # a key is never echoed
+
+
+@pytest.mark.parametrize("bad", ["", " ", "two words", "tab\there"])
+def test_flag_keys_must_be_one_visible_word(bad):
+    with pytest.raises(RunError, match="API key"):
+        KeyRing.build([bad], [])
+    with pytest.raises(RunError, match="API key"):
+        KeyRing.build(["good"], [bad])
+
+
 def test_keyring_flags_file_and_admin(tmp_path):
     keys = tmp_path / "keys"
-    keys.write_text("# team keys\nk-file\nadmin k-admin  # ops\n\n", encoding="utf-8")
+    keys.write_text("# team keys\nk-file\n  # ops\nadmin k-admin\n\n", encoding="utf-8")
     ring = KeyRing.build(["k-flag"], [], keys)
     for key in ("k-flag", "k-file", "k-admin"):
         assert ring.allows(f"Bearer {key}")

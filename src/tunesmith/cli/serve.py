@@ -16,14 +16,19 @@ def serve(
     adapter: list[str] = typer.Option([], "--adapter", help="More adapters on the same base: name=RUN_DIR (repeatable)."),
     index: str = typer.Option(None, "--index", help='Retrieval index for requests with "rag": true.'),
     host: str = typer.Option("127.0.0.1", help="Interface to bind (loopback by default)."),
-    port: int = typer.Option(8000, help="TCP port."),
+    port: int = typer.Option(8000, min=1, max=65535, help="TCP port (1-65535)."),
     dir: Path = typer.Option(Path("serve"), "--dir", help="Serve folder (created, marked): request log, generated key."),
     log_path: Path = typer.Option(None, "--log", help="Request log file (default: <dir>/requests.sqlite)."),
     no_log: bool = typer.Option(False, "--no-log", help="Keep no request log (feedback is then refused)."),
     no_log_content: bool = typer.Option(False, "--no-log-content", help="Log only metadata, not prompts and outputs."),
     api_key: list[str] = typer.Option([], "--api-key", help="Accepted API key (repeatable; also $TUNESMITH_API_KEY)."),
     admin_key: list[str] = typer.Option([], "--admin-key", help="Key that may add and remove adapters (repeatable)."),
-    keys_file: Path = typer.Option(None, "--keys-file", help="File with one key a line; `admin KEY` for admin keys."),
+    keys_file: Path = typer.Option(
+        None,
+        "--keys-file",
+        help="File with one entry a line: `KEY` or `admin KEY`; a line whose first non-blank character is `#` is a "
+        "comment (a `#` elsewhere is part of a key). See docs/serving.md.",
+    ),
     adapters_dir: Path = typer.Option(
         None,
         "--adapters-dir",
@@ -40,6 +45,7 @@ def serve(
     ),
     engine: str = typer.Option("transformers", help="transformers (default) or vllm (GPU, optional extra)."),
     dtype: str = typer.Option("auto", help="Weights dtype: auto, float32, bfloat16, float16."),
+    name: str = typer.Option(None, "--name", help="Name clients use for the served run (or model); default: its folder name."),
 ) -> None:
     """Serve an OpenAI-compatible API (chat, completions, models) with per-request adapters, metrics and a request log."""
     import uvicorn
@@ -67,6 +73,7 @@ def serve(
         check,
         engine,
         dtype,
+        name,
     )
     prepared = prepare(opts)
     if host not in ("127.0.0.1", "localhost", "::1"):

@@ -32,12 +32,18 @@ class Export:
 
 
 def _answered(requests: dict[str, RequestRow], fb: FeedbackRow, skipped: dict[str, int]) -> RequestRow | None:
+    """The request `fb` judges, when it was answered and its content logged; else None, counted in `skipped`."""
     row = requests.get(fb.request_id)
-    if row is None or prompt_of(row) is None or row.output is None:
-        key = "request content not logged" if row is not None else "request not in the log"
-        skipped[key] = skipped.get(key, 0) + 1
-        return None
-    return row
+    if row is None:
+        why = "request not in the log"
+    elif not row.answered:  # a 429, 499 or other error: no answer was given, so none may become a training row
+        why = "request answered with an error"
+    elif prompt_of(row) is None or row.output is None:
+        why = "request content not logged"
+    else:
+        return row
+    skipped[why] = skipped.get(why, 0) + 1
+    return None
 
 
 def sft_rows(requests: dict[str, RequestRow], feedback: list[FeedbackRow]) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -141,7 +147,7 @@ def export_retrain(
     candidates = [
         r
         for r in w.recent
-        if r.status < 400
+        if r.answered
         and r.output
         and prompt_text(r)
         and not (

@@ -46,14 +46,14 @@ def latest_feedback(feedback: list[FeedbackRow]) -> dict[str, FeedbackRow]:
 
 
 def to_traffic(name: str, rows: list[RequestRow], verdicts: dict[str, FeedbackRow]) -> drift.Traffic:
-    ok = [r for r in rows if r.status < 400]
+    ok = [r for r in rows if r.answered]
     texts = [(prompt_text(r), r.output) for r in ok if r.content_logged]
     return drift.Traffic(
         name=name,
         prompts=[p for p, _ in texts if p is not None],
         outputs=[o for _, o in texts if o is not None],
         latencies_s=[r.latency_s for r in ok],
-        errors=[r.status >= 400 for r in rows],
+        errors=[not r.answered for r in rows],
         ratings=[verdicts[r.request_id].rating for r in rows if r.request_id in verdicts],
     )
 

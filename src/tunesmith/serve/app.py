@@ -28,9 +28,9 @@ from tunesmith.serve.metrics import ServeMetrics
 from tunesmith.serve.schemas import (
     AdapterRequest,
     ApiError,
-    ChatRequest,
-    CompletionRequest,
     FeedbackRequest,
+    parse_body,
+    read_body,
     validation_error,
 )
 from tunesmith.serve.security import KeyRing, contained_path, generate_key
@@ -66,15 +66,24 @@ class ServeState:
     status: str = "loading"
     problem: str | None = None
     check_report: Any = None
+    retrieval_problem: str | None = None  # set when a search failed after startup, cleared by the next success
     internal_key: str = field(default_factory=generate_key)
+
+    @property
+    def healthy(self) -> bool:
+        """Ready, and the last retrieval (if any) could search: what /health reports."""
+        return self.ready and self.retrieval_problem is None
 
 
 def _startup(state: ServeState, load: Callable[[], Any]) -> None:
     """Load, warm up, optionally deploy-check; sets state.ready or state.problem (runs in a thread)."""
     from tunesmith.serve.batching import Batcher, Params
+    from tunesmith.serve.retrieval import check_indexes
 
     try:
         engine = load()
+        state.status = "checking retrieval indexes"
+        check_indexes(list(engine.models.values()), state.settings.index)  # before any request may use one
         state.batcher = Batcher(
             engine,
             max_batch=state.settings.max_batch,
@@ -180,13 +189,13 @@ def _routes(app: FastAPI, state: ServeState) -> None:
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        body = {"status": state.status, "ready": state.ready, "problem": state.problem}
+        body = {"status": state.status, "ready": state.healthy, "problem": state.problem or state.retrieval_problem}
         if state.check_report is not None:
             body["check"] = state.check_report.as_dict()
         if state.engine is not None:
             body["models"] = sorted(state.engine.models)
             body["queue_depth"] = state.batcher.depth if state.batcher is not None else 0
-        return JSONResponse(body, status_code=200 if state.ready else 503)
+        return JSONResponse(body, status_code=200 if state.healthy else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -211,25 +220,24 @@ def _routes(app: FastAPI, state: ServeState) -> None:
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions", dependencies=[Depends(user)])
-    async def chat(request: Request, body: ChatRequest) -> Any:
-        loaded()
-        return await complete(state, request, Call("chat", body, logged=not internal(request)))
+    async def chat(request: Request) -> Any:
+        return await complete(state, request, Call("chat", logged=not internal(request)))
 
     @app.post("/v1/completions", dependencies=[Depends(user)])
-    async def completions(request: Request, body: CompletionRequest) -> Any:
-        loaded()
-        return await complete(state, request, Call("completions", body, logged=not internal(request)))
+    async def completions(request: Request) -> Any:
+        return await complete(state, request, Call("completions", logged=not internal(request)))
 
     @app.post("/v1/feedback", dependencies=[Depends(user)])
-    async def feedback(body: FeedbackRequest) -> dict[str, Any]:
-        from tunesmith.serve.store import FeedbackRow
+    async def feedback(request: Request) -> dict[str, Any]:
+        from tunesmith.serve.store import FailedRequest, FeedbackRow, UnknownRequest
 
+        body = parse_body(await read_body(request), FeedbackRequest)
         if state.store is None:
             raise ApiError(400, "this server keeps no request log (started with --no-log)", code="no_request_log")
         row = FeedbackRow(request_id=body.request_id, rating=body.rating, correction=body.correction)
         try:
             await run_in_threadpool(state.store.add_feedback, row)
-        except TunesmithError:
+        except UnknownRequest:
             raise ApiError(
                 404,
                 f"no logged request with id {body.request_id!r}",
@@ -237,10 +245,13 @@ def _routes(app: FastAPI, state: ServeState) -> None:
                 param="request_id",
                 code="request_not_found",
             ) from None
+        except FailedRequest as exc:
+            raise ApiError(400, exc.message, param="request_id", code="request_not_answered") from None
         return {"id": row.feedback_id, "object": "feedback", "request_id": row.request_id}
 
     @app.post("/v1/adapters", dependencies=[Depends(admin)])
-    async def add_adapter(body: AdapterRequest) -> dict[str, Any]:
+    async def add_adapter(request: Request) -> dict[str, Any]:
+        body = parse_body(await read_body(request), AdapterRequest)
         engine = loaded()
         root = state.settings.adapters_dir
         if root is None:
@@ -249,7 +260,7 @@ def _routes(app: FastAPI, state: ServeState) -> None:
             )
         try:
             path = contained_path(root, body.path)
-            served = await run_in_threadpool(engine.add_adapter, body.name, path)
+            served = await run_in_threadpool(_attach_checked, engine, body.name, path)
         except TunesmithError as exc:
             raise ApiError(400, str(exc), param="name" if "name" in str(exc) else "path", code="invalid_adapter") from None
         if served.template_warning:
@@ -263,4 +274,19 @@ def _routes(app: FastAPI, state: ServeState) -> None:
             await run_in_threadpool(engine.remove_adapter, name)
         except TunesmithError as exc:
             raise ApiError(404, str(exc), "not_found_error", param="name", code="model_not_found") from None
+        # Requests still queued for it are answered 404 (and logged) when the worker reaches them.
         return {"id": name, "object": "model", "deleted": True}
+
+
+def _attach_checked(engine: Any, name: str, path: Path) -> Any:
+    """engine.add_adapter, then the retrieval index its recipe trained with must search, else it is detached again."""
+    from tunesmith.serve.retrieval import check_indexes
+
+    served = engine.add_adapter(name, path)
+    if served.rag is not None:
+        try:
+            check_indexes([served], None)
+        except TunesmithError:
+            engine.remove_adapter(name)
+            raise
+    return served

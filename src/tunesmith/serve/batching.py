@@ -17,6 +17,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from tunesmith.serve.engine import NoSuchModel
+
 log = logging.getLogger(__name__)
 
 
@@ -166,7 +168,10 @@ class Batcher:
                 elif live:
                     self._run_batch(live)
             except Exception as exc:
-                log.exception("generation failed")
+                if isinstance(exc, NoSuchModel):  # its adapter was removed while it waited: each is answered 404
+                    log.warning("%d queued request(s) for a removed model: %s", len(live), exc)
+                else:
+                    log.exception("generation failed")
                 for job in live:
                     job.push(exc) if job.stream else job.resolve(exc)
             finally:

@@ -18,7 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ModelError
-from tunesmith.serve.security import check_name, check_safetensors
+from tunesmith.serve.security import check_adapter_files, check_name
+
+
+class NoSuchModel(ModelError):
+    """No served model has this name (never had it, or its adapter was removed)."""
 
 
 @dataclass
@@ -58,6 +62,13 @@ def _model_name(spec: str) -> str:
     """A client-facing name for a base model spec (catalog name, folder or hub id)."""
     name = Path(spec.rstrip("/")).name if ("/" in spec and Path(spec).exists()) or spec.startswith((".", "/", "~")) else spec
     return name.replace("/", "--")
+
+
+def _forget_adapters(base: Any) -> None:
+    """Drop the `peft_config` dict peft leaves on a base model it wrapped: peft reads it as adapters still attached
+    (and merges the next adapter's config into it), so a base given back by unload or a failed load must not keep it."""
+    if "peft_config" in vars(base):
+        del base.peft_config
 
 
 class Engine:
@@ -108,7 +119,11 @@ class Engine:
         )
 
     def add_adapter(self, name: str, path: str | Path) -> ServedModel:
-        """Attach a run's adapter (or a bare adapter folder) under `name`; ModelError if it does not fit this base."""
+        """Attach a run's adapter (or a bare adapter folder) under `name`; ModelError if it does not fit this base.
+
+        The files are checked before the model is touched, and a load that fails half-way is undone, so a refused
+        adapter leaves the served models exactly as they were.
+        """
         from tunesmith.run import is_run_dir, load_run
 
         check_name(name)
@@ -118,9 +133,7 @@ class Engine:
                 raise ModelError(f"a model named {name!r} is already served", hint="Remove it first or pick another name.")
             run = load_run(path) if is_run_dir(path) else None
             adapter_dir = run.adapter_dir if run is not None else path
-            if not (adapter_dir / "adapter_config.json").exists():
-                raise ModelError(f"{path} holds no LoRA adapter (no adapter_config.json)")
-            check_safetensors(adapter_dir)
+            check_adapter_files(adapter_dir)
             if (
                 run is not None
                 and Path(run.base_path).resolve() != Path(self.base_path).resolve()
@@ -139,13 +152,33 @@ class Engine:
     def _attach(self, adapter_dir: Path, peft_name: str) -> None:
         from peft import PeftModel
 
+        wrapped = isinstance(self.model, PeftModel)
         try:
-            if isinstance(self.model, PeftModel):
+            if wrapped:
                 self.model.load_adapter(str(adapter_dir), adapter_name=peft_name)
             else:
                 self.model = PeftModel.from_pretrained(self.model, str(adapter_dir), adapter_name=peft_name).eval()
-        except (ValueError, KeyError, RuntimeError, OSError) as exc:
-            raise ModelError(f"cannot attach the adapter at {adapter_dir}: {exc}") from None
+        except Exception as exc:  # peft and torch raise many types for weights that do not fit (shapes, names)
+            self._undo_attach(peft_name, wrapped)
+            raise ModelError(
+                f"cannot attach the adapter at {adapter_dir}: {type(exc).__name__}: {exc}",
+                hint="Is it a LoRA adapter trained on this base model?",
+            ) from None
+
+    def _undo_attach(self, peft_name: str, wrapped: bool) -> None:
+        """Remove what a failed load left in the model: the half-added adapter, or LoRA layers peft injected."""
+        if wrapped:
+            if peft_name in self.model.peft_config:
+                self.model.delete_adapter(peft_name)
+            return
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        # PeftModel.from_pretrained injects LoRA layers into the base before loading weights; swap each back.
+        for parent in list(self.model.modules()):
+            for child_name, child in list(parent.named_children()):
+                if isinstance(child, BaseTunerLayer):
+                    setattr(parent, child_name, child.get_base_layer())
+        _forget_adapters(self.model)
 
     def remove_adapter(self, name: str) -> None:
         with self.lock:
@@ -155,6 +188,7 @@ class Engine:
             if set(self.model.peft_config) == {served.peft_name}:
                 # peft cannot disable its last adapter once deleted: strip the LoRA layers, keep the plain base.
                 self.model = self.model.unload()
+                _forget_adapters(self.model)
             else:
                 self.model.delete_adapter(served.peft_name)
             del self.models[name]
@@ -162,9 +196,10 @@ class Engine:
                 self.default_name = self.base_name
 
     def resolve(self, name: str | None) -> ServedModel:
+        """The served model called `name` (None: the default one); NoSuchModel when there is none."""
         served = self.models.get(name or self.default_name)
         if served is None:
-            raise KeyError(name)
+            raise NoSuchModel(f"no served model named {name!r}")
         return served
 
     @contextmanager
@@ -229,29 +264,48 @@ class Engine:
             yield "", ts
 
 
-def load_engine(target: str | Path, adapters: dict[str, str] | None = None, dtype: str = "auto") -> Engine:
-    """The served engine: a run folder (its base + adapter, named after the run) or a model, plus more adapters."""
+def run_name(run: Any, name: str | None, has_adapter: bool) -> str:
+    """The name a served run answers to (`name`, else its folder's); ModelError when an adapter run's name is its
+    base's, since clients asking for the base would then get the adapter."""
+    served = check_name(name or run.dir.name)
+    if has_adapter and served == _model_name(run.manifest.base_model.spec):
+        raise ModelError(
+            f"the run {run.dir} would be served as {served!r}, the name of its base model, so clients asking for "
+            "the base would get the adapter",
+            hint="Serve it under another name: tunesmith serve RUN --name NAME.",
+        )
+    return served
+
+
+def load_engine(
+    target: str | Path, adapters: dict[str, str] | None = None, dtype: str = "auto", name: str | None = None
+) -> Engine:
+    """The served engine: a run folder (its base + adapter) or a model, plus adapters; `name` renames the run or model.
+
+    A full fine-tune is served under the run's name as its own base (adapters trained on the original base do not
+    fit it). ModelError when the run's name is the base's: clients asking for the base would get the tuned model.
+    """
     from tunesmith.loader import load_target
 
     loaded = load_target(target, dtype)
     if loaded.run is not None:
         run = loaded.run
-        base_name = _model_name(run.manifest.base_model.spec)
-        engine = Engine(loaded.model, loaded.tokenizer, base_name, run.base_path)
+        served_name = run_name(run, name, loaded.has_adapter)
         if loaded.has_adapter:
-            name = check_name(run.dir.name)
-            engine.models[name] = engine._served_from_run(name, "default", run)  # load_run_model names it "default"
-            engine.default_name = name
-        else:  # a full fine-tune is its own base: adapters trained on the original base do not fit it
-            engine.models[base_name] = engine._served_from_run(base_name, None, run)
+            base_name = _model_name(run.manifest.base_model.spec)
+            engine = Engine(loaded.model, loaded.tokenizer, base_name, run.base_path)
+            engine.models[served_name] = engine._served_from_run(served_name, "default", run)  # load_run_model: "default"
+            engine.default_name = served_name
+        else:
+            engine = Engine(loaded.model, loaded.tokenizer, served_name, str(run.adapter_dir))
+            engine.models[served_name] = engine._served_from_run(served_name, None, run)
     else:
         from tunesmith import models
 
         spec = str(target)
         local = Path(spec).expanduser()  # resolved as load_target did, so adapters' recorded base paths compare equal
-        engine = Engine(
-            loaded.model, loaded.tokenizer, _model_name(spec), models.resolve_base(str(local) if local.exists() else spec)
-        )
-    for name, path in (adapters or {}).items():
-        engine.add_adapter(name, path)
+        base = models.resolve_base(str(local) if local.exists() else spec)
+        engine = Engine(loaded.model, loaded.tokenizer, check_name(name) if name else _model_name(spec), base)
+    for adapter, path in (adapters or {}).items():
+        engine.add_adapter(adapter, path)
     return engine

@@ -6,10 +6,14 @@ range-checked, and a bad one becomes a 400 whose `param` names the field, as the
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
+from fastapi import Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+INT64 = 2**63  # OpenAI's `seed` is a signed 64-bit integer
+MAX_BODY_BYTES = 8 * 2**20  # far above any prompt a context window holds; a bigger body is refused unread
 
 
 class ApiError(Exception):
@@ -55,7 +59,7 @@ class _Sampling(_Body):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-INT64, lt=INT64, description="Signed 64-bit integer.")
     stream: bool = False
     n: int = Field(1, ge=1, le=1, description="Only one choice per request is generated.")
     rag: bool | None = Field(None, description="Put retrieved passages into the prompt; default: the adapter's recipe.")
@@ -117,17 +121,57 @@ class FeedbackRequest(_Body):
 
 
 class AdapterRequest(_Body):
-    name: str
-    path: str = Field(..., description="Run or adapter folder, relative to the server's adapters folder.")
+    name: str = Field(..., max_length=128)
+    path: str = Field(..., max_length=4096, description="Run or adapter folder, relative to the server's adapters folder.")
+
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, at most `limit` bytes; a 413 ApiError past it (read no further)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"the request body is over {limit} bytes", code="request_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"the request body is over {limit} bytes", code="request_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_body(raw: bytes, model: type[Body]) -> Body:
+    """`raw` JSON validated as `model`; a 400 ApiError naming the first bad field (or the malformed JSON).
+
+    pydantic's JSON parser bounds nesting depth, so a deeply nested body is a 400, not a RecursionError.
+    """
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise validation_error(list(exc.errors(include_url=False))) from None
+
+
+def model_field(raw: bytes) -> str:
+    """The `model` a possibly malformed body asked for ("" when it cannot be read), for the request log."""
+    from pydantic_core import from_json
+
+    try:
+        value = from_json(raw)
+    except ValueError:
+        return ""
+    name = value.get("model") if isinstance(value, dict) else None
+    return name[:200] if isinstance(name, str) else ""
 
 
 def validation_error(errors: list[Any]) -> ApiError:
     """A 400 for the first problem pydantic or the JSON parser found, naming the field."""
     first = errors[0] if errors else {}
-    whole_body = tuple(first.get("loc", ())) == ("body",) and "dict" in str(first.get("type"))
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    whole_body = not loc and first.get("type") in ("model_type", "dict_type", "model_attributes_type")
     if first.get("type") == "json_invalid" or whole_body:
         detail = first.get("ctx", {}).get("error", "expected a JSON object")
         return ApiError(400, f"malformed JSON body: {detail}", code="invalid_json")
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     param = ".".join(loc) or None
     return ApiError(400, f"{param or 'body'}: {first.get('msg', 'invalid value')}", param=param, code="invalid_value")

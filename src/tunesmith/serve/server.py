@@ -8,13 +8,14 @@ a folder it did not create. Without --api-key / --keys-file a random key is made
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ModelError, RunError
 from tunesmith.serve.app import ServeSettings, create_app
-from tunesmith.serve.security import KeyRing, check_name, generate_key
+from tunesmith.serve.security import KeyRing, check_adapter_files, check_name, generate_key
 
 MARKER = ".tunesmith-serve"
 
@@ -43,6 +44,7 @@ class ServeOptions:
     check: bool = False
     engine: str = "transformers"
     dtype: str = "auto"
+    name: str | None = None  # the served run's (or model's) name; default: its folder name
 
 
 @dataclass
@@ -55,11 +57,46 @@ class Prepared:
 
 def serve_dir(path: Path) -> Path:
     """The serve folder: created with a marker, or an existing one that carries it (never someone else's folder)."""
+    if path.exists() and not path.is_dir():
+        raise RunError(f"--dir {path} is a file, not a folder", hint="Pass --dir with a new or empty folder.")
     if path.exists() and not (path / MARKER).exists() and any(path.iterdir()):
         raise RunError(f"{path} exists and was not made by `tunesmith serve`", hint="Pass --dir with a new or empty folder.")
     path.mkdir(parents=True, exist_ok=True)
     (path / MARKER).touch()
     return path
+
+
+def check_listen(host: str, port: int) -> None:
+    """RunError unless this process could listen on host:port now (a port in use, out of range, an unknown host)."""
+    if not 1 <= port <= 65535:
+        raise RunError(f"--port {port} is not a TCP port", hint="Pass a port from 1 to 65535 (default 8000).")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a TIME_WAIT port is free
+            probe.bind(address)
+    except OSError as exc:
+        raise RunError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            hint="Pick another --port, stop what is using it, or check --host.",
+        ) from None
+
+
+def _check_run(path: str | Path, what: str) -> None:
+    """A served run's files, before anything loads: its adapter (when it has one) and its recipe's retrieval index."""
+    from tunesmith.rag.index import read_meta
+    from tunesmith.run import is_run_dir, load_run
+
+    run = load_run(path) if is_run_dir(path) else None
+    adapter_dir = run.adapter_dir if run is not None else Path(path)
+    if run is None or (adapter_dir / "adapter_config.json").exists():
+        try:
+            check_adapter_files(adapter_dir)
+        except ModelError as exc:
+            raise ModelError(f"{what}: {exc.message}", hint=exc.hint) from None
+    rag = getattr(run.recipe, "rag", None) if run is not None else None
+    if rag is not None and rag.index is not None:
+        read_meta(Path(rag.index))
 
 
 def parse_adapters(specs: list[str]) -> dict[str, str]:
@@ -76,14 +113,21 @@ def parse_adapters(specs: list[str]) -> dict[str, str]:
     return out
 
 
+def _user_keys(opts: ServeOptions) -> list[str]:
+    """User keys from --api-key and $TUNESMITH_API_KEY (the keys file is read by KeyRing.build)."""
+    return list(opts.api_keys) + ([os.environ["TUNESMITH_API_KEY"]] if os.environ.get("TUNESMITH_API_KEY") else [])
+
+
 def _keys(opts: ServeOptions, folder: Path) -> tuple[KeyRing, str | None]:
     generated = None
-    api_keys = list(opts.api_keys) + ([os.environ["TUNESMITH_API_KEY"]] if os.environ.get("TUNESMITH_API_KEY") else [])
+    api_keys = _user_keys(opts)
     if not api_keys and opts.keys_file is None:
         generated = generate_key()
-        key_file = folder / "api_key"
-        key_file.write_text(generated + "\n", encoding="utf-8")
-        key_file.chmod(0o600)
+        # Created 0600 from the start and never through a symlink planted in the folder.
+        fd = os.open(folder / "api_key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            os.fchmod(out.fileno(), 0o600)
+            out.write(generated + "\n")
         api_keys = [generated]
     return KeyRing.build(api_keys, opts.admin_keys, opts.keys_file), generated
 
@@ -94,22 +138,41 @@ def loader(opts: ServeOptions, adapters: dict[str, str]) -> Any:
         from tunesmith.serve.vllm_engine import load_vllm_engine, require_vllm
 
         require_vllm()  # fail now, with a clear message, rather than after the server started
-        return lambda: load_vllm_engine(opts.target, adapters, opts.dtype)
+        return lambda: load_vllm_engine(opts.target, adapters, opts.dtype, opts.name)
     if opts.engine != "transformers":
         raise ModelError(f"unknown engine {opts.engine!r}", hint="Use transformers (default) or vllm.")
     from tunesmith.serve.engine import load_engine
 
-    return lambda: load_engine(opts.target, adapters, opts.dtype)
+    return lambda: load_engine(opts.target, adapters, opts.dtype, opts.name)
 
 
 def prepare(opts: ServeOptions) -> Prepared:
     """Validate the options and build the app (the model loads once the server runs)."""
+    from tunesmith.rag.index import read_meta
     from tunesmith.run import is_run_dir
     from tunesmith.serve.store import RequestLog
 
+    # Everything that can be refused is checked before the serve folder is made or the model loads.
+    check_listen(opts.host, opts.port)
     if not Path(opts.target).exists() and "/" in opts.target and opts.target.startswith((".", "/", "~")):
         raise ModelError(f"{opts.target} not found")
+    if opts.name is not None:
+        check_name(opts.name)
+    if is_run_dir(opts.target):
+        from tunesmith.run import load_run
+        from tunesmith.serve.engine import run_name
+
+        run = load_run(opts.target)
+        run_name(run, opts.name, (run.adapter_dir / "adapter_config.json").exists())
+        _check_run(opts.target, f"run {opts.target}")
     adapters = parse_adapters(opts.adapters)
+    for adapter, path in adapters.items():
+        _check_run(path, f"adapter {adapter!r}")
+    if opts.index is not None:
+        read_meta(Path(opts.index))
+    if opts.adapters_dir is not None and not opts.adapters_dir.is_dir():
+        raise RunError(f"--adapters-dir {opts.adapters_dir} is not a folder")
+    KeyRing.build(_user_keys(opts), opts.admin_keys, opts.keys_file)  # a bad key or keys file: refused here
     folder = serve_dir(opts.dir)
     keys, generated = _keys(opts, folder)
     store, log_path = None, None

@@ -83,6 +83,19 @@ class RequestRow(_Row):
     sources: list[SourceRef] = Field(default_factory=list)
     content_logged: bool = True
 
+    @property
+    def answered(self) -> bool:
+        """Did the client get an answer (HTTP status below 400)? Errors, 429s and 499s did not."""
+        return self.status < 400
+
+
+class UnknownRequest(RunError):
+    """Feedback names a request id that is not in the log."""
+
+
+class FailedRequest(RunError):
+    """Feedback names a request that was answered with an error, so there is no answer to judge."""
+
 
 class FeedbackRow(_Row):
     """A user's verdict on one served answer, with an optional corrected answer."""
@@ -117,6 +130,61 @@ def _check_version(raw: str, model: type[_Row], version: int, path: Path) -> _Ro
     return row
 
 
+def _tables(conn: sqlite3.Connection) -> set[str]:
+    """Table names of an open database; empty when the file is not SQLite (or cannot be read)."""
+    try:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError:
+        return set()
+
+
+def _connect_ro(path: Path, immutable: bool) -> sqlite3.Connection:
+    uri = path.resolve().as_uri() + ("?immutable=1" if immutable else "?mode=ro")
+    conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+def _open_reader(path: Path) -> sqlite3.Connection:
+    """A read-only connection to an existing request log; RunError for a missing, empty or foreign file.
+
+    A log in WAL mode needs its -shm file: when the folder is read-only and no -shm exists, the file is read as
+    immutable, which is exact only while no -wal file holds rows not yet copied into the main file.
+    """
+    if not path.exists():
+        raise RunError(f"no request log at {path}", hint="Point at a serve folder (default ./serve) or its requests.sqlite.")
+    if not path.is_file():
+        raise RunError(f"{path} is not a file", hint="Point at a serve folder or its requests.sqlite.")
+    if path.stat().st_size == 0:
+        raise RunError(
+            f"{path} is empty (0 bytes): not a request log, so there is no traffic to read",
+            hint="Point at the log of a server that answered requests (`tunesmith serve` writes <dir>/requests.sqlite).",
+        )
+    conn = None
+    try:
+        conn = _connect_ro(path, immutable=False)
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.OperationalError as exc:  # e.g. the -shm file cannot be created in a read-only folder
+        wal = path.with_name(path.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise RunError(
+                f"cannot read {path} read-only: {exc}; its {wal.name} holds rows not yet in the main file",
+                hint="Copy the serve folder somewhere writable (or let serve stop cleanly) and read the copy.",
+            ) from None
+        if conn is not None:
+            conn.close()
+        conn = _connect_ro(path, immutable=True)
+        tables = _tables(conn)
+    except sqlite3.DatabaseError:
+        tables = set()
+    if not {"requests", "feedback"} <= tables:
+        if conn is not None:
+            conn.close()
+        raise RunError(f"{path} is not a tunesmith request log", hint="Point at a serve folder or its requests.sqlite.")
+    assert conn is not None
+    return conn
+
+
 class RequestLog:
     """Thread-safe access to one request-log database (one connection, serialised by a lock)."""
 
@@ -129,21 +197,19 @@ class RequestLog:
     def open(cls, path: str | Path, *, create: bool = False) -> RequestLog:
         """Open the log at `path` (the .sqlite file, or a serve folder holding requests.sqlite).
 
-        Readers open an existing log; serve passes create=True.
+        Readers (the default) open an existing log read-only and never change the file; serve passes create=True.
         """
         path = Path(path)
         if path.is_dir():
             path = path / DB_NAME
-        if not path.exists() and not create:
-            raise RunError(f"no request log at {path}", hint="Point at a serve folder (default ./serve) or its requests.sqlite.")
-        existed = path.exists() and path.stat().st_size > 0
+        if not create:
+            return cls(path, _open_reader(path))
+        if path.exists() and not path.is_file():
+            raise RunError(f"{path} is not a file", hint="Pass --log with a file path (or leave it out).")
+        existed = path.exists() and path.stat().st_size > 0  # 0 bytes: an empty file holds nothing to lose
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        try:
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        except sqlite3.DatabaseError:
-            tables = set()
-        if existed and "requests" not in tables:  # never add tables to a file someone else made
+        if existed and "requests" not in _tables(conn):  # never add tables to a file someone else made
             conn.close()
             raise RunError(f"{path} exists and is not a tunesmith request log", hint="Pass a new path.")
         conn.execute("PRAGMA journal_mode=WAL")
@@ -171,11 +237,21 @@ class RequestLog:
             )
 
     def add_feedback(self, row: FeedbackRow) -> None:
-        """Store feedback for a logged request; RunError when the request id is unknown."""
+        """Store feedback on a logged, successfully answered request.
+
+        UnknownRequest when the id is not in the log; FailedRequest when it was answered with an error
+        (4xx/5xx, a client that left): there is no answer to judge, and it must never become a training row.
+        """
         with self._lock:
-            known = self._conn.execute("SELECT 1 FROM requests WHERE request_id = ?", (row.request_id,)).fetchone()
-            if known is None:
-                raise RunError(f"unknown request_id {row.request_id!r}")
+            hit = self._conn.execute("SELECT row FROM requests WHERE request_id = ?", (row.request_id,)).fetchone()
+            if hit is None:
+                raise UnknownRequest(f"unknown request_id {row.request_id!r}")
+            asked: RequestRow = _check_version(hit[0], RequestRow, REQUEST_ROW_VERSION, self.path)  # type: ignore[assignment]
+            if not asked.answered:
+                raise FailedRequest(
+                    f"request {row.request_id!r} was answered with HTTP {asked.status} ({asked.error or 'error'}): "
+                    "there is no answer to give feedback on"
+                )
             self._conn.execute(
                 "INSERT INTO feedback (feedback_id, request_id, time, row) VALUES (?, ?, ?, ?)",
                 (row.feedback_id, row.request_id, _epoch(row.time), row.model_dump_json()),

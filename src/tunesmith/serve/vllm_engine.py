@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ModelError
-from tunesmith.serve.engine import Engine, ServedModel, _model_name
+from tunesmith.serve.engine import Engine, ServedModel, _model_name, run_name
 
 
 def require_vllm() -> None:
@@ -94,8 +94,12 @@ class VllmEngine(Engine):
         yield "", _Finished
 
 
-def load_vllm_engine(target: str | Path, adapters: dict[str, str] | None = None, dtype: str = "auto") -> VllmEngine:
-    """The vLLM engine for a run folder (base + its adapter) or a model, plus more adapters on the same base."""
+def load_vllm_engine(
+    target: str | Path, adapters: dict[str, str] | None = None, dtype: str = "auto", name: str | None = None
+) -> VllmEngine:
+    """The vLLM engine for a run folder (base + its adapter) or a model, plus more adapters on the same base.
+
+    `name` renames the run (or model); an adapter run named like its base is refused (see engine.run_name)."""
     require_vllm()
     from vllm import LLM
 
@@ -107,13 +111,13 @@ def load_vllm_engine(target: str | Path, adapters: dict[str, str] | None = None,
     if run is not None and (run.adapter_dir / "adapter_config.json").exists():
         base_path, base_name = resolve_run_base(run), _model_name(run.manifest.base_model.spec)
         tokenizer_dir = str(run.adapter_dir)
-    elif run is not None:  # a full fine-tune is served as its own model
+    elif run is not None:  # a full fine-tune is served as its own model, under the run's name (not the base's)
         base_path = tokenizer_dir = str(run.adapter_dir)
-        base_name = _model_name(run.manifest.base_model.spec)
+        base_name = run_name(run, name, False)
     else:
         local = Path(str(target)).expanduser()
         base_path = tokenizer_dir = models.resolve_base(str(local) if local.exists() else str(target))
-        base_name = _model_name(str(target))
+        base_name = name or _model_name(str(target))
     trust = bool(run and run.recipe.model.trust_remote_code)  # only when the run recorded it
     llm = LLM(
         model=base_path,
@@ -126,11 +130,10 @@ def load_vllm_engine(target: str | Path, adapters: dict[str, str] | None = None,
     )
     engine = VllmEngine(llm, models.load_tokenizer(tokenizer_dir), base_name, base_path)
     if run is not None and (run.adapter_dir / "adapter_config.json").exists():
-        name = run.dir.name
-        engine.add_adapter(name, run.dir)
-        engine.default_name = name
+        served = engine.add_adapter(run_name(run, name, True), run.dir)
+        engine.default_name = served.name
     elif run is not None:
         engine.models[base_name] = ServedModel(base_name, None, base_name, str(run.dir), dict(run.manifest.data))
-    for name, path in (adapters or {}).items():
-        engine.add_adapter(name, path)
+    for adapter, path in (adapters or {}).items():
+        engine.add_adapter(adapter, path)
     return engine
