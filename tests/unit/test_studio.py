@@ -427,3 +427,20 @@ def test_a_job_left_by_an_earlier_studio_session_can_be_stopped_and_ends(tmp_pat
     events = list(launch.follow(roots.studio_dir, run_dir, timeout_s=20))
     assert events[-1] == 'event: status\ndata: {"exit_code": null, "finished": false}\n\n'
     assert run_status(run_dir, roots) == "failed"  # no checkpoint was left
+
+
+@pytest.mark.parametrize(
+    "args, code, said",
+    [
+        (["--port", "70000"], 2, "less than or equal to 65535"),
+        (["--port", "0"], 2, "--port"),
+        (["--models", "no-such-folder"], 1, "not a folder: no-such-folder"),
+    ],
+)
+def test_studio_cli_refuses_bad_options_in_one_paragraph(tmp_path, args, code, said):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    res = CliRunner().invoke(app, ["studio", "--runs", str(tmp_path), *args], env={"COLUMNS": "200"})
+    assert res.exit_code == code and said in res.output and "Traceback" not in res.output
