@@ -45,7 +45,7 @@ def main() -> None:
         t0 = time.perf_counter()
         build(root, args.runs, args.examples)
         print(f"built {args.runs} runs and a {args.examples}-example report in {time.perf_counter() - t0:.1f} s")
-        client = TestClient(create_app(StudioConfig(runs=[root])))
+        client = TestClient(create_app(StudioConfig(runs=[root])), base_url="http://127.0.0.1:7860")
         client.get("/healthz")  # app start-up is not a page load
         k = "0/big-report"
         pages = {

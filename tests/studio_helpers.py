@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import yaml
+from fastapi.testclient import TestClient
 
 from tunesmith.records import (
     BaseModelRef,
@@ -90,3 +92,25 @@ def fake_run(
         ),
     )
     return run_dir
+
+
+ORIGIN = "http://127.0.0.1:7860"  # where StudioConfig listens by default
+
+
+class StudioClient(TestClient):
+    """A client on the studio's own origin that sends the page's CSRF token with each state change, as the studio's
+    pages do (a request given its own X-CSRF-Token header is sent as it is)."""
+
+    def __init__(self, app, **kwargs) -> None:
+        super().__init__(app, base_url=ORIGIN, **kwargs)
+
+    def csrf(self) -> str:
+        """The token the studio put in this session's pages."""
+        found = re.search(r'<meta name="csrf-token" content="([^"]+)">', self.get("/monitor").text)
+        return found.group(1) if found else ""
+
+    def request(self, method, url, **kwargs):  # type: ignore[override]
+        headers = dict(kwargs.pop("headers", None) or {})
+        if method.upper() not in ("GET", "HEAD", "OPTIONS") and not any(h.lower() == "x-csrf-token" for h in headers):
+            headers["X-CSRF-Token"] = self.csrf()
+        return super().request(method, url, headers=headers, **kwargs)

@@ -126,16 +126,25 @@ def _read(path: Path, model: type[R], version: int) -> R:
         raise RunError(f"{path} not found") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise RunError(f"{path} is not readable JSON: {exc}") from None
-    if isinstance(data, dict) and int(data.get("schema_version", 1)) > version:
+    return validate_record(data, model, version, str(path))
+
+
+def validate_record(data: Any, model: type[R], version: int, where: str) -> R:
+    """`data` (parsed JSON) as a `model` record; RunError naming `where` when it is newer than `version` or malformed."""
+    try:
+        newer = isinstance(data, dict) and int(data.get("schema_version", 1)) > version
+    except (TypeError, ValueError):
+        newer = False  # not a number: the schema check below names it
+    if newer:
         raise RunError(
-            f"{path} has schema_version {data['schema_version']}, newer than this tunesmith reads ({version})",
+            f"{where} has schema_version {data['schema_version']}, newer than this tunesmith reads ({version})",
             hint="Upgrade tunesmith to read it.",
         )
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
-        raise RunError(f"{path} does not match the {model.__name__} schema: {problems}") from None
+        raise RunError(f"{where} does not match the {model.__name__} schema: {problems}") from None
 
 
 def _write(path: Path, record: Record) -> None:

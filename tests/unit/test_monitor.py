@@ -208,7 +208,8 @@ def test_studio_monitor_page_shows_the_latest_signals(tmp_path):
         app, ["monitor", str(tmp_path / "serve"), "--embedder", "char-ngrams", "--until", UNTIL.strftime("%Y-%m-%dT%H:%M:%S")]
     )
     fake_run(tmp_path / "runs", "r")
-    page = TestClient(create_app(StudioConfig(runs=[tmp_path / "runs"], serve_dir=tmp_path / "serve"))).get("/monitor").text
+    studio = create_app(StudioConfig(runs=[tmp_path / "runs"], serve_dir=tmp_path / "serve"))
+    page = TestClient(studio, base_url="http://127.0.0.1:7860").get("/monitor").text  # the address it answers to
     assert 'id="drift"' in page and "latency_p95" in page and "drift" in page
 
 

@@ -7,10 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
 from helpers import chat_rows, write_jsonl
-from studio_helpers import fake_run
+from studio_helpers import StudioClient, fake_run
 from tunesmith.errors import RunError
 from tunesmith.studio.app import StudioConfig, check_bind, create_app
 
@@ -34,7 +33,7 @@ def studio(tmp_path):
     os.utime(stopped / "metrics.jsonl", (0, 0))  # an old log: nothing is writing it any more
     (root / "data").mkdir()
     write_jsonl(root / "data" / "train.jsonl", chat_rows(12))
-    client = TestClient(create_app(StudioConfig(runs=[root])))
+    client = StudioClient(create_app(StudioConfig(runs=[root])))
     return client, root, tmp_path
 
 
@@ -104,7 +103,7 @@ def test_form_input_and_records_are_escaped(studio):
 
 def test_access_token_is_required_when_set(tmp_path):
     fake_run(tmp_path, "r")
-    client = TestClient(create_app(StudioConfig(runs=[tmp_path], token="s3cret")))
+    client = StudioClient(create_app(StudioConfig(runs=[tmp_path], token="s3cret")))
     assert client.get("/").status_code == 401
     assert client.get("/?token=wrong").status_code == 401
     assert client.get("/", headers={"Authorization": "Bearer s3cret"}).status_code == 200
@@ -161,7 +160,7 @@ def test_monitor_without_and_with_a_serve_dir(tmp_path):
     from tunesmith.serve.store import RequestLog, RequestRow
 
     fake_run(tmp_path / "runs", "r")
-    page = TestClient(create_app(StudioConfig(runs=[tmp_path / "runs"]))).get("/monitor").text
+    page = StudioClient(create_app(StudioConfig(runs=[tmp_path / "runs"]))).get("/monitor").text
     assert "--serve-dir" in page and "tunesmith serve" in page
     (tmp_path / "serve").mkdir()
     with RequestLog.open(tmp_path / "serve", create=True) as log:
@@ -177,7 +176,7 @@ def test_monitor_without_and_with_a_serve_dir(tmp_path):
                 completion_tokens=1,
             )
         )
-    page = TestClient(create_app(StudioConfig(runs=[tmp_path / "runs"], serve_dir=tmp_path / "serve"))).get("/monitor").text
+    page = StudioClient(create_app(StudioConfig(runs=[tmp_path / "runs"], serve_dir=tmp_path / "serve"))).get("/monitor").text
     assert "hello &lt;there&gt;" in page and "0.250" in page and 'id="signals"' in page
 
 
@@ -186,7 +185,8 @@ def test_launch_preview_audits_and_refuses_paths_outside(studio):
     offered = re.findall(r'name="train" value="([^"]+)"', client.get("/launch").text)
     data_key = next(m for m in offered if m.endswith("train.jsonl"))
     html = client.post("/launch/preview", data={"train": [data_key], "base": str(tmp_path / "nope"), "name": "new"}).text
-    assert 'id="audit-summary"' in html and "0 blocking errors" in html and "token checks skipped" in html
+    assert 'id="audit-summary"' in html and "0 blocking errors" in html
+    assert "model.base: `" in html and "is not a catalog model" in html  # a folder outside: refused, never loaded
     assert "# Training method" in html  # field help comes from the recipe schema's descriptions
     recipe = re.search(r'<textarea name="recipe"[^>]*>(.*?)</textarea>', html, re.DOTALL).group(1)
     import html as html_mod
@@ -427,3 +427,20 @@ def test_a_job_left_by_an_earlier_studio_session_can_be_stopped_and_ends(tmp_pat
     events = list(launch.follow(roots.studio_dir, run_dir, timeout_s=20))
     assert events[-1] == 'event: status\ndata: {"exit_code": null, "finished": false}\n\n'
     assert run_status(run_dir, roots) == "failed"  # no checkpoint was left
+
+
+@pytest.mark.parametrize(
+    "args, code, said",
+    [
+        (["--port", "70000"], 2, "less than or equal to 65535"),
+        (["--port", "0"], 2, "--port"),
+        (["--models", "no-such-folder"], 1, "not a folder: no-such-folder"),
+    ],
+)
+def test_studio_cli_refuses_bad_options_in_one_paragraph(tmp_path, args, code, said):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    res = CliRunner().invoke(app, ["studio", "--runs", str(tmp_path), *args], env={"COLUMNS": "200"})
+    assert res.exit_code == code and said in res.output and "Traceback" not in res.output

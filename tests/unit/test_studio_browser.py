@@ -9,6 +9,7 @@ import re
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -48,23 +49,31 @@ def workspace(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def server(workspace):
+@contextmanager
+def serving(app, port: int):
+    """`app` served by uvicorn on 127.0.0.1:`port` in a thread, for the duration of the block."""
     import uvicorn
 
-    from tunesmith.studio.app import StudioConfig, create_app
-
-    port = _free_port()
-    app = create_app(StudioConfig(runs=[workspace]))
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not srv.started and time.monotonic() < deadline:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(workspace, tiny_model_dir):
+    from tunesmith.studio.app import StudioConfig, create_app
+
+    port = _free_port()
+    with serving(create_app(StudioConfig(runs=[workspace], port=port, models=[tiny_model_dir])), port) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -202,3 +211,81 @@ def test_launch_a_tiny_run_then_chat(page, server, workspace, tiny_model_dir):
     page.wait_for_selector(".side .answer.tuned.done", timeout=120_000)
     assert page.locator(".side .answer.base.done").count() == 1
     shot(page, "chat")
+
+
+@contextmanager
+def another_site(html: str):
+    """A second local web server, on another port (another origin), serving `html` at /."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = html.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}/"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_a_page_from_another_origin_cannot_launch_a_run(page, server, workspace, tiny_model_dir):
+    from html import escape
+
+    recipe = (
+        f"name: evil\nmodel: {{base: {tiny_model_dir}}}\ndata: {{train: [{workspace / 'data' / 'train.jsonl'}]}}\n"
+        f"training: {{max_steps: 1}}\noutput_dir: {workspace / 'evil-run'}\n"
+    )
+    form = (
+        f'<form id="f" method="post" action="{server}/launch/start"><textarea name="recipe">{escape(recipe)}</textarea></form>'
+        "<script>document.getElementById('f').submit()</script>"
+    )
+    page.goto(server + "/launch")  # the user has the studio open: its session cookie is in this browser
+    with another_site(form) as evil:
+        with page.expect_navigation(url=re.compile(re.escape(server) + "/launch/start")) as nav:
+            page.goto(evil)
+        assert nav.value.status == 403
+        assert "Refused a request sent by another site (Sec-Fetch-Site: same-site)" in page.inner_text("body")
+        shot(page, "cross-origin-refused")
+        # The same with fetch (no-cors: the page cannot read the answer, but the request is still sent).
+        page.goto(evil.replace("127.0.0.1", "localhost"))
+        page.evaluate(
+            """async ([url, recipe]) => { const body = new URLSearchParams({recipe});
+                 await fetch(url, {method: "POST", mode: "no-cors", body}); }""",
+            [server + "/launch/start", recipe],
+        )
+    assert not (workspace / "evil-run").exists()
+    assert not [p for p in (workspace / ".studio" / "recipes").glob("*.yaml") if "evil" in p.name]
+    page.goto(server + "/launch")  # the studio's own page, in the same browser, still changes state
+    page.check("input[name=train][value$='data/train.jsonl']")
+    page.fill("input[name=base]", str(tiny_model_dir))
+    page.click("#check")
+    page.wait_for_selector("#audit-summary")
+    assert "0 blocking errors" in page.inner_text("#audit-summary")
+
+
+def test_a_rebound_dns_name_reads_nothing(server, browser):
+    """DNS rebinding, for real: chromium resolves rebind.example to 127.0.0.1, as a rebinding attacker's DNS would."""
+    port = server.rsplit(":", 1)[1]
+    rules = "--host-resolver-rules=MAP rebind.example 127.0.0.1"
+    rebound = browser.browser_type.launch(executable_path=str(CHROMIUM), args=[*ARGS, rules])
+    try:
+        pg = rebound.new_page()
+        res = pg.goto(f"http://rebind.example:{port}/")
+        assert res.status == 421 and "json-extractor" not in pg.content()
+        read = pg.evaluate("async () => { const r = await fetch('/run?k=0/json-extractor'); return [r.status, await r.text()]; }")
+        assert read[0] == 421 and "json-extractor" not in read[1]
+        assert pg.goto(f"http://127.0.0.1:{port}/").status == 200  # the studio's own name still works in that browser
+    finally:
+        rebound.close()

@@ -15,9 +15,15 @@ from tunesmith.cli import app, console, handle_errors
 def studio(
     runs: list[Path] = typer.Option([Path("runs")], "--runs", help="Folder(s) holding run folders (repeatable)."),
     data: list[Path] = typer.Option([], "--data", help="Extra folder(s) whose data files Launch and Data may read."),
+    models: list[Path] = typer.Option(
+        [], "--models", help="Folder(s) holding base models that Launch may name (besides catalog names)."
+    ),
     serve_dir: Path = typer.Option(None, "--serve-dir", help="A `tunesmith serve` folder: Monitor shows its request log."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; anything but loopback needs --token."),
-    port: int = typer.Option(7860, help="Port to listen on."),
+    port: int = typer.Option(7860, min=1, max=65535, help="Port to listen on."),
+    allow_host: list[str] = typer.Option(
+        [], "--allow-host", help="Another name the studio is reached by (the Host header), e.g. a machine name."
+    ),
     token: str = typer.Option(
         None, envvar="TUNESMITH_STUDIO_TOKEN", help="Access token every request must carry (?token= once, then a cookie)."
     ),
@@ -29,11 +35,21 @@ def studio(
     from tunesmith.studio.app import StudioConfig, check_bind, create_app
 
     check_bind(host, token)
-    missing = [str(d) for d in [*runs, *data] if not d.is_dir()]
+    missing = [str(d) for d in [*runs, *data, *models] if not d.is_dir()]
     if missing:
-        raise RunError(f"not a folder: {', '.join(missing)}", hint="Pass existing folders to --runs / --data.")
+        raise RunError(f"not a folder: {', '.join(missing)}", hint="Pass existing folders to --runs / --data / --models.")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the studio never downloads a model behind the user's back
-    config = StudioConfig(runs=list(runs), data=list(data), serve_dir=serve_dir, token=token)
+    config = StudioConfig(
+        runs=list(runs),
+        data=list(data),
+        serve_dir=serve_dir,
+        token=token,
+        host=host,
+        port=port,
+        allow_hosts=list(allow_host),
+        models=list(models),
+    )
     suffix = f"/?token={token}" if token else "/"
-    console.print(f"tunesmith studio on http://{host}:{port}{suffix}  (Ctrl+C stops it)")
+    shown = f"[{host}]" if ":" in host else host
+    console.print(f"tunesmith studio on http://{shown}:{port}{suffix}  (Ctrl+C stops it)")
     uvicorn.run(create_app(config), host=host, port=port, log_level="warning")

@@ -97,8 +97,9 @@ def load_graders(value: list[dict[str, Any]] | str | Path) -> list[Grader]:
 
 def _render(template: str, sample: dict[str, Any], item: dict[str, Any]) -> str:
     import jinja2
+    from jinja2.sandbox import SandboxedEnvironment  # a grader's template may not reach Python internals
 
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)  # noqa: S701 - text, not HTML
+    env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)  # noqa: S701 - text, not HTML
     try:
         return env.from_string(template).render(sample=sample, item=item)
     except jinja2.TemplateError as exc:

@@ -38,8 +38,9 @@ def retrieval_query(messages: list[dict[str, Any]]) -> str:
 @functools.lru_cache(maxsize=16)
 def _jinja(template: str) -> Any:
     import jinja2
+    from jinja2.sandbox import SandboxedEnvironment  # a recipe's template may not reach Python internals
 
-    return jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True).from_string(template)
+    return SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True).from_string(template)
 
 
 def render_template(template: str, context: str, question: str) -> str:

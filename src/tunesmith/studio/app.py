@@ -3,47 +3,44 @@
 `create_app(StudioConfig)` builds it; pages are split by area (runs and reports here, review in
 routes_review.py, launch/chat/data/monitor in routes_work.py). Every page addresses a file by
 `k=<root index>/<relative path>`, resolved by `Roots.resolve`, so nothing outside the given folders
-is readable through any URL. With an access token, every request must carry it (cookie, header or
-`?token=` once), compared in constant time.
+is readable through any URL. `guard.py` checks every request first: the Host header, the access token
+(with --token), and the origin and CSRF token of every state change.
 """
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from tunesmith.errors import RunError, TunesmithError
-from tunesmith.studio import reports
-from tunesmith.studio.runs import Roots, checkpoints, faults, job_state, list_runs, summarize
+from tunesmith.studio import guard, reports
+from tunesmith.studio.guard import is_loopback
+from tunesmith.studio.runs import Roots, checkpoints, faults, job_state, list_runs, metric_rows, summarize
 
 HERE = Path(__file__).parent
-COOKIE = "tunesmith_studio_token"
+DEFAULT_PORT = 7860
 
 
 @dataclass
 class StudioConfig:
+    """What `tunesmith studio` was given: the folders it may read, where it listens, its access token."""
+
     runs: list[Path]
     data: list[Path] = field(default_factory=list)
     serve_dir: Path | None = None
     token: str | None = None
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    allow_hosts: list[str] = field(default_factory=list)  # more names the Host header may carry (--allow-host)
+    models: list[Path] = field(default_factory=list)  # folders holding base models a launch may name (--models)
 
 
 def check_bind(host: str, token: str | None) -> None:
@@ -83,25 +80,22 @@ def create_app(config: StudioConfig) -> FastAPI:
         app.state.templates.env.get_template(name)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
-    @app.middleware("http")
-    async def token_gate(request: Request, call_next: Any) -> Response:
-        if config.token and not request.url.path.startswith("/static"):
-            given = (
-                request.query_params.get("token")
-                or request.cookies.get(COOKIE)
-                or request.headers.get("authorization", "").removeprefix("Bearer ")
-            )
-            if not hmac.compare_digest(given.encode(), config.token.encode()):
-                return HTMLResponse("<h1>401</h1><p>This studio needs its access token: open it with ?token=...</p>", 401)
-            response: Response = await call_next(request)
-            if request.query_params.get("token"):
-                response.set_cookie(COOKIE, config.token, httponly=True, samesite="strict")
-            return response
-        passed: Response = await call_next(request)
-        return passed
+    guard.install(app, guard.Guard(config.host, config.port, config.token, list(config.allow_hosts)))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> Response:
+        """A malformed query, form or body: 422 naming each bad field (never echoing the value, which may not even be
+        JSON-encodable, e.g. 1e400)."""
+        where = [".".join(str(p) for p in e["loc"] if p != "body") or "body" for e in exc.errors()]
+        message = "; ".join(f"{w}: {e['msg']}" for w, e in zip(where, exc.errors(), strict=True))
+        if guard.wants_json(request):
+            return JSONResponse({"error": {"message": message, "fields": where, "status": 422}}, 422)
+        return page(request, "error.html", 422, title="Not understood", message=message, hint="")
 
     @app.exception_handler(TunesmithError)
-    async def not_found(request: Request, exc: TunesmithError) -> HTMLResponse:
+    async def not_found(request: Request, exc: TunesmithError) -> Response:
+        if guard.wants_json(request):
+            return JSONResponse({"error": {"message": exc.message, "hint": exc.hint or "", "status": 404}}, 404)
         return page(request, "error.html", 404, message=exc.message, hint=exc.hint)
 
     from tunesmith.studio import routes_review, routes_work
@@ -123,12 +117,12 @@ def _runs_routes(app: FastAPI) -> None:
 
     @app.get("/run", response_class=HTMLResponse)
     def run_page(request: Request, k: str) -> HTMLResponse:
-        from tunesmith.run import read_metrics
-
         run_dir = resolve_run(request, k)
         s = summarize(run_dir, request.app.state.roots)
-        metrics = read_metrics(run_dir)
-        recipe_text = (run_dir / "run.yaml").read_text(encoding="utf-8")
+        metrics, skipped = metric_rows(run_dir)
+        if skipped:
+            s.problem = "; ".join(filter(None, [s.problem, skipped]))
+        recipe_text = (run_dir / "run.yaml").read_text(encoding="utf-8", errors="replace")
         manifest = s.manifest.model_dump_json(indent=2) if s.manifest else None
         curves = reports.loss_series(metrics)
         return page(
@@ -158,11 +152,14 @@ def _runs_routes(app: FastAPI) -> None:
         s = summarize(run_dir, request.app.state.roots)
         if s.report is None:
             return page(request, "report.html", run=s, report=None, ladder=reports.ladder(run_dir))
-        shown, total = reports.report_page(run_dir, max(1, page_no), losses, metric)
-        pages = max(1, math.ceil(total / reports.PAGE_SIZE))
-        if page_no > pages:  # past the end (e.g. a filter shrank the list): show the last page
-            page_no = pages
-            shown, total = reports.report_page(run_dir, page_no, losses, metric)
+        try:
+            shown, total = reports.report_page(run_dir, max(1, page_no), losses, metric)
+            pages = max(1, math.ceil(total / reports.PAGE_SIZE))
+            if page_no > pages:  # past the end (e.g. a filter shrank the list): show the last page
+                page_no = pages
+                shown, total = reports.report_page(run_dir, page_no, losses, metric)
+        except RunError as exc:  # the summary still shows; the examples say why they cannot
+            s.problem, shown, total, pages = exc.message, [], 0, 1
         return page(
             request,
             "report.html",

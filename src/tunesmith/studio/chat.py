@@ -13,11 +13,32 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from tunesmith.errors import TunesmithError
 
 MAX_LOADED = 2  # models kept in memory at once (least recently used goes first)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(..., max_length=100_000, description="The message text (characters).")
+
+
+class ChatRequest(BaseModel):
+    """The body of POST /chat/stream, as the chat page sends it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k: str = Field(..., max_length=4096, description="The run, as `<folder index>/<relative path>`.")
+    messages: list[ChatMessage] = Field(..., min_length=1, max_length=500)
+    side: Literal["tuned", "base"] = "tuned"
+    rag: bool = False
+    max_new_tokens: int = Field(128, ge=1, le=1024, description="Reply budget, in tokens.")
 
 
 class ModelCache:

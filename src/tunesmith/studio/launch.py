@@ -79,23 +79,20 @@ def pid_alive(pid: object) -> bool:
         return True
 
 
-def validate_recipe(text: str, recipes_dir: Path, allowed: list[Path]) -> Recipe:
-    """Parse and validate the edited recipe YAML; its output_dir and data files must lie under the studio's folders."""
+def validate_recipe(text: str, recipes_dir: Path, files: list[Path], models: list[Path]) -> Recipe:
+    """Parse and validate a recipe edited in the studio. Everything it points at must lie inside the studio's folders
+    (`files`: --runs and --data; base models also in `models`) and it may not run code from the form
+    (`confine.check_launch`), checked before validation opens any file it names."""
+    from tunesmith.studio.confine import check_launch
+
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise RecipeError([("(yaml)", str(exc))]) from None
     if not isinstance(data, dict):
         raise RecipeError([("(recipe)", "the top level must be a mapping of sections")])
-    recipe = recipe_from_dict(data, recipes_dir)
-    paths = [("output_dir", Path(recipe.output_dir))] + [("data.train", Path(p)) for p in recipe.data.train]
-    paths += [("data.eval", Path(recipe.data.eval))] if recipe.data.eval else []
-    bad = [
-        (f, f"{p} is outside the studio's folders") for f, p in paths if not any(p.resolve().is_relative_to(a) for a in allowed)
-    ]
-    if bad:
-        raise RecipeError(bad)
-    return recipe
+    check_launch(data, recipes_dir, files, models)
+    return recipe_from_dict(data, recipes_dir)
 
 
 class Launcher:

@@ -7,7 +7,6 @@ are diffed, so a 5,000-example report pages in milliseconds.
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from markupsafe import Markup, escape
 from tunesmith.errors import RunError
 from tunesmith.eval.ladder_report import read_ladder_report
 from tunesmith.records import EvalReport
-from tunesmith.studio.runs import RunSummary, cached, prediction_lines, predictions
+from tunesmith.studio.runs import RunSummary, cached, prediction_lines, prediction_row, predictions
 
 PAGE_SIZE = 50
 
@@ -64,7 +63,8 @@ def report_page(run_dir: Path, page_no: int, losses: bool = False, metric: str =
     start = (page_no - 1) * PAGE_SIZE
     if not losses and not metric:  # unfiltered: parse only the rows shown
         lines = prediction_lines(run_dir)
-        return diffed([json.loads(line) for line in lines[start : start + PAGE_SIZE]]), len(lines)
+        shown = lines[start : start + PAGE_SIZE]
+        return diffed([prediction_row(line, n) for n, line in enumerate(shown, start + 1)]), len(lines)
     rows = filter_rows(run_dir, losses, metric)
     return diffed(rows[start : start + PAGE_SIZE]), len(rows)
 

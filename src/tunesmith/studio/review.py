@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from tunesmith.errors import RunError
+from tunesmith.records import Record, validate_record
 from tunesmith.studio.agreement import cohen_kappa, fleiss_kappa, wilson
 
 REVIEW_VERSION = 1
@@ -35,8 +37,8 @@ CREATE TABLE IF NOT EXISTS verdicts (item_id INTEGER NOT NULL, reviewer TEXT NOT
 """
 
 
-class _Row(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Row(Record):
+    """A review row: unknown keys are errors; a row newer than REVIEW_VERSION is refused on reading (`_load`)."""
 
 
 class ReviewRound(_Row):
@@ -100,6 +102,19 @@ class ExportSummary(_Row):
     by_code: dict[str, int] = Field(default_factory=dict, description="Finding code -> count.")
 
 
+R = TypeVar("R", bound=Record)
+
+
+def load_row(model: type[R], text: str, version: int, db: Path) -> R:
+    """A row stored as JSON in database `db`; RunError when it is damaged or was written by a newer tunesmith
+    (its schema_version above `version`), never a row read as if it were current."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{db}: a damaged {model.__name__} row ({exc})") from None
+    return validate_record(data, model, version, f"{db} ({model.__name__} row)")
+
+
 def db_path(run_dir: Path) -> Path:
     return Path(run_dir) / "review" / "review.db"
 
@@ -115,8 +130,19 @@ class ReviewStore:
         from tunesmith.outputs import claim_dir
 
         path = db_path(run_dir)
-        if not create and not path.exists():
-            raise RunError(f"{run_dir} has no review yet ({path})", hint="Start a review round in `tunesmith studio`.")
+        if not create:  # an existing review only: nothing is created or changed by opening it
+            if not path.is_file():
+                raise RunError(f"{run_dir} has no review yet ({path})", hint="Start a review round in `tunesmith studio`.")
+            conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout=5000")
+            try:
+                tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            except sqlite3.DatabaseError as exc:
+                tables = {str(exc)}
+            if not {"rounds", "items", "verdicts"} <= tables:
+                conn.close()
+                raise RunError(f"{path} is not a tunesmith review database", hint="Move it aside to start a new review.")
+            return cls(path, conn)
         claim_dir(path.parent, "studio review", reuse=True, what="review folder")
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")  # one fsync per verdict, readers never blocked
@@ -126,6 +152,9 @@ class ReviewStore:
 
     def close(self) -> None:
         self.conn.close()
+
+    def _load(self, model: type[R], text: str) -> R:
+        return load_row(model, text, REVIEW_VERSION, self.path)
 
     # rounds and items
     def create_round(self, name: str, label_x: str, label_y: str, items: list[ReviewItem]) -> ReviewRound:
@@ -147,13 +176,13 @@ class ReviewStore:
         self.conn.execute("UPDATE rounds SET row=? WHERE id=?", (rnd.model_dump_json(), rnd.id))
 
     def rounds(self) -> list[ReviewRound]:
-        return [ReviewRound.model_validate_json(r) for (r,) in self.conn.execute("SELECT row FROM rounds ORDER BY id")]
+        return [self._load(ReviewRound, r) for (r,) in self.conn.execute("SELECT row FROM rounds ORDER BY id")]
 
     def round(self, round_id: int) -> ReviewRound:
         row = self.conn.execute("SELECT row FROM rounds WHERE id=?", (round_id,)).fetchone()
         if row is None:
             raise RunError(f"no review round {round_id} in {self.path}")
-        return ReviewRound.model_validate_json(row[0])
+        return self._load(ReviewRound, row[0])
 
     def close_round(self, round_id: int) -> ReviewRound:
         rnd = self.round(round_id)
@@ -163,7 +192,7 @@ class ReviewStore:
 
     def items(self, round_id: int) -> list[ReviewItem]:
         rows = self.conn.execute("SELECT row FROM items WHERE round_id=? ORDER BY id", (round_id,))
-        return [ReviewItem.model_validate_json(r) for (r,) in rows]
+        return [self._load(ReviewItem, r) for (r,) in rows]
 
     # blind presentation
     def swapped(self, round_id: int, item_id: int, reviewer: str) -> bool:
@@ -201,7 +230,7 @@ class ReviewStore:
             "SELECT v.row FROM verdicts v JOIN items i ON i.id = v.item_id WHERE i.round_id=? ORDER BY v.item_id, v.reviewer",
             (round_id,),
         )
-        return [Verdict.model_validate_json(r) for (r,) in rows]
+        return [self._load(Verdict, r) for (r,) in rows]
 
     def next_item(self, round_id: int, reviewer: str) -> tuple[ReviewItem | None, int, int]:
         """The first item this reviewer has not judged yet, with (done, total)."""
@@ -216,13 +245,13 @@ class ReviewStore:
             "ORDER BY id LIMIT 1",
             (round_id, who),
         ).fetchone()
-        return (ReviewItem.model_validate_json(row[0]) if row else None), int(done), int(total)
+        return (self._load(ReviewItem, row[0]) if row else None), int(done), int(total)
 
     def item(self, round_id: int, item_id: int) -> ReviewItem:
         row = self.conn.execute("SELECT row FROM items WHERE round_id=? AND id=?", (round_id, item_id)).fetchone()
         if row is None:
             raise RunError(f"no item {item_id} in review round {round_id}")
-        return ReviewItem.model_validate_json(row[0])
+        return self._load(ReviewItem, row[0])
 
 
 def item_outcome(choices: list[str], min_agree: int = 1) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from tunesmith.errors import RunError
@@ -14,10 +14,12 @@ from tunesmith.studio.app import page, resolve_run
 from tunesmith.studio.runs import list_runs, predictions
 
 router = APIRouter()
+MAX_ID = 2**63 - 1  # SQLite's largest integer: a bigger id is a 422, not an overflow
 
 
-def _store(run_dir: Path) -> review.ReviewStore:
-    return review.ReviewStore.open(run_dir)
+def _store(run_dir: Path, create: bool = False) -> review.ReviewStore:
+    """The run's review database; only starting a round creates it (pages and other forms never do)."""
+    return review.ReviewStore.open(run_dir, create=create)
 
 
 def conversations(run_dir: Path) -> dict[str, list[dict[str, str]]]:
@@ -50,11 +52,13 @@ def new_round_items(run_dir: Path, other_dir: Path | None) -> tuple[list[review.
 @router.get("/review", response_class=HTMLResponse)
 def review_home(request: Request, k: str) -> HTMLResponse:
     run_dir = resolve_run(request, k)
-    store = _store(run_dir)
-    try:
-        rounds = store.rounds()
-    finally:
-        store.close()
+    rounds: list[review.ReviewRound] = []
+    if review.db_path(run_dir).exists():
+        store = _store(run_dir)
+        try:
+            rounds = store.rounds()
+        finally:
+            store.close()
     others = [r for r in list_runs(request.app.state.roots) if r.report is not None and r.dir != run_dir]
     return page(request, "review_home.html", k=k, run_name=run_dir.name, rounds=rounds, others=others)
 
@@ -64,7 +68,7 @@ def review_new(request: Request, k: str = Form(...), other: str = Form(""), name
     run_dir = resolve_run(request, k)
     other_dir = resolve_run(request, other) if other.strip() else None
     items, lx, ly = new_round_items(run_dir, other_dir)
-    store = _store(run_dir)
+    store = _store(run_dir, create=True)
     try:
         rnd = store.create_round(name.strip() or time.strftime("round %Y-%m-%d %H:%M"), lx, ly, items)
     finally:
@@ -73,7 +77,7 @@ def review_new(request: Request, k: str = Form(...), other: str = Form(""), name
 
 
 @router.get("/review/round", response_class=HTMLResponse)
-def review_round(request: Request, k: str, r: int, reviewer: str = "") -> HTMLResponse:
+def review_round(request: Request, k: str, r: int = Query(..., ge=0, le=MAX_ID), reviewer: str = "") -> HTMLResponse:
     run_dir = resolve_run(request, k)
     store = _store(run_dir)
     try:
@@ -91,8 +95,8 @@ def review_round(request: Request, k: str, r: int, reviewer: str = "") -> HTMLRe
 def review_verdict(
     request: Request,
     k: str = Form(...),
-    r: int = Form(...),
-    item: int = Form(...),
+    r: int = Form(..., ge=0, le=MAX_ID),
+    item: int = Form(..., ge=0, le=MAX_ID),
     reviewer: str = Form(...),
     choice: str = Form(...),
     correction: str = Form(""),
@@ -109,7 +113,7 @@ def review_verdict(
 
 
 @router.post("/review/close")
-def review_close(request: Request, k: str = Form(...), r: int = Form(...)) -> RedirectResponse:
+def review_close(request: Request, k: str = Form(...), r: int = Form(..., ge=0, le=MAX_ID)) -> RedirectResponse:
     store = _store(resolve_run(request, k))
     try:
         store.close_round(r)
@@ -119,7 +123,7 @@ def review_close(request: Request, k: str = Form(...), r: int = Form(...)) -> Re
 
 
 @router.get("/review/results", response_class=HTMLResponse)
-def review_results(request: Request, k: str, r: int, min_agree: int = 1) -> HTMLResponse:
+def review_results(request: Request, k: str, r: int = Query(..., ge=0, le=MAX_ID), min_agree: int = 1) -> HTMLResponse:
     store = _store(resolve_run(request, k))
     try:
         rnd = store.round(r)
@@ -136,7 +140,7 @@ def review_results(request: Request, k: str, r: int, min_agree: int = 1) -> HTML
 
 @router.post("/review/export", response_class=HTMLResponse)
 def review_export(
-    request: Request, k: str = Form(...), r: int = Form(...), to: str = Form(...), min_agree: int = Form(1)
+    request: Request, k: str = Form(...), r: int = Form(..., ge=0, le=MAX_ID), to: str = Form(...), min_agree: int = Form(1)
 ) -> HTMLResponse:
     run_dir = resolve_run(request, k)
     store = _store(run_dir)

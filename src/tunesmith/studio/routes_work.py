@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
 from tunesmith.errors import RunError, TunesmithError
 from tunesmith.studio import launch
 from tunesmith.studio.app import page, resolve_run
+from tunesmith.studio.chat import ChatRequest
 from tunesmith.studio.runs import SKIP_DIRS, list_runs
 
 router = APIRouter()
@@ -102,11 +103,13 @@ def launch_preview(
     """The data audit (the same findings as `tunesmith data check`) and the recipe to edit, before anything trains."""
     from tunesmith.config import commented_yaml
     from tunesmith.data.audit import audit
+    from tunesmith.studio.confine import model_problem
 
     roots = request.app.state.roots
     train_paths = [str(roots.resolve(k)) for k in train]
     eval_paths = [str(roots.resolve(eval_file))] if eval_file else []
-    tokenizer, note = _tokenizer(base)
+    refused = model_problem(base, roots.dirs, request.app.state.config.models)
+    tokenizer, note = (None, None) if refused else _tokenizer(base)
     report = audit(train_paths, eval_paths, tokenizer)
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name) or "run"
     values: dict[str, Any] = {
@@ -129,7 +132,7 @@ def launch_preview(
         picked=picked,
         recipe=commented_yaml(values),
         help=field_help(),
-        error=None,
+        error=f"model.base: {refused}" if refused else None,
         catalog=_catalog(),
     )
 
@@ -138,7 +141,9 @@ def launch_preview(
 def launch_start(request: Request, recipe: str = Form(...)) -> Any:
     studio_dir = request.app.state.roots.studio_dir
     try:
-        parsed = launch.validate_recipe(recipe, studio_dir / "recipes", request.app.state.roots.dirs)
+        parsed = launch.validate_recipe(
+            recipe, studio_dir / "recipes", request.app.state.roots.dirs, request.app.state.config.models
+        )
     except TunesmithError as exc:
         from tunesmith.config import DEFAULT_BASE
 
@@ -151,6 +156,7 @@ def launch_start(request: Request, recipe: str = Form(...)) -> Any:
             recipe=recipe,
             help=field_help(),
             error=exc.message,
+            catalog=_catalog(),
             status_code=422,
         )
     run_dir = Path(parsed.output_dir)
@@ -200,24 +206,18 @@ def chat_page(request: Request, k: str = "") -> HTMLResponse:
 
 
 @router.post("/chat/stream")
-async def chat_stream(request: Request) -> StreamingResponse:
+def chat_stream(request: Request, body: ChatRequest) -> StreamingResponse:
+    """Stream a reply (server-sent events); a malformed body is a 422 naming the field, before anything loads."""
     from tunesmith.studio.chat import ModelCache, stream_reply
 
-    body = await request.json()
-    run_dir = resolve_run(request, str(body.get("k", "")))
-    messages = [
-        {"role": str(m["role"]), "content": str(m["content"])}
-        for m in body.get("messages", [])
-        if m.get("role") in ("system", "user", "assistant")
-    ]
-    if not messages or messages[-1]["role"] != "user":
+    run_dir = resolve_run(request, body.k)
+    messages = [m.model_dump() for m in body.messages]
+    if messages[-1]["role"] != "user":
         raise RunError("the conversation must end with a user message")
     state = request.app.state
     if getattr(state, "models", None) is None:
         state.models = ModelCache()
-    side = "base" if body.get("side") == "base" else "tuned"
-    max_new = min(max(int(body.get("max_new_tokens", 128)), 1), 1024)
-    stream = stream_reply(state.models, run_dir, messages, side, bool(body.get("rag")), max_new)
+    stream = stream_reply(state.models, run_dir, messages, body.side, body.rag, body.max_new_tokens)
     return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
@@ -247,19 +247,19 @@ def data_row(request: Request, k: str, line: int) -> HTMLResponse:
     return page(request, "data_row.html", k=k, path=path, line=line, text=text)
 
 
-def _synth(request: Request, k: str, n: int) -> Any:
+def _synth(request: Request, k: str, n: int, create: bool = True) -> Any:
     from tunesmith.studio.synth_review import SynthReview
 
     path = request.app.state.roots.resolve(k)
     if not path.is_file():
         raise RunError("not a data file")
-    return SynthReview(path, request.app.state.roots.studio_dir, sample_size=max(1, min(n, 1000)))
+    return SynthReview(path, request.app.state.roots.studio_dir, sample_size=max(1, min(n, 1000)), create=create)
 
 
 @router.get("/data/synth", response_class=HTMLResponse)
 def synth_page(request: Request, k: str, n: int = 20) -> HTMLResponse:
     """Review a sample of synthetic rows: accept, reject with a reason, or edit."""
-    review = _synth(request, k, n)
+    review = _synth(request, k, n, create=False)  # looking changes nothing: the review starts with its first decision
     try:
         line = review.next_line()
         done = len(review.decisions())
@@ -286,7 +286,7 @@ def synth_decide(
     k: str = Form(...),
     n: int = Form(20),
     line: int = Form(...),
-    verdict: str = Form(...),
+    verdict: Literal["accept", "reject", "edit"] = Form(...),
     reason: str = Form(""),
     row: str = Form(""),
 ) -> RedirectResponse:

@@ -65,7 +65,7 @@ class RunSummary:
     key: str
     name: str
     dir: Path
-    status: str  # running | finished | failed | stopped
+    status: str  # running | finished | failed | stopped | unreadable
     method: str = "?"
     adapter: str = "?"
     base: str = "?"
@@ -75,6 +75,7 @@ class RunSummary:
     report: EvalReport | None = None
     figures: dict[str, float] = field(default_factory=dict)
     mtime: float = 0.0
+    problem: str | None = None  # why a record of the run cannot be read (status unreadable)
 
 
 _cache: dict[tuple[str, str], tuple[float, Any]] = {}
@@ -95,8 +96,17 @@ def cached(path: Path, kind: str, loader: Any) -> Any:
 
 
 def _yaml(path: Path) -> dict[str, Any]:
+    """A run.yaml as a mapping; RunError saying why when it is not one (bad YAML, not UTF-8, a list...)."""
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return yaml.load(path.read_text(encoding="utf-8"), Loader=loader) or {}
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=loader) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise RunError(
+            f"{path.name} is not readable YAML: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
+    if not isinstance(data, dict):
+        raise RunError(f"{path.name} is not a mapping of recipe sections")
+    return data
 
 
 def find_runs(roots: Roots, max_depth: int = 4) -> list[Path]:
@@ -137,29 +147,38 @@ def run_status(run_dir: Path, roots: Roots) -> str:
 
 
 def summarize(run_dir: Path, roots: Roots) -> RunSummary:
-    """What the runs table shows for one folder; a broken record becomes status `failed`, never an error page."""
+    """What the runs table shows for one folder; a record that cannot be read makes the run `unreadable`, with the
+    reason in `problem`, never an error page."""
     s = RunSummary(roots.key(run_dir), run_dir.name, run_dir, run_status(run_dir, roots))
     try:
         s.mtime = (run_dir / "run.yaml").stat().st_mtime
         s.manifest = cached(run_dir / "manifest.json", "manifest", read_manifest)
         s.report = cached(run_dir / "eval" / "report.json", "report", read_eval_report)
-    except RunError:
-        s.status = "failed" if s.manifest is None else s.status
+    except (RunError, OSError) as exc:
+        s.status, s.problem = "unreadable", getattr(exc, "message", str(exc))
     if s.manifest is not None:
         m = s.manifest
         s.name, s.method, s.adapter, s.base = m.run, m.method, m.adapter, m.base_model.spec
         s.data_hash = next(iter(m.data.values()), "")[:12]
         s.steps = m.figures.global_step
     else:
-        recipe = cached(run_dir / "run.yaml", "yaml", _yaml) or {}
+        try:
+            recipe = cached(run_dir / "run.yaml", "yaml", _yaml) or {}
+        except RunError as exc:
+            recipe, s.status, s.problem = {}, "unreadable", s.problem or exc.message
         s.name = str(recipe.get("name", run_dir.name))
         s.method = str(recipe.get("method", "sft"))
-        s.adapter = str((recipe.get("adapter") or {}).get("type", "lora"))
-        s.base = str((recipe.get("model") or {}).get("base", "?"))
+        s.adapter = str(_section(recipe, "adapter").get("type", "lora"))
+        s.base = str(_section(recipe, "model").get("base", "?"))
     if s.report is not None:
         s.figures = {k: v for k, v in s.report.summary.get("tuned", {}).items() if k in key_metrics(s.report)}
         s.figures["win_rate"] = s.report.judgement.win_rate
     return s
+
+
+def _section(recipe: dict[str, Any], name: str) -> dict[str, Any]:
+    value = recipe.get(name)
+    return value if isinstance(value, dict) else {}
 
 
 def key_metrics(report: EvalReport) -> list[str]:
@@ -188,27 +207,66 @@ def predictions(run_dir: Path) -> list[dict[str, Any]]:
         cached(
             run_dir / "eval" / "predictions.jsonl",
             "predictions",
-            lambda _p: [json.loads(line) for line in prediction_lines(run_dir)],
+            lambda _p: [prediction_row(line, n) for n, line in enumerate(prediction_lines(run_dir), 1)],
         )
         or []
     )
 
 
+def prediction_row(line: str, n: int) -> dict[str, Any]:
+    """Row `n` (1-based, blank lines not counted) of eval/predictions.jsonl; RunError when it is not a JSON object."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        row = None
+    if not isinstance(row, dict):
+        raise RunError(f"eval/predictions.jsonl row {n} is not a JSON object", hint="Run `tunesmith eval` again to rewrite it.")
+    return row
+
+
+def metric_rows(run_dir: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """The readable rows of metrics.jsonl, and a sentence counting the lines that are not JSON objects (None when all are)."""
+    path = run_dir / "metrics.jsonl"
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return [], None
+    rows, bad = [], []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad.append(n)
+    return rows, (f"metrics.jsonl: {len(bad)} unreadable line(s) skipped (first: line {bad[0]})" if bad else None)
+
+
 def checkpoints(run_dir: Path) -> list[dict[str, Any]]:
-    """Checkpoint folders with their step and size (MB)."""
+    """Checkpoint folders with their step ("?" when the name has none) and size (MB), by step."""
+
+    def step(ck: Path) -> int:
+        tail = ck.name.rsplit("-", 1)[-1]
+        return int(tail) if tail.isdigit() else -1
+
     out = []
-    for ck in sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1] or 0)):
+    for ck in sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda ck: (step(ck), ck.name)):
         size = sum(f.stat().st_size for f in ck.rglob("*") if f.is_file())
-        out.append({"name": ck.name, "step": ck.name.rsplit("-", 1)[-1], "mb": round(size / 2**20, 1)})
+        out.append({"name": ck.name, "step": step(ck) if step(ck) >= 0 else "?", "mb": round(size / 2**20, 1)})
     return out
 
 
 def faults(metrics: list[dict[str, Any]], manifest: Manifest | None) -> list[dict[str, Any]]:
     """NaN/inf steps, OOM back-offs and resumes, from metrics.jsonl events and the manifest's fault summary."""
-    out = [dict(r) for r in metrics if r.get("event")]
+    rows = [r for r in metrics if isinstance(r, dict)]
+    out = [dict(r) for r in rows if r.get("event")]
     out += [
         {"event": "nonfinite_loss", "step": r.get("step")}
-        for r in metrics
+        for r in rows
         if isinstance(r.get("loss"), str) and r["loss"].lower() in ("nan", "inf", "-inf")
     ]
     if manifest is not None:

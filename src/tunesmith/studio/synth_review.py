@@ -10,26 +10,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
+import secrets
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from tunesmith.atomic import write_text_atomic
 from tunesmith.errors import DataError
+from tunesmith.records import Record
+from tunesmith.studio.review import load_row
 
 SYNTH_REVIEW_VERSION = 1
 _SCHEMA = "CREATE TABLE IF NOT EXISTS decisions (line INTEGER PRIMARY KEY, row TEXT NOT NULL);"
 
 
-class _Row(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SynthDecision(_Row):
+class SynthDecision(Record):
     schema_version: int = SYNTH_REVIEW_VERSION
     line: int = Field(..., description="1-based line of the row in the synthetic file.")
     verdict: Literal["accept", "reject", "edit"]
@@ -38,7 +38,7 @@ class SynthDecision(_Row):
     time: float = Field(default_factory=time.time)
 
 
-class SynthOutcome(_Row):
+class SynthOutcome(Record):
     """acceptance.json: what a synthetic-data review decided and wrote."""
 
     schema_version: int = SYNTH_REVIEW_VERSION
@@ -57,7 +57,8 @@ class SynthOutcome(_Row):
 class SynthReview:
     """A seeded sample of a synthetic file and the decisions taken on it."""
 
-    def __init__(self, source: Path, studio_dir: Path, sample_size: int = 20, seed: int = 0) -> None:
+    def __init__(self, source: Path, studio_dir: Path, sample_size: int = 20, seed: int = 0, create: bool = True) -> None:
+        """`create=False` opens an existing review read-only and writes nothing when there is none yet."""
         from tunesmith.data.formats import read_records
         from tunesmith.outputs import claim_dir
 
@@ -69,16 +70,24 @@ class SynthReview:
         lines = sorted(random.Random(seed).sample(sorted(records), min(sample_size, len(records))))
         self.sample = lines
         digest = hashlib.sha256(str(self.source).encode()).hexdigest()[:12]
-        self.dir = claim_dir(studio_dir / "synth" / f"{self.source.stem}-{digest}", "studio synth review", reuse=True)
-        self.conn = sqlite3.connect(self.dir / "review.db", check_same_thread=False, isolation_level=None)
-        self.conn.executescript(_SCHEMA)
+        self.dir = studio_dir / "synth" / f"{self.source.stem}-{digest}"
+        if create:
+            claim_dir(self.dir, "studio synth review", reuse=True)
+        elif not (self.dir / "review.db").is_file():  # nothing decided yet: an empty review in memory
+            self.conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+            self.conn.executescript(_SCHEMA)
+            return
+        uri = (self.dir / "review.db").resolve().as_uri() + ("" if create else "?mode=ro")
+        self.conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+        if create:
+            self.conn.executescript(_SCHEMA)
 
     def close(self) -> None:
         self.conn.close()
 
     def decisions(self) -> dict[int, SynthDecision]:
         rows = self.conn.execute("SELECT line, row FROM decisions")
-        return {line: SynthDecision.model_validate_json(row) for line, row in rows}
+        return {line: load_row(SynthDecision, row, SYNTH_REVIEW_VERSION, self.dir / "review.db") for line, row in rows}
 
     def next_line(self) -> int | None:
         done = self.decisions()
@@ -88,6 +97,8 @@ class SynthReview:
         """Record a decision; an edit must be a JSON object, a rejection needs a reason."""
         if line not in self.sample:
             raise DataError(f"line {line} is not in the review sample")
+        if verdict not in ("accept", "reject", "edit"):
+            raise DataError(f"unknown verdict `{verdict}`: accept, reject or edit")
         row = None
         if verdict == "edit":
             try:
@@ -105,14 +116,12 @@ class SynthReview:
     def write_accepted(self) -> SynthOutcome:
         """Accepted and edited rows -> a new file in the review folder, audited; acceptance.json records the rate."""
         from tunesmith.data.audit import audit
-        from tunesmith.data.convert import write_rows
 
         decided = self.decisions()
         kept = [d.row or self.rows[line] for line, d in sorted(decided.items()) if d.verdict != "reject"]
         if not kept:
             raise DataError("no accepted rows to write yet")
-        out = self.dir / f"accepted-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
-        write_rows(out, kept)
+        out = write_new(self.dir, "accepted", kept)
         report = audit([str(out)], tokenizer=None)
         reasons: dict[str, int] = {}
         for d in decided.values():
@@ -133,3 +142,26 @@ class SynthReview:
         )
         write_text_atomic(self.dir / "acceptance.json", outcome.model_dump_json(indent=2))
         return outcome
+
+
+def write_new(folder: Path, stem: str, rows: list[dict[str, Any]]) -> Path:
+    """Write rows to a new `<stem>-<local time>[-n].jsonl` in `folder`, never over an existing file.
+
+    The rows are staged whole in a temp file, then hard-linked to the first free name: a link is never made over an
+    existing name (not even a symlink), so two writes in the same second, or at the same moment, give two files.
+    """
+    from tunesmith.data.convert import write_rows
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    staged = write_rows(folder / f".{stem}-{secrets.token_hex(8)}.staged.jsonl", rows)
+    try:
+        for n in range(1, 1000):
+            out = folder / (f"{stem}-{stamp}.jsonl" if n == 1 else f"{stem}-{stamp}-{n}.jsonl")
+            try:
+                os.link(staged, out)
+                return out
+            except FileExistsError:
+                continue
+        raise DataError(f"{folder} already holds 999 {stem} files from {stamp}; try again in a second")
+    finally:
+        staged.unlink(missing_ok=True)
