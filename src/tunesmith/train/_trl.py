@@ -200,59 +200,41 @@ def build_gkd_config(recipe: Recipe, d: DistillSection, run_dir: Path, has_eval:
 # The trainers: each takes what train/skeleton.py prepared (model, datasets, peft config, callbacks, levers).
 
 
-def sft_trainer(recipe: Recipe, p: Parts) -> Any:
-    from trl import SFTTrainer
-
-    return SFTTrainer(
+def _trainer(trainer: type[Any], args: Any, p: Parts, **extra: Any) -> Any:
+    return trainer(
         model=p.model,
-        args=build_sft_config(recipe, p.run_dir, has_eval=p.data.eval is not None, speed=p.levers),
+        args=args,
         train_dataset=p.data.train,
-        eval_dataset=p.data.eval,
         processing_class=p.tokenizer,
         peft_config=p.peft_config,
         callbacks=p.callbacks,
+        **extra,
     )
+
+
+def sft_trainer(recipe: Recipe, p: Parts) -> Any:
+    from trl import SFTTrainer
+
+    args = build_sft_config(recipe, p.run_dir, has_eval=p.data.eval is not None, speed=p.levers)
+    return _trainer(SFTTrainer, args, p, eval_dataset=p.data.eval)
 
 
 def dpo_trainer(recipe: Recipe, d: DPOSection, p: Parts) -> Any:
     from trl import DPOTrainer
 
-    return DPOTrainer(
-        model=p.model,
-        ref_model=None,  # adapter: the base under it; full: log-probs precomputed (see build_dpo_config)
-        args=build_dpo_config(recipe, d, p.run_dir, has_eval=p.data.eval is not None, speed=p.levers),
-        train_dataset=p.data.train,
-        eval_dataset=p.data.eval,
-        processing_class=p.tokenizer,
-        peft_config=p.peft_config,
-        callbacks=p.callbacks,
-    )
+    args = build_dpo_config(recipe, d, p.run_dir, has_eval=p.data.eval is not None, speed=p.levers)
+    # ref_model None: with an adapter the reference is the base under it; a full fine-tune precomputes its log-probs
+    return _trainer(DPOTrainer, args, p, eval_dataset=p.data.eval, ref_model=None)
 
 
 def grpo_trainer(recipe: Recipe, g: GRPOSection, p: Parts, reward_funcs: list[Any]) -> Any:
     from trl import GRPOTrainer
 
-    return GRPOTrainer(
-        model=p.model,
-        reward_funcs=reward_funcs,
-        args=build_grpo_config(recipe, g, p.run_dir, speed=p.levers),
-        train_dataset=p.data.train,
-        processing_class=p.tokenizer,
-        peft_config=p.peft_config,
-        callbacks=p.callbacks,
-    )
+    return _trainer(GRPOTrainer, build_grpo_config(recipe, g, p.run_dir, speed=p.levers), p, reward_funcs=reward_funcs)
 
 
 def gkd_trainer(recipe: Recipe, d: DistillSection, p: Parts, teacher: Any) -> Any:
     from trl.experimental.gkd import GKDTrainer
 
-    return GKDTrainer(
-        model=p.model,
-        teacher_model=teacher,
-        args=build_gkd_config(recipe, d, p.run_dir, has_eval=p.data.eval is not None, speed=p.levers),
-        train_dataset=p.data.train,
-        eval_dataset=p.data.eval,
-        processing_class=p.tokenizer,
-        peft_config=p.peft_config,
-        callbacks=p.callbacks,
-    )
+    args = build_gkd_config(recipe, d, p.run_dir, has_eval=p.data.eval is not None, speed=p.levers)
+    return _trainer(GKDTrainer, args, p, eval_dataset=p.data.eval, teacher_model=teacher)

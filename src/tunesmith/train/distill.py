@@ -64,29 +64,22 @@ class TeacherFiles(Record):
     eval: TeacherFile | None = None
 
 
-class TeacherAnswers(Record):
-    """distill/generated.json: what the teacher wrote (a resumed run reuses it instead of paying for it twice)."""
-
-    schema_version: int = 1
-    teacher: str
-    files: TeacherFiles = Field(default_factory=TeacherFiles)
-    teacher_seconds: float = 0.0
-    prompts_from: list[str] = Field(default_factory=list, description="The recipe's data.train the prompts came from.")
-
-
 class AuditCounts(Record):
     errors: int
     warnings: int
 
 
 class DistillDetails(MethodDetails):
-    mode: str
+    """The manifest's record; in sequence mode also distill/generated.json, what the teacher wrote (a resumed run
+    reuses it instead of paying for the answers twice)."""
+
+    mode: str = "sequence"
     teacher: str | None = Field(None, description="What the teacher was: `run DIR (base ...)` or `model SPEC`.")
     teacher_spec: str | None = None
     files: TeacherFiles | None = None  # sequence: the teacher's answers
     teacher_seconds: float | None = None
-    audit: AuditCounts | None = None
-    prompts_from: list[str] = Field(default_factory=list)
+    audit: AuditCounts | None = None  # sequence: the data check of the teacher's answers
+    prompts_from: list[str] = Field(default_factory=list, description="sequence: the data.train the prompts came from.")
     beta: float | None = None  # logits: GKD's settings
     temperature: float | None = None
     lmbda: float | None = None
@@ -128,7 +121,7 @@ def same_tokenizer(a: Any, b: Any) -> bool:
     return bool(a.get_vocab() == b.get_vocab())
 
 
-def generate_dataset(recipe: Recipe, out_dir: Path) -> TeacherAnswers:
+def generate_dataset(recipe: Recipe, out_dir: Path) -> DistillDetails:
     """Teacher answers for the train and eval prompts, written as chat JSONL; returns what was written."""
     from tunesmith import models
     from tunesmith.data.convert import write_rows
@@ -158,8 +151,9 @@ def generate_dataset(recipe: Recipe, out_dir: Path) -> TeacherAnswers:
         )
     del model
     gc.collect()
-    return TeacherAnswers(
+    return DistillDetails(
         teacher=described,
+        teacher_spec=d.teacher,
         files=TeacherFiles(**files),
         teacher_seconds=round(time.time() - started, 1),
         prompts_from=recipe.data.train,
@@ -220,11 +214,11 @@ class Distill(Method[DistillSection]):
         if not resume:
             start.refuse_finished(recipe.run_dir)  # before paying for the teacher's answers
         if marker.exists():
-            generated = read_record(marker, TeacherAnswers, 1)
+            generated = read_record(marker, DistillDetails, 1)
         else:
             generated = generate_dataset(recipe, out_dir)
             write_record(marker, generated)
-        files = generated.files
+        files = generated.files or TeacherFiles()
         data = {"train": [files.train.path] if files.train else [], "eval": files.eval.path if files.eval else None}
         student = recipe.model_copy(update={"data": recipe.data.model_copy(update=data)})
         tokenizer = models.load_tokenizer(models.resolve_base(recipe.model.base))
@@ -263,17 +257,10 @@ class Distill(Method[DistillSection]):
         import json
 
         out_dir = recipe.run_dir / GENERATED
-        generated = read_record(out_dir / "generated.json", TeacherAnswers, 1)
         report = json.loads((out_dir / "audit.json").read_text(encoding="utf-8"))
-        return DistillDetails(
-            mode=d.mode,
-            teacher=generated.teacher,
-            teacher_spec=d.teacher,
-            files=generated.files,
-            teacher_seconds=generated.teacher_seconds,
-            audit=AuditCounts(errors=report["errors"], warnings=report["warnings"]),
-            prompts_from=generated.prompts_from,
-        )
+        audit = AuditCounts(errors=report["errors"], warnings=report["warnings"])
+        generated = read_record(out_dir / "generated.json", DistillDetails, 1)
+        return generated.model_copy(update={"audit": audit, "teacher_spec": d.teacher})
 
     def summary(self, details: DistillDetails) -> list[str]:
         return [f"teacher: {details.teacher or details.teacher_spec}"]
