@@ -128,7 +128,7 @@ def trainer_a(model: str, train: Path, evaluation: Path, steps: int, batch: int,
     }
     (out / "recipe.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
     built = sft.build(load_recipe(out / "recipe.yaml", sets), force=True)
-    return built.trainer, built.speed.as_dict()
+    return built.trainer, built.speed.model_dump()
 
 
 def trainer_b(model: str, train: Path, evaluation: Path, steps: int, batch: int, out: Path):

@@ -6,36 +6,27 @@ the YAML written by `tunesmith init`, and the JSON schema.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
 
 from tunesmith.errors import RecipeError
+from tunesmith.sections import Section, checks_environment
+from tunesmith.train import methods
 
 DEFAULT_BASE = "smollm2-135m-instruct"
-
-
-class Section(BaseModel):
-    """Base for every recipe section: unknown keys are errors, so a typo fails loudly."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-def checks_environment(info: ValidationInfo) -> bool:
-    """Whether validation also checks the environment (files exist, modules import): yes for a recipe about to
-    run (load_recipe), no for a finished run read back (load_run), whose data may have moved."""
-    return bool((info.context or {}).get("check_files", True))
 
 
 def _resolve_path(value: str | None, info: ValidationInfo) -> str | None:
@@ -367,53 +358,10 @@ LOWER_IS_BETTER_TARGETS = frozenset({"p50_latency_ms", "p95_latency_ms", "cost_p
 """Targets met at or below their value; every other target is met at or above it."""
 
 
-REWARD_TYPES = ("json_valid", "json_schema_valid", "exact_match", "regex", "length_penalty", "custom")
-
-
-class RewardSpec(Section):
-    """One GRPO reward. A bare string in the recipe is shorthand: `json_valid`, or `package.module:function` for custom."""
-
-    type: Literal["json_valid", "json_schema_valid", "exact_match", "regex", "length_penalty", "custom"] = Field(
-        ...,
-        description="json_valid, json_schema_valid (json_schema), exact_match (field), regex (pattern), length_penalty (max_chars) or custom (function).",
-    )
-    weight: float = Field(1.0, description="Weight of this reward in the sum GRPO normalises per group.")
-    json_schema: dict[str, Any] | str | None = Field(
-        None, description="json_schema_valid: a JSON schema, inline or a .json file path (relative to the recipe)."
-    )
-    field: str = Field("reference", description="exact_match: the data column holding the expected answer.")
-    pattern: str | None = Field(None, description="regex: a Python regular expression the whole completion must match.")
-    max_chars: int = Field(256, ge=1, description="length_penalty: completions longer than this lose reward in proportion.")
-    function: str | None = Field(None, description="custom: `module:function` (module importable, or a .py next to the recipe).")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return {"type": "custom", "function": value} if ":" in value else {"type": value}
-        return value
-
-    @model_validator(mode="after")
-    def _options_present(self) -> RewardSpec:
-        import re
-
-        if self.type == "json_schema_valid" and self.json_schema is None:
-            raise ValueError("json_schema_valid needs `json_schema` (inline or a file path)")
-        if self.type == "regex":
-            if not self.pattern:
-                raise ValueError("regex needs `pattern`")
-            try:
-                re.compile(self.pattern)
-            except re.error as exc:
-                raise ValueError(f"pattern is not a valid regular expression: {exc}") from None
-        if self.type == "custom" and not re.fullmatch(r"[^:]+:[A-Za-z_]\w*", self.function or ""):
-            raise ValueError("custom needs `function` as `module:function` (or `file.py:function`)")
-        return self
-
-
 class SpeedSection(Section):
-    """How SFT is made fast (DPO and logit distillation take precision, fused_optimizer, compile and release_memory;
-    packing and labelled_logits are SFT's); every lever is measured in docs/benchmarks.md and recorded in the manifest."""
+    """How training is made fast. Every method takes precision, fused_optimizer, compile and release_memory; the row
+    levers (packing, attention, labelled_logits, micro_batch_tokens) are SFT's. Every lever is measured in
+    docs/benchmarks.md and recorded in the manifest."""
 
     packing: Literal["auto", "padding_free", "group_by_length", "off"] = Field(
         "auto",
@@ -473,52 +421,6 @@ class SpeedSection(Section):
     )
 
 
-class DPOSection(Section):
-    beta: float = Field(
-        0.1, gt=0, description="DPO temperature: how far the tuned model may move from the reference (higher = stay closer)."
-    )
-    loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero", "apo_down"] = Field(
-        "sigmoid", description="DPO loss: sigmoid (the original), ipo, hinge, robust (noisy labels), ... (TRL's names)."
-    )
-    label_smoothing: float = Field(
-        0.0, ge=0, lt=0.5, description="Assumed fraction of flipped preference labels (sigmoid/robust losses)."
-    )
-
-
-class GRPOSection(Section):
-    rewards: list[RewardSpec] = Field(
-        default_factory=list, description="Reward functions, summed with their weights (method grpo needs at least one)."
-    )
-    num_generations: int = Field(4, ge=2, description="Completions sampled per prompt; rewards are normalised within each group.")
-    max_completion_length: int = Field(128, ge=1, description="Token budget of each sampled completion.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature for the completions.")
-    beta: float = Field(0.0, ge=0, description="KL penalty towards the reference (the base under the adapter); 0 = none.")
-    scale_rewards: Literal["group", "batch", "none"] = Field(
-        "group", description="Divide advantages by the reward std of the group, the batch, or not at all."
-    )
-
-
-class DistillSection(Section):
-    teacher: str | None = Field(
-        None, description="Teacher: a base model spec (like model.base) or a finished tunesmith run folder."
-    )
-    mode: Literal["sequence", "logits"] = Field(
-        "sequence",
-        description="sequence = the teacher writes answers, saved and audited as a dataset, and the student is SFT-trained on them; "
-        "logits = the student matches the teacher's next-token distributions (needs the same tokenizer).",
-    )
-    max_new_tokens: int = Field(128, ge=1, description="Teacher's generation budget per prompt (sequence mode).")
-    batch_size: int = Field(8, ge=1, description="Prompts the teacher generates together (sequence mode).")
-    beta: float = Field(0.5, ge=0, le=1, description="logits: generalised JSD interpolation (0 = forward KL, 1 = reverse KL).")
-    temperature: float = Field(1.0, gt=0, description="logits: softmax temperature of both distributions.")
-    lmbda: float = Field(
-        0.0,
-        ge=0,
-        le=1,
-        description="logits: fraction of steps trained on student-generated answers (on-policy); 0 = the data's answers.",
-    )
-
-
 class MonitorSection(Section):
     """`tunesmith monitor`: the recent traffic window against the training data and the window before it; a signal
     whose threshold is crossed makes the command exit non-zero (docs/monitoring.md)."""
@@ -562,26 +464,27 @@ class MonitorSection(Section):
     )
 
 
-class Recipe(Section):
-    """A complete fine-tuning run."""
+def _known_method(name: str) -> str:
+    if name not in methods.names():
+        raise ValueError(f"unknown method `{name}`: one of {', '.join(methods.names())}")
+    return name
+
+
+class RecipeCore(Section):
+    """A complete fine-tuning run: the sections every method shares (Recipe adds each method's own)."""
 
     name: str = Field("run", description="A name for this run (shown in reports).")
-    method: Literal["sft", "dpo", "grpo", "distill"] = Field(
+    method: Annotated[str, AfterValidator(_known_method)] = Field(
         "sft",
-        description="Training method: sft (demonstrations), dpo (preference pairs), grpo (prompts + reward functions), "
-        "distill (a teacher model writes or scores the answers).",
+        description="Training method: " + "; ".join(f"{m.name} ({m.help})" for m in methods.registered()) + ".",
+        json_schema_extra=lambda schema: schema.update(enum=list(methods.names())),
     )
     model: ModelSection = Field(default_factory=ModelSection, description="The base model.")
     data: DataSection = Field(..., description="Training and eval data.")
     adapter: AdapterSection = Field(default_factory=AdapterSection, description="What is trained.")
     training: TrainingSection = Field(default_factory=TrainingSection, description="Optimisation.")
     eval: EvalSection = Field(default_factory=EvalSection, description="Base-vs-tuned evaluation.")
-    speed: SpeedSection = Field(default_factory=SpeedSection, description="Training speed levers (method: sft).")
-    dpo: DPOSection = Field(default_factory=DPOSection, description="DPO settings (method: dpo).")
-    grpo: GRPOSection = Field(default_factory=GRPOSection, validate_default=True, description="GRPO settings (method: grpo).")
-    distill: DistillSection = Field(
-        default_factory=DistillSection, validate_default=True, description="Distillation settings (method: distill)."
-    )
+    speed: SpeedSection = Field(default_factory=SpeedSection, description="Training speed levers.")
     rag: RagSection | None = Field(
         None, description="Retrieval: put passages from an index into every prompt (train, eval, serve)."
     )
@@ -604,22 +507,6 @@ class Recipe(Section):
         path = Path(value).expanduser()
         return str(path if path.is_absolute() else (base / path).resolve())
 
-    @field_validator("data", mode="after")
-    @classmethod
-    def _dpo_needs_pairs(cls, value: DataSection, info: ValidationInfo) -> DataSection:
-        if info.data.get("method") == "dpo" and checks_environment(info):
-            from tunesmith.data.formats import detect_shape, read_records
-
-            for path in value.train:
-                first = next((r.obj for r in read_records(path) if isinstance(r.obj, dict)), None)
-                if first is None or detect_shape(first) not in ("preference", "openai_dpo"):
-                    shape = detect_shape(first) if first is not None else "no rows"
-                    raise ValueError(
-                        f"method dpo needs preference pairs (prompt/chosen/rejected or input/preferred_output/"
-                        f"non_preferred_output); {Path(path).name} holds `{shape}` rows"
-                    )
-        return value
-
     @field_validator("training", mode="after")
     @classmethod
     def _hybrid_needs_lora(cls, value: TrainingSection, info: ValidationInfo) -> TrainingSection:
@@ -628,64 +515,34 @@ class Recipe(Section):
             raise ValueError(f"unfreeze_top_layers needs adapter.type lora or dora, not {adapter.type}")
         return value
 
-    @field_validator("grpo", mode="after")
-    @classmethod
-    def _grpo_rewards(cls, value: GRPOSection, info: ValidationInfo) -> GRPOSection:
-        import importlib.util
-        import json
-
-        if info.data.get("method") == "grpo" and not value.rewards:
-            raise ValueError("method grpo needs at least one entry in `rewards` (e.g. json_valid)")
-        training = info.data.get("training")
-        if (
-            info.data.get("method") == "grpo"
-            and training is not None
-            and (training.batch_size * training.grad_accum) % value.num_generations
-        ):
-            # TRL groups the completions of one prompt inside one generation batch.
-            raise ValueError(
-                f"training.batch_size x grad_accum ({training.batch_size * training.grad_accum}) must be a multiple of "
-                f"num_generations ({value.num_generations}): the batch counts completions, num_generations per prompt"
-            )
-        base = Path((info.context or {}).get("base_dir", "."))
-        for reward in value.rewards:
-            if isinstance(reward.json_schema, str):  # inline the file so run.yaml stays self-contained
-                path = Path(reward.json_schema).expanduser()
-                path = path if path.is_absolute() else base / path
-                try:
-                    reward.json_schema = json.loads(path.read_text(encoding="utf-8"))
-                except (OSError, json.JSONDecodeError) as exc:
-                    raise ValueError(f"reward schema {path}: {exc}") from None
-            if reward.type == "custom" and reward.function:
-                module, _, _ = reward.function.rpartition(":")
-                local = base / (module if module.endswith(".py") else module.replace(".", "/") + ".py")
-                if local.is_file():  # a file next to the recipe: keep its absolute path so the run finds it later
-                    reward.function = f"{local.resolve()}:{reward.function.rpartition(':')[2]}"
-                elif not checks_environment(info):
-                    continue
-                elif not module.endswith(".py") and importlib.util.find_spec(module.split(".")[0]) is None:
-                    raise ValueError(
-                        f"reward function module `{module}` is not importable and no {local.name} next to the recipe"
-                    )
-                elif module.endswith(".py") and not Path(module).is_file():
-                    raise ValueError(f"reward function file not found: {module}")
-        return value
-
-    @field_validator("distill", mode="after")
-    @classmethod
-    def _distill_teacher(cls, value: DistillSection, info: ValidationInfo) -> DistillSection:
-        if info.data.get("method") != "distill":
-            return value
-        if not value.teacher:
-            raise ValueError("method distill needs `teacher` (a base model spec or a tunesmith run folder)")
-        local = Path((info.context or {}).get("base_dir", ".")) / Path(value.teacher).expanduser()
-        if not Path(value.teacher).is_absolute() and local.exists():
-            value.teacher = str(local.resolve())
-        return value
-
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir)
+
+
+def _with_method_sections(core: type[RecipeCore]) -> type[RecipeCore]:
+    """The Recipe: the shared sections, then one section per registered method that has settings, named after the
+    method (`dpo:`, `grpo:`, `distill:`), with the method's cross-field rules as validators."""
+    fields: dict[str, Any] = {
+        m.name: (
+            m.section,
+            Field(default_factory=m.section, validate_default=True, description=f"{m.name} settings (method: {m.name})."),
+        )
+        for m in methods.registered()
+        if m.section is not None
+    }
+    rules: dict[str, Callable[..., Any]] = {
+        f"_{m.name}_{field}": field_validator(field, mode="after")(staticmethod(rule))
+        for m in methods.registered()
+        for field, rule in m.rules.items()
+    }
+    return create_model("Recipe", __base__=core, __module__=__name__, __doc__=core.__doc__, __validators__=rules, **fields)
+
+
+if TYPE_CHECKING:  # type checkers see the shared sections; a method reads its own through Method.settings
+    Recipe = RecipeCore
+else:
+    Recipe = _with_method_sections(RecipeCore)
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:

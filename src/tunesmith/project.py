@@ -24,6 +24,7 @@ from tunesmith.config import (
     commented_yaml,
     recipe_from_dict,
 )
+from tunesmith.train import methods
 
 LORA_LR = 2e-4  # the usual LoRA learning rate (QLoRA paper, peft and TRL examples)
 MAX_LENGTH_CAP = 4096  # tokens; longer rows are dropped and counted rather than making every batch that long
@@ -70,14 +71,6 @@ def _rel(path: Path, directory: Path) -> str:
     return os.path.relpath(path.resolve(), directory.resolve())
 
 
-def _grpo_rewards(refs: list[str]) -> list[Any]:
-    from tunesmith.eval import metrics
-
-    if refs and metrics.references_are_json(refs):
-        return ["json_valid", {"type": "exact_match", "field": "reference"}]
-    return [{"type": "exact_match", "field": "reference"}]
-
-
 def user_recipe_values(
     name: str,
     method: str,
@@ -101,8 +94,9 @@ def user_recipe_values(
     values["adapter"] = AdapterSection().model_dump()
     values["training"] = {**TrainingSection().model_dump(), **schedule}
     values["eval"] = EvalSection().model_dump()
-    if method == "grpo":
-        values["grpo"] = {"rewards": _grpo_rewards(refs)}
+    section = methods.get(method).starter_section(refs)  # e.g. grpo's rewards, chosen from the data's answers
+    if section is not None:
+        values[method] = section
     values["output_dir"] = f"runs/{name}"
     return values
 
@@ -129,7 +123,7 @@ def write_user_project(
     train = [str(Path(p).resolve()) for p in data]
     evals = [str(Path(eval_file).resolve())] if eval_file else []
     rows = load_rows(train)
-    budget = 128 if method == "grpo" else 0
+    budget = methods.get(method).completion_room(None)  # the room a sampled completion needs (grpo)
     first = audit(train, evals, tokenizer, None, "drop", method=method, completion_budget=budget, near=False)
     max_length = max_length_for(first.lengths.get("total", []))
     report = audit(train, evals, tokenizer, max_length, "drop", method=method, completion_budget=budget)

@@ -12,12 +12,21 @@ import json
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from tunesmith.atomic import write_text_atomic
 from tunesmith.errors import RunError
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: typed tokens, speed, plan, faults, checkpoint_selection; method figures under `details`
 EVAL_REPORT_VERSION = 1
 
 
@@ -53,6 +62,144 @@ class HeldOut(Record):
     sha256: str = Field(..., description="SHA-256 of that file when training finished.")
 
 
+class Speed(Record):
+    """The speed levers one run trained with (train/speed.py resolves them; no "auto" left)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    packing: str = "off"  # "padding_free" | "group_by_length" | "off"
+    attention: str = "-"  # "varlen" (each packed row attended alone) | "mask" (transformers' default) | "-" (not packed)
+    labelled_logits: bool = False  # only positions with a trained next token reach the LM head
+    bf16: bool = False  # bf16 autocast, fp32 master weights (the adapter's optimizer state stays fp32)
+    base_dtype: str = "auto"  # dtype the base weights load in ("bfloat16" under bf16 for adapter methods)
+    adapter_input_cast: bool = True  # peft casts each adapter's input to the adapter's fp32 dtype (off under bf16)
+    gradient_checkpointing: bool = False  # recompute activations in backward (auto: only when the plan does not fit)
+    fused_optimizer: bool = False  # torch's fused AdamW
+    compile: bool = False  # torch.compile of the model
+    release_memory: bool = False  # freed heap handed back to the OS after every step and evaluation (malloc_trim)
+    eval_batch_size: int = 0  # rows per loss-evaluation batch (not the generation batch)
+    device: str = "cpu"
+    liger: bool = False  # Liger's Triton kernels (RMSNorm, SwiGLU, RoPE) patched into the model, CUDA only
+    micro_batch: int = 0  # rows per forward/backward pass (training.batch_size when batches are not split)
+    passes: int = 0  # forward/backward passes accumulated per optimizer step (training.grad_accum when not split)
+
+
+class TokenCounts(Record):
+    """What one split's length policy kept and dropped (rows and tokens), counted the same way for every method."""
+
+    examples: int = 0
+    kept: int = 0
+    dropped_overlong: int = 0
+    dropped_no_trained_tokens: int = 0
+    truncated: int = 0
+    tokens_lost: int = 0
+    tokens: int = Field(0, description="Tokens of the kept rows as trained (dpo: both sequences; grpo: the prompts).")
+    trained_tokens: int = Field(0, description="Answer tokens trained (0 for grpo: its completions are sampled).")
+    reused: int = Field(0, description="Rows whose tokens came from the data check's pass (tokenized once).")
+    dropped_ids: list[str] = Field(default_factory=list, description="The first 50 dropped rows (id or file:line).")
+    max_length: int | None = None
+    overlong: str | None = None
+    measured_as: str | None = Field(None, description="What was measured against max_length (the method's length policy).")
+
+    def count_drop(self, reason: str, row_id: str) -> None:
+        """One row dropped: `reason` is data.lengths' "overlong" or "no_trained_tokens"."""
+        if reason == "overlong":
+            self.dropped_overlong += 1
+        else:
+            self.dropped_no_trained_tokens += 1
+        if len(self.dropped_ids) < 50:
+            self.dropped_ids.append(row_id)
+
+
+class Tokens(Record):
+    train: TokenCounts | None = None
+    eval: TokenCounts | None = None
+
+
+class Measured(Record):
+    peak_mb: float
+    seconds: float
+
+
+class Plan(Record):
+    """An estimate made before training (tunesmith.plan.advisor), kept in Manifest.plan next to what was measured."""
+
+    schema_version: int = 1
+    hardware: str
+    nproc: int = 1
+    params: int
+    trainable_params: int
+    memory_mb: dict[str, float] = Field(description="Estimated peak by component (MiB), with `total`.")
+    capacity_mb: float = Field(description="Memory of one device (MiB) the estimate is compared with (90% usable).")
+    fits: bool
+    steps: int
+    micro_batch: int = Field(
+        0, description="Rows per forward/backward pass the memory estimate assumes (speed.micro_batch_tokens); 0: unrecorded."
+    )
+    tokens: int = Field(description="Tokens processed in training (non-padding).")
+    seconds: float
+    usd: float
+    fix: list[str] = Field(default_factory=list, description="`--set` overrides that make it fit, when it does not.")
+    measured: Measured | None = Field(None, description="Filled after training: measured peak (MiB) and seconds.")
+
+    @property
+    def peak_mb(self) -> float:
+        return self.memory_mb["total"]
+
+
+class OomBackoff(Record):
+    event: str = "oom_backoff"
+    step: int
+    batch_size: int
+    grad_accum: int
+    resume_from: str | None = None
+
+
+class Faults(Record):
+    """Faults met during training: OOM back-offs, skipped non-finite steps, the batch shape training ended with."""
+
+    oom_backoffs: list[OomBackoff] = Field(default_factory=list)
+    skipped_nonfinite_steps: list[int] = Field(default_factory=list)
+    final_batch_size: int | None = None
+    final_grad_accum: int | None = None
+
+
+class CheckpointSelection(Record):
+    """eval.select_checkpoint: every candidate's score and the one that became adapter/."""
+
+    metric: str
+    scores: dict[str, float] = Field(description="Candidate (checkpoint-N or final) -> its score.")
+    chosen: str
+    n_examples: int
+    rows: str = ""
+
+
+class MethodDetails(Record):
+    """Base of what a training method adds to the manifest: each method's module declares its own (Method.details)."""
+
+
+# method name -> its MethodDetails record; filled by tunesmith.train.methods.register, read when a manifest is read.
+_DETAILS: dict[str, type[MethodDetails]] = {}
+
+
+def register_details(method: str, record: type[MethodDetails]) -> None:
+    _DETAILS[method] = record
+
+
+def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 kept the method's figures under a key named after it (dpo, grpo, distill; null for the others)
+    and an empty speed for the methods that had no levers."""
+    data = dict(data)
+    for name in list(_DETAILS):
+        value = data.pop(name, None)
+        if name == data.get("method") and value:
+            data["details"] = value
+    if not data.get("speed"):
+        data["speed"] = None
+    data["schema_version"] = MANIFEST_VERSION
+    return data
+
+
 class Manifest(Record):
     """manifest.json: what a finished run is, traceable to its data, recipe and base model."""
 
@@ -63,29 +210,43 @@ class Manifest(Record):
     base_model: BaseModelRef
     chat_template_sha256: str
     data: dict[str, str] = Field(default_factory=dict, description="Absolute data path -> SHA-256 at training time.")
-    tokens: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="Per split: examples, kept, dropped, truncated, tokens."
-    )
+    tokens: Tokens = Field(default_factory=Tokens, description="Per split: rows and tokens the length policy kept.")
     figures: Figures = Field(default_factory=Figures)
     resumed_from: str | None = None
-    faults: dict[str, Any] = Field(default_factory=dict)
+    faults: Faults = Field(default_factory=Faults)
     device: str = "cpu"
     versions: dict[str, str] = Field(default_factory=dict)
     git_sha: str | None = None
     quantized_base: bool = Field(False, description="The adapter was trained on a 4-bit base (QLoRA); eval loads the same.")
-    speed: dict[str, Any] = Field(default_factory=dict, description="Speed levers in force (packing, bf16, ...), as resolved.")
-    plan: dict[str, Any] | None = Field(
-        None, description="The planner's estimate made before training, next to what was measured."
-    )
+    speed: Speed | None = Field(None, description="Speed levers in force (packing, bf16, ...), as resolved.")
+    plan: Plan | None = Field(None, description="The planner's estimate made before training, next to what was measured.")
     rag: dict[str, Any] | None = Field(None, description="Retrieval index the run trained with: path, content hash, k.")
     golden: list[dict[str, Any]] = Field(
         default_factory=list, description="Golden prompts with the tuned model's greedy answers."
     )
-    checkpoint_selection: dict[str, Any] | None = None
+    checkpoint_selection: CheckpointSelection | None = None
     held_out: HeldOut | None = Field(None, description="The eval rows saved in the run folder; eval, merge and chat read them.")
-    dpo: dict[str, Any] | None = None
-    grpo: dict[str, Any] | None = None
-    distill: dict[str, Any] | None = None
+    details: SerializeAsAny[MethodDetails] | None = Field(
+        None, description="The method's own figures and settings (its Method.details record)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_versions(cls, data: Any) -> Any:
+        if isinstance(data, dict) and int(data.get("schema_version", 1)) < 2:
+            return _from_version_1(data)
+        return data
+
+    @field_validator("details", mode="before")
+    @classmethod
+    def _method_record(cls, value: Any, info: ValidationInfo) -> Any:
+        """A stored dict becomes the record its method declares."""
+        if not isinstance(value, dict):
+            return value
+        record = _DETAILS.get(info.data.get("method", ""))
+        if record is None:
+            raise ValueError(f"no training method {info.data.get('method')!r} is known to read these details")
+        return record.model_validate(value)
 
 
 class Judgement(Record):

@@ -114,7 +114,7 @@ def held_out_examples(run: Run) -> list[Any]:
 
     held = run.manifest.held_out
     if held is None:
-        from tunesmith.train.rows import eval_examples
+        from tunesmith.train.methods import eval_examples
 
         return eval_examples(run.recipe)
     path = run.dir / held.path

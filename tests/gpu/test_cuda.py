@@ -10,7 +10,7 @@ import torch
 
 from tunesmith.config import load_recipe
 from tunesmith.run import load_run, read_metrics
-from tunesmith.train import callbacks, sft
+from tunesmith.train import callbacks, sft, skeleton
 
 pytestmark = [
     pytest.mark.gpu,
@@ -73,13 +73,13 @@ def test_real_cuda_oom_backs_off(tiny_recipe, monkeypatch):
     torch.cuda.set_per_process_memory_fraction(cap_mb / total_mb)
     try:
         ballast = Ballast(mb_per_row=1000)  # 4 rows: 4 GB > cap; 2 rows: 2 GB < cap
-        monkeypatch.setattr(sft, "standard_callbacks", lambda r, d: callbacks.standard_callbacks(r, d) + [ballast])
+        monkeypatch.setattr(skeleton, "standard_callbacks", lambda r, d: callbacks.standard_callbacks(r, d) + [ballast])
         run = sft.run(load_recipe(tiny_recipe(training={"max_steps": 3, "batch_size": 4})))
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
     f = run.manifest.faults
-    assert (f["final_batch_size"], f["final_grad_accum"]) == (2, 2)
-    assert [e["batch_size"] for e in f["oom_backoffs"]] == [2]
+    assert (f.final_batch_size, f.final_grad_accum) == (2, 2)
+    assert [e.batch_size for e in f.oom_backoffs] == [2]
 
 
 def _launch(recipe_path, config):
@@ -112,7 +112,7 @@ def test_varlen_attention_matches_the_block_mask_on_cuda(tiny_recipe):
         run = sft.run(
             load_recipe(tiny_recipe(speed={"attention": name}, training={"max_steps": 4}, output_dir=f"runs/att-{name}"))
         )
-        assert run.manifest.speed["attention"] == name and run.manifest.device == "cuda"
+        assert run.manifest.speed.attention == name and run.manifest.device == "cuda"
         losses[name] = [r["loss"] for r in read_metrics(run.dir) if "loss" in r and "eval_loss" not in r]
     assert len(losses["mask"]) == len(losses["varlen"]) == 4
     assert max(abs(a - b) / a for a, b in zip(losses["mask"], losses["varlen"])) < 0.02
@@ -136,6 +136,6 @@ def test_liger_keeps_the_loss_curve(tiny_recipe, monkeypatch):
     plain, _ = losses("plain", False)
     assert not applied
     fused, run = losses("liger", True)
-    assert applied and run.manifest.speed["liger"] is True
+    assert applied and run.manifest.speed.liger is True
     assert len(plain) == len(fused) == 6
     assert max(abs(a - b) / a for a, b in zip(plain, fused)) < 0.03

@@ -64,17 +64,17 @@ def test_dpo_applies_the_policy_and_counts_it(tiny_recipe, tmp_path, tok, policy
     )
     if policy == "error":
         with pytest.raises(DataError, match="over max_length=96"):
-            dpo._datasets(recipe, tok)
+            dpo.METHOD.datasets(recipe, tok)
         return
-    train_ds, _, stats = dpo._datasets(recipe, tok)
-    s = stats["train"]
-    assert s["dropped_overlong"] + s["truncated"] == 4  # every long pair, and nothing else
-    assert stats["eval"]["examples"] == stats["eval"]["kept"] == 3
-    assert s["kept"] == len(train_ds) == s["examples"] - s["dropped_overlong"] - s["dropped_no_trained_tokens"]
+    data = dpo.METHOD.datasets(recipe, tok)
+    train_ds, s, e = data.train, data.counts.train, data.counts.eval
+    assert s.dropped_overlong + s.truncated == 4  # every long pair, and nothing else
+    assert e.examples == e.kept == 3
+    assert s.kept == len(train_ds) == s.examples - s.dropped_overlong - s.dropped_no_trained_tokens
     if policy == "drop":
-        assert s["truncated"] == 0 and s["tokens_lost"] == 0
+        assert s.truncated == 0 and s.tokens_lost == 0
     else:
-        assert s["dropped_overlong"] == 0 and s["truncated"] >= 1 and s["tokens_lost"] > 0
+        assert s.dropped_overlong == 0 and s.truncated >= 1 and s.tokens_lost > 0
     for row in train_ds:  # every pair TRL receives fits: it has nothing left to truncate
         for answer in ("chosen", "rejected"):
             assert not _over(tok, row["prompt"] + row[answer], 96)
@@ -85,7 +85,7 @@ def test_trl_is_never_asked_to_truncate(tiny_recipe, tmp_path):
 
     _pairs(tmp_path / "pref.jsonl")
     recipe = load_recipe(tiny_recipe(method="dpo", data={"train": ["pref.jsonl"], "eval": None}))
-    assert _trl.build_dpo_config(recipe, tmp_path / "run", has_eval=False).max_length is None
+    assert _trl.build_dpo_config(recipe, recipe.dpo, tmp_path / "run", has_eval=False).max_length is None
 
 
 @pytest.mark.parametrize("policy", ["drop", "truncate"])
@@ -100,23 +100,17 @@ def test_grpo_counts_prompt_plus_completion_budget(tiny_recipe, tmp_path, tok, p
             grpo={"rewards": ["json_valid"], "num_generations": 4, "max_completion_length": 32},
         )
     )
-    ds, stats = grpo._dataset(recipe, tok)
-    both = [stats["train"], stats["eval"]]
-    assert sum(s["dropped_overlong"] + s["truncated"] for s in both) == 4  # the 4 long prompts, nothing else
-    assert stats["train"]["kept"] == len(ds) and "max_completion_length 32" in stats["train"]["measured_as"]
+    data = grpo.METHOD.datasets(recipe, tok)
+    ds, t, e = data.train, data.counts.train, data.counts.eval
+    assert sum(s.dropped_overlong + s.truncated for s in (t, e)) == 4  # the 4 long prompts, nothing else
+    assert t.kept == len(ds) and "max_completion_length 32" in t.measured_as
     for row in ds:
         assert lengths.prompt_tokens(tok, row["prompt"]) + 32 <= 96
     if policy == "truncate":  # the end of the question survives the cut
         assert all("add 2 and" in row["prompt"][-1]["content"] for row in ds)
     # the audit of the same file with the same recipe finds the same rows over the limit
     report = audit_recipe(recipe, tok)
-    assert (
-        report.stats["tokens"]["n_too_long"]
-        == stats["train"]["dropped_overlong"]
-        + stats["train"]["truncated"]
-        + stats["eval"]["dropped_overlong"]
-        + stats["eval"]["truncated"]
-    )
+    assert report.stats["tokens"]["n_too_long"] == t.dropped_overlong + t.truncated + e.dropped_overlong + e.truncated
 
 
 def test_distill_logits_rows_fit_and_are_counted(tiny_recipe, tmp_path, tok):
@@ -135,7 +129,7 @@ def test_distill_logits_rows_fit_and_are_counted(tiny_recipe, tmp_path, tok):
         )
     )
     kept, stats = distill.logit_rows(recipe, tok, load_examples(str(tmp_path / "long.jsonl")))
-    assert stats["examples"] == 8 and stats["truncated"] == 3 and stats["tokens_lost"] > 0 and len(kept) == 8
+    assert stats.examples == 8 and stats.truncated == 3 and stats.tokens_lost > 0 and len(kept) == 8
     assert all(not _over(tok, r["messages"], 80) for r in kept)  # the GKD collator's left-cut never fires
 
 

@@ -43,7 +43,7 @@ def test_force_trains_anyway(tiny_recipe):
     path = tiny_recipe()
     _add_rows(path, [TWO_USERS])
     run = sft.run(load_recipe(path), force=True)
-    assert run.manifest.tokens["train"]["kept"] == 25
+    assert run.manifest.tokens.train.kept == 25
 
 
 def test_preflight_passes_clean_recipe_with_warnings_only(tiny_recipe, tiny_model_dir):

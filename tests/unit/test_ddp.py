@@ -42,7 +42,7 @@ def test_two_processes_train_and_rank0_writes(tiny_recipe, tiny_model_dir):
     assert f.global_step == 6  # the data was split between two ranks
     # Figures count both ranks: 6 steps x 2 rows x 2 ranks = every train token once in the epoch.
     assert f.world_size == 2
-    assert f.tokens_per_s * f.train_runtime_s == pytest.approx(run.manifest.tokens["train"]["tokens"], rel=0.1)
+    assert f.tokens_per_s * f.train_runtime_s == pytest.approx(run.manifest.tokens.train.tokens, rel=0.1)
     assert f.total_params > f.trainable_params > 0
     ckpt = run.dir / "checkpoints" / "checkpoint-6"
     assert (ckpt / COMPLETE).exists()

@@ -16,7 +16,7 @@ from transformers import TrainerCallback
 from tunesmith.config import load_recipe
 from tunesmith.errors import RunError
 from tunesmith.run import read_metrics
-from tunesmith.train import callbacks, faults, sft
+from tunesmith.train import callbacks, faults, sft, skeleton
 from tunesmith.train.callbacks import COMPLETE, STAGING, latest_complete_checkpoint
 
 # Runs the real CLI with a pause after every optimizer step, so a test can signal it mid-training.
@@ -160,7 +160,7 @@ class Poison(TrainerCallback):
 
 
 def _with(monkeypatch, *extra):
-    monkeypatch.setattr(sft, "standard_callbacks", lambda r, d: callbacks.standard_callbacks(r, d) + list(extra))
+    monkeypatch.setattr(skeleton, "standard_callbacks", lambda r, d: callbacks.standard_callbacks(r, d) + list(extra))
 
 
 def test_nan_step_is_skipped_counted_and_visible(tiny_recipe, monkeypatch):
@@ -170,7 +170,7 @@ def test_nan_step_is_skipped_counted_and_visible(tiny_recipe, monkeypatch):
     assert rows[1]["loss"] == "nan"  # never hidden or smoothed over
     assert rows[1]["skipped_nonfinite_steps"] == 1 and rows[3]["skipped_nonfinite_steps"] == 1
     assert all(isinstance(r["loss"], float) for i, r in enumerate(rows) if i != 1)
-    assert run.manifest.faults["skipped_nonfinite_steps"] == [2]
+    assert run.manifest.faults.skipped_nonfinite_steps == [2]
     assert all(torch.isfinite(w).all() for w in _adapter(run.dir).values())
 
 
@@ -206,8 +206,8 @@ def test_oom_halves_micro_batch_keeps_global_batch(tiny_recipe, monkeypatch):
     _with(monkeypatch, oom)
     run = sft.run(load_recipe(path))
     f = run.manifest.faults
-    assert oom.raised == 2 and (f["final_batch_size"], f["final_grad_accum"]) == (1, 4)
-    assert [(e["batch_size"], e["grad_accum"]) for e in f["oom_backoffs"]] == [(2, 2), (1, 4)]
+    assert oom.raised == 2 and (f.final_batch_size, f.final_grad_accum) == (1, 4)
+    assert [(e.batch_size, e.grad_accum) for e in f.oom_backoffs] == [(2, 2), (1, 4)]
     assert [r["batch_size"] for r in read_metrics(run.dir) if r.get("event") == "oom_backoff"] == [2, 1]
     # Same global batch, same samples per step: the same training up to float summation order.
     ref_w = _adapter(ref.dir)

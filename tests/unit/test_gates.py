@@ -302,8 +302,8 @@ def test_checkpoint_selection_keeps_the_best_and_records_every_score(tiny_recipe
     path = tiny_recipe(training={"max_steps": 4, "save_steps": 2}, eval={"select_checkpoint": "exact_match"})
     run = sft.run(load_recipe(path))
     sel = read_manifest(run.dir / "manifest.json").checkpoint_selection
-    assert sel is not None and sel["chosen"] == "checkpoint-2" and sel["metric"] == "exact_match"
-    assert sel["scores"] == {"checkpoint-2": 0.9, "checkpoint-4": 0.1, "final": 0.1}
+    assert sel is not None and sel.chosen == "checkpoint-2" and sel.metric == "exact_match"
+    assert sel.scores == {"checkpoint-2": 0.9, "checkpoint-4": 0.1, "final": 0.1}
     weights = "adapter_model.safetensors"
     assert (run.dir / "adapter" / weights).read_bytes() == (run.dir / "checkpoints" / "checkpoint-2" / weights).read_bytes()
     assert (run.dir / "adapter" / "tokenizer_config.json").exists()
@@ -316,10 +316,10 @@ def test_checkpoint_selection_by_eval_loss_scores_for_real(tiny_recipe):
     path = tiny_recipe(training={"max_steps": 4, "save_steps": 2}, eval={"select_checkpoint": "eval_loss", "select_examples": 3})
     run = sft.run(load_recipe(path))
     sel = run.manifest.checkpoint_selection
-    assert sel is not None and set(sel["scores"]) == {"checkpoint-2", "checkpoint-4", "final"} and sel["n_examples"] == 3
-    assert sel["chosen"] == select.choose(sel["scores"], "eval_loss")
-    assert sel["scores"][sel["chosen"]] == min(sel["scores"].values())
-    assert sel["scores"]["checkpoint-4"] == pytest.approx(sel["scores"]["final"], rel=1e-5)  # the same weights
+    assert sel is not None and set(sel.scores) == {"checkpoint-2", "checkpoint-4", "final"} and sel.n_examples == 3
+    assert sel.chosen == select.choose(sel.scores, "eval_loss")
+    assert sel.scores[sel.chosen] == min(sel.scores.values())
+    assert sel.scores["checkpoint-4"] == pytest.approx(sel.scores["final"], rel=1e-5)  # the same weights
 
 
 def test_choose_picks_by_direction_and_breaks_ties_late():

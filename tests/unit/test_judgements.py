@@ -9,9 +9,10 @@ from types import SimpleNamespace
 import pytest
 
 from helpers import chat_rows, write_jsonl
-from tunesmith.config import RewardSpec, load_recipe
+from tunesmith.config import load_recipe
 from tunesmith.eval import metrics
 from tunesmith.train import rewards
+from tunesmith.train.grpo import RewardSpec
 from tunesmith.train.reward_watch import EVENT, RewardWatch
 
 TEXTS = [
@@ -117,7 +118,7 @@ def test_grpo_run_warns_when_its_reward_cannot_vary(tiny_recipe, tmp_path):
         )
     )
     run = train_run(recipe)
-    warnings = run.manifest.grpo["warnings"]
+    warnings = run.manifest.details.warnings
     assert any("always_one" in w and "1 x" in w for w in warnings)
     events = [r for r in read_metrics(run.dir) if r.get("event") == EVENT]
     assert any(e["reward_name"] == "always_one" for e in events)

@@ -144,7 +144,7 @@ def test_dpo(tiny_recipe, tiny_model_dir, tmp_path, monkeypatch, adapter):
     )
     run = train_run(recipe)
     assert seen["ref_model"] is None
-    assert run.manifest.method == "dpo" and "rewards/margins" in run.manifest.dpo["final_eval"]
+    assert run.manifest.method == "dpo" and "rewards/margins" in run.manifest.details.final_eval
     assert any("rewards/margins" in r for r in read_metrics(run.dir))
     if adapter == "lora":
         assert_lora_moved_base_frozen(run, tiny_model_dir)
@@ -153,13 +153,14 @@ def test_dpo(tiny_recipe, tiny_model_dir, tmp_path, monkeypatch, adapter):
         base = _base_sd(tiny_model_dir)
         assert sum(not torch.equal(tuned[k], base[k]) for k in base) > len(base) // 2
     # eval works on a DPO run: prompts are the preference prompts, references the chosen answers
-    from tunesmith.train.rows import eval_examples
+    from tunesmith.train.methods import eval_examples
 
     examples = eval_examples(load_run(run.dir).recipe)
     assert examples and examples[0].messages[-1]["content"].startswith('{"sum"')
 
 
-def test_grpo_with_a_user_reward(tiny_recipe, tiny_model_dir, tmp_path):
+def _grpo_data(tmp_path):
+    """prompts.jsonl (24 prompts with an `answer` column) and my_rewards.py (a reward that varies with the text)."""
     (tmp_path / "my_rewards.py").write_text(
         "def distinct_chars(prompts, completions, **kw):\n"
         "    return [len(set(c[0]['content'] if isinstance(c, list) else c)) / 10 for c in completions]\n"
@@ -168,6 +169,10 @@ def test_grpo_with_a_user_reward(tiny_recipe, tiny_model_dir, tmp_path):
         tmp_path / "prompts.jsonl",
         [{"prompt": r["messages"][:2], "answer": r["messages"][2]["content"]} for r in chat_rows(24, 4)],
     )
+
+
+def test_grpo_with_a_user_reward(tiny_recipe, tiny_model_dir, tmp_path):
+    _grpo_data(tmp_path)
     recipe = load_recipe(
         tiny_recipe(
             method="grpo",
@@ -183,7 +188,7 @@ def test_grpo_with_a_user_reward(tiny_recipe, tiny_model_dir, tmp_path):
     run = train_run(recipe)
     logged = [r for r in read_metrics(run.dir) if "reward" in r]
     assert len(logged) == 4 and all("reward_std" in r and "rewards/distinct_chars/mean" in r for r in logged)
-    assert run.manifest.grpo["logged_steps"] == 4
+    assert run.manifest.details.logged_steps == 4
     assert_lora_moved_base_frozen(run, tiny_model_dir)
 
 
@@ -207,14 +212,14 @@ def test_distill_sequence_saves_audits_and_trains_on_teacher_answers(tiny_recipe
     assert len(rows) == 24 and all(r["messages"][-1]["role"] == "assistant" for r in rows)
     assert json.loads((run.dir / "distill" / "audit.json").read_text())["files"]
     m = run.manifest
-    assert m.method == "distill" and m.distill and m.distill["mode"] == "sequence" and m.distill["files"]["train"]["rows"] == 24
+    assert m.method == "distill" and m.details.mode == "sequence" and m.details.files.train.rows == 24
     assert load_run(run.dir).recipe.data.train == [str(generated)]  # eval scores agreement with the teacher
     assert_lora_moved_base_frozen(run, tiny_model_dir)
 
 
 def test_distill_logits(tiny_recipe, tiny_model_dir, teacher_dir):
     run = train_run(load_recipe(tiny_recipe(method="distill", distill={"teacher": str(teacher_dir), "mode": "logits"})))
-    assert run.manifest.distill["mode"] == "logits"
+    assert run.manifest.details.mode == "logits"
     losses = [r["loss"] for r in read_metrics(run.dir) if "loss" in r]
     assert losses and losses[-1] < losses[0]  # the student moves towards the teacher's distributions
     assert_lora_moved_base_frozen(run, tiny_model_dir)
@@ -259,7 +264,7 @@ def _fp32_and_bf16_curves(tiny_recipe, name, **sections):
     assert len(fp32) == len(bf16) == 6 and fp32[0] != fp32[-1]  # over training, not six copies of one number
     assert max(abs(a - b) / a for a, b in zip(fp32, bf16)) < 0.03
     assert fp32 != bf16
-    assert run.manifest.speed["bf16"] and not fp32_run.manifest.speed["bf16"]
+    assert run.manifest.speed.bf16 and not fp32_run.manifest.speed.bf16
     return run.manifest.speed
 
 
@@ -270,11 +275,51 @@ def test_dpo_bf16_levers_keep_the_loss_curve(tiny_recipe, tmp_path):
     lever = _fp32_and_bf16_curves(
         tiny_recipe, "dpo", method="dpo", data={"train": ["pref.jsonl"], "eval": None}, dpo={"beta": 0.2}
     )
-    assert lever["base_dtype"] == "bfloat16" and not lever["adapter_input_cast"] and lever["fused_optimizer"]
-    assert lever["packing"] == "off"
+    assert lever.base_dtype == "bfloat16" and not lever.adapter_input_cast and lever.fused_optimizer
+    assert lever.packing == "off"
 
 
 def test_distill_logits_bf16_levers_keep_the_loss_curve(tiny_recipe, teacher_dir):
     """Logit distillation under bf16 autocast (student base and teacher stored in bf16) follows the fp32 curve."""
     lever = _fp32_and_bf16_curves(tiny_recipe, "gkd", method="distill", distill={"teacher": str(teacher_dir), "mode": "logits"})
-    assert lever["base_dtype"] == "bfloat16"
+    assert lever.base_dtype == "bfloat16"
+
+
+def test_grpo_bf16_levers_keep_the_rewards_and_losses(tiny_recipe, tiny_model_dir, tmp_path):
+    """GRPO takes the one precision decision too: under bf16 (autocast, the frozen base stored in bf16, the adapter's
+    input cast to fp32 where completions are sampled outside autocast) four steps sample the same completions as
+    fp32 from the same seed, so rewards match, and the losses and gradient norms agree within 3%."""
+    _grpo_data(tmp_path)
+    logged, runs = {}, {}
+    for precision in ("fp32", "bf16"):
+        recipe = tiny_recipe(
+            method="grpo",
+            data={"train": ["prompts.jsonl"], "eval": None},
+            grpo={"rewards": ["my_rewards:distinct_chars"], "num_generations": 4, "max_completion_length": 8, "beta": 0.04},
+            speed={"precision": precision},
+            output_dir=f"runs/grpo-{precision}",
+        )
+        runs[precision] = train_run(load_recipe(recipe))
+        logged[precision] = [r for r in read_metrics(runs[precision].dir) if "reward" in r]
+    fp32, bf16 = logged["fp32"], logged["bf16"]
+    assert len(fp32) == len(bf16) == 4
+    assert [r["reward"] for r in fp32] == pytest.approx([r["reward"] for r in bf16], rel=0.03)
+    for key in ("loss", "grad_norm", "entropy"):
+        assert [r[key] for r in fp32] == pytest.approx([r[key] for r in bf16], rel=0.03, abs=1e-3), key
+    assert [r["grad_norm"] for r in fp32] != [r["grad_norm"] for r in bf16]  # bf16 really ran
+    lever, plain = runs["bf16"].manifest.speed, runs["fp32"].manifest.speed
+    assert lever.bf16 and lever.base_dtype == "bfloat16" and lever.adapter_input_cast and not plain.bf16
+    assert_lora_moved_base_frozen(runs["bf16"], tiny_model_dir)
+
+
+def test_on_policy_logit_distillation_trains_under_bf16(tiny_recipe, teacher_dir):
+    """distill.lmbda > 0 samples student answers outside autocast: under bf16 the adapter's input is cast to its fp32
+    weights there (the same lever as GRPO), instead of a bf16 x fp32 matmul failing at the first sampled step."""
+    path = tiny_recipe(
+        method="distill",
+        distill={"teacher": str(teacher_dir), "mode": "logits", "lmbda": 1.0, "max_new_tokens": 4},
+        training={"max_steps": 2},
+        speed={"precision": "bf16"},
+    )
+    run = train_run(load_recipe(path))
+    assert run.manifest.figures.global_step == 2 and run.manifest.speed.bf16 and run.manifest.speed.adapter_input_cast

@@ -2,9 +2,9 @@
 
 import pytest
 
-from tunesmith.config import RewardSpec
 from tunesmith.errors import RecipeError
 from tunesmith.train import rewards
+from tunesmith.train.grpo import RewardSpec
 
 
 def chat(text):

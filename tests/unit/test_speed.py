@@ -186,18 +186,18 @@ def test_training_levers_keep_the_loss_curve(tiny_recipe):
     assert max(abs(a - b) / a for a, b in zip(plain, fast)) < 1e-3
     # bf16: autocast, the frozen base stored in bf16, adapter inputs not cast up to fp32 (fp32 adapter weights).
     assert max(abs(a - b) / a for a, b in zip(plain, bf16)) < 0.03
-    assert run.manifest.speed["packing"] == "padding_free"
+    assert run.manifest.speed.packing == "padding_free"
     import torch
 
     from tunesmith.train import speed
 
     # Handing freed memory back after each step is on by default on a glibc CPU, and off in the plain run.
-    assert run.manifest.speed["release_memory"] is (not torch.cuda.is_available() and speed._malloc_trim() is not None)
-    assert plain_run.manifest.speed["release_memory"] is False
+    assert run.manifest.speed.release_memory is (not torch.cuda.is_available() and speed._malloc_trim() is not None)
+    assert plain_run.manifest.speed.release_memory is False
 
-    assert run.manifest.speed["attention"] == ("mask" if torch.cuda.is_available() else "varlen")
+    assert run.manifest.speed.attention == ("mask" if torch.cuda.is_available() else "varlen")
     lever = bf16_run.manifest.speed
-    assert lever["bf16"] and lever["base_dtype"] == "bfloat16" and not lever["adapter_input_cast"]
+    assert lever.bf16 and lever.base_dtype == "bfloat16" and not lever.adapter_input_cast
 
 
 def test_compile_keeps_the_loss_curve(tiny_recipe):
@@ -209,7 +209,7 @@ def test_compile_keeps_the_loss_curve(tiny_recipe):
     counters.clear()
     compiled, run = _losses(tiny_recipe, "compiled", precision="bf16", compile=True)
     assert counters["stats"]["unique_graphs"] >= 1  # the model really went through torch.compile
-    assert run.manifest.speed["compile"] is True and run.manifest.speed["bf16"] is True
+    assert run.manifest.speed.compile is True and run.manifest.speed.bf16 is True
     assert len(compiled) == len(eager) == 6
     assert max(abs(a - b) / a for a, b in zip(eager, compiled)) < 1e-3
 
@@ -239,23 +239,21 @@ def test_micro_batch_follows_the_token_budget(tiny_recipe):
     args = speed.sft_args(levers)
     assert args["per_device_train_batch_size"] == 1 and args["gradient_accumulation_steps"] == 12
     assert speed.resolve(recipe).micro_batch == 4  # no lengths: not split
-    padded = speed.resolve_padded(recipe)  # DPO and logit distillation do not split
+    padded = speed.resolve_padded(recipe)  # DPO, GRPO and logit distillation do not split
     assert (padded.micro_batch, padded.passes) == (4, 3) and "per_device_train_batch_size" not in speed.trainer_args(padded)
 
 
 def test_liger_is_on_only_where_it_can_run(tiny_recipe, monkeypatch):
     """speed.liger: auto is on only with CUDA and liger-kernel both present (and for SFT); true without them is a
     recipe error naming the field, not a crash when training starts."""
-    import dataclasses
     import importlib.util
 
     from tunesmith.config import load_recipe
     from tunesmith.errors import RecipeError
-    from tunesmith.train import speed
+    from tunesmith.train import methods, speed
 
     auto = load_recipe(tiny_recipe())
     forced = load_recipe(tiny_recipe(speed={"liger": True}))
-    dpo = auto.model_copy(update={"method": "dpo"})
     real = importlib.util.find_spec
     for installed in (True, False):
 
@@ -265,12 +263,12 @@ def test_liger_is_on_only_where_it_can_run(tiny_recipe, monkeypatch):
         monkeypatch.setattr(importlib.util, "find_spec", find_spec)
         assert speed.uses_liger(auto, cuda=True) is installed
         assert speed.uses_liger(auto, cuda=False) is False
-        assert speed.uses_liger(dpo, cuda=True) is False  # SFT only: TRL's DPO swaps in Liger's own loss
+        assert speed.uses_liger(auto, cuda=True, allowed=methods.get("dpo").liger) is False  # TRL's DPO: Liger's own loss
         with pytest.raises(RecipeError, match="speed.liger"):
             speed.uses_liger(forced, cuda=False)
         if installed:
             assert speed.uses_liger(forced, cuda=True) is True
-            assert speed.sft_args(dataclasses.replace(speed.resolve(auto), liger=True))["use_liger_kernel"] is True
+            assert speed.sft_args(speed.resolve(auto).model_copy(update={"liger": True}))["use_liger_kernel"] is True
         else:
             with pytest.raises(RecipeError, match="liger-kernel is not installed"):
                 speed.uses_liger(forced, cuda=True)
@@ -398,8 +396,8 @@ def test_tokenize_once(tiny_recipe, tiny_model_dir):
 
     run = sft.run(load_recipe(tiny_recipe(training={"max_steps": 1}, output_dir="run-once")))
     for split in ("train", "eval"):
-        stats = run.manifest.tokens[split]
-        assert stats["kept"] > 0 and stats["reused"] == stats["examples"], (split, stats)
+        stats = getattr(run.manifest.tokens, split)
+        assert stats.kept > 0 and stats.reused == stats.examples, (split, stats)
     assert not template._memo  # cleared once the training rows were built
 
     from transformers import AutoTokenizer

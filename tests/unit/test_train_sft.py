@@ -39,7 +39,7 @@ def test_lora_moves_only_adapter_weights(tiny_recipe, tiny_model_dir):
     assert changed_lora > 0 and frozen_same > 0
     # Run folder explains itself.
     m = run.manifest
-    assert m.figures.global_step == 4 and m.tokens["train"]["kept"] == 24
+    assert m.figures.global_step == 4 and m.tokens.train.kept == 24
     assert len(m.chat_template_sha256) == 64 and all(len(h) == 64 for h in m.data.values())
     assert m.versions["transformers"] and m.figures.peak_memory_mb > 0
     assert read_manifest(run.dir / "manifest.json") == m  # the typed record round-trips

@@ -116,13 +116,13 @@ def test_dpo_config_fields(tmp_path):
         dpo={"beta": 0.3, "loss_type": "ipo", "label_smoothing": 0.1},
         training={"learning_rate": 1e-5, "seed": 3},
     )
-    cfg = _trl.build_dpo_config(recipe, recipe.run_dir, has_eval=True)
+    cfg = _trl.build_dpo_config(recipe, recipe.dpo, recipe.run_dir, has_eval=True)
     assert cfg.beta == 0.3 and cfg.loss_type == ["ipo"] and cfg.label_smoothing == 0.1
     # train.dpo applied data.max_length (200) and counted it; TRL must not truncate again
     assert cfg.max_length is None and cfg.learning_rate == 1e-5 and cfg.seed == 3
     assert cfg.precompute_ref_log_probs is False  # the adapter's base is the reference
     full = _method_recipe(tmp_path, method="dpo", adapter={"type": "full"})
-    assert _trl.build_dpo_config(full, full.run_dir, has_eval=True).precompute_ref_log_probs is True
+    assert _trl.build_dpo_config(full, full.dpo, full.run_dir, has_eval=True).precompute_ref_log_probs is True
 
 
 def test_grpo_config_fields(tmp_path):
@@ -139,7 +139,7 @@ def test_grpo_config_fields(tmp_path):
             "scale_rewards": "batch",
         },
     )
-    cfg = _trl.build_grpo_config(recipe, recipe.run_dir)
+    cfg = _trl.build_grpo_config(recipe, recipe.grpo, recipe.run_dir)
     assert cfg.num_generations == 3 and cfg.max_completion_length == 40 and cfg.temperature == 0.7
     assert cfg.beta == 0.05 and cfg.scale_rewards == "batch" and cfg.reward_weights == [1.0, 0.25]
     assert cfg.per_device_train_batch_size == 6 and cfg.gradient_accumulation_steps == 2
@@ -151,7 +151,7 @@ def test_gkd_config_fields(tmp_path):
         method="distill",
         distill={"teacher": "some/model", "mode": "logits", "beta": 0.2, "temperature": 0.8, "lmbda": 0.25, "max_new_tokens": 33},
     )
-    cfg = _trl.build_gkd_config(recipe, recipe.run_dir, has_eval=True)
+    cfg = _trl.build_gkd_config(recipe, recipe.distill, recipe.run_dir, has_eval=True)
     assert (cfg.beta, cfg.temperature, cfg.lmbda, cfg.max_new_tokens) == (0.2, 0.8, 0.25, 33)
     assert cfg.seq_kd is False and cfg.max_length == 200 and cfg.packing is False
 

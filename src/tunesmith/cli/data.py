@@ -42,20 +42,22 @@ def _settings(
 ) -> dict[str, Any]:
     """Model spec, max_length, policy, method, epochs and eval file: flags first, then the recipe, then the
     recipe's field defaults (`source` says which)."""
-    from tunesmith.config import DataSection, GRPOSection
+    from tunesmith.config import DataSection
+    from tunesmith.train import methods
 
     out: dict[str, Any] = {
         "model": model,
         "max_length": max_length or DataSection.model_fields["max_length"].default,
         "overlong": overlong or "drop",
         "method": method or "sft",
-        "completion_length": completion_length or GRPOSection.model_fields["max_completion_length"].default,
+        "completion_length": completion_length,  # None: the method's own (below)
         "epochs": None,
         "lora": True,
         "train": [],
         "eval": [],
         "source": "flags" if max_length else "default (no --recipe, no --max-length)",
     }
+    cfg = None
     if recipe is not None:
         from tunesmith.config import load_recipe
 
@@ -66,16 +68,16 @@ def _settings(
             overlong=overlong or cfg.data.overlong,
             lora=cfg.adapter.type == "lora",
             method=method or cfg.method,
-            completion_length=completion_length or cfg.grpo.max_completion_length,
             epochs=cfg.training.epochs if cfg.training.max_steps <= 0 else None,
             train=list(cfg.data.train),
             eval=[cfg.data.eval] if cfg.data.eval else [],
             source=str(recipe),
         )
-    if out["method"] not in ("sft", "dpo", "grpo", "distill"):
+    if out["method"] not in methods.names():
         from tunesmith.errors import DataError
 
-        raise DataError(f"--method must be sft, dpo, grpo or distill, not `{out['method']}`")
+        raise DataError(f"--method must be {', '.join(methods.names())}, not `{out['method']}`")
+    out["completion_length"] = completion_length or methods.get(out["method"]).completion_room(cfg)
     if out["overlong"] not in ("drop", "truncate", "error"):
         from tunesmith.errors import DataError
 
@@ -144,7 +146,9 @@ def eos_line(t: dict[str, Any]) -> str:
     """Whether EOS is trained, as counted from the loss masks of the audited rows (never assumed)."""
     checked, trained = t.get("eos_checked_rows", 0), t.get("eos_trained_rows", 0)
     if not checked:
-        return "EOS: no fixed answer is trained (completions are sampled)" if t.get("method") == "grpo" else "EOS: no kept rows"
+        return (
+            "EOS: no fixed answer is trained (completions are sampled)" if t.get("samples_completions") else "EOS: no kept rows"
+        )
     colour = "green" if trained == checked else "yellow"
     return f"[{colour}]EOS trained in {trained} of {checked} kept rows[/]"
 
@@ -239,7 +243,7 @@ def check(
         if not no_tokens:
             console.print(
                 f"[dim]settings: method {s['method']}, max_length {s['max_length']}, overlong {s['overlong']}"
-                f"{', max_completion_length ' + str(s['completion_length']) if s['method'] == 'grpo' else ''} "
+                f"{', max_completion_length ' + str(s['completion_length']) if s['completion_length'] else ''} "
                 f"(from {s['source']})[/]",
                 highlight=False,
             )

@@ -23,7 +23,7 @@ def init(
     model: str = typer.Option(
         None, "--model", help="Base model (catalog name, folder, .gguf, hub id); default: the catalog default."
     ),
-    method: str = typer.Option("sft", "--method", help="sft | dpo | grpo (with --data)."),
+    method: str = typer.Option("sft", "--method", help="Training method for your --data: sft, dpo or grpo."),
 ) -> None:
     """Write a commented recipe into DIRECTORY: for your --data (format detected, audited, schedule chosen from
     the data), or with a copy of the bundled demo task."""
@@ -31,9 +31,11 @@ def init(
         from tunesmith.cli.project import print_project
         from tunesmith.errors import RecipeError
         from tunesmith.project import write_user_project
+        from tunesmith.train import methods
 
-        if method not in ("sft", "dpo", "grpo"):
-            raise RecipeError([("--method", f"must be sft, dpo or grpo, not `{method}`")])
+        can = [m.name for m in methods.registered() if m.init_from_data]
+        if method not in can:
+            raise RecipeError([("--method", f"must be {', '.join(can)}, not `{method}`")])
         with console.status("reading and auditing your data ..."):
             project = write_user_project(directory, list(data), eval_file, model, method, overwrite=overwrite)
         print_project(project)
@@ -80,7 +82,7 @@ def train(
     from tunesmith.train.start import release_run_dir
 
     try:
-        run = train_run(cfg, resume=resume, force=force)  # picks sft | dpo | grpo | distill by recipe.method
+        run = train_run(cfg, resume=resume, force=force)  # the recipe's method, through the one training path
     except TunesmithError as exc:
         launch.record_exit_code(exc.exit_code)  # under --nproc, the launcher returns rank 0's code
         raise
@@ -88,9 +90,10 @@ def train(
         release_run_dir(cfg.run_dir)  # the run folder's lock, also when training stopped with an error
     if dist.rank() == 0:
         console.print(f"[green]trained[/] {run.dir}\n{summary(run)}\nnext: tunesmith eval {recipe}")
-        if run.manifest.plan and run.manifest.plan.get("measured"):
-            est, got = run.manifest.plan, run.manifest.plan["measured"]
+        est = run.manifest.plan
+        if est is not None and est.measured is not None:
+            got = est.measured
             console.print(
-                f"plan vs measured: peak {est['memory_mb']['total']:,.0f} vs {got['peak_mb']:,.0f} MiB, "
-                f"time {est['seconds']:,.0f} vs {got['seconds']:,.0f} s"
+                f"plan vs measured: peak {est.peak_mb:,.0f} vs {got.peak_mb:,.0f} MiB, "
+                f"time {est.seconds:,.0f} vs {got.seconds:,.0f} s"
             )

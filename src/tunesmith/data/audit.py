@@ -12,7 +12,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.data import dedup, stats
 from tunesmith.data.checks import (
@@ -30,6 +30,10 @@ from tunesmith.data.checks import (
 )
 from tunesmith.data.formats import read_records
 from tunesmith.errors import DataError
+from tunesmith.train import methods
+
+if TYPE_CHECKING:
+    from tunesmith.train.method import Method
 
 __all__ = ["CODES", "AuditReport", "Finding", "Rows", "audit", "audit_recipe", "load_rows", "preflight"]
 
@@ -119,30 +123,23 @@ def load_rows(paths: list[str]) -> Rows:
 
 
 def _token_pass(
-    rows: Rows, tokenizer: Any, max_length: int | None, overlong: str, method: str = "sft", completion_budget: int = 0
+    rows: Rows, tokenizer: Any, max_length: int | None, overlong: str, method: Method[Any], room: int
 ) -> list[TokenInfo]:
     infos = []
     for row in rows.rows:
-        info, found = check_tokens(row, tokenizer, max_length, overlong, method, completion_budget)
+        info, found = check_tokens(row, tokenizer, max_length, overlong, method, room)
         infos.append(info)
         rows.findings.extend(found)
     return infos
 
 
-MEASURED_AS = {
-    "sft": "the rendered conversation",
-    "distill": "the rendered conversation",
-    "dpo": "prompt + the longer of chosen/rejected",
-    "grpo": "prompt + grpo.max_completion_length",
-}
-
-
-def _token_stats(infos: list[TokenInfo], max_length: int | None, tokenizer: Any, method: str = "sft") -> dict[str, Any]:
+def _token_stats(infos: list[TokenInfo], max_length: int | None, tokenizer: Any, method: Method[Any]) -> dict[str, Any]:
     dropped = Counter(i.dropped for i in infos if i.dropped)
     kept = [i for i in infos if not i.dropped and i.eos_trained is not None]
     return {
-        "method": method,
-        "measured_as": MEASURED_AS.get(method, MEASURED_AS["sft"]),
+        "method": method.name,
+        "measured_as": method.measured_as,
+        "samples_completions": method.samples_completions,  # no fixed answer is trained: no EOS to count
         "max_length": max_length,
         "total_tokens": stats.distribution([i.total for i in infos]),
         "assistant_tokens": stats.distribution([i.assistant for i in infos]),
@@ -232,9 +229,10 @@ def audit(
     """Audit training files (and eval files). Without a tokenizer the token checks are skipped.
 
     cost: keyword arguments for `stats.cost_estimate` (params, gpu, price_per_hour, epochs, lora).
-    method: whose length contract the token checks apply (data.lengths); completion_budget: grpo's
-    max_completion_length, the room each prompt needs for a sampled completion.
+    method: the method (train/methods.py) whose length policy the token checks apply (data.lengths);
+    completion_budget: the room each prompt needs for a sampled completion (grpo.max_completion_length).
     """
+    m = methods.get(method)
     stage = on_stage or (lambda _s: None)
     eval_files = list(eval_files or [])
     stage("reading")
@@ -254,12 +252,12 @@ def audit(
         stage("tokenizing")
         if tokenizer.eos_token_id is None:
             tr.findings.append(finding("no_eos_token", None, None, "the tokenizer defines no EOS token"))
-        infos = _token_pass(tr, tokenizer, max_length, overlong, method, completion_budget)
-        st["tokens"] = _token_stats(infos, max_length, tokenizer, method)
+        infos = _token_pass(tr, tokenizer, max_length, overlong, m, completion_budget)
+        st["tokens"] = _token_stats(infos, max_length, tokenizer, m)
         report.lengths = {"total": [i.total for i in infos], "assistant": [i.assistant for i in infos]}
         if ev.rows:
-            ev_infos = _token_pass(ev, tokenizer, max_length, overlong, method, completion_budget)
-            st["eval_tokens"] = _token_stats(ev_infos, max_length, tokenizer, method)
+            ev_infos = _token_pass(ev, tokenizer, max_length, overlong, m, completion_budget)
+            st["eval_tokens"] = _token_stats(ev_infos, max_length, tokenizer, m)
     stage("deduplicating")
     st["duplicates"] = _duplicate_findings(tr, near_threshold, near)
     if ev.rows:
@@ -289,7 +287,7 @@ def audit_recipe(recipe: Any, tokenizer: Any, **kwargs: Any) -> AuditReport:
         d.max_length,
         d.overlong,
         method=recipe.method,
-        completion_budget=recipe.grpo.max_completion_length,
+        completion_budget=methods.get(recipe.method).completion_room(recipe),
         **kwargs,
     )
 

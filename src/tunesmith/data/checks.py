@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.data.formats import (
     Record,
@@ -21,6 +21,10 @@ from tunesmith.data.formats import (
     to_prompt_only,
 )
 from tunesmith.data.template import IGNORE, render_prompt, tokenize_example
+
+if TYPE_CHECKING:
+    from tunesmith.data.lengths import Fit
+    from tunesmith.train.method import Method
 
 ERROR, WARNING = "error", "warning"
 
@@ -195,23 +199,8 @@ class TokenInfo:
     eos_trained: bool | None = None  # EOS among the kept trained labels; None where nothing fixed is trained (grpo)
 
 
-def _method_tokens(
-    row: Row, tokenizer: Any, max_length: int | None, overlong: str, method: str, completion_budget: int
-) -> tuple[TokenInfo, list[Finding]]:
-    """dpo and grpo rows measured as their trainer measures them (data.lengths: the same functions training uses)."""
-    from tunesmith.data import lengths
-
-    limit = max_length if max_length is not None else 1 << 62
-    policy = "drop" if overlong == "error" else overlong  # refused rows become findings here, not exceptions
-    if method == "dpo":
-        if row.rejected is None:  # not a pair: format checks and the recipe say so; nothing to measure here
-            return TokenInfo(0, 0), []
-        pair = to_preference(row.obj)
-        fit = lengths.fit_pair(tokenizer, pair["prompt"], pair["chosen"], pair["rejected"], limit, policy)
-        what = f"prompt + longer answer = {fit.n_tokens} tokens"
-    else:
-        fit = lengths.fit_prompt(tokenizer, to_prompt_only(row.obj), completion_budget, limit, policy)
-        what = f"prompt + max_completion_length {completion_budget} = {fit.n_tokens} tokens"
+def _fit_tokens(row: Row, fit: Fit, max_length: int | None, overlong: str, what: str) -> tuple[TokenInfo, list[Finding]]:
+    """A row measured by its method's length policy (data.lengths: the functions training uses)."""
     info = TokenInfo(
         fit.n_tokens,
         fit.trained_tokens,
@@ -223,7 +212,7 @@ def _method_tokens(
     )
     if not fit.over:
         return info, []
-    over = f"{what} > max_length {max_length}"
+    over = f"{what} = {fit.n_tokens} tokens > max_length {max_length}"
     if fit.dropped == "no_trained_tokens":
         return info, [finding("truncated_no_trained_tokens", row.file, row.line, f"{over}: no room left for an answer, dropped")]
     if fit.dropped:
@@ -237,15 +226,19 @@ def _method_tokens(
 
 
 def check_tokens(
-    row: Row, tokenizer: Any, max_length: int | None, overlong: str, method: str = "sft", completion_budget: int = 0
+    row: Row, tokenizer: Any, max_length: int | None, overlong: str, method: Method[Any] | None = None, room: int = 0
 ) -> tuple[TokenInfo, list[Finding]]:
     """Render and tokenize like the method's training does; apply the over-length policy; check labels and EOS.
 
-    sft and distill: the conversation with its loss mask. dpo: prompt + the longer answer. grpo: the prompt +
-    completion_budget (grpo.max_completion_length) tokens of room for a sampled completion.
+    method: whose length policy applies (Method.fit_row: dpo measures prompt + the longer answer, grpo the prompt +
+    `room` tokens for a sampled completion); None, or a method without one: the conversation with its loss mask.
     """
-    if method in ("dpo", "grpo"):
-        return _method_tokens(row, tokenizer, max_length, overlong, method, completion_budget)
+    if method is not None:
+        limit = max_length if max_length is not None else 1 << 62
+        policy = "drop" if overlong == "error" else overlong  # refused rows become findings here, not exceptions
+        fit = method.fit_row(tokenizer, row.obj, limit, policy, room)
+        if fit is not None:
+            return _fit_tokens(row, fit, max_length, overlong, method.measured_as + (f" {room}" if room else ""))
     if not row.trained:
         n = len(tokenizer(render_prompt(tokenizer, row.messages), add_special_tokens=False)["input_ids"])
         info = TokenInfo(n, 0, n, 0)

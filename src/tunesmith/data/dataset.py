@@ -6,13 +6,13 @@ import hashlib
 import json
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from tunesmith.config import DataSection, Recipe
 from tunesmith.data.formats import Example, load_examples
 from tunesmith.data.template import tokenize_example
 from tunesmith.errors import DataError
+from tunesmith.records import TokenCounts
 
 
 def _row_key(example: Example) -> str:
@@ -56,32 +56,11 @@ def recipe_examples(recipe: Recipe) -> tuple[list[Example], list[Example]]:
     return augment_examples(train, recipe), augment_examples(evaluation, recipe)
 
 
-@dataclass
-class TokenStats:
-    """What tokenization kept and dropped; recorded in the run manifest."""
-
-    examples: int = 0
-    kept: int = 0
-    dropped_overlong: int = 0
-    dropped_no_trained_tokens: int = 0
-    truncated: int = 0
-    tokens_lost: int = 0
-    tokens: int = 0
-    trained_tokens: int = 0
-    reused: int = 0  # rows whose tokens came from the audit's pass (tokenize once), not a second tokenization
-    dropped_ids: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        out = self.__dict__.copy()
-        out["dropped_ids"] = self.dropped_ids[:50]
-        return out
-
-
 def tokenize_examples(
     tokenizer: Any, examples: list[Example], max_length: int, overlong: str
-) -> tuple[list[dict[str, Any]], TokenStats]:
-    """Tokenize with labels; drop/truncate over-long rows per policy and count every one."""
-    rows, stats = [], TokenStats(examples=len(examples))
+) -> tuple[list[dict[str, Any]], TokenCounts]:
+    """Tokenize with labels; drop/truncate over-long rows per policy and count every one (the manifest's counts)."""
+    rows, stats = [], TokenCounts(examples=len(examples), max_length=max_length, overlong=overlong)
     for ex in examples:
         try:
             tok = tokenize_example(tokenizer, ex.messages, max_length, overlong)
@@ -89,8 +68,7 @@ def tokenize_examples(
             raise DataError(f"{ex.source}: {exc}", hint="Raise data.max_length or set data.overlong: drop|truncate.") from None
         stats.reused += tok.reused
         if tok.dropped:
-            setattr(stats, f"dropped_{tok.dropped}", getattr(stats, f"dropped_{tok.dropped}") + 1)
-            stats.dropped_ids.append(ex.id)
+            stats.count_drop(tok.dropped, ex.id)
             continue
         if tok.tokens_lost:
             stats.truncated += 1

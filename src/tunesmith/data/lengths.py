@@ -1,5 +1,5 @@
 """The length contract of every method: what is measured against data.max_length, and what drop / truncate /
-error do to a row, counted the same way (TokenStats) for the manifest and the audit.
+error do to a row, counted the same way (records.TokenCounts) for the manifest and the audit.
 
 sft (and distill sequence): the rendered conversation; truncation cuts tokens at the end (template.tokenize_example).
 dpo: prompt + the longer of chosen / rejected, each rendered as TRL renders it; truncation shortens each answer's

@@ -110,7 +110,7 @@ def run_demo(directory: Path, console: Any, steps: int | None = None, fresh: boo
     from tunesmith.eval.ladder import default_out, ladder
     from tunesmith.export.merge import merge
     from tunesmith.models import pull
-    from tunesmith.train import sft
+    from tunesmith.train import run as train_run
 
     started = time.time()
     # Only a folder an earlier demo made is reused; with fresh, only the demo's own files in it are removed.
@@ -128,7 +128,7 @@ def run_demo(directory: Path, console: Any, steps: int | None = None, fresh: boo
     console.print(f"recipe: {recipe_path}  (train {recipe.data.train[0]}, eval {recipe.data.eval})")
 
     console.rule("[bold]3/5 train (LoRA SFT)")
-    run = sft.run(recipe)
+    run = train_run(recipe)
     fig = run.manifest.figures
     console.print(
         f"{fig.global_step} steps in {fig.train_runtime_s:.0f}s, train loss {fig.train_loss or 0:.3f}, eval loss {fig.eval_loss or 0:.3f}"

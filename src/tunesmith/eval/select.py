@@ -102,7 +102,7 @@ def _load(recipe: Recipe, base_path: str, folder: Path, peft_model: Any) -> Any:
 def select_checkpoint(recipe: Recipe, run_dir: Path, base_path: str) -> dict[str, Any]:
     """Score every candidate, make the best run_dir/adapter, and return what the manifest records."""
     from tunesmith import models
-    from tunesmith.train.rows import eval_examples
+    from tunesmith.train.methods import eval_examples
 
     metric = recipe.eval.select_checkpoint
     assert metric is not None

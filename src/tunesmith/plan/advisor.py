@@ -3,37 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field
-
-from tunesmith.config import Recipe
 from tunesmith.plan import cost
 from tunesmith.plan.memory import Memory, Shape, estimate
+from tunesmith.records import Plan  # a record: kept in the run manifest
 
-PLAN_VERSION = 1
-
-
-class Plan(BaseModel):
-    """An estimate made before training (recorded in Manifest.plan, next to what the run then measured)."""
-
-    schema_version: int = PLAN_VERSION
-    hardware: str
-    nproc: int = 1
-    params: int
-    trainable_params: int
-    memory_mb: dict[str, float] = Field(description="Estimated peak by component (MiB), with `total`.")
-    capacity_mb: float = Field(description="Memory of one device (MiB) the estimate is compared with (90% usable).")
-    fits: bool
-    steps: int
-    micro_batch: int = Field(
-        0, description="Rows per forward/backward pass the memory estimate assumes (speed.micro_batch_tokens); 0: unrecorded."
-    )
-    tokens: int = Field(description="Tokens processed in training (non-padding).")
-    seconds: float
-    usd: float
-    fix: list[str] = Field(default_factory=list, description="`--set` overrides that make it fit, when it does not.")
-    measured: dict[str, Any] | None = Field(None, description="Filled after training: measured peak (MiB) and seconds.")
+if TYPE_CHECKING:
+    from tunesmith.config import Recipe
 
 
 def data_lengths(recipe: Recipe, tokenizer: Any) -> tuple[list[int], float]:

@@ -74,7 +74,7 @@ def _conversations(run: Any) -> dict[str, list[dict[str, str]]]:
     import tunesmith.run as runs
     from tunesmith.data.template import prompt_messages
     from tunesmith.errors import TunesmithError
-    from tunesmith.train.rows import eval_examples
+    from tunesmith.train.methods import eval_examples
 
     # The run's own copy of its held-out rows when it keeps one (it survives the data moving), else the recipe's.
     held_out = getattr(runs, "held_out_examples", None)

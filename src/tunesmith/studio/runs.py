@@ -270,7 +270,7 @@ def faults(metrics: list[dict[str, Any]], manifest: Manifest | None) -> list[dic
         if isinstance(r.get("loss"), str) and r["loss"].lower() in ("nan", "inf", "-inf")
     ]
     if manifest is not None:
-        skipped = manifest.faults.get("skipped_nonfinite_steps") or []
+        skipped = manifest.faults.skipped_nonfinite_steps
         out += [{"event": "skipped_nonfinite_step", "step": s} for s in skipped]
         if manifest.resumed_from and not any(r.get("event") == "resumed" for r in out):
             out.append({"event": "resumed", "checkpoint": manifest.resumed_from})

@@ -1,9 +1,10 @@
-"""Training methods. Each module exposes `run(recipe, resume, force) -> Run`; `run` here picks one by `recipe.method`."""
+"""Training. Every method (train/methods.py) runs through one path, train/skeleton.py; `run` here is its entry."""
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import TYPE_CHECKING
+
+from tunesmith.train import methods
 
 if TYPE_CHECKING:
     from tunesmith.config import Recipe
@@ -11,10 +12,10 @@ if TYPE_CHECKING:
 
 
 def run(recipe: Recipe, resume: bool = False, force: bool = False) -> Run:
-    """Train with the recipe's method (sft | dpo | grpo | distill) and return the finished run."""
-    module = import_module(f"tunesmith.train.{recipe.method}")  # one module per method, named after it
-    finished: Run = module.run(recipe, resume=resume, force=force)
-    return finished
+    """Train with the recipe's method and return the finished run."""
+    from tunesmith.train import skeleton  # torch, transformers and TRL: kept out of `tunesmith --help`
+
+    return skeleton.run(recipe, resume=resume, force=force)
 
 
 def summary(run: Run) -> str:
@@ -31,17 +32,12 @@ def summary(run: Run) -> str:
         parts.append(f"{f.tokens_per_s:.0f} tokens/s")
     parts.append(f"peak {f.peak_memory_mb:.0f} MB")
     lines = [f"{m.method} + {m.adapter}: " + ", ".join(parts)]
-    tok = m.tokens.get("train", {})
-    if "dropped_overlong" in tok:
+    tok = m.tokens.train
+    if tok is not None:
         lines.append(
-            f"data: {tok['kept']} of {tok['examples']} train rows used ({tok['dropped_overlong']} over max_length, "
-            f"{tok['dropped_no_trained_tokens']} without trained tokens dropped)"
+            f"data: {tok.kept} of {tok.examples} train rows used ({tok.dropped_overlong} over max_length, "
+            f"{tok.dropped_no_trained_tokens} without trained tokens dropped)"
         )
-    if m.grpo and "last_step_reward" in m.grpo:
-        first, last = m.grpo["first_step_reward"], m.grpo["last_step_reward"]
-        lines.append(f"reward: {first:.3f} at the first logged step, {last:.3f} at the last")
-    if m.dpo and "rewards/margins" in m.dpo.get("final_eval", {}):
-        lines.append(f"eval reward margin (chosen - rejected): {m.dpo['final_eval']['rewards/margins']:.4f}")
-    if m.distill:
-        lines.append(f"teacher: {m.distill.get('teacher') or m.distill.get('teacher_spec')}")
+    if m.details is not None:
+        lines += methods.get(m.method).summary(m.details)
     return "\n".join(lines)

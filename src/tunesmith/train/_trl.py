@@ -6,9 +6,15 @@ An upstream API change is fixed here, and tests/unit/test_trl_translation.py che
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tunesmith.config import AdapterSection, Recipe
+if TYPE_CHECKING:
+    from tunesmith.config import AdapterSection, Recipe
+    from tunesmith.records import Speed
+    from tunesmith.train.distill import DistillSection
+    from tunesmith.train.dpo import DPOSection
+    from tunesmith.train.grpo import GRPOSection
+    from tunesmith.train.method import Parts
 
 
 def build_peft_config(
@@ -77,13 +83,15 @@ def build_bnb_config(adapter: AdapterSection) -> Any | None:
     )
 
 
-def common_args(recipe: Recipe, run_dir: Path, has_eval: bool) -> dict[str, Any]:
-    """TrainingArguments fields shared by every TRL config."""
+def common_args(recipe: Recipe, run_dir: Path, has_eval: bool, speed: Speed | None = None) -> dict[str, Any]:
+    """TrainingArguments fields shared by every TRL config; `speed` (train/speed.py, the one precision decision)
+    adds its levers, None keeps the plain fp32 path."""
     import torch
 
+    from tunesmith.train.speed import trainer_args
+
     t = recipe.training
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported() and recipe.model.dtype in ("auto", "bfloat16")
-    return dict(
+    args = dict(
         output_dir=str(run_dir / "checkpoints"),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
@@ -103,9 +111,9 @@ def common_args(recipe: Recipe, run_dir: Path, has_eval: bool) -> dict[str, Any]
         save_total_limit=t.save_total_limit,
         eval_strategy="steps" if has_eval and t.eval_steps else "no",
         eval_steps=t.eval_steps or None,
-        activation_checkpointing=t.gradient_checkpointing
-        is True,  # auto is resolved for SFT only; transformers 5 name (gradient_checkpointing is deprecated)
-        bf16=bf16,
+        # auto is resolved by the levers (train/speed.py); transformers 5 name (gradient_checkpointing is deprecated)
+        activation_checkpointing=t.gradient_checkpointing is True,
+        bf16=False,  # TRL's configs default to bf16; precision is train/speed.py's decision (trainer_args below)
         # training.report_to trackers are added by train.callbacks.standard_callbacks, pointed at the run folder
         # (transformers' own defaults would write under checkpoints/ and into an sqlite file in the cwd).
         report_to=[],
@@ -117,9 +125,10 @@ def common_args(recipe: Recipe, run_dir: Path, has_eval: bool) -> dict[str, Any]
         dataloader_pin_memory=torch.cuda.is_available(),  # pinned memory only helps a host-to-GPU copy
         remove_unused_columns=False,
     )
+    return {**args, **(trainer_args(speed) if speed is not None else {})}
 
 
-def build_sft_config(recipe: Recipe, run_dir: Path, has_eval: bool, speed: Any = None) -> Any:
+def build_sft_config(recipe: Recipe, run_dir: Path, has_eval: bool, speed: Speed | None = None) -> Any:
     """SFTConfig for pre-tokenized rows (input_ids + labels built by tunesmith.data.template).
 
     speed: the resolved levers (tunesmith.train.speed.Speed); None keeps the plain defaults of common_args.
@@ -139,19 +148,14 @@ def build_sft_config(recipe: Recipe, run_dir: Path, has_eval: bool, speed: Any =
     )
 
 
-def build_dpo_config(recipe: Recipe, run_dir: Path, has_eval: bool, speed: Any = None) -> Any:
+def build_dpo_config(recipe: Recipe, d: DPOSection, run_dir: Path, has_eval: bool, speed: Speed | None = None) -> Any:
     """DPOConfig. With an adapter the reference is the base under it (adapter disabled), so no second copy;
     a full fine-tune precomputes the reference log-probs once instead of keeping a frozen copy in memory.
-
-    speed: the resolved levers (tunesmith.train.speed.resolve_padded); None keeps the plain defaults of common_args.
     """
     from trl import DPOConfig
 
-    from tunesmith.train.speed import trainer_args
-
-    d = recipe.dpo
     return DPOConfig(
-        **{**common_args(recipe, run_dir, has_eval), **(trainer_args(speed) if speed is not None else {})},
+        **common_args(recipe, run_dir, has_eval, speed),
         beta=d.beta,
         loss_type=[d.loss_type],
         label_smoothing=d.label_smoothing,
@@ -162,13 +166,12 @@ def build_dpo_config(recipe: Recipe, run_dir: Path, has_eval: bool, speed: Any =
     )
 
 
-def build_grpo_config(recipe: Recipe, run_dir: Path) -> Any:
+def build_grpo_config(recipe: Recipe, g: GRPOSection, run_dir: Path, speed: Speed | None = None) -> Any:
     """GRPOConfig. training.batch_size counts completions: num_generations of them per prompt."""
     from trl import GRPOConfig
 
-    g = recipe.grpo
     return GRPOConfig(
-        **common_args(recipe, run_dir, has_eval=False),
+        **common_args(recipe, run_dir, False, speed),
         num_generations=g.num_generations,
         max_completion_length=g.max_completion_length,
         temperature=g.temperature,
@@ -178,18 +181,12 @@ def build_grpo_config(recipe: Recipe, run_dir: Path) -> Any:
     )
 
 
-def build_gkd_config(recipe: Recipe, run_dir: Path, has_eval: bool, speed: Any = None) -> Any:
-    """GKDConfig for logit distillation: generalised JSD between student and teacher next-token distributions.
-
-    speed: the resolved levers (tunesmith.train.speed.resolve_padded); None keeps the plain defaults of common_args.
-    """
+def build_gkd_config(recipe: Recipe, d: DistillSection, run_dir: Path, has_eval: bool, speed: Speed | None = None) -> Any:
+    """GKDConfig for logit distillation: generalised JSD between student and teacher next-token distributions."""
     from trl.experimental.gkd import GKDConfig
 
-    from tunesmith.train.speed import trainer_args
-
-    d = recipe.distill
     return GKDConfig(
-        **{**common_args(recipe, run_dir, has_eval), **(trainer_args(speed) if speed is not None else {})},
+        **common_args(recipe, run_dir, has_eval, speed),
         max_length=recipe.data.max_length,
         beta=d.beta,
         temperature=d.temperature,
@@ -198,3 +195,46 @@ def build_gkd_config(recipe: Recipe, run_dir: Path, has_eval: bool, speed: Any =
         seq_kd=False,  # sequence-level distillation is distill.mode: sequence, with an audited dataset
         packing=False,
     )
+
+
+# The trainers: each takes what train/skeleton.py prepared (model, datasets, peft config, callbacks, levers).
+
+
+def _trainer(trainer: type[Any], args: Any, p: Parts, **extra: Any) -> Any:
+    return trainer(
+        model=p.model,
+        args=args,
+        train_dataset=p.data.train,
+        processing_class=p.tokenizer,
+        peft_config=p.peft_config,
+        callbacks=p.callbacks,
+        **extra,
+    )
+
+
+def sft_trainer(recipe: Recipe, p: Parts) -> Any:
+    from trl import SFTTrainer
+
+    args = build_sft_config(recipe, p.run_dir, has_eval=p.data.eval is not None, speed=p.levers)
+    return _trainer(SFTTrainer, args, p, eval_dataset=p.data.eval)
+
+
+def dpo_trainer(recipe: Recipe, d: DPOSection, p: Parts) -> Any:
+    from trl import DPOTrainer
+
+    args = build_dpo_config(recipe, d, p.run_dir, has_eval=p.data.eval is not None, speed=p.levers)
+    # ref_model None: with an adapter the reference is the base under it; a full fine-tune precomputes its log-probs
+    return _trainer(DPOTrainer, args, p, eval_dataset=p.data.eval, ref_model=None)
+
+
+def grpo_trainer(recipe: Recipe, g: GRPOSection, p: Parts, reward_funcs: list[Any]) -> Any:
+    from trl import GRPOTrainer
+
+    return _trainer(GRPOTrainer, build_grpo_config(recipe, g, p.run_dir, speed=p.levers), p, reward_funcs=reward_funcs)
+
+
+def gkd_trainer(recipe: Recipe, d: DistillSection, p: Parts, teacher: Any) -> Any:
+    from trl.experimental.gkd import GKDTrainer
+
+    args = build_gkd_config(recipe, d, p.run_dir, has_eval=p.data.eval is not None, speed=p.levers)
+    return _trainer(GKDTrainer, args, p, eval_dataset=p.data.eval, teacher_model=teacher)

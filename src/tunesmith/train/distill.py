@@ -11,28 +11,90 @@ logits: the student matches the teacher's next-token distributions on the recipe
 from __future__ import annotations
 
 import gc
-import json
-import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from tunesmith import models
-from tunesmith.config import Recipe
-from tunesmith.data import audit
-from tunesmith.data.convert import write_rows
-from tunesmith.data.dataset import recipe_examples
-from tunesmith.data.template import prompt_messages, reference
-from tunesmith.errors import RecipeError
-from tunesmith.records import write_manifest
-from tunesmith.run import Run, load_run, write_json_atomic
-from tunesmith.train import _trl, faults, policy, sft, speed, start
-from tunesmith.train.callbacks import standard_callbacks
-from tunesmith.train.finish import finish_run
-from tunesmith.train.rows import prompt_row, split_rows
+from pydantic import Field, ValidationInfo
 
-log = logging.getLogger(__name__)
-GENERATED = "distill"
+from tunesmith.records import MethodDetails, Record, Tokens, read_record, write_record
+from tunesmith.sections import Section
+from tunesmith.train import _trl
+from tunesmith.train.method import Datasets, Method, Parts, chosen
+from tunesmith.train.sft import METHOD as SFT
+
+if TYPE_CHECKING:
+    from tunesmith.config import Recipe
+    from tunesmith.records import TokenCounts
+    from tunesmith.run import Run
+
+GENERATED = "distill"  # the run's sub-folder holding the teacher's answers (sequence mode)
+
+
+class DistillSection(Section):
+    teacher: str | None = Field(
+        None, description="Teacher: a base model spec (like model.base) or a finished tunesmith run folder."
+    )
+    mode: Literal["sequence", "logits"] = Field(
+        "sequence",
+        description="sequence = the teacher writes answers, saved and audited as a dataset, and the student is SFT-trained on them; "
+        "logits = the student matches the teacher's next-token distributions (needs the same tokenizer).",
+    )
+    max_new_tokens: int = Field(128, ge=1, description="Teacher's generation budget per prompt (sequence mode).")
+    batch_size: int = Field(8, ge=1, description="Prompts the teacher generates together (sequence mode).")
+    beta: float = Field(0.5, ge=0, le=1, description="logits: generalised JSD interpolation (0 = forward KL, 1 = reverse KL).")
+    temperature: float = Field(1.0, gt=0, description="logits: softmax temperature of both distributions.")
+    lmbda: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="logits: fraction of steps trained on student-generated answers (on-policy); 0 = the data's answers.",
+    )
+
+
+class TeacherFile(Record):
+    path: str
+    rows: int
+    sha256: str
+    empty_answers: int = 0
+
+
+class TeacherFiles(Record):
+    train: TeacherFile | None = None
+    eval: TeacherFile | None = None
+
+
+class AuditCounts(Record):
+    errors: int
+    warnings: int
+
+
+class DistillDetails(MethodDetails):
+    """The manifest's record; in sequence mode also distill/generated.json, what the teacher wrote (a resumed run
+    reuses it instead of paying for the answers twice)."""
+
+    mode: str = "sequence"
+    teacher: str | None = Field(None, description="What the teacher was: `run DIR (base ...)` or `model SPEC`.")
+    teacher_spec: str | None = None
+    files: TeacherFiles | None = None  # sequence: the teacher's answers
+    teacher_seconds: float | None = None
+    audit: AuditCounts | None = None  # sequence: the data check of the teacher's answers
+    prompts_from: list[str] = Field(default_factory=list, description="sequence: the data.train the prompts came from.")
+    beta: float | None = None  # logits: GKD's settings
+    temperature: float | None = None
+    lmbda: float | None = None
+
+
+def _teacher(value: DistillSection, info: ValidationInfo) -> DistillSection:
+    """A distill recipe names its teacher; a relative folder is resolved next to the recipe."""
+    if not chosen(info, "distill"):
+        return value
+    if not value.teacher:
+        raise ValueError("method distill needs `teacher` (a base model spec or a tunesmith run folder)")
+    local = Path((info.context or {}).get("base_dir", ".")) / Path(value.teacher).expanduser()
+    if not Path(value.teacher).is_absolute() and local.exists():
+        value.teacher = str(local.resolve())
+    return value
 
 
 def load_teacher(spec: str, dtype: str = "auto") -> tuple[Any, Any, str]:
@@ -40,9 +102,18 @@ def load_teacher(spec: str, dtype: str = "auto") -> tuple[Any, Any, str]:
     from tunesmith.loader import load_target
 
     loaded = load_target(spec, dtype)
-    if loaded.run is not None:
-        return loaded.model, loaded.tokenizer, f"run {loaded.run.dir} (base {loaded.run.recipe.model.base})"
-    return loaded.model, loaded.tokenizer, f"model {spec}"
+    return loaded.model, loaded.tokenizer, _described(loaded.run, spec)
+
+
+def describe_teacher(spec: str) -> str:
+    """What a teacher spec is, as load_teacher says it, without loading the model."""
+    from tunesmith.run import is_run_dir, load_run
+
+    return _described(load_run(spec) if is_run_dir(spec) else None, spec)
+
+
+def _described(run: Run | None, spec: str) -> str:
+    return f"run {run.dir} (base {run.recipe.model.base})" if run is not None else f"model {spec}"
 
 
 def same_tokenizer(a: Any, b: Any) -> bool:
@@ -50,21 +121,24 @@ def same_tokenizer(a: Any, b: Any) -> bool:
     return bool(a.get_vocab() == b.get_vocab())
 
 
-def generate_dataset(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
+def generate_dataset(recipe: Recipe, out_dir: Path) -> DistillDetails:
     """Teacher answers for the train and eval prompts, written as chat JSONL; returns what was written."""
+    from tunesmith import models
+    from tunesmith.data.convert import write_rows
     from tunesmith.eval.generate import generate
     from tunesmith.rag.prompt import augment_rows
+    from tunesmith.train.rows import prompt_row, split_rows
 
-    d = recipe.distill
+    d = METHOD.settings(recipe)
     train, evaluation = split_rows(recipe.data, recipe.training.seed, prompt_row)
     model, tokenizer, described = load_teacher(d.teacher or "", recipe.model.dtype)
     started = time.time()
-    written: dict[str, Any] = {"teacher": described, "files": {}}
+    files: dict[str, TeacherFile] = {}
     for split, rows in (("train", train), ("eval", evaluation)):
         if not rows:
             continue
-        # With rag, the teacher answers from the context the student then trains with (sft.run adds it again to the
-        # raw prompts written below, from the same index), so the student learns to answer from that context.
+        # With rag, the teacher answers from the context the student then trains with (SFT's datasets add it again
+        # to the raw prompts written below, from the same index), so the student learns to answer from that context.
         prompts = [r["prompt"] for r in augment_rows(rows, recipe)]
         answers = generate(model, tokenizer, prompts, d.max_new_tokens, d.batch_size)
         out = [
@@ -72,57 +146,25 @@ def generate_dataset(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
             for i, (r, a) in enumerate(zip(rows, answers))
         ]
         path = write_rows(out_dir / f"{split}.jsonl", out)
-        written["files"][split] = {
-            "path": str(path),
-            "rows": len(out),
-            "sha256": models.sha256_file(path),
-            "empty_answers": sum(not a for a in answers),
-        }
-    written["teacher_seconds"] = round(time.time() - started, 1)
+        files[split] = TeacherFile(
+            path=str(path), rows=len(out), sha256=models.sha256_file(path), empty_answers=sum(not a for a in answers)
+        )
     del model
     gc.collect()
-    return written
-
-
-def _sequence(recipe: Recipe, resume: bool, force: bool) -> Run:
-    out_dir = recipe.run_dir / GENERATED
-    marker = out_dir / "generated.json"
-    if not resume:
-        start.refuse_finished(recipe.run_dir)  # before paying for the teacher's answers
-    if marker.exists():  # a resumed run reuses the teacher's answers instead of paying for them twice
-        generated = json.loads(marker.read_text(encoding="utf-8"))
-    else:
-        generated = generate_dataset(recipe, out_dir)
-        write_json_atomic(marker, generated)
-    files = generated["files"]
-    # The student recipe is this recipe on the generated data: run.yaml then says `distill` and points at the
-    # teacher's answers, so `tunesmith eval` scores the student's agreement with its teacher.
-    data = recipe.data.model_copy(update={"train": [files["train"]["path"]], "eval": files.get("eval", {}).get("path")})
-    student = recipe.model_copy(update={"data": data})
-    tokenizer = models.load_tokenizer(models.resolve_base(recipe.model.base))
-    report = audit.audit_recipe(student, tokenizer)
-    write_json_atomic(out_dir / "audit.json", report.as_dict())
-    run = sft.run(student, resume=resume, force=force)  # sft.run audits again and refuses blocking errors
-    # The student's manifest gains the teacher's lineage before the run is read back as finished.
-    manifest = run.manifest.model_copy(
-        update={
-            "distill": {
-                "mode": "sequence",
-                "teacher_spec": recipe.distill.teacher,
-                **generated,
-                "audit": {"errors": len(report.errors), "warnings": len(report.warnings)},
-                "prompts_from": recipe.data.train,
-            }
-        }
+    return DistillDetails(
+        teacher=described,
+        teacher_spec=d.teacher,
+        files=TeacherFiles(**files),
+        teacher_seconds=round(time.time() - started, 1),
+        prompts_from=recipe.data.train,
     )
-    write_manifest(run.dir / "manifest.json", manifest)
-    return load_run(run.dir)
 
 
-def logit_rows(recipe: Recipe, tokenizer: Any, examples: list[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def logit_rows(recipe: Recipe, tokenizer: Any, examples: list[Any]) -> tuple[list[dict[str, Any]], TokenCounts]:
     """GKD rows ({messages}: the prompt, then the answer) within data.max_length (data.lengths.fit_conversation),
     with the manifest's counts. The GKD collator would otherwise cut over-long rows from the left, uncounted."""
     from tunesmith.data.lengths import fit_conversation
+    from tunesmith.data.template import prompt_messages, reference
     from tunesmith.train.rows import apply_length_policy
 
     d = recipe.data
@@ -135,75 +177,93 @@ def logit_rows(recipe: Recipe, tokenizer: Any, examples: list[Any]) -> tuple[lis
         for e in examples
     ]
     fit = lambda r: fit_conversation(tokenizer, r["prompt"], r["answer"], d.max_length, d.overlong)
-    kept, stats = apply_length_policy(rows, fit, d, "the rendered conversation")
-    return [{"messages": r["prompt"] + r["answer"]} for r in kept], stats
+    kept, counts = apply_length_policy(rows, fit, d, METHOD.measured_as)
+    return [{"messages": r["prompt"] + r["answer"]} for r in kept], counts
 
 
-def _logits(recipe: Recipe, resume: bool, force: bool) -> Run:
-    import torch
-    from datasets import Dataset
-    from trl.experimental.gkd import GKDTrainer
+class Distill(Method[DistillSection]):
+    name = "distill"
+    help = "a teacher model writes the answers (sequence) or scores every token (logits)"
+    section = DistillSection
+    rules = {"distill": _teacher}
+    details = DistillDetails
+    row_shape = "a prompt (sequence: the teacher answers it) or a demonstration (logits)"
+    measured_as = "the rendered conversation"
+    reference = "the teacher's answer (sequence) or the demonstration's (logits)"
+    init_from_data = False  # needs a teacher, which the data cannot suggest
 
-    st = start.begin(recipe, resume, force)  # blocking data errors stop here, before any model loads
-    run_dir, checkpoint, base_path, tokenizer = st.run_dir, st.checkpoint, st.base_path, st.tokenizer
-    levers = speed.resolve_padded(recipe)  # bf16 autocast where the hardware has bf16 units
-    # The teacher is frozen whatever the student's adapter: under bf16 it is stored in bf16 too (model.dtype auto).
-    teacher_dtype = speed.weights_dtype(recipe, levers.bf16, frozen=True)
-    teacher, teacher_tok, described = load_teacher(recipe.distill.teacher or "", teacher_dtype)
-    if not same_tokenizer(tokenizer, teacher_tok):
-        raise RecipeError(
-            [
-                (
-                    "distill.mode",
-                    "logits needs the teacher and the student to share a tokenizer; this teacher's differs: use mode: sequence",
-                )
-            ]
-        )
-    train_ex, eval_ex = recipe_examples(recipe)
-    train_rows, train_stats = logit_rows(recipe, tokenizer, train_ex)
-    eval_rows, eval_stats = logit_rows(recipe, tokenizer, eval_ex)
+    def generates(self, recipe: Recipe) -> bool:
+        d = self.settings(recipe)
+        return d.mode == "logits" and d.lmbda > 0  # on-policy steps sample from the student
 
-    torch.manual_seed(recipe.training.seed)
-    model = policy.load(recipe, base_path, levers.base_dtype)
-    trainer = GKDTrainer(
-        model=model,
-        teacher_model=teacher,
-        args=_trl.build_gkd_config(recipe, run_dir, has_eval=True, speed=levers),
-        train_dataset=Dataset.from_list(train_rows),
-        eval_dataset=Dataset.from_list(eval_rows),
-        processing_class=tokenizer,
-        peft_config=policy.peft_config(recipe, model, base_path),
-        callbacks=standard_callbacks(recipe, run_dir),
-    )
-    speed.apply_to_model(levers, trainer.model)
-    result = faults.fit(trainer, recipe, checkpoint)  # trainer.train under the fault policy
-    final_eval = trainer.evaluate()
-    stats = {"train": train_stats, "eval": eval_stats}
-    d = recipe.distill
-    return finish_run(
-        recipe,
-        trainer,
-        tokenizer,
-        result,
-        stats,
-        st.started,
-        checkpoint,
-        base_path=base_path,
-        final_eval=final_eval,
-        extra={
-            "distill": {
-                "mode": "logits",
-                "teacher": described,
-                "teacher_spec": d.teacher,
-                "beta": d.beta,
-                "temperature": d.temperature,
-                "lmbda": d.lmbda,
-            },
-            "speed": levers.as_dict(),
-        },
-    )
+    def trains_as(self, recipe: Recipe) -> Method[Any]:
+        return SFT if self.settings(recipe).mode == "sequence" else self
+
+    def prepare(self, recipe: Recipe, resume: bool) -> Recipe:
+        """sequence: the teacher's answers (written once, reused on resume) and the student's recipe, which is this
+        recipe on those answers: run.yaml then points at them, so `tunesmith eval` scores the agreement."""
+        if self.settings(recipe).mode != "sequence":
+            return recipe
+        from tunesmith import models
+        from tunesmith.data import audit
+        from tunesmith.run import write_json_atomic
+        from tunesmith.train import start
+
+        out_dir = recipe.run_dir / GENERATED
+        marker = out_dir / "generated.json"
+        if not resume:
+            start.refuse_finished(recipe.run_dir)  # before paying for the teacher's answers
+        if marker.exists():
+            generated = read_record(marker, DistillDetails, 1)
+        else:
+            generated = generate_dataset(recipe, out_dir)
+            write_record(marker, generated)
+        files = generated.files or TeacherFiles()
+        data = {"train": [files.train.path] if files.train else [], "eval": files.eval.path if files.eval else None}
+        student = recipe.model_copy(update={"data": recipe.data.model_copy(update=data)})
+        tokenizer = models.load_tokenizer(models.resolve_base(recipe.model.base))
+        write_json_atomic(out_dir / "audit.json", audit.audit_recipe(student, tokenizer).as_dict())
+        return student
+
+    def datasets(self, recipe: Recipe, tokenizer: Any) -> Datasets:
+        from datasets import Dataset
+
+        from tunesmith.data.dataset import recipe_examples
+
+        train_ex, eval_ex = recipe_examples(recipe)
+        train_rows, train_counts = logit_rows(recipe, tokenizer, train_ex)
+        eval_rows, eval_counts = logit_rows(recipe, tokenizer, eval_ex)
+        return Datasets(Dataset.from_list(train_rows), Dataset.from_list(eval_rows), Tokens(train=train_counts, eval=eval_counts))
+
+    def trainer(self, recipe: Recipe, parts: Parts) -> Any:
+        from tunesmith.errors import RecipeError
+        from tunesmith.train import speed
+
+        # The teacher is frozen whatever the student's adapter: under bf16 it is stored in bf16 too (model.dtype auto).
+        teacher_dtype = speed.weights_dtype(recipe, parts.levers.bf16, frozen=True)
+        teacher, teacher_tok, _ = load_teacher(self.settings(recipe).teacher or "", teacher_dtype)
+        if not same_tokenizer(parts.tokenizer, teacher_tok):
+            why = "logits needs the teacher and the student to share a tokenizer; this teacher's differs: use mode: sequence"
+            raise RecipeError([("distill.mode", why)])
+        return _trl.gkd_trainer(recipe, self.settings(recipe), parts, teacher)
+
+    def record(self, recipe: Recipe, trainer: Any, final_eval: dict[str, float]) -> DistillDetails:
+        d = self.settings(recipe)
+        if d.mode == "logits":
+            return DistillDetails(
+                mode=d.mode, teacher=describe_teacher(d.teacher or ""), teacher_spec=d.teacher, beta=d.beta,
+                temperature=d.temperature, lmbda=d.lmbda,
+            )  # fmt: skip
+        import json
+
+        out_dir = recipe.run_dir / GENERATED
+        report = json.loads((out_dir / "audit.json").read_text(encoding="utf-8"))
+        audit = AuditCounts(errors=report["errors"], warnings=report["warnings"])
+        generated = read_record(out_dir / "generated.json", DistillDetails, 1)
+        return generated.model_copy(update={"audit": audit, "teacher_spec": d.teacher})
+
+    def summary(self, details: DistillDetails) -> list[str]:
+        return [f"teacher: {details.teacher or details.teacher_spec}"]
 
 
-def run(recipe: Recipe, resume: bool = False, force: bool = False) -> Run:
-    """Distil the teacher into the student (recipe.model + adapter) and return the run."""
-    return _sequence(recipe, resume, force) if recipe.distill.mode == "sequence" else _logits(recipe, resume, force)
+METHOD = Distill()

@@ -1,4 +1,4 @@
-"""Direct preference optimisation: recipe → tokenizer → model (+adapter) → preference pairs → DPOTrainer → adapter + manifest.
+"""Direct preference optimisation: the model learns to prefer each row's chosen answer over its rejected one.
 
 The reference policy is the frozen base under the adapter (TRL disables the adapter to score it), so no
 second copy of the model is loaded; a full fine-tune precomputes the reference log-probs once instead.
@@ -6,77 +6,107 @@ second copy of the model is loaded; a full fine-tune precomputes the reference l
 
 from __future__ import annotations
 
-import logging
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
-from tunesmith.config import Recipe
-from tunesmith.run import Run
-from tunesmith.train import _trl, faults, policy, speed, start
-from tunesmith.train.callbacks import standard_callbacks
-from tunesmith.train.finish import finish_run
-from tunesmith.train.rows import apply_length_policy, preference_row, recipe_rows
+from pydantic import Field, ValidationInfo
 
-log = logging.getLogger(__name__)
+from tunesmith.data.formats import detect_shape, read_records, to_preference
+from tunesmith.data.lengths import Fit, fit_pair
+from tunesmith.records import MethodDetails, Tokens
+from tunesmith.sections import Section, checks_environment
+from tunesmith.train import _trl
+from tunesmith.train.method import Datasets, Method, Parts, chosen
+from tunesmith.train.rows import apply_length_policy, preference_row, prompt_examples, recipe_rows
 
+if TYPE_CHECKING:
+    from tunesmith.config import DataSection, Recipe
+    from tunesmith.data.formats import Example
 
-def _datasets(recipe: Recipe, tokenizer: Any) -> tuple[Any, Any, dict[str, Any]]:
-    """Train/eval preference datasets within data.max_length (data.lengths.fit_pair), with the manifest's counts."""
-    from datasets import Dataset
-
-    from tunesmith.data.lengths import fit_pair
-
-    d = recipe.data
-    fit = lambda r: fit_pair(tokenizer, r["prompt"], r["chosen"], r["rejected"], d.max_length, d.overlong)
-    train, evaluation = recipe_rows(recipe, preference_row)
-    train, train_stats = apply_length_policy(train, fit, d, "prompt + the longer of chosen/rejected")
-    evaluation, eval_stats = apply_length_policy(evaluation, fit, d, "prompt + the longer of chosen/rejected")
-    stats = {"train": train_stats, "eval": eval_stats}
-
-    def drop(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]
-
-    return Dataset.from_list(drop(train)), (Dataset.from_list(drop(evaluation)) if evaluation else None), stats
+PAIR_SHAPES = ("preference", "openai_dpo")
 
 
-def run(recipe: Recipe, resume: bool = False, force: bool = False) -> Run:
-    """Train a DPO run end to end and return it (read back from its folder)."""
-    import torch
-    from trl import DPOTrainer
-
-    st = start.begin(recipe, resume, force)  # blocking data errors stop here, before any model loads
-    run_dir, checkpoint, base_path, tokenizer = st.run_dir, st.checkpoint, st.base_path, st.tokenizer
-    train_ds, eval_ds, row_stats = _datasets(recipe, tokenizer)
-
-    levers = speed.resolve_padded(recipe)  # bf16 autocast and a bf16 base where the hardware has bf16 units
-    torch.manual_seed(recipe.training.seed)
-    model = policy.load(recipe, base_path, levers.base_dtype)
-    trainer = DPOTrainer(
-        model=model,
-        ref_model=None,  # adapter: the base under it; full: log-probs precomputed (see _trl.build_dpo_config)
-        args=_trl.build_dpo_config(recipe, run_dir, has_eval=eval_ds is not None, speed=levers),
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        peft_config=policy.peft_config(recipe, model, base_path),
-        callbacks=standard_callbacks(recipe, run_dir),
+class DPOSection(Section):
+    beta: float = Field(
+        0.1, gt=0, description="DPO temperature: how far the tuned model may move from the reference (higher = stay closer)."
     )
-    speed.apply_to_model(levers, trainer.model)
-    result = faults.fit(trainer, recipe, checkpoint)  # trainer.train under the fault policy
-    final_eval = trainer.evaluate() if eval_ds is not None else {}  # eval_rewards/margins etc. land in metrics.jsonl
-    figures = {k.removeprefix("eval_"): v for k, v in final_eval.items() if k.startswith(("eval_rewards/", "eval_logps/"))}
-    reference = "base under the adapter" if recipe.adapter.type != "full" else "precomputed log-probs of the initial model"
-    return finish_run(
-        recipe,
-        trainer,
-        tokenizer,
-        result,
-        row_stats,
-        st.started,
-        checkpoint,
-        base_path=base_path,
-        final_eval=final_eval,
-        extra={
-            "dpo": dict(beta=recipe.dpo.beta, loss_type=recipe.dpo.loss_type, reference=reference, final_eval=figures),
-            "speed": levers.as_dict(),
-        },
+    loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero", "apo_down"] = Field(
+        "sigmoid", description="DPO loss: sigmoid (the original), ipo, hinge, robust (noisy labels), ... (TRL's names)."
     )
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="Assumed fraction of flipped preference labels (sigmoid/robust losses)."
+    )
+
+
+class DPODetails(MethodDetails):
+    beta: float
+    loss_type: str
+    reference: str = Field(description="The reference policy: the base under the adapter, or precomputed log-probs.")
+    final_eval: dict[str, float] = Field(default_factory=dict, description="TRL's eval rewards/* and logps/* figures.")
+
+
+def _needs_pairs(value: DataSection, info: ValidationInfo) -> DataSection:
+    """A dpo recipe's training files hold preference pairs (checked on each file's first row)."""
+    if not (chosen(info, "dpo") and checks_environment(info)):
+        return value
+    for path in value.train:
+        first = next((r.obj for r in read_records(path) if isinstance(r.obj, dict)), None)
+        if first is None or detect_shape(first) not in PAIR_SHAPES:
+            shape = detect_shape(first) if first is not None else "no rows"
+            raise ValueError(
+                f"method dpo needs preference pairs (prompt/chosen/rejected or input/preferred_output/"
+                f"non_preferred_output); {Path(path).name} holds `{shape}` rows"
+            )
+    return value
+
+
+class DPO(Method[DPOSection]):
+    name = "dpo"
+    help = "preference pairs: the model learns to prefer each chosen answer over its rejected one"
+    section = DPOSection
+    rules = {"data": _needs_pairs}
+    details = DPODetails
+    row_shape = "prompt + chosen + rejected (or input + preferred_output + non_preferred_output)"
+    measured_as = "prompt + the longer of chosen/rejected"
+    reference = "the chosen answer"
+
+    def fit_row(self, tokenizer: Any, obj: dict[str, Any], max_length: int, overlong: str, room: int) -> Fit | None:
+        if detect_shape(obj) not in PAIR_SHAPES:  # the format check and the recipe rule report it; nothing to measure
+            return Fit(0)
+        pair = to_preference(obj)
+        return fit_pair(tokenizer, pair["prompt"], pair["chosen"], pair["rejected"], max_length, overlong)
+
+    def eval_examples(self, recipe: Recipe) -> list[Example]:
+        return prompt_examples(recipe)  # the prompt of each held-out pair, its chosen answer as the reference
+
+    def datasets(self, recipe: Recipe, tokenizer: Any) -> Datasets:
+        """Train/eval pairs within data.max_length (data.lengths.fit_pair), with the manifest's counts."""
+        from datasets import Dataset
+
+        d = recipe.data
+        fit = lambda r: fit_pair(tokenizer, r["prompt"], r["chosen"], r["rejected"], d.max_length, d.overlong)
+        train, evaluation = recipe_rows(recipe, preference_row)
+        train, train_counts = apply_length_policy(train, fit, d, self.measured_as)
+        evaluation, eval_counts = apply_length_policy(evaluation, fit, d, self.measured_as)
+
+        def pairs(rows: list[dict[str, Any]]) -> Any:
+            return Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
+
+        return Datasets(pairs(train), pairs(evaluation) if evaluation else None, Tokens(train=train_counts, eval=eval_counts))
+
+    def trainer(self, recipe: Recipe, parts: Parts) -> Any:
+        return _trl.dpo_trainer(recipe, self.settings(recipe), parts)
+
+    def record(self, recipe: Recipe, trainer: Any, final_eval: dict[str, float]) -> DPODetails:
+        d = self.settings(recipe)
+        figures = {k.removeprefix("eval_"): v for k, v in final_eval.items() if k.startswith(("eval_rewards/", "eval_logps/"))}
+        full = recipe.adapter.type == "full"
+        reference = "precomputed log-probs of the initial model" if full else "base under the adapter"
+        return DPODetails(beta=d.beta, loss_type=d.loss_type, reference=reference, final_eval=figures)
+
+    def summary(self, details: DPODetails) -> list[str]:
+        margin = details.final_eval.get("rewards/margins")
+        return [] if margin is None else [f"eval reward margin (chosen - rejected): {margin:.4f}"]
+
+
+METHOD = DPO()

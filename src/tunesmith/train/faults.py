@@ -21,6 +21,7 @@ from typing import Any
 
 from tunesmith.atomic import write_text_atomic
 from tunesmith.errors import RunError
+from tunesmith.records import Faults, OomBackoff
 from tunesmith.train import _private
 from tunesmith.train.callbacks import NonFiniteGuard, StopOnSignal
 from tunesmith.train.checkpoints import (
@@ -262,12 +263,12 @@ def _kept_hint(run_dir: Path) -> str:
     return f"Newest complete checkpoint kept: {ckpt}." if ckpt else "No complete checkpoint was written yet."
 
 
-def summary(trainer: Any) -> dict[str, Any]:
+def summary(trainer: Any) -> Faults:
     """Faults met during training, for manifest.json: OOM back-offs, skipped non-finite steps, the final batch shape."""
     guard = _callback(trainer, NonFiniteGuard)
-    return {
-        "oom_backoffs": getattr(trainer, "tunesmith_oom_backoffs", []),
-        "skipped_nonfinite_steps": guard.bad_steps if guard is not None else [],
-        "final_batch_size": trainer.args.per_device_train_batch_size,
-        "final_grad_accum": trainer.args.gradient_accumulation_steps,
-    }
+    return Faults(
+        oom_backoffs=[OomBackoff.model_validate(e) for e in getattr(trainer, "tunesmith_oom_backoffs", [])],
+        skipped_nonfinite_steps=guard.bad_steps if guard is not None else [],
+        final_batch_size=trainer.args.per_device_train_batch_size,
+        final_grad_accum=trainer.args.gradient_accumulation_steps,
+    )

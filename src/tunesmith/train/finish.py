@@ -5,12 +5,22 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunesmith import models
-from tunesmith.config import Recipe
 from tunesmith.rag.index import manifest_entry
-from tunesmith.records import BaseModelRef, Figures, HeldOut, Manifest, write_manifest
+from tunesmith.records import (
+    BaseModelRef,
+    CheckpointSelection,
+    Figures,
+    HeldOut,
+    Manifest,
+    MethodDetails,
+    Plan,
+    Speed,
+    Tokens,
+    write_manifest,
+)
 from tunesmith.run import (
     HELD_OUT,
     Run,
@@ -20,6 +30,9 @@ from tunesmith.run import (
     read_metrics,
     versions,
 )
+
+if TYPE_CHECKING:
+    from tunesmith.config import Recipe
 
 
 def _raise_if_disk_full(exc: BaseException, what: str, run_dir: Path) -> None:
@@ -60,7 +73,7 @@ def save_held_out(recipe: Recipe, run_dir: Path) -> HeldOut:
     """Copy the held-out rows this run is scored on into run_dir/data/eval.jsonl, so eval, merge and chat
     work after the training data moved; returns what the manifest records about the copy."""
     from tunesmith.data.convert import write_rows
-    from tunesmith.train.rows import eval_examples
+    from tunesmith.train.methods import eval_examples
 
     examples = eval_examples(recipe)
     path = write_rows(run_dir / HELD_OUT, [{"id": e.id, "messages": e.messages, "source": e.source} for e in examples])
@@ -77,18 +90,20 @@ def finish_run(
     trainer: Any,
     tokenizer: Any,
     result: Any,
-    token_stats: dict[str, Any],
+    counts: Tokens,
     started: float,
     checkpoint: Path | None,
     *,
     base_path: str,
     final_eval: dict[str, Any] | None = None,
-    extra: dict[str, Any] | None = None,
+    details: MethodDetails | None = None,
+    speed: Speed | None = None,
+    plan: Plan | None = None,
 ) -> Run:
     """Save the adapter, write manifest.json (versions, hashes, figures) and loss.png; return the run read back.
 
-    token_stats: per split, at least `tokens` and `kept` (rows) when tokens/s can be computed.
-    extra: method-specific manifest entries (e.g. the distillation teacher and its generated dataset).
+    counts: per split, what the length policy kept (tokens/s counts the kept train rows' tokens).
+    details: the method's own record; speed: the levers trained with; plan: the planner's estimate, measured.
     """
     from tunesmith.train import dist, faults, start
 
@@ -109,14 +124,14 @@ def finish_run(
     if recipe.eval.select_checkpoint:  # before the manifest: a finished run is never rewritten afterwards
         from tunesmith.eval.select import select_checkpoint
 
-        selection = select_checkpoint(recipe, run_dir, base_path)
+        selection = CheckpointSelection.model_validate(select_checkpoint(recipe, run_dir, base_path))
     wall = time.time() - started
     runtime = result.metrics.get("train_runtime", wall)
-    train_stats = token_stats.get("train", {})
+    train = counts.train
     t = recipe.training
     # Each optimizer step takes batch_size x grad_accum rows on every rank: tokens/s counts all of them.
     rows_seen = result.global_step * t.batch_size * t.grad_accum * dist.world_size()
-    trained = train_stats.get("tokens", 0) * rows_seen / max(1, train_stats.get("kept", 0))
+    trained = train.tokens * rows_seen / max(1, train.kept) if train is not None else 0
     manifest = Manifest(
         run=recipe.name,
         method=recipe.method,
@@ -124,7 +139,7 @@ def finish_run(
         base_model=BaseModelRef(spec=recipe.model.base, path=base_path),
         chat_template_sha256=models.chat_template_hash(tokenizer),
         data=data_hashes(recipe),
-        tokens=token_stats,
+        tokens=counts,
         figures=Figures(
             global_step=result.global_step,
             train_loss=result.training_loss,
@@ -146,7 +161,9 @@ def finish_run(
         rag=manifest_entry(recipe),  # the retrieval index trained with: eval warns when it changes
         held_out=held_out,
         checkpoint_selection=selection,
-        **(extra or {}),
+        speed=speed,
+        plan=plan,
+        details=details,
     )
     try:
         write_loss_png(run_dir)

@@ -4,7 +4,7 @@ GRPO's advantage is a reward minus its group's mean; a reward that gives every c
 same score (all 0: the task is out of reach; all 1: it is already solved; a constant) teaches nothing, and
 the run still finishes with exit 0. RewardWatch wraps each reward function to see its values, and at the
 first logged steps warns for each reward that has not varied in any group: in the log, as an event row in
-metrics.jsonl, and in the manifest (grpo.warnings).
+metrics.jsonl, and in the manifest (details.warnings).
 """
 
 from __future__ import annotations

@@ -18,11 +18,13 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from tunesmith.config import RewardSpec
 from tunesmith.errors import RecipeError
 from tunesmith.eval import metrics
+
+if TYPE_CHECKING:
+    from tunesmith.train.grpo import RewardSpec
 
 RewardFn = Callable[..., list[float]]
 

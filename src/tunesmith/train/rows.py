@@ -10,9 +10,8 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tunesmith.config import DataSection, Recipe
 from tunesmith.data.formats import (
     detect_shape,
     load_normalised,
@@ -21,6 +20,11 @@ from tunesmith.data.formats import (
 )
 from tunesmith.data.lengths import Fit
 from tunesmith.data.template import reference
+from tunesmith.records import TokenCounts
+
+if TYPE_CHECKING:
+    from tunesmith.config import DataSection, Recipe
+    from tunesmith.data.formats import Example
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +84,13 @@ def load_rows(paths: list[str] | str, normalise: Callable[[Any], dict[str, Any]]
 
 def apply_length_policy(
     rows: list[dict[str, Any]], fit: Callable[[dict[str, Any]], Fit], data: DataSection, measured_as: str
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], TokenCounts]:
     """The rows that fit data.max_length under data.overlong (data.lengths), truncated ones rewritten, with the
-    manifest's counts (the same TokenStats fields as sft). Policy `error` raises one DataError at the first row over."""
-    from tunesmith.data.dataset import TokenStats
+    manifest's counts. Policy `error` raises one DataError at the first row over."""
     from tunesmith.errors import DataError
 
-    stats, kept = TokenStats(examples=len(rows)), []
+    counts = TokenCounts(examples=len(rows), max_length=data.max_length, overlong=data.overlong, measured_as=measured_as)
+    kept = []
     for row in rows:
         try:
             f = fit(row)
@@ -95,33 +99,32 @@ def apply_length_policy(
                 f"{row.get('source', '?')}: {exc}", hint="Raise data.max_length or set data.overlong: drop|truncate."
             ) from None
         if f.dropped:
-            setattr(stats, f"dropped_{f.dropped}", getattr(stats, f"dropped_{f.dropped}") + 1)
-            stats.dropped_ids.append(str(row.get("source", "?")))
+            counts.count_drop(f.dropped, str(row.get("source", "?")))
             continue
         if f.tokens_lost:
-            stats.truncated += 1
-            stats.tokens_lost += f.tokens_lost
-        stats.kept += 1
-        stats.tokens += f.kept_tokens
-        stats.trained_tokens += f.trained_tokens
+            counts.truncated += 1
+            counts.tokens_lost += f.tokens_lost
+        counts.kept += 1
+        counts.tokens += f.kept_tokens
+        counts.trained_tokens += f.trained_tokens
         kept.append({**row, **f.parts})
     if rows and not kept:
         raise DataError(
-            f"no trainable rows: {stats.dropped_overlong} over max_length={data.max_length} ({measured_as}), "
-            f"{stats.dropped_no_trained_tokens} with no room left for an answer",
+            f"no trainable rows: {counts.dropped_overlong} over max_length={data.max_length} ({measured_as}), "
+            f"{counts.dropped_no_trained_tokens} with no room left for an answer",
             hint="Raise data.max_length, or set data.overlong: truncate.",
         )
-    if stats.dropped_overlong or stats.dropped_no_trained_tokens or stats.truncated:
+    if counts.dropped_overlong or counts.dropped_no_trained_tokens or counts.truncated:
         log.warning(
             "dropped %d over max_length=%d (%s), %d with no room for an answer; truncated %d (%d tokens lost)",
-            stats.dropped_overlong,
+            counts.dropped_overlong,
             data.max_length,
             measured_as,
-            stats.dropped_no_trained_tokens,
-            stats.truncated,
-            stats.tokens_lost,
+            counts.dropped_no_trained_tokens,
+            counts.truncated,
+            counts.tokens_lost,
         )
-    return kept, {**stats.as_dict(), "max_length": data.max_length, "overlong": data.overlong, "measured_as": measured_as}
+    return kept, counts
 
 
 def _key(row: dict[str, Any]) -> str:
@@ -148,17 +151,11 @@ def recipe_rows(recipe: Recipe, normalise: Callable[[Any], dict[str, Any]]) -> t
     return augment_rows(train, recipe), augment_rows(evaluation, recipe)
 
 
-def eval_examples(recipe: Any) -> list[Any]:
-    """The held-out examples eval/merge score a run on, for every method.
-
-    sft and distill: the recipe's demonstrations. dpo and grpo: the prompt of each held-out row, with the
-    chosen answer (dpo) or the row's reference (grpo; "" for prompt-only rows) as the expected answer.
-    """
-    from tunesmith.data.dataset import recipe_examples
+def prompt_examples(recipe: Recipe) -> list[Example]:
+    """The held-out examples of the methods that train on prompt rows (dpo, grpo): the prompt of each held-out
+    row, with its chosen answer (dpo) or the row's reference (grpo; "" for prompt-only rows) as the expected answer."""
     from tunesmith.data.formats import Example
 
-    if recipe.method not in ("dpo", "grpo"):
-        return recipe_examples(recipe)[1]
     _, evaluation = recipe_rows(recipe, prompt_row)
     return [
         Example(f"eval-{i}", r["prompt"] + [{"role": "assistant", "content": r["reference"]}], r["source"])

@@ -1,8 +1,10 @@
-"""Speed levers for SFT (and DPO and logit distillation: resolve_padded), resolved once per run from the recipe's
-`speed` section and the hardware.
+"""Speed levers, resolved once per run from the recipe's `speed` section, the method and the hardware (for_method).
 
-Each lever has a parity test in tests/unit/test_speed.py and a row in docs/benchmarks.md; the resolved
-values are recorded in the run manifest (Manifest.speed), so a run says how it was trained.
+Precision is decided once, for every method: `uses_bf16` (bf16 autocast where the hardware multiplies in bf16) and
+`weights_dtype` (a frozen base stored in bf16 under it). The row levers (packing, varlen attention, labelled logits,
+micro-batches, planned checkpointing) apply to the methods that train packed demonstrations (SFT); the others train
+padded batches (resolve_padded). Each lever has a parity test in tests/unit/test_speed.py and a row in
+docs/benchmarks.md; the resolved values are recorded in the run manifest (Manifest.speed).
 """
 
 from __future__ import annotations
@@ -10,10 +12,15 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tunesmith.config import Recipe
+from tunesmith.records import Speed
+
+if TYPE_CHECKING:
+    from tunesmith.config import Recipe
+    from tunesmith.train.method import Method
+
+__all__ = ["Speed", "for_method", "resolve", "resolve_padded", "uses_bf16", "weights_dtype"]
 
 log = logging.getLogger(__name__)
 
@@ -25,30 +32,6 @@ log = logging.getLogger(__name__)
 # any model loads; a value the user exported is kept.
 ONEDNN_KERNEL_CACHE = "32"
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_KERNEL_CACHE)
-
-
-@dataclass(frozen=True)
-class Speed:
-    """The levers in force for one run (all resolved: no "auto" left)."""
-
-    packing: str  # "padding_free" | "group_by_length" | "off"
-    attention: str  # "varlen" (each packed row attended alone) | "mask" (transformers' default) | "-" (not packed)
-    labelled_logits: bool  # only positions with a trained next token reach the LM head
-    bf16: bool  # bf16 autocast, fp32 master weights (the adapter's optimizer state stays fp32)
-    base_dtype: str  # dtype the frozen base weights load in ("bfloat16" under bf16 for adapter methods)
-    adapter_input_cast: bool  # peft casts each adapter's input to the adapter's fp32 dtype (off under bf16)
-    gradient_checkpointing: bool  # recompute activations in backward (auto: only when the plan does not fit)
-    fused_optimizer: bool  # torch's fused AdamW
-    compile: bool  # torch.compile of the model
-    release_memory: bool  # freed heap handed back to the OS after every step and evaluation (glibc malloc_trim)
-    eval_batch_size: int  # rows per loss-evaluation batch (not the generation batch)
-    device: str
-    liger: bool  # Liger's Triton kernels (RMSNorm, SwiGLU, RoPE) patched into the model, CUDA only
-    micro_batch: int  # rows per forward/backward pass (training.batch_size when batches are not split)
-    passes: int  # forward/backward passes accumulated per optimizer step (training.grad_accum when not split)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @functools.cache
@@ -142,16 +125,17 @@ def micro_batch(recipe: Recipe, lengths: list[int] | None, cuda: bool) -> int:
     return max([d for d in range(1, b + 1) if b % d == 0 and d * mean <= budget], default=1)
 
 
-def uses_liger(recipe: Recipe, cuda: bool) -> bool:
+def uses_liger(recipe: Recipe, cuda: bool, allowed: bool = True) -> bool:
     """speed.liger resolved: auto = on where CUDA and the liger-kernel package are both there; true without either
-    is a recipe error (Liger's kernels are Triton programs for the GPU)."""
+    is a recipe error (Liger's kernels are Triton programs for the GPU). allowed: the method takes Liger's kernels
+    (Method.liger; TRL's other trainers swap in Liger's own losses)."""
     import importlib.util
 
     from tunesmith.errors import RecipeError
 
     installed = importlib.util.find_spec("liger_kernel") is not None
     if recipe.speed.liger == "auto":
-        return cuda and installed and recipe.method == "sft"
+        return cuda and installed and allowed
     if recipe.speed.liger and not (cuda and installed):
         missing = "no CUDA device" if not cuda else "the package liger-kernel is not installed"
         raise RecipeError(
@@ -163,15 +147,24 @@ def uses_liger(recipe: Recipe, cuda: bool) -> bool:
                 )
             ]
         )
-    return bool(recipe.speed.liger) and recipe.method == "sft"
+    return bool(recipe.speed.liger) and allowed
 
 
-def resolve(recipe: Recipe, plan: Any = None, lengths: list[int] | None = None) -> Speed:
-    """Resolve every "auto" in recipe.speed (and training.gradient_checkpointing) against this machine.
+def for_method(recipe: Recipe, method: Method[Any], plan: Any = None, lengths: list[int] | None = None) -> Speed:
+    """The levers `method` trains this recipe with (what train/skeleton.py uses and the manifest records)."""
+    if method.packs_rows:
+        return resolve(recipe, plan, lengths, liger=method.liger)
+    return resolve_padded(recipe, generates=method.generates(recipe))
+
+
+def resolve(recipe: Recipe, plan: Any = None, lengths: list[int] | None = None, liger: bool = True) -> Speed:
+    """Resolve every "auto" in recipe.speed (and training.gradient_checkpointing) against this machine, for packed
+    demonstrations (SFT).
 
     plan: the planner's estimate for this run (tunesmith.plan.advisor.Plan) made without checkpointing;
     `gradient_checkpointing: auto` turns checkpointing on only when that estimate does not fit.
     lengths: the training rows' token lengths, for speed.micro_batch_tokens (None: batches are not split).
+    liger: whether the method takes Liger's kernels.
     """
     import torch
 
@@ -190,7 +183,7 @@ def resolve(recipe: Recipe, plan: Any = None, lengths: list[int] | None = None) 
     t = recipe.training
     rows = micro_batch(recipe, lengths, cuda)
     return Speed(
-        liger=uses_liger(recipe, cuda),
+        liger=uses_liger(recipe, cuda, liger),
         packing=packing,
         attention=attention,
         labelled_logits=s.labelled_logits,
@@ -210,16 +203,21 @@ def resolve(recipe: Recipe, plan: Any = None, lengths: list[int] | None = None) 
     )
 
 
-def resolve_padded(recipe: Recipe) -> Speed:
-    """The levers for trainers that score padded batches (DPO, logit distillation): precision, the bf16 base, the
-    adapter input cast, fused AdamW, compile and the heap release as for SFT. Packing, varlen attention and labelled
-    logits are SFT's (DPO scores chosen and rejected from padded pairs; distillation compares full next-token
-    distributions), and checkpointing is on only when the recipe says true. Batches are not split
-    (speed.micro_batch_tokens is SFT's)."""
-    import dataclasses
+def resolve_padded(recipe: Recipe, generates: bool = False) -> Speed:
+    """The levers for trainers that score padded batches (DPO, GRPO, logit distillation): precision, the bf16 base,
+    the adapter input cast, fused AdamW, compile and the heap release as for SFT. Packing, varlen attention and
+    labelled logits are SFT's (DPO scores chosen and rejected from padded pairs; GRPO scores sampled completions;
+    distillation compares full next-token distributions), and checkpointing is on only when the recipe says true.
+    Batches are not split (speed.micro_batch_tokens is SFT's).
 
-    levers = resolve(recipe)  # no plan: gradient_checkpointing auto stays off; no lengths: batches not split
-    return dataclasses.replace(levers, packing="off", attention="-", labelled_logits=False)
+    generates: the trainer samples while training (GRPO, on-policy distillation). Sampling runs outside autocast, so
+    the adapter's input is cast to its fp32 weights there (peft casts the result back to the base's bf16).
+    """
+    levers = resolve(recipe, liger=False)  # no plan: gradient_checkpointing auto stays off; no lengths: not split
+    update: dict[str, Any] = {"packing": "off", "attention": "-", "labelled_logits": False}
+    if generates:
+        update["adapter_input_cast"] = True
+    return levers.model_copy(update=update)
 
 
 def trainer_args(speed: Speed) -> dict[str, Any]:

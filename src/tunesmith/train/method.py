@@ -1,0 +1,129 @@
+"""What a training method is: one object declaring everything tunesmith needs to train, check, count and record it.
+
+Each method module (sft.py, dpo.py, grpo.py, distill.py) defines one `Method` subclass and an instance of it,
+`METHOD`; train/methods.py registers them. train/skeleton.py runs every method the same way:
+
+    prepare(recipe) → start (run folder, tokenizer, data check) → datasets → levers (train/speed.py) → model
+    → trainer (train/_trl.py) → train → record → finish (adapter, manifest)
+
+Code outside the method modules asks a method what it does (`samples_completions`, `packs_rows`, ...); it never
+compares method names. Importing this module (and the method modules) stays cheap: torch, transformers and TRL
+are imported inside the hooks that use them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
+
+from pydantic import ValidationInfo
+
+from tunesmith.records import MethodDetails, Tokens
+from tunesmith.sections import Section
+
+if TYPE_CHECKING:
+    from tunesmith.config import Recipe
+    from tunesmith.data.formats import Example
+    from tunesmith.data.lengths import Fit
+    from tunesmith.records import Speed
+
+S = TypeVar("S", bound=Section)
+
+
+@dataclass
+class Datasets:
+    """What a method trains and evaluates on (datasets.Dataset objects), with the manifest's counts."""
+
+    train: Any
+    eval: Any | None
+    counts: Tokens
+    lengths: list[int] | None = None  # tokens of each training row, for the planner and micro-batches (packed rows)
+
+
+@dataclass
+class Parts:
+    """What the skeleton prepared for a method's trainer."""
+
+    model: Any  # the base model (4-bit for qlora), before peft wraps it
+    data: Datasets
+    tokenizer: Any
+    peft_config: Any  # None for a full fine-tune
+    callbacks: list[Any]
+    run_dir: Path
+    levers: Speed
+
+
+def chosen(info: ValidationInfo, name: str) -> bool:
+    """Inside a recipe rule: whether the recipe being validated picked method `name`."""
+    return bool(info.data.get("method") == name)
+
+
+class Method(Generic[S]):
+    """A training method. Class attributes declare it; the hooks below are called by train/skeleton.py."""
+
+    name: ClassVar[str]
+    help: ClassVar[str]  # one line: what it trains on (the recipe's `method` field documentation)
+    section: ClassVar[type[Section] | None] = None  # its recipe section, named after it (`dpo:`); None: no settings
+    # Cross-field rules: recipe field -> after-validator, added to the Recipe (config.py) for every recipe; a rule
+    # checks `chosen(info, name)` itself where it applies only to recipes of this method.
+    rules: ClassVar[dict[str, Any]] = {}
+    details: ClassVar[type[MethodDetails] | None] = None  # its manifest record (Manifest.details)
+    row_shape: ClassVar[str]  # what a data row must carry
+    measured_as: ClassVar[str]  # its length policy: what is measured against data.max_length
+    reference: ClassVar[str]  # what a held-out answer is compared with
+    samples_completions: ClassVar[bool] = False  # learns from completions it samples: no fixed answer is trained
+    packs_rows: ClassVar[bool] = False  # SFT's levers: packing, varlen attention, labelled logits, micro-batches, plan
+    liger: ClassVar[bool] = False  # Liger's kernels apply (TRL's other trainers swap in Liger's own losses)
+    init_from_data: ClassVar[bool] = True  # `tunesmith init --data` can write its recipe (distill needs a teacher)
+
+    def settings(self, recipe: Recipe) -> S:
+        """This method's section of the recipe."""
+        return cast(S, getattr(recipe, self.name))
+
+    def completion_room(self, recipe: Recipe | None) -> int:
+        """Tokens each prompt must leave free for a sampled completion (0 where a fixed answer is trained);
+        recipe None: the section's default."""
+        return 0
+
+    def generates(self, recipe: Recipe) -> bool:
+        """Whether the trainer generates while training: outside autocast, so the adapter's inputs are cast."""
+        return self.samples_completions
+
+    def fit_row(self, tokenizer: Any, obj: dict[str, Any], max_length: int, overlong: str, room: int) -> Fit | None:
+        """This method's length policy on one raw data row (data/lengths.py), for the data check; None: the row is
+        measured as a rendered conversation with its loss mask (the demonstration methods)."""
+        return None
+
+    def eval_examples(self, recipe: Recipe) -> list[Example]:
+        """The held-out examples a run is scored on (saved as the run's data/eval.jsonl): the demonstrations."""
+        from tunesmith.data.dataset import recipe_examples
+
+        return recipe_examples(recipe)[1]
+
+    def starter_section(self, answers: list[str]) -> dict[str, Any] | None:
+        """The section `tunesmith init --data` writes for data whose answers are these; None: the defaults."""
+        return None
+
+    def trains_as(self, recipe: Recipe) -> Method[Any]:
+        """The method whose datasets, levers and trainer train this recipe (distill sequence: SFT)."""
+        return self
+
+    def prepare(self, recipe: Recipe, resume: bool) -> Recipe:
+        """Work before the run folder is locked and the model loads (a broken reward or teacher fails here);
+        returns the recipe to train."""
+        return recipe
+
+    def datasets(self, recipe: Recipe, tokenizer: Any) -> Datasets:
+        raise NotImplementedError
+
+    def trainer(self, recipe: Recipe, parts: Parts) -> Any:
+        raise NotImplementedError
+
+    def record(self, recipe: Recipe, trainer: Any, final_eval: dict[str, float]) -> MethodDetails | None:
+        """What the manifest records of this method (its `details` record), after training."""
+        return None
+
+    def summary(self, details: Any) -> list[str]:
+        """Lines `tunesmith train` prints about this method's details."""
+        return []
