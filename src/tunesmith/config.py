@@ -735,7 +735,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, check_file
 
 def dump_recipe(recipe: Recipe, path: Path) -> None:
     """Write the resolved recipe (absolute paths, every default filled in)."""
-    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    from tunesmith.atomic import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
 
 
 def commented_yaml(values: dict[str, Any], model: type[BaseModel] = Recipe, indent: int = 0) -> str:

@@ -13,12 +13,11 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunesmith.atomic import staged_dir
 from tunesmith.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -102,17 +101,12 @@ def import_gguf(gguf_path: Path, dest: Path) -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]  # untyped upstream
     model.load_state_dict(loaded.state_dict(), strict=True)
     model.generation_config = loaded.generation_config
-    tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=dest.parent))
-    try:
+    with staged_dir(dest) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "tunesmith_import.json").write_text(
             json.dumps({"source": str(gguf_path), "sha256": sha256_file(gguf_path)}, indent=2)
         )
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunesmith.atomic import write_text_atomic
 from tunesmith.config import (
     DEFAULT_BASE,
     AdapterSection,
@@ -160,7 +161,7 @@ def write_user_project(
         f"{schedule['learning_rate']:g} with {schedule['warmup_ratio']:.0%} warm-up; eval.max_new_tokens auto.\n"
     )
     recipe = directory / "recipe.yaml"
-    recipe.write_text(header + commented_yaml(values) + "\n", encoding="utf-8")
+    write_text_atomic(recipe, header + commented_yaml(values) + "\n")
     outputs.record(directory, "recipe.yaml")
     steps = math.ceil(n_train / (TrainingSection().batch_size * TrainingSection().grad_accum)) * int(schedule["epochs"])
     return UserProject(

@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
-import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -200,11 +200,19 @@ def _claim(out: Path, overwrite: bool) -> tuple[Path, Path]:
     return out, sidecar
 
 
+@contextmanager
+def _stage(out: Path) -> Iterator[Path]:
+    """A private temp folder beside `out` (random name, mode 0700, so nothing can be planted in it), removed after."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent) as stage:
+        yield Path(stage)
+
+
 def _publish(tmp: Path, out: Path, sidecar: Path, lineage: ExportLineage) -> None:
-    from tunesmith.atomic import write_text_atomic
+    from tunesmith.atomic import publish, write_text_atomic
 
     write_text_atomic(sidecar, lineage.model_dump_json(indent=2))
-    os.replace(tmp, out)
+    publish(tmp, out)
     outputs.record_file(out)
     outputs.record_file(sidecar)
 
@@ -234,9 +242,7 @@ def export_gguf(
     if type_ not in TYPES:
         raise RunError(f"--type {type_}: choose one of {', '.join(TYPES)}")
     out, sidecar = _claim(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with _stage(out) as stage:
         model_dir, run, merged = _source(source.expanduser().resolve(), stage)
         lineage = ExportLineage(
             artifact=out.name, kind="gguf", type=type_, **_run_lineage(run, models.load_tokenizer(str(model_dir)), merged)
@@ -255,8 +261,6 @@ def export_gguf(
         lineage = lineage.model_copy(update={"check": result, "sha256": models.sha256_file(tmp)})
         _publish(tmp, out, sidecar, lineage)
         return lineage
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 def refuse_adapter(run: Run) -> dict[str, Any]:
@@ -339,13 +343,12 @@ def export_adapter_gguf(run_dir: Path, out: Path, overwrite: bool = False) -> Ex
     run = load_run(run_dir)
     cfg = refuse_adapter(run)
     out, sidecar = _claim(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = models.load_tokenizer(str(run.adapter_dir))
     from tunesmith.loader import resolve_run_base
 
     lineage = ExportLineage(artifact=out.name, kind="gguf-lora", type="f32", **_run_lineage(run, tokenizer, {}))
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
+    with _stage(out) as stage:
+        tmp = stage / out.name
         count = lora_to_gguf(Path(resolve_run_base(run)), run.adapter_dir, cfg, tmp, lineage)
         lineage = lineage.model_copy(
             update={
@@ -354,6 +357,4 @@ def export_adapter_gguf(run_dir: Path, out: Path, overwrite: bool = False) -> Ex
             }
         )
         _publish(tmp, out, sidecar, lineage)
-    finally:
-        tmp.unlink(missing_ok=True)
     return lineage

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from tunesmith import models, outputs
+from tunesmith.atomic import staged_dir
 from tunesmith.data.template import prompt_messages
 from tunesmith.errors import RunError
 from tunesmith.loader import resolve_run_base
@@ -106,16 +104,11 @@ def merge(run: Run, out_dir: Path, dtype: str = "float32", n_check: int = 3, max
         "base_note": base_note,
     }
     made = [p for p in out_dir.parents if not p.exists()]  # parent folders this merge creates, deepest first
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        _save(merged, tokenizer, stage, lineage, run)
-        outputs.record(stage, *[p.name for p in stage.iterdir()], command="merge")
-        if out_dir.exists():
-            out_dir.rmdir()  # empty (checked above)
-        os.replace(stage, out_dir)
+        with staged_dir(out_dir) as stage:  # private until renamed into place; an empty --out is replaced
+            _save(merged, tokenizer, stage, lineage, run)
+            outputs.record(stage, *[p.name for p in stage.iterdir()], command="merge")
     except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
         for folder in made:  # a failed merge leaves nothing, not even the folders it made for --out
             folder.rmdir()
         raise

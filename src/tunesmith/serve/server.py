@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunesmith.atomic import write_text_atomic
 from tunesmith.errors import ModelError, RunError
 from tunesmith.serve.app import ServeSettings, create_app
 from tunesmith.serve.security import KeyRing, check_name, generate_key
@@ -82,8 +83,7 @@ def _keys(opts: ServeOptions, folder: Path) -> tuple[KeyRing, str | None]:
     if not api_keys and opts.keys_file is None:
         generated = generate_key()
         key_file = folder / "api_key"
-        key_file.write_text(generated + "\n", encoding="utf-8")
-        key_file.chmod(0o600)
+        write_text_atomic(key_file, generated + "\n", perms=0o600)  # private from its first byte
         api_keys = [generated]
     return KeyRing.build(api_keys, opts.admin_keys, opts.keys_file), generated
 
