@@ -311,3 +311,82 @@ def test_torch_save_full_disk_runtime_error_is_recognised(small_disk):
         torch.save(torch.zeros(64 * 1024), disk / "big.pt")
     full = disk_full(info.value, "saving", disk)
     assert full is not None and full.exit_code == 74
+
+
+# --- a rerun keeps the previous output until its replacement is complete -------------------------------------------
+
+
+def test_ladder_rerun_stopped_while_measuring_keeps_the_previous_report(tiny_recipe, tmp_path, monkeypatch):
+    from tunesmith.eval import ladder
+
+    path = tiny_recipe(ladder={"max_new_tokens": 2})
+    assert cli("ladder", path, "--max-examples", "1")[0] == 0
+    out = tmp_path / "runs" / "tiny-ladder"
+    before = snapshot(out)
+    assert {"ladder.json", "ladder.html", "predictions.jsonl"} <= set(before)
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ladder, "run_ladder", stopped)
+    code, msg = cli("ladder", path, "--max-examples", "1", "--overwrite")
+    assert code == 130 and "interrupted" in msg
+    assert snapshot(out) == before  # byte for byte, and no staging folder left behind
+
+
+def test_eval_rerun_failing_while_writing_keeps_the_previous_report(finished, monkeypatch):
+    from tunesmith.eval import report as eval_report
+
+    _, run_dir = finished
+    assert cli("eval", run_dir, "--max-examples", "1")[0] == 0
+    before = snapshot(run_dir / "eval")
+    assert {"report.json", "report.html", "predictions.jsonl"} <= set(before)
+
+    def full_disk(*args, **kwargs):
+        raise OutputError("no space left while writing report.html")
+
+    monkeypatch.setattr(eval_report, "write_html", full_disk)  # report.json and predictions.jsonl are written by then
+    code, msg = cli("eval", run_dir, "--max-examples", "2")
+    assert code == OutputError.exit_code and "no space left" in msg
+    assert snapshot(run_dir / "eval") == before
+
+
+def test_a_swap_that_fails_midway_puts_every_previous_entry_back(tmp_path, monkeypatch):
+    from tunesmith import outputs
+
+    folder = outputs.claim_dir(tmp_path / "out", "ladder")
+    with outputs.replacing(folder) as stage:
+        (stage / "a.json").write_text("old a")
+        (stage / "pages").mkdir()
+        (stage / "pages" / "p.html").write_text("old p")
+        (stage / "z.txt").write_text("old z")
+    before = snapshot(folder)
+    real = outputs.os.replace
+    calls = []
+
+    def fail_third(src, dst):
+        calls.append(dst)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    folder = outputs.claim_dir(folder, "ladder", overwrite=True)
+    monkeypatch.setattr(outputs.os, "replace", fail_third)
+    with pytest.raises(OSError), outputs.replacing(folder) as stage:
+        (stage / "a.json").write_text("new a")
+        (stage / "pages").mkdir()
+        (stage / "pages" / "p.html").write_text("new p")
+        (stage / "z.txt").write_text("new z")
+    monkeypatch.undo()
+    assert snapshot(folder) == before
+
+
+def test_init_overwrite_keeps_the_users_files_beside_its_own(tmp_path):
+    proj = tmp_path / "proj"
+    assert cli("init", proj)[0] == 0
+    (proj / "data" / "mine.jsonl").write_text("my rows\n")  # the user's file inside a folder init made
+    before = snapshot(proj)
+    assert cli("init", proj, "--overwrite")[0] == 0
+    assert (proj / "data" / "mine.jsonl").read_text() == "my rows\n"
+    outside_index = lambda snap: {k for k in snap if not k.startswith("index/")}  # noqa: E731  (LanceDB versions)
+    assert outside_index(snapshot(proj)) == outside_index(before)  # the same entries, nothing staged left behind
