@@ -165,8 +165,8 @@ def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bo
 
     try:
         tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        raise ModelError(f"cannot load a tokenizer from {path}: {exc}") from None
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # missing files, or a config/tokenizer file that is not one
+        raise ModelError(f"cannot load a tokenizer from {path}: {type(exc).__name__}: {exc}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if not tok.chat_template:
@@ -190,8 +190,8 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=torch_dtype(dtype), revision=revision, trust_remote_code=trust_remote_code, **placement
         )
-    except OSError as exc:
-        raise ModelError(f"cannot load a model from {path}: {exc}") from None
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # missing files, or a config/weights file that is not one
+        raise ModelError(f"cannot load a model from {path}: {type(exc).__name__}: {exc}") from None
     if quantization_config or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return model  # under --nproc the Trainer places it (DDP) or accelerate shards it (FSDP/ZeRO-3) from where it is
     # PreTrainedModel.to is @wraps(nn.Module.to): typeshed's _Wrapped then expects `self` as the first argument.
