@@ -136,6 +136,23 @@ def staged_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def new_parents(path: str | Path) -> Iterator[None]:
+    """Create the missing folders above `path` for the block; if it fails, remove those it created (when empty), so a
+    refused or failed command leaves no trace, not even the folders it made for its output."""
+    made = [p for p in Path(path).parents if not p.exists()]  # deepest first
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:  # no longer empty: something else wrote there meanwhile
+                break
+        raise
+
+
 def write_text_atomic(path: str | Path, text: str, *, perms: int = 0o666) -> Path:
     """Write UTF-8 text to `path` atomically; returns the path."""
     with atomic_open(path, "w", perms=perms) as fh:

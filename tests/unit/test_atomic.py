@@ -3,46 +3,29 @@ link followed (at the temp name or at the target), the old file kept until the n
 
 from __future__ import annotations
 
-import itertools
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 import pytest
 
+from helpers import plant_links, predictable_temp_names, untouched, victim
 from tunesmith import atomic
 
 
 @pytest.fixture
 def planted(monkeypatch, tmp_path):
-    """Make the 'random' temp names predictable and plant a symlink at the first one each helper draws.
-
-    Returns (outside file the links point at, its original bytes). Every helper must skip the planted name.
-    """
-    outside = tmp_path / "outside" / "victim.txt"
-    outside.parent.mkdir()
-    outside.write_text("not yours\n")
-    hexes = itertools.chain(["planted"], (f"fresh{i}" for i in itertools.count()))
-    monkeypatch.setattr(atomic.secrets, "token_hex", lambda n=8: next(hexes))
-    names = itertools.chain(["planted"], (f"fresh{i}" for i in itertools.count()))
-    monkeypatch.setattr(tempfile, "_get_candidate_names", lambda: names)
-    return outside
+    """The file planted links point at; temp names made predictable so the first one each helper draws is planted."""
+    predictable_temp_names(monkeypatch)
+    return victim(tmp_path)
 
 
 def plant(folder: Path, target_name: str, outside: Path) -> list[Path]:
-    """Symlinks at every temp name a writer of `target_name` could pick first (random-name and old fixed patterns)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    links = [folder / f".{target_name}.planted.tmp", folder / f".{target_name}.tmp", folder / f".{target_name}.plantedtmp"]
-    for link in links:
-        link.symlink_to(outside)
-    return links
+    return plant_links(folder, [target_name], outside)
 
 
 def assert_untouched(outside: Path, links: list[Path]) -> None:
-    assert outside.read_text() == "not yours\n"
-    for link in links:
-        assert link.is_symlink() and link.resolve() == outside.resolve()
+    assert untouched(outside, links)
 
 
 @pytest.mark.parametrize("how", ["text", "bytes", "path"])

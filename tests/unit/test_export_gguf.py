@@ -174,3 +174,23 @@ def test_a_link_planted_at_a_temp_name_is_never_followed(tiny_run, tmp_path, ada
     assert sorted(p.name for p in shared.iterdir()) == sorted(
         [".tunesmith", "lora.gguf", "lora.gguf.lineage.json", *(p.name for p in links)]
     )
+
+
+@pytest.mark.parametrize("content", ["{broken", "[1, 2]", "\x00\x89binary", "[" * 5000])
+def test_a_damaged_lineage_or_adapter_config_is_one_clear_error(tiny_run, tiny_model_dir, tmp_path, content):
+    """A merged folder's tunesmith_lineage.json and a run's adapter_config.json, damaged: RunError naming the file."""
+    merged = tmp_path / "merged"
+    shutil.copytree(tiny_model_dir, merged)
+    (merged / "tunesmith_lineage.json").write_text(content)
+    with pytest.raises(TunesmithError, match=r"tunesmith_lineage.json is not a readable lineage record"):
+        export.export_gguf(merged, tmp_path / "out" / "m.gguf", "f16")
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run.dir, copy)
+    (copy / "adapter" / "adapter_config.json").write_text(content)
+    with pytest.raises(TunesmithError, match=r"adapter_config.json is not a readable peft adapter config"):
+        export.export_adapter_gguf(copy, tmp_path / "out" / "a.gguf")
+    from tunesmith.export.merge import merge
+
+    with pytest.raises(TunesmithError, match=r"adapter_config.json is not a readable peft adapter config"):
+        merge(load_run(copy), tmp_path / "out" / "merged")
+    assert not (tmp_path / "out").exists()  # refused before any folder appeared

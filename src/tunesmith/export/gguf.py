@@ -26,7 +26,7 @@ from pydantic import Field
 from tunesmith import models, outputs
 from tunesmith.errors import ModelError, RunError
 from tunesmith.records import Record
-from tunesmith.run import Run, is_run_dir, load_run, versions
+from tunesmith.run import Run, is_run_dir, load_run, read_json_record, versions
 
 log = logging.getLogger(__name__)
 LINEAGE_KEY = "tunesmith.lineage"
@@ -202,9 +202,11 @@ def _claim(out: Path, overwrite: bool) -> tuple[Path, Path]:
 
 @contextmanager
 def _stage(out: Path) -> Iterator[Path]:
-    """A private temp folder beside `out` (random name, mode 0700, so nothing can be planted in it), removed after."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent) as stage:
+    """A private temp folder beside `out` (random name, mode 0700, so nothing can be planted in it), removed after;
+    on a failure, so are the folders made for `out`."""
+    from tunesmith.atomic import new_parents
+
+    with new_parents(out), tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent) as stage:
         yield Path(stage)
 
 
@@ -230,9 +232,9 @@ def _source(source: Path, stage: Path) -> tuple[Path, Run | None, dict[str, Any]
     if not (source / "config.json").exists():
         raise RunError(f"{source} is neither a run folder (run.yaml) nor a model folder (config.json)")
     merged = source / "tunesmith_lineage.json"
-    lineage = json.loads(merged.read_text(encoding="utf-8")) if merged.exists() else {}
+    lineage = read_json_record(merged, "lineage record", "merge the run again") if merged.exists() else {}
     parent = lineage.get("merged_from_run")
-    return source, (load_run(parent) if parent and is_run_dir(parent) else None), lineage
+    return source, (load_run(parent) if isinstance(parent, str) and is_run_dir(parent) else None), lineage
 
 
 def export_gguf(
@@ -270,7 +272,7 @@ def refuse_adapter(run: Run) -> dict[str, Any]:
         raise RunError(
             f"{run.dir} is a full fine-tune: there is no adapter to export alone", hint="Export the model: drop --adapter-only."
         )
-    cfg = json.loads(path.read_text(encoding="utf-8"))
+    cfg = read_json_record(path, "peft adapter config", "train the run again")
     kind = cfg.get("peft_type", "LORA")
     hint = "Export the merged model instead: drop --adapter-only."
     if kind != "LORA":
@@ -291,6 +293,8 @@ def refuse_adapter(run: Run) -> dict[str, Any]:
             "per-module ranks, which a GGUF LoRA cannot hold",
             hint=hint,
         )
+    if not all(isinstance(cfg.get(k), (int, float)) and not isinstance(cfg.get(k), bool) for k in ("r", "lora_alpha")):
+        raise RunError(f"{path} is not a readable peft adapter config: it lacks a numeric r and lora_alpha")
     return dict(cfg)
 
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from tunesmith import models, outputs
-from tunesmith.atomic import staged_dir
+from tunesmith.atomic import new_parents, staged_dir
 from tunesmith.data.template import prompt_messages
 from tunesmith.errors import RunError
 from tunesmith.loader import resolve_run_base
-from tunesmith.run import Run, held_out_examples, versions, write_json_atomic
+from tunesmith.run import Run, held_out_examples, read_json_record, versions, write_json_atomic
 
 
 def _greedy_tokens(model: Any, tokenizer: Any, conversations: list[list[dict[str, Any]]], max_new_tokens: int) -> list[list[int]]:
@@ -26,7 +25,7 @@ def _refuse(run: Run, dtype: str) -> None:
     config = run.adapter_dir / "adapter_config.json"
     if not config.exists():
         raise RunError(f"{run.dir} holds a full fine-tune, not an adapter: its adapter/ folder is already a complete model")
-    peft_type = json.loads(config.read_text(encoding="utf-8")).get("peft_type", "LORA")
+    peft_type = read_json_record(config, "peft adapter config", "train the run again").get("peft_type", "LORA")
     if peft_type not in ("LORA",):  # DoRA and rsLoRA are LORA too; soft prompts have no weights to fold in
         raise RunError(
             f"cannot merge a {peft_type.lower().replace('_', '-')} adapter ({run.dir}): "
@@ -103,13 +102,9 @@ def merge(run: Run, out_dir: Path, dtype: str = "float32", n_check: int = 3, max
         "dequantized": run.manifest.quantized_base,
         "base_note": base_note,
     }
-    made = [p for p in out_dir.parents if not p.exists()]  # parent folders this merge creates, deepest first
-    try:
-        with staged_dir(out_dir) as stage:  # private until renamed into place; an empty --out is replaced
-            _save(merged, tokenizer, stage, lineage, run)
-            outputs.record(stage, *[p.name for p in stage.iterdir()], command="merge")
-    except BaseException:
-        for folder in made:  # a failed merge leaves nothing, not even the folders it made for --out
-            folder.rmdir()
-        raise
+    # Private until renamed into place (an empty --out is replaced); a failed merge leaves nothing, not even the
+    # folders it made for --out.
+    with new_parents(out_dir), staged_dir(out_dir) as stage:
+        _save(merged, tokenizer, stage, lineage, run)
+        outputs.record(stage, *[p.name for p in stage.iterdir()], command="merge")
     return {"out": str(out_dir), **check, "base_note": base_note, "lineage": lineage}
