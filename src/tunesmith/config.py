@@ -727,6 +727,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, check_file
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise RecipeError([("(yaml)", str(exc))], source=str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:  # a folder, an unreadable or a binary file
+        raise RecipeError([("(file)", f"cannot read {path} as a YAML recipe: {exc}")]) from None
     if not isinstance(data, dict):
         raise RecipeError([("(recipe)", "the top level must be a mapping of sections")], source=str(path))
     apply_overrides(data, overrides or [])

@@ -136,6 +136,10 @@ class RequestLog:
             path = path / DB_NAME
         if not path.exists() and not create:
             raise RunError(f"no request log at {path}", hint="Point at a serve folder (default ./serve) or its requests.sqlite.")
+        if not create and path.stat().st_size == 0:  # a reader never turns an empty file into a database
+            raise RunError(
+                f"{path} is empty, not a tunesmith request log", hint="Point at a serve folder or its requests.sqlite."
+            )
         existed = path.exists() and path.stat().st_size > 0
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
