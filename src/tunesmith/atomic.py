@@ -111,6 +111,19 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask would, for a moment, for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no /proc: the classic dance, briefly a common default rather than 0
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def staged_dir(path: str | Path) -> Iterator[Path]:
     """Yield a new private folder beside `path` to fill; on success it gets the usual folder permissions and is
@@ -124,9 +137,7 @@ def staged_dir(path: str | Path) -> Iterator[Path]:
             for name in files:
                 if not os.path.islink(os.path.join(root, name)):
                     _fsync_file(Path(root, name))
-        umask = os.umask(0)
-        os.umask(umask)
-        stage.chmod(0o777 & ~umask)  # mkdtemp made it 0700 so nothing could be planted while it was filled
+        stage.chmod(0o777 & ~_umask())  # mkdtemp made it 0700 so nothing could be planted while it was filled
         if path.is_dir() and not path.is_symlink():
             path.rmdir()  # empty (a non-empty one makes this raise and the stage is dropped)
         os.replace(stage, path)

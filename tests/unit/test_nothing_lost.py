@@ -570,3 +570,26 @@ def test_numbers_out_of_range_with_valid_inputs_are_refused(tmp_path, args, opti
     code, out = cli(*[a.format(src=src, tmp=tmp_path) for a in args])
     assert code in (1, 2) and option in out, out
     assert snapshot(tmp_path) == before
+
+
+def test_set_aside_puts_the_previous_output_back_when_the_rerun_fails(tmp_path):
+    """The demo's way (its run folder records its own path): the old entries move aside, and come back on failure."""
+    from tunesmith import outputs
+
+    folder = outputs.claim_dir(tmp_path / "demo", "demo")
+    (folder / "runs" / "demo").mkdir(parents=True)
+    (folder / "runs" / "demo" / "manifest.json").write_text("old run")
+    (folder / "recipe.yaml").write_text("old recipe")
+    outputs.record(folder, "runs/demo", "recipe.yaml")
+    (folder / "mine.txt").write_text("the user's")
+    before = snapshot(folder)
+    with pytest.raises(KeyboardInterrupt), outputs.set_aside(folder):
+        assert not (folder / "runs" / "demo").exists() and (folder / "mine.txt").exists()
+        (folder / "runs" / "demo").mkdir()
+        (folder / "runs" / "demo" / "half.bin").write_text("half-written")
+        raise KeyboardInterrupt
+    assert snapshot(folder) == before
+    with outputs.set_aside(folder):
+        (folder / "recipe.yaml").write_text("new recipe")
+    assert (folder / "recipe.yaml").read_text() == "new recipe" and not (folder / "runs" / "demo").exists()
+    assert (folder / "mine.txt").read_text() == "the user's" and not list(folder.glob(".tunesmith-old-*"))
