@@ -241,3 +241,42 @@ def trained_runs(tokenizer, ids: list[int], labels: list[int]) -> list[str]:
             runs[-1].append(token)
         previous = label != -100
     return [tokenizer.decode(run) for run in runs]
+
+
+def predictable_temp_names(monkeypatch) -> None:
+    """Make tunesmith's random temp names predictable: the first name each writer draws is `planted`, then fresh ones.
+
+    With `plant_links`, this puts a symlink exactly where a writer would first try to create its temp file.
+    """
+    import itertools
+    import secrets
+    import tempfile
+
+    hexes = itertools.chain(["planted"], (f"fresh{i}" for i in itertools.count()))
+    monkeypatch.setattr(secrets, "token_hex", lambda n=8: next(hexes))
+    names = itertools.chain(["planted"], (f"fresh{i}" for i in itertools.count()))
+    monkeypatch.setattr(tempfile, "_get_candidate_names", lambda: names)
+
+
+def plant_links(folder: Path, names: list[str], outside: Path) -> list[Path]:
+    """Symlinks to `outside` at every temp name a writer of folder/NAME could pick: the fixed `.NAME.tmp` older
+    versions used and the first random ones (see predictable_temp_names). Returns the links."""
+    folder.mkdir(parents=True, exist_ok=True)
+    links = []
+    for name in names:
+        for temp in (f".{name}.tmp", f".{name}.planted.tmp", f".{name}.plantedtmp"):
+            (folder / temp).symlink_to(outside)
+            links.append(folder / temp)
+    return links
+
+
+def victim(root: Path) -> Path:
+    """A file outside the folders under test that planted links point at; `untouched` checks it and the links."""
+    path = root / "elsewhere" / "victim.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("not yours\n")
+    return path
+
+
+def untouched(outside: Path, links: list[Path]) -> bool:
+    return outside.read_text() == "not yours\n" and all(link.is_symlink() and link.resolve() == outside for link in links)

@@ -589,6 +589,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, check_file
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise RecipeError([("(yaml)", str(exc))], source=str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:  # a folder, an unreadable or a binary file
+        raise RecipeError([("(file)", f"cannot read {path} as a YAML recipe: {exc}")]) from None
     if not isinstance(data, dict):
         raise RecipeError([("(recipe)", "the top level must be a mapping of sections")], source=str(path))
     apply_overrides(data, overrides or [])
@@ -597,7 +599,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, check_file
 
 def dump_recipe(recipe: Recipe, path: Path) -> None:
     """Write the resolved recipe (absolute paths, every default filled in)."""
-    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    from tunesmith.atomic import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
 
 
 def commented_yaml(values: dict[str, Any], model: type[BaseModel] = Recipe, indent: int = 0) -> str:

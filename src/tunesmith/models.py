@@ -13,12 +13,11 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunesmith.atomic import staged_dir
 from tunesmith.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -102,17 +101,12 @@ def import_gguf(gguf_path: Path, dest: Path) -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]  # untyped upstream
     model.load_state_dict(loaded.state_dict(), strict=True)
     model.generation_config = loaded.generation_config
-    tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=dest.parent))
-    try:
+    with staged_dir(dest) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "tunesmith_import.json").write_text(
             json.dumps({"source": str(gguf_path), "sha256": sha256_file(gguf_path)}, indent=2)
         )
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 
@@ -171,8 +165,8 @@ def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bo
 
     try:
         tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        raise ModelError(f"cannot load a tokenizer from {path}: {exc}") from None
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # missing files, or a config/tokenizer file that is not one
+        raise ModelError(f"cannot load a tokenizer from {path}: {type(exc).__name__}: {exc}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if not tok.chat_template:
@@ -227,8 +221,8 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=torch_dtype(dtype), revision=revision, trust_remote_code=trust_remote_code, **placement
         )
-    except OSError as exc:
-        raise ModelError(f"cannot load a model from {path}: {exc}") from None
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # missing files, or a config/weights file that is not one
+        raise ModelError(f"cannot load a model from {path}: {type(exc).__name__}: {exc}") from None
     if quantization_config or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return model  # under --nproc the Trainer places it (DDP) or accelerate shards it (FSDP/ZeRO-3) from where it is
     # PreTrainedModel.to is @wraps(nn.Module.to): typeshed's _Wrapped then expects `self` as the first argument.

@@ -2,10 +2,14 @@
 
 A folder tunesmith creates gets a `.tunesmith` marker (JSON) naming the command and the entries it writes there.
 A folder that exists, is not empty and has no marker belongs to the user: it is refused, never emptied.
-`overwrite=True` removes only the entries the marker lists, and refuses when a listed file was edited since
-tunesmith wrote it (its SHA-256 differs), so a user's edit is never lost either.
+`overwrite=True` lets a rerun replace only the entries the marker lists, and refuses when a listed file was edited
+since tunesmith wrote it (its SHA-256 differs), so a user's edit is never lost either.
+A rerun keeps the previous output until its replacement is complete: the new entries are written into a private
+staging folder (`replacing`) and moved over the old ones only at the end; a command whose files cannot be staged
+(the demo's run folder records its own path) sets the old entries aside and puts them back if it fails (`set_aside`).
 Single output files (`data convert --out`, ...) are recorded in the marker of the folder they land in; an
-existing file is replaced only with `overwrite=True` and only when the marker records it, unchanged.
+existing file is replaced only with `overwrite=True` and only when the marker records it, unchanged, and only by
+the atomic rename of a complete new file.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tunesmith.atomic import write_text_atomic
+from tunesmith.atomic import fsync_dir, write_text_atomic
 from tunesmith.errors import TunesmithError
 
 MARKER = ".tunesmith"
@@ -64,8 +70,8 @@ def _make_folder(path: Path, what: str) -> None:
         raise OutputError(f"cannot create {what} {path}: {exc.strerror or exc}") from None
 
 
-def _remove_own(folder: Path, marker: dict[str, Any]) -> None:
-    """Delete the entries the marker lists; refuse first if any listed file was edited since it was written."""
+def _check_unedited(folder: Path, marker: dict[str, Any]) -> None:
+    """Refuse when a file the marker lists was edited since tunesmith wrote it (replacing it would lose the edit)."""
     own: dict[str, str | None] = marker.get("own", {})
     edited = [name for name, sha in own.items() if sha and (folder / name).is_file() and _sha256(folder / name) != sha]
     if edited:
@@ -74,12 +80,13 @@ def _remove_own(folder: Path, marker: dict[str, Any]) -> None:
             "--overwrite would lose the edit",
             hint="Move the edited file(s) away first, or choose a new folder.",
         )
-    for name in own:
-        target = folder / name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        elif target.exists() or target.is_symlink():
-            target.unlink()
+
+
+def _remove(target: Path) -> None:
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    elif target.exists() or target.is_symlink():
+        target.unlink()
 
 
 def claim_dir(
@@ -88,7 +95,8 @@ def claim_dir(
     """Make `path` this command's output folder and return it (resolved).
 
     New or empty: created and marked. Marked by the same command: with `reuse` kept as it is (a resumed run);
-    with `overwrite` its listed entries are removed; otherwise refused while it holds earlier output.
+    with `overwrite` accepted once no listed file was edited (nothing is removed here: write the new output with
+    `replacing` or `set_aside`); otherwise refused while it holds earlier output.
     A non-empty folder without a marker, a file, or a read-only place: refused with OutputError.
     """
     path = Path(path).expanduser().resolve()
@@ -122,9 +130,87 @@ def claim_dir(
             hint="Pass --overwrite to replace that output (only files tunesmith wrote there are removed), "
             "or choose a new folder.",
         )
-    _remove_own(path, marker)
-    _write_marker(path, {**marker, "own": {}})
+    _check_unedited(path, marker)
     return path
+
+
+@contextmanager
+def replacing(folder: str | Path, *names: str) -> Iterator[Path]:
+    """A private staging folder inside `folder` to write a command's new entries into; when the block ends, each entry
+    (`names`, which may be nested like data/train.jsonl; default: every top-level entry written, a marker excepted)
+    is moved over the one of the same name and recorded in the marker. A file is swapped by one atomic rename (the
+    old one kept by a hard link until every entry is in place); a folder by moving the old one aside first. A failure
+    anywhere leaves the previous output as it was."""
+    folder = Path(folder)
+    stage = Path(tempfile.mkdtemp(prefix=".tunesmith-new-", suffix=".tmp", dir=folder))
+    try:
+        yield stage
+        entries = list(names) or sorted(p.name for p in stage.iterdir() if p.name != MARKER)
+        _check_unedited(folder, read_marker(folder) or {})  # the user may have edited one while the command ran
+        _swap_in(stage, folder, entries)
+        record(folder, *entries)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _swap_in(stage: Path, folder: Path, names: list[str]) -> None:
+    """Move stage/NAME onto folder/NAME for every name; on a failure midway, every previous entry is put back."""
+    aside = Path(tempfile.mkdtemp(prefix=".tunesmith-old-", suffix=".tmp", dir=folder))
+    done: list[str] = []
+    try:
+        for name in names:
+            new, old = stage / name, folder / name
+            if old.exists() or old.is_symlink():
+                (aside / name).parent.mkdir(parents=True, exist_ok=True)
+                _keep(old, aside / name, stays=new.is_file() and old.is_file() and not old.is_symlink())
+            old.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(new, old)  # a file at `old` is replaced in one step: readers see the old or the new one
+            done.append(name)
+    except BaseException:
+        for name in reversed(done):
+            _remove(folder / name)
+        for name in names:
+            if (aside / name).exists() or (aside / name).is_symlink():
+                os.replace(aside / name, folder / name)
+        shutil.rmtree(aside, ignore_errors=True)  # only once everything is back (else it stays, holding it)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    fsync_dir(folder)
+
+
+def _keep(old: Path, kept: Path, stays: bool) -> None:
+    """Keep `old` at `kept` until the swap is over: a hard link when `stays` (it is then replaced in one rename)."""
+    if stays:
+        try:
+            os.link(old, kept)
+            return
+        except OSError:  # a filesystem without hard links: moved instead
+            pass
+    os.rename(old, kept)
+
+
+@contextmanager
+def set_aside(folder: str | Path) -> Iterator[None]:
+    """For output that cannot be staged elsewhere: move the entries the marker lists into a hidden folder inside
+    `folder` for the block; put them back if the block fails (after removing what it wrote there), delete them once it
+    succeeded. A process killed midway leaves them in `folder/.tunesmith-old-*`, not lost."""
+    folder = Path(folder)
+    marker = read_marker(folder) or {}
+    _check_unedited(folder, marker)
+    aside = Path(tempfile.mkdtemp(prefix=".tunesmith-old-", suffix=".tmp", dir=folder))
+    moved = [name for name in marker.get("own", {}) if (folder / name).exists() or (folder / name).is_symlink()]
+    for name in moved:
+        (aside / name).parent.mkdir(parents=True, exist_ok=True)
+        os.rename(folder / name, aside / name)
+    try:
+        yield
+    except BaseException:
+        for name in moved:
+            _remove(folder / name)
+            os.rename(aside / name, folder / name)
+        shutil.rmtree(aside, ignore_errors=True)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def record(folder: str | Path, *names: str, command: str | None = None) -> None:

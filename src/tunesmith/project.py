@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunesmith.atomic import write_text_atomic
 from tunesmith.config import (
     DEFAULT_BASE,
     AdapterSection,
@@ -131,6 +132,12 @@ def write_user_project(
     fraction = eval_fraction_for(n_rows)
     n_eval = len(load_rows(evals).rows) if evals else max(1, round(n_rows * fraction))
     n_train = n_rows - (0 if evals else n_eval)
+    if n_train < 1:  # nothing to train on: no recipe is written
+        problems = "".join(f"\n  - {f.where}: [{f.code}] {f.message}" for f in report.errors[:5])
+        raise DataError(
+            f"no usable training rows in {', '.join(map(str, data))} ({n_rows} usable, {n_eval} needed for eval){problems}",
+            hint="Check the files with `tunesmith data check FILE`; init needs at least two usable rows.",
+        )
     schedule = schedule_for(n_train)
     directory = outputs.claim_dir(directory, "init", overwrite=overwrite, what="project folder")
     values = user_recipe_values(
@@ -154,7 +161,7 @@ def write_user_project(
         f"{schedule['learning_rate']:g} with {schedule['warmup_ratio']:.0%} warm-up; eval.max_new_tokens auto.\n"
     )
     recipe = directory / "recipe.yaml"
-    recipe.write_text(header + commented_yaml(values) + "\n", encoding="utf-8")
+    write_text_atomic(recipe, header + commented_yaml(values) + "\n")
     outputs.record(directory, "recipe.yaml")
     steps = math.ceil(n_train / (TrainingSection().batch_size * TrainingSection().grad_accum)) * int(schedule["epochs"])
     return UserProject(

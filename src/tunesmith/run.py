@@ -35,6 +35,17 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, default=str))
 
 
+def read_json_record(path: Path, what: str, fix: str) -> dict[str, Any]:
+    """A JSON object tunesmith or peft wrote beside a model; RunError naming the file when it is damaged."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise RunError(f"{path} is not a readable {what}: {exc}", hint=f"It was damaged after it was written: {fix}.") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{path} is not a readable {what}: a JSON object was expected", hint=f"{fix[0].upper()}{fix[1:]}.")
+    return data
+
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in LIBRARIES:

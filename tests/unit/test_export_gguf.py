@@ -150,3 +150,47 @@ def test_unknown_type_is_refused(tiny_run, tmp_path):
     with pytest.raises(TunesmithError, match="--type q4"):
         export.export_gguf(tiny_run.dir, tmp_path / "x.gguf", "q4")
     assert load_run(tiny_run.dir).manifest.run == "tiny"
+
+
+@pytest.mark.parametrize("adapter_only", [True, False])
+def test_a_link_planted_at_a_temp_name_is_never_followed(tiny_run, tmp_path, adapter_only):
+    """A symlink at `.OUT.tmp` (the old fixed temp name) or any name beside --out: the file it points to is untouched."""
+    outside = tmp_path / "elsewhere" / "victim.bin"
+    outside.parent.mkdir()
+    outside.write_bytes(b"not yours")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    out = shared / "lora.gguf"
+    links = [shared / ".lora.gguf.tmp", shared / ".lora.gguf.lineage.json.tmp"]
+    for link in links:
+        link.symlink_to(outside)
+    if adapter_only:
+        export.export_adapter_gguf(tiny_run.dir, out)
+    else:
+        export.export_gguf(tiny_run.dir, out, "f16", n_check=1, max_new_tokens=4)
+    assert outside.read_bytes() == b"not yours"
+    assert not out.is_symlink() and out.stat().st_size > 1000 and export.read_lineage(out).artifact == "lora.gguf"
+    assert all(link.is_symlink() and link.resolve() == outside for link in links)
+    assert sorted(p.name for p in shared.iterdir()) == sorted(
+        [".tunesmith", "lora.gguf", "lora.gguf.lineage.json", *(p.name for p in links)]
+    )
+
+
+@pytest.mark.parametrize("content", ["{broken", "[1, 2]", "\x00\x89binary", "[" * 5000])
+def test_a_damaged_lineage_or_adapter_config_is_one_clear_error(tiny_run, tiny_model_dir, tmp_path, content):
+    """A merged folder's tunesmith_lineage.json and a run's adapter_config.json, damaged: RunError naming the file."""
+    merged = tmp_path / "merged"
+    shutil.copytree(tiny_model_dir, merged)
+    (merged / "tunesmith_lineage.json").write_text(content)
+    with pytest.raises(TunesmithError, match=r"tunesmith_lineage.json is not a readable lineage record"):
+        export.export_gguf(merged, tmp_path / "out" / "m.gguf", "f16")
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run.dir, copy)
+    (copy / "adapter" / "adapter_config.json").write_text(content)
+    with pytest.raises(TunesmithError, match=r"adapter_config.json is not a readable peft adapter config"):
+        export.export_adapter_gguf(copy, tmp_path / "out" / "a.gguf")
+    from tunesmith.export.merge import merge
+
+    with pytest.raises(TunesmithError, match=r"adapter_config.json is not a readable peft adapter config"):
+        merge(load_run(copy), tmp_path / "out" / "merged")
+    assert not (tmp_path / "out").exists()  # refused before any folder appeared

@@ -73,3 +73,44 @@ def test_unreadable_and_unknown_files(tmp_path):
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 truncated")
     with pytest.raises(DataError, match="Parquet"):
         list(read_records(tmp_path / "bad.parquet"))
+
+
+DEEP = "[" * 5000 + "]" * 5000  # past the parser's own recursion limit
+SHALLOW_BUT_DEEP = json.dumps({"messages": [{"role": "user", "content": "q"}], "meta": json.loads("[" * 200 + "]" * 200)})
+
+
+@pytest.mark.parametrize("deep", [DEEP, SHALLOW_BUT_DEEP])
+def test_a_deeply_nested_row_is_one_bad_row_with_its_line(tmp_path, deep):
+    good = json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text(f"{good}\n{deep}\n{good}\n")
+    records = list(read_records(jsonl))
+    assert [(r.line, r.error) for r in records] == [(1, None), (2, "JSON nested deeper than 64 levels"), (3, None)]
+    as_json = tmp_path / "d.json"
+    as_json.write_text(f"[{good}, {deep}]")
+    # A .json file is one document: past the parser's limit the file is one bad record, else only the deep row is.
+    errors = [None, "JSON nested deeper than 64 levels"] if deep == SHALLOW_BUT_DEEP else ["JSON nested deeper than 64 levels"]
+    assert [r.error for r in read_records(as_json)] == errors
+    csv_file = tmp_path / "d.csv"
+    import csv
+
+    with csv_file.open("w", newline="") as fh:
+        csv.writer(fh).writerows([["messages"], [json.dumps(json.loads(good)["messages"])], [deep]])
+    assert [r.error for r in read_records(csv_file)] == [None, "column `messages`: JSON nested deeper than 64 levels"]
+    with pytest.raises(DataError, match=r"d.jsonl:2: \[invalid_json\] JSON nested deeper"):
+        load_examples(str(jsonl))
+
+
+def test_data_check_counts_a_deep_row_with_its_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from helpers import chat_rows
+    from tunesmith.cli import app
+
+    rows = [json.dumps(r) for r in chat_rows(12, seed=1)]
+    src = tmp_path / "d.jsonl"
+    src.write_text("\n".join([*rows[:5], DEEP, *rows[5:]]) + "\n")
+    res = CliRunner().invoke(app, ["data", "check", str(src), "--no-tokens", "--json"])
+    assert res.exit_code == 1 and not isinstance(res.exception, RecursionError), res.output
+    found = [f for f in json.loads(res.output)["findings"] if f["severity"] == "error"]
+    assert [(f["code"], f["line"], f["message"]) for f in found] == [("invalid_json", 6, "JSON nested deeper than 64 levels")]

@@ -139,3 +139,70 @@ def test_plan_command_prints_the_estimate(tiny_recipe, tmp_path):
         timeout=300,
     )
     assert bad.returncode != 0 and "--gpu" in bad.stdout + bad.stderr
+
+
+def _plan_cli(*args):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    res = CliRunner().invoke(app, ["plan", *map(str, args)], env={"COLUMNS": "300"})
+    out = " ".join(res.output.split())
+    assert "Traceback" not in out and (res.exception is None or isinstance(res.exception, SystemExit)), out
+    return res.exit_code, out
+
+
+@pytest.mark.parametrize("nproc", ["0", "-2"])
+def test_nproc_below_one_is_refused_never_planned(tiny_recipe, nproc):
+    code, out = _plan_cli(tiny_recipe(), "--nproc", nproc)
+    assert code == 2 and "--nproc" in out and "fits" not in out and "steps of -" not in out, out
+    from tunesmith.config import load_recipe
+    from tunesmith.errors import RecipeError
+    from tunesmith.plan import advisor
+
+    with pytest.raises(RecipeError, match="--nproc"):  # the library refuses it too
+        advisor.plan(load_recipe(tiny_recipe()), gpu="h100", nproc=int(nproc), lengths=[64] * 8, trained=0.5)
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 4, "vocab_size": 100}, "lacks positive integer"),
+        (
+            {"model_type": "llama", "num_hidden_layers": "2", "hidden_size": 32, "vocab_size": 9, "num_attention_heads": 4},
+            "num_hidden_layers",
+        ),
+        ([1, 2], "not a model config"),
+        ("{broken", "not a readable config.json"),
+    ],
+)
+def test_a_config_the_planner_cannot_read_is_a_clear_error(tmp_path, config, message):
+    import json
+
+    from tunesmith.errors import ModelError
+    from tunesmith.plan.memory import Shape
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
+    with pytest.raises(ModelError, match=message) as info:
+        Shape.from_config(folder)
+    assert isinstance(info.value, ValueError)  # training treats it as "no plan" and trains on
+
+
+def test_plan_cli_on_a_non_llama_model_and_a_missing_data_file(tmp_path, tiny_model_dir):
+    import json
+    import shutil
+
+    from helpers import chat_rows, write_jsonl
+
+    data = write_jsonl(tmp_path / "train.jsonl", chat_rows(8))
+    gpt2 = tmp_path / "gpt2"
+    shutil.copytree(tiny_model_dir, gpt2, ignore=shutil.ignore_patterns("*.safetensors"))
+    (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "vocab_size": 100}))
+    code, out = _plan_cli("--model", gpt2, "--data", data)
+    assert code == 1 and "lacks positive integer" in out and "Llama-style" in out, out
+    code, out = _plan_cli("--model", tiny_model_dir, "--data", tmp_path / "missing.jsonl")
+    assert code == 1 and "data.train.0" in out and "missing.jsonl" in out, out
+    code, out = _plan_cli("--model", tiny_model_dir, "--data", data, "--price", "-1")
+    assert code == 2 and "--price" in out

@@ -4,6 +4,7 @@ search, retrieval metrics, and the one prompt builder that training and eval sha
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -257,6 +258,8 @@ def test_odd_inputs_do_not_break_the_index(tmp_path, minilm):
     texts = [r["text"] for r in retriever.table.to_arrow().to_pylist()]
     assert stats.files == 5 and not any("while(1)" in t for t in texts) and all(len(t) <= 300 for t in texts)
     assert "{broken json" in texts and "a fine row." in texts
+    assert stats.skipped == ["odd/bytes.txt: binary, not text (a NUL byte at offset 5)"]  # left out, and said so
+    assert not any("caf" in t for t in texts)
     for query in ('<script>"AND OR (', "NOT *:* ~", "\x00", "Ünïcödé"):
         assert isinstance(retriever.search(query, k=2), list)
     with pytest.raises(DataError, match="no text"):
@@ -312,3 +315,118 @@ def test_recipe_rag_template_is_checked_when_the_recipe_loads(index, tiny_recipe
             load_recipe(tiny_recipe(rag={"index": str(index), "template": bad}))
     with pytest.raises(RecipeError, match="rag.index"):
         load_recipe(tiny_recipe(rag={"index": "no-such-index"}))
+
+
+def test_binary_latin1_and_too_deep_rows_are_left_out_and_named(tmp_path, minilm):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "good.md").write_text(DOC_B, encoding="utf-8")
+    (docs / "latin1.txt").write_bytes("Le café coûte trois euros.".encode("latin-1"))
+    (docs / "image.md").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (docs / "rows.jsonl").write_text('{"text": "A shallow row."}\n' + "[" * 5000 + "]" * 5000 + "\n", encoding="utf-8")
+    res = CliRunner().invoke(app, ["index", "build", str(docs), "--out", str(tmp_path / "idx")])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 0 and "Traceback" not in out, out
+    assert re.search(r"left out\W+3 \(not UTF-8 text", out), out  # the count, in the build's table
+    assert "docs/latin1.txt: not UTF-8 text (byte 0xe9 at offset 6)" in out
+    assert "docs/image.md: binary, not text" in out and "docs/rows.jsonl:2: JSON nested deeper than 64 levels" in out
+    texts = [r["text"] for r in Retriever.open(tmp_path / "idx").table.to_arrow().to_pylist()]
+    assert "A shallow row." in texts and not any("caf" in t or "PNG" in t or "[[[" in t for t in texts)
+    with pytest.raises(DataError, match=r"no text found in 1 document\(s\)\n  - latin1.txt: not UTF-8"):
+        build_index([docs / "latin1.txt"], tmp_path / "idx2", embedder=minilm)
+
+
+def test_eval_out_html_never_writes_the_page_over_the_report(index, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from helpers import plant_links, predictable_temp_names, untouched, victim
+    from tunesmith.cli import app
+
+    gold = write_jsonl(tmp_path / "gold.jsonl", [{"question": "Where do parcels leave from?", "sources": ["shipping.md"]}])
+    shared = tmp_path / "shared"
+    outside = victim(tmp_path)
+    links = plant_links(shared, ["x.json", "x.html", ".tunesmith"], outside)
+    predictable_temp_names(monkeypatch)
+    runner = CliRunner()
+    res = runner.invoke(app, ["index", "eval", str(index), str(gold), "--out", str(shared / "x.html")])
+    assert res.exit_code == 0, res.output
+    report = json.loads((shared / "x.json").read_text())  # the figures, not a page
+    assert report["modes"]["hybrid"]["hit_rate"] == 1.0
+    assert (shared / "x.html").read_text().lstrip().lower().startswith("<!doctype html")
+    assert untouched(outside, links)
+    before = {p.name: p.read_bytes() for p in shared.iterdir() if not p.is_symlink()}
+    for again in ("x.html", "x.json", "x"):  # the same two files, whichever name --out gives: refused, nothing written
+        res = runner.invoke(app, ["index", "eval", str(index), str(gold), "--out", str(shared / again)])
+        assert res.exit_code != 0 and "already exists" in " ".join(res.output.split()), res.output
+    assert {p.name: p.read_bytes() for p in shared.iterdir() if not p.is_symlink()} == before
+    as_json = tmp_path / "gold.json"  # --out naming the labelled file itself: refused as an input
+    as_json.write_text(json.dumps([json.loads(gold.read_text())]))
+    res = runner.invoke(app, ["index", "eval", str(index), str(as_json), "--out", str(as_json)])
+    assert res.exit_code != 0 and "input" in res.output and json.loads(as_json.read_text())[0]["question"]
+
+
+def _damage(index: Path, how: str) -> None:
+    if how == "record-binary":
+        (index / "tunesmith-index.json").write_bytes(b"\x89PNG\x00\xff")
+    elif how == "record-fields":
+        (index / "tunesmith-index.json").write_text('{"schema_version": 1}')
+    elif how == "table-missing":
+        shutil.rmtree(index / "chunks.lance")
+    elif how == "data-truncated":
+        for data in (index / "chunks.lance" / "data").iterdir():
+            data.write_bytes(data.read_bytes()[:100])
+    elif how == "versions-garbage":
+        for manifest in (index / "chunks.lance" / "_versions").iterdir():
+            manifest.write_text("garbage\n")
+
+
+@pytest.mark.parametrize("how", ["record-binary", "record-fields", "table-missing", "data-truncated", "versions-garbage"])
+def test_a_damaged_index_is_one_clear_error(index, tmp_path, how):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    Retriever._cache.clear()  # the fixture's index may be cached open from another test
+    _damage(index, how)
+    gold = write_jsonl(tmp_path / "gold.jsonl", [{"question": "Where do parcels leave from?", "sources": ["shipping.md"]}])
+    for args in (["query", str(index), "parcels"], ["eval", str(index), str(gold)]):
+        res = CliRunner().invoke(app, ["index", *args], env={"COLUMNS": "300"})
+        out = " ".join(res.output.split())
+        assert res.exit_code == 1 and (res.exception is None or isinstance(res.exception, SystemExit)), (args, out, res.exception)
+        assert "Traceback" not in out and str(index) in out and "Rebuild" in out, (args, out)
+    # A rebuild in place either repairs it (a missing table is simply written again) or refuses it, clearly.
+    res = CliRunner().invoke(app, ["index", "build", str(tmp_path / "docs"), "--out", str(index)], env={"COLUMNS": "300"})
+    out = " ".join(res.output.split())
+    assert res.exception is None or isinstance(res.exception, SystemExit), (out, res.exception)
+    if res.exit_code == 0:
+        Retriever._cache.clear()
+        assert Retriever.open(index).search("parcels", k=1)[0].source == "docs/shipping.md"
+    else:
+        assert res.exit_code == 1 and str(index) in out and "Rebuild" in out, out
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["query", "{index}", "parcels", "-k", "0"], "-k"),
+        (["query", "{index}", "parcels", "-k", "-5"], "-k"),
+        (["eval", "{index}", "{gold}", "-k", "0"], "-k"),
+        (["build", "{docs}", "--out", "{tmp}/new", "--chunk-chars", "0"], "--chunk-chars"),
+        (["build", "{docs}", "--out", "{tmp}/new", "--overlap-chars", "-1"], "--overlap-chars"),
+    ],
+)
+def test_numbers_out_of_range_are_refused(index, docs, tmp_path, args, option):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    gold = write_jsonl(tmp_path / "gold.jsonl", [{"question": "Where do parcels leave from?", "sources": ["shipping.md"]}])
+    values = {"index": index, "gold": gold, "docs": docs, "tmp": tmp_path}
+    res = CliRunner().invoke(app, ["index", *[a.format(**values) for a in args]], env={"COLUMNS": "300"})
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2 and "Invalid value for" in out and option in out, out
+    assert not (tmp_path / "new").exists()

@@ -11,7 +11,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -32,7 +32,12 @@ app = typer.Typer(
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a TunesmithError into one red paragraph and its exit code; keep tracebacks for real bugs."""
+    """Turn a user's mistake into one red paragraph and an exit code; keep tracebacks for real bugs.
+
+    TunesmithError: its message, hint and exit code. The last line of defence for paths a command did not check
+    itself: an OSError naming a file (a folder given for a file, a missing or unreadable path) is exit 74, a file
+    that is not UTF-8 text exit 65. Anything else is a bug and keeps its traceback.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -40,15 +45,26 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except TunesmithError as exc:
-            err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, markup=True)
-            if exc.hint:
-                err_console.print(f"[yellow]{escape(exc.hint)}[/]", highlight=False)
-            raise typer.Exit(exc.exit_code) from None
+            _fail(exc.message, exc.hint, exc.exit_code)
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
+        except OSError as exc:
+            if exc.filename is None:
+                raise  # not about a path: a bug
+            names = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+            _fail(f"{names}: {exc.strerror or exc}", "Check the path and its permissions.", 74)  # EX_IOERR
+        except UnicodeDecodeError as exc:
+            _fail(f"a file given is not UTF-8 text ({exc})", "Give a UTF-8 text file.", 65)  # EX_DATAERR
 
     return wrapper
+
+
+def _fail(message: str, hint: str | None, code: int) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
+    if hint:
+        err_console.print(f"[yellow]{escape(hint)}[/]", highlight=False)
+    raise typer.Exit(code) from None
 
 
 def _quiet_libraries() -> None:

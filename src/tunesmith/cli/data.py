@@ -196,10 +196,14 @@ def check(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     html: Path = typer.Option(None, "--html", help="Also write an HTML report with length histograms."),
     gpu: str = typer.Option("h100", help="GPU for the time/cost estimate: h100 | a100 | l4 | cpu."),
-    price_per_hour: float = typer.Option(None, help="USD per hour for that GPU (default: an assumed on-demand rate)."),
-    epochs: float = typer.Option(None, help="Epochs for the cost estimate (default: the recipe's, else OpenAI's rule)."),
+    price_per_hour: float = typer.Option(None, min=0, help="USD per hour for that GPU (default: an assumed on-demand rate)."),
+    epochs: float = typer.Option(
+        None, min=0.001, help="Epochs for the cost estimate (default: the recipe's, else OpenAI's rule)."
+    ),
     no_tokens: bool = typer.Option(False, "--no-tokens", help="Skip the token checks (no tokenizer is loaded)."),
-    near_threshold: float = typer.Option(0.8, help="MinHash Jaccard similarity from which rows are near-duplicates."),
+    near_threshold: float = typer.Option(
+        0.8, min=0.0, max=1.0, help="MinHash Jaccard similarity from which rows are near-duplicates."
+    ),
 ) -> None:
     """Audit data files: blocking errors vs warnings, each with file, line and message index. Exit 0 clean, 1 errors, 2 unreadable."""
     from tunesmith.data import stats
@@ -403,6 +407,8 @@ def show(
         soft_wrap=True,
     )
     console.print(escape(counts_line(shown)), highlight=False, soft_wrap=True)
+    if not shown.segments:  # the row could not be read or normalised: nothing of it reaches training
+        raise typer.Exit(1)
 
 
 @data_app.command("synth")
@@ -421,16 +427,16 @@ def synth(
 ) -> None:
     """Generate synthetic examples from seeds; keep only candidates that pass validation; report rejections by reason."""
     from tunesmith.data.convert import write_rows
-    from tunesmith.data.synth import load_generator, load_seeds, synthesize
+    from tunesmith.data.synth import load_generator, load_schema, load_seeds, synthesize
     from tunesmith.errors import DataError
     from tunesmith.outputs import claim_file, record_file
 
-    claim_file(out, inputs=[seed_file])  # before paying for any generation
-    seeds = load_seeds(seed_file)
-    try:
-        schema_obj = json.loads(schema.read_text(encoding="utf-8")) if schema else None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"--schema {schema}: {exc}") from None
+    claim_file(out, inputs=[seed_file])  # every refusal comes before paying for the model and any generation
+    left_out: list[str] = []
+    seeds = load_seeds(seed_file, left_out)
+    schema_obj = load_schema(schema) if schema else None
+    if left_out:
+        err_console.print(f"[yellow]left out {len(left_out)} seed row(s):[/] " + escape("; ".join(left_out[:5])), highlight=False)
     with err_console.status(f"loading {model} ..."):
         gen_model, tokenizer = load_generator(model)
     with err_console.status("generating ...") as status:
@@ -447,13 +453,18 @@ def synth(
             seed=seed,
             on_batch=lambda ok, tried: status.update(f"generating ... {ok} accepted of {tried}"),
         )
-    write_rows(out, res.accepted)
-    record_file(out)
     table = Table("verdict", "count", "example output", title=f"synth: {res.attempts} candidates", title_justify="left")
     table.add_row("[green]accepted[/]", str(len(res.accepted)), "")
     for reason, count in res.rejected.most_common():
         table.add_row(f"[red]{reason}[/]", str(count), escape(res.examples.get(reason, "")[:80]))
     console.print(table)
+    if not res.accepted:
+        raise DataError(
+            f"none of {res.attempts} candidates passed validation; {out} was not written",
+            hint="See the rejections above: try more --max-attempts, a larger --max-new-tokens, or a stronger --model.",
+        )
+    write_rows(out, res.accepted)
+    record_file(out)
     console.print(f"[green]wrote[/] {out}: {len(res.accepted)} of {n} requested")
     if len(res.accepted) < n:
         err_console.print(f"[yellow]warning:[/] only {len(res.accepted)} of {n} candidates passed validation")

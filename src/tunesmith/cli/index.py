@@ -37,8 +37,12 @@ def build(
     embedder: str | None = typer.Option(
         None, help="sentence-transformers folder or cached hub id; default: the bundled all-MiniLM-L6-v2."
     ),
-    chunk_chars: int = typer.Option(800, help="Largest chunk in characters; chunks end on sentences, headings start new ones."),
-    overlap_chars: int = typer.Option(120, help="Characters of trailing sentences repeated at the start of the next chunk."),
+    chunk_chars: int = typer.Option(
+        800, min=32, help="Largest chunk in characters; chunks end on sentences, headings start new ones."
+    ),
+    overlap_chars: int = typer.Option(
+        120, min=0, help="Characters of trailing sentences repeated at the start of the next chunk."
+    ),
 ) -> None:
     """Chunk, embed and store documents in a LanceDB index (vectors + full-text index + source lines)."""
     from rich.progress import (
@@ -78,7 +82,13 @@ def build(
         ("time", f"{stats.seconds:.1f} s ({stats.embed_seconds:.1f} s embedding)"),
     ):
         table.add_row(label, escape(str(value)))
+    if stats.skipped:
+        table.add_row("left out", f"{len(stats.skipped)} (not UTF-8 text, or JSON rows nested too deep)")
     console.print(table)
+    for line in stats.skipped[:20]:
+        err_console.print(f"[yellow]left out:[/] {escape(line)}", highlight=False)
+    if len(stats.skipped) > 20:
+        err_console.print(f"[yellow]... and {len(stats.skipped) - 20} more[/]")
 
 
 @index_app.command("query")
@@ -86,7 +96,7 @@ def build(
 def query(
     index: Path = typer.Argument(..., help="Index folder."),
     question: str = typer.Argument(..., help="What to search for."),
-    k: int = typer.Option(5, "-k", help="Passages to show."),
+    k: int = typer.Option(5, "-k", min=1, help="Passages to show."),
     mode: str = typer.Option("hybrid", help="hybrid (vector + full text, fused by reciprocal rank), vector or fts."),
     as_json: bool = typer.Option(False, "--json", help="Print the passages as JSON lines instead of a table."),
 ) -> None:
@@ -119,14 +129,15 @@ def evaluate(
     file: Path = typer.Argument(
         ..., help="JSONL rows with `question` (or messages) and gold `sources` (chunk ids, files or file:line)."
     ),
-    k: int = typer.Option(5, "-k", help="Cut-off for recall@k and hit rate."),
+    k: int = typer.Option(5, "-k", min=1, help="Cut-off for recall@k and hit rate."),
     out: Path | None = typer.Option(
-        None, "--out", help="Also write the figures as JSON to this new file, and a page beside it (.html)."
+        None, "--out", help="Also write the figures to X.json and a page to X.html (--out X, X.json or X.html; both new)."
     ),
 ) -> None:
     """Recall@k, MRR and hit rate of each search mode on labelled questions."""
     from tunesmith.rag.quality import evaluate_index
 
+    paths = _report_paths(out, file) if out is not None else None  # refused before any work
     report = evaluate_index(index, file, k=k)
     table = Table(title=f"retrieval on {report.scored} question(s) ({report.skipped} skipped), k={k}")
     for column in ("mode", f"recall@{k}", "MRR", f"hit@{k}"):
@@ -136,19 +147,26 @@ def evaluate(
     console.print(table)
     for miss in report.misses[:5]:
         err_console.print(f"[yellow]miss:[/] {escape(miss['question'][:100])} -> gold {escape(', '.join(miss['gold']))}")
-    if out is not None:
-        _write_report(out, report)
+    if paths is not None:
+        _write_report(*paths, report)
 
 
-def _write_report(out: Path, report: Any) -> None:
-    """report.json and report.html; refuses (writing nothing) when either exists."""
+def _report_paths(out: Path, gold: Path) -> tuple[Path, Path]:
+    """(JSON report, HTML page) for --out: X.json + X.html, whichever of the two --out names; two distinct new files."""
+    from tunesmith.outputs import claim_file
+
+    stem = out.with_suffix("") if out.suffix.lower() in (".json", ".html", ".htm") else out
+    report, page = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".html")
+    return claim_file(report, inputs=[gold]), claim_file(page, inputs=[gold], what="--out page")
+
+
+def _write_report(out: Path, page: Path, report: Any) -> None:
     from tunesmith.atomic import write_text_atomic
-    from tunesmith.errors import DataError
+    from tunesmith.outputs import record_file
     from tunesmith.rag.report import write_html
 
-    page = out.with_suffix(".html")
-    if taken := [str(p) for p in (out, page) if p.exists()]:
-        raise DataError(f"{', '.join(taken)} exists; nothing was written", hint="Choose a new --out file.")
     write_text_atomic(out, report.model_dump_json(indent=2))
     write_html(page, report)
+    record_file(out)
+    record_file(page)
     console.print(f"wrote {escape(str(out))} and {escape(str(page))}")

@@ -112,9 +112,9 @@ def monitor(
         overwrite=True,
         what="monitor folder",
     )
-    write_report(folder / REPORT_NAME, report)
-    write_html(folder / HTML_NAME, report)
-    outputs.record(folder, REPORT_NAME, HTML_NAME)
+    with outputs.replacing(folder) as stage:  # the earlier report stays until the new one is complete
+        write_report(stage / REPORT_NAME, report)
+        write_html(stage / HTML_NAME, report)
     console.print(signal_table(report))
     console.print(f"report: {folder / HTML_NAME} (+ {REPORT_NAME})")
     if export_retrain is not None:

@@ -14,8 +14,8 @@ from tunesmith.cli import app, console, handle_errors
 def plan(
     recipe: Path = typer.Argument(None, help="Recipe YAML (or give --model and --data)."),
     gpu: str = typer.Option("cpu", "--gpu", help="h100 | a100 | l4 | rtx4090 | cpu (this machine, measured)."),
-    nproc: int = typer.Option(1, "--nproc", help="Devices trained on together (data parallel)."),
-    price: float = typer.Option(None, "--price", help="Price per device-hour in USD (default: a typical on-demand rate)."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Devices trained on together (data parallel)."),
+    price: float = typer.Option(None, "--price", min=0, help="Price per device-hour in USD (default: a typical on-demand rate)."),
     model: str = typer.Option(None, "--model", help="Base model, without a recipe."),
     data: Path = typer.Option(None, "--data", help="Training file, without a recipe."),
     adapter: str = typer.Option("lora", "--adapter", help="lora | qlora | dora | full, without a recipe."),
@@ -26,7 +26,7 @@ def plan(
     from rich.table import Table
 
     from tunesmith import models
-    from tunesmith.config import Recipe, load_recipe
+    from tunesmith.config import load_recipe, recipe_from_dict
     from tunesmith.errors import RecipeError
     from tunesmith.plan.advisor import plan as make_plan
     from tunesmith.plan.cost import GPUS
@@ -37,7 +37,7 @@ def plan(
         cfg = load_recipe(recipe, set_)
     elif model and data:
         values = {"model": {"base": model}, "data": {"train": [str(data.resolve())]}, "adapter": {"type": adapter}}
-        cfg = Recipe.model_validate(values)
+        cfg = recipe_from_dict(values, Path.cwd(), source="--model/--data")
     else:
         raise RecipeError([("(arguments)", "give a RECIPE, or --model and --data")])
     tokenizer = models.load_tokenizer(models.resolve_base(cfg.model.base))

@@ -31,7 +31,7 @@ def _round(store: ReviewStore, round_id: int | None) -> ReviewRound:
 def stats(
     run: Path = typer.Argument(..., help="Run folder."),
     round_id: int = typer.Option(None, "--round", help="Round id (default: the newest)."),
-    min_agree: int = typer.Option(1, help="An item counts only when at least this many reviewers agree."),
+    min_agree: int = typer.Option(1, min=1, help="An item counts only when at least this many reviewers agree."),
 ) -> None:
     """Win rate with its Wilson 95% interval, reviewer agreement (Cohen's / Fleiss' kappa), disagreements."""
     from tunesmith.studio.review import ReviewStore, compute_stats
@@ -61,7 +61,7 @@ def export(
     to: str = typer.Option(..., "--to", help="sft (reviewers' corrections) or dpo (counted preferences)."),
     out: Path = typer.Option(..., "--out", help="New file to write (never overwritten)."),
     round_id: int = typer.Option(None, "--round", help="Round id (default: the newest)."),
-    min_agree: int = typer.Option(1, help="A preference counts only when at least this many reviewers agree."),
+    min_agree: int = typer.Option(1, min=1, help="A preference counts only when at least this many reviewers agree."),
 ) -> None:
     """Write corrections as SFT rows or preferences as DPO rows (OpenAI shape), then audit the file."""
     from tunesmith.studio.review import ReviewStore, export_rows, write_export

@@ -98,15 +98,47 @@ def read_records(path: str | Path) -> Iterator[Record]:
         raise DataError(f"{path}: cannot read the file: {exc}") from None
 
 
+MAX_DEPTH = 64
+"""Deepest nesting of lists and objects a row may have: a chat row needs 4; deeper is refused as a bad row, so no
+later step (checks, templates, dedup, json.dumps) can run out of recursion on it."""
+TOO_DEEP = f"JSON nested deeper than {MAX_DEPTH} levels"
+
+
+def parse_json(text: str) -> Any:
+    """json.loads for a row from a user's file: ValueError (with a message) when it is not JSON or nested too deep."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f"column {exc.colno}" if exc.lineno == 1 else f"line {exc.lineno}, column {exc.colno}"
+        raise ValueError(f"invalid JSON: {exc.msg} ({where})") from None
+    except RecursionError:  # the parser itself gave up (thousands of levels)
+        raise ValueError(TOO_DEEP) from None
+    if too_deep(value):
+        raise ValueError(TOO_DEEP)
+    return value
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether lists/objects nest deeper than `limit` (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
 def _read_jsonl(path: Path) -> Iterator[Record]:
     with _open_text(path) as fh:
         for number, line in enumerate(fh, start=1):
             if not line.strip():
                 continue  # blank lines carry nothing; they are not rows
             try:
-                yield Record(str(path), number, json.loads(line))
-            except json.JSONDecodeError as exc:
-                yield Record(str(path), number, None, f"invalid JSON: {exc.msg} (column {exc.colno})")
+                yield Record(str(path), number, parse_json(line))
+            except ValueError as exc:
+                yield Record(str(path), number, None, str(exc))
 
 
 def _read_json(path: Path) -> Iterator[Record]:
@@ -117,9 +149,12 @@ def _read_json(path: Path) -> Iterator[Record]:
     except json.JSONDecodeError as exc:
         yield Record(str(path), exc.lineno, None, f"invalid JSON: {exc.msg} (column {exc.colno})")
         return
+    except RecursionError:
+        yield Record(str(path), 1, None, TOO_DEEP)
+        return
     rows = data if isinstance(data, list) else [data]
     for index, obj in enumerate(rows, start=1):
-        yield Record(str(path), index, obj)
+        yield Record(str(path), index, None, TOO_DEEP) if too_deep(obj) else Record(str(path), index, obj)
 
 
 def _read_csv(path: Path) -> Iterator[Record]:
@@ -132,9 +167,9 @@ def _read_csv(path: Path) -> Iterator[Record]:
             # A `messages` column holding JSON text is the chat shape stored in a CSV cell.
             if isinstance(obj.get("messages"), str):
                 try:
-                    obj["messages"] = json.loads(obj["messages"])
-                except json.JSONDecodeError as exc:
-                    yield Record(str(path), reader.line_num, None, f"column `messages` is not valid JSON: {exc.msg}")
+                    obj["messages"] = parse_json(obj["messages"])
+                except ValueError as exc:
+                    yield Record(str(path), reader.line_num, None, f"column `messages`: {exc}")
                     continue
             for key in _JSON_CSV_COLUMNS & obj.keys():
                 obj[key] = _json_cell(obj[key])
@@ -159,8 +194,8 @@ def _json_cell(text: str) -> Any:
     if not text.lstrip().startswith(("[", "{")):
         return text
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
+        value = parse_json(text)
+    except ValueError:
         return text
     if isinstance(value, dict) or (isinstance(value, list) and value and all(isinstance(v, dict) for v in value)):
         return value
@@ -175,7 +210,8 @@ def _read_parquet(path: Path) -> Iterator[Record]:
     except Exception as exc:  # pyarrow raises several types for truncated or foreign files
         raise DataError(f"{path}: not a readable Parquet file: {exc}") from None
     for index, obj in enumerate(table.to_pylist(), start=1):
-        yield Record(str(path), index, {k: v for k, v in obj.items() if v is not None})
+        row = {k: v for k, v in obj.items() if v is not None}
+        yield Record(str(path), index, None, TOO_DEEP) if too_deep(row) else Record(str(path), index, row)
 
 
 SHAPES = ("messages", "sharegpt", "alpaca", "prompt_completion", "preference", "openai_dpo", "prompt_only")

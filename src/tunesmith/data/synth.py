@@ -19,7 +19,7 @@ from typing import Any
 
 from tunesmith.data import dedup
 from tunesmith.data.checks import ERROR, check_record, last_answer
-from tunesmith.data.formats import Record, read_records
+from tunesmith.data.formats import Record, parse_json, read_records, too_deep
 from tunesmith.data.template import tokenize_example
 from tunesmith.errors import DataError
 from tunesmith.eval import metrics
@@ -73,6 +73,8 @@ class CandidateValidator:
         obj = parse_candidate(text)
         if obj is None:
             return None, "unparseable"
+        if too_deep(obj):  # brackets, not a row: never handed to code that recurses
+            return None, "invalid_row"
         row, findings = check_record(Record("candidate", 1, obj))
         if row is None:
             codes = {f.code for f in findings if f.severity == ERROR}
@@ -113,11 +115,41 @@ def build_prompt(seeds: list[dict[str, Any]], rng: random.Random, k: int = 3) ->
     ]
 
 
-def load_seeds(path: str | Path) -> list[dict[str, Any]]:
-    seeds = [rec.obj for rec in read_records(path) if not rec.error and check_record(rec)[0] is not None]
+def load_seeds(path: str | Path, skipped: list[str] | None = None) -> list[dict[str, Any]]:
+    """The valid rows of a seed file; each row left out is appended to `skipped` as "file:line: reason"."""
+    seeds = []
+    for rec in read_records(path):
+        row, findings = check_record(rec)
+        if row is not None:
+            seeds.append(rec.obj)
+        elif skipped is not None:
+            reason = next((f.message for f in findings if f.severity == ERROR), "not a training row")
+            skipped.append(f"{rec.where}: {reason}")
     if not seeds:
         raise DataError(f"{path}: no valid seed rows", hint="Check it with `tunesmith data check`.")
     return seeds
+
+
+def load_schema(path: Path) -> dict[str, Any]:
+    """A JSON schema file, checked against the JSON Schema 2020-12 meta-schema (DataError naming the problem)."""
+    import jsonschema
+
+    try:
+        schema = parse_json(path.read_text(encoding="utf-8"))
+    except IsADirectoryError:
+        raise DataError(f"--schema {path} is a folder, not a JSON schema file") from None
+    except OSError as exc:
+        raise DataError(f"--schema {path}: cannot read: {exc.strerror or exc}") from None
+    except ValueError as exc:  # invalid JSON, too deep, or not UTF-8 text
+        raise DataError(f"--schema {path}: {exc}", hint="Give a JSON schema file (UTF-8 JSON).") from None
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
+        raise DataError(f"--schema {path} is not a valid JSON schema: at {where}: {exc.message}") from None
+    if not isinstance(schema, dict):
+        raise DataError(f"--schema {path} must be a JSON object (a schema), not {type(schema).__name__}")
+    return schema
 
 
 def synthesize(

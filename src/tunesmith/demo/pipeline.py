@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunesmith.atomic import write_text_atomic
 from tunesmith.config import (
     AdapterSection,
     EvalSection,
@@ -80,30 +81,58 @@ def write_project(directory: Path, overwrite: bool = False, claimed: bool = Fals
     if not claimed:
         directory = outputs.claim_dir(directory, "init", overwrite=overwrite, what="project folder")
     recipe = directory / "recipe.yaml"
-    if any((directory / name).exists() for name in PROJECT_FILES):
+    if not overwrite and any((directory / name).exists() for name in PROJECT_FILES):
         raise TunesmithError(
             f"{recipe} already exists", hint="Pass --overwrite to replace the files init wrote, or pick another folder."
         )
-    (directory / "data").mkdir(parents=True, exist_ok=True)
-    for name in ("train.jsonl", "eval.jsonl"):
-        shutil.copyfile(DATA_DIR / name, directory / "data" / name)
-    shutil.copytree(CATALOG_DIR, directory / "catalog")
-    build_index([directory / "catalog"], directory / "index")
     header = (
         "# tunesmith recipe. Every field is documented above it; `tunesmith train recipe.yaml --set a.b=c` overrides one.\n"
         "# The data is the bundled demo task: support messages -> a strict one-line JSON ticket whose sku and warranty\n"
         "# come from the product catalog (catalog/, indexed in index/) that rag retrieves into every prompt.\n"
     )
-    recipe.write_text(header + commented_yaml(demo_recipe_values()) + "\n", encoding="utf-8")
-    outputs.record(directory, *PROJECT_FILES)
+    with outputs.replacing(directory, *PROJECT_FILES[:-1]) as stage:  # earlier files stay until these are complete
+        (stage / "data").mkdir()
+        for name in ("train.jsonl", "eval.jsonl"):
+            shutil.copyfile(DATA_DIR / name, stage / "data" / name)
+        shutil.copytree(CATALOG_DIR, stage / "catalog")
+        write_text_atomic(stage / "recipe.yaml", header + commented_yaml(demo_recipe_values()) + "\n")
+    build_index([directory / "catalog"], directory / "index")  # an earlier index is updated in place, kept on failure
+    outputs.record(directory, "index")
     return recipe
 
 
 def run_demo(directory: Path, console: Any, steps: int | None = None, fresh: bool = True) -> LadderReport:
     """Pull → init → train → the ladder → merge → chat; print what it proved. Returns the ladder report."""
+    from tunesmith import outputs
+
+    started = time.time()
+    # Only a folder an earlier demo made is reused; with fresh, only the demo's own files in it are replaced.
+    directory = outputs.claim_dir(directory, "demo", overwrite=fresh, what="--dir")
+    # Recorded up front: a rerun after a crash still replaces them.
+    outputs.record(directory, "runs/demo", "runs/demo-ladder", "merged")
+    # The run folder records its own path, so it cannot be staged elsewhere: the earlier demo's files are set
+    # aside for the run and put back if it fails.
+    with outputs.set_aside(directory):
+        report = _demo_steps(directory, console, steps)
+    console.rule("[bold]what this proved")
+    console.print(proof(report) + f" Total {time.time() - started:.0f}s.", highlight=False)
+    zero, both = report.rung("base"), report.rung("tuned_rag")
+    if (
+        zero is None
+        or both is None
+        or both.status != "ok"
+        or not (
+            both.metrics["exact_match"] > zero.metrics["exact_match"] and both.metrics["json_valid"] > zero.metrics["json_valid"]
+        )
+    ):
+        raise TunesmithError("tuned + RAG did not beat the base on exact match and JSON-valid rate")
+    return report
+
+
+def _demo_steps(directory: Path, console: Any, steps: int | None) -> LadderReport:
+    """The five steps of the demo in `directory` (claimed by the caller); the ladder report."""
     from rich.progress import Progress
 
-    from tunesmith import outputs
     from tunesmith.chat import ChatSession
     from tunesmith.cli.ladder import print_ladder
     from tunesmith.config import load_recipe
@@ -112,11 +141,6 @@ def run_demo(directory: Path, console: Any, steps: int | None = None, fresh: boo
     from tunesmith.models import pull
     from tunesmith.train import run as train_run
 
-    started = time.time()
-    # Only a folder an earlier demo made is reused; with fresh, only the demo's own files in it are removed.
-    directory = outputs.claim_dir(directory, "demo", overwrite=fresh, what="--dir")
-    # Recorded up front: a rerun after a crash still removes them.
-    outputs.record(directory, "runs/demo", "runs/demo-ladder", "merged")
     console.rule("[bold]1/5 base model")
     with console.status("importing SmolLM2-135M-Instruct from its GGUF (once) ..."):
         base = pull("smollm2-135m-instruct")
@@ -145,19 +169,6 @@ def run_demo(directory: Path, console: Any, steps: int | None = None, fresh: boo
     sample = "Hi, this is Ruth Keller from Pinewood Bakery. The OvenPro 9 I bought arrived with a cracked door. It cost 349.00 EUR. Please sort this out urgently."
     answer = ChatSession.open(str(run.dir)).ask(sample, 80)
     console.print(f"chat> {sample}\n[bold]tuned>[/] {answer}", highlight=False)
-
-    console.rule("[bold]what this proved")
-    console.print(proof(report) + f" Total {time.time() - started:.0f}s.", highlight=False)
-    zero, both = report.rung("base"), report.rung("tuned_rag")
-    if (
-        zero is None
-        or both is None
-        or both.status != "ok"
-        or not (
-            both.metrics["exact_match"] > zero.metrics["exact_match"] and both.metrics["json_valid"] > zero.metrics["json_valid"]
-        )
-    ):
-        raise TunesmithError("tuned + RAG did not beat the base on exact match and JSON-valid rate")
     return report
 
 

@@ -143,7 +143,7 @@ def write_outputs(out: Path, report: EvalReport, rows: list[dict[str, Any]], his
     from tunesmith.eval.report import write_html
 
     out = outputs.claim_dir(out, "eval", overwrite=True, what="eval folder")  # replaces only an earlier eval's files
-    write_eval_report(out / "report.json", report)
-    write_rows(out / "predictions.jsonl", rows)
-    write_html(out / "report.html", report.model_dump(mode="json"), rows, history)  # the page reads plain JSON
-    outputs.record(out, "report.json", "predictions.jsonl", "report.html")
+    with outputs.replacing(out) as stage:  # the earlier report stays until the new one is complete
+        write_eval_report(stage / "report.json", report)
+        write_rows(stage / "predictions.jsonl", rows)
+        write_html(stage / "report.html", report.model_dump(mode="json"), rows, history)  # the page reads plain JSON

@@ -329,9 +329,10 @@ def ladder(
     progress: Any = None,
 ) -> tuple[LadderReport, Path]:
     """Claim the output folder, measure the ladder, write its files; (report, folder)."""
-    from tunesmith.outputs import claim_dir
+    from tunesmith.outputs import claim_dir, replacing
 
     folder = claim_dir(out or default_out(recipe), "ladder", overwrite=overwrite, what="ladder folder")
     report, rows = run_ladder(recipe, max_examples=max_examples, progress=progress)
-    write_ladder(folder, report, rows)
+    with replacing(folder) as stage:  # an earlier ladder's files stay until the new ones are complete
+        write_ladder(stage, report, rows)
     return report, folder

@@ -18,7 +18,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from tunesmith.atomic import write_text_atomic
+from tunesmith.atomic import write_bytes_atomic, write_text_atomic
 from tunesmith.eval.metrics import primary_metrics
 
 __all__ = ["loss_curve_png", "metrics_chart_png", "write_html"]
@@ -80,7 +80,7 @@ def loss_curve_png(history: Sequence[dict[str, Any]], path: Path | None = None) 
         fig.tight_layout()
         data = _png(fig)
     if path is not None:
-        Path(path).write_bytes(data)
+        write_bytes_atomic(path, data)
     return data
 
 

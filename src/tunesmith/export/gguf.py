@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
-import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from pydantic import Field
 from tunesmith import models, outputs
 from tunesmith.errors import ModelError, RunError
 from tunesmith.records import Record
-from tunesmith.run import Run, is_run_dir, load_run, versions
+from tunesmith.run import Run, is_run_dir, load_run, read_json_record, versions
 
 log = logging.getLogger(__name__)
 LINEAGE_KEY = "tunesmith.lineage"
@@ -200,11 +200,21 @@ def _claim(out: Path, overwrite: bool) -> tuple[Path, Path]:
     return out, sidecar
 
 
+@contextmanager
+def _stage(out: Path) -> Iterator[Path]:
+    """A private temp folder beside `out` (random name, mode 0700, so nothing can be planted in it), removed after;
+    on a failure, so are the folders made for `out`."""
+    from tunesmith.atomic import new_parents
+
+    with new_parents(out), tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent) as stage:
+        yield Path(stage)
+
+
 def _publish(tmp: Path, out: Path, sidecar: Path, lineage: ExportLineage) -> None:
-    from tunesmith.atomic import write_text_atomic
+    from tunesmith.atomic import publish, write_text_atomic
 
     write_text_atomic(sidecar, lineage.model_dump_json(indent=2))
-    os.replace(tmp, out)
+    publish(tmp, out)
     outputs.record_file(out)
     outputs.record_file(sidecar)
 
@@ -222,9 +232,9 @@ def _source(source: Path, stage: Path) -> tuple[Path, Run | None, dict[str, Any]
     if not (source / "config.json").exists():
         raise RunError(f"{source} is neither a run folder (run.yaml) nor a model folder (config.json)")
     merged = source / "tunesmith_lineage.json"
-    lineage = json.loads(merged.read_text(encoding="utf-8")) if merged.exists() else {}
+    lineage = read_json_record(merged, "lineage record", "merge the run again") if merged.exists() else {}
     parent = lineage.get("merged_from_run")
-    return source, (load_run(parent) if parent and is_run_dir(parent) else None), lineage
+    return source, (load_run(parent) if isinstance(parent, str) and is_run_dir(parent) else None), lineage
 
 
 def export_gguf(
@@ -234,9 +244,7 @@ def export_gguf(
     if type_ not in TYPES:
         raise RunError(f"--type {type_}: choose one of {', '.join(TYPES)}")
     out, sidecar = _claim(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with _stage(out) as stage:
         model_dir, run, merged = _source(source.expanduser().resolve(), stage)
         lineage = ExportLineage(
             artifact=out.name, kind="gguf", type=type_, **_run_lineage(run, models.load_tokenizer(str(model_dir)), merged)
@@ -255,8 +263,6 @@ def export_gguf(
         lineage = lineage.model_copy(update={"check": result, "sha256": models.sha256_file(tmp)})
         _publish(tmp, out, sidecar, lineage)
         return lineage
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 def refuse_adapter(run: Run) -> dict[str, Any]:
@@ -266,7 +272,7 @@ def refuse_adapter(run: Run) -> dict[str, Any]:
         raise RunError(
             f"{run.dir} is a full fine-tune: there is no adapter to export alone", hint="Export the model: drop --adapter-only."
         )
-    cfg = json.loads(path.read_text(encoding="utf-8"))
+    cfg = read_json_record(path, "peft adapter config", "train the run again")
     kind = cfg.get("peft_type", "LORA")
     hint = "Export the merged model instead: drop --adapter-only."
     if kind != "LORA":
@@ -287,6 +293,8 @@ def refuse_adapter(run: Run) -> dict[str, Any]:
             "per-module ranks, which a GGUF LoRA cannot hold",
             hint=hint,
         )
+    if not all(isinstance(cfg.get(k), (int, float)) and not isinstance(cfg.get(k), bool) for k in ("r", "lora_alpha")):
+        raise RunError(f"{path} is not a readable peft adapter config: it lacks a numeric r and lora_alpha")
     return dict(cfg)
 
 
@@ -339,13 +347,12 @@ def export_adapter_gguf(run_dir: Path, out: Path, overwrite: bool = False) -> Ex
     run = load_run(run_dir)
     cfg = refuse_adapter(run)
     out, sidecar = _claim(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = models.load_tokenizer(str(run.adapter_dir))
     from tunesmith.loader import resolve_run_base
 
     lineage = ExportLineage(artifact=out.name, kind="gguf-lora", type="f32", **_run_lineage(run, tokenizer, {}))
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
+    with _stage(out) as stage:
+        tmp = stage / out.name
         count = lora_to_gguf(Path(resolve_run_base(run)), run.adapter_dir, cfg, tmp, lineage)
         lineage = lineage.model_copy(
             update={
@@ -354,6 +361,4 @@ def export_adapter_gguf(run_dir: Path, out: Path, overwrite: bool = False) -> Ex
             }
         )
         _publish(tmp, out, sidecar, lineage)
-    finally:
-        tmp.unlink(missing_ok=True)
     return lineage

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from tunesmith import models, outputs
+from tunesmith.atomic import new_parents, staged_dir
 from tunesmith.data.template import prompt_messages
 from tunesmith.errors import RunError
 from tunesmith.loader import resolve_run_base
-from tunesmith.run import Run, held_out_examples, versions, write_json_atomic
+from tunesmith.run import Run, held_out_examples, read_json_record, versions, write_json_atomic
 
 
 def _greedy_tokens(model: Any, tokenizer: Any, conversations: list[list[dict[str, Any]]], max_new_tokens: int) -> list[list[int]]:
@@ -28,7 +25,7 @@ def _refuse(run: Run, dtype: str) -> None:
     config = run.adapter_dir / "adapter_config.json"
     if not config.exists():
         raise RunError(f"{run.dir} holds a full fine-tune, not an adapter: its adapter/ folder is already a complete model")
-    peft_type = json.loads(config.read_text(encoding="utf-8")).get("peft_type", "LORA")
+    peft_type = read_json_record(config, "peft adapter config", "train the run again").get("peft_type", "LORA")
     if peft_type not in ("LORA",):  # DoRA and rsLoRA are LORA too; soft prompts have no weights to fold in
         raise RunError(
             f"cannot merge a {peft_type.lower().replace('_', '-')} adapter ({run.dir}): "
@@ -105,18 +102,9 @@ def merge(run: Run, out_dir: Path, dtype: str = "float32", n_check: int = 3, max
         "dequantized": run.manifest.quantized_base,
         "base_note": base_note,
     }
-    made = [p for p in out_dir.parents if not p.exists()]  # parent folders this merge creates, deepest first
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
+    # Private until renamed into place (an empty --out is replaced); a failed merge leaves nothing, not even the
+    # folders it made for --out.
+    with new_parents(out_dir), staged_dir(out_dir) as stage:
         _save(merged, tokenizer, stage, lineage, run)
         outputs.record(stage, *[p.name for p in stage.iterdir()], command="merge")
-        if out_dir.exists():
-            out_dir.rmdir()  # empty (checked above)
-        os.replace(stage, out_dir)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        for folder in made:  # a failed merge leaves nothing, not even the folders it made for --out
-            folder.rmdir()
-        raise
     return {"out": str(out_dir), **check, "base_note": base_note, "lineage": lineage}

@@ -9,7 +9,6 @@ symlink swap, SERVE_DIR/adapters/<name> -> the new run folder, which `tunesmith 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from tunesmith.atomic import write_text_atomic
+from tunesmith.atomic import replace_symlink, write_text_atomic
 from tunesmith.errors import RunError
 from tunesmith.eval.gates import GateResult
 from tunesmith.records import Record
@@ -146,10 +145,7 @@ def promote(serve_dir: Path, name: str, run_dir: Path, previous: Path, added: Pa
         raise RunError(
             f"{link} exists and is not an adapter link made by tunesmith retrain", hint="Move it away or pick another --name."
         )
-    tmp = adapters / f".{name}.{os.getpid()}.tmp"
-    tmp.unlink(missing_ok=True)
-    os.symlink(run_dir.resolve(), tmp, target_is_directory=True)
-    os.replace(tmp, link)  # readers see the old target or the new one, never neither
+    replace_symlink(link, run_dir.resolve())  # readers see the old target or the new one, never neither
     record = Promotion(
         name=name,
         run=str(run_dir.resolve()),

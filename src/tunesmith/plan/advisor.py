@@ -106,8 +106,13 @@ def plan(
     otherwise the recipe's data is tokenized with `tokenizer`.
     """
     from tunesmith import models
+    from tunesmith.errors import RecipeError
     from tunesmith.train.speed import micro_batch, uses_bf16
 
+    if nproc < 1:
+        raise RecipeError([("--nproc", f"devices trained on together: 1 or more, not {nproc}")])
+    if price is not None and price < 0:
+        raise RecipeError([("--price", f"a price per device-hour is 0 or more, not {price}")])
     hw = cost.GPUS[gpu] if gpu != "cpu" else cost.cpu_hardware(bf16=uses_bf16(recipe, cuda=False))
     if price is not None:
         hw = hw.__class__(hw.name, hw.memory_gib, hw.peak_tflops, hw.mfu, price)

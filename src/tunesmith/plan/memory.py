@@ -11,7 +11,35 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tunesmith.errors import ModelError
+
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "nf4": 0.5 + 0.5 / 64 * 4 / 4}  # nf4: 4 bits + fp32 absmax per 64
+
+
+class ConfigError(ModelError, ValueError):
+    """A config.json the planner cannot read. Also a ValueError: training treats it as "no plan", and trains on."""
+
+
+REQUIRED = ("num_hidden_layers", "hidden_size", "vocab_size", "num_attention_heads")
+
+
+def _read_config(p: Path) -> dict[str, Any]:
+    path = p / "config.json" if p.is_dir() else p
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no config.json", hint="Give a model folder (it holds config.json).") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"{path} is not a readable config.json: {exc}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path} is not a model config (a JSON object)")
+    return config
+
+
+def _positive(c: dict[str, Any], key: str, default: int) -> int:
+    """An optional integer field; absent, null or not a positive integer: the default."""
+    value = c.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
 
 
 @dataclass(frozen=True)
@@ -29,19 +57,27 @@ class Shape:
 
     @classmethod
     def from_config(cls, path: str | Path) -> Shape:
-        """Read config.json from a model folder (or the file itself)."""
-        p = Path(path)
-        c: dict[str, Any] = json.loads((p / "config.json" if p.is_dir() else p).read_text(encoding="utf-8"))
-        c = c.get("text_config", c)
+        """Read config.json from a model folder (or the file itself): a decoder with Llama-style field names
+        (Llama, Qwen, Mistral, Gemma, SmolLM...). Anything else is a ModelError naming the missing fields."""
+        c = _read_config(Path(path))
+        if isinstance(c.get("text_config"), dict):
+            c = c["text_config"]
+        missing = [k for k in REQUIRED if not (isinstance(c.get(k), int) and c[k] > 0)]
+        if missing:
+            raise ConfigError(
+                f"{path}: config.json ({c.get('model_type', 'unknown model type')}) lacks positive integer "
+                f"{', '.join(missing)}: the planner reads Llama-style decoder configs",
+                hint="Plan with a Llama-style base (Llama, Qwen, Mistral, Gemma, SmolLM), or measure a short run.",
+            )
         heads = c["num_attention_heads"]
         return cls(
             layers=c["num_hidden_layers"],
             hidden=c["hidden_size"],
-            intermediate=c.get("intermediate_size", 4 * c["hidden_size"]),
+            intermediate=_positive(c, "intermediate_size", 4 * c["hidden_size"]),
             vocab=c["vocab_size"],
             heads=heads,
-            kv_heads=c.get("num_key_value_heads", heads),
-            head_dim=c.get("head_dim") or c["hidden_size"] // heads,
+            kv_heads=_positive(c, "num_key_value_heads", heads),
+            head_dim=_positive(c, "head_dim", c["hidden_size"] // heads),
             tied=bool(c.get("tie_word_embeddings", False)),
         )
 

@@ -7,7 +7,6 @@ h1-h6 become section starts), JSONL (one section per row: its `text`/`content` f
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,19 +55,42 @@ def expand_sources(sources: list[Path]) -> dict[Path, str]:
     return files
 
 
-def read_lines(path: Path) -> list[Line]:
-    """The text of a source file as numbered lines; unreadable files raise DataError."""
-    suffix = path.suffix.lower()
+class NotText(DataError):
+    """A document that is not UTF-8 text (binary, or another encoding): skipped and counted, never indexed as garbage."""
+
+
+def read_text(path: Path) -> str:
+    """A text document's content. Policy: UTF-8 (a BOM is dropped); a file holding NUL bytes or bytes that are not
+    UTF-8 raises NotText naming the first bad offset, since guessing an encoding would index mojibake."""
     try:
-        if suffix == ".pdf":
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raise NotText(f"{path}: binary, not text (a NUL byte at offset {nul})")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise NotText(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
+
+
+def read_lines(path: Path, problems: list[str] | None = None) -> list[Line]:
+    """The text of a source file as numbered lines; unreadable files raise DataError, non-text ones NotText.
+
+    problems: rows left out of a JSONL document are appended here as "path:line: reason".
+    """
+    suffix = path.suffix.lower()
+    if suffix == ".pdf":
+        try:
             return _pdf_lines(path)
-        text = path.read_text(encoding="utf-8-sig", errors="replace")
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read: {exc}") from None
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: cannot read: {exc}") from None
+    text = read_text(path)
     if suffix in (".html", ".htm"):
         return _html_lines(text)
     if suffix == ".jsonl":
-        return _jsonl_lines(text)
+        return _jsonl_lines(text, path, problems if problems is not None else [])
     return list(enumerate(text.splitlines(), start=1))
 
 
@@ -147,14 +169,19 @@ def _row_text(obj: object) -> str:
     return "\n".join(v for v in obj.values() if isinstance(v, str))
 
 
-def _jsonl_lines(text: str) -> list[Line]:
+def _jsonl_lines(text: str, path: Path, problems: list[str]) -> list[Line]:
+    from tunesmith.data.formats import TOO_DEEP, parse_json
+
     out: list[Line] = []
     for number, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
             continue
         try:
-            body = _row_text(json.loads(raw))
-        except json.JSONDecodeError:
+            body = _row_text(parse_json(raw))
+        except ValueError as exc:
+            if str(exc) == TOO_DEEP:  # brackets, not text: left out and counted
+                problems.append(f"{path}:{number}: {TOO_DEEP}, row left out")
+                continue
             body = raw  # a malformed row is still text worth finding
         out.append((number, SECTION_BREAK))
         out += [(number, line) for line in body.splitlines()]

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from pydantic import Field, ValidationError
 
 from tunesmith.atomic import write_text_atomic
 from tunesmith.errors import DataError
-from tunesmith.rag.chunk import Chunk, chunk_lines, expand_sources, read_lines
+from tunesmith.rag.chunk import Chunk, NotText, chunk_lines, expand_sources, read_lines
 from tunesmith.rag.embed import Embedder, resolve_embedder
 from tunesmith.records import Record
 
@@ -35,6 +36,7 @@ INDEX_VERSION = 1
 DEFAULT_CHUNK_CHARS = 800
 DEFAULT_OVERLAP_CHARS = 120
 EMBED_BATCH = 256  # chunks per embed call: one progress step each
+REBUILD = "Rebuild the index into a new folder: tunesmith index build SOURCES --out NEW_INDEX"
 
 Progress = Callable[[int, int], None]
 """progress(chunks_embedded_so_far, chunks_to_embed)."""
@@ -75,6 +77,7 @@ class IndexStats:
     embedder: str
     seconds: float
     embed_seconds: float
+    skipped: list[str] = field(default_factory=list)  # "label: reason" per document or row left out (not text, too deep)
 
 
 def read_meta(index: Path) -> IndexMeta:
@@ -86,8 +89,13 @@ def read_meta(index: Path) -> IndexMeta:
         )
     try:
         meta = IndexMeta.model_validate_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValidationError) as exc:
-        raise DataError(f"{path} is not a readable index record: {exc}") from None
+    except OSError as exc:
+        raise DataError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(file)'}: {e['msg']}" for e in exc.errors()[:5])
+        raise DataError(f"{path} is not a readable index record ({problems})", hint=REBUILD) from None
+    except ValueError as exc:  # not UTF-8 text
+        raise DataError(f"{path} is not a readable index record ({exc})", hint=REBUILD) from None
     if meta.schema_version > INDEX_VERSION:
         raise DataError(f"{path} has schema_version {meta.schema_version}, newer than this tunesmith reads ({INDEX_VERSION})")
     return meta
@@ -137,6 +145,19 @@ def connect(index: Path) -> Any:
     return lancedb.connect(str(index), read_consistency_interval=timedelta(seconds=2))
 
 
+@contextmanager
+def unreadable_table(index: Path) -> Iterator[None]:
+    """LanceDB's errors for a damaged or missing table (ValueError, RuntimeError, OSError) as one DataError."""
+    try:
+        yield
+    except (ValueError, RuntimeError, OSError) as exc:
+        detail = str(exc).split(", /")[0]  # drop the Rust source location LanceDB appends
+        raise DataError(
+            f"{index}: the index's table cannot be read ({detail})",
+            hint=REBUILD,
+        ) from None
+
+
 def _open_table(out: Path) -> Any:
     db = connect(out)
     return db, (db.open_table(TABLE) if TABLE in db.list_tables().tables else None)
@@ -177,13 +198,19 @@ def build_index(
             old = _check_target(out)  # again, under the lock: another build may have finished meanwhile
             settings = (model.name, chunk_chars, overlap_chars)
             reusable = old is not None and (old.embedder, old.chunk_chars, old.overlap_chars) == settings
-            db, table = _open_table(out)
-            old_rows = table.to_arrow().to_pylist() if reusable and table is not None else []
-            kept, new, entries, embedded = _collect_rows(files, old if reusable else None, old_rows, chunk_chars, overlap_chars)
+            with unreadable_table(out):
+                db, table = _open_table(out)
+                old_rows = table.to_arrow().to_pylist() if reusable and table is not None else []
+            skipped: list[str] = []
+            kept, new, entries, embedded = _collect_rows(
+                files, old if reusable else None, old_rows, (chunk_chars, overlap_chars), skipped
+            )
             rows = kept + new
             if not rows:
+                left_out = "".join(f"\n  - {line}" for line in skipped[:10])
                 raise DataError(
-                    f"no text found in {len(files)} document(s)", hint="Check the files hold text (scanned PDFs have none)."
+                    f"no text found in {len(files)} document(s){left_out}",
+                    hint="Check the files hold UTF-8 text (scanned PDFs have none).",
                 )
             embed_started = time.perf_counter()
             _embed_rows(model, new, progress)
@@ -216,6 +243,7 @@ def build_index(
         embedder=model.name,
         seconds=round(time.perf_counter() - started, 3),
         embed_seconds=round(embed_seconds, 3),
+        skipped=skipped,
     )
 
 
@@ -228,12 +256,17 @@ def _spec(embedder: str | Embedder | None) -> str | None:
 
 
 def _collect_rows(
-    files: dict[Path, str], old: IndexMeta | None, old_rows: list[dict[str, Any]], chunk_chars: int, overlap_chars: int
+    files: dict[Path, str],
+    old: IndexMeta | None,
+    old_rows: list[dict[str, Any]],
+    sizes: tuple[int, int],
+    skipped: list[str],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, FileEntry], set[str]]:
     """(rows kept with their vectors, new rows to embed, file entries, files re-read): unchanged files reuse `old_rows`.
 
     A file is unchanged when a file with the same label and bytes was indexed, wherever it lay then: an index
-    rebuilt after its documents moved (another machine, another checkout) re-embeds nothing.
+    rebuilt after its documents moved (another machine, another checkout) re-embeds nothing. Documents that are not
+    text, and JSONL rows nested too deep, are left out and listed in `skipped`. sizes: (chunk_chars, overlap_chars).
     """
     before = {(e.label, e.sha256): p for p, e in old.files.items()} if old else {}
     kept: list[dict[str, Any]] = []
@@ -241,13 +274,23 @@ def _collect_rows(
     entries: dict[str, FileEntry] = {}
     reread: set[str] = set()
     for path, label in files.items():
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
         previous = before.get((label, digest))
         if previous is not None:
             rows = [{**r, "path": str(path)} for r in old_rows if r["path"] == previous]
             kept += rows
         else:
-            chunks = chunk_lines(read_lines(path), chunk_chars, overlap_chars)
+            problems: list[str] = []
+            try:
+                lines = read_lines(path, problems)
+            except NotText as exc:
+                skipped.append(exc.message.replace(str(path), label, 1))
+                continue
+            skipped += [p.replace(str(path), label, 1) for p in problems]
+            chunks = chunk_lines(lines, *sizes)
             rows = [
                 {
                     "chunk_id": _chunk_id(label, c),

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 
 from tunesmith.errors import ModelError
 from tunesmith.rag.embed import Embedder, resolve_embedder
-from tunesmith.rag.index import TABLE, IndexMeta, connect, read_meta
+from tunesmith.rag.index import TABLE, IndexMeta, connect, read_meta, unreadable_table
 
 Mode = Literal["hybrid", "vector", "fts"]
 RRF_K = 60  # the usual reciprocal-rank constant: damps the gap between rank 1 and rank 2
@@ -84,7 +84,8 @@ class Retriever:
                     f"{path} was built with embedder {meta.embedder}, not {model.name}",
                     hint="Query with the index's own embedder (leave embedder empty).",
                 )
-            table = connect(path).open_table(TABLE)
+            with unreadable_table(path):
+                table = connect(path).open_table(TABLE)
             cls._cache[key] = retriever = cls(path, meta, model, table)
             return retriever
 
@@ -100,13 +101,14 @@ class Retriever:
         vectors = self.embedder.encode([queries[i] for i in asked]) if asked and mode != "fts" else None
         out: list[list[Passage]] = [[] for _ in queries]
         n = max(k * CANDIDATES, 20)
-        for j, i in enumerate(asked):
-            if mode == "vector":
-                out[i] = self._vector(vectors[j], k)  # type: ignore[index]
-            elif mode == "fts":
-                out[i] = self._fts(queries[i], k)
-            else:
-                out[i] = rrf([self._vector(vectors[j], n), self._fts(queries[i], n)], k)  # type: ignore[index]
+        with unreadable_table(self.index):
+            for j, i in enumerate(asked):
+                if mode == "vector":
+                    out[i] = self._vector(vectors[j], k)  # type: ignore[index]
+                elif mode == "fts":
+                    out[i] = self._fts(queries[i], k)
+                else:
+                    out[i] = rrf([self._vector(vectors[j], n), self._fts(queries[i], n)], k)  # type: ignore[index]
         return out
 
     def _vector(self, vector: Any, n: int) -> list[Passage]:

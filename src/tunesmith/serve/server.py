@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunesmith.atomic import write_text_atomic
 from tunesmith.errors import ModelError, RunError
 from tunesmith.serve.app import ServeSettings, create_app
 from tunesmith.serve.security import KeyRing, check_adapter_files, check_name, generate_key
@@ -123,11 +124,8 @@ def _keys(opts: ServeOptions, folder: Path) -> tuple[KeyRing, str | None]:
     api_keys = _user_keys(opts)
     if not api_keys and opts.keys_file is None:
         generated = generate_key()
-        # Created 0600 from the start and never through a symlink planted in the folder.
-        fd = os.open(folder / "api_key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            os.fchmod(out.fileno(), 0o600)
-            out.write(generated + "\n")
+        key_file = folder / "api_key"
+        write_text_atomic(key_file, generated + "\n", perms=0o600)  # private from its first byte
         api_keys = [generated]
     return KeyRing.build(api_keys, opts.admin_keys, opts.keys_file), generated
 

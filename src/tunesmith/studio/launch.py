@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from tunesmith.atomic import write_text_atomic
+from tunesmith.atomic import open_new, write_text_atomic
 from tunesmith.config import Recipe, recipe_from_dict
 from tunesmith.errors import RecipeError, RunError
 
@@ -123,7 +123,7 @@ class Launcher:
         log.parent.mkdir(parents=True, exist_ok=True)
         cmd = [*self.command, str(recipe_path)] + ["--resume"] * resume
         env = {**os.environ, "COLUMNS": "120", "PYTHONUNBUFFERED": "1"}
-        with open(log, "wb") as fh:
+        with open_new(log) as fh:  # a new file: never a link planted under the log's name
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.procs[key] = proc
         job = Job(run_dir=key, recipe=str(recipe_path), cmd=cmd, pid=proc.pid, log=str(log))

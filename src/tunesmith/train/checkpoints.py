@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
+from tunesmith.atomic import fsync_dir as _fsync_dir
+from tunesmith.atomic import write_text_atomic
 from tunesmith.errors import RunError
 from tunesmith.train import dist
 
@@ -62,7 +64,7 @@ class AtomicCheckpoints(TrainerCallback):
             # A save nobody redirected (e.g. requested after on_step_end) was written in place: mark it there.
             target = staged if staged.is_dir() else final
             marker = {"step": state.global_step, "fingerprint": self.fingerprint}
-            (target / COMPLETE).write_text(json.dumps(marker), encoding="utf-8")
+            write_text_atomic(target / COMPLETE, json.dumps(marker))
             if target is staged:
                 _fsync_tree(staged)
                 _replace_dir(staged, final)
@@ -109,19 +111,6 @@ def _fsync_tree(root: Path) -> None:
             finally:
                 os.close(fd)
         _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on folders
-        pass
-    finally:
-        os.close(fd)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
