@@ -22,6 +22,7 @@ from tunesmith.config import Recipe
 from tunesmith.data import audit
 from tunesmith.data.convert import write_rows
 from tunesmith.data.dataset import recipe_examples
+from tunesmith.data.formats import row_id
 from tunesmith.data.template import prompt_messages, reference
 from tunesmith.errors import RecipeError
 from tunesmith.records import write_manifest
@@ -68,8 +69,9 @@ def generate_dataset(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
         prompts = [r["prompt"] for r in augment_rows(rows, recipe)]
         answers = generate(model, tokenizer, prompts, d.max_new_tokens, d.batch_size)
         out = [
-            {"id": f"{split}-{i}", "messages": r["prompt"] + [{"role": "assistant", "content": a}], "source": r["source"]}
-            for i, (r, a) in enumerate(zip(rows, answers))
+            # The source row's id: the student's held-out rows keep the ids the ladder saw before training.
+            {"id": row_id(r, r["source"]), "messages": r["prompt"] + [{"role": "assistant", "content": a}], "source": r["source"]}
+            for r, a in zip(rows, answers)
         ]
         path = write_rows(out_dir / f"{split}.jsonl", out)
         written["files"][split] = {

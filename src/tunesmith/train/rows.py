@@ -6,16 +6,16 @@ the file:line it came from; a bad row never trains silently: all of them are lis
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
 from tunesmith.config import DataSection, Recipe
 from tunesmith.data.formats import (
+    Example,
     detect_shape,
     load_normalised,
+    row_id,
     to_preference,
     to_prompt_only,
 )
@@ -124,20 +124,13 @@ def apply_length_policy(
     return kept, {**stats.as_dict(), "max_length": data.max_length, "overlong": data.overlong, "measured_as": measured_as}
 
 
-def _key(row: dict[str, Any]) -> str:
-    return hashlib.sha256(
-        json.dumps({k: row[k] for k in sorted(row) if k != "source"}, sort_keys=True, default=str).encode()
-    ).hexdigest()
-
-
 def split_rows(
     data: DataSection, seed: int, normalise: Callable[[Any], dict[str, Any]]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Train and eval rows: the eval file, or a seeded eval_fraction held out; rows also in train leave eval."""
-    from tunesmith.data.dataset import hold_out
+    """Train and eval rows (data.dataset.split_rows, the one split), each tagged with its file:line."""
+    from tunesmith.data.dataset import split_rows as split
 
-    evaluation = load_rows(data.eval, normalise) if data.eval else None
-    return hold_out(load_rows(data.train, normalise), evaluation, _key, data.eval_fraction, seed)
+    return split(data, seed, lambda rec: {**normalise(rec.obj), "source": rec.where})
 
 
 def recipe_rows(recipe: Recipe, normalise: Callable[[Any], dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -148,19 +141,33 @@ def recipe_rows(recipe: Recipe, normalise: Callable[[Any], dict[str, Any]]) -> t
     return augment_rows(train, recipe), augment_rows(evaluation, recipe)
 
 
-def eval_examples(recipe: Any) -> list[Any]:
-    """The held-out examples eval/merge score a run on, for every method.
+def held_out_split(recipe: Recipe, with_context: bool = True) -> tuple[list[Example], list[Example]]:
+    """(train, held-out) examples of the split training uses, for every method; the run saves the held-out side.
 
-    sft and distill: the recipe's demonstrations. dpo and grpo: the prompt of each held-out row, with the
-    chosen answer (dpo) or the row's reference (grpo; "" for prompt-only rows) as the expected answer.
+    sft: the demonstrations. dpo, grpo, distill: each row's prompt with its reference as the answer (dpo: the chosen
+    answer; grpo: the `reference` column or the row's answer, "" for prompt-only rows; distill: the teacher's answer
+    once it wrote one). with_context: with `rag`, retrieved context in every prompt (as training saw them).
     """
-    from tunesmith.data.dataset import recipe_examples
-    from tunesmith.data.formats import Example
+    from tunesmith.data.dataset import split_examples
+    from tunesmith.rag.prompt import augment_examples
 
-    if recipe.method not in ("dpo", "grpo"):
-        return recipe_examples(recipe)[1]
-    _, evaluation = recipe_rows(recipe, prompt_row)
-    return [
-        Example(f"eval-{i}", r["prompt"] + [{"role": "assistant", "content": r["reference"]}], r["source"])
-        for i, r in enumerate(evaluation)
-    ]
+    if recipe.method == "sft":
+        train, evaluation = split_examples(recipe.data, recipe.training.seed)
+    else:
+        train, evaluation = (
+            [
+                Example(
+                    row_id(r, r["source"]), r["prompt"] + [{"role": "assistant", "content": str(r["reference"])}], r["source"]
+                )
+                for r in rows
+            ]
+            for rows in split_rows(recipe.data, recipe.training.seed, prompt_row)
+        )
+    if not with_context:
+        return train, evaluation
+    return augment_examples(train, recipe), augment_examples(evaluation, recipe)
+
+
+def eval_examples(recipe: Recipe) -> list[Example]:
+    """The held-out examples a run saves (data/eval.jsonl) and is scored on: held_out_split's held-out side."""
+    return held_out_split(recipe)[1]
