@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tunesmith.errors import RunError
 from tunesmith.eval.generate import generate
 
 
@@ -29,8 +30,11 @@ class ChatSession:
 
             # The run was trained with its data's system prompt; answering without it is a different task.
             # Read from the run folder's own held-out rows, so chat works after the data moved.
-            first = held_out_examples(run)[0].messages
-            system = first[0]["content"] if first[0]["role"] == "system" else None
+            try:
+                first = held_out_examples(run)[0].messages
+                system = first[0]["content"] if first[0]["role"] == "system" else None
+            except RunError:  # a run whose held-out rows cannot be read: chat without the system prompt
+                system = None
         return cls(loaded.model, loaded.tokenizer, system, loaded.template_warning, recipe=run.recipe if run else None)
 
     def ask(self, text: str, max_new_tokens: int = 256) -> str:

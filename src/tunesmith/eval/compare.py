@@ -16,7 +16,7 @@ from tunesmith.eval import gates, metrics, release, scoring
 from tunesmith.eval.budget import resolve_max_new_tokens
 from tunesmith.eval.generate import perplexity, reference_loss
 from tunesmith.eval.notes import eval_warnings
-from tunesmith.loader import load_base, load_run_model
+from tunesmith.loader import load_run_model
 from tunesmith.rag.index import changed_since
 from tunesmith.records import EvalReport, Judgement, write_eval_report
 from tunesmith.run import Run, changed_inputs, describe_reference, held_out_examples, read_metrics
@@ -41,7 +41,7 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
     if limit:
         eval_ex = eval_ex[:limit]
     loaded = load_run_model(run)
-    model, tokenizer, has_adapter = loaded.model, loaded.tokenizer, loaded.has_adapter
+    tokenizer, sides = loaded.tokenizer, scoring.run_answerers(run, loaded)
     if loaded.template_warning:
         log.warning(loaded.template_warning)
     convs = [prompt_messages(e.messages) for e in eval_ex]
@@ -53,14 +53,13 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
     answers: dict[str, scoring.Answers] = {}
     scores: dict[str, scoring.Scores] = {}
     losses: dict[str, float] = {}
-    base_model = None if has_adapter else load_base(run).eval()
     for side in SIDES:
-        ctx, target = release.side_model(model, base_model, has_adapter, side)
-        with ctx:
+        who = sides[side]
+        with who.context():
             advance = scoring.progress_advance(progress, f"generating ({side})", len(convs))
-            answers[side] = scoring.answer(target, tokenizer, convs, budget.tokens, recipe.eval.batch_size, advance)
+            answers[side] = scoring.answer(who.model, tokenizer, convs, budget.tokens, recipe.eval.batch_size, advance)
             if any(r.strip() for r in refs):  # the likelihood of an empty answer measures nothing
-                losses[side] = reference_loss(target, tokenizer, [e.messages for e in eval_ex], recipe.data.max_length)
+                losses[side] = reference_loss(who.model, tokenizer, [e.messages for e in eval_ex], recipe.data.max_length)
         scores[side] = scoring.score(answers[side].texts, refs, json_mode, reward, convs)
     outputs = {side: answers[side].texts for side in SIDES}
     hit_budget = {side: [c.finish_reason == "length" for c in answers[side].completions] for side in SIDES}
@@ -90,14 +89,7 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
     for side, value in release.similarity_summary(recipe.eval, generated).items():
         summary[side]["semantic_similarity"] = value
     summary["delta"] = {k: summary["tuned"][k] - summary["base"][k] for k in summary["base"] if k in summary["tuned"]}
-    extra = release.measure(
-        recipe.eval,
-        generated,
-        lambda side: release.side_model(model, base_model, has_adapter, side),
-        tokenizer,
-        recipe.data.max_length,
-        progress,
-    )
+    extra = release.measure(recipe.eval, generated, sides, tokenizer, recipe.data.max_length, progress)
     extra.changed_inputs = changed
     extra.latency = {side: answers[side].latency for side in SIDES}
     degenerate = {side: metrics.degeneration(outputs[side], hit_budget[side]) for side in SIDES}

@@ -12,7 +12,6 @@ get byte-identical retrieved context through `rag.prompt.augment`, the prompt bu
 from __future__ import annotations
 
 import random
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,43 +198,27 @@ def score_rung(
     return rung
 
 
-@dataclass
-class Answerer:
-    """A loaded model for some rungs; `adapter_off` answers as the base with the run's adapter disabled."""
-
-    model: Any
-    tokenizer: Any
-    adapter_off: bool = False
-
-    def context(self) -> Any:
-        return self.model.disable_adapter() if self.adapter_off else nullcontext()
-
-
-def load_answerers(recipe: Recipe, kinds: set[str]) -> tuple[dict[str, Answerer], dict[str, str]]:
-    """Models for the wanted kinds (base, tuned, student), loaded once; and why a kind is unavailable."""
-    from tunesmith.loader import load_base, load_run_model, load_target
+def load_answerers(recipe: Recipe, kinds: set[str]) -> tuple[dict[str, scoring.Answerer], dict[str, str]]:
+    """Models for the wanted kinds (base, tuned, student), loaded once, as `tunesmith eval` loads them; and why a kind
+    is unavailable."""
+    from tunesmith.loader import load_run_model, load_target
     from tunesmith.run import is_run_dir, load_run
 
-    found: dict[str, Answerer] = {}
+    found: dict[str, scoring.Answerer] = {}
     missing: dict[str, str] = {}
     if kinds & {"base", "tuned"}:
         if is_run_dir(recipe.run_dir):
             run = load_run(recipe.run_dir)
-            loaded = load_run_model(run)
-            found["tuned"] = Answerer(loaded.model, loaded.tokenizer)
-            if loaded.has_adapter:  # one model in memory: base = the same object with its adapter disabled
-                found["base"] = Answerer(loaded.model, loaded.tokenizer, adapter_off=True)
-            elif "base" in kinds:
-                found["base"] = Answerer(load_base(run).eval(), loaded.tokenizer)
+            found.update(scoring.run_answerers(run, load_run_model(run)))
         else:
             missing["tuned"] = f"no trained run at {recipe.run_dir}: train first (`tunesmith train`)"
             if "base" in kinds:
                 base = load_target(recipe.model.base, recipe.model.dtype)
-                found["base"] = Answerer(base.model, base.tokenizer)
+                found["base"] = scoring.Answerer(base.model, base.tokenizer)
     if "student" in kinds:
         if recipe.ladder.student:
             student = load_target(recipe.ladder.student, recipe.model.dtype)
-            found["student"] = Answerer(student.model, student.tokenizer)
+            found["student"] = scoring.Answerer(student.model, student.tokenizer)
         else:
             missing["student"] = "the recipe names no distilled student (ladder.student)"
     return found, missing

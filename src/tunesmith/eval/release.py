@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,13 +16,6 @@ from tunesmith.config import EvalSection
 from tunesmith.records import EvalExtra, Forgetting, GraderScore, Hallucination, JudgeResult
 
 log = logging.getLogger(__name__)
-
-
-def side_model(model: Any, base_model: Any, has_adapter: bool, side: str) -> tuple[Any, Any]:
-    """(context, model) answering for `side`: the base is the adapter-disabled model, or a separately loaded base."""
-    ctx = model.disable_adapter() if side == "base" and has_adapter else nullcontext()
-    target = base_model if side == "base" and base_model is not None else model
-    return ctx, target
 
 
 @dataclass
@@ -46,7 +38,7 @@ def wants_forgetting(section: EvalSection) -> bool:
 def measure(
     section: EvalSection,
     data: EvalOutputs,
-    sides: Callable[[str], tuple[Any, Any]],
+    sides: dict[str, Any],
     tokenizer: Any,
     max_length: int,
     progress: Any = None,
@@ -93,9 +85,7 @@ def similarity_summary(section: EvalSection, data: EvalOutputs) -> dict[str, flo
     return {side: mean_similarity(texts, data.refs) for side, texts in data.outputs.items()}
 
 
-def forgetting(
-    sides: Callable[[str], tuple[Any, Any]], tokenizer: Any, batch_size: int, max_length: int, progress: Any = None
-) -> dict[str, Any]:
+def forgetting(sides: dict[str, Any], tokenizer: Any, batch_size: int, max_length: int, progress: Any = None) -> dict[str, Any]:
     """The bundled probe and general-text loss on base and tuned; forgetting.forgetting_scores of them."""
     from tunesmith.eval.forgetting import forgetting_scores, load_probe, probe_side
 
@@ -104,9 +94,8 @@ def forgetting(
     answers: dict[str, list[str]] = {}
     losses: dict[str, float] = {}
     for side in ("base", "tuned"):
-        ctx, target = sides(side)
-        with ctx:
-            answers[side], losses[side] = probe_side(target, tokenizer, items, batch_size, max_length)
+        with sides[side].context():  # scoring.Answerer: the base is the run's model with its adapter disabled
+            answers[side], losses[side] = probe_side(sides[side].model, tokenizer, items, batch_size, max_length)
         if progress:
             progress.advance(task, 1)
     return forgetting_scores(items, answers["base"], answers["tuned"], losses["base"], losses["tuned"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,6 +122,29 @@ class Answers:
     @property
     def texts(self) -> list[str]:
         return [c.text for c in self.completions]
+
+
+@dataclass
+class Answerer:
+    """A loaded model that answers as one side: `adapter_off` answers as the base, the run's adapter disabled."""
+
+    model: Any
+    tokenizer: Any
+    adapter_off: bool = False
+
+    def context(self) -> Any:
+        return self.model.disable_adapter() if self.adapter_off else nullcontext()
+
+
+def run_answerers(run: Any, loaded: Any) -> dict[str, Answerer]:
+    """base and tuned for a run loaded with loader.load_run_model: one model in memory for an adapter run (base =
+    the same object with its adapter disabled), the base loaded beside a full fine-tune."""
+    from tunesmith.loader import load_base
+
+    tuned = Answerer(loaded.model, loaded.tokenizer)
+    if loaded.has_adapter:
+        return {"base": Answerer(loaded.model, loaded.tokenizer, adapter_off=True), "tuned": tuned}
+    return {"base": Answerer(load_base(run).eval(), loaded.tokenizer), "tuned": tuned}
 
 
 def answer(
