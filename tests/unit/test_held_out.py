@@ -164,3 +164,18 @@ def test_data_split_holds_out_the_rows_training_holds_out(tmp_path):
     _, evaluation = split_examples(recipe.data, 7)
     split_ids = {json.loads(x)["id"] for x in res.eval.read_text().splitlines()}
     assert split_ids == {e.id for e in evaluation} and len(split_ids) == 24
+
+
+def test_prompt_only_rows_are_scored_by_the_rewards_and_the_report_says_so(tmp_path, tiny_model_dir):
+    """GRPO rows without any answer: no reference metric is computed against "", the rewards are the score."""
+    from tunesmith.eval.ladder import run_ladder
+
+    shutil.copytree(CONFIGS, tmp_path / "configs")
+    data = tmp_path / "configs" / "data" / "tickets-prompts.jsonl"
+    rows = [{"prompt": json.loads(x)["prompt"]} for x in data.read_text().splitlines()]
+    write_jsonl(data, rows)
+    sets = [*_overrides("grpo", tiny_model_dir), "ladder.rungs=[base]", "grpo.rewards=[json_valid]"]
+    report, _ = run_ladder(load_recipe(tmp_path / "configs" / "grpo.yaml", sets), max_examples=3)
+    base = report.rung("base")
+    assert base is not None and base.status == "ok" and set(base.metrics) == {"reward"}
+    assert report.primary_metric == "reward" and report.reference.startswith("none") and "rewards" in report.reference

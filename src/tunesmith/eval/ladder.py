@@ -265,6 +265,8 @@ def run_ladder(
         for row, text in zip(rows, answers.texts):
             row["outputs"][spec.name] = text
     quality = [g for g in recipe.eval.gates if registry.metric(g).fn is not None or g == "reward"]
+    if reward is not None and not any(r.strip() for r in inputs.refs):
+        quality.append("reward")  # prompt-only rows: the rewards are the only quality measure
     any_model = next(iter(answerers.values()), None)
     report = LadderReport(
         run=recipe.name,
