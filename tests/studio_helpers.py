@@ -88,7 +88,7 @@ def fake_run(
             summary=summary,
             judgement=Judgement(wins=wins, losses=losses, ties=n_examples - wins - losses, win_rate=wins / max(1, n_examples)),
             chat_template_sha256="ab" * 32,
-            gates=[{"name": "exact_match", "rule": ">= base", "value": mean["tuned"], "passed": True}],
+            gates=[{"name": "exact_match", "rule": ">= base", "value": mean["tuned"], "status": "pass"}],
         ),
     )
     return run_dir

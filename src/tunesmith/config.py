@@ -254,8 +254,10 @@ class EvalSection(Section):
     max_examples: int = Field(0, ge=0, description="Evaluate at most this many held-out examples; 0 = all.")
     gates: dict[str, str | float] = Field(
         default_factory=dict,
-        description="Release gates: metric -> rule, e.g. exact_match: '>=0.85', forgetting: '<=0.02', p95_latency_ms: '<=800'. "
-        "A bare number means >= (<= for lower-is-better metrics). `tunesmith eval` exits non-zero when one fails (docs/gates.md).",
+        description="What 'good enough' means: metric -> rule, e.g. exact_match: '>=0.85', forgetting: '<=0.02', "
+        "p95_batch_ms: '<=800', cost_per_1k: 0.5. A bare number means >= (<= for lower-is-better metrics). "
+        "`tunesmith eval` exits non-zero when one fails; `tunesmith ladder` recommends the cheapest rung that passes "
+        "them (docs/gates.md).",
     )
     checks: list[Check] = Field(
         ["inputs_unchanged", "loss_converged", "beats_base"],
@@ -286,10 +288,23 @@ class EvalSection(Section):
     @classmethod
     def _rules_parse(cls, value: dict[str, str | float]) -> dict[str, str | float]:
         from tunesmith.eval.gates import parse_rule
+        from tunesmith.eval.registry import canonical
 
         for name, rule in value.items():
-            parse_rule(name, rule)  # ValueError names the gate
-        return value
+            parse_rule(name, rule)  # ValueError names the gate and its unknown metric or unreadable rule
+        return {canonical(name): rule for name, rule in value.items()}
+
+    @field_validator("select_checkpoint")
+    @classmethod
+    def _selectable(cls, value: str | None) -> str | None:
+        from tunesmith.eval.registry import metric
+
+        if value is None:
+            return None
+        m = metric(value)  # ValueError naming the known metrics
+        if m.fn is None and m.name not in ("eval_loss", "perplexity", "reward"):
+            raise ValueError(f"{value} is not measured per checkpoint; use a per-example metric, reward, eval_loss or perplexity")
+        return m.name
 
     @field_validator("graders")
     @classmethod
@@ -334,28 +349,6 @@ class LadderSection(Section):
         "ladder runs on, charged for the measured generation seconds.",
     )
     student: str | None = Field(None, description="student rung: a distilled student's run folder or a model spec.")
-
-
-class TargetsSection(Section):
-    """What 'good enough' means: the ladder recommends the cheapest rung meeting every target set here."""
-
-    exact_match: float | None = Field(None, ge=0, le=1, description="At least this exact-match rate (0-1).")
-    json_valid: float | None = Field(None, ge=0, le=1, description="At least this JSON-valid rate (0-1).")
-    json_field_accuracy: float | None = Field(None, ge=0, le=1, description="At least this mean JSON field accuracy (0-1).")
-    token_f1: float | None = Field(None, ge=0, le=1, description="At least this mean token F1 (0-1).")
-    rouge_l: float | None = Field(None, ge=0, le=1, description="At least this mean ROUGE-L (0-1).")
-    bleu: float | None = Field(None, ge=0, le=100, description="At least this corpus BLEU (0-100).")
-    p50_latency_ms: float | None = Field(None, gt=0, description="At most this median latency per request (ms).")
-    p95_latency_ms: float | None = Field(None, gt=0, description="At most this 95th-percentile latency per request (ms).")
-    cost_per_1k: float | None = Field(None, ge=0, description="At most this cost per 1,000 requests (ladder cost basis).")
-
-    def as_dict(self) -> dict[str, float]:
-        """The targets that are set, by metric name."""
-        return {k: v for k, v in self.model_dump().items() if v is not None}
-
-
-LOWER_IS_BETTER_TARGETS = frozenset({"p50_latency_ms", "p95_latency_ms", "cost_per_1k"})
-"""Targets met at or below their value; every other target is met at or above it."""
 
 
 class SpeedSection(Section):
@@ -492,13 +485,33 @@ class RecipeCore(Section):
         default_factory=LadderSection,
         description="`tunesmith ladder`: prompt, few-shot, RAG, tuned, tuned + RAG, student on the same prompts.",
     )
-    targets: TargetsSection = Field(
-        default_factory=TargetsSection, description="Quality, latency and cost targets the ladder recommends against."
-    )
     monitor: MonitorSection = Field(
         default_factory=MonitorSection, description="`tunesmith monitor`: drift thresholds for served traffic."
     )
     output_dir: str = Field("runs/run", description="Run directory (relative to this recipe).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _targets_are_gates(cls, data: Any) -> Any:
+        """`targets:` (earlier recipes) is read as `eval.gates`: one engine decides "good enough" for eval and ladder."""
+        if not isinstance(data, dict) or "targets" not in data:
+            return data
+        import logging
+
+        data = dict(data)
+        targets = data.pop("targets") or {}
+        if not isinstance(targets, dict):
+            raise ValueError("targets: must be a mapping of metric -> value (now written as eval.gates)")
+        targets = {k: v for k, v in targets.items() if v is not None}  # a run.yaml lists every target, unset ones too
+        if targets:
+            section = dict(data.get("eval") or {})
+            section["gates"] = {**targets, **(section.get("gates") or {})}  # a gate of the same metric wins
+            data["eval"] = section
+            logging.getLogger(__name__).warning(
+                "`targets:` is deprecated: it is read as eval.gates (which `tunesmith eval` checks too); move %s there",
+                ", ".join(targets),
+            )
+        return data
 
     @field_validator("output_dir", mode="after")
     @classmethod

@@ -1,4 +1,4 @@
-"""Typed records passed between stages: the run `Manifest` and the base-vs-tuned `EvalReport`.
+"""Typed records passed between stages: the run `Manifest`, the base-vs-tuned `EvalReport` and its parts.
 
 Each is written and read here only. Later stages (ladder, serve, studio, monitor) take these
 objects and read attributes, never raw dict keys, so a renamed field fails in one place.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -27,7 +27,7 @@ from tunesmith.atomic import write_text_atomic
 from tunesmith.errors import RunError
 
 MANIFEST_VERSION = 2  # 2: typed tokens, speed, plan, faults, checkpoint_selection; method figures under `details`
-EVAL_REPORT_VERSION = 1
+EVAL_REPORT_VERSION = 2  # 2: typed extra and gates
 
 
 class Record(BaseModel):
@@ -250,10 +250,117 @@ class Manifest(Record):
 
 
 class Judgement(Record):
+    """Per-example wins of tuned over base (ties count against the win rate)."""
+
     wins: int = 0
     losses: int = 0
     ties: int = 0
     win_rate: float = 0.0
+
+
+class GateResult(Record):
+    """One checklist line. status "skip": the gate does not apply where it was checked (e.g. the ladder has no forgetting)."""
+
+    name: str
+    rule: str = Field(..., description="'>= 0.85', or what a built-in check demands.")
+    threshold: float | None = Field(None, description="The rule's number (None for a built-in check).")
+    value: float | None = None
+    status: Literal["pass", "fail", "skip"]
+    detail: str = ""
+    passed: bool = Field(True, description="status != fail (skipped gates do not block); set from status.")
+
+    @model_validator(mode="after")
+    def _passed_from_status(self) -> GateResult:
+        self.passed = self.status != "fail"
+        return self
+
+
+class Latency(Record):
+    """One clock's figures (tunesmith.eval.scoring.Clock): each generation batch timed from its start to its answers."""
+
+    batch_size: int = Field(0, description="Prompts per batch asked for (0: not recorded, an earlier report).")
+    requests: int = 0
+    batches: int = 0
+    total_s: float = Field(0.0, description="Wall seconds of every batch together.")
+    p50_batch_ms: float | None = Field(None, description="Median wall time of one batch (ms).")
+    p95_batch_ms: float | None = Field(None, description="95th percentile of the same (ms).")
+    p50_request_ms: float | None = Field(None, description="Median latency of one request: measured at batch size 1 only.")
+    p95_request_ms: float | None = Field(None, description="95th percentile of the same (ms).")
+
+    def values(self) -> dict[str, float]:
+        """The measured figures by metric name (tunesmith.eval.registry)."""
+        names = ("p50_batch_ms", "p95_batch_ms", "p50_request_ms", "p95_request_ms")
+        return {n: v for n in names if (v := getattr(self, n)) is not None}
+
+
+class ForgettingCategory(Record):
+    base: float
+    tuned: float
+    drop: float
+    n: int
+
+
+class TextLoss(Record):
+    base: float
+    tuned: float
+    increase: float = Field(..., description="Tuned minus base, nats/token.")
+
+
+class Forgetting(Record):
+    """The general-capability probe on base and tuned (eval.forgetting)."""
+
+    score: float = Field(..., description="Base accuracy minus tuned accuracy over every probe item.")
+    base_accuracy: float
+    tuned_accuracy: float
+    categories: dict[str, ForgettingCategory]
+    n_items: int
+    text_loss: TextLoss
+
+
+class Hallucination(Record):
+    rate: float | None = Field(None, description="Hallucinated claims / claims; None when nothing could be scored.")
+    claims: int = 0
+    hallucinated: int = 0
+    scored: int = 0
+    examples: int = 0
+    method: str = ""
+
+
+class JudgeResult(Judgement):
+    """The LLM judge's pairwise verdicts, both orders; a verdict counts only when both orders agree."""
+
+    agreement: float = 0.0
+    n: int = 0
+    unparsed: int = 0
+    orders: dict[str, Judgement] = Field(default_factory=dict)
+
+
+class GraderScore(Record):
+    mean: float
+    pass_rate: float
+
+
+class EvalExtra(Record):
+    """The measurements beyond the summary's metrics; each is None (or empty) when it was not asked for."""
+
+    latency: dict[str, Latency] = Field(default_factory=dict, description="Per side (base, tuned): the one clock.")
+    changed_inputs: list[str] = Field(default_factory=list, description="Inputs whose SHA-256 differs from the manifest.")
+    forgetting: Forgetting | None = None
+    hallucination: Hallucination | None = None
+    judge: JudgeResult | None = None
+    graders: dict[str, dict[str, GraderScore]] = Field(default_factory=dict, description="Grader -> side -> scores.")
+
+    @field_validator("latency", mode="before")
+    @classmethod
+    def _v1_latency(cls, value: Any) -> Any:
+        # Schema 1 stored {side: {p50_ms, p95_ms}}: the wall time of the batch each request was generated in.
+        if isinstance(value, dict):
+            return {
+                side: {"p50_batch_ms": v.get("p50_ms"), "p95_batch_ms": v.get("p95_ms")} if "p50_ms" in v else v
+                for side, v in value.items()
+                if isinstance(v, dict)
+            }
+        return value
 
 
 class EvalReport(Record):
@@ -264,6 +371,7 @@ class EvalReport(Record):
     base_model: str
     n_examples: int
     json_mode: bool
+    reference: str = Field("", description="What each held-out prompt's expected answer is, as the method defines it.")
     summary: dict[str, dict[str, float]] = Field(..., description="base / tuned / delta -> metric -> value.")
     judgement: Judgement
     chat_template_sha256: str
@@ -273,8 +381,13 @@ class EvalReport(Record):
     degenerate: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="Per model: share of outputs that hit the token budget, repetition-loop rate."
     )
-    gates: list[dict[str, Any]] = Field(default_factory=list, description="Release gate results (name, rule, value, passed).")
-    extra: dict[str, Any] = Field(default_factory=dict, description="Optional metrics (forgetting, hallucination, judge).")
+    gates: list[GateResult] = Field(default_factory=list, description="Release gate results, in checklist order.")
+    extra: EvalExtra = Field(default_factory=EvalExtra, description="Latency, forgetting, hallucination, judge, graders.")
+
+    @model_validator(mode="after")
+    def _current_version(self) -> EvalReport:
+        self.schema_version = EVAL_REPORT_VERSION  # an earlier report reads into this shape (see EvalExtra)
+        return self
 
 
 R = TypeVar("R", bound=Record)

@@ -118,21 +118,42 @@ def load_run(path: str | Path) -> Run:
     return Run(run_dir, recipe, read_manifest(manifest_file))
 
 
-def held_out_examples(run: Run) -> list[Any]:
-    """The held-out examples the run is scored on: its own data/eval.jsonl when it has one (runs that travel),
-    else recomputed from the recipe's data files (runs written before the copy existed)."""
+def read_held_out(path: Path) -> list[Any]:
+    """The examples of a held-out file (data/eval.jsonl: one {id, messages, source} per line)."""
     from tunesmith.data.formats import Example
 
-    held = run.manifest.held_out
-    if held is None:
-        from tunesmith.train.methods import eval_examples
-
-        return eval_examples(run.recipe)
-    path = run.dir / held.path
     if not path.exists():
         raise RunError(f"{path} is missing: the run's held-out rows were removed", hint="Restore the run folder from a copy.")
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return [Example(r["id"], r["messages"], r.get("source", f"{path}:{i + 1}")) for i, r in enumerate(rows)]
+
+
+def held_out_examples(run: Run) -> list[Any]:
+    """THE held-out set of a run: its own data/eval.jsonl, the eval side of the split it trained on. eval, the ladder,
+    checkpoint selection, retrain, serve --check and the studio all score on these rows and no others.
+
+    A run written before the copy existed is recomputed only when its recipe names an eval file (the split cannot
+    have changed); a held-out fraction it cannot reproduce exactly is refused rather than guessed.
+    """
+    held = run.manifest.held_out
+    if held is not None:
+        return read_held_out(run.dir / held.path)
+    if run.recipe.data.eval is None:
+        raise RunError(
+            f"{run.dir} predates saved held-out rows and held out data.eval_fraction of its training data: "
+            "the rows it did not train on cannot be recovered exactly",
+            hint="Retrain it with this version of tunesmith, or give the recipe a separate data.eval file.",
+        )
+    from tunesmith.train.methods import eval_examples
+
+    return eval_examples(run.recipe)
+
+
+def describe_reference(method: str, refs: list[str]) -> str:
+    """What the expected answers are, as the method defines them (shown in every report that scores them)."""
+    from tunesmith.train.methods import get
+
+    return get(method).describe_reference(refs)
 
 
 def eval_sources(run: Run) -> list[str]:

@@ -13,11 +13,11 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 
-def tunesmith(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def tunesmith(*args: str, cwd: Path, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
     cmd = [sys.executable, "-m", "tunesmith", *args]
     res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, f"tunesmith {' '.join(args)} exited {res.returncode}\n{res.stdout}\n{res.stderr}"
+    assert res.returncode in ok, f"tunesmith {' '.join(args)} exited {res.returncode}\n{res.stdout}\n{res.stderr}"
     return res
 
 
@@ -37,7 +37,9 @@ def test_ladder_on_the_demo_project(tmp_path):
         "--set",
         "ladder.few_shot_k=1",
         cwd=tmp_path,
+        ok=(0, 3),  # 3: the demo's gates fail on the chosen rung after one training step
     )
+    assert "release gates on the chosen rung" in res.stdout
     assert "recommendation:" in res.stdout and "tuned + RAG" in res.stdout
 
     out = tmp_path / "proj" / "runs" / "demo-ladder"
@@ -45,7 +47,7 @@ def test_ladder_on_the_demo_project(tmp_path):
     rungs = {r["name"]: r for r in report["rungs"]}
     assert [r["name"] for r in report["rungs"]] == ["base", "base_few_shot", "base_rag", "tuned", "tuned_rag"]
     assert all(r["status"] == "ok" and r["n_examples"] == 2 for r in rungs.values())
-    assert report["json_mode"] is True and report["targets"] == {"json_valid": 0.95, "json_field_accuracy": 0.9}
+    assert report["json_mode"] is True and report["gates"] == {"json_valid": 0.95, "json_field_accuracy": 0.9}
     # The catalog entry is in the RAG prompts only; few-shot turns make the longest prompts.
     assert rungs["base_rag"]["prompt_tokens"] > rungs["base"]["prompt_tokens"] < rungs["base_few_shot"]["prompt_tokens"]
     preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]

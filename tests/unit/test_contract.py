@@ -96,7 +96,7 @@ def test_grpo_counts_prompt_plus_completion_budget(tiny_recipe, tmp_path, tok, p
     recipe = load_recipe(
         tiny_recipe(
             method="grpo",
-            data={"train": ["prompts.jsonl"], "eval": None, "max_length": 96, "overlong": policy},
+            data={"train": ["prompts.jsonl"], "eval": None, "eval_fraction": 0.25, "max_length": 96, "overlong": policy},
             grpo={"rewards": ["json_valid"], "num_generations": 4, "max_completion_length": 32},
         )
     )

@@ -33,11 +33,19 @@ def report(
 
 
 FULL_EXTRA = {
-    "latency": {"tuned": {"p50_ms": 300.0, "p95_ms": 700.0}},
-    "forgetting": {"score": 0.01, "categories": {"arithmetic": {"drop": 0.1}}, "text_loss": {"increase": 0.2}},
+    "latency": {"tuned": {"batch_size": 4, "p50_batch_ms": 300.0, "p95_batch_ms": 700.0}},
+    "forgetting": {
+        "score": 0.01,
+        "base_accuracy": 0.5,
+        "tuned_accuracy": 0.49,
+        "n_items": 40,
+        "categories": {"arithmetic": {"base": 0.5, "tuned": 0.4, "drop": 0.1, "n": 10}},
+        "text_loss": {"base": 2.0, "tuned": 2.2, "increase": 0.2},
+    },
     "hallucination": {"rate": 0.04},
     "judge": {"win_rate": 0.7, "agreement": 0.9},
     "graders": {"exact": {"tuned": {"pass_rate": 0.8, "mean": 0.8}}},
+    "changed_inputs": [],
 }
 
 
@@ -50,8 +58,8 @@ FULL_EXTRA = {
         ("forgetting_arithmetic", "<=0.1", "<0.1"),
         ("text_loss_increase", "<=0.5", "<=0.1"),
         ("hallucination_rate", "<=0.05", "<=0.01"),
-        ("p95_latency_ms", "<=800", "<=500"),
-        ("p50_latency_ms", "<400", "<300"),
+        ("p95_batch_ms", "<=800", "<=500"),
+        ("p50_batch_ms", "<400", "<300"),
         ("win_rate_vs_base", ">=0.6", ">=0.8"),
         ("judge_agreement", ">=0.8", "==1"),
         ("graders.exact", ">=0.8", ">0.8"),
@@ -69,14 +77,16 @@ def test_win_rate_falls_back_to_the_metric_judgement_and_unmeasured_gates_fail()
     assert values["win_rate_vs_base"] == 0.65
     [missing] = gates.check_rules({"hallucination_rate": "<=0.05"}, gates.gate_values(report(extra={})))
     assert missing.status == "fail" and "not measured" in missing.detail
-    [skipped] = gates.check_rules({"forgetting": "<=0.02"}, {}, missing="skip")
-    assert skipped.status == "skip" and skipped.passed
+    [skipped] = gates.check_rules({"forgetting": "<=0.02"}, {}, where="ladder")  # the ladder never measures it
+    assert skipped.status == "skip" and skipped.passed and "tunesmith eval" in skipped.detail
 
 
 def test_rules_parse_and_bare_numbers_take_the_metric_direction():
     assert gates.parse_rule("exact_match", ">= 0.85") == (">=", 0.85)
     assert gates.parse_rule("exact_match", 0.9) == (">=", 0.9)
-    assert gates.parse_rule("p95_latency_ms", 800) == ("<=", 800.0)
+    assert gates.parse_rule("p95_batch_ms", 800) == ("<=", 800.0)
+    assert gates.parse_rule("p95_latency_ms", 800) == ("<=", 800.0)  # the earlier name of the same clock
+    assert gates.parse_rule("cost_per_1k", 0.5) == ("<=", 0.5)
     assert gates.parse_rule("forgetting_json", 0.05) == ("<=", 0.05)
     for bad in ("0.85", ">= high", "=>0.8", "~0.5"):
         with pytest.raises(ValueError, match="rule"):
@@ -126,23 +136,22 @@ def test_checklist_only_when_gates_or_graders_are_set():
     assert [(g.name, g.status) for g in results] == [("beats_base", "pass"), ("exact_match", "pass")]
 
 
-def test_ladder_gates_read_the_chosen_rung():
-    from tunesmith.eval.ladder_report import LadderReport, Recommendation, RungResult
+def test_ladder_rungs_are_checked_by_the_same_engine():
+    from tunesmith.eval.ladder_report import RungResult
+    from tunesmith.records import Latency
 
-    rung = RungResult(name="tuned", label="tuned", metrics={"exact_match": 0.9}, p95_latency_ms=900.0)
-    ladder = LadderReport(
-        run="r",
-        base_model="m",
-        n_examples=3,
-        json_mode=True,
-        primary_metric="exact_match",
-        cost_basis="compute",
-        price=1.0,
-        rungs=[rung],
-        recommendation=Recommendation(rung="tuned", sentence="s"),
+    rung = RungResult(name="tuned", label="tuned", metrics={"exact_match": 0.9}, latency=Latency(p95_batch_ms=900.0))
+    results = gates.check_rules(
+        {"exact_match": ">=0.85", "p95_latency_ms": "<=800", "forgetting": "<=0.02", "hallucination_rate": 0.1},
+        rung.values(),
+        where="ladder",
     )
-    name, results = gates.check_rung(ladder, {"exact_match": ">=0.85", "p95_latency_ms": "<=800", "forgetting": "<=0.02"})
-    assert name == "tuned" and [r.status for r in results] == ["pass", "fail", "skip"]
+    assert [(r.name, r.status) for r in results] == [
+        ("exact_match", "pass"),
+        ("p95_batch_ms", "fail"),  # the earlier name, read as the clock it always was
+        ("forgetting", "skip"),  # eval measures it, the ladder never does
+        ("hallucination_rate", "skip"),
+    ]
 
 
 # --- forgetting ------------------------------------------------------------------------------------------------------
@@ -264,11 +273,13 @@ def test_eval_exit_code_follows_the_gates(tiny_recipe):
     assert ok.exit_code == 0, ok.output
     assert "PASS inputs_unchanged" in ok.output and "PASS json_valid" in ok.output
     stored = read_eval_report(run.dir / "eval" / "report.json")
-    assert [(g["name"], g["passed"]) for g in stored.gates] == [("inputs_unchanged", True), ("json_valid", True)]
-    assert set(stored.extra) >= {"latency", "hallucination", "changed_inputs"} and stored.extra["latency"]["tuned"]["p95_ms"] > 0
+    assert [(g.name, g.passed) for g in stored.gates] == [("inputs_unchanged", True), ("json_valid", True)]
+    latency = stored.extra.latency["tuned"]
+    assert stored.extra.hallucination is not None and latency.p95_batch_ms is not None and latency.p95_batch_ms > 0
+    assert latency.batch_size == 4 and latency.requests == 2 and latency.p95_request_ms is None  # batched: no request figure
     failed = runner.invoke(app, ["eval", str(run.dir), "--gate", "exact_match=>=1.5", "--gate", "p95_latency_ms=<=0.001"])
     assert failed.exit_code == gates.GATES_FAILED_EXIT
-    assert "FAIL exact_match" in failed.output and "FAIL p95_latency_ms" in failed.output
+    assert "FAIL exact_match" in failed.output and "FAIL p95_batch_ms" in failed.output
     assert "a release gate failed" in failed.output
     bad = runner.invoke(app, ["eval", str(run.dir), "--gate", "exact_match"])
     assert bad.exit_code == 1 and "metric=RULE" in bad.output
@@ -286,11 +297,12 @@ def test_forgetting_gate_runs_the_probe_on_base_and_tuned(tiny_recipe, monkeypat
     )
     run = load_run(sft.run(load_recipe(path)).dir)
     result = evaluate(run)
-    f = result.extra["forgetting"]
-    assert f["n_items"] == 40 and set(f["categories"]) == {"arithmetic", "unit_conversion", "capitals", "instruction", "json"}
-    assert f["text_loss"]["base"] > 0 and f["text_loss"]["tuned"] > 0
-    [gate] = gates.results_of(result)
-    assert gate.name == "forgetting" and gate.value == f["score"]
+    f = result.extra.forgetting
+    assert f is not None and f.n_items == 40
+    assert set(f.categories) == {"arithmetic", "unit_conversion", "capitals", "instruction", "json"}
+    assert f.text_loss.base > 0 and f.text_loss.tuned > 0
+    [gate] = result.gates
+    assert gate.name == "forgetting" and gate.value == f.score
 
 
 def test_checkpoint_selection_keeps_the_best_and_records_every_score(tiny_recipe, monkeypatch):
@@ -345,7 +357,39 @@ def test_free_text_eval_gets_judge_win_rate_and_claim_hallucination(monkeypatch)
     )
     section = EvalSection(gates={"win_rate_vs_base": ">=0.6", "hallucination_rate": "<=0.05"}, checks=[])
     extra = release.measure(section, data, sides=lambda side: pytest.fail("no probe asked for"), tokenizer=None, max_length=64)
-    assert extra["judge"]["win_rate"] == 1.0 and extra["judge"]["agreement"] == 1.0
-    assert extra["hallucination"]["rate"] == 0.5 and extra["hallucination"]["method"] == "claims labelled by the judge"
-    results = gates.check_report(report(extra=extra, json_mode=False), section, [])
+    assert extra.judge is not None and extra.judge.win_rate == 1.0 and extra.judge.agreement == 1.0
+    assert extra.hallucination is not None and extra.hallucination.rate == 0.5
+    assert extra.hallucination.method == "claims labelled by the judge"
+    results = gates.check_report(report(extra=extra.model_dump(), json_mode=False), section, [])
     assert [(g.name, g.status) for g in results] == [("win_rate_vs_base", "pass"), ("hallucination_rate", "fail")]
+
+
+def test_targets_of_earlier_recipes_read_as_gates_with_a_deprecation_note(tmp_path, caplog):
+    from pathlib import Path
+
+    from tunesmith.config import recipe_from_dict
+
+    data = {"data": {"train": ["t.jsonl"]}, "eval": {"gates": {"exact_match": ">=0.95"}}}
+    old = {**data, "targets": {"exact_match": 0.9, "json_valid": 0.99, "p95_latency_ms": 800, "cost_per_1k": 0.5}}
+    with caplog.at_level("WARNING"):
+        recipe = recipe_from_dict(old, tmp_path, check_files=False)
+    assert "`targets:` is deprecated" in caplog.text and "eval.gates" in caplog.text
+    # A gate the recipe already set wins; the old latency name reads as the batch clock it measured.
+    assert recipe.eval.gates == {"exact_match": ">=0.95", "json_valid": 0.99, "p95_batch_ms": 800, "cost_per_1k": 0.5}
+    assert "targets" not in recipe.model_dump()
+    caplog.clear()
+    written = {**data, "targets": {"exact_match": None, "bleu": None}}  # a run.yaml lists every unset target
+    with caplog.at_level("WARNING"):
+        assert recipe_from_dict(written, tmp_path, check_files=False).eval.gates == {"exact_match": ">=0.95"}
+    assert "deprecated" not in caplog.text
+    # eval checks the same gates; the ones only the ladder measures are skipped there, naming the ladder.
+    results = gates.check_rules(recipe.eval.gates, gates.gate_values(report(extra=FULL_EXTRA)))
+    assert [(r.name, r.status) for r in results] == [
+        ("exact_match", "fail"),
+        ("json_valid", "pass"),
+        ("p95_batch_ms", "pass"),
+        ("cost_per_1k", "skip"),
+    ]
+    assert "tunesmith ladder" in results[-1].detail
+    shipped = Path(__file__).resolve().parents[2] / "configs"
+    assert not [p.name for p in shipped.glob("*.yaml") if "targets:" in p.read_text()]

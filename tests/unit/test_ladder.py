@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from tunesmith.cli import app
-from tunesmith.config import LOWER_IS_BETTER_TARGETS, TargetsSection, load_recipe
+from tunesmith.config import load_recipe
 from tunesmith.errors import RunError
-from tunesmith.eval import metrics
+from tunesmith.eval import gates, metrics, scoring
 from tunesmith.eval.ladder import (
     SPECS,
     cost_per_1k,
@@ -28,6 +28,7 @@ from tunesmith.eval.ladder_report import (
 )
 from tunesmith.eval.recommend import recommend
 from tunesmith.rag.retrieve import Passage
+from tunesmith.records import Latency
 from tunesmith.train import sft
 
 FACT = "The answer key lives in the catalog."
@@ -89,9 +90,10 @@ def test_every_rung_answers_the_same_prompts_scored_like_eval(tiny_recipe, tmp_p
     json_mode = metrics.references_are_json([r["reference"] for r in rows])
     for rung in report.measured:
         texts = [row["outputs"][rung.name] for row in rows]
-        again = metrics.aggregate([metrics.score_example(t, row["reference"], json_mode) for t, row in zip(texts, rows)])
+        again = metrics.aggregate([scoring.score_example(t, row["reference"], json_mode) for t, row in zip(texts, rows)])
         assert rung.metrics["exact_match"] == pytest.approx(again["exact_match"])
-        assert rung.p95_latency_ms >= rung.p50_latency_ms > 0 and rung.completion_tokens > 0
+        p50, p95 = rung.latency.p50_batch_ms, rung.latency.p95_batch_ms
+        assert p50 is not None and p95 is not None and p95 >= p50 > 0 and rung.completion_tokens > 0
     by = {r.name: r for r in report.measured}
     assert by["base_few_shot"].prompt_tokens > by["base"].prompt_tokens < by["base_rag"].prompt_tokens
     assert by["base"].prompt_tokens == by["tuned"].prompt_tokens and by["base_rag"].prompt_tokens == by["tuned_rag"].prompt_tokens
@@ -122,10 +124,14 @@ def _rung(name: str, em: float, p95: float = 100.0, cost: float = 1.0, status: s
         status=status,
         n_examples=10,
         metrics={"exact_match": em},
-        p50_latency_ms=p95 / 2,
-        p95_latency_ms=p95,
+        latency=Latency(p50_batch_ms=p95 / 2, p95_batch_ms=p95),
         cost_per_1k=cost,
     )
+
+
+def _gated(rungs: list[RungResult], rules: dict) -> list[RungResult]:
+    """The rungs with `rules` checked on each by the release-gate engine, as run_ladder does."""
+    return [r.model_copy(update={"gates": gates.check_rules(rules, r.values(), where="ladder")}) for r in rungs]
 
 
 LADDER = [
@@ -138,10 +144,10 @@ LADDER = [
 
 
 @pytest.mark.parametrize(
-    "rungs,targets,winner,closest,warning",
+    "rungs,rules,winner,closest,warning",
     [
         # RAG alone meets quality but not latency: tuned + RAG? too slow too; plain tuned wins, with the warning.
-        (LADDER, {"exact_match": 0.9, "p95_latency_ms": 800}, "tuned", None, "missed p95_latency_ms"),
+        (LADDER, {"exact_match": 0.9, "p95_batch_ms": 800}, "tuned", None, "missed p95_batch_ms"),
         # Only quality asked: tuned (1.0) beats base_rag (2.0) on cost; RAG met quality, so warn that it costs more.
         (LADDER, {"exact_match": 0.9}, "tuned", None, "it costs 2"),
         # A bar only retrieval + tuning clears: tuned + RAG; RAG alone missed quality, so no warning.
@@ -157,13 +163,13 @@ LADDER = [
             None,
         ),
         # Nobody gets there: no winner; the closest is the smallest relative miss.
-        (LADDER, {"exact_match": 0.999, "p95_latency_ms": 650}, None, "tuned", None),
+        (LADDER, {"exact_match": 0.999, "p95_batch_ms": 650}, None, "tuned", None),
         # Skipped rungs never win, even with perfect (empty) numbers.
         ([_rung("base", 0.2), _rung("tuned", 1.0, status="skipped")], {"exact_match": 0.5}, None, "base", None),
     ],
 )
-def test_recommendation_rule(rungs, targets, winner, closest, warning):
-    rec = recommend(rungs, targets)
+def test_recommendation_rule(rungs, rules, winner, closest, warning):
+    rec = recommend(_gated(rungs, rules))
     assert rec.rung == winner and rec.closest == closest
     if warning:
         assert rec.warning is not None and warning in rec.warning and "RAG" in rec.warning
@@ -172,26 +178,21 @@ def test_recommendation_rule(rungs, targets, winner, closest, warning):
     if winner:
         assert rec.sentence.startswith(f"Use {SPECS[winner].label}:") and rec.sentence.count(".") >= 1
     else:
-        assert rec.sentence.startswith("No rung meets the targets") and SPECS[closest].label in rec.sentence
+        assert rec.sentence.startswith("No rung passes the gates") and SPECS[closest].label in rec.sentence
 
 
 def test_recommendation_lists_the_cheaper_misses_one_rung_at_a_time():
     """Rung labels carry commas ("base, few-shot"): the cheaper rungs that miss are separated by semicolons."""
     rungs = [_rung("base", 0.0, cost=1.0), _rung("base_few_shot", 0.2, cost=1.2), _rung("tuned_rag", 0.99, cost=1.5)]
-    rec = recommend(rungs, {"exact_match": 0.9})
+    rec = recommend(_gated(rungs, {"exact_match": 0.9}))
     assert rec.rung == "tuned_rag"
-    assert f"({SPECS['base'].label}; {SPECS['base_few_shot'].label}) misses a target" in rec.sentence
+    assert f"({SPECS['base'].label}; {SPECS['base_few_shot'].label}) misses a gate" in rec.sentence
 
 
-def test_recommendation_without_targets_names_the_cheapest_and_asks_for_targets():
-    rec = recommend(LADDER, {})
-    assert rec.rung is None and "No targets" in rec.sentence and "base, zero-shot" in rec.sentence
-
-
-def test_target_names_match_the_metrics():
-    quality = set(TargetsSection.model_fields) - LOWER_IS_BETTER_TARGETS
-    assert quality == set(metrics.score_example("a", "a", json_mode=True))
-    assert set(RungResult.model_fields) >= LOWER_IS_BETTER_TARGETS - {"cost_per_1k"} | {"cost_per_1k"}
+def test_recommendation_without_gates_names_the_cheapest_and_asks_for_gates():
+    for rules in ({}, {"forgetting": 0.02}):  # a gate the ladder does not measure does not choose a rung
+        rec = recommend(_gated(LADDER, rules))
+        assert rec.rung is None and "No gates" in rec.sentence and "base, zero-shot" in rec.sentence
 
 
 def _report(rungs: list[RungResult]) -> LadderReport:
@@ -201,11 +202,11 @@ def _report(rungs: list[RungResult]) -> LadderReport:
         n_examples=10,
         json_mode=True,
         primary_metric="exact_match",
-        targets={"exact_match": 0.9},
+        gates={"exact_match": 0.9},
         cost_basis="compute",
         price=1.0,
-        rungs=rungs,
-        recommendation=recommend(rungs, {"exact_match": 0.9}),
+        rungs=_gated(rungs, {"exact_match": 0.9}),
+        recommendation=recommend(_gated(rungs, {"exact_match": 0.9})),
     )
 
 
@@ -213,7 +214,7 @@ def test_report_round_trip_and_newer_schema_refused(tmp_path):
     report = _report(LADDER)
     write_ladder_report(tmp_path / "ladder.json", report)
     back = read_ladder_report(tmp_path / "ladder.json")
-    assert back == report and back.rung("tuned").value("p95_latency_ms") == 60.0 and back.rung("nope") is None
+    assert back == report and back.rung("tuned").value("p95_batch_ms") == 60.0 and back.rung("nope") is None
     data = json.loads((tmp_path / "ladder.json").read_text())
     data["schema_version"] = 99
     (tmp_path / "ladder.json").write_text(json.dumps(data))
@@ -233,15 +234,16 @@ def test_html_page_with_chart(tmp_path):
 
 
 def test_cli_writes_the_ladder_and_never_over_earlier_output(tiny_recipe, tmp_path):
-    path = tiny_recipe(ladder={"max_new_tokens": 4}, targets={"exact_match": 0.5})
+    path = tiny_recipe(ladder={"max_new_tokens": 4}, eval={"gates": {"exact_match": 0.5}})
     runner = CliRunner()
     res = runner.invoke(app, ["ladder", str(path), "--max-examples", "2"])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == gates.GATES_FAILED_EXIT, res.output  # no rung passes: the chosen rung's gates fail
     out = tmp_path / "runs" / "tiny-ladder"
-    assert "recommendation:" in res.output and "No rung meets the targets" in res.output
+    assert "recommendation:" in res.output and "No rung passes the gates" in res.output
+    assert "FAIL exact_match" in res.output and "release gates on the chosen rung" in res.output
     report = read_ladder_report(out / "ladder.json")
-    assert report.n_examples == 2 and report.targets == {"exact_match": 0.5} and (out / "ladder.html").exists()
+    assert report.n_examples == 2 and report.gates == {"exact_match": 0.5} and (out / "ladder.html").exists()
     again = runner.invoke(app, ["ladder", str(path), "--max-examples", "2"])
-    assert again.exit_code != 0 and "already exists" in again.output
-    assert runner.invoke(app, ["ladder", str(path), "--max-examples", "1", "--overwrite"]).exit_code == 0
+    assert again.exit_code not in (0, gates.GATES_FAILED_EXIT) and "already exists" in again.output
+    assert runner.invoke(app, ["ladder", str(path), "--max-examples", "1", "--overwrite"]).exit_code == 3
     assert read_ladder_report(out / "ladder.json").n_examples == 1

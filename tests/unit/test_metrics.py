@@ -98,13 +98,15 @@ def test_references_are_json_threshold():
 
 
 def test_score_example_keys():
-    text = M.score_example("a b", "a b", json_mode=False)
+    from tunesmith.eval.scoring import score_example
+
+    text = score_example("a b", "a b", json_mode=False)
     assert set(text) == {"exact_match", "token_f1", "rouge_l", "bleu"}
     assert text["exact_match"] == 1.0 and text["token_f1"] == 1.0
-    js = M.score_example('{"a": 1}', '{"a": 1}', json_mode=True)
+    js = score_example('{"a": 1}', '{"a": 1}', json_mode=True)
     assert set(js) == {"exact_match", "token_f1", "rouge_l", "bleu", "json_valid", "json_field_accuracy"}
     assert js["json_valid"] == 1.0 and js["json_field_accuracy"] == 1.0
-    assert M.score_example("x", "plain", json_mode=True)["json_field_accuracy"] is None
+    assert score_example("x", "plain", json_mode=True)["json_field_accuracy"] is None
 
 
 def test_aggregate_means_ignoring_none():

@@ -1,9 +1,13 @@
-"""Behaviour of tunesmith.eval.report: PNG output and the self-contained HTML page."""
+"""Behaviour of tunesmith.eval.report: PNG output and the self-contained HTML page; the typed records it renders."""
 
 from __future__ import annotations
 
 import base64
+import json
 import re
+from pathlib import Path
+
+import pytest
 
 from tunesmith import atomic
 from tunesmith.eval import report as R
@@ -133,3 +137,51 @@ def test_write_html_failure_cleans_temp_and_keeps_old(tmp_path, monkeypatch):
         raise AssertionError("write_html should re-raise the failure")
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
     assert target.read_text(encoding="utf-8") == "old"
+
+
+# --- the typed records ----------------------------------------------------------------------------------------------
+
+RECORDS = Path(__file__).resolve().parents[1] / "fixtures" / "records"
+
+
+def test_an_eval_report_written_by_schema_1_reads_typed(tmp_path):
+    """eval-report-v1.json was written by the release before typed extras: every part reads as its record."""
+    from tunesmith.eval.gates import gate_values
+    from tunesmith.records import EVAL_REPORT_VERSION, Forgetting, GateResult, read_eval_report, write_eval_report
+
+    report = read_eval_report(RECORDS / "eval-report-v1.json")
+    assert report.schema_version == EVAL_REPORT_VERSION == 2
+    assert all(isinstance(g, GateResult) for g in report.gates) and report.gates[2].name == "beats_base"
+    assert isinstance(report.extra.forgetting, Forgetting) and report.extra.forgetting.categories["json"].n == 7
+    assert report.extra.judge is not None and report.extra.judge.orders["tuned_first"].ties == 6
+    assert report.extra.graders["exact"]["tuned"].pass_rate == 0.0
+    assert report.extra.hallucination is not None and report.extra.hallucination.rate is None
+    tuned = report.extra.latency["tuned"]  # schema 1's p50_ms/p95_ms: the wall time of the batch, now named so
+    assert tuned.p95_batch_ms == pytest.approx(771.81073) and tuned.p95_request_ms is None
+    assert gate_values(report)["p95_batch_ms"] == tuned.p95_batch_ms
+    write_eval_report(tmp_path / "report.json", report)
+    assert read_eval_report(tmp_path / "report.json") == report
+    raw = json.loads((tmp_path / "report.json").read_text())
+    assert raw["schema_version"] == 2 and raw["extra"]["latency"]["tuned"]["p95_batch_ms"] == tuned.p95_batch_ms
+
+
+def test_a_typo_in_an_eval_extra_is_an_error_not_a_default(tmp_path):
+    from tunesmith.errors import RunError
+    from tunesmith.records import read_eval_report
+
+    raw = json.loads((RECORDS / "eval-report-v1.json").read_text())
+    raw["extra"]["forgeting"] = raw["extra"].pop("forgetting")
+    (tmp_path / "report.json").write_text(json.dumps(raw))
+    with pytest.raises(RunError, match="extra.forgeting"):
+        read_eval_report(tmp_path / "report.json")
+
+
+def test_a_ladder_written_by_schema_1_reads_with_gates_and_one_clock():
+    from tunesmith.eval.ladder_report import read_ladder_report
+    from tunesmith.records import Latency
+
+    ladder = read_ladder_report(RECORDS / "ladder-v1.json")
+    assert ladder.schema_version == 2 and ladder.gates == {"exact_match": 0.5, "p95_latency_ms": 100000.0}
+    base = ladder.rung("base")
+    assert base is not None and isinstance(base.latency, Latency) and base.latency.total_s == pytest.approx(0.128097)
+    assert base.value("p95_batch_ms") == pytest.approx(128.096914) and base.value("cost_per_1k") == base.cost_per_1k

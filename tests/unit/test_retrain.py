@@ -4,6 +4,7 @@ when every gate passes (tiny model)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -79,3 +80,81 @@ def test_the_next_recipe_keeps_earlier_additions_of_the_served_run(tiny_recipe, 
     recipe = next_recipe(path, add, [str(tmp_path / "train.jsonl"), str(earlier)])
     assert recipe.data.train == [str(tmp_path / "train.jsonl"), str(earlier), str(add)]
     assert recipe.run_dir == tmp_path / "runs" / "tiny-r2" and recipe.name == "tiny-r2"
+
+
+def test_a_bad_name_is_refused_before_anything_trains(tiny_recipe, tmp_path):
+    import pytest
+
+    from tunesmith.errors import ModelError
+    from tunesmith.train import sft
+
+    quick = {"max_steps": 1, "save_steps": 1}
+    path = tiny_recipe(training=quick, eval={"gates": {"json_valid": ">=0"}, "checks": []}, monitor={"max_regression": 1.0})
+    old = sft.run(load_recipe(path)).dir
+    add = write_jsonl(tmp_path / "more.jsonl", chat_rows(4, seed=9))
+    with pytest.raises(ModelError, match="invalid adapter name"):
+        retrain(path, add, tmp_path / "serve", "bad name")
+    assert not old.with_name("tiny-r2").exists() and not (tmp_path / "serve").exists()
+    res = CliRunner().invoke(
+        app, ["retrain", str(path), "--add", str(add), "--serve-dir", str(tmp_path / "serve"), "--name", "../x"]
+    )
+    assert res.exit_code != 0 and "invalid adapter name" in res.output and not old.with_name("tiny-r2").exists()
+
+
+def _runs(tmp_path):
+    runs = [tmp_path / name for name in ("run-a", "run-b")]
+    for run in runs:
+        run.mkdir()
+    return runs
+
+
+def test_a_crash_after_the_link_swap_leaves_a_record_naming_the_served_run(tmp_path, monkeypatch):
+    from tunesmith.monitor import retrain as module
+    from tunesmith.monitor.retrain import promote
+
+    a, b = _runs(tmp_path)
+    serve, record = tmp_path / "serve", tmp_path / "serve" / "adapters" / "prod.promotion.json"
+    promote(serve, "prod", a, tmp_path / "run-0", tmp_path / "add.jsonl", [])
+    assert read_promotion(record).run == str(a)
+
+    swapped, real_replace, real_write = [], os.replace, module.write_text_atomic
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        swapped.append(Path(dst) == serve / "adapters" / "prod")
+
+    def killed_after_the_swap(path, text):
+        if any(swapped):  # the process dies at its first write after the link moved
+            raise KeyboardInterrupt("killed")
+        return real_write(path, text)
+
+    monkeypatch.setattr(module.os, "replace", replace)
+    monkeypatch.setattr(module, "write_text_atomic", killed_after_the_swap)
+    try:
+        promote(serve, "prod", b, a, tmp_path / "add.jsonl", [])
+    except KeyboardInterrupt:
+        pass
+    assert os.path.realpath(serve / "adapters" / "prod") == str(b)  # the swap happened
+    settled = read_promotion(record)
+    assert settled.run == str(b) and settled.previous == str(a) and settled.status == "promoted"
+
+
+def test_a_crash_before_the_link_swap_leaves_a_record_naming_the_run_still_served(tmp_path, monkeypatch):
+    from tunesmith.monitor import retrain as module
+    from tunesmith.monitor.retrain import promote
+
+    a, b = _runs(tmp_path)
+    serve, record = tmp_path / "serve", tmp_path / "serve" / "adapters" / "prod.promotion.json"
+    promote(serve, "prod", a, tmp_path / "run-0", tmp_path / "add.jsonl", [])
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(module.os, "symlink", killed)  # after the "pending" record, before the link moves
+    try:
+        promote(serve, "prod", b, a, tmp_path / "add.jsonl", [])
+    except KeyboardInterrupt:
+        pass
+    assert os.path.realpath(serve / "adapters" / "prod") == str(a)  # nothing moved
+    settled = read_promotion(record)
+    assert settled.run == str(a) and settled.status == "pending" and settled.gates == []

@@ -13,8 +13,7 @@ from rich.table import Table
 from tunesmith.cli import app, console, err_console, handle_errors
 
 if TYPE_CHECKING:
-    from tunesmith.eval.gates import GateResult
-    from tunesmith.records import EvalReport
+    from tunesmith.records import EvalReport, GateResult
 
 
 def resolve_run(target: Path) -> Any:
@@ -30,18 +29,19 @@ def resolve_run(target: Path) -> Any:
 
 
 def comparison_table(report: EvalReport) -> Table:
+    from tunesmith.eval.registry import metric as declared
+
     summary = report.summary
     table = Table(title=f"{report.run}: base vs tuned on {report.n_examples} held-out examples")
     for col in ("metric", "base", "tuned", "delta"):
         table.add_column(col, justify="right" if col != "metric" else "left")
-    lower_is_better = {"eval_loss", "perplexity"}
     for metric, base in summary["base"].items():
         tuned, delta = summary["tuned"][metric], summary["delta"][metric]
-        good = delta < 0 if metric in lower_is_better else delta > 0
+        good = declared(metric).better(delta, 0.0)
         colour = "green" if good and abs(delta) > 1e-9 else ("red" if abs(delta) > 1e-9 else "white")
         table.add_row(metric, f"{base:.4f}", f"{tuned:.4f}", f"[{colour}]{delta:+.4f}[/]")
     j = report.judgement
-    table.caption = f"tuned wins {j.wins} · loses {j.losses} · ties {j.ties}"
+    table.caption = f"tuned wins {j.wins} · loses {j.losses} · ties {j.ties}; reference: {report.reference or 'n/a'}"
     return table
 
 
@@ -83,7 +83,7 @@ def eval_cmd(
 ) -> None:
     """Run the same held-out prompts through the base and the tuned model and compare them."""
     from tunesmith.eval.compare import evaluate
-    from tunesmith.eval.gates import GATES_FAILED_EXIT, gate_options, results_of
+    from tunesmith.eval.gates import GATES_FAILED_EXIT, gate_options
 
     run = resolve_run(target)
     if gate:  # in memory only: the run folder's run.yaml is never rewritten
@@ -98,5 +98,5 @@ def eval_cmd(
     for warning in report.warnings:
         err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
     console.print(f"report: {run.dir / 'eval' / 'report.html'} (+ report.json, predictions.jsonl)")
-    if not print_checklist(results_of(report)):
+    if not print_checklist(report.gates):
         raise typer.Exit(GATES_FAILED_EXIT)  # CI blocks the release

@@ -16,33 +16,37 @@ if TYPE_CHECKING:
 
 
 def ladder_table(report: LadderReport) -> Table:
-    """One row per rung: quality, latency, tokens, cost, and the targets it misses; the recommended rung in bold green."""
+    """One row per rung: quality, latency, tokens, cost, and the gates it misses; the recommended rung in bold green."""
     quality = [
         m
-        for m in (report.primary_metric, "exact_match", "json_valid", "json_field_accuracy", "token_f1")
+        for m in (report.primary_metric, "exact_match", "json_valid", "json_field_accuracy", "token_f1", "reward")
         if any(m in r.metrics for r in report.measured)
     ]
     quality = list(dict.fromkeys(quality))
     table = Table(title=f"{report.run}: the ladder on {report.n_examples} held-out prompts")
-    for col in ["rung", *quality, "p50 ms", "p95 ms", "prompt tok", "compl. tok", "cost/1k", "misses"]:
+    for col in ["rung", *quality, "p50 batch ms", "p95 batch ms", "prompt tok", "compl. tok", "cost/1k", "misses"]:
         table.add_column(col, justify="left" if col in ("rung", "misses") else "right")
     for r in report.rungs:
         if r.status != "ok":
             table.add_row(f"[dim]{r.label}[/]", *["" for _ in quality], "", "", "", "", "", f"[dim]skipped: {r.reason}[/]")
             continue
-        missed = ", ".join(k for k, ok in r.meets.items() if not ok)
+        missed = ", ".join(g.name for g in r.gates if g.status == "fail")
         name = f"[bold green]{r.label}[/]" if r.name == report.recommendation.rung else r.label
+        checked = any(g.status != "skip" for g in r.gates)
         table.add_row(
             name,
             *[f"{r.metrics.get(m, float('nan')):.3f}" for m in quality],
-            f"{r.p50_latency_ms:.0f}",
-            f"{r.p95_latency_ms:.0f}",
+            f"{r.latency.p50_batch_ms or 0:.0f}",
+            f"{r.latency.p95_batch_ms or 0:.0f}",
             f"{r.prompt_tokens:.0f}",
             f"{r.completion_tokens:.0f}",
             f"{r.cost_per_1k:.4g}",
-            missed or ("[green]all met[/]" if r.meets else "-"),
+            missed or ("[green]all pass[/]" if checked else "-"),
         )
-    table.caption = f"cost basis: {report.cost_basis} at {report.price:g}; latency = wall time of the request's batch"
+    table.caption = (
+        f"cost basis: {report.cost_basis} at {report.price:g}; latency: wall time of a batch of "
+        f"{report.generation.get('batch_size')}; reference: {report.reference or 'n/a'}"
+    )
     return table
 
 
@@ -66,7 +70,7 @@ def ladder_cmd(
         False, "--overwrite", help="Replace the output of an earlier `tunesmith ladder` in that folder."
     ),
 ) -> None:
-    """Measure every rung of the ladder on the same held-out prompts and recommend the cheapest that meets the targets."""
+    """Measure every rung of the ladder on the same held-out prompts and recommend the cheapest that passes the gates."""
     from tunesmith.config import load_recipe
     from tunesmith.eval.ladder import ladder
 
@@ -74,10 +78,10 @@ def ladder_cmd(
     with Progress(console=console, transient=True) as progress:
         report, folder = ladder(parsed, out, overwrite=overwrite, max_examples=max_examples, progress=progress)
     print_ladder(report, folder)
-    if parsed.eval.gates:
+    chosen = report.chosen
+    if chosen is not None and chosen.gates:
         from tunesmith.cli.evaluate import print_checklist
-        from tunesmith.eval.gates import GATES_FAILED_EXIT, check_rung
+        from tunesmith.eval.gates import GATES_FAILED_EXIT
 
-        rung, results = check_rung(report, parsed.eval.gates)
-        if not print_checklist(results, f"release gates on the chosen rung ({rung or 'none'})"):
+        if not print_checklist(chosen.gates, f"release gates on the chosen rung ({chosen.name})"):
             raise typer.Exit(GATES_FAILED_EXIT)

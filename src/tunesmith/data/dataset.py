@@ -1,25 +1,55 @@
-"""From a recipe's data section to train/eval examples and tokenized rows, with counts for everything dropped."""
+"""From a recipe's data section to train/eval examples and tokenized rows, with counts for everything dropped.
+
+`split_rows` is the one train/eval split: every method trains on its train side, and the run saves its eval side
+(data/eval.jsonl) as the held-out set every later step scores on.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from tunesmith.config import DataSection, Recipe
-from tunesmith.data.formats import Example, load_examples
+from tunesmith.data import dedup
+from tunesmith.data.formats import (
+    PREFERENCE_SHAPES,
+    Example,
+    Record,
+    RowError,
+    detect_shape,
+    load_normalised,
+    to_example,
+    to_messages,
+    to_preference,
+    to_prompt_only,
+)
 from tunesmith.data.template import tokenize_example
 from tunesmith.errors import DataError
 from tunesmith.records import TokenCounts
 
-
-def _row_key(example: Example) -> str:
-    return hashlib.sha256(json.dumps(example.messages, sort_keys=True).encode()).hexdigest()
-
-
 T = TypeVar("T")
+
+
+def content_key(obj: Any) -> str:
+    """The key a source row is split and deduplicated by, whatever a method reads from it: dedup.row_key of its
+    conversation (a preference pair: prompt + chosen, with prompt + rejected), as `data audit` and `data split` key
+    rows. So sft, dpo, grpo and distill hold out the same rows of one file. RowError when the row has no shape."""
+    if isinstance(obj, dict) and detect_shape(obj) in PREFERENCE_SHAPES:
+        pair = to_preference(obj)
+        return dedup.row_key(pair["prompt"] + pair["chosen"], pair["prompt"] + pair["rejected"])
+    try:
+        return dedup.row_key(to_messages(obj))
+    except RowError:  # prompt-only rows (grpo, distill)
+        return dedup.row_key(to_prompt_only(obj))
+
+
+def held_out_order(keys: list[str], seed: int) -> list[int]:
+    """Indices of `keys` in the order rows are held out: by content, then a seeded shuffle, so neither the file's row
+    order nor the method changes which rows are held out. `data split` fills its eval side in this order too."""
+    order = sorted(range(len(keys)), key=lambda i: keys[i])
+    random.Random(seed).shuffle(order)
+    return order
 
 
 def hold_out(
@@ -27,25 +57,37 @@ def hold_out(
 ) -> tuple[list[T], list[T]]:
     """(train, eval): the given eval rows, or a seeded `fraction` of train held out; eval rows also in train are removed.
 
-    The held-out rows depend on the seed and the rows' content, not on file order. Rows present in both splits
-    would inflate every eval figure.
+    Rows present in both splits would inflate every eval figure.
     """
     if evaluation is None:
-        order = sorted(train, key=key)
-        random.Random(seed).shuffle(order)
+        order = held_out_order([key(r) for r in train], seed)
         n_eval = max(1, round(len(order) * fraction))
-        evaluation, train = order[:n_eval], order[n_eval:]
+        evaluation, train = [train[i] for i in order[:n_eval]], [train[i] for i in order[n_eval:]]
     train_keys = {key(r) for r in train}
     return train, [r for r in evaluation if key(r) not in train_keys]
 
 
-def split_examples(data: DataSection, seed: int) -> tuple[list[Example], list[Example]]:
-    """Train and eval examples. Without an eval file, a seeded, deterministic eval_fraction is held out."""
-    train = load_examples(data.train)
-    train, evaluation = hold_out(train, load_examples(data.eval) if data.eval else None, _row_key, data.eval_fraction, seed)
+def split_rows(data: DataSection, seed: int, normalise: Callable[[Record], T]) -> tuple[list[T], list[T]]:
+    """THE split: train and eval rows of a recipe's data for every method, each row `normalise`d from its Record.
+
+    Without an eval file a seeded, deterministic eval_fraction of train is held out, chosen by `content_key`, so the
+    held-out rows do not depend on how a method reads them. Every bad row is listed in one DataError.
+    """
+
+    def keyed(rec: Record) -> tuple[str, T]:
+        return content_key(rec.obj), normalise(rec)
+
+    train = load_normalised(data.train, keyed)
+    evaluation = load_normalised(data.eval, keyed) if data.eval else None
+    train, evaluation = hold_out(train, evaluation, lambda pair: pair[0], data.eval_fraction, seed)
     if not evaluation:
         raise DataError("the eval split is empty after removing rows that also appear in train")
-    return train, evaluation
+    return [row for _, row in train], [row for _, row in evaluation]
+
+
+def split_examples(data: DataSection, seed: int) -> tuple[list[Example], list[Example]]:
+    """split_rows of demonstrations (sft): each row's normalised conversation."""
+    return split_rows(data, seed, to_example)
 
 
 def recipe_examples(recipe: Recipe) -> tuple[list[Example], list[Example]]:

@@ -420,13 +420,25 @@ def load_normalised(paths: list[str] | str, normalise: Callable[[Record], T], ma
     return out
 
 
+PREFERENCE_SHAPES = ("preference", "openai_dpo")
+
+
+def row_id(obj: Any, where: str) -> str:
+    """A row's id: its own `id` column, else `<file stem>-<line>` from its `file:line`."""
+    own = obj.get("id") if isinstance(obj, dict) else None
+    if own not in (None, ""):
+        return str(own)
+    path, _, line = where.rpartition(":")
+    return f"{Path(path).stem}-{line}"
+
+
+def to_example(rec: Record) -> Example:
+    """One record as a demonstration: its normalised messages, id, file:line and other columns. Raises RowError."""
+    messages = to_messages(rec.obj)
+    extra = {k: v for k, v in rec.obj.items() if k not in ("messages", "id")}  # to_messages accepted an object
+    return Example(row_id(rec.obj, rec.where), messages, rec.where, extra)
+
+
 def load_examples(paths: list[str] | str, max_errors: int = 20) -> list[Example]:
     """Load and normalise every row of the files; any bad row raises one DataError listing them (file:line)."""
-
-    def example(rec: Record) -> Example:
-        messages = to_messages(rec.obj)
-        row_id = rec.obj.get("id")  # to_messages accepted it, so it is an object
-        extra = {k: v for k, v in rec.obj.items() if k not in ("messages", "id")}
-        return Example(str(row_id or f"{Path(rec.path).stem}-{rec.line}"), messages, rec.where, extra)
-
-    return load_normalised(paths, example, max_errors)
+    return load_normalised(paths, to_example, max_errors)

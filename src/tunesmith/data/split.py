@@ -1,14 +1,13 @@
 """`data split`: a deterministic, deduplicated train/eval split, optionally stratified by a field.
 
-Deterministic: rows are ordered by the hash of their content before the seeded shuffle, so
-reordering the file does not change which rows are held out. Deduplicated: exact copies are
+Deterministic: rows are ordered by the hash of their content before the seeded shuffle (the order training holds
+rows out in, data.dataset.held_out_order), so reordering the file does not change which rows are held out. Deduplicated: exact copies are
 dropped, and near-duplicates are kept together on one side, so no eval row has a near twin
 in train. Stratified: each value of the field is split separately with the same fraction.
 """
 
 from __future__ import annotations
 
-import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from tunesmith import outputs
 from tunesmith.data import dedup
 from tunesmith.data.audit import load_rows
 from tunesmith.data.convert import write_rows
+from tunesmith.data.dataset import held_out_order
 from tunesmith.errors import DataError
 
 
@@ -93,13 +93,13 @@ def split_file(
     for g in groups:
         value = rows[g[0]].obj.get(stratify) if stratify else None
         strata[str(value)].append(g)
-    rng = random.Random(seed)
     train_idx, eval_idx = [], []
     result_strata: dict[str, dict[str, int]] = {}
     for value in sorted(strata):
-        # Content order, then a seeded shuffle: independent of the file's row order.
-        bucket = sorted(strata[value], key=lambda g: min(keys[i] for i in g))
-        rng.shuffle(bucket)
+        # The order training holds rows out in (content, then a seeded shuffle): without near-duplicates or strata,
+        # the eval side is exactly what a recipe with this eval_fraction and seed holds out of the same file.
+        groups_here = strata[value]
+        bucket = [groups_here[i] for i in held_out_order([min(keys[i] for i in g) for g in groups_here], seed)]
         size = sum(len(g) for g in bucket)
         target = max(1, round(size * eval_fraction)) if size > 1 else 0
         taken = 0

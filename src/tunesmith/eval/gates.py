@@ -1,9 +1,9 @@
-"""Release gates: the pre-deployment checklist as pass/fail lines, so CI can block a release.
+"""Release gates: the one "good enough" engine. A gate is `metric: rule` (`exact_match: ">=0.85"`, `forgetting: "<=0.02"`);
+`tunesmith eval` checks them on its report and blocks the release, the ladder checks them on every rung and recommends
+the cheapest rung that passes. Metric names and directions come from the registry (tunesmith.eval.registry).
 
-A gate is `metric: rule` from `eval.gates` (`exact_match: ">=0.85"`, `forgetting: "<=0.02"`); the value comes from
-the EvalReport (tuned summary, latency, forgetting, hallucination, judge, graders). The built-in checks of
-`eval.checks` join whenever gates or graders are set: inputs unchanged since training, validation loss converged
-(from metrics.jsonl), tuned better than the unmodified base on the mode's primary metric.
+The built-in checks of `eval.checks` join whenever gates or graders are set: inputs unchanged since training,
+validation loss converged (from metrics.jsonl), tuned better than the unmodified base on the mode's primary metric.
 """
 
 from __future__ import annotations
@@ -12,17 +12,16 @@ import math
 import operator
 import re
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import Field, model_validator
-
-from tunesmith.eval import metrics
-from tunesmith.records import Record
+from tunesmith.eval import metrics, registry
+from tunesmith.records import GateResult
 
 if TYPE_CHECKING:
     from tunesmith.config import EvalSection
-    from tunesmith.eval.ladder_report import LadderReport
     from tunesmith.records import EvalReport
+
+__all__ = ["GATES_FAILED_EXIT", "GateResult", "check_report", "check_rules", "gate_values", "parse_rule"]
 
 GATES_FAILED_EXIT = 3
 """Exit code of `tunesmith eval` / `tunesmith ladder` when a gate fails (1 stays 'the command itself failed')."""
@@ -35,38 +34,20 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
     "==": lambda v, t: math.isclose(v, t, abs_tol=1e-9),
 }
-# A bare number means "at most" for these (and every forgetting_* / *_latency_ms), "at least" for the rest.
-LOWER_IS_BETTER = frozenset({"forgetting", "hallucination_rate", "text_loss_increase", "eval_loss", "perplexity", "cost_per_1k"})
-
 # Convergence: the loss fell less than this share over the last quarter of its points, and ends within
 # this factor of its minimum (more is divergence).
 CONVERGED_DROP, DIVERGED_FACTOR, MIN_LOSS_POINTS = 0.05, 1.5, 4
 
 
-class GateResult(Record):
-    """One checklist line. status "skip": the gate does not apply where it was checked (e.g. the ladder has no forgetting)."""
-
-    name: str
-    rule: str = Field(..., description="'>= 0.85', or what a built-in check demands.")
-    value: float | None = None
-    status: Literal["pass", "fail", "skip"]
-    detail: str = ""
-    passed: bool = Field(True, description="status != fail (skipped gates do not block); set from status.")
-
-    @model_validator(mode="after")
-    def _passed_from_status(self) -> GateResult:
-        self.passed = self.status != "fail"
-        return self
-
-
-def lower_is_better(name: str) -> bool:
-    return name in LOWER_IS_BETTER or name.startswith("forgetting_") or name.endswith("_latency_ms")
-
-
 def parse_rule(name: str, rule: str | float) -> tuple[str, float]:
-    """(operator, threshold) of a gate rule; a bare number is >= (<= when lower is better). ValueError when unreadable."""
+    """(operator, threshold) of a gate on a registry metric; a bare number is >= (<= where lower is better).
+    ValueError naming the gate when the metric is unknown or the rule unreadable."""
+    try:
+        higher = registry.higher_is_better(name)
+    except ValueError as exc:
+        raise ValueError(f"gate {name}: {exc}") from None
     if isinstance(rule, (int, float)) and not isinstance(rule, bool):
-        return ("<=" if lower_is_better(name) else ">="), float(rule)
+        return (">=" if higher else "<="), float(rule)
     m = _RULE.match(str(rule))
     if not m:
         raise ValueError(f"gate {name}: rule {rule!r} is not '<op><number>' with op one of >=, <=, >, <, ==")
@@ -86,7 +67,7 @@ def gate_options(options: list[str]) -> dict[str, str]:
             parse_rule(name.strip(), rule.strip())
         except ValueError as exc:
             raise RecipeError([("--gate", f"{exc} (e.g. --gate exact_match='>=0.9')")]) from None
-        parsed[name.strip()] = rule.strip()
+        parsed[registry.canonical(name.strip())] = rule.strip()
     return parsed
 
 
@@ -94,42 +75,51 @@ def gate_values(report: EvalReport) -> dict[str, float]:
     """Every number a gate can name, from one EvalReport (tuned side; see docs/gates.md for the list)."""
     values = dict(report.summary.get("tuned", {}))
     extra = report.extra
-    judge = extra.get("judge") or {}
-    values["win_rate_vs_base"] = judge.get("win_rate", report.judgement.win_rate)
-    if "agreement" in judge:
-        values["judge_agreement"] = judge["agreement"]
-    for key in ("p50_ms", "p95_ms"):
-        if key in (latency := extra.get("latency", {}).get("tuned", {})):
-            values[f"{key[:3]}_latency_ms"] = latency[key]
-    if forgetting := extra.get("forgetting"):
-        values["forgetting"] = forgetting["score"]
-        values["text_loss_increase"] = forgetting["text_loss"]["increase"]
-        values.update({f"forgetting_{cat}": c["drop"] for cat, c in forgetting["categories"].items()})
-    if (hallucination := extra.get("hallucination")) and hallucination.get("rate") is not None:
-        values["hallucination_rate"] = hallucination["rate"]
-    for name, graded in (extra.get("graders") or {}).items():
-        values[f"graders.{name}"] = graded["tuned"]["pass_rate"]
+    values["win_rate_vs_base"] = extra.judge.win_rate if extra.judge else report.judgement.win_rate
+    if extra.judge:
+        values["judge_agreement"] = extra.judge.agreement
+    if (latency := extra.latency.get("tuned")) is not None:
+        values.update(latency.values())
+    if (forgot := extra.forgetting) is not None:
+        values["forgetting"] = forgot.score
+        values["text_loss_increase"] = forgot.text_loss.increase
+        values.update({f"forgetting_{cat}": c.drop for cat, c in forgot.categories.items()})
+    if extra.hallucination is not None and extra.hallucination.rate is not None:
+        values["hallucination_rate"] = extra.hallucination.rate
+    values.update({f"graders.{name}": sides["tuned"].pass_rate for name, sides in extra.graders.items() if "tuned" in sides})
     return values
 
 
-def check_rules(
-    gates: dict[str, str | float],
-    values: dict[str, float],
-    missing: Literal["fail", "skip"] = "fail",
-    why_missing: str = "not measured",
-) -> list[GateResult]:
-    """One result per gate: the value against its rule; a value that is absent fails (or is skipped)."""
+def check_rules(gates: dict[str, str | float], values: dict[str, float], where: str = registry.EVAL) -> list[GateResult]:
+    """One result per gate: the value against its rule. A metric that `where` (eval or ladder) never measures is
+    skipped, naming the command that does; one it measures but that is absent (not asked for, not finite) fails,
+    because a release criterion nobody checked is not met."""
     results = []
     for name, rule in gates.items():
         op, threshold = parse_rule(name, rule)
+        m = registry.metric(name)
         shown = f"{op} {threshold:g}"
-        value = values.get(name)
+        if where not in m.by:
+            other = " / ".join(f"tunesmith {w}" for w in sorted(m.by))
+            results.append(GateResult(name=m.name, rule=shown, threshold=threshold, status="skip", detail=f"measured by {other}"))
+            continue
+        value = values.get(m.name)
         if value is None or not math.isfinite(value):
-            results.append(GateResult(name=name, rule=shown, status=missing, detail=why_missing))
+            results.append(GateResult(name=m.name, rule=shown, threshold=threshold, status="fail", detail="not measured"))
             continue
         ok = _OPS[op](value, threshold)
-        results.append(GateResult(name=name, rule=shown, value=value, status="pass" if ok else "fail"))
+        results.append(GateResult(name=m.name, rule=shown, threshold=threshold, value=value, status="pass" if ok else "fail"))
     return results
+
+
+def shortfall(results: list[GateResult]) -> float:
+    """How far from passing: the sum of relative misses of the failed gates (1 for one with no value); 0 when all pass."""
+    total = 0.0
+    for r in results:
+        if r.status == "fail":
+            t = r.threshold
+            total += 1.0 if r.value is None or t is None else abs(r.value - t) / max(abs(t), 1e-9)
+    return total
 
 
 def loss_converged(history: Sequence[dict[str, Any]]) -> GateResult:
@@ -186,7 +176,7 @@ def beats_base(report: EvalReport) -> GateResult:
 
 def inputs_unchanged(report: EvalReport) -> GateResult:
     """No input (held-out rows, data files, retrieval index) differs from what the manifest recorded."""
-    changed = list(report.extra.get("changed_inputs", []))
+    changed = report.extra.changed_inputs
     return GateResult(
         name="inputs_unchanged",
         rule="hashes match the manifest",
@@ -207,19 +197,3 @@ def check_report(report: EvalReport, section: EvalSection, history: Sequence[dic
     }
     results = [builtin[name]() for name in section.checks]
     return results + check_rules(section.gates, gate_values(report))
-
-
-def check_rung(ladder: LadderReport, gates: dict[str, str | float]) -> tuple[str | None, list[GateResult]]:
-    """Gates on the ladder's chosen rung (the recommendation, else the closest); metrics the ladder does not
-    measure (forgetting, judge, graders) are skipped, not failed: `tunesmith eval` checks those."""
-    rec = ladder.recommendation
-    rung = ladder.rung(rec.rung or rec.closest or "")
-    if rung is None:
-        return None, [GateResult(name=n, rule=str(r), status="fail", detail="no rung measured") for n, r in gates.items()]
-    values = {name: v for name in gates if (v := rung.value(name)) is not None}
-    return rung.name, check_rules(gates, values, missing="skip", why_missing="not measured by the ladder (see tunesmith eval)")
-
-
-def results_of(report: EvalReport) -> list[GateResult]:
-    """The gate results stored in a report, typed."""
-    return [GateResult.model_validate(g) for g in report.gates]

@@ -1,31 +1,28 @@
 """The ladder: the same held-out prompts through each way of solving the task, and which one to ship.
 
 Rungs, simplest first: base zero-shot (the recipe's system prompt), base few-shot (k training examples
-before the prompt), base + RAG, tuned, tuned + RAG, and a distilled student. Every rung is scored with
-the eval's own metrics (`metrics.score_example` / `aggregate`) on generations from the one generation
-function, and timed: latency per request, tokens per request and cost per 1,000 requests.
+before the prompt), base + RAG, tuned, tuned + RAG, and a distilled student. The prompts are the run's own
+held-out rows (before training: the rows its split will hold out). Every rung is answered and scored through
+the path `tunesmith eval` uses (tunesmith.eval.scoring), timed by the same clock, and checked against the same
+release gates (eval.gates); the cheapest rung that passes them is recommended.
 Base and tuned are one loaded model (the adapter disabled for base), like `tunesmith eval`; the RAG rungs
 get byte-identical retrieved context through `rag.prompt.augment`, the prompt builder training used.
 """
 
 from __future__ import annotations
 
-import functools
 import random
-import time
-from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunesmith.config import RUNGS, Recipe
 from tunesmith.data.template import prompt_messages, reference
-from tunesmith.eval import metrics
+from tunesmith.errors import DataError
+from tunesmith.eval import metrics, registry, scoring
 from tunesmith.eval.budget import resolve_max_new_tokens
-from tunesmith.eval.generate import Completion, generate_detailed
 from tunesmith.eval.ladder_report import CostBasis, LadderReport, RungResult
-from tunesmith.eval.recommend import recommend, target_checks
+from tunesmith.eval.recommend import recommend
 
 Conversation = list[dict[str, Any]]
 
@@ -54,7 +51,7 @@ assert tuple(SPECS) == RUNGS
 
 @dataclass
 class LadderInputs:
-    """The prompts every rung shares: eval conversations, their references, few-shot turns, retrieved versions."""
+    """The prompts every rung shares: the held-out conversations, their references, few-shot turns, retrieved versions."""
 
     ids: list[str]
     convs: list[Conversation]
@@ -62,6 +59,8 @@ class LadderInputs:
     shots: list[Conversation]  # each a (user..., assistant) run of turns from a training example
     rag_convs: list[Conversation] | None  # convs with retrieved context; None without a rag section
     sources: list[list[str]]  # per prompt, the passages' source:line
+    reference: str = ""  # what the references are, as the method defines them
+    no_shots: str | None = None  # why base_few_shot cannot run
 
 
 def few_shot_prompt(conv: Conversation, shots: list[Conversation]) -> Conversation:
@@ -72,8 +71,9 @@ def few_shot_prompt(conv: Conversation, shots: list[Conversation]) -> Conversati
 
 
 def pick_shots(train: list[Any], k: int, seed: int) -> list[Conversation]:
-    """k training examples (seeded pick) as their non-system turns ending with the reference answer."""
-    chosen = random.Random(seed).sample(train, min(k, len(train)))
+    """k training examples with an answer (seeded pick), as their non-system turns ending with that answer."""
+    answered = [e for e in train if reference(e.messages).strip()]
+    chosen = random.Random(seed).sample(answered, min(k, len(answered)))
     return [
         [m for m in prompt_messages(e.messages) if m["role"] != "system"]
         + [{"role": "assistant", "content": reference(e.messages)}]
@@ -81,18 +81,57 @@ def pick_shots(train: list[Any], k: int, seed: int) -> list[Conversation]:
     ]
 
 
+def held_out(recipe: Recipe) -> list[Any]:
+    """The rows the ladder scores: the trained run's own held-out rows (exactly what `tunesmith eval` scores), or,
+    before training, the held-out side of the split training will use (the same rows the run will save).
+
+    Without retrieved context: the RAG rungs add it themselves. A RAG run's saved rows carry the context it trained
+    with, so its plain prompts are re-read from the recipe's data and must be the same rows.
+    """
+    from tunesmith.run import held_out_examples, is_run_dir, load_run
+    from tunesmith.train.methods import held_out_split
+
+    if not is_run_dir(recipe.run_dir):
+        return held_out_split(recipe, with_context=False)[1]
+    saved = held_out_examples(load_run(recipe.run_dir))
+    if recipe.rag is None:
+        return saved
+    plain = {e.id: e for e in held_out_split(recipe, with_context=False)[1]}
+    if missing := [e.id for e in saved if e.id not in plain]:
+        raise DataError(
+            f"the run's held-out rows {', '.join(missing[:5])} are no longer in the recipe's data: it changed since training",
+            hint="Restore the data the run trained on, or retrain.",
+        )
+    return [plain[e.id] for e in saved]
+
+
+def _shots(recipe: Recipe) -> tuple[list[Conversation], str | None]:
+    """Few-shot turns from the training side of the split, or why there are none."""
+    from tunesmith.errors import TunesmithError
+    from tunesmith.train.methods import held_out_split
+
+    if "base_few_shot" not in recipe.ladder.rungs:
+        return [], None
+    try:
+        shots = pick_shots(held_out_split(recipe, with_context=False)[0], recipe.ladder.few_shot_k, recipe.training.seed)
+    except TunesmithError as exc:
+        return [], f"the training rows are not readable: {exc.message}"
+    return shots, None if shots else "the training rows have no answers to show (prompt-only data)"
+
+
 def ladder_inputs(recipe: Recipe, max_examples: int | None = None, retriever: Any = None) -> LadderInputs:
-    """The recipe's held-out prompts (capped), few-shot turns from its train split, and their retrieved contexts.
+    """The held-out prompts (capped, as eval caps them), few-shot turns from the training split, retrieved contexts.
 
     `retriever` (anything with `.search(query, k, mode)`) overrides the recipe's index; without either, no RAG rungs.
     """
-    from tunesmith.data.dataset import split_examples
     from tunesmith.rag import prompt as rag_prompt
+    from tunesmith.run import describe_reference
 
-    train, evaluation = split_examples(recipe.data, recipe.training.seed)
+    evaluation = held_out(recipe)
     cap = max_examples if max_examples is not None else (recipe.ladder.max_examples or recipe.eval.max_examples)
     evaluation = evaluation[:cap] if cap else evaluation
     convs = [prompt_messages(e.messages) for e in evaluation]
+    refs = [reference(e.messages) for e in evaluation]
     rag_convs: list[Conversation] | None = None
     sources: list[list[str]] = [[] for _ in convs]
     if recipe.rag is not None:
@@ -101,13 +140,16 @@ def ladder_inputs(recipe: Recipe, max_examples: int | None = None, retriever: An
         pairs = [rag_prompt.augment(c, retriever, rag.k, rag.template, rag.mode) for c in convs]
         rag_convs = [p[0] for p in pairs]
         sources = [[f"{x.source}:{x.line}" for x in p[1]] for p in pairs]
+    shots, no_shots = _shots(recipe)
     return LadderInputs(
         ids=[e.id for e in evaluation],
         convs=convs,
-        refs=[reference(e.messages) for e in evaluation],
-        shots=pick_shots(train, recipe.ladder.few_shot_k, recipe.training.seed),
+        refs=refs,
+        shots=shots,
         rag_convs=rag_convs,
         sources=sources,
+        reference=describe_reference(recipe.method, refs),
+        no_shots=no_shots,
     )
 
 
@@ -121,30 +163,6 @@ def rung_prompts(spec: RungSpec, inputs: LadderInputs) -> list[Conversation]:
     return inputs.convs
 
 
-def timed_generate(
-    model: Any,
-    tokenizer: Any,
-    prompts: list[Conversation],
-    max_new_tokens: int,
-    batch_size: int,
-    on_batch: Callable[[int], None] | None = None,
-) -> tuple[list[Completion], list[float], float]:
-    """Completions in input order, each request's latency (ms: the wall time of the batch that produced it), total seconds."""
-    completions: list[Completion] = []
-    latencies: list[float] = []
-    total = 0.0
-    for start in range(0, len(prompts), batch_size):
-        batch = prompts[start : start + batch_size]
-        began = time.perf_counter()
-        completions += generate_detailed(model, tokenizer, batch, max_new_tokens, len(batch))
-        took = time.perf_counter() - began
-        total += took
-        latencies += [took * 1000.0] * len(batch)
-        if on_batch:
-            on_batch(len(batch))
-    return completions, latencies, total
-
-
 def cost_per_1k(
     basis: CostBasis, price: float, prompt_tokens: float, completion_tokens: float, seconds_per_request: float
 ) -> float:
@@ -154,27 +172,14 @@ def cost_per_1k(
     return seconds_per_request * 1000.0 * price / 3600.0
 
 
-def _percentile(values: list[float], q: float) -> float:
-    import numpy as np
-
-    return float(np.percentile(values, q)) if values else 0.0
-
-
 def score_rung(
-    spec: RungSpec,
-    completions: list[Completion],
-    latencies: list[float],
-    seconds: float,
-    refs: list[str],
-    json_mode: bool,
-    basis: CostBasis,
-    price: float,
-    targets: dict[str, float],
+    spec: RungSpec, answers: scoring.Answers, scores: scoring.Scores, basis: CostBasis, price: float, gates: dict[str, Any]
 ) -> RungResult:
-    """A rung's quality (the eval's metrics), latency, tokens and cost, and which targets it meets."""
-    texts = [c.text for c in completions]
-    quality = metrics.aggregate([metrics.score_example(t, r, json_mode) for t, r in zip(texts, refs)])
-    quality["bleu"] = metrics.corpus_bleu(texts, refs)  # corpus BLEU, as `tunesmith eval` reports it
+    """A rung's quality (the one scoring path), latency (the one clock), tokens and cost, and its gate results."""
+    from tunesmith.eval.gates import check_rules
+    from tunesmith.eval.registry import LADDER
+
+    completions = answers.completions
     n = max(len(completions), 1)
     prompt_tokens = sum(c.prompt_tokens for c in completions) / n
     completion_tokens = sum(c.completion_tokens for c in completions) / n
@@ -183,55 +188,37 @@ def score_rung(
         name=spec.name,
         label=spec.label,
         n_examples=len(completions),
-        metrics=quality,
-        p50_latency_ms=_percentile(latencies, 50),
-        p95_latency_ms=_percentile(latencies, 95),
+        metrics=scores.aggregate,
+        latency=answers.latency,
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
-        generation_s=seconds,
-        cost_per_1k=cost_per_1k(basis, price, prompt_tokens, completion_tokens, seconds / n),
+        cost_per_1k=cost_per_1k(basis, price, prompt_tokens, completion_tokens, answers.latency.total_s / n),
     )
-    rung.meets = target_checks(rung, targets)
+    rung.gates = check_rules(gates, rung.values(), where=LADDER)
     return rung
 
 
-@dataclass
-class Answerer:
-    """A loaded model for some rungs; `adapter_off` answers as the base with the run's adapter disabled."""
-
-    model: Any
-    tokenizer: Any
-    adapter_off: bool = False
-
-    def context(self) -> Any:
-        return self.model.disable_adapter() if self.adapter_off else nullcontext()
-
-
-def load_answerers(recipe: Recipe, kinds: set[str]) -> tuple[dict[str, Answerer], dict[str, str]]:
-    """Models for the wanted kinds (base, tuned, student), loaded once; and why a kind is unavailable."""
-    from tunesmith.loader import load_base, load_run_model, load_target
+def load_answerers(recipe: Recipe, kinds: set[str]) -> tuple[dict[str, scoring.Answerer], dict[str, str]]:
+    """Models for the wanted kinds (base, tuned, student), loaded once, as `tunesmith eval` loads them; and why a kind
+    is unavailable."""
+    from tunesmith.loader import load_run_model, load_target
     from tunesmith.run import is_run_dir, load_run
 
-    found: dict[str, Answerer] = {}
+    found: dict[str, scoring.Answerer] = {}
     missing: dict[str, str] = {}
     if kinds & {"base", "tuned"}:
         if is_run_dir(recipe.run_dir):
             run = load_run(recipe.run_dir)
-            loaded = load_run_model(run)
-            found["tuned"] = Answerer(loaded.model, loaded.tokenizer)
-            if loaded.has_adapter:  # one model in memory: base = the same object with its adapter disabled
-                found["base"] = Answerer(loaded.model, loaded.tokenizer, adapter_off=True)
-            elif "base" in kinds:
-                found["base"] = Answerer(load_base(run).eval(), loaded.tokenizer)
+            found.update(scoring.run_answerers(run, load_run_model(run)))
         else:
             missing["tuned"] = f"no trained run at {recipe.run_dir}: train first (`tunesmith train`)"
             if "base" in kinds:
                 base = load_target(recipe.model.base, recipe.model.dtype)
-                found["base"] = Answerer(base.model, base.tokenizer)
+                found["base"] = scoring.Answerer(base.model, base.tokenizer)
     if "student" in kinds:
         if recipe.ladder.student:
             student = load_target(recipe.ladder.student, recipe.model.dtype)
-            found["student"] = Answerer(student.model, student.tokenizer)
+            found["student"] = scoring.Answerer(student.model, student.tokenizer)
         else:
             missing["student"] = "the recipe names no distilled student (ladder.student)"
     return found, missing
@@ -245,6 +232,8 @@ def run_ladder(
     progress: Any = None,
 ) -> tuple[LadderReport, list[dict[str, Any]]]:
     """Measure every rung of `recipe.ladder.rungs` on the same prompts; the report and one prediction row per prompt."""
+    from tunesmith.train.rewards import scorer
+
     lad = recipe.ladder
     inputs = ladder_inputs(recipe, max_examples, retriever)
     json_mode = metrics.references_are_json(inputs.refs)
@@ -252,7 +241,7 @@ def run_ladder(
     price = lad.price_per_1k_tokens if lad.price_per_1k_tokens is not None else lad.hourly_price
     max_new = lad.max_new_tokens or resolve_max_new_tokens(recipe, None, inputs.refs).tokens  # eval.max_new_tokens: auto
     batch = lad.batch_size or recipe.eval.batch_size
-    targets = recipe.targets.as_dict()
+    reward = scorer(recipe, inputs.refs)
     specs = [SPECS[name] for name in RUNGS if name in lad.rungs]
     answerers, missing = load_answerers(recipe, {s.model for s in specs})
     rows: list[dict[str, Any]] = [
@@ -262,36 +251,36 @@ def run_ladder(
     results: list[RungResult] = []
     for spec in specs:
         why = missing.get(spec.model) or ("the recipe has no rag section" if spec.rag and inputs.rag_convs is None else None)
+        why = why or (inputs.no_shots if spec.few_shot else None)
         if why:
             results.append(RungResult(name=spec.name, label=spec.label, status="skipped", reason=why))
             continue
         who = answerers[spec.model]
-        task = progress.add_task(f"ladder: {spec.label}", total=len(inputs.convs)) if progress else None
+        prompts = rung_prompts(spec, inputs)
         with who.context():
-            completions, latencies, seconds = timed_generate(
-                who.model,
-                who.tokenizer,
-                rung_prompts(spec, inputs),
-                max_new,
-                batch,
-                on_batch=functools.partial(progress.advance, task) if progress else None,
-            )
-        results.append(score_rung(spec, completions, latencies, seconds, inputs.refs, json_mode, basis, price, targets))
-        for row, c in zip(rows, completions):
-            row["outputs"][spec.name] = c.text
-    quality_targets = [t for t in targets if t in metrics.score_example("", "", True)]
+            advance = scoring.progress_advance(progress, f"ladder: {spec.label}", len(prompts))
+            answers = scoring.answer(who.model, who.tokenizer, prompts, max_new, batch, advance)
+        scores = scoring.score(answers.texts, inputs.refs, json_mode, reward, prompts)
+        results.append(score_rung(spec, answers, scores, basis, price, recipe.eval.gates))
+        for row, text in zip(rows, answers.texts):
+            row["outputs"][spec.name] = text
+    quality = [g for g in recipe.eval.gates if registry.metric(g).fn is not None or g == "reward"]
+    if reward is not None and not any(r.strip() for r in inputs.refs):
+        quality.append("reward")  # prompt-only rows: the rewards are the only quality measure
     any_model = next(iter(answerers.values()), None)
     report = LadderReport(
         run=recipe.name,
         base_model=recipe.model.base,
         n_examples=len(inputs.convs),
         json_mode=json_mode,
-        primary_metric=quality_targets[0] if quality_targets else metrics.primary_metrics(json_mode)[0],
-        targets=targets,
+        reference=inputs.reference,
+        ids=inputs.ids,
+        primary_metric=quality[0] if quality else metrics.primary_metrics(json_mode)[0],
+        gates=dict(recipe.eval.gates),
         cost_basis=basis,
         price=price,
         rungs=results,
-        recommendation=recommend(results, targets),
+        recommendation=recommend(results),
         generation={"greedy": True, "max_new_tokens": max_new, "batch_size": batch, "few_shot_k": len(inputs.shots)},
         rag=None if recipe.rag is None else {"index": recipe.rag.index, "k": recipe.rag.k, "mode": recipe.rag.mode},
         device=str(any_model.model.device) if any_model else "cpu",

@@ -28,11 +28,12 @@ def quality_cost_png(report: LadderReport) -> bytes:
         chosen = rung.name == report.recommendation.rung
         ax.scatter([x], [y], s=120 if chosen else 60, color="#2a9d8f" if chosen else "#457b9d", zorder=3)
         ax.annotate(rung.label, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
-    if metric in report.targets:
-        ax.axhline(report.targets[metric], color="#e76f51", linestyle="--", linewidth=1, label=f"target {metric}")
+    gate = {g.name: g.threshold for r in report.measured for g in r.gates if g.threshold is not None}
+    if metric in gate:
+        ax.axhline(gate[metric], color="#e76f51", linestyle="--", linewidth=1, label=f"gate {metric}")
         ax.legend(loc="lower right", fontsize=8)
-    if "cost_per_1k" in report.targets:
-        ax.axvline(report.targets["cost_per_1k"], color="#e76f51", linestyle=":", linewidth=1)
+    if "cost_per_1k" in gate:
+        ax.axvline(gate["cost_per_1k"], color="#e76f51", linestyle=":", linewidth=1)
     ax.set_xlabel(f"cost per 1,000 requests ({report.cost_basis} basis)")
     ax.set_ylabel(metric)
     ax.set_title("quality vs cost per rung")
@@ -43,7 +44,7 @@ def quality_cost_png(report: LadderReport) -> bytes:
 
 def _rung_table(report: LadderReport) -> str:
     quality = sorted({k for r in report.measured for k in r.metrics})
-    head = ["rung", *quality, "p50 ms", "p95 ms", "prompt tok", "completion tok", "cost / 1k", "targets"]
+    head = ["rung", *quality, "p50 batch ms", "p95 batch ms", "prompt tok", "completion tok", "cost / 1k", "gates"]
     lines = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     for r in report.rungs:
         if r.status != "ok":
@@ -52,11 +53,12 @@ def _rung_table(report: LadderReport) -> str:
                 f"{html.escape(r.reason or '')}</td></tr>"
             )
             continue
-        met = "all met" if r.meets and all(r.meets.values()) else ", ".join(k for k, ok in r.meets.items() if not ok) or "-"
+        checked = [g for g in r.gates if g.status != "skip"]
+        met = ", ".join(g.name for g in checked if not g.passed) or ("all pass" if checked else "-")
         cells = [html.escape(r.label)] + [f"{r.metrics.get(k, float('nan')):.3f}" for k in quality]
         cells += [
-            f"{r.p50_latency_ms:.0f}",
-            f"{r.p95_latency_ms:.0f}",
+            f"{r.latency.p50_batch_ms or 0:.0f}",
+            f"{r.latency.p95_batch_ms or 0:.0f}",
             f"{r.prompt_tokens:.0f}",
             f"{r.completion_tokens:.0f}",
             f"{r.cost_per_1k:.4g}",
@@ -84,15 +86,16 @@ def _examples(report: LadderReport, rows: list[dict[str, Any]]) -> str:
 def render(report: LadderReport, rows: list[dict[str, Any]]) -> str:
     rec = report.recommendation
     warning = f"<p><b>warning:</b> {html.escape(rec.warning)}</p>" if rec.warning else ""
-    targets = ", ".join(f"{k}: {v:g}" for k, v in report.targets.items()) or "none set"
+    gates = ", ".join(f"{k}: {v}" for k, v in report.gates.items()) or "none set"
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>tunesmith ladder: {html.escape(report.run)}</title><style>{_CSS}</style></head><body>
 <h1>Ladder: {html.escape(report.run)}</h1>
 <p>{report.n_examples} held-out prompts per rung · base model {html.escape(report.base_model)} · device {html.escape(report.device)}
-· cost basis {report.cost_basis} at {report.price:g} · targets: {html.escape(targets)}</p>
+· cost basis {report.cost_basis} at {report.price:g} · gates: {html.escape(gates)}</p>
+<p>Reference answers: {html.escape(report.reference or "n/a")}</p>
 <h2>Recommendation</h2><p>{html.escape(rec.sentence)}</p>{warning}
 <h2>Rungs</h2>{_rung_table(report)}
-<p>Latency is the wall time of the batch a request was generated in (batch size {report.generation.get("batch_size")}).</p>
+<p>Latency is the wall time of one generation batch (batch size {report.generation.get("batch_size")}).</p>
 {_img(quality_cost_png(report), "quality vs cost")}
 <h2>First prompts, every rung</h2>{_examples(report, rows)}
 </body></html>"""

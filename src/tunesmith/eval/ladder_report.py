@@ -1,19 +1,19 @@
 """ladder.json: the typed LadderReport, written and read here only.
 
-Release gates and the studio read a ladder through `LadderReport.rung(name)` and `RungResult.value(metric)` /
-`RungResult.meets`, never raw dict keys.
+Release gates and the studio read a ladder through `LadderReport.rung(name)`, `RungResult.value(metric)` and
+`RungResult.gates`, never raw dict keys. A ladder.json of schema 1 reads into this shape.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from tunesmith.records import Record, read_record, write_record
+from tunesmith.records import GateResult, Latency, Record, read_record, write_record
 
-LADDER_REPORT_VERSION = 1
+LADDER_REPORT_VERSION = 2
 
 CostBasis = Literal["tokens", "compute"]
 
@@ -26,31 +26,53 @@ class RungResult(Record):
     status: Literal["ok", "skipped"] = "ok"
     reason: str | None = Field(None, description="Why a rung was skipped.")
     n_examples: int = 0
-    metrics: dict[str, float] = Field(default_factory=dict, description="Quality: the eval metrics (score_example, aggregate).")
-    p50_latency_ms: float = Field(
-        0.0, description="Median wall time per request (ms): the time of the batch it was generated in."
-    )
-    p95_latency_ms: float = Field(0.0, description="95th percentile of the same (ms).")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Quality: tunesmith.eval.scoring.score's aggregates.")
+    latency: Latency = Field(default_factory=Latency, description="The one clock, as `tunesmith eval` reports it.")
     prompt_tokens: float = Field(0.0, description="Mean prompt tokens per request.")
     completion_tokens: float = Field(0.0, description="Mean completion tokens per request.")
-    generation_s: float = Field(0.0, description="Wall seconds spent generating every request of this rung.")
     cost_per_1k: float = Field(0.0, description="Cost of 1,000 requests on the report's cost basis.")
-    meets: dict[str, bool] = Field(default_factory=dict, description="Target name -> met by this rung.")
+    gates: list[GateResult] = Field(default_factory=list, description="eval.gates on this rung (unmeasured ones skipped).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _v1(cls, data: Any) -> Any:
+        # Schema 1: p50/p95_latency_ms (the wall time of the batch a request was in), generation_s, meets {target: bool}.
+        if isinstance(data, dict) and "p50_latency_ms" in data:
+            data = dict(data)
+            p50, p95, seconds = data.pop("p50_latency_ms"), data.pop("p95_latency_ms", None), data.pop("generation_s", 0.0)
+            data["latency"] = {"p50_batch_ms": p50 or None, "p95_batch_ms": p95 or None, "total_s": seconds}
+            data.pop("meets", None)  # its targets are re-read as gates; the verdicts were not kept per rule
+        return data
+
+    @property
+    def passed(self) -> bool:
+        """Every gate checked on this rung passed (skipped ones do not count)."""
+        return all(g.passed for g in self.gates)
 
     def value(self, metric: str) -> float | None:
-        """A quality metric, or one of p50_latency_ms, p95_latency_ms, prompt_tokens, completion_tokens, cost_per_1k."""
+        """A registry metric as this rung measured it: quality, latency, tokens or cost; None when not measured."""
         if metric in self.metrics:
             return self.metrics[metric]
-        if metric in ("p50_latency_ms", "p95_latency_ms", "prompt_tokens", "completion_tokens", "cost_per_1k"):
+        if metric in ("prompt_tokens", "completion_tokens", "cost_per_1k"):
             return float(getattr(self, metric))
-        return None
+        return self.latency.values().get(metric)
+
+    def values(self) -> dict[str, float]:
+        """Every measured figure by registry name (what the gates read)."""
+        out = {**self.metrics, **self.latency.values()}
+        return {
+            **out,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_per_1k": self.cost_per_1k,
+        }
 
 
 class Recommendation(Record):
-    rung: str | None = Field(None, description="The recommended rung; None when no rung meets the targets or none are set.")
-    closest: str | None = Field(None, description="When no rung meets the targets: the one that misses them by least.")
+    rung: str | None = Field(None, description="The recommended rung; None when no rung passes the gates or none are set.")
+    closest: str | None = Field(None, description="When no rung passes: the one that misses the gates by least.")
     sentence: str = Field(..., description="The recommendation and its reason, in one sentence.")
-    warning: str | None = Field(None, description="Set when fine-tuning is chosen although RAG alone met the quality targets.")
+    warning: str | None = Field(None, description="Set when fine-tuning is chosen although RAG alone passed the quality gates.")
 
 
 class LadderReport(Record):
@@ -61,10 +83,12 @@ class LadderReport(Record):
     base_model: str
     n_examples: int
     json_mode: bool
+    reference: str = Field("", description="What each held-out prompt's expected answer is, as the method defines it.")
+    ids: list[str] = Field(default_factory=list, description="The held-out rows every rung answered, in order.")
     primary_metric: str = Field(
-        ..., description="The quality metric the chart plots (the first quality target, else the mode's first)."
+        ..., description="The quality metric the chart plots (the first quality gate, else the mode's first)."
     )
-    targets: dict[str, float] = Field(default_factory=dict)
+    gates: dict[str, str | float] = Field(default_factory=dict, description="eval.gates: what 'good enough' means.")
     cost_basis: CostBasis
     price: float = Field(..., description="Price per 1,000 tokens (basis tokens) or per machine-hour (basis compute).")
     rungs: list[RungResult]
@@ -75,12 +99,27 @@ class LadderReport(Record):
     rag: dict[str, str | int | None] | None = Field(None, description="The index, k and mode of the RAG rungs.")
     device: str = "cpu"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _v1(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "targets" in data:
+            data = {**data, "gates": {**data["targets"], **data.get("gates", {})}}
+            data.pop("targets")
+        if isinstance(data, dict):
+            data = {**data, "schema_version": LADDER_REPORT_VERSION}  # read into this shape (RungResult._v1)
+        return data
+
     def rung(self, name: str) -> RungResult | None:
         return next((r for r in self.rungs if r.name == name), None)
 
     @property
     def measured(self) -> list[RungResult]:
         return [r for r in self.rungs if r.status == "ok"]
+
+    @property
+    def chosen(self) -> RungResult | None:
+        """The recommended rung, else the closest one."""
+        return self.rung(self.recommendation.rung or self.recommendation.closest or "")
 
 
 def write_ladder_report(path: Path, report: LadderReport) -> None:

@@ -3,9 +3,9 @@
 Pure functions over strings; no torch, no model. Scores in [0, 1] unless noted:
 BLEU follows sacrebleu and is on a 0-100 scale.
 
-The evaluator scores every held-out prediction of both models with `score_example`,
-averages them with `aggregate`, and decides per example which output is better with
-`judge` (tallied by `compare`).
+`tunesmith.eval.registry` declares each metric (direction, range, label); `tunesmith.eval.scoring` scores
+outputs against references with them, averages with `aggregate`, and decides per example which output is
+better with `judge` (tallied by `compare`).
 """
 
 from __future__ import annotations
@@ -16,31 +16,6 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
-
-import sacrebleu
-from rouge_score import rouge_scorer
-
-__all__ = [
-    "PRIMARY_ORDER",
-    "aggregate",
-    "compare",
-    "corpus_bleu",
-    "degeneration",
-    "exact_match",
-    "first_json_object",
-    "is_repetition_loop",
-    "json_field_accuracy",
-    "json_valid",
-    "judge",
-    "normalize",
-    "parse_json",
-    "primary_metrics",
-    "references_are_json",
-    "rouge_l",
-    "score_example",
-    "sentence_bleu",
-    "token_f1",
-]
 
 _WS = re.compile(r"\s+")
 # One fenced block covering the whole (stripped) text: ```json ... ``` or bare ``` ... ```.
@@ -60,7 +35,7 @@ PRIMARY_ORDER: dict[bool, tuple[str, ...]] = {
 """Metrics used to decide which of two outputs is better, most important first,
 keyed by json_mode. Use `primary_metrics(json_mode)`."""
 
-_scorer: rouge_scorer.RougeScorer | None = None
+_scorer: Any = None
 
 
 def primary_metrics(json_mode: bool) -> tuple[str, ...]:
@@ -97,11 +72,13 @@ def token_f1(pred: str, ref: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def _rouge() -> rouge_scorer.RougeScorer:
-    # Built on first use: construction is cheap but not free, and importing this
-    # module should not cost anything for callers that never score ROUGE.
+def _rouge() -> Any:
+    # Built on first use, imported then too: importing this module (the metric registry does, and the recipe
+    # schema reads the registry) should not cost anything for callers that never score ROUGE.
     global _scorer
     if _scorer is None:
+        from rouge_score import rouge_scorer
+
         _scorer = rouge_scorer.RougeScorer(["rougeL"])
     return _scorer
 
@@ -126,6 +103,8 @@ def sentence_bleu(pred: str, ref: str) -> float:
     """Smoothed sentence BLEU on sacrebleu's 0-100 scale. Both empty gives 100."""
     if not normalize(pred) and not normalize(ref):
         return 100.0
+    import sacrebleu
+
     return _clamp_bleu(sacrebleu.sentence_bleu(pred, [ref]).score)
 
 
@@ -135,6 +114,8 @@ def corpus_bleu(preds: Sequence[str], refs: Sequence[str]) -> float:
         raise ValueError(f"{len(preds)} predictions but {len(refs)} references")
     if not preds:
         return 0.0
+    import sacrebleu
+
     return _clamp_bleu(sacrebleu.corpus_bleu(list(preds), [list(refs)]).score)
 
 
@@ -261,24 +242,6 @@ def references_are_json(refs: Sequence[str]) -> bool:
         return False
     n_obj = sum(1 for r in refs if isinstance(parse_json(r), dict))
     return n_obj / len(refs) >= _JSON_REF_SHARE
-
-
-def score_example(pred: str, ref: str, json_mode: bool) -> dict[str, float | None]:
-    """All per-example metrics for one prediction.
-
-    Keys: exact_match, token_f1, rouge_l (0-1), bleu (0-100); in json_mode also
-    json_valid and json_field_accuracy (None when this ref is not a JSON object).
-    """
-    row: dict[str, float | None] = {
-        "exact_match": exact_match(pred, ref),
-        "token_f1": token_f1(pred, ref),
-        "rouge_l": rouge_l(pred, ref),
-        "bleu": sentence_bleu(pred, ref),
-    }
-    if json_mode:
-        row["json_valid"] = json_valid(pred)
-        row["json_field_accuracy"] = json_field_accuracy(pred, ref)
-    return row
 
 
 def aggregate(rows: Sequence[dict[str, float | None]]) -> dict[str, float]:

@@ -1,52 +1,21 @@
 """The optional measurements `tunesmith eval` adds for the release gates, into EvalReport.extra.
 
-latency (always: per-request batch wall time while generating), forgetting (eval.forgetting or a forgetting
-gate), hallucination (JSON tasks always; free text with a judge), judge (eval.judge), graders (eval.graders),
-and semantic similarity into the summary (free-text references, or eval.similarity).
+forgetting (eval.forgetting or a forgetting gate), hallucination (JSON tasks always; free text with a judge),
+judge (eval.judge), graders (eval.graders), and semantic similarity into the summary (free-text references, or
+eval.similarity). Latency comes from the one clock (tunesmith.eval.scoring) while eval generates.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from tunesmith.config import EvalSection
+from tunesmith.records import EvalExtra, Forgetting, GraderScore, Hallucination, JudgeResult
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class BatchClock:
-    """An on_batch callback that times generate_detailed's batches: each request's latency is its batch's wall time (ms)."""
-
-    then: Callable[[int], None] | None = None
-    latencies: list[float] = field(default_factory=list)
-    last: float = field(default_factory=time.perf_counter)
-
-    def __call__(self, n: int) -> None:
-        now = time.perf_counter()
-        self.latencies += [(now - self.last) * 1000.0] * n
-        self.last = now
-        if self.then is not None:
-            self.then(n)
-
-    def summary(self) -> dict[str, float]:
-        import numpy as np
-
-        if not self.latencies:
-            return {}
-        return {"p50_ms": float(np.percentile(self.latencies, 50)), "p95_ms": float(np.percentile(self.latencies, 95))}
-
-
-def side_model(model: Any, base_model: Any, has_adapter: bool, side: str) -> tuple[Any, Any]:
-    """(context, model) answering for `side`: the base is the adapter-disabled model, or a separately loaded base."""
-    ctx = model.disable_adapter() if side == "base" and has_adapter else nullcontext()
-    target = base_model if side == "base" and base_model is not None else model
-    return ctx, target
 
 
 @dataclass
@@ -69,38 +38,41 @@ def wants_forgetting(section: EvalSection) -> bool:
 def measure(
     section: EvalSection,
     data: EvalOutputs,
-    sides: Callable[[str], tuple[Any, Any]],
+    sides: dict[str, Any],
     tokenizer: Any,
     max_length: int,
     progress: Any = None,
-) -> dict[str, Any]:
-    """Every optional measurement the section asks for; the keys of EvalReport.extra they fill."""
+) -> EvalExtra:
+    """Every optional measurement the section asks for, as EvalReport.extra."""
     from tunesmith.eval import hallucination
 
-    extra: dict[str, Any] = {}
+    extra = EvalExtra()
     sources = [hallucination.source_text(c) for c in data.convs]
     prompts = [c[-1]["content"] if c else "" for c in data.convs]
     judge = _judge(section)
     if data.json_mode:
-        extra["hallucination"] = hallucination.json_hallucination(data.outputs["tuned"], data.refs, sources)
+        extra.hallucination = Hallucination(**hallucination.json_hallucination(data.outputs["tuned"], data.refs, sources))
     elif judge is not None:
         from tunesmith.eval.judge import unsupported_claims
 
         claims = unsupported_claims(judge, data.outputs["tuned"], data.refs, sources)
-        extra["hallucination"] = {**hallucination.rate(claims), "method": "claims labelled by the judge"}
+        extra.hallucination = Hallucination(**hallucination.rate(claims), method="claims labelled by the judge")
     if judge is not None:
         from tunesmith.eval.judge import pairwise
 
         n = (section.judge.max_examples if section.judge else 0) or len(prompts)
-        extra["judge"] = pairwise(judge, prompts[:n], data.refs[:n], data.outputs["base"][:n], data.outputs["tuned"][:n])
+        extra.judge = JudgeResult(
+            **pairwise(judge, prompts[:n], data.refs[:n], data.outputs["base"][:n], data.outputs["tuned"][:n])
+        )
     if section.graders:
         from tunesmith.eval.graders import grader_items, load_graders, run_graders
 
-        extra["graders"] = run_graders(
+        graded = run_graders(
             load_graders(section.graders), data.outputs, grader_items(data.ids, prompts, data.refs), _judge_for(section, judge)
         )
+        extra.graders = {name: {side: GraderScore(**s) for side, s in sides.items()} for name, sides in graded.items()}
     if wants_forgetting(section):
-        extra["forgetting"] = forgetting(sides, tokenizer, section.batch_size, max_length, progress)
+        extra.forgetting = Forgetting(**forgetting(sides, tokenizer, section.batch_size, max_length, progress))
     return extra
 
 
@@ -113,9 +85,7 @@ def similarity_summary(section: EvalSection, data: EvalOutputs) -> dict[str, flo
     return {side: mean_similarity(texts, data.refs) for side, texts in data.outputs.items()}
 
 
-def forgetting(
-    sides: Callable[[str], tuple[Any, Any]], tokenizer: Any, batch_size: int, max_length: int, progress: Any = None
-) -> dict[str, Any]:
+def forgetting(sides: dict[str, Any], tokenizer: Any, batch_size: int, max_length: int, progress: Any = None) -> dict[str, Any]:
     """The bundled probe and general-text loss on base and tuned; forgetting.forgetting_scores of them."""
     from tunesmith.eval.forgetting import forgetting_scores, load_probe, probe_side
 
@@ -124,9 +94,8 @@ def forgetting(
     answers: dict[str, list[str]] = {}
     losses: dict[str, float] = {}
     for side in ("base", "tuned"):
-        ctx, target = sides(side)
-        with ctx:
-            answers[side], losses[side] = probe_side(target, tokenizer, items, batch_size, max_length)
+        with sides[side].context():  # scoring.Answerer: the base is the run's model with its adapter disabled
+            answers[side], losses[side] = probe_side(sides[side].model, tokenizer, items, batch_size, max_length)
         if progress:
             progress.advance(task, 1)
     return forgetting_scores(items, answers["base"], answers["tuned"], losses["base"], losses["tuned"])

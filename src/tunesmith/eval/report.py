@@ -19,14 +19,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from tunesmith.atomic import write_bytes_atomic, write_text_atomic
+from tunesmith.eval import registry
 from tunesmith.eval.metrics import primary_metrics
 
 __all__ = ["loss_curve_png", "metrics_chart_png", "write_html"]
-
-# Lower is better for these; they also live on other scales, so the bar chart skips them.
-_LOWER_IS_BETTER = frozenset({"loss", "eval_loss", "perplexity"})
-# BLEU is 0-100 while the rest are 0-1; the bar chart divides it so bars are comparable.
-_PERCENT_SCALE = frozenset({"bleu"})
 _MAX_REGRESSIONS = 10
 _MAX_IMPROVEMENTS = 5
 # Keep the page openable even when a model rambles for thousands of tokens.
@@ -84,30 +80,37 @@ def loss_curve_png(history: Sequence[dict[str, Any]], path: Path | None = None) 
     return data
 
 
+def _charted(name: str) -> registry.Metric | None:
+    """The registry metric when it is a higher-is-better score on a 0-1 or 0-100 range (drawn as a bar), else None."""
+    try:
+        m = registry.metric(name)
+    except ValueError:
+        return None
+    return m if m.higher_is_better and m.low == 0.0 and m.high in (1.0, 100.0) else None
+
+
 def metrics_chart_png(summary: dict[str, dict[str, float]]) -> bytes:
     """PNG bytes of a grouped bar chart, base vs tuned, one group per metric.
 
-    summary is {"base": {metric: value}, "tuned": {...}, ...}. Loss and perplexity are
-    skipped (other scale, lower is better); BLEU is drawn divided by 100 so every bar
-    is on 0-1.
+    summary is {"base": {metric: value}, "tuned": {...}, ...}. Only higher-is-better scores with a bounded range
+    (the registry's) are drawn: loss, perplexity and unbounded figures are skipped; a 0-100 score (BLEU) is drawn
+    divided by 100 so every bar is on 0-1.
     """
     base = summary.get("base", {}) or {}
     tuned = summary.get("tuned", {}) or {}
-    names = [
-        m
-        for m in dict.fromkeys([*base, *tuned])
-        if m not in _LOWER_IS_BETTER and (base.get(m) is not None or tuned.get(m) is not None)
-    ]
+    names = [m for m in dict.fromkeys([*base, *tuned]) if _charted(m) and (base.get(m) is not None or tuned.get(m) is not None)]
     if not names:
         return _message_png("no metrics")
 
+    def high(m: str) -> float:
+        declared = _charted(m)
+        return (declared.high or 1.0) if declared else 1.0
+
     def scaled(d: dict[str, float], m: str) -> float:
         v = d.get(m)
-        if v is None:
-            return 0.0
-        return float(v) / 100.0 if m in _PERCENT_SCALE else float(v)
+        return 0.0 if v is None else float(v) / high(m)
 
-    labels = [f"{m} /100" if m in _PERCENT_SCALE else m for m in names]
+    labels = [f"{m} /{high(m):g}" if high(m) != 1.0 else m for m in names]
     xs = list(range(len(names)))
     width = 0.38
     fig = Figure(figsize=(max(6.0, 1.3 * len(names) + 2), 4), dpi=_DPI)
@@ -138,7 +141,10 @@ def _fmt(v: Any) -> str:
 def _delta_cell(metric: str, delta: float | None) -> str:
     if delta is None:
         return '<td class="num">&mdash;</td>'
-    better = -delta if metric in _LOWER_IS_BETTER else delta
+    try:
+        better = delta if registry.higher_is_better(metric) else -delta
+    except ValueError:  # a metric this version does not declare (an earlier report): shown, not coloured
+        better = 0.0
     cls = "good" if better > 1e-9 else "bad" if better < -1e-9 else "flat"
     sign = "+" if delta > 0 else ""
     return f'<td class="num {cls}">{sign}{_fmt(delta)}</td>'
@@ -245,6 +251,7 @@ def _render(report: dict[str, Any], predictions: list[dict[str, Any]], history: 
 <h1>Evaluation: {run}</h1>
 <p class="muted">base model {base_model} &middot; {html.escape(str(report.get("n_examples", len(predictions))))} held-out examples
 &middot; {mode} mode &middot; examples judged on {html.escape(", ".join(order))} in that order</p>
+<p class="muted">reference answers: {html.escape(str(report.get("reference") or "n/a"))}</p>
 {_notes(report)}
 <h2>Metrics</h2>
 {_metrics_table(summary)}

@@ -1,9 +1,10 @@
 """Pick the checkpoint by the task, not the loss (eval.select_checkpoint).
 
 At the end of training, before manifest.json is written (so a finished run is never rewritten), every kept
-checkpoint and the final adapter are scored on the first eval.select_examples held-out rows by the chosen metric
-(any per-example eval metric, corpus bleu, or eval_loss / perplexity where lower wins). The best becomes the run's
-adapter/; every score goes into Manifest.checkpoint_selection. Ties keep the later one (the final adapter last).
+checkpoint and the final adapter are scored on the first eval.select_examples rows of the run's held-out set
+(data/eval.jsonl, already saved) by the chosen metric: any metric of the one scoring path (tunesmith.eval.scoring),
+or eval_loss / perplexity, in the direction the registry declares. The best becomes the run's adapter/; every
+score goes into Manifest.checkpoint_selection. Ties keep the later one (the final adapter last).
 Those rows are also in the held-out set `tunesmith eval` scores, so that eval is slightly optimistic; the manifest
 records how many rows the selection saw.
 """
@@ -15,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import Recipe
-from tunesmith.eval import metrics
+from tunesmith.eval import metrics, registry
 
-LOWER_WINS = frozenset({"eval_loss", "perplexity"})
+LOSSES = frozenset({"eval_loss", "perplexity"})  # measured on the references' likelihood, not on generations
 # What a checkpoint contributes to adapter/: the adapter (or full model) weights and config, never optimizer state.
 _WEIGHT_FILES = (
     "adapter_model.safetensors",
@@ -39,8 +40,8 @@ def candidates(run_dir: Path) -> list[tuple[str, Path]]:
 
 
 def choose(scores: dict[str, float], metric: str) -> str:
-    """The best-scoring name (lowest for eval_loss/perplexity); on a tie the later one in `scores`' order."""
-    sign = -1.0 if metric in LOWER_WINS else 1.0
+    """The best-scoring name (in the registry's direction for `metric`); on a tie the later one in `scores`' order."""
+    sign = 1.0 if registry.higher_is_better(metric) else -1.0
     best = None
     for name, value in scores.items():
         if best is None or sign * value >= sign * scores[best]:
@@ -50,33 +51,25 @@ def choose(scores: dict[str, float], metric: str) -> str:
 
 
 def score(model: Any, tokenizer: Any, recipe: Recipe, examples: list[Any], metric: str) -> float:
-    """One model's value of `metric` on the examples (greedy generation through the one generation function)."""
+    """One model's value of `metric` on the examples (greedy answers and scores through the one scoring path)."""
     from tunesmith.data.template import prompt_messages, reference
+    from tunesmith.errors import RecipeError
+    from tunesmith.eval import scoring
     from tunesmith.eval.budget import resolve_max_new_tokens
-    from tunesmith.eval.generate import generate, perplexity, reference_loss
+    from tunesmith.eval.generate import perplexity, reference_loss
+    from tunesmith.train.rewards import scorer
 
-    if metric in LOWER_WINS:
+    if metric in LOSSES:
         loss = reference_loss(model, tokenizer, [e.messages for e in examples], recipe.data.max_length)
         return loss if metric == "eval_loss" else perplexity(loss)
     refs = [reference(e.messages) for e in examples]
+    convs = [prompt_messages(e.messages) for e in examples]
     budget = resolve_max_new_tokens(recipe, tokenizer, refs).tokens
-    outs = generate(model, tokenizer, [prompt_messages(e.messages) for e in examples], budget, recipe.eval.batch_size)
-    if metric == "bleu":
-        return metrics.corpus_bleu(outs, refs)
-    json_mode = metrics.references_are_json(refs)
-    agg = metrics.aggregate([metrics.score_example(o, r, json_mode) for o, r in zip(outs, refs)])
+    answers = scoring.answer(model, tokenizer, convs, budget, recipe.eval.batch_size)
+    agg = scoring.score(answers.texts, refs, metrics.references_are_json(refs), scorer(recipe, refs), convs).aggregate
     if metric not in agg:
-        from tunesmith.errors import RecipeError
-
-        raise RecipeError(
-            [
-                (
-                    "eval.select_checkpoint",
-                    f"{metric} is not measured on these rows; use one of "
-                    f"{', '.join(sorted(agg) + ['bleu', *sorted(LOWER_WINS)])}",
-                )
-            ]
-        )
+        known = ", ".join(sorted(agg) + sorted(LOSSES))
+        raise RecipeError([("eval.select_checkpoint", f"{metric} is not measured on these rows; use one of {known}")])
     return agg[metric]
 
 
@@ -102,11 +95,11 @@ def _load(recipe: Recipe, base_path: str, folder: Path, peft_model: Any) -> Any:
 def select_checkpoint(recipe: Recipe, run_dir: Path, base_path: str) -> dict[str, Any]:
     """Score every candidate, make the best run_dir/adapter, and return what the manifest records."""
     from tunesmith import models
-    from tunesmith.train.methods import eval_examples
+    from tunesmith.run import HELD_OUT, read_held_out
 
     metric = recipe.eval.select_checkpoint
     assert metric is not None
-    examples = eval_examples(recipe)[: recipe.eval.select_examples]
+    examples = read_held_out(run_dir / HELD_OUT)[: recipe.eval.select_examples]  # saved before selection runs
     tokenizer = models.load_tokenizer(str(run_dir / "adapter"))
     scores: dict[str, float] = {}
     peft_model = None
@@ -123,6 +116,7 @@ def select_checkpoint(recipe: Recipe, run_dir: Path, base_path: str) -> dict[str
         "chosen": chosen,
         "n_examples": len(examples),
         "rows": f"first {len(examples)} held-out rows",
+        "ids": [e.id for e in examples],
     }
 
 

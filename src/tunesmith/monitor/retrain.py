@@ -4,23 +4,25 @@ served, and only then point the serve folder's adapter link at it.
 The new run gets a new folder (<output_dir>-r2, -r3, ...); the served run is never touched. Promotion is one atomic
 symlink swap, SERVE_DIR/adapters/<name> -> the new run folder, which `tunesmith serve BASE --adapter
 <name>=SERVE_DIR/adapters/<name>` loads on its next start; SERVE_DIR/adapters/<name>.promotion.json records it.
+The record is written "pending" before the swap and "promoted" after; reading it checks the link itself, so a
+crash between the two never leaves a record that names another run than the one served.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from tunesmith.atomic import replace_symlink, write_text_atomic
 from tunesmith.errors import RunError
-from tunesmith.eval.gates import GateResult
-from tunesmith.records import Record
+from tunesmith.records import GateResult, Record
 
 if TYPE_CHECKING:
     from tunesmith.config import Recipe
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PROMOTION_VERSION = 1
+PROMOTION_VERSION = 2
 
 
 class Promotion(Record):
@@ -37,6 +39,9 @@ class Promotion(Record):
 
     schema_version: int = PROMOTION_VERSION
     name: str
+    status: Literal["pending", "promoted"] = Field(
+        "promoted", description="pending: written before the link swap; read_promotion settles it from the link."
+    )
     run: str = Field(..., description="Run folder now served under `name`.")
     previous: str | None = Field(None, description="Run folder served before.")
     added_data: str
@@ -83,39 +88,29 @@ def served_run(serve_dir: Path, name: str, recipe_path: str | Path) -> Run:
     from tunesmith.config import load_recipe
     from tunesmith.run import load_run
 
-    link = serve_dir / "adapters" / name
-    if link.exists() and not link.is_symlink():
-        raise RunError(
-            f"{link} exists and is not an adapter link made by tunesmith retrain", hint="Move it away or pick another --name."
-        )
+    link = _adapter_link(serve_dir, name)
     if link.exists():
         return load_run(link)
     return load_run(load_recipe(recipe_path, check_files=False).run_dir)
 
 
 def against_served(new: Run, served: Run, report: EvalReport, max_regression: float, progress: Any = None) -> GateResult:
-    """The served version answers the new run's held-out prompts (same budget); the new one must score no more than
-    `max_regression` below it on the first primary metric both have."""
+    """The served version answers the new run's held-out prompts (same budget and batch size as its eval, through the
+    one scoring path); the new one must score no more than `max_regression` below it on the first primary metric both
+    have."""
     from tunesmith.data.template import prompt_messages, reference
-    from tunesmith.eval import metrics
-    from tunesmith.eval.generate import generate_detailed
+    from tunesmith.eval import metrics, scoring
     from tunesmith.loader import load_run_model
     from tunesmith.run import held_out_examples
 
-    examples = held_out_examples(new)[: report.n_examples]
+    examples = held_out_examples(new)[: report.n_examples]  # the rows the new run's eval scored, in its order
     convs = [prompt_messages(e.messages) for e in examples]
     refs = [reference(e.messages) for e in examples]
     loaded = load_run_model(served)
-    task = progress.add_task("generating (served)", total=len(convs)) if progress else None
-    done = generate_detailed(
-        loaded.model,
-        loaded.tokenizer,
-        convs,
-        int(report.generation["max_new_tokens"]),
-        served.recipe.eval.batch_size,
-        on_batch=(lambda n: progress.advance(task, n)) if progress else None,
-    )
-    served_summary = metrics.aggregate([metrics.score_example(c.text, r, report.json_mode) for c, r in zip(done, refs)])
+    advance = scoring.progress_advance(progress, "generating (served)", len(convs))
+    batch = int(report.generation.get("batch_size") or new.recipe.eval.batch_size)
+    answers = scoring.answer(loaded.model, loaded.tokenizer, convs, int(report.generation["max_new_tokens"]), batch, advance)
+    served_summary = scoring.score(answers.texts, refs, report.json_mode).aggregate
     tuned = report.summary.get("tuned", {})
     metric = next((m for m in metrics.primary_metrics(report.json_mode) if m in tuned and m in served_summary), None)
     rule = f"new >= served - {max_regression:g}"
@@ -132,37 +127,59 @@ def against_served(new: Run, served: Run, report: EvalReport, max_regression: fl
     )
 
 
-def promote(serve_dir: Path, name: str, run_dir: Path, previous: Path, added: Path, results: list[GateResult]) -> Path:
-    """Point SERVE_DIR/adapters/<name> at run_dir in one atomic rename, and record it. Refuses to replace anything
-    at that path that is not a link (a folder or file the user put there)."""
-    from tunesmith.serve.security import check_name
+def _record_path(serve_dir: Path, name: str) -> Path:
+    return serve_dir / "adapters" / f"{name}.promotion.json"
 
-    check_name(name)
-    adapters = serve_dir / "adapters"
-    adapters.mkdir(parents=True, exist_ok=True)
-    link = adapters / name
+
+def _adapter_link(serve_dir: Path, name: str) -> Path:
+    """SERVE_DIR/adapters/<name>, refused when something other than a link made by retrain sits there."""
+    link = serve_dir / "adapters" / name
     if link.exists() and not link.is_symlink():
         raise RunError(
             f"{link} exists and is not an adapter link made by tunesmith retrain", hint="Move it away or pick another --name."
         )
-    replace_symlink(link, run_dir.resolve())  # readers see the old target or the new one, never neither
+    return link
+
+
+def promote(serve_dir: Path, name: str, run_dir: Path, previous: Path, added: Path, results: list[GateResult]) -> Path:
+    """Point SERVE_DIR/adapters/<name> at run_dir in one atomic rename, recorded before ("pending") and after
+    ("promoted"). Refuses to replace anything at that path that is not a link (a folder or file the user put there)."""
+    from tunesmith.serve.security import check_name
+
+    check_name(name)
+    link = _adapter_link(serve_dir, name)
+    link.parent.mkdir(parents=True, exist_ok=True)
     record = Promotion(
         name=name,
+        status="pending",
         run=str(run_dir.resolve()),
         previous=str(previous),
         added_data=str(added),
         time=datetime.now(timezone.utc),
         gates=results,
     )
-    write_text_atomic(adapters / f"{name}.promotion.json", record.model_dump_json(indent=1) + "\n")
+    write_text_atomic(_record_path(serve_dir, name), record.model_dump_json(indent=1) + "\n")
+    replace_symlink(link, run_dir.resolve())  # readers see the old target or the new one, never neither
+    record.status = "promoted"
+    write_text_atomic(_record_path(serve_dir, name), record.model_dump_json(indent=1) + "\n")
     return link
 
 
 def read_promotion(path: str | Path) -> Promotion:
+    """A promotion record, settled by the link beside it: a "pending" record whose run the link names was promoted
+    (the process stopped before it could say so); one whose link names another run describes the run still served
+    (the swap never happened: `run` is that target, `previous` None)."""
     path = Path(path)
     record = Promotion.model_validate_json(path.read_text(encoding="utf-8"))
     if record.schema_version > PROMOTION_VERSION:
         raise RunError(f"{path} has schema_version {record.schema_version}, newer than this tunesmith reads")
+    link = path.with_name(path.name.removesuffix(".promotion.json"))
+    target = os.path.realpath(link) if link.is_symlink() else None
+    if record.status == "pending" and target == record.run:
+        return record.model_copy(update={"status": "promoted"})
+    if record.status == "pending":
+        log.warning("%s: the promotion of %s was interrupted before the link moved; %s is still served", path, record.run, target)
+        return record.model_copy(update={"run": target or record.previous or "", "previous": None, "gates": []})
     return record
 
 
@@ -172,12 +189,13 @@ def retrain(
     """Train on old + new data into a new run folder, run its release gates plus `beats_served` against the served
     run, and promote it only when every one passes."""
     from tunesmith.eval.compare import evaluate
-    from tunesmith.eval.gates import results_of
     from tunesmith.run import load_run
+    from tunesmith.serve.security import check_name
     from tunesmith.serve.server import serve_dir as claim_serve_dir
     from tunesmith.train import run as train_run
     from tunesmith.train.start import release_run_dir
 
+    check_name(name)  # before anything is trained: a name that cannot be served is refused first
     add = Path(add).expanduser().resolve()
     if not add.is_file():
         raise RunError(f"--add {add} not found")
@@ -189,7 +207,7 @@ def retrain(
     finally:
         release_run_dir(recipe.run_dir)
     report = evaluate(new, progress=progress)
-    results = results_of(report) + [against_served(new, served, report, recipe.monitor.max_regression, progress)]
+    results = [*report.gates, against_served(new, served, report, recipe.monitor.max_regression, progress)]
     out = Retrained(new.dir, served.dir, results)
     if all(g.passed for g in results):
         out.link = promote(folder, name, new.dir, served.dir, add, results)

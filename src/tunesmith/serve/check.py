@@ -71,16 +71,12 @@ def golden_prompts(run: Any) -> list[Golden]:
 
 def _conversations(run: Any) -> dict[str, list[dict[str, str]]]:
     """Eval example id -> the prompt messages eval sent (system turn included); empty when the data moved."""
-    import tunesmith.run as runs
     from tunesmith.data.template import prompt_messages
     from tunesmith.errors import TunesmithError
-    from tunesmith.train.methods import eval_examples
+    from tunesmith.run import held_out_examples
 
-    # The run's own copy of its held-out rows when it keeps one (it survives the data moving), else the recipe's.
-    held_out = getattr(runs, "held_out_examples", None)
-    try:
-        examples = held_out(run) if held_out is not None else eval_examples(run.recipe)
-        return {e.id: prompt_messages(e.messages) for e in examples}
+    try:  # the run's own held-out rows: the prompts its eval (and so its golden answers) used
+        return {e.id: prompt_messages(e.messages) for e in held_out_examples(run)}
     except (TunesmithError, OSError, ValueError):
         return {}
 

@@ -23,16 +23,13 @@ def _store(run_dir: Path, create: bool = False) -> review.ReviewStore:
 
 
 def conversations(run_dir: Path) -> dict[str, list[dict[str, str]]]:
-    """Example id -> prompt conversation (system + user turns) from the run's eval file; empty when unreadable."""
-    from tunesmith.data.formats import load_examples
+    """Example id -> prompt conversation (system + user turns) of the run's own held-out rows; empty when unreadable."""
     from tunesmith.data.template import prompt_messages
     from tunesmith.errors import TunesmithError
-    from tunesmith.run import load_run
+    from tunesmith.run import held_out_examples, load_run
 
     try:
-        recipe = load_run(run_dir).recipe
-        files = [recipe.data.eval] if recipe.data.eval else list(recipe.data.train)
-        return {ex.id: prompt_messages(ex.messages) for ex in load_examples(files)}
+        return {ex.id: prompt_messages(ex.messages) for ex in held_out_examples(load_run(run_dir))}
     except (TunesmithError, OSError):
         return {}
 

@@ -25,6 +25,7 @@ from tunesmith.train.sft import METHOD as SFT
 
 if TYPE_CHECKING:
     from tunesmith.config import Recipe
+    from tunesmith.data.formats import Example
     from tunesmith.records import TokenCounts
     from tunesmith.run import Run
 
@@ -125,6 +126,7 @@ def generate_dataset(recipe: Recipe, out_dir: Path) -> DistillDetails:
     """Teacher answers for the train and eval prompts, written as chat JSONL; returns what was written."""
     from tunesmith import models
     from tunesmith.data.convert import write_rows
+    from tunesmith.data.formats import row_id
     from tunesmith.eval.generate import generate
     from tunesmith.rag.prompt import augment_rows
     from tunesmith.train.rows import prompt_row, split_rows
@@ -142,8 +144,9 @@ def generate_dataset(recipe: Recipe, out_dir: Path) -> DistillDetails:
         prompts = [r["prompt"] for r in augment_rows(rows, recipe)]
         answers = generate(model, tokenizer, prompts, d.max_new_tokens, d.batch_size)
         out = [
-            {"id": f"{split}-{i}", "messages": r["prompt"] + [{"role": "assistant", "content": a}], "source": r["source"]}
-            for i, (r, a) in enumerate(zip(rows, answers))
+            # The source row's id: the student's held-out rows keep the ids the ladder saw before training.
+            {"id": row_id(r, r["source"]), "messages": r["prompt"] + [{"role": "assistant", "content": a}], "source": r["source"]}
+            for r, a in zip(rows, answers)
         ]
         path = write_rows(out_dir / f"{split}.jsonl", out)
         files[split] = TeacherFile(
@@ -190,11 +193,17 @@ class Distill(Method[DistillSection]):
     row_shape = "a prompt (sequence: the teacher answers it) or a demonstration (logits)"
     measured_as = "the rendered conversation"
     reference = "the teacher's answer (sequence) or the demonstration's (logits)"
+    no_reference = "none yet: the teacher writes the answers when the run trains"
     init_from_data = False  # needs a teacher, which the data cannot suggest
 
     def generates(self, recipe: Recipe) -> bool:
         d = self.settings(recipe)
         return d.mode == "logits" and d.lmbda > 0  # on-policy steps sample from the student
+
+    def held_out_split(self, recipe: Recipe, with_context: bool = True) -> tuple[list[Example], list[Example]]:
+        from tunesmith.train.rows import prompt_split
+
+        return prompt_split(recipe, with_context)  # the teacher's answer rows keep their prompt row's id
 
     def trains_as(self, recipe: Recipe) -> Method[Any]:
         return SFT if self.settings(recipe).mode == "sequence" else self

@@ -17,7 +17,7 @@ from tunesmith.records import MethodDetails, Tokens
 from tunesmith.sections import Section, checks_environment
 from tunesmith.train import _trl
 from tunesmith.train.method import Datasets, Method, Parts, chosen
-from tunesmith.train.rows import apply_length_policy, preference_row, prompt_examples, recipe_rows
+from tunesmith.train.rows import apply_length_policy, preference_row, prompt_split, recipe_rows
 
 if TYPE_CHECKING:
     from tunesmith.config import DataSection, Recipe
@@ -68,7 +68,7 @@ class DPO(Method[DPOSection]):
     details = DPODetails
     row_shape = "prompt + chosen + rejected (or input + preferred_output + non_preferred_output)"
     measured_as = "prompt + the longer of chosen/rejected"
-    reference = "the chosen answer"
+    reference = "the chosen answer of each held-out preference pair"
 
     def fit_row(self, tokenizer: Any, obj: dict[str, Any], max_length: int, overlong: str, room: int) -> Fit | None:
         if detect_shape(obj) not in PAIR_SHAPES:  # the format check and the recipe rule report it; nothing to measure
@@ -76,8 +76,8 @@ class DPO(Method[DPOSection]):
         pair = to_preference(obj)
         return fit_pair(tokenizer, pair["prompt"], pair["chosen"], pair["rejected"], max_length, overlong)
 
-    def eval_examples(self, recipe: Recipe) -> list[Example]:
-        return prompt_examples(recipe)  # the prompt of each held-out pair, its chosen answer as the reference
+    def held_out_split(self, recipe: Recipe, with_context: bool = True) -> tuple[list[Example], list[Example]]:
+        return prompt_split(recipe, with_context)  # each held-out prompt with its reference as the answer
 
     def datasets(self, recipe: Recipe, tokenizer: Any) -> Datasets:
         """Train/eval pairs within data.max_length (data.lengths.fit_pair), with the manifest's counts."""

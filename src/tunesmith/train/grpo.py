@@ -21,7 +21,7 @@ from tunesmith.records import MethodDetails, Tokens
 from tunesmith.sections import Section, checks_environment
 from tunesmith.train import _trl
 from tunesmith.train.method import Datasets, Method, Parts, chosen
-from tunesmith.train.rows import apply_length_policy, prompt_examples, prompt_row, recipe_rows
+from tunesmith.train.rows import apply_length_policy, prompt_row, prompt_split, recipe_rows
 
 if TYPE_CHECKING:
     from tunesmith.config import Recipe
@@ -133,7 +133,7 @@ class GRPO(Method[GRPOSection]):
     details = GRPODetails
     row_shape = "a prompt (any shape with a user turn; its answer, when present, becomes the `reference` column)"
     measured_as = "prompt + grpo.max_completion_length"
-    reference = "the row's reference answer when it has one (prompt-only rows have none: rewards judged training)"
+    reference = "the reference answer of each held-out prompt (its `reference` column or its answer)"
     samples_completions = True
 
     def completion_room(self, recipe: Recipe | None) -> int:
@@ -142,8 +142,8 @@ class GRPO(Method[GRPOSection]):
     def fit_row(self, tokenizer: Any, obj: dict[str, Any], max_length: int, overlong: str, room: int) -> Fit | None:
         return fit_prompt(tokenizer, to_prompt_only(obj), room, max_length, overlong)
 
-    def eval_examples(self, recipe: Recipe) -> list[Example]:
-        return prompt_examples(recipe)
+    def held_out_split(self, recipe: Recipe, with_context: bool = True) -> tuple[list[Example], list[Example]]:
+        return prompt_split(recipe, with_context)  # each held-out prompt with its reference as the answer
 
     def starter_section(self, answers: list[str]) -> dict[str, Any]:
         """Rewards for the data's answers: exact match on the reference, and valid JSON where the answers are JSON."""

@@ -72,6 +72,8 @@ class Method(Generic[S]):
     row_shape: ClassVar[str]  # what a data row must carry
     measured_as: ClassVar[str]  # its length policy: what is measured against data.max_length
     reference: ClassVar[str]  # what a held-out answer is compared with
+    # what reports say when the held-out rows carry no answer at all
+    no_reference: ClassVar[str] = "none: the held-out rows have no answers, so no reference metric applies"
     samples_completions: ClassVar[bool] = False  # learns from completions it samples: no fixed answer is trained
     packs_rows: ClassVar[bool] = False  # SFT's levers: packing, varlen attention, labelled logits, micro-batches, plan
     liger: ClassVar[bool] = False  # Liger's kernels apply (TRL's other trainers swap in Liger's own losses)
@@ -95,11 +97,22 @@ class Method(Generic[S]):
         measured as a rendered conversation with its loss mask (the demonstration methods)."""
         return None
 
-    def eval_examples(self, recipe: Recipe) -> list[Example]:
-        """The held-out examples a run is scored on (saved as the run's data/eval.jsonl): the demonstrations."""
-        from tunesmith.data.dataset import recipe_examples
+    def held_out_split(self, recipe: Recipe, with_context: bool = True) -> tuple[list[Example], list[Example]]:
+        """(train, held-out) examples of the one split training uses (data.dataset.split_rows): the demonstrations.
+        with_context: with `rag`, retrieved context in every prompt, as training saw them."""
+        from tunesmith.data.dataset import recipe_examples, split_examples
 
-        return recipe_examples(recipe)[1]
+        if with_context:
+            return recipe_examples(recipe)
+        return split_examples(recipe.data, recipe.training.seed)
+
+    def eval_examples(self, recipe: Recipe) -> list[Example]:
+        """The held-out examples a run is scored on (saved as the run's data/eval.jsonl)."""
+        return self.held_out_split(recipe)[1]
+
+    def describe_reference(self, refs: list[str]) -> str:
+        """What the expected answers are, as this method defines them (shown in every report that scores them)."""
+        return self.reference if any(r.strip() for r in refs) else self.no_reference
 
     def starter_section(self, answers: list[str]) -> dict[str, Any] | None:
         """The section `tunesmith init --data` writes for data whose answers are these; None: the defaults."""

@@ -47,3 +47,8 @@ for _method in BUILT_IN:
 def eval_examples(recipe: Any) -> list[Any]:
     """The held-out examples a run of this recipe is scored on (its method's Method.eval_examples)."""
     return get(recipe.method).eval_examples(recipe)
+
+
+def held_out_split(recipe: Any, with_context: bool = True) -> tuple[list[Any], list[Any]]:
+    """(train, held-out) examples of the one split a run of this recipe trains on (its method's Method.held_out_split)."""
+    return get(recipe.method).held_out_split(recipe, with_context)

@@ -5,8 +5,9 @@ completion. Completions arrive as text or as a list of chat messages (conversati
 are reduced to the assistant's text. Built-ins score 1.0 for a pass and 0.0 for a fail, except the
 length penalty, which is 0 within budget and negative beyond it.
 
-The pass/fail rewards are the eval metrics themselves (tunesmith.eval.metrics: json_valid, exact_match,
-parse_json), so a run is trained on exactly the objective `tunesmith eval` scores it on.
+The pass/fail rewards are the registry's metrics themselves (tunesmith.eval.registry: json_valid, exact_match),
+so a run is trained on exactly the objective `tunesmith eval` scores it on; eval and the ladder also report the
+recipe's weighted reward (`scorer`) as the metric `reward`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import logging
 import re
 import sys
 from collections.abc import Callable
@@ -21,7 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from tunesmith.errors import RecipeError
-from tunesmith.eval import metrics
+from tunesmith.eval import metrics, registry
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from tunesmith.train.grpo import RewardSpec
@@ -40,7 +44,9 @@ def completion_text(completion: Any) -> str:
 
 def json_valid(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
     """eval's json_valid: 1.0 when the completion is a JSON object or array (one ``` fence allowed), else 0.0."""
-    return [metrics.json_valid(completion_text(c)) for c in completions]
+    valid = registry.METRICS["json_valid"].fn
+    assert valid is not None
+    return [float(valid(completion_text(c), "") or 0.0) for c in completions]
 
 
 def make_json_schema_valid(schema: dict[str, Any]) -> RewardFn:
@@ -66,8 +72,10 @@ def make_exact_match(field: str) -> RewardFn:
         refs = columns.get(field)
         if refs is None:
             raise KeyError(f"exact_match reward: the data has no `{field}` column")
+        match = registry.METRICS["exact_match"].fn
+        assert match is not None
         return [
-            metrics.exact_match(completion_text(c), ref if isinstance(ref, str) else json.dumps(ref))
+            float(match(completion_text(c), ref if isinstance(ref, str) else json.dumps(ref)) or 0.0)
             for c, ref in zip(completions, refs)
         ]
 
@@ -135,3 +143,26 @@ def build(specs: list[RewardSpec]) -> list[RewardFn]:
         else:
             out.append(load_function(spec.function or ""))
     return out
+
+
+def scorer(recipe: Any, refs: list[str]) -> Callable[[list[Any], list[str]], list[float]] | None:
+    """The run's GRPO rewards as one scorer for eval and the ladder: outputs -> the weighted sum GRPO trains on,
+    with `refs` as the `reference` column. None for other methods, or when a reward needs a column the held-out
+    rows do not keep (the report then says so through the missing metric)."""
+    if getattr(recipe, "method", None) != "grpo":
+        return None
+    specs = recipe.grpo.rewards
+    try:
+        fns = build(specs)
+    except RecipeError as exc:  # a user reward whose module moved with the data: eval goes on without `reward`
+        log.warning("the GRPO rewards are not scored: %s", exc.message)
+        return None
+
+    def total(prompts: list[Any], outputs: list[str]) -> list[float]:
+        sums = [0.0] * len(outputs)
+        for spec, fn in zip(specs, fns, strict=True):
+            for i, value in enumerate(fn(prompts, outputs, reference=refs)):
+                sums[i] += spec.weight * float(value)
+        return sums
+
+    return total

@@ -6,15 +6,15 @@ the file:line it came from; a bad row never trains silently: all of them are lis
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.data.formats import (
+    Example,
     detect_shape,
     load_normalised,
+    row_id,
     to_preference,
     to_prompt_only,
 )
@@ -127,20 +127,13 @@ def apply_length_policy(
     return kept, counts
 
 
-def _key(row: dict[str, Any]) -> str:
-    return hashlib.sha256(
-        json.dumps({k: row[k] for k in sorted(row) if k != "source"}, sort_keys=True, default=str).encode()
-    ).hexdigest()
-
-
 def split_rows(
     data: DataSection, seed: int, normalise: Callable[[Any], dict[str, Any]]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Train and eval rows: the eval file, or a seeded eval_fraction held out; rows also in train leave eval."""
-    from tunesmith.data.dataset import hold_out
+    """Train and eval rows (data.dataset.split_rows, the one split), each tagged with its file:line."""
+    from tunesmith.data.dataset import split_rows as split
 
-    evaluation = load_rows(data.eval, normalise) if data.eval else None
-    return hold_out(load_rows(data.train, normalise), evaluation, _key, data.eval_fraction, seed)
+    return split(data, seed, lambda rec: {**normalise(rec.obj), "source": rec.where})
 
 
 def recipe_rows(recipe: Recipe, normalise: Callable[[Any], dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -151,13 +144,20 @@ def recipe_rows(recipe: Recipe, normalise: Callable[[Any], dict[str, Any]]) -> t
     return augment_rows(train, recipe), augment_rows(evaluation, recipe)
 
 
-def prompt_examples(recipe: Recipe) -> list[Example]:
-    """The held-out examples of the methods that train on prompt rows (dpo, grpo): the prompt of each held-out
-    row, with its chosen answer (dpo) or the row's reference (grpo; "" for prompt-only rows) as the expected answer."""
-    from tunesmith.data.formats import Example
+def prompt_split(recipe: Recipe, with_context: bool = True) -> tuple[list[Example], list[Example]]:
+    """(train, held-out) examples of the methods that train on prompt rows (dpo, grpo, distill): each row's prompt
+    with its reference as the answer (dpo: the chosen answer; grpo: the `reference` column or the row's answer, ""
+    for prompt-only rows; distill: the teacher's answer once it wrote one), split as training splits them.
+    with_context: with `rag`, retrieved context in every prompt (as training saw them)."""
+    from tunesmith.rag.prompt import augment_examples
 
-    _, evaluation = recipe_rows(recipe, prompt_row)
-    return [
-        Example(f"eval-{i}", r["prompt"] + [{"role": "assistant", "content": r["reference"]}], r["source"])
-        for i, r in enumerate(evaluation)
-    ]
+    train, evaluation = (
+        [
+            Example(row_id(r, r["source"]), r["prompt"] + [{"role": "assistant", "content": str(r["reference"])}], r["source"])
+            for r in rows
+        ]
+        for rows in split_rows(recipe.data, recipe.training.seed, prompt_row)
+    )
+    if not with_context:
+        return train, evaluation
+    return augment_examples(train, recipe), augment_examples(evaluation, recipe)

@@ -50,7 +50,7 @@ class SFT(Method[Section]):
     help = "demonstrations: the model learns to write each row's answers"
     row_shape = "a conversation with at least one assistant answer (messages, prompt/completion, instruction/output, ...)"
     measured_as = "the rendered conversation"
-    reference = "the demonstration's last answer"
+    reference = "the last assistant turn of each held-out conversation"
     packs_rows = True
     liger = True
 

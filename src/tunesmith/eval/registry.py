@@ -1,0 +1,124 @@
+"""The metric registry: every number tunesmith judges by, declared once with its direction, range and label.
+
+Gates, the ladder's recommendation, checkpoint selection, GRPO's built-in rewards, the terminal tables and the
+HTML reports all read a metric's direction and range from here, so "lower is better" is decided in one place.
+A metric with `fn` is scored per example from an output and its reference (`tunesmith.eval.scoring`); the others
+are measured by a part of eval (latency, forgetting, judge, graders, ...) and only declared here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from tunesmith.eval import metrics as m
+
+log = logging.getLogger(__name__)
+
+TEXT, JSON = "text", "json"
+"""What a metric applies to: free-text references, JSON-object references (later: tool calls)."""
+EVAL, LADDER = "eval", "ladder"
+"""What measures a metric: `tunesmith eval` (base vs tuned) and/or `tunesmith ladder` (every rung)."""
+_BOTH, _EVAL, _LADDER = frozenset({EVAL, LADDER}), frozenset({EVAL}), frozenset({LADDER})
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric: `fn(output, reference)` when it is scored per example; None where the reference does not apply."""
+
+    name: str
+    label: str
+    higher_is_better: bool = True
+    low: float | None = 0.0  # range; None = unbounded on that side
+    high: float | None = 1.0
+    applies: frozenset[str] = frozenset({TEXT, JSON})
+    unit: str = ""
+    by: frozenset[str] = _BOTH
+    fn: Callable[[str, str], float | None] | None = None
+    corpus: Callable[[list[str], list[str]], float] | None = None  # replaces the per-example mean (corpus BLEU)
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether `a` beats `b` on this metric."""
+        return a > b if self.higher_is_better else a < b
+
+    def fmt(self, value: float | None) -> str:
+        """The value as people read it: ms whole, counts whole, 0-1 scores with three decimals."""
+        if value is None:
+            return "n/a"
+        if self.unit == "ms":
+            return f"{value:.0f} ms"
+        if self.unit == "tokens":
+            return f"{value:.0f}"
+        if self.high is None or self.high > 1:
+            return f"{value:.4g}"
+        return f"{value:.3f}"
+
+
+def _lower(name: str, label: str, **kw: object) -> Metric:
+    return Metric(name, label, higher_is_better=False, **kw)  # type: ignore[arg-type]
+
+
+_ALL = (
+    Metric("exact_match", "exact match", fn=m.exact_match),
+    Metric("token_f1", "token F1", fn=m.token_f1),
+    Metric("rouge_l", "ROUGE-L", fn=m.rouge_l),
+    Metric("bleu", "BLEU (0-100)", high=100.0, fn=m.sentence_bleu, corpus=m.corpus_bleu),
+    Metric("json_valid", "valid JSON", applies=frozenset({JSON}), fn=lambda out, _ref: m.json_valid(out)),
+    Metric("json_field_accuracy", "JSON field accuracy", applies=frozenset({JSON}), fn=m.json_field_accuracy),
+    Metric("semantic_similarity", "semantic similarity", low=-1.0, by=_EVAL),
+    Metric("reward", "GRPO reward (weighted sum)", low=None, high=None),
+    _lower("eval_loss", "reference loss (nats/token)", high=None, unit="nats/token", by=_EVAL),
+    _lower("perplexity", "perplexity", low=1.0, high=None, by=_EVAL),
+    Metric("win_rate_vs_base", "win rate vs base", by=_EVAL),
+    Metric("judge_agreement", "judge agreement (both orders)", by=_EVAL),
+    _lower("p50_batch_ms", "median batch latency", high=None, unit="ms"),
+    _lower("p95_batch_ms", "95th-percentile batch latency", high=None, unit="ms"),
+    _lower("p50_request_ms", "median request latency (batch size 1)", high=None, unit="ms"),
+    _lower("p95_request_ms", "95th-percentile request latency (batch size 1)", high=None, unit="ms"),
+    _lower("prompt_tokens", "prompt tokens per request", high=None, unit="tokens", by=_LADDER),
+    _lower("completion_tokens", "completion tokens per request", high=None, unit="tokens", by=_LADDER),
+    _lower("cost_per_1k", "cost per 1,000 requests", high=None, by=_LADDER),
+    _lower("forgetting", "forgetting (probe accuracy lost)", low=-1.0, by=_EVAL),
+    _lower("text_loss_increase", "general-text loss increase", low=None, high=None, unit="nats/token", by=_EVAL),
+    _lower("hallucination_rate", "hallucination rate", by=_EVAL),
+)
+METRICS: dict[str, Metric] = {x.name: x for x in _ALL}
+
+# Families: one declaration for every member (forgetting_<category>, graders.<name>).
+_PREFIXES = {
+    "forgetting_": _lower("forgetting_", "forgetting in one probe category", low=-1.0, by=_EVAL),
+    "graders.": Metric("graders.", "grader pass rate", by=_EVAL),
+}
+
+ALIASES = {"p50_latency_ms": "p50_batch_ms", "p95_latency_ms": "p95_batch_ms"}
+"""Names earlier recipes used: the wall time of the batch a request was generated in, now named as such."""
+
+
+def canonical(name: str) -> str:
+    """The registry name for `name`: an old alias becomes its new name (logged once per call)."""
+    if name in ALIASES:
+        log.warning("metric %s is deprecated: it is %s (the wall time of a generation batch)", name, ALIASES[name])
+        return ALIASES[name]
+    return name
+
+
+def metric(name: str) -> Metric:
+    """The declaration of `name` (a family member included); ValueError naming the known metrics when unknown."""
+    name = ALIASES.get(name, name)
+    if name in METRICS:
+        return METRICS[name]
+    for prefix, family in _PREFIXES.items():
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return replace(family, name=name, label=f"{family.label} ({name[len(prefix) :]})")
+    raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRICS)}, forgetting_<category>, graders.<name>")
+
+
+def higher_is_better(name: str) -> bool:
+    return metric(name).higher_is_better
+
+
+def per_example(json_mode: bool) -> list[Metric]:
+    """The metrics scored from each output and its reference, in declaration order, for this kind of reference."""
+    kind = JSON if json_mode else TEXT
+    return [x for x in _ALL if x.fn is not None and kind in x.applies]

@@ -1,0 +1,172 @@
+"""The one scoring path and the one clock: eval, the ladder, checkpoint selection and retrain all answer prompts
+with `answer` and score the outputs with `score`, so a figure means the same thing in every report.
+
+`answer` generates greedily through the one generation function while `Clock` times each batch from its start
+to its answers. `score` takes outputs and their references and returns every per-example metric of the registry
+that applies (JSON or text references) and the aggregates (means; corpus BLEU), plus `reward` when the method
+scores by reward functions (GRPO) instead of, or besides, a reference.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunesmith.eval import metrics, registry
+from tunesmith.records import Latency
+
+log = logging.getLogger(__name__)
+
+Conversation = list[dict[str, Any]]
+Reward = Callable[[list[Conversation], list[str]], list[float]]
+
+
+def score_example(pred: str, ref: str, json_mode: bool) -> dict[str, float | None]:
+    """Every per-example registry metric for one prediction (None where the reference does not apply).
+
+    Text references: exact_match, token_f1, rouge_l (0-1), bleu (0-100); JSON references add json_valid and
+    json_field_accuracy (None when this reference is not a JSON object).
+    """
+    return {m.name: m.fn(pred, ref) for m in registry.per_example(json_mode) if m.fn is not None}
+
+
+@dataclass
+class Scores:
+    """Per-example scores (one dict per output) and their aggregates (means, corpus BLEU)."""
+
+    per_example: list[dict[str, float | None]]
+    aggregate: dict[str, float]
+
+
+def score(
+    outputs: Sequence[str],
+    refs: Sequence[str],
+    json_mode: bool,
+    reward: Reward | None = None,
+    prompts: Sequence[Conversation] = (),
+) -> Scores:
+    """Score outputs against their references. Rows without any reference (prompt-only data) get no reference
+    metrics; with `reward` (the GRPO rewards of the run), every row also gets `reward`."""
+    if len(outputs) != len(refs):
+        raise ValueError(f"{len(outputs)} outputs but {len(refs)} references")
+    has_refs = any(r.strip() for r in refs)
+    rows = [score_example(o, r, json_mode) if has_refs else {} for o, r in zip(outputs, refs)]
+    if reward is not None:
+        try:
+            values = reward(list(prompts), list(outputs))
+        except KeyError as exc:  # a reward reading a column the held-out rows do not keep
+            log.warning("the GRPO rewards were not scored: %s", exc)
+            values = []
+        for row, value in zip(rows, values):
+            row["reward"] = value
+    agg = metrics.aggregate(rows)
+    for m in registry.per_example(json_mode):
+        if has_refs and m.corpus is not None:
+            agg[m.name] = m.corpus(list(outputs), list(refs))
+    return Scores(rows, agg)
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    import numpy as np
+
+    return float(np.percentile(values, q)) if values else None
+
+
+@dataclass
+class Clock:
+    """An on_batch callback that times each generation batch from the moment it starts (`start`, or the end of the
+    previous batch) to its answers; `then` is called after, with the batch size (a progress bar)."""
+
+    batch_size: int
+    then: Callable[[int], None] | None = None
+    batches: list[tuple[int, float]] = field(default_factory=list)  # (requests, seconds)
+    last: float = field(default_factory=time.perf_counter)
+
+    def start(self) -> None:
+        self.last = time.perf_counter()
+
+    def __call__(self, n: int) -> None:
+        now = time.perf_counter()
+        self.batches.append((n, now - self.last))
+        self.last = now
+        if self.then is not None:
+            self.then(n)
+
+    def latency(self) -> Latency:
+        """Percentiles of the batch wall times; request latency only where each batch was one request."""
+        ms = [s * 1000.0 for _, s in self.batches]
+        single = self.batch_size == 1
+        return Latency(
+            batch_size=self.batch_size,
+            requests=sum(n for n, _ in self.batches),
+            batches=len(self.batches),
+            total_s=sum(s for _, s in self.batches),
+            p50_batch_ms=_percentile(ms, 50),
+            p95_batch_ms=_percentile(ms, 95),
+            p50_request_ms=_percentile(ms, 50) if single else None,
+            p95_request_ms=_percentile(ms, 95) if single else None,
+        )
+
+
+@dataclass
+class Answers:
+    """Greedy completions in input order and the clock's figures."""
+
+    completions: list[Any]
+    latency: Latency
+
+    @property
+    def texts(self) -> list[str]:
+        return [c.text for c in self.completions]
+
+
+@dataclass
+class Answerer:
+    """A loaded model that answers as one side: `adapter_off` answers as the base, the run's adapter disabled."""
+
+    model: Any
+    tokenizer: Any
+    adapter_off: bool = False
+
+    def context(self) -> Any:
+        return self.model.disable_adapter() if self.adapter_off else nullcontext()
+
+
+def run_answerers(run: Any, loaded: Any) -> dict[str, Answerer]:
+    """base and tuned for a run loaded with loader.load_run_model: one model in memory for an adapter run (base =
+    the same object with its adapter disabled), the base loaded beside a full fine-tune."""
+    from tunesmith.loader import load_base
+
+    tuned = Answerer(loaded.model, loaded.tokenizer)
+    if loaded.has_adapter:
+        return {"base": Answerer(loaded.model, loaded.tokenizer, adapter_off=True), "tuned": tuned}
+    return {"base": Answerer(load_base(run).eval(), loaded.tokenizer), "tuned": tuned}
+
+
+def answer(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[Conversation],
+    max_new_tokens: int,
+    batch_size: int,
+    advance: Callable[[int], None] | None = None,
+) -> Answers:
+    """Greedy answers to `prompts` (the one generation function), each batch timed by the one clock."""
+    from tunesmith.eval.generate import generate_detailed
+
+    clock = Clock(batch_size, advance)
+    clock.start()
+    done = generate_detailed(model, tokenizer, prompts, max_new_tokens, batch_size, on_batch=clock)
+    return Answers(done, clock.latency())
+
+
+def progress_advance(progress: Any, description: str, total: int) -> Callable[[int], None] | None:
+    """A rich progress task's advance callback (None without a progress display)."""
+    if progress is None:
+        return None
+    task = progress.add_task(description, total=total)
+    return lambda n: progress.advance(task, n)
