@@ -358,6 +358,7 @@ def test_unknown_fields_anywhere_in_the_job_are_reported(tmp_path, tiny_model_di
     ("case", "message"),
     [
         ("missing_id", "is an OpenAI file id that was not found"),
+        ("files_not_a_folder", "not a folder"),
         ("not_jsonl", "not a JSONL file of examples"),
         ("binary", "not a JSONL text file"),
         ("unknown_method_flag", "unknown method `rlhf`"),
@@ -373,6 +374,9 @@ def test_bad_input_is_one_clear_error_and_nothing_is_written(case, message, tmp_
     if case == "missing_id":
         job.write_text(json.dumps({"training_file": "file-Missing123"}))
         args += [job, "--files", OA / "files"]
+    elif case == "files_not_a_folder":
+        job.write_text(json.dumps({"training_file": "file-Missing123"}))
+        args += [job, "--files", train]
     elif case in ("not_jsonl", "binary"):
         bad = tmp_path / "file-Csv1"
         bad.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe" if case == "binary" else b"a,b\n1,2\n")

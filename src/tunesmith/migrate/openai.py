@@ -207,6 +207,8 @@ def import_openai(
     """Read, audit, map and write the project into `out`; returns it with the report and its printed summary."""
     from tunesmith import models
 
+    if files_dir is not None and not Path(files_dir).is_dir():
+        raise DataError(f"--files {files_dir}: not a folder", hint="Give the folder the job's files were downloaded into.")
     extra = openai_graders.load_grader_file(grader_file) if grader_file else []
     job = _job(job_file, training_file, validation_file, method, files_dir, extra)
     fields = openai_graders.item_fields(job.grader) if job.method == "grpo" and job.grader else []
