@@ -304,6 +304,7 @@ def test_item_fields_are_found_and_rewritten_to_the_reference():
     t = translate([("g", one)], ItemMap(["ans"], text_field=False), judge=None).graders[0]
     assert t["reference"] == "{{ item.reference_json.x }} {{ item.reference }}"
     py = {"type": "python", "name": "p", "source": "def grade(sample, item):\n    return float(item['ans'] == 3)\n"}
+    assert "item.ans" in translate([("g", py)], ItemMap(), judge=None).unmapped[0].why  # no such field in eval items
     from tunesmith.eval.graders import load_graders, scores
 
     src = translate([("g", py)], ItemMap(["ans"], text_field=False), judge=None).graders[0]
@@ -365,6 +366,7 @@ def test_unknown_fields_anywhere_in_the_job_are_reported(tmp_path, tiny_model_di
         ("unknown_method_job", "unknown method `rlhf`"),
         ("job_not_json", "the job file is not JSON"),
         ("two_graders_for_rft", "takes one grader"),
+        ("bad_model", "model path not found"),
     ],
 )
 def test_bad_input_is_one_clear_error_and_nothing_is_written(case, message, tmp_path, tiny_model_dir, _own_tmp):
@@ -390,10 +392,13 @@ def test_bad_input_is_one_clear_error_and_nothing_is_written(case, message, tmp_
     elif case == "job_not_json":
         job.write_text('{"training_file": "t.jsonl",')
         args += [job]
-    else:
+    elif case == "two_graders_for_rft":
         args += ["--training-file", train, "--method", "reinforcement", "--grader", OA / "graders.json"]
+    else:
+        args += ["--training-file", train]
     out = tmp_path / "out"
-    code, text = cli(*args, "--model", tiny_model_dir, "--out", out)
+    model = "./no-such-model" if case == "bad_model" else tiny_model_dir
+    code, text = cli(*args, "--model", model, "--out", out)
     assert code == 1 and "error:" in text and message in text, text
     assert not out.exists() and not any(_own_tmp.iterdir())
 

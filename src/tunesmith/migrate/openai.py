@@ -228,7 +228,7 @@ def import_openai(
             written.append(_write(staging, GRADERS_FILE, json.dumps(translation.graders, indent=2) + "\n"))
         if reward_grader:
             written.append(_write(staging, REWARD_FILE, reward_file_text(GRADERS_FILE, reward_grader)))
-        name = project_name(job, Path(out).name)
+        name = project_name(job, Path(out).expanduser().resolve().name)
         report = _report(job, _model_spec(model), files, hp, unmapped, translation, rewards, audit)
         recipe = recipe_text(
             job,

@@ -63,7 +63,7 @@ RULES: dict[str, tuple[str, str, str]] = {
     ),
     "openai_dpo_tools": (
         WARNING,
-        "input.tools / parallel_tool_calls",
+        "input.tools: the tools the prompt offers",
         "not rendered: DPO rows keep role and content only",
     ),
     "openai_rft_last_not_user": (
@@ -185,7 +185,7 @@ def _dpo(obj: dict[str, Any], hit: set[str]) -> dict[str, Any]:
     inp = obj.get("input")
     if isinstance(inp, dict):
         out["input"] = {**inp, "messages": _messages(inp.get("messages"), hit)}
-        if inp.get("tools") or inp.get("parallel_tool_calls") is False:
+        if inp.get("tools"):
             hit.add("openai_dpo_tools")
     for side in ("preferred_output", "non_preferred_output"):
         value = _messages(obj.get(side), hit)

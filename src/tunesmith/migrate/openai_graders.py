@@ -167,6 +167,7 @@ def _one(g: dict[str, Any], imap: ItemMap, judge: str | None, where: str, notes:
     if kind == "text_similarity" and out.get("evaluation_metric") == "meteor":
         raise _Skip("evaluation_metric meteor is not computed by tunesmith", "not scored; rouge_l or bleu are")
     if kind == "python":
+        _unreachable([f for f in item_fields(g) if imap.expr(f, False) is None], imap)
         out["source"] = _python_source(str(out.get("source", "")), imap)
         notes.append(
             Unmapped(
