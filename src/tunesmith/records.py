@@ -172,6 +172,7 @@ class CheckpointSelection(Record):
     chosen: str
     n_examples: int
     rows: str = ""
+    ids: list[str] = Field(default_factory=list, description="The held-out row ids every candidate was scored on.")
 
 
 class MethodDetails(Record):

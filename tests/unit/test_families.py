@@ -187,6 +187,6 @@ def test_sft_trains_a_tiny_qwen3_on_rows_with_traces(dirs, tiny_recipe, tmp_path
     run = sft.run(load_recipe(path))
     losses = [r["loss"] for r in read_metrics(run.dir) if "loss" in r]
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
-    assert run.manifest.tokens["train"]["kept"] == 24
+    assert run.manifest.tokens.train.kept == 24
     saved = AutoTokenizer.from_pretrained(run.dir / "adapter")
     assert families.for_tokenizer(saved).name == "qwen3"

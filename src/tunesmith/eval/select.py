@@ -17,6 +17,7 @@ from typing import Any
 
 from tunesmith.config import Recipe
 from tunesmith.eval import metrics, registry
+from tunesmith.records import CheckpointSelection
 
 LOSSES = frozenset({"eval_loss", "perplexity"})  # measured on the references' likelihood, not on generations
 # What a checkpoint contributes to adapter/: the adapter (or full model) weights and config, never optimizer state.
@@ -92,7 +93,7 @@ def _load(recipe: Recipe, base_path: str, folder: Path, peft_model: Any) -> Any:
     return peft_model
 
 
-def select_checkpoint(recipe: Recipe, run_dir: Path, base_path: str) -> dict[str, Any]:
+def select_checkpoint(recipe: Recipe, run_dir: Path, base_path: str) -> CheckpointSelection:
     """Score every candidate, make the best run_dir/adapter, and return what the manifest records."""
     from tunesmith import models
     from tunesmith.run import HELD_OUT, read_held_out
@@ -110,14 +111,14 @@ def select_checkpoint(recipe: Recipe, run_dir: Path, base_path: str) -> dict[str
     chosen = choose(scores, metric)
     if chosen != "final":
         install(run_dir / "checkpoints" / chosen, run_dir / "adapter")
-    return {
-        "metric": metric,
-        "scores": scores,
-        "chosen": chosen,
-        "n_examples": len(examples),
-        "rows": f"first {len(examples)} held-out rows",
-        "ids": [e.id for e in examples],
-    }
+    return CheckpointSelection(
+        metric=metric,
+        scores=scores,
+        chosen=chosen,
+        n_examples=len(examples),
+        rows=f"first {len(examples)} held-out rows",
+        ids=[e.id for e in examples],
+    )
 
 
 def install(checkpoint: Path, adapter_dir: Path) -> None:

@@ -11,7 +11,6 @@ from tunesmith import models
 from tunesmith.rag.index import manifest_entry
 from tunesmith.records import (
     BaseModelRef,
-    CheckpointSelection,
     Figures,
     HeldOut,
     Manifest,
@@ -124,7 +123,7 @@ def finish_run(
     if recipe.eval.select_checkpoint:  # before the manifest: a finished run is never rewritten afterwards
         from tunesmith.eval.select import select_checkpoint
 
-        selection = CheckpointSelection.model_validate(select_checkpoint(recipe, run_dir, base_path))
+        selection = select_checkpoint(recipe, run_dir, base_path)
     wall = time.time() - started
     runtime = result.metrics.get("train_runtime", wall)
     train = counts.train

@@ -134,6 +134,7 @@ class GRPO(Method[GRPOSection]):
     row_shape = "a prompt (any shape with a user turn; its answer, when present, becomes the `reference` column)"
     measured_as = "prompt + grpo.max_completion_length"
     reference = "the reference answer of each held-out prompt (its `reference` column or its answer)"
+    no_reference = "none: prompt-only rows are scored by the run's GRPO rewards (metric `reward`)"
     samples_completions = True
 
     def completion_room(self, recipe: Recipe | None) -> int:
