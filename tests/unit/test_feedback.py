@@ -139,7 +139,10 @@ def test_feedback_on_a_failed_request_is_refused_and_never_exported(tmp_path):
         assert [f for f in log.iter_feedback() if f.request_id == "busy"] == []
     old = FeedbackRow(request_id="busy", rating="down", correction="Madrid.")
     with sqlite3.connect(path) as db:  # what a server before this check let through
-        db.execute("INSERT INTO feedback VALUES (?, ?, ?, ?)", (old.feedback_id, "busy", T0.timestamp(), old.model_dump_json()))
+        db.execute(
+            "INSERT INTO feedback (feedback_id, request_id, time, row) VALUES (?, ?, ?, ?)",
+            (old.feedback_id, "busy", T0.timestamp(), old.model_dump_json()),
+        )
     for to in ("sft", "dpo"):
         done = export(serve, to, tmp_path / f"{to}.jsonl")
         assert "Madrid." not in done.path.read_text() and done.skipped["request answered with an error"] == 1
