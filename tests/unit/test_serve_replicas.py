@@ -18,14 +18,14 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from serve_helpers import free_port, run_cli
+from serve_helpers import free_port, lora_adapter, run_cli
 
 from tunesmith.monitor.report import read_report
 from tunesmith.serve.server import ServeOptions, prepare
 from tunesmith.serve.store import RequestLog
 
-KEY = "sk-replica-test"
-USER = {"Authorization": f"Bearer {KEY}"}
+KEY, ADMIN = "sk-replica-test", "sk-replica-admin"
+USER, ADMIN_AUTH = {"Authorization": f"Bearer {KEY}"}, {"Authorization": f"Bearer {ADMIN}"}
 
 
 @dataclass
@@ -54,13 +54,13 @@ def _healthy(url: str) -> bool:
 
 
 @contextmanager
-def replica(model_dir, log_url: str, folder, replica_id: str | None = None):
+def replica(model_dir, log_url: str, folder, replica_id: str | None = None, **options):
     """One replica: `prepare()` as `tunesmith serve MODEL --log URL [--replica-id ID]` calls it, run by uvicorn in a
     thread (stopped by setting should_exit, which is what SIGTERM does)."""
     import uvicorn
 
     port = free_port()
-    opts = ServeOptions(str(model_dir), port=port, dir=folder, log_path=log_url, api_keys=[KEY], replica_id=replica_id)
+    opts = ServeOptions(str(model_dir), port=port, dir=folder, log_path=log_url, api_keys=[KEY], replica_id=replica_id, **options)
     prepared = prepare(opts)
     server = uvicorn.Server(uvicorn.Config(prepared.app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -185,6 +185,56 @@ def test_a_replica_stopping_with_requests_in_flight(tiny_model_dir, pg_url, tmp_
     assert {r.request_id for r in rows if r.replica == "a"} == {rid for _, rid in finished}
     assert {r.request_id for r in rows if r.replica == "b"} == {*during, after}
     assert all(r.status == 200 for r in rows)
+
+
+def test_an_adapter_in_the_shared_folder_is_hot_loaded_on_each_replica(tiny_model_dir, pg_url, tmp_path):
+    """docs/deploy.md's rollout: the adapter lands in the folder every replica mounts as --adapters-dir, then the
+    admin route is called on each replica (not through the load balancer, which would reach only one). Until a
+    replica has it, that replica answers 404 for it; afterwards both answer, and the log says which replica did."""
+    shared = tmp_path / "adapters"
+    shared.mkdir()
+    options = {"adapters_dir": shared, "admin_keys": [ADMIN]}
+    with (
+        replica(tiny_model_dir, pg_url, tmp_path / "a", "a", **options) as a,
+        replica(tiny_model_dir, pg_url, tmp_path / "b", "b", **options) as b,
+    ):
+        lora_adapter(tiny_model_dir, shared / "support-r2")
+        ask = {"model": "support-r2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+        res = httpx.post(a.url + "/v1/adapters", headers=ADMIN_AUTH, json={"name": "support-r2", "path": "support-r2"})
+        assert res.status_code == 200, res.text
+        assert httpx.post(a.url + "/v1/chat/completions", headers=USER, json=ask, timeout=60).status_code == 200
+        missing = httpx.post(b.url + "/v1/chat/completions", headers=USER, json=ask, timeout=60)
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+        res = httpx.post(b.url + "/v1/adapters", headers=ADMIN_AUTH, json={"name": "support-r2", "path": "support-r2"})
+        assert res.status_code == 200, res.text
+        assert httpx.post(b.url + "/v1/chat/completions", headers=USER, json=ask, timeout=60).status_code == 200
+    rows = list(RequestLog.open(pg_url).iter_requests())
+    assert [(r.replica, r.status, r.adapter) for r in rows] == [
+        ("a", 200, "support-r2"),
+        ("b", 404, None),
+        ("b", 200, "support-r2"),
+    ]
+
+
+def test_a_log_it_cannot_write_makes_a_500_never_an_unlogged_answer(tiny_model_dir, postgres, tmp_path, caplog):
+    """The database goes away under a running replica (dropped here, its sessions ended): serve tries to reconnect,
+    cannot, and answers 500 instead of an answer without its row; the server log says why, password masked."""
+    import uuid
+
+    import psycopg
+    from pg_helpers import new_database
+
+    name = f"gone_{uuid.uuid4().hex[:8]}"
+    url = new_database(postgres, name)
+    with replica(tiny_model_dir, url, tmp_path / "a", "a") as a:
+        body = {"model": a.state.engine.default_name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+        a.client().chat.completions.create(**body)
+        with psycopg.connect(postgres, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        with pytest.raises(openai.InternalServerError):
+            a.client().chat.completions.create(**body)
+    said = " ".join(r.getMessage() + str(r.exc_info[1] if r.exc_info else "") for r in caplog.records)
+    assert f'database "{name}" does not exist' in said and "tunesmith:***@" in said and _password(url) not in said
 
 
 def test_serve_refuses_a_log_it_cannot_open_without_showing_the_password(tiny_model_dir, pg_url, tmp_path):
