@@ -106,11 +106,17 @@ def test_a_newer_log_is_refused_by_writers_and_readers(where):
             RequestLog.open(where, create=create)
 
 
-def test_a_newer_row_is_refused(where):
+def test_a_newer_row_is_refused_as_newer(where):
+    """A row of a later version, even one whose new fields this code cannot validate, is refused as newer."""
     with RequestLog.open(where, create=True) as log:
         log.add_request(_row("r0", schema_version=99))
-        with pytest.raises(RunError, match="newer"):
+        with pytest.raises(RunError, match="RequestRow schema_version 99, newer"):
             list(log.iter_requests())
+    conn, mark = _raw(where)
+    later = _row("r1").model_dump(mode="json") | {"schema_version": 3, "a_later_field": 1}
+    conn.execute(f"UPDATE requests SET row = {mark}", (json.dumps(later),))
+    with pytest.raises(RunError, match="RequestRow schema_version 3, newer than this tunesmith reads"):
+        list(RequestLog.open(where).iter_requests())
 
 
 def test_a_version_1_log_is_read_then_upgraded_by_serve(where):

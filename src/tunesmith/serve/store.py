@@ -13,6 +13,7 @@ that wrote it. A password in a URL is never shown: messages and labels carry `ma
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -146,14 +147,21 @@ def _epoch(value: datetime | float | None) -> float | None:
 
 
 def _check_version(raw: str, model: type[_Row], version: int, where: str) -> _Row:
+    """The stored row; RunError when it is newer than this code (told as such, even when its new fields are what
+    fails validation) or does not match its schema."""
     try:
         row = model.model_validate_json(raw)
+        found = row.schema_version  # type: ignore[attr-defined]
     except ValidationError as exc:
-        raise RunError(f"{where}: a stored {model.__name__} does not match its schema: {exc.errors()[0]['msg']}") from None
-    if row.schema_version > version:  # type: ignore[attr-defined]
+        try:
+            found = int(json.loads(raw).get("schema_version", 0))
+        except (ValueError, TypeError, AttributeError):
+            found = 0
+        if found <= version:
+            raise RunError(f"{where}: a stored {model.__name__} does not match its schema: {exc.errors()[0]['msg']}") from None
+    if found > version:
         raise RunError(
-            f"{where} holds {model.__name__} schema_version {row.schema_version}, newer than this "  # type: ignore[attr-defined]
-            f"tunesmith reads ({version})",
+            f"{where} holds {model.__name__} schema_version {found}, newer than this tunesmith reads ({version})",
             hint="Upgrade tunesmith to read it.",
         )
     return row
