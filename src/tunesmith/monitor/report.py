@@ -19,7 +19,7 @@ from tunesmith.atomic import write_text_atomic
 from tunesmith.errors import RunError
 from tunesmith.records import Record
 
-MONITOR_REPORT_VERSION = 1
+MONITOR_REPORT_VERSION = 2  # 2: `replicas`
 REPORT_NAME, HTML_NAME = "monitor.json", "monitor.html"
 DRIFT_EXIT = 3
 """Exit code of `tunesmith monitor` when a signal crosses its threshold (1 stays 'the command itself failed')."""
@@ -63,9 +63,19 @@ class HourPoint(Record):
     down_rate: float | None
 
 
+class ReplicaStats(Record):
+    """The recent window's rows written by one replica (a shared log holds several)."""
+
+    replica: str = Field(..., description="serve --replica-id (default hostname:port); '' for rows written without one.")
+    requests: int = Field(..., description="Rows: every answer, errors included.")
+    answered: int = Field(..., description="Rows with an HTTP status below 400.")
+    errors: int
+    latency_p95_s: float | None = Field(None, description="p95 latency of the answered requests, seconds.")
+
+
 class MonitorReport(Record):
     schema_version: int = MONITOR_REPORT_VERSION
-    serve_dir: str
+    serve_dir: str = Field(..., description="The log read: a serve folder or file, or a URL with its password masked.")
     baseline: str | None = Field(None, description="Run folder whose training data is the reference; None when not given.")
     created: datetime
     recent: Window
@@ -74,6 +84,7 @@ class MonitorReport(Record):
     embedder: str = ""
     signals: list[Signal] = Field(default_factory=list)
     hours: list[HourPoint] = Field(default_factory=list)
+    replicas: list[ReplicaStats] = Field(default_factory=list, description="The recent window per replica.")
 
     @property
     def drifted(self) -> list[Signal]:
@@ -158,6 +169,11 @@ def write_html(path: Path, report: MonitorReport) -> None:
         else "<p style='color:#1a7f37'><b>no drift</b></p>"
     )
     picture = f"<img alt='per-hour signals' src='data:image/png;base64,{_png(report)}'>" if report.hours else ""
+    by_replica = "".join(
+        f"<tr><td>{html.escape(r.replica or '(unnamed)')}</td><td>{r.requests}</td><td>{r.answered}</td><td>{r.errors}</td>"
+        f"<td>{_fmt(r.latency_p95_s)}</td></tr>"
+        for r in report.replicas
+    )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tunesmith monitor</title>
 <style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:3px 8px;border-bottom:1px solid #ddd;font-size:13px}}</style>
 </head><body><h1>Monitor: {html.escape(report.serve_dir)}</h1>
@@ -165,5 +181,7 @@ def write_html(path: Path, report: MonitorReport) -> None:
 earlier {report.earlier.start:%Y-%m-%d %H:%M} to {report.earlier.end:%Y-%m-%d %H:%M} ({report.earlier.requests}) ·
 baseline {html.escape(report.baseline or "none")} · embedder {html.escape(report.embedder)}</p>{verdict}
 <table><tr><th>signal</th><th>vs</th><th>recent</th><th>reference</th><th>statistic</th><th>drift when</th><th>status</th>
-<th>detail</th></tr>{rows}</table><h2>By hour</h2>{picture}</body></html>"""
+<th>detail</th></tr>{rows}</table><h2>Recent window by replica</h2>
+<table><tr><th>replica</th><th>requests</th><th>answered</th><th>errors</th><th>p95 latency (s)</th></tr>{by_replica}</table>
+<h2>By hour</h2>{picture}</body></html>"""
     write_text_atomic(path, page)

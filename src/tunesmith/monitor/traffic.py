@@ -1,7 +1,8 @@
 """From the request log to a MonitorReport: the recent window, the window before it, the baseline run's training data.
 
-The log is read through tunesmith.serve.store (RequestRow / FeedbackRow) only. Windows end at `until` (default: now):
-recent = [until - window_hours, until), earlier = the same length before it.
+The log is read through tunesmith.serve.store (RequestRow / FeedbackRow) only: a serve folder, a .sqlite file or the
+postgresql:// log several replicas share. Windows end at `until` (default: now): recent = [until - window_hours,
+until), earlier = the same length before it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tunesmith.monitor import drift
-from tunesmith.monitor.report import HourPoint, MonitorReport, Signal, Window
+from tunesmith.monitor.report import HourPoint, MonitorReport, ReplicaStats, Signal, Window
 
 if TYPE_CHECKING:
     from tunesmith.config import MonitorSection
@@ -97,8 +98,26 @@ def hours(rows: list[RequestRow], verdicts: dict[str, FeedbackRow]) -> list[Hour
     return points
 
 
+def replicas(rows: list[RequestRow]) -> list[ReplicaStats]:
+    """Per replica that wrote rows (by --replica-id, '' for rows without one): requests, answered, errors, p95 latency."""
+    groups: dict[str, list[RequestRow]] = {}
+    for r in rows:
+        groups.setdefault(r.replica or "", []).append(r)
+    return [
+        ReplicaStats(
+            replica=name,
+            requests=len(group),
+            answered=sum(r.answered for r in group),
+            errors=sum(not r.answered for r in group),
+            latency_p95_s=drift.p95([r.latency_s for r in group if r.answered]),
+        )
+        for name, group in sorted(groups.items())
+    ]
+
+
 @dataclass
 class Windows:
+    location: str  # the log read, for people (a URL's password masked)
     recent: list[RequestRow]
     earlier: list[RequestRow]
     everything: list[RequestRow]  # the last week (at least both windows), for the pictures
@@ -107,20 +126,22 @@ class Windows:
     earlier_window: Window
 
 
-def read_windows(serve_dir: str | Path, window_hours: float, until: datetime | None = None) -> Windows:
-    """The log's rows split into the recent and earlier windows (and all rows, for the pictures)."""
+def read_windows(source: str | Path, window_hours: float, until: datetime | None = None) -> Windows:
+    """The rows of the log at `source` (see RequestLog.open) split into the recent and earlier windows (and all rows,
+    for the pictures)."""
     from tunesmith.serve.store import RequestLog
 
     end = until or datetime.now(timezone.utc)
     end = end if end.tzinfo else end.replace(tzinfo=timezone.utc)
     mid, start = end - timedelta(hours=window_hours), end - timedelta(hours=2 * window_hours)
-    with RequestLog.open(serve_dir) as store:
+    with RequestLog.open(source) as store:
         # The pictures show at most a week (or the two windows when longer): a year-old log is not read whole.
         everything = list(store.iter_requests(since=min(start, end - timedelta(days=7)), until=end))
         feedback = list(store.iter_feedback())
     recent = [r for r in everything if _epoch(r.time) >= mid.timestamp()]
     earlier = [r for r in everything if start.timestamp() <= _epoch(r.time) < mid.timestamp()]
     return Windows(
+        store.location,
         recent,
         earlier,
         everything,
@@ -144,10 +165,11 @@ def _vectors(embedder: Any, texts: list[str], cfg: MonitorSection, salt: int) ->
 
 
 def check(
-    serve_dir: str | Path, baseline: Run | None, cfg: MonitorSection, until: datetime | None = None, embedder: Any = None
+    source: str | Path, baseline: Run | None, cfg: MonitorSection, until: datetime | None = None, embedder: Any = None
 ) -> MonitorReport:
-    """Every drift signal of the serve folder's log: recent vs training (with a baseline run) and recent vs earlier."""
-    w = read_windows(serve_dir, cfg.window_hours, until)
+    """Every drift signal of the log at `source` (serve folder, .sqlite file or postgresql:// URL): recent vs training
+    (with a baseline run) and recent vs earlier, and the recent window per replica."""
+    w = read_windows(source, cfg.window_hours, until)
     verdicts = latest_feedback(w.feedback)
     recent, earlier = to_traffic("recent", w.recent, verdicts), to_traffic("earlier", w.earlier, verdicts)
     embedder = embedder or drift.embedder_for(cfg)
@@ -168,7 +190,7 @@ def check(
             found = _skipped(found, f"too few rows: {len(w.recent)} recent, {n_ref} {ref.name} (min_requests {cfg.min_requests})")
         signals += found
     return MonitorReport(
-        serve_dir=str(serve_dir),
+        serve_dir=w.location,
         baseline=str(baseline.dir) if baseline else None,
         created=datetime.now(timezone.utc),
         recent=w.recent_window,
@@ -177,6 +199,7 @@ def check(
         embedder=getattr(embedder, "name", type(embedder).__name__),
         signals=signals,
         hours=hours(w.everything, verdicts),
+        replicas=replicas(w.recent),
     )
 
 

@@ -121,6 +121,10 @@ def _startup(state: ServeState, load: Callable[[], Any]) -> None:
 def create_app(load: Callable[[], Any], settings: ServeSettings, store: Any = None) -> FastAPI:
     """The API for the engine `load()` returns (called once, in a background thread at startup)."""
     state = ServeState(settings, ServeMetrics(), store)
+    if store is not None:
+        from tunesmith.serve.store import log_metrics
+
+        log_metrics(state.metrics.registry, store)
     settings.keys.user.append(KeyRing.build([state.internal_key], []).user[0])  # the deploy check calls in with it
 
     @asynccontextmanager
