@@ -106,6 +106,7 @@ def _hosted_limit(job: Job, files: list[Staged], tokenizer: Any, lengths: list[i
     """Rows over the hosted model's per-example limit (counted with the new tokenizer), as an OpenAI rule hit."""
     from tunesmith.data.audit import load_rows
     from tunesmith.data.checks import check_tokens
+    from tunesmith.train import methods
 
     model = job.hosted_model or ""
     limit = openai_data.EXAMPLE_LIMITS.get(model.split(":")[1] if model.startswith("ft:") else model)
@@ -113,7 +114,7 @@ def _hosted_limit(job: Job, files: list[Staged], tokenizer: Any, lengths: list[i
         return
     for f in files:
         for row in load_rows([str(f.path)]).rows:
-            if check_tokens(row, tokenizer, None, "drop", job.method, budget)[0].total > limit:
+            if check_tokens(row, tokenizer, None, "drop", methods.get(job.method), budget)[0].total > limit:
                 f.hits["openai_over_example_limit"].append(row.line)
 
 
