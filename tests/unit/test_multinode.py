@@ -123,6 +123,18 @@ def test_accelerate_starts_this_nodes_share_of_the_processes(tmp_path):
     assert args.training_script == "tunesmith" and args.training_script_args == ["train", "r.yaml"]
 
 
+@pytest.mark.parametrize("name", ["deepspeed_zero2", "deepspeed_zero3"])
+def test_deepspeed_configs_launch_each_node_by_itself(name, tmp_path):
+    """Without `standard`, accelerate's DeepSpeed multi-node launch defaults to pdsh: ssh from node 0 to a hostfile,
+    which is not how tunesmith starts every node (and writes .deepspeed_env into the working folder)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    topo = launch.Topology(nnodes=2, node_rank=1, nproc=8, host="10.0.0.1", port=29500)
+    cmd = launch.command(topo, launch.config_path(name), ["train", "r.yaml"], tmp_path / "report")
+    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(cmd[4:]))
+    assert args.use_deepspeed and args.deepspeed_multinode_launcher == "standard"
+
+
 def test_train_refuses_bad_launch_options_before_reading_the_recipe(tmp_path):
     from typer.testing import CliRunner
 
