@@ -23,8 +23,9 @@ from tunesmith.train import faults, launch, start
 from tunesmith.train.callbacks import COMPLETE, STAGING, latest_complete_checkpoint
 
 # Loaded at start-up by every Python process of a launch (PYTHONPATH). FAULT_AT="rank:step:code" makes that rank
-# exit with `code` at the end of `step`, as a crashed node would; WRITES_OF="rank:file" records every write that
-# rank's Python code makes under RUN_DIR (audit hooks: open for writing, mkdir, rename, remove, rmtree).
+# exit with `code` at the end of `step`, as a crashed node would; PAUSE_S makes every rank sleep after each step;
+# WRITES_OF="rank:file" records every write that rank's Python code makes under RUN_DIR (audit hooks: open for
+# writing, mkdir, rename, remove, rmtree).
 HOOK = """
 import os, sys
 
@@ -42,6 +43,18 @@ if _rank is not None and _fault.split(":")[0] == _rank:
 
     _standard = _callbacks.standard_callbacks
     _callbacks.standard_callbacks = lambda recipe, run_dir: _standard(recipe, run_dir) + [_Die()]
+
+if _rank is not None and os.environ.get("PAUSE_S"):  # a pause after every step, so a test can signal mid-run
+    import time
+    from transformers import TrainerCallback
+    from tunesmith.train import callbacks as _callbacks
+
+    class _Pause(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            time.sleep(float(os.environ["PAUSE_S"]))
+
+    _paused = _callbacks.standard_callbacks
+    _callbacks.standard_callbacks = lambda recipe, run_dir: _paused(recipe, run_dir) + [_Pause()]
 
 _writes = os.environ.get("WRITES_OF", "")
 if _rank is not None and _writes.split(":")[0] == _rank:
@@ -316,3 +329,38 @@ def test_a_node_without_the_shared_run_folder_is_refused(tiny_recipe):
     assert f"the run folder {load_recipe(path).run_dir} that rank 0 on node 0 writes" in " ".join(nodes[0][2].split())
     assert not load_recipe(path).run_dir.exists()  # the refused run leaves no folder behind
     assert not load_recipe(other / "recipe.yaml").run_dir.exists()  # node 1 created nothing
+
+
+def test_a_schedulers_sigterm_to_every_process_of_a_node_still_saves(tiny_recipe):
+    """Slurm signals every process of a job step: each rank gets SIGTERM directly and then again from torchrun's agent.
+    The second one must not stop the rank before it has finished the step and saved."""
+    import signal
+    import time
+
+    import psutil
+
+    path = tiny_recipe(training={"max_steps": 40, "batch_size": 2, "save_steps": 2})
+    run_dir = load_recipe(path).run_dir
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "tunesmith", "train", str(path), "--nproc", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(path.parent, PAUSE_S="0.5"),
+    )
+    deadline = time.time() + 300
+    while not (run_dir / "checkpoints" / "checkpoint-2" / COMPLETE).exists():
+        assert launcher.poll() is None and time.time() < deadline, "training ended or stalled before checkpoint-2"
+        time.sleep(0.1)
+    tree = psutil.Process(launcher.pid).children(recursive=True)
+    ranks = [p for p in tree if "RANK" in p.environ()]
+    assert len(ranks) == 2
+    for p in ranks:  # the ranks first, so that the agent's relay is a second SIGTERM they see
+        p.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    for p in [psutil.Process(launcher.pid), *(p for p in tree if p not in ranks)]:
+        p.send_signal(signal.SIGTERM)
+    _, err = launcher.communicate(timeout=300)
+    assert launcher.returncode == faults.TrainingInterrupted.exit_code == 75, err[-3000:]
+    stopped = latest_complete_checkpoint(run_dir / "checkpoints")
+    assert stopped is not None and stopped.name != "checkpoint-2"  # the step under way was finished and saved
