@@ -67,9 +67,9 @@ class PeerLost(RunError):
     exit_code = 69
 
 
-# What gloo and NCCL say when the rank at the other end of a collective is gone (torch raises these as a plain
-# RuntimeError from gloo, DistBackendError/DistNetworkError from NCCL and the TCP store).
-PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "/gloo/", "NCCL")
+# What gloo says when the rank at the other end of a collective is gone: torch raises it as a plain RuntimeError
+# ("[.../gloo/transport/tcp/pair.cc:553] Connection closed by peer ..."); NCCL and the TCP store raise DistError.
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "/gloo/")
 
 
 def peer_lost(exc: BaseException, run_dir: Path) -> PeerLost | None:
