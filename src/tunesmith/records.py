@@ -48,10 +48,13 @@ class Figures(Record):
     wall_time_s: float = 0.0
     train_runtime_s: float = 0.0
     tokens_per_s: float | None = Field(None, description="Trained (non-padding) tokens per second, all ranks together.")
-    peak_memory_mb: float = 0.0
+    peak_memory_mb: float = Field(
+        0.0, description="The largest peak of any one process (MiB): GPU allocator peak on CUDA, else max RSS."
+    )
+    peak_memory_rank: int = Field(0, description="The global rank (over every node) whose peak peak_memory_mb is.")
     trainable_params: int = 0
     total_params: int = 0
-    world_size: int = Field(1, description="Processes that trained (DDP/FSDP ranks).")
+    world_size: int = Field(1, description="Processes that trained, on every node (DDP/FSDP ranks).")
 
 
 class HeldOut(Record):

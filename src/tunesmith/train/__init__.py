@@ -12,10 +12,19 @@ if TYPE_CHECKING:
 
 
 def run(recipe: Recipe, resume: bool = False, force: bool = False) -> Run:
-    """Train with the recipe's method and return the finished run."""
-    from tunesmith.train import skeleton  # torch, transformers and TRL: kept out of `tunesmith --help`
+    """Train with the recipe's method and return the finished run.
 
-    return skeleton.run(recipe, resume=resume, force=force)
+    Under --nproc/--nnodes a collective that fails because another rank stopped becomes faults.PeerLost.
+    """
+    from tunesmith.train import faults, skeleton  # torch, transformers and TRL: kept out of `tunesmith --help`
+
+    try:
+        return skeleton.run(recipe, resume=resume, force=force)
+    except Exception as exc:
+        lost = faults.peer_lost(exc, recipe.run_dir)
+        if lost is None:
+            raise
+        raise lost from None
 
 
 def summary(run: Run) -> str:

@@ -104,12 +104,13 @@ def finish_run(
     counts: per split, what the length policy kept (tokens/s counts the kept train rows' tokens).
     details: the method's own record; speed: the levers trained with; plan: the planner's estimate, measured.
     """
-    from tunesmith.train import dist, faults, start
+    from tunesmith.train import checkpoints, dist, faults, start
 
     run_dir = recipe.run_dir
     faults.raise_if_stopped(trainer, run_dir)  # a run stopped by a signal or NaN guard is not finished
     save_adapter(trainer, tokenizer, run_dir)  # collective: every rank takes part, rank 0 writes
-    peak_mb = max(dist.world_values(peak_memory_mb()))  # collective too: the busiest rank's peak
+    peaks = dist.world_values(peak_memory_mb())  # collective too: every rank's own peak, all nodes
+    peak_mb = max(peaks)
     if not dist.is_main_process():  # under --nproc N only rank 0 writes; the others read its result
         dist.barrier()
         return load_run(run_dir)
@@ -128,8 +129,10 @@ def finish_run(
     runtime = result.metrics.get("train_runtime", wall)
     train = counts.train
     t = recipe.training
-    # Each optimizer step takes batch_size x grad_accum rows on every rank: tokens/s counts all of them.
-    rows_seen = result.global_step * t.batch_size * t.grad_accum * dist.world_size()
+    # Each optimizer step takes batch_size x grad_accum rows on every rank of every node: tokens/s counts all of
+    # them, over the steps this process trained (train_runtime does not include those before a resume).
+    steps = result.global_step - (checkpoints.checkpoint_step(checkpoint) if checkpoint else 0)
+    rows_seen = steps * t.batch_size * t.grad_accum * dist.world_size()
     trained = train.tokens * rows_seen / max(1, train.kept) if train is not None else 0
     manifest = Manifest(
         run=recipe.name,
@@ -147,6 +150,7 @@ def finish_run(
             train_runtime_s=round(runtime, 3),  # ms: tokens_per_s x train_runtime_s gives back the trained tokens
             tokens_per_s=round(trained / max(runtime, 1e-9), 1) if trained else None,
             peak_memory_mb=round(peak_mb, 1),
+            peak_memory_rank=peaks.index(peak_mb),
             trainable_params=dist.param_count(trainer.model, trainable_only=True),
             total_params=dist.param_count(trainer.model),
             world_size=dist.world_size(),

@@ -64,11 +64,12 @@ def build(recipe: Recipe, resume: bool = False, force: bool = False) -> Built:
 def _plan(recipe: Recipe, data: Datasets) -> Any:
     """The planner's estimate for this run on this machine, from the rows already tokenized (their lengths)."""
     from tunesmith.plan import advisor
+    from tunesmith.train import dist
 
     counts = data.counts.train
     trained = counts.trained_tokens / max(counts.tokens, 1) if counts is not None else 0.0
-    try:
-        return advisor.plan(recipe, gpu=advisor.local_gpu(), lengths=data.lengths, trained=trained)
+    try:  # every process of every node shares the steps: the time is that of world_size devices
+        return advisor.plan(recipe, gpu=advisor.local_gpu(), nproc=dist.world_size(), lengths=data.lengths, trained=trained)
     except (KeyError, ValueError, OSError) as exc:  # a config.json the planner cannot read: train anyway
         log.warning("no plan for this model (%s: %s)", type(exc).__name__, exc)
         return None
