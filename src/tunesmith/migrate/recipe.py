@@ -7,10 +7,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tunesmith.config import DPOSection, GRPOSection, commented_yaml, recipe_from_dict
+from tunesmith.config import commented_yaml, recipe_from_dict
 from tunesmith.migrate.openai_hparams import HyperMapping
 from tunesmith.migrate.openai_job import Job
 from tunesmith.migrate.report import ImportReport
+from tunesmith.train.dpo import DPOSection
+from tunesmith.train.grpo import GRPOSection
 
 _KEY = re.compile(r"^( *)([A-Za-z_]\w*):")
 
@@ -39,8 +41,9 @@ def _comments(report: ImportReport, rewards: list[dict[str, Any]], graders_file:
         comments.setdefault(path, []).append(f"{m.openai} = {m.value} -> {m.result}{rule}")
     if report.hosted_model:
         comments["model.base"].append("which open model fits which former hosted one: docs/migrate-openai.md")
-    if rewards and rewards[0].get("type") == "custom":
-        comments["grpo.rewards"] = ["the job's grader (graders.json), scored as `tunesmith eval` scores it"]
+    if rewards and rewards[0].get("type") == "grader":
+        name = rewards[0]["grader"]
+        comments["grpo.rewards"] = [f"the job's grader `{name}` of eval.graders: the reward and the eval metric graders.{name}"]
     elif rewards:
         comments["grpo.rewards"] = ["the job's grader could not be the reward: see import-report.json (unmapped)"]
     if graders_file:
