@@ -139,6 +139,8 @@ def chart(report: SweepReport, png: Path) -> str:
     fig, ax = plt.subplots(figsize=(7, 4))
     for status, marker in (("complete", "o"), ("pruned", "x")):
         pts = [t for t in report.trials if t.status == status and t.value is not None and t.seconds is not None]
+        if not pts:
+            continue
         ax.scatter([(t.seconds or 0.0) / 60 for t in pts], [t.value or 0.0 for t in pts], marker=marker, label=status)
         for t in pts:
             ax.annotate(str(t.trial), ((t.seconds or 0) / 60, t.value or 0.0), textcoords="offset points", xytext=(4, 4))
