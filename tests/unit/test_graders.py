@@ -173,7 +173,7 @@ def test_python_graders_run_in_a_separate_process_with_time_and_memory_limits():
         "        return float('nan')\n"
         "    return float(os.getpid())\n"
     )
-    [grader] = load_graders([{"type": "python", "name": "p", "source": source, "timeout_s": 2, "memory_mb": 256}])
+    [grader] = load_graders([{"type": "python", "name": "p", "source": source, "timeout_s": 5, "memory_mb": 256}])
     outputs = ["ok", "loop", "ok", "hog", "die", "raise", "nan", "ok"]
     items = grader_items([str(i) for i in range(8)], ["q"] * 8, ["r"] * 8)
     done = grade(grader, outputs, items)
@@ -182,7 +182,7 @@ def test_python_graders_run_in_a_separate_process_with_time_and_memory_limits():
     assert len(set(pids)) == 3  # the looping and the dying process were replaced by fresh ones
     assert done.scores[1::2][:3] == [0.0, 0.0, 0.0] and done.scores[5:7] == [0.0, 0.0]
     errors = done.errors
-    assert "timed out after 2 s" in errors[1] and "MemoryError" in errors[3] and "exit status 3" in errors[4]
+    assert "timed out after 5 s" in errors[1] and "MemoryError" in errors[3] and "exit status 3" in errors[4]
     assert "KeyError: 'max_chars'" in errors[5] and "not a finite number" in errors[6]
     assert errors[0] is errors[2] is errors[7] is None and done.failed == 5
     report = run_graders([grader], {"tuned": outputs}, items)["p"]["tuned"]

@@ -133,3 +133,22 @@ def test_a_clearly_losing_trial_is_pruned_at_a_checkpoint(tiny_recipe, tmp_path)
     winner = trials[results(out)["winner"]]
     assert winner["params"]["training.learning_rate"] == 1e-2 and winner["status"] == "complete"
     assert "pruned" in (out / "results.txt").read_text()
+
+
+def test_a_trial_stopped_by_a_signal_is_interrupted_not_failed_and_continues(tiny_recipe, tmp_path, monkeypatch):
+    from tunesmith.sweep import trials
+    from tunesmith.train.faults import TrainingInterrupted
+
+    recipe = tiny_recipe()
+    out = tmp_path / "sweep"
+
+    def stopped(recipe, pruning):
+        raise TrainingInterrupted("SIGTERM received: stopped after step 2 and saved checkpoint-2")
+
+    with monkeypatch.context() as m:
+        m.setattr(trials, "train_trial", stopped)
+        code, text = cli("sweep", recipe, "--set-grid", "training.max_steps=2", "--metric", "token_f1", "--out", out)
+    assert code == 75 and "SIGTERM received" in text  # the user stopped it: said so, with the requeue exit code
+    code, text = cli("sweep", recipe, "--set-grid", "training.max_steps=2", "--metric", "token_f1", "--out", out)
+    assert code == 0, text
+    assert [t["status"] for t in results(out)["trials"]] == ["complete"]

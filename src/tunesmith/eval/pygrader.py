@@ -65,6 +65,9 @@ for line in requests:
 """
 
 
+START_S = 30.0  # seconds a fresh interpreter may take to start, on top of the grader's time to load its source
+
+
 @dataclass
 class Outcome:
     """One output's score, or None with the reason it could not be scored."""
@@ -87,6 +90,7 @@ class _Child:
             env=env,
         )
         self.buffer = b""
+        self.ended = False
         self.send({"source": source, "filename": f"<grader {name}>", "memory_mb": memory_mb})
 
     def send(self, message: dict[str, Any]) -> bool:
@@ -111,6 +115,7 @@ class _Child:
                     return None
                 chunk = os.read(fd, 65536)
                 if not chunk:
+                    self.ended = True  # its end of the pipe closed: the process is exiting
                     return None
                 self.buffer += chunk
         line, _, self.buffer = self.buffer.partition(b"\n")
@@ -119,6 +124,11 @@ class _Child:
     def why_gone(self) -> str:
         """Why the process gave no answer: it died (its exit status, its last stderr line) or it was too slow."""
         code = self.proc.poll()
+        if code is None and self.ended:  # closed its pipe: wait for its exit status rather than guess
+            try:
+                code = self.proc.wait(timeout=START_S)
+            except subprocess.TimeoutExpired:
+                return "the grader process closed its output and did not exit"
         if code is None:
             return ""
         self.stderr.seek(0)
@@ -144,7 +154,7 @@ def run(
     memory_mb: int,
 ) -> list[Outcome]:
     """grade(sample, item) for each pair in a child process: a score, or 0 with the reason where it raised, ran past
-    timeout_s (seconds, per output, loading the source included) or past memory_mb. RecipeError when the source
+    timeout_s (seconds, per output; loading the source may take START_S more) or past memory_mb. RecipeError when the source
     is not a grader (no grade function, a syntax error, an exception while it loads)."""
     out: list[Outcome] = []
     child: _Child | None = None
@@ -152,7 +162,7 @@ def run(
         for sample, item in zip(samples, items, strict=True):
             if child is None:
                 child = _Child(source, name, memory_mb)
-                ready = child.read(timeout_s)
+                ready = child.read(timeout_s + START_S)
                 if ready is None or ready.get("setup") != "ok":
                     reason = _not_ready(ready, child, name, timeout_s)
                     return out + [Outcome(None, reason)] * (len(samples) - len(out))  # every later one would fail alike
@@ -178,4 +188,4 @@ def _not_ready(ready: dict[str, Any] | None, child: _Child, name: str, timeout_s
         )
     if ready is not None:
         return str(ready.get("message"))
-    return child.why_gone() or f"timed out after {timeout_s:g} s while loading the source"
+    return child.why_gone() or f"timed out after {timeout_s + START_S:g} s while starting and loading the source"

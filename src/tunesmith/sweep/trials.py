@@ -44,6 +44,8 @@ def recover(study: Any) -> list[int]:
     points run again. Returns those points."""
     from optuna.trial import TrialState
 
+    # Optuna has no public call to finish another process's trial: its storage and the trial's id are the one place
+    # this module reaches inside (test_sweep's killed-trial test fails loudly if an upgrade moves them).
     found = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
         study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
@@ -186,9 +188,19 @@ def run_trial(study: Any, spec: SweepSpec, index: int, point: dict[str, Any], re
             return study.tell(trial, state=_state("FAIL"))
         return study.tell(trial, value)
     except TunesmithError as exc:  # this trial's recipe or data is the problem: the others still run
+        if _stopped(exc):  # SIGTERM / Ctrl-C: the trial saved a checkpoint; the next sweep continues it
+            trial.set_user_attr("interrupted", True)
+            study.tell(trial, state=_state("FAIL"))
+            raise
         trial.set_user_attr("error", exc.message)
         trial.set_user_attr("seconds", time.time() - started)
         return study.tell(trial, state=_state("FAIL"))
+
+
+def _stopped(exc: BaseException) -> bool:
+    from tunesmith.train.faults import TrainingInterrupted
+
+    return isinstance(exc, TrainingInterrupted)
 
 
 def _state(name: str) -> Any:
