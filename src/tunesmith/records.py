@@ -342,6 +342,8 @@ class JudgeResult(Judgement):
 class GraderScore(Record):
     mean: float
     pass_rate: float
+    failed: int = Field(0, description="Outputs the grader could not score (counted as 0, not passed).")
+    first_error: str | None = Field(None, description="Why the first of those could not be scored.")
 
 
 class EvalExtra(Record):

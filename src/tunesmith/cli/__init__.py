@@ -107,6 +107,7 @@ from tunesmith.cli import (  # noqa: E402  (the command modules import `app` fro
     review,
     serve,
     studio,
+    sweep,
     train,
 )  # noqa: E402  (registers commands)
 
@@ -127,4 +128,5 @@ __all__ = [
     "index",
     "plan",
     "monitor",
+    "sweep",
 ]

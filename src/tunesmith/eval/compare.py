@@ -48,7 +48,8 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
     refs = [reference(e.messages) for e in eval_ex]
     json_mode = metrics.references_are_json(refs)
     budget = resolve_max_new_tokens(recipe, tokenizer, refs)  # `auto`: from the longest reference
-    reward = scorer(recipe, refs)
+    fields = [e.extra for e in eval_ex]  # each held-out row's own fields: rewards' columns, graders' item.<field>
+    reward = scorer(recipe, refs, fields)
 
     answers: dict[str, scoring.Answers] = {}
     scores: dict[str, scoring.Scores] = {}
@@ -85,16 +86,18 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
         summary[side] = dict(scores[side].aggregate)
         if side in losses:
             summary[side].update(eval_loss=losses[side], perplexity=perplexity(losses[side]))
-    generated = release.EvalOutputs([e.id for e in eval_ex], convs, refs, outputs, json_mode)
+    generated = release.EvalOutputs([e.id for e in eval_ex], convs, refs, outputs, json_mode, fields)
     for side, value in release.similarity_summary(recipe.eval, generated).items():
         summary[side]["semantic_similarity"] = value
-    summary["delta"] = {k: summary["tuned"][k] - summary["base"][k] for k in summary["base"] if k in summary["tuned"]}
     extra = release.measure(recipe.eval, generated, sides, tokenizer, recipe.data.max_length, progress)
+    for side, values in release.grader_summary(extra).items():  # graders.<name>: metrics like any other
+        summary[side].update(values)
+    summary["delta"] = {k: summary["tuned"][k] - summary["base"][k] for k in summary["base"] if k in summary["tuned"]}
     extra.changed_inputs = changed
     extra.latency = {side: answers[side].latency for side in SIDES}
     degenerate = {side: metrics.degeneration(outputs[side], hit_budget[side]) for side in SIDES}
     judgement = Judgement(**metrics.compare(scores["base"].per_example, scores["tuned"].per_example, json_mode))
-    warnings += eval_warnings(degenerate, budget.tokens, judgement, loaded.quantized_base)
+    warnings += eval_warnings(degenerate, budget.tokens, judgement, loaded.quantized_base) + release.grader_warnings(extra)
     report = EvalReport(
         run=recipe.name,
         base_model=recipe.model.base,

@@ -74,6 +74,11 @@ def score(model: Any, tokenizer: Any, recipe: Recipe, examples: list[Any], metri
     return agg[metric]
 
 
+def load_checkpoint(recipe: Recipe, base_path: str, folder: Path) -> Any:
+    """One checkpoint's model (its adapter on a fresh base, or a full fine-tune's weights), as selection scores it."""
+    return _load(recipe, base_path, folder, None)
+
+
 def _load(recipe: Recipe, base_path: str, folder: Path, peft_model: Any) -> Any:
     """The model of one candidate: its adapter loaded into the one PeftModel, or a full fine-tune's weights."""
     from tunesmith import models

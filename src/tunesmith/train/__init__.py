@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.train import methods
 
@@ -11,15 +12,16 @@ if TYPE_CHECKING:
     from tunesmith.run import Run
 
 
-def run(recipe: Recipe, resume: bool = False, force: bool = False) -> Run:
-    """Train with the recipe's method and return the finished run.
+def run(recipe: Recipe, resume: bool = False, force: bool = False, callbacks: Sequence[Any] = ()) -> Run:
+    """Train with the recipe's method and return the finished run. `callbacks`: more TrainerCallbacks, after the
+    standard ones (a sweep's pruning).
 
     Under --nproc/--nnodes a collective that fails because another rank stopped becomes faults.PeerLost.
     """
     from tunesmith.train import faults, skeleton  # torch, transformers and TRL: kept out of `tunesmith --help`
 
     try:
-        return skeleton.run(recipe, resume=resume, force=force)
+        return skeleton.run(recipe, resume=resume, force=force, callbacks=callbacks)
     except Exception as exc:
         lost = faults.peer_lost(exc, recipe.run_dir)
         if lost is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -73,9 +74,14 @@ def save_held_out(recipe: Recipe, run_dir: Path) -> HeldOut:
     work after the training data moved; returns what the manifest records about the copy."""
     from tunesmith.data.convert import write_rows
     from tunesmith.train.methods import eval_examples
+    from tunesmith.train.rows import fields_json
 
     examples = eval_examples(recipe)
-    path = write_rows(run_dir / HELD_OUT, [{"id": e.id, "messages": e.messages, "source": e.source} for e in examples])
+    rows = [{"id": e.id, "messages": e.messages, "source": e.source} for e in examples]
+    for row, e in zip(rows, examples, strict=True):
+        if e.extra:  # the row's other fields, which graders read as item.<field>
+            row["fields"] = json.loads(fields_json(e.extra))
+    path = write_rows(run_dir / HELD_OUT, rows)
     return HeldOut(path=HELD_OUT, rows=len(examples), sha256=models.sha256_file(path))
 
 
