@@ -83,9 +83,11 @@ def _first_shape(path: Path) -> str:
 
 def _stage_files(job: Job, staging: Path, fields: list[str]) -> list[Staged]:
     (staging / "data").mkdir()
-    files = [openai_data.stage("train", job.training_file, staging / TRAIN_FILE, job.method, fields, job.training_id)]
+    files = [openai_data.stage("train", job.training_file, staging / TRAIN_FILE, job.openai_method, fields, job.training_id)]
     if job.validation_file is not None:
-        files.append(openai_data.stage("eval", job.validation_file, staging / EVAL_FILE, job.method, fields, job.validation_id))
+        files.append(
+            openai_data.stage("eval", job.validation_file, staging / EVAL_FILE, job.openai_method, fields, job.validation_id)
+        )
     return files
 
 
@@ -121,7 +123,7 @@ def _graders(job: Job, extra: list[dict[str, Any]], files: list[Staged], judge: 
     """The job's grader and the --grader ones, translated; each may read tunesmith's item keys and the fields
     every row of the files has."""
     common = set.intersection(*[f.fields or set() for f in files]) if files else set()
-    pairs = [("method.reinforcement.grader", job.grader)] if job.method == "grpo" and job.grader else []
+    pairs = [("method.reinforcement.grader", job.grader)] if job.reinforcement and job.grader else []
     pairs += [(f"--grader[{i}]", g) for i, g in enumerate(extra)]
     return openai_graders.translate(pairs, set(openai_graders.TUNESMITH_ITEM) | common, judge)
 
@@ -129,7 +131,7 @@ def _graders(job: Job, extra: list[dict[str, Any]], files: list[Staged], judge: 
 def _reward(job: Job, translation: Any, unmapped: list[Unmapped]) -> list[dict[str, Any]]:
     """grpo.rewards: the job's grader itself (type grader, the eval.graders entry of that name); where it could not
     be translated, exact match on the first row field it reads, the closest working reward."""
-    if job.method != "grpo":
+    if not job.reinforcement:
         return []
     report = translation.reports[0]
     if report.used_as:
@@ -209,17 +211,18 @@ def import_openai(
 ) -> Imported:
     """Read, audit, map and write the project into `out`; returns it with the report and its printed summary."""
     from tunesmith import models
+    from tunesmith.train import methods
 
     if files_dir is not None and not Path(files_dir).is_dir():
         raise DataError(f"--files {files_dir}: not a folder", hint="Give the folder the job's files were downloaded into.")
     extra = openai_graders.load_grader_file(grader_file) if grader_file else []
     job = _job(job_file, training_file, validation_file, method, files_dir, extra)
-    fields = openai_graders.item_fields(job.grader) if job.method == "grpo" and job.grader else []
+    fields = openai_graders.item_fields(job.grader) if job.reinforcement and job.grader else []
     staging = Path(tempfile.mkdtemp(prefix="tunesmith-import-"))
     try:
         files = _stage_files(job, staging, fields)
         tokenizer = models.load_tokenizer(models.resolve_base(model))
-        budget = 128 if job.method == "grpo" else 0  # grpo.max_completion_length's default: the recipe keeps it
+        budget = methods.get(job.method).completion_room(None)  # the method's default: the recipe keeps it
         max_length, audit, lengths = _audit(files, tokenizer, job.method, budget)
         _hosted_limit(job, files, tokenizer, lengths, budget)
         hp = map_hyperparameters(job, files[0].rows)
@@ -268,7 +271,7 @@ def _report(
     if job.suffix:
         mapped.append(Mapped(openai="suffix", value=job.suffix, tunesmith="name, output_dir", result=job.suffix, rule="kept"))
     notes = list(job.notes)
-    if job.method == "grpo" and job.validation_file is None:
+    if job.reinforcement and job.validation_file is None:
         notes.append("OpenAI required a validation file for reinforcement jobs; tunesmith holds out a share of the training rows")
     return ImportReport(
         source=job.source,

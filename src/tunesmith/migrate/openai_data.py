@@ -218,7 +218,7 @@ def _raw_lines(path: Path) -> list[str]:
     return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
-def stage(split: str, source: Path, dest: Path, method: str, fields: list[str], file_id: str | None = None) -> Staged:
+def stage(split: str, source: Path, dest: Path, kind: str, fields: list[str], file_id: str | None = None) -> Staged:
     """Copy `source` (JSONL, whatever its name) to `dest`, converted for `method`; DataError when it is not JSONL."""
     raw = dest.with_name(f".source-{dest.name}")
     shutil.copyfile(source, raw)
@@ -241,12 +241,12 @@ def stage(split: str, source: Path, dest: Path, method: str, fields: list[str], 
     for rec in objects:
         hit: set[str] = set()
         try:
-            if method == "sft":
+            if kind == "supervised":
                 row = _sft(rec.obj, hit)
-            elif method == "dpo":
-                row = _dpo(rec.obj, hit)
-            else:
+            elif kind == "reinforcement":
                 row = _rft(rec.obj, hit, fields)
+            else:  # OpenAI's preference jobs
+                row = _dpo(rec.obj, hit)
         except _LeftOut as out:
             hit.add(out.args[0])
             changed[rec.line] = ""

@@ -76,9 +76,9 @@ def recipe_values(
         {"max_steps": -1, **hp.training},
         [],
     )
-    if job.method == "dpo":
+    if job.preference:
         values["dpo"] = {**DPOSection().model_dump(), **hp.dpo}
-    if job.method == "grpo":
+    if job.reinforcement:
         values["grpo"] = {**GRPOSection().model_dump(), "rewards": rewards}
     if graders_file:
         values["eval"]["graders"] = graders_file

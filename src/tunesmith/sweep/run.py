@@ -62,6 +62,7 @@ def default_metric(recipe: Any) -> str:
     first grader's pass rate, or the reward, for rows without answers."""
     from tunesmith.data.template import reference
     from tunesmith.eval import metrics
+    from tunesmith.train import methods
     from tunesmith.train.methods import eval_examples
 
     if recipe.eval.select_checkpoint:
@@ -72,7 +73,7 @@ def default_metric(recipe: Any) -> str:
     graders = recipe.eval.graders if isinstance(recipe.eval.graders, list) else []
     if graders:
         return f"graders.{graders[0]['name']}"
-    if recipe.method == "grpo":
+    if methods.get(recipe.method).samples_completions:  # scored by its rewards
         return "reward"
     raise RecipeError([("--metric", "the held-out rows have no answers: name the metric to rank trials by")])
 

@@ -136,9 +136,10 @@ def prunable(recipe: Any, metric: str) -> bool:
     """Whether checkpoints can be scored on `metric` (per-example metrics, reward, eval_loss, perplexity)."""
     from tunesmith.eval import registry
     from tunesmith.eval.select import LOSSES
+    from tunesmith.train import methods
 
     m = registry.metric(metric)
-    return m.fn is not None or m.name in LOSSES or (m.name == "reward" and recipe.method == "grpo")
+    return m.fn is not None or m.name in LOSSES or (m.name == "reward" and methods.get(recipe.method).samples_completions)
 
 
 def train_trial(recipe: Any, pruning: Pruning | None) -> Any:

@@ -230,7 +230,9 @@ def scorer(
     """The run's GRPO rewards as one scorer for eval and the ladder: outputs -> the weighted sum GRPO trains on,
     with the columns training gave them (`refs` as `reference`; `rows`: each held-out row's own fields). None for
     other methods, or when a reward cannot be built here (the report then says so through the missing metric)."""
-    if getattr(recipe, "method", None) != "grpo":
+    from tunesmith.train import methods
+
+    if not methods.get(recipe.method).samples_completions:  # only a method that learns from rewards has them
         return None
     specs = recipe.grpo.rewards
     try:
