@@ -125,7 +125,10 @@ def read_held_out(path: Path) -> list[Any]:
     if not path.exists():
         raise RunError(f"{path} is missing: the run's held-out rows were removed", hint="Restore the run folder from a copy.")
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [Example(r["id"], r["messages"], r.get("source", f"{path}:{i + 1}")) for i, r in enumerate(rows)]
+    return [
+        Example(r["id"], r["messages"], r.get("source", f"{path}:{i + 1}"), {"tools": r["tools"]} if "tools" in r else {})
+        for i, r in enumerate(rows)
+    ]
 
 
 def held_out_examples(run: Run) -> list[Any]:

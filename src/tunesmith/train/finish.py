@@ -12,6 +12,7 @@ from tunesmith.rag.index import manifest_entry
 from tunesmith.records import (
     BaseModelRef,
     CheckpointSelection,
+    FamilyRecord,
     Figures,
     HeldOut,
     Manifest,
@@ -76,8 +77,28 @@ def save_held_out(recipe: Recipe, run_dir: Path) -> HeldOut:
     from tunesmith.train.methods import eval_examples
 
     examples = eval_examples(recipe)
-    path = write_rows(run_dir / HELD_OUT, [{"id": e.id, "messages": e.messages, "source": e.source} for e in examples])
+    rows = [{"id": e.id, "messages": e.messages, "source": e.source, **_tools(e)} for e in examples]
+    path = write_rows(run_dir / HELD_OUT, rows)
     return HeldOut(path=HELD_OUT, rows=len(examples), sha256=models.sha256_file(path))
+
+
+def family_record(tokenizer: Any, config: Any, policy: str, counts: Tokens) -> FamilyRecord:
+    """The run's chat family (families.describe with the tokenizer's ids) and its thinking mode: on when any trained
+    answer carried a trace (a family with a switch), else off; None for a family without one."""
+    from tunesmith import families
+    from tunesmith.data.reasoning import thinking_mode
+
+    family = families.detect(config, tokenizer)
+    modes = (counts.train.thinking_rows if counts.train is not None else {}) or {}
+    # No row says (a method that tokenizes no demonstrations): None, the template's own default.
+    thinking = thinking_mode([True] * modes.get("on", 0) + [False] * modes.get("off", 0)) if family.thinking_switch else None
+    return FamilyRecord.model_validate({**families.describe(family, tokenizer), "reasoning_policy": policy, "thinking": thinking})
+
+
+def _tools(example: Any) -> dict[str, Any]:
+    """The row's tool list, kept with its held-out copy (the prompt renders it)."""
+    tools = example.extra.get("tools")
+    return {"tools": tools} if isinstance(tools, list) else {}
 
 
 def data_hashes(recipe: Recipe) -> dict[str, str]:
@@ -120,11 +141,13 @@ def finish_run(
         shutil.rmtree(run_dir / "data", ignore_errors=True)
         _raise_if_disk_full(exc, f"saving the held-out rows under {run_dir}", run_dir)
         raise
+    family = family_record(tokenizer, models.read_config(base_path), recipe.data.reasoning, counts)
     selection = None
     if recipe.eval.select_checkpoint:  # before the manifest: a finished run is never rewritten afterwards
         from tunesmith.eval.select import select_checkpoint
 
-        selection = CheckpointSelection.model_validate(select_checkpoint(recipe, run_dir, base_path))
+        chosen = select_checkpoint(recipe, run_dir, base_path, family.thinking)
+        selection = CheckpointSelection.model_validate(chosen)
     wall = time.time() - started
     runtime = result.metrics.get("train_runtime", wall)
     train = counts.train
@@ -164,6 +187,7 @@ def finish_run(
         speed=speed,
         plan=plan,
         details=details,
+        family=family,
     )
     try:
         write_loss_png(run_dir)
