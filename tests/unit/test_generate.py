@@ -49,7 +49,7 @@ def test_generation_config_eos_list_is_kept(tiny):
         first_at = free.token_ids.index(second)
         unused = next(i for i in range(len(tok)) if i not in free.token_ids and i != tok.eos_token_id)
         model.generation_config.eos_token_id = [unused, second]
-        assert stop_token_ids(model, tok)[:2] == [unused, second]
+        assert {unused, second} <= set(stop_token_ids(model, tok))  # after the family's end of turn
         stopped = generate_detailed(model, tok, [conv], 10)[0]
     finally:
         model.generation_config.eos_token_id = saved
