@@ -107,6 +107,7 @@ from tunesmith.cli import (  # noqa: E402  (the command modules import `app` fro
     serve,
     studio,
     train,
+    verify,
 )  # noqa: E402  (registers commands)
 
 __all__ = [
@@ -125,4 +126,5 @@ __all__ = [
     "index",
     "plan",
     "monitor",
+    "verify",
 ]
