@@ -1,4 +1,5 @@
-"""The audit as one self-contained HTML page: findings by code, statistics, and length histograms as inline PNGs.
+"""The audit as one self-contained HTML page: findings by code, length histograms as inline PNGs, sampled rows as
+training sees them (special tokens visible, trained spans coloured, a legend), and the statistics.
 
 Charts are drawn on matplotlib's Agg canvas (no pyplot, no global backend switch), the page
 uses inline CSS only, every piece of dataset text is HTML-escaped, and the file is written to
@@ -81,6 +82,8 @@ def render(report: AuditReport) -> str:
         parts.append(_img(histogram_png(report.lengths["total"], "total tokens per example", limit), "total tokens histogram"))
         assistant_png = histogram_png(report.lengths["assistant"], "trained (assistant) tokens per example")
         parts.append(_img(assistant_png, "assistant tokens histogram"))
+    if report.samples:  # the rows as training sees them: what the model will learn
+        parts.append(rows_section(report.samples))
     parts.append(f"<h2>Statistics</h2><pre>{e(json.dumps(report.stats, indent=2, default=str))}</pre></body></html>")
     return "\n".join(parts)
 
