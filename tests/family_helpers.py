@@ -49,7 +49,7 @@ def two_turn_rows(name: str, n: int) -> list[dict]:
     return rows
 
 
-def family_recipe(root: Path, name: str, steps: int = 2) -> Path:
+def family_recipe(root: Path, name: str, steps: int = 2, max_new_tokens: int = 8) -> Path:
     """A tiny model of fixture `name`, 12 one-turn + 2 two-turn train rows, 3 held-out rows, and its recipe."""
     root.mkdir(parents=True, exist_ok=True)
     model = save_tiny_family(root / "model", name)
@@ -61,7 +61,7 @@ def family_recipe(root: Path, name: str, steps: int = 2) -> Path:
         "data": {"train": ["train.jsonl"], "eval": "eval.jsonl", "max_length": 256},
         "adapter": {"r": 4, "alpha": 8, "dropout": 0.0},
         "training": {"max_steps": steps, "batch_size": 4, "learning_rate": 5e-2, "logging_steps": 1, "save_steps": steps},
-        "eval": {"max_new_tokens": 8, "batch_size": 4},
+        "eval": {"max_new_tokens": max_new_tokens, "batch_size": 4},
         "output_dir": "runs/tuned",
     }
     path = root / "recipe.yaml"

@@ -179,15 +179,15 @@ class TraceStream:
 
     def __init__(self, opened_in_prompt: bool = False, think: tuple[str, str] = (OPEN, CLOSE)) -> None:
         self.open, self.close = think
-        self.state = "reasoning" if opened_in_prompt else "start"  # start: not yet known whether a trace opens
-        self.traced = opened_in_prompt
+        self.state = "start"  # not yet known whether a trace opens (or, opened in the prompt, whether it repeats <think>)
+        self.opened = self.traced = opened_in_prompt
         self.lead = True  # the whitespace that opens the current part is still to be dropped
         self.buf = ""
 
     @property
     def closed(self) -> bool:
         """False while (or when, after finish) a trace was opened and never closed."""
-        return self.state != "reasoning"
+        return self.state != "reasoning" and not (self.state == "start" and self.opened)
 
     def feed(self, text: str) -> list[tuple[str, str]]:
         self.buf += text
@@ -199,7 +199,7 @@ class TraceStream:
     def finish(self) -> list[tuple[str, str]]:
         """The held-back rest: an unclosed trace's text, or content."""
         rest, self.buf = self.buf, ""
-        if self.state == "reasoning":
+        if self.state == "reasoning" or (self.state == "start" and self.opened):
             rest = rest.strip()
             return [("reasoning", rest)] if rest else []
         if self.state == "content" and self.lead and self.traced:
@@ -214,6 +214,8 @@ class TraceStream:
                 return False  # whitespace, or the beginning of the open marker: wait for more
             if body.startswith(self.open):
                 self.state, self.traced, self.buf = "reasoning", True, body[len(self.open) :]
+            elif self.opened:
+                self.state = "reasoning"  # the prompt opened the trace: the completion starts inside it
             else:
                 self.state, self.lead = "content", False  # no trace: the text is the answer, as it is
             return True
@@ -223,7 +225,7 @@ class TraceStream:
                 self.lead = not self.buf
             at = self.buf.find(self.close)
             if at >= 0:
-                piece = self.buf[:at].strip()
+                piece = self.buf[:at].rstrip()  # its start was stripped (lead) or follows text already sent
                 if piece:
                     out.append(("reasoning", piece))
                 self.state, self.buf, self.lead = "content", self.buf[at + len(self.close) :], True
