@@ -28,7 +28,7 @@ class Divergence:
     def message(self) -> str:
         at = f"prompt {self.prompt}: " if self.prompt else ""
         pos = f" at token {self.position}" if self.position is not None else ""
-        return f"{self.path}: {at}{self.what} differ{pos}: expected {self.expected}, got {self.got}"
+        return f"{self.path}: {at}{self.what}{pos}: expected {self.expected}, got {self.got}"
 
 
 @dataclass
