@@ -206,6 +206,18 @@ def test_data_audit_links_findings_to_rows(studio):
     assert "messages" in client.get(f"/data/row?k={k}&line=1").text
 
 
+def test_data_page_shows_the_mask_with_a_model_inside_its_folders_only(studio, tiny_model_dir):
+    import shutil
+
+    client, root, tmp_path = studio
+    k = re.search(r'<option value="([^"]+)"[^>]*>[^<]*train.jsonl', client.get("/data").text).group(1)
+    outside = client.get(f"/data?k={k}&model={tiny_model_dir}").text  # not in the studio's folders: refused
+    assert 'id="model-note"' in outside and "ts-row" not in outside
+    shutil.copytree(tiny_model_dir, root / "models" / "tiny")
+    html = client.get(f"/data?k={k}&model={root / 'models' / 'tiny'}&reasoning=mask").text
+    assert html.count("class='ts-row'") == 5 and "class='ts-trained'" in html and "--reasoning mask" in html
+
+
 def test_report_shows_the_ladder_and_its_recommendation(studio):
     from tunesmith.eval.ladder_report import (
         LadderReport,

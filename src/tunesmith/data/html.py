@@ -98,17 +98,20 @@ _LEGEND = (
     "<p class='ts-legend'>"
     f"<span style='{_STYLE['trained']}'>trained: the model learns to write this</span> · "
     f"<span style='{_STYLE['context']}'>context: seen, not learned</span> · "
-    f"<span style='{_STYLE['special']}'>&lt;special token&gt;</span></p>"
+    f"<span style='{_STYLE['special']}'>&lt;special token&gt;</span> · "
+    f"<span style='{_STYLE['special']};outline:2px solid #1a7f37'>&lt;special token, trained&gt;</span></p>"
 )
 
 
-def _marked(text: str, specials: list[str]) -> str:
-    """Escaped text with every special token wrapped so it stands out."""
+def _marked(text: str, specials: list[str], trained: bool = False) -> str:
+    """Escaped text with every special token wrapped so it stands out (outlined in green when it is trained, as an
+    end-of-turn token is)."""
     if not specials:
         return html.escape(text)
+    style = _STYLE["special"] + (";outline:2px solid #1a7f37" if trained else "")
     pieces = re.split("(" + "|".join(map(re.escape, specials)) + ")", text)
     return "".join(
-        f"<span class='ts-special' style='{_STYLE['special']}'>{html.escape(p)}</span>" if i % 2 else html.escape(p)
+        f"<span class='ts-special' style='{style}'>{html.escape(p)}</span>" if i % 2 else html.escape(p)
         for i, p in enumerate(pieces)
     )
 
@@ -117,7 +120,7 @@ def row_html(shown: Shown, legend: bool = True) -> str:
     """One rendered row as an HTML fragment: trained runs coloured, special tokens visible, counts below."""
     runs = "".join(
         f"<span class='{'ts-trained' if trained else 'ts-context'}' style='{_STYLE['trained' if trained else 'context']}'>"
-        f"{_marked(text, shown.specials)}</span>"
+        f"{_marked(text, shown.specials, trained)}</span>"
         for text, trained in shown.segments
     )
     problems = "".join(f"<p class='error'>{html.escape(p)}</p>" for p in shown.problems)
