@@ -14,7 +14,7 @@ from tunesmith import models
 from tunesmith.data.template import prompt_messages, reference
 from tunesmith.eval import gates, metrics, release, scoring
 from tunesmith.eval.budget import resolve_max_new_tokens
-from tunesmith.eval.generate import perplexity, reference_loss
+from tunesmith.eval.loss import perplexity, reference_loss
 from tunesmith.eval.notes import eval_warnings
 from tunesmith.loader import load_run_model
 from tunesmith.rag.index import changed_since

@@ -1,4 +1,5 @@
-"""The one generation function: batched or streamed, greedy or sampled, plus per-example reference loss.
+"""The one generation function: batched, greedy or sampled (eval/stream.py streams one completion with the same
+prompt, stops and decoding; eval/loss.py scores reference answers with the same prefix sharing).
 
 Every caller (eval, merge check, chat, distillation teacher, synth, serve) goes through here, so prompts, stop
 tokens, padding side, decoding and the trace/answer split are decided once. Prompts are rendered by
@@ -10,15 +11,13 @@ several) and the tokenizer's eos, never the tokenizer's alone: a Gemma whose gen
 
 from __future__ import annotations
 
-import math
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tunesmith import families
 from tunesmith.data.reasoning import split_output
-from tunesmith.data.template import IGNORE, render_prompt, tokenize_example
+from tunesmith.data.template import render_prompt
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -321,170 +320,3 @@ def generate(
             thinking=thinking,
         )
     ]
-
-
-class TextStream:
-    """Iterator of text deltas from a generation running in a background thread.
-
-    `cancel()` (or setting `cancel_event`) stops generation at the next token. After the iterator is
-    exhausted, `prompt_tokens`, `completion_tokens` and `finish_reason` describe the generation.
-    """
-
-    def __init__(self, stop: list[str] | None) -> None:
-        self.cancel_event = threading.Event()
-        self.opened = False  # the prompt opened a trace: the deltas start inside it (data.reasoning.TraceStream)
-        self.think: tuple[str, str] = ("<think>", "</think>")
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.finish_reason: FinishReason | None = None
-        self.error: BaseException | None = None
-        self._stop = [s for s in stop or [] if s]
-        self._last_token: int | None = None
-        self._deltas: Iterator[str] = iter(())
-        self._thread: threading.Thread | None = None
-
-    def cancel(self) -> None:
-        self.cancel_event.set()
-
-    def __iter__(self) -> Iterator[str]:
-        return self
-
-    def __next__(self) -> str:
-        return next(self._deltas)
-
-    def _held_back(self, text: str) -> int:
-        """Length of the longest tail of `text` that could still grow into a stop string."""
-        return max((k for s in self._stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-
-    def _run(self, streamer: Any, stops: set[int]) -> Iterator[str]:
-        """Yield deltas, holding back a possible stop-string prefix; cut and cancel when one appears."""
-        text, sent, cut = "", 0, False
-        for piece in streamer:
-            text += piece
-            found, hit = _cut_at_stop(text, self._stop)
-            if hit:
-                text, cut = found, True
-                self.cancel_event.set()
-                break
-            safe = len(text) - self._held_back(text)
-            if safe > sent:
-                yield text[sent:safe]
-                sent = safe
-        if self._thread is not None:
-            self._thread.join()
-        if self.error is not None:
-            raise self.error
-        if len(text) > sent:  # the held-back tail did not become a stop string, or precedes one
-            yield text[sent:]
-        if cut or (self._last_token is not None and self._last_token in stops):
-            self.finish_reason = "stop"
-        elif self.cancel_event.is_set():
-            self.finish_reason = "cancelled"
-        else:
-            self.finish_reason = "length"
-
-
-def generate_stream(
-    model: Any,
-    tokenizer: Any,
-    conversation: list[dict[str, Any]],
-    max_new_tokens: int,
-    *,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    seed: int | None = None,
-    stop: list[str] | None = None,
-    cancel: threading.Event | None = None,
-    timeout_s: float | None = 600.0,
-    thinking: bool | None = None,
-) -> TextStream:
-    """Stream one completion as text deltas (transformers' TextIteratorStreamer, generation in a thread).
-
-    Pass `cancel` (or call the returned stream's `cancel()`) to abort, e.g. when a client disconnects.
-    `timeout_s` bounds the wait for each next piece of text. thinking: as for generate_detailed.
-    """
-    import torch
-    from transformers import (
-        StoppingCriteria,
-        StoppingCriteriaList,
-        TextIteratorStreamer,
-    )
-
-    stream = TextStream(stop)
-    if cancel is not None:
-        stream.cancel_event = cancel
-    config = _generation_config(model, tokenizer, max_new_tokens, temperature, top_p)
-    family = family_of(model, tokenizer)
-    prompt = prompt_text(model, tokenizer, conversation, thinking)
-    stream.opened, stream.think = opens_trace(prompt, family), family.think
-    enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-    enc = {k: v.to(model.device) for k, v in enc.items()}
-    stream.prompt_tokens = int(enc["input_ids"].shape[1])
-
-    class _Watch(StoppingCriteria):  # counts tokens and honours cancel between two decoding steps
-        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            stream.completion_tokens = int(input_ids.shape[1]) - stream.prompt_tokens
-            stream._last_token = int(input_ids[0, -1])
-            return torch.full((input_ids.shape[0],), stream.cancel_event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=timeout_s)
-
-    def work() -> None:
-        try:
-            with _seeded(seed), torch.inference_mode():
-                model.generate(
-                    **enc, generation_config=config, streamer=streamer, stopping_criteria=StoppingCriteriaList([_Watch()])
-                )
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer instead of dying silently in the thread
-            stream.error = exc
-            streamer.end()  # type: ignore[no-untyped-call]  # untyped upstream
-
-    stream._thread = threading.Thread(target=work, name="tunesmith-generate", daemon=True)
-    stream._thread.start()
-    stream._deltas = stream._run(streamer, set(config.eos_token_id))
-    return stream
-
-
-def reference_loss(
-    model: Any, tokenizer: Any, conversations: list[list[dict[str, Any]]], max_length: int, reasoning: str = "train"
-) -> float:
-    """Mean per-token cross-entropy (nats) of the reference assistant turns, as trained (same mask; `reasoning`:
-    the run's data.reasoning).
-
-    Rows run one at a time. Leading tokens that every row shares and that no loss term depends on (a system
-    prompt) run once; each row then continues from a copy of that KV cache, with the same positions and the
-    same terms as running it whole.
-    """
-    import copy
-
-    import torch
-
-    rows = (tokenize_example(tokenizer, m, max_length, "truncate", reasoning=reasoning) for m in conversations)
-    toks = [t for t in rows if t.n_trained]
-    # Shared tokens whose labels are all masked, the first row-own token's label included (the prefix's last
-    # position predicts it).
-    shared = shared_prefix([t.input_ids for t in toks]) if shares_prefix(model, None) else 0
-    while shared and any(label != IGNORE for t in toks for label in t.labels[: shared + 1]):
-        shared -= 1
-    prefix_cache: Any = None
-    if shared >= MIN_SHARED_PREFIX:
-        with torch.inference_mode():
-            prefix_cache = _prefix_cache(model, toks[0].input_ids[:shared])
-    if prefix_cache is None:
-        shared = 0
-    name = cache_argument(model)
-    total, count = 0.0, 0
-    for tok in toks:
-        ids = torch.tensor([tok.input_ids[shared:]], device=model.device)
-        labels = torch.tensor([tok.labels[shared:]], device=model.device)
-        extra = {name: copy.deepcopy(prefix_cache)} if prefix_cache is not None else {}
-        with torch.inference_mode():
-            loss = model(input_ids=ids, labels=labels, **extra).loss
-        n = int((labels[:, 1:] != IGNORE).sum())
-        total += float(loss) * n
-        count += n
-    return total / max(count, 1)
-
-
-def perplexity(loss: float) -> float:
-    return math.exp(min(loss, 50.0))

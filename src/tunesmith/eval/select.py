@@ -57,7 +57,7 @@ def score(model: Any, tokenizer: Any, recipe: Recipe, examples: list[Any], metri
     from tunesmith.errors import RecipeError
     from tunesmith.eval import scoring
     from tunesmith.eval.budget import resolve_max_new_tokens
-    from tunesmith.eval.generate import perplexity, reference_loss
+    from tunesmith.eval.loss import perplexity, reference_loss
     from tunesmith.train.rewards import scorer
 
     if metric in LOSSES:

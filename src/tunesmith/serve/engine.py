@@ -256,7 +256,7 @@ class Engine:
         self, name: str, conversation: list[dict[str, Any]], params: Any, cancel: threading.Event, timeout_s: float
     ) -> Iterator[tuple[str, Any]]:
         """Yield (delta, TextStream) pieces of one streamed completion, holding the model for its duration."""
-        from tunesmith.eval.generate import generate_stream
+        from tunesmith.eval.stream import generate_stream
 
         with self.activate(name) as served:
             ts = generate_stream(

@@ -1,6 +1,6 @@
 """The chat playground: a run (tuned, or its base = the adapter disabled) or a model, streamed as server-sent events.
 
-Models load through `tunesmith.loader.load_target` and generate through `tunesmith.eval.generate.generate_stream`,
+Models load through `tunesmith.loader.load_target` and generate through `tunesmith.eval.stream.generate_stream`,
 so the playground renders prompts with the run's own chat template exactly as eval and serve do.
 Retrieved context enters through `tunesmith.rag.prompt.augment` when the run was trained with an index.
 """
@@ -94,7 +94,7 @@ def stream_reply(
     serve splits them), then `done` (finish reason) or `error` (a message). Prompts are rendered in the run's
     thinking mode."""
     from tunesmith.data.reasoning import TraceStream
-    from tunesmith.eval.generate import generate_stream
+    from tunesmith.eval.stream import generate_stream
 
     try:
         with cache.lock:
