@@ -112,6 +112,7 @@ def test_family_matrix(name, trained, tmp_path):
         return
     lineage = export_gguf(tmp_path / "merged", out, n_check=2, max_new_tokens=8)
     assert lineage.check["template_carried"] and lineage.check["stops_carried"]
+    assert set(ends) <= set(lineage.check["stop_tokens"].values())  # Llama 3: <|eot_id|> and <|eom_id|>
     assert lineage.check["verify"]["passed"] and lineage.check["verify"]["checks"]["gguf"] == "ok"
 
 

@@ -402,6 +402,7 @@ def test_chat_stream_with_rag_sends_sources_then_text(tmp_path, tiny_model_dir):
         model=AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(),
         tokenizer=AutoTokenizer.from_pretrained(tiny_model_dir),
         has_adapter=False,
+        thinking=None,  # the run's thinking mode (loader.Loaded.thinking): the template's default here
         run=SimpleNamespace(recipe=SimpleNamespace(rag=rag)),
     )
     messages = [{"role": "user", "content": "Where do parcels leave from?"}]
