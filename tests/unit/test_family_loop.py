@@ -75,6 +75,7 @@ def test_family_matrix(name, trained, tmp_path):
     recorded = run.manifest.family
     assert recorded is not None and recorded.family == family.name and recorded.stop_token_ids[: len(ends)] == ends
     assert recorded.thinking is (True if family.thinking_switch else None)
+    assert recorded.end_of_turn == tok.convert_ids_to_tokens(ends)  # the unknown family's: the tokenizer's EOS
     counts = run.manifest.tokens.train
     assert (counts.expanded_rows, counts.rows_from_expansion) == ((2, 4) if name in EXPANDS else (0, 0))
     assert counts.turns["turns_trained"] == 16 and not counts.turns.get("turns_not_trainable")

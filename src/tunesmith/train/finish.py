@@ -92,7 +92,11 @@ def family_record(tokenizer: Any, config: Any, policy: str, counts: Tokens) -> F
     modes = (counts.train.thinking_rows if counts.train is not None else {}) or {}
     # No row says (a method that tokenizes no demonstrations): None, the template's own default.
     thinking = thinking_mode([True] * modes.get("on", 0) + [False] * modes.get("off", 0)) if family.thinking_switch else None
-    return FamilyRecord.model_validate({**families.describe(family, tokenizer), "reasoning_policy": policy, "thinking": thinking})
+    info = families.describe(family, tokenizer)
+    if not info["stop"]:  # a template no family knows: its turns end with the tokenizer's EOS (family.end_of_turn_ids)
+        info["stop"] = tokenizer.convert_ids_to_tokens(info["stop_token_ids"])
+        info["end_of_turn"] = tokenizer.convert_ids_to_tokens(family.end_of_turn_ids(tokenizer))
+    return FamilyRecord.model_validate({**info, "reasoning_policy": policy, "thinking": thinking})
 
 
 def _tools(example: Any) -> dict[str, Any]:
