@@ -109,6 +109,7 @@ from tunesmith.cli import (  # noqa: E402  (the command modules import `app` fro
     studio,
     sweep,
     train,
+    verify,
 )  # noqa: E402  (registers commands)
 
 __all__ = [
@@ -129,4 +130,5 @@ __all__ = [
     "plan",
     "monitor",
     "sweep",
+    "verify",
 ]

@@ -14,7 +14,7 @@ from tunesmith import models
 from tunesmith.data.template import prompt_messages, reference
 from tunesmith.eval import gates, metrics, release, scoring
 from tunesmith.eval.budget import resolve_max_new_tokens
-from tunesmith.eval.generate import perplexity, reference_loss
+from tunesmith.eval.loss import perplexity, reference_loss
 from tunesmith.eval.notes import eval_warnings
 from tunesmith.loader import load_run_model
 from tunesmith.rag.index import changed_since
@@ -58,11 +58,15 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
         who = sides[side]
         with who.context():
             advance = scoring.progress_advance(progress, f"generating ({side})", len(convs))
-            answers[side] = scoring.answer(who.model, tokenizer, convs, budget.tokens, recipe.eval.batch_size, advance)
+            batch = recipe.eval.batch_size
+            answers[side] = scoring.answer(who.model, tokenizer, convs, budget.tokens, batch, advance, who.thinking)
             if any(r.strip() for r in refs):  # the likelihood of an empty answer measures nothing
-                losses[side] = reference_loss(who.model, tokenizer, [e.messages for e in eval_ex], recipe.data.max_length)
-        scores[side] = scoring.score(answers[side].texts, refs, json_mode, reward, convs)
-    outputs = {side: answers[side].texts for side in SIDES}
+                held = [e.messages for e in eval_ex]
+                losses[side] = reference_loss(who.model, tokenizer, held, recipe.data.max_length, recipe.data.reasoning)
+    traces = scoring.trace_rows(answers, tokenizer)  # reasoning models: trace length, traces never closed
+    for side in SIDES:
+        scores[side] = scoring.score(answers[side].texts, refs, json_mode, reward, convs, traces.get(side, ()))
+    outputs = {side: answers[side].texts for side in SIDES}  # the final answers, after any trace
     hit_budget = {side: [c.finish_reason == "length" for c in answers[side].completions] for side in SIDES}
 
     rows: list[dict[str, Any]] = []
@@ -79,6 +83,7 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
                 "tuned_metrics": s_tuned,
                 "judgement": metrics.judge(s_base, s_tuned, json_mode),
                 "hit_budget": {side: hit_budget[side][i] for side in SIDES},
+                **{f"{side}_reasoning": answers[side].completions[i].reasoning for side in SIDES if traces},
             }
         )
     summary: dict[str, dict[str, float]] = {}

@@ -82,6 +82,10 @@ _ALL = (
     _lower("forgetting", "forgetting (probe accuracy lost)", low=-1.0, by=_EVAL),
     _lower("text_loss_increase", "general-text loss increase", low=None, high=None, unit="nats/token", by=_EVAL),
     _lower("hallucination_rate", "hallucination rate", by=_EVAL),
+    # Reasoning models: measured from each completion's trace (eval.scoring.Answers.trace_rows); answers are scored
+    # after the trace. A shorter trace costs less; a trace never closed leaves no answer.
+    _lower("trace_tokens", "reasoning trace length (tokens per answer)", high=None, unit="tokens"),
+    _lower("unclosed_traces", "share of answers whose trace never closed"),
 )
 METRICS: dict[str, Metric] = {x.name: x for x in _ALL}
 

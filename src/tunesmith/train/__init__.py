@@ -49,6 +49,22 @@ def summary(run: Run) -> str:
             f"data: {tok.kept} of {tok.examples} train rows used ({tok.dropped_overlong} over max_length, "
             f"{tok.dropped_no_trained_tokens} without trained tokens dropped)"
         )
+    if m.family is not None:
+        lines.append(family_line(m.family, tok))
     if m.details is not None:
         lines += methods.get(m.method).summary(m.details)
     return "\n".join(lines)
+
+
+def family_line(family: Any, tokens: Any = None) -> str:
+    """`family qwen3 (Qwen 3) · stops ... · thinking on · reasoning train · ...` for `train` and `models info`."""
+    mode = {None: "no thinking switch", True: "thinking on", False: "thinking off"}[family.thinking]
+    parts = [f"family {family.family} ({family.title})", f"stops {', '.join(family.stop)}", mode]
+    parts.append(f"reasoning {family.reasoning_policy}")
+    if tokens is not None and tokens.expanded_rows:
+        parts.append(
+            f"{tokens.expanded_rows} rows expanded into {tokens.rows_from_expansion} (every answer learned as at inference)"
+        )
+    if tokens is not None and tokens.turns.get("turns_not_trainable"):
+        parts.append(f"{tokens.turns['turns_not_trainable']} answer(s) seen as context only")
+    return " · ".join(parts)
