@@ -152,6 +152,10 @@ def resolve_base(spec: str) -> str:
                 f"{path} is not a readable GGUF model ({type(exc).__name__}: {exc})",
                 hint="The file is empty, truncated or not a GGUF: download it again, or give a model folder.",
             ) from None
+    if path.is_file():
+        raise ModelError(
+            f"{path} is a file, not a model", hint="Give a model folder (with config.json), a .gguf file or a catalog name."
+        )
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelError(f"{path} is not a model folder (no config.json)")

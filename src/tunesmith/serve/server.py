@@ -164,6 +164,10 @@ def prepare(opts: ServeOptions) -> Prepared:
         run = load_run(opts.target)
         run_name(run, opts.name, (run.adapter_dir / "adapter_config.json").exists())
         _check_run(opts.target, f"run {opts.target}")
+    elif opts.engine == "transformers":  # a model: found and readable before the server starts (vLLM resolves its own)
+        from tunesmith import models
+
+        models.read_config(models.resolve_base(opts.target))
     adapters = parse_adapters(opts.adapters)
     for adapter, path in adapters.items():
         _check_run(path, f"adapter {adapter!r}")
