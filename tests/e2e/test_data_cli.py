@@ -120,7 +120,8 @@ def test_show_split_convert(tmp_path, env):
     src = write(tmp_path / "d.jsonl", [row(i) for i in range(40)])
     res = tunesmith("data", "show", str(src), "--row", "2", env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert "<|im_start|>assistant" in res.stdout and "EOS trained: True" in res.stdout and "trained (highlighted)" in res.stdout
+    assert "<|im_start|>assistant" in res.stdout and "EOS trained: True" in res.stdout
+    assert "trained (between [[ and ]])" in res.stdout and "<|im_start|>assistant\n[[" in res.stdout  # not a terminal
 
     res = tunesmith("data", "split", str(src), "--eval", "0.25", "--seed", "3", "--stratify", "label", env=env, cwd=tmp_path)
     assert res.returncode == 0 and "label=refund" in res.stdout
@@ -163,7 +164,10 @@ def test_synth_reports_rejections(tmp_path, env):
         env=env,
         cwd=tmp_path,
     )
-    assert res.returncode == 0, res.stderr
-    assert "synth: 2 candidates" in res.stdout and out.exists()
+    assert "synth: 2 candidates" in res.stdout, res.stderr
+    if res.returncode == 1:  # a 135M model may write no valid row: said so, and no file is written
+        assert "none of 2 candidates passed validation" in res.stderr and not out.exists()
+        return
+    assert res.returncode == 0 and out.exists(), res.stderr
     accepted = len(out.read_text().splitlines())
     assert f"{accepted} of 2 requested" in res.stdout
