@@ -82,6 +82,10 @@ _ALL = (
     _lower("forgetting", "forgetting (probe accuracy lost)", low=-1.0, by=_EVAL),
     _lower("text_loss_increase", "general-text loss increase", low=None, high=None, unit="nats/token", by=_EVAL),
     _lower("hallucination_rate", "hallucination rate", by=_EVAL),
+    Metric("reward_model", "reward-model score (mean)", low=None, high=None, by=_EVAL),
+    Metric("pairwise_accuracy", "pairwise accuracy (held-out preference pairs)", by=_EVAL),
+    Metric("reward_margin", "mean reward margin (chosen - rejected)", low=None, high=None, by=_EVAL),
+    _lower("calibration_error", "reward calibration error (ECE)", high=0.5, by=_EVAL),
 )
 METRICS: dict[str, Metric] = {x.name: x for x in _ALL}
 

@@ -29,11 +29,12 @@ if TYPE_CHECKING:
 
 
 class RewardSpec(Section):
-    """One GRPO reward. A bare string in the recipe is shorthand: `json_valid`, or `package.module:function` for custom."""
+    """One GRPO reward. A bare string in the recipe is shorthand: `json_valid`, `run:PATH` for a reward model, or
+    `package.module:function` for custom."""
 
-    type: Literal["json_valid", "json_schema_valid", "exact_match", "regex", "length_penalty", "custom"] = Field(
+    type: Literal["json_valid", "json_schema_valid", "exact_match", "regex", "length_penalty", "custom", "reward_model"] = Field(
         ...,
-        description="json_valid, json_schema_valid (json_schema), exact_match (field), regex (pattern), length_penalty (max_chars) or custom (function).",
+        description="json_valid, json_schema_valid (json_schema), exact_match (field), regex (pattern), length_penalty (max_chars), custom (function) or reward_model (run).",
     )
     weight: float = Field(1.0, description="Weight of this reward in the sum GRPO normalises per group.")
     json_schema: dict[str, Any] | str | None = Field(
@@ -43,10 +44,15 @@ class RewardSpec(Section):
     pattern: str | None = Field(None, description="regex: a Python regular expression the whole completion must match.")
     max_chars: int = Field(256, ge=1, description="length_penalty: completions longer than this lose reward in proportion.")
     function: str | None = Field(None, description="custom: `module:function` (module importable, or a .py next to the recipe).")
+    run: str | None = Field(
+        None, description="reward_model: a finished reward run folder (method: reward), relative to the recipe."
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.startswith("run:"):
+            return {"type": "reward_model", "run": value.removeprefix("run:")}
         if isinstance(value, str):
             return {"type": "custom", "function": value} if ":" in value else {"type": value}
         return value
@@ -64,6 +70,8 @@ class RewardSpec(Section):
                 raise ValueError(f"pattern is not a valid regular expression: {exc}") from None
         if self.type == "custom" and not re.fullmatch(r"[^:]+:[A-Za-z_]\w*", self.function or ""):
             raise ValueError("custom needs `function` as `module:function` (or `file.py:function`)")
+        if self.type == "reward_model" and not self.run:
+            raise ValueError("reward_model needs `run`: a finished reward run folder (or write `run:PATH`)")
         return self
 
 
@@ -104,6 +112,11 @@ def _rewards(value: GRPOSection, info: ValidationInfo) -> GRPOSection:
             )
     base = Path((info.context or {}).get("base_dir", "."))
     for reward in value.rewards:
+        if reward.type == "reward_model" and reward.run:  # kept absolute in run.yaml, so the run finds it later
+            path = Path(reward.run).expanduser()
+            reward.run = str(path if path.is_absolute() else (base / path).resolve())
+            if checks_environment(info) and not Path(reward.run).is_dir():
+                raise ValueError(f"reward model run not found: {reward.run}")
         if isinstance(reward.json_schema, str):
             path = Path(reward.json_schema).expanduser()
             path = path if path.is_absolute() else base / path

@@ -52,7 +52,7 @@ def build(recipe: Recipe, resume: bool = False, force: bool = False) -> Built:
     speed.score_labelled_positions_only(levers.labelled_logits)
 
     torch.manual_seed(recipe.training.seed)
-    model = policy.load(recipe, st.base_path, levers.base_dtype)  # 4-bit NF4 for qlora
+    model = method.load_model(recipe, st.base_path, levers.base_dtype)  # 4-bit NF4 for qlora
     attention = varlen.use(model) if levers.attention == "varlen" else None  # restored before anything generates
     peft_config = policy.peft_config(recipe, model, st.base_path)
     callbacks = standard_callbacks(recipe, st.run_dir)
