@@ -204,3 +204,44 @@ def test_eval_reward_model_scores_base_and_tuned_answers(reward_run, tiny_recipe
     assert report.gates[0].name == "reward_model" and report.gates[0].passed
     rows = [json.loads(x) for x in (run.dir / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert all(isinstance(r["tuned_metrics"]["reward_model"], float) for r in rows)
+
+
+def test_the_monitor_ranks_served_answers_with_the_reward_model(reward_run, tmp_path):
+    """Served answers that turned into refusals score lower than the earlier window's: signal reward_model drifts."""
+    from datetime import timedelta
+
+    from tunesmith.monitor.report import DRIFT_EXIT, read_report
+    from tunesmith.serve.store import Message, RequestLog, RequestRow
+
+    until = datetime(2026, 5, 1, 12, tzinfo=timezone.utc)
+    serve = tmp_path / "serve"
+    serve.mkdir()
+    with RequestLog.open(serve, create=True) as log:
+        for i, r in enumerate(chat_rows(40, seed=21)):
+            recent = i % 2 == 0
+            at = until - timedelta(hours=3 if recent else 30)
+            log.add_request(
+                RequestRow(
+                    request_id=f"r{i}",
+                    time=at,
+                    model="m",
+                    messages=[Message(**m) for m in r["messages"][:2]],
+                    output="no idea, sorry" if recent else r["messages"][2]["content"],
+                )  # fmt: skip
+            )
+    args = [
+        "monitor",
+        str(serve),
+        "--embedder",
+        "char-ngrams",
+        "--until",
+        until.isoformat(),
+        "--reward-model",
+        str(reward_run.dir),
+    ]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == DRIFT_EXIT, res.output
+    report = read_report(serve / "monitor" / "monitor.json")
+    signal = next(s for s in report.signals if s.name == "reward_model")
+    assert signal.status == "drift" and signal.recent < signal.baseline and report.reward_model == str(reward_run.dir)
+    assert [h.reward_mean is not None for h in report.hours] == [True, True]

@@ -105,6 +105,7 @@ from tunesmith.cli import (  # noqa: E402  (the command modules import `app` fro
     monitor,
     plan,
     review,
+    rollout,
     serve,
     studio,
     train,
@@ -127,4 +128,5 @@ __all__ = [
     "index",
     "plan",
     "monitor",
+    "rollout",
 ]

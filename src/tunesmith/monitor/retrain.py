@@ -141,9 +141,10 @@ def _adapter_link(serve_dir: Path, name: str) -> Path:
     return link
 
 
-def promote(serve_dir: Path, name: str, run_dir: Path, previous: Path, added: Path, results: list[GateResult]) -> Path:
+def promote(serve_dir: Path, name: str, run_dir: Path, previous: Path, added: Path | str, results: list[GateResult]) -> Path:
     """Point SERVE_DIR/adapters/<name> at run_dir in one atomic rename, recorded before ("pending") and after
-    ("promoted"). Refuses to replace anything at that path that is not a link (a folder or file the user put there)."""
+    ("promoted"). Refuses to replace anything at that path that is not a link (a folder or file the user put there).
+    added: the data the new run added (a file), or what promoted it (a rollout)."""
     from tunesmith.serve.security import check_name
 
     check_name(name)
