@@ -227,6 +227,7 @@ def page_urls(app) -> list[str]:
         "/data/row": "/data/row?k=1/train.jsonl&line=1",
         "/data/synth": "/data/synth?k=1/train.jsonl&n=3",
         "/monitor": "/monitor",
+        "/monitor/cycle": "/monitor/cycle",
     }
     assert {path for m, path in routes(app) if m == "GET"} == set(urls)
     return [*urls.values(), "/static/studio.css"]

@@ -100,6 +100,7 @@ from tunesmith.cli import (  # noqa: E402  (the command modules import `app` fro
     export,
     index,
     ladder,
+    loop,
     migrate,
     model_cmds,
     monitor,
@@ -129,4 +130,5 @@ __all__ = [
     "plan",
     "monitor",
     "rollout",
+    "loop",
 ]

@@ -177,11 +177,6 @@ def evaluate_pairs(run: Any, max_examples: int | None = None, progress: Any = No
 
 def read_calibration(run_dir: str | Path) -> Calibration:
     """A reward run's eval/calibration.json; RunError when missing, malformed or newer than this code."""
-    from tunesmith.records import validate_record
+    from tunesmith.records import read_record
 
-    path = Path(run_dir) / "eval" / CALIBRATION_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RunError(f"{path} is not a readable calibration table: {exc}") from None
-    return validate_record(data, Calibration, 1, str(path))
+    return read_record(Path(run_dir) / "eval" / CALIBRATION_NAME, Calibration, 1)

@@ -33,7 +33,7 @@ from pydantic import Field
 
 from tunesmith.atomic import write_text_atomic
 from tunesmith.errors import RunError, TunesmithError
-from tunesmith.records import GateResult, Record, validate_record
+from tunesmith.records import GateResult, Record, read_record
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +80,8 @@ def routed(request_id: str, share: float) -> bool:
 
 
 def read_rollout(path: str | Path) -> Rollout:
-    """A rollout file; RunError when unreadable, malformed or newer than this code."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RunError(f"{path} is not a readable rollout file: {exc}") from None
-    return validate_record(data, Rollout, ROLLOUT_VERSION, str(path))
+    """A rollout file; RunError when missing, unreadable, malformed or newer than this code."""
+    return read_record(Path(path), Rollout, ROLLOUT_VERSION)
 
 
 def write_rollout(serve_dir: str | Path, rollout: Rollout, event: str) -> Path:
