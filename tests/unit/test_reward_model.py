@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from datetime import datetime, timezone
 
 import pytest
@@ -189,6 +190,15 @@ def test_a_reward_run_is_a_grpo_reward(reward_run, tiny_recipe, tmp_path):
     assert any("rewards/reward_model/mean" in r for r in read_metrics(run.dir))
     with pytest.raises(RecipeError, match="not a finished reward run"):
         rewards.build([type(spec)(type="reward_model", run=str(run.dir))])  # a GRPO run is no reward model
+    with pytest.raises(ValueError, match="reward_model needs `run`"):
+        type(spec)(type="reward_model")
+    relative = os.path.relpath(reward_run.dir, tmp_path)  # the long form, relative to the recipe's folder
+    long_form = tiny_recipe(method="grpo", data={"train": ["prompts.jsonl"], "eval": None},
+                            grpo={"rewards": [{"type": "reward_model", "run": relative, "weight": 0.5}]})  # fmt: skip
+    assert load_recipe(long_form).grpo.rewards[0].run == str(reward_run.dir)
+    missing = tiny_recipe(method="grpo", data={"train": ["prompts.jsonl"], "eval": None}, grpo={"rewards": ["run:nowhere"]})
+    with pytest.raises(RecipeError, match="reward model run not found"):
+        load_recipe(missing)
 
 
 def test_eval_reward_model_scores_base_and_tuned_answers(reward_run, tiny_recipe):

@@ -62,7 +62,7 @@ class RewardModel:
         self.has_adapter = has_adapter
         config = getattr(model, "config", None)
         self.context = int(getattr(config, "max_position_embeddings", 0) or tokenizer.model_max_length)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # base() holds it across its forwards: no other thread scores meanwhile
 
     @property
     def name(self) -> str:
@@ -143,8 +143,7 @@ class RewardModel:
         device = next(self.model.parameters()).device
         input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in batch], device=device)
         mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in batch], device=device)
-        lock = self._lock if not self._lock.locked() else nullcontext()  # base() already holds it
-        with lock, torch.inference_mode():
+        with self._lock, torch.inference_mode():
             logits = self.model(input_ids=input_ids, attention_mask=mask).logits
         return [float(v) for v in logits[:, 0].float().cpu()]
 
