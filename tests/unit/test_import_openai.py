@@ -18,7 +18,7 @@ from helpers import FIXTURES, write_jsonl
 from tunesmith.config import load_recipe
 from tunesmith.migrate import openai_data
 from tunesmith.migrate.openai import import_openai
-from tunesmith.migrate.openai_graders import ItemMap, item_fields, translate
+from tunesmith.migrate.openai_graders import TUNESMITH_ITEM, item_fields, translate
 from tunesmith.migrate.openai_hparams import auto_epochs, lora_lr, split_batch
 from tunesmith.migrate.report import WIDTH
 from tunesmith.outputs import MARKER, OutputError
@@ -125,16 +125,28 @@ def test_rft_job_with_a_multi_grader_becomes_grpo_with_the_grader_as_reward(tmp_
     assert missing["lines"] == [6] and missing["severity"] == "error" and report["files"][0]["left_out"] == 1
     copy = (out / "data" / "train.jsonl").read_text().split("\n")
     assert copy[5] == "" and json.loads(copy[0])["prompt"][0]["role"] == "system"
-    assert json.loads(json.loads(copy[0])["reference"]) == {"answer": "86", "max_chars": 8}
-    # the grader: translated once (graders.json), used by eval and as the reward
+    assert {k: v for k, v in json.loads(copy[0]).items() if k != "prompt"} == {"answer": "86", "max_chars": 8}  # as given
+    # the grader: its definition as OpenAI wrote it (item fields read as they are), the reward and the eval metric
     graders = json.loads((out / "graders.json").read_text())
     multi = graders[0]
-    assert multi["graders"]["exact"]["reference"] == "{{ item.reference_json.answer }}"
+    assert multi["graders"]["exact"]["reference"] == "{{ item.answer }}"
     assert multi["calculate_output"] == "0.4 * exact + 0.4 * close + 0.2 * short**1"
+    assert (
+        multi["graders"]["short"]["source"]
+        == json.loads((OA / "rft-job.json").read_text())["method"]["reinforcement"]["grader"]["graders"]["short"]["source"]
+    )
     recipe = load_recipe(out / "recipe.yaml")
-    assert recipe.method == "grpo" and recipe.grpo.rewards[0].function.endswith("grader_reward.py:reward")
+    assert recipe.method == "grpo" and [(r.type, r.grader) for r in recipe.grpo.rewards] == [("grader", "sum_grader")]
     assert [g["name"] for g in recipe.eval.graders] == ["sum_grader"]  # type: ignore[union-attr]
     assert imported.report.graders[0].used_as == ["eval", "reward"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        MARKER,
+        "data",
+        "graders.json",
+        "import-report.json",
+        "import-report.txt",
+        "recipe.yaml",
+    ]
     # reinforcement-only settings: listed, never dropped
     listed = unmapped(report)
     for key in ("reasoning_effort", "compute_multiplier", "eval_interval"):
@@ -149,30 +161,35 @@ def test_rft_job_with_a_multi_grader_becomes_grpo_with_the_grader_as_reward(tmp_
 
 
 def test_the_reward_is_the_eval_grader(tmp_path, tiny_model_dir):
-    """The GRPO reward and `tunesmith eval` score an output with the same definition and the same item."""
+    """The GRPO reward and `tunesmith eval` score an output with the same definition and the same item: the row's
+    own fields, as the training dataset and the held-out rows carry them."""
     from tunesmith.eval.graders import grader_items, load_graders, scores
-    from tunesmith.migrate.reward import grader_reward
+    from tunesmith.train import rewards
+    from tunesmith.train.methods import eval_examples
 
     out = tmp_path / "rft"
     import_openai(out, str(tiny_model_dir), job_file=OA / "rft-job.json", files_dir=OA / "files")
-    ref = '{"answer": "86", "max_chars": 8}'
-    prompt = [{"role": "user", "content": "What is 63 + 23?"}]
-    reward = grader_reward(out / "graders.json", "sum_grader")
-    outputs = ["86", "87", "eighty-six, I think"]
-    got = reward([prompt] * 3, [[{"role": "assistant", "content": o}] for o in outputs], reference=[ref] * 3)
+    recipe = load_recipe(out / "recipe.yaml")
+    [reward] = rewards.for_recipe(recipe)
+    held_out = eval_examples(recipe)[0]
+    assert held_out.extra == {"answer": held_out.extra["answer"], "max_chars": 8}
+    outputs = [held_out.extra["answer"], "1000", "eighty-six, I think"]
+    prompt = held_out.messages[:-1]
+    columns = rewards.columns([""] * 3, [held_out.extra] * 3)
+    got = reward([prompt] * 3, [[{"role": "assistant", "content": o}] for o in outputs], **columns)
     grader = load_graders(out / "graders.json")[0]
-    expected = scores(grader, outputs, grader_items(["0", "1", "2"], [prompt[0]["content"]] * 3, [ref] * 3))
+    items = grader_items(["0", "1", "2"], [prompt[-1]["content"]] * 3, [""] * 3, [held_out.extra] * 3)
+    expected = scores(grader, outputs, items)
     assert got == pytest.approx(expected)
     assert got[0] == pytest.approx(1.0) and got[2] < got[1] < got[0]
 
 
 def test_a_completion_the_grader_cannot_render_scores_zero(tmp_path, caplog):
-    from tunesmith.migrate.reward import grader_reward
+    from tunesmith.eval.graders import load_graders
+    from tunesmith.train import rewards
 
-    path = tmp_path / "g.json"
     grader = {"type": "string_check", "name": "sum", "input": "{{ sample.output_json.sum }}", "reference": "5"}
-    path.write_text(json.dumps([grader]))
-    reward = grader_reward(path, "sum")
+    reward = rewards.make_grader(load_graders([grader])[0], None)
     assert reward([[]] * 2, ['{"sum": 5}', "not json"]) == [1.0, 0.0]
     assert "could not score a completion" in caplog.text
 
@@ -240,8 +257,8 @@ def test_dpo_and_rft_rules(tmp_path, tiny_model_dir):
     assert hits[("rft.jsonl", "openai_rft_last_not_user")]["lines"] == [3]
     assert hits[("rft.jsonl", "openai_rft_no_user")]["lines"] == [4]
     copy = (tmp_path / "r" / "data" / "train.jsonl").read_text().split("\n")
-    assert json.loads(copy[2]) == {"prompt": [{"role": "user", "content": "Say 2."}], "reference": "2"}  # one field: as is
-    assert json.loads((tmp_path / "r" / "graders.json").read_text())[0]["reference"] == "{{ item.reference }}"
+    assert json.loads(copy[2]) == {"prompt": [{"role": "user", "content": "Say 2."}], "answer": "2"}
+    assert json.loads((tmp_path / "r" / "graders.json").read_text())[0]["reference"] == "{{ item.answer }}"
 
 
 def test_rows_over_the_hosted_models_example_limit_are_listed(tmp_path, tiny_model_dir, monkeypatch):
@@ -280,19 +297,21 @@ def test_graders_that_cannot_be_mapped_are_listed_and_the_rest_translated():
     floor = {"type": "multi", "name": "m", "graders": {"a": tools | {"input": "x"}}, "calculate_output": "floor(a)"}
     neq = {"type": "string_check", "name": "n", "input": "{{ sample.output_text }}", "reference": "no", "operation": "neq"}
     pairs = [(f"g{i}", g) for i, g in enumerate([label, score, tools, floor, neq, {"type": "custom_thing", "name": "c"}])]
-    without = translate(pairs, ItemMap(), judge=None)
-    assert [g["name"] for g in without.graders] == ["n"] and without.graders[0]["operation"] == "ne"
+    fields = set(TUNESMITH_ITEM)
+    without = translate(pairs, fields, judge=None)
+    assert [g["name"] for g in without.graders] == ["m", "n"] and without.graders[1]["operation"] == "ne"
+    assert without.graders[0]["calculate_output"] == "floor(a)"  # floor and ceil are multi's functions too
     why = {u.field: u.why for u in without.unmapped}
-    assert "label_model" in why["g0"] and "judge" in why["g1"] and "output_tools" in why["g2"]
-    assert "floor" in why["g3"] and "custom_thing" in why["g5"]
-    judged = translate(pairs[1:2], ItemMap(), judge="http://127.0.0.1:9/v1")
-    g = judged.graders[0]
-    assert g["model"] == "http://127.0.0.1:9/v1" and g["input"][0] == {"role": "system", "content": "Grade 0-1."}
-    assert g["input"][1]["content"] == "{{ sample.output_text }} vs {{ item.reference }}"
+    assert "label_model needs a judge" in why["g0"] and "judge" in why["g1"] and "output_tools" in why["g2"]
+    assert "custom_thing" in why["g5"]
+    judged = translate(pairs[:2], fields, judge="http://127.0.0.1:9/v1")
+    label_t, g = judged.graders
+    assert label_t["model"] == g["model"] == "http://127.0.0.1:9/v1" and label_t["passing_labels"] == ["polite"]
+    assert g["input"] == score["input"]  # developer role and text parts as OpenAI wrote them: the judge reads both
     assert "g1.sampling_params" in {u.field for u in judged.unmapped}
 
 
-def test_item_fields_are_found_and_rewritten_to_the_reference():
+def test_item_fields_are_found_and_checked_against_the_rows():
     grader = json.loads((OA / "rft-job.json").read_text())["method"]["reinforcement"]["grader"]
     assert item_fields(grader) == ["answer", "max_chars"]
     one = {
@@ -301,19 +320,18 @@ def test_item_fields_are_found_and_rewritten_to_the_reference():
         "input": "{{ sample.output_json.x }}",
         "reference": "{{ item.ans.x }} {{ item['ans'] }}",
     }
-    t = translate([("g", one)], ItemMap(["ans"], text_field=False), judge=None).graders[0]
-    assert t["reference"] == "{{ item.reference_json.x }} {{ item.reference }}"
+    t = translate([("g", one)], {*TUNESMITH_ITEM, "ans"}, judge=None).graders[0]
+    assert t["reference"] == one["reference"]  # read from the row as it is: nothing rewritten
     py = {"type": "python", "name": "p", "source": "def grade(sample, item):\n    return float(item['ans'] == 3)\n"}
-    assert "item.ans" in translate([("g", py)], ItemMap(), judge=None).unmapped[0].why  # no such field in eval items
-    from tunesmith.eval.graders import load_graders, scores
+    assert "item.ans, which not every row has" in translate([("g", py)], set(TUNESMITH_ITEM), judge=None).unmapped[0].why
+    from tunesmith.eval.graders import grader_items, load_graders, scores
 
-    src = translate([("g", py)], ItemMap(["ans"], text_field=False), judge=None).graders[0]
-    item = {"id": "0", "input": "", "reference": "3", "reference_json": 3}
-    assert scores(load_graders([src])[0], ["x"], [item]) == [1.0]  # the wrapper hands the field back, as a number
+    src = translate([("g", py)], {*TUNESMITH_ITEM, "ans"}, judge=None).graders[0]
+    assert scores(load_graders([src])[0], ["x"], grader_items(["0"], [""], [""], [{"ans": 3}])) == [1.0]
 
 
 @pytest.mark.parametrize("judge", [None, "http://127.0.0.1:9/v1"])
-def test_an_rft_grader_that_cannot_be_the_reward_falls_back_to_the_closest_working_one(tmp_path, tiny_model_dir, judge):
+def test_an_rft_model_grader_is_the_reward_with_a_judge_and_falls_back_without(tmp_path, tiny_model_dir, judge):
     rows = [{"messages": [{"role": "user", "content": f"Say {i}."}], "answer": str(i)} for i in range(12)]
     score = {
         "type": "score_model",
@@ -326,14 +344,16 @@ def test_an_rft_grader_that_cannot_be_the_reward_falls_back_to_the_closest_worki
     (tmp_path / "job.json").write_text(json.dumps(job))
     imported = import_openai(tmp_path / "p", str(tiny_model_dir), job_file=tmp_path / "job.json", judge=judge)
     recipe = load_recipe(tmp_path / "p" / "recipe.yaml")
-    assert [(r.type, r.field) for r in recipe.grpo.rewards] == [("exact_match", "reference")]
-    assert not (tmp_path / "p" / "grader_reward.py").exists()
     listed = unmapped(report_of(tmp_path / "p"))
-    assert "closest working reward" in listed["method.reinforcement.grader (as the reward)"]["instead"]
-    # with a judge the grader still scores the eval, through that judge
-    assert imported.report.graders[0].used_as == (["eval"] if judge else [])
-    if judge:
+    if judge:  # the grader, through that judge, is the reward and the eval metric
+        assert [(r.type, r.grader) for r in recipe.grpo.rewards] == [("grader", "judge")]
         assert recipe.eval.graders[0]["model"] == judge  # type: ignore[index]
+        assert imported.report.graders[0].used_as == ["eval", "reward"]
+        assert "method.reinforcement.grader (as the reward)" not in listed
+    else:  # exact match on the field it reads, the closest working reward
+        assert [(r.type, r.field) for r in recipe.grpo.rewards] == [("exact_match", "answer")]
+        assert "closest working reward" in listed["method.reinforcement.grader (as the reward)"]["instead"]
+        assert imported.report.graders[0].used_as == []
 
 
 def test_unknown_fields_anywhere_in_the_job_are_reported(tmp_path, tiny_model_dir):

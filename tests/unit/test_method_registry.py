@@ -172,13 +172,14 @@ def test_one_precision_decision_for_every_method(monkeypatch, tmp_path, units):
 @pytest.mark.parametrize("name", ["sft", "dpo", "grpo", "distill-sequence", "distill-logits"])
 def test_a_manifest_written_before_the_typed_records_still_reads(tmp_path, name):
     """The fixtures are manifests (schema_version 1) written by tiny runs of each method before the method registry."""
-    from tunesmith.records import CheckpointSelection, Plan, Speed, TokenCounts
+    from tunesmith.records import MANIFEST_VERSION, CheckpointSelection, Plan, Speed, TokenCounts
 
     path = tmp_path / "manifest.json"
     shutil.copy(FIXTURES / f"{name}.json", path)
     raw = json.loads(path.read_text())
     m = read_manifest(path)
-    assert raw["schema_version"] == 1 and m.schema_version == 2
+    assert raw["schema_version"] == 1 and m.schema_version == MANIFEST_VERSION
+    assert m.family is None  # recorded from version 3 on: `models info` detects it for such a run
     assert isinstance(m.tokens.train, TokenCounts) and m.tokens.train.examples == raw["tokens"]["train"]["examples"]
     assert m.faults.final_batch_size == raw["faults"]["final_batch_size"]
     method = name.split("-")[0]
@@ -205,5 +206,5 @@ def test_a_manifest_written_before_the_typed_records_still_reads(tmp_path, name)
             assert m.details.files.train.rows == was["files"]["train"]["rows"] and m.details.audit.warnings == 1
     else:
         assert m.details is None
-    write_manifest(path, m)  # written back as version 2 and read again: the same record
-    assert read_manifest(path) == m and json.loads(path.read_text())["schema_version"] == 2
+    write_manifest(path, m)  # written back as the current version and read again: the same record
+    assert read_manifest(path) == m and json.loads(path.read_text())["schema_version"] == MANIFEST_VERSION

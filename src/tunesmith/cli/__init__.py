@@ -109,7 +109,9 @@ from tunesmith.cli import (  # noqa: E402  (the command modules import `app` fro
     rollout,
     serve,
     studio,
+    sweep,
     train,
+    verify,
 )  # noqa: E402  (registers commands)
 
 __all__ = [
@@ -131,4 +133,6 @@ __all__ = [
     "monitor",
     "rollout",
     "loop",
+    "sweep",
+    "verify",
 ]

@@ -47,7 +47,8 @@ def serve(
     check: bool = typer.Option(
         False,
         "--check",
-        help="Deploy check: each adapter must answer its run's golden prompts as eval recorded before /health reports ready.",
+        help="Deploy check: each adapter must answer its run's golden prompts as eval recorded, and render its prompts and "
+        "stop as its training did (tunesmith verify's parity), before /health reports ready.",
     ),
     engine: str = typer.Option("transformers", help="transformers (default) or vllm (GPU, optional extra)."),
     dtype: str = typer.Option("auto", help="Weights dtype: auto, float32, bfloat16, float16."),

@@ -259,7 +259,7 @@ def run_ladder(
         prompts = rung_prompts(spec, inputs)
         with who.context():
             advance = scoring.progress_advance(progress, f"ladder: {spec.label}", len(prompts))
-            answers = scoring.answer(who.model, who.tokenizer, prompts, max_new, batch, advance)
+            answers = scoring.answer(who.model, who.tokenizer, prompts, max_new, batch, advance, who.thinking)
         scores = scoring.score(answers.texts, inputs.refs, json_mode, reward, prompts)
         results.append(score_rung(spec, answers, scores, basis, price, recipe.eval.gates))
         for row, text in zip(rows, answers.texts):

@@ -3,7 +3,7 @@
 Everything is read, checked, converted and validated in a staging folder first; only then is the output folder
 claimed (tunesmith.outputs: new, or made by an earlier import) and the files moved in. A bad input therefore
 leaves nothing behind. The project: recipe.yaml (the mapping as comments), data/ (the files, converted where
-needed, same line numbers), graders.json and grader_reward.py when there are graders, import-report.json/.txt.
+needed, same line numbers), graders.json when there are graders, import-report.json/.txt.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from tunesmith.migrate.openai_hparams import HyperMapping, map_hyperparameters, 
 from tunesmith.migrate.openai_job import Job, job_from_flags, parse_job, read_job_file
 from tunesmith.migrate.recipe import recipe_text
 from tunesmith.migrate.report import DataFileReport, ImportReport, Mapped, RuleHit, Unmapped, summary_lines
-from tunesmith.migrate.reward import REWARD_FILE, reward_file_text
 
 COMMAND = "import openai"
 GRADERS_FILE = "graders.json"
@@ -84,9 +83,11 @@ def _first_shape(path: Path) -> str:
 
 def _stage_files(job: Job, staging: Path, fields: list[str]) -> list[Staged]:
     (staging / "data").mkdir()
-    files = [openai_data.stage("train", job.training_file, staging / TRAIN_FILE, job.method, fields, job.training_id)]
+    files = [openai_data.stage("train", job.training_file, staging / TRAIN_FILE, job.openai_method, fields, job.training_id)]
     if job.validation_file is not None:
-        files.append(openai_data.stage("eval", job.validation_file, staging / EVAL_FILE, job.method, fields, job.validation_id))
+        files.append(
+            openai_data.stage("eval", job.validation_file, staging / EVAL_FILE, job.openai_method, fields, job.validation_id)
+        )
     return files
 
 
@@ -118,27 +119,30 @@ def _hosted_limit(job: Job, files: list[Staged], tokenizer: Any, lengths: list[i
                 f.hits["openai_over_example_limit"].append(row.line)
 
 
-def _graders(job: Job, extra: list[dict[str, Any]], files: list[Staged], fields: list[str], judge: str | None) -> Any:
-    imap = openai_graders.ItemMap()
-    if job.method == "grpo":
-        imap = openai_graders.ItemMap(fields, all(f.reference_is_text for f in files))
-    pairs = [("method.reinforcement.grader", job.grader)] if job.method == "grpo" and job.grader else []
+def _graders(job: Job, extra: list[dict[str, Any]], files: list[Staged], judge: str | None) -> Any:
+    """The job's grader and the --grader ones, translated; each may read tunesmith's item keys and the fields
+    every row of the files has."""
+    common = set.intersection(*[f.fields or set() for f in files]) if files else set()
+    pairs = [("method.reinforcement.grader", job.grader)] if job.reinforcement and job.grader else []
     pairs += [(f"--grader[{i}]", g) for i, g in enumerate(extra)]
-    return openai_graders.translate(pairs, imap, judge)
+    return openai_graders.translate(pairs, set(openai_graders.TUNESMITH_ITEM) | common, judge)
 
 
-def _reward(job: Job, translation: Any, unmapped: list[Unmapped]) -> tuple[list[dict[str, Any]], str | None]:
-    """(grpo.rewards, the grader name the reward file binds); the closest working reward when the grader cannot be."""
-    if job.method != "grpo":
-        return [], None
+def _reward(job: Job, translation: Any, unmapped: list[Unmapped]) -> list[dict[str, Any]]:
+    """grpo.rewards: the job's grader itself (type grader, the eval.graders entry of that name); where it could not
+    be translated, exact match on the first row field it reads, the closest working reward."""
+    if not job.reinforcement:
+        return []
     report = translation.reports[0]
-    if report.used_as and not openai_graders.needs_judge(job.grader or {}):
+    if report.used_as:
         report.used_as.append("reward")
-        return [{"type": "custom", "function": f"{REWARD_FILE}:reward"}], report.name
-    why = "a grader that needs a judge model cannot be a reward yet" if report.used_as else "the grader could not be translated"
-    instead = "grpo.rewards: exact_match on each row's reference (the grader's fields), the closest working reward"
+        return [{"type": "grader", "grader": report.name}]
+    read = openai_graders.item_fields(job.grader or {})
+    target = read[0] if read else "reference"
+    why = "the grader could not be translated (see its entry above)"
+    instead = f"grpo.rewards: exact_match on each row's `{target}`, the closest working reward"
     unmapped.append(Unmapped(field="method.reinforcement.grader (as the reward)", value=report.name, why=why, instead=instead))
-    return [{"type": "exact_match", "field": "reference"}], None
+    return [{"type": "exact_match", "field": target}]
 
 
 def _rule_hits(files: list[Staged]) -> list[RuleHit]:
@@ -207,28 +211,27 @@ def import_openai(
 ) -> Imported:
     """Read, audit, map and write the project into `out`; returns it with the report and its printed summary."""
     from tunesmith import models
+    from tunesmith.train import methods
 
     if files_dir is not None and not Path(files_dir).is_dir():
         raise DataError(f"--files {files_dir}: not a folder", hint="Give the folder the job's files were downloaded into.")
     extra = openai_graders.load_grader_file(grader_file) if grader_file else []
     job = _job(job_file, training_file, validation_file, method, files_dir, extra)
-    fields = openai_graders.item_fields(job.grader) if job.method == "grpo" and job.grader else []
+    fields = openai_graders.item_fields(job.grader) if job.reinforcement and job.grader else []
     staging = Path(tempfile.mkdtemp(prefix="tunesmith-import-"))
     try:
         files = _stage_files(job, staging, fields)
         tokenizer = models.load_tokenizer(models.resolve_base(model))
-        budget = 128 if job.method == "grpo" else 0  # grpo.max_completion_length's default: the recipe keeps it
+        budget = methods.get(job.method).completion_room(None)  # the method's default: the recipe keeps it
         max_length, audit, lengths = _audit(files, tokenizer, job.method, budget)
         _hosted_limit(job, files, tokenizer, lengths, budget)
         hp = map_hyperparameters(job, files[0].rows)
-        translation = _graders(job, extra, files, fields, judge)
+        translation = _graders(job, extra, files, judge)
         unmapped = job.unmapped + hp.unmapped + translation.unmapped
-        rewards, reward_grader = _reward(job, translation, unmapped)
+        rewards = _reward(job, translation, unmapped)
         written = [TRAIN_FILE.split("/")[0]]
         if translation.graders:
             written.append(_write(staging, GRADERS_FILE, json.dumps(translation.graders, indent=2) + "\n"))
-        if reward_grader:
-            written.append(_write(staging, REWARD_FILE, reward_file_text(GRADERS_FILE, reward_grader)))
         name = project_name(job, Path(out).expanduser().resolve().name)
         report = _report(job, _model_spec(model), files, hp, unmapped, translation, rewards, audit)
         recipe = recipe_text(
@@ -268,7 +271,7 @@ def _report(
     if job.suffix:
         mapped.append(Mapped(openai="suffix", value=job.suffix, tunesmith="name, output_dir", result=job.suffix, rule="kept"))
     notes = list(job.notes)
-    if job.method == "grpo" and job.validation_file is None:
+    if job.reinforcement and job.validation_file is None:
         notes.append("OpenAI required a validation file for reinforcement jobs; tunesmith holds out a share of the training rows")
     return ImportReport(
         source=job.source,

@@ -107,7 +107,7 @@ class Staged:
     file_id: str | None = None
     rows: int = 0
     hits: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
-    reference_is_text: bool = True  # reinforcement: every reference written is a plain string
+    fields: set[str] | None = None  # the fields (beyond the row's shape) every kept row has: what graders can read
 
     @property
     def left_out(self) -> list[int]:
@@ -196,7 +196,9 @@ def _dpo(obj: dict[str, Any], hit: set[str]) -> dict[str, Any]:
     return out
 
 
-def _rft(obj: dict[str, Any], hit: set[str], fields: list[str], staged: Staged) -> dict[str, Any]:
+def _rft(obj: dict[str, Any], hit: set[str], fields: list[str]) -> dict[str, Any]:
+    """A reinforcement row: the prompt up to its last user message, every other field kept as it is (the grader
+    reads them as item.<field>, in eval and as the reward)."""
     messages = _messages(obj.get("messages"), hit)
     if not isinstance(messages, list):
         return obj  # not a chat row: tunesmith's audit names the problem
@@ -207,16 +209,7 @@ def _rft(obj: dict[str, Any], hit: set[str], fields: list[str], staged: Staged) 
         hit.add("openai_rft_last_not_user")
     if any(f not in obj for f in fields):
         raise _LeftOut("openai_rft_missing_field")
-    row = {k: v for k, v in obj.items() if k not in _SHAPE_KEYS and k not in fields}
-    row["prompt"] = messages[: users[-1] + 1]
-    if len(fields) == 1:
-        value = obj[fields[0]]
-        staged.reference_is_text &= isinstance(value, str)
-        row["reference"] = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    elif fields:
-        staged.reference_is_text = False
-        row["reference"] = json.dumps({f: obj[f] for f in fields}, ensure_ascii=False)
-    return row
+    return {"prompt": messages[: users[-1] + 1], **{k: v for k, v in obj.items() if k not in _SHAPE_KEYS}}
 
 
 def _raw_lines(path: Path) -> list[str]:
@@ -225,7 +218,7 @@ def _raw_lines(path: Path) -> list[str]:
     return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
-def stage(split: str, source: Path, dest: Path, method: str, fields: list[str], file_id: str | None = None) -> Staged:
+def stage(split: str, source: Path, dest: Path, kind: str, fields: list[str], file_id: str | None = None) -> Staged:
     """Copy `source` (JSONL, whatever its name) to `dest`, converted for `method`; DataError when it is not JSONL."""
     raw = dest.with_name(f".source-{dest.name}")
     shutil.copyfile(source, raw)
@@ -248,17 +241,19 @@ def stage(split: str, source: Path, dest: Path, method: str, fields: list[str], 
     for rec in objects:
         hit: set[str] = set()
         try:
-            if method == "sft":
+            if kind == "supervised":
                 row = _sft(rec.obj, hit)
-            elif method == "dpo":
+            elif kind == "reinforcement":
+                row = _rft(rec.obj, hit, fields)
+            else:  # OpenAI's preference jobs
                 row = _dpo(rec.obj, hit)
-            else:
-                row = _rft(rec.obj, hit, fields, staged)
         except _LeftOut as out:
             hit.add(out.args[0])
             changed[rec.line] = ""
         else:
             staged.rows += 1
+            own = {k for k in row if k not in _SHAPE_KEYS}
+            staged.fields = own if staged.fields is None else staged.fields & own
             if row != rec.obj:
                 changed[rec.line] = json.dumps(row, ensure_ascii=False)
         for code in hit:

@@ -1,10 +1,10 @@
 """OpenAI graders -> tunesmith's eval graders (tunesmith.eval.graders), with what could not be carried over.
 
-OpenAI templates read any field of a data row as `item.<field>`; tunesmith's graders see `item.reference`,
-`item.reference_json`, `item.input` and `item.id` (the held-out row's answer, the same parsed, the prompt, the
-id). For a reinforcement job the import writes the fields the grader reads into each row's `reference` (one
-field: its value; several: a JSON object of them) and rewrites the templates to read them there, so the one
-translated definition works unchanged for `tunesmith eval` and as the GRPO reward.
+tunesmith's graders take OpenAI's definitions as they are: templates read any field of a row as `item.<field>`
+(every field of the held-out row, and of the training row when the grader is the GRPO reward), plus item.reference,
+item.reference_json, item.input and item.id. So a grader is translated only where the two differ (a judge model
+named by the user, OpenAI's `^` power operator, the `neq` spelling) and checked: a field no row has, a sample field
+tunesmith does not produce, a metric it does not compute is listed as not carried over, never dropped silently.
 """
 
 from __future__ import annotations
@@ -16,17 +16,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunesmith.errors import RecipeError
-from tunesmith.migrate.openai_data import join_text_parts
 from tunesmith.migrate.report import GraderReport, Unmapped
 
 TUNESMITH_ITEM = ("reference", "reference_json", "input", "id")
 TUNESMITH_SAMPLE = ("output_text", "output_json")
 TYPES = ("string_check", "text_similarity", "python", "score_model", "label_model", "multi")
+_MODEL = {"name", "type", "model", "input", "sampling_params"}
 KEYS = {
     "string_check": {"name", "type", "input", "reference", "operation"},
     "text_similarity": {"name", "type", "input", "reference", "evaluation_metric", "pass_threshold"},
     "python": {"name", "type", "source", "pass_threshold", "image_tag"},
-    "score_model": {"name", "type", "model", "input", "range", "pass_threshold", "sampling_params"},
+    "score_model": _MODEL | {"range", "pass_threshold"},
+    "label_model": _MODEL | {"labels", "passing_labels"},
     "multi": {"name", "type", "graders", "calculate_output", "pass_threshold"},
 }
 
@@ -77,59 +78,6 @@ def sample_fields(grader: dict[str, Any]) -> list[str]:
 
 
 @dataclass
-class ItemMap:
-    """Where each OpenAI item field is found in tunesmith's item. fields empty: item names pass unchanged."""
-
-    fields: list[str] = field(default_factory=list)
-    text_field: bool = True  # one field whose values are strings (item.reference holds it as it is)
-
-    def expr(self, name: str, has_sub: bool) -> str | None:
-        """The tunesmith expression for item.<name> (followed by .x or [..] when has_sub); None when unreachable."""
-        if not self.fields:
-            return f"item.{name}" if name in TUNESMITH_ITEM else None
-        if name not in self.fields:
-            return None
-        if len(self.fields) == 1:
-            return "item.reference_json" if has_sub else "item.reference"
-        return f"item.reference_json.{name}"
-
-
-def rewrite_template(text: str, imap: ItemMap) -> tuple[str, list[str]]:
-    """(template with item.<field> rewritten, the fields that cannot be reached)."""
-    missing: list[str] = []
-
-    def item(m: re.Match[str]) -> str:
-        name = m.group(1) or m.group(3)
-        rest = m.string[m.end() :]
-        expr = imap.expr(name, rest.startswith((".", "[")))
-        if expr is None:
-            missing.append(name)
-            return m.group(0)
-        return expr
-
-    def block(m: re.Match[str]) -> str:
-        return _ITEM.sub(item, m.group(0))
-
-    return _BLOCK.sub(block, text), missing
-
-
-def _python_source(source: str, imap: ItemMap) -> str:
-    """The source with `grade` wrapped so it receives the OpenAI item fields rebuilt from item.reference."""
-    if not imap.fields:
-        return source
-    if len(imap.fields) == 1:
-        value = 'item["reference"]' if imap.text_field else 'item["reference_json"]'
-        extra = f"{{{imap.fields[0]!r}: {value}}}"
-    else:
-        extra = 'dict(item["reference_json"] or {})'
-    return (
-        f"{source.rstrip()}\n\n\n_grade_as_written = grade\n\n\n"
-        "def grade(sample, item):  # tunesmith import: the row fields this grader reads, from item.reference\n"
-        f"    return _grade_as_written(sample, {{**item, **{extra}}})\n"
-    )
-
-
-@dataclass
 class Translation:
     graders: list[dict[str, Any]] = field(default_factory=list)
     reports: list[GraderReport] = field(default_factory=list)
@@ -140,19 +88,8 @@ class _Skip(Exception):
     """This grader cannot be translated: (why, instead)."""
 
 
-def _text(content: Any, where: str) -> str:
-    if isinstance(content, str):
-        return content
-    text = join_text_parts(content if isinstance(content, list) else [content])
-    if text is None:
-        raise _Skip(f"{where} holds image or audio parts", "tunesmith's judge reads text only")
-    return text
-
-
-def _one(g: dict[str, Any], imap: ItemMap, judge: str | None, where: str, notes: list[Unmapped]) -> dict[str, Any]:
+def _one(g: dict[str, Any], fields: set[str] | None, judge: str | None, where: str, notes: list[Unmapped]) -> dict[str, Any]:
     kind = g.get("type")
-    if kind == "label_model":
-        raise _Skip("tunesmith has no label_model grader yet", "not scored; a score_model grader asking for 1 or 0 can stand in")
     if kind not in KEYS:
         raise _Skip(f"unknown grader type {kind!r}", "not scored")
     out = {k: copy.deepcopy(v) for k, v in g.items() if k in KEYS[kind]}
@@ -162,58 +99,45 @@ def _one(g: dict[str, Any], imap: ItemMap, judge: str | None, where: str, notes:
     unsupported = [s for s in sample_fields(g) if s not in TUNESMITH_SAMPLE]
     if unsupported:
         raise _Skip(f"reads sample.{', sample.'.join(unsupported)}", "tunesmith's samples have output_text and output_json only")
+    if fields is not None:
+        _unreachable([f for f in item_fields({k: v for k, v in g.items() if k != "graders"}) if f not in fields], fields)
     if kind == "string_check" and out.get("operation") == "neq":
         out["operation"] = "ne"  # the graders guide writes neq; the API's name is ne
     if kind == "text_similarity" and out.get("evaluation_metric") == "meteor":
         raise _Skip("evaluation_metric meteor is not computed by tunesmith", "not scored; rouge_l or bleu are")
     if kind == "python":
-        _unreachable([f for f in item_fields(g) if imap.expr(f, False) is None], imap)
-        out["source"] = _python_source(str(out.get("source", "")), imap)
         notes.append(
             Unmapped(
                 field=f"{where}.image_tag",
                 value=g.get("image_tag"),
-                why="the hosted sandbox (2 min, 2 GB, no network) has no equivalent here",
-                instead="the source runs inside the tunesmith process with no time or memory limit: trusted code only",
+                why="the hosted sandbox image has no equivalent here",
+                instead="the source runs in a separate process of this Python, limited to timeout_s (10) seconds per "
+                "output and memory_mb (2048) MiB, as the hosted sandbox was; it is not cut off from the network",
             )
         )
-    if kind == "score_model":
+    if kind in ("score_model", "label_model"):
         if judge is None:
-            raise _Skip("score_model needs a judge model", "not scored: import again with --judge MODEL_OR_URL")
+            raise _Skip(f"{kind} needs a judge model", "not scored: import again with --judge MODEL_OR_URL")
         out["model"] = judge
-        messages = []
-        for i, m in enumerate(out.get("input") or []):
-            role = "system" if m.get("role") == "developer" else m.get("role", "user")
-            messages.append({"role": role, "content": _text(m.get("content", ""), f"{where}.input[{i}]")})
-        out["input"] = messages
         if g.get("sampling_params"):
             why = "tunesmith's judge decodes greedily"
             notes.append(Unmapped(field=f"{where}.sampling_params", value=g["sampling_params"], why=why, instead="greedy"))
     if kind == "multi":
         subs = subgraders(g)
-        out["graders"] = {k: _one(s, imap, judge, f"{where}.graders.{k}", notes) for k, s in subs.items()}
+        out["graders"] = {k: _one(s, fields, judge, f"{where}.graders.{k}", notes) for k, s in subs.items()}
         formula = str(out.get("calculate_output", "")).replace("^", "**")  # OpenAI's power operator
         out["calculate_output"] = formula
         _check_formula(formula, list(subs))
-    for key in ("input", "reference"):
-        if isinstance(out.get(key), str):
-            out[key], missing = rewrite_template(out[key], imap)
-            _unreachable(missing, imap)
-    if kind == "score_model":
-        for m in out["input"]:
-            m["content"], missing = rewrite_template(m["content"], imap)
-            _unreachable(missing, imap)
     return out
 
 
-def _unreachable(missing: list[str], imap: ItemMap) -> None:
+def _unreachable(missing: list[str], fields: set[str]) -> None:
     if not missing:
         return
-    if imap.fields:
-        reach = f"the row fields the job's grader reads ({', '.join(imap.fields)})"
-    else:
-        reach = "item.reference (the held-out answer), item.input (the prompt), item.id"
-    raise _Skip(f"reads item.{', item.'.join(sorted(set(missing)))}", f"not scored: its items hold {reach}")
+    have = ", ".join(sorted(fields)) or "none"
+    raise _Skip(
+        f"reads item.{', item.'.join(sorted(set(missing)))}, which not every row has", f"not scored: the rows have {have}"
+    )
 
 
 def _check_formula(formula: str, names: list[str]) -> None:
@@ -226,8 +150,9 @@ def _check_formula(formula: str, names: list[str]) -> None:
         raise _Skip(f"calculate_output {formula!r}: {msg}", "not scored") from None
 
 
-def translate(graders: list[tuple[str, dict[str, Any]]], imap: ItemMap, judge: str | None) -> Translation:
-    """Translate (where, grader) pairs; each is validated by tunesmith's own grader loader."""
+def translate(graders: list[tuple[str, dict[str, Any]]], fields: set[str] | None, judge: str | None) -> Translation:
+    """Translate (where, grader) pairs; each is validated by tunesmith's own grader loader. `fields`: what a grader
+    may read as item.<field> (tunesmith's own item keys and the fields every row has); None: not checked."""
     from tunesmith.eval.graders import load_graders
 
     out = Translation()
@@ -236,7 +161,7 @@ def translate(graders: list[tuple[str, dict[str, Any]]], imap: ItemMap, judge: s
         try:
             if not isinstance(g, dict):
                 raise _Skip("a grader must be a JSON object", "not scored")
-            one = _one(g, imap, judge, where, out.unmapped)
+            one = _one(g, fields, judge, where, out.unmapped)
             one["name"] = _unique(name, [x["name"] for x in out.graders], out.unmapped, where)
             load_graders([one])
         except _Skip as skip:
@@ -287,3 +212,13 @@ def load_grader_file(path: Any) -> list[dict[str, Any]]:
     if not items or not all(isinstance(g, dict) for g in items):
         raise DataError(f'--grader {path}: expected a grader object, a list of them, or {{"graders": [...]}}')
     return items
+
+
+def eval_graders(path: Any, judge: str | None) -> tuple[list[dict[str, Any]], list[str]]:
+    """The graders of an OpenAI grader file as tunesmith eval graders (`tunesmith eval --grader`), and one line per
+    grader or setting that could not be carried over. Model graders ask `judge`."""
+    from pathlib import Path
+
+    pairs = [(f"{Path(path).name}[{i}]", g) for i, g in enumerate(load_grader_file(path))]
+    t = translate(pairs, None, judge)
+    return t.graders, [f"{u.field}: {u.why}; {u.instead}" for u in t.unmapped]

@@ -97,14 +97,14 @@ def _epochs(job: Job, value: Any, n_train: int, out: HyperMapping) -> None:
     out.mapped.append(Mapped(openai=path, value=value or "auto", tunesmith="training.epochs", result=epochs, rule=rule))
 
 
-def _batch(job: Job, value: Any, method: str, out: HyperMapping) -> None:
+def _batch(job: Job, value: Any, out: HyperMapping) -> None:
     path = f"{job.hp_path}.batch_size"
     if value in (None, "auto"):
         micro, accum = MICRO_BATCH, 1
         rule = "auto: OpenAI does not publish its rule; tunesmith's default"
     else:
         n = _number(job, "batch_size", value, int, 1)
-        if method == "grpo":  # TRL counts completions: num_generations of each of n prompts per step
+        if job.reinforcement:  # TRL counts completions: num_generations of each of n prompts per step
             micro, accum = GRPOSection.model_fields["num_generations"].default, n
             rule = f"{n} prompts per step = batch_size {micro} completions x grad_accum {n}"
         else:
@@ -157,15 +157,15 @@ def map_hyperparameters(job: Job, n_train: int) -> HyperMapping:
     out = HyperMapping()
     hp = job.hyperparameters
     _epochs(job, hp.get("n_epochs"), n_train, out)
-    _batch(job, hp.get("batch_size"), job.method, out)
+    _batch(job, hp.get("batch_size"), out)
     _lr(job, hp.get("learning_rate_multiplier"), out)
-    if job.method == "dpo":
+    if job.preference:
         _beta(job, hp.get("beta"), out)
     for key, value in hp.items():
-        if key in ("n_epochs", "batch_size", "learning_rate_multiplier") or (key == "beta" and job.method == "dpo"):
+        if key in ("n_epochs", "batch_size", "learning_rate_multiplier") or (key == "beta" and job.preference):
             continue
         path = f"{job.hp_path}.{key}"
-        if key in RFT_ONLY and job.method == "grpo":
+        if key in RFT_ONLY and job.reinforcement:
             if value in (None, "auto", "default"):
                 out.auto[path] = value
                 continue

@@ -73,7 +73,18 @@ class Job:
 
     @property
     def method(self) -> str:
+        """The tunesmith method the job becomes."""
         return METHODS[self.openai_method]
+
+    @property
+    def reinforcement(self) -> bool:
+        """A reinforcement fine-tuning job: the grader is the reward (GRPO)."""
+        return self.openai_method == "reinforcement"
+
+    @property
+    def preference(self) -> bool:
+        """A preference job (OpenAI's DPO): pairs of a preferred and a non-preferred answer."""
+        return self.openai_method not in ("supervised", "reinforcement")
 
 
 def check_method(value: str, where: str) -> str:

@@ -41,8 +41,9 @@ def _comments(report: ImportReport, rewards: list[dict[str, Any]], graders_file:
         comments.setdefault(path, []).append(f"{m.openai} = {m.value} -> {m.result}{rule}")
     if report.hosted_model:
         comments["model.base"].append("which open model fits which former hosted one: docs/migrate-openai.md")
-    if rewards and rewards[0].get("type") == "custom":
-        comments["grpo.rewards"] = ["the job's grader (graders.json), scored as `tunesmith eval` scores it"]
+    if rewards and rewards[0].get("type") == "grader":
+        name = rewards[0]["grader"]
+        comments["grpo.rewards"] = [f"the job's grader `{name}` of eval.graders: the reward and the eval metric graders.{name}"]
     elif rewards:
         comments["grpo.rewards"] = ["the job's grader could not be the reward: see import-report.json (unmapped)"]
     if graders_file:
@@ -75,9 +76,9 @@ def recipe_values(
         {"max_steps": -1, **hp.training},
         [],
     )
-    if job.method == "dpo":
+    if job.preference:
         values["dpo"] = {**DPOSection().model_dump(), **hp.dpo}
-    if job.method == "grpo":
+    if job.reinforcement:
         values["grpo"] = {**GRPOSection().model_dump(), "rewards": rewards}
     if graders_file:
         values["eval"]["graders"] = graders_file

@@ -124,7 +124,8 @@ def against_served(new: Run, served: Run, report: EvalReport, max_regression: fl
     loaded = load_run_model(served)
     advance = scoring.progress_advance(progress, "generating (served)", len(convs))
     batch = int(report.generation.get("batch_size") or new.recipe.eval.batch_size)
-    answers = scoring.answer(loaded.model, loaded.tokenizer, convs, int(report.generation["max_new_tokens"]), batch, advance)
+    budget = int(report.generation["max_new_tokens"])
+    answers = scoring.answer(loaded.model, loaded.tokenizer, convs, budget, batch, advance, loaded.thinking)
     served_summary = scoring.score(answers.texts, refs, report.json_mode).aggregate
     tuned = report.summary.get("tuned", {})
     metric = next((m for m in metrics.primary_metrics(report.json_mode) if m in tuned and m in served_summary), None)

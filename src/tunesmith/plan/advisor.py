@@ -19,7 +19,7 @@ def data_lengths(recipe: Recipe, tokenizer: Any) -> tuple[list[int], float]:
     from tunesmith.data.dataset import recipe_examples, tokenize_examples
 
     train, _ = recipe_examples(recipe)
-    rows, stats = tokenize_examples(tokenizer, train, recipe.data.max_length, "truncate")
+    rows, stats = tokenize_examples(tokenizer, train, recipe.data.max_length, "truncate", recipe.data.reasoning)
     return [len(r["input_ids"]) for r in rows], stats.trained_tokens / max(stats.tokens, 1)
 
 

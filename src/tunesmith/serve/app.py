@@ -111,6 +111,13 @@ def _startup(state: ServeState, load: Callable[[], Any]) -> None:
                 state.status, state.problem = "check failed", report.summary()
                 log.error("deploy check failed: %s", state.problem)
                 return
+            from tunesmith.verify import engine_parity
+
+            differ = engine_parity(engine)  # each served run's prompt bytes and stop tokens, against its training
+            if differ:
+                state.status, state.problem = "check failed", "; ".join(d.message() for d in differ[:3])
+                log.error("parity check failed: %s", state.problem)
+                return
         state.ready, state.status = True, "ready"
         state.metrics.ready.set(1)
     except TunesmithError as exc:

@@ -51,7 +51,11 @@ class Call:
     params: Params | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    output: str = ""
+    output: str = ""  # the whole completion (a reasoning trace included): what the request log keeps
+    answer: str = ""  # chat: the content after any trace
+    reasoning: str | None = None  # chat: the trace, returned as reasoning_content (None: the output has none)
+    opened: bool = False  # the prompt opened a trace: the completion starts inside it
+    think: tuple[str, str] = ("<think>", "</think>")  # the family's trace markers
     finish_reason: str | None = None
     ttft_s: float | None = None
     status: int = 200
@@ -67,11 +71,15 @@ def _not_loaded(state: Any) -> ApiError:
 
 
 def _count_prompt(state: Any, call: Call) -> None:
-    """call.prompt_tokens through the model's chat template; a template that refuses the messages is a 400."""
+    """call.prompt_tokens through the model's chat template (the one render, in the served run's thinking mode),
+    and whether that prompt opens a reasoning trace; a template that refuses the messages is a 400."""
     from jinja2.exceptions import TemplateError
 
+    from tunesmith.eval.generate import family_of, opens_trace
+
     try:
-        call.prompt_tokens = state.engine.prompt_tokens(call.conversation)
+        prompt = state.engine.prompt(call.served.name, call.conversation)
+        call.prompt_tokens = state.engine.prompt_tokens(call.conversation, call.served.name)
     except TemplateError as exc:
         raise ApiError(
             400,
@@ -79,6 +87,8 @@ def _count_prompt(state: Any, call: Call) -> None:
             param="messages" if call.kind == "chat" else "prompt",
             code="invalid_messages",
         ) from None
+    family = family_of(state.engine.model, state.engine.tokenizer)
+    call.opened, call.think = opens_trace(prompt, family), family.think
 
 
 def _prepare(state: Any, call: Call) -> None:
@@ -285,6 +295,7 @@ async def _answer(state: Any, request: Request, call: Call) -> Any:
         stream = _stream(state, call, job, first)
         return StreamingResponse(stream, media_type="text/event-stream", headers={"x-request-id": call.request_id})
     call.output, call.finish_reason = first.text, first.finish_reason
+    call.answer, call.reasoning = first.answer, first.reasoning
     call.completion_tokens = first.completion_tokens
     await finish(state, call)
     return JSONResponse(responses.body(call), headers={"x-request-id": call.request_id})
@@ -292,8 +303,12 @@ async def _answer(state: Any, request: Request, call: Call) -> Any:
 
 async def _stream(state: Any, call: Call, job: Job, first: Any) -> AsyncIterator[str]:
     """SSE chunks from the worker's deltas (`first` already taken); a client that goes away cancels the generation."""
+    from tunesmith.data.reasoning import TraceStream
+
     assert job.deltas is not None
     item = first
+    # Chat: a reasoning trace streams as `reasoning_content` deltas, the answer as `content` (split as non-streamed).
+    split = TraceStream(call.opened, call.think) if call.kind == "chat" else None
     try:
         yield responses.chunk(call, None, first=True)
         while True:
@@ -305,7 +320,8 @@ async def _stream(state: Any, call: Call, job: Job, first: Any) -> AsyncIterator
                 if call.ttft_s is None:
                     call.ttft_s = time.monotonic() - call.t0
                 call.output += item
-                yield responses.chunk(call, item)
+                for kind, piece in split.feed(item) if split is not None else [("content", item)]:
+                    yield responses.chunk(call, piece, kind=kind)
                 item = await job.deltas.get()
                 continue
             call.completion_tokens, call.finish_reason = item.completion_tokens, item.finish_reason
@@ -313,6 +329,8 @@ async def _stream(state: Any, call: Call, job: Job, first: Any) -> AsyncIterator
                 call.finish_reason = "length"
                 state.metrics.cancelled.labels("timeout").inc()
             break
+        for kind, piece in split.finish() if split is not None else []:
+            yield responses.chunk(call, piece, kind=kind)
         yield responses.chunk(call, None, responses.finish_reason(call.finish_reason))
         if call.body.include_usage:
             yield responses.usage_chunk(call)

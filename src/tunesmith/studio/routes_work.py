@@ -222,17 +222,42 @@ def chat_stream(request: Request, body: ChatRequest) -> StreamingResponse:
 
 
 @router.get("/data", response_class=HTMLResponse)
-def data_page(request: Request, k: str = "") -> HTMLResponse:
-    """Browse a file's audit: findings grouped by code, each linked to its row."""
-    from tunesmith.data.audit import audit
+def data_page(
+    request: Request, k: str = "", model: str = "", reasoning: Literal["train", "mask", "drop"] = "train"
+) -> HTMLResponse:
+    """Browse a file's audit: findings grouped by code, each linked to its row; with a model (a catalog name or a
+    folder inside the studio's folders), the token checks too and sampled rows as training sees them."""
+    from markupsafe import Markup
 
-    report, path = None, None
+    from tunesmith.data.audit import audit
+    from tunesmith.data.html import rows_section
+    from tunesmith.studio.confine import model_problem
+
+    report, path, note, rows = None, None, None, Markup("")
     if k:
         path = request.app.state.roots.resolve(k)
         if not path.is_file():
             raise RunError("not a data file")
-        report = audit([str(path)], tokenizer=None)
-    return page(request, "data.html", files=data_files(request), k=k, path=path, report=report)
+        tokenizer = None
+        if model:
+            refused = model_problem(model, request.app.state.roots.dirs, request.app.state.config.models)
+            tokenizer, note = (None, f"model: {refused}") if refused else _tokenizer(model)
+        report = audit([str(path)], tokenizer=tokenizer, reasoning=reasoning)
+        if report.samples:  # the same fragment as the audit's HTML report (every piece of data text escaped)
+            rows = Markup(rows_section(report.samples))
+    return page(
+        request,
+        "data.html",
+        files=data_files(request),
+        k=k,
+        path=path,
+        report=report,
+        model=model,
+        reasoning=reasoning,
+        note=note,
+        rows=rows,
+        catalog=_catalog(),
+    )
 
 
 @router.get("/data/row", response_class=HTMLResponse)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from tunesmith import models
 from tunesmith.rag.index import manifest_entry
 from tunesmith.records import (
     BaseModelRef,
+    FamilyRecord,
     Figures,
     HeldOut,
     Manifest,
@@ -73,10 +75,39 @@ def save_held_out(recipe: Recipe, run_dir: Path) -> HeldOut:
     work after the training data moved; returns what the manifest records about the copy."""
     from tunesmith.data.convert import write_rows
     from tunesmith.train.methods import eval_examples
+    from tunesmith.train.rows import fields_json
 
     examples = eval_examples(recipe)
-    path = write_rows(run_dir / HELD_OUT, [{"id": e.id, "messages": e.messages, "source": e.source} for e in examples])
+    rows = [{"id": e.id, "messages": e.messages, "source": e.source, **_tools(e)} for e in examples]
+    for row, e in zip(rows, examples, strict=True):
+        fields = {k: v for k, v in e.extra.items() if k != "tools"}
+        if fields:  # the row's other fields, which graders read as item.<field>
+            row["fields"] = json.loads(fields_json(fields))
+    path = write_rows(run_dir / HELD_OUT, rows)
     return HeldOut(path=HELD_OUT, rows=len(examples), sha256=models.sha256_file(path))
+
+
+def family_record(tokenizer: Any, config: Any, policy: str, counts: Tokens) -> FamilyRecord:
+    """The run's chat family (families.describe with the tokenizer's ids) and its thinking mode: on when any trained
+    answer carried a trace (a family with a switch), else off; None for a family without one."""
+    from tunesmith import families
+    from tunesmith.data.reasoning import thinking_mode
+
+    family = families.detect(config, tokenizer)
+    modes = (counts.train.thinking_rows if counts.train is not None else {}) or {}
+    # No row says (a method that tokenizes no demonstrations): None, the template's own default.
+    thinking = thinking_mode([True] * modes.get("on", 0) + [False] * modes.get("off", 0)) if family.thinking_switch else None
+    info = families.describe(family, tokenizer)
+    if not info["stop"]:  # a template no family knows: its turns end with the tokenizer's EOS (family.end_of_turn_ids)
+        info["stop"] = tokenizer.convert_ids_to_tokens(info["stop_token_ids"])
+        info["end_of_turn"] = tokenizer.convert_ids_to_tokens(family.end_of_turn_ids(tokenizer))
+    return FamilyRecord.model_validate({**info, "reasoning_policy": policy, "thinking": thinking})
+
+
+def _tools(example: Any) -> dict[str, Any]:
+    """The row's tool list, kept with its held-out copy (the prompt renders it)."""
+    tools = example.extra.get("tools")
+    return {"tools": tools} if isinstance(tools, list) else {}
 
 
 def data_hashes(recipe: Recipe) -> dict[str, str]:
@@ -120,11 +151,12 @@ def finish_run(
         shutil.rmtree(run_dir / "data", ignore_errors=True)
         _raise_if_disk_full(exc, f"saving the held-out rows under {run_dir}", run_dir)
         raise
+    family = family_record(tokenizer, models.read_config(base_path), recipe.data.reasoning, counts)
     selection = None
     if recipe.eval.select_checkpoint:  # before the manifest: a finished run is never rewritten afterwards
         from tunesmith.eval.select import select_checkpoint
 
-        selection = select_checkpoint(recipe, run_dir, base_path)
+        selection = select_checkpoint(recipe, run_dir, base_path, family.thinking)
     wall = time.time() - started
     runtime = result.metrics.get("train_runtime", wall)
     train = counts.train
@@ -167,6 +199,7 @@ def finish_run(
         speed=speed,
         plan=plan,
         details=details,
+        family=family,
     )
     try:
         write_loss_png(run_dir)

@@ -4,6 +4,7 @@ record → finish. What differs between methods is declared by the method (train
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +42,9 @@ class Built:
             self.attention = None
 
 
-def build(recipe: Recipe, resume: bool = False, force: bool = False) -> Built:
-    """Run folder, the method's datasets, the levers, the model and the method's trainer (a prepared recipe)."""
+def build(recipe: Recipe, resume: bool = False, force: bool = False, extra: Sequence[Any] = ()) -> Built:
+    """Run folder, the method's datasets, the levers, the model and the method's trainer (a prepared recipe);
+    `extra` callbacks join the standard ones."""
     method = methods.get(recipe.method).trains_as(recipe)
     st = start.begin(recipe, resume, force)  # blocking data errors stop here, before any model loads
     data = method.datasets(recipe, st.tokenizer)
@@ -53,9 +55,11 @@ def build(recipe: Recipe, resume: bool = False, force: bool = False) -> Built:
 
     torch.manual_seed(recipe.training.seed)
     model = method.load_model(recipe, st.base_path, levers.base_dtype)  # 4-bit NF4 for qlora
+    if levers.attention == "varlen" and not varlen.supports(model):
+        levers = levers.model_copy(update={"attention": "mask"})  # recorded as trained: the model's own attention
     attention = varlen.use(model) if levers.attention == "varlen" else None  # restored before anything generates
     peft_config = policy.peft_config(recipe, model, st.base_path)
-    callbacks = standard_callbacks(recipe, st.run_dir)
+    callbacks = standard_callbacks(recipe, st.run_dir) + list(extra)
     trainer = method.trainer(recipe, Parts(model, data, st.tokenizer, peft_config, callbacks, st.run_dir, levers))
     speed.apply_to_model(levers, trainer.model)
     return Built(st, trainer, data, levers, estimate, model, attention)
@@ -75,11 +79,11 @@ def _plan(recipe: Recipe, data: Datasets) -> Any:
         return None
 
 
-def run(recipe: Recipe, resume: bool = False, force: bool = False) -> Run:
+def run(recipe: Recipe, resume: bool = False, force: bool = False, callbacks: Sequence[Any] = ()) -> Run:
     """Train the recipe with its method end to end and return the run (read back from its folder)."""
     method = methods.get(recipe.method)
     recipe = method.prepare(recipe, resume)  # before the run folder is locked: a broken reward or teacher fails here
-    b = build(recipe, resume, force)
+    b = build(recipe, resume, force, callbacks)
     result = faults.fit(b.trainer, recipe, b.start.checkpoint)  # trainer.train under the fault policy
     final_eval = b.trainer.evaluate() if b.data.eval is not None else {}  # logged to metrics.jsonl by MetricsLog
     b.restore_attention()
