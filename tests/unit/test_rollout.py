@@ -127,7 +127,7 @@ def test_canary_then_promotion_then_shadow_then_rollback_on_a_live_server(served
         assert 'tunesmith_rollout_share{mode="canary",model="support"} 0.5' in metrics
 
         decision = ro.check(folder, "support")
-        assert decision.action == "promoted" and decision.candidate_requests >= 3
+        assert decision.action == "promoted" and decision.candidate_requests >= 3, decision
         assert os.path.realpath(folder / "adapters" / "support") == str(v2)
         _wait(lambda: "rollouts" not in health(), "the server to end the rollout")
         before = len(_rows(folder))
