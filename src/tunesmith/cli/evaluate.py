@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from tunesmith.cli import app, console, err_console, handle_errors
+from tunesmith.cli.base import app, console, err_console, handle_errors
 from tunesmith.errors import RecipeError
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tunesmith.cli import app, console, handle_errors
+from tunesmith.cli.base import app, console, handle_errors
 
 if TYPE_CHECKING:
     from tunesmith.monitor.report import MonitorReport

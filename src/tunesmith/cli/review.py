@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from tunesmith.cli import app, console, handle_errors
+from tunesmith.cli.base import app, console, handle_errors
 
 if TYPE_CHECKING:
     from tunesmith.studio.review import ReviewRound, ReviewStore
