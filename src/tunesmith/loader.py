@@ -80,10 +80,8 @@ def resolve_run_base(run: Run) -> str:
 
 def load_base(run: Run) -> Any:
     """The run's base model as training saw it (4-bit NF4 for a QLoRA run)."""
-    from tunesmith.train import _trl
-
     m = run.recipe.model
-    bnb = _trl.build_bnb_config(run.recipe.adapter) if run.manifest.quantized_base else None
+    bnb = models.build_bnb_config(run.recipe.adapter) if run.manifest.quantized_base else None
     return models.load_model(resolve_run_base(run), m.dtype, m.revision, m.trust_remote_code, bnb)
 
 

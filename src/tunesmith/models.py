@@ -15,10 +15,13 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.atomic import staged_dir
 from tunesmith.errors import ModelError
+
+if TYPE_CHECKING:
+    from tunesmith.config import AdapterSection
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +239,22 @@ def model_info(spec: str) -> dict[str, Any]:
     family = families.detect(config, tokenizer)
     where = {"spec": spec, "path": path, "model_type": families.model_type_of(config)}
     return {**where, **families.describe(family, tokenizer), "template_sha256": chat_template_hash(tokenizer)}
+
+
+def build_bnb_config(adapter: AdapterSection) -> Any | None:
+    """BitsAndBytesConfig for QLoRA: 4-bit NF4 base, double quantization; None for any other adapter."""
+    if adapter.type != "qlora":
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return BitsAndBytesConfig(  # type: ignore[no-untyped-call]  # transformers leaves its __init__ unannotated
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16 if gpu_bf16 else torch.float32,
+    )
 
 
 def load_model(
