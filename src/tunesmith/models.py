@@ -106,6 +106,15 @@ def _gguf_shape(gguf_path: Path) -> dict[str, int]:
     return {"head_dim": int(key.parts[key.data[0]][0])} if key is not None else {}
 
 
+def stops_of(path: Path) -> dict[str, int]:
+    """The stop-token keys of a GGUF file (eos, eot, eom) that are set, by key."""
+    import gguf
+
+    fields = gguf.GGUFReader(path).fields
+    keys = (gguf.Keys.Tokenizer.EOS_ID, gguf.Keys.Tokenizer.EOT_ID, gguf.Keys.Tokenizer.EOM_ID)
+    return {k: int(fields[k].parts[fields[k].data[0]][0]) for k in keys if k in fields}
+
+
 def import_gguf(gguf_path: Path, dest: Path) -> Path:
     """Dequantize a .gguf into a plain safetensors HF folder at `dest` (atomic: temp dir, then rename)."""
     import torch

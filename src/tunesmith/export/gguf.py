@@ -197,15 +197,6 @@ def carry_stops(writer: Any, model_dir: Path) -> dict[str, int]:
     return written
 
 
-def stops_of(path: Path) -> dict[str, int]:
-    """The stop-token keys of a GGUF file (eos, eot, eom) that are set, by key."""
-    import gguf
-
-    fields = gguf.GGUFReader(path).fields
-    keys = (gguf.Keys.Tokenizer.EOS_ID, gguf.Keys.Tokenizer.EOT_ID, gguf.Keys.Tokenizer.EOM_ID)
-    return {k: int(fields[k].parts[fields[k].data[0]][0]) for k in keys if k in fields}
-
-
 @contextmanager
 def _quiet() -> Iterator[None]:
     """llama.cpp's converter logs per-tensor INFO lines and a banner for unknown pre-tokenizers: errors only."""
@@ -267,7 +258,7 @@ def check(
     done = generate_detailed(model.eval(), tokenizer, conversations, max_new_tokens, batch_size=1, thinking=thinking)
     got = [c.token_ids for c in done]
     prefix = [a[:EXACT_PREFIX] == b[:EXACT_PREFIX] for a, b in zip(ref, got)]
-    carried = stops_of(gguf_path)
+    carried = models.stops_of(gguf_path)
     return {
         "prompts": len(ref),
         "identical": sum(a == b for a, b in zip(ref, got)),
@@ -332,9 +323,10 @@ def _source(source: Path, stage: Path) -> tuple[Path, Run | None, dict[str, Any]
 
 def _verified(run: Run, merged: Path, gguf_file: Path, prompts: int, max_new_tokens: int) -> dict[str, Any]:
     """tunesmith verify on the file about to be published (the served path aside); Divergent when a path differs."""
-    from tunesmith.verify import Divergent, verify
+    from tunesmith.verify.compare import Divergent
+    from tunesmith.verify.paths import verify_files
 
-    report = verify(run, merged=merged, gguf_file=gguf_file, serve=False, prompts=prompts, max_new_tokens=max_new_tokens)
+    report = verify_files(run, merged, gguf_file, prompts, max_new_tokens)
     if not report.passed:
         raise Divergent(report)
     return {"passed": True, "checks": {c.path: c.status for c in report.checks}, "max_new_tokens": max_new_tokens}
