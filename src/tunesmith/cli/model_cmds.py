@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import typer
-from rich.table import Table
 
 from tunesmith.cli.base import app, console, handle_errors
+from tunesmith.tables import Table
 
 models_app = typer.Typer(help="Base models: list the catalog, import one into the local cache.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
