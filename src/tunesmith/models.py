@@ -225,31 +225,6 @@ def read_config(path: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def model_info(spec: str) -> dict[str, Any]:
-    """What `models info` shows: where a model is, its model_type, and its chat family (stop ids, system
-    handling, reasoning, tools, template hash)."""
-    from tunesmith import families
-    from tunesmith.run import is_run_dir, load_run
-
-    if is_run_dir(spec):  # a run: the family and thinking mode it trained with, as its manifest recorded them
-        run = load_run(spec)
-        recorded = run.manifest.family
-        if recorded is None:  # a run from before families were recorded: detected now
-            tokenizer = load_tokenizer(str(run.adapter_dir))
-            recorded_info: dict[str, Any] = families.describe(families.detect(read_config(run.base_path), tokenizer), tokenizer)
-            recorded_info["recorded"] = "no (an earlier run: detected now)"
-        else:
-            recorded_info = recorded.model_dump()
-        where: dict[str, Any] = {"spec": spec, "run": str(run.dir), "base": run.base_path}
-        return {**where, **recorded_info, "template_sha256": run.template_hash}
-    path = resolve_base(spec)
-    tokenizer = load_tokenizer(path)
-    config = read_config(path)
-    family = families.detect(config, tokenizer)
-    where = {"spec": spec, "path": path, "model_type": families.model_type_of(config)}
-    return {**where, **families.describe(family, tokenizer), "template_sha256": chat_template_hash(tokenizer)}
-
-
 def build_bnb_config(adapter: AdapterSection) -> Any | None:
     """BitsAndBytesConfig for QLoRA: 4-bit NF4 base, double quantization; None for any other adapter."""
     if adapter.type != "qlora":

@@ -42,7 +42,7 @@ def info(model: str = typer.Argument(..., help="Run folder, catalog name, model 
     (for a run: as its manifest recorded them, with the thinking mode it serves with)."""
     from rich.markup import escape
 
-    from tunesmith.models import model_info
+    from tunesmith.loader import model_info
 
     with console.status(f"reading {model} ..."):
         data = model_info(model)
