@@ -42,3 +42,11 @@ class ModelError(TunesmithError):
 
 class RunError(TunesmithError):
     """A run directory is missing, incomplete or inconsistent."""
+
+
+class RowError(ValueError):
+    """A row that cannot be normalised. `code` is a stable check code; `index` the message index."""
+
+    def __init__(self, code: str, message: str, index: int | None = None):
+        super().__init__(message)
+        self.code, self.message, self.index = code, message, index

@@ -80,10 +80,8 @@ def resolve_run_base(run: Run) -> str:
 
 def load_base(run: Run) -> Any:
     """The run's base model as training saw it (4-bit NF4 for a QLoRA run)."""
-    from tunesmith.train import _trl
-
     m = run.recipe.model
-    bnb = _trl.build_bnb_config(run.recipe.adapter) if run.manifest.quantized_base else None
+    bnb = models.build_bnb_config(run.recipe.adapter) if run.manifest.quantized_base else None
     return models.load_model(resolve_run_base(run), m.dtype, m.revision, m.trust_remote_code, bnb)
 
 
@@ -107,3 +105,27 @@ def load_target(target: str | Path, dtype: str = "auto") -> Loaded:
     local = Path(spec).expanduser()
     path = models.resolve_base(str(local) if local.exists() else spec)
     return Loaded(models.load_model(path, dtype).eval(), models.load_tokenizer(path))
+
+
+def model_info(spec: str) -> dict[str, Any]:
+    """What `models info` shows: where a model is, its model_type, and its chat family (stop ids, system
+    handling, reasoning, tools, template hash)."""
+    if is_run_dir(spec):  # a run: the family and thinking mode it trained with, as its manifest recorded them
+        run = load_run(spec)
+        recorded = run.manifest.family
+        if recorded is None:  # a run from before families were recorded: detected now
+            tokenizer = models.load_tokenizer(str(run.adapter_dir))
+            recorded_info: dict[str, Any] = families.describe(
+                families.detect(models.read_config(run.base_path), tokenizer), tokenizer
+            )
+            recorded_info["recorded"] = "no (an earlier run: detected now)"
+        else:
+            recorded_info = recorded.model_dump()
+        where: dict[str, Any] = {"spec": spec, "run": str(run.dir), "base": run.base_path}
+        return {**where, **recorded_info, "template_sha256": run.template_hash}
+    path = models.resolve_base(spec)
+    tokenizer = models.load_tokenizer(path)
+    config = models.read_config(path)
+    family = families.detect(config, tokenizer)
+    where = {"spec": spec, "path": path, "model_type": families.model_type_of(config)}
+    return {**where, **families.describe(family, tokenizer), "template_sha256": models.chat_template_hash(tokenizer)}

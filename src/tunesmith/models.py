@@ -15,10 +15,13 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.atomic import staged_dir
 from tunesmith.errors import ModelError
+
+if TYPE_CHECKING:
+    from tunesmith.config import AdapterSection
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +104,15 @@ def _gguf_shape(gguf_path: Path) -> dict[str, int]:
         return {}
     key = fields.get(f"{bytes(arch.parts[arch.data[0]]).decode()}.attention.key_length")
     return {"head_dim": int(key.parts[key.data[0]][0])} if key is not None else {}
+
+
+def stops_of(path: Path) -> dict[str, int]:
+    """The stop-token keys of a GGUF file (eos, eot, eom) that are set, by key."""
+    import gguf
+
+    fields = gguf.GGUFReader(path).fields
+    keys = (gguf.Keys.Tokenizer.EOS_ID, gguf.Keys.Tokenizer.EOT_ID, gguf.Keys.Tokenizer.EOM_ID)
+    return {k: int(fields[k].parts[fields[k].data[0]][0]) for k in keys if k in fields}
 
 
 def import_gguf(gguf_path: Path, dest: Path) -> Path:
@@ -217,29 +229,20 @@ def read_config(path: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def model_info(spec: str) -> dict[str, Any]:
-    """What `models info` shows: where a model is, its model_type, and its chat family (stop ids, system
-    handling, reasoning, tools, template hash)."""
-    from tunesmith import families
-    from tunesmith.run import is_run_dir, load_run
+def build_bnb_config(adapter: AdapterSection) -> Any | None:
+    """BitsAndBytesConfig for QLoRA: 4-bit NF4 base, double quantization; None for any other adapter."""
+    if adapter.type != "qlora":
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
 
-    if is_run_dir(spec):  # a run: the family and thinking mode it trained with, as its manifest recorded them
-        run = load_run(spec)
-        recorded = run.manifest.family
-        if recorded is None:  # a run from before families were recorded: detected now
-            tokenizer = load_tokenizer(str(run.adapter_dir))
-            recorded_info: dict[str, Any] = families.describe(families.detect(read_config(run.base_path), tokenizer), tokenizer)
-            recorded_info["recorded"] = "no (an earlier run: detected now)"
-        else:
-            recorded_info = recorded.model_dump()
-        where: dict[str, Any] = {"spec": spec, "run": str(run.dir), "base": run.base_path}
-        return {**where, **recorded_info, "template_sha256": run.template_hash}
-    path = resolve_base(spec)
-    tokenizer = load_tokenizer(path)
-    config = read_config(path)
-    family = families.detect(config, tokenizer)
-    where = {"spec": spec, "path": path, "model_type": families.model_type_of(config)}
-    return {**where, **families.describe(family, tokenizer), "template_sha256": chat_template_hash(tokenizer)}
+    gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return BitsAndBytesConfig(  # type: ignore[no-untyped-call]  # transformers leaves its __init__ unannotated
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16 if gpu_bf16 else torch.float32,
+    )
 
 
 def load_model(

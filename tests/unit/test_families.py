@@ -54,7 +54,7 @@ def test_stop_tokens_cover_the_generation_config_and_start_with_end_of_turn(dirs
 def test_a_base_folder_without_template_gets_its_family_template(dirs, tmp_path, name):
     import shutil
 
-    from tunesmith import models
+    from tunesmith import loader, models
 
     base = tmp_path / name
     shutil.copytree(dirs[name], base)
@@ -62,7 +62,7 @@ def test_a_base_folder_without_template_gets_its_family_template(dirs, tmp_path,
     tok = models.load_tokenizer(str(base))
     family = families.get(family_name(name))
     assert tok.chat_template == family.template_text()
-    assert models.model_info(str(base))["family"] == family.name
+    assert loader.model_info(str(base))["family"] == family.name
 
 
 def test_a_folder_of_an_unknown_family_without_template_is_still_refused(dirs, tmp_path):

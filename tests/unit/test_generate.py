@@ -218,10 +218,10 @@ def test_shared_prefix_with_a_lora_adapter_on_and_off(tiny):
 def test_prompt_tuning_and_fixed_cache_configs_do_not_share_a_prefix(tiny):
     from peft import PromptTuningConfig, get_peft_model
 
-    from tunesmith.eval.generate import _generation_config, generate_detailed, shares_prefix
+    from tunesmith.eval.generate import generate_detailed, generation_config_for, shares_prefix
 
     model, tok = tiny
-    config = _generation_config(model, tok, 4, 0.0, 1.0)
+    config = generation_config_for(model, tok, 4, 0.0, 1.0)
     assert shares_prefix(model, config)
     config.cache_implementation = "static"
     assert not shares_prefix(model, config)

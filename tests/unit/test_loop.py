@@ -15,8 +15,7 @@ from helpers import chat_rows
 from tunesmith.cli import app
 from tunesmith.config import load_recipe
 from tunesmith.monitor.contamination import screen
-from tunesmith.monitor.loop import LOOP_DIR, LoopOptions, cycle_lock, parse_every, run_cycle
-from tunesmith.monitor.loop_report import cycles, read_cycle
+from tunesmith.monitor.loop import LOOP_DIR, LoopOptions, cycle_lock, cycles, parse_every, read_cycle, run_cycle
 from tunesmith.serve.rollout import read_rollout, rollout_path
 from tunesmith.serve.store import FeedbackRow, Message, RequestLog, RequestRow
 

@@ -11,6 +11,7 @@ import transformers  # noqa: F401
 import trl  # noqa: F401
 import trl.experimental.gkd  # noqa: F401
 
+from tunesmith import models
 from tunesmith.config import AdapterSection, Recipe
 from tunesmith.train import _trl
 
@@ -104,9 +105,9 @@ def test_bnb_config_is_nf4_double_quant():
     import pytest
 
     pytest.importorskip("bitsandbytes")
-    q = _trl.build_bnb_config(AdapterSection(type="qlora"))
+    q = models.build_bnb_config(AdapterSection(type="qlora"))
     assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_use_double_quant is True
-    assert _trl.build_bnb_config(AdapterSection(type="lora")) is None
+    assert models.build_bnb_config(AdapterSection(type="lora")) is None
 
 
 def test_dpo_config_fields(tmp_path):

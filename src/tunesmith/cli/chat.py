@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from tunesmith.cli import app, console, err_console, handle_errors
+from tunesmith.cli.base import app, console, err_console, handle_errors
 
 
 @app.command()

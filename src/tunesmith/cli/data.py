@@ -8,9 +8,9 @@ from typing import Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from tunesmith.cli import app, console, err_console, handle_errors
+from tunesmith.cli.base import app, console, err_console, handle_errors
+from tunesmith.tables import Table
 
 data_app = typer.Typer(help="Audit, fix, split, convert, preview and synthesize training data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")

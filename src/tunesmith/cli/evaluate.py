@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.markup import escape
 from rich.progress import Progress
-from rich.table import Table
 
-from tunesmith.cli import app, console, err_console, handle_errors
+from tunesmith.cli.base import app, console, err_console, handle_errors
 from tunesmith.errors import RecipeError
+from tunesmith.tables import Table
 
 if TYPE_CHECKING:
     from tunesmith.records import EvalReport, GateResult

@@ -7,9 +7,9 @@ from typing import Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from tunesmith.cli import app, console, err_console, handle_errors
+from tunesmith.cli.base import app, console, err_console, handle_errors
+from tunesmith.tables import Table
 
 index_app = typer.Typer(
     help="Retrieval indexes (LanceDB, hybrid vector + full-text search): build, query, eval.", no_args_is_help=True

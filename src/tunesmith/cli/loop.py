@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.markup import escape
 
-from tunesmith.cli import app, console, err_console, handle_errors
+from tunesmith.cli.base import app, console, err_console, handle_errors
 
 if TYPE_CHECKING:
     from tunesmith.monitor.loop import Cycle

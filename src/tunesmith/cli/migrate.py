@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from tunesmith.cli import app, console, handle_errors
+from tunesmith.cli.base import app, console, handle_errors
 
 import_app = typer.Typer(help="Bring fine-tuning jobs from hosted services into a tunesmith project.", no_args_is_help=True)
 app.add_typer(import_app, name="import")

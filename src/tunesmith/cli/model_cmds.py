@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import typer
-from rich.table import Table
 
-from tunesmith.cli import app, console, handle_errors
+from tunesmith.cli.base import app, console, handle_errors
+from tunesmith.tables import Table
 
 models_app = typer.Typer(help="Base models: list the catalog, import one into the local cache.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -42,7 +42,7 @@ def info(model: str = typer.Argument(..., help="Run folder, catalog name, model 
     (for a run: as its manifest recorded them, with the thinking mode it serves with)."""
     from rich.markup import escape
 
-    from tunesmith.models import model_info
+    from tunesmith.loader import model_info
 
     with console.status(f"reading {model} ..."):
         data = model_info(model)

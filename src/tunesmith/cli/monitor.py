@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from tunesmith.cli import app, console, handle_errors
+from tunesmith.cli.base import app, console, handle_errors
+from tunesmith.tables import Table
 
 if TYPE_CHECKING:
     from tunesmith.monitor.report import MonitorReport

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from tunesmith.cli import app, console, handle_errors
+from tunesmith.cli.base import app, console, handle_errors
 
 
 @app.command()
@@ -24,14 +24,13 @@ def plan(
 ) -> None:
     """Estimate peak memory (weights, adapter, optimizer, gradients, activations, logits), time and cost; say
     whether it fits and which `--set` overrides make it fit. Parameters come from the model's config.json."""
-    from rich.table import Table
-
     from tunesmith import models
     from tunesmith.config import load_recipe, recipe_from_dict
     from tunesmith.errors import RecipeError
     from tunesmith.plan.advisor import plan as make_plan
     from tunesmith.plan.advisor import strategy
     from tunesmith.plan.cost import GPUS
+    from tunesmith.tables import Table
 
     bad = [("--gpu", f"must be one of cpu, {', '.join(GPUS)}; got {gpu}")] if gpu != "cpu" and gpu not in GPUS else []
     bad += [(f"--{name}", f"must be at least 1, got {n}") for name, n in (("nproc", nproc), ("nnodes", nnodes)) if n < 1]

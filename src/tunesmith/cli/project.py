@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from tunesmith.cli import console
+from tunesmith.cli.base import console
 
 
 def print_project(p: Any) -> None:

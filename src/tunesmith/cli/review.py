@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.table import Table
 
-from tunesmith.cli import app, console, handle_errors
+from tunesmith.cli.base import app, console, handle_errors
+from tunesmith.tables import Table
 
 if TYPE_CHECKING:
     from tunesmith.studio.review import ReviewRound, ReviewStore

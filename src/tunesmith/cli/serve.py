@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from tunesmith.cli import app, console, err_console, handle_errors
+from tunesmith.cli.base import app, console, err_console, handle_errors
 
 
 @app.command()

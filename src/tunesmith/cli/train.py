@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from tunesmith.cli import app, console, handle_errors
+from tunesmith.cli.base import app, console, handle_errors
 
 
 @app.command()

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from tunesmith.cli import app, console, handle_errors
+from tunesmith.cli.base import app, console, handle_errors
+from tunesmith.tables import Table
 
 _STATUS = {"ok": "green", "diverged": "bold red", "reported": "yellow", "skipped": "dim"}
 

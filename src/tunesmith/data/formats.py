@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from tunesmith.data import reasoning
 from tunesmith.errors import DataError
+from tunesmith.errors import RowError as RowError  # re-exported: readers of rows catch it from here
 
 T = TypeVar("T")
 
@@ -51,14 +52,6 @@ class Example:
     messages: list[dict[str, Any]]
     source: str  # file:line
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-class RowError(ValueError):
-    """A row that cannot be normalised. `code` is a stable check code; `index` the message index."""
-
-    def __init__(self, code: str, message: str, index: int | None = None):
-        super().__init__(message)
-        self.code, self.message, self.index = code, message, index
 
 
 def _open_text(path: Path) -> io.TextIOBase:

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tunesmith.errors import RowError
+
 Policy = Literal["train", "mask", "drop"]
 POLICIES: tuple[Policy, ...] = ("train", "mask", "drop")
 FIELD = "reasoning_content"
@@ -24,8 +26,6 @@ OPEN, CLOSE = "<think>", "</think>"
 
 
 def _row_error(code: str, message: str, index: int) -> Exception:
-    from tunesmith.data.formats import RowError  # formats calls normalise_message: imported here, not at the top
-
     return RowError(code, message, index)
 
 

@@ -72,7 +72,7 @@ def opens_trace(prompt: str, family: families.Family) -> bool:
     return prompt.rstrip().endswith(family.think[0])
 
 
-def _generation_config(model: Any, tokenizer: Any, max_new_tokens: int, temperature: float, top_p: float) -> Any:
+def generation_config_for(model: Any, tokenizer: Any, max_new_tokens: int, temperature: float, top_p: float) -> Any:
     """A copy of the model's generation_config with this call's decoding (keeps its other fields)."""
     import copy
 
@@ -97,13 +97,13 @@ def _generation_config(model: Any, tokenizer: Any, max_new_tokens: int, temperat
     return config
 
 
-def _cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
+def cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
     """Text before the earliest stop string (the stop string itself is not returned), and whether one was found."""
     hits = [text.find(s) for s in stop or [] if s and s in text]
     return (text[: min(hits)], True) if hits else (text, False)
 
 
-def _seeded(seed: int | None) -> Any:
+def seeded(seed: int | None) -> Any:
     """A context in which sampling is reproducible for `seed` without touching the caller's global RNG."""
     import contextlib
 
@@ -135,7 +135,7 @@ def _finish(
         # A row that hit a stop string is padded to the batch's length afterwards.
         while ids and ids[-1] == pad:
             ids = ids[:-1]
-    text, cut = _cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop)
+    text, cut = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop)
     reason: FinishReason = "stop" if end is not None or cut else "length"
     return Completion(text.strip(), prompt_tokens, len(ids), reason, ids, opened, family.think)
 
@@ -187,7 +187,7 @@ def cache_argument(model: Any) -> str:
     return "cache" if "cache" in _forward_parameters(model) else "past_key_values"
 
 
-def _prefix_cache(model: Any, prefix: list[int]) -> Any:
+def prefix_kv_cache(model: Any, prefix: list[int]) -> Any:
     """The KV cache of one forward pass over `prefix`, or None when the model hands back no transformers Cache."""
     import torch
 
@@ -224,7 +224,7 @@ def _prefilled(model: Any, rows: list[list[int]], shared: int, pad: int) -> dict
     """
     import torch
 
-    cache = _prefix_cache(model, rows[0][:shared])
+    cache = prefix_kv_cache(model, rows[0][:shared])
     if cache is None:  # generate as usual
         return _left_padded(model, rows, pad)
     cache.batch_repeat_interleave(len(rows))
@@ -260,13 +260,13 @@ def generate_detailed(
 
     family = family_of(model, tokenizer)
     prompts = [prompt_text(model, tokenizer, conv, thinking) for conv in conversations]
-    config = _generation_config(model, tokenizer, max_new_tokens, temperature, top_p)
+    config = generation_config_for(model, tokenizer, max_new_tokens, temperature, top_p)
     stops = set(config.eos_token_id)
     done: dict[int, Completion] = {}
     # Similar lengths together waste less padding; results go back in input order.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     can_share = shares_prefix(model, config)
-    with _seeded(seed):
+    with seeded(seed):
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             rows = [tokenizer(prompts[i], add_special_tokens=False)["input_ids"] for i in idx]

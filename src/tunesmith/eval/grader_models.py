@@ -10,10 +10,13 @@ counted with the reply, as is an output whose messages do not render.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.errors import RecipeError
-from tunesmith.eval.graders import Graded, JudgeFor, LabelModel, ScoreModel, _render, _Unscored
+from tunesmith.eval.grader_base import Graded, JudgeFor, Unscored, render
+
+if TYPE_CHECKING:
+    from tunesmith.eval.graders import LabelModel, ScoreModel
 
 LABEL_INSTRUCTION = "Answer with exactly one of these labels and nothing else: {labels}."
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
@@ -22,9 +25,9 @@ _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 def messages(grader: ScoreModel | LabelModel, sample: dict[str, Any], item: dict[str, Any]) -> list[dict[str, str]]:
     """The judge's conversation for one output (developer messages sent as system)."""
     conv = [
-        {"role": "system" if m.role == "developer" else m.role, "content": _render(m.text(), sample, item)} for m in grader.input
+        {"role": "system" if m.role == "developer" else m.role, "content": render(m.text(), sample, item)} for m in grader.input
     ]
-    if isinstance(grader, LabelModel):
+    if grader.type == "label_model":
         conv.append({"role": "user", "content": LABEL_INSTRUCTION.format(labels=", ".join(grader.labels))})
     return conv
 
@@ -41,7 +44,7 @@ def label_of(reply: str, labels: list[str]) -> str | None:
 
 def _value(grader: ScoreModel | LabelModel, reply: str) -> tuple[float, str | None]:
     brief = reply.strip().replace("\n", " ")[:80]
-    if isinstance(grader, LabelModel):
+    if grader.type == "label_model":
         label = label_of(reply, grader.labels)
         if label is None:
             return 0.0, f"the judge named none of the labels ({', '.join(grader.labels)}): {brief!r}"
@@ -73,7 +76,7 @@ def model_grade(
         try:
             convs.append(messages(grader, sample, item))
             where.append(k)
-        except _Unscored as exc:
+        except Unscored as exc:
             out.errors[k] = str(exc.args[0])
     replies = judge_for(grader.model).complete(convs) if convs else []
     for k, reply in zip(where, replies, strict=True):

@@ -13,13 +13,11 @@ eval metric `graders.<name>` (its pass rate; tunesmith.eval.registry), so a run 
 from __future__ import annotations
 
 import ast
-import functools
 import json
 import math
 import operator
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -28,19 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from tunesmith.errors import RecipeError
 from tunesmith.eval import metrics
+from tunesmith.eval.grader_base import Graded, JudgeFor, Unscored, jinja_template, render
 
-JudgeFor = Callable[[str], Any]  # model name -> a judge.Judge
 TEXT_PARTS = ("text", "input_text", "output_text")
 ITEM_KEYS = ("reference", "reference_json", "input", "id")
-
-
-@functools.lru_cache(maxsize=256)
-def _template(text: str) -> Any:
-    import jinja2
-    from jinja2.sandbox import SandboxedEnvironment  # a grader's template may not reach Python internals
-
-    env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)  # noqa: S701 - text, not HTML
-    return env.from_string(text)
 
 
 def _checked(text: str) -> str:
@@ -48,7 +37,7 @@ def _checked(text: str) -> str:
     import jinja2
 
     try:
-        _template(text)
+        jinja_template(text)
     except jinja2.TemplateSyntaxError as exc:
         raise ValueError(f"template {text!r}: {exc.message} (line {exc.lineno})") from None
     return text
@@ -204,18 +193,6 @@ def needs_model(grader: Grader) -> bool:
     return isinstance(grader, _ModelGrader)
 
 
-class _Unscored(Exception):
-    """This output cannot be scored by this grader: args[0] says why."""
-
-
-def _render(template: str, sample: dict[str, Any], item: dict[str, Any]) -> str:
-    try:
-        return str(_template(template).render(sample=sample, item=item))
-    except Exception as exc:  # noqa: BLE001 - any failure of one output's rendering scores that output 0
-        keys = ", ".join(sorted(item))
-        raise _Unscored(f"template {template!r}: {exc} (item has {keys}; sample has output_text, output_json)") from None
-
-
 def _like(text: str, pattern: str, flags: int = 0) -> float:
     # SQL LIKE as the hosted string_check uses it: the reference is contained in the input.
     return 1.0 if re.search(re.escape(pattern), text, flags) else 0.0
@@ -288,29 +265,13 @@ def calculate(expr: str, names: dict[str, float]) -> float:
     return ev(ast.parse(expr, mode="eval"))
 
 
-@dataclass
-class Graded:
-    """One grader's scores of a list of outputs; errors[i] says why output i scored 0 unjudged (None: it was scored)."""
-
-    scores: list[float]
-    errors: list[str | None]
-
-    @property
-    def failed(self) -> int:
-        return sum(e is not None for e in self.errors)
-
-    @property
-    def first_error(self) -> str | None:
-        return next((e for e in self.errors if e is not None), None)
-
-
 def _each(fn: Callable[[dict[str, Any], dict[str, Any]], float], samples: list[Any], items: list[Any]) -> Graded:
     out = Graded([], [])
     for s, i in zip(samples, items, strict=True):
         try:
             out.scores.append(fn(s, i))
             out.errors.append(None)
-        except _Unscored as exc:
+        except Unscored as exc:
             out.scores.append(0.0)
             out.errors.append(str(exc.args[0]))
     return out
@@ -321,14 +282,12 @@ def grade(grader: Grader, outputs: list[str], items: list[dict[str, Any]], judge
     samples = [{"output_text": o, "output_json": metrics.parse_json(o)} for o in outputs]
     if isinstance(grader, StringCheck):
         check = _CHECKS[grader.operation]
-        return _each(lambda s, i: check(_render(grader.input, s, i), _render(grader.reference, s, i)), samples, items)
+        return _each(lambda s, i: check(render(grader.input, s, i), render(grader.reference, s, i)), samples, items)
     if isinstance(grader, TextSimilarity):
         if grader.evaluation_metric == "cosine":
             return _cosine(grader, samples, items)
         metric = grader.evaluation_metric
-        return _each(
-            lambda s, i: _similarity(metric, _render(grader.input, s, i), _render(grader.reference, s, i)), samples, items
-        )
+        return _each(lambda s, i: _similarity(metric, render(grader.input, s, i), render(grader.reference, s, i)), samples, items)
     if isinstance(grader, PythonGrader):
         from tunesmith.eval import pygrader
 
@@ -348,8 +307,8 @@ def _cosine(grader: TextSimilarity, samples: list[Any], items: list[Any]) -> Gra
     rendered = []
     for k, (s, i) in enumerate(zip(samples, items, strict=True)):
         try:
-            rendered.append((k, _render(grader.input, s, i), _render(grader.reference, s, i)))
-        except _Unscored as exc:
+            rendered.append((k, render(grader.input, s, i), render(grader.reference, s, i)))
+        except Unscored as exc:
             out.errors[k] = str(exc.args[0])
     for (k, _, _), value in zip(rendered, cosine_similarities([a for _, a, _ in rendered], [b for _, _, b in rendered])):
         out.scores[k] = value

@@ -12,7 +12,7 @@ from tunesmith.atomic import write_text_atomic
 from tunesmith.eval.ladder_report import LadderReport
 
 # The eval page's PNG encoder, <img> tag and stylesheet, so both pages look and embed alike.
-from tunesmith.eval.report import _CSS, _img, _png
+from tunesmith.eval.report import REPORT_CSS, figure_png, img_tag
 
 _EXAMPLES = 3
 _MAX_TEXT_CHARS = 600
@@ -39,7 +39,7 @@ def quality_cost_png(report: LadderReport) -> bytes:
     ax.set_title("quality vs cost per rung")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _png(fig)
+    return figure_png(fig)
 
 
 def _rung_table(report: LadderReport) -> str:
@@ -88,7 +88,7 @@ def render(report: LadderReport, rows: list[dict[str, Any]]) -> str:
     warning = f"<p><b>warning:</b> {html.escape(rec.warning)}</p>" if rec.warning else ""
     gates = ", ".join(f"{k}: {v}" for k, v in report.gates.items()) or "none set"
     return f"""<!doctype html><html><head><meta charset="utf-8">
-<title>tunesmith ladder: {html.escape(report.run)}</title><style>{_CSS}</style></head><body>
+<title>tunesmith ladder: {html.escape(report.run)}</title><style>{REPORT_CSS}</style></head><body>
 <h1>Ladder: {html.escape(report.run)}</h1>
 <p>{report.n_examples} held-out prompts per rung · base model {html.escape(report.base_model)} · device {html.escape(report.device)}
 · cost basis {report.cost_basis} at {report.price:g} · gates: {html.escape(gates)}</p>
@@ -96,7 +96,7 @@ def render(report: LadderReport, rows: list[dict[str, Any]]) -> str:
 <h2>Recommendation</h2><p>{html.escape(rec.sentence)}</p>{warning}
 <h2>Rungs</h2>{_rung_table(report)}
 <p>Latency is the wall time of one generation batch (batch size {report.generation.get("batch_size")}).</p>
-{_img(quality_cost_png(report), "quality vs cost")}
+{img_tag(quality_cost_png(report), "quality vs cost")}
 <h2>First prompts, every rung</h2>{_examples(report, rows)}
 </body></html>"""
 

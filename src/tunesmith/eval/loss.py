@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from tunesmith.data.template import IGNORE, tokenize_example
-from tunesmith.eval.generate import MIN_SHARED_PREFIX, _prefix_cache, cache_argument, shared_prefix, shares_prefix
+from tunesmith.eval.generate import MIN_SHARED_PREFIX, cache_argument, prefix_kv_cache, shared_prefix, shares_prefix
 
 
 def reference_loss(
@@ -34,7 +34,7 @@ def reference_loss(
     prefix_cache: Any = None
     if shared >= MIN_SHARED_PREFIX:
         with torch.inference_mode():
-            prefix_cache = _prefix_cache(model, toks[0].input_ids[:shared])
+            prefix_cache = prefix_kv_cache(model, toks[0].input_ids[:shared])
     if prefix_cache is None:
         shared = 0
     name = cache_argument(model)

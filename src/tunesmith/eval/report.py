@@ -30,7 +30,7 @@ _MAX_TEXT_CHARS = 4000
 _DPI = 100
 
 
-def _png(fig: Figure) -> bytes:
+def figure_png(fig: Figure) -> bytes:
     canvas = FigureCanvasAgg(fig)
     buf = io.BytesIO()
     canvas.print_png(buf)  # type: ignore[no-untyped-call]  # matplotlib leaves print_png untyped
@@ -40,7 +40,7 @@ def _png(fig: Figure) -> bytes:
 def _message_png(text: str) -> bytes:
     fig = Figure(figsize=(6, 2), dpi=_DPI)
     fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=14, color="#555555")
-    return _png(fig)
+    return figure_png(fig)
 
 
 def _series(history: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
@@ -74,7 +74,7 @@ def loss_curve_png(history: Sequence[dict[str, Any]], path: Path | None = None) 
         ax.grid(True, alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        data = _png(fig)
+        data = figure_png(fig)
     if path is not None:
         write_bytes_atomic(path, data)
     return data
@@ -125,7 +125,7 @@ def metrics_chart_png(summary: dict[str, dict[str, float]]) -> bytes:
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    return _png(fig)
+    return figure_png(fig)
 
 
 def _fmt(v: Any) -> str:
@@ -202,11 +202,11 @@ def _example_cards(preds: list[dict[str, Any]], order: tuple[str, ...]) -> str:
     return "".join(cards)
 
 
-def _img(png: bytes, alt: str) -> str:
+def img_tag(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
 
 
-_CSS = """
+REPORT_CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
 h1{margin-bottom:.2rem}.muted{color:#666;font-size:.9rem}
 table{border-collapse:collapse;margin:1rem 0}th,td{border:1px solid #ddd;padding:.35rem .7rem;text-align:left}
@@ -247,7 +247,7 @@ def _render(report: dict[str, Any], predictions: list[dict[str, Any]], history: 
     wins = sorted((p for p in predictions if p.get("judgement") == "win"), key=lambda p: _margin(p, order), reverse=True)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<title>tunesmith eval: {run}</title><style>{_CSS}</style></head><body>
+<title>tunesmith eval: {run}</title><style>{REPORT_CSS}</style></head><body>
 <h1>Evaluation: {run}</h1>
 <p class="muted">base model {base_model} &middot; {html.escape(str(report.get("n_examples", len(predictions))))} held-out examples
 &middot; {mode} mode &middot; examples judged on {html.escape(", ".join(order))} in that order</p>
@@ -259,9 +259,9 @@ def _render(report: dict[str, Any], predictions: list[dict[str, Any]], history: 
 <p class="tally"><span class="good">wins {int(j.get("wins", 0))}</span><span class="bad">losses {int(j.get("losses", 0))}</span>
 <span class="flat">ties {int(j.get("ties", 0))}</span><span>win rate {100 * float(j.get("win_rate", 0.0)):.1f}%</span></p>
 <h2>Training loss</h2>
-{_img(loss_curve_png(history), "training loss curve")}
+{img_tag(loss_curve_png(history), "training loss curve")}
 <h2>Metrics chart</h2>
-{_img(metrics_chart_png(summary), "base vs tuned metrics chart")}
+{img_tag(metrics_chart_png(summary), "base vs tuned metrics chart")}
 <h2>Worst regressions</h2>
 <p class="muted">Examples the tuned model lost to base, largest drop first (up to {_MAX_REGRESSIONS}).</p>
 {_example_cards(losses[:_MAX_REGRESSIONS], order)}

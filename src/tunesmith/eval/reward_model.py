@@ -90,7 +90,6 @@ class RewardModel:
 
         from tunesmith import models
         from tunesmith.loader import resolve_run_base
-        from tunesmith.train import _trl
         from tunesmith.train.reward import RewardDetails
 
         if not isinstance(run.manifest.details, RewardDetails):
@@ -105,7 +104,7 @@ class RewardModel:
         if has_adapter:
             from peft import PeftModel
 
-            bnb = _trl.build_bnb_config(run.recipe.adapter) if run.manifest.quantized_base else None
+            bnb = models.build_bnb_config(run.recipe.adapter) if run.manifest.quantized_base else None
             base = models.load_model(resolve_run_base(run), m.dtype, m.revision, m.trust_remote_code, bnb, num_labels=1)
             base.config.pad_token_id = tokenizer.pad_token_id
             model = PeftModel.from_pretrained(base, str(run.adapter_dir)).eval()

@@ -89,9 +89,7 @@ def _load(recipe: Recipe, base_path: str, folder: Path, peft_model: Any) -> Any:
     if peft_model is None:
         from peft import PeftModel
 
-        from tunesmith.train import _trl
-
-        bnb = _trl.build_bnb_config(recipe.adapter) if recipe.adapter.type == "qlora" else None
+        bnb = models.build_bnb_config(recipe.adapter) if recipe.adapter.type == "qlora" else None
         base = models.load_model(base_path, recipe.model.dtype, recipe.model.revision, recipe.model.trust_remote_code, bnb)
         return PeftModel.from_pretrained(base, str(folder), adapter_name=folder.name).eval()
     peft_model.load_adapter(str(folder), adapter_name=folder.name)

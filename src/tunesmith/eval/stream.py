@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from tunesmith.eval.generate import FinishReason, _cut_at_stop, _generation_config, _seeded, family_of, opens_trace, prompt_text
+from tunesmith.eval.generate import FinishReason, cut_at_stop, family_of, generation_config_for, opens_trace, prompt_text, seeded
 
 
 class TextStream:
@@ -48,7 +48,7 @@ class TextStream:
         text, sent, cut = "", 0, False
         for piece in streamer:
             text += piece
-            found, hit = _cut_at_stop(text, self._stop)
+            found, hit = cut_at_stop(text, self._stop)
             if hit:
                 text, cut = found, True
                 self.cancel_event.set()
@@ -100,7 +100,7 @@ def generate_stream(
     stream = TextStream(stop)
     if cancel is not None:
         stream.cancel_event = cancel
-    config = _generation_config(model, tokenizer, max_new_tokens, temperature, top_p)
+    config = generation_config_for(model, tokenizer, max_new_tokens, temperature, top_p)
     family = family_of(model, tokenizer)
     prompt = prompt_text(model, tokenizer, conversation, thinking)
     stream.opened, stream.think = opens_trace(prompt, family), family.think
@@ -118,7 +118,7 @@ def generate_stream(
 
     def work() -> None:
         try:
-            with _seeded(seed), torch.inference_mode():
+            with seeded(seed), torch.inference_mode():
                 model.generate(
                     **enc, generation_config=config, streamer=streamer, stopping_criteria=StoppingCriteriaList([_Watch()])
                 )

@@ -57,7 +57,7 @@ class ExportLineage(Record):
     versions: dict[str, str] = Field(default_factory=dict)
 
 
-def _run_lineage(run: Run | None, tokenizer: Any, merged_lineage: dict[str, Any]) -> dict[str, Any]:
+def run_lineage(run: Run | None, tokenizer: Any, merged_lineage: dict[str, Any]) -> dict[str, Any]:
     """The lineage fields known before conversion: run, recipe, base, data, template, eval summary."""
     out: dict[str, Any] = {"chat_template_sha256": models.chat_template_hash(tokenizer), "versions": versions()}
     if run is None:
@@ -129,7 +129,7 @@ def _by_structure(spec: dict[str, Any]) -> str | None:
     return None
 
 
-def _converter(model_dir: Path, type_: str, out: Path) -> Any:
+def converter_for(model_dir: Path, type_: str, out: Path) -> Any:
     """llama.cpp's converter class for this architecture, instantiated on model_dir (nothing written yet)."""
     import gguf
     from conversion import get_model_class
@@ -172,7 +172,7 @@ def refuse_unconvertible(model_dir: Path) -> None:
     arch = architecture(model_dir)
     try:
         with _quiet():
-            _converter(model_dir, "f16", model_dir / ".never-written.gguf").set_vocab()
+            converter_for(model_dir, "f16", model_dir / ".never-written.gguf").set_vocab()
     except (ValueError, OSError, KeyError, ImportError, NotImplementedError) as exc:
         raise ModelError(
             f"cannot export {model_dir} as GGUF: llama.cpp's converter for {arch} cannot read its vocabulary ({exc})",
@@ -197,15 +197,6 @@ def carry_stops(writer: Any, model_dir: Path) -> dict[str, int]:
     return written
 
 
-def stops_of(path: Path) -> dict[str, int]:
-    """The stop-token keys of a GGUF file (eos, eot, eom) that are set, by key."""
-    import gguf
-
-    fields = gguf.GGUFReader(path).fields
-    keys = (gguf.Keys.Tokenizer.EOS_ID, gguf.Keys.Tokenizer.EOT_ID, gguf.Keys.Tokenizer.EOM_ID)
-    return {k: int(fields[k].parts[fields[k].data[0]][0]) for k in keys if k in fields}
-
-
 @contextmanager
 def _quiet() -> Iterator[None]:
     """llama.cpp's converter logs per-tensor INFO lines and a banner for unknown pre-tokenizers: errors only."""
@@ -223,7 +214,7 @@ def convert(model_dir: Path, out: Path, type_: str, lineage: ExportLineage) -> N
     import torch
 
     with _quiet(), torch.inference_mode():
-        converter = _converter(model_dir, type_, out)
+        converter = converter_for(model_dir, type_, out)
         converter.gguf_writer.add_string(LINEAGE_KEY, lineage.model_dump_json())
         # ModelBase.write() with the writer's per-byte tqdm bar off (the CLI shows its own status).
         converter.prepare_tensors()
@@ -267,7 +258,7 @@ def check(
     done = generate_detailed(model.eval(), tokenizer, conversations, max_new_tokens, batch_size=1, thinking=thinking)
     got = [c.token_ids for c in done]
     prefix = [a[:EXACT_PREFIX] == b[:EXACT_PREFIX] for a, b in zip(ref, got)]
-    carried = stops_of(gguf_path)
+    carried = models.stops_of(gguf_path)
     return {
         "prompts": len(ref),
         "identical": sum(a == b for a, b in zip(ref, got)),
@@ -281,7 +272,7 @@ def check(
     }
 
 
-def _claim(out: Path, overwrite: bool) -> tuple[Path, Path]:
+def claim_output(out: Path, overwrite: bool) -> tuple[Path, Path]:
     """--out and its sidecar must both be new, or (with overwrite) unchanged earlier tunesmith outputs."""
     if out.suffix != ".gguf":
         raise RunError(f"--out {out} must end in .gguf")
@@ -291,7 +282,7 @@ def _claim(out: Path, overwrite: bool) -> tuple[Path, Path]:
 
 
 @contextmanager
-def _stage(out: Path) -> Iterator[Path]:
+def staging_dir(out: Path) -> Iterator[Path]:
     """A private temp folder beside `out` (random name, mode 0700, so nothing can be planted in it), removed after;
     on a failure, so are the folders made for `out`."""
     from tunesmith.atomic import new_parents
@@ -300,7 +291,7 @@ def _stage(out: Path) -> Iterator[Path]:
         yield Path(stage)
 
 
-def _publish(tmp: Path, out: Path, sidecar: Path, lineage: ExportLineage) -> None:
+def publish_export(tmp: Path, out: Path, sidecar: Path, lineage: ExportLineage) -> None:
     from tunesmith.atomic import publish, write_text_atomic
 
     write_text_atomic(sidecar, lineage.model_dump_json(indent=2))
@@ -332,9 +323,10 @@ def _source(source: Path, stage: Path) -> tuple[Path, Run | None, dict[str, Any]
 
 def _verified(run: Run, merged: Path, gguf_file: Path, prompts: int, max_new_tokens: int) -> dict[str, Any]:
     """tunesmith verify on the file about to be published (the served path aside); Divergent when a path differs."""
-    from tunesmith.verify import Divergent, verify
+    from tunesmith.verify.compare import Divergent
+    from tunesmith.verify.paths import verify_files
 
-    report = verify(run, merged=merged, gguf_file=gguf_file, serve=False, prompts=prompts, max_new_tokens=max_new_tokens)
+    report = verify_files(run, merged, gguf_file, prompts, max_new_tokens)
     if not report.passed:
         raise Divergent(report)
     return {"passed": True, "checks": {c.path: c.status for c in report.checks}, "max_new_tokens": max_new_tokens}
@@ -346,11 +338,11 @@ def export_gguf(
     """Convert a run (merged first) or a merged folder to a verified GGUF at `out`; returns the sidecar's lineage."""
     if type_ not in TYPES:
         raise RunError(f"--type {type_}: choose one of {', '.join(TYPES)}")
-    out, sidecar = _claim(out, overwrite)
-    with _stage(out) as stage:
+    out, sidecar = claim_output(out, overwrite)
+    with staging_dir(out) as stage:
         model_dir, run, merged = _source(source.expanduser().resolve(), stage)
         lineage = ExportLineage(
-            artifact=out.name, kind="gguf", type=type_, **_run_lineage(run, models.load_tokenizer(str(model_dir)), merged)
+            artifact=out.name, kind="gguf", type=type_, **run_lineage(run, models.load_tokenizer(str(model_dir)), merged)
         )
         tmp = stage / out.name
         convert(model_dir, tmp, type_, lineage)
@@ -369,5 +361,5 @@ def export_gguf(
                 hint="Try --type f16 (or bf16 for a bf16-trained model) and compare again.",
             )
         lineage = lineage.model_copy(update={"check": result, "sha256": models.sha256_file(tmp)})
-        _publish(tmp, out, sidecar, lineage)
+        publish_export(tmp, out, sidecar, lineage)
         return lineage

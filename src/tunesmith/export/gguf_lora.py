@@ -10,7 +10,15 @@ from typing import Any
 
 from tunesmith import models
 from tunesmith.errors import RunError
-from tunesmith.export.gguf import LINEAGE_KEY, ExportLineage, _claim, _converter, _publish, _run_lineage, _stage
+from tunesmith.export.gguf import (
+    LINEAGE_KEY,
+    ExportLineage,
+    claim_output,
+    converter_for,
+    publish_export,
+    run_lineage,
+    staging_dir,
+)
 from tunesmith.run import Run, load_run, read_json_record
 
 
@@ -65,7 +73,7 @@ def lora_to_gguf(base_dir: Path, adapter_dir: Path, cfg: dict[str, Any], out: Pa
     import gguf
     import torch
 
-    converter = _converter(base_dir, "f32", out)
+    converter = converter_for(base_dir, "f32", out)
     alpha = float(cfg["lora_alpha"]) * (math.sqrt(cfg["r"]) if cfg.get("use_rslora") else 1.0)  # llama.cpp scales alpha/r
     writer = gguf.GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[converter.model_arch])
     writer.add_string("general.type", "adapter")
@@ -95,12 +103,12 @@ def export_adapter_gguf(run_dir: Path, out: Path, overwrite: bool = False) -> Ex
     """The run's LoRA alone as a GGUF adapter (f32) for llama.cpp's --lora; refused for DoRA and prompt tuning."""
     run = load_run(run_dir)
     cfg = refuse_adapter(run)
-    out, sidecar = _claim(out, overwrite)
+    out, sidecar = claim_output(out, overwrite)
     tokenizer = models.load_tokenizer(str(run.adapter_dir))
     from tunesmith.loader import resolve_run_base
 
-    lineage = ExportLineage(artifact=out.name, kind="gguf-lora", type="f32", **_run_lineage(run, tokenizer, {}))
-    with _stage(out) as stage:
+    lineage = ExportLineage(artifact=out.name, kind="gguf-lora", type="f32", **run_lineage(run, tokenizer, {}))
+    with staging_dir(out) as stage:
         tmp = stage / out.name
         count = lora_to_gguf(Path(resolve_run_base(run)), run.adapter_dir, cfg, tmp, lineage)
         lineage = lineage.model_copy(
@@ -109,5 +117,5 @@ def export_adapter_gguf(run_dir: Path, out: Path, overwrite: bool = False) -> Ex
                 "sha256": models.sha256_file(tmp),
             }
         )
-        _publish(tmp, out, sidecar, lineage)
+        publish_export(tmp, out, sidecar, lineage)
     return lineage

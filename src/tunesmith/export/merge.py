@@ -79,7 +79,8 @@ def _save(merged: Any, tokenizer: Any, stage: Path, lineage: dict[str, Any], run
 def _same_render(run: Run, folder: Path, n: int, tokenizer: Any) -> None:
     """The saved folder, read back as another runtime reads it, renders the training prompts and stops on the family's
     end-of-turn tokens (verify.folder_parity); Divergent (exit 3) otherwise, and nothing is published."""
-    from tunesmith.verify import Divergent, Report, folder_parity, reference
+    from tunesmith.verify.compare import Divergent, Report
+    from tunesmith.verify.paths import folder_parity, reference
 
     ref = reference(run, n, tokenizer)
     found = folder_parity(ref, folder)

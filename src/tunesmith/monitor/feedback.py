@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from tunesmith.errors import DataError
-from tunesmith.monitor.traffic import latest_feedback, prompt_of
+from tunesmith.monitor.rows import latest_feedback, prompt_of
 
 if TYPE_CHECKING:
     from tunesmith.config import MonitorSection
@@ -160,7 +160,8 @@ def retrain_rows(
 ) -> tuple[list[dict[str, Any]], dict[str, int], str, list[Path]]:
     """export_retrain's rows (not written), what was skipped, the log's name and its file."""
     from tunesmith.monitor import drift
-    from tunesmith.monitor.traffic import out_of_distribution, prompt_text, read_windows, training_traffic
+    from tunesmith.monitor.rows import prompt_text
+    from tunesmith.monitor.traffic import out_of_distribution, read_windows, training_traffic
 
     requests, feedback, db, inputs = _read_log(source)
     rows, skipped = sft_rows(requests, feedback)

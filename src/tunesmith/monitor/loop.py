@@ -30,7 +30,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from tunesmith.errors import RunError, TunesmithError
-from tunesmith.records import GateResult, Record
+from tunesmith.monitor.loop_report import CYCLE_NAME
+from tunesmith.records import GateResult, Record, read_record
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,22 @@ class Cycle(Record):
     gates: list[GateResult] = Field(default_factory=list)
     rollout: str | None = Field(None, description="What happened to the rollout (started, promoted, rolled back, waiting).")
     error: str | None = None
+
+
+def read_cycle(path: str | Path) -> Cycle:
+    """A cycle.json (loop_report.py writes it) as its record."""
+    return read_record(Path(path), Cycle, CYCLE_VERSION)
+
+
+def cycles(serve_dir: str | Path, limit: int = 20) -> list[tuple[str, Cycle]]:
+    """(folder name, Cycle) of the latest cycles of a serve folder, newest first; unreadable ones are left out."""
+    out = []
+    for path in sorted(Path(serve_dir, LOOP_DIR).glob(f"*/{CYCLE_NAME}"), reverse=True)[:limit]:
+        try:
+            out.append((path.parent.name, read_cycle(path)))
+        except RunError:
+            continue
+    return out
 
 
 @dataclass

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.atomic import write_text_atomic
-from tunesmith.errors import RunError
 
 CYCLE_NAME, CYCLE_HTML = "cycle.json", "cycle.html"
 _COLOUR = {0: "#1a7f37", 3: "#cf222e", 4: "#9a6700", 1: "#cf222e"}
@@ -24,26 +23,6 @@ def write_cycle(folder: Path, cycle: Any, monitor: Any = None) -> None:
         write_html(folder / HTML_NAME, monitor)
     write_text_atomic(folder / CYCLE_NAME, cycle.model_dump_json(indent=1) + "\n")
     write_text_atomic(folder / CYCLE_HTML, render(cycle, monitor is not None))
-
-
-def read_cycle(path: str | Path) -> Any:
-    from tunesmith.monitor.loop import CYCLE_VERSION, Cycle
-    from tunesmith.records import read_record
-
-    return read_record(Path(path), Cycle, CYCLE_VERSION)
-
-
-def cycles(serve_dir: str | Path, limit: int = 20) -> list[tuple[str, Any]]:
-    """(folder name, Cycle) of the latest cycles of a serve folder, newest first; unreadable ones are left out."""
-    from tunesmith.monitor.loop import LOOP_DIR
-
-    out = []
-    for path in sorted(Path(serve_dir, LOOP_DIR).glob(f"*/{CYCLE_NAME}"), reverse=True)[:limit]:
-        try:
-            out.append((path.parent.name, read_cycle(path)))
-        except RunError:
-            continue
-    return out
 
 
 def _rows(items: dict[str, Any]) -> str:

@@ -103,7 +103,7 @@ def served_run(serve_dir: Path, name: str, recipe_path: str | Path) -> Run:
     from tunesmith.config import load_recipe
     from tunesmith.run import load_run
 
-    link = _adapter_link(serve_dir, name)
+    link = adapter_link(serve_dir, name)
     if link.exists():
         return load_run(link)
     return load_run(load_recipe(recipe_path, check_files=False).run_dir)
@@ -147,7 +147,7 @@ def _record_path(serve_dir: Path, name: str) -> Path:
     return serve_dir / "adapters" / f"{name}.promotion.json"
 
 
-def _adapter_link(serve_dir: Path, name: str) -> Path:
+def adapter_link(serve_dir: Path, name: str) -> Path:
     """SERVE_DIR/adapters/<name>, refused when something other than a link made by retrain sits there."""
     link = serve_dir / "adapters" / name
     if link.exists() and not link.is_symlink():
@@ -164,7 +164,7 @@ def promote(serve_dir: Path, name: str, run_dir: Path, previous: Path, added: Pa
     from tunesmith.serve.security import check_name
 
     check_name(name)
-    link = _adapter_link(serve_dir, name)
+    link = adapter_link(serve_dir, name)
     link.parent.mkdir(parents=True, exist_ok=True)
     record = Promotion(
         name=name,

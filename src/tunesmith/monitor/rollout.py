@@ -62,9 +62,9 @@ def live_gates(options: list[str], reward_model: str | None) -> dict[str, str | 
 
 
 def _link_target(serve_dir: Path, name: str) -> str | None:
-    from tunesmith.monitor.retrain import _adapter_link
+    from tunesmith.monitor.retrain import adapter_link
 
-    link = _adapter_link(serve_dir, name)
+    link = adapter_link(serve_dir, name)
     return os.path.realpath(link) if link.is_symlink() else None
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from tunesmith.monitor import drift
 from tunesmith.monitor.report import HourPoint, MonitorReport, ReplicaStats, Signal, VariantStats, Window
+from tunesmith.monitor.rows import latest_feedback, prompt_of, prompt_text
 
 if TYPE_CHECKING:
     from tunesmith.config import MonitorSection
@@ -24,26 +25,6 @@ if TYPE_CHECKING:
     from tunesmith.serve.store import FeedbackRow, RequestRow
 
 log = logging.getLogger(__name__)
-
-
-def prompt_of(row: RequestRow) -> list[dict[str, str]] | None:
-    """The prompt messages of a logged request (a completions prompt becomes one user turn); None when not logged."""
-    if row.messages:
-        return [{"role": m.role, "content": m.content} for m in row.messages]
-    if row.prompt is not None:
-        return [{"role": "user", "content": row.prompt}]
-    return None
-
-
-def prompt_text(row: RequestRow) -> str | None:
-    """What the user asked: the last user turn (or the completions prompt)."""
-    messages = prompt_of(row) or []
-    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)
-
-
-def latest_feedback(feedback: list[FeedbackRow]) -> dict[str, FeedbackRow]:
-    """request_id -> the last verdict given on it (a later rating replaces an earlier one)."""
-    return {f.request_id: f for f in feedback}
 
 
 def to_traffic(name: str, rows: list[RequestRow], verdicts: dict[str, FeedbackRow]) -> drift.Traffic:

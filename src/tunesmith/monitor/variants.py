@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunesmith.monitor import drift
 from tunesmith.monitor.report import VariantStats
-from tunesmith.monitor.traffic import prompt_of
+from tunesmith.monitor.rows import prompt_of
 
 if TYPE_CHECKING:
     from tunesmith.serve.store import FeedbackRow, RequestRow
@@ -59,7 +59,7 @@ def compare(
     rows: Sequence[RequestRow], feedback: Sequence[FeedbackRow], reward_model: Any = None, seed: int = 0
 ) -> list[VariantStats]:
     """Per (model, variant): the figures; a candidate also gets output_drift_p against its model's primary."""
-    from tunesmith.monitor.traffic import latest_feedback
+    from tunesmith.monitor.rows import latest_feedback
 
     verdicts = latest_feedback(list(feedback))
     groups: dict[tuple[str, str], list[RequestRow]] = {}

@@ -111,7 +111,7 @@ def _startup(state: ServeState, load: Callable[[], Any]) -> None:
                 state.status, state.problem = "check failed", report.summary()
                 log.error("deploy check failed: %s", state.problem)
                 return
-            from tunesmith.verify import engine_parity
+            from tunesmith.verify.paths import engine_parity
 
             differ = engine_parity(engine)  # each served run's prompt bytes and stop tokens, against its training
             if differ:

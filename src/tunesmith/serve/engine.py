@@ -59,7 +59,7 @@ class ServedModel:
         }
 
 
-def _model_name(spec: str) -> str:
+def model_name(spec: str) -> str:
     """A client-facing name for a base model spec (catalog name, folder or hub id)."""
     name = Path(spec.rstrip("/")).name if ("/" in spec and Path(spec).exists()) or spec.startswith((".", "/", "~")) else spec
     return name.replace("/", "--")
@@ -281,7 +281,7 @@ def run_name(run: Any, name: str | None, has_adapter: bool) -> str:
     """The name a served run answers to (`name`, else its folder's); ModelError when an adapter run's name is its
     base's, since clients asking for the base would then get the adapter."""
     served = check_name(name or run.dir.name)
-    if has_adapter and served == _model_name(run.manifest.base_model.spec):
+    if has_adapter and served == model_name(run.manifest.base_model.spec):
         raise ModelError(
             f"the run {run.dir} would be served as {served!r}, the name of its base model, so clients asking for "
             "the base would get the adapter",
@@ -305,7 +305,7 @@ def load_engine(
         run = loaded.run
         served_name = run_name(run, name, loaded.has_adapter)
         if loaded.has_adapter:
-            base_name = _model_name(run.manifest.base_model.spec)
+            base_name = model_name(run.manifest.base_model.spec)
             engine = Engine(loaded.model, loaded.tokenizer, base_name, run.base_path)
             engine.models[served_name] = engine._served_from_run(served_name, "default", run)  # load_run_model: "default"
             engine.default_name = served_name
@@ -318,7 +318,7 @@ def load_engine(
         spec = str(target)
         local = Path(spec).expanduser()  # resolved as load_target did, so adapters' recorded base paths compare equal
         base = models.resolve_base(str(local) if local.exists() else spec)
-        engine = Engine(loaded.model, loaded.tokenizer, check_name(name) if name else _model_name(spec), base)
+        engine = Engine(loaded.model, loaded.tokenizer, check_name(name) if name else model_name(spec), base)
     for adapter, path in (adapters or {}).items():
         engine.add_adapter(adapter, path)
     return engine

@@ -13,7 +13,7 @@ from typing import Any
 
 from tunesmith.errors import RunError
 from tunesmith.serve.log_schema import check_log_version, upgrade
-from tunesmith.serve.store import RequestLog, mask_url, scrub
+from tunesmith.serve.store import BACKENDS, RequestLog, mask_url, scrub
 
 MIGRATION_LOCK = 0x74756E65736D6974  # pg_advisory_xact_lock key ("tunesmit"): one migrating replica at a time
 _COLUMNS = {"request_id", "time", "model", "row"}
@@ -131,3 +131,6 @@ class PostgresLog(RequestLog):
 
     def _close(self) -> None:
         self._conn.close()
+
+
+BACKENDS["postgresql"] = PostgresLog

@@ -13,7 +13,7 @@ from typing import Any
 
 from tunesmith.errors import RunError
 from tunesmith.serve.log_schema import check_log_version, upgrade
-from tunesmith.serve.store import DB_NAME, RequestLog
+from tunesmith.serve.store import BACKENDS, DB_NAME, RequestLog
 
 
 def _tables(conn: sqlite3.Connection) -> set[str]:
@@ -144,3 +144,6 @@ class SqliteLog(RequestLog):
 
     def _close(self) -> None:
         self._conn.close()
+
+
+BACKENDS["sqlite"] = SqliteLog

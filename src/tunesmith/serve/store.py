@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal, Self, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -32,6 +32,10 @@ REQUEST_ROW_VERSION = 3  # 2: `replica`; 3: `variant`
 FEEDBACK_ROW_VERSION = 2  # 2: `replica`
 DB_NAME = "requests.sqlite"
 URL_SCHEMES = ("postgresql://", "postgres://")
+# backend name -> its RequestLog subclass. log_sqlite.py and log_postgres.py add themselves when imported, and
+# tunesmith/serve/__init__.py imports both, so they are here before any log is opened (and they import this
+# module, not the other way round).
+BACKENDS: dict[str, Any] = {}
 
 
 class _Row(BaseModel):
@@ -206,12 +210,10 @@ class RequestLog:
         creates the tables or upgrades older ones. `replica` is written into every row this handle adds.
         """
         if is_url(location):
-            from tunesmith.serve.log_postgres import PostgresLog
-
-            return PostgresLog.connect(str(location), create=create, replica=replica)
-        from tunesmith.serve.log_sqlite import SqliteLog
-
-        return SqliteLog.connect(Path(location), create=create, replica=replica)
+            log = BACKENDS["postgresql"].connect(str(location), create=create, replica=replica)
+        else:
+            log = BACKENDS["sqlite"].connect(Path(location), create=create, replica=replica)
+        return cast(RequestLog, log)
 
     # --- what a backend provides ---------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ModelError
-from tunesmith.serve.engine import Engine, ServedModel, _model_name, run_name
+from tunesmith.serve.engine import Engine, ServedModel, model_name, run_name
 
 
 def require_vllm() -> None:
@@ -113,7 +113,7 @@ def load_vllm_engine(
 
     run = load_run(target) if is_run_dir(target) else None
     if run is not None and (run.adapter_dir / "adapter_config.json").exists():
-        base_path, base_name = resolve_run_base(run), _model_name(run.manifest.base_model.spec)
+        base_path, base_name = resolve_run_base(run), model_name(run.manifest.base_model.spec)
         tokenizer_dir = str(run.adapter_dir)
     elif run is not None:  # a full fine-tune is served as its own model, under the run's name (not the base's)
         base_path = tokenizer_dir = str(run.adapter_dir)
@@ -121,7 +121,7 @@ def load_vllm_engine(
     else:
         local = Path(str(target)).expanduser()
         base_path = tokenizer_dir = models.resolve_base(str(local) if local.exists() else str(target))
-        base_name = name or _model_name(str(target))
+        base_name = name or model_name(str(target))
     trust = bool(run and run.recipe.model.trust_remote_code)  # only when the run recorded it
     llm = LLM(
         model=base_path,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,6 +22,7 @@ from fastapi.templating import Jinja2Templates
 from tunesmith.errors import RunError, TunesmithError
 from tunesmith.studio import guard, reports
 from tunesmith.studio.guard import is_loopback
+from tunesmith.studio.render import page, resolve_run
 from tunesmith.studio.runs import Roots, checkpoints, faults, job_state, list_runs, metric_rows, summarize
 
 HERE = Path(__file__).parent
@@ -50,21 +50,6 @@ def check_bind(host: str, token: str | None) -> None:
             f"refusing to bind {host} without an access token",
             hint="Pass --token (or set TUNESMITH_STUDIO_TOKEN), or keep the default --host 127.0.0.1.",
         )
-
-
-def page(request: Request, template: str, /, status_code: int = 200, **ctx: Any) -> HTMLResponse:
-    """Render a template from pages/ (autoescaped) with `ctx`."""
-    templates: Jinja2Templates = request.app.state.templates
-    return templates.TemplateResponse(request, template, ctx, status_code=status_code)
-
-
-def resolve_run(request: Request, k: str) -> Path:
-    """The run folder named by `k`; RunError (a 404 page) when it is outside the roots or not a run."""
-    roots: Roots = request.app.state.roots
-    path = roots.resolve(k)
-    if not (path / "run.yaml").is_file():
-        raise RunError("not a run folder")
-    return path
 
 
 def create_app(config: StudioConfig) -> FastAPI:

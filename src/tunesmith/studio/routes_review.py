@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from tunesmith.errors import RunError
 from tunesmith.studio import review
-from tunesmith.studio.app import page, resolve_run
+from tunesmith.studio.render import page, resolve_run
 from tunesmith.studio.runs import list_runs, predictions
 
 router = APIRouter()

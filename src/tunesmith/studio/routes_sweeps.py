@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from tunesmith.errors import RunError, TunesmithError
-from tunesmith.studio.app import page
+from tunesmith.studio.render import page
 from tunesmith.studio.runs import SKIP_DIRS, Roots
 
 router = APIRouter()

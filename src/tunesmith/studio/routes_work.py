@@ -11,8 +11,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
 
 from tunesmith.errors import RunError, TunesmithError
 from tunesmith.studio import launch
-from tunesmith.studio.app import page, resolve_run
 from tunesmith.studio.chat import ChatRequest
+from tunesmith.studio.render import page, resolve_run
 from tunesmith.studio.runs import SKIP_DIRS, list_runs
 
 router = APIRouter()
@@ -361,7 +361,7 @@ def monitor_page(request: Request, offset: int = 0) -> HTMLResponse:
         feedback = list(log.iter_feedback())
     buckets = hourly(rows)
     rows.reverse()
-    from tunesmith.monitor.loop_report import cycles
+    from tunesmith.monitor.loop import cycles
     from tunesmith.monitor.report import latest
 
     return page(

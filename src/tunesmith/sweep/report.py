@@ -92,7 +92,8 @@ def _value(v: Any) -> str:
 def table_text(report: SweepReport) -> str:
     """The trials as a table 80 columns wide, with the skip reasons and errors under it."""
     from rich.console import Console
-    from rich.table import Table
+
+    from tunesmith.tables import Table
 
     spec = report.spec
     table = Table(title=f"sweep of {Path(spec.recipe).name} by {spec.metric}", title_justify="left", box=None, pad_edge=False)

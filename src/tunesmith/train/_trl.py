@@ -68,22 +68,6 @@ def build_peft_config(
     )
 
 
-def build_bnb_config(adapter: AdapterSection) -> Any | None:
-    """BitsAndBytesConfig for QLoRA: 4-bit NF4 base, double quantization; None for any other adapter."""
-    if adapter.type != "qlora":
-        return None
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return BitsAndBytesConfig(  # type: ignore[no-untyped-call]  # transformers leaves its __init__ unannotated
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16 if gpu_bf16 else torch.float32,
-    )
-
-
 def common_args(recipe: Recipe, run_dir: Path, has_eval: bool, speed: Speed | None = None) -> dict[str, Any]:
     """TrainingArguments fields shared by every TRL config; `speed` (train/speed.py, the one precision decision)
     adds its levers, None keeps the plain fp32 path."""

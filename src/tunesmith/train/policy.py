@@ -36,7 +36,7 @@ def load(recipe: Recipe, base_path: str, dtype: str | None = None, num_labels: i
         )
     dist.prepare()
     m = recipe.model
-    bnb = _trl.build_bnb_config(recipe.adapter)
+    bnb = models.build_bnb_config(recipe.adapter)
     return models.load_model(base_path, dtype or m.dtype, m.revision, m.trust_remote_code, bnb, num_labels)
 
 

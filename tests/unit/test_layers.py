@@ -1,0 +1,221 @@
+"""How the modules of src/tunesmith depend on each other: one way, through public names, light at `--help`.
+
+The import graph is read from the source (every `import` statement, function-local ones included; those under
+`if TYPE_CHECKING:` are for type checkers only and left out), so a dependency hidden inside a function counts.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import tunesmith
+
+SRC = Path(tunesmith.__file__).parent
+# What `tunesmith --help` must not import: each takes seconds (or pulls in torch).
+HEAVY = (
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "datasets",
+    "accelerate",
+    "bitsandbytes",
+    "lancedb",
+    "sentence_transformers",
+    "vllm",
+)
+
+
+@dataclass(frozen=True)
+class Edge:
+    importer: str
+    imported: str
+    where: str  # file:line of the import statement
+
+    def __str__(self) -> str:
+        return f"{self.importer} -> {self.imported}  ({self.where})"
+
+
+def module_names() -> dict[str, Path]:
+    out = {}
+    for path in SRC.rglob("*.py"):
+        parts = path.relative_to(SRC.parent).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            skip.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    return skip
+
+
+def imports(name: str, path: Path, mods: dict[str, Path]) -> list[tuple[str, str, int]]:
+    """(imported module, imported name or '', line) of every import statement of one module, inside tunesmith.
+
+    `from pkg import sub` depends on pkg (its __init__ runs first) and on the module pkg.sub when there is one.
+    """
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skip = _type_checking_only(tree)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = []
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            out += [(a.name, "", node.lineno) for a in node.names if a.name in mods]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([node.module] if node.module else []))
+            if base in mods:  # the package or module named runs first, whatever is taken from it
+                out.append((base, "", node.lineno))
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                if sub in mods:
+                    out.append((sub, "", node.lineno))
+                elif base in mods:
+                    out.append((base, alias.name, node.lineno))
+    return out
+
+
+def import_graph() -> dict[str, dict[str, Edge]]:
+    mods = module_names()
+    graph: dict[str, dict[str, Edge]] = {m: {} for m in mods}
+    for name, path in mods.items():
+        for target, _, line in imports(name, path, mods):
+            if target != name and target not in graph[name]:
+                where = f"{path.relative_to(SRC.parent.parent)}:{line}"
+                graph[name][target] = Edge(name, target, where)
+    return graph
+
+
+def cycles(graph: dict[str, dict[str, Edge]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def describe(graph: dict[str, dict[str, Edge]], component: list[str]) -> str:
+    members = set(component)
+    edges = [str(e) for m in component for t, e in sorted(graph[m].items()) if t in members]
+    return f"{len(component)} modules import each other:\n    " + "\n    ".join(edges)
+
+
+# The one circle not cut yet: the recipe schema (config.py) builds the Recipe from every method's section, so it
+# imports the method registry; the methods' hooks load runs (run.py, loader.py), and loading a run validates its
+# recipe with that Recipe; generic code (run.held_out_examples, data.audit, eval.compare, train.rewards) looks
+# methods up in the registry whose modules call back into it. No module may join it and no other circle may
+# appear; as it is cut, its modules leave this set (a module listed here that is no longer in it fails too).
+METHOD_REGISTRY_CIRCLE = frozenset(
+    {
+        "tunesmith.config",
+        "tunesmith.data.audit",
+        "tunesmith.data.dataset",
+        "tunesmith.eval.compare",
+        "tunesmith.eval.judge",
+        "tunesmith.eval.release",
+        "tunesmith.eval.reward_eval",
+        "tunesmith.eval.reward_model",
+        "tunesmith.eval.scoring",
+        "tunesmith.eval.select",
+        "tunesmith.loader",
+        "tunesmith.plan.advisor",
+        "tunesmith.run",
+        "tunesmith.train",
+        "tunesmith.train.callbacks",
+        "tunesmith.train.checkpoints",
+        "tunesmith.train.distill",
+        "tunesmith.train.dpo",
+        "tunesmith.train.faults",
+        "tunesmith.train.finish",
+        "tunesmith.train.grpo",
+        "tunesmith.train.method",
+        "tunesmith.train.methods",
+        "tunesmith.train.policy",
+        "tunesmith.train.reward",
+        "tunesmith.train.rewards",
+        "tunesmith.train.rows",
+        "tunesmith.train.sft",
+        "tunesmith.train.skeleton",
+        "tunesmith.train.start",
+    }
+)
+
+
+def test_no_import_cycle() -> None:
+    graph = import_graph()
+    found = [c for c in cycles(graph) if c != sorted(METHOD_REGISTRY_CIRCLE)]
+    assert not found, "import cycles in src/tunesmith:\n" + "\n".join(describe(graph, c) for c in found)
+
+
+def test_cycle_finder_reports_edges_with_their_lines() -> None:
+    graph = {"a": {"b": Edge("a", "b", "a.py:3")}, "b": {"a": Edge("b", "a", "b.py:9")}, "c": {"a": Edge("c", "a", "c.py:1")}}
+    assert cycles(graph) == [["a", "b"]]
+    assert "a -> b  (a.py:3)" in describe(graph, ["a", "b"]) and "b -> a  (b.py:9)" in describe(graph, ["a", "b"])
+
+
+def private_imports() -> list[str]:
+    """Imports of another module's `_name`: a private module outside its own package, or a private attribute."""
+    mods = module_names()
+    bad = []
+    for name, path in mods.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for target, attr, line in imports(name, path, mods):
+            where = f"{path.relative_to(SRC.parent.parent)}:{line}"
+            if attr.startswith("_") and not attr.startswith("__") and target != name:
+                bad.append(f"{where}: {name} imports {target}.{attr}")
+            last = target.rpartition(".")[2]
+            owner = target.rpartition(".")[0]
+            if last.startswith("_") and not last.startswith("__") and not (package + ".").startswith(owner + "."):
+                bad.append(f"{where}: {name} imports the private module {target}")
+    return bad
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    bad = private_imports()
+    assert not bad, "private names imported from another module:\n" + "\n".join(bad)
+
+
+def test_help_imports_no_heavy_library() -> None:
+    """`tunesmith --help` loads the command line only: no torch, transformers, TRL, datasets, LanceDB..."""
+    code = f"import sys, tunesmith.cli\nprint(','.join(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert done.stdout.strip() == "", f"`import tunesmith.cli` loaded {done.stdout.strip()}"
