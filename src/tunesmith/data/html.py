@@ -1,40 +1,25 @@
 """The audit as one self-contained HTML page: findings by code, length histograms as inline PNGs, sampled rows as
 training sees them (special tokens visible, trained spans coloured, a legend), and the statistics.
 
-Charts are drawn on matplotlib's Agg canvas (no pyplot, no global backend switch), the page
-uses inline CSS only, every piece of dataset text is HTML-escaped, and the file is written to
-a temp file and renamed, like the eval report.
+A page of the report kit (htmlkit): every piece of dataset text is HTML-escaped.
 """
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
-from tunesmith.atomic import write_text_atomic
+from tunesmith import htmlkit
 from tunesmith.data.audit import AuditReport
 from tunesmith.data.show import Shown, counts_line
-
-_DPI = 100
-_CSS = (
-    "body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}"
-    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
-    ".error{color:#b00020;font-weight:bold}.warning{color:#9a6700;font-weight:bold}.ok{color:#1a7f37;font-weight:bold}"
-    "pre{background:#f6f8fa;padding:1em;overflow:auto;font-size:12px}"
-)
 
 
 def histogram_png(values: list[int], title: str, limit: int | None = None) -> bytes:
     """PNG bytes of a histogram of per-example token counts, with the max_length line when given."""
-    fig = Figure(figsize=(6, 3.2), dpi=_DPI)
+    fig = htmlkit.figure(6, 3.2)
     ax = fig.add_subplot()
     if values:
         ax.hist(values, bins=min(50, max(5, len(set(values)))), color="#1f77b4")
@@ -47,13 +32,7 @@ def histogram_png(values: list[int], title: str, limit: int | None = None) -> by
     ax.set_xlabel("tokens per example")
     ax.set_ylabel("examples")
     fig.tight_layout()
-    buf = io.BytesIO()
-    FigureCanvasAgg(fig).print_png(buf)  # type: ignore[no-untyped-call]  # matplotlib leaves print_png untyped
-    return buf.getvalue()
-
-
-def _img(data: bytes, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+    return htmlkit.png(fig)
 
 
 def render(report: AuditReport) -> str:
@@ -65,8 +44,7 @@ def render(report: AuditReport) -> str:
         else '<span class="ok">no blocking errors</span>'
     )
     parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>data check</title><style>{_CSS}</style></head><body>",
-        f"<h1>Data check</h1><p>{e(', '.join(report.files))}</p><p>{status} · {len(report.warnings)} warning(s)</p>",
+        f"<p>{e(', '.join(report.files))}</p><p>{status} · {len(report.warnings)} warning(s)</p>",
         "<h2>Findings</h2><table><tr><th>code</th><th>severity</th><th>count</th><th>meaning</th><th>first places</th></tr>",
     ]
     for code, g in report.by_code().items():
@@ -79,13 +57,15 @@ def render(report: AuditReport) -> str:
     if report.lengths:
         limit = report.stats.get("tokens", {}).get("max_length")
         parts.append("<h2>Lengths</h2>")
-        parts.append(_img(histogram_png(report.lengths["total"], "total tokens per example", limit), "total tokens histogram"))
+        parts.append(
+            htmlkit.img(histogram_png(report.lengths["total"], "total tokens per example", limit), "total tokens histogram")
+        )
         assistant_png = histogram_png(report.lengths["assistant"], "trained (assistant) tokens per example")
-        parts.append(_img(assistant_png, "assistant tokens histogram"))
+        parts.append(htmlkit.img(assistant_png, "assistant tokens histogram"))
     if report.samples:  # the rows as training sees them: what the model will learn
         parts.append(rows_section(report.samples))
-    parts.append(f"<h2>Statistics</h2><pre>{e(json.dumps(report.stats, indent=2, default=str))}</pre></body></html>")
-    return "\n".join(parts)
+    parts.append(f"<h2>Statistics</h2><pre>{e(json.dumps(report.stats, indent=2, default=str))}</pre>")
+    return htmlkit.page("data check", "\n".join(parts), heading="Data check")
 
 
 # Inline styles, so a row renders the same inside the audit page, the studio or any other page.
@@ -140,4 +120,4 @@ def rows_section(rows: Iterable[Shown], title: str = "What the model will learn"
 
 def write_html(path: str | Path, report: AuditReport) -> Path:
     """Write the report page atomically; returns its path."""
-    return write_text_atomic(path, render(report))
+    return htmlkit.write(path, render(report))

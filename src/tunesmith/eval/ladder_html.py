@@ -6,13 +6,8 @@ import html
 from pathlib import Path
 from typing import Any
 
-from matplotlib.figure import Figure
-
-from tunesmith.atomic import write_text_atomic
+from tunesmith import htmlkit
 from tunesmith.eval.ladder_report import LadderReport
-
-# The eval page's PNG encoder, <img> tag and stylesheet, so both pages look and embed alike.
-from tunesmith.eval.report import REPORT_CSS, figure_png, img_tag
 
 _EXAMPLES = 3
 _MAX_TEXT_CHARS = 600
@@ -20,7 +15,7 @@ _MAX_TEXT_CHARS = 600
 
 def quality_cost_png(report: LadderReport) -> bytes:
     """Scatter of each measured rung: cost per 1,000 requests (x) against the report's primary metric (y)."""
-    fig = Figure(figsize=(7, 4.2), dpi=100)
+    fig = htmlkit.figure(7, 4.2)
     ax = fig.add_subplot(1, 1, 1)
     metric = report.primary_metric
     for rung in report.measured:
@@ -39,7 +34,7 @@ def quality_cost_png(report: LadderReport) -> bytes:
     ax.set_title("quality vs cost per rung")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return figure_png(fig)
+    return htmlkit.png(fig)
 
 
 def _rung_table(report: LadderReport) -> str:
@@ -64,7 +59,7 @@ def _rung_table(report: LadderReport) -> str:
             f"{r.cost_per_1k:.4g}",
             html.escape(met),
         ]
-        style = " style='background:#e9f5f2'" if r.name == report.recommendation.rung else ""
+        style = " class='winner'" if r.name == report.recommendation.rung else ""
         lines.append(f"<tr{style}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return "\n".join(lines + ["</table>"])
 
@@ -87,19 +82,21 @@ def render(report: LadderReport, rows: list[dict[str, Any]]) -> str:
     rec = report.recommendation
     warning = f"<p><b>warning:</b> {html.escape(rec.warning)}</p>" if rec.warning else ""
     gates = ", ".join(f"{k}: {v}" for k, v in report.gates.items()) or "none set"
-    return f"""<!doctype html><html><head><meta charset="utf-8">
-<title>tunesmith ladder: {html.escape(report.run)}</title><style>{REPORT_CSS}</style></head><body>
-<h1>Ladder: {html.escape(report.run)}</h1>
+    return htmlkit.page(
+        f"tunesmith ladder: {report.run}",
+        heading=f"Ladder: {report.run}",
+        body=f"""
 <p>{report.n_examples} held-out prompts per rung · base model {html.escape(report.base_model)} · device {html.escape(report.device)}
 · cost basis {report.cost_basis} at {report.price:g} · gates: {html.escape(gates)}</p>
 <p>Reference answers: {html.escape(report.reference or "n/a")}</p>
 <h2>Recommendation</h2><p>{html.escape(rec.sentence)}</p>{warning}
 <h2>Rungs</h2>{_rung_table(report)}
 <p>Latency is the wall time of one generation batch (batch size {report.generation.get("batch_size")}).</p>
-{img_tag(quality_cost_png(report), "quality vs cost")}
+{htmlkit.img(quality_cost_png(report), "quality vs cost")}
 <h2>First prompts, every rung</h2>{_examples(report, rows)}
-</body></html>"""
+""",
+    )
 
 
 def write_ladder_html(path: Path, report: LadderReport, rows: list[dict[str, Any]]) -> Path:
-    return write_text_atomic(path, render(report, rows))
+    return htmlkit.write(path, render(report, rows))

@@ -1,46 +1,23 @@
-"""Render a base-vs-tuned evaluation as pictures and one self-contained HTML page.
+"""Render a base-vs-tuned evaluation as pictures and one self-contained HTML page (the report kit: htmlkit).
 
-Charts are drawn with matplotlib's Agg canvas directly (no pyplot, no global backend
-switch), so this works headless and never touches the caller's matplotlib state.
-The HTML inlines its PNGs as base64 and uses inline CSS only: one file to attach or
-open offline. Every piece of model or dataset text is HTML-escaped.
+Every piece of model or dataset text is HTML-escaped.
 """
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
-from tunesmith.atomic import write_bytes_atomic, write_text_atomic
+from tunesmith import htmlkit
+from tunesmith.atomic import write_bytes_atomic
 from tunesmith.eval import registry
 from tunesmith.eval.metrics import primary_metrics
 
 __all__ = ["loss_curve_png", "metrics_chart_png", "write_html"]
 _MAX_REGRESSIONS = 10
 _MAX_IMPROVEMENTS = 5
-# Keep the page openable even when a model rambles for thousands of tokens.
-_MAX_TEXT_CHARS = 4000
-_DPI = 100
-
-
-def figure_png(fig: Figure) -> bytes:
-    canvas = FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    canvas.print_png(buf)  # type: ignore[no-untyped-call]  # matplotlib leaves print_png untyped
-    return buf.getvalue()
-
-
-def _message_png(text: str) -> bytes:
-    fig = Figure(figsize=(6, 2), dpi=_DPI)
-    fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=14, color="#555555")
-    return figure_png(fig)
 
 
 def _series(history: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
@@ -60,9 +37,9 @@ def loss_curve_png(history: Sequence[dict[str, Any]], path: Path | None = None) 
     train_x, train_y = _series(history, "loss")
     eval_x, eval_y = _series(history, "eval_loss")
     if not train_x and not eval_x:
-        data = _message_png("no training history")
+        data = htmlkit.message_png("no training history")
     else:
-        fig = Figure(figsize=(7, 4), dpi=_DPI)
+        fig = htmlkit.figure(7, 4)
         ax = fig.add_subplot()
         if train_x:
             ax.plot(train_x, train_y, label="train loss", color="#1f77b4", linewidth=1.5)
@@ -74,7 +51,7 @@ def loss_curve_png(history: Sequence[dict[str, Any]], path: Path | None = None) 
         ax.grid(True, alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        data = figure_png(fig)
+        data = htmlkit.png(fig)
     if path is not None:
         write_bytes_atomic(path, data)
     return data
@@ -100,7 +77,7 @@ def metrics_chart_png(summary: dict[str, dict[str, float]]) -> bytes:
     tuned = summary.get("tuned", {}) or {}
     names = [m for m in dict.fromkeys([*base, *tuned]) if _charted(m) and (base.get(m) is not None or tuned.get(m) is not None)]
     if not names:
-        return _message_png("no metrics")
+        return htmlkit.message_png("no metrics")
 
     def high(m: str) -> float:
         declared = _charted(m)
@@ -113,7 +90,7 @@ def metrics_chart_png(summary: dict[str, dict[str, float]]) -> bytes:
     labels = [f"{m} /{high(m):g}" if high(m) != 1.0 else m for m in names]
     xs = list(range(len(names)))
     width = 0.38
-    fig = Figure(figsize=(max(6.0, 1.3 * len(names) + 2), 4), dpi=_DPI)
+    fig = htmlkit.figure(max(6.0, 1.3 * len(names) + 2), 4)
     ax = fig.add_subplot()
     ax.bar([x - width / 2 for x in xs], [scaled(base, m) for m in names], width, label="base", color="#9e9e9e")
     ax.bar([x + width / 2 for x in xs], [scaled(tuned, m) for m in names], width, label="tuned", color="#2e7d32")
@@ -125,7 +102,7 @@ def metrics_chart_png(summary: dict[str, dict[str, float]]) -> bytes:
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    return figure_png(fig)
+    return htmlkit.png(fig)
 
 
 def _fmt(v: Any) -> str:
@@ -170,13 +147,6 @@ def _metrics_table(summary: dict[str, dict[str, float]]) -> str:
     )
 
 
-def _text(value: Any) -> str:
-    s = "" if value is None else str(value)
-    if len(s) > _MAX_TEXT_CHARS:
-        s = s[:_MAX_TEXT_CHARS] + f"\n[... {len(s) - _MAX_TEXT_CHARS} more characters]"
-    return html.escape(s)
-
-
 def _margin(pred: dict[str, Any], order: tuple[str, ...]) -> tuple[float, ...]:
     # tuned - base on each primary metric in priority order: sorts examples the same way judge() decides them.
     b = pred.get("base_metrics") or {}
@@ -193,31 +163,13 @@ def _example_cards(preds: list[dict[str, Any]], order: tuple[str, ...]) -> str:
         tm = p.get("tuned_metrics") or {}
         scores = ", ".join(f"{html.escape(m)} {_fmt(bm.get(m))} &rarr; {_fmt(tm.get(m))}" for m in order)
         cards.append(
-            f'<div class="card"><div class="muted">id {_text(p.get("id"))} &middot; {scores}</div>'
-            f"<h4>Prompt</h4><pre>{_text(p.get('prompt'))}</pre>"
-            f"<h4>Reference</h4><pre>{_text(p.get('reference'))}</pre>"
-            f'<div class="pair"><div><h4>Base</h4><pre>{_text(p.get("base"))}</pre></div>'
-            f"<div><h4>Tuned</h4><pre>{_text(p.get('tuned'))}</pre></div></div></div>"
+            f'<div class="card"><div class="muted">id {htmlkit.text(p.get("id"))} &middot; {scores}</div>'
+            f"<h4>Prompt</h4><pre>{htmlkit.text(p.get('prompt'))}</pre>"
+            f"<h4>Reference</h4><pre>{htmlkit.text(p.get('reference'))}</pre>"
+            f'<div class="pair"><div><h4>Base</h4><pre>{htmlkit.text(p.get("base"))}</pre></div>'
+            f"<div><h4>Tuned</h4><pre>{htmlkit.text(p.get('tuned'))}</pre></div></div></div>"
         )
     return "".join(cards)
-
-
-def img_tag(png: bytes, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
-
-
-REPORT_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
-h1{margin-bottom:.2rem}.muted{color:#666;font-size:.9rem}
-table{border-collapse:collapse;margin:1rem 0}th,td{border:1px solid #ddd;padding:.35rem .7rem;text-align:left}
-th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.good{color:#1b7f2a;font-weight:600}.bad{color:#c62828;font-weight:600}.flat{color:#777}
-.tally span{display:inline-block;margin-right:1.2rem;font-size:1.1rem}
-img{max-width:100%;border:1px solid #eee;margin:.5rem 0}
-.card{border:1px solid #ddd;border-radius:6px;padding:.6rem 1rem;margin:1rem 0}
-.card h4{margin:.6rem 0 .2rem}.pair{display:grid;grid-template-columns:1fr 1fr;gap:1rem}
-pre{white-space:pre-wrap;word-break:break-word;background:#f8f8f8;padding:.5rem;margin:0;font-size:.85rem}
-"""
 
 
 def _notes(report: dict[str, Any]) -> str:
@@ -236,7 +188,6 @@ def _notes(report: dict[str, Any]) -> str:
 
 
 def _render(report: dict[str, Any], predictions: list[dict[str, Any]], history: list[dict[str, Any]]) -> str:
-    run = html.escape(str(report.get("run", "")))
     base_model = html.escape(str(report.get("base_model", "")))
     summary = report.get("summary") or {}
     j = report.get("judgement") or {}
@@ -245,10 +196,11 @@ def _render(report: dict[str, Any], predictions: list[dict[str, Any]], history: 
 
     losses = sorted((p for p in predictions if p.get("judgement") == "loss"), key=lambda p: _margin(p, order))
     wins = sorted((p for p in predictions if p.get("judgement") == "win"), key=lambda p: _margin(p, order), reverse=True)
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<title>tunesmith eval: {run}</title><style>{REPORT_CSS}</style></head><body>
-<h1>Evaluation: {run}</h1>
+    title = str(report.get("run", ""))
+    return htmlkit.page(
+        f"tunesmith eval: {title}",
+        heading=f"Evaluation: {title}",
+        body=f"""
 <p class="muted">base model {base_model} &middot; {html.escape(str(report.get("n_examples", len(predictions))))} held-out examples
 &middot; {mode} mode &middot; examples judged on {html.escape(", ".join(order))} in that order</p>
 <p class="muted">reference answers: {html.escape(str(report.get("reference") or "n/a"))}</p>
@@ -259,17 +211,17 @@ def _render(report: dict[str, Any], predictions: list[dict[str, Any]], history: 
 <p class="tally"><span class="good">wins {int(j.get("wins", 0))}</span><span class="bad">losses {int(j.get("losses", 0))}</span>
 <span class="flat">ties {int(j.get("ties", 0))}</span><span>win rate {100 * float(j.get("win_rate", 0.0)):.1f}%</span></p>
 <h2>Training loss</h2>
-{img_tag(loss_curve_png(history), "training loss curve")}
+{htmlkit.img(loss_curve_png(history), "training loss curve")}
 <h2>Metrics chart</h2>
-{img_tag(metrics_chart_png(summary), "base vs tuned metrics chart")}
+{htmlkit.img(metrics_chart_png(summary), "base vs tuned metrics chart")}
 <h2>Worst regressions</h2>
 <p class="muted">Examples the tuned model lost to base, largest drop first (up to {_MAX_REGRESSIONS}).</p>
 {_example_cards(losses[:_MAX_REGRESSIONS], order)}
 <h2>Best improvements</h2>
 <p class="muted">Examples the tuned model won, largest gain first (up to {_MAX_IMPROVEMENTS}).</p>
 {_example_cards(wins[:_MAX_IMPROVEMENTS], order)}
-</body></html>
-"""
+""",
+    )
 
 
 def write_html(
@@ -284,4 +236,4 @@ def write_html(
     moved into place with os.replace, so a reader never sees a half-written report
     and a failure leaves no temp file behind.
     """
-    return write_text_atomic(path, _render(report, predictions, history))
+    return htmlkit.write(path, _render(report, predictions, history))

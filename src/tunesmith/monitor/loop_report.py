@@ -7,10 +7,11 @@ import html
 from pathlib import Path
 from typing import Any
 
+from tunesmith import htmlkit
 from tunesmith.atomic import write_text_atomic
 
 CYCLE_NAME, CYCLE_HTML = "cycle.json", "cycle.html"
-_COLOUR = {0: "#1a7f37", 3: "#cf222e", 4: "#9a6700", 1: "#cf222e"}
+_CLASS = {0: "ok", 3: "bad", 4: "warning", 1: "bad"}  # by exit code
 
 
 def write_cycle(folder: Path, cycle: Any, monitor: Any = None) -> None:
@@ -51,14 +52,15 @@ def render(cycle: Any, has_monitor: bool) -> str:
     gate_table = (
         f"<h2>Gates</h2><table><tr><th>gate</th><th>value</th><th>rule</th><th>status</th><th>detail</th></tr>{gates}</table>"
     )
-    error = f"<p style='color:#cf222e'><b>error:</b> {html.escape(cycle.error)}</p>" if cycle.error else ""
+    error = f"<p class='bad'>error: {html.escape(cycle.error)}</p>" if cycle.error else ""
     drift = "<p><a href='monitor.html'>drift report of this cycle</a></p>" if has_monitor else ""
-    colour = _COLOUR.get(cycle.exit_code, "#6e7781")
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>tunesmith loop cycle</title>
-<style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:3px 8px;border-bottom:1px solid #ddd;font-size:13px;text-align:left}}</style>
-</head><body><h1>Loop cycle: {html.escape(cycle.name)}</h1>
-<p style='color:{colour}'><b>{html.escape(cycle.outcome.replace("_", " "))}</b> (exit {cycle.exit_code})</p>{error}
+    outcome = _CLASS.get(cycle.exit_code, "flat")
+    return htmlkit.page(
+        "tunesmith loop cycle",
+        heading=f"Loop cycle: {cycle.name}",
+        body=f"""<p class='{outcome}'>{html.escape(cycle.outcome.replace("_", " "))} (exit {cycle.exit_code})</p>{error}
 <table>{_rows(facts)}</table>
 <h2>Feedback that could not become a row</h2><table>{_rows(cycle.skipped) or "<tr><td>none</td></tr>"}</table>
 <h2>Rows screened out</h2><table>{_rows(cycle.dropped) or "<tr><td>none</td></tr>"}</table>
-{gate_table if cycle.gates else ""}{drift}</body></html>"""
+{gate_table if cycle.gates else ""}{drift}""",
+    )

@@ -6,15 +6,14 @@ series for the pictures. `drifted` is what the CLI's exit code follows.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationError
 
+from tunesmith import htmlkit
 from tunesmith.atomic import write_text_atomic
 from tunesmith.errors import RunError
 from tunesmith.records import Record
@@ -145,14 +144,10 @@ _SERIES = [
 ]
 
 
-def _png(report: MonitorReport) -> str:
-    """The per-hour series as one inline PNG (base64), recent window shaded."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(_SERIES), 1, figsize=(9, 1.7 * len(_SERIES)), sharex=True)
+def _png(report: MonitorReport) -> bytes:
+    """The per-hour series as one PNG, recent window shaded."""
+    fig = htmlkit.figure(9, 1.7 * len(_SERIES))
+    axes = fig.subplots(len(_SERIES), 1, sharex=True)
     times = [h.hour for h in report.hours]
     for ax, (key, label) in zip(axes, _SERIES):
         values = [getattr(h, key) for h in report.hours]
@@ -162,10 +157,7 @@ def _png(report: MonitorReport) -> str:
         ax.tick_params(labelsize=7)
     axes[-1].set_xlabel("hour (UTC); shaded: recent window")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return htmlkit.png(fig)
 
 
 def _fmt(value: float | None) -> str:
@@ -191,32 +183,29 @@ def variant_table(report: MonitorReport) -> str:
 
 def write_html(path: Path, report: MonitorReport) -> None:
     """monitor.html: the signal table and the per-hour pictures."""
-    colour = {"ok": "#1a7f37", "drift": "#cf222e", "skip": "#6e7781"}
+    status_class = {"ok": "ok", "drift": "bad", "skip": "flat"}
     rows = "".join(
         f"<tr><td>{html.escape(s.name)}</td><td>{s.reference}</td><td>{_fmt(s.recent)}</td><td>{_fmt(s.baseline)}</td>"
         f"<td>{_fmt(s.statistic)}</td><td>{html.escape(s.rule)}</td>"
-        f"<td style='color:{colour[s.status]};font-weight:bold'>{s.status}</td><td>{html.escape(s.detail)}</td></tr>"
+        f"<td class='{status_class[s.status]}'>{s.status}</td><td>{html.escape(s.detail)}</td></tr>"
         for s in report.signals
     )
     verdict = (
-        f"<p style='color:#cf222e'><b>{len(report.drifted)} signal(s) crossed their threshold</b></p>"
+        f"<p class='bad'>{len(report.drifted)} signal(s) crossed their threshold</p>"
         if report.drifted
-        else "<p style='color:#1a7f37'><b>no drift</b></p>"
+        else "<p class='ok'>no drift</p>"
     )
-    picture = f"<img alt='per-hour signals' src='data:image/png;base64,{_png(report)}'>" if report.hours else ""
+    picture = htmlkit.img(_png(report), "per-hour signals") if report.hours else ""
     by_replica = "".join(
         f"<tr><td>{html.escape(r.replica or '(unnamed)')}</td><td>{r.requests}</td><td>{r.answered}</td><td>{r.errors}</td>"
         f"<td>{_fmt(r.latency_p95_s)}</td></tr>"
         for r in report.replicas
     )
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tunesmith monitor</title>
-<style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:3px 8px;border-bottom:1px solid #ddd;font-size:13px}}</style>
-</head><body><h1>Monitor: {html.escape(report.serve_dir)}</h1>
-<p>recent {report.recent.start:%Y-%m-%d %H:%M} to {report.recent.end:%Y-%m-%d %H:%M} UTC ({report.recent.requests} requests) ·
+    body = f"""<p>recent {report.recent.start:%Y-%m-%d %H:%M} to {report.recent.end:%Y-%m-%d %H:%M} UTC ({report.recent.requests} requests) ·
 earlier {report.earlier.start:%Y-%m-%d %H:%M} to {report.earlier.end:%Y-%m-%d %H:%M} ({report.earlier.requests}) ·
 baseline {html.escape(report.baseline or "none")} · embedder {html.escape(report.embedder)}</p>{verdict}
 <table><tr><th>signal</th><th>vs</th><th>recent</th><th>reference</th><th>statistic</th><th>drift when</th><th>status</th>
 <th>detail</th></tr>{rows}</table><h2>Recent window by replica</h2>
 <table><tr><th>replica</th><th>requests</th><th>answered</th><th>errors</th><th>p95 latency (s)</th></tr>{by_replica}</table>
-{variant_table(report)}<h2>By hour</h2>{picture}</body></html>"""
-    write_text_atomic(path, page)
+{variant_table(report)}<h2>By hour</h2>{picture}"""
+    htmlkit.write(path, htmlkit.page("tunesmith monitor", body, heading=f"Monitor: {report.serve_dir}"))

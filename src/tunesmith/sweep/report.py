@@ -132,12 +132,10 @@ def _verdict(report: SweepReport) -> str:
 
 def chart(report: SweepReport, png: Path) -> str:
     """The metric against wall time per trial: saved as PNG, returned as inline SVG."""
-    import matplotlib
+    from tunesmith import htmlkit
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = htmlkit.figure(7, 4)
+    ax = fig.add_subplot()
     for status, marker in (("complete", "o"), ("pruned", "x")):
         pts = [t for t in report.trials if t.status == status and t.value is not None and t.seconds is not None]
         if not pts:
@@ -152,19 +150,20 @@ def chart(report: SweepReport, png: Path) -> str:
     ax.set_ylabel(report.spec.metric)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(png, dpi=100)
+    fig.savefig(png)
     svg = io.StringIO()
     fig.savefig(svg, format="svg")
-    plt.close(fig)
     return svg.getvalue()
 
 
 def chart_html(report: SweepReport, svg: str) -> str:
+    from tunesmith import htmlkit
+
     table = html.escape(table_text(report))
-    return (
-        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>sweep: {html.escape(report.spec.metric)} vs "
-        f"cost</title></head><body><h1>{html.escape(Path(report.spec.recipe).name)}: {html.escape(report.spec.metric)} "
-        f"vs cost per trial</h1>{svg[svg.find('<svg') :]}<pre>{table}</pre></body></html>\n"
+    return htmlkit.page(
+        f"sweep: {report.spec.metric} vs cost",
+        heading=f"{Path(report.spec.recipe).name}: {report.spec.metric} vs cost per trial",
+        body=f"{svg[svg.find('<svg') :]}<pre>{table}</pre>",
     )
 
 
