@@ -38,7 +38,8 @@ test: $(STAMP) lint
 	-command -v chromium >/dev/null || ([ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1) || echo "chromium not installed: the studio browser tests will skip"
 	# The shared request log's tests start a throwaway PostgreSQL server from Debian's binaries; they skip when absent.
 	-ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || ([ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq postgresql) >/dev/null 2>&1) || echo "postgresql not installed: the shared request log tests will skip"
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	# One worker per core, a test file per worker at a time (module fixtures stay in one process); see tests/conftest.py.
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n auto --dist loadfile --durations=25
 
 clean:
 	rm -rf $(VENV) runs demo-run

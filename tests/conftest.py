@@ -9,10 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from helpers import chat_rows, save_tiny_llama, write_jsonl
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one worker per core: each worker (and every CLI it starts) computes on one thread, since two
+    # workers with a thread pool each on two cores spin against each other (a step ran 20-40x slower).
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
+
+from helpers import chat_rows, save_tiny_llama, write_jsonl  # noqa: E402  (after the thread settings torch reads)
 
 
 @pytest.fixture(scope="session")
