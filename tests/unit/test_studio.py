@@ -178,6 +178,29 @@ def test_monitor_without_and_with_a_serve_dir(tmp_path):
         )
     page = StudioClient(create_app(StudioConfig(runs=[tmp_path / "runs"], serve_dir=tmp_path / "serve"))).get("/monitor").text
     assert "hello &lt;there&gt;" in page and "0.250" in page and 'id="signals"' in page
+    # a log elsewhere (a copied file, or a postgresql:// URL shared by replicas): read-only, no serve folder needed
+    moved = tmp_path / "copied.sqlite"
+    moved.write_bytes((tmp_path / "serve" / "requests.sqlite").read_bytes())
+    before = moved.read_bytes()
+    page = StudioClient(create_app(StudioConfig(runs=[tmp_path / "runs"], log=str(moved)))).get("/monitor").text
+    assert "hello &lt;there&gt;" in page and str(moved) in page and 'id="drift"' not in page
+    assert moved.read_bytes() == before
+    page = StudioClient(create_app(StudioConfig(runs=[tmp_path / "runs"], log=str(tmp_path / "none.sqlite")))).get("/monitor")
+    assert page.status_code == 200 and "No request log at" in page.text
+
+
+def test_monitor_reads_a_shared_postgresql_log(tmp_path, pg_url):
+    from datetime import datetime, timezone
+
+    from tunesmith.serve.store import RequestLog, RequestRow
+
+    fake_run(tmp_path / "runs", "r")
+    for replica in ("web-1", "web-2"):
+        with RequestLog.open(pg_url, create=True, replica=replica) as log:
+            log.add_request(RequestRow(request_id=f"q-{replica}", time=datetime.now(timezone.utc), model="m", prompt=replica))
+    page = StudioClient(create_app(StudioConfig(runs=[tmp_path / "runs"], log=pg_url))).get("/monitor").text
+    assert page.count("<td>web-1</td>") == 2 and page.count("<td>web-2</td>") == 2  # replica column and prompt
+    assert "postgresql://" in page and 'id="drift"' not in page
 
 
 def test_launch_preview_audits_and_refuses_paths_outside(studio):

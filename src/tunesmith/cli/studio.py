@@ -19,6 +19,12 @@ def studio(
         [], "--models", help="Folder(s) holding base models that Launch may name (besides catalog names)."
     ),
     serve_dir: Path = typer.Option(None, "--serve-dir", help="A `tunesmith serve` folder: Monitor shows its request log."),
+    log: str = typer.Option(
+        None,
+        "--log",
+        help="The request log Monitor reads instead of the serve folder's: a .sqlite file, or postgresql://USER@HOST"
+        "[:PORT]/DB shared by several replicas (read-only; password from ~/.pgpass or $PGPASSWORD).",
+    ),
     host: str = typer.Option("127.0.0.1", help="Address to bind; anything but loopback needs --token."),
     port: int = typer.Option(7860, min=1, max=65535, help="Port to listen on."),
     allow_host: list[str] = typer.Option(
@@ -43,6 +49,7 @@ def studio(
         runs=list(runs),
         data=list(data),
         serve_dir=serve_dir,
+        log=log,
         token=token,
         host=host,
         port=port,

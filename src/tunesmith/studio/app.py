@@ -36,6 +36,7 @@ class StudioConfig:
     runs: list[Path]
     data: list[Path] = field(default_factory=list)
     serve_dir: Path | None = None
+    log: str | None = None  # the request log Monitor reads instead of serve_dir's: a .sqlite file or postgresql:// URL
     token: str | None = None
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT

@@ -348,17 +348,18 @@ def synth_write(request: Request, k: str = Form(...), n: int = Form(20)) -> HTML
 
 @router.get("/monitor", response_class=HTMLResponse)
 def monitor_page(request: Request, offset: int = 0) -> HTMLResponse:
-    serve_dir = request.app.state.config.serve_dir
-    if serve_dir is None:
-        return page(request, "monitor.html", serve_dir=None, rows=[], feedback=[])
-    from tunesmith.serve.store import DB_NAME, RequestLog
+    from tunesmith.serve.store import DB_NAME, RequestLog, is_url
 
-    db = Path(serve_dir) / DB_NAME
-    if not db.exists():
-        return page(request, "monitor.html", serve_dir=serve_dir, rows=[], feedback=[], missing=str(db))
-    with RequestLog.open(db) as log:
+    config = request.app.state.config
+    serve_dir, source = config.serve_dir, config.log or (config.serve_dir and Path(config.serve_dir) / DB_NAME)
+    if source is None:
+        return page(request, "monitor.html", serve_dir=None, rows=[], feedback=[])
+    if not is_url(source) and not Path(source).exists():
+        return page(request, "monitor.html", serve_dir=serve_dir, rows=[], feedback=[], missing=str(source))
+    with RequestLog.open(source) as log:  # read-only: a shared log is never changed by the studio
         rows = list(log.iter_requests())
         feedback = list(log.iter_feedback())
+        where = log.location  # a URL's password masked
     buckets = hourly(rows)
     rows.reverse()
     from tunesmith.monitor.loop import cycles
@@ -373,8 +374,9 @@ def monitor_page(request: Request, offset: int = 0) -> HTMLResponse:
         offset=offset,
         feedback=feedback[-100:],
         buckets=buckets,
-        drift=latest(serve_dir),
-        cycles=cycles(serve_dir),
+        log=where,
+        drift=latest(serve_dir) if serve_dir else None,
+        cycles=cycles(serve_dir) if serve_dir else [],
     )
 
 
