@@ -402,6 +402,13 @@ class SpeedSection(Section):
         description="Rows per batch when computing the eval loss during and after training (bounds its peak memory: on "
         "the benchmark CPU 8 rows took 8.5-9.1 s and +417-472 MB, 4 rows 8.2-9.1 s and +282-351 MB).",
     )
+    shared_prefix: bool | Literal["auto"] = Field(
+        "auto",
+        description="Rows of one forward pass that begin with the same tokens (the system prompt of SFT rows, the prompt "
+        "of a DPO pair, a GRPO group's prompt) run those tokens once, and padded batches (DPO, GRPO) run without their "
+        "padding; the loss and every gradient are the plain forward's (the shared tokens' gradient is summed over the "
+        "rows). auto = on for CPU runs; off with gradient checkpointing (its recomputation in the backward runs outside the compacted forward).",
+    )
     micro_batch_tokens: Annotated[int, Field(ge=1)] | Literal["auto", "off"] = Field(
         "auto",
         description="Most tokens one forward/backward pass takes (SFT). A batch of training.batch_size rows whose "

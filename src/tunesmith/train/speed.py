@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.records import Speed
@@ -34,16 +35,12 @@ ONEDNN_KERNEL_CACHE = "32"
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_KERNEL_CACHE)
 
 
-@functools.cache
 def cpu_has_bf16() -> bool:
-    """True on CPUs with native bf16 dot products (AVX512-BF16 or AMX), read from /proc/cpuinfo on Linux."""
-    from pathlib import Path
+    """True on CPUs with native bf16 dot products (AVX512-BF16 or AMX) that oneDNN may use (train/hardware.py: its
+    ISA cap ONEDNN_MAX_CPU_ISA, when set below them, makes this machine a CPU without bf16 units)."""
+    from tunesmith.train import hardware
 
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return hardware.bf16_units()
 
 
 @functools.cache
@@ -111,18 +108,30 @@ def batching(recipe: Recipe) -> str:
     return "group_by_length" if recipe.adapter.type == "prompt_tuning" and packing == "padding_free" else packing
 
 
-def micro_batch(recipe: Recipe, lengths: list[int] | None, cuda: bool) -> int:
+def micro_batch(recipe: Recipe, lengths: list[int] | None, cuda: bool, shared: int = 0) -> int:
     """Rows per forward/backward pass (speed.micro_batch_tokens resolved): the largest divisor of training.batch_size
-    whose expected tokens (rows x the mean of `lengths`) fit the budget, at least 1; the whole batch when there is
-    no budget (auto on CUDA, off), no lengths, or group_by_length batching (its sampler groups by micro-batch, so a
-    split would change which rows share a step)."""
+    whose expected tokens fit the budget, at least 1; the whole batch when there is no budget (auto on CUDA, off), no
+    lengths, or group_by_length batching (its sampler groups by micro-batch, so a split would change which rows share
+    a step). Expected tokens: rows x the mean of `lengths`, less the `shared` leading tokens every row has, run once
+    per pass under speed.shared_prefix (pass 0 without it)."""
+    from tunesmith.train.compact import pass_tokens
+
     b, budget = recipe.training.batch_size, recipe.speed.micro_batch_tokens
     if budget == "auto":
         budget = "off" if cuda else CPU_MICRO_BATCH_TOKENS
     if budget == "off" or not lengths or batching(recipe) == "group_by_length":
         return b
-    mean = sum(lengths) / len(lengths)
-    return max([d for d in range(1, b + 1) if b % d == 0 and d * mean <= budget], default=1)
+    return max([d for d in range(1, b + 1) if b % d == 0 and pass_tokens(lengths, shared, d) <= budget], default=1)
+
+
+def shares_prefix(recipe: Recipe, cuda: bool, checkpointing: bool) -> bool:
+    """speed.shared_prefix resolved: auto = on for CPU runs; never with gradient checkpointing, whose recomputation in
+    the backward runs the layers outside the compacted forward (train/compact.py)."""
+    value = recipe.speed.shared_prefix
+    on = not cuda if value == "auto" else bool(value)
+    if on and checkpointing and value is True:
+        log.warning("speed.shared_prefix is off: gradient checkpointing recomputes layers outside the compacted forward")
+    return on and not checkpointing
 
 
 def uses_liger(recipe: Recipe, cuda: bool, allowed: bool = True) -> bool:
@@ -150,14 +159,15 @@ def uses_liger(recipe: Recipe, cuda: bool, allowed: bool = True) -> bool:
     return bool(recipe.speed.liger) and allowed
 
 
-def for_method(recipe: Recipe, method: Method[Any], plan: Any = None, lengths: list[int] | None = None) -> Speed:
-    """The levers `method` trains this recipe with (what train/skeleton.py uses and the manifest records)."""
+def for_method(recipe: Recipe, method: Method[Any], plan: Any = None, lengths: list[int] | None = None, shared: int = 0) -> Speed:
+    """The levers `method` trains this recipe with (what train/skeleton.py uses and the manifest records).
+    shared: the leading tokens every training row has (compact.common_prefix), for the pass size."""
     if method.packs_rows:
-        return resolve(recipe, plan, lengths, liger=method.liger)
+        return resolve(recipe, plan, lengths, liger=method.liger, shared=shared)
     return resolve_padded(recipe, generates=method.generates(recipe))
 
 
-def resolve(recipe: Recipe, plan: Any = None, lengths: list[int] | None = None, liger: bool = True) -> Speed:
+def resolve(recipe: Recipe, plan: Any = None, lengths: list[int] | None = None, liger: bool = True, shared: int = 0) -> Speed:
     """Resolve every "auto" in recipe.speed (and training.gradient_checkpointing) against this machine, for packed
     demonstrations (SFT).
 
@@ -165,6 +175,7 @@ def resolve(recipe: Recipe, plan: Any = None, lengths: list[int] | None = None, 
     `gradient_checkpointing: auto` turns checkpointing on only when that estimate does not fit.
     lengths: the training rows' token lengths, for speed.micro_batch_tokens (None: batches are not split).
     liger: whether the method takes Liger's kernels.
+    shared: the leading tokens every training row has: a pass of several rows runs them once (speed.shared_prefix).
     """
     import torch
 
@@ -181,7 +192,8 @@ def resolve(recipe: Recipe, plan: Any = None, lengths: list[int] | None = None, 
     if checkpointing == "auto":
         checkpointing = plan is not None and not plan.fits
     t = recipe.training
-    rows = micro_batch(recipe, lengths, cuda)
+    sharing = shares_prefix(recipe, cuda, bool(checkpointing))
+    rows = micro_batch(recipe, lengths, cuda, shared if sharing else 0)
     return Speed(
         liger=uses_liger(recipe, cuda, liger),
         packing=packing,
@@ -200,6 +212,7 @@ def resolve(recipe: Recipe, plan: Any = None, lengths: list[int] | None = None, 
         device="cuda" if cuda else "cpu",
         micro_batch=rows,
         passes=t.grad_accum * t.batch_size // rows,
+        shared_prefix=sharing,
     )
 
 
@@ -268,10 +281,16 @@ def score_labelled_positions_only(enabled: bool) -> None:
         trl_utils._use_triton = _use_triton
 
 
-def apply_to_model(speed: Speed, model: Any) -> None:
-    """Levers that act on the built (peft) model: the adapter input cast (the flag peft.helpers.disable_input_dtype_casting sets)."""
+def apply_to_model(speed: Speed, model: Any) -> Callable[[], None] | None:
+    """Levers that act on the built (peft) model: the adapter input cast (the flag peft.helpers.disable_input_dtype_casting
+    sets) and speed.shared_prefix (train/compact.py wraps the backbone). Returns what undoes the wrapper, or None."""
     from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from tunesmith.train import compact
 
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):
             module.cast_input_dtype_enabled = speed.adapter_input_cast  # type: ignore[attr-defined]  # set on instances by peft
+    if not speed.shared_prefix:
+        return None
+    return compact.install(model.get_base_model() if hasattr(model, "get_base_model") else model)
