@@ -352,9 +352,9 @@ class LadderSection(Section):
 
 
 class SpeedSection(Section):
-    """How training is made fast. Every method takes precision, fused_optimizer, compile and release_memory; the row
-    levers (packing, attention, labelled_logits, micro_batch_tokens) are SFT's. Every lever is measured in
-    docs/benchmarks.md and recorded in the manifest."""
+    """How training is made fast. Every method takes precision, fused_optimizer, compile, release_memory and
+    shared_prefix; labelled_logits applies to SFT, DPO and GRPO; the row levers (packing, attention,
+    micro_batch_tokens) are SFT's. Every lever is measured in docs/benchmarks.md and recorded in the manifest."""
 
     packing: Literal["auto", "padding_free", "group_by_length", "off"] = Field(
         "auto",

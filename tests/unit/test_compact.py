@@ -1,5 +1,6 @@
 """speed.shared_prefix (train/compact.py): rows that begin alike run their common tokens once and padding is not run,
-with the loss, the logits and every gradient of the plain forward (within float tolerance)."""
+with the loss, the logits and every gradient of the plain forward (within float tolerance); and SFT, DPO and GRPO
+train the same with it, and DPO and GRPO with labelled logits, as without."""
 
 from __future__ import annotations
 
@@ -158,61 +159,77 @@ def test_generation_and_cached_calls_run_the_backbone_unchanged(tiny):
     assert "forward" not in model.base_model.__dict__  # unwrapped
 
 
-def _curve(tiny_recipe, name, shared, **sections):
-    """Five fp32 steps of a method with speed.shared_prefix on or off: the logged losses and the run."""
+def _curve(tiny_recipe, name, levers, **sections):
+    """Five fp32 steps of a method with these speed levers: the logged figures and the run."""
     from tunesmith.config import load_recipe
     from tunesmith.run import read_metrics
     from tunesmith.train import run as train_run
 
-    speed = {"precision": "fp32", "shared_prefix": shared, **sections.pop("speed", {})}
-    path = tiny_recipe(
-        training={"max_steps": 5, "learning_rate": 1e-2}, speed=speed, output_dir=f"runs/{name}-{shared}", **sections
-    )
+    speed = {"precision": "fp32", **levers, **sections.pop("speed", {})}
+    tag = "-".join(f"{k}{v}" for k, v in levers.items())
+    path = tiny_recipe(training={"max_steps": 5, "learning_rate": 1e-2}, speed=speed, output_dir=f"runs/{name}-{tag}", **sections)
     run = train_run(load_recipe(path))
     return [m for m in read_metrics(run.dir) if "loss" in m and "eval_loss" not in m], run
 
 
-def _same_training(tiny_recipe, monkeypatch, name, keys=("loss", "grad_norm"), **sections):
-    """The method trains the same curve and the same adapter with the lever on and off, the compacted forwards really
-    ran (and saved tokens), and the manifest says which run had the lever."""
-    import torch
-    from safetensors.torch import load_file
+@pytest.fixture
+def evidence(monkeypatch):
+    """What the levers did: tokens each compacted forward did not run, and rows TRL's fused LM head projected."""
+    import trl.trainer.utils as trl_utils
 
     from tunesmith.train import compact
 
-    saved: list[int] = []
-    real = compact.layout
+    seen: dict[str, list[int]] = {"saved": [], "projected": []}
+    layout, project = compact.layout, trl_utils._ChunkedLogProbFunction.apply
 
-    def spy(*args, **kwargs):
-        lay = real(*args, **kwargs)
-        saved.append(lay.saved if lay is not None else -1)
+    def spy_layout(*args, **kwargs):
+        lay = layout(*args, **kwargs)
+        seen["saved"].append(lay.saved if lay is not None else -1)
         return lay
 
-    monkeypatch.setattr(compact, "layout", spy)
-    plain, plain_run = _curve(tiny_recipe, name, False, **copy.deepcopy(sections))
-    assert saved == []  # off: never compacted
-    fast, run = _curve(tiny_recipe, name, True, **copy.deepcopy(sections))
-    assert saved and min(saved) > 0, saved
+    def spy_project(hidden, *args):
+        seen["projected"].append(hidden.shape[0])
+        return project(hidden, *args)
+
+    monkeypatch.setattr(compact, "layout", spy_layout)
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", spy_project)
+    return seen
+
+
+def _same_training(tiny_recipe, evidence, name, lever, keys=("loss", "grad_norm"), **sections):
+    """The method trains the same curve and the same adapter with `lever` on and off (every other lever as the
+    default), the lever really acted, and the manifest records which run had it."""
+    import torch
+    from safetensors.torch import load_file
+
+    runs = {}
+    for on in (False, True):
+        for key in evidence:
+            evidence[key].clear()
+        runs[on] = (*_curve(tiny_recipe, name, {lever: on}, **copy.deepcopy(sections)), copy.deepcopy(evidence))
+    (plain, plain_run, off), (fast, run, on) = runs[False], runs[True]
+    if lever == "shared_prefix":
+        assert off["saved"] == [] and on["saved"] and min(on["saved"]) > 0, on["saved"]  # compacted, and it saved tokens
+    else:  # labelled_logits: only positions with a trained next token reached the LM head
+        assert sum(on["projected"]) < sum(off["projected"]), (on["projected"], off["projected"])
     assert len(plain) == len(fast) == 5 and plain[0]["loss"] != plain[-1]["loss"]
     for key in keys:
         assert [r[key] for r in fast] == pytest.approx([r[key] for r in plain], rel=1e-3, abs=1e-5), key
-    assert run.manifest.speed.shared_prefix and not plain_run.manifest.speed.shared_prefix
+    assert getattr(run.manifest.speed, lever) and not getattr(plain_run.manifest.speed, lever)
     a, b = (load_file(r.adapter_dir / "adapter_model.safetensors") for r in (plain_run, run))
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-5)
     return run
 
 
-def test_sft_trains_the_same_with_the_shared_prefix(tiny_recipe, monkeypatch):
+def test_sft_trains_the_same_with_the_shared_prefix(tiny_recipe, evidence):
     """Whole batches of four rows (their 24-token system prompt and header run once per pass) train what the rows
     run whole train; the pass size counts the shared tokens once."""
-    run = _same_training(tiny_recipe, monkeypatch, "sft", speed={"micro_batch_tokens": 140})
+    run = _same_training(tiny_recipe, evidence, "sft", "shared_prefix", speed={"micro_batch_tokens": 140})
     assert run.manifest.speed.micro_batch == 4  # 4 x 52 tokens = 208 > 140, but 52 + 3 x 28 = 136 fits
 
 
-def test_dpo_trains_the_same_with_the_shared_prefix(tiny_recipe, monkeypatch, tmp_path):
-    """DPO's chosen and rejected rows share their prompt (run once, for the policy and for the reference) and run
-    without padding; the losses, reward margins and adapter match the padded rows run whole."""
+def _dpo(tmp_path) -> dict:
     from helpers import write_jsonl
 
     rows = [
@@ -220,19 +237,10 @@ def test_dpo_trains_the_same_with_the_shared_prefix(tiny_recipe, monkeypatch, tm
         for r in chat_rows(24, seed=3)
     ]
     write_jsonl(tmp_path / "pref.jsonl", rows)
-    _same_training(
-        tiny_recipe,
-        monkeypatch,
-        "dpo",
-        ("loss", "grad_norm", "rewards/margins"),
-        method="dpo",
-        data={"train": ["pref.jsonl"], "eval": None},
-    )
+    return {"method": "dpo", "data": {"train": ["pref.jsonl"], "eval": None}}
 
 
-def test_grpo_trains_the_same_with_the_shared_prefix(tiny_recipe, monkeypatch, tmp_path):
-    """GRPO's group of completions shares its prompt, scored once per group without padding; generation is untouched
-    (the same seed samples the same completions), so rewards, losses and the adapter match."""
+def _grpo(tmp_path) -> dict:
     from helpers import write_jsonl
 
     (tmp_path / "my_rewards.py").write_text(
@@ -240,12 +248,20 @@ def test_grpo_trains_the_same_with_the_shared_prefix(tiny_recipe, monkeypatch, t
         "    return [len(set(c[0]['content'] if isinstance(c, list) else c)) / 10 for c in completions]\n"
     )
     write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": r["messages"][:2]} for r in chat_rows(24, 4)])
-    _same_training(
-        tiny_recipe,
-        monkeypatch,
-        "grpo",
-        ("loss", "reward", "grad_norm"),
-        method="grpo",
-        data={"train": ["prompts.jsonl"], "eval": None},
-        grpo={"rewards": ["my_rewards:distinct_chars"], "num_generations": 4, "max_completion_length": 8, "beta": 0.04},
-    )
+    return {
+        "method": "grpo",
+        "data": {"train": ["prompts.jsonl"], "eval": None},
+        "grpo": {"rewards": ["my_rewards:distinct_chars"], "num_generations": 4, "max_completion_length": 8, "beta": 0.04},
+    }
+
+
+@pytest.mark.parametrize("lever", ["shared_prefix", "labelled_logits"])
+@pytest.mark.parametrize("method", ["dpo", "grpo"])
+def test_dpo_and_grpo_train_the_same_with_each_lever(tiny_recipe, evidence, tmp_path, method, lever):
+    """DPO's chosen and rejected rows share their prompt, GRPO's group of completions shares its prompt: run once
+    (for the policy and the reference) and without padding (shared_prefix); only their labelled positions reach the
+    LM head (labelled_logits). Generation is untouched (the same seed samples the same completions), so the losses,
+    reward margins or rewards, gradient norms and the adapter match the plain path."""
+    sections = _dpo(tmp_path) if method == "dpo" else _grpo(tmp_path)
+    keys = ("loss", "grad_norm", "rewards/margins") if method == "dpo" else ("loss", "reward", "grad_norm")
+    _same_training(tiny_recipe, evidence, method, lever, keys, **sections)

@@ -135,6 +135,7 @@ class GRPO(Method[GRPOSection]):
     measured_as = "prompt + grpo.max_completion_length"
     reference = "the reference answer of each held-out prompt (its `reference` column or its answer)"
     samples_completions = True
+    scores_labels = True
 
     def completion_room(self, recipe: Recipe | None) -> int:
         return (self.settings(recipe) if recipe is not None else GRPOSection()).max_completion_length

@@ -164,7 +164,7 @@ def for_method(recipe: Recipe, method: Method[Any], plan: Any = None, lengths: l
     shared: the leading tokens every training row has (compact.common_prefix), for the pass size."""
     if method.packs_rows:
         return resolve(recipe, plan, lengths, liger=method.liger, shared=shared)
-    return resolve_padded(recipe, generates=method.generates(recipe))
+    return resolve_padded(recipe, generates=method.generates(recipe), labelled=method.scores_labels)
 
 
 def resolve(recipe: Recipe, plan: Any = None, lengths: list[int] | None = None, liger: bool = True, shared: int = 0) -> Speed:
@@ -216,18 +216,20 @@ def resolve(recipe: Recipe, plan: Any = None, lengths: list[int] | None = None, 
     )
 
 
-def resolve_padded(recipe: Recipe, generates: bool = False) -> Speed:
+def resolve_padded(recipe: Recipe, generates: bool = False, labelled: bool = False) -> Speed:
     """The levers for trainers that score padded batches (DPO, GRPO, logit distillation): precision, the bf16 base,
-    the adapter input cast, fused AdamW, compile and the heap release as for SFT. Packing, varlen attention and
-    labelled logits are SFT's (DPO scores chosen and rejected from padded pairs; GRPO scores sampled completions;
-    distillation compares full next-token distributions), and checkpointing is on only when the recipe says true.
-    Batches are not split (speed.micro_batch_tokens is SFT's).
+    the adapter input cast, fused AdamW, compile and the heap release as for SFT; speed.shared_prefix (the padded
+    rows run compacted: a pair's or a group's prompt once, no padding); labelled logits where the trainer scores its
+    labels through TRL's fused LM head (DPO, GRPO; distillation compares full next-token distributions). Packing and
+    varlen attention as a setting are SFT's, and checkpointing is on only when the recipe says true. Batches are not
+    split (speed.micro_batch_tokens is SFT's).
 
     generates: the trainer samples while training (GRPO, on-policy distillation). Sampling runs outside autocast, so
     the adapter's input is cast to its fp32 weights there (peft casts the result back to the base's bf16).
+    labelled: the trainer scores labels through TRL's fused LM head (Method.scores_labels).
     """
     levers = resolve(recipe, liger=False)  # no plan: gradient_checkpointing auto stays off; no lengths: not split
-    update: dict[str, Any] = {"packing": "off", "attention": "-", "labelled_logits": False}
+    update: dict[str, Any] = {"packing": "off", "attention": "-", "labelled_logits": labelled and levers.labelled_logits}
     if generates:
         update["adapter_input_cast"] = True
     return levers.model_copy(update=update)
