@@ -17,7 +17,8 @@ every run: the machine is shared, so figures are noisy. The hardware line names 
 (AVX2, AVX-512, AVX512-BF16, AMX), the caps in force, threads and the torch/oneDNN versions; each run measures the
 1024x1024 matmul rate in fp32 and bf16 before training, and the achieved fraction of a side is its FLOPs
 (4N per token: LoRA, forward 2N + input-gradient backward 2N, N = the base's parameters) x tokens/s / the matmul
-rate of the precision it ran. --simulate-avx2 runs both sides with oneDNN, MKL and torch's own kernels capped at
+rate of the precision it ran. --b-fp32 trains B without TRL's bf16 default (bf16=False): on a CPU without bf16
+units that default is emulated, so the fair baseline there is plain TRL in fp32. --simulate-avx2 runs both sides with oneDNN, MKL and torch's own kernels capped at
 AVX2 (train/hardware.py): on a CPU with bf16 units, the class of CPUs without them (simulated, and labelled so).
 Results (JSON, loss-curve PNG) go to --out, by default
 a new folder per run under runs/bench/train_throughput/; a folder holding other files, or an earlier run of both
@@ -144,8 +145,9 @@ def trainer_a(model: str, train: Path, evaluation: Path, steps: int, batch: int,
     return built.trainer, built.speed.model_dump()
 
 
-def trainer_b(model: str, train: Path, evaluation: Path, steps: int, batch: int, out: Path):
-    """A plain TRL SFTTrainer with its defaults; same LoRA settings, schedule, seed and loss mask."""
+def trainer_b(model: str, train: Path, evaluation: Path, steps: int, batch: int, out: Path, fp32: bool = False):
+    """A plain TRL SFTTrainer with its defaults; same LoRA settings, schedule, seed and loss mask. fp32: TRL's bf16
+    default turned off (bf16=False), what a user of a CPU without bf16 units does once bf16 autocast crawls."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -170,6 +172,7 @@ def trainer_b(model: str, train: Path, evaluation: Path, steps: int, batch: int,
         disable_tqdm=True,
         # TRL defaults to bf16, which transformers refuses without CUDA unless told the run is on CPU.
         use_cpu=not torch.cuda.is_available(),
+        **({"bf16": False} if fp32 else {}),
     )
     from tunesmith.config import AdapterSection
 
@@ -228,7 +231,7 @@ def measure(ns: argparse.Namespace, out: Path) -> None:
     if ns.child == "A":
         trainer, speed = trainer_a(ns.model, train, evaluation, total, ns.batch, ns.a_set, out)
     else:
-        trainer, speed = trainer_b(ns.model, train, evaluation, total, ns.batch, out)
+        trainer, speed = trainer_b(ns.model, train, evaluation, total, ns.batch, out, ns.b_fp32)
     counter = Counting(trainer.data_collator)
     trainer.data_collator = counter
     watch = clock(counter)
@@ -290,7 +293,7 @@ def run_one(side: str, kind: str, train: Path, evaluation: Path, ns: argparse.Na
         "--batch",
         str(ns.batch),
     ]
-    cmd += [arg for s in ns.a_set for arg in ("--a-set", s)]
+    cmd += [arg for s in ns.a_set for arg in ("--a-set", s)] + ["--b-fp32"] * ns.b_fp32
     started = time.time()
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(SIMULATED if ns.simulate_avx2 else {})}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -403,6 +406,12 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--data", default="demo,mixed", help="comma-separated: demo, mixed")
     p.add_argument("--a-set", action="append", default=[], help="recipe override for A, e.g. speed.precision=bf16")
+    p.add_argument(
+        "--b-fp32",
+        action="store_true",
+        help="B with TRL's bf16 default off (bf16=False): the baseline on a CPU without bf16 units, where TRL's bf16 "
+        "autocast runs emulated (about 1 token/s under --simulate-avx2)",
+    )
     p.add_argument("--sides", default="A,B", help="sides to run; the other is read from an earlier run's JSON in --out")
     p.add_argument("--quick", action="store_true", help="8 counted steps, 2 warm-up, 1 pair: a smoke test, not a figure")
     p.add_argument(

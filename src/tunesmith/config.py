@@ -409,6 +409,13 @@ class SpeedSection(Section):
         "padding; the loss and every gradient are the plain forward's (the shared tokens' gradient is summed over the "
         "rows). auto = on for CPU runs; off with gradient checkpointing (its recomputation in the backward runs outside the compacted forward).",
     )
+    frozen_bf16: bool | Literal["auto"] = Field(
+        "auto",
+        description="Under fp32 training on CPU, store the frozen base's decoder linear layers in bf16 and cast each "
+        "to fp32 for its matmul: half their memory, the fp32 model with its weights rounded to bf16 (the rounding bf16 "
+        "autocast applies anyway). LoRA and prompt tuning without fully trained layers. auto = on for such CPU runs "
+        "in fp32 (a CPU without bf16 units); bf16 runs store the base in bf16 already.",
+    )
     micro_batch_tokens: Annotated[int, Field(ge=1)] | Literal["auto", "off"] = Field(
         "auto",
         description="Most tokens one forward/backward pass takes (SFT). A batch of training.batch_size rows whose "

@@ -83,6 +83,7 @@ class Speed(Record):
     micro_batch: int = 0  # rows per forward/backward pass (training.batch_size when batches are not split)
     passes: int = 0  # forward/backward passes accumulated per optimizer step (training.grad_accum when not split)
     shared_prefix: bool = False  # rows' common leading tokens run once per pass, padding not run (train/compact.py)
+    frozen_bf16: bool = False  # fp32 training with the frozen decoder linears stored in bf16 (train/upcast.py)
 
 
 class TokenCounts(Record):

@@ -265,3 +265,43 @@ def test_dpo_and_grpo_train_the_same_with_each_lever(tiny_recipe, evidence, tmp_
     sections = _dpo(tmp_path) if method == "dpo" else _grpo(tmp_path)
     keys = ("loss", "grad_norm", "rewards/margins") if method == "dpo" else ("loss", "reward", "grad_norm")
     _same_training(tiny_recipe, evidence, method, lever, keys, **sections)
+
+
+def test_frozen_bf16_base_is_the_fp32_model_with_bf16_rounded_weights(tiny):
+    """speed.frozen_bf16: the decoder's frozen linears stored in bf16 and multiplied in fp32 give the loss, logits and
+    LoRA gradients of the fp32 model whose weights were rounded to bf16 (to float tolerance), within 1% of the
+    unrounded model's loss, at half those layers' memory; the embeddings and LM head stay fp32."""
+    import torch
+
+    from tunesmith.train import upcast
+
+    base, tok = tiny
+    batch = {k: torch.tensor([v]) for k, v in sft_rows(tok, 1)[0].items()}
+    rounded, stored, plain = (copy.deepcopy(base) for _ in range(3))
+    for name, p in rounded.named_parameters():
+        if name.endswith("proj.weight"):
+            p.data = p.data.to(torch.bfloat16).float()
+    assert upcast.install(stored) == 2 * 7  # 2 layers x q, k, v, o, gate, up, down
+    assert stored.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert stored.get_input_embeddings().weight.dtype == torch.float32
+    models = [lora(m) for m in (rounded, stored, plain)]
+    adapter = {n: p for n, p in models[0].named_parameters() if p.requires_grad}
+    for m in models[1:]:  # the same adapter weights on each (peft draws them in the base layer's dtype)
+        for n, p in m.named_parameters():
+            if p.requires_grad:
+                assert p.dtype == torch.float32
+                p.data = adapter[n].data.clone()
+    results = [loss_and_grads(m, batch, False) for m in models]
+    assert_same(results[0], results[1])
+    assert abs(float(results[1][0]) - float(results[2][0])) / float(results[2][0]) < 0.01
+
+
+def test_sft_with_the_frozen_base_in_bf16_follows_the_fp32_curve(tiny_recipe):
+    """A whole fp32 SFT run with speed.frozen_bf16 trains within 2% of the fp32 base's curve (the rounding of the
+    weights is the difference), and the manifest records it."""
+    plain, plain_run = _curve(tiny_recipe, "sft", {"frozen_bf16": False})
+    fast, run = _curve(tiny_recipe, "sft", {"frozen_bf16": True})
+    assert len(plain) == len(fast) == 5 and plain[0]["loss"] != plain[-1]["loss"]
+    assert max(abs(a["loss"] - b["loss"]) / a["loss"] for a, b in zip(plain, fast)) < 0.02
+    assert [a["loss"] for a in plain] != [b["loss"] for b in fast]  # the lever really ran
+    assert run.manifest.speed.frozen_bf16 and not plain_run.manifest.speed.frozen_bf16

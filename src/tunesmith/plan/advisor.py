@@ -56,7 +56,7 @@ def _run_share(recipe: Recipe, lengths: list[int], rows: int, cuda: bool, shared
 
 
 def _memory(recipe: Recipe, shape: Shape, lengths: list[int], trained: float, cuda: bool, shared: int = 0) -> Memory:
-    from tunesmith.train.speed import releases_memory, uses_bf16, weights_dtype
+    from tunesmith.train.speed import releases_memory, stores_frozen_bf16, uses_bf16, weights_dtype
 
     a = recipe.adapter
     rows, seq = pass_shape(recipe, lengths, cuda, shared)
@@ -79,6 +79,7 @@ def _memory(recipe: Recipe, shape: Shape, lengths: list[int], trained: float, cu
         trained_fraction=trained,
         cuda=cuda,
         trimmed=releases_memory(recipe),
+        frozen_bf16=stores_frozen_bf16(recipe, bf16, cuda),
     )
 
 

@@ -11,7 +11,7 @@ import torch
 
 from tunesmith.records import Measured, Speed
 from tunesmith.run import Run, peak_memory_mb
-from tunesmith.train import compact, faults, methods, policy, speed, start, varlen
+from tunesmith.train import compact, faults, methods, policy, speed, start, upcast, varlen
 from tunesmith.train.callbacks import standard_callbacks
 from tunesmith.train.finish import finish_run
 from tunesmith.train.method import Datasets, Parts
@@ -60,6 +60,8 @@ def build(recipe: Recipe, resume: bool = False, force: bool = False) -> Built:
 
     torch.manual_seed(recipe.training.seed)
     model = policy.load(recipe, st.base_path, levers.base_dtype)  # 4-bit NF4 for qlora
+    if levers.frozen_bf16:  # fp32 training: the frozen decoder linears stored in bf16, multiplied in fp32
+        upcast.install(model)
     attention = varlen.use(model) if levers.attention == "varlen" else None  # restored before anything generates
     peft_config = policy.peft_config(recipe, model, st.base_path)
     callbacks = standard_callbacks(recipe, st.run_dir)

@@ -85,6 +85,20 @@ def uses_bf16(recipe: Recipe, cuda: bool) -> bool:
     return bool(units) and recipe.model.dtype in ("auto", "bfloat16")
 
 
+def stores_frozen_bf16(recipe: Recipe, bf16: bool, cuda: bool) -> bool:
+    """speed.frozen_bf16 resolved: fp32 training (no bf16 autocast) of a frozen base on CPU, LoRA or prompt tuning
+    with no layer trained in full (a fully trained layer needs its fp32 weights and their gradient)."""
+    a, value = recipe.adapter, recipe.speed.frozen_bf16
+    can = (
+        not bf16
+        and a.type in ("lora", "prompt_tuning")
+        and not a.modules_to_save
+        and not recipe.training.unfreeze_top_layers
+        and recipe.model.dtype in ("auto", "float32")
+    )
+    return can and (not cuda if value == "auto" else bool(value))
+
+
 def weights_dtype(recipe: Recipe, bf16: bool, frozen: bool | None = None) -> str:
     """The dtype the base loads in. A frozen base under bf16 autocast is multiplied in bf16 anyway: it is stored so
     (half the memory, no cast per step). A full fine-tune keeps fp32 master weights; an explicit model.dtype is kept.
@@ -213,6 +227,7 @@ def resolve(recipe: Recipe, plan: Any = None, lengths: list[int] | None = None, 
         micro_batch=rows,
         passes=t.grad_accum * t.batch_size // rows,
         shared_prefix=sharing,
+        frozen_bf16=stores_frozen_bf16(recipe, bf16, cuda),
     )
 
 
