@@ -36,6 +36,8 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	# The studio's browser tests drive Debian's chromium (never a downloaded one); they skip when it is absent.
 	-command -v chromium >/dev/null || ([ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1) || echo "chromium not installed: the studio browser tests will skip"
+	# The shared request log's tests start a throwaway PostgreSQL server from Debian's binaries; they skip when absent.
+	-ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || ([ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq postgresql) >/dev/null 2>&1) || echo "postgresql not installed: the shared request log tests will skip"
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 clean:

@@ -7,7 +7,14 @@ number of concurrent clients (default 1, 4, 16), closed-loop clients send non-st
     .venv/bin/python bench/serve_load.py                 # trains a 2-step SmolLM2 LoRA run first (CPU: minutes)
     .venv/bin/python bench/serve_load.py --run runs/x    # an existing adapter run
 
-Prints a markdown table (copy it to docs/serving.md with the machine and date).
+Several replicas sharing one request log (docs/deploy.md): clients go round-robin over the replicas; the table has
+a row per replica and a total, and the shared log's rows are counted against the answers each replica gave.
+
+    .venv/bin/python bench/serve_load.py --replicas 2 --temp-postgres      # starts 2 `tunesmith serve` processes
+    .venv/bin/python bench/serve_load.py --replicas 2 --log postgresql://bench@db/tunesmith
+    .venv/bin/python bench/serve_load.py --url http://a:8000 --url http://b:8000 --key KEY --log postgresql://...
+
+Prints markdown tables (copy them to docs/serving.md or docs/deploy.md with the machine and date).
 """
 
 from __future__ import annotations
@@ -15,10 +22,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
+import re
+import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -69,18 +80,34 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
-async def drive(url: str, model: str, clients: int, seconds: float, max_tokens: int, stream: bool) -> dict[str, float]:
-    """Closed-loop clients for `seconds`; returns counts, tokens and latencies (seconds)."""
+def _stats(lat: list[float], ttft: list[float], tokens: int, answers: int, errors: int, wall: float) -> dict[str, float]:
+    return {
+        "requests": len(lat),
+        "answers": answers,  # HTTP responses of any status: each is one row in the server's request log
+        "rps": len(lat) / wall,
+        "tps": tokens / wall,
+        "p50": pct(lat, 0.5),
+        "p95": pct(lat, 0.95),
+        "p99": pct(lat, 0.99),
+        "ttft50": pct(ttft, 0.5),
+        "errors": errors,
+    }
+
+
+async def drive(
+    urls: list[str], model: str, clients: int, seconds: float, max_tokens: int, stream: bool, key: str = KEY
+) -> dict[str, dict[str, float]]:
+    """Closed-loop clients for `seconds`, client i on urls[i % len(urls)]; per url and "total": counts, tokens and
+    latencies (seconds) of the successful requests, answers of any status, errors."""
     import httpx
 
     convs = prompts()
-    lat: list[float] = []
-    ttft: list[float] = []
-    tokens, errors = 0, 0
+    per: dict[str, dict[str, list]] = {u: {"lat": [], "ttft": [], "tokens": [0], "answers": [0], "errors": [0]} for u in urls}
     end = time.monotonic() + seconds
 
     async def one(http: httpx.AsyncClient, i: int) -> None:
-        nonlocal tokens, errors
+        url = urls[i % len(urls)]
+        mine = per[url]
         n = i
         while time.monotonic() < end:
             body = {
@@ -94,39 +121,47 @@ async def drive(url: str, model: str, clients: int, seconds: float, max_tokens: 
             n += clients
             t0 = time.monotonic()
             if not stream:
-                res = await http.post(url + "/v1/chat/completions", json=body)
+                try:
+                    res = await http.post(url + "/v1/chat/completions", json=body)
+                except httpx.TransportError as exc:  # no answer (a replica gone): no row either
+                    mine["errors"][0] += 1
+                    print(f"  {url}: {type(exc).__name__}", file=sys.stderr)
+                    continue
+                mine["answers"][0] += 1
                 if res.status_code != 200:
-                    errors += 1
+                    mine["errors"][0] += 1
                     print(f"  HTTP {res.status_code}: {res.text[:200]}", file=sys.stderr)
                     continue
-                tokens += res.json()["usage"]["completion_tokens"]
+                mine["tokens"][0] += res.json()["usage"]["completion_tokens"]
             else:
                 first = None
                 async with http.stream("POST", url + "/v1/chat/completions", json=body) as res:
+                    mine["answers"][0] += 1
                     async for line in res.aiter_lines():
                         text = line.startswith("data: {") and '"content": "' in line and '"content": ""' not in line
                         if text and first is None:
                             first = time.monotonic() - t0
                         if line.startswith("data: {") and '"usage"' in line and '"choices": []' in line:
-                            tokens += json.loads(line[6:])["usage"]["completion_tokens"]
+                            mine["tokens"][0] += json.loads(line[6:])["usage"]["completion_tokens"]
                 if first is not None:
-                    ttft.append(first)
-            lat.append(time.monotonic() - t0)
+                    mine["ttft"].append(first)
+            mine["lat"].append(time.monotonic() - t0)
 
     started = time.monotonic()
-    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}, timeout=600) as http:
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=600) as http:
         await asyncio.gather(*(one(http, i) for i in range(clients)))
     wall = time.monotonic() - started
-    return {
-        "requests": len(lat),
-        "rps": len(lat) / wall,
-        "tps": tokens / wall,
-        "p50": pct(lat, 0.5),
-        "p95": pct(lat, 0.95),
-        "p99": pct(lat, 0.99),
-        "ttft50": pct(ttft, 0.5),
-        "errors": errors,
-    }
+    out = {u: _stats(d["lat"], d["ttft"], d["tokens"][0], d["answers"][0], d["errors"][0], wall) for u, d in per.items()}
+    every = list(per.values())
+    out["total"] = _stats(
+        [x for d in every for x in d["lat"]],
+        [x for d in every for x in d["ttft"]],
+        sum(d["tokens"][0] for d in every),
+        sum(d["answers"][0] for d in every),
+        sum(d["errors"][0] for d in every),
+        wall,
+    )
+    return out
 
 
 def bench_mode(label: str, target: Path, batching: bool, args: argparse.Namespace) -> list[str]:
@@ -142,8 +177,8 @@ def bench_mode(label: str, target: Path, batching: bool, args: argparse.Namespac
     with live_server(app, timeout_s=600) as url:
         model = app.state.tunesmith.engine.default_name
         for clients in args.concurrency:
-            flat = asyncio.run(drive(url, model, clients, args.seconds, args.max_tokens, stream=False))
-            streamed = asyncio.run(drive(url, model, clients, args.seconds / 2, args.max_tokens, stream=True))
+            flat = asyncio.run(drive([url], model, clients, args.seconds, args.max_tokens, stream=False))["total"]
+            streamed = asyncio.run(drive([url], model, clients, args.seconds / 2, args.max_tokens, stream=True))["total"]
             row = (
                 f"| {label} | {clients} | {flat['rps']:.2f} | {flat['tps']:.1f} | {flat['p50']:.2f} | "
                 f"{flat['p95']:.2f} | {flat['p99']:.2f} | {streamed['ttft50']:.2f} | {flat['errors']} |"
@@ -151,6 +186,125 @@ def bench_mode(label: str, target: Path, batching: bool, args: argparse.Namespac
             print(row, flush=True)
             rows.append(row)
     return rows
+
+
+def start_replicas(model: str, n: int, log_url: str, work: Path, threads: int | None) -> list[tuple[str, subprocess.Popen]]:
+    """n real `tunesmith serve MODEL --log LOG_URL` processes on free loopback ports; (url, process) once all are ready."""
+    import httpx
+    from serve_helpers import free_port
+
+    started = []
+    env = {**os.environ, "TUNESMITH_API_KEY": KEY}
+    if threads:
+        env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    for i in range(n):
+        port = free_port()
+        cmd = [sys.executable, "-m", "tunesmith", "serve", model, "--port", str(port), "--dir", str(work / f"replica-{i}")]
+        cmd += ["--log", log_url, "--replica-id", f"replica-{i}", "--max-queue", "1024", "--max-batch", "16"]
+        out = open(work / f"replica-{i}.log", "w")  # noqa: SIM115 (open as long as the process runs)
+        started.append((f"http://127.0.0.1:{port}", subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)))
+    for url, proc in started:
+        deadline = time.monotonic() + 600
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"replica {url} exited ({proc.returncode}); see {work}")
+            try:
+                if httpx.get(url + "/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"replica {url} not ready after 600 s")
+            time.sleep(0.5)
+    return started
+
+
+def replica_id(url: str) -> str:
+    """The id a server writes into its log rows, as its /metrics states it (tunesmith_request_log_info)."""
+    import httpx
+
+    found = re.search(r'tunesmith_request_log_info\{[^}]*replica="([^"]*)"', httpx.get(url + "/metrics", timeout=10).text)
+    return found.group(1) if found else ""
+
+
+def bench_replicas(urls: list[str], key: str, log_url: str | None, args: argparse.Namespace) -> None:
+    """Round-robin load over the replicas: per replica and total throughput, then the shared log's new rows per replica
+    against the answers each replica gave (every answer, errors included, is one row)."""
+    import httpx
+
+    from tunesmith.serve.store import RequestLog
+
+    model = httpx.get(urls[0] + "/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=30).json()["data"][0]["id"]
+    ids = {u: replica_id(u) for u in urls}
+    print("| replicas | clients | replica | req/s | tokens/s | p50 s | p95 s | errors | answers | log rows |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for clients in args.concurrency:
+        log = RequestLog.open(log_url) if log_url else None
+        before = log.replica_counts() if log else {}
+        res = asyncio.run(drive(urls, model, clients, args.seconds, args.max_tokens, stream=False, key=key))
+        after = log.replica_counts() if log else {}
+        rows = {u: after.get(ids[u], 0) - before.get(ids[u], 0) for u in urls}
+        for label, r, logged in [(ids[u] or u, res[u], rows[u]) for u in urls] + [
+            ("**total**", res["total"], sum(rows.values()))
+        ]:
+            print(
+                f"| {len(urls)} | {clients} | {label} | {r['rps']:.2f} | {r['tps']:.1f} | {r['p50']:.2f} | {r['p95']:.2f} | "
+                f"{r['errors']} | {r['answers']} | {logged if log else 'n/a'} |",
+                flush=True,
+            )
+        if log is not None:
+            same = all(rows[u] == res[u]["answers"] for u in urls)
+            print(
+                f"\nshared log {log.location}: {sum(rows.values())} new rows, {res['total']['answers']} answers "
+                f"({'equal' if same else 'NOT EQUAL'} per replica)\n",
+                flush=True,
+            )
+            log.close()
+
+
+def main_replicas(args: argparse.Namespace) -> None:
+    """--url / --replicas: drive several servers (started here, or already running) that share one log."""
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        work = Path(tmp)
+        log_url = args.log
+        if args.temp_postgres:
+            from pg_helpers import new_database, postgres_server, why_not
+
+            if why_not():
+                raise SystemExit(f"--temp-postgres: {why_not()}")
+            log_url = new_database(stack.enter_context(postgres_server(fsync=True)), "bench")
+        urls, key = list(args.url or []), args.key or KEY
+        if args.replicas:
+            if not log_url:
+                raise SystemExit("--replicas needs --log postgresql://... or --temp-postgres")
+            started = start_replicas(args.model, args.replicas, log_url, work, args.threads)
+            for _, proc in started:
+                stack.callback(proc.wait, 60)
+                stack.callback(proc.terminate)
+            urls += [u for u, _ in started]
+        cpu = cpu_name()
+        print(
+            f"serve load over {len(urls)} replica(s), {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu}, "
+            f"torch {torch.__version__}, model {args.model if args.replicas else 'as served'}, "
+            f"{args.threads or 'default'} torch threads per replica, {args.seconds:g} s per row, "
+            f"max_tokens {args.max_tokens}, greedy, non-streamed\n"
+        )
+        bench_replicas(urls, key, log_url, args)
+
+
+def cpu_name() -> str:
+    """The CPU's model name and whether it has AVX512-BF16 (the lever that changes CPU results most)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return f"CPU ({platform.processor() or platform.machine()})"
+    name = re.search(r"model name\s*:\s*(.*)", info)
+    bf16 = "avx512_bf16" in info
+    return (
+        f"{name.group(1).strip() if name else platform.machine()} ({os.cpu_count()} cores, avx512_bf16 {'yes' if bf16 else 'no'})"
+    )
 
 
 def main() -> None:
@@ -168,7 +322,18 @@ def main() -> None:
         help="Which server modes to measure.",
     )
     parser.add_argument("--work", type=Path, help="Keep the trained run and merged model here (default: a temp folder).")
+    several = parser.add_argument_group("several replicas sharing one request log")
+    several.add_argument("--url", action="append", help="A running server to drive (repeatable); clients go round-robin.")
+    several.add_argument("--replicas", type=int, default=0, help="Start this many `tunesmith serve --model` replicas.")
+    several.add_argument("--model", default="smollm2-135m-instruct", help="What --replicas serve (catalog name or folder).")
+    several.add_argument("--log", help="The shared log (postgresql://...): --replicas write to it; its rows are counted.")
+    several.add_argument("--temp-postgres", action="store_true", help="Start a throwaway PostgreSQL server as --log.")
+    several.add_argument("--key", help="API key of the --url servers (default: the one --replicas are started with).")
+    several.add_argument("--threads", type=int, help="torch threads per started replica (OMP_NUM_THREADS).")
     args = parser.parse_args()
+    if args.url or args.replicas:
+        main_replicas(args)
+        return
 
     import torch
 
@@ -177,8 +342,7 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         run_dir = args.run or quick_run(work)
         merged = args.merged or (merged_copy(run_dir, work) if "merged" in args.modes else None)
-        cpu = f"CPU ({platform.processor() or platform.machine()})"
-        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu
+        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu_name()
         print(
             f"serve load, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {device}, torch {torch.__version__}, "
             f"{args.seconds:g} s per row, max_tokens {args.max_tokens}, greedy\n"

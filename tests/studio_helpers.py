@@ -114,3 +114,37 @@ class StudioClient(TestClient):
         if method.upper() not in ("GET", "HEAD", "OPTIONS") and not any(h.lower() == "x-csrf-token" for h in headers):
             headers["X-CSRF-Token"] = self.csrf()
         return super().request(method, url, headers=headers, **kwargs)
+
+
+def fake_sweep(root: Path, name: str, values: list[float | None]) -> Path:
+    """A sweep folder as `tunesmith sweep` writes it: sweep.json, results.json, the table, the chart, one fake run per
+    trial under trials/ (None: a trial skipped for the budget)."""
+    from tunesmith.sweep import report
+    from tunesmith.sweep.spec import SPEC, SweepSpec, points
+
+    folder = root / name
+    folder.mkdir(parents=True)
+    recipe = folder.parent / f"{name}-recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"model": {"base": "tiny"}, "data": {"train": ["train.jsonl"]}}), encoding="utf-8")
+    grid = {"training.learning_rate": [1e-4, 2e-4], "adapter.r": [8, 16]}
+    spec = SweepSpec(
+        recipe=str(recipe), recipe_sha256="0" * 64, grid=grid, metric="exact_match", higher_is_better=True, budget_s=3600
+    )
+    (folder / SPEC).write_text(spec.model_dump_json(), encoding="utf-8")
+    trials = []
+    for i, (point, value) in enumerate(zip(points(grid), values, strict=True)):
+        if value is None:
+            trials.append(report.TrialResult(trial=i, params=point, status="skipped", reason="needs ~2.0 h; 10 min left"))
+            continue
+        run = fake_run(folder / "trials", f"trial-{i:02d}", seed=i)
+        trials.append(
+            report.TrialResult(
+                trial=i, params=point, status="complete", value=value, seconds=60.0 * (i + 1), gates_checked=1, run_dir=str(run)
+            )
+        )
+    winner, passes = report.choose(trials, True)
+    done = report.SweepReport(
+        spec=spec, trials=trials, winner=winner, winner_passes_gates=passes, used_s=600.0, hardware="CPU test"
+    )
+    report.write(folder, done, points(grid))
+    return folder

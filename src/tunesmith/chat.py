@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunesmith.errors import RunError
-from tunesmith.eval.generate import generate
+from tunesmith.eval.generate import generate_detailed
 
 
 @dataclass
@@ -17,6 +17,7 @@ class ChatSession:
     warning: str | None = None
     history: list[dict[str, str]] = field(default_factory=list)
     recipe: Any = None  # a run's recipe: with `rag`, each question gets its retrieved context, as in serve and eval
+    thinking: bool | None = None  # a run's thinking mode: prompts rendered as in training, eval and serve
 
     @classmethod
     def open(cls, target: str, system: str | None = None) -> ChatSession:
@@ -35,10 +36,12 @@ class ChatSession:
                 system = first[0]["content"] if first[0]["role"] == "system" else None
             except RunError:  # a run whose held-out rows cannot be read: chat without the system prompt
                 system = None
-        return cls(loaded.model, loaded.tokenizer, system, loaded.template_warning, recipe=run.recipe if run else None)
+        recipe = run.recipe if run else None
+        return cls(loaded.model, loaded.tokenizer, system, loaded.template_warning, recipe=recipe, thinking=loaded.thinking)
 
     def ask(self, text: str, max_new_tokens: int = 256) -> str:
-        """Append a user turn, generate greedily, keep the answer in the history."""
+        """Append a user turn, generate greedily, keep the answer in the history (its reasoning trace is shown, not
+        sent back: clients send only the content, as the family's template expects)."""
         self.history.append({"role": "user", "content": text})
         conv = ([{"role": "system", "content": self.system}] if self.system else []) + self.history
         if self.recipe is not None and self.recipe.rag is not None:
@@ -47,6 +50,6 @@ class ChatSession:
             rag, retriever = self.recipe.rag, recipe_retriever(self.recipe)
             if retriever is not None:
                 conv = augment(conv, retriever, rag.k, rag.template, rag.mode)[0]
-        answer = generate(self.model, self.tokenizer, [conv], max_new_tokens, batch_size=1)[0]
-        self.history.append({"role": "assistant", "content": answer})
-        return answer
+        done = generate_detailed(self.model, self.tokenizer, [conv], max_new_tokens, batch_size=1, thinking=self.thinking)[0]
+        self.history.append({"role": "assistant", "content": done.answer})
+        return done.text

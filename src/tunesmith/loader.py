@@ -36,14 +36,23 @@ class Loaded:
         """The chat family of the loaded model (its config's model_type and its tokenizer's template)."""
         return families.detect(getattr(self.model, "config", None), self.tokenizer)
 
+    @property
+    def thinking(self) -> bool | None:
+        """The thinking mode prompts are rendered with: the run's (Manifest.family), None for a plain model (the
+        template's default)."""
+        return run_thinking(self.run) if self.run is not None else None
+
     def stop_token_ids(self) -> list[int]:
-        """Ids that end generation: the family's end-of-turn and stop tokens, then the generation_config's EOS."""
-        ids = self.family.stop_token_ids(self.tokenizer)
-        config_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        for i in config_eos if isinstance(config_eos, (list, tuple)) else [config_eos]:
-            if i is not None and int(i) not in ids:
-                ids.append(int(i))
-        return ids
+        """Ids that end generation (eval.generate.stop_token_ids: the family's end of turn first)."""
+        from tunesmith.eval.generate import stop_token_ids
+
+        return stop_token_ids(self.model, self.tokenizer)
+
+
+def run_thinking(run: Run) -> bool | None:
+    """The thinking mode a run trained in and serves with (None: no switch, or an earlier run that did not say)."""
+    family = run.manifest.family
+    return family.thinking if family is not None else None
 
 
 def template_warning(run: Run, tokenizer: Any) -> str | None:

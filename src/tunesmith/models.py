@@ -71,7 +71,7 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 def load_gguf(gguf_path: Path) -> tuple[Any, Any]:
     """(model, tokenizer) read from a .gguf by transformers: weights dequantized to float32, frozen (not trainable)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
     folder, name = str(gguf_path.parent), gguf_path.name
@@ -79,10 +79,28 @@ def load_gguf(gguf_path: Path) -> tuple[Any, Any]:
     gguf_utils.tqdm = functools.partial(bar, disable=True)  # a per-tensor bar on stderr; the CLI shows its own status
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        config = AutoConfig.from_pretrained(folder, gguf_file=name)
+        for key, value in _gguf_shape(gguf_path).items():
+            if hasattr(config, key):
+                setattr(config, key, value)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config, dtype=torch.float32)
     finally:
         gguf_utils.tqdm = bar
     return model, tokenizer
+
+
+def _gguf_shape(gguf_path: Path) -> dict[str, int]:
+    """Config values transformers' GGUF loader does not map for every architecture: the attention head size
+    (`<arch>.attention.key_length`; Qwen 3's mapping drops it and the config's default of 128 would not fit), set
+    where the config has the field."""
+    import gguf
+
+    fields = gguf.GGUFReader(gguf_path).fields
+    arch = fields.get("general.architecture")
+    if arch is None:
+        return {}
+    key = fields.get(f"{bytes(arch.parts[arch.data[0]]).decode()}.attention.key_length")
+    return {"head_dim": int(key.parts[key.data[0]][0])} if key is not None else {}
 
 
 def import_gguf(gguf_path: Path, dest: Path) -> Path:
@@ -199,7 +217,19 @@ def model_info(spec: str) -> dict[str, Any]:
     """What `models info` shows: where a model is, its model_type, and its chat family (stop ids, system
     handling, reasoning, tools, template hash)."""
     from tunesmith import families
+    from tunesmith.run import is_run_dir, load_run
 
+    if is_run_dir(spec):  # a run: the family and thinking mode it trained with, as its manifest recorded them
+        run = load_run(spec)
+        recorded = run.manifest.family
+        if recorded is None:  # a run from before families were recorded: detected now
+            tokenizer = load_tokenizer(str(run.adapter_dir))
+            recorded_info: dict[str, Any] = families.describe(families.detect(read_config(run.base_path), tokenizer), tokenizer)
+            recorded_info["recorded"] = "no (an earlier run: detected now)"
+        else:
+            recorded_info = recorded.model_dump()
+        where: dict[str, Any] = {"spec": spec, "run": str(run.dir), "base": run.base_path}
+        return {**where, **recorded_info, "template_sha256": run.template_hash}
     path = resolve_base(spec)
     tokenizer = load_tokenizer(path)
     config = read_config(path)
@@ -209,24 +239,33 @@ def model_info(spec: str) -> dict[str, Any]:
 
 
 def load_model(
-    path: str, dtype: str = "auto", revision: str | None = None, trust_remote_code: bool = False, quantization_config: Any = None
+    path: str,
+    dtype: str = "auto",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    quantization_config: Any = None,
+    num_labels: int | None = None,
 ) -> Any:
-    """Load a causal LM on the available device in the requested dtype (4-bit when given a BitsAndBytesConfig)."""
-    from transformers import AutoModelForCausalLM
+    """Load a causal LM on the available device in the requested dtype (4-bit when given a BitsAndBytesConfig);
+    num_labels: a sequence-classification model with that many outputs instead (a reward model: 1, its score head
+    new unless the folder holds one)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     # A quantized model is placed while it loads and cannot be moved afterwards: on this process's own GPU
     # (LOCAL_RANK under --nproc; every rank on cuda:0 would pile all copies onto one card).
     placement = {"quantization_config": quantization_config, "device_map": {"": local_device()}} if quantization_config else {}
+    head: Any = AutoModelForCausalLM
+    if num_labels is not None:
+        head, placement = AutoModelForSequenceClassification, {**placement, "num_labels": num_labels}
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = head.from_pretrained(
             path, dtype=torch_dtype(dtype), revision=revision, trust_remote_code=trust_remote_code, **placement
         )
     except (OSError, ValueError, TypeError, KeyError) as exc:  # missing files, or a config/weights file that is not one
         raise ModelError(f"cannot load a model from {path}: {type(exc).__name__}: {exc}") from None
     if quantization_config or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return model  # under --nproc the Trainer places it (DDP) or accelerate shards it (FSDP/ZeRO-3) from where it is
-    # PreTrainedModel.to is @wraps(nn.Module.to): typeshed's _Wrapped then expects `self` as the first argument.
-    return model.to(device())  # type: ignore[arg-type]
+    return model.to(device())
 
 
 def local_device() -> int | str:

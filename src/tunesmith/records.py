@@ -26,7 +26,7 @@ from pydantic import (
 from tunesmith.atomic import write_text_atomic
 from tunesmith.errors import RunError
 
-MANIFEST_VERSION = 2  # 2: typed tokens, speed, plan, faults, checkpoint_selection; method figures under `details`
+MANIFEST_VERSION = 3  # 2: typed tokens, speed, plan, faults, checkpoint_selection; method figures under `details`; 3: family
 EVAL_REPORT_VERSION = 2  # 2: typed extra and gates
 
 
@@ -48,10 +48,13 @@ class Figures(Record):
     wall_time_s: float = 0.0
     train_runtime_s: float = 0.0
     tokens_per_s: float | None = Field(None, description="Trained (non-padding) tokens per second, all ranks together.")
-    peak_memory_mb: float = 0.0
+    peak_memory_mb: float = Field(
+        0.0, description="The largest peak of any one process (MiB): GPU allocator peak on CUDA, else max RSS."
+    )
+    peak_memory_rank: int = Field(0, description="The global rank (over every node) whose peak peak_memory_mb is.")
     trainable_params: int = 0
     total_params: int = 0
-    world_size: int = Field(1, description="Processes that trained (DDP/FSDP ranks).")
+    world_size: int = Field(1, description="Processes that trained, on every node (DDP/FSDP ranks).")
 
 
 class HeldOut(Record):
@@ -102,6 +105,18 @@ class TokenCounts(Record):
     max_length: int | None = None
     overlong: str | None = None
     measured_as: str | None = Field(None, description="What was measured against max_length (the method's length policy).")
+    expanded_rows: int = Field(
+        0, description="Rows with an answer not trainable in one render (an earlier turn), split into one row per answer."
+    )
+    rows_from_expansion: int = Field(0, description="Rows those expanded rows became (each ends with one of their answers).")
+    turns: dict[str, int] = Field(
+        default_factory=dict,
+        description="Summed over the kept rows: assistant_turns, turns_trained, turns_not_trainable, traces, "
+        "traces_trained, traces_masked, traces_dropped, empty_traces, history_traces_stripped (data.template).",
+    )
+    thinking_rows: dict[str, int] = Field(
+        default_factory=dict, description="Kept rows by the thinking mode their last answer was trained in (on / off)."
+    )
 
     def count_drop(self, reason: str, row_id: str) -> None:
         """One row dropped: `reason` is data.lengths' "overlong" or "no_trained_tokens"."""
@@ -111,6 +126,28 @@ class TokenCounts(Record):
             self.dropped_no_trained_tokens += 1
         if len(self.dropped_ids) < 50:
             self.dropped_ids.append(row_id)
+
+
+class FamilyRecord(Record):
+    """The chat family a run trained in (tunesmith.families.describe) and the thinking mode it serves with."""
+
+    family: str
+    title: str = ""
+    end_of_turn: list[str] = Field(default_factory=list, description="Tokens that close an answer: trained, and stops.")
+    stop: list[str] = Field(default_factory=list, description="Every token that stops generation (end of turn first).")
+    stop_token_ids: list[int] = Field(default_factory=list, description="Their ids in the run's tokenizer (+ its EOS).")
+    generation_prompt: str = ""
+    system: str = "role"
+    reasoning: str = "inline"
+    thinking_switch: bool = False
+    tools: str | None = None
+    template_is_tunesmith: bool = False
+    reasoning_policy: str = Field("train", description="data.reasoning the run trained with: train | mask | drop.")
+    thinking: bool | None = Field(
+        None,
+        description="The thinking mode eval, chat, serve, the studio and the ladder render prompts with: on when a "
+        "trained answer carried a trace; None for a family without a switch.",
+    )
 
 
 class Tokens(Record):
@@ -176,6 +213,7 @@ class CheckpointSelection(Record):
     chosen: str
     n_examples: int
     rows: str = ""
+    ids: list[str] = Field(default_factory=list, description="The held-out row ids every candidate was scored on.")
 
 
 class MethodDetails(Record):
@@ -233,6 +271,7 @@ class Manifest(Record):
     details: SerializeAsAny[MethodDetails] | None = Field(
         None, description="The method's own figures and settings (its Method.details record)."
     )
+    family: FamilyRecord | None = Field(None, description="The chat family and thinking mode (None: an earlier run).")
 
     @model_validator(mode="before")
     @classmethod
@@ -342,6 +381,8 @@ class JudgeResult(Judgement):
 class GraderScore(Record):
     mean: float
     pass_rate: float
+    failed: int = Field(0, description="Outputs the grader could not score (counted as 0, not passed).")
+    first_error: str | None = Field(None, description="Why the first of those could not be scored.")
 
 
 class EvalExtra(Record):

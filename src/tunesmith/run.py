@@ -118,14 +118,20 @@ def load_run(path: str | Path) -> Run:
     return Run(run_dir, recipe, read_manifest(manifest_file))
 
 
+def _extra(row: dict[str, Any]) -> dict[str, Any]:
+    """A saved held-out row's other fields (graders read them as item.<field>) and its tool list (the prompt renders it)."""
+    return {**(row.get("fields") or {}), **({"tools": row["tools"]} if "tools" in row else {})}
+
+
 def read_held_out(path: Path) -> list[Any]:
-    """The examples of a held-out file (data/eval.jsonl: one {id, messages, source} per line)."""
+    """The examples of a held-out file (data/eval.jsonl: one {id, messages, source, fields} per line; `fields`, the
+    row's other fields, becomes Example.extra)."""
     from tunesmith.data.formats import Example
 
     if not path.exists():
         raise RunError(f"{path} is missing: the run's held-out rows were removed", hint="Restore the run folder from a copy.")
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [Example(r["id"], r["messages"], r.get("source", f"{path}:{i + 1}")) for i, r in enumerate(rows)]
+    return [Example(r["id"], r["messages"], r.get("source", f"{path}:{i + 1}"), _extra(r)) for i, r in enumerate(rows)]
 
 
 def held_out_examples(run: Run) -> list[Any]:

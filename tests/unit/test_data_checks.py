@@ -108,6 +108,8 @@ ROW_TRIGGERS: dict[str, tuple[object, dict]] = {
     "eos_not_trained": (chat("q", LONG), {"max_length": 96, "overlong": "truncate"}),
     "all_labels_masked": (chat("q", "a", weight=0), {}),
     "refusal_ratio": (chat("Tell me a secret", "I'm sorry, I can't help with that."), {}),
+    # The tiny tokenizer's ChatML template renders no `tools`: the row cannot be trained as written.
+    "template_refuses_row": ({**chat("q", "a"), "tools": [{"type": "function", "function": {"name": "f"}}]}, {}),
 }
 DATASET_CODES = {
     "file_unreadable",
@@ -121,6 +123,8 @@ DATASET_CODES = {
     "eval_near_overlap",
     "label_imbalance",
 }
+# What is trained, per chat family (tests/unit/test_family_audit.py triggers each with a family's tiny model).
+FAMILY_CODES = {"empty_trace_trained", "tool_result_trained", "whitespace_only_trained", "packed_rows_attend"}
 
 
 def write(path: Path, rows: list) -> Path:
@@ -133,7 +137,7 @@ def codes(findings: list[Finding]) -> set[str]:
 
 
 def test_every_code_has_a_trigger():
-    assert set(ROW_TRIGGERS) | DATASET_CODES == set(CODES)
+    assert set(ROW_TRIGGERS) | DATASET_CODES | FAMILY_CODES == set(CODES)
 
 
 def test_clean_file_gives_no_findings(tmp_path, tok):

@@ -6,6 +6,7 @@ FSDP and DeepSpeed need GPUs (see test_fsdp_on_cpu_is_refused); their 2-GPU runs
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
@@ -21,8 +22,8 @@ from tunesmith.train.callbacks import COMPLETE
 def test_shipped_accelerate_configs_are_valid(name):
     config = load_config_from_file(str(launch.config_path(name)))
     assert config.distributed_type.value in ("MULTI_GPU", "FSDP", "DEEPSPEED")
-    cmd = launch.command(4, launch.config_path(name), ["train", "r.yaml"])
-    assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and cmd[-4:] == ["-m", "tunesmith", "train", "r.yaml"]
+    cmd = launch.command(launch.Topology(nproc=4), launch.config_path(name), ["train", "r.yaml"], Path("report"))
+    assert cmd[1:4] == ["-m", "tunesmith.train.launch", "report"] and cmd[-4:] == ["-m", "tunesmith", "train", "r.yaml"]
 
 
 def test_two_processes_train_and_rank0_writes(tiny_recipe, tiny_model_dir):
@@ -55,19 +56,27 @@ def test_two_processes_train_and_rank0_writes(tiny_recipe, tiny_model_dir):
     assert any("lora_B" in n and p.abs().sum() > 0 for n, p in model.named_parameters())
 
 
-def test_other_ranks_write_no_run_files(tiny_recipe, monkeypatch):
-    monkeypatch.setenv("RANK", "1")
+@pytest.mark.parametrize(("rank", "local_rank", "node"), [("1", "1", "0"), ("2", "0", "1")])
+def test_other_ranks_write_no_run_files(tiny_recipe, monkeypatch, rank, local_rank, node):
+    """Only global rank 0 writes: not rank 1 beside it, nor node 1's local rank 0 on a shared filesystem.
+
+    They create nothing, not even the folder: one they made first would race rank 0 claiming a new folder.
+    """
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    monkeypatch.setenv("GROUP_RANK", node)
     recipe = load_recipe(tiny_recipe())
     run_dir, _ = start.prepare_run_dir(recipe, resume=False)
-    assert run_dir.is_dir() and list(run_dir.iterdir()) == []  # no run.yaml, no metrics.jsonl
-    assert not faults.is_main_process() and launch.rank() == 1
+    assert not run_dir.exists()  # no folder, no run.yaml, no metrics.jsonl
+    assert not faults.is_main_process() and launch.rank() == int(rank)
 
 
 def test_nproc_needs_two(tiny_recipe):
     from tunesmith.errors import RunError
 
-    with pytest.raises(RunError, match="at least 2"):
-        launch.launch(1, "ddp", ["train", "x"])
+    with pytest.raises(launch.LaunchOptionsError, match="at least 2"):
+        launch.topology(nproc=1)
+    assert launch.topology() is None  # no launch options: train in this process
     with pytest.raises(RunError, match="accelerate config not found"):
         launch.config_path("nope")
 
@@ -98,7 +107,7 @@ def test_sharding_without_gpus_is_refused(name, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(launch.subprocess, "Popen", lambda *a, **k: pytest.fail("launched a run that would not shard"))
     with pytest.raises(RunError, match="GPUs only"):
-        launch.launch(2, name, ["train", "r.yaml"])
+        launch.launch(launch.Topology(nproc=2), name, ["train", "r.yaml"])
 
 
 def test_model_is_loaded_after_the_distributed_state_exists(tiny_recipe, tiny_model_dir, monkeypatch):

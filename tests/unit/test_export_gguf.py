@@ -14,6 +14,7 @@ from tunesmith import models
 from tunesmith.config import load_recipe
 from tunesmith.errors import TunesmithError
 from tunesmith.export import gguf as export
+from tunesmith.export import gguf_lora
 from tunesmith.run import load_run
 from tunesmith.train import sft
 
@@ -94,7 +95,7 @@ def test_f16_round_trip_identical_tokens_and_lineage(tiny_run, tmp_path):
 
 def test_adapter_only_is_a_llama_cpp_lora(tiny_run, tmp_path):
     out = tmp_path / "lora.gguf"
-    lineage = export.export_adapter_gguf(tiny_run.dir, out)
+    lineage = gguf_lora.export_adapter_gguf(tiny_run.dir, out)
     reader = gguf.GGUFReader(out)
     assert export.gguf_string(out, "general.type") == "adapter" and export.gguf_string(out, "adapter.type") == "lora"
     assert float(reader.fields["adapter.lora.alpha"].parts[-1][0]) == 8.0
@@ -112,7 +113,7 @@ def test_adapter_only_is_a_llama_cpp_lora(tiny_run, tmp_path):
 def test_lora_deltas_match_the_merged_weights_in_gguf_layout(tiny_run, tmp_path):
     """llama.cpp applies W + alpha/r * B @ A per GGUF tensor: that must equal the merged model's tensor in the same layout."""
     lora, full = tmp_path / "lora.gguf", tmp_path / "full.gguf"
-    export.export_adapter_gguf(tiny_run.dir, lora)
+    gguf_lora.export_adapter_gguf(tiny_run.dir, lora)
     from tunesmith.export.merge import merge
 
     merged = merge(tiny_run, tmp_path / "merged", dtype="float32")
@@ -142,7 +143,7 @@ def test_adapter_only_refuses_what_llama_cpp_cannot_apply(tiny_run, tmp_path, ch
     cfg_path = copy / "adapter" / "adapter_config.json"
     cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), **change}))
     with pytest.raises(TunesmithError, match=message):
-        export.export_adapter_gguf(copy, tmp_path / "x.gguf")
+        gguf_lora.export_adapter_gguf(copy, tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists()
 
 
@@ -165,7 +166,7 @@ def test_a_link_planted_at_a_temp_name_is_never_followed(tiny_run, tmp_path, ada
     for link in links:
         link.symlink_to(outside)
     if adapter_only:
-        export.export_adapter_gguf(tiny_run.dir, out)
+        gguf_lora.export_adapter_gguf(tiny_run.dir, out)
     else:
         export.export_gguf(tiny_run.dir, out, "f16", n_check=1, max_new_tokens=4)
     assert outside.read_bytes() == b"not yours"
@@ -188,7 +189,7 @@ def test_a_damaged_lineage_or_adapter_config_is_one_clear_error(tiny_run, tiny_m
     shutil.copytree(tiny_run.dir, copy)
     (copy / "adapter" / "adapter_config.json").write_text(content)
     with pytest.raises(TunesmithError, match=r"adapter_config.json is not a readable peft adapter config"):
-        export.export_adapter_gguf(copy, tmp_path / "out" / "a.gguf")
+        gguf_lora.export_adapter_gguf(copy, tmp_path / "out" / "a.gguf")
     from tunesmith.export.merge import merge
 
     with pytest.raises(TunesmithError, match=r"adapter_config.json is not a readable peft adapter config"):

@@ -187,6 +187,11 @@ def test_sft_trains_a_tiny_qwen3_on_rows_with_traces(dirs, tiny_recipe, tmp_path
     run = sft.run(load_recipe(path))
     losses = [r["loss"] for r in read_metrics(run.dir) if "loss" in r]
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
-    assert run.manifest.tokens["train"]["kept"] == 24
+    train = run.manifest.tokens.train
+    assert train is not None and train.kept == 24
+    assert train.turns["traces_trained"] == 24 and train.thinking_rows == {"on": 24}  # `thinking` read as the trace
     saved = AutoTokenizer.from_pretrained(run.dir / "adapter")
     assert families.for_tokenizer(saved).name == "qwen3"
+    family = run.manifest.family
+    assert family is not None and family.family == "qwen3" and family.thinking is True
+    assert family.stop_token_ids[0] == saved.convert_tokens_to_ids("<|im_end|>")

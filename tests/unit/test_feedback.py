@@ -139,7 +139,25 @@ def test_feedback_on_a_failed_request_is_refused_and_never_exported(tmp_path):
         assert [f for f in log.iter_feedback() if f.request_id == "busy"] == []
     old = FeedbackRow(request_id="busy", rating="down", correction="Madrid.")
     with sqlite3.connect(path) as db:  # what a server before this check let through
-        db.execute("INSERT INTO feedback VALUES (?, ?, ?, ?)", (old.feedback_id, "busy", T0.timestamp(), old.model_dump_json()))
+        db.execute(
+            "INSERT INTO feedback (feedback_id, request_id, time, row) VALUES (?, ?, ?, ?)",
+            (old.feedback_id, "busy", T0.timestamp(), old.model_dump_json()),
+        )
     for to in ("sft", "dpo"):
         done = export(serve, to, tmp_path / f"{to}.jsonl")
         assert "Madrid." not in done.path.read_text() and done.skipped["request answered with an error"] == 1
+
+
+def test_cli_reads_the_log_named_by_log_and_needs_one(tmp_path):
+    """`feedback export --log FILE` reads that log (no serve folder argument); with neither, one clear error. `monitor
+    --log URL` without SERVE_DIR or --out has no place for its report and says so before reading anything."""
+    runner = CliRunner()
+    db = log_with_feedback(tmp_path / "elsewhere.sqlite")
+    res = runner.invoke(app, ["feedback", "export", "--log", str(db), "--to", "sft", "--out", str(tmp_path / "s.jsonl")])
+    assert res.exit_code == 0, res.output
+    assert "wrote 12 sft rows" in res.output and len(rows(tmp_path / "s.jsonl")) == 12
+    res = runner.invoke(app, ["feedback", "export", "--to", "sft", "--out", str(tmp_path / "t.jsonl")])
+    assert res.exit_code == 1 and "no request log to read" in res.output and not (tmp_path / "t.jsonl").exists()
+    res = runner.invoke(app, ["monitor", "--log", "postgresql://u:hunter2@127.0.0.1:1/x"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 1 and "--out DIR" in said and "hunter2" not in said

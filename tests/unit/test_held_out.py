@@ -49,7 +49,8 @@ def _overrides(method: str, tiny: Path) -> list[str]:
 
 def _spy_training_rows(method: str, monkeypatch) -> list[str]:
     """Record the questions of every row handed to the trainer, through the functions the method modules call."""
-    from tunesmith.train import dpo, grpo, sft
+    from tunesmith.data import dataset
+    from tunesmith.train import dpo, grpo
 
     seen: list[str] = []
 
@@ -63,7 +64,7 @@ def _spy_training_rows(method: str, monkeypatch) -> list[str]:
 
         monkeypatch.setattr(module, name, spy)
 
-    wrap(sft, "recipe_examples", lambda e: _question(e.messages))  # sft, and distill's student
+    wrap(dataset, "recipe_examples", lambda e: _question(e.messages))  # sft, and distill's student
     wrap(dpo, "recipe_rows", lambda r: _question(r["prompt"]))
     wrap(grpo, "recipe_rows", lambda r: _question(r["prompt"]))
     return seen
@@ -104,7 +105,7 @@ def test_every_consumer_scores_the_runs_own_held_out_rows(method, tmp_path, tiny
     assert [r["prompt"] for r in rows] == [questions[i] for i in ids]
 
     selection = run.manifest.checkpoint_selection
-    assert selection is not None and selection["ids"] == ids[:3]
+    assert selection is not None and selection.ids == ids[:3]
 
     from tunesmith.eval import scoring
 

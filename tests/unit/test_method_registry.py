@@ -20,10 +20,10 @@ from tunesmith.train.method import Datasets, Method, Parts
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "tunesmith"
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "manifest-v1"
-BUILT_IN = ["sft", "dpo", "grpo", "distill"]
+BUILT_IN = ["sft", "dpo", "grpo", "distill", "reward"]
 
 
-def test_the_registry_holds_the_four_methods_and_each_declares_every_part():
+def test_the_registry_holds_the_five_methods_and_each_declares_every_part():
     assert methods.names() == BUILT_IN
     for m in methods.registered():
         assert m.help and m.row_shape and m.measured_as and m.reference, m.name
@@ -35,11 +35,11 @@ def test_the_registry_holds_the_four_methods_and_each_declares_every_part():
             assert field in Recipe.model_fields, (m.name, field)
     # The recipe takes its method names and method sections from the registry.
     sections = {m.name: m.section for m in methods.registered() if m.section is not None}
-    assert set(sections) == {"dpo", "grpo", "distill"}
+    assert set(sections) == {"dpo", "grpo", "distill", "reward"}
     for name, section in sections.items():
         assert Recipe.model_fields[name].annotation is section
     assert Recipe.model_json_schema()["properties"]["method"]["enum"] == BUILT_IN
-    with pytest.raises(Exception, match="one of sft, dpo, grpo, distill"):
+    with pytest.raises(Exception, match="one of sft, dpo, grpo, distill, reward"):
         recipe_from_dict({"method": "ppo", "data": {"train": ["t.jsonl"]}}, Path("."), check_files=False)
 
 
@@ -172,13 +172,14 @@ def test_one_precision_decision_for_every_method(monkeypatch, tmp_path, units):
 @pytest.mark.parametrize("name", ["sft", "dpo", "grpo", "distill-sequence", "distill-logits"])
 def test_a_manifest_written_before_the_typed_records_still_reads(tmp_path, name):
     """The fixtures are manifests (schema_version 1) written by tiny runs of each method before the method registry."""
-    from tunesmith.records import CheckpointSelection, Plan, Speed, TokenCounts
+    from tunesmith.records import MANIFEST_VERSION, CheckpointSelection, Plan, Speed, TokenCounts
 
     path = tmp_path / "manifest.json"
     shutil.copy(FIXTURES / f"{name}.json", path)
     raw = json.loads(path.read_text())
     m = read_manifest(path)
-    assert raw["schema_version"] == 1 and m.schema_version == 2
+    assert raw["schema_version"] == 1 and m.schema_version == MANIFEST_VERSION
+    assert m.family is None  # recorded from version 3 on: `models info` detects it for such a run
     assert isinstance(m.tokens.train, TokenCounts) and m.tokens.train.examples == raw["tokens"]["train"]["examples"]
     assert m.faults.final_batch_size == raw["faults"]["final_batch_size"]
     method = name.split("-")[0]
@@ -205,5 +206,5 @@ def test_a_manifest_written_before_the_typed_records_still_reads(tmp_path, name)
             assert m.details.files.train.rows == was["files"]["train"]["rows"] and m.details.audit.warnings == 1
     else:
         assert m.details is None
-    write_manifest(path, m)  # written back as version 2 and read again: the same record
-    assert read_manifest(path) == m and json.loads(path.read_text())["schema_version"] == 2
+    write_manifest(path, m)  # written back as the current version and read again: the same record
+    assert read_manifest(path) == m and json.loads(path.read_text())["schema_version"] == MANIFEST_VERSION

@@ -16,7 +16,7 @@ from studio_helpers import fake_run
 from tunesmith.cli import app
 from tunesmith.config import MonitorSection
 from tunesmith.monitor import drift
-from tunesmith.monitor.report import DRIFT_EXIT, read_report
+from tunesmith.monitor.report import DRIFT_EXIT, MONITOR_REPORT_VERSION, read_report
 
 TOPICS = ["router", "headphones", "blender", "lamp", "tripod", "keyboard", "mouse", "speaker", "doorbell", "heater"]
 ASK = [
@@ -173,7 +173,7 @@ def test_cli_exit_code_report_files_and_retrain_export(tmp_path):
     assert res.exit_code == DRIFT_EXIT, res.output
     assert "DRIFT" in res.output and "input_embedding" in res.output
     report = read_report(tmp_path / "serve" / "monitor" / "monitor.json")
-    assert report.schema_version == 1 and report.drifted and report.hours
+    assert report.schema_version == MONITOR_REPORT_VERSION and report.drifted and report.hours
     page = (tmp_path / "serve" / "monitor" / "monitor.html").read_text()
     assert "data:image/png;base64," in page and "input_embedding" in page
     rows = [json.loads(line) for line in out.read_text().splitlines()]

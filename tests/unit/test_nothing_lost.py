@@ -439,7 +439,15 @@ def test_merge_never_follows_a_planted_link(finished, tmp_path, monkeypatch):
 # path-like parameter is an input and receives each bad kind below.
 OUTPUTS = {"out", "out_dir", "html", "export_retrain", "directory", "dir", "log", "adapters_dir"}
 # Required parameters that are not paths: a valid value, so the failure is the bad input's.
-VALUES = {"question": "where?", "to": "sft", "name": "nope-model", ("data convert", "to"): "messages"}
+VALUES = {
+    "question": "where?",
+    "to": "sft",
+    "name": "nope-model",
+    ("data convert", "to"): "messages",
+    ("import openai", "model"): "smollm2-135m-instruct",  # the base is valid: the bad input is the job
+}
+# Options a command needs besides its inputs (checked before them): given valid, so the failure is the bad input's.
+NEEDS = {"sweep": ["--set-grid", "training.seed=1,2"], "loop": ["--once"]}
 # Kinds that are valid for a command's input: the studio shows empty folders of runs, data and serve logs.
 VALID = {("studio", "folder")}
 # Known to fail the sweep, owned elsewhere: `serve` starts the server before it has resolved its TARGET, and the
@@ -494,11 +502,11 @@ def is_pathlike(name, annotation) -> bool:
 def sweep_cases():
     for argv, callback in commands():
         ps = list(params(callback))
-        inputs = [(n, f, r) for n, f, r, a in ps if is_pathlike(n, a) and n not in OUTPUTS]
+        command = " ".join(argv)
+        inputs = [(n, f, r) for n, f, r, a in ps if is_pathlike(n, a) and n not in OUTPUTS and (command, n) not in VALUES]
         required_inputs = [i for i in inputs if i[2]]
         chosen = required_inputs or inputs[:1]
         numbers = [(n, f) for n, f, r, a in ps if f and a in (int, float)]
-        command = " ".join(argv)
         for kind in BAD if chosen else ():
             if (command, kind) in VALID:
                 continue
@@ -538,6 +546,7 @@ def test_no_traceback_on_bad_arguments(tmp_path, monkeypatch, argv, ps, chosen, 
         else:
             continue
         args += [str(value)] if flag is None else [flag, str(value)]
+    args += NEEDS.get(" ".join(argv), [])
     if extra:
         args += list(extra)
     before = snapshot(tmp_path)

@@ -224,7 +224,7 @@ def test_training_and_eval_see_the_prompt_augment_builds(docs, tmp_path, minilm,
     assert [e.messages for e in eval_examples(recipe)] == [augment(e.messages, retriever, k=1)[0] for e in raw_eval]
 
     tokenizer = load_tokenizer(recipe.model.base)
-    train_ds, _, _ = sft._datasets(recipe, tokenizer)
+    train_ds = sft.METHOD.datasets(recipe, tokenizer).train
     assert train_ds[0]["input_ids"] == tokenize_example(tokenizer, expected[0], 512, "drop").input_ids  # what training tokenizes
 
     run = sft.run(recipe)

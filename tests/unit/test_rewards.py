@@ -52,3 +52,18 @@ def test_shorthand_strings():
     assert RewardSpec.model_validate("json_valid").type == "json_valid"
     custom = RewardSpec.model_validate("pkg.mod:fn")
     assert custom.type == "custom" and custom.function == "pkg.mod:fn"
+
+
+def test_reward_files_of_one_name_in_two_projects_are_two_modules(tmp_path):
+    # Two imported projects in one process, each with its own grader_reward.py: each keeps its own function.
+    for name, value in (("a", 1.0), ("b", 2.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "grader_reward.py").write_text(
+            f"def reward(prompts, completions, **kw):\n    return [{value}] * len(completions)\n"
+        )
+    first = rewards.load_function(f"{tmp_path / 'a' / 'grader_reward.py'}:reward")
+    second = rewards.load_function(f"{tmp_path / 'b' / 'grader_reward.py'}:reward")
+    assert first(None, ["x"]) == [1.0] and second(None, ["x"]) == [2.0]
+    # the same file named two ways (relative, absolute) is one module
+    again = rewards.load_function(f"{tmp_path / 'a' / '..' / 'a' / 'grader_reward.py'}:reward")
+    assert again is first

@@ -95,9 +95,9 @@ def test_a_merge_that_fails_its_check_leaves_nothing_behind(tiny_recipe, tmp_pat
     real = merge_mod._greedy_tokens
     calls = []
 
-    def drifting(model, tokenizer, conversations, max_new_tokens):
+    def drifting(model, tokenizer, conversations, max_new_tokens, thinking):
         calls.append(1)
-        out = real(model, tokenizer, conversations, max_new_tokens)
+        out = real(model, tokenizer, conversations, max_new_tokens, thinking)
         return out if len(calls) == 1 else [ids + [0] for ids in out]  # the merged model "differs"
 
     monkeypatch.setattr(merge_mod, "_greedy_tokens", drifting)

@@ -206,6 +206,18 @@ def test_data_audit_links_findings_to_rows(studio):
     assert "messages" in client.get(f"/data/row?k={k}&line=1").text
 
 
+def test_data_page_shows_the_mask_with_a_model_inside_its_folders_only(studio, tiny_model_dir):
+    import shutil
+
+    client, root, tmp_path = studio
+    k = re.search(r'<option value="([^"]+)"[^>]*>[^<]*train.jsonl', client.get("/data").text).group(1)
+    outside = client.get(f"/data?k={k}&model={tiny_model_dir}").text  # not in the studio's folders: refused
+    assert 'id="model-note"' in outside and "ts-row" not in outside
+    shutil.copytree(tiny_model_dir, root / "models" / "tiny")
+    html = client.get(f"/data?k={k}&model={root / 'models' / 'tiny'}&reasoning=mask").text
+    assert html.count("class='ts-row'") == 5 and "class='ts-trained'" in html and "--reasoning mask" in html
+
+
 def test_report_shows_the_ladder_and_its_recommendation(studio):
     from tunesmith.eval.ladder_report import (
         LadderReport,
@@ -390,6 +402,7 @@ def test_chat_stream_with_rag_sends_sources_then_text(tmp_path, tiny_model_dir):
         model=AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(),
         tokenizer=AutoTokenizer.from_pretrained(tiny_model_dir),
         has_adapter=False,
+        thinking=None,  # the run's thinking mode (loader.Loaded.thinking): the template's default here
         run=SimpleNamespace(recipe=SimpleNamespace(rag=rag)),
     )
     messages = [{"role": "user", "content": "Where do parcels leave from?"}]

@@ -289,3 +289,19 @@ def test_a_rebound_dns_name_reads_nothing(server, browser):
         assert pg.goto(f"http://127.0.0.1:{port}/").status == 200  # the studio's own name still works in that browser
     finally:
         rebound.close()
+
+
+def test_data_page_shows_what_the_model_will_learn(page, server, tiny_model_dir):
+    page.goto(server + "/data")
+    option = page.locator("select[name=k] option", has_text="data/train.jsonl").first
+    page.select_option("select[name=k]", option.get_attribute("value"))
+    page.fill("#model", str(tiny_model_dir))
+    page.click("text=Audit")
+    page.wait_for_selector("#mask-view")
+    view = page.locator("#mask-view")
+    assert view.locator(".ts-row").count() == 5 and view.locator(".ts-trained").count() >= 5
+    assert "trained: the model learns to write this" in view.inner_text()
+    assert view.locator(".ts-special", has_text="<|im_end|>").count() >= 5  # special tokens shown, marked
+    trained = view.locator(".ts-trained").first.inner_text()
+    assert trained.endswith("<|im_end|>") and '"sum"' in trained  # the answer and its end of turn, nothing else
+    shot(page, "data-mask")

@@ -143,6 +143,23 @@ def outside_cases(tmp_path: Path) -> dict[str, tuple[str, dict]]:
             "eval.graders.s.model",
             {"eval": {"graders": [{"type": "score_model", "name": "s", "model": str(out / "model"), "input": []}]}},
         ),
+        "label_model grader": (
+            "eval.graders.l.model",
+            {
+                "eval": {
+                    "graders": [
+                        {
+                            "type": "label_model",
+                            "name": "l",
+                            "model": str(out / "model"),
+                            "input": [],
+                            "labels": ["a"],
+                            "passing_labels": ["a"],
+                        }
+                    ]
+                }
+            },
+        ),
         "reward module": ("grpo.rewards.0.function", {"method": "grpo", "grpo": {"rewards": ["os:system"]}}),
         "reward file": (
             "grpo.rewards.0.function",

@@ -100,13 +100,18 @@ from tunesmith.cli import (  # noqa: E402  (the command modules import `app` fro
     export,
     index,
     ladder,
+    loop,
+    migrate,
     model_cmds,
     monitor,
     plan,
     review,
+    rollout,
     serve,
     studio,
+    sweep,
     train,
+    verify,
 )  # noqa: E402  (registers commands)
 
 __all__ = [
@@ -117,6 +122,7 @@ __all__ = [
     "evaluate",
     "export",
     "ladder",
+    "migrate",
     "model_cmds",
     "train",
     "review",
@@ -125,4 +131,8 @@ __all__ = [
     "index",
     "plan",
     "monitor",
+    "rollout",
+    "loop",
+    "sweep",
+    "verify",
 ]

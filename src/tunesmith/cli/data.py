@@ -39,6 +39,7 @@ def _settings(
     overlong: str | None,
     method: str | None = None,
     completion_length: int | None = None,
+    reasoning: str | None = None,
 ) -> dict[str, Any]:
     """Model spec, max_length, policy, method, epochs and eval file: flags first, then the recipe, then the
     recipe's field defaults (`source` says which)."""
@@ -51,6 +52,8 @@ def _settings(
         "overlong": overlong or "drop",
         "method": method or "sft",
         "completion_length": completion_length,  # None: the method's own (below)
+        "reasoning": reasoning or "train",
+        "packing": None,  # why the recipe's packed rows could attend to each other (audit.packing_leaks)
         "epochs": None,
         "lora": True,
         "train": [],
@@ -72,12 +75,20 @@ def _settings(
             train=list(cfg.data.train),
             eval=[cfg.data.eval] if cfg.data.eval else [],
             source=str(recipe),
+            reasoning=reasoning or cfg.data.reasoning,
         )
+        from tunesmith.data.audit import packing_leaks
+
+        out["packing"] = packing_leaks(cfg)
     if out["method"] not in methods.names():
         from tunesmith.errors import DataError
 
         raise DataError(f"--method must be {', '.join(methods.names())}, not `{out['method']}`")
     out["completion_length"] = completion_length or methods.get(out["method"]).completion_room(cfg)
+    if out["reasoning"] not in ("train", "mask", "drop"):
+        from tunesmith.errors import DataError
+
+        raise DataError(f"--reasoning must be train, mask or drop, not `{out['reasoning']}`")
     if out["overlong"] not in ("drop", "truncate", "error"):
         from tunesmith.errors import DataError
 
@@ -190,6 +201,7 @@ def check(
         min=1,
         help="grpo: tokens each prompt must leave for a completion (default: the recipe's, else 128).",
     ),
+    reasoning: str = typer.Option(None, help="Reasoning traces: train, mask or drop (default: the recipe's, else train)."),
     eval_files: list[Path] = typer.Option([], "--eval", help="Eval file(s): also audited, and checked for overlap with train."),
     label_field: str = typer.Option(None, help="Row field whose value distribution is checked for balance."),
     strict: bool = typer.Option(False, help="Treat warnings as blocking (exit 1)."),
@@ -210,7 +222,7 @@ def check(
     from tunesmith.data.audit import audit
     from tunesmith.errors import DataError
 
-    s = _settings(recipe, model, max_length, overlong, method, completion_length)
+    s = _settings(recipe, model, max_length, overlong, method, completion_length, reasoning)
     train = [str(f) for f in files] if files else s["train"]
     if not train:
         raise DataError("no data files given", hint="Pass FILE... or --recipe RECIPE.")
@@ -238,8 +250,14 @@ def check(
         cost=cost,
         method=s["method"],
         completion_budget=s["completion_length"],
+        reasoning=s["reasoning"],
     )
-    report.stats["settings"] = {k: s[k] for k in ("method", "max_length", "overlong", "completion_length", "source")}
+    if s["packing"] is not None:
+        from tunesmith.data.checks import finding
+
+        report.findings.append(finding("packed_rows_attend", str(recipe), None, s["packing"]))
+    keys = ("method", "max_length", "overlong", "completion_length", "reasoning", "source")
+    report.stats["settings"] = {k: s[k] for k in keys}
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=1, default=str))
     else:
@@ -380,14 +398,10 @@ def show(
 
     from tunesmith.data.show import counts_line, nth_record, plain, show_row
 
-    s = _settings(recipe, model, max_length, None)
-    if reasoning is None and recipe is not None:
-        from tunesmith.config import load_recipe
-
-        reasoning = load_recipe(recipe).data.reasoning
+    s = _settings(recipe, model, max_length, None, reasoning=reasoning)
     rec = nth_record(file, row)
     tokenizer, _ = _tokenizer(s["model"])
-    shown = show_row(tokenizer, rec, s["max_length"], s["overlong"], reasoning=reasoning or "train")
+    shown = show_row(tokenizer, rec, s["max_length"], s["overlong"], reasoning=s["reasoning"])
     console.rule(f"{shown.where}")
     for problem in shown.problems:
         err_console.print(f"[bold red]{escape(problem)}[/]", highlight=False)

@@ -50,10 +50,11 @@ def gguf(
 ) -> None:
     """Convert with llama.cpp's converter, reload and compare greedy tokens, then publish FILE.gguf + FILE.gguf.lineage.json."""
     from tunesmith.export import gguf as export_gguf
+    from tunesmith.export import gguf_lora
 
     with console.status("exporting to GGUF ..."):
         if adapter_only:
-            lineage = export_gguf.export_adapter_gguf(source, out, overwrite=overwrite)
+            lineage = gguf_lora.export_adapter_gguf(source, out, overwrite=overwrite)
         else:
             lineage = export_gguf.export_gguf(source, out, type_, n_check=check_prompts, overwrite=overwrite)
     c = lineage.check or {}

@@ -37,8 +37,9 @@ def pull(name: str = typer.Argument(..., help="Catalog name, e.g. smollm2-135m-i
 
 @models_app.command("info")
 @handle_errors
-def info(model: str = typer.Argument(..., help="Catalog name, model folder, .gguf file or hub id.")) -> None:
-    """Show a model's chat family: end-of-turn and stop tokens, generation prompt, system, reasoning and tools."""
+def info(model: str = typer.Argument(..., help="Run folder, catalog name, model folder, .gguf file or hub id.")) -> None:
+    """Show a model's chat family: end-of-turn and stop tokens, generation prompt, system, reasoning and tools
+    (for a run: as its manifest recorded them, with the thinking mode it serves with)."""
     from rich.markup import escape
 
     from tunesmith.models import model_info

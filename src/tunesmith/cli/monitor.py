@@ -18,6 +18,10 @@ if TYPE_CHECKING:
 feedback_app = typer.Typer(help="Turn served feedback (ratings, corrections) into training data.", no_args_is_help=True)
 app.add_typer(feedback_app, name="feedback")
 
+LOG_HELP = (
+    "Read this request log instead of SERVE_DIR's: a .sqlite file, or postgresql://USER@HOST[:PORT]/DB, the log "
+    "several replicas share (password from ~/.pgpass or $PGPASSWORD)."
+)
 _STATUS = {"ok": "[green]ok[/]", "drift": "[bold red]DRIFT[/]", "skip": "[dim]skip[/]"}
 
 
@@ -53,7 +57,47 @@ def signal_table(report: MonitorReport) -> Table:
     return table
 
 
-def _section(baseline: Any, recipe: Path | None, window_hours: float | None, embedder: str | None) -> Any:
+def replica_table(report: MonitorReport) -> Table:
+    table = Table(
+        "replica", "requests", "answered", "errors", "p95 latency s", title="recent window by replica", title_justify="left"
+    )
+    for r in report.replicas:
+        table.add_row(escape(r.replica or "(unnamed)"), str(r.requests), str(r.answered), str(r.errors), _num(r.latency_p95_s))
+    return table
+
+
+def log_source(serve_dir: Path | None, log: str | None) -> str | Path:
+    """The request log to read: --log when given, else the serve folder (or .sqlite file) argument."""
+    from tunesmith.errors import RunError
+
+    if log is None and serve_dir is None:
+        raise RunError("no request log to read", hint="Pass a serve folder (e.g. serve) or --log FILE|postgresql://...")
+    return log if log is not None else serve_dir  # type: ignore[return-value]
+
+
+def _report_place(serve_dir: Path | None, log: str | None) -> Path:
+    """Default report folder: SERVE_DIR/monitor, else beside a --log file; a --log URL alone needs --out."""
+    from tunesmith.errors import RunError
+    from tunesmith.serve.store import is_url
+
+    where = serve_dir if serve_dir is not None else (None if log is None or is_url(log) else Path(log))
+    if where is None:
+        raise RunError("a --log URL has no folder to put the report in", hint="Pass --out DIR (or a serve folder).")
+    return (where if where.is_dir() else where.parent) / "monitor"
+
+
+def variant_table(report: MonitorReport) -> Table:
+    from tunesmith.monitor.report import VARIANT_FIGURES
+
+    table = Table("model", "variant", *VARIANT_FIGURES, title="recent window by rollout variant", title_justify="left")
+    for v in report.variants:
+        table.add_row(escape(v.model), v.variant, *(_num(v.figures.get(f)) for f in VARIANT_FIGURES))
+    return table
+
+
+def _section(
+    baseline: Any, recipe: Path | None, window_hours: float | None, embedder: str | None, reward_model: Path | None = None
+) -> Any:
     """Thresholds: --recipe's monitor section, else the baseline run's, else the defaults; then the flags."""
     from tunesmith.config import MonitorSection, load_recipe
 
@@ -64,14 +108,22 @@ def _section(baseline: Any, recipe: Path | None, window_hours: float | None, emb
         if baseline is not None
         else MonitorSection()
     )
-    updates = {k: v for k, v in (("window_hours", window_hours), ("embedder", embedder)) if v is not None}
+    flags = (
+        ("window_hours", window_hours),
+        ("embedder", embedder),
+        ("reward_model", str(reward_model) if reward_model else None),
+    )
+    updates = {k: v for k, v in flags if v is not None}
     return MonitorSection.model_validate({**cfg.model_dump(), **updates}) if updates else cfg
 
 
 @app.command("monitor")
 @handle_errors
 def monitor(
-    serve_dir: Path = typer.Argument(..., help="Serve folder holding requests.sqlite (or the .sqlite file)."),
+    serve_dir: Path = typer.Argument(
+        None, help="Serve folder holding requests.sqlite (or the .sqlite file); with --log, where the report goes."
+    ),
+    log: str = typer.Option(None, "--log", help=LOG_HELP),
     baseline: Path = typer.Option(None, "--baseline", help="Run folder whose training data is the reference distribution."),
     recipe: Path = typer.Option(
         None,
@@ -81,12 +133,15 @@ def monitor(
     out: Path = typer.Option(
         None,
         "--out",
-        help="Folder for monitor.json and monitor.html (default: SERVE_DIR/monitor; "
-        "a later monitor run replaces only its own files there).",
+        help="Folder for monitor.json and monitor.html (default: SERVE_DIR/monitor, needed with a --log URL and no "
+        "SERVE_DIR; a later monitor run replaces only its own files there).",
     ),
     until: datetime = typer.Option(None, "--until", help="End of the recent window (UTC, ISO); default: now."),
     window_hours: float = typer.Option(None, "--window-hours", min=0.001, help="Override monitor.window_hours."),
     embedder: str = typer.Option(None, "--embedder", help="Override monitor.embedder: minilm | char-ngrams."),
+    reward_model: Path = typer.Option(
+        None, "--reward-model", help="A reward run (method: reward) scoring served answers: override monitor.reward_model."
+    ),
     export_retrain: Path = typer.Option(
         None,
         "--export-retrain",
@@ -102,25 +157,26 @@ def monitor(
     from tunesmith.monitor.report import DRIFT_EXIT, HTML_NAME, REPORT_NAME, write_html, write_report
     from tunesmith.run import load_run
 
+    source = log_source(serve_dir, log)
+    place = out or _report_place(serve_dir, log)
     base = load_run(baseline) if baseline is not None else None
-    cfg = _section(base, recipe, window_hours, embedder)
+    cfg = _section(base, recipe, window_hours, embedder, reward_model)
     with console.status("embedding prompts and testing for drift ..."):
-        report = traffic.check(serve_dir, base, cfg, until)
-    folder = outputs.claim_dir(
-        out or (serve_dir if serve_dir.is_dir() else serve_dir.parent) / "monitor",
-        "monitor",
-        overwrite=True,
-        what="monitor folder",
-    )
+        report = traffic.check(source, base, cfg, until)
+    folder = outputs.claim_dir(place, "monitor", overwrite=True, what="monitor folder")
     with outputs.replacing(folder) as stage:  # the earlier report stays until the new one is complete
         write_report(stage / REPORT_NAME, report)
         write_html(stage / HTML_NAME, report)
     console.print(signal_table(report))
+    if report.replicas:
+        console.print(replica_table(report))
+    if report.variants:
+        console.print(variant_table(report))
     console.print(f"report: {folder / HTML_NAME} (+ {REPORT_NAME})")
     if export_retrain is not None:
         from tunesmith.monitor.feedback import export_retrain as write_retrain
 
-        done = write_retrain(serve_dir, base, cfg, export_retrain, until)
+        done = write_retrain(source, base, cfg, export_retrain, until)
         console.print(
             f"[green]wrote[/] {done.rows} rows to {done.path} · review them, then: tunesmith retrain RECIPE --add {done.path}"
         )
@@ -133,7 +189,8 @@ def monitor(
 @feedback_app.command("export")
 @handle_errors
 def feedback_export(
-    serve_dir: Path = typer.Argument(..., help="Serve folder holding requests.sqlite (or the .sqlite file)."),
+    serve_dir: Path = typer.Argument(None, help="Serve folder holding requests.sqlite (or the .sqlite file)."),
+    log: str = typer.Option(None, "--log", help=LOG_HELP.replace("SERVE_DIR's", "SERVE_DIR's (feedback given to any replica)")),
     to: str = typer.Option(..., "--to", help="sft (corrections) | dpo (corrections and up/down pairs, OpenAI DPO shape)."),
     out: Path = typer.Option(..., "--out", help="New JSONL file (an existing file is never replaced)."),
     model: str = typer.Option(None, "--model", help="Tokenizer for the audit's token checks (default: no token checks)."),
@@ -146,7 +203,7 @@ def feedback_export(
 
     if to not in ("sft", "dpo"):
         raise DataError(f"--to must be sft or dpo, not `{to}`")
-    done = export(serve_dir, to, out)  # type: ignore[arg-type]
+    done = export(log_source(serve_dir, log), to, out)  # type: ignore[arg-type]
     console.print(f"[green]wrote[/] {done.rows} {to} rows to {done.path}")
     for why, n in done.skipped.items():
         console.print(f"  [dim]skipped {n}: {why}[/]")

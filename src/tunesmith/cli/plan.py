@@ -14,7 +14,8 @@ from tunesmith.cli import app, console, handle_errors
 def plan(
     recipe: Path = typer.Argument(None, help="Recipe YAML (or give --model and --data)."),
     gpu: str = typer.Option("cpu", "--gpu", help="h100 | a100 | l4 | rtx4090 | cpu (this machine, measured)."),
-    nproc: int = typer.Option(1, "--nproc", min=1, help="Devices trained on together (data parallel)."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Devices per node trained on together (data parallel)."),
+    nnodes: int = typer.Option(1, "--nnodes", min=1, help="Nodes (machines) of --nproc devices each."),
     price: float = typer.Option(None, "--price", min=0, help="Price per device-hour in USD (default: a typical on-demand rate)."),
     model: str = typer.Option(None, "--model", help="Base model, without a recipe."),
     data: Path = typer.Option(None, "--data", help="Training file, without a recipe."),
@@ -29,10 +30,13 @@ def plan(
     from tunesmith.config import load_recipe, recipe_from_dict
     from tunesmith.errors import RecipeError
     from tunesmith.plan.advisor import plan as make_plan
+    from tunesmith.plan.advisor import strategy
     from tunesmith.plan.cost import GPUS
 
-    if gpu != "cpu" and gpu not in GPUS:
-        raise RecipeError([("--gpu", f"must be one of cpu, {', '.join(GPUS)}; got {gpu}")])
+    bad = [("--gpu", f"must be one of cpu, {', '.join(GPUS)}; got {gpu}")] if gpu != "cpu" and gpu not in GPUS else []
+    bad += [(f"--{name}", f"must be at least 1, got {n}") for name, n in (("nproc", nproc), ("nnodes", nnodes)) if n < 1]
+    if bad:
+        raise RecipeError(bad)
     if recipe is not None:
         cfg = load_recipe(recipe, set_)
     elif model and data:
@@ -42,8 +46,9 @@ def plan(
         raise RecipeError([("(arguments)", "give a RECIPE, or --model and --data")])
     tokenizer = models.load_tokenizer(models.resolve_base(cfg.model.base))
     with console.status("reading the data ..."):
-        p = make_plan(cfg, tokenizer, gpu, nproc, price)
-    table = Table(title=f"plan on {p.nproc} x {p.hardware}", show_header=True)
+        p = make_plan(cfg, tokenizer, gpu, nproc, price, nnodes=nnodes)
+    nodes = f"{nnodes} nodes x {nproc}" if nnodes > 1 else f"{p.nproc}"
+    table = Table(title=f"plan on {nodes} x {p.hardware}", show_header=True)
     table.add_column("memory (MiB)")
     table.add_column("estimate", justify="right")
     for key, value in p.memory_mb.items():
@@ -55,7 +60,11 @@ def plan(
         f"{cfg.training.batch_size * cfg.training.grad_accum * p.nproc} rows in passes of {p.micro_batch}, "
         f"{p.tokens:,} tokens: ~{p.seconds / 60:,.1f} min ({p.precision} at {p.device_tflops * 1e3:,.0f} GFLOP/s), ~${p.usd:,.2f}"
     )
-    if p.fits:
-        console.print("[green]fits[/]")
+    how = strategy(p, cfg.adapter.type)
+    if how.name != "single":
+        where = f"--nnodes {nnodes} --nproc {nproc}" if nnodes > 1 else f"--nproc {nproc}"
+        console.print(f"strategy: {how.name} ({how.reason}): tunesmith train RECIPE {where} --accelerate-config {how.name}")
+    if how.fits:
+        console.print("[green]fits[/]" + (f" ({how.per_device_mb:,.0f} MiB per device, sharded)" if how.name == "fsdp" else ""))
     else:
         console.print("[red]does not fit[/]; try: " + " ".join(f"--set {s}" for s in p.fix))

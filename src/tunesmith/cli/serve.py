@@ -18,7 +18,13 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to bind (loopback by default)."),
     port: int = typer.Option(8000, min=1, max=65535, help="TCP port (1-65535)."),
     dir: Path = typer.Option(Path("serve"), "--dir", help="Serve folder (created, marked): request log, generated key."),
-    log_path: Path = typer.Option(None, "--log", help="Request log file (default: <dir>/requests.sqlite)."),
+    log_path: str = typer.Option(
+        None,
+        "--log",
+        help="Request log: a file (default <dir>/requests.sqlite), or postgresql://USER@HOST[:PORT]/DB for one log "
+        "shared by several replicas (password from ~/.pgpass or $PGPASSWORD; see docs/deploy.md).",
+    ),
+    replica_id: str = typer.Option(None, "--replica-id", help="This server's name in every log row (default: hostname:port)."),
     no_log: bool = typer.Option(False, "--no-log", help="Keep no request log (feedback is then refused)."),
     no_log_content: bool = typer.Option(False, "--no-log-content", help="Log only metadata, not prompts and outputs."),
     api_key: list[str] = typer.Option([], "--api-key", help="Accepted API key (repeatable; also $TUNESMITH_API_KEY)."),
@@ -41,7 +47,8 @@ def serve(
     check: bool = typer.Option(
         False,
         "--check",
-        help="Deploy check: each adapter must answer its run's golden prompts as eval recorded before /health reports ready.",
+        help="Deploy check: each adapter must answer its run's golden prompts as eval recorded, and render its prompts and "
+        "stop as its training did (tunesmith verify's parity), before /health reports ready.",
     ),
     engine: str = typer.Option("transformers", help="transformers (default) or vllm (GPU, optional extra)."),
     dtype: str = typer.Option("auto", help="Weights dtype: auto, float32, bfloat16, float16."),
@@ -74,6 +81,7 @@ def serve(
         engine,
         dtype,
         name,
+        replica_id,
     )
     prepared = prepare(opts)
     if host not in ("127.0.0.1", "localhost", "::1"):

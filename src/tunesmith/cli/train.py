@@ -54,28 +54,39 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint of this run."),
     force: bool = typer.Option(False, "--force", help="Train even when the data check finds blocking errors."),
     nproc: int = typer.Option(
-        0, "--nproc", help="Train on N processes (GPUs; CPU processes without GPUs) via accelerate launch."
+        None,
+        "--nproc",
+        help="Processes on this machine (one per GPU; CPU processes without GPUs), via accelerate launch. "
+        "With --nnodes: per node, default one per visible GPU (1 without GPUs).",
+    ),
+    nnodes: int = typer.Option(1, "--nnodes", help="Machines training together; run the same command on each."),
+    node_rank: int = typer.Option(0, "--node-rank", help="With --nnodes: this machine's index, 0 (the main node) to N-1."),
+    main_address: str = typer.Option(
+        None, "--main-address", help="With --nnodes: HOST:PORT of node 0, where every node meets (e.g. 10.0.0.1:29500)."
     ),
     accelerate_config: str = typer.Option(
         "ddp",
         "--accelerate-config",
-        help="With --nproc: ddp, fsdp, deepspeed_zero2, deepspeed_zero3 (shipped with tunesmith) or a YAML path.",
+        help="With --nproc/--nnodes: ddp, fsdp, deepspeed_zero2, deepspeed_zero3 (shipped with tunesmith) or a YAML path.",
     ),
 ) -> None:
     """Fine-tune the base model on the recipe's data with its method (sft, dpo, grpo or distill; LoRA by default).
 
     Exit codes: 0 done · 1 bad recipe/data · 3 diverged (NaN/inf) · 4 out of memory at micro-batch 1 ·
-    74 disk full · 75 stopped by SIGTERM/SIGINT after a checkpoint (continue with --resume).
+    69 lost contact with another node or rank · 74 disk full ·
+    75 stopped by SIGTERM/SIGINT after a checkpoint (continue with --resume).
     """
     from tunesmith.config import load_recipe
+    from tunesmith.train.launch import topology
 
+    topo = topology(nnodes, node_rank, main_address, nproc)  # the launch options, checked before the recipe
     cfg = load_recipe(recipe, set_)  # every recipe problem is reported here, before any model loads
-    if nproc:
+    if topo is not None:
         from tunesmith.train import launch
 
         child = ["train", str(recipe), *[a for s in set_ for a in ("--set", s)]]
         child += ["--resume"] * resume + ["--force"] * force
-        raise typer.Exit(launch.launch(nproc, accelerate_config, child))
+        raise typer.Exit(launch.launch(topo, accelerate_config, child, cfg.run_dir))
     from tunesmith.errors import TunesmithError
     from tunesmith.train import dist, launch, summary
     from tunesmith.train import run as train_run
@@ -84,7 +95,7 @@ def train(
     try:
         run = train_run(cfg, resume=resume, force=force)  # the recipe's method, through the one training path
     except TunesmithError as exc:
-        launch.record_exit_code(exc.exit_code)  # under --nproc, the launcher returns rank 0's code
+        launch.record_exit_code(exc.exit_code)  # under a launch: this rank said why it stopped
         raise
     finally:
         release_run_dir(cfg.run_dir)  # the run folder's lock, also when training stopped with an error

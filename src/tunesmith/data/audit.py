@@ -27,6 +27,7 @@ from tunesmith.data.checks import (
     finding,
     last_answer,
     looks_like_refusal,
+    row_tools,
 )
 from tunesmith.data.formats import read_records
 from tunesmith.errors import DataError
@@ -51,6 +52,7 @@ class AuditReport:
     findings: list[Finding] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     lengths: dict[str, list[int]] = field(default_factory=dict)  # per-example token counts, for histograms
+    samples: list[Any] = field(default_factory=list)  # data.show.Shown: rows as training sees them (mask view)
 
     @property
     def errors(self) -> list[Finding]:
@@ -122,15 +124,51 @@ def load_rows(paths: list[str]) -> Rows:
     return out
 
 
+SAMPLES = 5  # rows shown with their mask in the HTML report and the studio, plus up to as many flagged ones
+# Findings about what is trained: a row that has one is shown with its mask, so the report shows the problem.
+MASK_CODES = {"eos_not_trained", "empty_trace_trained", "tool_result_trained", "whitespace_only_trained"}
+
+
+@dataclass
+class TokenPass:
+    """What the token checks saw: per-row token counts, the turn and trace counts summed, sampled mask views."""
+
+    infos: list[TokenInfo] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    samples: list[Any] = field(default_factory=list)
+
+
 def _token_pass(
-    rows: Rows, tokenizer: Any, max_length: int | None, overlong: str, method: Method[Any], room: int
-) -> list[TokenInfo]:
-    infos = []
+    rows: Rows, tokenizer: Any, max_length: int | None, overlong: str, method: Method[Any], room: int, reasoning: str
+) -> TokenPass:
+    from tunesmith.data.show import show_messages
+
+    out = TokenPass()
+    flagged = 0
     for row in rows.rows:
-        info, found = check_tokens(row, tokenizer, max_length, overlong, method, room)
-        infos.append(info)
+        info, found = check_tokens(row, tokenizer, max_length, overlong, method, room, reasoning)
+        out.infos.append(info)
+        out.counts.update(info.counts)
         rows.findings.extend(found)
-    return infos
+        wanted = row.trained and (len(out.samples) < SAMPLES or (flagged < SAMPLES and {f.code for f in found} & MASK_CODES))
+        if wanted and not any(f.code == "template_refuses_row" for f in found):
+            flagged += len(out.samples) >= SAMPLES
+            out.samples.append(show_messages(tokenizer, row.where, row.messages, max_length, overlong, reasoning, row_tools(row)))
+    return out
+
+
+def _reasoning_stats(rows: Rows, counts: Counter[str], policy: str) -> dict[str, Any] | None:
+    """Where the traces came from (reasoning_content, reasoning, thinking, inline <think>) and what training does
+    with them (data.template's counts); None when no row carries one."""
+    from tunesmith.data.reasoning import sources
+
+    found: Counter[str] = Counter()
+    for row in rows.rows:
+        found.update(sources(row.obj.get("messages") or row.obj.get("conversations")))
+    traces = {k: v for k, v in counts.items() if "trace" in k and v}
+    if not found and not traces:
+        return None
+    return {"policy": policy, "sources": dict(found), **traces}
 
 
 def _token_stats(infos: list[TokenInfo], max_length: int | None, tokenizer: Any, method: Method[Any]) -> dict[str, Any]:
@@ -225,12 +263,14 @@ def audit(
     on_stage: Callable[[str], None] | None = None,
     method: str = "sft",
     completion_budget: int = 0,
+    reasoning: str = "train",
 ) -> AuditReport:
     """Audit training files (and eval files). Without a tokenizer the token checks are skipped.
 
     cost: keyword arguments for `stats.cost_estimate` (params, gpu, price_per_hour, epochs, lora).
     method: the method (train/methods.py) whose length policy the token checks apply (data.lengths);
-    completion_budget: the room each prompt needs for a sampled completion (grpo.max_completion_length).
+    completion_budget: the room each prompt needs for a sampled completion (grpo.max_completion_length);
+    reasoning: data.reasoning (train | mask | drop), as training applies it.
     """
     m = methods.get(method)
     stage = on_stage or (lambda _s: None)
@@ -252,12 +292,16 @@ def audit(
         stage("tokenizing")
         if tokenizer.eos_token_id is None:
             tr.findings.append(finding("no_eos_token", None, None, "the tokenizer defines no EOS token"))
-        infos = _token_pass(tr, tokenizer, max_length, overlong, m, completion_budget)
+        passed = _token_pass(tr, tokenizer, max_length, overlong, m, completion_budget, reasoning)
+        infos, report.samples = passed.infos, passed.samples
         st["tokens"] = _token_stats(infos, max_length, tokenizer, m)
+        st["tokens"]["turns"] = {k: v for k, v in sorted(passed.counts.items()) if "turn" in k and v}
         report.lengths = {"total": [i.total for i in infos], "assistant": [i.assistant for i in infos]}
         if ev.rows:
-            ev_infos = _token_pass(ev, tokenizer, max_length, overlong, m, completion_budget)
+            ev_infos = _token_pass(ev, tokenizer, max_length, overlong, m, completion_budget, reasoning).infos
             st["eval_tokens"] = _token_stats(ev_infos, max_length, tokenizer, m)
+        if (traces := _reasoning_stats(tr, passed.counts, reasoning)) is not None:
+            st["reasoning"] = traces
     stage("deduplicating")
     st["duplicates"] = _duplicate_findings(tr, near_threshold, near)
     if ev.rows:
@@ -278,9 +322,10 @@ def _ordered(findings: list[Finding]) -> list[Finding]:
 
 
 def audit_recipe(recipe: Any, tokenizer: Any, **kwargs: Any) -> AuditReport:
-    """Audit a recipe's train (and eval) files with its max_length and over-length policy."""
+    """Audit a recipe's train (and eval) files with its max_length, over-length and reasoning policies, and its
+    packing (rows that could attend to each other)."""
     d = recipe.data
-    return audit(
+    report = audit(
         d.train,
         [d.eval] if d.eval else [],
         tokenizer,
@@ -288,8 +333,32 @@ def audit_recipe(recipe: Any, tokenizer: Any, **kwargs: Any) -> AuditReport:
         d.overlong,
         method=recipe.method,
         completion_budget=methods.get(recipe.method).completion_room(recipe),
+        reasoning=d.reasoning,
         **kwargs,
     )
+    if (why := packing_leaks(recipe)) is not None:
+        report.findings.append(finding("packed_rows_attend", "(recipe)", None, why))
+    return report
+
+
+def packing_leaks(recipe: Any) -> str | None:
+    """Why the recipe's packed rows could attend to each other, or None. speed.packing padding_free concatenates a
+    batch's rows and keeps them apart by position_ids restarting at 0: varlen attention runs each row alone, and
+    transformers' own models build a per-row mask from those position_ids (masking_utils.find_packed_sequence_indices).
+    Remote modeling code, or a transformers without that mask, attends across the rows."""
+    from tunesmith.train import speed
+
+    if not methods.get(recipe.method).packs_rows or speed.batching(recipe) != "padding_free":
+        return None
+    if speed.packed_attention(recipe) == "varlen":
+        return None
+    if recipe.model.trust_remote_code:
+        return "speed.attention mask with the model's own (remote) modeling code, which need not build the per-row mask"
+    from transformers import masking_utils
+
+    if not hasattr(masking_utils, "find_packed_sequence_indices"):
+        return "this transformers builds no per-row mask from position_ids: set speed.attention: varlen or speed.packing: off"
+    return None
 
 
 def preflight(recipe: Any, tokenizer: Any, force: bool = False, max_listed: int = 20) -> AuditReport:

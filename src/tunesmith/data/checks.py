@@ -8,9 +8,12 @@ template through `template.tokenize_example`, the same function that builds trai
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from jinja2 import TemplateError
 
 from tunesmith.data.formats import (
     Record,
@@ -20,7 +23,8 @@ from tunesmith.data.formats import (
     to_preference,
     to_prompt_only,
 )
-from tunesmith.data.template import IGNORE, render_prompt, tokenize_example
+from tunesmith.data.template import IGNORE, family_of, render_prompt, tokenize_example
+from tunesmith.errors import DataError
 
 if TYPE_CHECKING:
     from tunesmith.data.lengths import Fit
@@ -58,7 +62,19 @@ CODES: dict[str, tuple[str, str]] = {
     "over_max_length": (WARNING, "longer than max_length: dropped or truncated per policy (an error with policy `error`)"),
     "truncated_no_trained_tokens": (WARNING, "truncation removes every trained token: the row is dropped"),
     "all_labels_masked": (WARNING, "no token is trained (every assistant turn has weight 0): the row is dropped"),
-    "eos_not_trained": (WARNING, "EOS is not among the trained tokens (cut by truncation): the model may not learn to stop"),
+    "eos_not_trained": (
+        WARNING,
+        "the end-of-turn token (the chat family's: <|im_end|>, <|eot_id|>, <end_of_turn>, <|end|>, ...; the EOS for an "
+        "unknown template) is not trained: the model may not learn to stop",
+    ),
+    "empty_trace_trained": (WARNING, "an empty reasoning block (<think></think>) is among the trained tokens"),
+    "tool_result_trained": (WARNING, "a tool result's text is among the trained tokens: the model learns to invent it"),
+    "whitespace_only_trained": (WARNING, "the row's only trained tokens (end of turn aside) are whitespace"),
+    "template_refuses_row": (ERROR, "the chat template (or its family) cannot render the row: a role or `tools` it refuses"),
+    "packed_rows_attend": (
+        WARNING,
+        "speed.packing concatenates rows that can attend to each other (no per-row position-id mask or varlen attention)",
+    ),
     "no_eos_token": (ERROR, "the tokenizer has no EOS token: a tuned model cannot learn to stop"),
     "no_trainable_rows": (ERROR, "after the length policy and label checks, no row is left to train on"),
     "too_few_examples": (ERROR, "fewer than 10 training examples"),
@@ -197,6 +213,7 @@ class TokenInfo:
     dropped: str | None = None
     first_answer_token: str | None = None
     eos_trained: bool | None = None  # EOS among the kept trained labels; None where nothing fixed is trained (grpo)
+    counts: dict[str, int] = field(default_factory=dict)  # turns and traces as rendered (data.template)
 
 
 def _fit_tokens(row: Row, fit: Fit, max_length: int | None, overlong: str, what: str) -> tuple[TokenInfo, list[Finding]]:
@@ -226,9 +243,16 @@ def _fit_tokens(row: Row, fit: Fit, max_length: int | None, overlong: str, what:
 
 
 def check_tokens(
-    row: Row, tokenizer: Any, max_length: int | None, overlong: str, method: Method[Any] | None = None, room: int = 0
+    row: Row,
+    tokenizer: Any,
+    max_length: int | None,
+    overlong: str,
+    method: Method[Any] | None = None,
+    room: int = 0,
+    reasoning: str = "train",
 ) -> tuple[TokenInfo, list[Finding]]:
-    """Render and tokenize like the method's training does; apply the over-length policy; check labels and EOS.
+    """Render and tokenize like the method's training does (the row's tools, data.reasoning); apply the over-length
+    policy; check what is trained: the end-of-turn token, empty traces, tool results, whitespace.
 
     method: whose length policy applies (Method.fit_row: dpo measures prompt + the longer answer, grpo the prompt +
     `room` tokens for a sampled completion); None, or a method without one: the conversation with its loss mask.
@@ -254,7 +278,12 @@ def check_tokens(
                 )
             ]
         return info, []
-    tok = tokenize_example(tokenizer, row.messages)
+    try:
+        tok = tokenize_example(tokenizer, row.messages, reasoning=reasoning, tools=row_tools(row))
+    except (DataError, TemplateError) as exc:
+        return TokenInfo(0, 0, dropped="no_trained_tokens"), [
+            finding("template_refuses_row", row.file, row.line, getattr(exc, "message", None) or str(exc))
+        ]
     first = next((t for t, lab in zip(tok.input_ids, tok.labels) if lab != IGNORE), None)
     info = TokenInfo(
         tok.n_tokens,
@@ -262,6 +291,7 @@ def check_tokens(
         tok.n_tokens,
         tok.n_trained,
         first_answer_token=tokenizer.decode([first]).strip() if first is not None else None,
+        counts=dict(tok.counts),
     )
     out: list[Finding] = []
     if tok.n_trained == 0:
@@ -284,11 +314,40 @@ def check_tokens(
             lost = f"{over}: truncation keeps no trained token, dropped"
             return info, [finding("truncated_no_trained_tokens", row.file, row.line, lost)]
         out.append(finding("over_max_length", row.file, row.line, f"{over}: truncated, {info.lost} tokens lost"))
-    eos = tokenizer.eos_token_id
-    info.eos_trained = eos is not None and eos in [lab for lab in labels if lab != IGNORE]
-    if eos is not None and not info.eos_trained:
-        out.append(finding("eos_not_trained", row.file, row.line, "EOS is not a trained token: the model may not learn to stop"))
-    return info, out
+    ends = family_of(tokenizer).end_of_turn_ids(tokenizer)
+    trained = [lab for lab in labels if lab != IGNORE]
+    info.eos_trained = bool(ends) and bool(set(ends) & set(trained))
+    if ends and not info.eos_trained:
+        named = ", ".join(tokenizer.convert_ids_to_tokens(ends))
+        out.append(
+            finding("eos_not_trained", row.file, row.line, f"{named} is not a trained token: the model may not learn to stop")
+        )
+    return info, out + trained_problems(row, tokenizer, trained, ends)
+
+
+def row_tools(row: Row) -> list[Any] | None:
+    """The row's tool list (OpenAI `tools`), as training renders it."""
+    tools = row.obj.get("tools")
+    return tools if isinstance(tools, list) else None
+
+
+def trained_problems(row: Row, tokenizer: Any, trained: list[int], ends: list[int]) -> list[Finding]:
+    """What the trained tokens must never be: an empty reasoning block, a tool result's text, whitespace alone."""
+    out: list[Finding] = []
+    text = tokenizer.decode(trained)
+    open_, close = family_of(tokenizer).think
+    if re.search(re.escape(open_) + r"\s*" + re.escape(close), text):
+        out.append(finding("empty_trace_trained", row.file, row.line, f"an empty {open_}{close} block is trained"))
+    answers = " ".join(_content(m) + json.dumps(m.get("tool_calls") or "") for m in row.messages if m.get("role") == "assistant")
+    for i, msg in enumerate(row.messages):
+        result = _content(msg).strip()
+        # A result that also appears in an answer (the answer quotes it) is the answer's text, not the result's.
+        if msg.get("role") in ("tool", "function") and len(result) >= 3 and result in text and result not in answers:
+            out.append(finding("tool_result_trained", row.file, row.line, f"tool message {i}'s text is trained", i))
+    body = tokenizer.decode([t for t in trained if t not in ends], skip_special_tokens=True)
+    if trained and not body.strip():
+        out.append(finding("whitespace_only_trained", row.file, row.line, f"only whitespace is trained: {body!r}"))
+    return out
 
 
 def last_answer(row: Row) -> str:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,7 +25,7 @@ from tunesmith.data.formats import (
     to_preference,
     to_prompt_only,
 )
-from tunesmith.data.template import tokenize_example
+from tunesmith.data.template import Tokenized, expand_turns, tokenize_example
 from tunesmith.errors import DataError
 from tunesmith.records import TokenCounts
 
@@ -98,27 +99,61 @@ def recipe_examples(recipe: Recipe) -> tuple[list[Example], list[Example]]:
     return augment_examples(train, recipe), augment_examples(evaluation, recipe)
 
 
+def tokenize_row(
+    tokenizer: Any, ex: Example, max_length: int, overlong: str, reasoning: str = "train"
+) -> tuple[list[Tokenized], bool]:
+    """One example as training tokenizes it (its tools, the reasoning policy): one row, or, when an answer is not
+    trainable in one render (a template rewrites earlier turns), the row plus one row ending with each such answer
+    (template.expand_turns). Returns (rows, expanded); a part that trains nothing is left out (its turn stays
+    counted as not trainable). DataError naming the row for an over-long row under `error` or refused tools."""
+    tools = ex.extra.get("tools") if isinstance(ex.extra.get("tools"), list) else None
+    try:
+        whole = tokenize_example(tokenizer, ex.messages, max_length, overlong, reasoning=reasoning, tools=tools)
+        if not whole.untrainable:
+            return [whole], False
+        parts = expand_turns(ex.messages, whole.untrainable)
+        more = [tokenize_example(tokenizer, m, max_length, overlong, reasoning=reasoning, tools=tools) for m in parts]
+    except ValueError as exc:
+        raise DataError(f"{ex.source}: {exc}", hint="Raise data.max_length or set data.overlong: drop|truncate.") from None
+    except DataError as exc:
+        raise DataError(f"{ex.source}: {exc.message}", hint=exc.hint) from None
+    kept = [t for t in more if t.n_trained or t.dropped == "overlong"]
+    # Those answers are learned in their own rows: not counted as untrainable twice.
+    whole.counts["turns_not_trainable"] -= len(kept)
+    whole.counts["turns_expanded"] = len(kept)
+    return ([whole] if whole.n_trained or whole.dropped == "overlong" else []) + kept, True
+
+
 def tokenize_examples(
-    tokenizer: Any, examples: list[Example], max_length: int, overlong: str
+    tokenizer: Any, examples: list[Example], max_length: int, overlong: str, reasoning: str = "train"
 ) -> tuple[list[dict[str, Any]], TokenCounts]:
-    """Tokenize with labels; drop/truncate over-long rows per policy and count every one (the manifest's counts)."""
+    """Tokenize with labels (tokenize_row: tools, the reasoning policy, answers expanded into their own rows where a
+    render cannot train them); drop/truncate over-long rows per policy and count every one (the manifest's counts:
+    rows, tokens, expansion, turns and traces, thinking modes)."""
     rows, stats = [], TokenCounts(examples=len(examples), max_length=max_length, overlong=overlong)
+    turns: Counter[str] = Counter()
+    modes: Counter[str] = Counter()
     for ex in examples:
-        try:
-            tok = tokenize_example(tokenizer, ex.messages, max_length, overlong)
-        except ValueError as exc:
-            raise DataError(f"{ex.source}: {exc}", hint="Raise data.max_length or set data.overlong: drop|truncate.") from None
-        stats.reused += tok.reused
-        if tok.dropped:
-            stats.count_drop(tok.dropped, ex.id)
-            continue
-        if tok.tokens_lost:
-            stats.truncated += 1
-            stats.tokens_lost += tok.tokens_lost
-        stats.kept += 1
-        stats.tokens += len(tok.input_ids)
-        stats.trained_tokens += tok.n_trained
-        rows.append({"input_ids": tok.input_ids, "labels": tok.labels})
+        parts, expanded = tokenize_row(tokenizer, ex, max_length, overlong, reasoning)
+        if expanded:
+            stats.expanded_rows += 1
+            stats.rows_from_expansion += len(parts)
+        for tok in parts:
+            stats.reused += tok.reused
+            if tok.dropped:
+                stats.count_drop(tok.dropped, ex.id)
+                continue
+            if tok.tokens_lost:
+                stats.truncated += 1
+                stats.tokens_lost += tok.tokens_lost
+            stats.kept += 1
+            stats.tokens += len(tok.input_ids)
+            stats.trained_tokens += tok.n_trained
+            turns.update({k: v for k, v in tok.counts.items() if v})
+            if tok.thinking is not None:
+                modes["on" if tok.thinking else "off"] += 1
+            rows.append({"input_ids": tok.input_ids, "labels": tok.labels})
+    stats.turns, stats.thinking_rows = dict(sorted(turns.items())), dict(sorted(modes.items()))
     if not rows:
         raise DataError(
             f"no trainable rows: {stats.dropped_overlong} over max_length={max_length}, "

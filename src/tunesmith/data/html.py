@@ -1,4 +1,5 @@
-"""The audit as one self-contained HTML page: findings by code, statistics, and length histograms as inline PNGs.
+"""The audit as one self-contained HTML page: findings by code, length histograms as inline PNGs, sampled rows as
+training sees them (special tokens visible, trained spans coloured, a legend), and the statistics.
 
 Charts are drawn on matplotlib's Agg canvas (no pyplot, no global backend switch), the page
 uses inline CSS only, every piece of dataset text is HTML-escaped, and the file is written to
@@ -81,6 +82,8 @@ def render(report: AuditReport) -> str:
         parts.append(_img(histogram_png(report.lengths["total"], "total tokens per example", limit), "total tokens histogram"))
         assistant_png = histogram_png(report.lengths["assistant"], "trained (assistant) tokens per example")
         parts.append(_img(assistant_png, "assistant tokens histogram"))
+    if report.samples:  # the rows as training sees them: what the model will learn
+        parts.append(rows_section(report.samples))
     parts.append(f"<h2>Statistics</h2><pre>{e(json.dumps(report.stats, indent=2, default=str))}</pre></body></html>")
     return "\n".join(parts)
 
@@ -95,17 +98,20 @@ _LEGEND = (
     "<p class='ts-legend'>"
     f"<span style='{_STYLE['trained']}'>trained: the model learns to write this</span> · "
     f"<span style='{_STYLE['context']}'>context: seen, not learned</span> · "
-    f"<span style='{_STYLE['special']}'>&lt;special token&gt;</span></p>"
+    f"<span style='{_STYLE['special']}'>&lt;special token&gt;</span> · "
+    f"<span style='{_STYLE['special']};outline:2px solid #1a7f37'>&lt;special token, trained&gt;</span></p>"
 )
 
 
-def _marked(text: str, specials: list[str]) -> str:
-    """Escaped text with every special token wrapped so it stands out."""
+def _marked(text: str, specials: list[str], trained: bool = False) -> str:
+    """Escaped text with every special token wrapped so it stands out (outlined in green when it is trained, as an
+    end-of-turn token is)."""
     if not specials:
         return html.escape(text)
+    style = _STYLE["special"] + (";outline:2px solid #1a7f37" if trained else "")
     pieces = re.split("(" + "|".join(map(re.escape, specials)) + ")", text)
     return "".join(
-        f"<span class='ts-special' style='{_STYLE['special']}'>{html.escape(p)}</span>" if i % 2 else html.escape(p)
+        f"<span class='ts-special' style='{style}'>{html.escape(p)}</span>" if i % 2 else html.escape(p)
         for i, p in enumerate(pieces)
     )
 
@@ -114,7 +120,7 @@ def row_html(shown: Shown, legend: bool = True) -> str:
     """One rendered row as an HTML fragment: trained runs coloured, special tokens visible, counts below."""
     runs = "".join(
         f"<span class='{'ts-trained' if trained else 'ts-context'}' style='{_STYLE['trained' if trained else 'context']}'>"
-        f"{_marked(text, shown.specials)}</span>"
+        f"{_marked(text, shown.specials, trained)}</span>"
         for text, trained in shown.segments
     )
     problems = "".join(f"<p class='error'>{html.escape(p)}</p>" for p in shown.problems)

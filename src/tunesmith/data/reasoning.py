@@ -157,19 +157,92 @@ class Split:
 
 
 def split_output(text: str, opened_in_prompt: bool = False, think: tuple[str, str] = (OPEN, CLOSE)) -> Split:
-    """Split a decoded completion into (reasoning, answer). `opened_in_prompt`: the prompt already ended with the
-    open marker (templates that start the trace for the model). Answers are stripped of leading newlines."""
-    open_, close = think
-    body = text.lstrip()
-    opened = opened_in_prompt or body.startswith(open_)
-    if not opened and close not in text:
+    """Split a decoded completion into (reasoning, answer). A completion has a trace when it opens with the open
+    marker, or when `opened_in_prompt` (the prompt already ended with it: templates that start the trace for the
+    model). The trace is stripped of surrounding whitespace, the answer of leading newlines. TraceStream splits a
+    stream of deltas the same way."""
+    stream = TraceStream(opened_in_prompt, think)
+    pieces = stream.feed(text) + stream.finish()
+    if not stream.traced:
         return Split(None, text)
-    if body.startswith(open_):
-        body = body[len(open_) :]
-    if close not in body:
-        return Split(body.strip("\n"), "", closed=False)
-    head, _, answer = body.partition(close)
-    return Split(head.strip("\n").strip(), answer.lstrip("\n"))
+    return Split(
+        "".join(p for kind, p in pieces if kind == "reasoning"),
+        "".join(p for kind, p in pieces if kind == "content"),
+        closed=stream.closed,
+    )
+
+
+class TraceStream:
+    """split_output for a completion arriving in pieces: feed() each delta, then finish(); each returns
+    ("reasoning" | "content", text) pieces, holding back only what could still be a marker or the whitespace a
+    trace is stripped of. The pieces of each kind joined are split_output's trace and answer."""
+
+    def __init__(self, opened_in_prompt: bool = False, think: tuple[str, str] = (OPEN, CLOSE)) -> None:
+        self.open, self.close = think
+        self.state = "start"  # not yet known whether a trace opens (or, opened in the prompt, whether it repeats <think>)
+        self.opened = self.traced = opened_in_prompt
+        self.lead = True  # the whitespace that opens the current part is still to be dropped
+        self.buf = ""
+
+    @property
+    def closed(self) -> bool:
+        """False while (or when, after finish) a trace was opened and never closed."""
+        return self.state != "reasoning" and not (self.state == "start" and self.opened)
+
+    def feed(self, text: str) -> list[tuple[str, str]]:
+        self.buf += text
+        out: list[tuple[str, str]] = []
+        while self._step(out):
+            pass
+        return out
+
+    def finish(self) -> list[tuple[str, str]]:
+        """The held-back rest: an unclosed trace's text, or content."""
+        rest, self.buf = self.buf, ""
+        if self.state == "reasoning" or (self.state == "start" and self.opened):
+            rest = rest.strip()
+            return [("reasoning", rest)] if rest else []
+        if self.state == "content" and self.lead and self.traced:
+            rest = rest.lstrip("\n")
+        return [("content", rest)] if rest else []
+
+    def _step(self, out: list[tuple[str, str]]) -> bool:
+        """Move what can be decided from the buffer to `out`; True when the state changed (step again)."""
+        if self.state == "start":
+            body = self.buf.lstrip()
+            if not body or (self.open.startswith(body) and body != self.open):
+                return False  # whitespace, or the beginning of the open marker: wait for more
+            if body.startswith(self.open):
+                self.state, self.traced, self.buf = "reasoning", True, body[len(self.open) :]
+            elif self.opened:
+                self.state = "reasoning"  # the prompt opened the trace: the completion starts inside it
+            else:
+                self.state, self.lead = "content", False  # no trace: the text is the answer, as it is
+            return True
+        if self.state == "reasoning":
+            if self.lead:
+                self.buf = self.buf.lstrip()
+                self.lead = not self.buf
+            at = self.buf.find(self.close)
+            if at >= 0:
+                piece = self.buf[:at].rstrip()  # its start was stripped (lead) or follows text already sent
+                if piece:
+                    out.append(("reasoning", piece))
+                self.state, self.buf, self.lead = "content", self.buf[at + len(self.close) :], True
+                return True
+            hold = max((k for k in range(1, len(self.close)) if self.buf.endswith(self.close[:k])), default=0)
+            safe = self.buf[: len(self.buf) - hold].rstrip()
+            if safe:
+                out.append(("reasoning", safe))
+                self.buf = self.buf[len(safe) :]
+            return False
+        if self.lead and self.traced:
+            self.buf = self.buf.lstrip("\n")
+        self.lead = self.lead and not self.buf
+        if self.buf:
+            out.append(("content", self.buf))
+            self.buf = ""
+        return False
 
 
 def thinking_mode(modes: Iterable[bool | None]) -> bool | None:

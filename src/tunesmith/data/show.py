@@ -58,14 +58,31 @@ def show_row(
 ) -> Shown:
     """Render + tokenize one record with labels; runs of trained / untrained tokens decoded back to text."""
     row, findings = check_record(rec)
-    shown = Shown(rec.where, problems=[f"[{f.code}] {f.message}" for f in findings])
+    problems = [f"[{f.code}] {f.message}" for f in findings]
     if row is None:
-        return shown
+        return Shown(rec.where, problems=problems)
+    tools = row.obj.get("tools") if isinstance(row.obj.get("tools"), list) else None
+    shown = show_messages(tokenizer, rec.where, row.messages, max_length, overlong, reasoning, tools, family)
+    shown.problems = problems + shown.problems
+    return shown
+
+
+def show_messages(
+    tokenizer: Any,
+    where: str,
+    messages: list[dict[str, Any]],
+    max_length: int | None = None,
+    overlong: str = "drop",
+    reasoning: str = "train",
+    tools: list[Any] | None = None,
+    family: Family | None = None,
+) -> Shown:
+    """A normalised conversation as training tokenizes it (its tools, data.reasoning, the length policy)."""
     fam = family_of(tokenizer, family)
     policy = "truncate" if overlong == "error" else overlong
-    tok = tokenize_example(tokenizer, row.messages, max_length, policy, reasoning=reasoning, family=fam)
+    tok = tokenize_example(tokenizer, messages, max_length, policy, reasoning=reasoning, tools=tools, family=fam)
     ids, labels = tok.input_ids, tok.labels
-    shown.n_tokens, shown.n_trained, shown.dropped = tok.n_tokens, tok.n_trained, tok.dropped
+    shown = Shown(where, n_tokens=tok.n_tokens, n_trained=tok.n_trained, dropped=tok.dropped)
     shown.kept_tokens = 0 if tok.dropped else len(ids)
     shown.eos_trained = bool(set(fam.end_of_turn_ids(tokenizer)) & {lab for lab in labels if lab != IGNORE})
     shown.family, shown.counts = fam.name, dict(tok.counts)

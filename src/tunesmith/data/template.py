@@ -41,6 +41,7 @@ class Tokenized:
     reused: bool = False  # the full rendering came from the tokenize-once memo (tokenized earlier in this process)
     counts: dict[str, int] = field(default_factory=dict)  # turns and traces (see Rendered.counts)
     thinking: bool | None = None  # the thinking mode of the last trained turn (families with a switch)
+    untrainable: list[int] = field(default_factory=list)  # message indices of answers not trainable in this render
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Rendered:
     thinking: bool | None = None
     split_at: int = 0  # start of the last trained turn: its prompt is tokenized on its own, as at inference
     open_end: bool = False  # the last trained turn has no end-of-turn token in the text: one is appended
+    untrainable: list[int] = field(default_factory=list)  # message indices of answers counted turns_not_trainable
 
 
 # Tokenize once: the audit (data.checks) and training (data.dataset) both go through tokenize_example, so the
@@ -63,7 +65,7 @@ class Rendered:
 # reasoning policy, tools) and training reuses the audit's rows. max_length/overlong apply afterwards.
 # Training clears the memo once its rows are built (clear_memo); MEMO_LIMIT bounds it for very large sets.
 MEMO_LIMIT = 500_000
-_memo: dict[tuple[str, str], tuple[array[int], array[int], dict[str, int], bool | None]] = {}
+_memo: dict[tuple[str, str], tuple[array[int], array[int], dict[str, int], bool | None, tuple[int, ...]]] = {}
 
 
 def clear_memo() -> None:
@@ -213,6 +215,7 @@ def render_turns(
         turn = _generated_turn(tokenizer, msgs, i, fam, thinking, tools) if i else None
         if turn is None or not text.startswith(turn[0] + turn[1]):
             counts["turns_not_trainable"] += 1
+            out.untrainable.append(i)
             continue
         prompt, body, closed = turn
         end = len(prompt) + len(body)
@@ -263,19 +266,23 @@ def _tokenize(tokenizer: Any, rendered: Rendered) -> tuple[list[int], list[int]]
 
 def _full_tokens(
     tokenizer: Any, messages: list[dict[str, Any]], policy: str, tools: list[Any] | None, family: Family | None
-) -> tuple[list[int], list[int], dict[str, int], bool | None, bool]:
-    """ids, labels, counts and thinking mode of the whole conversation, and whether they came from the memo."""
+) -> Tokenized:
+    """The whole conversation tokenized (ids, labels, counts, thinking mode, answers not trainable), untruncated;
+    `reused` when it came from the memo."""
     fam = family_of(tokenizer, family)
     key = _memo_key(tokenizer, messages, [policy, tools, fam.name])
-    hit = _memo.get(key)
-    if hit is not None:
-        return list(hit[0]), list(hit[1]), dict(hit[2]), hit[3], True
-    rendered = render_turns(tokenizer, messages, policy=policy, tools=tools, family=fam)
-    ids, labels = _tokenize(tokenizer, rendered)
-    counts = {k: int(v) for k, v in rendered.counts.items() if v}
-    if len(_memo) < MEMO_LIMIT:
-        _memo[key] = (array("i", ids), array("i", labels), counts, rendered.thinking)
-    return ids, labels, counts, rendered.thinking, False
+    entry = hit = _memo.get(key)
+    if entry is None:
+        rendered = render_turns(tokenizer, messages, policy=policy, tools=tools, family=fam)
+        ids_, labels_ = _tokenize(tokenizer, rendered)
+        counts = {k: int(v) for k, v in rendered.counts.items() if v}
+        entry = (array("i", ids_), array("i", labels_), counts, rendered.thinking, tuple(rendered.untrainable))
+        if len(_memo) < MEMO_LIMIT:
+            _memo[key] = entry
+    ids, labels = list(entry[0]), list(entry[1])
+    tok = Tokenized(ids, labels, len(ids), sum(lab != IGNORE for lab in labels), counts=dict(entry[2]), thinking=entry[3])
+    tok.untrainable, tok.reused = list(entry[4]), hit is not None
+    return tok
 
 
 def tokenize_example(
@@ -290,10 +297,8 @@ def tokenize_example(
 ) -> Tokenized:
     """Render + tokenize with labels. overlong: drop | truncate | error (error raises ValueError).
     reasoning: the data.reasoning policy (train | mask | drop)."""
-    ids, labels, counts, thinking, reused = _full_tokens(tokenizer, messages, reasoning, tools, family)
-    n_tokens = len(ids)
-    result = Tokenized(ids, labels, n_tokens, sum(lab != IGNORE for lab in labels), reused=reused, counts=counts)
-    result.thinking = thinking
+    result = _full_tokens(tokenizer, messages, reasoning, tools, family)
+    ids, labels, n_tokens = result.input_ids, result.labels, result.n_tokens
     if max_length is not None and n_tokens > max_length:
         if overlong == "error":
             raise ValueError(f"example has {n_tokens} tokens, over max_length={max_length}")
@@ -309,10 +314,16 @@ def tokenize_example(
     return result
 
 
-def expand_turns(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """One conversation per trained assistant turn, each ending with that turn: every turn is then the last
-    one, rendered and trained as at inference (for templates that rewrite earlier turns)."""
-    return [messages[: i + 1] for i, m in enumerate(messages) if m["role"] == "assistant" and m.get("weight", 1) != 0]
+def expand_turns(messages: list[dict[str, Any]], turns: list[int] | None = None) -> list[list[dict[str, Any]]]:
+    """One conversation per trained assistant turn (or per message index in `turns`), each ending with that turn:
+    every turn is then the last one, rendered and trained as at inference (for templates that rewrite earlier
+    turns). The earlier answers of each become context (weight 0), so no answer is learned twice."""
+    wanted = turns if turns is not None else [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    return [
+        [{**m, "weight": 0} if m["role"] == "assistant" and j < i else m for j, m in enumerate(messages[: i + 1])]
+        for i in wanted
+        if messages[i].get("weight", 1) != 0
+    ]
 
 
 def prompt_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

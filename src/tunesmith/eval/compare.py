@@ -14,7 +14,7 @@ from tunesmith import models
 from tunesmith.data.template import prompt_messages, reference
 from tunesmith.eval import gates, metrics, release, scoring
 from tunesmith.eval.budget import resolve_max_new_tokens
-from tunesmith.eval.generate import perplexity, reference_loss
+from tunesmith.eval.loss import perplexity, reference_loss
 from tunesmith.eval.notes import eval_warnings
 from tunesmith.loader import load_run_model
 from tunesmith.rag.index import changed_since
@@ -27,9 +27,13 @@ SIDES = ("base", "tuned")
 
 def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) -> EvalReport:
     """Run every held-out prompt through base and tuned, score both, write report.json/predictions.jsonl/report.html."""
+    from tunesmith.eval.reward_model import add_scores
+    from tunesmith.train.methods import get
     from tunesmith.train.rewards import scorer
 
     recipe = run.recipe
+    if (own := get(recipe.method).evaluate(run, max_examples, progress)) is not None:  # a reward model scores pairs
+        return own  # type: ignore[no-any-return]
     eval_ex = held_out_examples(run)  # the run's own held-out rows, the only evaluation prompts
     warnings = changed_inputs(run)  # inputs that differ from the manifest's SHA-256; gates fail on these
     if (stale_index := changed_since(run)) is not None:  # recipe.rag: the index differs from the one trained with
@@ -48,7 +52,8 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
     refs = [reference(e.messages) for e in eval_ex]
     json_mode = metrics.references_are_json(refs)
     budget = resolve_max_new_tokens(recipe, tokenizer, refs)  # `auto`: from the longest reference
-    reward = scorer(recipe, refs)
+    fields = [e.extra for e in eval_ex]  # each held-out row's own fields: rewards' columns, graders' item.<field>
+    reward = scorer(recipe, refs, fields)
 
     answers: dict[str, scoring.Answers] = {}
     scores: dict[str, scoring.Scores] = {}
@@ -57,11 +62,15 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
         who = sides[side]
         with who.context():
             advance = scoring.progress_advance(progress, f"generating ({side})", len(convs))
-            answers[side] = scoring.answer(who.model, tokenizer, convs, budget.tokens, recipe.eval.batch_size, advance)
+            batch = recipe.eval.batch_size
+            answers[side] = scoring.answer(who.model, tokenizer, convs, budget.tokens, batch, advance, who.thinking)
             if any(r.strip() for r in refs):  # the likelihood of an empty answer measures nothing
-                losses[side] = reference_loss(who.model, tokenizer, [e.messages for e in eval_ex], recipe.data.max_length)
-        scores[side] = scoring.score(answers[side].texts, refs, json_mode, reward, convs)
-    outputs = {side: answers[side].texts for side in SIDES}
+                held = [e.messages for e in eval_ex]
+                losses[side] = reference_loss(who.model, tokenizer, held, recipe.data.max_length, recipe.data.reasoning)
+    traces = scoring.trace_rows(answers, tokenizer)  # reasoning models: trace length, traces never closed
+    for side in SIDES:
+        scores[side] = scoring.score(answers[side].texts, refs, json_mode, reward, convs, traces.get(side, ()))
+    outputs = {side: answers[side].texts for side in SIDES}  # the final answers, after any trace
     hit_budget = {side: [c.finish_reason == "length" for c in answers[side].completions] for side in SIDES}
 
     rows: list[dict[str, Any]] = []
@@ -78,6 +87,7 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
                 "tuned_metrics": s_tuned,
                 "judgement": metrics.judge(s_base, s_tuned, json_mode),
                 "hit_budget": {side: hit_budget[side][i] for side in SIDES},
+                **{f"{side}_reasoning": answers[side].completions[i].reasoning for side in SIDES if traces},
             }
         )
     summary: dict[str, dict[str, float]] = {}
@@ -85,16 +95,19 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
         summary[side] = dict(scores[side].aggregate)
         if side in losses:
             summary[side].update(eval_loss=losses[side], perplexity=perplexity(losses[side]))
-    generated = release.EvalOutputs([e.id for e in eval_ex], convs, refs, outputs, json_mode)
+    generated = release.EvalOutputs([e.id for e in eval_ex], convs, refs, outputs, json_mode, fields)
     for side, value in release.similarity_summary(recipe.eval, generated).items():
         summary[side]["semantic_similarity"] = value
-    summary["delta"] = {k: summary["tuned"][k] - summary["base"][k] for k in summary["base"] if k in summary["tuned"]}
+    add_scores(recipe.eval.reward_model, convs, outputs, summary, rows)  # eval.reward_model: metric reward_model
     extra = release.measure(recipe.eval, generated, sides, tokenizer, recipe.data.max_length, progress)
+    for side, values in release.grader_summary(extra).items():  # graders.<name>: metrics like any other
+        summary[side].update(values)
+    summary["delta"] = {k: summary["tuned"][k] - summary["base"][k] for k in summary["base"] if k in summary["tuned"]}
     extra.changed_inputs = changed
     extra.latency = {side: answers[side].latency for side in SIDES}
     degenerate = {side: metrics.degeneration(outputs[side], hit_budget[side]) for side in SIDES}
     judgement = Judgement(**metrics.compare(scores["base"].per_example, scores["tuned"].per_example, json_mode))
-    warnings += eval_warnings(degenerate, budget.tokens, judgement, loaded.quantized_base)
+    warnings += eval_warnings(degenerate, budget.tokens, judgement, loaded.quantized_base) + release.grader_warnings(extra)
     report = EvalReport(
         run=recipe.name,
         base_model=recipe.model.base,
@@ -123,7 +136,10 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
     return report
 
 
-def write_outputs(out: Path, report: EvalReport, rows: list[dict[str, Any]], history: list[dict[str, Any]]) -> None:
+def write_outputs(
+    out: Path, report: EvalReport, rows: list[dict[str, Any]], history: list[dict[str, Any]], extra: dict[str, str] | None = None
+) -> None:
+    """report.json, predictions.jsonl, report.html and `extra` (name -> text, e.g. a reward run's calibration.json)."""
     from tunesmith import outputs
     from tunesmith.data.convert import write_rows
     from tunesmith.eval.report import write_html
@@ -133,3 +149,5 @@ def write_outputs(out: Path, report: EvalReport, rows: list[dict[str, Any]], his
         write_eval_report(stage / "report.json", report)
         write_rows(stage / "predictions.jsonl", rows)
         write_html(stage / "report.html", report.model_dump(mode="json"), rows, history)  # the page reads plain JSON
+        for name, text in (extra or {}).items():
+            (stage / name).write_text(text, encoding="utf-8")

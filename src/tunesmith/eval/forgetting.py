@@ -88,7 +88,8 @@ def forgetting_scores(
 
 def probe_side(model: Any, tokenizer: Any, items: list[ProbeItem], batch_size: int, max_length: int) -> tuple[list[str], float]:
     """One model's probe answers (greedy, the one generation function) and its general-text reference loss."""
-    from tunesmith.eval.generate import generate, reference_loss
+    from tunesmith.eval.generate import generate
+    from tunesmith.eval.loss import reference_loss
 
     convs = [[{"role": "user", "content": item.prompt}] for item in items]
     outputs = generate(model, tokenizer, convs, PROBE_MAX_NEW_TOKENS, max(batch_size, PROBE_BATCH))

@@ -159,9 +159,11 @@ def loss_converged(history: Sequence[dict[str, Any]]) -> GateResult:
 
 
 def beats_base(report: EvalReport) -> GateResult:
-    """Tuned better than the unmodified base on the mode's first primary metric that both have."""
+    """Tuned better than the unmodified base on the mode's first primary metric that both have; without reference
+    answers (prompt-only rows judged by graders), on the first grader's pass rate."""
     summary = report.summary
-    metric = next((m for m in metrics.primary_metrics(report.json_mode) if m in summary.get("tuned", {})), None)
+    graders = [m for m in summary.get("tuned", {}) if m.startswith("graders.")]
+    metric = next((m for m in [*metrics.primary_metrics(report.json_mode), *graders] if m in summary.get("tuned", {})), None)
     if metric is None:
         return GateResult(name="beats_base", rule="tuned > base", status="fail", detail="no primary metric in the report")
     delta = summary["tuned"][metric] - summary["base"][metric]

@@ -1,43 +1,75 @@
-"""The one generation function: batched or streamed, greedy or sampled, plus per-example reference loss.
+"""The one generation function: batched, greedy or sampled (eval/stream.py streams one completion with the same
+prompt, stops and decoding; eval/loss.py scores reference answers with the same prefix sharing).
 
-Every caller (eval, merge check, chat, distillation teacher, synth, serve) goes through here, so stop
-tokens, padding side and decoding are decided once. Stop tokens are the model's generation_config
-eos list (Llama-3 / Qwen ship several) plus the tokenizer's eos, never the tokenizer's alone.
+Every caller (eval, merge check, chat, distillation teacher, synth, serve) goes through here, so prompts, stop
+tokens, padding side, decoding and the trace/answer split are decided once. Prompts are rendered by
+data.template.render_prompt in the run's thinking mode (the bytes training put before each answer). Stop tokens
+are the chat family's end-of-turn and stop tokens, the model's generation_config eos list (Llama-3 / Qwen ship
+several) and the tokenizer's eos, never the tokenizer's alone: a Gemma whose generation_config lacks
+<end_of_turn> still stops there.
 """
 
 from __future__ import annotations
 
-import math
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tunesmith.data.template import IGNORE, render_prompt, tokenize_example
+from tunesmith import families
+from tunesmith.data.reasoning import split_output
+from tunesmith.data.template import render_prompt
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
 
 @dataclass
 class Completion:
-    """One generated answer. Token counts are in tokens of the model's tokenizer."""
+    """One generated answer. Token counts are in tokens of the model's tokenizer. `text` is the whole decoded
+    completion; `reasoning` / `answer` / `closed` are its split (data.reasoning.split_output): the answer is what
+    eval scores and serve returns as content, the trace is served as reasoning_content."""
 
     text: str
     prompt_tokens: int
     completion_tokens: int  # generated tokens, the closing stop token included
     finish_reason: FinishReason  # "stop": eos or a stop string; "length": max_new_tokens reached
     token_ids: list[int] = field(default_factory=list)  # generated ids, stop token included, padding excluded
+    opened: bool = False  # the prompt already opened a trace (the completion starts inside it)
+    think: tuple[str, str] = ("<think>", "</think>")
+    reasoning: str | None = field(init=False, default=None)  # None: the completion has no trace
+    answer: str = field(init=False, default="")
+    closed: bool = field(init=False, default=True)  # False: a trace was opened and never closed
+
+    def __post_init__(self) -> None:
+        split = split_output(self.text, self.opened, self.think)
+        self.reasoning, self.answer, self.closed = split.reasoning, split.answer.strip(), split.closed
+
+
+def family_of(model: Any, tokenizer: Any) -> families.Family:
+    """The chat family of a loaded model (its config's model_type and its tokenizer's template)."""
+    return families.detect(getattr(model, "config", None), tokenizer)
 
 
 def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """Ids that end a turn: the generation_config's eos (int or list) first, then the tokenizer's eos."""
-    ids: list[int] = []
+    """Ids that end a turn: the family's end-of-turn tokens, the generation_config's eos (int or list), then the
+    family's other stop tokens and the tokenizer's eos."""
+    family = family_of(model, tokenizer)
+    ids = family.end_of_turn_ids(tokenizer)
     config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (config_eos, tokenizer.eos_token_id):
+    for value in (config_eos, family.stop_token_ids(tokenizer)):
         for i in value if isinstance(value, (list, tuple)) else [value]:
             if i is not None and int(i) not in ids:
                 ids.append(int(i))
     return ids
+
+
+def prompt_text(model: Any, tokenizer: Any, conversation: list[dict[str, Any]], thinking: bool | None = None) -> str:
+    """The prompt generation sends for `conversation`: render_prompt in the thinking mode given (the run's)."""
+    return render_prompt(tokenizer, conversation, thinking=thinking, family=family_of(model, tokenizer))
+
+
+def opens_trace(prompt: str, family: families.Family) -> bool:
+    """Whether a prompt ends inside an opened trace (a template that starts the model's reasoning for it)."""
+    return prompt.rstrip().endswith(family.think[0])
 
 
 def _generation_config(model: Any, tokenizer: Any, max_new_tokens: int, temperature: float, top_p: float) -> Any:
@@ -87,7 +119,14 @@ def _seeded(seed: int | None) -> Any:
 
 
 def _finish(
-    tokenizer: Any, new_ids: list[int], stops: set[int], pad: int | None, stop: list[str] | None, prompt_tokens: int
+    tokenizer: Any,
+    new_ids: list[int],
+    stops: set[int],
+    pad: int | None,
+    stop: list[str] | None,
+    prompt_tokens: int,
+    family: families.Family,
+    opened: bool,
 ) -> Completion:
     """Trim one row's generated ids at its first stop token and decode it."""
     end = next((j for j, t in enumerate(new_ids) if t in stops), None)
@@ -98,7 +137,7 @@ def _finish(
             ids = ids[:-1]
     text, cut = _cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop)
     reason: FinishReason = "stop" if end is not None or cut else "length"
-    return Completion(text.strip(), prompt_tokens, len(ids), reason, ids)
+    return Completion(text.strip(), prompt_tokens, len(ids), reason, ids, opened, family.think)
 
 
 MIN_SHARED_PREFIX = 16  # tokens; a shorter shared prefix saves less prefill than its own forward pass costs
@@ -208,16 +247,19 @@ def generate_detailed(
     seed: int | None = None,
     stop: list[str] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    thinking: bool | None = None,
 ) -> list[Completion]:
     """Completions in input order, generated in left-padded batches of similar prompt length.
 
     Greedy when temperature == 0. A batch ends as soon as every row has produced a stop token
     (or a stop string), so short answers do not pay for max_new_tokens. When a batch's prompts start with the
     same tokens (a shared system prompt), that prefix is computed once for the batch (see `_prefilled`).
+    thinking: the run's thinking mode (Manifest.family.thinking), for families with a switch.
     """
     import torch
 
-    prompts = [render_prompt(tokenizer, conv) for conv in conversations]
+    family = family_of(model, tokenizer)
+    prompts = [prompt_text(model, tokenizer, conv, thinking) for conv in conversations]
     config = _generation_config(model, tokenizer, max_new_tokens, temperature, top_p)
     stops = set(config.eos_token_id)
     done: dict[int, Completion] = {}
@@ -239,7 +281,9 @@ def generate_detailed(
             width = enc["input_ids"].shape[1]
             for row, i in enumerate(idx):
                 n_prompt = int(enc["attention_mask"][row].sum())
-                done[i] = _finish(tokenizer, out[row, width:].tolist(), stops, config.pad_token_id, stop, n_prompt)
+                new_ids = out[row, width:].tolist()
+                opened = opens_trace(prompts[i], family)
+                done[i] = _finish(tokenizer, new_ids, stops, config.pad_token_id, stop, n_prompt, family, opened)
             if on_batch:
                 on_batch(len(idx))
     return [done[i] for i in range(len(prompts))]
@@ -257,8 +301,9 @@ def generate(
     seed: int | None = None,
     stop: list[str] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    thinking: bool | None = None,
 ) -> list[str]:
-    """Completion texts in input order (see generate_detailed)."""
+    """Completion texts in input order, trace included (see generate_detailed)."""
     return [
         c.text
         for c in generate_detailed(
@@ -272,162 +317,6 @@ def generate(
             seed=seed,
             stop=stop,
             on_batch=on_batch,
+            thinking=thinking,
         )
     ]
-
-
-class TextStream:
-    """Iterator of text deltas from a generation running in a background thread.
-
-    `cancel()` (or setting `cancel_event`) stops generation at the next token. After the iterator is
-    exhausted, `prompt_tokens`, `completion_tokens` and `finish_reason` describe the generation.
-    """
-
-    def __init__(self, stop: list[str] | None) -> None:
-        self.cancel_event = threading.Event()
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.finish_reason: FinishReason | None = None
-        self.error: BaseException | None = None
-        self._stop = [s for s in stop or [] if s]
-        self._last_token: int | None = None
-        self._deltas: Iterator[str] = iter(())
-        self._thread: threading.Thread | None = None
-
-    def cancel(self) -> None:
-        self.cancel_event.set()
-
-    def __iter__(self) -> Iterator[str]:
-        return self
-
-    def __next__(self) -> str:
-        return next(self._deltas)
-
-    def _held_back(self, text: str) -> int:
-        """Length of the longest tail of `text` that could still grow into a stop string."""
-        return max((k for s in self._stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-
-    def _run(self, streamer: Any, stops: set[int]) -> Iterator[str]:
-        """Yield deltas, holding back a possible stop-string prefix; cut and cancel when one appears."""
-        text, sent, cut = "", 0, False
-        for piece in streamer:
-            text += piece
-            found, hit = _cut_at_stop(text, self._stop)
-            if hit:
-                text, cut = found, True
-                self.cancel_event.set()
-                break
-            safe = len(text) - self._held_back(text)
-            if safe > sent:
-                yield text[sent:safe]
-                sent = safe
-        if self._thread is not None:
-            self._thread.join()
-        if self.error is not None:
-            raise self.error
-        if len(text) > sent:  # the held-back tail did not become a stop string, or precedes one
-            yield text[sent:]
-        if cut or (self._last_token is not None and self._last_token in stops):
-            self.finish_reason = "stop"
-        elif self.cancel_event.is_set():
-            self.finish_reason = "cancelled"
-        else:
-            self.finish_reason = "length"
-
-
-def generate_stream(
-    model: Any,
-    tokenizer: Any,
-    conversation: list[dict[str, Any]],
-    max_new_tokens: int,
-    *,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    seed: int | None = None,
-    stop: list[str] | None = None,
-    cancel: threading.Event | None = None,
-    timeout_s: float | None = 600.0,
-) -> TextStream:
-    """Stream one completion as text deltas (transformers' TextIteratorStreamer, generation in a thread).
-
-    Pass `cancel` (or call the returned stream's `cancel()`) to abort, e.g. when a client disconnects.
-    `timeout_s` bounds the wait for each next piece of text.
-    """
-    import torch
-    from transformers import (
-        StoppingCriteria,
-        StoppingCriteriaList,
-        TextIteratorStreamer,
-    )
-
-    stream = TextStream(stop)
-    if cancel is not None:
-        stream.cancel_event = cancel
-    config = _generation_config(model, tokenizer, max_new_tokens, temperature, top_p)
-    enc = tokenizer(render_prompt(tokenizer, conversation), return_tensors="pt", add_special_tokens=False)
-    enc = {k: v.to(model.device) for k, v in enc.items()}
-    stream.prompt_tokens = int(enc["input_ids"].shape[1])
-
-    class _Watch(StoppingCriteria):  # counts tokens and honours cancel between two decoding steps
-        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            stream.completion_tokens = int(input_ids.shape[1]) - stream.prompt_tokens
-            stream._last_token = int(input_ids[0, -1])
-            return torch.full((input_ids.shape[0],), stream.cancel_event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=timeout_s)
-
-    def work() -> None:
-        try:
-            with _seeded(seed), torch.inference_mode():
-                model.generate(
-                    **enc, generation_config=config, streamer=streamer, stopping_criteria=StoppingCriteriaList([_Watch()])
-                )
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer instead of dying silently in the thread
-            stream.error = exc
-            streamer.end()  # type: ignore[no-untyped-call]  # untyped upstream
-
-    stream._thread = threading.Thread(target=work, name="tunesmith-generate", daemon=True)
-    stream._thread.start()
-    stream._deltas = stream._run(streamer, set(config.eos_token_id))
-    return stream
-
-
-def reference_loss(model: Any, tokenizer: Any, conversations: list[list[dict[str, Any]]], max_length: int) -> float:
-    """Mean per-token cross-entropy (nats) of the reference assistant turns, as trained (same mask).
-
-    Rows run one at a time. Leading tokens that every row shares and that no loss term depends on (a system
-    prompt) run once; each row then continues from a copy of that KV cache, with the same positions and the
-    same terms as running it whole.
-    """
-    import copy
-
-    import torch
-
-    toks = [t for t in (tokenize_example(tokenizer, m, max_length, "truncate") for m in conversations) if t.n_trained]
-    # Shared tokens whose labels are all masked, the first row-own token's label included (the prefix's last
-    # position predicts it).
-    shared = shared_prefix([t.input_ids for t in toks]) if shares_prefix(model, None) else 0
-    while shared and any(label != IGNORE for t in toks for label in t.labels[: shared + 1]):
-        shared -= 1
-    prefix_cache: Any = None
-    if shared >= MIN_SHARED_PREFIX:
-        with torch.inference_mode():
-            prefix_cache = _prefix_cache(model, toks[0].input_ids[:shared])
-    if prefix_cache is None:
-        shared = 0
-    name = cache_argument(model)
-    total, count = 0.0, 0
-    for tok in toks:
-        ids = torch.tensor([tok.input_ids[shared:]], device=model.device)
-        labels = torch.tensor([tok.labels[shared:]], device=model.device)
-        extra = {name: copy.deepcopy(prefix_cache)} if prefix_cache is not None else {}
-        with torch.inference_mode():
-            loss = model(input_ids=ids, labels=labels, **extra).loss
-        n = int((labels[:, 1:] != IGNORE).sum())
-        total += float(loss) * n
-        count += n
-    return total / max(count, 1)
-
-
-def perplexity(loss: float) -> float:
-    return math.exp(min(loss, 50.0))

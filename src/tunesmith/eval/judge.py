@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tunesmith.errors import ModelError
 from tunesmith.eval import metrics
+
+if TYPE_CHECKING:
+    from tunesmith.config import JudgeSection
 
 Conversation = list[dict[str, str]]
 
@@ -109,6 +113,34 @@ def open_judge(
     if spec.startswith(("http://", "https://")):
         return EndpointJudge(spec, endpoint_model, api_key_env, max_new_tokens)
     return LocalJudge(spec, max_new_tokens)
+
+
+def open_section(section: JudgeSection) -> Judge:
+    """The judge an eval.judge section names."""
+    return open_judge(section.model, section.endpoint_model, section.api_key_env, section.max_new_tokens)
+
+
+def judges_for_graders(section: JudgeSection | None, judge: Judge | None = None) -> Callable[[str], Judge]:
+    """The judge a score_model / label_model grader asks, by its `model`: a URL or local spec of its own when there is
+    no eval.judge (or it is a URL), else the eval.judge endpoint asked for that model name, else the eval.judge itself.
+    Each is opened once, on first use (`judge`: the eval.judge already open)."""
+    cache: dict[str, Judge] = {}
+
+    def get(name: str) -> Judge:
+        if name not in cache:
+            if section is not None and name == section.model:  # the grader names eval.judge itself
+                cache[name] = judge if judge is not None else cache.setdefault("", open_section(section))
+            elif name.startswith(("http://", "https://")) or section is None:
+                cache[name] = open_judge(name)
+            else:
+                shared = judge if judge is not None else cache.setdefault("", open_section(section))
+                if isinstance(shared, EndpointJudge):
+                    cache[name] = EndpointJudge(section.model, name, section.api_key_env, section.max_new_tokens)
+                else:
+                    cache[name] = shared
+        return cache[name]
+
+    return get
 
 
 def parse_verdict(text: str) -> str | None:

@@ -269,7 +269,9 @@ def _measure(
 
     def answer(part: list[Conversation]) -> list[Any]:
         clock.start()
-        return generate_detailed(who.model, who.tokenizer, part, ask["max_new"], ask["batch"], on_batch=clock)
+        return generate_detailed(
+            who.model, who.tokenizer, part, ask["max_new"], ask["batch"], on_batch=clock, thinking=who.thinking
+        )
 
     with who.context():
         done = answer(prompts[:head])
@@ -333,7 +335,7 @@ def run_ladder(
     found: dict[str, RungResult] = {}
     decided: RungResult | None = None
     for who in {id(a.model): a for a in answerers.values()}.values():  # the first batch of a model is not timed cold
-        generate(who.model, who.tokenizer, inputs.convs[:2], 2, 2)
+        generate(who.model, who.tokenizer, inputs.convs[:2], 2, 2, thinking=who.thinking)
     for spec in reversed(specs):
         why = _why_not(spec, missing, inputs)
         if why:

@@ -8,7 +8,6 @@ eval.similarity). Latency comes from the one clock (tunesmith.eval.scoring) whil
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +26,7 @@ class EvalOutputs:
     refs: list[str]
     outputs: dict[str, list[str]]
     json_mode: bool
+    rows: list[dict[str, Any]] | None = None  # each held-out row's own fields (graders read them as item.<field>)
 
 
 def wants_forgetting(section: EvalSection) -> bool:
@@ -66,14 +66,33 @@ def measure(
         )
     if section.graders:
         from tunesmith.eval.graders import grader_items, load_graders, run_graders
+        from tunesmith.eval.judge import judges_for_graders
 
-        graded = run_graders(
-            load_graders(section.graders), data.outputs, grader_items(data.ids, prompts, data.refs), _judge_for(section, judge)
-        )
+        items = grader_items(data.ids, prompts, data.refs, data.rows)
+        graded = run_graders(load_graders(section.graders), data.outputs, items, judges_for_graders(section.judge, judge))
         extra.graders = {name: {side: GraderScore(**s) for side, s in sides.items()} for name, sides in graded.items()}
     if wants_forgetting(section):
         extra.forgetting = Forgetting(**forgetting(sides, tokenizer, section.batch_size, max_length, progress))
     return extra
+
+
+def grader_summary(extra: EvalExtra) -> dict[str, dict[str, float]]:
+    """side -> {graders.<name>: pass rate}: each grader as the registry metric gates, reports and the studio read."""
+    out: dict[str, dict[str, float]] = {}
+    for name, sides in extra.graders.items():
+        for side, score in sides.items():
+            out.setdefault(side, {})[f"graders.{name}"] = score.pass_rate
+    return out
+
+
+def grader_warnings(extra: EvalExtra) -> list[str]:
+    """One line per grader and side that could not score some outputs (they count as 0, not passed)."""
+    return [
+        f"grader {name} could not score {s.failed} {side} output(s), counted as 0: {s.first_error}"
+        for name, sides in extra.graders.items()
+        for side, s in sides.items()
+        if s.failed
+    ]
 
 
 def similarity_summary(section: EvalSection, data: EvalOutputs) -> dict[str, float]:
@@ -104,28 +123,6 @@ def forgetting(sides: dict[str, Any], tokenizer: Any, batch_size: int, max_lengt
 def _judge(section: EvalSection) -> Any:
     if section.judge is None:
         return None
-    from tunesmith.eval.judge import open_judge
+    from tunesmith.eval.judge import open_section
 
-    j = section.judge
-    return open_judge(j.model, j.endpoint_model, j.api_key_env, j.max_new_tokens)
-
-
-def _judge_for(section: EvalSection, judge: Any) -> Callable[[str], Any]:
-    """score_model graders' model: a URL or local spec of its own, else the eval.judge endpoint asked for that model
-    name, else the eval.judge itself."""
-    from tunesmith.eval.judge import EndpointJudge, open_judge
-
-    cache: dict[str, Any] = {}
-
-    def get(name: str) -> Any:
-        if name not in cache:
-            j = section.judge
-            if name.startswith(("http://", "https://")) or judge is None:
-                cache[name] = open_judge(name)
-            elif isinstance(judge, EndpointJudge) and j is not None:
-                cache[name] = EndpointJudge(j.model, name, j.api_key_env, j.max_new_tokens)
-            else:
-                cache[name] = judge
-        return cache[name]
-
-    return get
+    return open_section(section.judge)

@@ -48,13 +48,17 @@ def score(
     json_mode: bool,
     reward: Reward | None = None,
     prompts: Sequence[Conversation] = (),
+    measured: Sequence[dict[str, float]] = (),
 ) -> Scores:
-    """Score outputs against their references. Rows without any reference (prompt-only data) get no reference
-    metrics; with `reward` (the GRPO rewards of the run), every row also gets `reward`."""
+    """Score outputs (final answers: a reasoning trace is not part of them) against their references. Rows without
+    any reference (prompt-only data) get no reference metrics; with `reward` (the GRPO rewards of the run), every row
+    also gets `reward`; `measured`: per-example figures measured while generating (Answers.trace_rows)."""
     if len(outputs) != len(refs):
         raise ValueError(f"{len(outputs)} outputs but {len(refs)} references")
     has_refs = any(r.strip() for r in refs)
-    rows = [score_example(o, r, json_mode) if has_refs else {} for o, r in zip(outputs, refs)]
+    rows: list[dict[str, float | None]] = [score_example(o, r, json_mode) if has_refs else {} for o, r in zip(outputs, refs)]
+    for row, extra in zip(rows, measured):
+        row.update(extra)
     if reward is not None:
         try:
             values = reward(list(prompts), list(outputs))
@@ -121,16 +125,39 @@ class Answers:
 
     @property
     def texts(self) -> list[str]:
-        return [c.text for c in self.completions]
+        """The final answers (after any reasoning trace): what every reference metric scores."""
+        return [c.answer for c in self.completions]
+
+    @property
+    def traced(self) -> bool:
+        return any(c.reasoning is not None for c in self.completions)
+
+    def trace_rows(self, tokenizer: Any) -> list[dict[str, float]]:
+        """Per answer: `trace_tokens` (tokens of its reasoning trace, 0 without one) and `unclosed_traces` (1 when
+        the trace was opened and never closed, so there is no answer); their means are the registry's metrics."""
+        rows = []
+        for c in self.completions:
+            n = len(tokenizer(c.reasoning, add_special_tokens=False)["input_ids"]) if c.reasoning else 0
+            rows.append({"trace_tokens": float(n), "unclosed_traces": float(not c.closed)})
+        return rows
+
+
+def trace_rows(answers: dict[str, Answers], tokenizer: Any) -> dict[str, list[dict[str, float]]]:
+    """Answers.trace_rows for every side when any side reasoned (so base and tuned compare); {} when none did."""
+    if not any(a.traced for a in answers.values()):
+        return {}
+    return {side: a.trace_rows(tokenizer) for side, a in answers.items()}
 
 
 @dataclass
 class Answerer:
-    """A loaded model that answers as one side: `adapter_off` answers as the base, the run's adapter disabled."""
+    """A loaded model that answers as one side: `adapter_off` answers as the base, the run's adapter disabled;
+    `thinking`: the thinking mode its prompts are rendered in (the run's)."""
 
     model: Any
     tokenizer: Any
     adapter_off: bool = False
+    thinking: bool | None = None
 
     def context(self) -> Any:
         return self.model.disable_adapter() if self.adapter_off else nullcontext()
@@ -141,10 +168,11 @@ def run_answerers(run: Any, loaded: Any) -> dict[str, Answerer]:
     the same object with its adapter disabled), the base loaded beside a full fine-tune."""
     from tunesmith.loader import load_base
 
-    tuned = Answerer(loaded.model, loaded.tokenizer)
+    # Both sides are prompted in the run's thinking mode: the same bytes, so only the weights differ.
+    tuned = Answerer(loaded.model, loaded.tokenizer, thinking=loaded.thinking)
     if loaded.has_adapter:
-        return {"base": Answerer(loaded.model, loaded.tokenizer, adapter_off=True), "tuned": tuned}
-    return {"base": Answerer(load_base(run).eval(), loaded.tokenizer), "tuned": tuned}
+        return {"base": Answerer(loaded.model, loaded.tokenizer, adapter_off=True, thinking=loaded.thinking), "tuned": tuned}
+    return {"base": Answerer(load_base(run).eval(), loaded.tokenizer, thinking=loaded.thinking), "tuned": tuned}
 
 
 def answer(
@@ -154,13 +182,15 @@ def answer(
     max_new_tokens: int,
     batch_size: int,
     advance: Callable[[int], None] | None = None,
+    thinking: bool | None = None,
 ) -> Answers:
-    """Greedy answers to `prompts` (the one generation function), each batch timed by the one clock."""
+    """Greedy answers to `prompts` (the one generation function) in the thinking mode given (the run's), each
+    batch timed by the one clock."""
     from tunesmith.eval.generate import generate_detailed
 
     clock = Clock(batch_size, advance)
     clock.start()
-    done = generate_detailed(model, tokenizer, prompts, max_new_tokens, batch_size, on_batch=clock)
+    done = generate_detailed(model, tokenizer, prompts, max_new_tokens, batch_size, on_batch=clock, thinking=thinking)
     return Answers(done, clock.latency())
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from tunesmith.config import Recipe
 from tunesmith.eval import metrics, registry
+from tunesmith.records import CheckpointSelection
 
 LOSSES = frozenset({"eval_loss", "perplexity"})  # measured on the references' likelihood, not on generations
 # What a checkpoint contributes to adapter/: the adapter (or full model) weights and config, never optimizer state.
@@ -50,27 +51,33 @@ def choose(scores: dict[str, float], metric: str) -> str:
     return best
 
 
-def score(model: Any, tokenizer: Any, recipe: Recipe, examples: list[Any], metric: str) -> float:
-    """One model's value of `metric` on the examples (greedy answers and scores through the one scoring path)."""
+def score(model: Any, tokenizer: Any, recipe: Recipe, examples: list[Any], metric: str, thinking: bool | None = None) -> float:
+    """One model's value of `metric` on the examples (greedy answers and scores through the one scoring path),
+    prompted in the run's thinking mode."""
     from tunesmith.data.template import prompt_messages, reference
     from tunesmith.errors import RecipeError
     from tunesmith.eval import scoring
     from tunesmith.eval.budget import resolve_max_new_tokens
-    from tunesmith.eval.generate import perplexity, reference_loss
+    from tunesmith.eval.loss import perplexity, reference_loss
     from tunesmith.train.rewards import scorer
 
     if metric in LOSSES:
-        loss = reference_loss(model, tokenizer, [e.messages for e in examples], recipe.data.max_length)
+        loss = reference_loss(model, tokenizer, [e.messages for e in examples], recipe.data.max_length, recipe.data.reasoning)
         return loss if metric == "eval_loss" else perplexity(loss)
     refs = [reference(e.messages) for e in examples]
     convs = [prompt_messages(e.messages) for e in examples]
     budget = resolve_max_new_tokens(recipe, tokenizer, refs).tokens
-    answers = scoring.answer(model, tokenizer, convs, budget, recipe.eval.batch_size)
+    answers = scoring.answer(model, tokenizer, convs, budget, recipe.eval.batch_size, thinking=thinking)
     agg = scoring.score(answers.texts, refs, metrics.references_are_json(refs), scorer(recipe, refs), convs).aggregate
     if metric not in agg:
         known = ", ".join(sorted(agg) + sorted(LOSSES))
         raise RecipeError([("eval.select_checkpoint", f"{metric} is not measured on these rows; use one of {known}")])
     return agg[metric]
+
+
+def load_checkpoint(recipe: Recipe, base_path: str, folder: Path) -> Any:
+    """One checkpoint's model (its adapter on a fresh base, or a full fine-tune's weights), as selection scores it."""
+    return _load(recipe, base_path, folder, None)
 
 
 def _load(recipe: Recipe, base_path: str, folder: Path, peft_model: Any) -> Any:
@@ -92,7 +99,7 @@ def _load(recipe: Recipe, base_path: str, folder: Path, peft_model: Any) -> Any:
     return peft_model
 
 
-def select_checkpoint(recipe: Recipe, run_dir: Path, base_path: str) -> dict[str, Any]:
+def select_checkpoint(recipe: Recipe, run_dir: Path, base_path: str, thinking: bool | None = None) -> CheckpointSelection:
     """Score every candidate, make the best run_dir/adapter, and return what the manifest records."""
     from tunesmith import models
     from tunesmith.run import HELD_OUT, read_held_out
@@ -106,18 +113,18 @@ def select_checkpoint(recipe: Recipe, run_dir: Path, base_path: str) -> dict[str
     for name, folder in candidates(run_dir):
         model = _load(recipe, base_path, folder, peft_model)
         peft_model = model if hasattr(model, "load_adapter") and hasattr(model, "peft_config") else None
-        scores[name] = score(model, tokenizer, recipe, examples, metric)
+        scores[name] = score(model, tokenizer, recipe, examples, metric, thinking)
     chosen = choose(scores, metric)
     if chosen != "final":
         install(run_dir / "checkpoints" / chosen, run_dir / "adapter")
-    return {
-        "metric": metric,
-        "scores": scores,
-        "chosen": chosen,
-        "n_examples": len(examples),
-        "rows": f"first {len(examples)} held-out rows",
-        "ids": [e.id for e in examples],
-    }
+    return CheckpointSelection(
+        metric=metric,
+        scores=scores,
+        chosen=chosen,
+        n_examples=len(examples),
+        rows=f"first {len(examples)} held-out rows",
+        ids=[e.id for e in examples],
+    )
 
 
 def install(checkpoint: Path, adapter_dir: Path) -> None:

@@ -2,19 +2,18 @@
 
 A run is merged first (export.merge, into a temp folder beside --out); a merged folder is converted as it is.
 The file is written to a temp name beside --out, reloaded by transformers and compared with the merged model on
-held-out prompts (greedy tokens), and only then renamed into place, with its lineage embedded under the GGUF key
-`tunesmith.lineage` and beside it as FILE.gguf.lineage.json.
-
-`--adapter-only` writes the LoRA alone as a llama.cpp GGUF adapter (`general.type = adapter`), with the tensor
-layout of llama.cpp's convert_lora_to_gguf (lora_a/lora_b per weight, Q/K rows permuted like the base's).
+held-out prompts (greedy tokens, prompts rendered in the run's thinking mode), and only then renamed into place,
+with its lineage embedded under the GGUF key `tunesmith.lineage` and beside it as FILE.gguf.lineage.json. The file
+carries the chat template and the chat family's stop tokens (end of turn as `eot`/`eom`, beside `eos`), which
+llama.cpp stops on. An architecture, or a vocabulary, that llama.cpp's converter cannot read is refused before
+anything is merged, naming the architecture.
+`--adapter-only` is export/gguf_lora.py.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from pydantic import Field
 
 from tunesmith import models, outputs
 from tunesmith.errors import ModelError, RunError
+from tunesmith.loader import resolve_run_base, run_thinking
 from tunesmith.records import Record
 from tunesmith.run import Run, is_run_dir, load_run, read_json_record, versions
 
@@ -97,13 +97,44 @@ def gguf_string(path: Path, key: str) -> str | None:
     return None if field is None else bytes(field.parts[field.data[0]]).decode("utf-8")
 
 
+def architecture(model_dir: Path) -> str:
+    """The architecture llama.cpp's converter reads from config.json (e.g. Qwen3ForCausalLM)."""
+    from conversion import ModelBase, ModelType, get_model_architecture
+
+    return str(get_model_architecture(ModelBase.load_hparams(model_dir, False), ModelType.TEXT))
+
+
+# Qwen 2's pre-tokenizer regex (transformers' Qwen2Tokenizer writes it before a byte-level step without its own regex).
+QWEN2_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+
+
+def _by_structure(spec: dict[str, Any]) -> str | None:
+    """llama.cpp's name for a tokenizer.json pre-tokenizer it implements: byte-level with GPT-2's regex and no
+    normalizer is "gpt-2"; Qwen 2's regex split then byte-level (NFC, which llama.cpp leaves out for Qwen 2 too) is
+    "qwen2"; None otherwise."""
+    pre, norm = spec.get("pre_tokenizer") or {}, spec.get("normalizer")
+    if norm is None and pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+        return "gpt-2"
+    steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else None
+    if (norm is None or norm.get("type") == "NFC") and isinstance(steps, list) and len(steps) == 2:
+        split, byte = steps
+        regex = (split.get("pattern") or {}).get("Regex")
+        if (
+            split.get("type") == "Split"
+            and regex == QWEN2_REGEX
+            and byte.get("type") == "ByteLevel"
+            and not byte.get("use_regex")
+        ):
+            return "qwen2"
+    return None
+
+
 def _converter(model_dir: Path, type_: str, out: Path) -> Any:
     """llama.cpp's converter class for this architecture, instantiated on model_dir (nothing written yet)."""
     import gguf
-    from conversion import ModelBase, ModelType, get_model_architecture, get_model_class
+    from conversion import get_model_class
 
-    hparams = ModelBase.load_hparams(model_dir, False)
-    arch = get_model_architecture(hparams, ModelType.TEXT)
+    arch = architecture(model_dir)
     try:
         cls = get_model_class(arch, mmproj=False)
     except NotImplementedError:
@@ -115,18 +146,16 @@ def _converter(model_dir: Path, type_: str, out: Path) -> Any:
 
     def pre_tokenizer(tokenizer: Any) -> str:
         # llama.cpp names a BPE pre-tokenizer by the hash of a test string's tokens, which any new vocabulary
-        # misses. A plain byte-level pre-tokenizer with GPT-2's regex and no normalizer *is* llama.cpp's
-        # "gpt-2", whatever the vocabulary; anything else stays refused, as the converter refuses it.
+        # misses. A pre-tokenizer whose structure is one llama.cpp implements is that one, whatever the vocabulary
+        # (_by_structure); anything else stays refused, as the converter refuses it.
         try:
             return str(by_hash(tokenizer))
         except NotImplementedError:
             spec = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
-            pre = spec.get("pre_tokenizer") or {}
-            if spec.get("normalizer") is None and pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
-                log.warning(
-                    "%s: pre-tokenizer not in llama.cpp's list; byte-level with GPT-2's regex, written as 'gpt-2'", model_dir
-                )
-                return "gpt-2"
+            name = _by_structure(spec)
+            if name is not None:
+                log.warning("%s: pre-tokenizer not in llama.cpp's list; its structure is %r, written as such", model_dir, name)
+                return name
             raise ModelError(
                 f"llama.cpp's converter does not recognise the pre-tokenizer of {model_dir}",
                 hint="See llama.cpp's convert_hf_to_gguf_update.py for adding it.",
@@ -136,26 +165,74 @@ def _converter(model_dir: Path, type_: str, out: Path) -> Any:
     return converter
 
 
+def refuse_unconvertible(model_dir: Path) -> None:
+    """ModelError naming the architecture when llama.cpp's converter cannot convert this model: one it does not
+    know, or a vocabulary its converter for that architecture cannot read (Gemma 2 and Phi-3 expect SentencePiece's
+    tokenizer.model; Phi-4 a GPT-2 tokenizer). Reads the vocabulary only: nothing is written."""
+    arch = architecture(model_dir)
+    try:
+        with _quiet():
+            _converter(model_dir, "f16", model_dir / ".never-written.gguf").set_vocab()
+    except (ValueError, OSError, KeyError, ImportError, NotImplementedError) as exc:
+        raise ModelError(
+            f"cannot export {model_dir} as GGUF: llama.cpp's converter for {arch} cannot read its vocabulary ({exc})",
+            hint="Export safetensors (tunesmith merge) and serve that folder, or use the model's original tokenizer files.",
+        ) from None
+
+
+def carry_stops(writer: Any, model_dir: Path) -> dict[str, int]:
+    """Write the chat family's end-of-turn tokens into the GGUF's `eot` (and `eom`: Llama 3's <|eom_id|>) keys, where
+    llama.cpp looks for the tokens that end generation beside `eos`; returns the ids written by key."""
+    import gguf
+
+    from tunesmith import families
+
+    tokenizer = models.load_tokenizer(str(model_dir))
+    ends = families.detect(models.read_config(str(model_dir)), tokenizer).end_of_turn_ids(tokenizer)
+    written: dict[str, int] = {}
+    for key, token in zip((gguf.Keys.Tokenizer.EOT_ID, gguf.Keys.Tokenizer.EOM_ID), ends):
+        writer.kv_data[0].pop(key, None)  # the converter may have set it: ours replaces it, without a duplicate
+        writer.add_uint32(key, token)
+        written[key] = token
+    return written
+
+
+def stops_of(path: Path) -> dict[str, int]:
+    """The stop-token keys of a GGUF file (eos, eot, eom) that are set, by key."""
+    import gguf
+
+    fields = gguf.GGUFReader(path).fields
+    keys = (gguf.Keys.Tokenizer.EOS_ID, gguf.Keys.Tokenizer.EOT_ID, gguf.Keys.Tokenizer.EOM_ID)
+    return {k: int(fields[k].parts[fields[k].data[0]][0]) for k in keys if k in fields}
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """llama.cpp's converter logs per-tensor INFO lines and a banner for unknown pre-tokenizers: errors only."""
+    chatter = logging.getLogger("hf-to-gguf")
+    level = chatter.level
+    chatter.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        chatter.setLevel(level)
+
+
 def convert(model_dir: Path, out: Path, type_: str, lineage: ExportLineage) -> None:
     """Write model_dir (an HF folder) as a GGUF file at `out`, lineage embedded."""
     import torch
 
-    chatter = logging.getLogger("hf-to-gguf")  # per-tensor INFO lines and a banner for unknown pre-tokenizers
-    level = chatter.level
-    chatter.setLevel(logging.ERROR)
-    try:
-        with torch.inference_mode():
-            converter = _converter(model_dir, type_, out)
-            converter.gguf_writer.add_string(LINEAGE_KEY, lineage.model_dump_json())
-            # ModelBase.write() with the writer's per-byte tqdm bar off (the CLI shows its own status).
-            converter.prepare_tensors()
-            converter.prepare_metadata(vocab_only=False)
-            converter.gguf_writer.write_header_to_file(path=out)
-            converter.gguf_writer.write_kv_data_to_file()
-            converter.gguf_writer.write_tensors_to_file(progress=False)
-            converter.gguf_writer.close()
-    finally:
-        chatter.setLevel(level)
+    with _quiet(), torch.inference_mode():
+        converter = _converter(model_dir, type_, out)
+        converter.gguf_writer.add_string(LINEAGE_KEY, lineage.model_dump_json())
+        # ModelBase.write() with the writer's per-byte tqdm bar off (the CLI shows its own status).
+        converter.prepare_tensors()
+        converter.prepare_metadata(vocab_only=False)
+        carry_stops(converter.gguf_writer, model_dir)
+        converter.gguf_writer.write_header_to_file(path=out)
+        converter.gguf_writer.write_kv_data_to_file()
+        converter.gguf_writer.write_tensors_to_file(progress=False)
+        converter.gguf_writer.close()
 
 
 def _conversations(run: Run | None, n: int) -> list[list[dict[str, Any]]]:
@@ -170,23 +247,36 @@ def _conversations(run: Run | None, n: int) -> list[list[dict[str, Any]]]:
     return [[{"role": "user", "content": p}] for p in FALLBACK_PROMPTS[:n]]
 
 
-def check(model_dir: Path, gguf_path: Path, conversations: list[list[dict[str, Any]]], max_new_tokens: int) -> dict[str, Any]:
-    """Greedy tokens of the GGUF (reloaded by transformers, its own tokenizer and template) vs the HF folder's."""
-    from tunesmith.eval.generate import generate_detailed
+def check(
+    model_dir: Path,
+    gguf_path: Path,
+    conversations: list[list[dict[str, Any]]],
+    max_new_tokens: int,
+    thinking: bool | None = None,
+) -> dict[str, Any]:
+    """Greedy tokens of the GGUF (reloaded by transformers, its own tokenizer and template) vs the HF folder's, both
+    prompted in the run's thinking mode; and whether the template and the family's stop tokens were carried."""
+    from tunesmith.eval.generate import generate_detailed, stop_token_ids
 
     ref_model = models.load_model(str(model_dir), "float32").eval()
     ref_tok = models.load_tokenizer(str(model_dir))
-    ref = [c.token_ids for c in generate_detailed(ref_model, ref_tok, conversations, max_new_tokens, batch_size=1)]
+    done = generate_detailed(ref_model, ref_tok, conversations, max_new_tokens, batch_size=1, thinking=thinking)
+    ref, stops = [c.token_ids for c in done], stop_token_ids(ref_model, ref_tok)
     del ref_model
     model, tokenizer = models.load_gguf(gguf_path)
-    got = [c.token_ids for c in generate_detailed(model.eval(), tokenizer, conversations, max_new_tokens, batch_size=1)]
+    done = generate_detailed(model.eval(), tokenizer, conversations, max_new_tokens, batch_size=1, thinking=thinking)
+    got = [c.token_ids for c in done]
     prefix = [a[:EXACT_PREFIX] == b[:EXACT_PREFIX] for a, b in zip(ref, got)]
+    carried = stops_of(gguf_path)
     return {
         "prompts": len(ref),
         "identical": sum(a == b for a, b in zip(ref, got)),
         "prefix_identical": sum(prefix),
         "max_new_tokens": max_new_tokens,
         "template_carried": tokenizer.chat_template == ref_tok.chat_template,
+        "stop_tokens": carried,
+        # the end of turn must be among llama.cpp's end-of-generation keys, and every key a stop tokenizer knows
+        "stops_carried": stops[0] in carried.values() and set(carried.values()) <= set(stops),
         "rule": f"f16/bf16: the first {EXACT_PREFIX} greedy tokens of every prompt equal the merged model's; q8_0: reported",
     }
 
@@ -226,15 +316,28 @@ def _source(source: Path, stage: Path) -> tuple[Path, Run | None, dict[str, Any]
     if is_run_dir(source):
         run = load_run(source)
         if not (run.adapter_dir / "adapter_config.json").exists():
+            refuse_unconvertible(run.adapter_dir)
             return run.adapter_dir, run, {}  # a full fine-tune's adapter/ is already a complete model
+        refuse_unconvertible(Path(resolve_run_base(run)))  # before the merge: the base has the run's architecture
         result = merge(run, stage / "merged", dtype="float32")
         return Path(result["out"]), run, result["lineage"]
     if not (source / "config.json").exists():
         raise RunError(f"{source} is neither a run folder (run.yaml) nor a model folder (config.json)")
+    refuse_unconvertible(source)
     merged = source / "tunesmith_lineage.json"
     lineage = read_json_record(merged, "lineage record", "merge the run again") if merged.exists() else {}
     parent = lineage.get("merged_from_run")
     return source, (load_run(parent) if isinstance(parent, str) and is_run_dir(parent) else None), lineage
+
+
+def _verified(run: Run, merged: Path, gguf_file: Path, prompts: int, max_new_tokens: int) -> dict[str, Any]:
+    """tunesmith verify on the file about to be published (the served path aside); Divergent when a path differs."""
+    from tunesmith.verify import Divergent, verify
+
+    report = verify(run, merged=merged, gguf_file=gguf_file, serve=False, prompts=prompts, max_new_tokens=max_new_tokens)
+    if not report.passed:
+        raise Divergent(report)
+    return {"passed": True, "checks": {c.path: c.status for c in report.checks}, "max_new_tokens": max_new_tokens}
 
 
 def export_gguf(
@@ -251,9 +354,14 @@ def export_gguf(
         )
         tmp = stage / out.name
         convert(model_dir, tmp, type_, lineage)
-        result = check(model_dir, tmp, _conversations(run, n_check), max_new_tokens)
+        thinking = merged.get("thinking") if run is None else run_thinking(run)
+        result = check(model_dir, tmp, _conversations(run, n_check), max_new_tokens, thinking)
         if not result["template_carried"]:
             raise RunError(f"refusing to write {out}: the chat template did not survive the conversion")
+        if not result["stops_carried"]:
+            raise RunError(f"refusing to write {out}: the family's stop tokens did not survive ({result['stop_tokens']})")
+        if run is not None:  # training render, adapter, merged folder and this file compared (exit 3 on a divergence)
+            result["verify"] = _verified(run, model_dir, tmp, n_check, min(max_new_tokens, EXACT_PREFIX))
         if type_ != "q8_0" and result["prefix_identical"] < result["prompts"]:
             raise RunError(
                 f"refusing to write {out}: {result['prompts'] - result['prefix_identical']} of {result['prompts']} prompts "
@@ -263,102 +371,3 @@ def export_gguf(
         lineage = lineage.model_copy(update={"check": result, "sha256": models.sha256_file(tmp)})
         _publish(tmp, out, sidecar, lineage)
         return lineage
-
-
-def refuse_adapter(run: Run) -> dict[str, Any]:
-    """The adapter's peft config when llama.cpp can apply it as a GGUF LoRA; a clear refusal otherwise."""
-    path = run.adapter_dir / "adapter_config.json"
-    if not path.exists():
-        raise RunError(
-            f"{run.dir} is a full fine-tune: there is no adapter to export alone", hint="Export the model: drop --adapter-only."
-        )
-    cfg = read_json_record(path, "peft adapter config", "train the run again")
-    kind = cfg.get("peft_type", "LORA")
-    hint = "Export the merged model instead: drop --adapter-only."
-    if kind != "LORA":
-        raise RunError(
-            f"cannot export a {kind.lower().replace('_', ' ')} adapter as a GGUF LoRA: it adds virtual tokens, "
-            "which llama.cpp adapters cannot express",
-            hint="Serve it with its base: tunesmith chat RUN_DIR.",
-        )
-    if cfg.get("use_dora"):
-        raise RunError(
-            "cannot export a DoRA adapter as a GGUF LoRA: llama.cpp applies W + s*B*A, DoRA also rescales "
-            "each weight's magnitude",
-            hint=hint,
-        )
-    if cfg.get("modules_to_save") or cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
-        raise RunError(
-            "cannot export this adapter as a GGUF LoRA: it trains whole modules (modules_to_save) or uses "
-            "per-module ranks, which a GGUF LoRA cannot hold",
-            hint=hint,
-        )
-    if not all(isinstance(cfg.get(k), (int, float)) and not isinstance(cfg.get(k), bool) for k in ("r", "lora_alpha")):
-        raise RunError(f"{path} is not a readable peft adapter config: it lacks a numeric r and lora_alpha")
-    return dict(cfg)
-
-
-def _lora_tensors(adapter_dir: Path) -> dict[str, tuple[Any, Any]]:
-    """HF weight name (e.g. model.layers.0.self_attn.q_proj.weight) -> (lora_A, lora_B)."""
-    from safetensors.torch import load_file
-
-    pairs: dict[str, dict[str, Any]] = {}
-    for key, tensor in load_file(str(adapter_dir / "adapter_model.safetensors")).items():
-        m = re.fullmatch(r"(?:base_model\.model\.)?(.+)\.lora_([AB])\.weight", key)
-        if m is None:
-            raise RunError(f"unexpected tensor {key} in {adapter_dir}: not a LoRA A/B matrix")
-        pairs.setdefault(m.group(1) + ".weight", {})[m.group(2)] = tensor.float()
-    return {name: (ab["A"], ab["B"]) for name, ab in pairs.items()}
-
-
-def lora_to_gguf(base_dir: Path, adapter_dir: Path, cfg: dict[str, Any], out: Path, lineage: ExportLineage) -> int:
-    """Write the LoRA as a llama.cpp GGUF adapter; returns the number of adapted weights."""
-    import gguf
-    import torch
-
-    converter = _converter(base_dir, "f32", out)
-    alpha = float(cfg["lora_alpha"]) * (math.sqrt(cfg["r"]) if cfg.get("use_rslora") else 1.0)  # llama.cpp scales alpha/r
-    writer = gguf.GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[converter.model_arch])
-    writer.add_string("general.type", "adapter")
-    writer.add_string("adapter.type", "lora")
-    writer.add_float32("adapter.lora.alpha", alpha)
-    writer.add_string(LINEAGE_KEY, lineage.model_dump_json())
-    pairs = _lora_tensors(adapter_dir)
-    with torch.inference_mode():
-        for name, (a, b) in sorted(pairs.items()):
-            layer = re.search(r"\.(\d+)\.", name)
-            bid = int(layer.group(1)) if layer else None
-            # B carries the output rows: the base's own row permutation (Q/K in llama) must apply to it too.
-            mapped = list(converter.modify_tensors(b, name, bid))
-            if len(mapped) != 1 or tuple(mapped[0][1].shape) != tuple(b.shape):
-                raise RunError(f"{name}: llama.cpp reshapes this weight on conversion; a LoRA on it cannot be exported alone")
-            gguf_name, b_mapped = mapped[0]
-            writer.add_tensor(gguf_name + ".lora_a", a.contiguous().numpy())
-            writer.add_tensor(gguf_name + ".lora_b", b_mapped.contiguous().numpy())
-    writer.write_header_to_file(path=out)
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return len(pairs)
-
-
-def export_adapter_gguf(run_dir: Path, out: Path, overwrite: bool = False) -> ExportLineage:
-    """The run's LoRA alone as a GGUF adapter (f32) for llama.cpp's --lora; refused for DoRA and prompt tuning."""
-    run = load_run(run_dir)
-    cfg = refuse_adapter(run)
-    out, sidecar = _claim(out, overwrite)
-    tokenizer = models.load_tokenizer(str(run.adapter_dir))
-    from tunesmith.loader import resolve_run_base
-
-    lineage = ExportLineage(artifact=out.name, kind="gguf-lora", type="f32", **_run_lineage(run, tokenizer, {}))
-    with _stage(out) as stage:
-        tmp = stage / out.name
-        count = lora_to_gguf(Path(resolve_run_base(run)), run.adapter_dir, cfg, tmp, lineage)
-        lineage = lineage.model_copy(
-            update={
-                "check": {"adapted_weights": count, "alpha": cfg["lora_alpha"], "r": cfg["r"]},
-                "sha256": models.sha256_file(tmp),
-            }
-        )
-        _publish(tmp, out, sidecar, lineage)
-    return lineage

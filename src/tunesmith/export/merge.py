@@ -1,4 +1,9 @@
-"""Merge a LoRA adapter into its base (16/32-bit only) and prove the merge changed nothing."""
+"""Merge a LoRA adapter into its base (16/32-bit only) and prove the merge changed nothing.
+
+The merged folder keeps what prompts and stops the model as trained: the run's tokenizer and chat template, and a
+generation_config whose eos_token_id lists the chat family's stop tokens (a server reading only the folder stops
+where eval stopped); its lineage records the family and the thinking mode prompts are rendered in.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +14,35 @@ from tunesmith import models, outputs
 from tunesmith.atomic import new_parents, staged_dir
 from tunesmith.data.template import prompt_messages
 from tunesmith.errors import RunError
-from tunesmith.loader import resolve_run_base
+from tunesmith.eval.generate import family_of
+from tunesmith.loader import resolve_run_base, run_thinking
 from tunesmith.run import Run, held_out_examples, read_json_record, versions, write_json_atomic
 
 
-def _greedy_tokens(model: Any, tokenizer: Any, conversations: list[list[dict[str, Any]]], max_new_tokens: int) -> list[list[int]]:
+def _greedy_tokens(
+    model: Any, tokenizer: Any, conversations: list[list[dict[str, Any]]], max_new_tokens: int, thinking: bool | None
+) -> list[list[int]]:
     """Greedy generated ids per conversation, one at a time so no padding differs between the two models."""
     from tunesmith.eval.generate import generate_detailed
 
-    return [c.token_ids for c in generate_detailed(model, tokenizer, conversations, max_new_tokens, batch_size=1)]
+    done = generate_detailed(model, tokenizer, conversations, max_new_tokens, batch_size=1, thinking=thinking)
+    return [c.token_ids for c in done]
+
+
+def keep_stops(model: Any, tokenizer: Any) -> list[int]:
+    """Write the chat family's stop tokens into the model's generation_config (eos_token_id, end of turn first;
+    pad_token_id when it had none), so the saved folder stops where tunesmith does; returns them."""
+    from transformers import GenerationConfig
+
+    from tunesmith.eval.generate import stop_token_ids
+
+    stops = stop_token_ids(model, tokenizer)
+    if getattr(model, "generation_config", None) is None:
+        model.generation_config = GenerationConfig()  # type: ignore[no-untyped-call]  # untyped upstream
+    model.generation_config.eos_token_id = stops
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    return stops
 
 
 def _refuse(run: Run, dtype: str) -> None:
@@ -51,6 +76,17 @@ def _save(merged: Any, tokenizer: Any, stage: Path, lineage: dict[str, Any], run
         raise full from None
 
 
+def _same_render(run: Run, folder: Path, n: int, tokenizer: Any) -> None:
+    """The saved folder, read back as another runtime reads it, renders the training prompts and stops on the family's
+    end-of-turn tokens (verify.folder_parity); Divergent (exit 3) otherwise, and nothing is published."""
+    from tunesmith.verify import Divergent, Report, folder_parity, reference
+
+    ref = reference(run, n, tokenizer)
+    found = folder_parity(ref, folder)
+    if found:
+        raise Divergent(Report(str(run.dir), "", ref.thinking, n, 0, divergences=found))
+
+
 def merge(run: Run, out_dir: Path, dtype: str = "float32", n_check: int = 3, max_new_tokens: int = 48) -> dict[str, Any]:
     """Write a plain HF folder (base + adapter merged) to out_dir; greedy tokens must match the adapter's.
 
@@ -73,9 +109,11 @@ def merge(run: Run, out_dir: Path, dtype: str = "float32", n_check: int = 3, max
 
     eval_ex = held_out_examples(run)
     prompts = [prompt_messages(e.messages) for e in eval_ex[:n_check]]
-    before = _greedy_tokens(model, tokenizer, prompts, max_new_tokens)
+    thinking = run_thinking(run)
+    before = _greedy_tokens(model, tokenizer, prompts, max_new_tokens, thinking)
     merged = model.merge_and_unload()
-    after = _greedy_tokens(merged, tokenizer, prompts, max_new_tokens)
+    stops = keep_stops(merged, tokenizer)
+    after = _greedy_tokens(merged, tokenizer, prompts, max_new_tokens, thinking)
     agree = [a == b for a, b in zip(before, after)]
     if not all(agree):
         raise RunError(
@@ -96,6 +134,9 @@ def merge(run: Run, out_dir: Path, dtype: str = "float32", n_check: int = 3, max
         "adapter": str(run.adapter_dir),
         "dtype": dtype,
         "chat_template_sha256": models.chat_template_hash(tokenizer),
+        "family": family_of(merged, tokenizer).name,
+        "stop_token_ids": stops,
+        "thinking": thinking,
         "data": run.manifest.data,
         "check": check,
         "versions": versions(),
@@ -106,5 +147,6 @@ def merge(run: Run, out_dir: Path, dtype: str = "float32", n_check: int = 3, max
     # folders it made for --out.
     with new_parents(out_dir), staged_dir(out_dir) as stage:
         _save(merged, tokenizer, stage, lineage, run)
+        _same_render(run, stage, len(prompts), tokenizer)
         outputs.record(stage, *[p.name for p in stage.iterdir()], command="merge")
     return {"out": str(out_dir), **check, "base_note": base_note, "lineage": lineage}

@@ -98,6 +98,12 @@ def dpo_rows(requests: dict[str, RequestRow], feedback: list[FeedbackRow]) -> tu
     return rows, skipped
 
 
+def pair_rows(source: str | Path) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """dpo_rows of the log at `source` (not written)."""
+    requests, feedback, _, _ = _read_log(source)
+    return dpo_rows(requests, feedback)
+
+
 def write_new(out: str | Path, rows: list[dict[str, Any]], inputs: list[Path]) -> Path:
     """Write rows as JSONL to a path that must not exist yet (atomic; recorded as tunesmith's output)."""
     from tunesmith.atomic import write_text_atomic
@@ -111,16 +117,20 @@ def write_new(out: str | Path, rows: list[dict[str, Any]], inputs: list[Path]) -
     return Path(path)
 
 
-def _read_log(serve_dir: str | Path) -> tuple[dict[str, RequestRow], list[FeedbackRow], Path]:
+def _read_log(source: str | Path) -> tuple[dict[str, RequestRow], list[FeedbackRow], str, list[Path]]:
+    """Requests by id (a rollout's shadow answers apart: no client saw them), feedback, the log's name for messages,
+    and its file (none for a database) as an input."""
     from tunesmith.serve.store import RequestLog
 
-    with RequestLog.open(serve_dir) as store:
-        return {r.request_id: r for r in store.iter_requests()}, list(store.iter_feedback()), store.path
+    with RequestLog.open(source) as store:
+        requests = {r.request_id: r for r in store.iter_requests() if r.variant != "shadow"}
+        return requests, list(store.iter_feedback()), store.location, [store.path] if store.path else []
 
 
-def export(serve_dir: str | Path, to: Literal["sft", "dpo"], out: str | Path) -> Export:
-    """Write the serve folder's feedback as SFT or DPO rows to `out` (a new file). DataError when nothing qualifies."""
-    requests, feedback, db = _read_log(serve_dir)
+def export(source: str | Path, to: Literal["sft", "dpo"], out: str | Path) -> Export:
+    """Write the feedback in the log at `source` (serve folder, .sqlite file or postgresql:// URL: feedback given to
+    any replica) as SFT or DPO rows to `out` (a new file). DataError when nothing qualifies."""
+    requests, feedback, db, inputs = _read_log(source)
     rows, skipped = (sft_rows if to == "sft" else dpo_rows)(requests, feedback)
     if not rows:
         what = "corrected answers" if to == "sft" else "corrections or up/down pairs on the same prompt"
@@ -128,22 +138,35 @@ def export(serve_dir: str | Path, to: Literal["sft", "dpo"], out: str | Path) ->
             f"no {what} in {db} ({len(feedback)} feedback rows)",
             hint="SFT rows come from corrections; DPO rows from corrections and up/down ratings of one prompt.",
         )
-    return Export(write_new(out, rows, [db]), len(rows), skipped)
+    return Export(write_new(out, rows, inputs), len(rows), skipped)
 
 
 def export_retrain(
-    serve_dir: str | Path, baseline: Any, cfg: MonitorSection, out: str | Path, until: Any = None, embedder: Any = None
+    source: str | Path, baseline: Any, cfg: MonitorSection, out: str | Path, until: Any = None, embedder: Any = None
 ) -> Export:
     """The next training set: every corrected answer, plus the recent window's out-of-distribution prompts with the
     answer served (unless rated down without a correction). Messages rows; review them before training."""
+    rows, skipped, db, inputs = retrain_rows(source, baseline, cfg, until, embedder)
+    if not rows:
+        raise DataError(
+            f"nothing to retrain on in {db}: no corrections and no out-of-distribution prompts",
+            hint="Correct answers through POST /v1/feedback, or pass --baseline to find drifted prompts.",
+        )
+    return Export(write_new(out, rows, inputs), len(rows), skipped)
+
+
+def retrain_rows(
+    source: str | Path, baseline: Any, cfg: MonitorSection, until: Any = None, embedder: Any = None
+) -> tuple[list[dict[str, Any]], dict[str, int], str, list[Path]]:
+    """export_retrain's rows (not written), what was skipped, the log's name and its file."""
     from tunesmith.monitor import drift
     from tunesmith.monitor.traffic import out_of_distribution, prompt_text, read_windows, training_traffic
 
-    requests, feedback, db = _read_log(serve_dir)
+    requests, feedback, db, inputs = _read_log(source)
     rows, skipped = sft_rows(requests, feedback)
     corrected = {r["id"] for r in rows}
     verdicts = latest_feedback(feedback)
-    w = read_windows(serve_dir, cfg.window_hours, until)
+    w = read_windows(source, cfg.window_hours, until)
     candidates = [
         r
         for r in w.recent
@@ -165,9 +188,4 @@ def export_retrain(
             for r, off in zip(candidates, flags)
             if off
         ]
-    if not rows:
-        raise DataError(
-            f"nothing to retrain on in {db}: no corrections and no out-of-distribution prompts",
-            hint="Correct answers through POST /v1/feedback, or pass --baseline to find drifted prompts.",
-        )
-    return Export(write_new(out, rows, [db]), len(rows), skipped)
+    return rows, skipped, db, inputs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.plan import cost
@@ -19,7 +20,7 @@ def data_lengths(recipe: Recipe, tokenizer: Any) -> tuple[list[int], float]:
     from tunesmith.data.dataset import recipe_examples, tokenize_examples
 
     train, _ = recipe_examples(recipe)
-    rows, stats = tokenize_examples(tokenizer, train, recipe.data.max_length, "truncate")
+    rows, stats = tokenize_examples(tokenizer, train, recipe.data.max_length, "truncate", recipe.data.reasoning)
     return [len(r["input_ids"]) for r in rows], stats.trained_tokens / max(stats.tokens, 1)
 
 
@@ -130,13 +131,16 @@ def plan(
     lengths: list[int] | None = None,
     trained: float | None = None,
     shared: int = 0,
+    nnodes: int = 1,
 ) -> Plan:
-    """Estimate the recipe's training run on `gpu` (h100, a100, l4, rtx4090, or cpu: this machine) x nproc.
+    """Estimate the recipe's training run on `gpu` (h100, a100, l4, rtx4090, or cpu: this machine) x nproc per node
+    x nnodes; the Plan's nproc is every device together.
 
     lengths/trained: the training rows' token lengths and trained-token share when already tokenized;
     otherwise the recipe's data is tokenized with `tokenizer`. shared: the leading tokens every row has
     (speed.shared_prefix runs them once per pass).
     """
+    nproc *= nnodes
     from tunesmith import models
     from tunesmith.errors import RecipeError
     from tunesmith.train.speed import uses_bf16
@@ -180,4 +184,47 @@ def plan(
         device_tflops=round(hw.peak_tflops, 4),
         usd=round(secs / 3600 * hw.usd_per_hour * nproc, 2),
         fix=[] if fits else _fix(recipe, shape, lengths, trained, hw, shared),
+    )
+
+
+# What FSDP (full sharding) and DeepSpeed ZeRO-3 divide between the devices; activations, logits and the process
+# itself stay whole on each device.
+SHARDED_STATE = ("weights", "adapter", "optimizer", "gradients")
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """How the devices of a planned run share the model: what `tunesmith train --accelerate-config` is given."""
+
+    name: str  # "single" (one device, no launch), "ddp" (a whole copy per device) or "fsdp" (sharded)
+    per_device_mb: float  # the memory estimate of one device under this strategy
+    fits: bool
+    reason: str
+
+
+def strategy(p: Plan, adapter: str) -> Strategy:
+    """The planner's rule: data parallel (DDP) whenever a whole copy fits one device; otherwise, on GPUs, FSDP over
+    every device of every node, which divides weights, adapter, optimizer state and gradients by the device count.
+
+    DDP first because it sends only gradients between devices once per step, where FSDP gathers every layer's
+    weights in each forward and backward pass (over the network, between nodes). Sharding is GPU only (accelerate
+    runs FSDP/DeepSpeed on CUDA process groups) and not offered for QLoRA (train/policy.py refuses it under FSDP).
+    """
+    whole, capacity, devices = p.memory_mb["total"], p.capacity_mb, p.nproc
+    if devices == 1:
+        return Strategy("single", whole, p.fits, "one device holds the whole model")
+    if p.fits:
+        return Strategy("ddp", whole, True, f"a whole copy fits each of the {devices} devices: plain data parallel")
+    if p.hardware == "cpu" or adapter == "qlora":
+        why = "FSDP runs on GPUs only" if p.hardware == "cpu" else "QLoRA is not sharded (FSDP refuses a 4-bit base)"
+        return Strategy("ddp", whole, False, f"a whole copy does not fit one device and {why}: apply the fixes")
+    sharded = whole - sum(p.memory_mb[k] for k in SHARDED_STATE) * (devices - 1) / devices
+    fits = sharded <= capacity
+    verdict = "fits" if fits else "does not fit either: add devices or apply the fixes"
+    return Strategy(
+        "fsdp",
+        round(sharded, 1),
+        fits,
+        f"a whole copy ({whole:,.0f} MiB) does not fit one device ({capacity:,.0f} MiB); sharded over {devices} "
+        f"devices it needs {sharded:,.0f} MiB each and {verdict}",
     )

@@ -38,6 +38,7 @@ class ServedModel:
     template_warning: str | None = None
     rag: Any = None  # the run recipe's RagSection, when it trained with retrieval
     recipe: Any = None
+    thinking: bool | None = None  # the run's thinking mode (Manifest.family): prompts are rendered in it
 
     @property
     def data_hash(self) -> str | None:
@@ -99,6 +100,8 @@ class Engine:
         return models.chat_template_hash(self.tokenizer)
 
     def _served_from_run(self, name: str, peft_name: str | None, run: Any) -> ServedModel:
+        from tunesmith.loader import run_thinking
+
         now = self._template_hash()
         warning = None
         if run.template_hash != now:
@@ -116,6 +119,7 @@ class Engine:
             warning,
             getattr(run.recipe, "rag", None),
             run.recipe,
+            run_thinking(run),
         )
 
     def add_adapter(self, name: str, path: str | Path) -> ServedModel:
@@ -216,18 +220,25 @@ class Engine:
                 yield served
 
     # -- generation -------------------------------------------------------------------------------
-    def prompt_tokens(self, conversation: list[dict[str, Any]]) -> int:
-        from tunesmith.data.template import render_prompt
+    def prompt(self, name: str | None, conversation: list[dict[str, Any]]) -> str:
+        """The prompt text served model `name` is sent: the one render (eval.generate.prompt_text), in its run's
+        thinking mode."""
+        from tunesmith.eval.generate import prompt_text
 
+        thinking = self.resolve(name).thinking
         with self._count_lock:
-            text = render_prompt(self._count_tokenizer, conversation)
+            return prompt_text(self.model, self._count_tokenizer, conversation, thinking)
+
+    def prompt_tokens(self, conversation: list[dict[str, Any]], name: str | None = None) -> int:
+        text = self.prompt(name, conversation)
+        with self._count_lock:
             return len(self._count_tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def generate_batch(self, name: str, conversations: list[list[dict[str, Any]]], params: Any) -> list[Any]:
         """Completions (tunesmith.eval.generate.Completion) for one group sharing model and sampling parameters."""
         from tunesmith.eval.generate import generate_detailed
 
-        with self.activate(name):
+        with self.activate(name) as served:
             return generate_detailed(
                 self.model,
                 self.tokenizer,
@@ -238,15 +249,16 @@ class Engine:
                 top_p=params.top_p,
                 seed=params.seed,
                 stop=list(params.stop) or None,
+                thinking=served.thinking,
             )
 
     def stream(
         self, name: str, conversation: list[dict[str, Any]], params: Any, cancel: threading.Event, timeout_s: float
     ) -> Iterator[tuple[str, Any]]:
         """Yield (delta, TextStream) pieces of one streamed completion, holding the model for its duration."""
-        from tunesmith.eval.generate import generate_stream
+        from tunesmith.eval.stream import generate_stream
 
-        with self.activate(name):
+        with self.activate(name) as served:
             ts = generate_stream(
                 self.model,
                 self.tokenizer,
@@ -258,6 +270,7 @@ class Engine:
                 stop=list(params.stop) or None,
                 cancel=cancel,
                 timeout_s=timeout_s,
+                thinking=served.thinking,
             )
             for delta in ts:
                 yield delta, ts

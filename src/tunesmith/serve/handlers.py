@@ -51,12 +51,17 @@ class Call:
     params: Params | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    output: str = ""
+    output: str = ""  # the whole completion (a reasoning trace included): what the request log keeps
+    answer: str = ""  # chat: the content after any trace
+    reasoning: str | None = None  # chat: the trace, returned as reasoning_content (None: the output has none)
+    opened: bool = False  # the prompt opened a trace: the completion starts inside it
+    think: tuple[str, str] = ("<think>", "</think>")  # the family's trace markers
     finish_reason: str | None = None
     ttft_s: float | None = None
     status: int = 200
     error: str | None = None
     logged: bool = True  # False for the deploy check's own requests: they are not user traffic
+    variant: str = "primary"  # which side of a rollout answers: primary | canary | shadow (serve/rollout.py)
     finished: bool = False  # the log row is written: never a second one
 
 
@@ -66,11 +71,15 @@ def _not_loaded(state: Any) -> ApiError:
 
 
 def _count_prompt(state: Any, call: Call) -> None:
-    """call.prompt_tokens through the model's chat template; a template that refuses the messages is a 400."""
+    """call.prompt_tokens through the model's chat template (the one render, in the served run's thinking mode),
+    and whether that prompt opens a reasoning trace; a template that refuses the messages is a 400."""
     from jinja2.exceptions import TemplateError
 
+    from tunesmith.eval.generate import family_of, opens_trace
+
     try:
-        call.prompt_tokens = state.engine.prompt_tokens(call.conversation)
+        prompt = state.engine.prompt(call.served.name, call.conversation)
+        call.prompt_tokens = state.engine.prompt_tokens(call.conversation, call.served.name)
     except TemplateError as exc:
         raise ApiError(
             400,
@@ -78,6 +87,8 @@ def _count_prompt(state: Any, call: Call) -> None:
             param="messages" if call.kind == "chat" else "prompt",
             code="invalid_messages",
         ) from None
+    family = family_of(state.engine.model, state.engine.tokenizer)
+    call.opened, call.think = opens_trace(prompt, family), family.think
 
 
 def _prepare(state: Any, call: Call) -> None:
@@ -90,6 +101,8 @@ def _prepare(state: Any, call: Call) -> None:
             404, f"the model {body.model!r} does not exist (GET /v1/models lists them)", param="model", code="model_not_found"
         ) from None
     call.model = call.served.name
+    if state.rollouts is not None:
+        state.rollouts.route(state, call)  # canary: a share of `model` answered by the candidate (call.served)
     call.conversation = body.conversation() if call.kind == "chat" else [{"role": "user", "content": body.text()}]
     retrieve(state, call, body.rag)
     _count_prompt(state, call)
@@ -138,6 +151,7 @@ def _row(state: Any, call: Call) -> RequestRow:
         rag=bool(call.passages),
         sources=[SourceRef(source=p.source, line=p.line, chunk_id=p.chunk_id, score=p.score) for p in call.passages],
         content_logged=content,
+        variant=call.variant,
     )
 
 
@@ -150,18 +164,21 @@ async def finish(state: Any, call: Call, error: ApiError | None = None) -> None:
         call.status, call.error = error.status, error.code or error.type
     latency = time.monotonic() - call.t0
     ok = call.status < 400
-    state.metrics.observe(
-        call.model or "unknown",
-        call.status,
-        latency if ok else None,
-        call.ttft_s,
-        call.prompt_tokens if ok else 0,
-        call.completion_tokens,
-    )
-    if not ok:
-        state.metrics.errors.labels(call.error or str(call.status)).inc()
+    if call.variant != "shadow":  # a shadow copy is no client's request: counted by variant only (serve/rollout.py)
+        state.metrics.observe(
+            call.model or "unknown",
+            call.status,
+            latency if ok else None,
+            call.ttft_s,
+            call.prompt_tokens if ok else 0,
+            call.completion_tokens,
+        )
+        if not ok:
+            state.metrics.errors.labels(call.error or str(call.status)).inc()
     if state.store is not None and call.logged:
         await run_in_threadpool(state.store.add_request, _row(state, call))
+    if state.rollouts is not None and call.logged:
+        state.rollouts.finished(state, call)  # per-variant series; a shadow copy of a primary answer starts here
 
 
 def _worker_error(call: Call, exc: BaseException) -> ApiError:
@@ -204,7 +221,7 @@ def _submit(state: Any, call: Call) -> Job:
     assert call.params is not None
     loop = asyncio.get_running_loop()
     job = Job(
-        call.model,
+        call.served.name,  # the engine's name: the candidate's when a canary answers for `model`
         call.conversation,
         call.params,
         loop,
@@ -278,6 +295,7 @@ async def _answer(state: Any, request: Request, call: Call) -> Any:
         stream = _stream(state, call, job, first)
         return StreamingResponse(stream, media_type="text/event-stream", headers={"x-request-id": call.request_id})
     call.output, call.finish_reason = first.text, first.finish_reason
+    call.answer, call.reasoning = first.answer, first.reasoning
     call.completion_tokens = first.completion_tokens
     await finish(state, call)
     return JSONResponse(responses.body(call), headers={"x-request-id": call.request_id})
@@ -285,8 +303,12 @@ async def _answer(state: Any, request: Request, call: Call) -> Any:
 
 async def _stream(state: Any, call: Call, job: Job, first: Any) -> AsyncIterator[str]:
     """SSE chunks from the worker's deltas (`first` already taken); a client that goes away cancels the generation."""
+    from tunesmith.data.reasoning import TraceStream
+
     assert job.deltas is not None
     item = first
+    # Chat: a reasoning trace streams as `reasoning_content` deltas, the answer as `content` (split as non-streamed).
+    split = TraceStream(call.opened, call.think) if call.kind == "chat" else None
     try:
         yield responses.chunk(call, None, first=True)
         while True:
@@ -298,7 +320,8 @@ async def _stream(state: Any, call: Call, job: Job, first: Any) -> AsyncIterator
                 if call.ttft_s is None:
                     call.ttft_s = time.monotonic() - call.t0
                 call.output += item
-                yield responses.chunk(call, item)
+                for kind, piece in split.feed(item) if split is not None else [("content", item)]:
+                    yield responses.chunk(call, piece, kind=kind)
                 item = await job.deltas.get()
                 continue
             call.completion_tokens, call.finish_reason = item.completion_tokens, item.finish_reason
@@ -306,6 +329,8 @@ async def _stream(state: Any, call: Call, job: Job, first: Any) -> AsyncIterator
                 call.finish_reason = "length"
                 state.metrics.cancelled.labels("timeout").inc()
             break
+        for kind, piece in split.finish() if split is not None else []:
+            yield responses.chunk(call, piece, kind=kind)
         yield responses.chunk(call, None, responses.finish_reason(call.finish_reason))
         if call.body.include_usage:
             yield responses.usage_chunk(call)

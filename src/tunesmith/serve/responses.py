@@ -43,7 +43,10 @@ def body(call: Call) -> dict[str, Any]:
     """The whole (non-streamed) response object."""
     choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason(call.finish_reason), "logprobs": None}
     if call.kind == "chat":
-        choice["message"] = {"role": "assistant", "content": call.output}
+        # As OpenAI-compatible reasoning servers do: the trace apart from the answer.
+        choice["message"] = {"role": "assistant", "content": call.answer}
+        if call.reasoning is not None:
+            choice["message"]["reasoning_content"] = call.reasoning
     else:
         choice["text"] = call.output
     out = {**envelope(call, False), "choices": [choice], "usage": usage(call)}
@@ -52,10 +55,12 @@ def body(call: Call) -> dict[str, Any]:
     return out
 
 
-def chunk(call: Call, text: str | None, finish: str | None = None, first: bool = False) -> str:
-    """One SSE event: the first (role, sources), a text delta, or the last (finish_reason)."""
+def chunk(call: Call, text: str | None, finish: str | None = None, first: bool = False, kind: str = "content") -> str:
+    """One SSE event: the first (role, sources), a text delta (`kind` content, or reasoning: a
+    `reasoning_content` delta), or the last (finish_reason)."""
     if call.kind == "chat":
-        delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else ({"content": text} if text else {})
+        key = "reasoning_content" if kind == "reasoning" else "content"
+        delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else ({key: text} if text else {})
         choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
     else:
         choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}

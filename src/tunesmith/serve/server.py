@@ -31,7 +31,7 @@ class ServeOptions:
     host: str = "127.0.0.1"
     port: int = 8000
     dir: Path = Path("serve")
-    log_path: Path | None = None
+    log_path: str | Path | None = None  # a file, or a postgresql:// URL shared by several replicas
     log: bool = True
     log_content: bool = True
     api_keys: list[str] = field(default_factory=list)
@@ -46,6 +46,7 @@ class ServeOptions:
     engine: str = "transformers"
     dtype: str = "auto"
     name: str | None = None  # the served run's (or model's) name; default: its folder name
+    replica_id: str | None = None  # written into every log row; default: hostname:port
 
 
 @dataclass
@@ -53,7 +54,7 @@ class Prepared:
     app: Any
     url: str
     generated_key: str | None
-    log_path: Path | None
+    log_path: str | None  # where the log is, for people (a URL's password masked)
 
 
 def serve_dir(path: Path) -> Path:
@@ -148,7 +149,7 @@ def prepare(opts: ServeOptions) -> Prepared:
     """Validate the options and build the app (the model loads once the server runs)."""
     from tunesmith.rag.index import read_meta
     from tunesmith.run import is_run_dir
-    from tunesmith.serve.store import RequestLog
+    from tunesmith.serve.store import DB_NAME, RequestLog, is_url
 
     # Everything that can be refused is checked before the serve folder is made or the model loads.
     check_listen(opts.host, opts.port)
@@ -171,12 +172,13 @@ def prepare(opts: ServeOptions) -> Prepared:
     if opts.adapters_dir is not None and not opts.adapters_dir.is_dir():
         raise RunError(f"--adapters-dir {opts.adapters_dir} is not a folder")
     KeyRing.build(_user_keys(opts), opts.admin_keys, opts.keys_file)  # a bad key or keys file: refused here
+    replica = replica_id(opts)
+    shared = opts.log and opts.log_path is not None and is_url(opts.log_path)
+    store = RequestLog.open(str(opts.log_path), create=True, replica=replica) if shared else None  # unreachable: refused
     folder = serve_dir(opts.dir)
     keys, generated = _keys(opts, folder)
-    store, log_path = None, None
-    if opts.log:
-        log_path = opts.log_path or folder / "requests.sqlite"
-        store = RequestLog.open(log_path, create=True)
+    if opts.log and store is None:
+        store = RequestLog.open(opts.log_path or folder / DB_NAME, create=True, replica=replica)
     adapters_dir = opts.adapters_dir
     if adapters_dir is None:  # sibling runs of the served run are the natural candidates
         adapters_dir = Path(opts.target).resolve().parent if is_run_dir(opts.target) else folder / "adapters"
@@ -193,6 +195,15 @@ def prepare(opts: ServeOptions) -> Prepared:
         adapters_dir=adapters_dir,
         check=opts.check,
         check_url=url,
+        serve_dir=folder,
     )
     app = create_app(loader(opts, adapters), settings, store)
-    return Prepared(app, url, generated, log_path)
+    return Prepared(app, url, generated, store.location if store is not None else None)
+
+
+def replica_id(opts: ServeOptions) -> str:
+    """This server's name in the request log: --replica-id, else hostname:port (unique behind one load balancer)."""
+    name = opts.replica_id if opts.replica_id is not None else f"{socket.gethostname()}:{opts.port}"
+    if not name.strip() or len(name) > 200 or not name.isprintable():
+        raise RunError(f"--replica-id {name!r} is not a usable name", hint="Use 1-200 printable characters, e.g. web-1:8000.")
+    return name

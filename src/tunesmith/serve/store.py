@@ -1,38 +1,37 @@
-"""The request log: every served request and every piece of feedback, in one SQLite file.
+"""The request log: every served request and every piece of feedback, behind one interface with two backends.
 
-Rows are written and read here only, as `RequestRow` / `FeedbackRow` (pydantic, schema_version);
-monitoring, `feedback export` and retraining read them through `RequestLog.open(path)`.
-The file runs in WAL mode with synchronous=FULL and each row is committed before the server
-answers, so a crash loses no acknowledged request.
+Rows are written and read here only, as `RequestRow` / `FeedbackRow` (pydantic, schema_version); serve, monitoring,
+`feedback export` and the studio all go through `RequestLog.open(location)`, where location is
+
+- a serve folder or a .sqlite file: SQLite (tunesmith.serve.log_sqlite), the default, for one server;
+- a postgresql:// URL: PostgreSQL (tunesmith.serve.log_postgres), one log shared by several replicas.
+
+Both backends hold the same tables (tunesmith.serve.log_schema: requests, feedback, log_meta, upgraded by schema_version),
+and commit each row before the server answers, so a crash loses no acknowledged request. Every row names the replica
+that wrote it. A password in a URL is never shown: messages and labels carry `mask_url(url)`.
 """
 
 from __future__ import annotations
 
-import sqlite3
+import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, ClassVar, Literal, Self
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tunesmith.errors import RunError
+from tunesmith.serve.log_schema import LOG_SCHEMA_VERSION as LOG_SCHEMA_VERSION  # re-exported: the log's version
 
-REQUEST_ROW_VERSION = 1
-FEEDBACK_ROW_VERSION = 1
+REQUEST_ROW_VERSION = 3  # 2: `replica`; 3: `variant`
+FEEDBACK_ROW_VERSION = 2  # 2: `replica`
 DB_NAME = "requests.sqlite"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS requests (
-    request_id TEXT PRIMARY KEY, time REAL NOT NULL, model TEXT NOT NULL, row TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS requests_time ON requests(time);
-CREATE TABLE IF NOT EXISTS feedback (
-    feedback_id TEXT PRIMARY KEY, request_id TEXT NOT NULL, time REAL NOT NULL, row TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS feedback_time ON feedback(time);
-"""
+URL_SCHEMES = ("postgresql://", "postgres://")
 
 
 class _Row(BaseModel):
@@ -82,6 +81,12 @@ class RequestRow(_Row):
     rag: bool = False
     sources: list[SourceRef] = Field(default_factory=list)
     content_logged: bool = True
+    replica: str | None = Field(None, description="The server that answered (serve --replica-id, default host:port).")
+    variant: Literal["primary", "canary", "shadow"] = Field(
+        "primary",
+        description="Which side of a rollout answered (serve/rollout.py): primary (the served adapter), canary (the "
+        "candidate, answer returned) or shadow (the candidate on a copy of the request, answer never returned).",
+    )
 
     @property
     def answered(self) -> bool:
@@ -106,6 +111,36 @@ class FeedbackRow(_Row):
     time: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     rating: Literal["up", "down"]
     correction: str | None = Field(None, description="The answer the model should have given.")
+    replica: str | None = Field(None, description="The server the feedback was given to.")
+
+
+def is_url(location: str | Path) -> bool:
+    """Does `location` name a PostgreSQL database (rather than a file or folder)?"""
+    return isinstance(location, str) and location.startswith(URL_SCHEMES)
+
+
+def mask_url(url: str) -> str:
+    """`url` with its password (in the user part or a `password=` parameter) shown as ***."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.partition(':')[0]}:***@{host}"
+    query = parts.query
+    if "password=" in query:
+        query = urlencode([(k, "***" if k == "password" else v) for k, v in parse_qsl(query, keep_blank_values=True)])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` (a driver's message) with every occurrence of `url`'s password replaced by ***."""
+    from urllib.parse import unquote
+
+    parts = urlsplit(url)
+    secrets = [parts.password or ""] + [v for k, v in parse_qsl(parts.query) if k == "password"]
+    for secret in filter(None, secrets):
+        text = text.replace(secret, "***").replace(unquote(secret), "***")
+    return text.replace(url, mask_url(url))
 
 
 def _epoch(value: datetime | float | None) -> float | None:
@@ -116,111 +151,82 @@ def _epoch(value: datetime | float | None) -> float | None:
     return value.timestamp()
 
 
-def _check_version(raw: str, model: type[_Row], version: int, path: Path) -> _Row:
+def _check_version(raw: str, model: type[_Row], version: int, where: str) -> _Row:
+    """The stored row; RunError when it is newer than this code (told as such, even when its new fields are what
+    fails validation) or does not match its schema."""
     try:
         row = model.model_validate_json(raw)
+        found = row.schema_version  # type: ignore[attr-defined]
     except ValidationError as exc:
-        raise RunError(f"{path}: a stored {model.__name__} does not match its schema: {exc.errors()[0]['msg']}") from None
-    if row.schema_version > version:  # type: ignore[attr-defined]
+        try:
+            found = int(json.loads(raw).get("schema_version", 0))
+        except (ValueError, TypeError, AttributeError):
+            found = 0
+        if found <= version:
+            raise RunError(f"{where}: a stored {model.__name__} does not match its schema: {exc.errors()[0]['msg']}") from None
+    if found > version:
         raise RunError(
-            f"{path} holds {model.__name__} schema_version {row.schema_version}, newer than this "  # type: ignore[attr-defined]
-            f"tunesmith reads ({version})",
+            f"{where} holds {model.__name__} schema_version {found}, newer than this tunesmith reads ({version})",
             hint="Upgrade tunesmith to read it.",
         )
     return row
 
 
-def _tables(conn: sqlite3.Connection) -> set[str]:
-    """Table names of an open database; empty when the file is not SQLite (or cannot be read)."""
-    try:
-        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    except sqlite3.DatabaseError:
-        return set()
-
-
-def _connect_ro(path: Path, immutable: bool) -> sqlite3.Connection:
-    uri = path.resolve().as_uri() + ("?immutable=1" if immutable else "?mode=ro")
-    conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA busy_timeout=5000")
-    return conn
-
-
-def _open_reader(path: Path) -> sqlite3.Connection:
-    """A read-only connection to an existing request log; RunError for a missing, empty or foreign file.
-
-    A log in WAL mode needs its -shm file: when the folder is read-only and no -shm exists, the file is read as
-    immutable, which is exact only while no -wal file holds rows not yet copied into the main file.
-    """
-    if not path.exists():
-        raise RunError(f"no request log at {path}", hint="Point at a serve folder (default ./serve) or its requests.sqlite.")
-    if not path.is_file():
-        raise RunError(f"{path} is not a file", hint="Point at a serve folder or its requests.sqlite.")
-    if path.stat().st_size == 0:
-        raise RunError(
-            f"{path} is empty (0 bytes): not a request log, so there is no traffic to read",
-            hint="Point at the log of a server that answered requests (`tunesmith serve` writes <dir>/requests.sqlite).",
-        )
-    conn = None
-    try:
-        conn = _connect_ro(path, immutable=False)
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    except sqlite3.OperationalError as exc:  # e.g. the -shm file cannot be created in a read-only folder
-        wal = path.with_name(path.name + "-wal")
-        if wal.exists() and wal.stat().st_size > 0:
-            raise RunError(
-                f"cannot read {path} read-only: {exc}; its {wal.name} holds rows not yet in the main file",
-                hint="Copy the serve folder somewhere writable (or let serve stop cleanly) and read the copy.",
-            ) from None
-        if conn is not None:
-            conn.close()
-        conn = _connect_ro(path, immutable=True)
-        tables = _tables(conn)
-    except sqlite3.DatabaseError:
-        tables = set()
-    if not {"requests", "feedback"} <= tables:
-        if conn is not None:
-            conn.close()
-        raise RunError(f"{path} is not a tunesmith request log", hint="Point at a serve folder or its requests.sqlite.")
-    assert conn is not None
-    return conn
+def _window(since: datetime | float | None, until: datetime | float | None) -> tuple[str, list[float]]:
+    """WHERE clause (`?` placeholders) and parameters for since <= time < until; either end may be open."""
+    clauses, params = [], []
+    for op, bound in ((">=", _epoch(since)), ("<", _epoch(until))):
+        if bound is not None:
+            clauses.append(f"time {op} ?")
+            params.append(float(bound))
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
 class RequestLog:
-    """Thread-safe access to one request-log database (one connection, serialised by a lock)."""
+    """One request log, thread-safe: the shared logic of both backends over their `_run` (one statement, committed).
 
-    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
-        self.path = path
-        self._conn = conn
+    SQL here is written with `?` placeholders and syntax both SQLite and PostgreSQL accept.
+    """
+
+    backend: ClassVar[str] = ""
+    order_tiebreak: ClassVar[str] = ""  # the column that keeps insertion order among rows of equal time
+
+    def __init__(self, location: str, replica: str | None, schema_version: int, path: Path | None = None) -> None:
+        self.location = location  # for people: a file path, or the URL with its password masked
+        self.replica = replica
+        self.schema_version = schema_version
+        self.path = path  # the SQLite file (None for PostgreSQL)
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, path: str | Path, *, create: bool = False) -> RequestLog:
-        """Open the log at `path` (the .sqlite file, or a serve folder holding requests.sqlite).
+    def open(cls, location: str | Path, *, create: bool = False, replica: str | None = None) -> RequestLog:
+        """Open the log at `location`: a postgresql:// URL, a .sqlite file, or a serve folder holding requests.sqlite.
 
-        Readers (the default) open an existing log read-only and never change the file; serve passes create=True.
+        Readers (the default) open an existing log read-only and never change it; serve passes create=True, which
+        creates the tables or upgrades older ones. `replica` is written into every row this handle adds.
         """
-        path = Path(path)
-        if path.is_dir():
-            path = path / DB_NAME
-        if not create:
-            return cls(path, _open_reader(path))
-        if path.exists() and not path.is_file():
-            raise RunError(f"{path} is not a file", hint="Pass --log with a file path (or leave it out).")
-        existed = path.exists() and path.stat().st_size > 0  # 0 bytes: an empty file holds nothing to lose
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        if existed and "requests" not in _tables(conn):  # never add tables to a file someone else made
-            conn.close()
-            raise RunError(f"{path} exists and is not a tunesmith request log", hint="Pass a new path.")
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")  # WAL + FULL: a committed row survives power loss
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.executescript(_SCHEMA)
-        return cls(path, conn)
+        if is_url(location):
+            from tunesmith.serve.log_postgres import PostgresLog
+
+            return PostgresLog.connect(str(location), create=create, replica=replica)
+        from tunesmith.serve.log_sqlite import SqliteLog
+
+        return SqliteLog.connect(Path(location), create=create, replica=replica)
+
+    # --- what a backend provides ---------------------------------------------------------------------------------
+
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Execute one statement (committed at once); its rows, or [] for a statement that returns none."""
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+    # --- the interface -------------------------------------------------------------------------------------------
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            self._close()
 
     def __enter__(self) -> Self:
         return self
@@ -228,64 +234,94 @@ class RequestLog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _stamp(self, row: Any) -> Any:
+        return row.model_copy(update={"replica": self.replica}) if row.replica is None and self.replica else row
+
     def add_request(self, row: RequestRow) -> None:
         """Insert (or replace, for a retried id) one request row and commit it before returning."""
+        row = self._stamp(row)
         with self._lock:
-            self._conn.execute(
-                "INSERT OR REPLACE INTO requests (request_id, time, model, row) VALUES (?, ?, ?, ?)",
-                (row.request_id, _epoch(row.time), row.model, row.model_dump_json()),
+            self._run(
+                "INSERT INTO requests (request_id, time, model, replica, variant, row) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (request_id) DO UPDATE SET time = excluded.time, model = excluded.model, "
+                "replica = excluded.replica, variant = excluded.variant, row = excluded.row",
+                (row.request_id, _epoch(row.time), row.model, row.replica, row.variant, row.model_dump_json()),
             )
 
     def add_feedback(self, row: FeedbackRow) -> None:
-        """Store feedback on a logged, successfully answered request.
+        """Store feedback on a logged, successfully answered request (whichever replica answered it).
 
         UnknownRequest when the id is not in the log; FailedRequest when it was answered with an error
         (4xx/5xx, a client that left): there is no answer to judge, and it must never become a training row.
         """
+        row = self._stamp(row)
         with self._lock:
-            hit = self._conn.execute("SELECT row FROM requests WHERE request_id = ?", (row.request_id,)).fetchone()
-            if hit is None:
+            hit = self._run("SELECT row FROM requests WHERE request_id = ?", (row.request_id,))
+            if not hit:
                 raise UnknownRequest(f"unknown request_id {row.request_id!r}")
-            asked: RequestRow = _check_version(hit[0], RequestRow, REQUEST_ROW_VERSION, self.path)  # type: ignore[assignment]
+            asked: RequestRow = _check_version(hit[0][0], RequestRow, REQUEST_ROW_VERSION, self.location)  # type: ignore[assignment]
+            if asked.variant == "shadow":  # a shadow answer was never returned: no client can have judged it
+                raise UnknownRequest(f"unknown request_id {row.request_id!r}")
             if not asked.answered:
                 raise FailedRequest(
                     f"request {row.request_id!r} was answered with HTTP {asked.status} ({asked.error or 'error'}): "
                     "there is no answer to give feedback on"
                 )
-            self._conn.execute(
-                "INSERT INTO feedback (feedback_id, request_id, time, row) VALUES (?, ?, ?, ?)",
-                (row.feedback_id, row.request_id, _epoch(row.time), row.model_dump_json()),
+            self._run(
+                "INSERT INTO feedback (feedback_id, request_id, time, replica, row) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (feedback_id) DO NOTHING",
+                (row.feedback_id, row.request_id, _epoch(row.time), row.replica, row.model_dump_json()),
             )
 
     def get_request(self, request_id: str) -> RequestRow | None:
         with self._lock:
-            hit = self._conn.execute("SELECT row FROM requests WHERE request_id = ?", (request_id,)).fetchone()
-        return None if hit is None else _check_version(hit[0], RequestRow, REQUEST_ROW_VERSION, self.path)  # type: ignore[return-value]
+            hit = self._run("SELECT row FROM requests WHERE request_id = ?", (request_id,))
+        return _check_version(hit[0][0], RequestRow, REQUEST_ROW_VERSION, self.location) if hit else None  # type: ignore[return-value]
 
     def iter_requests(self, since: datetime | float | None = None, until: datetime | float | None = None) -> Iterator[RequestRow]:
         """Request rows in arrival order, since <= time < until (datetimes, naive = UTC, or epoch seconds)."""
-        lo, hi = _epoch(since), _epoch(until)
-        sql = "SELECT row FROM requests WHERE time >= ? AND time < ? ORDER BY time, rowid"
+        where, params = _window(since, until)
         with self._lock:
-            raws = [
-                r[0]
-                for r in self._conn.execute(
-                    sql, (lo if lo is not None else float("-inf"), hi if hi is not None else float("inf"))
-                )
-            ]
+            raws = [r[0] for r in self._run(f"SELECT row FROM requests{where} ORDER BY time, {self.order_tiebreak}", params)]
         for raw in raws:
-            yield _check_version(raw, RequestRow, REQUEST_ROW_VERSION, self.path)  # type: ignore[misc]
+            yield _check_version(raw, RequestRow, REQUEST_ROW_VERSION, self.location)  # type: ignore[misc]
 
     def iter_feedback(self) -> Iterator[FeedbackRow]:
         """Feedback rows in the order they were given."""
         with self._lock:
-            raws = [r[0] for r in self._conn.execute("SELECT row FROM feedback ORDER BY time, rowid")]
+            raws = [r[0] for r in self._run(f"SELECT row FROM feedback ORDER BY time, {self.order_tiebreak}")]
         for raw in raws:
-            yield _check_version(raw, FeedbackRow, FEEDBACK_ROW_VERSION, self.path)  # type: ignore[misc]
+            yield _check_version(raw, FeedbackRow, FEEDBACK_ROW_VERSION, self.location)  # type: ignore[misc]
 
-    def count(self) -> int:
+    def count(self, since: datetime | float | None = None, until: datetime | float | None = None) -> int:
+        """Request rows (every answer, errors included), since <= time < until."""
+        return sum(self.replica_counts(since, until).values())
+
+    def replica_counts(self, since: datetime | float | None = None, until: datetime | float | None = None) -> dict[str, int]:
+        """Request rows per replica, since <= time < until; rows written without a replica id count under ''."""
+        where, params = _window(since, until)
+        # A version-1 log opened read-only has no replica column: all its rows count under ''.
+        sql = (
+            "SELECT replica, COUNT(*) FROM requests{} GROUP BY replica"
+            if self.schema_version >= 2
+            else "SELECT NULL, COUNT(*) FROM requests{}"
+        )
         with self._lock:
-            return int(self._conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0])
+            hits = self._run(sql.format(where), params)
+        return {replica or "": int(n) for replica, n in hits if n}
+
+
+def log_metrics(registry: Any, store: RequestLog) -> None:
+    """`tunesmith_request_log_info{backend, location, replica} 1` on the server's /metrics (the password masked)."""
+    from prometheus_client import Gauge
+
+    info = Gauge(
+        "tunesmith_request_log_info",
+        "Where this server writes its request log.",
+        ["backend", "location", "replica"],
+        registry=registry,
+    )
+    info.labels(store.backend, store.location, store.replica or "").set(1)
 
 
 def new_request_id() -> str:

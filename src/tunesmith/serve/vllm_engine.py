@@ -1,6 +1,7 @@
 """The vLLM engine (GPU, optional extra `tunesmith[vllm]`): the same base + LoRA adapters, the same API and metrics.
 
-Prompts are rendered by tunesmith.data.template.render_prompt, as for the transformers engine, and
+Prompts are rendered by tunesmith.eval.generate.prompt_text (the run's thinking mode), as for the transformers
+engine; generation stops on the chat family's stop tokens; and
 adapters are vLLM LoRARequests on one base. vLLM's offline LLM generates a whole group at once, so a
 streamed request receives its answer as one delta (time to first token = total latency).
 """
@@ -58,9 +59,10 @@ class VllmEngine(Engine):
     def generate_batch(self, name: str, conversations: list[list[dict[str, Any]]], params: Any) -> list[Any]:
         from vllm import SamplingParams
 
-        from tunesmith.data.template import render_prompt
-        from tunesmith.eval.generate import Completion, FinishReason
+        from tunesmith import families
+        from tunesmith.eval.generate import Completion, FinishReason, opens_trace, prompt_text
 
+        family = families.for_tokenizer(self.tokenizer)
         with self.lock:
             served = self.resolve(name)
             lora = self._loras.get(served.peft_name) if served.peft_name else None
@@ -69,17 +71,19 @@ class VllmEngine(Engine):
                 top_p=params.top_p,
                 max_tokens=params.max_tokens,
                 stop=list(params.stop) or None,
+                stop_token_ids=family.stop_token_ids(self.tokenizer),  # the family's, as the transformers engine
                 seed=params.seed,
             )
-            prompts = [render_prompt(self.tokenizer, c) for c in conversations]
+            # The same render as the transformers engine (and training): the run's thinking mode.
+            prompts = [prompt_text(None, self.tokenizer, c, served.thinking) for c in conversations]
             outs = self.model.generate(prompts, sampling, lora_request=lora, use_tqdm=False)
         result = []
-        for out in outs:
+        for prompt, out in zip(prompts, outs):
             gen = out.outputs[0]
             reason: FinishReason = "length" if gen.finish_reason == "length" else "stop"
-            result.append(
-                Completion(gen.text.strip(), len(out.prompt_token_ids), len(gen.token_ids), reason, list(gen.token_ids))
-            )
+            opened = opens_trace(prompt, family)
+            ids = list(gen.token_ids)
+            result.append(Completion(gen.text.strip(), len(out.prompt_token_ids), len(ids), reason, ids, opened, family.think))
         return result
 
     def stream(
@@ -133,7 +137,11 @@ def load_vllm_engine(
         served = engine.add_adapter(run_name(run, name, True), run.dir)
         engine.default_name = served.name
     elif run is not None:
-        engine.models[base_name] = ServedModel(base_name, None, base_name, str(run.dir), dict(run.manifest.data))
+        from tunesmith.loader import run_thinking
+
+        engine.models[base_name] = ServedModel(
+            base_name, None, base_name, str(run.dir), dict(run.manifest.data), thinking=run_thinking(run)
+        )
     for adapter, path in (adapters or {}).items():
         engine.add_adapter(adapter, path)
     return engine

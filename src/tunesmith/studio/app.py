@@ -98,11 +98,12 @@ def create_app(config: StudioConfig) -> FastAPI:
             return JSONResponse({"error": {"message": exc.message, "hint": exc.hint or "", "status": 404}}, 404)
         return page(request, "error.html", 404, message=exc.message, hint=exc.hint)
 
-    from tunesmith.studio import routes_review, routes_work
+    from tunesmith.studio import routes_review, routes_sweeps, routes_work
 
     _runs_routes(app)
     app.include_router(routes_review.router)
     app.include_router(routes_work.router)
+    app.include_router(routes_sweeps.router)
     return app
 
 

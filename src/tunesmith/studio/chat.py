@@ -1,6 +1,6 @@
 """The chat playground: a run (tuned, or its base = the adapter disabled) or a model, streamed as server-sent events.
 
-Models load through `tunesmith.loader.load_target` and generate through `tunesmith.eval.generate.generate_stream`,
+Models load through `tunesmith.loader.load_target` and generate through `tunesmith.eval.stream.generate_stream`,
 so the playground renders prompts with the run's own chat template exactly as eval and serve do.
 Retrieved context enters through `tunesmith.rag.prompt.augment` when the run was trained with an index.
 """
@@ -90,8 +90,11 @@ def stream_reply(
     rag: bool = False,
     max_new_tokens: int = 128,
 ) -> Iterator[str]:
-    """SSE: `sources` (when RAG is on), `delta` text pieces, then `done` (finish reason) or `error` (a message)."""
-    from tunesmith.eval.generate import generate_stream
+    """SSE: `sources` (when RAG is on), `reasoning` pieces of a trace and `delta` pieces of the answer (split as
+    serve splits them), then `done` (finish reason) or `error` (a message). Prompts are rendered in the run's
+    thinking mode."""
+    from tunesmith.data.reasoning import TraceStream
+    from tunesmith.eval.stream import generate_stream
 
     try:
         with cache.lock:
@@ -104,10 +107,14 @@ def stream_reply(
                 yield _sse("sources", sources)
             ctx = loaded.model.disable_adapter() if side == "base" else nullcontext()
             with ctx:
-                stream = generate_stream(loaded.model, loaded.tokenizer, messages, max_new_tokens)
+                stream = generate_stream(loaded.model, loaded.tokenizer, messages, max_new_tokens, thinking=loaded.thinking)
+                split = TraceStream(stream.opened, stream.think)
                 try:
                     for delta in stream:
-                        yield _sse("delta", delta)
+                        for kind, piece in split.feed(delta):
+                            yield _sse("reasoning" if kind == "reasoning" else "delta", piece)
+                    for kind, piece in split.finish():
+                        yield _sse("reasoning" if kind == "reasoning" else "delta", piece)
                 finally:
                     stream.cancel()  # a client that went away stops the generation
             yield _sse("done", getattr(stream, "finish_reason", "stop"))

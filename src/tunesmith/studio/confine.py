@@ -128,7 +128,7 @@ def _check_eval(c: _Check, section: dict[str, Any], catalog: tuple[str, ...]) ->
             c.problems.append(
                 (f"eval.graders.{name}", "python graders run their code: put them in a graders file inside the studio's folders")
             )
-        elif grader.get("type") == "score_model":
+        elif grader.get("type") in ("score_model", "label_model"):
             c.model(f"eval.graders.{name}.model", grader.get("model"), catalog)
 
 

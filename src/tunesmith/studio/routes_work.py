@@ -222,17 +222,42 @@ def chat_stream(request: Request, body: ChatRequest) -> StreamingResponse:
 
 
 @router.get("/data", response_class=HTMLResponse)
-def data_page(request: Request, k: str = "") -> HTMLResponse:
-    """Browse a file's audit: findings grouped by code, each linked to its row."""
-    from tunesmith.data.audit import audit
+def data_page(
+    request: Request, k: str = "", model: str = "", reasoning: Literal["train", "mask", "drop"] = "train"
+) -> HTMLResponse:
+    """Browse a file's audit: findings grouped by code, each linked to its row; with a model (a catalog name or a
+    folder inside the studio's folders), the token checks too and sampled rows as training sees them."""
+    from markupsafe import Markup
 
-    report, path = None, None
+    from tunesmith.data.audit import audit
+    from tunesmith.data.html import rows_section
+    from tunesmith.studio.confine import model_problem
+
+    report, path, note, rows = None, None, None, Markup("")
     if k:
         path = request.app.state.roots.resolve(k)
         if not path.is_file():
             raise RunError("not a data file")
-        report = audit([str(path)], tokenizer=None)
-    return page(request, "data.html", files=data_files(request), k=k, path=path, report=report)
+        tokenizer = None
+        if model:
+            refused = model_problem(model, request.app.state.roots.dirs, request.app.state.config.models)
+            tokenizer, note = (None, f"model: {refused}") if refused else _tokenizer(model)
+        report = audit([str(path)], tokenizer=tokenizer, reasoning=reasoning)
+        if report.samples:  # the same fragment as the audit's HTML report (every piece of data text escaped)
+            rows = Markup(rows_section(report.samples))
+    return page(
+        request,
+        "data.html",
+        files=data_files(request),
+        k=k,
+        path=path,
+        report=report,
+        model=model,
+        reasoning=reasoning,
+        note=note,
+        rows=rows,
+        catalog=_catalog(),
+    )
 
 
 @router.get("/data/row", response_class=HTMLResponse)
@@ -336,6 +361,7 @@ def monitor_page(request: Request, offset: int = 0) -> HTMLResponse:
         feedback = list(log.iter_feedback())
     buckets = hourly(rows)
     rows.reverse()
+    from tunesmith.monitor.loop_report import cycles
     from tunesmith.monitor.report import latest
 
     return page(
@@ -348,7 +374,25 @@ def monitor_page(request: Request, offset: int = 0) -> HTMLResponse:
         feedback=feedback[-100:],
         buckets=buckets,
         drift=latest(serve_dir),
+        cycles=cycles(serve_dir),
     )
+
+
+@router.get("/monitor/cycle", response_class=HTMLResponse)
+def cycle_page(request: Request, c: str = "", page: str = "cycle") -> HTMLResponse:
+    """A `tunesmith loop` cycle's report (cycle.html) or its drift report (monitor.html); the monitor page without one."""
+    import re
+
+    serve_dir = request.app.state.config.serve_dir
+    if serve_dir is None or not c:
+        return monitor_page(request)
+    if not re.fullmatch(r"\d{8}T\d{6}Z", c) or page not in ("cycle", "monitor"):
+        raise RunError("no such loop cycle report")
+    path = Path(serve_dir) / "loop" / c / f"{page}.html"
+    if not path.is_file():
+        raise RunError(f"no {page} report for the loop cycle {c}")
+    html = path.read_text(encoding="utf-8").replace("href='monitor.html'", f"href='/monitor/cycle?c={c}&page=monitor'")
+    return HTMLResponse(html)
 
 
 def hourly(rows: list[Any]) -> list[dict[str, Any]]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.train import methods
 
@@ -11,11 +12,21 @@ if TYPE_CHECKING:
     from tunesmith.run import Run
 
 
-def run(recipe: Recipe, resume: bool = False, force: bool = False) -> Run:
-    """Train with the recipe's method and return the finished run."""
-    from tunesmith.train import skeleton  # torch, transformers and TRL: kept out of `tunesmith --help`
+def run(recipe: Recipe, resume: bool = False, force: bool = False, callbacks: Sequence[Any] = ()) -> Run:
+    """Train with the recipe's method and return the finished run. `callbacks`: more TrainerCallbacks, after the
+    standard ones (a sweep's pruning).
 
-    return skeleton.run(recipe, resume=resume, force=force)
+    Under --nproc/--nnodes a collective that fails because another rank stopped becomes faults.PeerLost.
+    """
+    from tunesmith.train import faults, skeleton  # torch, transformers and TRL: kept out of `tunesmith --help`
+
+    try:
+        return skeleton.run(recipe, resume=resume, force=force, callbacks=callbacks)
+    except Exception as exc:
+        lost = faults.peer_lost(exc, recipe.run_dir)
+        if lost is None:
+            raise
+        raise lost from None
 
 
 def summary(run: Run) -> str:
@@ -38,6 +49,22 @@ def summary(run: Run) -> str:
             f"data: {tok.kept} of {tok.examples} train rows used ({tok.dropped_overlong} over max_length, "
             f"{tok.dropped_no_trained_tokens} without trained tokens dropped)"
         )
+    if m.family is not None:
+        lines.append(family_line(m.family, tok))
     if m.details is not None:
         lines += methods.get(m.method).summary(m.details)
     return "\n".join(lines)
+
+
+def family_line(family: Any, tokens: Any = None) -> str:
+    """`family qwen3 (Qwen 3) · stops ... · thinking on · reasoning train · ...` for `train` and `models info`."""
+    mode = {None: "no thinking switch", True: "thinking on", False: "thinking off"}[family.thinking]
+    parts = [f"family {family.family} ({family.title})", f"stops {', '.join(family.stop)}", mode]
+    parts.append(f"reasoning {family.reasoning_policy}")
+    if tokens is not None and tokens.expanded_rows:
+        parts.append(
+            f"{tokens.expanded_rows} rows expanded into {tokens.rows_from_expansion} (every answer learned as at inference)"
+        )
+    if tokens is not None and tokens.turns.get("turns_not_trainable"):
+        parts.append(f"{tokens.turns['turns_not_trainable']} answer(s) seen as context only")
+    return " · ".join(parts)

@@ -122,8 +122,12 @@ class StopOnSignal(TrainerCallback):
 
     def _handler(self, signum: int, frame: Any) -> None:
         # The same signal twice: the user means it. A different one is the launcher relaying (torchrun turns
-        # the terminal's SIGINT into a SIGTERM to each worker): keep stopping gracefully.
-        if self.requested == signum:
+        # the terminal's SIGINT into a SIGTERM to each worker): keep stopping gracefully. Under a launch a second
+        # SIGTERM is the launcher relaying too: a scheduler that signals every process of a node (Slurm) reaches
+        # each rank directly and again through torchrun's agent, which kills the ranks itself after its
+        # shutdown timeout (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, 30 s by default).
+        relayed = signum == signal.SIGTERM and dist.world_size() > 1
+        if self.requested == signum and not relayed:
             self._restore()
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt

@@ -127,7 +127,11 @@ def _replace_dir(src: Path, dst: Path) -> None:
 
 
 def fingerprint(recipe: Any) -> dict[str, Any]:
-    """What must not change between a checkpoint and the run that resumes it."""
+    """What must not change between a checkpoint and the run that resumes it.
+
+    world_size: processes of all nodes together; with batch_size and grad_accum it makes the global batch, and it
+    decides which rows each rank reads, so a resume on fewer or more processes would be neither run.
+    """
     from tunesmith.models import sha256_file
 
     t = recipe.training
@@ -140,6 +144,7 @@ def fingerprint(recipe: Any) -> dict[str, Any]:
         "batch_size": t.batch_size,
         "grad_accum": t.grad_accum,
         "max_length": recipe.data.max_length,
+        "world_size": dist.world_size(),
         "data_sha256": {Path(p).name: sha256_file(Path(p)) for p in data},
     }
 
@@ -153,11 +158,18 @@ def check_resume(recipe: Any, checkpoint: Path) -> None:
     if not saved:
         return  # a marker from before fingerprints: nothing to compare
     now = fingerprint(recipe)
-    diffs = [f"{k}: checkpoint {saved.get(k)!r}, recipe {now[k]!r}" for k in now if saved.get(k) != now[k]]
+    # A key the checkpoint predates (world_size) is not compared: such a checkpoint did not record it.
+    diffs = [
+        f"{k}: checkpoint {saved[k]!r}, {'this launch' if k == 'world_size' else 'recipe'} {now[k]!r}"
+        for k in now
+        if k in saved and saved[k] != now[k]
+    ]
     if diffs:
         raise RunError(
-            f"refusing to resume {checkpoint.name}: the recipe changed since it was written\n  " + "\n  ".join(diffs),
-            hint="Resume with the original values, or start a fresh run in another output_dir.",
+            f"refusing to resume {checkpoint.name}: the recipe or the launch changed since it was written\n  "
+            + "\n  ".join(diffs),
+            hint="Resume with the original values (and as many processes on as many nodes), "
+            "or start a fresh run in another output_dir.",
         )
 
 
@@ -171,6 +183,12 @@ def latest_complete_checkpoint(checkpoints_dir: Path) -> Path | None:
         if suffix.isdigit() and (path / COMPLETE).exists():
             found.append((int(suffix), path))
     return max(found)[1] if found else None
+
+
+def kept_hint(run_dir: Path) -> str:
+    """One sentence for an error's hint: the newest complete checkpoint of the run, which a resume continues from."""
+    ckpt = latest_complete_checkpoint(run_dir / "checkpoints")
+    return f"Newest complete checkpoint kept: {ckpt}." if ckpt else "No complete checkpoint was written yet."
 
 
 def save_final_model(trainer: Any, out_dir: Path) -> None:

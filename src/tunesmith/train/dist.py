@@ -1,4 +1,5 @@
-"""Where this process stands among the ranks of a `--nproc N` run, and the few collectives tunesmith needs.
+"""Where this process stands among the ranks of a `--nproc N` (or `--nnodes N`) run, and the few collectives
+tunesmith needs.
 
 The bottom of train/'s dependency chain: dist ← checkpoints ← callbacks ← faults. Every helper is a no-op (or
 returns the local value) in a single process, so the same code path serves one process and N.
@@ -15,7 +16,7 @@ _ZERO3_CONFIG: Any = None
 
 
 def rank() -> int:
-    """Global rank of this process (0 when not launched by accelerate/torchrun)."""
+    """Global rank of this process over every node (0 when not launched by accelerate/torchrun)."""
     return int(os.environ.get("RANK", "0"))
 
 
@@ -24,13 +25,22 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def node_rank() -> int:
+    """Index of this process's machine, 0 to nnodes-1 (torchrun's GROUP_RANK; 0 when not launched)."""
+    return int(os.environ.get("GROUP_RANK", "0"))
+
+
 def world_size() -> int:
-    """Number of processes training together (1 when not launched)."""
+    """Number of processes training together, on every node (1 when not launched)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def is_main_process() -> bool:
-    """True on the one process that writes run files (run.yaml, manifest, metrics, plots, adapter)."""
+    """True on the one process that writes run files (run.yaml, manifest, metrics, plots, adapter): global rank 0.
+
+    Not LOCAL_RANK 0: with several nodes on a shared filesystem each node has a local rank 0, and all of them
+    writing one run folder would interleave their files.
+    """
     return rank() == 0
 
 
@@ -60,15 +70,27 @@ def world_max(value: int, device: Any) -> int:
     return int(t.item())
 
 
-def world_values(value: float) -> list[float]:
-    """`value` from every rank, in rank order (a one-element list in a single process)."""
+def world_objects(value: Any) -> list[Any]:
+    """`value` (any picklable object) from every rank, in rank order (a one-element list in a single process)."""
     import torch.distributed as dist
 
     if not _initialized():
         return [value]
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, value)
-    return [float(v) for v in out]
+    return out
+
+
+def world_values(value: float) -> list[float]:
+    """`value` from every rank, in rank order (a one-element list in a single process)."""
+    return [float(v) for v in world_objects(value)]
+
+
+def join() -> Any:
+    """Join the process group of a launched run now; returns accelerate's PartialState (a no-op state in one process)."""
+    from accelerate import PartialState
+
+    return PartialState()
 
 
 def param_count(model: Any, trainable_only: bool = False) -> int:
@@ -89,9 +111,7 @@ def prepare() -> Any:
     the DeepSpeed config. A model loaded before either is a full copy per rank: the memory FSDP/ZeRO-3 exist to
     save. In a single process this is a cheap no-op state.
     """
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = join()
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
         global _ZERO3_CONFIG
         from accelerate.utils import DeepSpeedPlugin

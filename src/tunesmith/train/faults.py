@@ -9,6 +9,7 @@ Exit codes (errors.TunesmithError.exit_code, shown by the CLI):
   4  out of memory at micro-batch 1
   74 disk full while saving (EX_IOERR)
   75 stopped by SIGTERM/SIGINT after saving a checkpoint; `--resume` continues (EX_TEMPFAIL: requeue)
+  69 lost contact with the other ranks: a process (or its whole node) stopped first (EX_UNAVAILABLE)
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from tunesmith.train.checkpoints import (
     AtomicCheckpoints,
     check_resume,
     checkpoint_step,
+    kept_hint,
     latest_complete_checkpoint,
 )
-from tunesmith.train.dist import barrier, is_main_process  # noqa: F401  (re-exported for the method modules)
+from tunesmith.train.dist import barrier, is_main_process, node_rank, rank, world_size  # noqa: F401  (barrier: re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,37 @@ class DiskFull(RunError):
     """The disk filled up while saving; the previous complete checkpoint is intact."""
 
     exit_code = 74
+
+
+class PeerLost(RunError):
+    """A collective failed because another rank of the run stopped (its process, or its whole node)."""
+
+    exit_code = 69
+
+
+# What gloo says when the rank at the other end of a collective is gone: torch raises it as a plain RuntimeError
+# ("[.../gloo/transport/tcp/pair.cc:553] Connection closed by peer ..."); NCCL and the TCP store raise DistError.
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "/gloo/")
+
+
+def peer_lost(exc: BaseException, run_dir: Path) -> PeerLost | None:
+    """The PeerLost error for `exc` when it is a failed collective of a launched run; None for any other error."""
+    import torch.distributed
+
+    if world_size() == 1:
+        return None
+    text = str(exc)
+    if not isinstance(exc, torch.distributed.DistError) and not (
+        isinstance(exc, RuntimeError) and any(s in text for s in PEER_GONE)
+    ):
+        return None
+    reason = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+    return PeerLost(
+        f"rank {rank()} on node {node_rank()} lost contact with the other ranks of the run: {reason}",
+        hint="Another process stopped first; the output on its node names its rank and exit code. "
+        + kept_hint(run_dir)
+        + " Once every node is back, continue with the same command plus --resume on every node.",
+    )
 
 
 def _callback(trainer: Any, kind: type) -> Any | None:
@@ -227,7 +260,7 @@ def raise_if_stopped(trainer: Any, run_dir: Path) -> None:
         raise TrainingDiverged(
             f"stopped at step {guard.aborted_at}: {guard.in_a_row} steps in a row had a NaN/inf gradient "
             f"({guard.total} skipped in all, steps {guard.bad_steps[-10:]}); see metrics.jsonl",
-            hint=_kept_hint(run_dir) + " Lower training.learning_rate or check the data for broken rows.",
+            hint=kept_hint(run_dir) + " Lower training.learning_rate or check the data for broken rows.",
         )
     stop = _callback(trainer, StopOnSignal)
     if stop is not None and stop.stopped_at is not None:
@@ -255,12 +288,7 @@ def disk_full(exc: BaseException, what: str, run_dir: Path, then: str = "") -> D
         reason = "a write came up short (no space left on device)"
     else:
         return None
-    return DiskFull(f"disk full while {what}: {reason}", hint=" ".join(filter(None, (_kept_hint(run_dir), then))))
-
-
-def _kept_hint(run_dir: Path) -> str:
-    ckpt = latest_complete_checkpoint(run_dir / "checkpoints")
-    return f"Newest complete checkpoint kept: {ckpt}." if ckpt else "No complete checkpoint was written yet."
+    return DiskFull(f"disk full while {what}: {reason}", hint=" ".join(filter(None, (kept_hint(run_dir), then))))
 
 
 def summary(trainer: Any) -> Faults:

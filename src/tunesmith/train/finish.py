@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ from tunesmith import models
 from tunesmith.rag.index import manifest_entry
 from tunesmith.records import (
     BaseModelRef,
-    CheckpointSelection,
+    FamilyRecord,
     Figures,
     HeldOut,
     Manifest,
@@ -74,10 +75,39 @@ def save_held_out(recipe: Recipe, run_dir: Path) -> HeldOut:
     work after the training data moved; returns what the manifest records about the copy."""
     from tunesmith.data.convert import write_rows
     from tunesmith.train.methods import eval_examples
+    from tunesmith.train.rows import fields_json
 
     examples = eval_examples(recipe)
-    path = write_rows(run_dir / HELD_OUT, [{"id": e.id, "messages": e.messages, "source": e.source} for e in examples])
+    rows = [{"id": e.id, "messages": e.messages, "source": e.source, **_tools(e)} for e in examples]
+    for row, e in zip(rows, examples, strict=True):
+        fields = {k: v for k, v in e.extra.items() if k != "tools"}
+        if fields:  # the row's other fields, which graders read as item.<field>
+            row["fields"] = json.loads(fields_json(fields))
+    path = write_rows(run_dir / HELD_OUT, rows)
     return HeldOut(path=HELD_OUT, rows=len(examples), sha256=models.sha256_file(path))
+
+
+def family_record(tokenizer: Any, config: Any, policy: str, counts: Tokens) -> FamilyRecord:
+    """The run's chat family (families.describe with the tokenizer's ids) and its thinking mode: on when any trained
+    answer carried a trace (a family with a switch), else off; None for a family without one."""
+    from tunesmith import families
+    from tunesmith.data.reasoning import thinking_mode
+
+    family = families.detect(config, tokenizer)
+    modes = (counts.train.thinking_rows if counts.train is not None else {}) or {}
+    # No row says (a method that tokenizes no demonstrations): None, the template's own default.
+    thinking = thinking_mode([True] * modes.get("on", 0) + [False] * modes.get("off", 0)) if family.thinking_switch else None
+    info = families.describe(family, tokenizer)
+    if not info["stop"]:  # a template no family knows: its turns end with the tokenizer's EOS (family.end_of_turn_ids)
+        info["stop"] = tokenizer.convert_ids_to_tokens(info["stop_token_ids"])
+        info["end_of_turn"] = tokenizer.convert_ids_to_tokens(family.end_of_turn_ids(tokenizer))
+    return FamilyRecord.model_validate({**info, "reasoning_policy": policy, "thinking": thinking})
+
+
+def _tools(example: Any) -> dict[str, Any]:
+    """The row's tool list, kept with its held-out copy (the prompt renders it)."""
+    tools = example.extra.get("tools")
+    return {"tools": tools} if isinstance(tools, list) else {}
 
 
 def data_hashes(recipe: Recipe) -> dict[str, str]:
@@ -105,12 +135,13 @@ def finish_run(
     counts: per split, what the length policy kept (tokens/s counts the kept train rows' tokens).
     details: the method's own record; speed: the levers trained with; plan: the planner's estimate, measured.
     """
-    from tunesmith.train import dist, faults, start
+    from tunesmith.train import checkpoints, dist, faults, start
 
     run_dir = recipe.run_dir
     faults.raise_if_stopped(trainer, run_dir)  # a run stopped by a signal or NaN guard is not finished
     save_adapter(trainer, tokenizer, run_dir)  # collective: every rank takes part, rank 0 writes
-    peak_mb = max(dist.world_values(peak_memory_mb()))  # collective too: the busiest rank's peak
+    peaks = dist.world_values(peak_memory_mb())  # collective too: every rank's own peak, all nodes
+    peak_mb = max(peaks)
     if not dist.is_main_process():  # under --nproc N only rank 0 writes; the others read its result
         dist.barrier()
         return load_run(run_dir)
@@ -120,17 +151,20 @@ def finish_run(
         shutil.rmtree(run_dir / "data", ignore_errors=True)
         _raise_if_disk_full(exc, f"saving the held-out rows under {run_dir}", run_dir)
         raise
+    family = family_record(tokenizer, models.read_config(base_path), recipe.data.reasoning, counts)
     selection = None
     if recipe.eval.select_checkpoint:  # before the manifest: a finished run is never rewritten afterwards
         from tunesmith.eval.select import select_checkpoint
 
-        selection = CheckpointSelection.model_validate(select_checkpoint(recipe, run_dir, base_path))
+        selection = select_checkpoint(recipe, run_dir, base_path, family.thinking)
     wall = time.time() - started
     runtime = result.metrics.get("train_runtime", wall)
     train = counts.train
     t = recipe.training
-    # Each optimizer step takes batch_size x grad_accum rows on every rank: tokens/s counts all of them.
-    rows_seen = result.global_step * t.batch_size * t.grad_accum * dist.world_size()
+    # Each optimizer step takes batch_size x grad_accum rows on every rank of every node: tokens/s counts all of
+    # them, over the steps this process trained (train_runtime does not include those before a resume).
+    steps = result.global_step - (checkpoints.checkpoint_step(checkpoint) if checkpoint else 0)
+    rows_seen = steps * t.batch_size * t.grad_accum * dist.world_size()
     trained = train.tokens * rows_seen / max(1, train.kept) if train is not None else 0
     manifest = Manifest(
         run=recipe.name,
@@ -148,6 +182,7 @@ def finish_run(
             train_runtime_s=round(runtime, 3),  # ms: tokens_per_s x train_runtime_s gives back the trained tokens
             tokens_per_s=round(trained / max(runtime, 1e-9), 1) if trained else None,
             peak_memory_mb=round(peak_mb, 1),
+            peak_memory_rank=peaks.index(peak_mb),
             trainable_params=dist.param_count(trainer.model, trainable_only=True),
             total_params=dist.param_count(trainer.model),
             world_size=dist.world_size(),
@@ -164,6 +199,7 @@ def finish_run(
         speed=speed,
         plan=plan,
         details=details,
+        family=family,
     )
     try:
         write_loss_png(run_dir)

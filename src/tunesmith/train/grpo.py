@@ -21,7 +21,7 @@ from tunesmith.records import MethodDetails, Tokens
 from tunesmith.sections import Section, checks_environment
 from tunesmith.train import _trl
 from tunesmith.train.method import Datasets, Method, Parts, chosen
-from tunesmith.train.rows import apply_length_policy, prompt_row, prompt_split, recipe_rows
+from tunesmith.train.rows import apply_length_policy, dataset_row, prompt_row, prompt_split, recipe_rows
 
 if TYPE_CHECKING:
     from tunesmith.config import Recipe
@@ -29,11 +29,15 @@ if TYPE_CHECKING:
 
 
 class RewardSpec(Section):
-    """One GRPO reward. A bare string in the recipe is shorthand: `json_valid`, or `package.module:function` for custom."""
+    """One GRPO reward. A bare string in the recipe is shorthand: `json_valid`, `run:PATH` for a reward model, or
+    `package.module:function` for custom."""
 
-    type: Literal["json_valid", "json_schema_valid", "exact_match", "regex", "length_penalty", "custom"] = Field(
+    type: Literal[
+        "json_valid", "json_schema_valid", "exact_match", "regex", "length_penalty", "grader", "custom", "reward_model"
+    ] = Field(
         ...,
-        description="json_valid, json_schema_valid (json_schema), exact_match (field), regex (pattern), length_penalty (max_chars) or custom (function).",
+        description="json_valid, json_schema_valid (json_schema), exact_match (field), regex (pattern), length_penalty "
+        "(max_chars), grader (grader), custom (function) or reward_model (run).",
     )
     weight: float = Field(1.0, description="Weight of this reward in the sum GRPO normalises per group.")
     json_schema: dict[str, Any] | str | None = Field(
@@ -43,10 +47,20 @@ class RewardSpec(Section):
     pattern: str | None = Field(None, description="regex: a Python regular expression the whole completion must match.")
     max_chars: int = Field(256, ge=1, description="length_penalty: completions longer than this lose reward in proportion.")
     function: str | None = Field(None, description="custom: `module:function` (module importable, or a .py next to the recipe).")
+    grader: str | None = Field(
+        None,
+        description="grader: the name of an eval.graders entry; each completion scores what that grader gives it, the "
+        "same definition `tunesmith eval` reports as graders.<name> (score_model / label_model ask the judge).",
+    )
+    run: str | None = Field(
+        None, description="reward_model: a finished reward run folder (method: reward), relative to the recipe."
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.startswith("run:"):
+            return {"type": "reward_model", "run": value.removeprefix("run:")}
         if isinstance(value, str):
             return {"type": "custom", "function": value} if ":" in value else {"type": value}
         return value
@@ -62,8 +76,12 @@ class RewardSpec(Section):
                 re.compile(self.pattern)
             except re.error as exc:
                 raise ValueError(f"pattern is not a valid regular expression: {exc}") from None
+        if self.type == "grader" and not self.grader:
+            raise ValueError("grader needs `grader`: the name of an eval.graders entry")
         if self.type == "custom" and not re.fullmatch(r"[^:]+:[A-Za-z_]\w*", self.function or ""):
             raise ValueError("custom needs `function` as `module:function` (or `file.py:function`)")
+        if self.type == "reward_model" and not self.run:
+            raise ValueError("reward_model needs `run`: a finished reward run folder (or write `run:PATH`)")
         return self
 
 
@@ -102,8 +120,14 @@ def _rewards(value: GRPOSection, info: ValidationInfo) -> GRPOSection:
                 f"training.batch_size x grad_accum ({training.batch_size * training.grad_accum}) must be a multiple of "
                 f"num_generations ({value.num_generations}): the batch counts completions, num_generations per prompt"
             )
+    _graders_named(value, info.data.get("eval"))
     base = Path((info.context or {}).get("base_dir", "."))
     for reward in value.rewards:
+        if reward.type == "reward_model" and reward.run:  # kept absolute in run.yaml, so the run finds it later
+            path = Path(reward.run).expanduser()
+            reward.run = str(path if path.is_absolute() else (base / path).resolve())
+            if checks_environment(info) and not Path(reward.run).is_dir():
+                raise ValueError(f"reward model run not found: {reward.run}")
         if isinstance(reward.json_schema, str):
             path = Path(reward.json_schema).expanduser()
             path = path if path.is_absolute() else base / path
@@ -125,6 +149,17 @@ def _rewards(value: GRPOSection, info: ValidationInfo) -> GRPOSection:
     return value
 
 
+def _graders_named(value: GRPOSection, section: Any) -> None:
+    """Each `grader` reward names a grader of eval.graders (inlined by then; a file not read yet is checked later)."""
+    graders = getattr(section, "graders", None)
+    if not isinstance(graders, list):
+        return
+    names = [str(g.get("name")) for g in graders if isinstance(g, dict)]
+    for reward in value.rewards:
+        if reward.type == "grader" and reward.grader not in names:
+            raise ValueError(f"reward grader `{reward.grader}` is not in eval.graders (it has: {', '.join(names) or 'none'})")
+
+
 class GRPO(Method[GRPOSection]):
     name = "grpo"
     help = "prompts + reward functions: the model learns from the completions it samples"
@@ -134,6 +169,7 @@ class GRPO(Method[GRPOSection]):
     row_shape = "a prompt (any shape with a user turn; its answer, when present, becomes the `reference` column)"
     measured_as = "prompt + grpo.max_completion_length"
     reference = "the reference answer of each held-out prompt (its `reference` column or its answer)"
+    no_reference = "none: prompt-only rows are scored by the run's GRPO rewards (metric `reward`)"
     samples_completions = True
     scores_labels = True
 
@@ -156,7 +192,7 @@ class GRPO(Method[GRPOSection]):
     def prepare(self, recipe: Recipe, resume: bool) -> Recipe:
         from tunesmith.train import rewards
 
-        rewards.build(self.settings(recipe).rewards)  # a broken user reward fails before any model loads
+        rewards.for_recipe(recipe)  # a broken user reward fails before any model loads
         return recipe
 
     def datasets(self, recipe: Recipe, tokenizer: Any) -> Datasets:
@@ -170,9 +206,8 @@ class GRPO(Method[GRPOSection]):
         train, evaluation = recipe_rows(recipe, prompt_row)
         train, train_counts = apply_length_policy(train, fit, d, measured)
         _, eval_counts = apply_length_policy(evaluation, fit, d, measured)
-        for row in train:
-            row.pop("source", None)
-        return Datasets(Dataset.from_list(train), None, Tokens(train=train_counts, eval=eval_counts))
+        rows = [dataset_row(r) for r in train]  # rewards receive these columns
+        return Datasets(Dataset.from_list(rows), None, Tokens(train=train_counts, eval=eval_counts))
 
     def trainer(self, recipe: Recipe, parts: Parts) -> Any:
         from tunesmith.train import rewards
@@ -181,7 +216,7 @@ class GRPO(Method[GRPOSection]):
         g = self.settings(recipe)
         watch = RewardWatch(g.num_generations, parts.run_dir / "metrics.jsonl")  # a reward GRPO cannot learn from
         parts.callbacks.append(watch)
-        return _trl.grpo_trainer(recipe, g, parts, [watch.wrap(fn) for fn in rewards.build(g.rewards)])
+        return _trl.grpo_trainer(recipe, g, parts, [watch.wrap(fn) for fn in rewards.for_recipe(recipe)])
 
     def record(self, recipe: Recipe, trainer: Any, final_eval: dict[str, float]) -> GRPODetails:
         from tunesmith.run import read_metrics

@@ -12,6 +12,7 @@ recipe's weighted reward (`scorer`) as the metric `reward`.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import json
@@ -101,21 +102,21 @@ def make_length_penalty(max_chars: int) -> RewardFn:
     return length_penalty
 
 
+def make_reward_model(run: str) -> RewardFn:
+    """The score of a reward run (tunesmith.eval.reward_model, the one scorer); RecipeError when `run` is not one."""
+    from tunesmith.eval.reward_model import is_reward_run, reward_function
+
+    if not is_reward_run(run):
+        raise RecipeError([("grpo.rewards", f"{run} is not a finished reward run (train one with method: reward)")])
+    return cast(RewardFn, reward_function(run))
+
+
 def load_function(spec: str) -> RewardFn:
     """Import `module:function` or `/path/file.py:function`; RecipeError when it cannot be found."""
     target, _, name = spec.rpartition(":")
     try:
         if target.endswith(".py"):
-            path = Path(target)
-            module_name = f"tunesmith_user_reward_{path.stem}"
-            module = sys.modules.get(module_name)
-            if module is None:
-                loader_spec = importlib.util.spec_from_file_location(module_name, path)
-                if loader_spec is None or loader_spec.loader is None:
-                    raise ImportError(f"cannot load {path}")
-                module = importlib.util.module_from_spec(loader_spec)
-                sys.modules[module_name] = module
-                loader_spec.loader.exec_module(module)
+            module = _file_module(Path(target))
         else:
             module = importlib.import_module(target)
     except (ImportError, OSError, SyntaxError) as exc:
@@ -126,11 +127,68 @@ def load_function(spec: str) -> RewardFn:
     return cast(RewardFn, fn)  # user code: TRL's reward signature is the documented contract
 
 
-def build(specs: list[RewardSpec]) -> list[RewardFn]:
-    """The reward functions of a recipe, in order (their weights go to GRPOConfig.reward_weights)."""
+def _file_module(path: Path) -> Any:
+    """The module of a reward file, loaded once per resolved path: two projects' files of one name (each with a
+    grader_reward.py) are two modules."""
+    resolved = path.expanduser().resolve()
+    digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:16]
+    module_name = f"tunesmith_user_reward_{resolved.stem}_{digest}"
+    module = sys.modules.get(module_name)
+    if module is not None:
+        return module
+    loader_spec = importlib.util.spec_from_file_location(module_name, resolved)
+    if loader_spec is None or loader_spec.loader is None:
+        raise ImportError(f"cannot load {resolved}")
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[module_name] = module
+    try:
+        loader_spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]  # a file that failed to load is read again next time, not half-cached
+        raise
+    return module
+
+
+def prompt_text(prompt: Any) -> str:
+    """The last message of a prompt (what eval's item.input holds), or the prompt text itself."""
+    if isinstance(prompt, list) and prompt:
+        last = prompt[-1]
+        return str(last.get("content") or "") if isinstance(last, dict) else str(last)
+    return str(prompt)
+
+
+def make_grader(grader: Any, judge_for: Any) -> RewardFn:
+    """An eval grader (tunesmith.eval.graders) as a reward: each completion scored with the item eval gives it (the
+    row's fields from `row_fields`, its reference, its prompt), by the same definition `tunesmith eval` reports as
+    graders.<name>. A completion the grader cannot score gets 0, as in eval; the first such reason is logged."""
+    from tunesmith.eval.graders import grade, grader_items
+    from tunesmith.train.rows import ROW_FIELDS
+
+    failures = [0]
+
+    def reward(prompts: list[Any], completions: list[Any], **columns: Any) -> list[float]:
+        n = len(completions)
+        refs = ["" if r is None else str(r) for r in columns.get("reference") or [""] * n]
+        rows = [json.loads(f) if isinstance(f, str) else {} for f in columns.get(ROW_FIELDS) or [None] * n]
+        items = grader_items([str(k) for k in range(n)], [prompt_text(p) for p in prompts or [""] * n], refs, rows)
+        done = grade(grader, [completion_text(c) for c in completions], items, judge_for)
+        if done.failed and not failures[0]:
+            log.warning("grader %s could not score a completion (scored 0): %s", grader.name, done.first_error)
+        failures[0] += done.failed
+        return done.scores
+
+    reward.__name__ = grader.name  # TRL logs rewards/<name>/mean
+    return reward
+
+
+def build(specs: list[RewardSpec], graders: list[dict[str, Any]] | None = None, judge: Any = None) -> list[RewardFn]:
+    """The reward functions of a recipe, in order (their weights go to GRPOConfig.reward_weights). `graders`: the
+    recipe's eval.graders, which `grader` rewards name; `judge`: its eval.judge section (for model graders)."""
     out: list[RewardFn] = []
     for spec in specs:
-        if spec.type == "json_valid":
+        if spec.type == "grader":
+            out.append(_grader_reward(spec.grader or "", graders or [], judge))
+        elif spec.type == "json_valid":
             out.append(json_valid)
         elif spec.type == "json_schema_valid":
             out.append(make_json_schema_valid(spec.json_schema))  # type: ignore[arg-type]  # inlined by the recipe
@@ -140,28 +198,65 @@ def build(specs: list[RewardSpec]) -> list[RewardFn]:
             out.append(make_regex(spec.pattern or ""))
         elif spec.type == "length_penalty":
             out.append(make_length_penalty(spec.max_chars))
+        elif spec.type == "reward_model":
+            out.append(make_reward_model(spec.run or ""))
         else:
             out.append(load_function(spec.function or ""))
     return out
 
 
-def scorer(recipe: Any, refs: list[str]) -> Callable[[list[Any], list[str]], list[float]] | None:
+def _grader_reward(name: str, graders: list[dict[str, Any]], judge: Any) -> RewardFn:
+    from tunesmith.eval.graders import load_graders
+    from tunesmith.eval.judge import judges_for_graders
+
+    try:
+        found = [g for g in load_graders(graders) if g.name == name]
+    except ValueError as exc:
+        raise RecipeError([("eval.graders", str(exc))]) from None
+    if not found:
+        known = ", ".join(g.get("name", "?") for g in graders) or "none"
+        raise RecipeError([("grpo.rewards", f"no grader named `{name}` in eval.graders (it has: {known})")])
+    return make_grader(found[0], judges_for_graders(judge))
+
+
+def for_recipe(recipe: Any) -> list[RewardFn]:
+    """The reward functions of a GRPO recipe (its grpo.rewards, with its eval.graders and eval.judge)."""
+    graders = recipe.eval.graders if isinstance(recipe.eval.graders, list) else []
+    return build(recipe.grpo.rewards, graders, recipe.eval.judge)
+
+
+def columns(refs: list[str], rows: list[dict[str, Any]] | None) -> dict[str, list[Any]]:
+    """The columns GRPO's dataset gives rewards (train.rows.dataset_row), for held-out rows: reference, the rows'
+    scalar fields, row_fields."""
+    from tunesmith.train.rows import dataset_row
+
+    per_row = [dataset_row({"prompt": None, "reference": ref, **fields}) for ref, fields in zip(refs, rows or [{}] * len(refs))]
+    keys = list(dict.fromkeys(k for row in per_row for k in row if k != "prompt"))
+    return {k: [row.get(k) for row in per_row] for k in keys}
+
+
+def scorer(
+    recipe: Any, refs: list[str], rows: list[dict[str, Any]] | None = None
+) -> Callable[[list[Any], list[str]], list[float]] | None:
     """The run's GRPO rewards as one scorer for eval and the ladder: outputs -> the weighted sum GRPO trains on,
-    with `refs` as the `reference` column. None for other methods, or when a reward needs a column the held-out
-    rows do not keep (the report then says so through the missing metric)."""
-    if getattr(recipe, "method", None) != "grpo":
+    with the columns training gave them (`refs` as `reference`; `rows`: each held-out row's own fields). None for
+    other methods, or when a reward cannot be built here (the report then says so through the missing metric)."""
+    from tunesmith.train import methods
+
+    if not methods.get(recipe.method).samples_completions:  # only a method that learns from rewards has them
         return None
     specs = recipe.grpo.rewards
     try:
-        fns = build(specs)
+        fns = for_recipe(recipe)
     except RecipeError as exc:  # a user reward whose module moved with the data: eval goes on without `reward`
         log.warning("the GRPO rewards are not scored: %s", exc.message)
         return None
+    given = columns(refs, rows)
 
     def total(prompts: list[Any], outputs: list[str]) -> list[float]:
         sums = [0.0] * len(outputs)
         for spec, fn in zip(specs, fns, strict=True):
-            for i, value in enumerate(fn(prompts, outputs, reference=refs)):
+            for i, value in enumerate(fn(prompts, outputs, **given)):
                 sums[i] += spec.weight * float(value)
         return sums
 

@@ -6,6 +6,7 @@ the file:line it came from; a bad row never trains silently: all of them are lis
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -56,10 +57,11 @@ def preference_row(obj: Any) -> dict[str, Any]:
 
 
 def prompt_row(obj: Any) -> dict[str, Any]:
-    """{prompt, reference, ...extra columns}: the prompt messages, the row's answer when it has one, and its scalar fields.
+    """{prompt, reference, ...the row's own fields}: the prompt messages, the row's answer when it has one, and every
+    other field of the row as it is (scalars, lists, objects: what OpenAI's graders read as item.<field>).
 
     `reference` is the last assistant turn, the `completion`, or the chosen answer; "" for prompt-only rows
-    (a row's own `reference` column wins). Rewards receive every column by name.
+    (a row's own `reference` column wins). Rewards receive the columns of `dataset_row`.
     """
     prompt = _clean(to_prompt_only(obj))
     shape = detect_shape(obj)
@@ -73,8 +75,31 @@ def prompt_row(obj: Any) -> dict[str, Any]:
 
         messages = to_messages(obj)
         ref = reference(messages) if any(m["role"] == "assistant" for m in messages) else ""
-    extra = {k: v for k, v in obj.items() if k not in SHAPE_KEYS and isinstance(v, (str, int, float, bool))}
+    extra = {k: v for k, v in obj.items() if k not in SHAPE_KEYS and k not in _OWN}
     return {"prompt": prompt, "reference": ref, **extra}
+
+
+ROW_FIELDS = "row_fields"
+"""The dataset column holding every field of a prompt row as one JSON object (nested values, and values whose type
+varies between rows, cannot be Arrow columns of their own)."""
+_OWN = {"prompt", "source", ROW_FIELDS}  # the keys a prompt row adds itself
+
+
+def row_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """A prompt row's own fields (its `reference` aside: that is the row's answer, graders read it as item.reference)."""
+    return {k: v for k, v in row.items() if k not in _OWN and k != "reference"}
+
+
+def dataset_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A prompt row as GRPO's dataset holds it, so rewards receive: prompt, reference, each scalar field as a column
+    of its own, and `row_fields`, the JSON of every field of the row (lists and objects included)."""
+    fields = row_fields(row)
+    scalars = {k: v for k, v in fields.items() if isinstance(v, (str, int, float, bool))}
+    return {"prompt": row["prompt"], "reference": row["reference"], **scalars, ROW_FIELDS: fields_json(fields)}
+
+
+def fields_json(fields: dict[str, Any]) -> str:
+    return json.dumps(fields, ensure_ascii=False, default=str)
 
 
 def load_rows(paths: list[str] | str, normalise: Callable[[Any], dict[str, Any]], max_errors: int = 20) -> list[dict[str, Any]]:
@@ -153,7 +178,12 @@ def prompt_split(recipe: Recipe, with_context: bool = True) -> tuple[list[Exampl
 
     train, evaluation = (
         [
-            Example(row_id(r, r["source"]), r["prompt"] + [{"role": "assistant", "content": str(r["reference"])}], r["source"])
+            Example(
+                row_id(r, r["source"]),
+                r["prompt"] + [{"role": "assistant", "content": str(r["reference"])}],
+                r["source"],
+                row_fields(r),  # what graders read as item.<field>, saved with the held-out rows
+            )
             for r in rows
         ]
         for rows in split_rows(recipe.data, recipe.training.seed, prompt_row)

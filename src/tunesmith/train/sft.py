@@ -64,8 +64,8 @@ class SFT(Method[Section]):
 
         train_ex, eval_ex = recipe_examples(recipe)  # with rag: retrieved context in every prompt
         d = recipe.data
-        train_rows, train_stats = tokenize_examples(tokenizer, train_ex, d.max_length, d.overlong)
-        eval_rows, eval_stats = tokenize_examples(tokenizer, eval_ex, d.max_length, d.overlong)
+        train_rows, train_stats = tokenize_examples(tokenizer, train_ex, d.max_length, d.overlong, d.reasoning)
+        eval_rows, eval_stats = tokenize_examples(tokenizer, eval_ex, d.max_length, d.overlong, d.reasoning)
         clear_memo()  # the audit's tokenized rows are now the training rows; the memo has served
         counts = Tokens(train=_counts(train_stats, "train", d.max_length), eval=_counts(eval_stats, "eval", d.max_length))
         lengths = [len(r["input_ids"]) for r in train_rows]

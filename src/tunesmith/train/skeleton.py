@@ -4,6 +4,7 @@ record → finish. What differs between methods is declared by the method (train
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -46,8 +47,9 @@ class Built:
             self.unwrap = None
 
 
-def build(recipe: Recipe, resume: bool = False, force: bool = False) -> Built:
-    """Run folder, the method's datasets, the levers, the model and the method's trainer (a prepared recipe)."""
+def build(recipe: Recipe, resume: bool = False, force: bool = False, extra: Sequence[Any] = ()) -> Built:
+    """Run folder, the method's datasets, the levers, the model and the method's trainer (a prepared recipe);
+    `extra` callbacks join the standard ones."""
     method = methods.get(recipe.method).trains_as(recipe)
     st = start.begin(recipe, resume, force)  # blocking data errors stop here, before any model loads
     data = method.datasets(recipe, st.tokenizer)
@@ -59,12 +61,14 @@ def build(recipe: Recipe, resume: bool = False, force: bool = False) -> Built:
     speed.score_labelled_positions_only(levers.labelled_logits)
 
     torch.manual_seed(recipe.training.seed)
-    model = policy.load(recipe, st.base_path, levers.base_dtype)  # 4-bit NF4 for qlora
+    model = method.load_model(recipe, st.base_path, levers.base_dtype)  # 4-bit NF4 for qlora
     if levers.frozen_bf16:  # fp32 training: the frozen decoder linears stored in bf16, multiplied in fp32
         upcast.install(model)
+    if levers.attention == "varlen" and not varlen.supports(model):
+        levers = levers.model_copy(update={"attention": "mask"})  # recorded as trained: the model's own attention
     attention = varlen.use(model) if levers.attention == "varlen" else None  # restored before anything generates
     peft_config = policy.peft_config(recipe, model, st.base_path)
-    callbacks = standard_callbacks(recipe, st.run_dir)
+    callbacks = standard_callbacks(recipe, st.run_dir) + list(extra)
     trainer = method.trainer(recipe, Parts(model, data, st.tokenizer, peft_config, callbacks, st.run_dir, levers))
     unwrap = speed.apply_to_model(levers, trainer.model)
     return Built(st, trainer, data, levers, estimate, model, attention, unwrap)
@@ -73,21 +77,24 @@ def build(recipe: Recipe, resume: bool = False, force: bool = False) -> Built:
 def _plan(recipe: Recipe, data: Datasets, shared: int = 0) -> Any:
     """The planner's estimate for this run on this machine, from the rows already tokenized (their lengths)."""
     from tunesmith.plan import advisor
+    from tunesmith.train import dist
 
     counts = data.counts.train
     trained = counts.trained_tokens / max(counts.tokens, 1) if counts is not None else 0.0
-    try:
-        return advisor.plan(recipe, gpu=advisor.local_gpu(), lengths=data.lengths, trained=trained, shared=shared)
+    try:  # every process of every node shares the steps: the time is that of world_size devices
+        return advisor.plan(
+            recipe, gpu=advisor.local_gpu(), nproc=dist.world_size(), lengths=data.lengths, trained=trained, shared=shared
+        )
     except (KeyError, ValueError, OSError) as exc:  # a config.json the planner cannot read: train anyway
         log.warning("no plan for this model (%s: %s)", type(exc).__name__, exc)
         return None
 
 
-def run(recipe: Recipe, resume: bool = False, force: bool = False) -> Run:
+def run(recipe: Recipe, resume: bool = False, force: bool = False, callbacks: Sequence[Any] = ()) -> Run:
     """Train the recipe with its method end to end and return the run (read back from its folder)."""
     method = methods.get(recipe.method)
     recipe = method.prepare(recipe, resume)  # before the run folder is locked: a broken reward or teacher fails here
-    b = build(recipe, resume, force)
+    b = build(recipe, resume, force, callbacks)
     result = faults.fit(b.trainer, recipe, b.start.checkpoint)  # trainer.train under the fault policy
     final_eval = b.trainer.evaluate() if b.data.eval is not None else {}  # logged to metrics.jsonl by MetricsLog
     b.restore_attention()

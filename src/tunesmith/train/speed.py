@@ -181,6 +181,17 @@ def for_method(recipe: Recipe, method: Method[Any], plan: Any = None, lengths: l
     return resolve_padded(recipe, generates=method.generates(recipe), labelled=method.scores_labels)
 
 
+def packed_attention(recipe: Recipe) -> str:
+    """speed.attention resolved for padding-free rows: varlen or mask (auto = varlen on CPU, mask on CUDA); "-" when
+    the rows are not packed."""
+    import torch
+
+    if batching(recipe) != "padding_free":
+        return "-"
+    chosen = recipe.speed.attention
+    return chosen if chosen != "auto" else ("mask" if torch.cuda.is_available() else "varlen")
+
+
 def resolve(recipe: Recipe, plan: Any = None, lengths: list[int] | None = None, liger: bool = True, shared: int = 0) -> Speed:
     """Resolve every "auto" in recipe.speed (and training.gradient_checkpointing) against this machine, for packed
     demonstrations (SFT).
@@ -199,9 +210,7 @@ def resolve(recipe: Recipe, plan: Any = None, lengths: list[int] | None = None, 
     if bf16 and not cuda and not cpu_has_bf16():
         log.warning("speed.precision=bf16 on a CPU without bf16 units: expect it to be slow")
     packing = batching(recipe)
-    attention = "-"
-    if packing == "padding_free":
-        attention = s.attention if s.attention != "auto" else ("mask" if cuda else "varlen")
+    attention = packed_attention(recipe)
     checkpointing = recipe.training.gradient_checkpointing
     if checkpointing == "auto":
         checkpointing = plan is not None and not plan.fits

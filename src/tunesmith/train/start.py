@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,16 +106,41 @@ def prepare_run_dir(recipe: Recipe, resume: bool) -> tuple[Path, Path | None]:
     if checkpoint is not None:
         checkpoints.check_resume(recipe, checkpoint)
         check_schedule(recipe, run_dir)
-    if dist.is_main_process():  # under --nproc N only rank 0 claims, locks and writes run files
+    # Under --nproc/--nnodes only global rank 0 claims, locks and writes run files; the others create nothing
+    # (a folder they made first would race rank 0's claim of a new folder), then check_shared.
+    if dist.is_main_process():
         outputs.claim_dir(run_dir, "train", reuse=resume, what="output_dir")
         lock_run_dir(run_dir)
         if not resume:
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         with atomic_path(run_dir / "run.yaml") as tmp:
             dump_recipe(recipe, tmp)
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir, checkpoint
+
+
+def check_shared(run_dir: Path) -> None:
+    """Every rank of every node must see the run.yaml rank 0 has just written: one run folder for the whole run.
+
+    Checkpoints gather every rank's part (rng_state_<rank>.pth) in one folder, a resume on every node reads that
+    folder, and each rank reads the finished run back from it; on a node with its own disk at that path, training
+    would run and then fail at the first of these. No-op in a single process.
+    """
+    if dist.world_size() == 1:
+        return
+    dist.join()
+    dist.barrier()  # rank 0 has written run.yaml
+    path = run_dir / "run.yaml"
+    digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    seen = dist.world_objects((dist.node_rank(), socket.gethostname(), digest))
+    blind = sorted({(node, host) for node, host, d in seen if d != seen[0][2]})
+    if blind:
+        nodes = ", ".join(f"node {node} ({host})" for node, host in blind)
+        raise RunError(
+            f"{nodes} do(es) not see the run folder {run_dir} that rank 0 on node 0 writes: "
+            "each node would train into its own folder",
+            hint="Put output_dir on a filesystem every node mounts at the same path (NFS, Lustre, ...), "
+            "and give every node the same recipe (docs/distributed.md).",
+        )
 
 
 def _refuse_if_finished(run_dir: Path) -> None:
@@ -132,6 +159,7 @@ def begin(recipe: Recipe, resume: bool, force: bool) -> Start:
     new = not recipe.run_dir.exists()
     run_dir, checkpoint = prepare_run_dir(recipe, resume)
     try:
+        check_shared(run_dir)
         base_path = models.resolve_base(recipe.model.base)
         tokenizer = models.load_tokenizer(base_path, recipe.model.revision, recipe.model.trust_remote_code)
         check_target_modules(recipe, base_path)

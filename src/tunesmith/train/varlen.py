@@ -74,6 +74,12 @@ def register() -> None:
     AttentionInterface.register(NAME, attention)
 
 
+def supports(model: Any) -> bool:
+    """Whether the model's attention may run as sdpa: not Gemma 2's, whose soft-capped attention logits sdpa cannot
+    compute (its packed rows are kept apart by transformers' per-row mask instead)."""
+    return bool(getattr(model, "_supports_sdpa", False))
+
+
 def use(model: Any) -> str:
     """Switch the model's attention to the per-row kernel; returns the implementation to restore afterwards."""
     register()
