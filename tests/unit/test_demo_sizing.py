@@ -88,6 +88,25 @@ def test_the_demo_plan_follows_the_planner_with_and_without_bf16_units(monkeypat
         assert (plan.steps, plan.prompts, plan.stop_early) == (sizing.MIN_STEPS, sizing.MIN_PROMPTS, True)
 
 
+def test_the_time_sizing_takes_is_spent_from_the_budget(monkeypatch, demo_recipe):
+    """Tokenizing the data and probing the matmul take time of their own (about a minute on a busy machine): the plan
+    is sized for what is left of the budget after them."""
+    from tunesmith.train import hardware
+
+    machine(monkeypatch, False, 215.0, 0.4)
+    clock = [1000.0]
+    monkeypatch.setattr(sizing.time, "time", lambda: clock[0])
+
+    def slow_probe(dtype="float32", **kw):
+        clock[0] += 120.0  # the probe and the tokenization, as a busy machine takes them
+        return 215.0
+
+    monkeypatch.setattr(hardware, "gemm_gflops", slow_probe)
+    plan = sizing.measure(demo_recipe, sizing.BUDGET_S, lengths=LENGTHS, trained=TRAINED)
+    assert plan.budget_s == pytest.approx(sizing.BUDGET_S - 120.0)
+    assert plan.total_s <= plan.budget_s  # cut to fit the shorter budget, not the full 15 minutes
+
+
 def test_sizing_cuts_the_least_claim_changing_work_first():
     """Full size when it fits; then rungs that cannot pass stop early; then 20 prompts; then fewer steps; and a
     machine too slow even for the smallest demo gets that, said to be over budget."""

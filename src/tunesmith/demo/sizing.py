@@ -9,6 +9,7 @@ The demo prints the plan before it starts and the measured time at the end.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -135,7 +136,9 @@ def measure(
     trained: float | None = None,
 ) -> DemoPlan:
     """Size the demo for this machine: the planner's estimate of the recipe's training (its data tokenized as
-    training will, unless `lengths`/`trained` are given), the matmul rates measured now, the recipe's rungs."""
+    training will, unless `lengths`/`trained` are given), the matmul rates measured now, the recipe's rungs.
+    budget_s: seconds from this call; the time the estimate itself takes is spent from it."""
+    started = time.time()
     from tunesmith import models
     from tunesmith.plan import advisor
     from tunesmith.train import hardware
@@ -147,7 +150,7 @@ def measure(
     fp32 = p.device_tflops * 1e3 if p.precision == "fp32" else hardware.gemm_gflops("float32")
     return size(
         p.seconds / max(p.steps, 1),
-        budget_s,
+        budget_s - (time.time() - started),
         tuple(recipe.ladder.rungs),
         p.params,
         fp32,
