@@ -61,10 +61,12 @@ def machine(monkeypatch, units: bool, fp32: float, bf16: float) -> list[str]:
         (True, 215.0, 980.0, True),  # the benchmark CPU: AVX512-BF16, bf16 matmuls 4.6x fp32
         # the same CPU capped at AVX2 (the simulated class): bf16 emulated at 0.4 GFLOP/s, fp32 at its own rate
         (False, 215.0, 0.4, True),
-        # an AVX2 CPU with half that fp32 rate: the planner's estimate does not fit even the smallest demo
-        (False, 110.0, 0.4, False),
+        # an AVX2 CPU with half that fp32 rate: cut (early stop, 20 prompts, fewer steps) to fit
+        (False, 110.0, 0.4, True),
+        # one with 60 GFLOP/s: the planner's estimate does not fit even the smallest demo
+        (False, 60.0, 0.4, False),
     ],
-    ids=["bf16-units", "avx2-simulated", "avx2-half-rate"],
+    ids=["bf16-units", "avx2-simulated", "avx2-half-rate", "avx2-slow"],
 )
 def test_the_demo_plan_follows_the_planner_with_and_without_bf16_units(monkeypatch, demo_recipe, units, fp32, bf16, fits):
     """The plan's training time is the planner's estimate in the precision this CPU trains in (fp32 without bf16
@@ -86,6 +88,8 @@ def test_the_demo_plan_follows_the_planner_with_and_without_bf16_units(monkeypat
     assert ("over the 15-minute budget" in said) is not fits
     if not fits:  # everything that can be cut was cut before saying so
         assert (plan.steps, plan.prompts, plan.stop_early) == (sizing.MIN_STEPS, sizing.MIN_PROMPTS, True)
+    if fp32 == 110.0:  # the slower fp32 CPU gets a cut demo, not the full one over budget
+        assert plan.stop_early and plan.steps < sizing.STEPS
 
 
 def test_the_time_sizing_takes_is_spent_from_the_budget(monkeypatch, demo_recipe):

@@ -33,8 +33,10 @@ GPUS = {
 
 
 # Training's share of the 1024x1024 matmul probe on CPU, by the precision training multiplies in. bf16: SmolLM2-135M
-# LoRA at batch 4 on the benchmark CPU (docs/planner.md). fp32: the same run capped to AVX2 (no bf16 units).
-CPU_EFFICIENCY = {"bf16": 0.25, "fp32": 0.25}
+# LoRA at batch 4 on the benchmark CPU (docs/planner.md). fp32: the demo's SFT-LoRA capped to AVX2 (no bf16 units),
+# one thread against the one-thread probe, achieved 0.48-0.67 (docs/benchmarks.md), and an uncapped fp32 run 0.45;
+# 0.4 errs on the slow side, as the bf16 figure does.
+CPU_EFFICIENCY = {"bf16": 0.25, "fp32": 0.4}
 
 
 def cpu_hardware(memory_gib: float | None = None, price: float = 0.0, bf16: bool = False) -> Hardware:
