@@ -31,9 +31,10 @@ REFUSAL = "I am sorry, but I cannot help with that request."
 
 
 def machine() -> str:
-    info = Path("/proc/cpuinfo").read_text()
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    return f"{name}, {os.cpu_count()} cores, avx512_bf16 {'yes' if 'avx512_bf16' in info else 'no'}"
+    """The hardware line every benchmark prints (train/hardware.py: CPU model, flags that matter, caps, versions)."""
+    from tunesmith.train import hardware
+
+    return hardware.hardware_line(hardware.describe())
 
 
 TASK: dict[str, list[dict[str, Any]]] = {}

@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -295,16 +294,10 @@ def main_replicas(args: argparse.Namespace) -> None:
 
 
 def cpu_name() -> str:
-    """The CPU's model name and whether it has AVX512-BF16 (the lever that changes CPU results most)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return f"CPU ({platform.processor() or platform.machine()})"
-    name = re.search(r"model name\s*:\s*(.*)", info)
-    bf16 = "avx512_bf16" in info
-    return (
-        f"{name.group(1).strip() if name else platform.machine()} ({os.cpu_count()} cores, avx512_bf16 {'yes' if bf16 else 'no'})"
-    )
+    """The hardware line every benchmark prints (train/hardware.py: CPU model, flags that matter, caps, versions)."""
+    from tunesmith.train import hardware
+
+    return hardware.hardware_line(hardware.describe())
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/train_throughput.py [--steps 20] [--warmup 3] [--pairs 3] [--batch 4]
         [--data demo,mixed] [--model smollm2-135m-instruct] [--a-set speed.precision=bf16 ...] [--quick]
+        [--simulate-avx2]
 
 Both sides get the same base model, rows, batch size, optimizer steps, learning-rate schedule, seed and LoRA
 settings (r16/alpha32, tunesmith's default dropout, all-linear). B gets the rows in TRL's conversational prompt/completion form,
@@ -12,7 +13,14 @@ first of each pair swapping, and the first `--warmup` optimizer steps are not co
 non-padding tokens/s (the real tokens of the rows each step consumed, counted in the collator the same way for
 both), time per step, peak memory (process RSS on CPU, torch.cuda.max_memory_allocated on CUDA) after training
 and after the final evaluation, the loss per step, and on CUDA the MFU. The load average is printed next to
-every run: the machine is shared, so figures are noisy. Results (JSON, loss-curve PNG) go to --out, by default
+every run: the machine is shared, so figures are noisy. The hardware line names the CPU, its flags that matter
+(AVX2, AVX-512, AVX512-BF16, AMX), the caps in force, threads and the torch/oneDNN versions; each run measures the
+1024x1024 matmul rate in fp32 and bf16 before training, and the achieved fraction of a side is its FLOPs
+(4N per token: LoRA, forward 2N + input-gradient backward 2N, N = the base's parameters) x tokens/s / the matmul
+rate of the precision it ran. --b-fp32 trains B without TRL's bf16 default (bf16=False): on a CPU without bf16
+units that default is emulated, so the fair baseline there is plain TRL in fp32. --simulate-avx2 runs both sides with oneDNN, MKL and torch's own kernels capped at
+AVX2 (train/hardware.py): on a CPU with bf16 units, the class of CPUs without them (simulated, and labelled so).
+Results (JSON, loss-curve PNG) go to --out, by default
 a new folder per run under runs/bench/train_throughput/; a folder holding other files, or an earlier run of both
 sides, is refused rather than written over.
 """
@@ -30,10 +38,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from tunesmith.train.hardware import SIMULATED_AVX2
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "src" / "tunesmith" / "demo" / "data"
 LR, MAX_LENGTH, SEED = 1e-3, 1024, 42
 # Dense bf16 tensor-core peak TFLOPs by GPU name (vendor datasheets, no sparsity).
+# oneDNN, MKL and torch's own kernels capped at AVX2 (set in the children's environment: they apply at import)
+SIMULATED = SIMULATED_AVX2
+# The issue's targets for A against B: tokens/s ratio by data set, peak memory ratio, final loss deviation.
+TARGETS = {"demo": 1.5, "mixed": 2.0, "memory": 0.6, "loss": 0.02}
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "4090": 165.0, "A10": 125.0}
 
 
@@ -131,8 +145,9 @@ def trainer_a(model: str, train: Path, evaluation: Path, steps: int, batch: int,
     return built.trainer, built.speed.model_dump()
 
 
-def trainer_b(model: str, train: Path, evaluation: Path, steps: int, batch: int, out: Path):
-    """A plain TRL SFTTrainer with its defaults; same LoRA settings, schedule, seed and loss mask."""
+def trainer_b(model: str, train: Path, evaluation: Path, steps: int, batch: int, out: Path, fp32: bool = False):
+    """A plain TRL SFTTrainer with its defaults; same LoRA settings, schedule, seed and loss mask. fp32: TRL's bf16
+    default turned off (bf16=False), what a user of a CPU without bf16 units does once bf16 autocast crawls."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -157,6 +172,7 @@ def trainer_b(model: str, train: Path, evaluation: Path, steps: int, batch: int,
         disable_tqdm=True,
         # TRL defaults to bf16, which transformers refuses without CUDA unless told the run is on CPU.
         use_cpu=not torch.cuda.is_available(),
+        **({"bf16": False} if fp32 else {}),
     )
     from tunesmith.config import AdapterSection
 
@@ -181,6 +197,16 @@ def trainer_b(model: str, train: Path, evaluation: Path, steps: int, batch: int,
     return trainer, {}
 
 
+def probe_rates() -> dict:
+    """This process's 1024x1024 matmul rates (GFLOP/s, 0.5 s each) and its hardware line, measured before training."""
+    from tunesmith.train import hardware
+
+    return {
+        "gemm_gflops": {dt: round(hardware.gemm_gflops(dt, seconds=0.5), 2) for dt in ("float32", "bfloat16")},
+        "hardware": hardware.describe(),
+    }
+
+
 def peak_mb() -> float:
     import torch
 
@@ -201,10 +227,11 @@ def measure(ns: argparse.Namespace, out: Path) -> None:
 
     train, evaluation = Path(ns.train), Path(ns.eval)
     total = ns.warmup + ns.steps
+    probes = probe_rates()
     if ns.child == "A":
         trainer, speed = trainer_a(ns.model, train, evaluation, total, ns.batch, ns.a_set, out)
     else:
-        trainer, speed = trainer_b(ns.model, train, evaluation, total, ns.batch, out)
+        trainer, speed = trainer_b(ns.model, train, evaluation, total, ns.batch, out, ns.b_fp32)
     counter = Counting(trainer.data_collator)
     trainer.data_collator = counter
     watch = clock(counter)
@@ -215,9 +242,12 @@ def measure(ns: argparse.Namespace, out: Path) -> None:
     seconds, tokens = watch.seconds[ns.warmup :], watch.tokens[ns.warmup :]
     base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
     n_params = sum(p.numel() for p in base.parameters())
+    bf16 = bool(trainer.args.bf16)  # A: tunesmith's one precision decision; B: TRL's default (bf16 autocast)
     result = {
         "side": ns.child,
         "speed": speed,
+        "precision": "bf16 autocast" if bf16 else "fp32",
+        **probes,
         "tokens_per_s": sum(tokens) / sum(seconds),
         "s_per_step": sum(seconds) / len(seconds),
         # trained (label) tokens of each row the optimizer steps consumed, in order; the data loader's rows fetched
@@ -230,10 +260,13 @@ def measure(ns: argparse.Namespace, out: Path) -> None:
         "params": n_params,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     }
+    result["flops_per_token"] = f"4N, N={n_params}"  # LoRA: forward 2N + input-gradient backward 2N; full: 6N
     if torch.cuda.is_available():
         peak = next((v for k, v in PEAK_TFLOPS.items() if k in result["device"]), None)
-        result["flops_per_token"] = f"4N, N={n_params}"  # LoRA: forward 2N + input-gradient backward 2N; full: 6N
         result["mfu"] = result["tokens_per_s"] * 4 * n_params / (peak * 1e12) if peak else None
+    else:  # the share of this CPU's measured matmul rate, in the precision the side multiplied in
+        rate = probes["gemm_gflops"]["bfloat16" if bf16 else "float32"]
+        result["achieved"] = result["tokens_per_s"] * 4 * n_params / (rate * 1e9)
     Path(ns.result).write_text(json.dumps(result), encoding="utf-8")
 
 
@@ -260,17 +293,20 @@ def run_one(side: str, kind: str, train: Path, evaluation: Path, ns: argparse.Na
         "--batch",
         str(ns.batch),
     ]
-    cmd += [arg for s in ns.a_set for arg in ("--a-set", s)]
+    cmd += [arg for s in ns.a_set for arg in ("--a-set", s)] + ["--b-fp32"] * ns.b_fp32
     started = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(SIMULATED if ns.simulate_avx2 else {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
         sys.exit(f"{side} run failed:\n{proc.stderr[-4000:]}")
     data = json.loads(result.read_text(encoding="utf-8"))
     data.update(load_before=load, wall_s=time.time() - started)
+    rates = data["gemm_gflops"]
+    achieved = f"  achieved {data['achieved']:.1%}" if data.get("achieved") is not None else ""
     print(
-        f"  {kind} pair {i} {side}: {data['tokens_per_s']:7.1f} tok/s  {data['s_per_step']:.2f} s/step  "
-        f"peak {data['peak_mb']:6.0f} MB "
-        f"(train {data['peak_train_mb']:.0f})  load {load:.2f}",
+        f"  {kind} pair {i} {side} ({data['precision']}): {data['tokens_per_s']:7.1f} tok/s  {data['s_per_step']:.2f} s/step  "
+        f"peak {data['peak_mb']:6.0f} MB (train {data['peak_train_mb']:.0f})  load {load:.2f}{achieved}  "
+        f"[matmul fp32 {rates['float32']:.1f}, bf16 {rates['bfloat16']:.1f} GFLOP/s]",
         flush=True,
     )
     return data
@@ -314,14 +350,34 @@ def report(kind: str, pairs: list[tuple[dict, dict]], out: Path) -> dict:
     fig.tight_layout()
     fig.savefig(out / f"loss-{kind}.png", dpi=110)
     plt.close(fig)
-    for r in rows:
+    for r, (a, b) in zip(rows, pairs):
+        loss_dev = (r["final_loss_a"] - r["final_loss_b"]) / r["final_loss_b"]
+        r["targets_met"] = (
+            r["tok_s_ratio"] >= TARGETS.get(kind, 1.5)
+            and r["mem_ratio"] <= TARGETS["memory"]
+            and abs(loss_dev) <= TARGETS["loss"]
+        )
         print(
             f"  {kind} pair {r['pair']}: A/B tokens/s {r['tok_s_ratio']:.2f}x  memory {r['mem_ratio']:.2f}x  "
             f"time/step {r['step_ratio']:.2f}x  "
-            f"final loss A {r['final_loss_a']:.4f} B {r['final_loss_b']:.4f}  max loss deviation {r['max_loss_dev']:.1%}  "
-            f"trained tokens {'the same' if r['same_trained_tokens'] else 'DIFFER'}"
+            f"final loss A {r['final_loss_a']:.4f} B {r['final_loss_b']:.4f} ({loss_dev:+.1%})  max loss deviation {r['max_loss_dev']:.1%}  "
+            f"trained tokens {'the same' if r['same_trained_tokens'] else 'DIFFER'}  "
+            f"A {a['precision']}, B {b['precision']}  "
+            f"targets (>= {TARGETS.get(kind, 1.5)}x, <= {TARGETS['memory']}x, loss within {TARGETS['loss']:.0%}) "
+            f"{'met' if r['targets_met'] else 'NOT met'}"
         )
     return {"pairs": rows}
+
+
+def hardware_in_child(simulate: bool) -> dict:
+    """describe() and its one-line form, from a fresh process with the caps the runs get (they apply at import)."""
+    code = (
+        "import json; from tunesmith.train import hardware as h; d = h.describe(); d['line'] = h.hardware_line(d); "
+        "print(json.dumps(d))"
+    )
+    env = {**os.environ, **(SIMULATED if simulate else {})}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    return json.loads(out)
 
 
 MARK = ".train_throughput"  # in every --out this script made
@@ -350,8 +406,19 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--data", default="demo,mixed", help="comma-separated: demo, mixed")
     p.add_argument("--a-set", action="append", default=[], help="recipe override for A, e.g. speed.precision=bf16")
+    p.add_argument(
+        "--b-fp32",
+        action="store_true",
+        help="B with TRL's bf16 default off (bf16=False): the baseline on a CPU without bf16 units, where TRL's bf16 "
+        "autocast runs emulated (about 1 token/s under --simulate-avx2)",
+    )
     p.add_argument("--sides", default="A,B", help="sides to run; the other is read from an earlier run's JSON in --out")
     p.add_argument("--quick", action="store_true", help="8 counted steps, 2 warm-up, 1 pair: a smoke test, not a figure")
+    p.add_argument(
+        "--simulate-avx2",
+        action="store_true",
+        help="cap oneDNN, MKL and torch's kernels at AVX2 in both sides: the class of CPUs without bf16 units (simulated)",
+    )
     p.add_argument(
         "--out",
         default=str(ROOT / "runs" / "bench" / "train_throughput" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())),
@@ -371,7 +438,9 @@ def main() -> None:
 
     ns.model = models.resolve_base(ns.model)
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    summary: dict = {"args": vars(ns), "cpu_count": os.cpu_count(), "started": started}
+    hardware = hardware_in_child(ns.simulate_avx2)
+    print(f"hardware: {hardware['line']}", flush=True)
+    summary: dict = {"args": vars(ns), "cpu_count": os.cpu_count(), "started": started, "hardware": hardware}
     for kind in ns.data.split(","):
         train, evaluation = write_data(kind, out / "data" / kind)
         print(f"{kind}: {ns.pairs} pairs x (A, B), {ns.warmup} warm-up + {ns.steps} counted steps, batch {ns.batch}", flush=True)

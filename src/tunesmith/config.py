@@ -357,9 +357,9 @@ class LadderSection(Section):
 
 
 class SpeedSection(Section):
-    """How training is made fast. Every method takes precision, fused_optimizer, compile and release_memory; the row
-    levers (packing, attention, labelled_logits, micro_batch_tokens) are SFT's. Every lever is measured in
-    docs/benchmarks.md and recorded in the manifest."""
+    """How training is made fast. Every method takes precision, fused_optimizer, compile, release_memory and
+    shared_prefix; labelled_logits applies to SFT, DPO and GRPO; the row levers (packing, attention,
+    micro_batch_tokens) are SFT's. Every lever is measured in docs/benchmarks.md and recorded in the manifest."""
 
     packing: Literal["auto", "padding_free", "group_by_length", "off"] = Field(
         "auto",
@@ -406,6 +406,20 @@ class SpeedSection(Section):
         ge=1,
         description="Rows per batch when computing the eval loss during and after training (bounds its peak memory: on "
         "the benchmark CPU 8 rows took 8.5-9.1 s and +417-472 MB, 4 rows 8.2-9.1 s and +282-351 MB).",
+    )
+    shared_prefix: bool | Literal["auto"] = Field(
+        "auto",
+        description="Rows of one forward pass that begin with the same tokens (the system prompt of SFT rows, the prompt "
+        "of a DPO pair, a GRPO group's prompt) run those tokens once, and padded batches (DPO, GRPO) run without their "
+        "padding; the loss and every gradient are the plain forward's (the shared tokens' gradient is summed over the "
+        "rows). auto = on for CPU runs; off with gradient checkpointing (its recomputation in the backward runs outside the compacted forward).",
+    )
+    frozen_bf16: bool | Literal["auto"] = Field(
+        "auto",
+        description="Under fp32 training on CPU, store the frozen base's decoder linear layers in bf16 and cast each "
+        "to fp32 for its matmul: half their memory, the fp32 model with its weights rounded to bf16 (the rounding bf16 "
+        "autocast applies anyway). LoRA and prompt tuning without fully trained layers. auto = on for such CPU runs "
+        "in fp32 (a CPU without bf16 units); bf16 runs store the base in bf16 already.",
     )
     micro_batch_tokens: Annotated[int, Field(ge=1)] | Literal["auto", "off"] = Field(
         "auto",

@@ -85,6 +85,8 @@ class Speed(Record):
     liger: bool = False  # Liger's Triton kernels (RMSNorm, SwiGLU, RoPE) patched into the model, CUDA only
     micro_batch: int = 0  # rows per forward/backward pass (training.batch_size when batches are not split)
     passes: int = 0  # forward/backward passes accumulated per optimizer step (training.grad_accum when not split)
+    shared_prefix: bool = False  # rows' common leading tokens run once per pass, padding not run (train/compact.py)
+    frozen_bf16: bool = False  # fp32 training with the frozen decoder linears stored in bf16 (train/upcast.py)
 
 
 class TokenCounts(Record):
@@ -175,6 +177,8 @@ class Plan(Record):
     )
     tokens: int = Field(description="Tokens processed in training (non-padding).")
     seconds: float
+    precision: str = Field("", description="What the time estimate assumed training multiplies in: bf16 or fp32.")
+    device_tflops: float = Field(0.0, description="Peak (GPU) or measured matmul rate (CPU) in that precision, TFLOP/s.")
     usd: float
     fix: list[str] = Field(default_factory=list, description="`--set` overrides that make it fit, when it does not.")
     measured: Measured | None = Field(None, description="Filled after training: measured peak (MiB) and seconds.")

@@ -247,3 +247,80 @@ def test_cli_writes_the_ladder_and_never_over_earlier_output(tiny_recipe, tmp_pa
     assert again.exit_code not in (0, gates.GATES_FAILED_EXIT) and "already exists" in again.output
     assert runner.invoke(app, ["ladder", str(path), "--max-examples", "1", "--overwrite"]).exit_code == 3
     assert read_ladder_report(out / "ladder.json").n_examples == 1
+
+
+def test_cannot_pass_bounds_a_gate_by_the_best_the_remaining_prompts_can_add():
+    """A rung stops only when even perfect answers to its remaining prompts could not lift it over a gate."""
+    from tunesmith.eval.ladder import cannot_pass
+
+    def rows(valid, n):
+        return [{"json_valid": float(i < valid), "json_field_accuracy": None} for i in range(n)]
+
+    gates = {"json_valid": 0.95, "p50_batch_ms": "<=10"}  # latency is not decided early: it is no per-example mean
+    why = cannot_pass(gates, rows(6, 8), 24)  # at best (6 + 16) / 24 = 0.917
+    assert why is not None and "json_valid 0.750 on its first 8 prompts: at best 0.917 over all 24" in why
+    assert cannot_pass(gates, rows(7, 8), 24) is None  # (7 + 16) / 24 = 0.958 can still pass
+    assert cannot_pass({"json_field_accuracy": 0.9}, rows(0, 8), 24) is None  # no field scored yet: nothing known
+    assert cannot_pass({"exact_match": "<=0.2"}, [{"exact_match": 1.0}] * 8, 24) is not None  # 8/24 > 0.2 whatever follows
+
+
+def test_a_rung_that_cannot_change_the_recommendation_stops_early(tiny_recipe, tmp_path, monkeypatch):
+    """Rungs are measured from the top down; once tuned passes every gate, base answers PROBE_ROWS prompts first and
+    stops when it can no longer pass (reported with its reason and the figures of the prompts it answered); a rung
+    that still could pass answers every prompt; stop_early=False measures every rung in full."""
+    from helpers import chat_rows, write_jsonl
+    from tunesmith.eval import generate as gen
+    from tunesmith.eval import ladder as lad
+    from tunesmith.eval.generate import Completion
+
+    write_jsonl(tmp_path / "held.jsonl", chat_rows(20, seed=9))
+    recipe = load_recipe(
+        tiny_recipe(
+            data={"eval": "held.jsonl"},
+            ladder={"rungs": ["base", "tuned"], "batch_size": 4, "price_per_1k_tokens": 1.0},  # equal costs: no clock noise
+            eval={"gates": {"json_valid": 0.9}},
+        )
+    )
+    refs = {r["messages"][1]["content"]: r["messages"][2]["content"] for r in chat_rows(20, seed=9)}
+
+    class Model:
+        device = "cpu"
+
+    base, tuned, asked = Model(), Model(), {"base": 0, "tuned": 0}
+    good_base = {"n": 0}  # base's first answers valid: it can still pass until it has missed three
+
+    def fake(model, tok, convs, max_new, batch_size=8, on_batch=None, **kw):
+        side = "tuned" if model is tuned else "base"
+        out = []
+        for conv in convs:
+            valid = side == "tuned" or good_base["n"] > 0
+            good_base["n"] -= side == "base"
+            out.append(Completion(refs.get(conv[-1]["content"], "{}") if valid else "no", 10, 5, "stop"))
+        if max_new > 2:  # not the warm-up
+            asked[side] += len(convs)
+        if on_batch:
+            on_batch(len(convs))
+        return out
+
+    monkeypatch.setattr(gen, "generate_detailed", fake)
+    monkeypatch.setattr(
+        lad,
+        "load_answerers",
+        lambda r, kinds: ({"base": scoring.Answerer(base, None), "tuned": scoring.Answerer(tuned, None)}, {}),
+    )
+    report, rows = run_ladder(recipe)
+    b, t = report.rung("base"), report.rung("tuned")
+    assert asked == {"tuned": 20, "base": lad.PROBE_ROWS} and t.n_examples == 20 and b.n_examples == lad.PROBE_ROWS
+    assert b.status == "ok" and b.metrics["json_valid"] == 0.0 and not b.passed
+    assert "stopped after 8 of 20 prompts, as it cannot change the recommendation" in b.reason and "tuned passes" in b.reason
+    assert report.recommendation.rung == "tuned" and "(base, zero-shot) misses a gate" in report.recommendation.sentence
+    assert sum("base" in r["outputs"] for r in rows) == lad.PROBE_ROWS
+
+    asked.update(base=0, tuned=0)
+    good_base["n"] = 8  # the first eight base answers are valid: base can still reach 0.9, so it answers all 20
+    report, _ = run_ladder(recipe)
+    assert asked["base"] == 20 and report.rung("base").reason is None and report.rung("base").n_examples == 20
+
+    asked.update(base=0, tuned=0)
+    report, _ = run_ladder(recipe, stop_early=False)
+    assert asked == {"tuned": 20, "base": 20} and report.rung("base").reason is None

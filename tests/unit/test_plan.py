@@ -206,3 +206,45 @@ def test_plan_cli_on_a_non_llama_model_and_a_missing_data_file(tmp_path, tiny_mo
     assert code == 1 and "data.train.0" in out and "missing.jsonl" in out, out
     code, out = _plan_cli("--model", tiny_model_dir, "--data", data, "--price", "-1")
     assert code == 2 and "--price" in out
+
+
+@pytest.mark.parametrize(
+    ("flags", "cap", "precision"),
+    [
+        ({"avx2", "fma"}, None, "fp32"),  # an AVX2 CPU without bf16 units
+        ({"avx2", "avx512f", "avx512_bf16"}, "AVX2", "fp32"),  # bf16 units, oneDNN capped below them (the simulation)
+        ({"avx2", "avx512f", "avx512_bf16"}, None, "bf16"),
+        ({"avx2", "avx512f", "amx_bf16"}, "AVX512_CORE_AMX", "bf16"),
+    ],
+)
+def test_cpu_time_estimate_uses_the_precision_the_machine_trains_in(tiny_recipe, monkeypatch, flags, cap, precision):
+    """The CPU time model divides by the matmul rate measured in the precision training will use: fp32 where the CPU
+    has no bf16 units (or oneDNN is capped below them), bf16 only where it has them; speed.precision agrees."""
+    from tunesmith.config import load_recipe
+    from tunesmith.plan import advisor, cost
+    from tunesmith.plan.memory import Shape
+    from tunesmith.train import hardware, speed
+
+    monkeypatch.setattr(hardware, "_cpuinfo", lambda: ("test CPU", frozenset(flags)))
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    if cap:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    else:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    probed = []
+    rates = {"float32": 50.0, "bfloat16": 400.0}  # GFLOP/s: the 8x gap of a CPU with bf16 units
+
+    def gemm(dtype="float32", **kw):
+        probed.append(dtype)
+        return rates[dtype]
+
+    monkeypatch.setattr(hardware, "gemm_gflops", gemm)
+    recipe = load_recipe(tiny_recipe(speed={"shared_prefix": False}))
+    p = advisor.plan(recipe, gpu="cpu", lengths=[100] * 24, trained=0.3)
+    dtype = "bfloat16" if precision == "bf16" else "float32"
+    assert probed == [dtype] and p.precision == precision
+    assert speed.uses_bf16(recipe, cuda=False) is (precision == "bf16")
+    params = Shape.from_config(recipe.model.base).params
+    expected = p.tokens * 4 * params / (rates[dtype] * 1e9 * cost.CPU_EFFICIENCY[precision])
+    assert p.seconds == pytest.approx(expected)
+    assert p.device_tflops == pytest.approx(rates[dtype] / 1e3)

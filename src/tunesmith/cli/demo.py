@@ -19,8 +19,15 @@ def demo(
         "--overwrite/--no-overwrite",
         help="Replace an earlier demo's own files in --dir (never files the demo did not write).",
     ),
+    budget_s: float = typer.Option(
+        None,
+        "--budget-s",
+        min=60,
+        help="Seconds the demo may take (default 900: 15 minutes); its training steps and ladder are sized to fit this "
+        "machine, and the plan is printed before it starts.",
+    ),
 ) -> None:
     """Pull SmolLM2, train a LoRA on the bundled demo task, compare base vs tuned, merge, chat."""
     from tunesmith.demo.pipeline import run_demo
 
-    run_demo(directory, console=console, steps=steps, fresh=fresh)
+    run_demo(directory, console=console, steps=steps, fresh=fresh, budget_s=budget_s)

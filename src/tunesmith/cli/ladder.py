@@ -52,6 +52,9 @@ def ladder_table(report: LadderReport) -> Table:
 
 def print_ladder(report: LadderReport, folder: Path) -> None:
     console.print(ladder_table(report))
+    for r in report.measured:
+        if r.reason:  # a rung stopped early: its figures are those of the prompts it answered
+            console.print(f"[dim]{r.label}: {r.reason}[/]", highlight=False)
     rec = report.recommendation
     console.print(f"[bold]recommendation:[/] {rec.sentence}", highlight=False)
     if rec.warning:
@@ -69,6 +72,12 @@ def ladder_cmd(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace the output of an earlier `tunesmith ladder` in that folder."
     ),
+    full: bool = typer.Option(
+        False,
+        "--full",
+        help="Answer every prompt on every rung (by default a rung that can no longer pass the gates, once another "
+        "rung passes them, stops after its first prompts: it cannot change the recommendation).",
+    ),
 ) -> None:
     """Measure every rung of the ladder on the same held-out prompts and recommend the cheapest that passes the gates."""
     from tunesmith.config import load_recipe
@@ -76,7 +85,9 @@ def ladder_cmd(
 
     parsed = load_recipe(recipe, set_)
     with Progress(console=console, transient=True) as progress:
-        report, folder = ladder(parsed, out, overwrite=overwrite, max_examples=max_examples, progress=progress)
+        report, folder = ladder(
+            parsed, out, overwrite=overwrite, max_examples=max_examples, progress=progress, stop_early=not full
+        )
     print_ladder(report, folder)
     chosen = report.chosen
     if chosen is not None and chosen.gates:

@@ -57,7 +57,7 @@ def plan(
     console.print(
         f"{p.params / 1e6:,.1f}M parameters, {p.trainable_params / 1e6:,.2f}M trained; {p.steps} steps of "
         f"{cfg.training.batch_size * cfg.training.grad_accum * p.nproc} rows in passes of {p.micro_batch}, "
-        f"{p.tokens:,} tokens: ~{p.seconds / 60:,.1f} min, ~${p.usd:,.2f}"
+        f"{p.tokens:,} tokens: ~{p.seconds / 60:,.1f} min ({p.precision} at {p.device_tflops * 1e3:,.0f} GFLOP/s), ~${p.usd:,.2f}"
     )
     how = strategy(p, cfg.adapter.type)
     if how.name != "single":

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +19,7 @@ from tunesmith.config import (
     TrainingSection,
     commented_yaml,
 )
+from tunesmith.demo import sizing
 from tunesmith.errors import TunesmithError
 
 if TYPE_CHECKING:
@@ -99,9 +102,15 @@ def write_project(directory: Path, overwrite: bool = False, claimed: bool = Fals
     return recipe
 
 
-def run_demo(directory: Path, console: Any, steps: int | None = None, fresh: bool = True) -> LadderReport:
-    """Pull → init → train → the ladder → merge → chat; print what it proved. Returns the ladder report."""
+def run_demo(
+    directory: Path, console: Any, steps: int | None = None, fresh: bool = True, budget_s: float | None = None
+) -> LadderReport:
+    """Pull → init → train → the ladder → merge → chat; print what it proved. Returns the ladder report.
+
+    budget_s: seconds the whole demo may take (default demo.sizing.BUDGET_S): its work is sized to fit this machine
+    (demo/sizing.py), said before it starts and compared with the measured time at the end."""
     from tunesmith import outputs
+    from tunesmith.demo.sizing import BUDGET_S
 
     started = time.time()
     # Only a folder an earlier demo made is reused; with fresh, only the demo's own files in it are replaced.
@@ -110,10 +119,12 @@ def run_demo(directory: Path, console: Any, steps: int | None = None, fresh: boo
     outputs.record(directory, "runs/demo", "runs/demo-ladder", "merged")
     # The run folder records its own path, so it cannot be staged elsewhere: the earlier demo's files are set
     # aside for the run and put back if it fails.
+    deadline = started + (budget_s if budget_s is not None else BUDGET_S)
     with outputs.set_aside(directory):
-        report = _demo_steps(directory, console, steps)
+        report, timing = _demo_steps(directory, console, steps, deadline)
     console.rule("[bold]what this proved")
-    console.print(proof(report) + f" Total {time.time() - started:.0f}s.", highlight=False)
+    console.print(proof(report), highlight=False)
+    console.print(timing.summary(time.time() - started), highlight=False)
     zero, both = report.rung("base"), report.rung("tuned_rag")
     if (
         zero is None
@@ -127,8 +138,9 @@ def run_demo(directory: Path, console: Any, steps: int | None = None, fresh: boo
     return report
 
 
-def _demo_steps(directory: Path, console: Any, steps: int | None) -> LadderReport:
-    """The five steps of the demo in `directory` (claimed by the caller); the ladder report."""
+def _demo_steps(directory: Path, console: Any, steps: int | None, deadline: float) -> tuple[LadderReport, Timing]:
+    """The five steps of the demo in `directory` (claimed by the caller), sized to end by `deadline` (epoch seconds);
+    the ladder report and what each part took against its estimate."""
     from rich.progress import Progress
 
     from tunesmith.chat import ChatSession
@@ -146,19 +158,24 @@ def _demo_steps(directory: Path, console: Any, steps: int | None) -> LadderRepor
 
     console.rule("[bold]2/5 project")
     recipe_path = write_project(directory, claimed=True)
-    recipe = load_recipe(recipe_path, [f"training.max_steps={steps}"] if steps else [])
+    with console.status("sizing the demo for this machine (the planner's estimate, a matmul probe) ..."):
+        plan = sizing.measure(load_recipe(recipe_path), deadline - time.time(), steps)
+    recipe = load_recipe(recipe_path, [f"training.max_steps={plan.steps}", f"ladder.max_examples={plan.prompts}"])
     console.print(f"recipe: {recipe_path}  (train {recipe.data.train[0]}, eval {recipe.data.eval})")
+    console.print(f"[bold]plan:[/] {plan.sentence()}", highlight=False)
+    timing = Timing(plan)
 
     console.rule("[bold]3/5 train (LoRA SFT)")
-    run = train_run(recipe)
+    with timing.part("train"):
+        run = train_run(recipe)
     fig = run.manifest.figures
     console.print(
         f"{fig.global_step} steps in {fig.train_runtime_s:.0f}s, train loss {fig.train_loss or 0:.3f}, eval loss {fig.eval_loss or 0:.3f}"
     )
 
     console.rule("[bold]4/5 the ladder: prompt, few-shot, RAG, tuned, tuned + RAG on the same held-out prompts")
-    with Progress(console=console, transient=True) as progress:
-        report, folder = ladder(recipe, default_out(recipe), progress=progress)
+    with Progress(console=console, transient=True) as progress, timing.part("ladder"):
+        report, folder = ladder(recipe, default_out(recipe), progress=progress, stop_early=plan.stop_early)
     print_ladder(report, folder)
 
     console.rule("[bold]5/5 merge and chat")
@@ -167,7 +184,31 @@ def _demo_steps(directory: Path, console: Any, steps: int | None) -> LadderRepor
     sample = "Hi, this is Ruth Keller from Pinewood Bakery. The OvenPro 9 I bought arrived with a cracked door. It cost 349.00 EUR. Please sort this out urgently."
     answer = ChatSession.open(str(run.dir)).ask(sample, 80)
     console.print(f"chat> {sample}\n[bold]tuned>[/] {answer}", highlight=False)
-    return report
+    return report, timing
+
+
+class Timing:
+    """Wall seconds of the demo's training and ladder, against the plan's estimates."""
+
+    def __init__(self, plan: sizing.DemoPlan) -> None:
+        self.plan, self.seconds = plan, {"train": 0.0, "ladder": 0.0}
+
+    @contextlib.contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        started = time.time()
+        try:
+            yield
+        finally:
+            self.seconds[name] = time.time() - started
+
+    def summary(self, total_s: float) -> str:
+        """The measured time at the end, next to the estimate made before starting."""
+        p, s = self.plan, self.seconds
+        return (
+            f"Measured {total_s:.0f}s in all ({total_s / 60:.1f} min; estimated {p.total_s:.0f}s, budget "
+            f"{p.budget_s:.0f}s when sized): training {s['train']:.0f}s (estimated {p.train_s:.0f}s), the ladder "
+            f"{s['ladder']:.0f}s (estimated {p.ladder_s:.0f}s), the rest {total_s - s['train'] - s['ladder']:.0f}s."
+        )
 
 
 def proof(report: LadderReport) -> str:

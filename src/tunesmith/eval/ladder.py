@@ -224,68 +224,161 @@ def load_answerers(recipe: Recipe, kinds: set[str]) -> tuple[dict[str, scoring.A
     return found, missing
 
 
+PROBE_ROWS = 8  # prompts a rung answers first once another rung passes every gate (the rest only if it still can)
+
+
+def cannot_pass(gates: dict[str, Any], per_example: list[dict[str, float | None]], total: int) -> str | None:
+    """Why a rung whose first answers scored `per_example` cannot pass `gates` over all `total` prompts, or None.
+
+    Decided only for gates on metrics averaged over examples within a bounded range (the registry's low/high): the
+    best the rung can still reach gives every unanswered prompt the metric's best value. The mean over the answers
+    given then fails the gate as well (it is at most that bound), so stopping changes no verdict.
+    """
+    from tunesmith.eval.gates import check_rules, parse_rule
+    from tunesmith.eval.registry import LADDER
+
+    for name, rule in gates.items():
+        m = registry.metric(name)
+        if m.fn is None or m.corpus is not None or m.low is None or m.high is None:
+            continue
+        op, threshold = parse_rule(name, rule)
+        if op == "==":
+            continue
+        values = [float(v) for row in per_example if (v := row.get(m.name)) is not None]
+        rest = total - len(per_example)
+        bound = (sum(values) + rest * (m.high if op in (">=", ">") else m.low)) / max(len(values) + rest, 1)
+        if check_rules({name: rule}, {m.name: bound}, where=LADDER)[0].status == "fail":
+            return (
+                f"{name} {m.fmt(sum(values) / max(len(values), 1))} on its first {len(per_example)} prompts: at best "
+                f"{m.fmt(bound)} over all {total}, which misses {op} {threshold:g}"
+            )
+    return None
+
+
+def _measure(
+    spec: RungSpec, who: scoring.Answerer, inputs: LadderInputs, ask: dict[str, Any], decided: RungResult | None
+) -> tuple[RungResult, list[str]]:
+    """One rung's answers, scores and result. Once `decided` (a rung that passes every gate) exists, this rung first
+    answers PROBE_ROWS prompts and stops there when it can no longer pass: it cannot change the recommendation."""
+    from tunesmith.eval.generate import generate_detailed
+
+    prompts, refs, total = rung_prompts(spec, inputs), inputs.refs, len(inputs.refs)
+    head = PROBE_ROWS if decided is not None and total > PROBE_ROWS else total
+    advance = scoring.progress_advance(ask["progress"], f"ladder: {spec.label}", total)
+    clock = scoring.Clock(ask["batch"], advance)  # the one clock, across both parts
+
+    def answer(part: list[Conversation]) -> list[Any]:
+        clock.start()
+        return generate_detailed(
+            who.model, who.tokenizer, part, ask["max_new"], ask["batch"], on_batch=clock, thinking=who.thinking
+        )
+
+    with who.context():
+        done = answer(prompts[:head])
+        scores = scoring.score([c.text for c in done], refs[:head], ask["json_mode"], ask["reward"], prompts[:head])
+        why = cannot_pass(ask["gates"], scores.per_example, total) if head < total else None
+        if head < total and why is None:
+            done += answer(prompts[head:])
+            scores = scoring.score([c.text for c in done], refs, ask["json_mode"], ask["reward"], prompts)
+    answers = scoring.Answers(done, clock.latency())
+    rung = score_rung(spec, answers, scores, ask["basis"], ask["price"], ask["gates"])
+    if why is not None and decided is not None:
+        rung.reason = (
+            f"stopped after {head} of {total} prompts, as it cannot change the recommendation: {why}, "
+            f"and {decided.label} passes every gate"
+        )
+    return rung, answers.texts
+
+
+def _why_not(spec: RungSpec, missing: dict[str, str], inputs: LadderInputs) -> str | None:
+    """Why a rung cannot run at all (no model, no index, no shots), or None."""
+    why = missing.get(spec.model) or ("the recipe has no rag section" if spec.rag and inputs.rag_convs is None else None)
+    return why or (inputs.no_shots if spec.few_shot else None)
+
+
 def run_ladder(
     recipe: Recipe,
     *,
     max_examples: int | None = None,
     retriever: Any = None,
     progress: Any = None,
+    stop_early: bool = True,
 ) -> tuple[LadderReport, list[dict[str, Any]]]:
-    """Measure every rung of `recipe.ladder.rungs` on the same prompts; the report and one prediction row per prompt."""
+    """Measure every rung of `recipe.ladder.rungs` on the same prompts; the report and one prediction row per prompt.
+
+    Rungs are measured from the top of the ladder down (tuned + RAG before base), so a rung that passes every gate is
+    known early; with `stop_early`, a rung measured after one that passes answers PROBE_ROWS prompts first and stops
+    when it can no longer pass (cannot_pass): it then cannot change the recommendation, and its reason says so.
+    """
+    from tunesmith.eval.generate import generate
     from tunesmith.train.rewards import scorer
 
     lad = recipe.ladder
     inputs = ladder_inputs(recipe, max_examples, retriever)
-    json_mode = metrics.references_are_json(inputs.refs)
-    basis: CostBasis = "tokens" if lad.price_per_1k_tokens is not None else "compute"
     price = lad.price_per_1k_tokens if lad.price_per_1k_tokens is not None else lad.hourly_price
-    max_new = lad.max_new_tokens or resolve_max_new_tokens(recipe, None, inputs.refs).tokens  # eval.max_new_tokens: auto
-    batch = lad.batch_size or recipe.eval.batch_size
-    reward = scorer(recipe, inputs.refs)
+    ask: dict[str, Any] = {
+        "json_mode": metrics.references_are_json(inputs.refs),
+        "basis": "tokens" if lad.price_per_1k_tokens is not None else "compute",
+        "price": price,
+        "max_new": lad.max_new_tokens or resolve_max_new_tokens(recipe, None, inputs.refs).tokens,  # eval.max_new_tokens: auto
+        "batch": lad.batch_size or recipe.eval.batch_size,
+        "reward": scorer(recipe, inputs.refs),
+        "gates": recipe.eval.gates,
+        "progress": progress,
+    }
     specs = [SPECS[name] for name in RUNGS if name in lad.rungs]
     answerers, missing = load_answerers(recipe, {s.model for s in specs})
     rows: list[dict[str, Any]] = [
         {"id": i, "prompt": c[-1]["content"] if c else "", "reference": r, "passages": p, "outputs": {}}
         for i, c, r, p in zip(inputs.ids, inputs.convs, inputs.refs, inputs.sources)
     ]
-    results: list[RungResult] = []
-    for spec in specs:
-        why = missing.get(spec.model) or ("the recipe has no rag section" if spec.rag and inputs.rag_convs is None else None)
-        why = why or (inputs.no_shots if spec.few_shot else None)
+    found: dict[str, RungResult] = {}
+    decided: RungResult | None = None
+    for who in {id(a.model): a for a in answerers.values()}.values():  # the first batch of a model is not timed cold
+        generate(who.model, who.tokenizer, inputs.convs[:2], 2, 2, thinking=who.thinking)
+    for spec in reversed(specs):
+        why = _why_not(spec, missing, inputs)
         if why:
-            results.append(RungResult(name=spec.name, label=spec.label, status="skipped", reason=why))
+            found[spec.name] = RungResult(name=spec.name, label=spec.label, status="skipped", reason=why)
             continue
-        who = answerers[spec.model]
-        prompts = rung_prompts(spec, inputs)
-        with who.context():
-            advance = scoring.progress_advance(progress, f"ladder: {spec.label}", len(prompts))
-            answers = scoring.answer(who.model, who.tokenizer, prompts, max_new, batch, advance, who.thinking)
-        scores = scoring.score(answers.texts, inputs.refs, json_mode, reward, prompts)
-        results.append(score_rung(spec, answers, scores, basis, price, recipe.eval.gates))
-        for row, text in zip(rows, answers.texts):
+        found[spec.name], texts = _measure(spec, answerers[spec.model], inputs, ask, decided if stop_early else None)
+        for row, text in zip(rows, texts):
             row["outputs"][spec.name] = text
+        if decided is None and found[spec.name].passed and any(g.status != "skip" for g in found[spec.name].gates):
+            decided = found[spec.name]
+    results = [found[s.name] for s in specs]
+    return _report(recipe, inputs, ask, results, answerers), rows
+
+
+def _report(
+    recipe: Recipe, inputs: LadderInputs, ask: dict[str, Any], results: list[RungResult], answerers: dict[str, Any]
+) -> LadderReport:
     quality = [g for g in recipe.eval.gates if registry.metric(g).fn is not None or g == "reward"]
-    if reward is not None and not any(r.strip() for r in inputs.refs):
+    if ask["reward"] is not None and not any(r.strip() for r in inputs.refs):
         quality.append("reward")  # prompt-only rows: the rewards are the only quality measure
     any_model = next(iter(answerers.values()), None)
-    report = LadderReport(
+    return LadderReport(
         run=recipe.name,
         base_model=recipe.model.base,
         n_examples=len(inputs.convs),
-        json_mode=json_mode,
+        json_mode=ask["json_mode"],
         reference=inputs.reference,
         ids=inputs.ids,
-        primary_metric=quality[0] if quality else metrics.primary_metrics(json_mode)[0],
+        primary_metric=quality[0] if quality else metrics.primary_metrics(ask["json_mode"])[0],
         gates=dict(recipe.eval.gates),
-        cost_basis=basis,
-        price=price,
+        cost_basis=ask["basis"],
+        price=ask["price"],
         rungs=results,
         recommendation=recommend(results),
-        generation={"greedy": True, "max_new_tokens": max_new, "batch_size": batch, "few_shot_k": len(inputs.shots)},
+        generation={
+            "greedy": True,
+            "max_new_tokens": ask["max_new"],
+            "batch_size": ask["batch"],
+            "few_shot_k": len(inputs.shots),
+        },
         rag=None if recipe.rag is None else {"index": recipe.rag.index, "k": recipe.rag.k, "mode": recipe.rag.mode},
         device=str(any_model.model.device) if any_model else "cpu",
     )
-    return report, rows
 
 
 LADDER_FILES = ("ladder.json", "ladder.html", "predictions.jsonl")
@@ -316,12 +409,13 @@ def ladder(
     overwrite: bool = False,
     max_examples: int | None = None,
     progress: Any = None,
+    stop_early: bool = True,
 ) -> tuple[LadderReport, Path]:
     """Claim the output folder, measure the ladder, write its files; (report, folder)."""
     from tunesmith.outputs import claim_dir, replacing
 
     folder = claim_dir(out or default_out(recipe), "ladder", overwrite=overwrite, what="ladder folder")
-    report, rows = run_ladder(recipe, max_examples=max_examples, progress=progress)
+    report, rows = run_ladder(recipe, max_examples=max_examples, progress=progress, stop_early=stop_early)
     with replacing(folder) as stage:  # an earlier ladder's files stay until the new ones are complete
         write_ladder(stage, report, rows)
     return report, folder

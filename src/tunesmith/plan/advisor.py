@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,15 +24,43 @@ def data_lengths(recipe: Recipe, tokenizer: Any) -> tuple[list[int], float]:
     return [len(r["input_ids"]) for r in rows], stats.trained_tokens / max(stats.tokens, 1)
 
 
-def _memory(recipe: Recipe, shape: Shape, lengths: list[int], trained: float, cuda: bool) -> Memory:
-    from tunesmith.train.speed import batching, micro_batch, releases_memory, uses_bf16, weights_dtype
+def pass_shape(recipe: Recipe, lengths: list[int], cuda: bool, shared: int = 0) -> tuple[int, float]:
+    """(rows, tokens per row) of the largest forward/backward pass: rows from speed.micro_batch_tokens; padded, every
+    row as long as the longest; padding-free, the longest rows side by side, their `shared` leading tokens run once
+    when speed.shared_prefix is on (shared: the leading tokens every training row has)."""
+    from tunesmith.train.compact import pass_tokens
+    from tunesmith.train.speed import batching, micro_batch, shares_prefix
+
+    sharing = shares_prefix(recipe, cuda, recipe.training.gradient_checkpointing is True)
+    shared = shared if sharing else 0
+    rows = micro_batch(recipe, lengths, cuda, shared)
+    longest = sorted(lengths)[-rows:]
+    if batching(recipe) != "padding_free":
+        return rows, max(lengths)
+    return rows, pass_tokens(longest, shared, rows) / rows
+
+
+def _run_share(recipe: Recipe, lengths: list[int], rows: int, cuda: bool, shared: int) -> float:
+    """The share of the training tokens the forward passes run: 1, less the shared leading tokens a pass of several
+    rows runs once (speed.shared_prefix)."""
+    from tunesmith.train.compact import pass_tokens
+    from tunesmith.train.speed import batching, shares_prefix
+
+    if (
+        rows < 2
+        or batching(recipe) != "padding_free"
+        or not shares_prefix(recipe, cuda, recipe.training.gradient_checkpointing is True)
+    ):
+        return 1.0
+    mean = sum(lengths) / len(lengths)
+    return pass_tokens(lengths, shared, rows) / (rows * mean)
+
+
+def _memory(recipe: Recipe, shape: Shape, lengths: list[int], trained: float, cuda: bool, shared: int = 0) -> Memory:
+    from tunesmith.train.speed import releases_memory, stores_frozen_bf16, uses_bf16, weights_dtype
 
     a = recipe.adapter
-    rows = micro_batch(recipe, lengths, cuda)  # rows per forward/backward pass (speed.micro_batch_tokens)
-    longest = sorted(lengths)[-rows:]
-    packed = batching(recipe) == "padding_free"
-    # Padded: every row as long as the longest; padding-free: the longest rows side by side.
-    seq = sum(longest) / len(longest) if packed else max(lengths)
+    rows, seq = pass_shape(recipe, lengths, cuda, shared)
 
     bf16 = uses_bf16(recipe, cuda)
     dtype = weights_dtype(recipe, bf16)
@@ -51,10 +80,11 @@ def _memory(recipe: Recipe, shape: Shape, lengths: list[int], trained: float, cu
         trained_fraction=trained,
         cuda=cuda,
         trimmed=releases_memory(recipe),
+        frozen_bf16=stores_frozen_bf16(recipe, bf16, cuda),
     )
 
 
-def _fix(recipe: Recipe, shape: Shape, lengths: list[int], trained: float, hw: cost.Hardware) -> list[str]:
+def _fix(recipe: Recipe, shape: Shape, lengths: list[int], trained: float, hw: cost.Hardware, shared: int = 0) -> list[str]:
     """The first combination of memory-saving overrides, least intrusive first, whose estimate fits."""
     capacity = hw.memory_gib * 2**30 * 0.9
     sets: list[str] = []
@@ -77,7 +107,7 @@ def _fix(recipe: Recipe, shape: Shape, lengths: list[int], trained: float, hw: c
         text = str(value).lower() if isinstance(value, bool) else str(value)
         sets = [s for s in sets if not s.startswith(key + "=")] + [f"{key}={text}"]
         clipped = [min(n, r.data.max_length) for n in lengths]
-        if field != "batch_size" and _memory(r, shape, clipped, trained, hw.name != "cpu").total <= capacity:
+        if field != "batch_size" and _memory(r, shape, clipped, trained, hw.name != "cpu", shared).total <= capacity:
             return sets
     return sets
 
@@ -100,18 +130,20 @@ def plan(
     price: float | None = None,
     lengths: list[int] | None = None,
     trained: float | None = None,
+    shared: int = 0,
     nnodes: int = 1,
 ) -> Plan:
     """Estimate the recipe's training run on `gpu` (h100, a100, l4, rtx4090, or cpu: this machine) x nproc per node
     x nnodes; the Plan's nproc is every device together.
 
     lengths/trained: the training rows' token lengths and trained-token share when already tokenized;
-    otherwise the recipe's data is tokenized with `tokenizer`.
+    otherwise the recipe's data is tokenized with `tokenizer`. shared: the leading tokens every row has
+    (speed.shared_prefix runs them once per pass).
     """
     nproc *= nnodes
     from tunesmith import models
     from tunesmith.errors import RecipeError
-    from tunesmith.train.speed import micro_batch, uses_bf16
+    from tunesmith.train.speed import uses_bf16
 
     if nproc < 1:
         raise RecipeError([("--nproc", f"devices trained on together: 1 or more, not {nproc}")])
@@ -119,16 +151,19 @@ def plan(
         raise RecipeError([("--price", f"a price per device-hour is 0 or more, not {price}")])
     hw = cost.GPUS[gpu] if gpu != "cpu" else cost.cpu_hardware(bf16=uses_bf16(recipe, cuda=False))
     if price is not None:
-        hw = hw.__class__(hw.name, hw.memory_gib, hw.peak_tflops, hw.mfu, price)
+        hw = dataclasses.replace(hw, usd_per_hour=price)
     shape = Shape.from_config(models.resolve_base(recipe.model.base))
     if lengths is None or trained is None:
         lengths, trained = data_lengths(recipe, tokenizer)
-    mem = _memory(recipe, shape, lengths, trained, gpu != "cpu")
+    mem = _memory(recipe, shape, lengths, trained, gpu != "cpu", shared)
     t = recipe.training
     per_step = t.batch_size * t.grad_accum * nproc
     steps = t.max_steps if t.max_steps > 0 else math.ceil(len(lengths) * t.epochs / per_step)
     tokens = int(steps * per_step * sum(lengths) / len(lengths))
-    secs = cost.seconds(tokens, shape.params, recipe.adapter.type, hw, nproc)
+    rows, _ = pass_shape(recipe, lengths, gpu != "cpu", shared)
+    secs = cost.seconds(
+        tokens * _run_share(recipe, lengths, rows, gpu != "cpu", shared), shape.params, recipe.adapter.type, hw, nproc
+    )
     capacity = hw.memory_gib * 2**30 * 0.9
     fits = mem.total <= capacity
     a = recipe.adapter
@@ -142,11 +177,13 @@ def plan(
         capacity_mb=round(capacity / 2**20, 1),
         fits=fits,
         steps=steps,
-        micro_batch=micro_batch(recipe, lengths, gpu != "cpu"),
+        micro_batch=rows,
         tokens=tokens,
         seconds=secs,
+        precision=hw.precision,
+        device_tflops=round(hw.peak_tflops, 4),
         usd=round(secs / 3600 * hw.usd_per_hour * nproc, 2),
-        fix=[] if fits else _fix(recipe, shape, lengths, trained, hw),
+        fix=[] if fits else _fix(recipe, shape, lengths, trained, hw, shared),
     )
 
 

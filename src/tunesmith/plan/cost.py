@@ -11,13 +11,15 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Hardware:
-    """One accelerator: memory (GiB), dense bf16 peak (TFLOPs), the fraction of it training achieves, price per hour."""
+    """One accelerator: memory (GiB), dense peak (TFLOPs) in the precision training multiplies in, the fraction of it
+    training achieves, price per hour."""
 
     name: str
     memory_gib: float
     peak_tflops: float
     mfu: float
     usd_per_hour: float
+    precision: str = "bf16"
 
 
 # Datasheet peaks (dense bf16, no sparsity); MFU is a typical LoRA figure for small batches; prices are
@@ -30,28 +32,25 @@ GPUS = {
 }
 
 
+# Training's share of the 1024x1024 matmul probe on CPU, by the precision training multiplies in. bf16: SmolLM2-135M
+# LoRA at batch 4 on the benchmark CPU (docs/planner.md). fp32: the demo's SFT-LoRA capped to AVX2 (no bf16 units),
+# one thread against the one-thread probe, achieved 0.48-0.67 (docs/benchmarks.md), and an uncapped fp32 run 0.45;
+# 0.4 errs on the slow side, as the bf16 figure does.
+CPU_EFFICIENCY = {"bf16": 0.25, "fp32": 0.4}
+
+
 def cpu_hardware(memory_gib: float | None = None, price: float = 0.0, bf16: bool = False) -> Hardware:
-    """This machine's CPU: its fp32 matmul throughput measured now (0.2 s probe), its RAM, and what training achieves of it.
-
-    The 0.25 efficiency is training's share of the probe's matmul rate on the benchmark machine
-    (docs/planner.md: SmolLM2-135M LoRA at batch 4).
-    """
+    """This machine's CPU: its matmul rate measured now (0.2 s probe) in the precision training will multiply in
+    (bf16 only where the CPU has bf16 units: train/speed.py decides), its RAM, and what training achieves of it."""
     import os
-    import time
 
-    import torch
+    from tunesmith.train.hardware import gemm_gflops
 
-    dtype = torch.bfloat16 if bf16 else torch.float32  # the dtype training will multiply in (speed.precision)
-    a, b = torch.randn(1024, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
-    torch.mm(a, b)
-    n, started = 0, time.perf_counter()
-    while time.perf_counter() - started < 0.2:
-        torch.mm(a, b)
-        n += 1
-    tflops = n * 2 * 1024**3 / (time.perf_counter() - started) / 1e12
+    precision = "bf16" if bf16 else "fp32"
+    tflops = gemm_gflops("bfloat16" if bf16 else "float32") / 1e3
     if memory_gib is None:
         memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return Hardware("cpu", memory_gib, tflops, 0.25, price)
+    return Hardware("cpu", memory_gib, tflops, CPU_EFFICIENCY[precision], price, precision)
 
 
 def flops_per_token(params: int, adapter: str) -> float:

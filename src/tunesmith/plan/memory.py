@@ -150,10 +150,12 @@ def estimate(
     cuda: bool = False,
     autocast: bool = False,
     trimmed: bool = True,
+    frozen_bf16: bool = False,
 ) -> Memory:
     """Peak memory of one training step. seq_len: tokens per row (the padded length, or the mean with packing).
 
     trimmed: freed heap is handed back after every step (speed.release_memory), which only CPU runs count.
+    frozen_bf16: the decoder's linear layers stored in bf16 under fp32 training (speed.frozen_bf16).
     """
     wbytes = BYTES["nf4"] if adapter == "qlora" else BYTES[dtype]
     act_bytes: float = 2 if dtype in ("bfloat16", "float16") or adapter == "qlora" or autocast else 4
@@ -179,8 +181,9 @@ def estimate(
     scored = tokens * trained_fraction if labelled_logits else tokens
     rows = min(scored, LOGIT_CHUNK) if labelled_logits else scored
     logits = rows * shape.vocab * 4 * 3  # fp32 logits, their softmax and their gradient
+    linears = shape.layers * sum(a * b for a, b in shape.linears().values())
     return Memory(
-        weights=shape.params * wbytes,
+        weights=shape.params * wbytes - (linears * (wbytes - BYTES["bfloat16"]) if frozen_bf16 else 0),
         adapter=0 if adapter == "full" else trainable * 4,  # fp32 master weights
         optimizer=trainable * 8,  # AdamW: two fp32 moments
         gradients=trainable * 4,

@@ -74,6 +74,7 @@ class DPO(Method[DPOSection]):
     row_shape = "prompt + chosen + rejected (or input + preferred_output + non_preferred_output)"
     measured_as = "prompt + the longer of chosen/rejected"
     reference = "the chosen answer of each held-out preference pair"
+    scores_labels = True
 
     def fit_row(self, tokenizer: Any, obj: dict[str, Any], max_length: int, overlong: str, room: int) -> Fit | None:
         if detect_shape(obj) not in PAIR_SHAPES:  # the format check and the recipe rule report it; nothing to measure

@@ -77,6 +77,7 @@ class Method(Generic[S]):
     samples_completions: ClassVar[bool] = False  # learns from completions it samples: no fixed answer is trained
     packs_rows: ClassVar[bool] = False  # SFT's levers: packing, varlen attention, labelled logits, micro-batches, plan
     liger: ClassVar[bool] = False  # Liger's kernels apply (TRL's other trainers swap in Liger's own losses)
+    scores_labels: ClassVar[bool] = False  # its loss scores labelled positions through TRL's fused LM head (labelled logits)
     init_from_data: ClassVar[bool] = True  # `tunesmith init --data` can write its recipe (distill needs a teacher)
 
     def settings(self, recipe: Recipe) -> S:

@@ -53,6 +53,7 @@ class SFT(Method[Section]):
     reference = "the last assistant turn of each held-out conversation"
     packs_rows = True
     liger = True
+    scores_labels = True
 
     def datasets(self, recipe: Recipe, tokenizer: Any) -> Datasets:
         """The rows tokenized once (the data check's pass is reused), within data.max_length under data.overlong."""

@@ -12,7 +12,7 @@ import torch
 
 from tunesmith.records import Measured, Speed
 from tunesmith.run import Run, peak_memory_mb
-from tunesmith.train import faults, methods, policy, speed, start, varlen
+from tunesmith.train import compact, faults, methods, policy, speed, start, upcast, varlen
 from tunesmith.train.callbacks import standard_callbacks
 from tunesmith.train.finish import finish_run
 from tunesmith.train.method import Datasets, Parts
@@ -34,12 +34,17 @@ class Built:
     plan: Any  # tunesmith.records.Plan, or None (a method without row levers, or a config the planner cannot read)
     model: Any = None  # the transformers model under the adapter
     attention: str | None = None  # its attention implementation before speed.attention=varlen replaced it
+    unwrap: Any = None  # undoes speed.shared_prefix's wrapper of the backbone (train/compact.py), or None
 
     def restore_attention(self) -> None:
-        """Back to the model's own attention before anything generates or saves (varlen serves training only)."""
+        """Back to the model's own attention and forward before anything generates or saves (varlen and the
+        shared-prefix wrapper serve training only)."""
         if self.attention is not None:
             varlen.restore(self.model, self.attention)
             self.attention = None
+        if self.unwrap is not None:
+            self.unwrap()
+            self.unwrap = None
 
 
 def build(recipe: Recipe, resume: bool = False, force: bool = False, extra: Sequence[Any] = ()) -> Built:
@@ -48,24 +53,28 @@ def build(recipe: Recipe, resume: bool = False, force: bool = False, extra: Sequ
     method = methods.get(recipe.method).trains_as(recipe)
     st = start.begin(recipe, resume, force)  # blocking data errors stop here, before any model loads
     data = method.datasets(recipe, st.tokenizer)
-    estimate = _plan(recipe, data) if method.packs_rows else None
+    # leading tokens every training row has (the system prompt, typically): speed.shared_prefix runs them once a pass
+    shared = compact.common_prefix(list(data.train["input_ids"])) if method.packs_rows else 0
+    estimate = _plan(recipe, data, shared) if method.packs_rows else None
     # the one precision decision; gradient_checkpointing auto turns on when the estimate does not fit
-    levers = speed.for_method(recipe, method, estimate, data.lengths)
+    levers = speed.for_method(recipe, method, estimate, data.lengths, shared)
     speed.score_labelled_positions_only(levers.labelled_logits)
 
     torch.manual_seed(recipe.training.seed)
     model = method.load_model(recipe, st.base_path, levers.base_dtype)  # 4-bit NF4 for qlora
+    if levers.frozen_bf16:  # fp32 training: the frozen decoder linears stored in bf16, multiplied in fp32
+        upcast.install(model)
     if levers.attention == "varlen" and not varlen.supports(model):
         levers = levers.model_copy(update={"attention": "mask"})  # recorded as trained: the model's own attention
     attention = varlen.use(model) if levers.attention == "varlen" else None  # restored before anything generates
     peft_config = policy.peft_config(recipe, model, st.base_path)
     callbacks = standard_callbacks(recipe, st.run_dir) + list(extra)
     trainer = method.trainer(recipe, Parts(model, data, st.tokenizer, peft_config, callbacks, st.run_dir, levers))
-    speed.apply_to_model(levers, trainer.model)
-    return Built(st, trainer, data, levers, estimate, model, attention)
+    unwrap = speed.apply_to_model(levers, trainer.model)
+    return Built(st, trainer, data, levers, estimate, model, attention, unwrap)
 
 
-def _plan(recipe: Recipe, data: Datasets) -> Any:
+def _plan(recipe: Recipe, data: Datasets, shared: int = 0) -> Any:
     """The planner's estimate for this run on this machine, from the rows already tokenized (their lengths)."""
     from tunesmith.plan import advisor
     from tunesmith.train import dist
@@ -73,7 +82,9 @@ def _plan(recipe: Recipe, data: Datasets) -> Any:
     counts = data.counts.train
     trained = counts.trained_tokens / max(counts.tokens, 1) if counts is not None else 0.0
     try:  # every process of every node shares the steps: the time is that of world_size devices
-        return advisor.plan(recipe, gpu=advisor.local_gpu(), nproc=dist.world_size(), lengths=data.lengths, trained=trained)
+        return advisor.plan(
+            recipe, gpu=advisor.local_gpu(), nproc=dist.world_size(), lengths=data.lengths, trained=trained, shared=shared
+        )
     except (KeyError, ValueError, OSError) as exc:  # a config.json the planner cannot read: train anyway
         log.warning("no plan for this model (%s: %s)", type(exc).__name__, exc)
         return None

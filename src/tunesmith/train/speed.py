@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.records import Speed
@@ -34,16 +35,12 @@ ONEDNN_KERNEL_CACHE = "32"
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_KERNEL_CACHE)
 
 
-@functools.cache
 def cpu_has_bf16() -> bool:
-    """True on CPUs with native bf16 dot products (AVX512-BF16 or AMX), read from /proc/cpuinfo on Linux."""
-    from pathlib import Path
+    """True on CPUs with native bf16 dot products (AVX512-BF16 or AMX) that oneDNN may use (train/hardware.py: its
+    ISA cap ONEDNN_MAX_CPU_ISA, when set below them, makes this machine a CPU without bf16 units)."""
+    from tunesmith.train import hardware
 
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return hardware.bf16_units()
 
 
 @functools.cache
@@ -88,6 +85,20 @@ def uses_bf16(recipe: Recipe, cuda: bool) -> bool:
     return bool(units) and recipe.model.dtype in ("auto", "bfloat16")
 
 
+def stores_frozen_bf16(recipe: Recipe, bf16: bool, cuda: bool) -> bool:
+    """speed.frozen_bf16 resolved: fp32 training (no bf16 autocast) of a frozen base on CPU, LoRA or prompt tuning
+    with no layer trained in full (a fully trained layer needs its fp32 weights and their gradient)."""
+    a, value = recipe.adapter, recipe.speed.frozen_bf16
+    can = (
+        not bf16
+        and a.type in ("lora", "prompt_tuning")
+        and not a.modules_to_save
+        and not recipe.training.unfreeze_top_layers
+        and recipe.model.dtype in ("auto", "float32")
+    )
+    return can and (not cuda if value == "auto" else bool(value))
+
+
 def weights_dtype(recipe: Recipe, bf16: bool, frozen: bool | None = None) -> str:
     """The dtype the base loads in. A frozen base under bf16 autocast is multiplied in bf16 anyway: it is stored so
     (half the memory, no cast per step). A full fine-tune keeps fp32 master weights; an explicit model.dtype is kept.
@@ -111,18 +122,30 @@ def batching(recipe: Recipe) -> str:
     return "group_by_length" if recipe.adapter.type == "prompt_tuning" and packing == "padding_free" else packing
 
 
-def micro_batch(recipe: Recipe, lengths: list[int] | None, cuda: bool) -> int:
+def micro_batch(recipe: Recipe, lengths: list[int] | None, cuda: bool, shared: int = 0) -> int:
     """Rows per forward/backward pass (speed.micro_batch_tokens resolved): the largest divisor of training.batch_size
-    whose expected tokens (rows x the mean of `lengths`) fit the budget, at least 1; the whole batch when there is
-    no budget (auto on CUDA, off), no lengths, or group_by_length batching (its sampler groups by micro-batch, so a
-    split would change which rows share a step)."""
+    whose expected tokens fit the budget, at least 1; the whole batch when there is no budget (auto on CUDA, off), no
+    lengths, or group_by_length batching (its sampler groups by micro-batch, so a split would change which rows share
+    a step). Expected tokens: rows x the mean of `lengths`, less the `shared` leading tokens every row has, run once
+    per pass under speed.shared_prefix (pass 0 without it)."""
+    from tunesmith.train.compact import pass_tokens
+
     b, budget = recipe.training.batch_size, recipe.speed.micro_batch_tokens
     if budget == "auto":
         budget = "off" if cuda else CPU_MICRO_BATCH_TOKENS
     if budget == "off" or not lengths or batching(recipe) == "group_by_length":
         return b
-    mean = sum(lengths) / len(lengths)
-    return max([d for d in range(1, b + 1) if b % d == 0 and d * mean <= budget], default=1)
+    return max([d for d in range(1, b + 1) if b % d == 0 and pass_tokens(lengths, shared, d) <= budget], default=1)
+
+
+def shares_prefix(recipe: Recipe, cuda: bool, checkpointing: bool) -> bool:
+    """speed.shared_prefix resolved: auto = on for CPU runs; never with gradient checkpointing, whose recomputation in
+    the backward runs the layers outside the compacted forward (train/compact.py)."""
+    value = recipe.speed.shared_prefix
+    on = not cuda if value == "auto" else bool(value)
+    if on and checkpointing and value is True:
+        log.warning("speed.shared_prefix is off: gradient checkpointing recomputes layers outside the compacted forward")
+    return on and not checkpointing
 
 
 def uses_liger(recipe: Recipe, cuda: bool, allowed: bool = True) -> bool:
@@ -150,11 +173,12 @@ def uses_liger(recipe: Recipe, cuda: bool, allowed: bool = True) -> bool:
     return bool(recipe.speed.liger) and allowed
 
 
-def for_method(recipe: Recipe, method: Method[Any], plan: Any = None, lengths: list[int] | None = None) -> Speed:
-    """The levers `method` trains this recipe with (what train/skeleton.py uses and the manifest records)."""
+def for_method(recipe: Recipe, method: Method[Any], plan: Any = None, lengths: list[int] | None = None, shared: int = 0) -> Speed:
+    """The levers `method` trains this recipe with (what train/skeleton.py uses and the manifest records).
+    shared: the leading tokens every training row has (compact.common_prefix), for the pass size."""
     if method.packs_rows:
-        return resolve(recipe, plan, lengths, liger=method.liger)
-    return resolve_padded(recipe, generates=method.generates(recipe))
+        return resolve(recipe, plan, lengths, liger=method.liger, shared=shared)
+    return resolve_padded(recipe, generates=method.generates(recipe), labelled=method.scores_labels)
 
 
 def packed_attention(recipe: Recipe) -> str:
@@ -168,7 +192,7 @@ def packed_attention(recipe: Recipe) -> str:
     return chosen if chosen != "auto" else ("mask" if torch.cuda.is_available() else "varlen")
 
 
-def resolve(recipe: Recipe, plan: Any = None, lengths: list[int] | None = None, liger: bool = True) -> Speed:
+def resolve(recipe: Recipe, plan: Any = None, lengths: list[int] | None = None, liger: bool = True, shared: int = 0) -> Speed:
     """Resolve every "auto" in recipe.speed (and training.gradient_checkpointing) against this machine, for packed
     demonstrations (SFT).
 
@@ -176,6 +200,7 @@ def resolve(recipe: Recipe, plan: Any = None, lengths: list[int] | None = None, 
     `gradient_checkpointing: auto` turns checkpointing on only when that estimate does not fit.
     lengths: the training rows' token lengths, for speed.micro_batch_tokens (None: batches are not split).
     liger: whether the method takes Liger's kernels.
+    shared: the leading tokens every training row has: a pass of several rows runs them once (speed.shared_prefix).
     """
     import torch
 
@@ -190,7 +215,8 @@ def resolve(recipe: Recipe, plan: Any = None, lengths: list[int] | None = None, 
     if checkpointing == "auto":
         checkpointing = plan is not None and not plan.fits
     t = recipe.training
-    rows = micro_batch(recipe, lengths, cuda)
+    sharing = shares_prefix(recipe, cuda, bool(checkpointing))
+    rows = micro_batch(recipe, lengths, cuda, shared if sharing else 0)
     return Speed(
         liger=uses_liger(recipe, cuda, liger),
         packing=packing,
@@ -209,21 +235,25 @@ def resolve(recipe: Recipe, plan: Any = None, lengths: list[int] | None = None, 
         device="cuda" if cuda else "cpu",
         micro_batch=rows,
         passes=t.grad_accum * t.batch_size // rows,
+        shared_prefix=sharing,
+        frozen_bf16=stores_frozen_bf16(recipe, bf16, cuda),
     )
 
 
-def resolve_padded(recipe: Recipe, generates: bool = False) -> Speed:
+def resolve_padded(recipe: Recipe, generates: bool = False, labelled: bool = False) -> Speed:
     """The levers for trainers that score padded batches (DPO, GRPO, logit distillation): precision, the bf16 base,
-    the adapter input cast, fused AdamW, compile and the heap release as for SFT. Packing, varlen attention and
-    labelled logits are SFT's (DPO scores chosen and rejected from padded pairs; GRPO scores sampled completions;
-    distillation compares full next-token distributions), and checkpointing is on only when the recipe says true.
-    Batches are not split (speed.micro_batch_tokens is SFT's).
+    the adapter input cast, fused AdamW, compile and the heap release as for SFT; speed.shared_prefix (the padded
+    rows run compacted: a pair's or a group's prompt once, no padding); labelled logits where the trainer scores its
+    labels through TRL's fused LM head (DPO, GRPO; distillation compares full next-token distributions). Packing and
+    varlen attention as a setting are SFT's, and checkpointing is on only when the recipe says true. Batches are not
+    split (speed.micro_batch_tokens is SFT's).
 
     generates: the trainer samples while training (GRPO, on-policy distillation). Sampling runs outside autocast, so
     the adapter's input is cast to its fp32 weights there (peft casts the result back to the base's bf16).
+    labelled: the trainer scores labels through TRL's fused LM head (Method.scores_labels).
     """
     levers = resolve(recipe, liger=False)  # no plan: gradient_checkpointing auto stays off; no lengths: not split
-    update: dict[str, Any] = {"packing": "off", "attention": "-", "labelled_logits": False}
+    update: dict[str, Any] = {"packing": "off", "attention": "-", "labelled_logits": labelled and levers.labelled_logits}
     if generates:
         update["adapter_input_cast"] = True
     return levers.model_copy(update=update)
@@ -277,10 +307,16 @@ def score_labelled_positions_only(enabled: bool) -> None:
         trl_utils._use_triton = _use_triton
 
 
-def apply_to_model(speed: Speed, model: Any) -> None:
-    """Levers that act on the built (peft) model: the adapter input cast (the flag peft.helpers.disable_input_dtype_casting sets)."""
+def apply_to_model(speed: Speed, model: Any) -> Callable[[], None] | None:
+    """Levers that act on the built (peft) model: the adapter input cast (the flag peft.helpers.disable_input_dtype_casting
+    sets) and speed.shared_prefix (train/compact.py wraps the backbone). Returns what undoes the wrapper, or None."""
     from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from tunesmith.train import compact
 
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):
             module.cast_input_dtype_enabled = speed.adapter_input_cast  # type: ignore[attr-defined]  # set on instances by peft
+    if not speed.shared_prefix:
+        return None
+    return compact.install(model.get_base_model() if hasattr(model, "get_base_model") else model)

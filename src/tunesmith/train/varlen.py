@@ -8,6 +8,9 @@ docs/benchmarks.md). Flash-attention's varlen kernels avoid this on GPUs; this i
 public attention registry of transformers (AttentionInterface): split the sequence where position_ids restart
 and run causal sdpa on each row. The result is the masked result (tests/unit/test_speed.py: loss and gradients).
 
+A sequence compacted by train/compact.py (speed.shared_prefix) carries its segments explicitly: a row that continues
+the first tokens of an earlier row attends to that row's keys for them, then causally to its own.
+
 Only training and loss evaluation use it (`use`/`restore` around them in train.sft). Registered without a mask
 function, transformers hands it no mask: anything other than one packed sequence without a cache (a padded
 batch, a decoding step) is refused rather than attended wrongly.
@@ -23,11 +26,19 @@ NAME = "tunesmith_varlen_sdpa"
 def attention(
     module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0, scaling: Any = None, **kwargs: Any
 ) -> tuple[Any, None]:
-    """transformers' attention-function signature; query/key/value are (batch, heads, seq, head_dim)."""
+    """transformers' attention-function signature; query/key/value are (batch, heads, seq, head_dim).
+
+    The rows are found where position_ids restart at 0, or, for a sequence compacted by train/compact.py, given as
+    segments (start, end, anchor start, anchor length): a segment that continues the first `anchor length` tokens
+    of its anchor attends to those keys and then causally to its own.
+    """
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    from tunesmith.train.compact import SEGMENTS
+
     position_ids = kwargs.pop("position_ids", None)
+    segments = kwargs.pop(SEGMENTS, None)
     kwargs.pop("is_causal", None)
     if attention_mask is not None or query.shape[0] != 1 or query.shape[2] != key.shape[2] or position_ids is None:
         raise ValueError(
@@ -35,25 +46,25 @@ def attention(
             f"got batch {query.shape[0]}, query length {query.shape[2]}, key length {key.shape[2]}, "
             f"mask {'given' if attention_mask is not None else 'none'}, position_ids {'none' if position_ids is None else 'given'}"
         )
-    starts = torch.nonzero(position_ids.reshape(-1) == 0).flatten().tolist()
-    if not starts or starts[0] != 0:
-        starts = [0, *starts]
-    bounds = [*starts, query.shape[2]]
-    outs = [
-        sdpa_attention_forward(
-            module,
-            query[:, :, s:e],
-            key[:, :, s:e],
-            value[:, :, s:e],
-            None,
-            dropout=dropout,
-            scaling=scaling,
-            is_causal=True,
-            **kwargs,
-        )[0]
-        for s, e in zip(bounds, bounds[1:])
-        if e > s
-    ]
+    if segments is None:
+        starts = torch.nonzero(position_ids.reshape(-1) == 0).flatten().tolist()
+        if not starts or starts[0] != 0:
+            starts = [0, *starts]
+        bounds = [*starts, query.shape[2]]
+        segments = [(s, e, 0, 0) for s, e in zip(bounds, bounds[1:]) if e > s]
+    outs = []
+    for s, e, anchor, shared in segments:
+        k, v, mask = key[:, :, s:e], value[:, :, s:e], None
+        if shared:
+            k = torch.cat([key[:, :, anchor : anchor + shared], k], dim=2)
+            v = torch.cat([value[:, :, anchor : anchor + shared], v], dim=2)
+            # query i (position shared + i) sees the anchor's tokens and its own first i + 1
+            mask = torch.ones(e - s, shared + e - s, dtype=torch.bool, device=query.device).tril(shared)[None, None]
+        outs.append(
+            sdpa_attention_forward(
+                module, query[:, :, s:e], k, v, mask, dropout=dropout, scaling=scaling, is_causal=mask is None, **kwargs
+            )[0]
+        )
     return torch.cat(outs, dim=1), None  # (batch, seq, heads, head_dim), as sdpa_attention_forward returns
 
 
