@@ -31,7 +31,7 @@ def main() -> None:
     from tunesmith.config import recipe_from_dict
     from tunesmith.eval.compare import evaluate
     from tunesmith.run import read_metrics
-    from tunesmith.train import run
+    from tunesmith.train.entry import run
 
     rows = [json.loads(line) for line in (DEMO / "train.jsonl").read_text(encoding="utf-8").splitlines()]
     held = [json.loads(line) for line in (DEMO / "eval.jsonl").read_text(encoding="utf-8").splitlines()]

@@ -93,7 +93,8 @@ def lever_rows(work: Path, base: str, steps: int) -> None:
     """SFT, DPO and GRPO (LoRA, fp32) with speed.shared_prefix off, then on: time, tokens not run, loss parity."""
     from tunesmith.config import recipe_from_dict
     from tunesmith.run import read_metrics
-    from tunesmith.train import compact, run
+    from tunesmith.train import compact
+    from tunesmith.train.entry import run
 
     saved: list[int] = []
     layout = compact.layout
@@ -133,7 +134,7 @@ def main() -> None:
     parser.add_argument("--levers", action="store_true", help="SFT, DPO and GRPO with speed.shared_prefix off and on")
     args = parser.parse_args()
     from tunesmith.config import recipe_from_dict
-    from tunesmith.train import run
+    from tunesmith.train.entry import run
 
     work = Path(tempfile.mkdtemp(prefix="bench-methods-"))
     data(work, system=args.levers)

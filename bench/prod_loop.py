@@ -170,7 +170,7 @@ def run_bench(work: Path, ns: argparse.Namespace) -> None:
     from tunesmith.monitor.loop import LoopOptions, run_cycle
     from tunesmith.run import held_out_examples, load_run
     from tunesmith.serve.server import ServeOptions, prepare, serve_dir
-    from tunesmith.train import run as train_run
+    from tunesmith.train.entry import run as train_run
 
     base = "smollm2-135m-instruct"
     if ns.tiny:

@@ -163,7 +163,7 @@ def _curve(tiny_recipe, name, levers, **sections):
     """Five fp32 steps of a method with these speed levers: the logged figures and the run."""
     from tunesmith.config import load_recipe
     from tunesmith.run import read_metrics
-    from tunesmith.train import run as train_run
+    from tunesmith.train.entry import run as train_run
 
     speed = {"precision": "fp32", **levers, **sections.pop("speed", {})}
     tag = "-".join(f"{k}{v}" for k, v in levers.items())

@@ -139,7 +139,7 @@ def test_the_demo_says_its_plan_before_training_and_trains_that_size(monkeypatch
 
     import tunesmith.models
     import tunesmith.rag.index
-    import tunesmith.train
+    import tunesmith.train.entry
     from tunesmith.demo import pipeline
 
     rungs = ("base", "base_few_shot", "base_rag", "tuned", "tuned_rag")
@@ -164,7 +164,7 @@ def test_the_demo_says_its_plan_before_training_and_trains_that_size(monkeypatch
         seen.update(steps=recipe.training.max_steps, prompts=recipe.ladder.max_examples, said=console.export_text())
         raise Trained
 
-    monkeypatch.setattr(tunesmith.train, "run", train)
+    monkeypatch.setattr(tunesmith.train.entry, "run", train)
     (tmp_path / "demo").mkdir()
     with pytest.raises(Trained):
         pipeline._demo_steps(tmp_path / "demo", console, None, time.time() + 600)

@@ -49,7 +49,7 @@ def test_a_row_without_a_sample_or_prompt_is_named(tmp_path):
 def test_a_runs_held_out_set_and_its_answers_to_an_evals_file(tiny_recipe, tmp_path):
     from tunesmith.config import load_recipe
     from tunesmith.records import read_eval_report
-    from tunesmith.train import run as train_run
+    from tunesmith.train.entry import run as train_run
 
     run = train_run(load_recipe(tiny_recipe(training={"max_steps": 2})))
     grader = {

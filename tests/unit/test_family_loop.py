@@ -24,7 +24,7 @@ def trained(tmp_path_factory):
     """fixture name -> its finished (and evaluated) tiny run, trained once for the module."""
     from tunesmith.config import load_recipe
     from tunesmith.eval.compare import evaluate
-    from tunesmith.train import run as train_run
+    from tunesmith.train.entry import run as train_run
 
     runs = {}
 

@@ -23,7 +23,7 @@ KEY = "sk-reasoning"
 def qwen3_run(tmp_path_factory):
     """A 2-step tiny Qwen 3 run on rows whose answers carry a trace (thinking on)."""
     from tunesmith.config import load_recipe
-    from tunesmith.train import run as train_run
+    from tunesmith.train.entry import run as train_run
 
     # eval's budget leaves room for a trace before the answer
     return train_run(load_recipe(family_recipe(tmp_path_factory.mktemp("qwen3"), "qwen3", max_new_tokens=48)))
@@ -100,7 +100,7 @@ def test_models_info_and_train_summary_show_the_family(qwen3_run):
     from typer.testing import CliRunner
 
     from tunesmith.cli import app
-    from tunesmith.train import summary
+    from tunesmith.train.entry import summary
 
     result = CliRunner().invoke(app, ["models", "info", str(qwen3_run.dir)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output

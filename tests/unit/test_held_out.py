@@ -78,7 +78,7 @@ def test_every_consumer_scores_the_runs_own_held_out_rows(method, tmp_path, tiny
     from tunesmith.monitor.retrain import against_served
     from tunesmith.serve import check
     from tunesmith.studio.routes_review import conversations
-    from tunesmith.train import run as train
+    from tunesmith.train.entry import run as train
 
     shutil.copytree(CONFIGS, tmp_path / "configs")
     path = tmp_path / "configs" / RECIPES[method]

@@ -39,7 +39,7 @@ def unmapped(report: dict) -> dict[str, dict]:
 
 
 def train_two_steps(project: Path, *extra: str):
-    from tunesmith.train import run as train_run
+    from tunesmith.train.entry import run as train_run
 
     return train_run(load_recipe(project / "recipe.yaml", ["training.max_steps=2", "training.logging_steps=1", *extra]))
 

@@ -130,7 +130,7 @@ def test_eval_reports_budget_degenerate_output_and_qlora(tiny_recipe, tmp_path, 
     from tunesmith.eval.notes import QLORA_NOTE
     from tunesmith.export.merge import merge
     from tunesmith.loader import load_run_model
-    from tunesmith.train import run as train_run
+    from tunesmith.train.entry import run as train_run
 
     run = train_run(load_recipe(tiny_recipe(training={"max_steps": 2}, eval={"max_new_tokens": "auto", "max_examples": 3})))
 

@@ -105,7 +105,7 @@ def test_reward_watch_flags_a_reward_that_never_varies(tmp_path):
 
 def test_grpo_run_warns_when_its_reward_cannot_vary(tiny_recipe, tmp_path):
     from tunesmith.run import read_metrics
-    from tunesmith.train import run as train_run
+    from tunesmith.train.entry import run as train_run
 
     write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": r["messages"][:2]} for r in chat_rows(16, 4)])
     (tmp_path / "const.py").write_text("def always_one(prompts, completions, **kw):\n    return [1.0] * len(completions)\n")

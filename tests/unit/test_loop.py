@@ -72,7 +72,7 @@ def test_screening_drops_training_duplicates():
 def loop_setup(tiny_recipe, tmp_path):
     """A served tiny SFT run behind SERVE_DIR/adapters/tiny and a request log with the served traffic."""
     from tunesmith.serve.server import serve_dir
-    from tunesmith.train import run as train_run
+    from tunesmith.train.entry import run as train_run
 
     quick = {"max_steps": 2, "save_steps": 2}
     recipe = tiny_recipe(

@@ -91,8 +91,8 @@ def toy(monkeypatch):
 def test_a_method_registered_in_a_test_trains_through_the_one_path(toy, tiny_recipe):
     from tunesmith.data.audit import audit_recipe
     from tunesmith.run import load_run
-    from tunesmith.train import run as train_run
-    from tunesmith.train import summary
+    from tunesmith.train.entry import run as train_run
+    from tunesmith.train.entry import summary
 
     recipe = load_recipe(tiny_recipe(method="toy", training={"max_steps": 2}))
     run = train_run(recipe)

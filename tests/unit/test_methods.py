@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from helpers import chat_rows, write_jsonl
 from tunesmith.config import load_recipe
 from tunesmith.run import load_run, read_metrics
-from tunesmith.train import run as train_run
+from tunesmith.train.entry import run as train_run
 
 
 def _base_sd(model_dir):

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from helpers import chat_rows, write_jsonl
 from tunesmith.cli import app
 from tunesmith.config import load_recipe
-from tunesmith.train import run as train_run
+from tunesmith.train.entry import run as train_run
 
 
 def _pairs(n: int, seed: int) -> list[dict]:

@@ -19,7 +19,7 @@ ENV = {"COLUMNS": "200"}
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     from tunesmith.config import load_recipe
-    from tunesmith.train import run as train_run
+    from tunesmith.train.entry import run as train_run
 
     return train_run(load_recipe(family_recipe(tmp_path_factory.mktemp("verify"), "qwen3")))
 

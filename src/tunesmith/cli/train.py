@@ -88,8 +88,9 @@ def train(
         child += ["--resume"] * resume + ["--force"] * force
         raise typer.Exit(launch.launch(topo, accelerate_config, child, cfg.run_dir))
     from tunesmith.errors import TunesmithError
-    from tunesmith.train import dist, launch, summary
-    from tunesmith.train import run as train_run
+    from tunesmith.train import dist, launch
+    from tunesmith.train.entry import run as train_run
+    from tunesmith.train.entry import summary
     from tunesmith.train.start import release_run_dir
 
     try:

@@ -149,7 +149,7 @@ def _demo_steps(directory: Path, console: Any, steps: int | None, deadline: floa
     from tunesmith.eval.ladder import default_out, ladder
     from tunesmith.export.merge import merge
     from tunesmith.models import pull
-    from tunesmith.train import run as train_run
+    from tunesmith.train.entry import run as train_run
 
     console.rule("[bold]1/5 base model")
     with console.status("importing SmolLM2-135M-Instruct from its GGUF (once) ..."):

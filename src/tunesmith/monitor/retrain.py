@@ -217,7 +217,7 @@ def retrain(
     from tunesmith.run import load_run
     from tunesmith.serve.security import check_name
     from tunesmith.serve.server import serve_dir as claim_serve_dir
-    from tunesmith.train import run as train_run
+    from tunesmith.train.entry import run as train_run
     from tunesmith.train.start import release_run_dir
 
     check_name(name)  # before anything is trained: a name that cannot be served is refused first

@@ -145,8 +145,8 @@ def prunable(recipe: Any, metric: str) -> bool:
 def train_trial(recipe: Any, pruning: Pruning | None) -> Any:
     """Train (or continue, after a kill) the trial's run; a run that already finished is read back as it is."""
     from tunesmith.run import load_run
-    from tunesmith.train import run as train_run
     from tunesmith.train.checkpoints import latest_complete_checkpoint
+    from tunesmith.train.entry import run as train_run
 
     run_dir = recipe.run_dir
     if (run_dir / "manifest.json").exists():

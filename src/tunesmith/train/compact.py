@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 MIN_SHARED = 16  # tokens: a shorter shared beginning saves less than its segment's own attention call costs
-SEGMENTS = "tunesmith_segments"  # keyword the backbone forwards to every attention call (train/varlen.py reads it)
 
 Segment = tuple[int, int, int, int]  # (start, end) in the compact sequence; (start, length) of the anchor tokens it continues
 
@@ -158,7 +157,7 @@ def install(model: Any) -> Callable[[], None]:
             )
         kwargs.update(use_cache=False, cache=None)
         kwargs.pop("past_key_values", None)
-        kwargs[SEGMENTS] = lay.segments
+        kwargs[varlen.SEGMENTS] = lay.segments
         previous = varlen.use(backbone)
         try:
             out = original(input_ids=lay.ids, position_ids=lay.positions, **kwargs)

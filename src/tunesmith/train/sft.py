@@ -79,7 +79,7 @@ METHOD = SFT()
 
 
 def run(recipe: Recipe, resume: bool = False, force: bool = False) -> Run:
-    """Train `recipe` through the one training path (tunesmith.train.run; kept here for SFT recipes' callers)."""
+    """Train `recipe` through the one training path (tunesmith.train.entry.run; kept here for SFT recipes' callers)."""
     from tunesmith.train import skeleton
 
     return skeleton.run(recipe, resume, force)

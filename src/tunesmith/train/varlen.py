@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 NAME = "tunesmith_varlen_sdpa"
+SEGMENTS = "tunesmith_segments"  # keyword train/compact.py has the backbone forward to every attention call
 
 
 def attention(
@@ -34,8 +35,6 @@ def attention(
     """
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    from tunesmith.train.compact import SEGMENTS
 
     position_ids = kwargs.pop("position_ids", None)
     segments = kwargs.pop(SEGMENTS, None)
