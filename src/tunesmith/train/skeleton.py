@@ -64,8 +64,8 @@ def build(recipe: Recipe, resume: bool = False, force: bool = False, extra: Sequ
     model = method.load_model(recipe, st.base_path, levers.base_dtype)  # 4-bit NF4 for qlora
     if levers.frozen_bf16:  # fp32 training: the frozen decoder linears stored in bf16, multiplied in fp32
         upcast.install(model)
-    if levers.attention == "varlen" and not varlen.supports(model):
-        levers = levers.model_copy(update={"attention": "mask"})  # recorded as trained: the model's own attention
+    if not varlen.supports(model):  # Gemma 2: its own attention, so neither lever that runs rows through varlen
+        levers = levers.model_copy(update={"attention": "mask", "shared_prefix": False})  # recorded as trained
     attention = varlen.use(model) if levers.attention == "varlen" else None  # restored before anything generates
     peft_config = policy.peft_config(recipe, model, st.base_path)
     callbacks = standard_callbacks(recipe, st.run_dir) + list(extra)
