@@ -34,13 +34,15 @@ PRIMARY_ORDER: dict[bool, tuple[str, ...]] = {
 }
 """Metrics used to decide which of two outputs is better, most important first,
 keyed by json_mode. Use `primary_metrics(json_mode)`."""
+TOOL_PRIMARY_ORDER = ("tool_trajectory_match", "tool_arguments_match", "tool_name_match", "tool_decision", "tool_call_valid")
+"""The same for tool-call turns (eval.tool_metrics): the whole turn right first, then its arguments, its function."""
 
 _scorer: Any = None
 
 
-def primary_metrics(json_mode: bool) -> tuple[str, ...]:
-    """The metric names `judge` compares, in priority order, for this mode."""
-    return PRIMARY_ORDER[bool(json_mode)]
+def primary_metrics(json_mode: bool, tools: bool = False) -> tuple[str, ...]:
+    """The metric names `judge` compares, in priority order, for this mode (tools: tool-call turns)."""
+    return TOOL_PRIMARY_ORDER if tools else PRIMARY_ORDER[bool(json_mode)]
 
 
 def normalize(text: str) -> str:
@@ -257,14 +259,14 @@ def aggregate(rows: Sequence[dict[str, float | None]]) -> dict[str, float]:
     return {k: sums[k] / counts[k] for k in sums}
 
 
-def judge(base: dict[str, float | None], tuned: dict[str, float | None], json_mode: bool) -> str:
+def judge(base: dict[str, float | None], tuned: dict[str, float | None], json_mode: bool, tools: bool = False) -> str:
     """Return "win", "loss" or "tie" for the tuned output against the base output.
 
     Walks `primary_metrics(json_mode)` in order; the first metric on which the two
     differ by more than 1e-9 decides. Metrics missing or None on either side are
     skipped (e.g. json_field_accuracy when the reference is not an object).
     """
-    for m in primary_metrics(json_mode):
+    for m in primary_metrics(json_mode, tools):
         b, t = base.get(m), tuned.get(m)
         if b is None or t is None:
             continue
@@ -279,15 +281,16 @@ def compare(
     base_rows: Sequence[dict[str, float | None]],
     tuned_rows: Sequence[dict[str, float | None]],
     json_mode: bool,
+    tools: bool = False,
 ) -> dict[str, int | float]:
-    """Tally `judge` over paired rows.
+    """Tally `judge` over paired rows (tools: tool-call turns).
 
     Returns wins, losses, ties (counts) and win_rate = wins / examples (ties count
     against; 0.0 when there are no examples).
     """
     if len(base_rows) != len(tuned_rows):
         raise ValueError(f"{len(base_rows)} base rows but {len(tuned_rows)} tuned rows")
-    tally = Counter(judge(b, t, json_mode) for b, t in zip(base_rows, tuned_rows))
+    tally = Counter(judge(b, t, json_mode, tools) for b, t in zip(base_rows, tuned_rows))
     n = len(base_rows)
     return {
         "wins": tally["win"],
