@@ -26,10 +26,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def prompt_of(row: RequestRow) -> list[dict[str, str]] | None:
+def prompt_of(row: RequestRow) -> list[dict[str, Any]] | None:
     """The prompt messages of a logged request (a completions prompt becomes one user turn); None when not logged."""
     if row.messages:
-        return [{"role": m.role, "content": m.content} for m in row.messages]
+        return [m.as_message() for m in row.messages]
     if row.prompt is not None:
         return [{"role": "user", "content": row.prompt}]
     return None
