@@ -288,6 +288,11 @@ class EvalSection(Section):
         "this metric (exact_match, json_field_accuracy, eval_loss, ...) and keep the best as the run's adapter.",
     )
     select_examples: int = Field(16, ge=1, description="Held-out rows each checkpoint is scored on by select_checkpoint.")
+    reward_model: DataPath | None = Field(
+        None,
+        description="A finished reward run (method: reward): base and tuned answers get its score, the metric "
+        "reward_model (usable in gates).",
+    )
 
     @field_validator("gates")
     @classmethod
@@ -459,6 +464,14 @@ class MonitorSection(Section):
         le=1,
         description="`tunesmith retrain`: the new version may score at most this much "
         "below the served one on the primary metric of its held-out prompts.",
+    )
+    reward_model: DataPath | None = Field(
+        None,
+        description="A finished reward run (method: reward): the mean score of served answers per window, rollout "
+        "variant and hour (signal reward_model).",
+    )
+    max_reward_drop: float = Field(
+        0.5, gt=0, description="reward_model: mean score of the recent window below the earlier one by more than this."
     )
 
 

@@ -239,24 +239,33 @@ def model_info(spec: str) -> dict[str, Any]:
 
 
 def load_model(
-    path: str, dtype: str = "auto", revision: str | None = None, trust_remote_code: bool = False, quantization_config: Any = None
+    path: str,
+    dtype: str = "auto",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    quantization_config: Any = None,
+    num_labels: int | None = None,
 ) -> Any:
-    """Load a causal LM on the available device in the requested dtype (4-bit when given a BitsAndBytesConfig)."""
-    from transformers import AutoModelForCausalLM
+    """Load a causal LM on the available device in the requested dtype (4-bit when given a BitsAndBytesConfig);
+    num_labels: a sequence-classification model with that many outputs instead (a reward model: 1, its score head
+    new unless the folder holds one)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     # A quantized model is placed while it loads and cannot be moved afterwards: on this process's own GPU
     # (LOCAL_RANK under --nproc; every rank on cuda:0 would pile all copies onto one card).
     placement = {"quantization_config": quantization_config, "device_map": {"": local_device()}} if quantization_config else {}
+    head: Any = AutoModelForCausalLM
+    if num_labels is not None:
+        head, placement = AutoModelForSequenceClassification, {**placement, "num_labels": num_labels}
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = head.from_pretrained(
             path, dtype=torch_dtype(dtype), revision=revision, trust_remote_code=trust_remote_code, **placement
         )
     except (OSError, ValueError, TypeError, KeyError) as exc:  # missing files, or a config/weights file that is not one
         raise ModelError(f"cannot load a model from {path}: {type(exc).__name__}: {exc}") from None
     if quantization_config or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return model  # under --nproc the Trainer places it (DDP) or accelerate shards it (FSDP/ZeRO-3) from where it is
-    # PreTrainedModel.to is @wraps(nn.Module.to): typeshed's _Wrapped then expects `self` as the first argument.
-    return model.to(device())  # type: ignore[arg-type]
+    return model.to(device())
 
 
 def local_device() -> int | str:

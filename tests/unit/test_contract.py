@@ -80,6 +80,22 @@ def test_dpo_applies_the_policy_and_counts_it(tiny_recipe, tmp_path, tok, policy
             assert not _over(tok, row["prompt"] + row[answer], 96)
 
 
+@pytest.mark.parametrize("policy", ["drop", "truncate"])
+def test_reward_applies_the_pair_policy_and_tokenizes_within_max_length(tiny_recipe, tmp_path, tok, policy):
+    """A reward model measures a pair as DPO does; every pair TRL's RewardTrainer receives is already tokenized (it
+    skips its own tokenization and filter) and fits max_length."""
+    from tunesmith.train import reward
+
+    _pairs(tmp_path / "pref.jsonl")
+    _pairs(tmp_path / "pref_eval.jsonl", n=3, n_long=0)
+    data = {"train": ["pref.jsonl"], "eval": "pref_eval.jsonl", "max_length": 96, "overlong": policy}
+    got = reward.METHOD.datasets(load_recipe(tiny_recipe(method="reward", data=data)), tok)
+    s = got.counts.train
+    assert s.dropped_overlong + s.truncated == 4 and got.counts.eval.kept == 3
+    assert set(got.train.column_names) == {"chosen_ids", "rejected_ids"} and len(got.train) == s.kept
+    assert all(len(row["chosen_ids"]) <= 96 and len(row["rejected_ids"]) <= 96 for row in got.train)
+
+
 def test_trl_is_never_asked_to_truncate(tiny_recipe, tmp_path):
     from tunesmith.train import _trl
 

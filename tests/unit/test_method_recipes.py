@@ -32,7 +32,7 @@ def test_every_shipped_recipe_validates(path):
 
 
 def test_shipped_recipes_cover_every_method():
-    assert {load_recipe(p).method for p in CONFIGS.glob("*.yaml")} == {"sft", "dpo", "grpo", "distill"}
+    assert {load_recipe(p).method for p in CONFIGS.glob("*.yaml")} == {"sft", "dpo", "grpo", "distill", "reward"}
 
 
 def test_dpo_needs_preference_pairs(tmp_path):
@@ -45,6 +45,11 @@ def test_dpo_needs_preference_pairs(tmp_path):
         '"preferred_output": [{"role": "assistant", "content": "a"}], "non_preferred_output": [{"role": "assistant", "content": "b"}]}\n',
     )
     assert load_recipe(ok).method == "dpo"
+
+
+def test_reward_needs_preference_pairs(tmp_path):
+    problems = _problems(_write(tmp_path, {"method": "reward"}))
+    assert "method reward needs preference pairs" in problems["data"]
 
 
 def test_grpo_needs_rewards_and_whole_groups(tmp_path):

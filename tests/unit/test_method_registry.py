@@ -20,10 +20,10 @@ from tunesmith.train.method import Datasets, Method, Parts
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "tunesmith"
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "manifest-v1"
-BUILT_IN = ["sft", "dpo", "grpo", "distill"]
+BUILT_IN = ["sft", "dpo", "grpo", "distill", "reward"]
 
 
-def test_the_registry_holds_the_four_methods_and_each_declares_every_part():
+def test_the_registry_holds_the_five_methods_and_each_declares_every_part():
     assert methods.names() == BUILT_IN
     for m in methods.registered():
         assert m.help and m.row_shape and m.measured_as and m.reference, m.name
@@ -35,11 +35,11 @@ def test_the_registry_holds_the_four_methods_and_each_declares_every_part():
             assert field in Recipe.model_fields, (m.name, field)
     # The recipe takes its method names and method sections from the registry.
     sections = {m.name: m.section for m in methods.registered() if m.section is not None}
-    assert set(sections) == {"dpo", "grpo", "distill"}
+    assert set(sections) == {"dpo", "grpo", "distill", "reward"}
     for name, section in sections.items():
         assert Recipe.model_fields[name].annotation is section
     assert Recipe.model_json_schema()["properties"]["method"]["enum"] == BUILT_IN
-    with pytest.raises(Exception, match="one of sft, dpo, grpo, distill"):
+    with pytest.raises(Exception, match="one of sft, dpo, grpo, distill, reward"):
         recipe_from_dict({"method": "ppo", "data": {"train": ["t.jsonl"]}}, Path("."), check_files=False)
 
 

@@ -446,6 +446,8 @@ VALUES = {
     ("data convert", "to"): "messages",
     ("import openai", "model"): "smollm2-135m-instruct",  # the base is valid: the bad input is the job
 }
+# Options a command needs besides its inputs (checked before them): given valid, so the failure is the bad input's.
+NEEDS = {"sweep": ["--set-grid", "training.seed=1,2"], "loop": ["--once"]}
 # Kinds that are valid for a command's input: the studio shows empty folders of runs, data and serve logs.
 VALID = {("studio", "folder")}
 # Known to fail the sweep, owned elsewhere: `serve` starts the server before it has resolved its TARGET, and the
@@ -544,6 +546,7 @@ def test_no_traceback_on_bad_arguments(tmp_path, monkeypatch, argv, ps, chosen, 
         else:
             continue
         args += [str(value)] if flag is None else [flag, str(value)]
+    args += NEEDS.get(" ".join(argv), [])
     if extra:
         args += list(extra)
     before = snapshot(tmp_path)

@@ -17,6 +17,7 @@ from tunesmith.errors import RunError
 from tunesmith.serve.log_schema import steps
 from tunesmith.serve.store import (
     LOG_SCHEMA_VERSION,
+    REQUEST_ROW_VERSION,
     FailedRequest,
     FeedbackRow,
     Message,
@@ -113,9 +114,9 @@ def test_a_newer_row_is_refused_as_newer(where):
         with pytest.raises(RunError, match="RequestRow schema_version 99, newer"):
             list(log.iter_requests())
     conn, mark = _raw(where)
-    later = _row("r1").model_dump(mode="json") | {"schema_version": 3, "a_later_field": 1}
+    later = _row("r1").model_dump(mode="json") | {"schema_version": REQUEST_ROW_VERSION + 1, "a_later_field": 1}
     conn.execute(f"UPDATE requests SET row = {mark}", (json.dumps(later),))
-    with pytest.raises(RunError, match="RequestRow schema_version 3, newer than this tunesmith reads"):
+    with pytest.raises(RunError, match=f"RequestRow schema_version {REQUEST_ROW_VERSION + 1}, newer than this tunesmith reads"):
         list(RequestLog.open(where).iter_requests())
 
 
@@ -140,6 +141,37 @@ def test_a_version_1_log_is_read_then_upgraded_by_serve(where):
     reader = RequestLog.open(where)
     assert [(r.request_id, r.replica) for r in reader.iter_requests()] == [("old", None), ("new", "b")]
     assert reader.schema_version == LOG_SCHEMA_VERSION and reader.replica_counts() == {"": 1, "b": 1}
+
+
+def test_a_version_2_log_gains_the_variant_column_and_keeps_its_rows(where):
+    """Schema 3 adds requests.variant (which side of a rollout answered): a version-2 log is read as it is and
+    upgraded in place by serve; its rows read as answered by the primary; a shadow row takes no feedback."""
+    conn, mark = _raw(where)
+    backend = "postgresql" if where.startswith("postgresql://") else "sqlite"
+    for version in (1, 2):
+        for sql in steps(version, backend):
+            conn.execute(sql)
+    conn.execute(f"INSERT INTO log_meta (key, value) VALUES ('schema_version', {mark})", ("2",))
+    old = _row("old").model_dump(mode="json", exclude={"variant"}) | {"schema_version": 2, "replica": "a"}
+    conn.execute(
+        f"INSERT INTO requests (request_id, time, model, replica, row) VALUES ({mark}, {mark}, {mark}, {mark}, {mark})",
+        ("old", T0.timestamp(), "m", "a", json.dumps(old)),
+    )
+    conn.close()
+    reader = RequestLog.open(where)
+    assert reader.schema_version == 2 and [r.variant for r in reader.iter_requests()] == ["primary"]
+    reader.close()
+    with RequestLog.open(where, create=True, replica="b") as log:
+        assert log.schema_version == LOG_SCHEMA_VERSION == 3
+        log.add_request(_row("c1", T0 + timedelta(seconds=1), variant="canary"))
+        log.add_request(_row("s1", T0 + timedelta(seconds=2), variant="shadow"))
+        with pytest.raises(UnknownRequest):
+            log.add_feedback(FeedbackRow(request_id="s1", rating="up"))
+    conn, mark = _raw(where)
+    cur = conn.execute("SELECT request_id, variant FROM requests ORDER BY time")
+    assert cur.fetchall() == [("old", "primary"), ("c1", "canary"), ("s1", "shadow")]  # the column, for SQL readers
+    conn.close()
+    assert [r.variant for r in RequestLog.open(where).iter_requests()] == ["primary", "canary", "shadow"]
 
 
 def test_replicas_writing_at_once_give_one_row_per_request(where):

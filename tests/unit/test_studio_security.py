@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from helpers import chat_rows, write_jsonl
-from studio_helpers import ORIGIN, StudioClient, fake_run
+from studio_helpers import ORIGIN, StudioClient, fake_run, fake_sweep
 from tunesmith.studio import launch
 from tunesmith.studio.app import HERE, StudioConfig, create_app
 
@@ -44,6 +44,7 @@ def world(tmp_path):
     write_jsonl(data / "synth.jsonl", chat_rows(12, seed=4))
     fake_run(root, "done", n_examples=6)
     fake_run(root, "other", n_examples=6, seed=2)
+    fake_sweep(root, "sweep", [0.5, 0.6, 0.7, None])
     app = create_app(StudioConfig(runs=[root], data=[data]))
     client = StudioClient(app)
     app.state.launcher = launch.Launcher(root / ".studio")
@@ -227,6 +228,9 @@ def page_urls(app) -> list[str]:
         "/data/row": "/data/row?k=1/train.jsonl&line=1",
         "/data/synth": "/data/synth?k=1/train.jsonl&n=3",
         "/monitor": "/monitor",
+        "/monitor/cycle": "/monitor/cycle",
+        "/sweeps": "/sweeps",
+        "/sweep": "/sweep?k=0/sweep",
     }
     assert {path for m, path in routes(app) if m == "GET"} == set(urls)
     return [*urls.values(), "/static/studio.css"]

@@ -125,6 +125,15 @@ def test_dpo_config_fields(tmp_path):
     assert _trl.build_dpo_config(full, full.dpo, full.run_dir, has_eval=True).precompute_ref_log_probs is True
 
 
+def test_reward_config_fields(tmp_path):
+    recipe = _method_recipe(tmp_path, method="reward", reward={"center_rewards_coefficient": 0.01}, training={"seed": 5})
+    cfg = _trl.build_reward_config(recipe, recipe.reward, recipe.run_dir, has_eval=True)
+    # train.reward tokenized the pairs within data.max_length and counted it; TRL must not filter again
+    assert cfg.max_length is None and cfg.center_rewards_coefficient == 0.01 and cfg.seed == 5
+    assert cfg.disable_dropout is False  # adapter.dropout decides, as for every method
+    assert _trl.build_reward_config(recipe, type(recipe.reward)(), recipe.run_dir, False).center_rewards_coefficient is None
+
+
 def test_grpo_config_fields(tmp_path):
     recipe = _method_recipe(
         tmp_path,

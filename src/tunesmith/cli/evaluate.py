@@ -46,6 +46,22 @@ def comparison_table(report: EvalReport) -> Table:
     return table
 
 
+def calibration_table(run_dir: Path) -> Table:
+    """A reward run's reliability table (eval/calibration.json): per confidence bucket, pairs and accuracy per side."""
+    from tunesmith.eval.reward_eval import read_calibration
+
+    cal = read_calibration(run_dir)
+    table = Table("confidence", "|margin| from", *(f"{side} pairs · accuracy" for side in cal.tables), title="calibration")
+    for i, bucket in enumerate(next(iter(cal.tables.values()))):
+        cells = []
+        for side in cal.tables.values():
+            b = side[i]
+            cells.append(f"{b.pairs} · {b.accuracy:.3f}" if b.accuracy is not None else f"{b.pairs} · -")
+        table.add_row(f"{bucket.low:.1f}-{bucket.high:.1f}", f"{bucket.min_margin:.2f}", *cells)
+    table.caption = "calibration_error (ECE): " + ", ".join(f"{k} {v:.3f}" for k, v in cal.calibration_error.items())
+    return table
+
+
 def degenerate_lines(report: EvalReport) -> list[str]:
     """The generation budget and, per model, the share of outputs that hit it or loop (flagged when high)."""
     from tunesmith.eval.notes import DEGENERATE_SHARE
@@ -117,7 +133,9 @@ def eval_cmd(
     if report.template_warning:
         err_console.print(f"[bold yellow]warning:[/] {report.template_warning}")
     console.print(comparison_table(report))
-    for line in degenerate_lines(report):
+    if (run.dir / "eval" / "calibration.json").is_file() and "pairwise_accuracy" in report.summary.get("tuned", {}):
+        console.print(calibration_table(run.dir))  # a reward model: its confidence against how often it is right
+    for line in degenerate_lines(report) if report.degenerate else []:  # no generation: nothing to say
         console.print(line, highlight=False)
     for warning in report.warnings:
         err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)

@@ -86,7 +86,18 @@ def _report_place(serve_dir: Path | None, log: str | None) -> Path:
     return (where if where.is_dir() else where.parent) / "monitor"
 
 
-def _section(baseline: Any, recipe: Path | None, window_hours: float | None, embedder: str | None) -> Any:
+def variant_table(report: MonitorReport) -> Table:
+    from tunesmith.monitor.report import VARIANT_FIGURES
+
+    table = Table("model", "variant", *VARIANT_FIGURES, title="recent window by rollout variant", title_justify="left")
+    for v in report.variants:
+        table.add_row(escape(v.model), v.variant, *(_num(v.figures.get(f)) for f in VARIANT_FIGURES))
+    return table
+
+
+def _section(
+    baseline: Any, recipe: Path | None, window_hours: float | None, embedder: str | None, reward_model: Path | None = None
+) -> Any:
     """Thresholds: --recipe's monitor section, else the baseline run's, else the defaults; then the flags."""
     from tunesmith.config import MonitorSection, load_recipe
 
@@ -97,7 +108,12 @@ def _section(baseline: Any, recipe: Path | None, window_hours: float | None, emb
         if baseline is not None
         else MonitorSection()
     )
-    updates = {k: v for k, v in (("window_hours", window_hours), ("embedder", embedder)) if v is not None}
+    flags = (
+        ("window_hours", window_hours),
+        ("embedder", embedder),
+        ("reward_model", str(reward_model) if reward_model else None),
+    )
+    updates = {k: v for k, v in flags if v is not None}
     return MonitorSection.model_validate({**cfg.model_dump(), **updates}) if updates else cfg
 
 
@@ -123,6 +139,9 @@ def monitor(
     until: datetime = typer.Option(None, "--until", help="End of the recent window (UTC, ISO); default: now."),
     window_hours: float = typer.Option(None, "--window-hours", min=0.001, help="Override monitor.window_hours."),
     embedder: str = typer.Option(None, "--embedder", help="Override monitor.embedder: minilm | char-ngrams."),
+    reward_model: Path = typer.Option(
+        None, "--reward-model", help="A reward run (method: reward) scoring served answers: override monitor.reward_model."
+    ),
     export_retrain: Path = typer.Option(
         None,
         "--export-retrain",
@@ -141,7 +160,7 @@ def monitor(
     source = log_source(serve_dir, log)
     place = out or _report_place(serve_dir, log)
     base = load_run(baseline) if baseline is not None else None
-    cfg = _section(base, recipe, window_hours, embedder)
+    cfg = _section(base, recipe, window_hours, embedder, reward_model)
     with console.status("embedding prompts and testing for drift ..."):
         report = traffic.check(source, base, cfg, until)
     folder = outputs.claim_dir(place, "monitor", overwrite=True, what="monitor folder")
@@ -151,6 +170,8 @@ def monitor(
     console.print(signal_table(report))
     if report.replicas:
         console.print(replica_table(report))
+    if report.variants:
+        console.print(variant_table(report))
     console.print(f"report: {folder / HTML_NAME} (+ {REPORT_NAME})")
     if export_retrain is not None:
         from tunesmith.monitor.feedback import export_retrain as write_retrain

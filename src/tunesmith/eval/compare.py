@@ -28,9 +28,13 @@ SIDES = ("base", "tuned")
 
 def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) -> EvalReport:
     """Run every held-out prompt through base and tuned, score both, write report.json/predictions.jsonl/report.html."""
+    from tunesmith.eval.reward_model import add_scores
+    from tunesmith.train.methods import get
     from tunesmith.train.rewards import scorer
 
     recipe = run.recipe
+    if (own := get(recipe.method).evaluate(run, max_examples, progress)) is not None:  # a reward model scores pairs
+        return own  # type: ignore[no-any-return]
     eval_ex = held_out_examples(run)  # the run's own held-out rows, the only evaluation prompts
     warnings = changed_inputs(run)  # inputs that differ from the manifest's SHA-256; gates fail on these
     if (stale_index := changed_since(run)) is not None:  # recipe.rag: the index differs from the one trained with
@@ -98,6 +102,7 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
     generated = release.EvalOutputs([e.id for e in eval_ex], convs, refs, outputs, json_mode, fields)
     for side, value in release.similarity_summary(recipe.eval, generated).items():
         summary[side]["semantic_similarity"] = value
+    add_scores(recipe.eval.reward_model, convs, outputs, summary, rows)  # eval.reward_model: metric reward_model
     extra = release.measure(recipe.eval, generated, sides, tokenizer, recipe.data.max_length, progress)
     for side, values in release.grader_summary(extra).items():  # graders.<name>: metrics like any other
         summary[side].update(values)
@@ -137,7 +142,10 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
     return report
 
 
-def write_outputs(out: Path, report: EvalReport, rows: list[dict[str, Any]], history: list[dict[str, Any]]) -> None:
+def write_outputs(
+    out: Path, report: EvalReport, rows: list[dict[str, Any]], history: list[dict[str, Any]], extra: dict[str, str] | None = None
+) -> None:
+    """report.json, predictions.jsonl, report.html and `extra` (name -> text, e.g. a reward run's calibration.json)."""
     from tunesmith import outputs
     from tunesmith.data.convert import write_rows
     from tunesmith.eval.report import write_html
@@ -147,3 +155,5 @@ def write_outputs(out: Path, report: EvalReport, rows: list[dict[str, Any]], his
         write_eval_report(stage / "report.json", report)
         write_rows(stage / "predictions.jsonl", rows)
         write_html(stage / "report.html", report.model_dump(mode="json"), rows, history)  # the page reads plain JSON
+        for name, text in (extra or {}).items():
+            (stage / name).write_text(text, encoding="utf-8")

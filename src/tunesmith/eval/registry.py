@@ -19,9 +19,10 @@ log = logging.getLogger(__name__)
 
 TEXT, JSON, TOOLS = "text", "json", "tools"
 """What a metric applies to: free-text references, JSON-object references, tool-call turns (eval.tool_metrics)."""
-EVAL, LADDER = "eval", "ladder"
-"""What measures a metric: `tunesmith eval` (base vs tuned) and/or `tunesmith ladder` (every rung)."""
-_BOTH, _EVAL, _LADDER = frozenset({EVAL, LADDER}), frozenset({EVAL}), frozenset({LADDER})
+EVAL, LADDER, ROLLOUT = "eval", "ladder", "rollout"
+"""What measures a metric: `tunesmith eval` (base vs tuned), `tunesmith ladder` (every rung) and/or `tunesmith rollout`
+(a candidate against the served adapter on live traffic)."""
+_BOTH, _EVAL, _LADDER, _LIVE = frozenset({EVAL, LADDER}), frozenset({EVAL}), frozenset({LADDER}), frozenset({ROLLOUT})
 _TOOLS = frozenset({TOOLS})
 
 
@@ -84,6 +85,19 @@ _ALL = (
     _lower("forgetting", "forgetting (probe accuracy lost)", low=-1.0, by=_EVAL),
     _lower("text_loss_increase", "general-text loss increase", low=None, high=None, unit="nats/token", by=_EVAL),
     _lower("hallucination_rate", "hallucination rate", by=_EVAL),
+    Metric("reward_model", "reward-model score (mean)", low=None, high=None, by=_EVAL),
+    Metric("pairwise_accuracy", "pairwise accuracy (held-out preference pairs)", by=_EVAL),
+    Metric("reward_margin", "mean reward margin (chosen - rejected)", low=None, high=None, by=_EVAL),
+    _lower("calibration_error", "reward calibration error (ECE)", high=0.5, by=_EVAL),
+    # live: a rollout's candidate against the primary on the requests since it started (monitor/variants.py)
+    _lower("live_error_rate", "candidate error rate", by=_LIVE),
+    _lower("live_error_rate_increase", "candidate error rate - primary's", low=-1.0, by=_LIVE),
+    _lower("live_latency_p95_ratio", "candidate p95 latency / primary's", high=None, by=_LIVE),
+    _lower("live_down_rate_increase", "candidate share rated down - primary's", low=-1.0, by=_LIVE),
+    Metric("live_reward_delta", "candidate mean reward-model score - primary's", low=None, high=None, by=_LIVE),
+    _lower("live_refusal_rate_increase", "candidate refusal rate - primary's", low=-1.0, by=_LIVE),
+    _lower("live_output_length_change", "|candidate answer length / primary's - 1|", high=None, by=_LIVE),
+    Metric("live_output_drift_p", "candidate vs primary answers, MMD p-value (low: they differ)", by=_LIVE),
     # Reasoning models: measured from each completion's trace (eval.scoring.Answers.trace_rows); answers are scored
     # after the trace. A shorter trace costs less; a trace never closed leaves no answer.
     _lower("trace_tokens", "reasoning trace length (tokens per answer)", high=None, unit="tokens"),

@@ -14,7 +14,7 @@ import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from tunesmith.config import MonitorSection
 
 _WORD = re.compile(r"\w+", re.UNICODE)
+T = TypeVar("T")
 
 
 @dataclass
@@ -111,8 +112,8 @@ def mmd_test(x: np.ndarray, y: np.ndarray, permutations: int = 500, seed: int = 
     return MMDResult(float(stats[0]), p_value, bandwidth)
 
 
-def sample(texts: Sequence[str], k: int, seed: int) -> list[str]:
-    """At most k texts, a seeded sample without replacement (order kept)."""
+def sample(texts: Sequence[T], k: int, seed: int) -> list[T]:
+    """At most k texts (or rows), a seeded sample without replacement (order kept)."""
     if len(texts) <= k:
         return list(texts)
     keep = sorted(np.random.default_rng(seed).choice(len(texts), size=k, replace=False))

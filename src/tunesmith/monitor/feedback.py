@@ -133,6 +133,12 @@ def _said(message: dict[str, Any]) -> str:
     return json.dumps(calls) if calls else message.get("content") or ""
 
 
+def pair_rows(source: str | Path) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """dpo_rows of the log at `source` (not written)."""
+    requests, feedback, _, _ = _read_log(source)
+    return dpo_rows(requests, feedback)
+
+
 def write_new(out: str | Path, rows: list[dict[str, Any]], inputs: list[Path]) -> Path:
     """Write rows as JSONL to a path that must not exist yet (atomic; recorded as tunesmith's output)."""
     from tunesmith.atomic import write_text_atomic
@@ -147,11 +153,12 @@ def write_new(out: str | Path, rows: list[dict[str, Any]], inputs: list[Path]) -
 
 
 def _read_log(source: str | Path) -> tuple[dict[str, RequestRow], list[FeedbackRow], str, list[Path]]:
-    """Requests by id, feedback, the log's name for messages, and its file (none for a database) as an input."""
+    """Requests by id (a rollout's shadow answers apart: no client saw them), feedback, the log's name for messages,
+    and its file (none for a database) as an input."""
     from tunesmith.serve.store import RequestLog
 
     with RequestLog.open(source) as store:
-        requests = {r.request_id: r for r in store.iter_requests()}
+        requests = {r.request_id: r for r in store.iter_requests() if r.variant != "shadow"}
         return requests, list(store.iter_feedback()), store.location, [store.path] if store.path else []
 
 
@@ -174,6 +181,19 @@ def export_retrain(
 ) -> Export:
     """The next training set: every corrected answer, plus the recent window's out-of-distribution prompts with the
     answer served (unless rated down without a correction). Messages rows; review them before training."""
+    rows, skipped, db, inputs = retrain_rows(source, baseline, cfg, until, embedder)
+    if not rows:
+        raise DataError(
+            f"nothing to retrain on in {db}: no corrections and no out-of-distribution prompts",
+            hint="Correct answers through POST /v1/feedback, or pass --baseline to find drifted prompts.",
+        )
+    return Export(write_new(out, rows, inputs), len(rows), skipped)
+
+
+def retrain_rows(
+    source: str | Path, baseline: Any, cfg: MonitorSection, until: Any = None, embedder: Any = None
+) -> tuple[list[dict[str, Any]], dict[str, int], str, list[Path]]:
+    """export_retrain's rows (not written), what was skipped, the log's name and its file."""
     from tunesmith.monitor import drift
     from tunesmith.monitor.traffic import out_of_distribution, prompt_text, read_windows, training_traffic
 
@@ -203,9 +223,4 @@ def export_retrain(
             for r, off in zip(candidates, flags)
             if off
         ]
-    if not rows:
-        raise DataError(
-            f"nothing to retrain on in {db}: no corrections and no out-of-distribution prompts",
-            hint="Correct answers through POST /v1/feedback, or pass --baseline to find drifted prompts.",
-        )
-    return Export(write_new(out, rows, inputs), len(rows), skipped)
+    return rows, skipped, db, inputs

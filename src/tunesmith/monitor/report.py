@@ -19,7 +19,7 @@ from tunesmith.atomic import write_text_atomic
 from tunesmith.errors import RunError
 from tunesmith.records import Record
 
-MONITOR_REPORT_VERSION = 2  # 2: `replicas`
+MONITOR_REPORT_VERSION = 3  # 2: `replicas`; 3: `variants`, `reward_model`, HourPoint.reward_mean
 REPORT_NAME, HTML_NAME = "monitor.json", "monitor.html"
 DRIFT_EXIT = 3
 """Exit code of `tunesmith monitor` when a signal crosses its threshold (1 stays 'the command itself failed')."""
@@ -31,7 +31,7 @@ class Signal(Record):
     name: str = Field(
         ...,
         description="input_embedding, input_length, input_vocabulary, output_length, refusal_rate, "
-        "json_valid_rate, down_rate, latency_p95, error_rate.",
+        "json_valid_rate, down_rate, reward_model, latency_p95, error_rate.",
     )
     kind: Literal["input", "output", "ops"]
     reference: str = Field(..., description="What the recent window is compared with: training or earlier.")
@@ -61,6 +61,7 @@ class HourPoint(Record):
     output_words: float | None
     refusal_rate: float | None
     down_rate: float | None
+    reward_mean: float | None = Field(None, description="Mean reward-model score of the hour's scored answers.")
 
 
 class ReplicaStats(Record):
@@ -71,6 +72,18 @@ class ReplicaStats(Record):
     answered: int = Field(..., description="Rows with an HTTP status below 400.")
     errors: int
     latency_p95_s: float | None = Field(None, description="p95 latency of the answered requests, seconds.")
+
+
+class VariantStats(Record):
+    """One model's rows answered by one rollout variant (monitor/variants.py computes the figures)."""
+
+    model: str
+    variant: str = Field(..., description="primary, canary or shadow.")
+    figures: dict[str, float] = Field(
+        default_factory=dict,
+        description="requests, errors, error_rate, latency_p50_s, latency_p95_s, rated, down_rate, output_words, "
+        "refusal_rate, reward_model (mean score), output_drift_p (candidate answers vs primary: MMD p-value).",
+    )
 
 
 class MonitorReport(Record):
@@ -85,6 +98,10 @@ class MonitorReport(Record):
     signals: list[Signal] = Field(default_factory=list)
     hours: list[HourPoint] = Field(default_factory=list)
     replicas: list[ReplicaStats] = Field(default_factory=list, description="The recent window per replica.")
+    reward_model: str | None = Field(None, description="The reward run that scored served answers (monitor.reward_model).")
+    variants: list[VariantStats] = Field(
+        default_factory=list, description="The recent window per model and rollout variant, when a rollout ran in it."
+    )
 
     @property
     def drifted(self) -> list[Signal]:
@@ -124,6 +141,7 @@ _SERIES = [
     ("output_words", "mean answer words"),
     ("refusal_rate", "refusal rate"),
     ("down_rate", "share rated down"),
+    ("reward_mean", "mean reward-model score"),
 ]
 
 
@@ -152,6 +170,23 @@ def _png(report: MonitorReport) -> str:
 
 def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.4g}"
+
+
+VARIANT_FIGURES = ("requests", "error_rate", "latency_p95_s", "rated", "down_rate", "reward_model", "output_drift_p")
+
+
+def variant_table(report: MonitorReport) -> str:
+    """The recent window per model and rollout variant (primary, canary, shadow), as an HTML section."""
+    if not report.variants:
+        return ""
+    head = "".join(f"<th>{f}</th>" for f in VARIANT_FIGURES)
+    rows = "".join(
+        f"<tr><td>{html.escape(v.model)}</td><td>{html.escape(v.variant)}</td>"
+        + "".join(f"<td>{_fmt(v.figures.get(f))}</td>" for f in VARIANT_FIGURES)
+        + "</tr>"
+        for v in report.variants
+    )
+    return f"<h2>Recent window by rollout variant</h2><table><tr><th>model</th><th>variant</th>{head}</tr>{rows}</table>"
 
 
 def write_html(path: Path, report: MonitorReport) -> None:
@@ -183,5 +218,5 @@ baseline {html.escape(report.baseline or "none")} · embedder {html.escape(repor
 <table><tr><th>signal</th><th>vs</th><th>recent</th><th>reference</th><th>statistic</th><th>drift when</th><th>status</th>
 <th>detail</th></tr>{rows}</table><h2>Recent window by replica</h2>
 <table><tr><th>replica</th><th>requests</th><th>answered</th><th>errors</th><th>p95 latency (s)</th></tr>{by_replica}</table>
-<h2>By hour</h2>{picture}</body></html>"""
+{variant_table(report)}<h2>By hour</h2>{picture}</body></html>"""
     write_text_atomic(path, page)

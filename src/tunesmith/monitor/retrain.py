@@ -50,6 +50,14 @@ class Promotion(Record):
 
 
 @dataclass
+class Pinned:
+    """The held-out rows a retrain keeps: train on `train` (the served data without them), score on `eval`."""
+
+    train: Path
+    eval: Path
+
+
+@dataclass
 class Retrained:
     new_run: Path
     served_run: Path
@@ -69,14 +77,21 @@ def next_run_dir(run_dir: Path) -> Path:
     return candidate
 
 
-def next_recipe(recipe_path: str | Path, add: str | Path, served_train: Sequence[str] = ()) -> Recipe:
+def next_recipe(
+    recipe_path: str | Path, add: str | Path, served_train: Sequence[str] = (), pinned: Pinned | None = None
+) -> Recipe:
     """The recipe with the served run's training files (earlier additions included) and `add` appended to data.train,
-    writing to the next free run folder (<output_dir>-rN)."""
+    writing to the next free run folder (<output_dir>-rN). pinned: train on `pinned.train` (those files without the
+    served run's held-out rows) + `add`, scored on `pinned.eval` (the served run's held-out rows), so a fresh
+    eval_fraction split of the grown data cannot draw a held-out row into training (monitor/contamination.py)."""
     from tunesmith.config import load_recipe, recipe_from_dict
 
     old = load_recipe(recipe_path)
     data = old.model_dump(mode="json")
-    data["data"]["train"] = list(dict.fromkeys([*old.data.train, *served_train, str(Path(add).expanduser().resolve())]))
+    base = [str(pinned.train)] if pinned is not None else [*old.data.train, *served_train]
+    data["data"]["train"] = list(dict.fromkeys([*base, str(Path(add).expanduser().resolve())]))
+    if pinned is not None:
+        data["data"]["eval"] = str(pinned.eval)
     new_dir = next_run_dir(old.run_dir)
     data["output_dir"] = str(new_dir)
     data["name"] = f"{old.name}-{new_dir.name.rpartition('-')[2]}"
@@ -142,9 +157,10 @@ def _adapter_link(serve_dir: Path, name: str) -> Path:
     return link
 
 
-def promote(serve_dir: Path, name: str, run_dir: Path, previous: Path, added: Path, results: list[GateResult]) -> Path:
+def promote(serve_dir: Path, name: str, run_dir: Path, previous: Path, added: Path | str, results: list[GateResult]) -> Path:
     """Point SERVE_DIR/adapters/<name> at run_dir in one atomic rename, recorded before ("pending") and after
-    ("promoted"). Refuses to replace anything at that path that is not a link (a folder or file the user put there)."""
+    ("promoted"). Refuses to replace anything at that path that is not a link (a folder or file the user put there).
+    added: the data the new run added (a file), or what promoted it (a rollout)."""
     from tunesmith.serve.security import check_name
 
     check_name(name)
@@ -185,10 +201,18 @@ def read_promotion(path: str | Path) -> Promotion:
 
 
 def retrain(
-    recipe_path: str | Path, add: str | Path, serve_dir: str | Path, name: str, progress: Any = None, force: bool = False
+    recipe_path: str | Path,
+    add: str | Path,
+    serve_dir: str | Path,
+    name: str,
+    progress: Any = None,
+    force: bool = False,
+    promote_when_passed: bool = True,
+    pin: Any = None,
 ) -> Retrained:
     """Train on old + new data into a new run folder, run its release gates plus `beats_served` against the served
-    run, and promote it only when every one passes."""
+    run, and promote it only when every one passes (promote_when_passed False: the caller rolls it out instead).
+    pin: a function (served run -> Pinned | None) keeping the served run's held-out rows held out (next_recipe)."""
     from tunesmith.eval.compare import evaluate
     from tunesmith.run import load_run
     from tunesmith.serve.security import check_name
@@ -202,7 +226,7 @@ def retrain(
         raise RunError(f"--add {add} not found")
     folder = claim_serve_dir(Path(serve_dir))  # refuses a folder serve did not make
     served = served_run(folder, name, recipe_path)
-    recipe = next_recipe(recipe_path, add, list(served.recipe.data.train))
+    recipe = next_recipe(recipe_path, add, list(served.recipe.data.train), pin(served) if pin is not None else None)
     try:
         new = load_run(train_run(recipe, force=force).dir)
     finally:
@@ -210,8 +234,9 @@ def retrain(
     report = evaluate(new, progress=progress)
     results = [*report.gates, against_served(new, served, report, recipe.monitor.max_regression, progress)]
     out = Retrained(new.dir, served.dir, results)
-    if all(g.passed for g in results):
+    failed = [g.name for g in results if not g.passed]
+    if failed:
+        log.warning("not promoted: %s", ", ".join(failed))
+    elif promote_when_passed:
         out.link = promote(folder, name, new.dir, served.dir, add, results)
-    else:
-        log.warning("not promoted: %s", ", ".join(g.name for g in results if not g.passed))
     return out

@@ -8,7 +8,7 @@ until), earlier = the same length before it.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tunesmith.monitor import drift
-from tunesmith.monitor.report import HourPoint, MonitorReport, ReplicaStats, Signal, Window
+from tunesmith.monitor.report import HourPoint, MonitorReport, ReplicaStats, Signal, VariantStats, Window
 
 if TYPE_CHECKING:
     from tunesmith.config import MonitorSection
@@ -117,6 +117,8 @@ def replicas(rows: list[RequestRow]) -> list[ReplicaStats]:
 
 @dataclass
 class Windows:
+    """The rows clients were answered with (a rollout's shadow answers apart: no client saw them)."""
+
     location: str  # the log read, for people (a URL's password masked)
     recent: list[RequestRow]
     earlier: list[RequestRow]
@@ -124,6 +126,7 @@ class Windows:
     feedback: list[FeedbackRow]
     recent_window: Window
     earlier_window: Window
+    shadow: list[RequestRow] = field(default_factory=list)  # the recent window's shadow answers
 
 
 def read_windows(source: str | Path, window_hours: float, until: datetime | None = None) -> Windows:
@@ -138,6 +141,8 @@ def read_windows(source: str | Path, window_hours: float, until: datetime | None
         # The pictures show at most a week (or the two windows when longer): a year-old log is not read whole.
         everything = list(store.iter_requests(since=min(start, end - timedelta(days=7)), until=end))
         feedback = list(store.iter_feedback())
+    shadow = [r for r in everything if r.variant == "shadow" and _epoch(r.time) >= mid.timestamp()]
+    everything = [r for r in everything if r.variant != "shadow"]
     recent = [r for r in everything if _epoch(r.time) >= mid.timestamp()]
     earlier = [r for r in everything if start.timestamp() <= _epoch(r.time) < mid.timestamp()]
     return Windows(
@@ -148,6 +153,7 @@ def read_windows(source: str | Path, window_hours: float, until: datetime | None
         feedback,
         Window(start=mid, end=end, requests=len(recent)),
         Window(start=start, end=mid, requests=len(earlier)),
+        shadow,
     )
 
 
@@ -189,6 +195,9 @@ def check(
         if min(len(w.recent), n_ref) < cfg.min_requests:
             found = _skipped(found, f"too few rows: {len(w.recent)} recent, {n_ref} {ref.name} (min_requests {cfg.min_requests})")
         signals += found
+    scorer = reward_scorer(cfg)
+    if scorer is not None:
+        signals.append(reward_signal(scorer, w, cfg))
     return MonitorReport(
         serve_dir=w.location,
         baseline=str(baseline.dir) if baseline else None,
@@ -198,9 +207,72 @@ def check(
         json_task=json_task,
         embedder=getattr(embedder, "name", type(embedder).__name__),
         signals=signals,
-        hours=hours(w.everything, verdicts),
+        hours=with_rewards(hours(w.everything, verdicts), w.everything, scorer, cfg),
         replicas=replicas(w.recent),
+        reward_model=cfg.reward_model,
+        variants=by_variant(w, scorer),
     )
+
+
+def reward_scorer(cfg: MonitorSection) -> Any:
+    """The reward model of `monitor.reward_model` (tunesmith.eval.reward_model, the one scorer), or None."""
+    if not cfg.reward_model:
+        return None
+    from tunesmith.eval.reward_model import RewardModel
+
+    return RewardModel.load(cfg.reward_model)
+
+
+def _scored(scorer: Any, rows: list[RequestRow], cfg: MonitorSection, salt: int) -> dict[str, float]:
+    """request_id -> score for at most max_samples answered, content-logged rows (a seeded sample)."""
+    usable = [r for r in rows if r.answered and r.output is not None and prompt_of(r)]
+    picked = drift.sample(usable, cfg.max_samples, cfg.seed + salt)
+    values = scorer.score([prompt_of(r) for r in picked], [r.output for r in picked]) if picked else []
+    return {r.request_id: v for r, v in zip(picked, values)}
+
+
+def reward_signal(scorer: Any, w: Windows, cfg: MonitorSection) -> Signal:
+    """Mean reward-model score of the recent window's answers against the earlier window's: a drop by more than
+    monitor.max_reward_drop is drift (the served answers got worse by the reward model's judgement)."""
+    recent, earlier = _scored(scorer, w.recent, cfg, 2), _scored(scorer, w.earlier, cfg, 3)
+    a = sum(recent.values()) / len(recent) if recent else None
+    b = sum(earlier.values()) / len(earlier) if earlier else None
+    drop = None if a is None or b is None else b - a
+    few = min(len(w.recent), len(w.earlier)) < cfg.min_requests
+    return Signal(
+        name="reward_model",
+        kind="output",
+        reference="earlier",
+        recent=a,
+        baseline=b,
+        statistic=drop,
+        threshold=cfg.max_reward_drop,
+        rule=f"drop > {cfg.max_reward_drop:g}",
+        status="skip" if drop is None or few else ("drift" if drop > cfg.max_reward_drop else "ok"),
+        detail=f"mean score of {len(recent)} recent vs {len(earlier)} earlier answers ({Path(scorer.name).name})",
+    )
+
+
+def with_rewards(points: list[HourPoint], rows: list[RequestRow], scorer: Any, cfg: MonitorSection) -> list[HourPoint]:
+    """The hours with the mean reward of their scored answers (a seeded sample of at most max_samples per hour)."""
+    if scorer is None:
+        return points
+    out = []
+    for point in points:
+        hour = [r for r in rows if _epoch(r.time) // 3600 == point.hour.timestamp() // 3600]
+        scores = _scored(scorer, hour, cfg, 4)
+        out.append(point.model_copy(update={"reward_mean": sum(scores.values()) / len(scores) if scores else None}))
+    return out
+
+
+def by_variant(w: Windows, scorer: Any) -> list[VariantStats]:
+    """The recent window per model and rollout variant, when a canary or shadow answered in it."""
+    from tunesmith.monitor.variants import compare
+
+    rows = w.recent + w.shadow
+    if not any(r.variant != "primary" for r in rows):
+        return []
+    return compare(rows, w.feedback, scorer)
 
 
 def out_of_distribution(recent_prompts: list[str], train_prompts: list[str], embedder: Any, quantile: float = 0.05) -> list[bool]:

@@ -53,6 +53,8 @@ class ServeSettings:
     adapters_dir: Path | None = None
     check: bool = False
     check_url: str | None = None  # where the deploy check reaches this server (set by the CLI)
+    serve_dir: Path | None = None  # its rollouts/ folder is watched (serve/rollout.py); None: no rollouts
+    rollout_poll_s: float = 1.0
 
 
 @dataclass
@@ -68,6 +70,7 @@ class ServeState:
     check_report: Any = None
     retrieval_problem: str | None = None  # set when a search failed after startup, cleared by the next success
     internal_key: str = field(default_factory=generate_key)
+    rollouts: Any = None  # serve.rollout.Rollouts when the server has a serve folder
 
     @property
     def healthy(self) -> bool:
@@ -133,12 +136,20 @@ def create_app(load: Callable[[], Any], settings: ServeSettings, store: Any = No
 
         log_metrics(state.metrics.registry, store)
     settings.keys.user.append(KeyRing.build([state.internal_key], []).user[0])  # the deploy check calls in with it
+    if settings.serve_dir is not None:
+        from tunesmith.serve.rollout import Rollouts
+
+        state.rollouts = Rollouts(settings.serve_dir, state.metrics.registry, settings.rollout_poll_s, settings.timeout_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         thread = threading.Thread(target=_startup, args=(state, load), name="tunesmith-load", daemon=True)
         thread.start()
+        if state.rollouts is not None:
+            state.rollouts.start(state)
         yield
+        if state.rollouts is not None:
+            state.rollouts.stop()
         if state.batcher is not None:
             state.batcher.stop()
 
@@ -206,6 +217,8 @@ def _routes(app: FastAPI, state: ServeState) -> None:
         if state.engine is not None:
             body["models"] = sorted(state.engine.models)
             body["queue_depth"] = state.batcher.depth if state.batcher is not None else 0
+        if state.rollouts is not None and (rollouts := state.rollouts.describe()):
+            body["rollouts"] = rollouts
         return JSONResponse(body, status_code=200 if state.healthy else 503)
 
     @app.get("/metrics")
@@ -227,6 +240,7 @@ def _routes(app: FastAPI, state: ServeState) -> None:
                 "lineage": s.lineage(),
             }
             for s in engine.models.values()
+            if state.rollouts is None or not state.rollouts.hides(s.name)
         ]
         return {"object": "list", "data": data}
 
@@ -259,6 +273,8 @@ def _routes(app: FastAPI, state: ServeState) -> None:
             ) from None
         except FailedRequest as exc:
             raise ApiError(400, exc.message, param="request_id", code="request_not_answered") from None
+        if state.rollouts is not None:
+            await run_in_threadpool(state.rollouts.feedback, state.store, row.request_id, row.rating)
         return {"id": row.feedback_id, "object": "feedback", "request_id": row.request_id}
 
     @app.post("/v1/adapters", dependencies=[Depends(admin)])

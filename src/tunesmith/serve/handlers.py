@@ -65,6 +65,7 @@ class Call:
     status: int = 200
     error: str | None = None
     logged: bool = True  # False for the deploy check's own requests: they are not user traffic
+    variant: str = "primary"  # which side of a rollout answers: primary | canary | shadow (serve/rollout.py)
     finished: bool = False  # the log row is written: never a second one
 
 
@@ -107,6 +108,8 @@ def _prepare(state: Any, call: Call) -> None:
             404, f"the model {body.model!r} does not exist (GET /v1/models lists them)", param="model", code="model_not_found"
         ) from None
     call.model = call.served.name
+    if state.rollouts is not None:
+        state.rollouts.route(state, call)  # canary: a share of `model` answered by the candidate (call.served)
     call.conversation = body.conversation() if call.kind == "chat" else [{"role": "user", "content": body.text()}]
     if call.kind == "chat":
         call.tools = offered_tools(body.tools)
@@ -160,6 +163,7 @@ def _row(state: Any, call: Call) -> RequestRow:
         rag=bool(call.passages),
         sources=[SourceRef(source=p.source, line=p.line, chunk_id=p.chunk_id, score=p.score) for p in call.passages],
         content_logged=content,
+        variant=call.variant,
     )
 
 
@@ -172,18 +176,21 @@ async def finish(state: Any, call: Call, error: ApiError | None = None) -> None:
         call.status, call.error = error.status, error.code or error.type
     latency = time.monotonic() - call.t0
     ok = call.status < 400
-    state.metrics.observe(
-        call.model or "unknown",
-        call.status,
-        latency if ok else None,
-        call.ttft_s,
-        call.prompt_tokens if ok else 0,
-        call.completion_tokens,
-    )
-    if not ok:
-        state.metrics.errors.labels(call.error or str(call.status)).inc()
+    if call.variant != "shadow":  # a shadow copy is no client's request: counted by variant only (serve/rollout.py)
+        state.metrics.observe(
+            call.model or "unknown",
+            call.status,
+            latency if ok else None,
+            call.ttft_s,
+            call.prompt_tokens if ok else 0,
+            call.completion_tokens,
+        )
+        if not ok:
+            state.metrics.errors.labels(call.error or str(call.status)).inc()
     if state.store is not None and call.logged:
         await run_in_threadpool(state.store.add_request, _row(state, call))
+    if state.rollouts is not None and call.logged:
+        state.rollouts.finished(state, call)  # per-variant series; a shadow copy of a primary answer starts here
 
 
 def _worker_error(call: Call, exc: BaseException) -> ApiError:
@@ -226,7 +233,7 @@ def _submit(state: Any, call: Call) -> Job:
     assert call.params is not None
     loop = asyncio.get_running_loop()
     job = Job(
-        call.model,
+        call.served.name,  # the engine's name: the candidate's when a canary answers for `model`
         call.conversation,
         call.params,
         loop,

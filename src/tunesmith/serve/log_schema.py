@@ -1,6 +1,6 @@
 """The request log's tables, their `schema_version`, and the steps that upgrade them: one list for both backends.
 
-requests (request_id, time, model, replica, row), feedback (feedback_id, request_id, time, replica, row) and
+requests (request_id, time, model, replica, variant, row), feedback (feedback_id, request_id, time, replica, row) and
 log_meta (key, value: schema_version). `row` is the RequestRow / FeedbackRow as JSON; `time` is epoch seconds (UTC).
 A log newer than this code is neither written nor read.
 """
@@ -12,8 +12,9 @@ from typing import Any
 
 from tunesmith.errors import RunError
 
-LOG_SCHEMA_VERSION = 2
-"""1: requests + feedback (SQLite only); 2: log_meta, a `replica` column in both tables."""
+LOG_SCHEMA_VERSION = 3
+"""1: requests + feedback (SQLite only); 2: log_meta, a `replica` column in both tables; 3: requests.variant (which
+side of a rollout answered: primary, canary or shadow)."""
 
 # Steps from version N-1 to N, `{backend: statements}` where the dialects differ. PostgreSQL has no rowid, so its
 # tables carry `seq`, the insertion order among rows of equal time.
@@ -40,6 +41,12 @@ MIGRATIONS: dict[int, dict[str, tuple[str, ...]]] = {
             "ALTER TABLE requests ADD COLUMN replica TEXT",
             "ALTER TABLE feedback ADD COLUMN replica TEXT",
             "CREATE INDEX requests_replica ON requests(replica, time)",
+        )
+    },
+    3: {
+        "any": (
+            "ALTER TABLE requests ADD COLUMN variant TEXT NOT NULL DEFAULT 'primary'",
+            "CREATE INDEX requests_variant ON requests(model, variant, time)",
         )
     },
 }

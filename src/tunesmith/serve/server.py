@@ -195,6 +195,7 @@ def prepare(opts: ServeOptions) -> Prepared:
         adapters_dir=adapters_dir,
         check=opts.check,
         check_url=url,
+        serve_dir=folder,
     )
     app = create_app(loader(opts, adapters), settings, store)
     return Prepared(app, url, generated, store.location if store is not None else None)

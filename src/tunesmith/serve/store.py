@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tunesmith.errors import RunError
 from tunesmith.serve.log_schema import LOG_SCHEMA_VERSION as LOG_SCHEMA_VERSION  # re-exported: the log's version
 
-REQUEST_ROW_VERSION = 3  # 2: `replica`; 3: `tools`, `tool_calls`, tool fields on messages
+REQUEST_ROW_VERSION = 4  # 2: `replica`; 3: `variant`; 4: `tools`, `tool_calls`, tool fields on messages
 FEEDBACK_ROW_VERSION = 3  # 2: `replica`; 3: `tool_calls` (a corrected call)
 DB_NAME = "requests.sqlite"
 URL_SCHEMES = ("postgresql://", "postgres://")
@@ -91,6 +91,11 @@ class RequestRow(_Row):
     sources: list[SourceRef] = Field(default_factory=list)
     content_logged: bool = True
     replica: str | None = Field(None, description="The server that answered (serve --replica-id, default host:port).")
+    variant: Literal["primary", "canary", "shadow"] = Field(
+        "primary",
+        description="Which side of a rollout answered (serve/rollout.py): primary (the served adapter), canary (the "
+        "candidate, answer returned) or shadow (the candidate on a copy of the request, answer never returned).",
+    )
 
     @property
     def answered(self) -> bool:
@@ -247,10 +252,10 @@ class RequestLog:
         row = self._stamp(row)
         with self._lock:
             self._run(
-                "INSERT INTO requests (request_id, time, model, replica, row) VALUES (?, ?, ?, ?, ?) "
+                "INSERT INTO requests (request_id, time, model, replica, variant, row) VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (request_id) DO UPDATE SET time = excluded.time, model = excluded.model, "
-                "replica = excluded.replica, row = excluded.row",
-                (row.request_id, _epoch(row.time), row.model, row.replica, row.model_dump_json()),
+                "replica = excluded.replica, variant = excluded.variant, row = excluded.row",
+                (row.request_id, _epoch(row.time), row.model, row.replica, row.variant, row.model_dump_json()),
             )
 
     def add_feedback(self, row: FeedbackRow) -> None:
@@ -265,6 +270,8 @@ class RequestLog:
             if not hit:
                 raise UnknownRequest(f"unknown request_id {row.request_id!r}")
             asked: RequestRow = _check_version(hit[0][0], RequestRow, REQUEST_ROW_VERSION, self.location)  # type: ignore[assignment]
+            if asked.variant == "shadow":  # a shadow answer was never returned: no client can have judged it
+                raise UnknownRequest(f"unknown request_id {row.request_id!r}")
             if not asked.answered:
                 raise FailedRequest(
                     f"request {row.request_id!r} was answered with HTTP {asked.status} ({asked.error or 'error'}): "

@@ -361,6 +361,7 @@ def monitor_page(request: Request, offset: int = 0) -> HTMLResponse:
         feedback = list(log.iter_feedback())
     buckets = hourly(rows)
     rows.reverse()
+    from tunesmith.monitor.loop_report import cycles
     from tunesmith.monitor.report import latest
 
     return page(
@@ -373,7 +374,25 @@ def monitor_page(request: Request, offset: int = 0) -> HTMLResponse:
         feedback=feedback[-100:],
         buckets=buckets,
         drift=latest(serve_dir),
+        cycles=cycles(serve_dir),
     )
+
+
+@router.get("/monitor/cycle", response_class=HTMLResponse)
+def cycle_page(request: Request, c: str = "", page: str = "cycle") -> HTMLResponse:
+    """A `tunesmith loop` cycle's report (cycle.html) or its drift report (monitor.html); the monitor page without one."""
+    import re
+
+    serve_dir = request.app.state.config.serve_dir
+    if serve_dir is None or not c:
+        return monitor_page(request)
+    if not re.fullmatch(r"\d{8}T\d{6}Z", c) or page not in ("cycle", "monitor"):
+        raise RunError("no such loop cycle report")
+    path = Path(serve_dir) / "loop" / c / f"{page}.html"
+    if not path.is_file():
+        raise RunError(f"no {page} report for the loop cycle {c}")
+    html = path.read_text(encoding="utf-8").replace("href='monitor.html'", f"href='/monitor/cycle?c={c}&page=monitor'")
+    return HTMLResponse(html)
 
 
 def hourly(rows: list[Any]) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from tunesmith.train.dpo import DPOSection
     from tunesmith.train.grpo import GRPOSection
     from tunesmith.train.method import Parts
+    from tunesmith.train.reward import RewardSection
 
 
 def build_peft_config(
@@ -166,6 +167,20 @@ def build_dpo_config(recipe: Recipe, d: DPOSection, run_dir: Path, has_eval: boo
     )
 
 
+def build_reward_config(recipe: Recipe, r: RewardSection, run_dir: Path, has_eval: bool, speed: Speed | None = None) -> Any:
+    """RewardConfig for a reward model trained on pre-tokenized pairs (chosen_ids / rejected_ids)."""
+    from trl import RewardConfig
+
+    return RewardConfig(
+        **common_args(recipe, run_dir, has_eval, speed),
+        center_rewards_coefficient=r.center_rewards_coefficient,
+        # Pairs arrive tokenized and within data.max_length (train.reward applied the policy and counted it).
+        max_length=None,
+        # adapter.dropout decides dropout, as for every other method (TRL's RewardConfig turns it off by default)
+        disable_dropout=False,
+    )
+
+
 def build_grpo_config(recipe: Recipe, g: GRPOSection, run_dir: Path, speed: Speed | None = None) -> Any:
     """GRPOConfig. training.batch_size counts completions: num_generations of them per prompt."""
     from trl import GRPOConfig
@@ -225,6 +240,17 @@ def dpo_trainer(recipe: Recipe, d: DPOSection, p: Parts) -> Any:
     args = build_dpo_config(recipe, d, p.run_dir, has_eval=p.data.eval is not None, speed=p.levers)
     # ref_model None: with an adapter the reference is the base under it; a full fine-tune precomputes its log-probs
     return _trainer(DPOTrainer, args, p, eval_dataset=p.data.eval, ref_model=None)
+
+
+def reward_trainer(recipe: Recipe, r: RewardSection, p: Parts) -> Any:
+    """TRL's RewardTrainer on the sequence-classification model; the adapter's task becomes SEQ_CLS, so peft trains
+    and saves the new score head in full (modules_to_save) next to the LoRA matrices."""
+    from trl import RewardTrainer
+
+    if p.peft_config is not None:
+        p.peft_config.task_type = "SEQ_CLS"
+    args = build_reward_config(recipe, r, p.run_dir, has_eval=p.data.eval is not None, speed=p.levers)
+    return _trainer(RewardTrainer, args, p, eval_dataset=p.data.eval)
 
 
 def grpo_trainer(recipe: Recipe, g: GRPOSection, p: Parts, reward_funcs: list[Any]) -> Any:

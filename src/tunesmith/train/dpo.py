@@ -47,26 +47,31 @@ class DPODetails(MethodDetails):
     final_eval: dict[str, float] = Field(default_factory=dict, description="TRL's eval rewards/* and logps/* figures.")
 
 
-def _needs_pairs(value: DataSection, info: ValidationInfo) -> DataSection:
-    """A dpo recipe's training files hold preference pairs (checked on each file's first row)."""
-    if not (chosen(info, "dpo") and checks_environment(info)):
+def needs_pairs(method: str) -> Any:
+    """The rule of a method that trains on preference pairs: its recipe's training files hold pairs (checked on
+    each file's first row)."""
+
+    def rule(value: DataSection, info: ValidationInfo) -> DataSection:
+        if not (chosen(info, method) and checks_environment(info)):
+            return value
+        for path in value.train:
+            first = next((r.obj for r in read_records(path) if isinstance(r.obj, dict)), None)
+            if first is None or detect_shape(first) not in PAIR_SHAPES:
+                shape = detect_shape(first) if first is not None else "no rows"
+                raise ValueError(
+                    f"method {method} needs preference pairs (prompt/chosen/rejected or input/preferred_output/"
+                    f"non_preferred_output); {Path(path).name} holds `{shape}` rows"
+                )
         return value
-    for path in value.train:
-        first = next((r.obj for r in read_records(path) if isinstance(r.obj, dict)), None)
-        if first is None or detect_shape(first) not in PAIR_SHAPES:
-            shape = detect_shape(first) if first is not None else "no rows"
-            raise ValueError(
-                f"method dpo needs preference pairs (prompt/chosen/rejected or input/preferred_output/"
-                f"non_preferred_output); {Path(path).name} holds `{shape}` rows"
-            )
-    return value
+
+    return rule
 
 
 class DPO(Method[DPOSection]):
     name = "dpo"
     help = "preference pairs: the model learns to prefer each chosen answer over its rejected one"
     section = DPOSection
-    rules = {"data": _needs_pairs}
+    rules = {"data": needs_pairs("dpo")}
     details = DPODetails
     row_shape = "prompt + chosen + rejected (or input + preferred_output + non_preferred_output)"
     measured_as = "prompt + the longer of chosen/rejected"

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 
 
 class RewardSpec(Section):
-    """One GRPO reward. A bare string in the recipe is shorthand: `json_valid`, or `package.module:function` for custom."""
+    """One GRPO reward. A bare string in the recipe is shorthand: `json_valid`, `run:PATH` for a reward model, or
+    `package.module:function` for custom."""
 
     type: Literal[
         "json_valid",
@@ -41,6 +42,7 @@ class RewardSpec(Section):
         "length_penalty",
         "grader",
         "custom",
+        "reward_model",
         "tool_call_valid",
         "tool_name_match",
         "tool_arguments_match",
@@ -50,9 +52,9 @@ class RewardSpec(Section):
     ] = Field(
         ...,
         description="json_valid, json_schema_valid (json_schema), exact_match (field), regex (pattern), length_penalty "
-        "(max_chars), grader (grader), custom (function), or a tool metric (tool_call_valid, tool_name_match, "
-        "tool_arguments_match, tool_arguments_valid, tool_decision, tool_trajectory_match: the row's answer turn "
-        "as its reference, docs/tools.md).",
+        "(max_chars), grader (grader), custom (function), reward_model (run), or a tool metric (tool_call_valid, "
+        "tool_name_match, tool_arguments_match, tool_arguments_valid, tool_decision, tool_trajectory_match: the row's "
+        "answer turn as its reference, docs/tools.md).",
     )
     weight: float = Field(1.0, description="Weight of this reward in the sum GRPO normalises per group.")
     json_schema: dict[str, Any] | str | None = Field(
@@ -67,10 +69,15 @@ class RewardSpec(Section):
         description="grader: the name of an eval.graders entry; each completion scores what that grader gives it, the "
         "same definition `tunesmith eval` reports as graders.<name> (score_model / label_model ask the judge).",
     )
+    run: str | None = Field(
+        None, description="reward_model: a finished reward run folder (method: reward), relative to the recipe."
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.startswith("run:"):
+            return {"type": "reward_model", "run": value.removeprefix("run:")}
         if isinstance(value, str):
             return {"type": "custom", "function": value} if ":" in value else {"type": value}
         return value
@@ -90,6 +97,8 @@ class RewardSpec(Section):
             raise ValueError("grader needs `grader`: the name of an eval.graders entry")
         if self.type == "custom" and not re.fullmatch(r"[^:]+:[A-Za-z_]\w*", self.function or ""):
             raise ValueError("custom needs `function` as `module:function` (or `file.py:function`)")
+        if self.type == "reward_model" and not self.run:
+            raise ValueError("reward_model needs `run`: a finished reward run folder (or write `run:PATH`)")
         return self
 
 
@@ -131,6 +140,11 @@ def _rewards(value: GRPOSection, info: ValidationInfo) -> GRPOSection:
     _graders_named(value, info.data.get("eval"))
     base = Path((info.context or {}).get("base_dir", "."))
     for reward in value.rewards:
+        if reward.type == "reward_model" and reward.run:  # kept absolute in run.yaml, so the run finds it later
+            path = Path(reward.run).expanduser()
+            reward.run = str(path if path.is_absolute() else (base / path).resolve())
+            if checks_environment(info) and not Path(reward.run).is_dir():
+                raise ValueError(f"reward model run not found: {reward.run}")
         if isinstance(reward.json_schema, str):
             path = Path(reward.json_schema).expanduser()
             path = path if path.is_absolute() else base / path

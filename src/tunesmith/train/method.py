@@ -127,6 +127,17 @@ class Method(Generic[S]):
         returns the recipe to train."""
         return recipe
 
+    def load_model(self, recipe: Recipe, base_path: str, dtype: str | None) -> Any:
+        """The model this method trains, before peft wraps it: the causal LM (4-bit for qlora), dtype from the levers."""
+        from tunesmith.train import policy
+
+        return policy.load(recipe, base_path, dtype)
+
+    def evaluate(self, run: Any, max_examples: int | None = None, progress: Any = None) -> Any:
+        """`tunesmith eval` of a finished run of this method, when it is not base vs tuned answers to the held-out
+        prompts (a reward model scores pairs): its EvalReport; None: the generation comparison (eval/compare.py)."""
+        return None
+
     def datasets(self, recipe: Recipe, tokenizer: Any) -> Datasets:
         raise NotImplementedError
 

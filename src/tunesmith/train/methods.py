@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunesmith.records import register_details
-from tunesmith.train import distill, dpo, grpo, sft
+from tunesmith.train import distill, dpo, grpo, reward, sft
 from tunesmith.train.method import Method
 
 _METHODS: dict[str, Method[Any]] = {}
@@ -39,7 +39,7 @@ def registered() -> list[Method[Any]]:
     return list(_METHODS.values())
 
 
-BUILT_IN = (sft.METHOD, dpo.METHOD, grpo.METHOD, distill.METHOD)
+BUILT_IN = (sft.METHOD, dpo.METHOD, grpo.METHOD, distill.METHOD, reward.METHOD)
 for _method in BUILT_IN:
     register(_method)
 

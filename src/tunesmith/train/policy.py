@@ -15,8 +15,9 @@ from tunesmith.errors import RecipeError
 from tunesmith.train import _trl, dist
 
 
-def load(recipe: Recipe, base_path: str, dtype: str | None = None) -> Any:
-    """The base model to train, quantized to 4-bit NF4 for `adapter.type: qlora`; dtype overrides model.dtype.
+def load(recipe: Recipe, base_path: str, dtype: str | None = None, num_labels: int | None = None) -> Any:
+    """The base model to train, quantized to 4-bit NF4 for `adapter.type: qlora`; dtype overrides model.dtype;
+    num_labels: a sequence-classification head instead of the language-model head (a reward model).
 
     The distributed state comes first (dist.prepare): FSDP and ZeRO-3 can only shard a model whose loading
     already saw the process group / DeepSpeed config; QLoRA lands on this rank's GPU (models.local_device).
@@ -35,7 +36,8 @@ def load(recipe: Recipe, base_path: str, dtype: str | None = None) -> Any:
         )
     dist.prepare()
     m = recipe.model
-    return models.load_model(base_path, dtype or m.dtype, m.revision, m.trust_remote_code, _trl.build_bnb_config(recipe.adapter))
+    bnb = _trl.build_bnb_config(recipe.adapter)
+    return models.load_model(base_path, dtype or m.dtype, m.revision, m.trust_remote_code, bnb, num_labels)
 
 
 def decoder_layers(model: Any) -> tuple[str, int]:

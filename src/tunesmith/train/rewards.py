@@ -138,6 +138,15 @@ def make_length_penalty(max_chars: int) -> RewardFn:
     return length_penalty
 
 
+def make_reward_model(run: str) -> RewardFn:
+    """The score of a reward run (tunesmith.eval.reward_model, the one scorer); RecipeError when `run` is not one."""
+    from tunesmith.eval.reward_model import is_reward_run, reward_function
+
+    if not is_reward_run(run):
+        raise RecipeError([("grpo.rewards", f"{run} is not a finished reward run (train one with method: reward)")])
+    return cast(RewardFn, reward_function(run))
+
+
 def load_function(spec: str) -> RewardFn:
     """Import `module:function` or `/path/file.py:function`; RecipeError when it cannot be found."""
     target, _, name = spec.rpartition(":")
@@ -230,6 +239,8 @@ def build(
             out.append(make_regex(spec.pattern or ""))
         elif spec.type == "length_penalty":
             out.append(make_length_penalty(spec.max_chars))
+        elif spec.type == "reward_model":
+            out.append(make_reward_model(spec.run or ""))
         else:
             out.append(load_function(spec.function or ""))
     return out

@@ -54,7 +54,7 @@ def build(recipe: Recipe, resume: bool = False, force: bool = False, extra: Sequ
     speed.score_labelled_positions_only(levers.labelled_logits)
 
     torch.manual_seed(recipe.training.seed)
-    model = policy.load(recipe, st.base_path, levers.base_dtype)  # 4-bit NF4 for qlora
+    model = method.load_model(recipe, st.base_path, levers.base_dtype)  # 4-bit NF4 for qlora
     if levers.attention == "varlen" and not varlen.supports(model):
         levers = levers.model_copy(update={"attention": "mask"})  # recorded as trained: the model's own attention
     attention = varlen.use(model) if levers.attention == "varlen" else None  # restored before anything generates
