@@ -190,3 +190,27 @@ def _tokenizer(run):
     from tunesmith.models import load_tokenizer
 
     return load_tokenizer(str(run.adapter_dir))
+
+
+@pytest.mark.parametrize(
+    "text, style",
+    [
+        (hermes("refund_order", {"order_id": "A1", "amount": 2.5}), "hermes"),
+        ('<tool_call>\n{"name": "refund_order", "arguments": ["A1"]}\n</tool_call>', "hermes"),  # not an object
+        ('<tool_call>\n{"name": "refund_order", "arguments": {"order_id": ', "hermes"),  # cut off
+        ("Sure, refunding now.", "hermes"),
+        ('[TOOL_CALLS] [{"name": "refund_order", "arguments": {"order_id": "A1", "amount": 2.5}}]', "mistral"),
+        ('{"name": "refund_order", "parameters": {"order_id": "A1", "amount": 2.5}}', "llama3_json"),
+        ('<|tool_call|>[{"name": "refund_order", "arguments": "{"}]<|/tool_call|>', "phi4_mini"),
+    ],
+)
+def test_serve_returns_a_call_exactly_when_the_metric_counts_it_valid(text, style):
+    """One definition of a valid call: what `serve` returns as tool_calls is what eval and the rewards score 1.0,
+    and an output serve returns as content (counted unparsable) scores 0."""
+    from tunesmith.serve.tool_calls import ToolChoice, read_reply, tool_error
+
+    reply = read_reply(text, style, ToolChoice("auto"))
+    valid = registry.METRICS["tool_call_valid"].fn(output_turn(text, style), REF)  # type: ignore[misc]
+    assert bool(reply.calls) == (valid == 1.0)
+    opened = not text.startswith("Sure")  # every other output opens a call, parsed or not
+    assert (tool_error(text, style) is not None) == (opened and not reply.calls)
