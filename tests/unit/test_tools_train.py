@@ -128,3 +128,37 @@ def test_grpo_learns_from_the_tool_metrics_as_rewards(tmp_path, monkeypatch):
     data = seen["trainer"].train_dataset
     assert all("<tools>" in p and p.endswith("<|im_start|>assistant\n") for p in data["prompt"])
     assert all(json.loads(r)["tool_turn"] == "reference" for r in data["reference"])
+
+
+def test_a_reward_model_reads_each_pair_of_calls_with_its_rows_tools(tmp_path):
+    """A reward run on pairs of calls (feedback export's rows keep their tools): each pair is encoded with the tool
+    list its prompt offered, as the policy saw it."""
+    from tunesmith.config import load_recipe
+    from tunesmith.models import load_tokenizer
+    from tunesmith.train.reward import METHOD
+
+    rows = []
+    for i in range(12):
+        ask = {"role": "user", "content": f"Refund {i}.50 on order B{i}."}
+        good = call_message("refund_order", {"order_id": f"B{i}", "amount": i + 0.5})
+        bad = call_message("lookup_order", {"order_id": f"B{i}"})
+        rows.append(
+            {
+                "id": f"p{i}",
+                "input": {"messages": [ask]},
+                "preferred_output": [good],
+                "non_preferred_output": [bad],
+                "tools": TOOLS,
+            }
+        )
+    path = tool_recipe(tmp_path, "chatml", method="reward")
+    write_jsonl(tmp_path / "pairs.jsonl", rows)
+    recipe = yaml.safe_load(path.read_text())
+    recipe["data"] = {"train": ["pairs.jsonl"], "max_length": 1024, "eval_fraction": 0.2}
+    path.write_text(yaml.safe_dump(recipe))
+    loaded = load_recipe(path)
+    tok = load_tokenizer(loaded.model.base)
+    data = METHOD.datasets(loaded, tok)
+    chosen, rejected = (tok.decode(data.train[0][k]) for k in ("chosen_ids", "rejected_ids"))
+    assert "<tools>" in chosen and "<tools>" in rejected and "Refund an order." in chosen
+    assert '<tool_call>\n{"name": "refund_order"' in chosen and '<tool_call>\n{"name": "lookup_order"' in rejected

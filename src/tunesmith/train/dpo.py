@@ -6,7 +6,6 @@ second copy of the model is loaded; a full fine-tune precomputes the reference l
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -19,7 +18,7 @@ from tunesmith.records import MethodDetails, Tokens
 from tunesmith.sections import Section, checks_environment
 from tunesmith.train import _trl
 from tunesmith.train.method import Datasets, Method, Parts, chosen
-from tunesmith.train.rows import apply_length_policy, preference_row, prompt_split, recipe_rows
+from tunesmith.train.rows import apply_length_policy, pair_tools, preference_row, prompt_split, recipe_rows
 
 if TYPE_CHECKING:
     from tunesmith.config import DataSection, Recipe
@@ -98,7 +97,7 @@ class DPO(Method[DPOSection]):
             r["rejected"],
             d.max_length,
             d.overlong,
-            json.loads(r["tools"]) if "tools" in r else None,
+            pair_tools(r),
         )
         train, evaluation = recipe_rows(recipe, preference_row)
         train, train_counts = apply_length_policy(train, fit, d, self.measured_as)

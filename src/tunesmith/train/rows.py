@@ -63,6 +63,11 @@ def preference_row(obj: Any) -> dict[str, Any]:
     return {**row, "tools": json.dumps(tools)} if (tools := row_tools(obj)) else row
 
 
+def pair_tools(row: dict[str, Any]) -> list[Any] | None:
+    """The tools of a preference_row (kept as JSON text; "null" or absent: none), rendered into its prompt."""
+    return json.loads(row["tools"]) if "tools" in row else None
+
+
 def prompt_row(obj: Any) -> dict[str, Any]:
     """{prompt, reference, ...the row's own fields}: the prompt messages, the row's answer when it has one, and every
     other field of the row as it is (scalars, lists, objects: what OpenAI's graders read as item.<field>).
