@@ -81,6 +81,11 @@ class DataSection(Section):
         description="Reasoning traces (reasoning_content, reasoning, thinking or <think>…</think>): train = the model "
         "learns them; mask = rendered in the text but not learned; drop = removed (counted).",
     )
+    tools: DataPath | None = Field(
+        None,
+        description="A JSON file with a list of OpenAI tools offered by every row (train and eval) that has no `tools` "
+        "of its own; each family's template renders them (docs/tools.md).",
+    )
 
 
 class RagSection(Section):

@@ -416,8 +416,13 @@ class EvalReport(Record):
     base_model: str
     n_examples: int
     json_mode: bool
+    tool_mode: bool = Field(False, description="The held-out rows offer tools: answers are scored as tool-call turns.")
     reference: str = Field("", description="What each held-out prompt's expected answer is, as the method defines it.")
     summary: dict[str, dict[str, float]] = Field(..., description="base / tuned / delta -> metric -> value.")
+    per_tool: dict[str, dict[str, dict[str, float]]] = Field(
+        default_factory=dict,
+        description="Tool rows: base / tuned -> the function the reference calls -> each tool metric's mean and n (rows).",
+    )
     judgement: Judgement
     chat_template_sha256: str
     template_warning: str | None = None

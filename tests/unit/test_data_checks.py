@@ -59,6 +59,36 @@ def chat(user: str, answer: str, **extra) -> dict:
     return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer, **extra}]}
 
 
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "lookup_order",
+        "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]},
+    },
+}
+
+
+def call(name: str = "lookup_order", args: str = '{"order_id": "A1"}', id: str = "c1") -> dict:
+    return {"id": id, "type": "function", "function": {"name": name, "arguments": args}}
+
+
+def calling(*calls: dict, content: str | None = None) -> dict:
+    return {"role": "assistant", "content": content, "tool_calls": list(calls)}
+
+
+def result(call_id: str, content: str = "shipped") -> dict:
+    return {"role": "tool", "tool_call_id": call_id, "content": content}
+
+
+def answer(text: str) -> dict:
+    return {"role": "assistant", "content": text}
+
+
+def tool_row(*messages: dict, tools: list | None = None) -> dict:
+    """A row offering the lookup_order tool: a question, then `messages`."""
+    return {"messages": [{"role": "user", "content": "Where is order A1?"}, *messages], "tools": tools or [TOOL]}
+
+
 LONG = " ".join(f"{WORDS[i % len(WORDS)]}{i}" for i in range(60))
 NEAR = LONG.replace("apple0", "banana0")
 
@@ -110,6 +140,13 @@ ROW_TRIGGERS: dict[str, tuple[object, dict]] = {
     "refusal_ratio": (chat("Tell me a secret", "I'm sorry, I can't help with that."), {}),
     # The tiny tokenizer's ChatML template renders no `tools`: the row cannot be trained as written.
     "template_refuses_row": ({**chat("q", "a"), "tools": [{"type": "function", "function": {"name": "f"}}]}, {}),
+    # Tool calls against the row's tools (data.tool_checks); each is a blocking error, so no template is asked.
+    "invalid_tools": ({**chat("q", "a"), "tools": [{"type": "function", "function": {"description": "no name"}}]}, {}),
+    "tool_not_declared": (tool_row(calling(call("refund_order"))), {}),
+    "tool_arguments_not_json": (tool_row(calling(call(args="{order_id: A1"))), {}),
+    "tool_arguments_schema": (tool_row(calling(call(args='{"order": 5}'))), {}),
+    "tool_result_unmatched": (tool_row(calling(call()), result("c1"), result("c9"), answer("Shipped.")), {}),
+    "tool_call_unanswered": (tool_row(calling(call()), answer("Shipped.")), {}),
 }
 DATASET_CODES = {
     "file_unreadable",
@@ -123,8 +160,10 @@ DATASET_CODES = {
     "eval_near_overlap",
     "label_imbalance",
 }
-# What is trained, per chat family (tests/unit/test_family_audit.py triggers each with a family's tiny model).
+# What is trained, per chat family (tests/unit/test_family_audit.py triggers each with a family's tiny model), and
+# a warning about a row the family template renders (tests/unit/test_tools_data.py, the ChatML family's tiny model).
 FAMILY_CODES = {"empty_trace_trained", "tool_result_trained", "whitespace_only_trained", "packed_rows_attend"}
+FAMILY_CODES |= {"tool_content_and_calls"}
 
 
 def write(path: Path, rows: list) -> Path:

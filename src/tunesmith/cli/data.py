@@ -380,6 +380,12 @@ def convert(
         console.print(f"[yellow]skipped[/] {escape(line)}", highlight=False)
     skipped = ", ".join(f"{n} {code}" for code, n in res.skipped.items()) or "none"
     console.print(f"[green]wrote[/] {out}: {res.converted} rows as {to}; skipped: {skipped}", highlight=False)
+    if res.tools:
+        t = res.tools
+        console.print(
+            f"tools: {t['rows_with_tools']} row(s) offer tools, {t['calls']} call(s), {t['results']} result(s) converted",
+            highlight=False,
+        )
 
 
 @data_app.command("show")

@@ -17,9 +17,19 @@ if TYPE_CHECKING:
 
 def ladder_table(report: LadderReport) -> Table:
     """One row per rung: quality, latency, tokens, cost, and the gates it misses; the recommended rung in bold green."""
+    from tunesmith.eval.registry import TOOL_METRICS
+
     quality = [
         m
-        for m in (report.primary_metric, "exact_match", "json_valid", "json_field_accuracy", "token_f1", "reward")
+        for m in (
+            report.primary_metric,
+            "exact_match",
+            "json_valid",
+            "json_field_accuracy",
+            "token_f1",
+            *TOOL_METRICS[:3],  # call format valid, right function, arguments exact
+            "reward",
+        )
         if any(m in r.metrics for r in report.measured)
     ]
     quality = list(dict.fromkeys(quality))

@@ -30,6 +30,8 @@ from tunesmith.data.checks import (
     row_tools,
 )
 from tunesmith.data.formats import read_records
+from tunesmith.data.tool_checks import tool_counts, tool_stats
+from tunesmith.data.tool_shapes import load_tools_file
 from tunesmith.errors import DataError
 from tunesmith.train import methods
 
@@ -108,14 +110,15 @@ class Rows:
         return [dedup.row_text(r.messages + (r.rejected or [])) for r in self.rows]
 
 
-def load_rows(paths: list[str]) -> Rows:
-    """Read and format-check every row of the files; an unreadable file is a `file_unreadable` finding."""
+def load_rows(paths: list[str], tools: list[dict[str, Any]] | None = None) -> Rows:
+    """Read and format-check every row of the files (`tools`: the files' own, data.tools, for rows that name none);
+    an unreadable file is a `file_unreadable` finding."""
     out = Rows()
     for path in paths:
         try:
             for rec in read_records(path):
                 out.n_records += 1
-                row, found = check_record(rec)
+                row, found = check_record(rec, tools)
                 out.findings.extend(found)
                 if row is not None:
                     out.rows.append(row)
@@ -264,19 +267,21 @@ def audit(
     method: str = "sft",
     completion_budget: int = 0,
     reasoning: str = "train",
+    tools: list[dict[str, Any]] | None = None,
 ) -> AuditReport:
     """Audit training files (and eval files). Without a tokenizer the token checks are skipped.
 
     cost: keyword arguments for `stats.cost_estimate` (params, gpu, price_per_hour, epochs, lora).
     method: the method (train/methods.py) whose length policy the token checks apply (data.lengths);
     completion_budget: the room each prompt needs for a sampled completion (grpo.max_completion_length);
-    reasoning: data.reasoning (train | mask | drop), as training applies it.
+    reasoning: data.reasoning (train | mask | drop), as training applies it; tools: the tools every row that names
+    none offers (data.tools).
     """
     m = methods.get(method)
     stage = on_stage or (lambda _s: None)
     eval_files = list(eval_files or [])
     stage("reading")
-    tr, ev = load_rows(list(train)), load_rows(eval_files)
+    tr, ev = load_rows(list(train), tools), load_rows(eval_files, tools)
     report = AuditReport(list(map(str, train)) + list(map(str, eval_files)))
     st: dict[str, Any] = {
         "rows": {"train": tr.n_records, "train_usable": len(tr.rows)},
@@ -287,6 +292,8 @@ def audit(
     st["messages_per_example"] = stats.distribution([len(r.messages) for r in tr.rows])
     st["no_system_message"] = sum(not any(m["role"] == "system" for m in r.messages) for r in tr.rows)
     st["no_user_message"] = sum(not any(m["role"] == "user" for m in r.messages) for r in tr.rows)
+    if (tool_section := tool_stats(sum((tool_counts(r.messages, r.tools) for r in tr.rows), Counter()))) is not None:
+        st["tools"] = tool_section
     infos: list[TokenInfo] = []
     if tokenizer is not None:
         stage("tokenizing")
@@ -334,6 +341,7 @@ def audit_recipe(recipe: Any, tokenizer: Any, **kwargs: Any) -> AuditReport:
         method=recipe.method,
         completion_budget=methods.get(recipe.method).completion_room(recipe),
         reasoning=d.reasoning,
+        tools=load_tools_file(str(d.tools)) if d.tools else None,
         **kwargs,
     )
     if (why := packing_leaks(recipe)) is not None:

@@ -24,6 +24,9 @@ from tunesmith.data.formats import (
     to_prompt_only,
 )
 from tunesmith.data.template import IGNORE, family_of, render_prompt, tokenize_example
+from tunesmith.data.tool_checks import tool_problems
+from tunesmith.data.tool_shapes import row_tools as row_tools_of
+from tunesmith.data.tool_shapes import with_default_tools
 from tunesmith.errors import DataError
 
 if TYPE_CHECKING:
@@ -50,6 +53,16 @@ CODES: dict[str, tuple[str, str]] = {
     "invalid_weight": (ERROR, "a message's weight is not 0 or 1"),
     "invalid_name": (ERROR, "a message's name is not a string"),
     "invalid_tool_call": (ERROR, "tool_calls is not a list of {function: {name, arguments}}"),
+    "invalid_tools": (ERROR, "`tools` is not a list of functions with a string name (and an object `parameters` schema)"),
+    "tool_not_declared": (ERROR, "a call to a function the row's `tools` does not offer"),
+    "tool_arguments_not_json": (ERROR, "a call's arguments are not a JSON object"),
+    "tool_arguments_schema": (ERROR, "a call's arguments break the function's JSON schema (`parameters`)"),
+    "tool_result_unmatched": (
+        ERROR,
+        "a `tool` message whose tool_call_id names no call of the turn before it (or no call is pending)",
+    ),
+    "tool_call_unanswered": (ERROR, "a call with no `tool` result before the next assistant turn"),
+    "tool_content_and_calls": (WARNING, "an assistant turn with both text and calls: kept, both trained (counted)"),
     "example_missing_assistant_message": (ERROR, "no assistant message to learn from"),
     "missing_prompt": (ERROR, "a preference or prompt-only row has no usable prompt"),
     "missing_chosen": (ERROR, "a preference row has no usable chosen answer"),
@@ -141,6 +154,7 @@ class Row:
     messages: list[dict[str, Any]]  # what SFT trains on; for prompt-only rows, the prompt
     trained: bool = True  # False for prompt-only rows: no labels expected
     rejected: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None  # the tools it offers (its own, else the file's: data.tools)
 
     @property
     def where(self) -> str:
@@ -179,18 +193,24 @@ def _normalise(rec: Record) -> tuple[str, list[dict[str, Any]], bool, list[dict[
     return shape, to_messages(obj), True, None
 
 
-def check_record(rec: Record) -> tuple[Row | None, list[Finding]]:
-    """Format, turn-order and empty-answer checks of one record. The Row is None when it cannot be used."""
+def check_record(rec: Record, tools: list[dict[str, Any]] | None = None) -> tuple[Row | None, list[Finding]]:
+    """Format, turn-order, empty-answer and tool-call checks of one record (`tools`: the file's, for a row that names
+    none). The Row is None when it cannot be used."""
     if rec.error:
         return None, [finding("invalid_json", rec.path, rec.line, rec.error)]
     try:
+        rec = Record(rec.path, rec.line, with_default_tools(rec.obj, tools))  # the file's tools become the row's own
         shape, messages, trained, rejected = _normalise(rec)
+        offered = row_tools_of(rec.obj)
     except RowError as exc:
         code = FORMAT_CODES.get(exc.code, exc.code)
         if code not in CODES:
             code = "unknown_shape"
         return None, [finding(code, rec.path, rec.line, exc.message, exc.index)]
     problems = turn_problems(messages) + (turn_problems(rejected) if rejected else [])
+    problems += tool_problems(messages, offered)
+    if rejected:  # the rejected answer's calls are checked too (its prompt's, already above, are not repeated)
+        problems += [p for p in tool_problems(rejected, offered) if p not in problems]
     if trained and messages and messages[-1].get("role") == "user":  # the trailing question would train nothing
         problems.append(("ends_with_user_turn", len(messages) - 1, f"the last message ({len(messages) - 1}) is a user turn"))
     findings = [finding(code, rec.path, rec.line, text, index) for code, index, text in problems]
@@ -198,7 +218,7 @@ def check_record(rec: Record) -> tuple[Row | None, list[Finding]]:
         findings.append(finding("identical_chosen_rejected", rec.path, rec.line, "chosen and rejected are identical"))
     if any(f.severity == ERROR for f in findings):
         return None, findings
-    return Row(rec.path, rec.line, shape, rec.obj, messages, trained, rejected), findings
+    return Row(rec.path, rec.line, shape, rec.obj, messages, trained, rejected, offered), findings
 
 
 @dataclass
@@ -264,7 +284,7 @@ def check_tokens(
         if fit is not None:
             return _fit_tokens(row, fit, max_length, overlong, method.measured_as + (f" {room}" if room else ""))
     if not row.trained:
-        n = len(tokenizer(render_prompt(tokenizer, row.messages), add_special_tokens=False)["input_ids"])
+        n = len(tokenizer(render_prompt(tokenizer, row.messages, tools=row.tools), add_special_tokens=False)["input_ids"])
         info = TokenInfo(n, 0, n, 0)
         if max_length is not None and n > max_length:
             info.kept_total, info.lost, info.dropped = 0, n, "overlong"
@@ -327,8 +347,7 @@ def check_tokens(
 
 def row_tools(row: Row) -> list[Any] | None:
     """The row's tool list (OpenAI `tools`), as training renders it."""
-    tools = row.obj.get("tools")
-    return tools if isinstance(tools, list) else None
+    return row.tools
 
 
 def trained_problems(row: Row, tokenizer: Any, trained: list[int], ends: list[int]) -> list[Finding]:

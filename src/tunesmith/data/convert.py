@@ -25,12 +25,14 @@ from tunesmith.data.formats import (
     to_preference,
     to_prompt_only,
 )
+from tunesmith.data.tool_shapes import row_tools
 from tunesmith.errors import DataError
 
 TARGETS = ("messages", "sharegpt", "alpaca", "prompt_completion", "preference", "openai_dpo", "prompt_only")
 SHAPE_KEYS = {
     "messages": {"messages"},
     "sharegpt": {"conversations"},
+    "glaive": {"system", "chat"},
     "alpaca": {"instruction", "input", "output", "system"},
     "prompt_completion": {"prompt", "completion"},
     "preference": {"prompt", "chosen", "rejected"},
@@ -50,6 +52,8 @@ def convert_row(obj: Any, to: str) -> dict[str, Any]:
     if to not in TARGETS:
         raise ValueError(f"unknown target shape `{to}`; choose one of {', '.join(TARGETS)}")
     extra = {k: v for k, v in obj.items() if k not in SHAPE_KEYS[detect_shape(obj)]} if isinstance(obj, dict) else {}
+    if (tools := row_tools(obj)) is not None:  # in OpenAI's shape, wherever the source kept them
+        extra["tools"] = tools
     if to in ("preference", "openai_dpo"):
         pair = to_preference(obj)
         if to == "preference":
@@ -127,6 +131,19 @@ class ConvertResult:
     converted: int = 0
     skipped: Counter[str] = field(default_factory=Counter)  # code -> count
     skipped_rows: list[str] = field(default_factory=list)  # "file:line [code] message", first 50
+    tools: Counter[str] = field(default_factory=Counter)  # converted rows: rows_with_tools, calls, results (tool_counts)
+
+
+def _tool_counts(obj: Any) -> Counter[str]:
+    """What a converted row holds in calls and results (its function-call turns became tool_calls / tool messages)."""
+    from tunesmith.data.tool_checks import tool_counts
+
+    try:
+        messages = to_messages(obj)  # a preference pair: its prompt and chosen answer
+    except RowError:  # a prompt-only row: its prompt
+        messages = to_prompt_only(obj)
+    counts = tool_counts(messages, row_tools(obj))
+    return Counter({k: v for k, v in counts.items() if k in ("rows_with_tools", "calls", "results") and v})
 
 
 def convert_file(src: str | Path, out: str | Path, to: str, overwrite: bool = False) -> ConvertResult:
@@ -141,6 +158,7 @@ def convert_file(src: str | Path, out: str | Path, to: str, overwrite: bool = Fa
             if rec.error:
                 raise RowError("invalid_json", rec.error)
             rows.append(convert_row(rec.obj, to))
+            result.tools.update(_tool_counts(rec.obj))
         except RowError as exc:
             result.skipped[exc.code] += 1
             if len(result.skipped_rows) < 50:

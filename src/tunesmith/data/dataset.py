@@ -26,6 +26,7 @@ from tunesmith.data.formats import (
     to_prompt_only,
 )
 from tunesmith.data.template import Tokenized, expand_turns, tokenize_example
+from tunesmith.data.tool_shapes import load_tools_file, with_default_tools
 from tunesmith.errors import DataError
 from tunesmith.records import TokenCounts
 
@@ -75,7 +76,10 @@ def split_rows(data: DataSection, seed: int, normalise: Callable[[Record], T]) -
     held-out rows do not depend on how a method reads them. Every bad row is listed in one DataError.
     """
 
+    tools = load_tools_file(str(data.tools)) if data.tools else None
+
     def keyed(rec: Record) -> tuple[str, T]:
+        rec = Record(rec.path, rec.line, with_default_tools(rec.obj, tools), rec.error)  # data.tools: the row's own
         return content_key(rec.obj), normalise(rec)
 
     train = load_normalised(data.train, keyed)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tunesmith.data import reasoning
+from tunesmith.data import reasoning, tool_shapes
 from tunesmith.errors import DataError
 from tunesmith.errors import RowError as RowError  # re-exported: readers of rows catch it from here
 
@@ -27,7 +27,16 @@ T = TypeVar("T")
 
 ROLES = ("system", "user", "assistant")
 MESSAGE_KEYS = {"role", "content", "name", "weight", "function_call", "tool_calls", "tool_call_id", *reasoning.KEYS}
-SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "observation": "tool",  # a function's result (LLaMA-Factory's function-call ShareGPT)
+    "tool": "tool",
+}
+SHAREGPT_CALL = "function_call"  # an assistant turn that calls functions (its value: a call object or a list)
 
 
 @dataclass
@@ -207,7 +216,7 @@ def _read_parquet(path: Path) -> Iterator[Record]:
         yield Record(str(path), index, None, TOO_DEEP) if too_deep(row) else Record(str(path), index, row)
 
 
-SHAPES = ("messages", "sharegpt", "alpaca", "prompt_completion", "preference", "openai_dpo", "prompt_only")
+SHAPES = ("messages", "sharegpt", "glaive", "alpaca", "prompt_completion", "preference", "openai_dpo", "prompt_only")
 
 
 def detect_shape(obj: dict[str, Any]) -> str:
@@ -216,6 +225,8 @@ def detect_shape(obj: dict[str, Any]) -> str:
         return "messages"
     if "conversations" in obj:
         return "sharegpt"
+    if tool_shapes.is_glaive(obj):
+        return "glaive"
     if "instruction" in obj and "output" in obj:
         return "alpaca"
     if "prompt" in obj and "completion" in obj:
@@ -279,12 +290,9 @@ def to_messages(obj: Any) -> list[dict[str, Any]]:
         turns = obj["conversations"]
         if not isinstance(turns, list) or not turns:
             raise RowError("missing_messages_list", "`conversations` must be a non-empty list")
-        messages = []
-        for i, turn in enumerate(turns):
-            if not isinstance(turn, dict) or turn.get("from") not in SHAREGPT_ROLES or "value" not in turn:
-                raise RowError("message_missing_key", f"turn {i} needs `from` (human/gpt/system) and `value`", i)
-            messages.append({"role": SHAREGPT_ROLES[turn["from"]], "content": turn["value"]})
-        return _check_messages(messages)
+        return _check_messages(_sharegpt(turns))
+    if shape == "glaive":
+        return _check_messages(tool_shapes.glaive_messages(obj))
     if shape == "alpaca":
         prompt = str(obj["instruction"])
         if obj.get("input"):
@@ -308,6 +316,20 @@ def to_messages(obj: Any) -> list[dict[str, Any]]:
         f"row has keys {sorted(obj)[:8]}; expected `messages`, `conversations`, `instruction`+`output`, "
         "`prompt`+`completion`, `prompt`+`chosen`+`rejected`, `input`+`preferred_output`+`non_preferred_output` or `prompt`",
     )
+
+
+def _sharegpt(turns: list[Any]) -> list[dict[str, Any]]:
+    """ShareGPT turns as messages; `function_call` turns become tool calls and `observation` turns their results."""
+    messages: list[dict[str, Any]] = []
+    for i, turn in enumerate(turns):
+        who = turn.get("from") if isinstance(turn, dict) else None
+        if (who not in SHAREGPT_ROLES and who != SHAREGPT_CALL) or "value" not in turn:
+            raise RowError("message_missing_key", f"turn {i} needs `from` (human/gpt/system/function_call/...) and `value`", i)
+        if turn["from"] == SHAREGPT_CALL:
+            messages.append(tool_shapes.sharegpt_call_turn(turn["value"], i))
+        else:
+            messages.append({"role": SHAREGPT_ROLES[turn["from"]], "content": turn["value"]})
+    return tool_shapes.answer_results(messages)
 
 
 def _as_turns(value: Any, role: str, code: str, what: str) -> list[dict[str, Any]]:
@@ -428,7 +450,9 @@ def row_id(obj: Any, where: str) -> str:
 def to_example(rec: Record) -> Example:
     """One record as a demonstration: its normalised messages, id, file:line and other columns. Raises RowError."""
     messages = to_messages(rec.obj)
-    extra = {k: v for k, v in rec.obj.items() if k not in ("messages", "id")}  # to_messages accepted an object
+    extra = {k: v for k, v in rec.obj.items() if k not in ("messages", "id", "tools")}  # to_messages accepted an object
+    if (tools := tool_shapes.row_tools(rec.obj)) is not None:
+        extra["tools"] = tools  # in OpenAI's shape, whatever the row's shape called them
     return Example(row_id(rec.obj, rec.where), messages, rec.where, extra)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from tunesmith.data.template import IGNORE, render_prompt, tokenize_example
 
 Messages = list[dict[str, Any]]
+Tools = list[dict[str, Any]] | None  # the tools a row offers (rendered into its prompt)
 _MAX_CUTS = 8  # re-tokenizing a cut text can shift a token or two; a few passes always converge in practice
 
 
@@ -36,16 +37,17 @@ class Fit:
     over: bool = False  # the row was over max_length (dropped, truncated or refused)
 
 
-def conversation(tokenizer: Any, messages: Messages) -> tuple[int, int, bool]:
-    """(tokens, trained tokens, EOS among the trained labels) of a rendered conversation, as training masks it."""
-    tok = tokenize_example(tokenizer, messages)
+def conversation(tokenizer: Any, messages: Messages, tools: Tools = None) -> tuple[int, int, bool]:
+    """(tokens, trained tokens, EOS among the trained labels) of a rendered conversation (with the tools it offers),
+    as training masks it."""
+    tok = tokenize_example(tokenizer, messages, tools=tools)
     eos = tokenizer.eos_token_id
     return tok.n_tokens, tok.n_trained, eos is not None and eos in [lab for lab in tok.labels if lab != IGNORE]
 
 
-def prompt_tokens(tokenizer: Any, messages: Messages) -> int:
-    """Tokens of a rendered prompt with the generation prompt, as GRPO and eval feed it to the model."""
-    return len(tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"])
+def prompt_tokens(tokenizer: Any, messages: Messages, tools: Tools = None) -> int:
+    """Tokens of a rendered prompt (with the tools it offers) and the generation prompt, as GRPO and eval feed it."""
+    return len(tokenizer(render_prompt(tokenizer, messages, tools=tools), add_special_tokens=False)["input_ids"])
 
 
 def _shrink(
@@ -65,9 +67,11 @@ def _shrink(
     return None
 
 
-def _answers(tokenizer: Any, prompt: Messages, answers: dict[str, Messages], max_length: int, overlong: str, what: str) -> Fit:
+def _answers(
+    tokenizer: Any, prompt: Messages, answers: dict[str, Messages], max_length: int, overlong: str, what: str, tools: Tools = None
+) -> Fit:
     """Fit for one or more answers to one prompt (dpo: chosen + rejected; distill logits: the answer)."""
-    measured = {k: conversation(tokenizer, prompt + a) for k, a in answers.items()}
+    measured = {k: conversation(tokenizer, prompt + a, tools) for k, a in answers.items()}
     n = max(m[0] for m in measured.values())
     fit = Fit(n, parts={"prompt": prompt, **answers}, over=n > max_length)
     if not fit.over:
@@ -88,7 +92,7 @@ def _answers(tokenizer: Any, prompt: Messages, answers: dict[str, Messages], max
             tokenizer,
             prompt + answer,
             len(prompt) + len(answer) - 1,
-            lambda m: conversation(tokenizer, m)[0],
+            lambda m: conversation(tokenizer, m, tools)[0],
             max_length,
             keep_end=False,
         )
@@ -96,7 +100,7 @@ def _answers(tokenizer: Any, prompt: Messages, answers: dict[str, Messages], max
             fit.tokens_lost, fit.dropped = total, "no_trained_tokens"
             return fit
         fit.parts[key] = cut[len(prompt) :]
-    after = [conversation(tokenizer, prompt + fit.parts[k]) for k in answers]
+    after = [conversation(tokenizer, prompt + fit.parts[k], tools) for k in answers]
     fit.kept_tokens = sum(m[0] for m in after)
     fit.trained_tokens = sum(m[1] for m in after)
     fit.tokens_lost = total - fit.kept_tokens
@@ -104,7 +108,9 @@ def _answers(tokenizer: Any, prompt: Messages, answers: dict[str, Messages], max
     return fit
 
 
-def fit_pair(tokenizer: Any, prompt: Messages, chosen: Messages, rejected: Messages, max_length: int, overlong: str) -> Fit:
+def fit_pair(
+    tokenizer: Any, prompt: Messages, chosen: Messages, rejected: Messages, max_length: int, overlong: str, tools: Tools = None
+) -> Fit:
     """dpo: prompt + the longer answer against max_length; truncate shortens each answer that does not fit."""
     return _answers(
         tokenizer,
@@ -113,6 +119,7 @@ def fit_pair(tokenizer: Any, prompt: Messages, chosen: Messages, rejected: Messa
         max_length,
         overlong,
         "preference pair (prompt + longer answer)",
+        tools,
     )
 
 
@@ -124,9 +131,12 @@ def fit_conversation(tokenizer: Any, prompt: Messages, answer: Messages, max_len
     return fit
 
 
-def fit_prompt(tokenizer: Any, prompt: Messages, completion_budget: int, max_length: int, overlong: str) -> Fit:
-    """grpo: the rendered prompt + completion_budget against max_length; truncate keeps the end of the last user turn."""
-    p = prompt_tokens(tokenizer, prompt)
+def fit_prompt(
+    tokenizer: Any, prompt: Messages, completion_budget: int, max_length: int, overlong: str, tools: Tools = None
+) -> Fit:
+    """grpo: the rendered prompt (with its tools) + completion_budget against max_length; truncate keeps the end of
+    the last user turn."""
+    p = prompt_tokens(tokenizer, prompt, tools)
     n = p + completion_budget
     fit = Fit(n, kept_tokens=p, parts={"prompt": prompt}, over=n > max_length)
     if not fit.over:
@@ -139,11 +149,11 @@ def fit_prompt(tokenizer: Any, prompt: Messages, completion_budget: int, max_len
     limit = max_length - completion_budget
     cut = None
     if overlong == "truncate" and users and limit > 0:
-        cut = _shrink(tokenizer, prompt, users[-1], lambda m: prompt_tokens(tokenizer, m), limit, keep_end=True)
+        cut = _shrink(tokenizer, prompt, users[-1], lambda m: prompt_tokens(tokenizer, m, tools), limit, keep_end=True)
     if cut is None:
         fit.kept_tokens, fit.tokens_lost, fit.dropped = 0, p, "overlong"
         return fit
     fit.parts["prompt"] = cut
-    fit.kept_tokens = prompt_tokens(tokenizer, cut)
+    fit.kept_tokens = prompt_tokens(tokenizer, cut, tools)
     fit.tokens_lost = p - fit.kept_tokens
     return fit

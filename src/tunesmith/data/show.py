@@ -55,14 +55,15 @@ def show_row(
     *,
     reasoning: str = "train",
     family: Family | None = None,
+    tools: list[Any] | None = None,
 ) -> Shown:
-    """Render + tokenize one record with labels; runs of trained / untrained tokens decoded back to text."""
-    row, findings = check_record(rec)
+    """Render + tokenize one record with labels; runs of trained / untrained tokens decoded back to text.
+    tools: the file's (data.tools), for a row that offers none of its own."""
+    row, findings = check_record(rec, tools)
     problems = [f"[{f.code}] {f.message}" for f in findings]
     if row is None:
         return Shown(rec.where, problems=problems)
-    tools = row.obj.get("tools") if isinstance(row.obj.get("tools"), list) else None
-    shown = show_messages(tokenizer, rec.where, row.messages, max_length, overlong, reasoning, tools, family)
+    shown = show_messages(tokenizer, rec.where, row.messages, max_length, overlong, reasoning, row.tools, family)
     shown.problems = problems + shown.problems
     return shown
 
@@ -114,6 +115,10 @@ def counts_line(shown: Shown) -> str:
     ]
     if c.get("turns_not_trainable"):
         parts[-1] += f", {c['turns_not_trainable']} not trainable (context differs from inference)"
+    if c.get("tool_calls_trained") or c.get("tool_results_untrained"):
+        parts.append(
+            f"tools: {c.get('tool_calls_trained', 0)} call(s) trained, {c.get('tool_results_untrained', 0)} result(s) not trained"
+        )
     traces = {k: v for k, v in c.items() if "trace" in k and v}
     if traces:
         parts.append("traces: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in traces.items()))

@@ -23,6 +23,7 @@ from typing import Any
 
 from tunesmith import families
 from tunesmith.data import reasoning
+from tunesmith.errors import DataError
 from tunesmith.families import Family
 
 IGNORE = -100
@@ -103,28 +104,56 @@ def _apply(
 
     prepared, _ = reasoning.for_render(messages, _native(tokenizer))
     clean = [{k: v for k, v in m.items() if k != "weight"} for m in prepared]
+    _check_calls(family, tokenizer, clean)
     kwargs = {"tools": tools, "tokenize": False, "add_generation_prompt": generation, **family.render_kwargs(thinking)}
     try:
-        text: str = tokenizer.apply_chat_template(clean, **kwargs)
-    except TemplateError:
-        if family.system != "first_user" or not clean or clean[0]["role"] != "system" or len(clean) < 2:
-            raise
-        # Gemma 2's template refuses a system turn; Gemma 3's folds it into the first user turn: do the same.
-        first = dict(clean[1], content=f"{clean[0]['content']}\n\n{clean[1].get('content') or ''}")
-        text = tokenizer.apply_chat_template([first, *clean[2:]], **kwargs)
+        try:
+            text: str = tokenizer.apply_chat_template(clean, **kwargs)
+        except TemplateError:
+            if family.system != "first_user" or not clean or clean[0]["role"] != "system" or len(clean) < 2:
+                raise
+            # Gemma 2's template refuses a system turn; Gemma 3's folds it into the first user turn: do the same.
+            first = dict(clean[1], content=f"{clean[0]['content']}\n\n{clean[1].get('content') or ''}")
+            text = tokenizer.apply_chat_template([first, *clean[2:]], **kwargs)
+    except (TemplateError, TypeError) as exc:  # a template's own error, or one adding text to a missing content
+        raise TemplateRefused(
+            f"the chat template of this {family.title} model cannot render the conversation: {type(exc).__name__}: {exc}"
+        ) from None
     return text
 
 
-def _check_tools(family: Family, tokenizer: Any, tools: list[Any] | None) -> None:
-    from tunesmith.errors import DataError
+class TemplateRefused(DataError):
+    """The chat template (or its family) cannot render a conversation: a role, tools or calls it refuses."""
 
+
+def _check_calls(family: Family, tokenizer: Any, messages: list[dict[str, Any]]) -> None:
+    """A conversation with tool calls or results on a template that ignores them would train and prompt without them:
+    refused instead, naming what to use."""
+    template = families.template_of(tokenizer)
+    calls = any(m.get("tool_calls") for m in messages)
+    results = any(m.get("role") in ("tool", "function") for m in messages)
+    if (calls and "tool_calls" not in template) or (results and "tool" not in template):
+        what = "tool calls" if calls and "tool_calls" not in template else "tool results"
+        raise TemplateRefused(
+            f"the chat template of this {family.title} model does not render {what}: they would be dropped",
+            hint=_TOOL_TEMPLATE_HINT.format(family=family.name),
+        )
+
+
+_TOOL_TEMPLATE_HINT = (
+    "Use a model whose chat template renders tools and tool calls, or give this one tunesmith's `{family}` family "
+    "template (src/tunesmith/families/templates/), which does (see docs/tools.md)."
+)
+
+
+def _check_tools(family: Family, tokenizer: Any, tools: list[Any] | None) -> None:
     if tools and "tools" not in families.template_of(tokenizer):
-        raise DataError(
+        raise TemplateRefused(
             f"the chat template of this {family.title} model does not render tools",
-            hint="Use a model whose template takes `tools`, or remove `tools` from the rows.",
+            hint=_TOOL_TEMPLATE_HINT.format(family=family.name),
         )
     if tools and family.tools is None and family is not families.UNKNOWN:
-        raise DataError(f"{family.title} documents no tool-call format: rows with `tools` cannot be trained for it")
+        raise TemplateRefused(f"{family.title} documents no tool-call format: rows with `tools` cannot be trained for it")
 
 
 def render_prompt(
@@ -143,6 +172,15 @@ def render_prompt(
     fam = family_of(tokenizer, family)
     _check_tools(fam, tokenizer, tools)
     return _apply(tokenizer, messages, fam, True, thinking, tools)
+
+
+def prompt_as_text(tokenizer: Any, messages: list[dict[str, Any]], tools: list[Any] | None = None) -> str:
+    """render_prompt's text for a trainer that tokenizes text prompts itself (with the tokenizer's special tokens):
+    without a leading BOS the tokenizer adds again."""
+    text = render_prompt(tokenizer, messages, tools=tools)
+    bos = tokenizer.bos_token
+    adds_bos = bos is not None and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
+    return text[len(bos) :] if adds_bos and text.startswith(bos) else text
 
 
 def thinking_for(messages: list[dict[str, Any]], tokenizer: Any, family: Family | None = None) -> bool | None:
@@ -206,6 +244,7 @@ def render_turns(
     msgs, counts = reasoning.apply_policy(messages, policy)
     text = _apply(tokenizer, msgs, fam, False, None, tools)
     counts.update(reasoning.for_render(msgs, _native(tokenizer))[1])
+    counts["tool_results_untrained"] += sum(m["role"] in ("tool", "function") for m in msgs)  # prompt, never a target
     out = Rendered(text, [], fam, counts)
     for i, msg in enumerate(msgs):
         if msg["role"] != "assistant" or msg.get("weight", 1) == 0:
@@ -226,6 +265,7 @@ def render_turns(
         counts["traces_trained"] += int(policy == "train" and traced)
         if start < end:
             counts["turns_trained"] += 1
+            counts["tool_calls_trained"] += len(msg.get("tool_calls") or [])
             out.spans.append((start, end))
             out.thinking, out.split_at = thinking, len(prompt)
             out.open_end = not any(text.startswith(m, end - len(m)) for m in _end_marks(fam, tokenizer))

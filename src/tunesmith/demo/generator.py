@@ -416,9 +416,13 @@ def make_splits(n_train: int = 400, n_eval: int = 60, seed: int = 0) -> tuple[li
 
 def write_splits(out_dir: Path, n_train: int = 400, n_eval: int = 60, seed: int = 0) -> tuple[Path, Path]:
     """Write ``train.jsonl`` and ``eval.jsonl`` under ``out_dir``; returns their paths."""
+    return write_split_files(out_dir, *make_splits(n_train, n_eval, seed))
+
+
+def write_split_files(out_dir: Path, train: list[dict[str, Any]], eval_: list[dict[str, Any]]) -> tuple[Path, Path]:
+    """``train.jsonl`` and ``eval.jsonl`` under ``out_dir`` (created); returns their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    train, eval_ = make_splits(n_train, n_eval, seed)
     paths = out_dir / "train.jsonl", out_dir / "eval.jsonl"
     write_rows(paths[0], train)
     write_rows(paths[1], eval_)

@@ -34,7 +34,10 @@ def resolve_max_new_tokens(recipe: Any, tokenizer: Any, refs: Sequence[str] | No
         from tunesmith import models
 
         tokenizer = models.load_tokenizer(models.resolve_base(recipe.model.base))
-    lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in refs or [] if r]
+    from tunesmith.eval.tool_metrics import answer_text
+
+    texts = [answer_text(r) for r in refs or [] if r]  # a tool row's answer as the calls it writes
+    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts if t]
     if not lengths:
         tokens = min(NO_REFERENCES, cap)
         return Budget(tokens, f"auto: no reference answers to measure, {tokens} (capped by data.max_length {cap})")

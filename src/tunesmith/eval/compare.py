@@ -6,13 +6,14 @@ the adapter disabled, so both see byte-identical prompts, the same weights and t
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from tunesmith import models
-from tunesmith.data.template import prompt_messages, reference
-from tunesmith.eval import gates, metrics, release, scoring
+from tunesmith.data.template import prompt_messages
+from tunesmith.eval import gates, metrics, release, scoring, tool_metrics
 from tunesmith.eval.budget import resolve_max_new_tokens
 from tunesmith.eval.loss import perplexity, reference_loss
 from tunesmith.eval.notes import eval_warnings
@@ -49,8 +50,9 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
     if loaded.template_warning:
         log.warning(loaded.template_warning)
     convs = [prompt_messages(e.messages) for e in eval_ex]
-    refs = [reference(e.messages) for e in eval_ex]
-    json_mode = metrics.references_are_json(refs)
+    refs = tool_metrics.references(eval_ex)  # a row offering tools is scored on its answer turn's calls
+    offered = tool_metrics.tools_of(eval_ex)
+    json_mode, tool_mode = scoring.modes(refs)
     budget = resolve_max_new_tokens(recipe, tokenizer, refs)  # `auto`: from the longest reference
     fields = [e.extra for e in eval_ex]  # each held-out row's own fields: rewards' columns, graders' item.<field>
     reward = scorer(recipe, refs, fields)
@@ -63,13 +65,14 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
         with who.context():
             advance = scoring.progress_advance(progress, f"generating ({side})", len(convs))
             batch = recipe.eval.batch_size
-            answers[side] = scoring.answer(who.model, tokenizer, convs, budget.tokens, batch, advance, who.thinking)
+            answers[side] = scoring.answer(who.model, tokenizer, convs, budget.tokens, batch, advance, who.thinking, offered)
             if any(r.strip() for r in refs):  # the likelihood of an empty answer measures nothing
                 held = [e.messages for e in eval_ex]
                 losses[side] = reference_loss(who.model, tokenizer, held, recipe.data.max_length, recipe.data.reasoning)
     traces = scoring.trace_rows(answers, tokenizer)  # reasoning models: trace length, traces never closed
+    scored = {side: scoring.scored_texts(answers[side], loaded.model, tokenizer, tool_mode) for side in SIDES}
     for side in SIDES:
-        scores[side] = scoring.score(answers[side].texts, refs, json_mode, reward, convs, traces.get(side, ()))
+        scores[side] = scoring.score(scored[side], refs, json_mode, reward, convs, traces.get(side, ()), tool_mode)
     outputs = {side: answers[side].texts for side in SIDES}  # the final answers, after any trace
     hit_budget = {side: [c.finish_reason == "length" for c in answers[side].completions] for side in SIDES}
 
@@ -85,9 +88,10 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
                 "tuned": outputs["tuned"][i],
                 "base_metrics": s_base,
                 "tuned_metrics": s_tuned,
-                "judgement": metrics.judge(s_base, s_tuned, json_mode),
+                "judgement": metrics.judge(s_base, s_tuned, json_mode, tool_mode),
                 "hit_budget": {side: hit_budget[side][i] for side in SIDES},
                 **{f"{side}_reasoning": answers[side].completions[i].reasoning for side in SIDES if traces},
+                **({f"{side}_turn": json.loads(scored[side][i]) for side in SIDES} if tool_mode else {}),
             }
         )
     summary: dict[str, dict[str, float]] = {}
@@ -106,13 +110,15 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
     extra.changed_inputs = changed
     extra.latency = {side: answers[side].latency for side in SIDES}
     degenerate = {side: metrics.degeneration(outputs[side], hit_budget[side]) for side in SIDES}
-    judgement = Judgement(**metrics.compare(scores["base"].per_example, scores["tuned"].per_example, json_mode))
+    judgement = Judgement(**metrics.compare(scores["base"].per_example, scores["tuned"].per_example, json_mode, tool_mode))
     warnings += eval_warnings(degenerate, budget.tokens, judgement, loaded.quantized_base) + release.grader_warnings(extra)
     report = EvalReport(
         run=recipe.name,
         base_model=recipe.model.base,
         n_examples=len(eval_ex),
         json_mode=json_mode,
+        tool_mode=tool_mode,
+        per_tool={side: scores[side].per_tool for side in SIDES} if tool_mode else {},
         reference=describe_reference(recipe.method, refs),
         summary=summary,
         judgement=judgement,

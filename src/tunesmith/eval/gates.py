@@ -87,6 +87,8 @@ def gate_values(report: EvalReport) -> dict[str, float]:
     if extra.hallucination is not None and extra.hallucination.rate is not None:
         values["hallucination_rate"] = extra.hallucination.rate
     values.update({f"graders.{name}": sides["tuned"].pass_rate for name, sides in extra.graders.items() if "tuned" in sides})
+    for tool, figures in report.per_tool.get("tuned", {}).items():  # tool_arguments_match.<function>: per tool
+        values.update({f"{m}.{tool}": v for m, v in figures.items() if m != "n"})
     return values
 
 
@@ -163,7 +165,8 @@ def beats_base(report: EvalReport) -> GateResult:
     answers (prompt-only rows judged by graders), on the first grader's pass rate."""
     summary = report.summary
     graders = [m for m in summary.get("tuned", {}) if m.startswith("graders.")]
-    metric = next((m for m in [*metrics.primary_metrics(report.json_mode), *graders] if m in summary.get("tuned", {})), None)
+    primary = metrics.primary_metrics(report.json_mode, report.tool_mode)
+    metric = next((m for m in [*primary, *graders] if m in summary.get("tuned", {})), None)
     if metric is None:
         return GateResult(name="beats_base", rule="tuned > base", status="fail", detail="no primary metric in the report")
     delta = summary["tuned"][metric] - summary["base"][metric]

@@ -11,7 +11,7 @@ several) and the tokenizer's eos, never the tokenizer's alone: a Gemma whose gen
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,6 +35,7 @@ class Completion:
     token_ids: list[int] = field(default_factory=list)  # generated ids, stop token included, padding excluded
     opened: bool = False  # the prompt already opened a trace (the completion starts inside it)
     think: tuple[str, str] = ("<think>", "</think>")
+    raw: str = ""  # the completion decoded with its special tokens (the stop token aside): tool calls are parsed from it
     reasoning: str | None = field(init=False, default=None)  # None: the completion has no trace
     answer: str = field(init=False, default="")
     closed: bool = field(init=False, default=True)  # False: a trace was opened and never closed
@@ -62,9 +63,12 @@ def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
     return ids
 
 
-def prompt_text(model: Any, tokenizer: Any, conversation: list[dict[str, Any]], thinking: bool | None = None) -> str:
-    """The prompt generation sends for `conversation`: render_prompt in the thinking mode given (the run's)."""
-    return render_prompt(tokenizer, conversation, thinking=thinking, family=family_of(model, tokenizer))
+def prompt_text(
+    model: Any, tokenizer: Any, conversation: list[dict[str, Any]], thinking: bool | None = None, tools: list[Any] | None = None
+) -> str:
+    """The prompt generation sends for `conversation`: render_prompt in the thinking mode given (the run's), with the
+    tools it offers."""
+    return render_prompt(tokenizer, conversation, thinking=thinking, tools=tools or None, family=family_of(model, tokenizer))
 
 
 def opens_trace(prompt: str, family: families.Family) -> bool:
@@ -137,7 +141,15 @@ def _finish(
             ids = ids[:-1]
     text, cut = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop)
     reason: FinishReason = "stop" if end is not None or cut else "length"
-    return Completion(text.strip(), prompt_tokens, len(ids), reason, ids, opened, family.think)
+    raw = cut_at_stop(raw_completion(tokenizer, ids, stops), stop)[0]
+    return Completion(text.strip(), prompt_tokens, len(ids), reason, ids, opened, family.think, raw.strip())
+
+
+def raw_completion(tokenizer: Any, ids: list[int], stops: set[int]) -> str:
+    """Generated ids decoded with their special tokens (a family's call marker may be one), up to the first stop
+    token: what tool calls are parsed from (eval.tool_metrics.completion_turn)."""
+    end = next((j for j, t in enumerate(ids) if t in stops), len(ids))
+    return str(tokenizer.decode(ids[:end], skip_special_tokens=False))
 
 
 MIN_SHARED_PREFIX = 16  # tokens; a shorter shared prefix saves less prefill than its own forward pass costs
@@ -248,18 +260,21 @@ def generate_detailed(
     stop: list[str] | None = None,
     on_batch: Callable[[int], None] | None = None,
     thinking: bool | None = None,
+    tools: Sequence[list[Any] | None] | None = None,
 ) -> list[Completion]:
     """Completions in input order, generated in left-padded batches of similar prompt length.
 
     Greedy when temperature == 0. A batch ends as soon as every row has produced a stop token
     (or a stop string), so short answers do not pay for max_new_tokens. When a batch's prompts start with the
     same tokens (a shared system prompt), that prefix is computed once for the batch (see `_prefilled`).
-    thinking: the run's thinking mode (Manifest.family.thinking), for families with a switch.
+    thinking: the run's thinking mode (Manifest.family.thinking), for families with a switch; tools: per conversation,
+    the tools its prompt offers (None: none).
     """
     import torch
 
     family = family_of(model, tokenizer)
-    prompts = [prompt_text(model, tokenizer, conv, thinking) for conv in conversations]
+    offered = list(tools) if tools is not None else [None] * len(conversations)
+    prompts = [prompt_text(model, tokenizer, conv, thinking, t) for conv, t in zip(conversations, offered, strict=True)]
     config = generation_config_for(model, tokenizer, max_new_tokens, temperature, top_p)
     stops = set(config.eos_token_id)
     done: dict[int, Completion] = {}

@@ -19,7 +19,7 @@ from typing import Any
 from tunesmith.config import RUNGS, Recipe
 from tunesmith.data.template import prompt_messages, reference
 from tunesmith.errors import DataError
-from tunesmith.eval import metrics, registry, scoring
+from tunesmith.eval import metrics, registry, scoring, tool_metrics
 from tunesmith.eval.budget import resolve_max_new_tokens
 from tunesmith.eval.ladder_report import CostBasis, LadderReport, RungResult
 from tunesmith.eval.recommend import recommend
@@ -56,6 +56,7 @@ class LadderInputs:
     ids: list[str]
     convs: list[Conversation]
     refs: list[str]
+    tools: list[list[dict[str, Any]] | None]  # the tools each prompt offers (every rung renders them)
     shots: list[Conversation]  # each a (user..., assistant) run of turns from a training example
     rag_convs: list[Conversation] | None  # convs with retrieved context; None without a rag section
     sources: list[list[str]]  # per prompt, the passages' source:line
@@ -72,13 +73,16 @@ def few_shot_prompt(conv: Conversation, shots: list[Conversation]) -> Conversati
 
 def pick_shots(train: list[Any], k: int, seed: int) -> list[Conversation]:
     """k training examples with an answer (seeded pick), as their non-system turns ending with that answer."""
-    answered = [e for e in train if reference(e.messages).strip()]
+    answered = [e for e in train if reference(e.messages).strip() or _last_answer(e.messages).get("tool_calls")]
     chosen = random.Random(seed).sample(answered, min(k, len(answered)))
-    return [
-        [m for m in prompt_messages(e.messages) if m["role"] != "system"]
-        + [{"role": "assistant", "content": reference(e.messages)}]
-        for e in chosen
-    ]
+    return [[m for m in prompt_messages(e.messages) if m["role"] != "system"] + [_last_answer(e.messages)] for e in chosen]
+
+
+def _last_answer(messages: Conversation) -> dict[str, Any]:
+    """The last assistant turn as a shot shows it: its text, and its tool calls when it makes any."""
+    last = next(m for m in reversed(messages) if m["role"] == "assistant")
+    shown = {"role": "assistant", "content": reference(messages)}
+    return {**shown, "tool_calls": last["tool_calls"]} if last.get("tool_calls") else shown
 
 
 def held_out(recipe: Recipe) -> list[Any]:
@@ -131,7 +135,7 @@ def ladder_inputs(recipe: Recipe, max_examples: int | None = None, retriever: An
     cap = max_examples if max_examples is not None else (recipe.ladder.max_examples or recipe.eval.max_examples)
     evaluation = evaluation[:cap] if cap else evaluation
     convs = [prompt_messages(e.messages) for e in evaluation]
-    refs = [reference(e.messages) for e in evaluation]
+    refs = tool_metrics.references(evaluation)
     rag_convs: list[Conversation] | None = None
     sources: list[list[str]] = [[] for _ in convs]
     if recipe.rag is not None:
@@ -145,6 +149,7 @@ def ladder_inputs(recipe: Recipe, max_examples: int | None = None, retriever: An
         ids=[e.id for e in evaluation],
         convs=convs,
         refs=refs,
+        tools=tool_metrics.tools_of(evaluation),
         shots=shots,
         rag_convs=rag_convs,
         sources=sources,
@@ -193,6 +198,7 @@ def score_rung(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         cost_per_1k=cost_per_1k(basis, price, prompt_tokens, completion_tokens, answers.latency.total_s / n),
+        per_tool=scores.per_tool,
     )
     rung.gates = check_rules(gates, rung.values(), where=LADDER)
     return rung
@@ -267,19 +273,30 @@ def _measure(
     advance = scoring.progress_advance(ask["progress"], f"ladder: {spec.label}", total)
     clock = scoring.Clock(ask["batch"], advance)  # the one clock, across both parts
 
-    def answer(part: list[Conversation]) -> list[Any]:
+    def answer(lo: int, hi: int) -> list[Any]:
         clock.start()
         return generate_detailed(
-            who.model, who.tokenizer, part, ask["max_new"], ask["batch"], on_batch=clock, thinking=who.thinking
+            who.model,
+            who.tokenizer,
+            prompts[lo:hi],
+            ask["max_new"],
+            ask["batch"],
+            on_batch=clock,
+            thinking=who.thinking,
+            tools=inputs.tools[lo:hi],
         )
 
+    def scored(done: list[Any], n: int) -> scoring.Scores:
+        outputs = scoring.scored_texts(scoring.Answers(done, clock.latency()), who.model, who.tokenizer, ask["tool_mode"])
+        return scoring.score(outputs, refs[:n], ask["json_mode"], ask["reward"], prompts[:n], tools=ask["tool_mode"])
+
     with who.context():
-        done = answer(prompts[:head])
-        scores = scoring.score([c.text for c in done], refs[:head], ask["json_mode"], ask["reward"], prompts[:head])
+        done = answer(0, head)
+        scores = scored(done, head)
         why = cannot_pass(ask["gates"], scores.per_example, total) if head < total else None
         if head < total and why is None:
-            done += answer(prompts[head:])
-            scores = scoring.score([c.text for c in done], refs, ask["json_mode"], ask["reward"], prompts)
+            done += answer(head, total)
+            scores = scored(done, total)
     answers = scoring.Answers(done, clock.latency())
     rung = score_rung(spec, answers, scores, ask["basis"], ask["price"], ask["gates"])
     if why is not None and decided is not None:
@@ -316,8 +333,10 @@ def run_ladder(
     lad = recipe.ladder
     inputs = ladder_inputs(recipe, max_examples, retriever)
     price = lad.price_per_1k_tokens if lad.price_per_1k_tokens is not None else lad.hourly_price
+    json_mode, tool_mode = scoring.modes(inputs.refs)
     ask: dict[str, Any] = {
-        "json_mode": metrics.references_are_json(inputs.refs),
+        "json_mode": json_mode,
+        "tool_mode": tool_mode,
         "basis": "tokens" if lad.price_per_1k_tokens is not None else "compute",
         "price": price,
         "max_new": lad.max_new_tokens or resolve_max_new_tokens(recipe, None, inputs.refs).tokens,  # eval.max_new_tokens: auto
@@ -362,9 +381,10 @@ def _report(
         base_model=recipe.model.base,
         n_examples=len(inputs.convs),
         json_mode=ask["json_mode"],
+        tool_mode=ask["tool_mode"],
         reference=inputs.reference,
         ids=inputs.ids,
-        primary_metric=quality[0] if quality else metrics.primary_metrics(ask["json_mode"])[0],
+        primary_metric=quality[0] if quality else metrics.primary_metrics(ask["json_mode"], ask["tool_mode"])[0],
         gates=dict(recipe.eval.gates),
         cost_basis=ask["basis"],
         price=ask["price"],

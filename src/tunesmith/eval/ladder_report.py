@@ -27,6 +27,9 @@ class RungResult(Record):
     reason: str | None = Field(None, description="Why a rung was skipped.")
     n_examples: int = 0
     metrics: dict[str, float] = Field(default_factory=dict, description="Quality: tunesmith.eval.scoring.score's aggregates.")
+    per_tool: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="Tool rows: the function each reference calls -> each tool metric's mean and n."
+    )
     latency: Latency = Field(default_factory=Latency, description="The one clock, as `tunesmith eval` reports it.")
     prompt_tokens: float = Field(0.0, description="Mean prompt tokens per request.")
     completion_tokens: float = Field(0.0, description="Mean completion tokens per request.")
@@ -60,6 +63,7 @@ class RungResult(Record):
     def values(self) -> dict[str, float]:
         """Every measured figure by registry name (what the gates read)."""
         out = {**self.metrics, **self.latency.values()}
+        out.update({f"{m}.{tool}": v for tool, figures in self.per_tool.items() for m, v in figures.items() if m != "n"})
         return {
             **out,
             "prompt_tokens": self.prompt_tokens,
@@ -83,6 +87,7 @@ class LadderReport(Record):
     base_model: str
     n_examples: int
     json_mode: bool
+    tool_mode: bool = Field(False, description="The held-out rows offer tools: answers are scored as tool-call turns.")
     reference: str = Field("", description="What each held-out prompt's expected answer is, as the method defines it.")
     ids: list[str] = Field(default_factory=list, description="The held-out rows every rung answered, in order.")
     primary_metric: str = Field(

@@ -34,13 +34,15 @@ PRIMARY_ORDER: dict[bool, tuple[str, ...]] = {
 }
 """Metrics used to decide which of two outputs is better, most important first,
 keyed by json_mode. Use `primary_metrics(json_mode)`."""
+TOOL_PRIMARY_ORDER = ("tool_trajectory_match", "tool_arguments_match", "tool_name_match", "tool_decision", "tool_call_valid")
+"""The same for tool-call turns (eval.tool_metrics): the whole turn right first, then its arguments, its function."""
 
 _scorer: Any = None
 
 
-def primary_metrics(json_mode: bool) -> tuple[str, ...]:
-    """The metric names `judge` compares, in priority order, for this mode."""
-    return PRIMARY_ORDER[bool(json_mode)]
+def primary_metrics(json_mode: bool, tools: bool = False) -> tuple[str, ...]:
+    """The metric names `judge` compares, in priority order, for this mode (tools: tool-call turns)."""
+    return TOOL_PRIMARY_ORDER if tools else PRIMARY_ORDER[bool(json_mode)]
 
 
 def normalize(text: str) -> str:
@@ -204,7 +206,7 @@ def degeneration(texts: Sequence[str], hit_budget: Sequence[bool]) -> dict[str, 
     return {"hit_budget": sum(map(bool, hit_budget)) / n, "loop_rate": sum(loops) / n, "degenerate": either / n}
 
 
-def _same_value(a: Any, b: Any) -> bool:
+def same_value(a: Any, b: Any) -> bool:
     # bool is an int subclass in Python; true must not equal 1.
     if isinstance(a, bool) or isinstance(b, bool):
         return isinstance(a, bool) and isinstance(b, bool) and a == b
@@ -213,9 +215,9 @@ def _same_value(a: Any, b: Any) -> bool:
     if isinstance(a, str) and isinstance(b, str):
         return normalize(a) == normalize(b)
     if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same_value(a[k], b[k]) for k in a)
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
     if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
     return a is None and b is None
 
 
@@ -232,7 +234,7 @@ def json_field_accuracy(pred: str, ref: str) -> float | None:
     p = parse_json(pred)
     if not isinstance(p, dict):
         return 0.0
-    hits = sum(1 for k, v in r.items() if k in p and _same_value(p[k], v))
+    hits = sum(1 for k, v in r.items() if k in p and same_value(p[k], v))
     return hits / len(r)
 
 
@@ -257,14 +259,14 @@ def aggregate(rows: Sequence[dict[str, float | None]]) -> dict[str, float]:
     return {k: sums[k] / counts[k] for k in sums}
 
 
-def judge(base: dict[str, float | None], tuned: dict[str, float | None], json_mode: bool) -> str:
+def judge(base: dict[str, float | None], tuned: dict[str, float | None], json_mode: bool, tools: bool = False) -> str:
     """Return "win", "loss" or "tie" for the tuned output against the base output.
 
     Walks `primary_metrics(json_mode)` in order; the first metric on which the two
     differ by more than 1e-9 decides. Metrics missing or None on either side are
     skipped (e.g. json_field_accuracy when the reference is not an object).
     """
-    for m in primary_metrics(json_mode):
+    for m in primary_metrics(json_mode, tools):
         b, t = base.get(m), tuned.get(m)
         if b is None or t is None:
             continue
@@ -279,15 +281,16 @@ def compare(
     base_rows: Sequence[dict[str, float | None]],
     tuned_rows: Sequence[dict[str, float | None]],
     json_mode: bool,
+    tools: bool = False,
 ) -> dict[str, int | float]:
-    """Tally `judge` over paired rows.
+    """Tally `judge` over paired rows (tools: tool-call turns).
 
     Returns wins, losses, ties (counts) and win_rate = wins / examples (ties count
     against; 0.0 when there are no examples).
     """
     if len(base_rows) != len(tuned_rows):
         raise ValueError(f"{len(base_rows)} base rows but {len(tuned_rows)} tuned rows")
-    tally = Counter(judge(b, t, json_mode) for b, t in zip(base_rows, tuned_rows))
+    tally = Counter(judge(b, t, json_mode, tools) for b, t in zip(base_rows, tuned_rows))
     n = len(base_rows)
     return {
         "wins": tally["win"],

@@ -13,15 +13,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from tunesmith.eval import metrics as m
+from tunesmith.eval import tool_metrics as tm
 
 log = logging.getLogger(__name__)
 
-TEXT, JSON = "text", "json"
-"""What a metric applies to: free-text references, JSON-object references (later: tool calls)."""
+TEXT, JSON, TOOLS = "text", "json", "tools"
+"""What a metric applies to: free-text references, JSON-object references, tool-call turns (eval.tool_metrics)."""
 EVAL, LADDER, ROLLOUT = "eval", "ladder", "rollout"
 """What measures a metric: `tunesmith eval` (base vs tuned), `tunesmith ladder` (every rung) and/or `tunesmith rollout`
 (a candidate against the served adapter on live traffic)."""
 _BOTH, _EVAL, _LADDER, _LIVE = frozenset({EVAL, LADDER}), frozenset({EVAL}), frozenset({LADDER}), frozenset({ROLLOUT})
+_TOOLS = frozenset({TOOLS})
 
 
 @dataclass(frozen=True)
@@ -100,13 +102,24 @@ _ALL = (
     # after the trace. A shorter trace costs less; a trace never closed leaves no answer.
     _lower("trace_tokens", "reasoning trace length (tokens per answer)", high=None, unit="tokens"),
     _lower("unclosed_traces", "share of answers whose trace never closed"),
+    # Tool calls (eval.tool_metrics): the answer turn of each row that offers tools, parsed in the family's format;
+    # the same functions are GRPO's tool rewards (train.rewards).
+    Metric("tool_call_valid", "call format valid", applies=_TOOLS, fn=tm.tool_call_valid),
+    Metric("tool_name_match", "right function", applies=_TOOLS, fn=tm.tool_name_match),
+    Metric("tool_arguments_match", "arguments exact (as JSON)", applies=_TOOLS, fn=tm.tool_arguments_match),
+    Metric("tool_arguments_valid", "arguments schema-valid", applies=_TOOLS, fn=tm.tool_arguments_valid),
+    Metric("tool_decision", "called when it should, answered when not", applies=_TOOLS, fn=tm.tool_decision),
+    Metric("tool_trajectory_match", "whole turn exact (calls and text)", applies=_TOOLS, fn=tm.tool_trajectory_match),
 )
 METRICS: dict[str, Metric] = {x.name: x for x in _ALL}
+TOOL_METRICS = tuple(x.name for x in _ALL if TOOLS in x.applies)
 
 # Families: one declaration for every member (forgetting_<category>, graders.<name>).
 _PREFIXES = {
     "forgetting_": _lower("forgetting_", "forgetting in one probe category", low=-1.0, by=_EVAL),
     "graders.": Metric("graders.", "grader pass rate", by=_EVAL),
+    # tool_arguments_match.<function>: a tool metric over the rows whose reference calls that function (per tool)
+    **{f"{name}.": replace(METRICS[name], name=f"{name}.", fn=None) for name in TOOL_METRICS},
 }
 
 ALIASES = {"p50_latency_ms": "p50_batch_ms", "p95_latency_ms": "p95_batch_ms"}
@@ -129,14 +142,17 @@ def metric(name: str) -> Metric:
     for prefix, family in _PREFIXES.items():
         if name.startswith(prefix) and len(name) > len(prefix):
             return replace(family, name=name, label=f"{family.label} ({name[len(prefix) :]})")
-    raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRICS)}, forgetting_<category>, graders.<name>")
+    raise ValueError(
+        f"unknown metric {name!r}; known: {', '.join(METRICS)}, forgetting_<category>, graders.<name>, <tool metric>.<function>"
+    )
 
 
 def higher_is_better(name: str) -> bool:
     return metric(name).higher_is_better
 
 
-def per_example(json_mode: bool) -> list[Metric]:
-    """The metrics scored from each output and its reference, in declaration order, for this kind of reference."""
-    kind = JSON if json_mode else TEXT
+def per_example(json_mode: bool, tools: bool = False) -> list[Metric]:
+    """The metrics scored from each output and its reference, in declaration order, for this kind of reference
+    (tools: tool-call turns, eval.tool_metrics)."""
+    kind = TOOLS if tools else JSON if json_mode else TEXT
     return [x for x in _ALL if x.fn is not None and kind in x.applies]

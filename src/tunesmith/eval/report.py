@@ -14,6 +14,7 @@ from tunesmith import htmlkit
 from tunesmith.atomic import write_bytes_atomic
 from tunesmith.eval import registry
 from tunesmith.eval.metrics import primary_metrics
+from tunesmith.eval.registry import TOOL_METRICS
 
 __all__ = ["loss_curve_png", "metrics_chart_png", "write_html"]
 _MAX_REGRESSIONS = 10
@@ -147,6 +148,24 @@ def _metrics_table(summary: dict[str, dict[str, float]]) -> str:
     )
 
 
+def _per_tool_table(per_tool: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Tool rows: per function the reference calls, each tool metric base -> tuned ('' without tool rows)."""
+    base, tuned = per_tool.get("base") or {}, per_tool.get("tuned") or {}
+    if not base and not tuned:
+        return ""
+    names = [m for m in TOOL_METRICS if any(m in f for f in [*base.values(), *tuned.values()])]
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in names)
+    rows = []
+    for tool in dict.fromkeys([*base, *tuned]):
+        b, t = base.get(tool, {}), tuned.get(tool, {})
+        cells = "".join(f'<td class="num">{_fmt(b.get(m))} &rarr; {_fmt(t.get(m))}</td>' for m in names)
+        rows.append(f'<tr><td>{html.escape(tool)}</td><td class="num">{int(t.get("n", b.get("n", 0)))}</td>{cells}</tr>')
+    return (
+        "<h2>Per tool</h2><p class='muted'>Rows grouped by the function the reference calls; base &rarr; tuned.</p>"
+        f"<table><thead><tr><th>function</th><th>rows</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
 def _margin(pred: dict[str, Any], order: tuple[str, ...]) -> tuple[float, ...]:
     # tuned - base on each primary metric in priority order: sorts examples the same way judge() decides them.
     b = pred.get("base_metrics") or {}
@@ -191,8 +210,8 @@ def _render(report: dict[str, Any], predictions: list[dict[str, Any]], history: 
     base_model = html.escape(str(report.get("base_model", "")))
     summary = report.get("summary") or {}
     j = report.get("judgement") or {}
-    order = primary_metrics(bool(report.get("json_mode", False)))
-    mode = "JSON" if report.get("json_mode") else "text"
+    order = primary_metrics(bool(report.get("json_mode", False)), bool(report.get("tool_mode", False)))
+    mode = "tool-call" if report.get("tool_mode") else "JSON" if report.get("json_mode") else "text"
 
     losses = sorted((p for p in predictions if p.get("judgement") == "loss"), key=lambda p: _margin(p, order))
     wins = sorted((p for p in predictions if p.get("judgement") == "win"), key=lambda p: _margin(p, order), reverse=True)
@@ -207,6 +226,7 @@ def _render(report: dict[str, Any], predictions: list[dict[str, Any]], history: 
 {_notes(report)}
 <h2>Metrics</h2>
 {_metrics_table(summary)}
+{_per_tool_table(report.get("per_tool") or {})}
 <h2>Tuned vs base, per example</h2>
 <p class="tally"><span class="good">wins {int(j.get("wins", 0))}</span><span class="bad">losses {int(j.get("losses", 0))}</span>
 <span class="flat">ties {int(j.get("ties", 0))}</span><span>win rate {100 * float(j.get("win_rate", 0.0)):.1f}%</span></p>

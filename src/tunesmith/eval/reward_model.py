@@ -28,13 +28,13 @@ _CACHE: dict[tuple[str, float], RewardModel] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def encode(tokenizer: Any, prompt: Conversation, answer: str | Conversation) -> list[int]:
+def encode(tokenizer: Any, prompt: Conversation, answer: str | Conversation, tools: list[Any] | None = None) -> list[int]:
     """Token ids of the prompt followed by the answer (one assistant turn, or the answer's messages), rendered as
-    training renders a conversation."""
+    training renders a conversation, with the tools the prompt offers."""
     from tunesmith.data.template import tokenize_example
 
     turns = [{"role": "assistant", "content": answer}] if isinstance(answer, str) else list(answer)
-    return list(tokenize_example(tokenizer, [*prompt, *turns]).input_ids)
+    return list(tokenize_example(tokenizer, [*prompt, *turns], tools=tools).input_ids)
 
 
 def as_conversation(prompt: Any) -> Conversation:

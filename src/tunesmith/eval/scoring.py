@@ -16,7 +16,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunesmith.eval import metrics, registry
+from tunesmith.eval import metrics, registry, tool_metrics
 from tunesmith.records import Latency
 
 log = logging.getLogger(__name__)
@@ -25,13 +25,14 @@ Conversation = list[dict[str, Any]]
 Reward = Callable[[list[Conversation], list[str]], list[float]]
 
 
-def score_example(pred: str, ref: str, json_mode: bool) -> dict[str, float | None]:
+def score_example(pred: str, ref: str, json_mode: bool, tools: bool = False) -> dict[str, float | None]:
     """Every per-example registry metric for one prediction (None where the reference does not apply).
 
     Text references: exact_match, token_f1, rouge_l (0-1), bleu (0-100); JSON references add json_valid and
-    json_field_accuracy (None when this reference is not a JSON object).
+    json_field_accuracy (None when this reference is not a JSON object); tool rows (tools): the tool metrics of
+    eval.tool_metrics, on canonical turns (`pred` an output_turn, `ref` a reference_turn).
     """
-    return {m.name: m.fn(pred, ref) for m in registry.per_example(json_mode) if m.fn is not None}
+    return {m.name: m.fn(pred, ref) for m in registry.per_example(json_mode, tools) if m.fn is not None}
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Scores:
 
     per_example: list[dict[str, float | None]]
     aggregate: dict[str, float]
+    per_tool: dict[str, dict[str, float]] = field(default_factory=dict)  # tool -> metric -> mean, and n (tool rows)
 
 
 def score(
@@ -49,14 +51,18 @@ def score(
     reward: Reward | None = None,
     prompts: Sequence[Conversation] = (),
     measured: Sequence[dict[str, float]] = (),
+    tools: bool = False,
 ) -> Scores:
     """Score outputs (final answers: a reasoning trace is not part of them) against their references. Rows without
     any reference (prompt-only data) get no reference metrics; with `reward` (the GRPO rewards of the run), every row
-    also gets `reward`; `measured`: per-example figures measured while generating (Answers.trace_rows)."""
+    also gets `reward`; `measured`: per-example figures measured while generating (Answers.trace_rows); tools: the
+    outputs and references are tool turns (Answers.tool_outputs, tool_metrics.references), scored per tool too."""
     if len(outputs) != len(refs):
         raise ValueError(f"{len(outputs)} outputs but {len(refs)} references")
     has_refs = any(r.strip() for r in refs)
-    rows: list[dict[str, float | None]] = [score_example(o, r, json_mode) if has_refs else {} for o, r in zip(outputs, refs)]
+    rows: list[dict[str, float | None]] = [
+        score_example(o, r, json_mode, tools) if has_refs else {} for o, r in zip(outputs, refs)
+    ]
     for row, extra in zip(rows, measured):
         row.update(extra)
     if reward is not None:
@@ -68,10 +74,10 @@ def score(
         for row, value in zip(rows, values):
             row["reward"] = value
     agg = metrics.aggregate(rows)
-    for m in registry.per_example(json_mode):
+    for m in registry.per_example(json_mode, tools):
         if has_refs and m.corpus is not None:
             agg[m.name] = m.corpus(list(outputs), list(refs))
-    return Scores(rows, agg)
+    return Scores(rows, agg, tool_metrics.per_tool(rows, refs) if tools else {})
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -128,6 +134,11 @@ class Answers:
         """The final answers (after any reasoning trace): what every reference metric scores."""
         return [c.answer for c in self.completions]
 
+    def tool_outputs(self, style: str | None) -> list[str]:
+        """Each completion as a tool turn (eval.tool_metrics.output_turn): parsed in the family's `style` from its
+        text with special tokens, after any trace."""
+        return [tool_metrics.completion_turn(c.raw, style, c.opened, c.think) for c in self.completions]
+
     @property
     def traced(self) -> bool:
         return any(c.reasoning is not None for c in self.completions)
@@ -183,15 +194,37 @@ def answer(
     batch_size: int,
     advance: Callable[[int], None] | None = None,
     thinking: bool | None = None,
+    tools: Sequence[list[Any] | None] | None = None,
 ) -> Answers:
     """Greedy answers to `prompts` (the one generation function) in the thinking mode given (the run's), each
-    batch timed by the one clock."""
+    batch timed by the one clock; tools: per prompt, the tools it offers (rendered by the family's template)."""
     from tunesmith.eval.generate import generate_detailed
 
     clock = Clock(batch_size, advance)
     clock.start()
-    done = generate_detailed(model, tokenizer, prompts, max_new_tokens, batch_size, on_batch=clock, thinking=thinking)
+    done = generate_detailed(
+        model, tokenizer, prompts, max_new_tokens, batch_size, on_batch=clock, thinking=thinking, tools=tools
+    )
     return Answers(done, clock.latency())
+
+
+def modes(refs: Sequence[str]) -> tuple[bool, bool]:
+    """(json_mode, tool_mode) of a set of references: tool-call turns (any row offers tools), else JSON objects."""
+    tools = tool_metrics.tool_mode(refs)
+    return metrics.references_are_json(refs) and not tools, tools
+
+
+def scored_texts(answers: Answers, model: Any, tokenizer: Any, tools: bool) -> list[str]:
+    """What `score` takes from a model's answers: the final answers, or in tool mode each completion as a tool turn
+    parsed in the model's family format."""
+    return answers.tool_outputs(tool_style(model, tokenizer)) if tools else answers.texts
+
+
+def tool_style(model: Any, tokenizer: Any) -> str | None:
+    """The tool-call format a loaded model's family writes (families.tools.STYLES), None when it documents none."""
+    from tunesmith.eval.generate import family_of
+
+    return family_of(model, tokenizer).tools
 
 
 def progress_advance(progress: Any, description: str, total: int) -> Callable[[int], None] | None:

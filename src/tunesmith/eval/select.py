@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import Recipe
-from tunesmith.eval import metrics, registry
+from tunesmith.eval import registry
 from tunesmith.records import CheckpointSelection
 
 LOSSES = frozenset({"eval_loss", "perplexity"})  # measured on the references' likelihood, not on generations
@@ -54,9 +54,9 @@ def choose(scores: dict[str, float], metric: str) -> str:
 def score(model: Any, tokenizer: Any, recipe: Recipe, examples: list[Any], metric: str, thinking: bool | None = None) -> float:
     """One model's value of `metric` on the examples (greedy answers and scores through the one scoring path),
     prompted in the run's thinking mode."""
-    from tunesmith.data.template import prompt_messages, reference
+    from tunesmith.data.template import prompt_messages
     from tunesmith.errors import RecipeError
-    from tunesmith.eval import scoring
+    from tunesmith.eval import scoring, tool_metrics
     from tunesmith.eval.budget import resolve_max_new_tokens
     from tunesmith.eval.loss import perplexity, reference_loss
     from tunesmith.train.rewards import scorer
@@ -64,11 +64,14 @@ def score(model: Any, tokenizer: Any, recipe: Recipe, examples: list[Any], metri
     if metric in LOSSES:
         loss = reference_loss(model, tokenizer, [e.messages for e in examples], recipe.data.max_length, recipe.data.reasoning)
         return loss if metric == "eval_loss" else perplexity(loss)
-    refs = [reference(e.messages) for e in examples]
+    refs = tool_metrics.references(examples)
     convs = [prompt_messages(e.messages) for e in examples]
+    json_mode, tool_mode = scoring.modes(refs)
     budget = resolve_max_new_tokens(recipe, tokenizer, refs).tokens
-    answers = scoring.answer(model, tokenizer, convs, budget, recipe.eval.batch_size, thinking=thinking)
-    agg = scoring.score(answers.texts, refs, metrics.references_are_json(refs), scorer(recipe, refs), convs).aggregate
+    offered = tool_metrics.tools_of(examples)
+    answers = scoring.answer(model, tokenizer, convs, budget, recipe.eval.batch_size, thinking=thinking, tools=offered)
+    outputs = scoring.scored_texts(answers, model, tokenizer, tool_mode)
+    agg = scoring.score(outputs, refs, json_mode, scorer(recipe, refs), convs, tools=tool_mode).aggregate
     if metric not in agg:
         known = ", ".join(sorted(agg) + sorted(LOSSES))
         raise RecipeError([("eval.select_checkpoint", f"{metric} is not measured on these rows; use one of {known}")])

@@ -46,56 +46,91 @@ def _answered(requests: dict[str, RequestRow], fb: FeedbackRow, skipped: dict[st
     return None
 
 
+def served_answer(req: RequestRow) -> dict[str, Any]:
+    """The assistant message a request was answered with: its calls when it called (OpenAI's shape), else its text."""
+    if req.tool_calls:
+        return {"role": "assistant", "content": None, "tool_calls": req.tool_calls}
+    return {"role": "assistant", "content": req.output or ""}
+
+
+def corrected_answer(fb: FeedbackRow) -> dict[str, Any] | None:
+    """The assistant message a correction gives (its calls, its text), or None without a correction."""
+    if fb.tool_calls:
+        calls = [
+            {
+                "id": c.get("id") or f"call_{k}",
+                "type": "function",
+                "function": {"name": c["function"]["name"], "arguments": _arguments(c["function"].get("arguments", "{}"))},
+            }
+            for k, c in enumerate(fb.tool_calls)
+        ]
+        return {"role": "assistant", "content": fb.correction or None, "tool_calls": calls}
+    return {"role": "assistant", "content": fb.correction} if fb.correction else None
+
+
+def _arguments(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _tools(req: RequestRow) -> dict[str, Any]:
+    """The functions the request offered, kept with its row (training renders them into the prompt)."""
+    return {"tools": req.tools} if req.tools else {}
+
+
 def sft_rows(requests: dict[str, RequestRow], feedback: list[FeedbackRow]) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """One messages row per corrected answer."""
+    """One messages row per corrected answer (a corrected call included), with the tools its request offered."""
     rows: list[dict[str, Any]] = []
     skipped: dict[str, int] = {}
     for fb in latest_feedback(feedback).values():
-        if not fb.correction:
+        if (fixed := corrected_answer(fb)) is None:
             continue
         req = _answered(requests, fb, skipped)
         if req is not None:
-            rows.append({"id": fb.feedback_id, "messages": [*prompt_of(req), {"role": "assistant", "content": fb.correction}]})  # type: ignore[misc]
+            rows.append({"id": fb.feedback_id, "messages": [*prompt_of(req), fixed], **_tools(req)})  # type: ignore[misc]
     return rows, skipped
 
 
-def _pair(pid: str, prompt: list[dict[str, str]], good: str, bad: str) -> dict[str, Any]:
-    return {
-        "id": pid,
-        "input": {"messages": prompt},
-        "preferred_output": [{"role": "assistant", "content": good}],
-        "non_preferred_output": [{"role": "assistant", "content": bad}],
-    }
+def _pair(
+    pid: str, prompt: list[dict[str, Any]], good: dict[str, Any], bad: dict[str, Any], tools: dict[str, Any]
+) -> dict[str, Any]:
+    return {"id": pid, "input": {"messages": prompt}, "preferred_output": [good], "non_preferred_output": [bad], **tools}
 
 
 def dpo_rows(requests: dict[str, RequestRow], feedback: list[FeedbackRow]) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Correction > corrected answer; and per identical prompt, every answer rated up > every answer rated down."""
+    """Correction > corrected answer; and per identical prompt (and tools), every answer rated up > every answer rated
+    down. Answers are assistant messages: text, or the calls the request returned."""
     rows: list[dict[str, Any]] = []
     skipped: dict[str, int] = {}
-    by_prompt: dict[str, dict[str, list[str]]] = {}
-    prompts: dict[str, list[dict[str, str]]] = {}
+    by_prompt: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+    prompts: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {}
     for fb in latest_feedback(feedback).values():
         req = _answered(requests, fb, skipped)
         if req is None:
             continue
-        prompt = prompt_of(req) or []
-        if fb.correction and fb.correction.strip() != (req.output or "").strip():
-            rows.append(_pair(fb.feedback_id, prompt, fb.correction, req.output or ""))
+        prompt, served, fixed = prompt_of(req) or [], served_answer(req), corrected_answer(fb)
+        if fixed is not None and _said(fixed).strip() != _said(served).strip():
+            rows.append(_pair(fb.feedback_id, prompt, fixed, served, _tools(req)))
             continue
-        key = json.dumps(prompt, sort_keys=True)
-        prompts[key] = prompt
-        by_prompt.setdefault(key, {"up": [], "down": []})[fb.rating].append(req.output or "")
+        # the same prompt offering the same tools (a prompt without tools keys as it always has)
+        key = json.dumps([prompt, req.tools] if req.tools else prompt, sort_keys=True)
+        prompts[key] = (prompt, _tools(req))
+        by_prompt.setdefault(key, {"up": {}, "down": {}})[fb.rating][_said(served)] = served
     for key, rated in by_prompt.items():
-        pairs = [(g, b) for g in dict.fromkeys(rated["up"]) for b in dict.fromkeys(rated["down"]) if g != b]
+        pairs = [(g, b) for g in rated["up"] for b in rated["down"] if g != b]
         if not pairs:
-            skipped["rating without a counterpart on the same prompt"] = (
-                skipped.get("rating without a counterpart on the same prompt", 0) + len(rated["up"]) + len(rated["down"])
-            )
-        rows += [
-            _pair("pair-" + hashlib.sha256(json.dumps([key, g, b]).encode()).hexdigest()[:16], prompts[key], g, b)
-            for g, b in pairs
-        ]
+            why = "rating without a counterpart on the same prompt"
+            skipped[why] = skipped.get(why, 0) + len(rated["up"]) + len(rated["down"])
+        prompt, tools = prompts[key]
+        for g, b in pairs:
+            pid = "pair-" + hashlib.sha256(json.dumps([key, g, b]).encode()).hexdigest()[:16]
+            rows.append(_pair(pid, prompt, rated["up"][g], rated["down"][b], tools))
     return rows, skipped
+
+
+def _said(message: dict[str, Any]) -> str:
+    """What an answer says, to compare answers: its text, or its calls (names and arguments) as JSON."""
+    calls = [(c["function"]["name"], c["function"]["arguments"]) for c in message.get("tool_calls") or []]
+    return json.dumps(calls) if calls else message.get("content") or ""
 
 
 def pair_rows(source: str | Path) -> tuple[list[dict[str, Any]], dict[str, int]]:

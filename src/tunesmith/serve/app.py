@@ -259,7 +259,8 @@ def _routes(app: FastAPI, state: ServeState) -> None:
         body = parse_body(await read_body(request), FeedbackRequest)
         if state.store is None:
             raise ApiError(400, "this server keeps no request log (started with --no-log)", code="no_request_log")
-        row = FeedbackRow(request_id=body.request_id, rating=body.rating, correction=body.correction)
+        calls = [c.model_dump() for c in body.tool_calls] if body.tool_calls else None
+        row = FeedbackRow(request_id=body.request_id, rating=body.rating, correction=body.correction, tool_calls=calls)
         try:
             await run_in_threadpool(state.store.add_feedback, row)
         except UnknownRequest:

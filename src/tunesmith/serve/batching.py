@@ -53,6 +53,7 @@ class Job:
     conversation: list[dict[str, Any]]
     params: Params
     loop: asyncio.AbstractEventLoop
+    tools: list[dict[str, Any]] | None = None  # the functions the request offers (rendered into its prompt)
     stream: bool = False
     deadline: float = float("inf")  # time.monotonic() after which the generation is cancelled
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -185,7 +186,9 @@ class Batcher:
             job.started = now
         if self.metrics is not None:
             self.metrics.batch_size.observe(len(jobs))
-        results = self.engine.generate_batch(jobs[0].model, [j.conversation for j in jobs], jobs[0].params)
+        tools = [j.tools for j in jobs]
+        kwargs = {"tools": tools} if any(tools) else {}  # an engine without tools support still serves plain requests
+        results = self.engine.generate_batch(jobs[0].model, [j.conversation for j in jobs], jobs[0].params, **kwargs)
         for job, completion in zip(jobs, results, strict=True):
             job.resolve(completion)
 

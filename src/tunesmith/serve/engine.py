@@ -220,22 +220,25 @@ class Engine:
                 yield served
 
     # -- generation -------------------------------------------------------------------------------
-    def prompt(self, name: str | None, conversation: list[dict[str, Any]]) -> str:
+    def prompt(self, name: str | None, conversation: list[dict[str, Any]], tools: list[Any] | None = None) -> str:
         """The prompt text served model `name` is sent: the one render (eval.generate.prompt_text), in its run's
-        thinking mode."""
+        thinking mode, with the tools the request offers."""
         from tunesmith.eval.generate import prompt_text
 
         thinking = self.resolve(name).thinking
         with self._count_lock:
-            return prompt_text(self.model, self._count_tokenizer, conversation, thinking)
+            return prompt_text(self.model, self._count_tokenizer, conversation, thinking, tools)
 
-    def prompt_tokens(self, conversation: list[dict[str, Any]], name: str | None = None) -> int:
-        text = self.prompt(name, conversation)
+    def prompt_tokens(self, conversation: list[dict[str, Any]], name: str | None = None, tools: list[Any] | None = None) -> int:
+        text = self.prompt(name, conversation, tools)
         with self._count_lock:
             return len(self._count_tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def generate_batch(self, name: str, conversations: list[list[dict[str, Any]]], params: Any) -> list[Any]:
-        """Completions (tunesmith.eval.generate.Completion) for one group sharing model and sampling parameters."""
+    def generate_batch(
+        self, name: str, conversations: list[list[dict[str, Any]]], params: Any, tools: list[Any] | None = None
+    ) -> list[Any]:
+        """Completions (tunesmith.eval.generate.Completion) for one group sharing model and sampling parameters;
+        tools: per conversation, the tools its request offers."""
         from tunesmith.eval.generate import generate_detailed
 
         with self.activate(name) as served:
@@ -250,6 +253,7 @@ class Engine:
                 seed=params.seed,
                 stop=list(params.stop) or None,
                 thinking=served.thinking,
+                tools=tools,
             )
 
     def stream(

@@ -30,6 +30,7 @@ from tunesmith.serve.store import (
     new_request_id,
     now_utc,
 )
+from tunesmith.serve.tool_calls import ToolChoice, call_deltas, logged_calls, offered_tools, read_reply, tool_choice, tool_error
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,10 @@ class Call:
     asked_model: str = ""  # `model` as sent, kept for the log when the body is invalid
     model: str = ""
     served: Any = None
-    conversation: list[dict[str, str]] = field(default_factory=list)
+    conversation: list[dict[str, Any]] = field(default_factory=list)
+    tools: list[dict[str, Any]] | None = None  # chat: the functions offered, rendered into the prompt
+    choice: ToolChoice = field(default_factory=ToolChoice)  # chat: tool_choice (auto when tools are given)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # chat: the calls parsed from the completion
     passages: list[Any] = field(default_factory=list)
     params: Params | None = None
     prompt_tokens: int = 0
@@ -75,19 +79,22 @@ def _count_prompt(state: Any, call: Call) -> None:
     and whether that prompt opens a reasoning trace; a template that refuses the messages is a 400."""
     from jinja2.exceptions import TemplateError
 
+    from tunesmith.errors import DataError
     from tunesmith.eval.generate import family_of, opens_trace
 
+    family = family_of(state.engine.model, state.engine.tokenizer)
+    if call.tools and family.tools is None:
+        raise ApiError(400, f"this {family.title} model documents no tool-call format", param="tools", code="tools_unsupported")
     try:
-        prompt = state.engine.prompt(call.served.name, call.conversation)
-        call.prompt_tokens = state.engine.prompt_tokens(call.conversation, call.served.name)
-    except TemplateError as exc:
+        prompt = state.engine.prompt(call.served.name, call.conversation, call.tools)
+        call.prompt_tokens = state.engine.prompt_tokens(call.conversation, call.served.name, call.tools)
+    except (TemplateError, DataError) as exc:
         raise ApiError(
             400,
-            f"the model's chat template refuses these messages: {exc}",
+            f"the model's chat template refuses these messages: {getattr(exc, 'message', None) or exc}",
             param="messages" if call.kind == "chat" else "prompt",
             code="invalid_messages",
         ) from None
-    family = family_of(state.engine.model, state.engine.tokenizer)
     call.opened, call.think = opens_trace(prompt, family), family.think
 
 
@@ -104,6 +111,9 @@ def _prepare(state: Any, call: Call) -> None:
     if state.rollouts is not None:
         state.rollouts.route(state, call)  # canary: a share of `model` answered by the candidate (call.served)
     call.conversation = body.conversation() if call.kind == "chat" else [{"role": "user", "content": body.text()}]
+    if call.kind == "chat":
+        call.tools = offered_tools(body.tools)
+        call.choice = tool_choice(body.tool_choice, call.tools)
     retrieve(state, call, body.rag)
     _count_prompt(state, call)
     room = engine.context_length - call.prompt_tokens
@@ -137,6 +147,8 @@ def _row(state: Any, call: Call) -> RequestRow:
         messages=[Message(**m) for m in body.conversation()] if content and chat and body is not None else None,
         prompt=body.text() if content and text and body is not None else None,
         output=call.output if content else None,
+        tools=call.tools if content else None,
+        tool_calls=logged_calls(call.tool_calls) if content else None,
         prompt_tokens=call.prompt_tokens,
         completion_tokens=call.completion_tokens,
         latency_s=time.monotonic() - call.t0,
@@ -225,8 +237,10 @@ def _submit(state: Any, call: Call) -> Job:
         call.conversation,
         call.params,
         loop,
-        stream=call.body.stream,
+        # A streamed request that may call runs whole: a call cannot be told from text before it parses.
+        stream=call.body.stream and not (call.tools and call.choice.parses),
         deadline=time.monotonic() + state.settings.timeout_s,
+        tools=call.tools,
     )
     if job.stream:
         job.deltas = asyncio.Queue()
@@ -297,8 +311,47 @@ async def _answer(state: Any, request: Request, call: Call) -> Any:
     call.output, call.finish_reason = first.text, first.finish_reason
     call.answer, call.reasoning = first.answer, first.reasoning
     call.completion_tokens = first.completion_tokens
+    if call.tools and call.choice.parses:
+        _read_calls(state, call, first)
     await finish(state, call)
+    if call.body.stream:  # a request with tools, run whole: its events are the deltas the client assembles
+        return StreamingResponse(_events(state, call), media_type="text/event-stream", headers={"x-request-id": call.request_id})
     return JSONResponse(responses.body(call), headers={"x-request-id": call.request_id})
+
+
+def _read_calls(state: Any, call: Call, completion: Any) -> None:
+    """The completion's calls (families.tools, in the family's format, special tokens kept); an unparsable call is
+    counted and returned as content; a forced tool_choice without its call raises the 422 here."""
+    from tunesmith.data.reasoning import split_output
+    from tunesmith.eval.generate import family_of
+
+    style = family_of(state.engine.model, state.engine.tokenizer).tools
+    raw = split_output(completion.raw, completion.opened, completion.think).answer
+    if completion.raw:
+        call.output = completion.raw  # the log keeps the call as written (its special tokens too)
+    if (unparsable := tool_error(raw, style)) is not None:
+        state.metrics.tool_calls_unparsable.labels(call.model or "unknown").inc()
+        log.info("request %s: a tool call that does not parse (%s)", call.request_id, unparsable)
+    reply = read_reply(raw, style, call.choice)
+    call.tool_calls = reply.calls
+    if reply.calls:
+        call.answer, call.finish_reason = reply.content or "", "tool_calls"
+        state.metrics.tool_calls.labels(call.model or "unknown").inc(len(reply.calls))
+
+
+async def _events(state: Any, call: Call) -> AsyncIterator[str]:
+    """The SSE events of a whole completion: role, content, each call's deltas, the finish reason, usage, [DONE]."""
+    yield responses.chunk(call, None, first=True)
+    if call.reasoning:
+        yield responses.chunk(call, call.reasoning, kind="reasoning")
+    if call.answer:
+        yield responses.chunk(call, call.answer)
+    for delta in call_deltas(call.tool_calls):
+        yield responses.delta_chunk(call, delta)
+    yield responses.chunk(call, None, responses.finish_reason(call.finish_reason))
+    if call.body.include_usage:
+        yield responses.usage_chunk(call)
+    yield "data: [DONE]\n\n"
 
 
 async def _stream(state: Any, call: Call, job: Job, first: Any) -> AsyncIterator[str]:

@@ -35,6 +35,13 @@ class ServeMetrics:
         self.retrieval_requests = Counter("tunesmith_retrieval_requests", "Requests that used retrieval.", ["model"], registry=r)
         self.cancelled = Counter("tunesmith_cancelled", "Generations cancelled (client gone or timeout).", ["reason"], registry=r)
         self.ready = Gauge("tunesmith_ready", "1 once the model is loaded and checked.", registry=r)
+        self.tool_calls = Counter("tunesmith_tool_calls", "Tool calls returned to clients.", ["model"], registry=r)
+        self.tool_calls_unparsable = Counter(
+            "tunesmith_tool_calls_unparsable",
+            "Outputs that opened a tool call that did not parse (returned as content).",
+            ["model"],
+            registry=r,
+        )
 
     def observe(
         self,

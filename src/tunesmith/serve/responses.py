@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from tunesmith.serve.tool_calls import message_calls
+
 if TYPE_CHECKING:
     from tunesmith.serve.handlers import Call
 
@@ -26,7 +28,7 @@ def usage(call: Call) -> dict[str, int]:
 
 
 def finish_reason(reason: str | None) -> str:
-    return "length" if reason == "length" else "stop"
+    return reason if reason in ("length", "tool_calls") else "stop"
 
 
 def envelope(call: Call, chunk: bool) -> dict[str, Any]:
@@ -45,6 +47,12 @@ def body(call: Call) -> dict[str, Any]:
     if call.kind == "chat":
         # As OpenAI-compatible reasoning servers do: the trace apart from the answer.
         choice["message"] = {"role": "assistant", "content": call.answer}
+        if call.tool_calls:  # as OpenAI answers a call: content null when the model wrote no text beside it
+            choice["message"] = {
+                "role": "assistant",
+                "content": call.answer or None,
+                "tool_calls": message_calls(call.tool_calls),
+            }
         if call.reasoning is not None:
             choice["message"]["reasoning_content"] = call.reasoning
     else:
@@ -68,6 +76,12 @@ def chunk(call: Call, text: str | None, finish: str | None = None, first: bool =
     if first and call.passages:
         out["sources"] = sources(call)
     return f"data: {json.dumps(out)}\n\n"
+
+
+def delta_chunk(call: Call, delta: dict[str, Any]) -> str:
+    """One SSE event carrying a chat delta as it is (a tool call's start, or a chunk of its arguments)."""
+    choice = {"index": 0, "delta": delta, "finish_reason": None, "logprobs": None}
+    return f"data: {json.dumps({**envelope(call, True), 'choices': [choice]})}\n\n"
 
 
 def usage_chunk(call: Call) -> str:

@@ -42,16 +42,48 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class FunctionCall(_Body):
+    name: str = Field(..., min_length=1)
+    arguments: str | dict[str, Any] = "{}"
+
+
+class ToolCall(_Body):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Body):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCall] | None = Field(None, description="An assistant turn's calls (sent back after their results).")
+    tool_call_id: str | None = Field(None, description="A tool result: the call it answers.")
 
-    def as_dict(self) -> dict[str, str]:
-        """Plain {role, content}; content parts are joined text; `developer` is the newer name for `system`."""
+    def as_dict(self) -> dict[str, Any]:
+        """{role, content} (+ tool_calls, tool_call_id); content parts are joined text; `developer` is the newer name
+        for `system`."""
         content = self.content
         if isinstance(content, list):
             content = "".join(str(p.get("text", "")) for p in content if p.get("type") == "text")
-        return {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
+        out: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
+        if self.tool_calls:
+            out["tool_calls"] = [
+                {
+                    "id": c.id or f"call_{k}",
+                    "type": "function",
+                    "function": {"name": c.function.name, "arguments": _arguments_text(c.function.arguments)},
+                }
+                for k, c in enumerate(self.tool_calls)
+            ]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+
+def _arguments_text(arguments: str | dict[str, Any]) -> str:
+    import json
+
+    return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
 
 
 class _Sampling(_Body):
@@ -86,8 +118,10 @@ class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(..., min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list[dict[str, Any]] | None = Field(None, description="Functions the model may call (OpenAI's shape).")
+    tool_choice: str | dict[str, Any] | None = Field(None, description="auto, none, required, or a named function.")
 
-    def conversation(self) -> list[dict[str, str]]:
+    def conversation(self) -> list[dict[str, Any]]:
         return [m.as_dict() for m in self.messages]
 
     @property
@@ -118,6 +152,7 @@ class FeedbackRequest(_Body):
     request_id: str = Field(..., min_length=1, max_length=200)
     rating: Literal["up", "down"]
     correction: str | None = Field(None, max_length=100_000, description="The answer the model should have given.")
+    tool_calls: list[ToolCall] | None = Field(None, max_length=64, description="The calls the model should have made.")
 
 
 class AdapterRequest(_Body):

@@ -28,8 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tunesmith.errors import RunError
 from tunesmith.serve.log_schema import LOG_SCHEMA_VERSION as LOG_SCHEMA_VERSION  # re-exported: the log's version
 
-REQUEST_ROW_VERSION = 3  # 2: `replica`; 3: `variant`
-FEEDBACK_ROW_VERSION = 2  # 2: `replica`
+REQUEST_ROW_VERSION = 4  # 2: `replica`; 3: `variant`; 4: `tools`, `tool_calls`, tool fields on messages
+FEEDBACK_ROW_VERSION = 3  # 2: `replica`; 3: `tool_calls` (a corrected call)
 DB_NAME = "requests.sqlite"
 URL_SCHEMES = ("postgresql://", "postgres://")
 # backend name -> its RequestLog subclass. log_sqlite.py and log_postgres.py add themselves when imported, and
@@ -45,6 +45,13 @@ class _Row(BaseModel):
 class Message(_Row):
     role: str
     content: str
+    tool_calls: list[dict[str, Any]] | None = Field(None, description="An assistant turn's calls, as sent.")
+    tool_call_id: str | None = Field(None, description="A tool result: the call it answers.")
+
+    def as_message(self) -> dict[str, Any]:
+        """The chat message as it was sent (its calls and call id only when it had them)."""
+        extra = {k: v for k, v in (("tool_calls", self.tool_calls), ("tool_call_id", self.tool_call_id)) if v is not None}
+        return {"role": self.role, "content": self.content, **extra}
 
 
 class SourceRef(_Row):
@@ -71,6 +78,8 @@ class RequestRow(_Row):
     messages: list[Message] | None = Field(None, description="Chat messages as sent (chat endpoint).")
     prompt: str | None = Field(None, description="Prompt text as sent (completions endpoint).")
     output: str | None = None
+    tools: list[dict[str, Any]] | None = Field(None, description="The functions the request offered (chat).")
+    tool_calls: list[dict[str, Any]] | None = Field(None, description="The calls returned (OpenAI's shape), parsed from output.")
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_s: float = Field(0.0, description="Arrival to last token, seconds.")
@@ -115,6 +124,7 @@ class FeedbackRow(_Row):
     time: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     rating: Literal["up", "down"]
     correction: str | None = Field(None, description="The answer the model should have given.")
+    tool_calls: list[dict[str, Any]] | None = Field(None, description="The calls the model should have made (a correction).")
     replica: str | None = Field(None, description="The server the feedback was given to.")
 
 

@@ -56,11 +56,13 @@ class VllmEngine(Engine):
             if self.default_name == name:
                 self.default_name = self.base_name
 
-    def generate_batch(self, name: str, conversations: list[list[dict[str, Any]]], params: Any) -> list[Any]:
+    def generate_batch(
+        self, name: str, conversations: list[list[dict[str, Any]]], params: Any, tools: list[Any] | None = None
+    ) -> list[Any]:
         from vllm import SamplingParams
 
         from tunesmith import families
-        from tunesmith.eval.generate import Completion, FinishReason, opens_trace, prompt_text
+        from tunesmith.eval.generate import Completion, FinishReason, opens_trace, prompt_text, raw_completion
 
         family = families.for_tokenizer(self.tokenizer)
         with self.lock:
@@ -75,7 +77,8 @@ class VllmEngine(Engine):
                 seed=params.seed,
             )
             # The same render as the transformers engine (and training): the run's thinking mode.
-            prompts = [prompt_text(None, self.tokenizer, c, served.thinking) for c in conversations]
+            offered = tools or [None] * len(conversations)
+            prompts = [prompt_text(None, self.tokenizer, c, served.thinking, t) for c, t in zip(conversations, offered)]
             outs = self.model.generate(prompts, sampling, lora_request=lora, use_tqdm=False)
         result = []
         for prompt, out in zip(prompts, outs):
@@ -83,7 +86,9 @@ class VllmEngine(Engine):
             reason: FinishReason = "length" if gen.finish_reason == "length" else "stop"
             opened = opens_trace(prompt, family)
             ids = list(gen.token_ids)
-            result.append(Completion(gen.text.strip(), len(out.prompt_token_ids), len(ids), reason, ids, opened, family.think))
+            raw = raw_completion(self.tokenizer, ids, set(family.stop_token_ids(self.tokenizer))).strip()
+            n = len(out.prompt_token_ids)
+            result.append(Completion(gen.text.strip(), n, len(ids), reason, ids, opened, family.think, raw))
         return result
 
     def stream(

@@ -20,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from tunesmith.errors import RunError, TunesmithError
+from tunesmith.eval.registry import TOOL_METRICS
 from tunesmith.studio import guard, reports
 from tunesmith.studio.guard import is_loopback
 from tunesmith.studio.render import page, resolve_run
@@ -159,6 +160,7 @@ def _runs_routes(app: FastAPI) -> None:
             losses=losses,
             metric=metric,
             metrics=reports.metric_names(s.report),
+            tool_metrics=[m for m in TOOL_METRICS if any(m in f for f in s.report.per_tool.get("tuned", {}).values())],
             ladder=reports.ladder(run_dir),
         )
 

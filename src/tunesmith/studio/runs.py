@@ -184,7 +184,7 @@ def _section(recipe: dict[str, Any], name: str) -> dict[str, Any]:
 def key_metrics(report: EvalReport) -> list[str]:
     from tunesmith.eval.metrics import primary_metrics
 
-    return list(primary_metrics(report.json_mode))[:2]
+    return list(primary_metrics(report.json_mode, report.tool_mode))[:2]
 
 
 def list_runs(roots: Roots) -> list[RunSummary]:

@@ -13,11 +13,12 @@ from pydantic import Field, ValidationInfo
 
 from tunesmith.data.formats import detect_shape, read_records, to_preference
 from tunesmith.data.lengths import Fit, fit_pair
+from tunesmith.data.tool_shapes import row_tools
 from tunesmith.records import MethodDetails, Tokens
 from tunesmith.sections import Section, checks_environment
 from tunesmith.train import _trl
 from tunesmith.train.method import Datasets, Method, Parts, chosen
-from tunesmith.train.rows import apply_length_policy, preference_row, prompt_split, recipe_rows
+from tunesmith.train.rows import apply_length_policy, pair_tools, preference_row, prompt_split, recipe_rows
 
 if TYPE_CHECKING:
     from tunesmith.config import DataSection, Recipe
@@ -80,7 +81,7 @@ class DPO(Method[DPOSection]):
         if detect_shape(obj) not in PAIR_SHAPES:  # the format check and the recipe rule report it; nothing to measure
             return Fit(0)
         pair = to_preference(obj)
-        return fit_pair(tokenizer, pair["prompt"], pair["chosen"], pair["rejected"], max_length, overlong)
+        return fit_pair(tokenizer, pair["prompt"], pair["chosen"], pair["rejected"], max_length, overlong, row_tools(obj))
 
     def held_out_split(self, recipe: Recipe, with_context: bool = True) -> tuple[list[Example], list[Example]]:
         return prompt_split(recipe, with_context)  # each held-out prompt with its reference as the answer
@@ -90,13 +91,23 @@ class DPO(Method[DPOSection]):
         from datasets import Dataset
 
         d = recipe.data
-        fit = lambda r: fit_pair(tokenizer, r["prompt"], r["chosen"], r["rejected"], d.max_length, d.overlong)
+        fit = lambda r: fit_pair(
+            tokenizer,
+            r["prompt"],
+            r["chosen"],
+            r["rejected"],
+            d.max_length,
+            d.overlong,
+            pair_tools(r),
+        )
         train, evaluation = recipe_rows(recipe, preference_row)
         train, train_counts = apply_length_policy(train, fit, d, self.measured_as)
         evaluation, eval_counts = apply_length_policy(evaluation, fit, d, self.measured_as)
 
         def pairs(rows: list[dict[str, Any]]) -> Any:
-            return Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
+            # `tools` (JSON text, "null" for a row without: one column type for every row) is rendered by TRL per row
+            keys = ("prompt", "chosen", "rejected", *(("tools",) if any("tools" in r for r in rows) else ()))
+            return Dataset.from_list([{k: r.get(k, "null") for k in keys} for r in rows])
 
         return Datasets(pairs(train), pairs(evaluation) if evaluation else None, Tokens(train=train_counts, eval=eval_counts))
 

@@ -111,7 +111,9 @@ def _tools(example: Any) -> dict[str, Any]:
 
 
 def data_hashes(recipe: Recipe) -> dict[str, str]:
-    files = recipe.data.train + ([recipe.data.eval] if recipe.data.eval else [])
+    files = (
+        recipe.data.train + ([recipe.data.eval] if recipe.data.eval else []) + ([recipe.data.tools] if recipe.data.tools else [])
+    )
     return {path: models.sha256_file(Path(path)) for path in files}
 
 

@@ -17,6 +17,8 @@ from pydantic import Field, ValidationInfo, model_validator
 
 from tunesmith.data.formats import to_prompt_only
 from tunesmith.data.lengths import Fit, fit_prompt
+from tunesmith.data.template import prompt_as_text
+from tunesmith.data.tool_shapes import row_tools
 from tunesmith.records import MethodDetails, Tokens
 from tunesmith.sections import Section, checks_environment
 from tunesmith.train import _trl
@@ -33,11 +35,26 @@ class RewardSpec(Section):
     `package.module:function` for custom."""
 
     type: Literal[
-        "json_valid", "json_schema_valid", "exact_match", "regex", "length_penalty", "grader", "custom", "reward_model"
+        "json_valid",
+        "json_schema_valid",
+        "exact_match",
+        "regex",
+        "length_penalty",
+        "grader",
+        "custom",
+        "reward_model",
+        "tool_call_valid",
+        "tool_name_match",
+        "tool_arguments_match",
+        "tool_arguments_valid",
+        "tool_decision",
+        "tool_trajectory_match",
     ] = Field(
         ...,
         description="json_valid, json_schema_valid (json_schema), exact_match (field), regex (pattern), length_penalty "
-        "(max_chars), grader (grader), custom (function) or reward_model (run).",
+        "(max_chars), grader (grader), custom (function), reward_model (run), or a tool metric (tool_call_valid, "
+        "tool_name_match, tool_arguments_match, tool_arguments_valid, tool_decision, tool_trajectory_match: the row's "
+        "answer turn as its reference, docs/tools.md).",
     )
     weight: float = Field(1.0, description="Weight of this reward in the sum GRPO normalises per group.")
     json_schema: dict[str, Any] | str | None = Field(
@@ -177,7 +194,7 @@ class GRPO(Method[GRPOSection]):
         return (self.settings(recipe) if recipe is not None else GRPOSection()).max_completion_length
 
     def fit_row(self, tokenizer: Any, obj: dict[str, Any], max_length: int, overlong: str, room: int) -> Fit | None:
-        return fit_prompt(tokenizer, to_prompt_only(obj), room, max_length, overlong)
+        return fit_prompt(tokenizer, to_prompt_only(obj), room, max_length, overlong, row_tools(obj))
 
     def held_out_split(self, recipe: Recipe, with_context: bool = True) -> tuple[list[Example], list[Example]]:
         return prompt_split(recipe, with_context)  # each held-out prompt with its reference as the answer
@@ -201,12 +218,17 @@ class GRPO(Method[GRPOSection]):
         from datasets import Dataset
 
         d, room = recipe.data, self.completion_room(recipe)
-        fit = lambda r: fit_prompt(tokenizer, r["prompt"], room, d.max_length, d.overlong)
+        fit = lambda r: fit_prompt(tokenizer, r["prompt"], room, d.max_length, d.overlong, r.get("tools"))
         measured = f"{self.measured_as} {room}"
         train, evaluation = recipe_rows(recipe, prompt_row)
         train, train_counts = apply_length_policy(train, fit, d, measured)
         _, eval_counts = apply_length_policy(evaluation, fit, d, measured)
         rows = [dataset_row(r) for r in train]  # rewards receive these columns
+        if any(r.get("tools") for r in train):
+            # TRL renders a conversational prompt with one tool list for every row: each row's own tools are rendered
+            # here instead, by the prompt builder eval and serve use, and TRL receives the text.
+            for row, r in zip(rows, train, strict=True):
+                row["prompt"] = prompt_as_text(tokenizer, r["prompt"], r.get("tools"))
         return Datasets(Dataset.from_list(rows), None, Tokens(train=train_counts, eval=eval_counts))
 
     def trainer(self, recipe: Recipe, parts: Parts) -> Any:
@@ -216,7 +238,8 @@ class GRPO(Method[GRPOSection]):
         g = self.settings(recipe)
         watch = RewardWatch(g.num_generations, parts.run_dir / "metrics.jsonl")  # a reward GRPO cannot learn from
         parts.callbacks.append(watch)
-        return _trl.grpo_trainer(recipe, g, parts, [watch.wrap(fn) for fn in rewards.for_recipe(recipe)])
+        fns = rewards.for_recipe(recipe, parts.tokenizer)
+        return _trl.grpo_trainer(recipe, g, parts, [watch.wrap(fn) for fn in fns])
 
     def record(self, recipe: Recipe, trainer: Any, final_eval: dict[str, float]) -> GRPODetails:
         from tunesmith.run import read_metrics

@@ -22,7 +22,7 @@ from tunesmith.train import _trl
 from tunesmith.train.dpo import METHOD as DPO
 from tunesmith.train.dpo import needs_pairs
 from tunesmith.train.method import Datasets, Method, Parts
-from tunesmith.train.rows import apply_length_policy, preference_row, recipe_rows
+from tunesmith.train.rows import apply_length_policy, pair_tools, preference_row, recipe_rows
 
 if TYPE_CHECKING:
     from tunesmith.config import Recipe
@@ -80,7 +80,7 @@ class Reward(Method[RewardSection]):
         from tunesmith.eval.reward_model import encode
 
         d = recipe.data
-        fit = lambda r: fit_pair(tokenizer, r["prompt"], r["chosen"], r["rejected"], d.max_length, d.overlong)
+        fit = lambda r: fit_pair(tokenizer, r["prompt"], r["chosen"], r["rejected"], d.max_length, d.overlong, pair_tools(r))
         train, evaluation = _pair_rows(recipe)
         train, train_counts = apply_length_policy(train, fit, d, self.measured_as)
         evaluation, eval_counts = apply_length_policy(evaluation, fit, d, self.measured_as)
@@ -89,8 +89,8 @@ class Reward(Method[RewardSection]):
             return Dataset.from_list(
                 [
                     {
-                        "chosen_ids": encode(tokenizer, r["prompt"], r["chosen"]),
-                        "rejected_ids": encode(tokenizer, r["prompt"], r["rejected"]),
+                        "chosen_ids": encode(tokenizer, r["prompt"], r["chosen"], pair_tools(r)),
+                        "rejected_ids": encode(tokenizer, r["prompt"], r["rejected"], pair_tools(r)),
                     }
                     for r in rows
                 ]

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from tunesmith.errors import RecipeError
-from tunesmith.eval import metrics, registry
+from tunesmith.eval import metrics, registry, tool_metrics
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,12 @@ RewardFn = Callable[..., list[float]]
 
 
 def completion_text(completion: Any) -> str:
-    """The generated text of one completion (a string, or TRL's list of assistant messages)."""
+    """The generated text of one completion (a string, or TRL's list of assistant messages; eval's tool turns give
+    the answer text they were parsed from)."""
     if isinstance(completion, str):
+        turn = tool_metrics.parse_turn(completion)
+        if turn is not None and turn.text is not None:
+            return turn.text.strip()
         return completion.strip()
     if isinstance(completion, list):
         return "".join(str(m.get("content") or "") for m in completion if isinstance(m, dict)).strip()
@@ -81,6 +85,38 @@ def make_exact_match(field: str) -> RewardFn:
         ]
 
     return exact_match
+
+
+def make_tool_reward(name: str, tokenizer: Any = None) -> RewardFn:
+    """A tool metric of the registry (eval.tool_metrics) as a reward: each completion, parsed in the family's tool
+    format as eval parses it (its ids decoded with special tokens when TRL passes them and the tokenizer is known),
+    scored against the row's `reference` (its tool turn). A row where the metric does not apply scores 0."""
+    metric = registry.METRICS[name].fn
+    assert metric is not None
+    style, stops = None, set()
+    if tokenizer is not None:
+        from tunesmith import families
+
+        family = families.for_tokenizer(tokenizer)
+        style, stops = family.tools, set(family.stop_token_ids(tokenizer))
+
+    def reward(prompts: list[Any], completions: list[Any], completion_ids: Any = None, **columns: Any) -> list[float]:
+        from tunesmith.eval.generate import raw_completion
+
+        refs = columns.get("reference")
+        if refs is None:
+            raise KeyError(f"{name} reward: the data has no `reference` column (the rows' answer turns)")
+        out = []
+        for k, (c, ref) in enumerate(zip(completions, refs)):
+            text = c if isinstance(c, str) and tool_metrics.parse_turn(c) is not None else None
+            if text is None:
+                raw = raw_completion(tokenizer, list(completion_ids[k]), stops) if tokenizer and completion_ids else None
+                text = tool_metrics.completion_turn(raw if raw is not None else completion_text(c), style)
+            out.append(float(metric(text, str(ref or "")) or 0.0))
+        return out
+
+    reward.__name__ = name  # TRL logs rewards/<name>/mean
+    return reward
 
 
 def make_regex(pattern: str) -> RewardFn:
@@ -181,12 +217,17 @@ def make_grader(grader: Any, judge_for: Any) -> RewardFn:
     return reward
 
 
-def build(specs: list[RewardSpec], graders: list[dict[str, Any]] | None = None, judge: Any = None) -> list[RewardFn]:
+def build(
+    specs: list[RewardSpec], graders: list[dict[str, Any]] | None = None, judge: Any = None, tokenizer: Any = None
+) -> list[RewardFn]:
     """The reward functions of a recipe, in order (their weights go to GRPOConfig.reward_weights). `graders`: the
-    recipe's eval.graders, which `grader` rewards name; `judge`: its eval.judge section (for model graders)."""
+    recipe's eval.graders, which `grader` rewards name; `judge`: its eval.judge section (for model graders);
+    `tokenizer`: the model's, whose family format the tool rewards parse completions in."""
     out: list[RewardFn] = []
     for spec in specs:
-        if spec.type == "grader":
+        if spec.type in registry.TOOL_METRICS:
+            out.append(make_tool_reward(spec.type, tokenizer))
+        elif spec.type == "grader":
             out.append(_grader_reward(spec.grader or "", graders or [], judge))
         elif spec.type == "json_valid":
             out.append(json_valid)
@@ -219,10 +260,10 @@ def _grader_reward(name: str, graders: list[dict[str, Any]], judge: Any) -> Rewa
     return make_grader(found[0], judges_for_graders(judge))
 
 
-def for_recipe(recipe: Any) -> list[RewardFn]:
+def for_recipe(recipe: Any, tokenizer: Any = None) -> list[RewardFn]:
     """The reward functions of a GRPO recipe (its grpo.rewards, with its eval.graders and eval.judge)."""
     graders = recipe.eval.graders if isinstance(recipe.eval.graders, list) else []
-    return build(recipe.grpo.rewards, graders, recipe.eval.judge)
+    return build(recipe.grpo.rewards, graders, recipe.eval.judge, tokenizer)
 
 
 def columns(refs: list[str], rows: list[dict[str, Any]] | None) -> dict[str, list[Any]]:

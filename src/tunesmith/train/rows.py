@@ -21,6 +21,8 @@ from tunesmith.data.formats import (
 )
 from tunesmith.data.lengths import Fit
 from tunesmith.data.template import reference
+from tunesmith.data.tool_shapes import row_tools
+from tunesmith.eval.tool_metrics import reference_turn, turn_message
 from tunesmith.records import TokenCounts
 
 if TYPE_CHECKING:
@@ -46,14 +48,24 @@ SHAPE_KEYS = {
 }
 
 
+_TOOL_KEYS = ("tool_calls", "tool_call_id", "name")  # what a message keeps besides role and content: its calls
+
+
 def _clean(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"role": m["role"], "content": m.get("content") or ""} for m in messages]
+    return [{"role": m["role"], "content": m.get("content") or "", **{k: m[k] for k in _TOOL_KEYS if m.get(k)}} for m in messages]
 
 
 def preference_row(obj: Any) -> dict[str, Any]:
-    """{prompt, chosen, rejected} as message lists (TRL's conversational preference shape)."""
+    """{prompt, chosen, rejected} as message lists (TRL's conversational preference shape), and `tools` (JSON text:
+    TRL's DPO renders each row's own) when the row offers tools: a preferred and a rejected call compare."""
     pair = to_preference(obj)
-    return {"prompt": _clean(pair["prompt"]), "chosen": _clean(pair["chosen"]), "rejected": _clean(pair["rejected"])}
+    row = {"prompt": _clean(pair["prompt"]), "chosen": _clean(pair["chosen"]), "rejected": _clean(pair["rejected"])}
+    return {**row, "tools": json.dumps(tools)} if (tools := row_tools(obj)) else row
+
+
+def pair_tools(row: dict[str, Any]) -> list[Any] | None:
+    """The tools of a preference_row (kept as JSON text; "null" or absent: none), rendered into its prompt."""
+    return json.loads(row["tools"]) if "tools" in row else None
 
 
 def prompt_row(obj: Any) -> dict[str, Any]:
@@ -65,6 +77,7 @@ def prompt_row(obj: Any) -> dict[str, Any]:
     """
     prompt = _clean(to_prompt_only(obj))
     shape = detect_shape(obj)
+    tools = row_tools(obj)
     ref = ""
     if shape in ("preference", "openai_dpo"):
         ref = preference_row(obj)["chosen"][-1]["content"]
@@ -74,9 +87,14 @@ def prompt_row(obj: Any) -> dict[str, Any]:
         from tunesmith.data.formats import to_messages
 
         messages = to_messages(obj)
-        ref = reference(messages) if any(m["role"] == "assistant" for m in messages) else ""
+        if not any(m["role"] == "assistant" for m in messages):
+            ref = ""
+        elif tools or messages[-1].get("tool_calls"):  # a tool row: its answer turn, which the tool rewards compare
+            ref = reference_turn(messages, tools)
+        else:
+            ref = reference(messages)
     extra = {k: v for k, v in obj.items() if k not in SHAPE_KEYS and k not in _OWN}
-    return {"prompt": prompt, "reference": ref, **extra}
+    return {"prompt": prompt, "reference": ref, **extra, **({"tools": tools} if tools else {})}
 
 
 ROW_FIELDS = "row_fields"
@@ -180,7 +198,7 @@ def prompt_split(recipe: Recipe, with_context: bool = True) -> tuple[list[Exampl
         [
             Example(
                 row_id(r, r["source"]),
-                r["prompt"] + [{"role": "assistant", "content": str(r["reference"])}],
+                r["prompt"] + [turn_message(str(r["reference"])) or {"role": "assistant", "content": str(r["reference"])}],
                 r["source"],
                 row_fields(r),  # what graders read as item.<field>, saved with the held-out rows
             )
