@@ -11,6 +11,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The CLI's consoles take their width when first imported: wide, so a long temporary path in a message stays on one
+# line whatever the process (a test of 80-column output sets its own width).
+os.environ.setdefault("COLUMNS", "200")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs one worker per core: each worker (and every CLI it starts) computes on one thread, since two
     # workers with a thread pool each on two cores spin against each other (a step ran 20-40x slower).

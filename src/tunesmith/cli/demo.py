@@ -44,4 +44,4 @@ def demo(
         raise typer.BadParameter(f"unknown task {task!r}; use extract or tools", param_hint="--task")
     from tunesmith.demo.pipeline import run_demo
 
-    run_demo(directory, console=console, steps=steps, fresh=fresh, budget_s=budget_s)
+    run_demo(directory or Path("demo-run"), console=console, steps=steps, fresh=fresh, budget_s=budget_s)

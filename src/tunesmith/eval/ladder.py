@@ -327,7 +327,7 @@ def run_ladder(
     known early; with `stop_early`, a rung measured after one that passes answers PROBE_ROWS prompts first and stops
     when it can no longer pass (cannot_pass): it then cannot change the recommendation, and its reason says so.
     """
-    from tunesmith.eval.generate import generate
+    from tunesmith.eval.generate import generate_detailed
     from tunesmith.train.rewards import scorer
 
     lad = recipe.ladder
@@ -354,7 +354,7 @@ def run_ladder(
     found: dict[str, RungResult] = {}
     decided: RungResult | None = None
     for who in {id(a.model): a for a in answerers.values()}.values():  # the first batch of a model is not timed cold
-        generate(who.model, who.tokenizer, inputs.convs[:2], 2, 2, thinking=who.thinking)
+        generate_detailed(who.model, who.tokenizer, inputs.convs[:2], 2, 2, thinking=who.thinking, tools=inputs.tools[:2])
     for spec in reversed(specs):
         why = _why_not(spec, missing, inputs)
         if why:
