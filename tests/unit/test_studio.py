@@ -480,3 +480,22 @@ def test_studio_cli_refuses_bad_options_in_one_paragraph(tmp_path, args, code, s
 
     res = CliRunner().invoke(app, ["studio", "--runs", str(tmp_path), *args], env={"COLUMNS": "200"})
     assert res.exit_code == code and said in res.output and "Traceback" not in res.output
+
+
+def test_a_restart_within_the_same_second_gets_its_own_log(tmp_path, monkeypatch):
+    import sys
+    import time as time_mod
+
+    from tunesmith.studio import launch
+
+    launcher = launch.Launcher(tmp_path / ".studio")
+    launcher.command = [sys.executable, "-c", "pass"]
+    recipe, run_dir = tmp_path / "recipe.yaml", tmp_path / "run"
+    recipe.write_text("name: run\n")
+    monkeypatch.setattr(time_mod, "time", lambda: 1_800_000_000.0)  # every start in one second
+    logs = []
+    for _ in range(3):
+        job = launcher.start(recipe, run_dir)
+        launcher.procs[str(run_dir.resolve())].wait()
+        logs.append(job.log)
+    assert len(set(logs)) == 3 and all(Path(p).exists() for p in logs)

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -119,11 +120,10 @@ class Launcher:
         old = self.procs.get(key)
         if old is not None and old.poll() is None:
             raise RunError(f"{run_dir.name} is already training (pid {old.pid})")
-        log = self.studio_dir / "jobs" / f"{_job_path(self.studio_dir, run_dir).stem}-{int(time.time())}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
+        log, fh = self._new_log(run_dir)
         cmd = [*self.command, str(recipe_path)] + ["--resume"] * resume
         env = {**os.environ, "COLUMNS": "120", "PYTHONUNBUFFERED": "1"}
-        with open_new(log) as fh:  # a new file: never a link planted under the log's name
+        with fh:
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.procs[key] = proc
         job = Job(run_dir=key, recipe=str(recipe_path), cmd=cmd, pid=proc.pid, log=str(log))
@@ -149,6 +149,20 @@ class Launcher:
             return False
         os.kill(int(str(job["pid"])), signal.SIGTERM)
         return True
+
+    def _new_log(self, run_dir: Path) -> tuple[Path, IO[Any]]:
+        """A new log file for a start (a start within the second of the previous one gets the next free name);
+        created, never a link planted under that name."""
+        folder = self.studio_dir / "jobs"
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"{_job_path(self.studio_dir, run_dir).stem}-{int(time.time())}"
+        for n in range(1000):
+            log = folder / f"{stem}{f'-{n}' if n else ''}.log"
+            try:
+                return log, open_new(log)
+            except FileExistsError:
+                continue
+        raise RunError(f"no free log name for {run_dir.name} in {folder}", hint="Remove old logs from that folder.")
 
     def resume(self, run_dir: Path) -> Job:
         job = read_job(self.studio_dir, run_dir)
