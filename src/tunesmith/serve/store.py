@@ -17,6 +17,7 @@ import json
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -196,7 +197,7 @@ def _window(since: datetime | float | None, until: datetime | float | None) -> t
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
-class RequestLog:
+class RequestLog(ABC):
     """One request log, thread-safe: the shared logic of both backends over their `_run` (one statement, committed).
 
     SQL here is written with `?` placeholders and syntax both SQLite and PostgreSQL accept.
@@ -227,12 +228,13 @@ class RequestLog:
 
     # --- what a backend provides ---------------------------------------------------------------------------------
 
+    @abstractmethod
     def _run(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Execute one statement (committed at once); its rows, or [] for a statement that returns none."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _close(self) -> None:
-        raise NotImplementedError
+        """Close the connection (called once, under the lock)."""
 
     # --- the interface -------------------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ are imported inside the hooks that use them.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
@@ -59,7 +60,7 @@ def chosen(info: ValidationInfo, name: str) -> bool:
     return bool(info.data.get("method") == name)
 
 
-class Method(Generic[S]):
+class Method(ABC, Generic[S]):
     """A training method. Class attributes declare it; the hooks below are called by train/skeleton.py."""
 
     name: ClassVar[str]
@@ -139,11 +140,13 @@ class Method(Generic[S]):
         prompts (a reward model scores pairs): its EvalReport; None: the generation comparison (eval/compare.py)."""
         return None
 
+    @abstractmethod
     def datasets(self, recipe: Recipe, tokenizer: Any) -> Datasets:
-        raise NotImplementedError
+        """The train and held-out datasets this method trains on, with the manifest's token counts."""
 
+    @abstractmethod
     def trainer(self, recipe: Recipe, parts: Parts) -> Any:
-        raise NotImplementedError
+        """The TRL trainer (built in train/_trl.py) that trains `parts.model` on `parts.data`."""
 
     def record(self, recipe: Recipe, trainer: Any, final_eval: dict[str, float]) -> MethodDetails | None:
         """What the manifest records of this method (its `details` record), after training."""
