@@ -433,8 +433,10 @@ class SpeedSection(Section):
         "divisor of batch_size that fits (at least one row), and their gradients are accumulated before the optimizer "
         "step: the same rows, the same gradient, the same steps, less memory. auto = 256 on CPU (there a pass of one "
         "~240-token row ran as fast as whole 944-token batches at 0.7x the memory: docs/benchmarks.md), off on CUDA "
-        "(a GPU wants long passes; the planner and gradient checkpointing handle its memory). Not applied with "
-        "packing: group_by_length, whose sampler groups by micro-batch.",
+        "(a GPU wants long passes; the planner and gradient checkpointing handle its memory). Under "
+        "speed.shared_prefix only each row's own tokens count: the prefix every row has (a system prompt, a tool "
+        "list) runs once a pass whatever its rows. Not applied with packing: group_by_length, whose sampler groups "
+        "by micro-batch.",
     )
 
 

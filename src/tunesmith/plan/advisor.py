@@ -15,13 +15,16 @@ if TYPE_CHECKING:
     from tunesmith.config import Recipe
 
 
-def data_lengths(recipe: Recipe, tokenizer: Any) -> tuple[list[int], float]:
-    """Token length of every training row as trained, and the share of tokens that are trained (labels)."""
+def data_shape(recipe: Recipe, tokenizer: Any) -> tuple[list[int], float, int]:
+    """Token length of every training row as trained, the share of tokens that are trained (labels), and the
+    leading tokens every row has (the system prompt and tool list, typically: speed.shared_prefix runs them once)."""
     from tunesmith.data.dataset import recipe_examples, tokenize_examples
+    from tunesmith.train.compact import common_prefix
 
     train, _ = recipe_examples(recipe)
     rows, stats = tokenize_examples(tokenizer, train, recipe.data.max_length, "truncate", recipe.data.reasoning)
-    return [len(r["input_ids"]) for r in rows], stats.trained_tokens / max(stats.tokens, 1)
+    ids = [r["input_ids"] for r in rows]
+    return [len(r) for r in ids], stats.trained_tokens / max(stats.tokens, 1), common_prefix(ids)
 
 
 def pass_shape(recipe: Recipe, lengths: list[int], cuda: bool, shared: int = 0) -> tuple[int, float]:
@@ -154,7 +157,7 @@ def plan(
         hw = dataclasses.replace(hw, usd_per_hour=price)
     shape = Shape.from_config(models.resolve_base(recipe.model.base))
     if lengths is None or trained is None:
-        lengths, trained = data_lengths(recipe, tokenizer)
+        lengths, trained, shared = data_shape(recipe, tokenizer)
     mem = _memory(recipe, shape, lengths, trained, gpu != "cpu", shared)
     t = recipe.training
     per_step = t.batch_size * t.grad_accum * nproc

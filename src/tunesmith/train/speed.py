@@ -126,16 +126,17 @@ def micro_batch(recipe: Recipe, lengths: list[int] | None, cuda: bool, shared: i
     """Rows per forward/backward pass (speed.micro_batch_tokens resolved): the largest divisor of training.batch_size
     whose expected tokens fit the budget, at least 1; the whole batch when there is no budget (auto on CUDA, off), no
     lengths, or group_by_length batching (its sampler groups by micro-batch, so a split would change which rows share
-    a step). Expected tokens: rows x the mean of `lengths`, less the `shared` leading tokens every row has, run once
-    per pass under speed.shared_prefix (pass 0 without it)."""
-    from tunesmith.train.compact import pass_tokens
-
+    a step). Expected tokens: rows x the mean of `lengths`; under speed.shared_prefix (pass `shared` > 0) the
+    leading tokens every row has run once a pass whatever its rows, so only each row's own tokens count: a batch of
+    tool-calling rows whose long tool list is the same in every row shares it in one pass instead of running it once
+    per row."""
     b, budget = recipe.training.batch_size, recipe.speed.micro_batch_tokens
     if budget == "auto":
         budget = "off" if cuda else CPU_MICRO_BATCH_TOKENS
     if budget == "off" or not lengths or batching(recipe) == "group_by_length":
         return b
-    return max([d for d in range(1, b + 1) if b % d == 0 and pass_tokens(lengths, shared, d) <= budget], default=1)
+    own = sum(lengths) / len(lengths) - min(shared, min(lengths))
+    return max([d for d in range(1, b + 1) if b % d == 0 and d * own <= budget], default=1)
 
 
 def shares_prefix(recipe: Recipe, cuda: bool, checkpointing: bool) -> bool:
