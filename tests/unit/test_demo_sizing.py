@@ -171,3 +171,92 @@ def test_the_demo_says_its_plan_before_training_and_trains_that_size(monkeypatch
     assert f"plan: {plan.sentence()}" in " ".join(seen["said"].split())
     assert (seen["steps"], seen["prompts"]) == (plan.steps, plan.prompts)
     assert len(asked) == 1 and 500 < asked[0] <= 600  # the seconds left before the deadline, not the full 15 minutes
+
+
+@pytest.fixture
+def tools_recipe(tmp_path):
+    from tunesmith.config import recipe_from_dict
+    from tunesmith.demo.tools_pipeline import recipe_values
+
+    (tmp_path / "smollm2").mkdir()
+    (tmp_path / "smollm2" / "config.json").write_text(json.dumps(SMOLLM2))
+    return recipe_from_dict(recipe_values(str(tmp_path / "smollm2")), tmp_path, check_files=False)
+
+
+# The tools demo's rows: 240 of ~420 tokens, the first ~300 (system prompt and tool list) the same in every row.
+TOOL_LENGTHS, TOOL_TRAINED, TOOL_SHARED = [420] * 240, 0.1, 300
+
+
+@pytest.mark.parametrize(
+    ("units", "fp32", "bf16", "cut", "fits"),
+    [
+        (True, 215.0, 980.0, False, True),  # the benchmark CPU: the full 60 steps
+        (False, 215.0, 0.4, False, True),  # the same CPU capped at AVX2, training in fp32: still the full 60 steps
+        (False, 110.0, 0.4, True, True),  # an AVX2 CPU at half that fp32 rate: fewer steps, inside 10 minutes
+        (False, 40.0, 0.4, True, False),  # far too slow: the smallest demo, said to be over budget up front
+    ],
+    ids=["bf16-units", "avx2-simulated", "avx2-half-rate", "avx2-too-slow"],
+)
+def test_the_tools_demo_is_sized_from_the_planner_too(monkeypatch, tools_recipe, units, fp32, bf16, cut, fits):
+    """`tunesmith demo --task tools` trains as many of its 60 steps as the planner says fit 10 minutes after the
+    base-vs-tuned comparison and the served loop, in the precision this CPU trains in; never fewer than
+    TOOLS_MIN_STEPS, and a machine too slow for that is told so before training."""
+    from tunesmith.plan import advisor
+
+    machine(monkeypatch, units, fp32, bf16)
+    m = sizing.estimate(tools_recipe, lengths=TOOL_LENGTHS, trained=TOOL_TRAINED, shared=TOOL_SHARED)
+    p = advisor.plan(tools_recipe, gpu="cpu", lengths=TOOL_LENGTHS, trained=TOOL_TRAINED, shared=TOOL_SHARED)
+    assert m.step_s == pytest.approx(p.seconds / p.steps) and m.precision == ("bf16" if units else "fp32")
+    plan = sizing.size_tools(m, sizing.TOOLS_BUDGET_S, 24, full=60)
+    assert (plan.steps < 60) is cut and plan.fits is fits
+    assert sizing.TOOLS_MIN_STEPS <= plan.steps <= 60 and plan.train_s == pytest.approx(plan.steps * m.step_s)
+    if fits and cut:  # the most steps that fit: one more would not
+        assert plan.total_s + m.step_s > plan.budget_s
+    said = plan.sentence()
+    assert f"{plan.steps} training steps" in said and "24 held-out requests" in said
+    assert ("over the 10-minute budget" in said) is not fits and ("no bf16 units" in said) is not units
+    assert sizing.size_tools(m, sizing.TOOLS_BUDGET_S, 24, steps=7).steps == 7  # --steps is the user's: kept
+
+
+def test_the_planner_counts_the_prefix_every_row_shares_once_per_pass(monkeypatch, tools_recipe):
+    """The planner's CPU estimate runs the leading tokens every row has (the tool list) once per pass, as
+    speed.shared_prefix trains them, and a pass holds as many rows as their own tokens allow
+    (speed.micro_batch_tokens); `tunesmith plan` reads that prefix from the tokenized rows."""
+    from tunesmith.plan import advisor
+
+    machine(monkeypatch, False, 215.0, 0.4)
+
+    alone = advisor.plan(tools_recipe, gpu="cpu", lengths=TOOL_LENGTHS, trained=TOOL_TRAINED)
+    shared = advisor.plan(tools_recipe, gpu="cpu", lengths=TOOL_LENGTHS, trained=TOOL_TRAINED, shared=TOOL_SHARED)
+    assert shared.seconds < 0.75 * alone.seconds
+    assert (alone.micro_batch, shared.micro_batch) == (1, 4)  # 4 rows' own 120 tokens fit 512; 4 whole rows do not
+    off = tools_recipe.model_copy(update={"speed": tools_recipe.speed.model_copy(update={"shared_prefix": False})})
+    assert advisor.plan(off, gpu="cpu", lengths=TOOL_LENGTHS, trained=TOOL_TRAINED, shared=TOOL_SHARED).seconds == (
+        pytest.approx(alone.seconds)
+    )
+
+
+def test_data_shape_finds_the_shared_prefix_of_the_tokenized_rows(tmp_path):
+    """The rows as training tokenizes them: their lengths, the trained share, and the leading tokens all of them
+    have, which is the system prompt and the tool list (not a whole row)."""
+    from tool_helpers import tiny_tool_model
+    from tunesmith import models
+    from tunesmith.config import recipe_from_dict
+    from tunesmith.demo import tools_task
+    from tunesmith.demo.tools_pipeline import recipe_values
+    from tunesmith.plan import advisor
+
+    base = tiny_tool_model(tmp_path / "tiny")
+    tools_task.write_splits(tmp_path / "data", 12, 4)
+    values = recipe_values(str(base))
+    values["data"]["max_length"] = 4096  # the tiny tokenizer spends a token on almost every character
+    recipe = recipe_from_dict(values, tmp_path, check_files=False)
+    tok = models.load_tokenizer(base)
+    lengths, trained, shared = advisor.data_shape(recipe, tok)
+    assert len(lengths) == 12 and 0 < trained < 1
+    system = tok.apply_chat_template(
+        [{"role": "system", "content": tools_task.SYSTEM}, {"role": "user", "content": "x"}],
+        tools=tools_task.TOOLS,
+        tokenize=True,
+    )
+    assert 0.5 * len(system) < shared < min(lengths)

@@ -29,8 +29,8 @@ def demo(
         None,
         "--budget-s",
         min=60,
-        help="Seconds the demo may take (default 900: 15 minutes); its training steps and ladder are sized to fit this "
-        "machine, and the plan is printed before it starts.",
+        help="Seconds the demo may take (default 900: 15 minutes; tools: 600); its training steps (and the ladder) are "
+        "sized to fit this machine, and the plan is printed before it starts.",
     ),
 ) -> None:
     """Pull SmolLM2, train a LoRA on a bundled demo task, compare base vs tuned, then merge and chat (extract) or serve
@@ -38,7 +38,7 @@ def demo(
     if task == "tools":
         from tunesmith.demo.tools_pipeline import run_tools_demo
 
-        run_tools_demo(directory or Path("demo-tools"), console=console, steps=steps, fresh=fresh)
+        run_tools_demo(directory or Path("demo-tools"), console=console, steps=steps, fresh=fresh, budget_s=budget_s)
         return
     if task != "extract":
         raise typer.BadParameter(f"unknown task {task!r}; use extract or tools", param_hint="--task")

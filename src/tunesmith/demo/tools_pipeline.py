@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunesmith.atomic import write_text_atomic
 from tunesmith.config import AdapterSection, EvalSection, TrainingSection, commented_yaml
-from tunesmith.demo import tools_task
+from tunesmith.demo import sizing, tools_task
 from tunesmith.errors import TunesmithError
 
 if TYPE_CHECKING:
@@ -27,6 +27,10 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "adapter": {"r": 16, "alpha": 32},
     "training": {"max_steps": 60, "batch_size": 4, "learning_rate": 1e-3, "logging_steps": 5, "save_steps": 60},
     "eval": {"max_new_tokens": 64, "batch_size": 24, "gates": {"tool_arguments_match": 0.8}},
+    # Every row opens with the same ~345 tokens (system prompt and tool list) and adds ~85 of its own: a pass of the
+    # whole batch runs that prefix once (speed.shared_prefix). On the AVX2-capped EPYC (fp32) a step took 3.8 s so,
+    # 5.5 s in the default's 2-row passes and 9.5 s one row at a time, at 3.2 GB peak either way (docs/benchmarks.md).
+    "speed": {"micro_batch_tokens": 512},
 }
 N_TRAIN, N_EVAL = 240, 24  # rows: 60 steps of 4 see each train row once
 LOOP_REQUEST = "Hi, where is my order QZ-5817? It has been a week."  # its order id is in neither split
@@ -59,6 +63,7 @@ def recipe_values(base: str) -> dict[str, Any]:
     values["data"] = {"train": ["data/train.jsonl"], "eval": "data/eval.jsonl", "max_length": 640, "overlong": "drop"}
     for name, section in (("adapter", AdapterSection), ("training", TrainingSection), ("eval", EvalSection)):
         values[name] = {**section().model_dump(), **OVERRIDES[name]}
+    values["speed"] = dict(OVERRIDES["speed"])
     values["output_dir"] = "runs/tools"
     return values
 
@@ -153,25 +158,37 @@ def run_tools_demo(
     fresh: bool = True,
     base: Path | None = None,
     overrides: tuple[str, ...] = (),
+    budget_s: float | None = None,
 ) -> Loop:
     """Pull → project → train → eval (base vs tuned) → serve and a two-step loop; print what it proved.
-    `base`: a model folder instead of the embedded SmolLM2, `overrides`: recipe `--set` values (tests)."""
+    `base`: a model folder instead of the embedded SmolLM2, `overrides`: recipe `--set` values (tests).
+    budget_s: seconds the whole demo may take (default sizing.TOOLS_BUDGET_S): its training steps are sized from the
+    planner's estimate for this machine, said before training starts and compared with the measured time at the end."""
     from tunesmith import outputs
+    from tunesmith.demo import sizing
 
     started = time.time()
+    deadline = started + (budget_s if budget_s is not None else sizing.TOOLS_BUDGET_S)
     directory = outputs.claim_dir(directory, "demo", overwrite=fresh, what="--dir")
     outputs.record(directory, "runs/tools", "base", "data", "recipe.yaml")
     with outputs.set_aside(directory):
-        report, loop = _steps(directory, console, [*overrides, *([f"training.max_steps={steps}"] if steps else [])], base)
+        report, loop, plan = _steps(directory, console, list(overrides), base, steps, deadline)
     tuned = report.summary["tuned"]
     console.rule("[bold]what this proved")
-    console.print(proof(report, loop) + f" Total {time.time() - started:.0f}s.", highlight=False)
+    total = time.time() - started
+    console.print(
+        proof(report, loop) + f" Measured {total:.0f}s in all ({total / 60:.1f} min; estimated {plan.total_s:.0f}s, "
+        f"budget {plan.budget_s:.0f}s when sized).",
+        highlight=False,
+    )
     if loop.call is None or tuned.get("tool_arguments_match", 0.0) <= report.summary["base"].get("tool_arguments_match", 0.0):
         raise TunesmithError("the tuned model did not beat the base on arguments exact, or did not call in the served loop")
     return loop
 
 
-def _steps(directory: Path, console: Any, overrides: list[str], base: Path | None) -> tuple[EvalReport, Loop]:
+def _steps(
+    directory: Path, console: Any, overrides: list[str], base: Path | None, steps: int | None, deadline: float
+) -> tuple[EvalReport, Loop, sizing.ToolsPlan]:
     from tunesmith.config import load_recipe
     from tunesmith.eval.compare import evaluate
     from tunesmith.models import pull
@@ -186,6 +203,10 @@ def _steps(directory: Path, console: Any, overrides: list[str], base: Path | Non
     recipe_path = write_project(directory, source)
     recipe = load_recipe(recipe_path, overrides)
     console.print(f"recipe: {recipe_path}; tools: {', '.join(t['function']['name'] for t in tools_task.TOOLS)}")
+    with console.status("sizing the demo for this machine (the planner's estimate, a matmul probe) ..."):
+        plan = sizing.size_tools(sizing.estimate(recipe), deadline - time.time(), N_EVAL, steps, full=recipe.training.max_steps)
+    recipe = load_recipe(recipe_path, [*overrides, f"training.max_steps={plan.steps}"])
+    console.print(f"[bold]plan:[/] {plan.sentence()}", highlight=False)
 
     console.rule("[bold]3/4 train (LoRA SFT on calls, results masked) and eval on held-out requests")
     run = train_run(recipe)
@@ -203,7 +224,7 @@ def _steps(directory: Path, console: Any, overrides: list[str], base: Path | Non
     console.print(
         f"call> {json.dumps(loop.call)}\ntool> {json.dumps(loop.result)}\n[bold]tuned>[/] {loop.answer}", highlight=False
     )
-    return report, loop
+    return report, loop, plan
 
 
 def proof(report: EvalReport, loop: Loop) -> str:
