@@ -459,3 +459,19 @@ def test_an_import_again_with_overwrite_replaces_its_files_in_place_and_keeps_an
     code, text = cli(*args, "--overwrite")
     assert code == OutputError.exit_code and "train.jsonl" in text, text
     assert (out / "data" / "train.jsonl").read_bytes() == edited
+
+
+def test_a_row_of_no_shape_is_reported_as_not_trained_not_as_read(tmp_path, tiny_model_dir):
+    """A malformed line and a row with unknown keys: the audit names each line; neither is said to be read and
+    trained under OpenAI's not-chat-format rule."""
+    rows = [_chat(i) for i in range(12)]
+    train = write_jsonl(tmp_path / "t.jsonl", [*rows, {"prompt": "p", "completion": "c"}])
+    with open(train, "a", encoding="utf-8") as fh:
+        fh.write('{"messages": [\n{"msgs": []}\n')
+    out = tmp_path / "out"
+    imported = import_openai(out, str(tiny_model_dir), training_file=train)
+    report = report_of(out)
+    assert rules(report)[("t.jsonl", "openai_not_chat_format")]["lines"] == [13]
+    assert report["audit"]["invalid_json"]["first"][0].startswith(f"{train}:14: invalid JSON")
+    assert report["audit"]["unknown_shape"]["first"][0].startswith(f"{train}:15: row has keys")
+    assert imported.report.audit_errors >= 2
