@@ -150,5 +150,42 @@ def test_epochs_rule_and_cost():
     assert c["gpu"]["price_per_hour"] == 4.0 and c["gpu"]["tokens_per_s"] > c["cpu"]["tokens_per_s"] > 0
     assert c["gpu"]["cost_usd"] == pytest.approx(c["gpu"]["hours"] * 4.0, rel=1e-3) and "assumption" in c
     assert stats.cost_estimate(10, 5, 1, params=None)["trained_tokens"] == 5 * 25
+    # a recipe's max_steps sets the rows trained, as training runs them: 5 steps of 4 rows over 100 rows
+    short = stats.cost_estimate(1_000, 200, 100, params=None, epochs=3, rows_per_step=4, max_steps=5)
+    assert (short["steps"], short["epochs"], short["processed_tokens"]) == (5, 0.2, 200)
+
+
+@pytest.mark.parametrize(
+    ("training", "adapter"),
+    [
+        ({"max_steps": -1, "epochs": 2, "batch_size": 1}, "lora"),
+        ({"max_steps": 5, "batch_size": 2, "grad_accum": 2}, "dora"),
+        ({"max_steps": -1, "epochs": 1, "batch_size": 1}, "full"),
+    ],
+)
+def test_data_check_cost_is_the_planners_estimate(tiny_recipe, monkeypatch, training, adapter):
+    """`tunesmith data check`'s time and price for a recipe's rows equal `tunesmith plan`'s, on a GPU and on this
+    CPU: one time and price model (plan/cost.py), the same run length, the same parameter count."""
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+    from tunesmith.config import load_recipe
+    from tunesmith.models import load_tokenizer
+    from tunesmith.plan import advisor
+    from tunesmith.train import hardware
+
+    monkeypatch.setattr(hardware, "gemm_gflops", lambda dtype="float32", **kw: 50.0)  # the CPU probe, fixed
+    path = tiny_recipe(training=training, adapter={"type": adapter}, speed={"shared_prefix": False})
+    recipe = load_recipe(path)
+    for gpu in ("a100", "cpu"):
+        res = CliRunner().invoke(app, ["data", "check", "--recipe", str(path), "--json", "--gpu", gpu])
+        assert res.exit_code == 0, res.output
+        estimate = json.loads(res.output)["stats"]["cost"]
+        planned = advisor.plan(recipe, load_tokenizer(recipe.model.base), gpu)
+        row = estimate["gpu" if gpu != "cpu" else "cpu"]
+        assert estimate["steps"] == planned.steps and estimate["processed_tokens"] == planned.tokens
+        assert estimate["params"] == planned.params
+        assert row["seconds"] == pytest.approx(planned.seconds, rel=1e-9)
+        assert round(row["cost_usd"], 2) == planned.usd
     d = stats.distribution([5, 1, 3, 2, 4])
     assert (d["min"], d["median"], d["max"], d["p95"]) == (1, 3, 5, 5)

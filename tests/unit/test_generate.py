@@ -150,13 +150,17 @@ def test_stream_surfaces_errors():
 SYSTEM = "You extract support tickets as one line of JSON with the keys customer, product and priority. Reply with JSON only."
 
 
-def test_shared_prefix_counts_common_leading_tokens():
-    from tunesmith.eval.generate import shared_prefix
+def test_common_prefix_counts_common_leading_tokens():
+    """One leading-tokens count for training's compaction and for generation/scoring, which leave each row a token."""
+    from tunesmith.train.compact import common_prefix
 
-    assert shared_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
-    assert shared_prefix([[1, 2], [1, 2, 3]]) == 1  # every row keeps at least one token of its own
-    assert shared_prefix([[7, 8, 9]]) == 0  # one row has nothing to share with
-    assert shared_prefix([[1, 2], [3, 4]]) == 0
+    assert common_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert common_prefix([[1, 2], [1, 2, 3]]) == 2  # training: a row may be all prefix
+    assert common_prefix([[1, 2], [1, 2, 3]], own=1) == 1  # generation: every row keeps a token of its own
+    assert common_prefix([[1, 2, 3], [1, 2, 3]], own=1) == 2
+    assert common_prefix([[], [1]], own=1) == 0
+    assert common_prefix([[7, 8, 9]]) == 0  # one row has nothing to share with
+    assert common_prefix([[1, 2], [3, 4]]) == 0
 
 
 def test_shared_system_prompt_runs_once_and_changes_no_token(tiny, monkeypatch):

@@ -440,3 +440,38 @@ def test_the_output_folder_holds_only_what_an_import_made(tmp_path, tiny_model_d
     assert hashlib.sha256((out / "recipe.yaml").read_bytes()).hexdigest() == before
     assert json.loads((out / MARKER).read_text())["command"] == "import openai"
     shutil.rmtree(out)
+
+
+def test_an_import_again_with_overwrite_replaces_its_files_in_place_and_keeps_an_edited_one(tmp_path, tiny_model_dir):
+    """--overwrite puts each file where the first import put it (data/train.jsonl, not data/data/train.jsonl), and
+    refuses, leaving everything as it was, when the user edited one of the imported data files."""
+    out = tmp_path / "support"
+    args = ["import", "openai", OA / "sft-job.json", "--files", OA / "files", "--model", tiny_model_dir, "--out", out]
+    assert cli(*args)[0] == 0
+    first = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != MARKER}
+    code, text = cli(*args, "--overwrite")
+    assert code == 0, text
+    again = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != MARKER}
+    assert sorted(again) == sorted(first) and again == first
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["train.jsonl", "validation.jsonl"]
+    (out / "data" / "train.jsonl").write_text((out / "data" / "train.jsonl").read_text() + "\n")  # the user's edit
+    edited = (out / "data" / "train.jsonl").read_bytes()
+    code, text = cli(*args, "--overwrite")
+    assert code == OutputError.exit_code and "train.jsonl" in text, text
+    assert (out / "data" / "train.jsonl").read_bytes() == edited
+
+
+def test_a_row_of_no_shape_is_reported_as_not_trained_not_as_read(tmp_path, tiny_model_dir):
+    """A malformed line and a row with unknown keys: the audit names each line; neither is said to be read and
+    trained under OpenAI's not-chat-format rule."""
+    rows = [_chat(i) for i in range(12)]
+    train = write_jsonl(tmp_path / "t.jsonl", [*rows, {"prompt": "p", "completion": "c"}])
+    with open(train, "a", encoding="utf-8") as fh:
+        fh.write('{"messages": [\n{"msgs": []}\n')
+    out = tmp_path / "out"
+    imported = import_openai(out, str(tiny_model_dir), training_file=train)
+    report = report_of(out)
+    assert rules(report)[("t.jsonl", "openai_not_chat_format")]["lines"] == [13]
+    assert report["audit"]["invalid_json"]["first"][0].startswith(f"{train}:14: invalid JSON")
+    assert report["audit"]["unknown_shape"]["first"][0].startswith(f"{train}:15: row has keys")
+    assert imported.report.audit_errors >= 2

@@ -55,7 +55,9 @@ def _settings(
         "reasoning": reasoning or "train",
         "packing": None,  # why the recipe's packed rows could attend to each other (audit.packing_leaks)
         "epochs": None,
-        "lora": True,
+        "adapter": "lora",
+        "rows_per_step": 1,
+        "max_steps": 0,
         "train": [],
         "eval": [],
         "source": "flags" if max_length else "default (no --recipe, no --max-length)",
@@ -69,9 +71,11 @@ def _settings(
             model=model or cfg.model.base,
             max_length=max_length or cfg.data.max_length,
             overlong=overlong or cfg.data.overlong,
-            lora=cfg.adapter.type == "lora",
+            adapter=cfg.adapter.type,
+            rows_per_step=cfg.training.batch_size * cfg.training.grad_accum,
+            max_steps=max(cfg.training.max_steps, 0),
             method=method or cfg.method,
-            epochs=cfg.training.epochs if cfg.training.max_steps <= 0 else None,
+            epochs=cfg.training.epochs,
             train=list(cfg.data.train),
             eval=[cfg.data.eval] if cfg.data.eval else [],
             source=str(recipe),
@@ -80,6 +84,7 @@ def _settings(
         from tunesmith.data.audit import packing_leaks
 
         out["packing"] = packing_leaks(cfg)
+    out["recipe"] = cfg
     if out["method"] not in methods.names():
         from tunesmith.errors import DataError
 
@@ -94,6 +99,13 @@ def _settings(
 
         raise DataError(f"--overlong must be drop, truncate or error, not `{out['overlong']}`")
     return out
+
+
+def _trains_bf16(cfg: Any) -> bool:
+    """Whether training on this CPU multiplies in bf16, as `tunesmith plan` decides it (a default recipe without one)."""
+    from tunesmith.train import hardware, speed
+
+    return speed.uses_bf16(cfg, cuda=False) if cfg is not None else hardware.bf16_units()
 
 
 def _dist_row(table: Table, name: str, d: dict[str, Any]) -> None:
@@ -207,7 +219,9 @@ def check(
     strict: bool = typer.Option(False, help="Treat warnings as blocking (exit 1)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     html: Path = typer.Option(None, "--html", help="Also write an HTML report with length histograms."),
-    gpu: str = typer.Option("h100", help="GPU for the time/cost estimate: h100 | a100 | l4 | cpu."),
+    gpu: str = typer.Option(
+        "h100", help="GPU for the time/cost estimate: h100 | a100 | l4 | rtx4090 | cpu (`tunesmith plan`'s)."
+    ),
     price_per_hour: float = typer.Option(None, min=0, help="USD per hour for that GPU (default: an assumed on-demand rate)."),
     epochs: float = typer.Option(
         None, min=0.001, help="Epochs for the cost estimate (default: the recipe's, else OpenAI's rule)."
@@ -221,13 +235,14 @@ def check(
     from tunesmith.data import stats
     from tunesmith.data.audit import audit
     from tunesmith.errors import DataError
+    from tunesmith.plan.cost import GPUS
 
     s = _settings(recipe, model, max_length, overlong, method, completion_length, reasoning)
     train = [str(f) for f in files] if files else s["train"]
     if not train:
         raise DataError("no data files given", hint="Pass FILE... or --recipe RECIPE.")
-    if gpu not in (*stats.DEVICES, "cpu"):
-        raise DataError(f"unknown --gpu `{gpu}`", hint=f"Known: {', '.join([*stats.DEVICES, 'cpu'])}")
+    if gpu not in (*GPUS, "cpu"):
+        raise DataError(f"unknown --gpu `{gpu}`", hint=f"Known: {', '.join([*GPUS, 'cpu'])}")
     tokenizer, cost = None, None
     if not no_tokens:
         tokenizer, path = _tokenizer(s["model"], quiet=as_json)
@@ -236,7 +251,10 @@ def check(
             gpu=gpu,
             price_per_hour=price_per_hour,
             epochs=epochs if epochs is not None else s["epochs"],
-            lora=s["lora"],
+            adapter=s["adapter"],
+            bf16=_trains_bf16(s["recipe"]),
+            rows_per_step=s["rows_per_step"],
+            max_steps=0 if epochs is not None else s["max_steps"],  # --epochs replaces the recipe's run length
         )
     evals = [str(f) for f in eval_files] or (s["eval"] if not files else [])
     report = audit(

@@ -271,7 +271,7 @@ def audit(
 ) -> AuditReport:
     """Audit training files (and eval files). Without a tokenizer the token checks are skipped.
 
-    cost: keyword arguments for `stats.cost_estimate` (params, gpu, price_per_hour, epochs, lora).
+    cost: keyword arguments for `stats.cost_estimate` (params, gpu, price_per_hour, epochs, adapter, bf16, ...).
     method: the method (train/methods.py) whose length policy the token checks apply (data.lengths);
     completion_budget: the room each prompt needs for a sampled completion (grpo.max_completion_length);
     reasoning: data.reasoning (train | mask | drop), as training applies it; tools: the tools every row that names

@@ -1,17 +1,13 @@
 """Dataset statistics for the audit: distributions, balance, and the training cost estimate.
 
-The time estimate is a stated assumption, not a measurement: training FLOPs per token are
-taken as 6 x params for a full fine-tune and 4 x params for LoRA (forward + backward through
-activations, no gradients for frozen weights), divided by the device's dense peak times an
-assumed model-FLOPs utilisation (MFU). Real throughput depends on sequence length, batch size
-and kernels; `tunesmith train` records the measured tokens/s in the run manifest.
+The time and price are the planner's (plan/cost.py: FLOPs per token, each device's peak, the share of it training
+achieves, its hourly rate), a stated assumption rather than a measurement; `tunesmith train` records the measured
+tokens/s in the run manifest.
 """
 
 from __future__ import annotations
 
-import os
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 
@@ -48,35 +44,6 @@ def openai_epochs(n_examples: int, default: int = 3) -> int:
     return default
 
 
-@dataclass(frozen=True)
-class Device:
-    name: str
-    peak_flops: float  # dense bf16 (fp32 for CPU), FLOP/s
-    mfu: float  # assumed model-FLOPs utilisation
-    price_per_hour: float  # USD, assumed on-demand price
-
-
-def _cpu_device() -> Device:
-    cores = os.cpu_count() or 1
-    # ~32 fp32 FLOP/cycle/core (AVX2 FMA) at ~2.5 GHz; small-batch training reaches a fraction of it.
-    return Device(f"cpu ({cores} cores)", cores * 80e9, 0.25, 0.0)
-
-
-DEVICES: dict[str, Device] = {
-    "h100": Device("h100", 989e12, 0.35, 2.50),
-    "a100": Device("a100", 312e12, 0.40, 1.50),
-    "l4": Device("l4", 121e12, 0.35, 0.70),
-}
-
-
-def device(name: str) -> Device:
-    if name == "cpu":
-        return _cpu_device()
-    if name not in DEVICES:
-        raise ValueError(f"unknown GPU `{name}`; known: {', '.join([*DEVICES, 'cpu'])}")
-    return DEVICES[name]
-
-
 def cost_estimate(
     tokens_per_epoch: int,
     trained_tokens_per_epoch: int,
@@ -85,56 +52,71 @@ def cost_estimate(
     gpu: str = "h100",
     price_per_hour: float | None = None,
     epochs: float | None = None,
-    lora: bool = True,
+    adapter: str = "lora",
+    bf16: bool = False,
+    rows_per_step: int = 1,
+    max_steps: int = 0,
 ) -> dict[str, Any]:
-    """Tokens x epochs, and the time/cost on the named GPU and on this CPU under the stated assumption."""
-    rule = "recipe" if epochs is not None else "OpenAI default rule (3; raised for <34 examples, lowered above 25,000 passes)"
-    epochs = epochs if epochs is not None else openai_epochs(n_examples)
+    """Tokens x epochs, and the time/cost on the named GPU and on this CPU: the planner's model (plan/cost.py), so
+    `tunesmith data check` and `tunesmith plan` give one figure for the same rows.
+
+    epochs: the recipe's (or --epochs; None: OpenAI's default rule); max_steps > 0 overrides it as training does;
+    rows_per_step: batch_size x grad_accum; bf16: whether this CPU trains in bf16 (train.speed.uses_bf16)."""
+    from tunesmith.plan import cost
+
+    if max_steps > 0:
+        rule = "recipe's max_steps x batch_size x grad_accum"
+    elif epochs is not None:
+        rule = "recipe"
+    else:
+        rule = "OpenAI default rule (3; raised for <34 examples, lowered above 25,000 passes)"
+        epochs = openai_epochs(n_examples)
+    steps, rows = cost.trained_rows(n_examples, epochs or 0.0, max_steps, rows_per_step)
+    share = rows / n_examples if n_examples else 0.0
     out: dict[str, Any] = {
-        "epochs": epochs,
+        "epochs": round(share, 4),
         "epochs_from": rule,
+        "steps": steps,
         "tokens_per_epoch": tokens_per_epoch,
         "trained_tokens_per_epoch": trained_tokens_per_epoch,
-        "processed_tokens": round(tokens_per_epoch * epochs),
-        "trained_tokens": round(trained_tokens_per_epoch * epochs),
+        "processed_tokens": int(share * tokens_per_epoch),
+        "trained_tokens": int(share * trained_tokens_per_epoch),
         "params": params,
     }
     if not params:
         return out
-    per_token = (4 if lora else 6) * params
+    factor = cost.flops_per_token(1, adapter)
     out["assumption"] = (
-        f"training FLOPs/token = {4 if lora else 6} x {params / 1e6:.0f}M params ({'LoRA' if lora else 'full'}); "
-        "time = FLOPs / (dense peak x assumed MFU); prices are assumed on-demand rates"
+        f"training FLOPs/token = {factor:.0f} x {params / 1e6:.0f}M params ({adapter}); "
+        "time = FLOPs / (dense peak x achievable share); prices are assumed on-demand rates (plan/cost.py)"
     )
-    for name in (gpu, "cpu"):
-        dev = device(name)
-        tps = dev.peak_flops * dev.mfu / per_token
-        hours = out["processed_tokens"] / tps / 3600
-        price = price_per_hour if (price_per_hour is not None and name == gpu) else dev.price_per_hour
-        out["gpu" if name == gpu and name != "cpu" else "cpu"] = {
-            "device": dev.name,
-            "peak_tflops": round(dev.peak_flops / 1e12, 2),
-            "mfu": dev.mfu,
-            "tokens_per_s": round(tps),
-            "hours": round(hours, 4),
+    for key, hw in (("gpu", cost.GPUS.get(gpu)), ("cpu", cost.cpu_hardware(bf16=bf16))):
+        if hw is None:  # --gpu cpu: the CPU row alone
+            continue
+        price = price_per_hour if (price_per_hour is not None and key == "gpu") else hw.usd_per_hour
+        secs = cost.seconds(out["processed_tokens"], params, adapter, hw)
+        out[key] = {
+            "device": hw.name if key == "gpu" else f"cpu ({hw.precision})",
+            "peak_tflops": round(hw.peak_tflops, 4),
+            "mfu": hw.mfu,
+            "tokens_per_s": round(hw.peak_tflops * 1e12 * hw.mfu / cost.flops_per_token(params, adapter)),
+            "seconds": secs,
+            "hours": round(secs / 3600, 4),
             "price_per_hour": price,
-            "cost_usd": round(hours * price, 4),
+            "cost_usd": round(secs / 3600 * price, 4),
         }
     return out
 
 
 def count_params(model_path: str) -> int | None:
-    """Parameter count of a model folder without loading weights (meta device); None when unknown."""
-    try:
-        from accelerate import init_empty_weights
-        from transformers import AutoConfig, AutoModelForCausalLM
+    """Parameter count of a model folder, as the planner counts it from config.json (plan/memory.Shape); None when
+    the planner cannot read the config (the estimate is then skipped)."""
+    from tunesmith.errors import TunesmithError
+    from tunesmith.plan.memory import Shape
 
-        config = AutoConfig.from_pretrained(model_path)
-        with init_empty_weights():
-            model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]  # untyped upstream
-        # Tied embeddings are one tensor: count each parameter once.
-        return int(sum(p.numel() for p in model.parameters()))
-    except Exception:  # an unreachable hub id or an exotic config: the estimate is simply skipped
+    try:
+        return Shape.from_config(model_path).params
+    except TunesmithError:
         return None
 
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from tunesmith import families
 from tunesmith.data.reasoning import split_output
 from tunesmith.data.template import render_prompt
+from tunesmith.train.compact import common_prefix
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -155,20 +156,6 @@ def raw_completion(tokenizer: Any, ids: list[int], stops: set[int]) -> str:
 MIN_SHARED_PREFIX = 16  # tokens; a shorter shared prefix saves less prefill than its own forward pass costs
 
 
-def shared_prefix(rows: list[list[int]]) -> int:
-    """How many leading tokens every row has in common, leaving each row at least one token of its own.
-
-    0 for a single row: prefix sharing is a batching gain, and one row has nothing to share with.
-    """
-    if len(rows) < 2:
-        return 0
-    first, limit = rows[0], min(len(r) for r in rows) - 1
-    n = 0
-    while n < limit and all(r[n] == first[n] for r in rows[1:]):
-        n += 1
-    return n
-
-
 def _forward_parameters(model: Any) -> set[str]:
     """Parameter names of the transformers model's forward() (under a peft wrapper, the wrapped model's)."""
     import inspect
@@ -287,7 +274,7 @@ def generate_detailed(
             rows = [tokenizer(prompts[i], add_special_tokens=False)["input_ids"] for i in idx]
             extra: dict[str, Any] = {"stop_strings": stop, "tokenizer": tokenizer} if stop else {}
             with torch.inference_mode():
-                shared = shared_prefix(rows) if can_share else 0
+                shared = common_prefix(rows, own=1) if can_share else 0
                 if shared >= MIN_SHARED_PREFIX:
                     enc = _prefilled(model, rows, shared, config.pad_token_id)
                 else:

@@ -7,7 +7,8 @@ import math
 from typing import Any
 
 from tunesmith.data.template import IGNORE, tokenize_example
-from tunesmith.eval.generate import MIN_SHARED_PREFIX, cache_argument, prefix_kv_cache, shared_prefix, shares_prefix
+from tunesmith.eval.generate import MIN_SHARED_PREFIX, cache_argument, prefix_kv_cache, shares_prefix
+from tunesmith.train.compact import common_prefix
 
 
 def reference_loss(
@@ -28,7 +29,7 @@ def reference_loss(
     toks = [t for t in rows if t.n_trained]
     # Shared tokens whose labels are all masked, the first row-own token's label included (the prefix's last
     # position predicts it).
-    shared = shared_prefix([t.input_ids for t in toks]) if shares_prefix(model, None) else 0
+    shared = common_prefix([t.input_ids for t in toks], own=1) if shares_prefix(model, None) else 0
     while shared and any(label != IGNORE for t in toks for label in t.labels[: shared + 1]):
         shared -= 1
     prefix_cache: Any = None

@@ -229,7 +229,7 @@ def import_openai(
         translation = _graders(job, extra, files, judge)
         unmapped = job.unmapped + hp.unmapped + translation.unmapped
         rewards = _reward(job, translation, unmapped)
-        written = [TRAIN_FILE.split("/")[0]]
+        written = [TRAIN_FILE] + ([EVAL_FILE] if len(files) > 1 else [])  # each file listed: an edit is seen
         if translation.graders:
             written.append(_write(staging, GRADERS_FILE, json.dumps(translation.graders, indent=2) + "\n"))
         name = project_name(job, Path(out).expanduser().resolve().name)
@@ -294,11 +294,13 @@ def _report(
 
 
 def _publish(staging: Path, out: Path, names: list[str], overwrite: bool) -> Path:
-    """Claim `out` (new, or made by an earlier import) and move the staged entries in; recorded in its marker."""
+    """Claim `out` (new, or made by an earlier import) and move the staged entries in, each over its earlier version
+    only once all are in place (an earlier import stays whole until then); recorded in its marker."""
     from tunesmith import outputs
 
     directory = outputs.claim_dir(out, COMMAND, overwrite=overwrite, what="project folder")
-    for name in names:
-        shutil.move(str(staging / name), str(directory / name))
-    outputs.record(directory, *names)
+    with outputs.replacing(directory, *names) as stage:
+        for name in names:
+            (stage / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(staging / name), str(stage / name))
     return directory

@@ -169,8 +169,10 @@ def _tool_rules(messages: Any, hit: set[str]) -> None:
 
 
 def _sft(obj: dict[str, Any], hit: set[str]) -> dict[str, Any]:
-    if detect_shape(obj) != "messages":
-        hit.add("openai_not_chat_format")
+    shape = detect_shape(obj)
+    if shape != "messages":
+        if shape != "unknown":  # a row of no shape is not trained: the audit names it (unknown_shape)
+            hit.add("openai_not_chat_format")
         return obj
     out = {**obj, "messages": _messages(obj["messages"], hit)}
     _tool_rules(out["messages"], hit)

@@ -57,6 +57,15 @@ def flops_per_token(params: int, adapter: str) -> float:
     return (6 if adapter == "full" else 4) * params
 
 
+def trained_rows(n_rows: int, epochs: float, max_steps: int, rows_per_step: int) -> tuple[int, int]:
+    """(optimizer steps, rows trained) of a run over `n_rows` rows: `max_steps` when above 0, else enough steps of
+    `rows_per_step` rows (every device's batch x grad_accum) to cover `epochs` passes, the last step whole."""
+    import math
+
+    steps = max_steps if max_steps > 0 else math.ceil(n_rows * epochs / rows_per_step)
+    return steps, steps * rows_per_step
+
+
 def seconds(tokens: float, params: int, adapter: str, hw: Hardware, nproc: int = 1) -> float:
     """Wall seconds to train `tokens` tokens on `nproc` devices (assumed to scale linearly)."""
     return tokens * flops_per_token(params, adapter) / (hw.peak_tflops * 1e12 * hw.mfu * nproc)

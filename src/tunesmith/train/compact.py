@@ -180,11 +180,13 @@ def pass_tokens(lengths: list[int], shared: int, rows: int) -> float:
     return rows * mean - (rows - 1) * min(shared, mean)
 
 
-def common_prefix(rows: list[list[int]]) -> int:
-    """How many leading tokens every row has in common (0 for fewer than two rows)."""
+def common_prefix(rows: list[list[int]], own: int = 0) -> int:
+    """How many leading tokens every row has in common, leaving each row at least `own` tokens of its own (generation
+    and scoring continue each row from its own last token: own=1). 0 for fewer than two rows: one row has nothing
+    to share with."""
     if len(rows) < 2:
         return 0
-    n = min(len(r) for r in rows)
+    n = max(min(len(r) for r in rows) - own, 0)
     for r in rows[1:]:
         n = _common(rows[0][:n], r)
     return n
