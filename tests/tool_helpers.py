@@ -70,6 +70,17 @@ def tool_rows(n: int, start: int = 0) -> list[dict]:
     return rows
 
 
+def call_pairs(n: int) -> list[dict]:
+    """Preference pairs of calls: the right refund preferred to a lookup of the same order, with the tools."""
+    rows = []
+    for i in range(n):
+        ask = {"role": "user", "content": f"Refund {i}.50 on order B{i}."}
+        good = call_message("refund_order", {"order_id": f"B{i}", "amount": i + 0.5})
+        bad = call_message("lookup_order", {"order_id": f"B{i}"})
+        rows.append({"id": f"p{i}", "prompt": [ask], "chosen": [good], "rejected": [bad], "tools": TOOLS})
+    return rows
+
+
 def tool_recipe(root: Path, family: str = "chatml", method: str = "sft", **overrides: dict) -> Path:
     """A tiny model of `family`, 16 train + 4 held-out tool rows (a lookup, a refund, a text answer, a reply after a
     result), and a 2-step recipe."""

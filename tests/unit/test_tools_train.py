@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from helpers import FAMILY_FIXTURES, family_name, family_tokenizer, trained_runs, write_jsonl
-from tool_helpers import TOOLS, call_message, tool_recipe
+from tool_helpers import TOOLS, call_message, call_pairs, tool_recipe
 from tunesmith import families
 from tunesmith.families.tools import parse_tool_calls
 
@@ -86,14 +86,8 @@ def test_dpo_prefers_the_right_call_with_the_rows_tools(tmp_path, monkeypatch):
     from tunesmith.config import load_recipe
     from tunesmith.train.entry import run as train_run
 
-    rows = []
-    for i in range(14):
-        ask = {"role": "user", "content": f"Refund {i}.50 on order B{i}."}
-        good = call_message("refund_order", {"order_id": f"B{i}", "amount": i + 0.5})
-        bad = call_message("lookup_order", {"order_id": f"B{i}"})
-        rows.append({"id": f"p{i}", "prompt": [ask], "chosen": [good], "rejected": [bad], "tools": TOOLS})
     path = tool_recipe(tmp_path, "chatml", method="dpo")
-    write_jsonl(tmp_path / "pairs.jsonl", rows)
+    write_jsonl(tmp_path / "pairs.jsonl", call_pairs(14))
     recipe = yaml.safe_load(path.read_text())
     recipe["data"] = {"train": ["pairs.jsonl"], "max_length": 1024, "eval_fraction": 0.15}
     path.write_text(yaml.safe_dump(recipe))

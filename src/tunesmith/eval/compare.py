@@ -102,7 +102,9 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
     generated = release.EvalOutputs([e.id for e in eval_ex], convs, refs, outputs, json_mode, fields)
     for side, value in release.similarity_summary(recipe.eval, generated).items():
         summary[side]["semantic_similarity"] = value
-    add_scores(recipe.eval.reward_model, convs, outputs, summary, rows)  # eval.reward_model: metric reward_model
+    # eval.reward_model: metric reward_model; a row offering tools is scored on its turn (its calls as messages)
+    judged = {side: [s if t else o for s, o, t in zip(scored[side], outputs[side], offered)] for side in SIDES}
+    add_scores(recipe.eval.reward_model, convs, judged, summary, rows, offered)
     extra = release.measure(recipe.eval, generated, sides, tokenizer, recipe.data.max_length, progress)
     for side, values in release.grader_summary(extra).items():  # graders.<name>: metrics like any other
         summary[side].update(values)

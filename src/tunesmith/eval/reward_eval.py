@@ -117,6 +117,7 @@ def evaluate_pairs(run: Any, max_examples: int | None = None, progress: Any = No
     from tunesmith.eval.compare import write_outputs
     from tunesmith.eval.reward_model import RewardModel
     from tunesmith.run import changed_inputs, read_metrics
+    from tunesmith.train.rows import pair_tools
 
     pairs = read_pairs(run)
     limit = max_examples if max_examples is not None else run.recipe.eval.max_examples
@@ -124,11 +125,12 @@ def evaluate_pairs(run: Any, max_examples: int | None = None, progress: Any = No
     model = RewardModel.load(run.dir)
     prompts = [p["prompt"] for p in pairs] * 2
     answers = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
+    tools = [pair_tools(p) for p in pairs] * 2  # each pair with the tools its prompt offered, as it was trained
     batch = run.recipe.eval.batch_size
     scores: dict[str, list[float]] = {}
     with model.base():
-        scores["base"] = model.score(prompts, answers, batch)
-    scores["tuned"] = model.score(prompts, answers, batch)
+        scores["base"] = model.score(prompts, answers, batch, tools)
+    scores["tuned"] = model.score(prompts, answers, batch, tools)
     n = len(pairs)
     margins = {side: [c - r for c, r in zip(s[:n], s[n:])] for side, s in scores.items()}
     tables, ece, summary = {}, {}, {}

@@ -6,8 +6,10 @@ a score means the same thing wherever it appears. A score is the head's raw outp
 differences between scores of the same model mean something (P(a preferred to b) = sigmoid(score_a - score_b)).
 
 Each (prompt, answer) is rendered and tokenized by `encode`, the same function the reward method trains on
-(data.template.tokenize_example: the conversation as every method renders it), so a served answer is scored exactly
-as a training pair was.
+(data.template.tokenize_example: the conversation as every method renders it), with the tools the prompt offered, so
+a served answer is scored exactly as a training pair was. An answer that calls a tool is scored as the assistant
+message with its `tool_calls` (as a preference pair of calls is trained), whether it arrives as that message, as
+eval's tool turn or as the text the model wrote (parsed in the reward model's family format).
 """
 
 from __future__ import annotations
@@ -37,11 +39,34 @@ def encode(tokenizer: Any, prompt: Conversation, answer: str | Conversation, too
     return list(tokenize_example(tokenizer, [*prompt, *turns], tools=tools).input_ids)
 
 
+_TOOL_KEYS = ("tool_calls", "tool_call_id", "name")  # what a message keeps besides role and content: its calls
+
+
 def as_conversation(prompt: Any) -> Conversation:
-    """A prompt as messages: a string becomes one user turn (TRL passes text prompts for non-chat data)."""
+    """A prompt as messages, each with its role, its text ("" for none) and its tool calls or call id when it has
+    them (training's preference and prompt rows keep the same); a string becomes one user turn (TRL passes text
+    prompts for non-chat data)."""
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
-    return [{"role": m["role"], "content": m.get("content") or ""} for m in prompt]
+    return [{"role": m["role"], "content": m.get("content") or "", **{k: m[k] for k in _TOOL_KEYS if m.get(k)}} for m in prompt]
+
+
+def as_answer(answer: str | Conversation, tools: list[Any] | None, style: str | None) -> str | Conversation:
+    """What `encode` takes for an answer: messages as they are; on a prompt that offered tools, a completion that
+    calls in the family's format (`style`) as the assistant message with its `tool_calls` (arguments as written);
+    any other text as it is. Eval's tool turns (tunesmith.eval.tool_metrics) are read as the text they came from."""
+    from tunesmith.eval.tool_metrics import parse_turn
+    from tunesmith.families.tools import parse_tool_calls
+
+    if not isinstance(answer, str):
+        return answer
+    turn = parse_turn(answer)
+    text = turn.text if turn is not None and turn.text is not None else answer
+    parsed = parse_tool_calls(text, style) if tools else None
+    if parsed is None or parsed.error is not None or not parsed.calls:
+        return text
+    calls = [{"id": f"call_{k}", **c} for k, c in enumerate(parsed.calls)]
+    return [{"role": "assistant", "content": parsed.content or None, "tool_calls": calls}]
 
 
 def is_reward_run(path: str | Path) -> bool:
@@ -67,6 +92,13 @@ class RewardModel:
     @property
     def name(self) -> str:
         return str(self.run.dir)
+
+    @property
+    def style(self) -> str | None:
+        """The tool-call format of the reward model's family (families.tools.STYLES): how a written call is read."""
+        from tunesmith import families
+
+        return families.for_tokenizer(self.tokenizer).tools
 
     @classmethod
     def load(cls, path: str | Path) -> RewardModel:
@@ -119,11 +151,23 @@ class RewardModel:
         with self._lock, self.model.disable_adapter() if self.has_adapter else nullcontext():
             yield
 
-    def score(self, prompts: Sequence[Any], answers: Sequence[Any], batch_size: int = 8) -> list[float]:
-        """One score per (prompt, answer): prompts as messages (or text), answers as text (or assistant messages)."""
-        if len(prompts) != len(answers):
-            raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
-        ids = [self._fit(encode(self.tokenizer, as_conversation(p), a)) for p, a in zip(prompts, answers)]
+    def score(
+        self,
+        prompts: Sequence[Any],
+        answers: Sequence[Any],
+        batch_size: int = 8,
+        tools: Sequence[list[Any] | None] | None = None,
+    ) -> list[float]:
+        """One score per (prompt, answer): prompts as messages (or text), answers as text (or assistant messages),
+        `tools`: the functions each prompt offered (None: none), rendered into it as training renders a pair's."""
+        offered = list(tools) if tools is not None else [None] * len(prompts)
+        if not len(prompts) == len(answers) == len(offered):
+            raise ValueError(f"{len(prompts)} prompts, {len(answers)} answers and {len(offered)} tool lists")
+        style = self.style if any(offered) else None
+        ids = [
+            self._fit(encode(self.tokenizer, as_conversation(p), as_answer(a, t, style), t or None))
+            for p, a, t in zip(prompts, answers, offered)
+        ]
         out: list[float] = []
         for start in range(0, len(ids), batch_size):
             out += self._forward(ids[start : start + batch_size])
@@ -147,25 +191,22 @@ class RewardModel:
         return [float(v) for v in logits[:, 0].float().cpu()]
 
 
-def reward_function(path: str) -> Any:
-    """A GRPO reward (TRL's signature) scoring each completion with the reward run at `path`."""
-
-    def reward_model(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
-        from tunesmith.train.rewards import completion_text
-
-        return RewardModel.load(path).score(prompts, [completion_text(c) for c in completions])
-
-    return reward_model
-
-
-def add_scores(path: str | None, convs: list[Conversation], outputs: dict[str, list[str]], summary: Any, rows: Any) -> None:
-    """eval with `eval.reward_model`: the metric `reward_model` (mean score of each side's answers) in `summary[side]`
-    and each row's `<side>_metrics`. Nothing when no reward model is configured."""
+def add_scores(
+    path: str | None,
+    convs: list[Conversation],
+    outputs: dict[str, list[str]],
+    summary: Any,
+    rows: Any,
+    tools: Sequence[list[Any] | None] | None = None,
+) -> None:
+    """eval with `eval.reward_model`: the metric `reward_model` (mean score of each side's answers, each prompt with
+    the `tools` its row offers) in `summary[side]` and each row's `<side>_metrics`. Nothing when no reward model is
+    configured."""
     if not path:
         return
     model = RewardModel.load(path)
     for side, texts in outputs.items():
-        values = model.score(convs, texts)
+        values = model.score(convs, texts, tools=tools)
         summary[side]["reward_model"] = sum(values) / len(values) if values else float("nan")
         for row, value in zip(rows, values):
             row[f"{side}_metrics"]["reward_model"] = value

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from tunesmith.errors import DataError
-from tunesmith.monitor.rows import latest_feedback, prompt_of
+from tunesmith.monitor.rows import latest_feedback, prompt_of, served_answer
 
 if TYPE_CHECKING:
     from tunesmith.config import MonitorSection
@@ -44,13 +44,6 @@ def _answered(requests: dict[str, RequestRow], fb: FeedbackRow, skipped: dict[st
         return row
     skipped[why] = skipped.get(why, 0) + 1
     return None
-
-
-def served_answer(req: RequestRow) -> dict[str, Any]:
-    """The assistant message a request was answered with: its calls when it called (OpenAI's shape), else its text."""
-    if req.tool_calls:
-        return {"role": "assistant", "content": None, "tool_calls": req.tool_calls}
-    return {"role": "assistant", "content": req.output or ""}
 
 
 def corrected_answer(fb: FeedbackRow) -> dict[str, Any] | None:

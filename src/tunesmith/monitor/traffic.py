@@ -17,7 +17,7 @@ import numpy as np
 
 from tunesmith.monitor import drift
 from tunesmith.monitor.report import HourPoint, MonitorReport, ReplicaStats, Signal, VariantStats, Window
-from tunesmith.monitor.rows import latest_feedback, prompt_of, prompt_text
+from tunesmith.monitor.rows import latest_feedback, prompt_of, prompt_text, reward_scores
 
 if TYPE_CHECKING:
     from tunesmith.config import MonitorSection
@@ -208,7 +208,7 @@ def _scored(scorer: Any, rows: list[RequestRow], cfg: MonitorSection, salt: int)
     """request_id -> score for at most max_samples answered, content-logged rows (a seeded sample)."""
     usable = [r for r in rows if r.answered and r.output is not None and prompt_of(r)]
     picked = drift.sample(usable, cfg.max_samples, cfg.seed + salt)
-    values = scorer.score([prompt_of(r) for r in picked], [r.output for r in picked]) if picked else []
+    values = reward_scores(scorer, picked) if picked else []
     return {r.request_id: v for r, v in zip(picked, values)}
 
 

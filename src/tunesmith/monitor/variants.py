@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunesmith.monitor import drift
 from tunesmith.monitor.report import VariantStats
-from tunesmith.monitor.rows import prompt_of
+from tunesmith.monitor.rows import prompt_of, reward_scores
 
 if TYPE_CHECKING:
     from tunesmith.serve.store import FeedbackRow, RequestRow
@@ -52,7 +52,7 @@ def _scores(reward_model: Any, rows: Sequence[RequestRow]) -> list[float]:
     scored = [r for r in rows if r.answered and r.output is not None and prompt_of(r)]
     if reward_model is None or not scored:
         return []
-    return list(reward_model.score([prompt_of(r) for r in scored], [r.output for r in scored]))
+    return reward_scores(reward_model, scored)
 
 
 def compare(

@@ -23,7 +23,7 @@ from tunesmith.records import MethodDetails, Tokens
 from tunesmith.sections import Section, checks_environment
 from tunesmith.train import _trl
 from tunesmith.train.method import Datasets, Method, Parts, chosen
-from tunesmith.train.rows import apply_length_policy, dataset_row, prompt_row, prompt_split, recipe_rows
+from tunesmith.train.rows import PROMPT_MESSAGES, apply_length_policy, dataset_row, prompt_row, prompt_split, recipe_rows
 
 if TYPE_CHECKING:
     from tunesmith.config import Recipe
@@ -229,6 +229,7 @@ class GRPO(Method[GRPOSection]):
             # here instead, by the prompt builder eval and serve use, and TRL receives the text.
             for row, r in zip(rows, train, strict=True):
                 row["prompt"] = prompt_as_text(tokenizer, r["prompt"], r.get("tools"))
+                row[PROMPT_MESSAGES] = json.dumps(r["prompt"], ensure_ascii=False)  # what a reward model reads
         return Datasets(Dataset.from_list(rows), None, Tokens(train=train_counts, eval=eval_counts))
 
     def trainer(self, recipe: Recipe, parts: Parts) -> Any:

@@ -102,18 +102,16 @@ class Reward(Method[RewardSection]):
         return _trl.reward_trainer(recipe, self.settings(recipe), parts)
 
     def record(self, recipe: Recipe, trainer: Any, final_eval: dict[str, float]) -> RewardDetails:
-        """The held-out pairs saved with the run (data/eval_pairs.jsonl, as read from the files, before any length
-        policy: eval scores the pairs as they are), and TRL's final held-out figures."""
+        """The held-out pairs saved with the run (data/eval_pairs.jsonl, as read from the files with the tools each
+        offers, before any length policy: eval scores the pairs as they are), and TRL's final held-out figures."""
         from tunesmith.data.convert import write_rows
         from tunesmith.data.formats import row_id
         from tunesmith.train import dist
 
         _, evaluation = _pair_rows(recipe)
         if dist.is_main_process():
-            rows = [
-                {"id": row_id(r, r["source"]), **{k: r[k] for k in ("prompt", "chosen", "rejected", "source")}}
-                for r in evaluation
-            ]
+            keys = ("prompt", "chosen", "rejected", "tools", "source")  # tools: JSON text, as pair_tools reads them
+            rows = [{"id": row_id(r, r["source"]), **{k: r[k] for k in keys if k in r}} for r in evaluation]
             write_rows(recipe.run_dir / PAIRS, rows)
         figures = {k.removeprefix("eval_"): v for k, v in final_eval.items() if k.startswith("eval_")}
         return RewardDetails(held_out_pairs=len(evaluation), final_eval=figures)

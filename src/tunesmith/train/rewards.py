@@ -87,12 +87,10 @@ def make_exact_match(field: str) -> RewardFn:
     return exact_match
 
 
-def make_tool_reward(name: str, tokenizer: Any = None) -> RewardFn:
-    """A tool metric of the registry (eval.tool_metrics) as a reward: each completion, parsed in the family's tool
-    format as eval parses it (its ids decoded with special tokens when TRL passes them and the tokenizer is known),
-    scored against the row's `reference` (its tool turn). A row where the metric does not apply scores 0."""
-    metric = registry.METRICS[name].fn
-    assert metric is not None
+def turn_reader(tokenizer: Any = None) -> Callable[[Any, Any], str]:
+    """f(completion, its ids or None) -> the completion as eval's tool turn: parsed in the family's tool format as
+    eval parses it (its ids decoded with special tokens when TRL passes them and the tokenizer is known); a
+    completion that already is a tool turn (eval's) as it is."""
     style, stops = None, set()
     if tokenizer is not None:
         from tunesmith import families
@@ -100,18 +98,32 @@ def make_tool_reward(name: str, tokenizer: Any = None) -> RewardFn:
         family = families.for_tokenizer(tokenizer)
         style, stops = family.tools, set(family.stop_token_ids(tokenizer))
 
-    def reward(prompts: list[Any], completions: list[Any], completion_ids: Any = None, **columns: Any) -> list[float]:
+    def read(completion: Any, ids: Any = None) -> str:
         from tunesmith.eval.generate import raw_completion
 
+        if isinstance(completion, str) and tool_metrics.parse_turn(completion) is not None:
+            return completion
+        raw = raw_completion(tokenizer, list(ids), stops) if tokenizer is not None and ids is not None else None
+        return tool_metrics.completion_turn(raw if raw is not None else completion_text(completion), style)
+
+    return read
+
+
+def make_tool_reward(name: str, tokenizer: Any = None) -> RewardFn:
+    """A tool metric of the registry (eval.tool_metrics) as a reward: each completion read as a tool turn
+    (`turn_reader`), scored against the row's `reference` (its tool turn). A row where the metric does not apply
+    scores 0."""
+    metric = registry.METRICS[name].fn
+    assert metric is not None
+    read = turn_reader(tokenizer)
+
+    def reward(prompts: list[Any], completions: list[Any], completion_ids: Any = None, **columns: Any) -> list[float]:
         refs = columns.get("reference")
         if refs is None:
             raise KeyError(f"{name} reward: the data has no `reference` column (the rows' answer turns)")
         out = []
         for k, (c, ref) in enumerate(zip(completions, refs)):
-            text = c if isinstance(c, str) and tool_metrics.parse_turn(c) is not None else None
-            if text is None:
-                raw = raw_completion(tokenizer, list(completion_ids[k]), stops) if tokenizer and completion_ids else None
-                text = tool_metrics.completion_turn(raw if raw is not None else completion_text(c), style)
+            text = read(c, completion_ids[k] if completion_ids else None)
             out.append(float(metric(text, str(ref or "")) or 0.0))
         return out
 
@@ -138,13 +150,31 @@ def make_length_penalty(max_chars: int) -> RewardFn:
     return length_penalty
 
 
-def make_reward_model(run: str) -> RewardFn:
-    """The score of a reward run (tunesmith.eval.reward_model, the one scorer); RecipeError when `run` is not one."""
-    from tunesmith.eval.reward_model import is_reward_run, reward_function
+def make_reward_model(run: str, tokenizer: Any = None) -> RewardFn:
+    """The score of a reward run (tunesmith.eval.reward_model, the one scorer); RecipeError when `run` is not one.
+    Each prompt is scored with the tools its row offers (`row_fields`) as its messages (`prompt_messages`, for rows
+    TRL receives as rendered text), and a completion on such a row as its tool turn (`turn_reader`, with the
+    policy's `tokenizer`): the rendering the reward model was trained on."""
+    from tunesmith.eval.reward_model import RewardModel, is_reward_run
+    from tunesmith.train.rows import PROMPT_MESSAGES, ROW_FIELDS
 
     if not is_reward_run(run):
         raise RecipeError([("grpo.rewards", f"{run} is not a finished reward run (train one with method: reward)")])
-    return cast(RewardFn, reward_function(run))
+    read = turn_reader(tokenizer)
+
+    def reward_model(prompts: list[Any], completions: list[Any], completion_ids: Any = None, **columns: Any) -> list[float]:
+        n = len(completions)
+        fields = [json.loads(f) if isinstance(f, str) else {} for f in columns.get(ROW_FIELDS) or [None] * n]
+        tools = [f.get("tools") if isinstance(f.get("tools"), list) else None for f in fields]
+        given = columns.get(PROMPT_MESSAGES) or [None] * n
+        convs = [json.loads(m) if isinstance(m, str) else p for m, p in zip(given, prompts)]
+        answers = [
+            read(c, completion_ids[k] if completion_ids else None) if tools[k] else completion_text(c)
+            for k, c in enumerate(completions)
+        ]
+        return RewardModel.load(run).score(convs, answers, tools=tools)
+
+    return reward_model
 
 
 def load_function(spec: str) -> RewardFn:
@@ -222,7 +252,7 @@ def build(
 ) -> list[RewardFn]:
     """The reward functions of a recipe, in order (their weights go to GRPOConfig.reward_weights). `graders`: the
     recipe's eval.graders, which `grader` rewards name; `judge`: its eval.judge section (for model graders);
-    `tokenizer`: the model's, whose family format the tool rewards parse completions in."""
+    `tokenizer`: the model's, whose family format the tool rewards (and a reward model's tool rows) read completions in."""
     out: list[RewardFn] = []
     for spec in specs:
         if spec.type in registry.TOOL_METRICS:
@@ -240,7 +270,7 @@ def build(
         elif spec.type == "length_penalty":
             out.append(make_length_penalty(spec.max_chars))
         elif spec.type == "reward_model":
-            out.append(make_reward_model(spec.run or ""))
+            out.append(make_reward_model(spec.run or "", tokenizer))
         else:
             out.append(load_function(spec.function or ""))
     return out

@@ -22,6 +22,7 @@ from tunesmith.data.formats import (
 from tunesmith.data.lengths import Fit
 from tunesmith.data.template import reference
 from tunesmith.data.tool_shapes import row_tools
+from tunesmith.eval.reward_model import as_conversation
 from tunesmith.eval.tool_metrics import reference_turn, turn_message
 from tunesmith.records import TokenCounts
 
@@ -48,11 +49,8 @@ SHAPE_KEYS = {
 }
 
 
-_TOOL_KEYS = ("tool_calls", "tool_call_id", "name")  # what a message keeps besides role and content: its calls
-
-
 def _clean(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"role": m["role"], "content": m.get("content") or "", **{k: m[k] for k in _TOOL_KEYS if m.get(k)}} for m in messages]
+    return as_conversation(messages)  # the reward model scores the messages training keeps
 
 
 def preference_row(obj: Any) -> dict[str, Any]:
@@ -100,6 +98,9 @@ def prompt_row(obj: Any) -> dict[str, Any]:
 ROW_FIELDS = "row_fields"
 """The dataset column holding every field of a prompt row as one JSON object (nested values, and values whose type
 varies between rows, cannot be Arrow columns of their own)."""
+PROMPT_MESSAGES = "prompt_messages"
+"""The dataset column holding a prompt's messages as JSON, for rows whose prompt TRL receives as rendered text (rows
+that offer tools): what a reward model scores the completion after."""
 _OWN = {"prompt", "source", ROW_FIELDS}  # the keys a prompt row adds itself
 
 
