@@ -120,6 +120,16 @@ def _once(recipe: Path, folder: Path, *extra: str):
     return CliRunner().invoke(app, args)
 
 
+def test_a_serve_folder_that_is_not_there_is_refused_and_not_made(loop_setup, tmp_path):
+    """A mistyped serve folder: one clear error naming it, and no folder (or cycle report) is created there."""
+    recipe, _, _ = loop_setup
+    missing = tmp_path / "serv"
+    res = _once(recipe, missing)
+    said = " ".join(res.output.split())
+    assert res.exit_code == 1 and f"no serve folder at {missing}" in said and "Traceback" not in res.output, said
+    assert not missing.exists()
+
+
 def test_a_cycle_with_nothing_to_learn_changes_nothing(loop_setup):
     """Answers rated without corrections and a correction of an eval prompt: nothing may be learned from them."""
     from tunesmith.run import held_out_examples, load_run

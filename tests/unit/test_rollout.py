@@ -248,6 +248,18 @@ def test_a_rollout_is_refused_when_it_cannot_be_judged_or_served(tmp_path, tiny_
     assert not list((folder / "rollouts").glob("*.tmp*"))
 
 
+@pytest.mark.parametrize("action", [[], ["--check"], ["--abort"]], ids=["show", "check", "abort"])
+def test_no_rollout_to_show_check_or_abort_is_one_clear_error(tmp_path, tiny_model_dir, action):
+    """Every action on a name with no rollout says so and how to start one, and leaves the serve folder as it was."""
+    v1 = _runs(tmp_path, tiny_model_dir, ("v1",))[0]
+    folder = _serve_folder(tmp_path, v1)
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    res = CliRunner().invoke(app, ["rollout", str(folder), "support", *action], env={"COLUMNS": "200"})
+    said = " ".join(res.output.split())
+    assert res.exit_code == 1 and "no rollout of 'support'" in said and "--candidate RUN" in said, said
+    assert "Traceback" not in res.output and sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
+
+
 STEPS = ["rollout promoting", "promotion pending", "link swap", "promotion promoted", "rollout promoted"]
 
 

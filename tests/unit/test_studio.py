@@ -482,6 +482,33 @@ def test_studio_cli_refuses_bad_options_in_one_paragraph(tmp_path, args, code, s
     assert res.exit_code == code and said in res.output and "Traceback" not in res.output
 
 
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ("data.jsonl", "is not a tunesmith request log"),
+        ("mine", "no request log at"),
+        ("mysql://host/db", "not a request log location"),
+    ],
+)
+def test_studio_cli_refuses_a_log_that_is_not_one_and_changes_nothing(tmp_path, monkeypatch, given, said):
+    """--log naming a data file, a folder of the user's own files or another database: one clear error before the
+    server starts, and the named file or folder stays as it was."""
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the studio started"))
+    (tmp_path / "data.jsonl").write_text('{"messages": []}\n')
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.md").write_text("my notes")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    location = given if "://" in given else str(tmp_path / given)
+    res = CliRunner().invoke(app, ["studio", "--runs", str(tmp_path), "--log", location], env={"COLUMNS": "200"})
+    assert res.exit_code == 1 and said in " ".join(res.output.split()) and "Traceback" not in res.output, res.output
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
 def test_a_restart_within_the_same_second_gets_its_own_log(tmp_path, monkeypatch):
     import sys
     import time as time_mod

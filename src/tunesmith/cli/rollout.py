@@ -72,14 +72,17 @@ def rollout(
             f"the server picks it up from {rollout_path(serve_dir, name)}; then: tunesmith rollout {serve_dir} {name} --check"
         )
         return
+    none = RunError(f"no rollout of {name!r} in {serve_dir}", hint="Start one with --candidate RUN.")
+    if not rollout_path(serve_dir, name).exists():  # --check, --abort or show: each needs one
+        raise none
     if abort:
         r = ro.abort(serve_dir, name)
         console.print(f"[yellow]rolled back[/]: {r.candidate}; {name!r} stays on {r.primary}")
         return
     if not check:
-        r = ro.settle(Path(serve_dir), name) if rollout_path(serve_dir, name).exists() else None
+        r = ro.settle(Path(serve_dir), name)
         if r is None:
-            raise RunError(f"no rollout of {name!r} in {serve_dir}", hint="Start one with --candidate RUN.")
+            raise none
         console.print(f"{name}: {r.status} · {r.mode} {r.share:.0%} · candidate {r.candidate} · primary {r.primary} {r.reason}")
         return
     while True:

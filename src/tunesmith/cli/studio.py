@@ -44,6 +44,8 @@ def studio(
     missing = [str(d) for d in [*runs, *data, *models] if not d.is_dir()]
     if missing:
         raise RunError(f"not a folder: {', '.join(missing)}", hint="Pass existing folders to --runs / --data / --models.")
+    if log is not None:
+        _check_log(log)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the studio never downloads a model behind the user's back
     config = StudioConfig(
         runs=list(runs),
@@ -60,3 +62,21 @@ def studio(
     shown = f"[{host}]" if ":" in host else host
     console.print(f"tunesmith studio on http://{shown}:{port}{suffix}  (Ctrl+C stops it)")
     uvicorn.run(create_app(config), host=host, port=port, log_level="warning")
+
+
+def _check_log(log: str) -> None:
+    """Refuse a --log that cannot be a request log before the studio starts: another database's URL, or a file or
+    folder that exists and holds none (read-only: nothing is created). A log not there yet, or a PostgreSQL server
+    that is down, the Monitor page reports."""
+    from tunesmith.errors import RunError
+    from tunesmith.serve.store import RequestLog, is_url
+
+    if is_url(log):
+        return
+    if "://" in log:
+        raise RunError(
+            f"--log {log}: not a request log location", hint="Give a .sqlite file, a serve folder or a postgresql:// URL."
+        )
+    if Path(log).expanduser().exists():
+        with RequestLog.open(Path(log).expanduser()):  # a RunError naming the file and what to give instead
+            pass

@@ -170,6 +170,11 @@ def run_cycle(opts: LoopOptions) -> Cycle:
     """One cycle; its report is written whatever happens (outcome error and the message when a step failed)."""
     from tunesmith.serve.server import serve_dir as claim_serve_dir
 
+    if not Path(opts.serve_dir).expanduser().is_dir():  # a mistyped path: no folder made, no report left there
+        raise RunError(
+            f"no serve folder at {opts.serve_dir}",
+            hint="Pass the folder `tunesmith serve` runs in (its request log and adapters/NAME link).",
+        )
     folder = claim_serve_dir(Path(opts.serve_dir))  # refuses a folder serve did not make
     started = datetime.now(timezone.utc)
     cycle = Cycle(serve_dir=str(folder), name=opts.name, started=started)
