@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from tunesmith.monitor.rollout import Decision
 
 _FIGURES = ("requests", "errors", "error_rate", "latency_p95_s", "rated", "down_rate", "output_words", "refusal_rate",
-            "reward_model", "output_drift_p")  # fmt: skip
+            "reward_model", "output_drift_p", "tool_requests", "tool_call_valid", "tool_arguments_valid",
+            "tool_calls_unparsable")  # fmt: skip
 
 
 def figures_table(decision: Decision) -> Table:

@@ -98,6 +98,10 @@ _ALL = (
     _lower("live_refusal_rate_increase", "candidate refusal rate - primary's", low=-1.0, by=_LIVE),
     _lower("live_output_length_change", "|candidate answer length / primary's - 1|", high=None, by=_LIVE),
     Metric("live_output_drift_p", "candidate vs primary answers, MMD p-value (low: they differ)", by=_LIVE),
+    # requests that offered tools, judged without a reference (monitor/tool_replies.py, by tool_call_valid and
+    # tool_arguments_valid below): the primary's share of valid calls minus the candidate's
+    _lower("live_tool_call_valid_drop", "primary's share of parsable calls - candidate's", low=-1.0, by=_LIVE),
+    _lower("live_tool_arguments_valid_drop", "primary's share of schema-valid calls - candidate's", low=-1.0, by=_LIVE),
     # Reasoning models: measured from each completion's trace (eval.scoring.Answers.trace_rows); answers are scored
     # after the trace. A shorter trace costs less; a trace never closed leaves no answer.
     _lower("trace_tokens", "reasoning trace length (tokens per answer)", high=None, unit="tokens"),

@@ -72,6 +72,13 @@ def reference_turn(messages: list[dict[str, Any]], tools: list[dict[str, Any]] |
     return _dump("reference", Turn(content.strip(), calls, tools or []))
 
 
+def offered_turn(tools: list[dict[str, Any]]) -> str:
+    """A reference that names only the tools a request offered, no expected turn: what live traffic is scored
+    against. Only the metrics that need no expected call apply to it (tool_call_valid and tool_arguments_valid, on
+    outputs that call)."""
+    return _dump("reference", Turn("", [], tools))
+
+
 def output_turn(text: str, style: str | None) -> str:
     """An answer (decoded with its special tokens) as a canonical turn, parsed in the family's tool format."""
     from tunesmith.families.tools import parse_tool_calls

@@ -164,7 +164,8 @@ def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.4g}"
 
 
-VARIANT_FIGURES = ("requests", "error_rate", "latency_p95_s", "rated", "down_rate", "reward_model", "output_drift_p")
+VARIANT_FIGURES = ("requests", "error_rate", "latency_p95_s", "rated", "down_rate", "reward_model", "output_drift_p",
+                   "tool_call_valid", "tool_arguments_valid", "tool_calls_unparsable")  # fmt: skip
 
 
 def variant_table(report: MonitorReport) -> str:

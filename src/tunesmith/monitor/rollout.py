@@ -28,8 +28,13 @@ from tunesmith.serve.rollout import ACTIVE, Rollout, read_rollout, rollout_path,
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GATES: dict[str, str | float] = {"live_error_rate_increase": "<=0.02", "live_latency_p95_ratio": "<=2.0"}
-"""Gates of a rollout started without --gate: no more errors, and p95 latency at most twice the primary's."""
+DEFAULT_GATES: dict[str, str | float] = {
+    "live_error_rate_increase": "<=0.02",
+    "live_latency_p95_ratio": "<=2.0",
+    "live_tool_call_valid_drop": "<=0.02",
+}
+"""Gates of a rollout started without --gate: no more errors, p95 latency at most twice the primary's, and (where
+requests offer tools and both sides call) a share of parsable calls no more below the primary's than errors may rise."""
 ROLLED_BACK_EXIT = 3
 """Exit code of `tunesmith rollout --check` when the candidate broke a gate and was rolled back."""
 
@@ -156,6 +161,7 @@ def check(serve_dir: str | Path, name: str, log_source: str | Path | None = None
     from tunesmith.eval.gates import check_rules
     from tunesmith.eval.registry import ROLLOUT
     from tunesmith.monitor.report import VariantStats
+    from tunesmith.monitor.tool_replies import unjudged
     from tunesmith.monitor.variants import live_values
 
     folder = Path(serve_dir)
@@ -173,6 +179,7 @@ def check(serve_dir: str | Path, name: str, log_source: str | Path | None = None
         return VariantStats(model=name, variant=variant, figures=seen[variant]) if variant in seen else None
 
     results = check_rules(r.gates, live_values(stats("primary"), stats(r.mode)), ROLLOUT)
+    results = [unjudged(g, seen, r.mode) for g in results]  # a tool gate on traffic without calls: skipped
     r.live, r.results = seen, results
     if n < r.min_requests:
         write_rollout(folder, r, f"checked: {n} of {r.min_requests} candidate requests")

@@ -1,9 +1,10 @@
 """Primary vs candidate in one log: the figures a rollout is judged on and the monitor shows per variant.
 
 Per (model, variant) of the rows read: requests, errors, latency, feedback, answer length, refusals, the reward
-model's mean score (when one is given) and, for a candidate, how far its answers drift from the primary's (a
-two-sample MMD test on character-trigram embeddings of the answers, as the monitor's embedding test). `live_values`
-turns them into the live gate metrics of the registry (tunesmith.eval.registry, measured by "rollout").
+model's mean score (when one is given), the tool calls of requests that offered tools (monitor/tool_replies.py) and,
+for a candidate, how far its answers drift from the primary's (a two-sample MMD test on character-trigram embeddings
+of the answers, as the monitor's embedding test). `live_values` turns them into the live gate metrics of the registry
+(tunesmith.eval.registry, measured by "rollout").
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from tunesmith.monitor import drift
+from tunesmith.monitor import drift, tool_replies
 from tunesmith.monitor.report import VariantStats
 from tunesmith.monitor.rows import prompt_of, reward_scores
 
@@ -43,6 +44,7 @@ def stats(
         "output_words": drift.mean_words(outputs),
         "refusal_rate": drift.refusal_rate(outputs),
         "reward_model": sum(scores) / len(scores) if scores else None,
+        **tool_replies.figures(ok),  # requests that offered tools: their calls, judged without a reference
     }
     return VariantStats(model=model, variant=variant, figures=_some(figures))
 
@@ -105,6 +107,8 @@ def live_values(primary: VariantStats | None, candidate: VariantStats | None) ->
     out["live_down_rate_increase"] = diff("down_rate")
     out["live_reward_delta"] = diff("reward_model")
     out["live_refusal_rate_increase"] = diff("refusal_rate")
+    for name in tool_replies.SCORED:  # a drop: the candidate's share of valid calls below the primary's
+        out[f"live_{name}_drop"] = -d if (d := diff(name)) is not None else None
     if c.get("latency_p95_s") is not None and p.get("latency_p95_s"):
         out["live_latency_p95_ratio"] = c["latency_p95_s"] / p["latency_p95_s"]
     if c.get("output_words") is not None and p.get("output_words"):

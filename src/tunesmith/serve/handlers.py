@@ -312,16 +312,17 @@ async def _answer(state: Any, request: Request, call: Call) -> Any:
     call.answer, call.reasoning = first.answer, first.reasoning
     call.completion_tokens = first.completion_tokens
     if call.tools and call.choice.parses:
-        _read_calls(state, call, first)
+        read_calls(state, call, first)
     await finish(state, call)
     if call.body.stream:  # a request with tools, run whole: its events are the deltas the client assembles
         return StreamingResponse(_events(state, call), media_type="text/event-stream", headers={"x-request-id": call.request_id})
     return JSONResponse(responses.body(call), headers={"x-request-id": call.request_id})
 
 
-def _read_calls(state: Any, call: Call, completion: Any) -> None:
+def read_calls(state: Any, call: Call, completion: Any) -> None:
     """The completion's calls (families.tools, in the family's format, special tokens kept); an unparsable call is
-    counted and returned as content; a forced tool_choice without its call raises the 422 here."""
+    counted and returned as content; a forced tool_choice without its call raises the 422 here. A shadow copy's
+    calls are logged, not counted on /metrics (no client asked for them)."""
     from tunesmith.data.reasoning import split_output
     from tunesmith.eval.generate import family_of
 
@@ -329,14 +330,17 @@ def _read_calls(state: Any, call: Call, completion: Any) -> None:
     raw = split_output(completion.raw, completion.opened, completion.think).answer
     if completion.raw:
         call.output = completion.raw  # the log keeps the call as written (its special tokens too)
+    counted = call.variant != "shadow"
     if (unparsable := tool_error(raw, style)) is not None:
-        state.metrics.tool_calls_unparsable.labels(call.model or "unknown").inc()
+        if counted:
+            state.metrics.tool_calls_unparsable.labels(call.model or "unknown").inc()
         log.info("request %s: a tool call that does not parse (%s)", call.request_id, unparsable)
     reply = read_reply(raw, style, call.choice)
     call.tool_calls = reply.calls
     if reply.calls:
         call.answer, call.finish_reason = reply.content or "", "tool_calls"
-        state.metrics.tool_calls.labels(call.model or "unknown").inc(len(reply.calls))
+        if counted:
+            state.metrics.tool_calls.labels(call.model or "unknown").inc(len(reply.calls))
 
 
 async def _events(state: Any, call: Call) -> AsyncIterator[str]:

@@ -268,19 +268,22 @@ class Rollouts:
             task.add_done_callback(self._tasks.discard)
 
     async def _shadow(self, state: Any, call: Any, r: Rollout) -> None:
-        """Run the request on the candidate (never streamed), log its answer as variant shadow, return nothing."""
+        """Run the request on the candidate (never streamed, with the request's tools), log its answer (its calls
+        parsed as a client's would be) as variant shadow, return nothing."""
         from tunesmith.serve.batching import Job, QueueFull
-        from tunesmith.serve.handlers import Call, finish
+        from tunesmith.serve.handlers import Call, finish, read_calls
+        from tunesmith.serve.schemas import ApiError
 
         try:
             served = state.engine.resolve(candidate_name(r.name))
         except TunesmithError:
             return
         copy = Call(call.kind, body=call.body, request_id=f"shadow-{uuid.uuid4().hex}", model=call.model, served=served,
-                    conversation=call.conversation, passages=call.passages, params=call.params,
-                    prompt_tokens=call.prompt_tokens, variant="shadow")  # fmt: skip
+                    conversation=call.conversation, tools=call.tools, choice=call.choice, passages=call.passages,
+                    params=call.params, prompt_tokens=call.prompt_tokens, variant="shadow")  # fmt: skip
         loop = asyncio.get_running_loop()
-        job = Job(served.name, call.conversation, call.params, loop, deadline=time.monotonic() + state.settings.timeout_s)
+        job = Job(served.name, call.conversation, call.params, loop, deadline=time.monotonic() + state.settings.timeout_s,
+                  tools=call.tools)  # fmt: skip
         job.future = loop.create_future()
         try:
             state.batcher.submit(job)
@@ -290,10 +293,12 @@ class Rollouts:
         try:
             done = await asyncio.wait_for(job.future, state.settings.timeout_s)
             copy.output, copy.finish_reason, copy.completion_tokens = done.text, done.finish_reason, done.completion_tokens
+            if copy.tools and copy.choice.parses:
+                read_calls(state, copy, done)
             await finish(state, copy)
+        except ApiError as err:  # a forced tool_choice the candidate's answer does not meet: logged as the client's 422
+            await finish(state, copy, err)
         except Exception as exc:  # the candidate failing is what a shadow rollout is there to see: logged, not raised
-            from tunesmith.serve.schemas import ApiError
-
             job.cancel.set()
             await finish(state, copy, ApiError(500, f"shadow generation failed: {type(exc).__name__}", code="generation_failed"))
 
