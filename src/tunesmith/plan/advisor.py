@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -160,9 +159,8 @@ def plan(
         lengths, trained, shared = data_shape(recipe, tokenizer)
     mem = _memory(recipe, shape, lengths, trained, gpu != "cpu", shared)
     t = recipe.training
-    per_step = t.batch_size * t.grad_accum * nproc
-    steps = t.max_steps if t.max_steps > 0 else math.ceil(len(lengths) * t.epochs / per_step)
-    tokens = int(steps * per_step * sum(lengths) / len(lengths))
+    steps, rows_trained = cost.trained_rows(len(lengths), t.epochs, t.max_steps, t.batch_size * t.grad_accum * nproc)
+    tokens = int(rows_trained * sum(lengths) / len(lengths))
     rows, _ = pass_shape(recipe, lengths, gpu != "cpu", shared)
     secs = cost.seconds(
         tokens * _run_share(recipe, lengths, rows, gpu != "cpu", shared), shape.params, recipe.adapter.type, hw, nproc
