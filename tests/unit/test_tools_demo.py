@@ -101,3 +101,21 @@ def test_the_default_demo_task_is_unchanged_and_a_bad_task_is_refused(monkeypatc
     assert runner.invoke(app, ["demo", "--task", "tools"]).exit_code == 0 and seen["tools"].name == "demo-tools"
     bad = runner.invoke(app, ["demo", "--task", "chat"])
     assert bad.exit_code == 2 and "unknown task" in bad.output
+
+
+def test_the_tools_demo_refuses_the_extract_demos_folder_and_leaves_it_whole(tmp_path):
+    """Both demos take `--dir`: the tools demo in a folder the extract demo made is refused before anything is
+    written, so the extract demo's run, data and recipe are not set aside and replaced."""
+    from tunesmith import outputs
+    from tunesmith.outputs import OutputError
+
+    folder = outputs.claim_dir(tmp_path / "demo-run", "demo", what="--dir")  # as `tunesmith demo` marks it
+    (folder / "runs" / "demo").mkdir(parents=True)
+    (folder / "runs" / "demo" / "manifest.json").write_text("{}")
+    (folder / "recipe.yaml").write_text("name: demo\n")
+    outputs.record(folder, "runs/demo", "recipe.yaml")
+    before = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+    with pytest.raises(OutputError, match="tunesmith demo"):
+        tools_pipeline.run_tools_demo(folder, Console(record=True), steps=1)
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == before
+    assert (folder / "recipe.yaml").read_text() == "name: demo\n"

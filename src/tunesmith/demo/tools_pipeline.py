@@ -169,7 +169,7 @@ def run_tools_demo(
 
     started = time.time()
     deadline = started + (budget_s if budget_s is not None else sizing.TOOLS_BUDGET_S)
-    directory = outputs.claim_dir(directory, "demo", overwrite=fresh, what="--dir")
+    directory = outputs.claim_dir(directory, "demo --task tools", overwrite=fresh, what="--dir")  # not the extract demo's folder
     outputs.record(directory, "runs/tools", "base", "data", "recipe.yaml")
     with outputs.set_aside(directory):
         report, loop, plan = _steps(directory, console, list(overrides), base, steps, deadline)
