@@ -182,6 +182,20 @@ def test_cycle_finder_reports_edges_with_their_lines() -> None:
     assert "a -> b  (a.py:3)" in describe(graph, ["a", "b"]) and "b -> a  (b.py:9)" in describe(graph, ["a", "b"])
 
 
+def test_the_library_never_imports_the_command_line() -> None:
+    """The CLI renders what the library returns; no module outside tunesmith/cli imports it (`python -m tunesmith`
+    starts it)."""
+    graph = import_graph()
+    bad = [
+        str(edge)
+        for importer, edges in graph.items()
+        if not importer.startswith("tunesmith.cli") and importer != "tunesmith.__main__"
+        for target, edge in edges.items()
+        if target == "tunesmith.cli" or target.startswith("tunesmith.cli.")
+    ]
+    assert not bad, "the library imports the command line:\n" + "\n".join(bad)
+
+
 def private_imports() -> list[str]:
     """Imports of another module's `_name`: a private module outside its own package, or a private attribute."""
     mods = module_names()
