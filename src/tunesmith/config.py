@@ -22,28 +22,13 @@ from pydantic import (
     model_validator,
 )
 
+from tunesmith import method_sections
 from tunesmith.errors import RecipeError
-from tunesmith.sections import Section, checks_environment
-from tunesmith.train import methods
+from tunesmith.eval.graders import load_graders
+from tunesmith.preflight import environment, preflight
+from tunesmith.sections import DataPath, Section, absolute, base_dir
 
 DEFAULT_BASE = "smollm2-135m-instruct"
-
-
-def _resolve_path(value: str | None, info: ValidationInfo) -> str | None:
-    """Resolve a data path against the recipe's folder and check that it exists."""
-    if value is None:
-        return None
-    base = Path((info.context or {}).get("base_dir", "."))
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        path = (base / path).resolve()
-    if checks_environment(info) and not path.exists():
-        raise ValueError(f"file not found: {path}")
-    return str(path)
-
-
-DataPath = Annotated[str, AfterValidator(_resolve_path)]
-"""A data file path, resolved against the recipe's folder; a missing file is a field error."""
 
 
 class ModelSection(Section):
@@ -154,16 +139,6 @@ class AdapterSection(Section):
         None, description="prompt_tuning: initialise the soft prompt from this text's token embeddings; empty = random init."
     )
 
-    @model_validator(mode="after")
-    def _qlora_needs_bitsandbytes(self, info: ValidationInfo) -> AdapterSection:
-        # QLoRA here always means a 4-bit NF4 base with double quantization; it cannot run without bitsandbytes.
-        if self.type == "qlora" and checks_environment(info):
-            import importlib.util
-
-            if importlib.util.find_spec("bitsandbytes") is None:
-                raise ValueError("type qlora needs bitsandbytes (pip install 'tunesmith[qlora]'); or use type: lora")
-        return self
-
 
 class TrainingSection(Section):
     epochs: float = Field(1.0, gt=0, description="Passes over the training set (ignored when max_steps > 0).")
@@ -218,15 +193,7 @@ class TrainingSection(Section):
 
     @field_validator("report_to", mode="after")
     @classmethod
-    def _trackers_installed(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        import importlib.util
-
-        if not checks_environment(info):
-            return list(dict.fromkeys(value))
-        modules = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
-        missing = [name for name in value if importlib.util.find_spec(modules[name]) is None]
-        if missing:
-            raise ValueError(f"{', '.join(missing)} not installed: pip install 'tunesmith[tracking]'")
+    def _trackers_once(cls, value: list[str]) -> list[str]:
         return list(dict.fromkeys(value))
 
 
@@ -318,12 +285,9 @@ class EvalSection(Section):
 
     @field_validator("graders")
     @classmethod
-    def _graders_load(cls, value: list[dict[str, Any]] | str, info: ValidationInfo) -> list[dict[str, Any]] | str:
-        from tunesmith.eval.graders import load_graders
-
-        if isinstance(value, str) and not checks_environment(info):
+    def _graders_load(cls, value: list[dict[str, Any]] | str) -> list[dict[str, Any]] | str:
+        if isinstance(value, str):  # a file: read by preflight
             return value
-        # A file is read once here, so run.yaml carries the definitions and the run works after the file moved.
         return [g.model_dump(mode="json", exclude_none=True) for g in load_graders(value)]
 
 
@@ -492,8 +456,8 @@ class MonitorSection(Section):
 
 
 def _known_method(name: str) -> str:
-    if name not in methods.names():
-        raise ValueError(f"unknown method `{name}`: one of {', '.join(methods.names())}")
+    if name not in method_sections.names():
+        raise ValueError(f"unknown method `{name}`: one of {', '.join(method_sections.names())}")
     return name
 
 
@@ -503,8 +467,8 @@ class RecipeCore(Section):
     name: str = Field("run", description="A name for this run (shown in reports).")
     method: Annotated[str, AfterValidator(_known_method)] = Field(
         "sft",
-        description="Training method: " + "; ".join(f"{m.name} ({m.help})" for m in methods.registered()) + ".",
-        json_schema_extra=lambda schema: schema.update(enum=list(methods.names())),
+        description="Training method: " + "; ".join(f"{m.name} ({m.help})" for m in method_sections.declared()) + ".",
+        json_schema_extra=lambda schema: schema.update(enum=list(method_sections.names())),
     )
     model: ModelSection = Field(default_factory=ModelSection, description="The base model.")
     data: DataSection = Field(..., description="Training and eval data.")
@@ -550,9 +514,7 @@ class RecipeCore(Section):
     @field_validator("output_dir", mode="after")
     @classmethod
     def _output_abs(cls, value: str, info: ValidationInfo) -> str:
-        base = Path((info.context or {}).get("base_dir", "."))
-        path = Path(value).expanduser()
-        return str(path if path.is_absolute() else (base / path).resolve())
+        return absolute(value, base_dir(info))
 
     @field_validator("training", mode="after")
     @classmethod
@@ -568,19 +530,19 @@ class RecipeCore(Section):
 
 
 def _with_method_sections(core: type[RecipeCore]) -> type[RecipeCore]:
-    """The Recipe: the shared sections, then one section per registered method that has settings, named after the
-    method (`dpo:`, `grpo:`, `distill:`), with the method's cross-field rules as validators."""
+    """The Recipe: the shared sections, then one section per declared method that has settings, named after the
+    method (`dpo:`, `grpo:`, `distill:`), with the method's cross-field rules as validators (method_sections.py)."""
     fields: dict[str, Any] = {
         m.name: (
             m.section,
             Field(default_factory=m.section, validate_default=True, description=f"{m.name} settings (method: {m.name})."),
         )
-        for m in methods.registered()
+        for m in method_sections.declared()
         if m.section is not None
     }
     rules: dict[str, Callable[..., Any]] = {
         f"_{m.name}_{field}": field_validator(field, mode="after")(staticmethod(rule))
-        for m in methods.registered()
+        for m in method_sections.declared()
         for field, rule in m.rules.items()
     }
     return create_model("Recipe", __base__=core, __module__=__name__, __doc__=core.__doc__, __validators__=rules, **fields)
@@ -613,15 +575,20 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def recipe_from_dict(data: dict[str, Any], base_dir: Path, source: str | None = None, check_files: bool = True) -> Recipe:
-    """Validate a dict into a Recipe; every problem is reported at once as a RecipeError.
+    """Validate a dict into a Recipe, then preflight it (tunesmith.preflight: files exist, needed packages are
+    installed, a graders file is read); every problem of a step is reported at once as a RecipeError.
 
     check_files=False validates the schema only (no file existence, importability or installed extras).
     """
     try:
-        return Recipe.model_validate(data, context={"base_dir": str(base_dir), "check_files": check_files})
+        recipe = Recipe.model_validate(data, context={"base_dir": str(base_dir)})
     except ValidationError as exc:
         problems = [(_format_loc(e["loc"]), e["msg"].removeprefix("Value error, ")) for e in exc.errors()]
+        if check_files:  # the missing files and packages too, so one attempt lists everything to fix
+            listed = {where for where, _ in problems}
+            problems += [p for p in environment(Recipe, data, base_dir) if p[0] not in listed]
         raise RecipeError(problems, source=source) from None
+    return preflight(recipe, base_dir, source) if check_files else recipe
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None, check_files: bool = True) -> Recipe:

@@ -11,8 +11,8 @@ import pytest
 from helpers import chat_rows, write_jsonl
 from tunesmith.config import load_recipe
 from tunesmith.eval import metrics
+from tunesmith.method_sections import RewardSpec
 from tunesmith.train import rewards
-from tunesmith.train.grpo import RewardSpec
 from tunesmith.train.reward_watch import EVENT, RewardWatch
 
 TEXTS = [

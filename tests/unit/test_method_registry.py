@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tunesmith import method_sections
 from tunesmith.config import Recipe, load_recipe, recipe_from_dict
 from tunesmith.records import MethodDetails, read_manifest, write_manifest
 from tunesmith.sections import Section
@@ -31,9 +32,12 @@ def test_the_registry_holds_the_five_methods_and_each_declares_every_part():
         assert m.details is None or issubclass(m.details, MethodDetails)
         trained = type(m)  # a method trains itself, or says which method trains it (distill sequence: SFT)
         assert trained.datasets is not Method.datasets and trained.trainer is not Method.trainer, m.name
-        for field in m.rules:  # each rule guards a field the Recipe has
+        # what the recipe knows of it (section, rules, preflight) is declared below the Recipe, in method_sections
+        assert m.declaration() is method_sections.get(m.name) and m.section is m.declaration().section, m.name
+        for field in m.declaration().rules:  # each rule guards a field the Recipe has
             assert field in Recipe.model_fields, (m.name, field)
-    # The recipe takes its method names and method sections from the registry.
+    assert method_sections.names() == BUILT_IN
+    # The recipe takes its method names and method sections from the declarations the registry's methods carry.
     sections = {m.name: m.section for m in methods.registered() if m.section is not None}
     assert set(sections) == {"dpo", "grpo", "distill", "reward"}
     for name, section in sections.items():
@@ -84,7 +88,9 @@ def toy(monkeypatch):
     method = Toy()
     monkeypatch.setattr(methods, "_METHODS", dict(methods._METHODS))  # the registry as it was after this test
     monkeypatch.setattr(records, "_DETAILS", dict(records._DETAILS))
+    monkeypatch.setattr(method_sections, "_DECLARED", dict(method_sections._DECLARED))
     methods.register(method)
+    assert "toy" in method_sections.names()  # a method registered later is a recipe's `method` too
     return method
 
 

@@ -3,8 +3,8 @@
 import pytest
 
 from tunesmith.errors import RecipeError
+from tunesmith.method_sections import RewardSpec
 from tunesmith.train import rewards
-from tunesmith.train.grpo import RewardSpec
 
 
 def chat(text):

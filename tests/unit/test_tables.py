@@ -66,12 +66,22 @@ def ladder_report() -> LadderReport:
 
 
 def test_the_ladder_table_is_whole_at_80_columns() -> None:
-    from tunesmith.cli.ladder import ladder_table
+    from tunesmith.eval.ladder_table import ladder_table
 
     text = render(ladder_table(ladder_report()))
     assert_readable(text, 80, "0.100", "0.920", "0.613", "1234", "2345", "156", "0.0123", "exact_match")
     for label in (SPECS[n].label for n in ("base", "base_few_shot", "base_rag", "tuned")):
         assert all(word in text for word in label.split())
+
+
+def test_the_ladder_summary_the_cli_and_the_demo_print(tmp_path) -> None:
+    """The library's ladder for a terminal: the table, then the recommendation and the report's files."""
+    from tunesmith.eval.ladder_table import ladder_summary
+
+    report = ladder_report()
+    text = render(ladder_summary(report, tmp_path))
+    assert "exact_match" in text and "recommendation: " + report.recommendation.sentence[:20] in text
+    assert f"report: {tmp_path / 'ladder.html'}" in text.replace("\n", "")
 
 
 def test_the_eval_table_is_whole_at_80_columns() -> None:

@@ -74,7 +74,7 @@ def test_the_grpo_rewards_are_the_registry_metrics(family, text):
     """Each tool reward gives what the registry metric gives eval, on TRL's completion ids decoded with their special
     tokens: Mistral's [TOOL_CALLS] and Phi's <|tool_call|> are special tokens TRL's text drops."""
     from tunesmith import families
-    from tunesmith.train.grpo import RewardSpec
+    from tunesmith.method_sections import RewardSpec
     from tunesmith.train.rewards import completion_text, make_tool_reward
 
     tok = family_tokenizer(family)

@@ -196,3 +196,15 @@ def glaive_messages(obj: dict[str, Any]) -> list[dict[str, Any]]:
     if not messages:
         raise _error("missing_messages_list", "`chat` holds no USER: / ASSISTANT: turns")
     return answer_results(messages)
+
+
+_TOOL_KEYS = ("tool_calls", "tool_call_id", "name")  # what a message keeps besides role and content: its calls
+
+
+def as_conversation(prompt: Any) -> list[dict[str, Any]]:
+    """A prompt as messages, each with its role, its text ("" for none) and its tool calls or call id when it has
+    them (training's preference and prompt rows keep the same); a string becomes one user turn (TRL passes text
+    prompts for non-chat data)."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [{"role": m["role"], "content": m.get("content") or "", **{k: m[k] for k in _TOOL_KEYS if m.get(k)}} for m in prompt]

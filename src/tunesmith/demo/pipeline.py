@@ -144,9 +144,9 @@ def _demo_steps(directory: Path, console: Any, steps: int | None, deadline: floa
     from rich.progress import Progress
 
     from tunesmith.chat import ChatSession
-    from tunesmith.cli.ladder import print_ladder
     from tunesmith.config import load_recipe
     from tunesmith.eval.ladder import default_out, ladder
+    from tunesmith.eval.ladder_table import ladder_summary
     from tunesmith.export.merge import merge
     from tunesmith.models import pull
     from tunesmith.train.entry import run as train_run
@@ -176,7 +176,7 @@ def _demo_steps(directory: Path, console: Any, steps: int | None, deadline: floa
     console.rule("[bold]4/5 the ladder: prompt, few-shot, RAG, tuned, tuned + RAG on the same held-out prompts")
     with Progress(console=console, transient=True) as progress, timing.part("ladder"):
         report, folder = ladder(recipe, default_out(recipe), progress=progress, stop_early=plan.stop_early)
-    print_ladder(report, folder)
+    console.print(ladder_summary(report, folder))
 
     console.rule("[bold]5/5 merge and chat")
     merged = merge(run, directory / "merged")

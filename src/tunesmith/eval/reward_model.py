@@ -21,6 +21,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from tunesmith.data.tool_shapes import as_conversation
 from tunesmith.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -37,18 +38,6 @@ def encode(tokenizer: Any, prompt: Conversation, answer: str | Conversation, too
 
     turns = [{"role": "assistant", "content": answer}] if isinstance(answer, str) else list(answer)
     return list(tokenize_example(tokenizer, [*prompt, *turns], tools=tools).input_ids)
-
-
-_TOOL_KEYS = ("tool_calls", "tool_call_id", "name")  # what a message keeps besides role and content: its calls
-
-
-def as_conversation(prompt: Any) -> Conversation:
-    """A prompt as messages, each with its role, its text ("" for none) and its tool calls or call id when it has
-    them (training's preference and prompt rows keep the same); a string becomes one user turn (TRL passes text
-    prompts for non-chat data)."""
-    if isinstance(prompt, str):
-        return [{"role": "user", "content": prompt}]
-    return [{"role": m["role"], "content": m.get("content") or "", **{k: m[k] for k in _TOOL_KEYS if m.get(k)}} for m in prompt]
 
 
 def as_answer(answer: str | Conversation, tools: list[Any] | None, style: str | None) -> str | Conversation:

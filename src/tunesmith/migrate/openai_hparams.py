@@ -18,11 +18,10 @@ from typing import Any
 
 from tunesmith.config import TrainingSection
 from tunesmith.errors import DataError
+from tunesmith.method_sections import DPOSection, GRPOSection
 from tunesmith.migrate.openai_job import Job
 from tunesmith.migrate.report import Mapped, Unmapped
 from tunesmith.project import LORA_LR
-from tunesmith.train.dpo import DPOSection
-from tunesmith.train.grpo import GRPOSection
 
 LR_MIN, LR_MAX = 1e-5, 1e-3
 MICRO_BATCH = TrainingSection.model_fields["batch_size"].default  # tunesmith's default micro-batch (4)

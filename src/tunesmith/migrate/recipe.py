@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import commented_yaml, recipe_from_dict
+from tunesmith.method_sections import DPOSection, GRPOSection
 from tunesmith.migrate.openai_hparams import HyperMapping
 from tunesmith.migrate.openai_job import Job
 from tunesmith.migrate.report import ImportReport
-from tunesmith.train.dpo import DPOSection
-from tunesmith.train.grpo import GRPOSection
 
 _KEY = re.compile(r"^( *)([A-Za-z_]\w*):")
 

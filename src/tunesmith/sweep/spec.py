@@ -122,5 +122,5 @@ def best_recipe_text(spec: SweepSpec, point: dict[str, Any], header: str) -> str
     default written out) so it trains from wherever it is saved; its name and output_dir are the recipe's own."""
     from tunesmith.config import load_recipe
 
-    recipe = load_recipe(spec.recipe, overrides(spec, point), check_files=False)
+    recipe = load_recipe(spec.recipe, overrides(spec, point))  # preflight makes custom rewards, teachers absolute
     return header + yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

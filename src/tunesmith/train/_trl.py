@@ -10,12 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tunesmith.config import AdapterSection, Recipe
+    from tunesmith.method_sections import DistillSection, DPOSection, GRPOSection, RewardSection
     from tunesmith.records import Speed
-    from tunesmith.train.distill import DistillSection
-    from tunesmith.train.dpo import DPOSection
-    from tunesmith.train.grpo import GRPOSection
     from tunesmith.train.method import Parts
-    from tunesmith.train.reward import RewardSection
 
 
 def build_peft_config(

@@ -13,14 +13,15 @@ from __future__ import annotations
 import gc
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import Field, ValidationInfo
+from pydantic import Field
 
+from tunesmith import method_sections
+from tunesmith.method_sections import DistillSection
 from tunesmith.records import MethodDetails, Record, Tokens, read_record, write_record
-from tunesmith.sections import Section
 from tunesmith.train import _trl
-from tunesmith.train.method import Datasets, Method, Parts, chosen
+from tunesmith.train.method import Datasets, Method, Parts
 from tunesmith.train.sft import METHOD as SFT
 
 if TYPE_CHECKING:
@@ -30,27 +31,6 @@ if TYPE_CHECKING:
     from tunesmith.run import Run
 
 GENERATED = "distill"  # the run's sub-folder holding the teacher's answers (sequence mode)
-
-
-class DistillSection(Section):
-    teacher: str | None = Field(
-        None, description="Teacher: a base model spec (like model.base) or a finished tunesmith run folder."
-    )
-    mode: Literal["sequence", "logits"] = Field(
-        "sequence",
-        description="sequence = the teacher writes answers, saved and audited as a dataset, and the student is SFT-trained on them; "
-        "logits = the student matches the teacher's next-token distributions (needs the same tokenizer).",
-    )
-    max_new_tokens: int = Field(128, ge=1, description="Teacher's generation budget per prompt (sequence mode).")
-    batch_size: int = Field(8, ge=1, description="Prompts the teacher generates together (sequence mode).")
-    beta: float = Field(0.5, ge=0, le=1, description="logits: generalised JSD interpolation (0 = forward KL, 1 = reverse KL).")
-    temperature: float = Field(1.0, gt=0, description="logits: softmax temperature of both distributions.")
-    lmbda: float = Field(
-        0.0,
-        ge=0,
-        le=1,
-        description="logits: fraction of steps trained on student-generated answers (on-policy); 0 = the data's answers.",
-    )
 
 
 class TeacherFile(Record):
@@ -84,18 +64,6 @@ class DistillDetails(MethodDetails):
     beta: float | None = None  # logits: GKD's settings
     temperature: float | None = None
     lmbda: float | None = None
-
-
-def _teacher(value: DistillSection, info: ValidationInfo) -> DistillSection:
-    """A distill recipe names its teacher; a relative folder is resolved next to the recipe."""
-    if not chosen(info, "distill"):
-        return value
-    if not value.teacher:
-        raise ValueError("method distill needs `teacher` (a base model spec or a tunesmith run folder)")
-    local = Path((info.context or {}).get("base_dir", ".")) / Path(value.teacher).expanduser()
-    if not Path(value.teacher).is_absolute() and local.exists():
-        value.teacher = str(local.resolve())
-    return value
 
 
 def load_teacher(spec: str, dtype: str = "auto") -> tuple[Any, Any, str]:
@@ -185,10 +153,7 @@ def logit_rows(recipe: Recipe, tokenizer: Any, examples: list[Any]) -> tuple[lis
 
 
 class Distill(Method[DistillSection]):
-    name = "distill"
-    help = "a teacher model writes the answers (sequence) or scores every token (logits)"
-    section = DistillSection
-    rules = {"distill": _teacher}
+    declared = method_sections.get("distill")
     details = DistillDetails
     row_shape = "a prompt (sequence: the teacher answers it) or a demonstration (logits)"
     measured_as = "the rendered conversation"

@@ -6,37 +6,23 @@ second copy of the model is loaded; a full fine-tune precomputes the reference l
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import Field, ValidationInfo
+from pydantic import Field
 
-from tunesmith.data.formats import detect_shape, read_records, to_preference
+from tunesmith import method_sections
+from tunesmith.data.formats import detect_shape, to_preference
 from tunesmith.data.lengths import Fit, fit_pair
 from tunesmith.data.tool_shapes import row_tools
+from tunesmith.method_sections import PAIR_SHAPES, DPOSection
 from tunesmith.records import MethodDetails, Tokens
-from tunesmith.sections import Section, checks_environment
 from tunesmith.train import _trl
-from tunesmith.train.method import Datasets, Method, Parts, chosen
+from tunesmith.train.method import Datasets, Method, Parts
 from tunesmith.train.rows import apply_length_policy, pair_tools, preference_row, prompt_split, recipe_rows
 
 if TYPE_CHECKING:
-    from tunesmith.config import DataSection, Recipe
+    from tunesmith.config import Recipe
     from tunesmith.data.formats import Example
-
-PAIR_SHAPES = ("preference", "openai_dpo")
-
-
-class DPOSection(Section):
-    beta: float = Field(
-        0.1, gt=0, description="DPO temperature: how far the tuned model may move from the reference (higher = stay closer)."
-    )
-    loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero", "apo_down"] = Field(
-        "sigmoid", description="DPO loss: sigmoid (the original), ipo, hinge, robust (noisy labels), ... (TRL's names)."
-    )
-    label_smoothing: float = Field(
-        0.0, ge=0, lt=0.5, description="Assumed fraction of flipped preference labels (sigmoid/robust losses)."
-    )
 
 
 class DPODetails(MethodDetails):
@@ -46,31 +32,8 @@ class DPODetails(MethodDetails):
     final_eval: dict[str, float] = Field(default_factory=dict, description="TRL's eval rewards/* and logps/* figures.")
 
 
-def needs_pairs(method: str) -> Any:
-    """The rule of a method that trains on preference pairs: its recipe's training files hold pairs (checked on
-    each file's first row)."""
-
-    def rule(value: DataSection, info: ValidationInfo) -> DataSection:
-        if not (chosen(info, method) and checks_environment(info)):
-            return value
-        for path in value.train:
-            first = next((r.obj for r in read_records(path) if isinstance(r.obj, dict)), None)
-            if first is None or detect_shape(first) not in PAIR_SHAPES:
-                shape = detect_shape(first) if first is not None else "no rows"
-                raise ValueError(
-                    f"method {method} needs preference pairs (prompt/chosen/rejected or input/preferred_output/"
-                    f"non_preferred_output); {Path(path).name} holds `{shape}` rows"
-                )
-        return value
-
-    return rule
-
-
 class DPO(Method[DPOSection]):
-    name = "dpo"
-    help = "preference pairs: the model learns to prefer each chosen answer over its rejected one"
-    section = DPOSection
-    rules = {"data": needs_pairs("dpo")}
+    declared = method_sections.get("dpo")
     details = DPODetails
     row_shape = "prompt + chosen + rejected (or input + preferred_output + non_preferred_output)"
     measured_as = "prompt + the longer of chosen/rejected"

@@ -7,112 +7,25 @@ TRL logs `reward`, `reward_std` and `rewards/<name>/mean|std` per step; MetricsL
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import re
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import Field, ValidationInfo, model_validator
+from pydantic import Field
 
+from tunesmith import method_sections
 from tunesmith.data.formats import to_prompt_only
 from tunesmith.data.lengths import Fit, fit_prompt
 from tunesmith.data.template import prompt_as_text
 from tunesmith.data.tool_shapes import row_tools
+from tunesmith.method_sections import GRPOSection, RewardSpec
 from tunesmith.records import MethodDetails, Tokens
-from tunesmith.sections import Section, checks_environment
 from tunesmith.train import _trl
-from tunesmith.train.method import Datasets, Method, Parts, chosen
+from tunesmith.train.method import Datasets, Method, Parts
 from tunesmith.train.rows import PROMPT_MESSAGES, apply_length_policy, dataset_row, prompt_row, prompt_split, recipe_rows
 
 if TYPE_CHECKING:
     from tunesmith.config import Recipe
     from tunesmith.data.formats import Example
-
-
-class RewardSpec(Section):
-    """One GRPO reward. A bare string in the recipe is shorthand: `json_valid`, `run:PATH` for a reward model, or
-    `package.module:function` for custom."""
-
-    type: Literal[
-        "json_valid",
-        "json_schema_valid",
-        "exact_match",
-        "regex",
-        "length_penalty",
-        "grader",
-        "custom",
-        "reward_model",
-        "tool_call_valid",
-        "tool_name_match",
-        "tool_arguments_match",
-        "tool_arguments_valid",
-        "tool_decision",
-        "tool_trajectory_match",
-    ] = Field(
-        ...,
-        description="json_valid, json_schema_valid (json_schema), exact_match (field), regex (pattern), length_penalty "
-        "(max_chars), grader (grader), custom (function), reward_model (run), or a tool metric (tool_call_valid, "
-        "tool_name_match, tool_arguments_match, tool_arguments_valid, tool_decision, tool_trajectory_match: the row's "
-        "answer turn as its reference, docs/tools.md).",
-    )
-    weight: float = Field(1.0, description="Weight of this reward in the sum GRPO normalises per group.")
-    json_schema: dict[str, Any] | str | None = Field(
-        None, description="json_schema_valid: a JSON schema, inline or a .json file path (relative to the recipe)."
-    )
-    field: str = Field("reference", description="exact_match: the data column holding the expected answer.")
-    pattern: str | None = Field(None, description="regex: a Python regular expression the whole completion must match.")
-    max_chars: int = Field(256, ge=1, description="length_penalty: completions longer than this lose reward in proportion.")
-    function: str | None = Field(None, description="custom: `module:function` (module importable, or a .py next to the recipe).")
-    grader: str | None = Field(
-        None,
-        description="grader: the name of an eval.graders entry; each completion scores what that grader gives it, the "
-        "same definition `tunesmith eval` reports as graders.<name> (score_model / label_model ask the judge).",
-    )
-    run: str | None = Field(
-        None, description="reward_model: a finished reward run folder (method: reward), relative to the recipe."
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.startswith("run:"):
-            return {"type": "reward_model", "run": value.removeprefix("run:")}
-        if isinstance(value, str):
-            return {"type": "custom", "function": value} if ":" in value else {"type": value}
-        return value
-
-    @model_validator(mode="after")
-    def _options_present(self) -> RewardSpec:
-        if self.type == "json_schema_valid" and self.json_schema is None:
-            raise ValueError("json_schema_valid needs `json_schema` (inline or a file path)")
-        if self.type == "regex":
-            if not self.pattern:
-                raise ValueError("regex needs `pattern`")
-            try:
-                re.compile(self.pattern)
-            except re.error as exc:
-                raise ValueError(f"pattern is not a valid regular expression: {exc}") from None
-        if self.type == "grader" and not self.grader:
-            raise ValueError("grader needs `grader`: the name of an eval.graders entry")
-        if self.type == "custom" and not re.fullmatch(r"[^:]+:[A-Za-z_]\w*", self.function or ""):
-            raise ValueError("custom needs `function` as `module:function` (or `file.py:function`)")
-        if self.type == "reward_model" and not self.run:
-            raise ValueError("reward_model needs `run`: a finished reward run folder (or write `run:PATH`)")
-        return self
-
-
-class GRPOSection(Section):
-    rewards: list[RewardSpec] = Field(
-        default_factory=list, description="Reward functions, summed with their weights (method grpo needs at least one)."
-    )
-    num_generations: int = Field(4, ge=2, description="Completions sampled per prompt; rewards are normalised within each group.")
-    max_completion_length: int = Field(128, ge=1, description="Token budget of each sampled completion.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature for the completions.")
-    beta: float = Field(0.0, ge=0, description="KL penalty towards the reference (the base under the adapter); 0 = none.")
-    scale_rewards: Literal["group", "batch", "none"] = Field(
-        "group", description="Divide advantages by the reward std of the group, the batch, or not at all."
-    )
 
 
 class GRPODetails(MethodDetails):
@@ -124,64 +37,8 @@ class GRPODetails(MethodDetails):
     warnings: list[str] = Field(default_factory=list, description="Rewards GRPO could not learn from (train/reward_watch.py).")
 
 
-def _rewards(value: GRPOSection, info: ValidationInfo) -> GRPOSection:
-    """A grpo recipe has rewards and whole groups per batch; every recipe's reward schema files are inlined (run.yaml
-    stays self-contained) and its custom reward modules resolved next to the recipe."""
-    training = info.data.get("training")
-    if chosen(info, "grpo"):
-        if not value.rewards:
-            raise ValueError("method grpo needs at least one entry in `rewards` (e.g. json_valid)")
-        if training is not None and (training.batch_size * training.grad_accum) % value.num_generations:
-            # TRL groups the completions of one prompt inside one generation batch.
-            raise ValueError(
-                f"training.batch_size x grad_accum ({training.batch_size * training.grad_accum}) must be a multiple of "
-                f"num_generations ({value.num_generations}): the batch counts completions, num_generations per prompt"
-            )
-    _graders_named(value, info.data.get("eval"))
-    base = Path((info.context or {}).get("base_dir", "."))
-    for reward in value.rewards:
-        if reward.type == "reward_model" and reward.run:  # kept absolute in run.yaml, so the run finds it later
-            path = Path(reward.run).expanduser()
-            reward.run = str(path if path.is_absolute() else (base / path).resolve())
-            if checks_environment(info) and not Path(reward.run).is_dir():
-                raise ValueError(f"reward model run not found: {reward.run}")
-        if isinstance(reward.json_schema, str):
-            path = Path(reward.json_schema).expanduser()
-            path = path if path.is_absolute() else base / path
-            try:
-                reward.json_schema = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
-                raise ValueError(f"reward schema {path}: {exc}") from None
-        if reward.type == "custom" and reward.function:
-            module, _, _ = reward.function.rpartition(":")
-            local = base / (module if module.endswith(".py") else module.replace(".", "/") + ".py")
-            if local.is_file():  # a file next to the recipe: keep its absolute path so the run finds it later
-                reward.function = f"{local.resolve()}:{reward.function.rpartition(':')[2]}"
-            elif not checks_environment(info):
-                continue
-            elif not module.endswith(".py") and importlib.util.find_spec(module.split(".")[0]) is None:
-                raise ValueError(f"reward function module `{module}` is not importable and no {local.name} next to the recipe")
-            elif module.endswith(".py") and not Path(module).is_file():
-                raise ValueError(f"reward function file not found: {module}")
-    return value
-
-
-def _graders_named(value: GRPOSection, section: Any) -> None:
-    """Each `grader` reward names a grader of eval.graders (inlined by then; a file not read yet is checked later)."""
-    graders = getattr(section, "graders", None)
-    if not isinstance(graders, list):
-        return
-    names = [str(g.get("name")) for g in graders if isinstance(g, dict)]
-    for reward in value.rewards:
-        if reward.type == "grader" and reward.grader not in names:
-            raise ValueError(f"reward grader `{reward.grader}` is not in eval.graders (it has: {', '.join(names) or 'none'})")
-
-
 class GRPO(Method[GRPOSection]):
-    name = "grpo"
-    help = "prompts + reward functions: the model learns from the completions it samples"
-    section = GRPOSection
-    rules = {"grpo": _rewards}
+    declared = method_sections.get("grpo")
     details = GRPODetails
     row_shape = "a prompt (any shape with a user turn; its answer, when present, becomes the `reference` column)"
     measured_as = "prompt + grpo.max_completion_length"

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
-from pydantic import ValidationInfo
-
+from tunesmith.method_sections import Declaration
 from tunesmith.records import MethodDetails, Tokens
 from tunesmith.sections import Section
 
@@ -55,20 +54,15 @@ class Parts:
     levers: Speed
 
 
-def chosen(info: ValidationInfo, name: str) -> bool:
-    """Inside a recipe rule: whether the recipe being validated picked method `name`."""
-    return bool(info.data.get("method") == name)
-
-
 class Method(ABC, Generic[S]):
     """A training method. Class attributes declare it; the hooks below are called by train/skeleton.py."""
 
+    # What the recipe knows of it (method_sections.py: section, rules, preflight checks); a built-in method takes
+    # its name, help and section from there. A method without one declares those three itself.
+    declared: ClassVar[Declaration | None] = None
     name: ClassVar[str]
     help: ClassVar[str]  # one line: what it trains on (the recipe's `method` field documentation)
     section: ClassVar[type[Section] | None] = None  # its recipe section, named after it (`dpo:`); None: no settings
-    # Cross-field rules: recipe field -> after-validator, added to the Recipe (config.py) for every recipe; a rule
-    # checks `chosen(info, name)` itself where it applies only to recipes of this method.
-    rules: ClassVar[dict[str, Any]] = {}
     details: ClassVar[type[MethodDetails] | None] = None  # its manifest record (Manifest.details)
     row_shape: ClassVar[str]  # what a data row must carry
     measured_as: ClassVar[str]  # its length policy: what is measured against data.max_length
@@ -80,6 +74,17 @@ class Method(ABC, Generic[S]):
     liger: ClassVar[bool] = False  # Liger's kernels apply (TRL's other trainers swap in Liger's own losses)
     scores_labels: ClassVar[bool] = False  # its loss scores labelled positions through TRL's fused LM head (labelled logits)
     init_from_data: ClassVar[bool] = True  # `tunesmith init --data` can write its recipe (distill needs a teacher)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declared = cls.__dict__.get("declared")
+        if declared is not None:
+            cls.name, cls.help, cls.section = declared.name, declared.help, declared.section
+
+    def declaration(self) -> Declaration:
+        """What the recipe knows of this method: its declaration, or one made of its name, help and section."""
+        d = self.declared
+        return d if d is not None and d.name == self.name else Declaration(self.name, self.help, self.section)
 
     def settings(self, recipe: Recipe) -> S:
         """This method's section of the recipe."""

@@ -1,14 +1,16 @@
 """The method registry: every training method tunesmith knows, by name.
 
-A method is one module (train/<name>.py) that defines a `Method` (train/method.py) and adds it to BUILT_IN below;
-docs/methods.md says what it declares. The recipe's `method` field, its method sections, the data check, the
-manifest's `details` and `tunesmith train` all read this registry.
+A method is one module (train/<name>.py) that defines a `Method` (train/method.py) and adds it to BUILT_IN below,
+with its recipe section, rules and preflight checks declared in method_sections.py; docs/methods.md says what it
+declares. The data check, the manifest's `details` and `tunesmith train` read this registry; the recipe reads the
+declarations (method_sections), which `register` keeps in step.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from tunesmith import method_sections
 from tunesmith.records import register_details
 from tunesmith.train import distill, dpo, grpo, reward, sft
 from tunesmith.train.method import Method
@@ -19,6 +21,7 @@ _METHODS: dict[str, Method[Any]] = {}
 def register(method: Method[Any]) -> None:
     """Make `method` known by its name (a second registration under one name replaces the first)."""
     _METHODS[method.name] = method
+    method_sections.declare(method.declaration())
     if method.details is not None:
         register_details(method.name, method.details)
 

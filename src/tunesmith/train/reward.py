@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
+from tunesmith import method_sections
 from tunesmith.data.lengths import Fit, fit_pair
+from tunesmith.method_sections import RewardSection
 from tunesmith.records import MethodDetails, Tokens
-from tunesmith.sections import Section
 from tunesmith.train import _trl
 from tunesmith.train.dpo import METHOD as DPO
-from tunesmith.train.dpo import needs_pairs
 from tunesmith.train.method import Datasets, Method, Parts
 from tunesmith.train.rows import apply_length_policy, pair_tools, preference_row, recipe_rows
 
@@ -30,14 +30,6 @@ if TYPE_CHECKING:
 
 PAIRS = "data/eval_pairs.jsonl"
 """The held-out pairs a reward run is evaluated on, saved in the run folder (data/eval.jsonl keeps prompt + chosen)."""
-
-
-class RewardSection(Section):
-    center_rewards_coefficient: float | None = Field(
-        None,
-        ge=0,
-        description="Penalty on the mean squared reward, keeping scores centred near 0 (TRL's; e.g. 0.01). Empty: none.",
-    )
 
 
 class RewardDetails(MethodDetails):
@@ -53,10 +45,7 @@ def _pair_rows(recipe: Recipe) -> tuple[list[dict[str, Any]], list[dict[str, Any
 
 
 class Reward(Method[RewardSection]):
-    name = "reward"
-    help = "preference pairs: a score head learns to rank each chosen answer above its rejected one (a reward model)"
-    section = RewardSection
-    rules = {"data": needs_pairs("reward")}
+    declared = method_sections.get("reward")
     details = RewardDetails
     # the rows, their length policy and their held-out prompts are DPO's: the same pairs, measured the same way
     row_shape, measured_as, reference = DPO.row_shape, DPO.measured_as, DPO.reference

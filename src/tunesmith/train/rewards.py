@@ -29,7 +29,7 @@ from tunesmith.eval import metrics, registry, tool_metrics
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from tunesmith.train.grpo import RewardSpec
+    from tunesmith.method_sections import RewardSpec
 
 RewardFn = Callable[..., list[float]]
 

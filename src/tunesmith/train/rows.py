@@ -21,8 +21,7 @@ from tunesmith.data.formats import (
 )
 from tunesmith.data.lengths import Fit
 from tunesmith.data.template import reference
-from tunesmith.data.tool_shapes import row_tools
-from tunesmith.eval.reward_model import as_conversation
+from tunesmith.data.tool_shapes import as_conversation, row_tools
 from tunesmith.eval.tool_metrics import reference_turn, turn_message
 from tunesmith.records import TokenCounts
 

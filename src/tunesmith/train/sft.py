@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from tunesmith import method_sections
 from tunesmith.records import TokenCounts, Tokens
 from tunesmith.sections import Section
 from tunesmith.train import _trl
@@ -46,8 +47,7 @@ def _counts(stats: TokenCounts, split: str, max_length: int) -> TokenCounts:
 
 
 class SFT(Method[Section]):
-    name = "sft"
-    help = "demonstrations: the model learns to write each row's answers"
+    declared = method_sections.get("sft")
     row_shape = "a conversation with at least one assistant answer (messages, prompt/completion, instruction/output, ...)"
     measured_as = "the rendered conversation"
     reference = "the last assistant turn of each held-out conversation"
