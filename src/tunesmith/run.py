@@ -115,6 +115,8 @@ def load_run(path: str | Path) -> Run:
         raise RunError(f"{recipe_file} does not hold a recipe")
     # Schema only: a finished run must load after its data moved or on a machine without the training extras.
     recipe = recipe_from_dict(data, run_dir, source=str(recipe_file), check_files=False)
+    from tunesmith.train import methods  # noqa: F401  # registers each method's details record, which the manifest holds
+
     return Run(run_dir, recipe, read_manifest(manifest_file))
 
 

@@ -121,6 +121,10 @@ def best_recipe_text(spec: SweepSpec, point: dict[str, Any], header: str) -> str
     """The recipe with the winning point's values (and the sweep's --set) applied, resolved (absolute paths, every
     default written out) so it trains from wherever it is saved; its name and output_dir are the recipe's own."""
     from tunesmith.config import load_recipe
+    from tunesmith.errors import RecipeError
 
-    recipe = load_recipe(spec.recipe, overrides(spec, point))  # preflight makes custom rewards, teachers absolute
+    try:  # preflight also makes custom rewards and teachers absolute
+        recipe = load_recipe(spec.recipe, overrides(spec, point))
+    except RecipeError:  # its data moved since the trials trained: the report is still written, paths as given
+        recipe = load_recipe(spec.recipe, overrides(spec, point), check_files=False)
     return header + yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

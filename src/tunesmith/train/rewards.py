@@ -54,6 +54,19 @@ def json_valid(prompts: list[Any], completions: list[Any], **_: Any) -> list[flo
     return [float(valid(completion_text(c), "") or 0.0) for c in completions]
 
 
+def _schema(value: dict[str, Any] | str | None) -> dict[str, Any]:
+    """A reward's JSON schema: inline, as preflight leaves it, or still the file a schema-only load points at."""
+    if isinstance(value, str):
+        from tunesmith.errors import RecipeError
+
+        try:
+            loaded: dict[str, Any] = json.loads(Path(value).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RecipeError([("grpo", f"reward schema {value}: {exc}")]) from exc
+        return loaded
+    return value or {}
+
+
 def make_json_schema_valid(schema: dict[str, Any]) -> RewardFn:
     """1.0 when the completion is JSON that validates against `schema`, else 0.0."""
     import jsonschema
@@ -262,7 +275,7 @@ def build(
         elif spec.type == "json_valid":
             out.append(json_valid)
         elif spec.type == "json_schema_valid":
-            out.append(make_json_schema_valid(spec.json_schema))  # type: ignore[arg-type]  # inlined by the recipe
+            out.append(make_json_schema_valid(_schema(spec.json_schema)))
         elif spec.type == "exact_match":
             out.append(make_exact_match(spec.field))
         elif spec.type == "regex":
