@@ -233,6 +233,15 @@ def _graders_named(value: GRPOSection, graders: list[dict[str, Any]]) -> None:
             raise ValueError(f"reward grader `{reward.grader}` is not in eval.graders (it has: {', '.join(names) or 'none'})")
 
 
+def schema_file(path: str) -> dict[str, Any]:
+    """A json_schema_valid reward's schema read from its file; ValueError naming the file and what is wrong."""
+    try:
+        loaded: dict[str, Any] = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"reward schema {path}: {exc}") from exc
+    return loaded
+
+
 def _rewards_found(recipe: Recipe, base: Path) -> list[Problem]:
     """Every recipe's rewards: the reward runs exist, schema files are inlined (run.yaml stays self-contained),
     custom reward modules import or lie next to the recipe (kept as absolute paths, so the run finds them later)."""
@@ -248,9 +257,9 @@ def _rewards_found(recipe: Recipe, base: Path) -> list[Problem]:
             problems.append(("grpo", f"reward model run not found: {reward.run}"))
         if isinstance(reward.json_schema, str):
             try:
-                reward.json_schema = json.loads(Path(reward.json_schema).read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
-                problems.append(("grpo", f"reward schema {reward.json_schema}: {exc}"))
+                reward.json_schema = schema_file(reward.json_schema)
+            except ValueError as exc:
+                problems.append(("grpo", str(exc)))
         if reward.type == "custom" and reward.function:
             problem = _custom_found(reward, base)
             if problem:

@@ -93,14 +93,19 @@ class DemoPlan(_Budgeted):
         )
 
 
+def generation_seconds(requests: int, tokens: int, params: int, fp32_gflops: float) -> float:
+    """Seconds to answer `requests` requests of `tokens` prompt + completion tokens each: 2N FLOPs per token at
+    GENERATION_EFFICIENCY of the fp32 rate (every CPU generates in fp32)."""
+    return requests * tokens * 2 * params / (fp32_gflops * 1e9 * GENERATION_EFFICIENCY)
+
+
 def ladder_seconds(rungs: tuple[str, ...], prompts: int, stop_early: bool, params: int, fp32_gflops: float) -> float:
-    """Generation seconds of the ladder: (prompt + completion tokens) x 2N FLOPs per request at the fp32 rate. With
-    stop_early, tuned + RAG answers every prompt and the others PROBE_ROWS (they miss the demo's gates)."""
-    rate = fp32_gflops * 1e9 * GENERATION_EFFICIENCY
+    """Generation seconds of the ladder. With stop_early, tuned + RAG answers every prompt and the others PROBE_ROWS
+    (they miss the demo's gates)."""
     total = 0.0
     for rung in rungs:
         n = prompts if not stop_early or rung == "tuned_rag" else min(prompts, PROBE_ROWS)
-        total += n * (PROMPT_TOKENS.get(rung, 200) + COMPLETION_TOKENS) * 2 * params / rate
+        total += generation_seconds(n, PROMPT_TOKENS.get(rung, 200) + COMPLETION_TOKENS, params, fp32_gflops)
     return total
 
 
@@ -253,9 +258,9 @@ class ToolsPlan(_Budgeted):
 def size_tools(m: Machine, budget_s: float, prompts: int, steps: int | None = None, full: int = STEPS) -> ToolsPlan:
     """The most training steps (up to `full`, down to TOOLS_MIN_STEPS) that fit `budget_s` after the held-out
     comparison and the served loop; `steps` given: kept as is."""
-    rate = m.fp32_gflops * 1e9 * GENERATION_EFFICIENCY
-    eval_s = 2 * prompts * (TOOLS_PROMPT_TOKENS + TOOLS_COMPLETION_TOKENS) * 2 * m.params / rate
-    other = TOOLS_FIXED_S + 2 * (TOOLS_PROMPT_TOKENS + TOOLS_COMPLETION_TOKENS) * 2 * m.params / rate
+    request = TOOLS_PROMPT_TOKENS + TOOLS_COMPLETION_TOKENS
+    eval_s = generation_seconds(2 * prompts, request, m.params, m.fp32_gflops)  # base and tuned
+    other = TOOLS_FIXED_S + generation_seconds(2, request, m.params, m.fp32_gflops)  # the served loop's two requests
     if steps is None:
         room = budget_s - eval_s - other
         steps = max(TOOLS_MIN_STEPS, min(full, int(room // m.step_s) if m.step_s > 0 else full))

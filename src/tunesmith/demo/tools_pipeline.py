@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.atomic import write_text_atomic
-from tunesmith.config import AdapterSection, EvalSection, TrainingSection, commented_yaml
+from tunesmith.config import AdapterSection, EvalSection, SpeedSection, TrainingSection, commented_yaml
 from tunesmith.demo import sizing, tools_task
 from tunesmith.errors import TunesmithError
 
@@ -28,7 +28,7 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "training": {"max_steps": 60, "batch_size": 4, "learning_rate": 1e-3, "logging_steps": 5, "save_steps": 60},
     "eval": {"max_new_tokens": 64, "batch_size": 24, "gates": {"tool_arguments_match": 0.8}},
     # Every row opens with the same ~345 tokens (system prompt and tool list) and adds ~85 of its own: a pass of the
-    # whole batch runs that prefix once (speed.shared_prefix). On the AVX2-capped EPYC (fp32) a step took 3.8 s so,
+    # whole batch runs that prefix once (speed.shared_prefix). On the AVX2-capped EPYC (fp32) a step took 3.8 s,
     # 5.5 s in the default's 2-row passes and 9.5 s one row at a time, at 3.2 GB peak either way (docs/benchmarks.md).
     "speed": {"micro_batch_tokens": 512},
 }
@@ -61,9 +61,9 @@ def recipe_values(base: str) -> dict[str, Any]:
     """The demo recipe as plain values: every default, the demo's overrides on top."""
     values: dict[str, Any] = {"name": "tools", "method": "sft", "model": {"base": base}}
     values["data"] = {"train": ["data/train.jsonl"], "eval": "data/eval.jsonl", "max_length": 640, "overlong": "drop"}
-    for name, section in (("adapter", AdapterSection), ("training", TrainingSection), ("eval", EvalSection)):
+    sections = (("adapter", AdapterSection), ("training", TrainingSection), ("eval", EvalSection), ("speed", SpeedSection))
+    for name, section in sections:
         values[name] = {**section().model_dump(), **OVERRIDES[name]}
-    values["speed"] = dict(OVERRIDES["speed"])
     values["output_dir"] = "runs/tools"
     return values
 

@@ -58,12 +58,12 @@ def _schema(value: dict[str, Any] | str | None) -> dict[str, Any]:
     """A reward's JSON schema: inline, as preflight leaves it, or still the file a schema-only load points at."""
     if isinstance(value, str):
         from tunesmith.errors import RecipeError
+        from tunesmith.method_sections import schema_file
 
         try:
-            loaded: dict[str, Any] = json.loads(Path(value).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RecipeError([("grpo", f"reward schema {value}: {exc}")]) from exc
-        return loaded
+            return schema_file(value)
+        except ValueError as exc:
+            raise RecipeError([("grpo", str(exc))]) from exc
     return value or {}
 
 
