@@ -71,8 +71,8 @@ def main() -> None:
     print(f"  one at a time: {n_s} tokens in {t_s:.1f} s = {n_s / t_s:.1f} tok/s")
     print(f"  speed-up {n_b / t_b / (n_s / t_s):.2f}x; identical greedy outputs {same}/{len(convs)}")
     if ns.run:
-        from tunesmith.eval.compare import evaluate
         from tunesmith.run import load_run
+        from tunesmith.train.methods import evaluate
 
         started = time.perf_counter()
         evaluate(load_run(ns.run))

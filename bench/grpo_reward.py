@@ -29,9 +29,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from tunesmith.config import recipe_from_dict
-    from tunesmith.eval.compare import evaluate
     from tunesmith.run import read_metrics
     from tunesmith.train.entry import run
+    from tunesmith.train.methods import evaluate
 
     rows = [json.loads(line) for line in (DEMO / "train.jsonl").read_text(encoding="utf-8").splitlines()]
     held = [json.loads(line) for line in (DEMO / "eval.jsonl").read_text(encoding="utf-8").splitlines()]

@@ -164,13 +164,13 @@ def run_bench(work: Path, ns: argparse.Namespace) -> None:
     from serve_helpers import free_port, live_server
 
     from tunesmith.config import load_recipe
-    from tunesmith.eval.compare import evaluate
     from tunesmith.monitor import rollout as ro
     from tunesmith.monitor.feedback import export
     from tunesmith.monitor.loop import LoopOptions, run_cycle
-    from tunesmith.run import held_out_examples, load_run
+    from tunesmith.run import load_run
     from tunesmith.serve.server import ServeOptions, prepare, serve_dir
     from tunesmith.train.entry import run as train_run
+    from tunesmith.train.methods import evaluate, held_out_examples
 
     base = "smollm2-135m-instruct"
     if ns.tiny:

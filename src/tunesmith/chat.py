@@ -27,7 +27,7 @@ class ChatSession:
         loaded = load_target(target)
         run = loaded.run
         if run is not None and system is None:
-            from tunesmith.run import held_out_examples
+            from tunesmith.train.methods import held_out_examples
 
             # The run was trained with its data's system prompt; answering without it is a different task.
             # Read from the run folder's own held-out rows, so chat works after the data moved.

@@ -124,10 +124,11 @@ def write_user_project(
     train = [str(Path(p).resolve()) for p in data]
     evals = [str(Path(eval_file).resolve())] if eval_file else []
     rows = load_rows(train)
-    budget = methods.get(method).completion_room(None)  # the room a sampled completion needs (grpo)
-    first = audit(train, evals, tokenizer, None, "drop", method=method, completion_budget=budget, near=False)
+    chosen = methods.get(method)
+    budget = chosen.completion_room(None)  # the room a sampled completion needs (grpo)
+    first = audit(train, evals, tokenizer, None, "drop", method=chosen, completion_budget=budget, near=False)
     max_length = max_length_for(first.lengths.get("total", []))
-    report = audit(train, evals, tokenizer, max_length, "drop", method=method, completion_budget=budget)
+    report = audit(train, evals, tokenizer, max_length, "drop", method=chosen, completion_budget=budget)
     n_rows = len(rows.rows)
     fraction = eval_fraction_for(n_rows)
     n_eval = len(load_rows(evals).rows) if evals else max(1, round(n_rows * fraction))

@@ -17,14 +17,19 @@ import sys
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from tunesmith import method_details  # noqa: F401  # registers each built-in method's details record, which manifests hold
 from tunesmith.atomic import write_text_atomic
 from tunesmith.config import Recipe, recipe_from_dict
 from tunesmith.errors import RunError
 from tunesmith.records import Manifest, read_manifest
+
+if TYPE_CHECKING:
+    from tunesmith.data.formats import Example
+    from tunesmith.train.method import Method
 
 HELD_OUT = "data/eval.jsonl"  # inside the run folder
 LIBRARIES = ("tunesmith", "torch", "transformers", "peft", "trl", "datasets", "accelerate")
@@ -115,8 +120,6 @@ def load_run(path: str | Path) -> Run:
         raise RunError(f"{recipe_file} does not hold a recipe")
     # Schema only: a finished run must load after its data moved or on a machine without the training extras.
     recipe = recipe_from_dict(data, run_dir, source=str(recipe_file), check_files=False)
-    from tunesmith.train import methods  # noqa: F401  # registers each method's details record, which the manifest holds
-
     return Run(run_dir, recipe, read_manifest(manifest_file))
 
 
@@ -136,12 +139,13 @@ def read_held_out(path: Path) -> list[Any]:
     return [Example(r["id"], r["messages"], r.get("source", f"{path}:{i + 1}"), _extra(r)) for i, r in enumerate(rows)]
 
 
-def held_out_examples(run: Run) -> list[Any]:
+def held_out_examples(run: Run, method: Method[Any]) -> list[Example]:
     """THE held-out set of a run: its own data/eval.jsonl, the eval side of the split it trained on. eval, the ladder,
     checkpoint selection, retrain, serve --check and the studio all score on these rows and no others.
 
-    A run written before the copy existed is recomputed only when its recipe names an eval file (the split cannot
-    have changed); a held-out fraction it cannot reproduce exactly is refused rather than guessed.
+    A run written before the copy existed is recomputed by its `method` (the run's own, Method.eval_examples) only
+    when its recipe names an eval file (the split cannot have changed); a held-out fraction it cannot reproduce
+    exactly is refused rather than guessed. train/methods.py's `held_out_examples` finds the method by its name.
     """
     held = run.manifest.held_out
     if held is not None:
@@ -152,16 +156,7 @@ def held_out_examples(run: Run) -> list[Any]:
             "the rows it did not train on cannot be recovered exactly",
             hint="Retrain it with this version of tunesmith, or give the recipe a separate data.eval file.",
         )
-    from tunesmith.train.methods import eval_examples
-
-    return eval_examples(run.recipe)
-
-
-def describe_reference(method: str, refs: list[str]) -> str:
-    """What the expected answers are, as the method defines them (shown in every report that scores them)."""
-    from tunesmith.train.methods import get
-
-    return get(method).describe_reference(refs)
+    return method.eval_examples(run.recipe)
 
 
 def eval_sources(run: Run) -> list[str]:

@@ -13,6 +13,7 @@ from tunesmith.config import load_recipe
 from tunesmith.data import lengths
 from tunesmith.data.audit import audit, audit_recipe
 from tunesmith.errors import DataError
+from tunesmith.train import methods
 
 LONG = " ".join(f"word{i}" for i in range(120))
 
@@ -125,7 +126,7 @@ def test_grpo_counts_prompt_plus_completion_budget(tiny_recipe, tmp_path, tok, p
     if policy == "truncate":  # the end of the question survives the cut
         assert all("add 2 and" in row["prompt"][-1]["content"] for row in ds)
     # the audit of the same file with the same recipe finds the same rows over the limit
-    report = audit_recipe(recipe, tok)
+    report = audit_recipe(recipe, methods.get(recipe.method), tok)
     assert report.stats["tokens"]["n_too_long"] == t.dropped_overlong + t.truncated + e.dropped_overlong + e.truncated
 
 
@@ -152,11 +153,11 @@ def test_distill_logits_rows_fit_and_are_counted(tiny_recipe, tmp_path, tok):
 def test_data_check_measures_what_the_method_trains(tmp_path, tok):
     path = _prompts(tmp_path / "prompts.jsonl", n_long=0)
     # 12 short prompts: fine for sft-style counting, but none leaves room for a 200-token completion under 160
-    grpo = audit([str(path)], [], tok, 160, "drop", method="grpo", completion_budget=200)
+    grpo = audit([str(path)], [], tok, 160, "drop", method=methods.get("grpo"), completion_budget=200)
     assert grpo.stats["tokens"]["n_too_long"] == 12 and grpo.stats["tokens"]["method"] == "grpo"
     assert any(f.code == "no_trainable_rows" for f in grpo.findings)
     pairs = _pairs(tmp_path / "pref.jsonl")
-    dpo = audit([str(pairs)], [], tok, 96, "drop", method="dpo")
+    dpo = audit([str(pairs)], [], tok, 96, "drop", method=methods.get("dpo"))
     assert dpo.stats["tokens"]["dropped_overlong"] == 4
 
 

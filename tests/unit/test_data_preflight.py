@@ -50,7 +50,7 @@ def test_preflight_passes_clean_recipe_with_warnings_only(tiny_recipe, tiny_mode
     from tunesmith import models
 
     cfg = load_recipe(tiny_recipe())
-    report = preflight(cfg, models.load_tokenizer(str(tiny_model_dir)))
+    report = preflight(cfg, sft.METHOD, models.load_tokenizer(str(tiny_model_dir)))
     assert not report.errors and {f.code for f in report.warnings} <= {"few_examples", "exact_duplicate", "eval_overlap"}
     assert report.stats["tokens"]["max_length"] == 128
 

@@ -105,7 +105,11 @@ def test_packed_rows_that_can_attend_to_each_other(tmp_path, tiny_recipe, monkey
     from transformers import masking_utils
 
     from tunesmith.config import load_recipe
-    from tunesmith.data.audit import packing_leaks
+    from tunesmith.data.audit import packing_leaks as leaks
+    from tunesmith.train.sft import METHOD as SFT
+
+    def packing_leaks(recipe):
+        return leaks(recipe, SFT)
 
     assert packing_leaks(load_recipe(tiny_recipe())) is None  # varlen on CPU
     assert packing_leaks(load_recipe(tiny_recipe(speed={"attention": "mask"}))) is None  # transformers' per-row mask
@@ -122,9 +126,11 @@ def test_the_recipe_audit_reports_packing(tiny_recipe, monkeypatch):
     from helpers import TINY_TOKENIZER
     from tunesmith.config import load_recipe
     from tunesmith.data.audit import audit_recipe
+    from tunesmith.train.sft import METHOD as SFT
 
     monkeypatch.delattr(masking_utils, "find_packed_sequence_indices")
-    report = audit_recipe(load_recipe(tiny_recipe(speed={"attention": "mask"})), AutoTokenizer.from_pretrained(TINY_TOKENIZER))
+    recipe = load_recipe(tiny_recipe(speed={"attention": "mask"}))
+    report = audit_recipe(recipe, SFT, AutoTokenizer.from_pretrained(TINY_TOKENIZER))
     assert [f.file for f in report.findings if f.code == "packed_rows_attend"] == ["(recipe)"]
 
 

@@ -23,8 +23,8 @@ KEY = "sk-family"
 def trained(tmp_path_factory):
     """fixture name -> its finished (and evaluated) tiny run, trained once for the module."""
     from tunesmith.config import load_recipe
-    from tunesmith.eval.compare import evaluate
     from tunesmith.train.entry import run as train_run
+    from tunesmith.train.methods import evaluate
 
     runs = {}
 
@@ -41,7 +41,7 @@ def trained(tmp_path_factory):
 def _training_prefix(run, tokenizer):
     """The text training put before the first held-out row's answer (data.template.render_turns), and its ids."""
     from tunesmith.data.template import render_turns
-    from tunesmith.run import held_out_examples
+    from tunesmith.train.methods import held_out_examples
 
     rendered = render_turns(tokenizer, held_out_examples(run)[0].messages, policy=run.recipe.data.reasoning)
     text = rendered.text[: rendered.split_at]
@@ -59,6 +59,7 @@ def test_family_matrix(name, trained, tmp_path):
     from tunesmith.serve.app import ServeSettings, create_app
     from tunesmith.serve.engine import load_engine
     from tunesmith.serve.security import KeyRing
+    from tunesmith.train import methods
 
     run = trained(name)
     family = families.get(family_name(name))
@@ -66,7 +67,8 @@ def test_family_matrix(name, trained, tmp_path):
     ends = family.end_of_turn_ids(tok)
 
     # audit: no blocking finding, and every kept row trains the family's end-of-turn token
-    report = audit_recipe(load_recipe(run.dir / "run.yaml"), tok)
+    recipe = load_recipe(run.dir / "run.yaml")
+    report = audit_recipe(recipe, methods.get(recipe.method), tok)
     assert not report.errors, report.by_code()
     stats = report.stats["tokens"]
     assert stats["eos_trained_rows"] == stats["eos_checked_rows"] == 14
@@ -92,7 +94,7 @@ def test_family_matrix(name, trained, tmp_path):
 
     # serve: the official client gets eval's tuned answer for a held-out prompt, streamed and not
     from tunesmith.data.template import prompt_messages
-    from tunesmith.run import held_out_examples
+    from tunesmith.train.methods import held_out_examples
 
     ask = prompt_messages(held_out_examples(run)[0].messages)
     app = create_app(lambda: load_engine(run.dir), ServeSettings(keys=KeyRing.build([KEY], [])))
@@ -128,10 +130,10 @@ def test_every_path_sends_the_training_prompt(name, trained):
     from tunesmith.eval import scoring
     from tunesmith.eval.ladder import load_answerers
     from tunesmith.loader import load_run_model
-    from tunesmith.run import held_out_examples
     from tunesmith.serve.batching import Params
     from tunesmith.serve.engine import load_engine
     from tunesmith.studio.chat import ModelCache, stream_reply
+    from tunesmith.train.methods import held_out_examples
 
     run = trained(name)
     conv = prompt_messages(held_out_examples(run)[0].messages)

@@ -113,7 +113,8 @@ def test_models_info_and_train_summary_show_the_family(qwen3_run):
 def test_eval_scores_the_answer_after_the_trace_and_reports_traces(qwen3_run, monkeypatch):
     from tunesmith.eval import compare
     from tunesmith.models import load_tokenizer
-    from tunesmith.run import held_out_examples
+    from tunesmith.train import methods
+    from tunesmith.train.methods import held_out_examples
 
     first = held_out_examples(qwen3_run)[0].messages[-1]["content"]
     wrote = {}
@@ -128,7 +129,7 @@ def test_eval_scores_the_answer_after_the_trace_and_reports_traces(qwen3_run, mo
 
     original = compare.load_run_model
     monkeypatch.setattr(compare, "load_run_model", loaded_writing(f"<think>\n{TRACE}\n</think>\n\n{first}"))
-    report = compare.evaluate(qwen3_run)
+    report = methods.evaluate(qwen3_run)
     tuned = report.summary["tuned"]
     assert tuned["exact_match"] == pytest.approx(1 / 3)  # the answer after the trace equals the first reference
     tok = load_tokenizer(str(qwen3_run.adapter_dir))
@@ -137,7 +138,7 @@ def test_eval_scores_the_answer_after_the_trace_and_reports_traces(qwen3_run, mo
     assert rows[0]["tuned"] == first and rows[0]["tuned_reasoning"] == TRACE
 
     monkeypatch.setattr(compare, "load_run_model", loaded_writing("<think>\nstill adding the numbers one by one"))
-    report = compare.evaluate(qwen3_run, max_examples=2)
+    report = methods.evaluate(qwen3_run, max_examples=2)
     assert report.summary["tuned"]["unclosed_traces"] == 1.0 and report.summary["tuned"]["exact_match"] == 0.0
 
 

@@ -14,6 +14,7 @@ from tunesmith.data.audit import audit
 from tunesmith.data.formats import detect_shape
 from tunesmith.errors import DataError
 from tunesmith.monitor.feedback import export
+from tunesmith.train.dpo import METHOD as DPO
 
 T0 = datetime(2026, 5, 1, tzinfo=timezone.utc)
 
@@ -82,7 +83,7 @@ def test_dpo_rows_are_openai_preference_pairs_and_pass_the_audit(tmp_path):
     assert len(got) == 12 and {france, plus, router} <= pairs
     # "c", and "n0" whose correction equals its answer
     assert done.skipped["rating without a counterpart on the same prompt"] == 2
-    report = audit([str(done.path)], method="dpo")
+    report = audit([str(done.path)], method=DPO)
     assert report.stats["shapes"] == {"openai_dpo": 12} and not report.errors
 
 

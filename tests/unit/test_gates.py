@@ -286,7 +286,7 @@ def test_eval_exit_code_follows_the_gates(tiny_recipe):
 
 
 def test_forgetting_gate_runs_the_probe_on_base_and_tuned(tiny_recipe, monkeypatch):
-    from tunesmith.eval.compare import evaluate
+    from tunesmith.train.methods import evaluate
 
     monkeypatch.setattr(forgetting, "PROBE_MAX_NEW_TOKENS", 4)  # a random tiny model never stops: keep it short
     from tunesmith.run import load_run

@@ -70,8 +70,8 @@ def test_the_reward_and_eval_read_every_field_of_the_row(tmp_path, tiny_model_di
 
     from tunesmith.cli import app
     from tunesmith.records import read_eval_report
-    from tunesmith.run import held_out_examples
     from tunesmith.train.entry import run as train_run
+    from tunesmith.train.methods import held_out_examples
 
     always = {**NESTED, "name": "always", "input": "{{ item.expected.value }}"}  # passes exactly when the field is there
     values = grpo_recipe(tmp_path, tiny_model_dir, [NESTED, always], {"type": "grader", "grader": "nested"})

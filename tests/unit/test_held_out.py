@@ -16,7 +16,8 @@ from tunesmith.cli import app
 from tunesmith.config import load_recipe
 from tunesmith.data.split import split_file
 from tunesmith.data.template import prompt_messages
-from tunesmith.run import held_out_examples, load_run
+from tunesmith.run import load_run
+from tunesmith.train.methods import held_out_examples
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 RECIPES = {"sft": "sft-lora.yaml", "dpo": "dpo.yaml", "grpo": "grpo.yaml", "distill": "distill.yaml"}
@@ -73,12 +74,12 @@ def _spy_training_rows(method: str, monkeypatch) -> list[str]:
 @pytest.mark.parametrize("method", list(RECIPES))
 def test_every_consumer_scores_the_runs_own_held_out_rows(method, tmp_path, tiny_model_dir, monkeypatch):
     from tunesmith.chat import ChatSession
-    from tunesmith.eval.compare import evaluate
     from tunesmith.eval.ladder import ladder_inputs, run_ladder
     from tunesmith.monitor.retrain import against_served
     from tunesmith.serve import check
     from tunesmith.studio.routes_review import conversations
     from tunesmith.train.entry import run as train
+    from tunesmith.train.methods import evaluate
 
     shutil.copytree(CONFIGS, tmp_path / "configs")
     path = tmp_path / "configs" / RECIPES[method]

@@ -130,6 +130,7 @@ def test_eval_reports_budget_degenerate_output_and_qlora(tiny_recipe, tmp_path, 
     from tunesmith.eval.notes import QLORA_NOTE
     from tunesmith.export.merge import merge
     from tunesmith.loader import load_run_model
+    from tunesmith.train import methods
     from tunesmith.train.entry import run as train_run
 
     run = train_run(load_recipe(tiny_recipe(training={"max_steps": 2}, eval={"max_new_tokens": "auto", "max_examples": 3})))
@@ -140,7 +141,7 @@ def test_eval_reports_budget_degenerate_output_and_qlora(tiny_recipe, tmp_path, 
         return loaded
 
     monkeypatch.setattr(compare, "load_run_model", quantized)
-    report = compare.evaluate(run)
+    report = methods.evaluate(run)
     g = report.generation
     assert g["max_new_tokens"] > 8 and g["max_new_tokens_from"].startswith("auto: longest reference")
     assert set(report.degenerate) == {"base", "tuned"} and set(g["hit_budget"]) == {"base", "tuned"}

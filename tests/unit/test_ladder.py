@@ -52,6 +52,7 @@ def _rag_recipe(path, tmp_path):
 
 def test_every_rung_answers_the_same_prompts_scored_like_eval(tiny_recipe, tmp_path, monkeypatch):
     from tunesmith.eval import compare
+    from tunesmith.train import methods
 
     path = tiny_recipe(ladder={"few_shot_k": 2}, eval={"batch_size": 8})
     run = sft.run(load_recipe(path))
@@ -83,7 +84,7 @@ def test_every_rung_answers_the_same_prompts_scored_like_eval(tiny_recipe, tmp_p
 
     # Same metric functions as `tunesmith eval`: its base/tuned summary equals the ladder's zero-shot rungs.
     monkeypatch.setattr(compare, "write_outputs", lambda *a, **k: None)  # only its numbers are compared here
-    ev = compare.evaluate(run)
+    ev = methods.evaluate(run)
     for side, rung in (("base", "base"), ("tuned", "tuned")):
         for metric in ("exact_match", "token_f1", "rouge_l", "json_valid", "json_field_accuracy", "bleu"):
             assert report.rung(rung).metrics[metric] == pytest.approx(ev.summary[side][metric]), (rung, metric)

@@ -132,7 +132,8 @@ def test_a_serve_folder_that_is_not_there_is_refused_and_not_made(loop_setup, tm
 
 def test_a_cycle_with_nothing_to_learn_changes_nothing(loop_setup):
     """Answers rated without corrections and a correction of an eval prompt: nothing may be learned from them."""
-    from tunesmith.run import held_out_examples, load_run
+    from tunesmith.run import load_run
+    from tunesmith.train.methods import held_out_examples
 
     recipe, run, folder = loop_setup
     held = held_out_examples(load_run(run))[0].messages
@@ -161,7 +162,8 @@ def test_a_cycle_with_nothing_to_learn_changes_nothing(loop_setup):
 
 
 def test_a_cycle_retrains_on_screened_feedback_then_the_canary_is_decided(loop_setup):
-    from tunesmith.run import held_out_examples, load_run
+    from tunesmith.run import load_run
+    from tunesmith.train.methods import held_out_examples
 
     recipe, run, folder = loop_setup
     new = [_chat(f"Multiply {a} by {b}.", json.dumps({"product": a * b})) for a, b in ((3, 4), (5, 6), (7, 8), (2, 9))]

@@ -108,7 +108,7 @@ def test_a_method_registered_in_a_test_trains_through_the_one_path(toy, tiny_rec
     assert m.speed is not None and m.figures.global_step == 2
     assert "toy: 24 rows" in summary(run)
     assert (run.dir / "data" / "eval.jsonl").exists()  # the held-out rows through the method's eval_examples
-    assert audit_recipe(recipe, toy.seen.tokenizer).stats["tokens"]["method"] == "toy"
+    assert audit_recipe(recipe, toy, toy.seen.tokenizer).stats["tokens"]["method"] == "toy"
 
 
 def _compared_names(node: ast.Compare) -> set[str]:

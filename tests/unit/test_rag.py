@@ -206,12 +206,11 @@ def test_training_and_eval_see_the_prompt_augment_builds(docs, tmp_path, minilm,
     from tunesmith.config import load_recipe
     from tunesmith.data.dataset import recipe_examples, split_examples
     from tunesmith.data.template import tokenize_example
-    from tunesmith.eval.compare import evaluate
     from tunesmith.models import load_tokenizer
     from tunesmith.rag.index import changed_since
-    from tunesmith.run import held_out_examples, load_run
+    from tunesmith.run import load_run
     from tunesmith.train import sft
-    from tunesmith.train.methods import eval_examples
+    from tunesmith.train.methods import eval_examples, evaluate, held_out_examples
 
     build_index([docs], tmp_path / "idx", embedder=minilm, chunk_chars=200, overlap_chars=40)
     recipe = load_recipe(tiny_recipe(rag={"index": "idx", "k": 1}, data={"max_length": 512}))

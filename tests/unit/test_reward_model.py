@@ -202,8 +202,8 @@ def test_a_reward_run_is_a_grpo_reward(reward_run, tiny_recipe, tmp_path):
 
 
 def test_eval_reward_model_scores_base_and_tuned_answers(reward_run, tiny_recipe):
-    from tunesmith.eval.compare import evaluate
     from tunesmith.run import load_run
+    from tunesmith.train.methods import evaluate
 
     path = tiny_recipe(
         training={"max_steps": 2}, eval={"reward_model": str(reward_run.dir), "gates": {"reward_model": ">=-1000"}, "checks": []}

@@ -14,8 +14,9 @@ from helpers import chat_rows, write_jsonl
 from tunesmith.cli import app
 from tunesmith.config import load_recipe, recipe_from_dict
 from tunesmith.errors import RecipeError, RunError
-from tunesmith.run import HELD_OUT, changed_inputs, held_out_examples, load_run
+from tunesmith.run import HELD_OUT, changed_inputs, load_run
 from tunesmith.train import sft
+from tunesmith.train.methods import held_out_examples
 
 
 def _train(path):
@@ -24,8 +25,8 @@ def _train(path):
 
 def test_run_moved_without_its_data_still_evals_merges_and_chats(tiny_recipe, tmp_path):
     from tunesmith.chat import ChatSession
-    from tunesmith.eval.compare import evaluate
     from tunesmith.export.merge import merge
+    from tunesmith.train.methods import evaluate
 
     path = tiny_recipe(training={"max_steps": 2, "save_steps": 2})
     trained = _train(path)
@@ -51,7 +52,7 @@ def test_run_moved_without_its_data_still_evals_merges_and_chats(tiny_recipe, tm
 
 
 def test_changed_inputs_are_warnings_in_the_eval_report(tiny_recipe, tmp_path):
-    from tunesmith.eval.compare import evaluate
+    from tunesmith.train.methods import evaluate
 
     run = load_run(_train(tiny_recipe(training={"max_steps": 1, "save_steps": 1})).dir)
     write_jsonl(tmp_path / "eval.jsonl", chat_rows(7, seed=2))  # the eval file changed after training

@@ -68,18 +68,20 @@ def test_one_scoring_path_scores_outputs_against_references():
 
 def test_prompt_only_rows_are_scored_by_the_reward_not_against_an_empty_reference():
     from tunesmith.config import load_recipe
+    from tunesmith.train.dpo import METHOD as DPO
+    from tunesmith.train.grpo import METHOD as GRPO
     from tunesmith.train.rewards import scorer
 
     recipe = load_recipe(Path(__file__).resolve().parents[2] / "configs" / "grpo.yaml", check_files=False)
     refs = ["", ""]
-    reward = scorer(recipe, refs)
+    reward = scorer(recipe, GRPO, refs)
     assert reward is not None
     scores = scoring.score(['{"customer": "A"}', "prose"], refs, json_mode=False, reward=reward, prompts=[[], []])
     assert [set(row) for row in scores.per_example] == [{"reward"}, {"reward"}]
     # json_valid (1) + schema (weight 1) + exact_match against "" (weight 2) + length penalty (0.5): the first is valid
     # JSON that fails the schema; the second is neither.
     assert scores.per_example[0]["reward"] == pytest.approx(1.0) and scores.per_example[1]["reward"] == 0.0
-    assert scorer(load_recipe(Path(__file__).resolve().parents[2] / "configs" / "dpo.yaml", check_files=False), refs) is None
+    assert scorer(load_recipe(Path(__file__).resolve().parents[2] / "configs" / "dpo.yaml", check_files=False), DPO, refs) is None
 
 
 def test_the_one_clock_names_batch_and_request_latency_apart(monkeypatch):

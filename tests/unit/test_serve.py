@@ -27,8 +27,8 @@ ASK = [{"role": "system", "content": "Answer with JSON."}, {"role": "user", "con
 def runs(tmp_path_factory, tiny_model_dir):
     """Two adapters on the tiny base (2 steps each, different learning rates), each evaluated."""
     from tunesmith.config import load_recipe
-    from tunesmith.eval.compare import evaluate
     from tunesmith.train import sft
+    from tunesmith.train.methods import evaluate
 
     root = tmp_path_factory.mktemp("serve-runs")
     write_jsonl(root / "train.jsonl", chat_rows(24, seed=1))

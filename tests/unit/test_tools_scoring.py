@@ -104,6 +104,7 @@ def tool_run(tmp_path_factory):
 
 def test_eval_scores_calls_per_tool_with_gates_html_and_studio(tool_run, monkeypatch):
     from tunesmith.eval import compare
+    from tunesmith.train import methods
 
     seen: list[list[int]] = []
     original = compare.load_run_model
@@ -115,7 +116,7 @@ def test_eval_scores_calls_per_tool_with_gates_html_and_studio(tool_run, monkeyp
         return loaded
 
     monkeypatch.setattr(compare, "load_run_model", load)
-    report = compare.evaluate(tool_run)
+    report = methods.evaluate(tool_run)
     assert report.tool_mode and not report.json_mode
     tuned = report.summary["tuned"]
     # held-out: a lookup of A140 (right), a refund (wrong function), a greeting and a reply after a result (no call due)

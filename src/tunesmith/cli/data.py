@@ -83,7 +83,7 @@ def _settings(
         )
         from tunesmith.data.audit import packing_leaks
 
-        out["packing"] = packing_leaks(cfg)
+        out["packing"] = packing_leaks(cfg, methods.get(cfg.method))
     out["recipe"] = cfg
     if out["method"] not in methods.names():
         from tunesmith.errors import DataError
@@ -257,6 +257,8 @@ def check(
             max_steps=0 if epochs is not None else s["max_steps"],  # --epochs replaces the recipe's run length
         )
     evals = [str(f) for f in eval_files] or (s["eval"] if not files else [])
+    from tunesmith.train import methods
+
     report = audit(
         train,
         evals,
@@ -266,7 +268,7 @@ def check(
         label_field,
         near_threshold,
         cost=cost,
-        method=s["method"],
+        method=methods.get(s["method"]),
         completion_budget=s["completion_length"],
         reasoning=s["reasoning"],
     )

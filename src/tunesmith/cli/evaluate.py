@@ -109,8 +109,8 @@ def eval_cmd(
     out: Path = typer.Option(None, "--out", help="With --data: write the graders report (JSON) to this new file."),
 ) -> None:
     """Run the same held-out prompts through the base and the tuned model and compare them."""
-    from tunesmith.eval.compare import evaluate
     from tunesmith.eval.gates import GATES_FAILED_EXIT, gate_options
+    from tunesmith.train.methods import evaluate
 
     if data is not None and grader is None:
         raise RecipeError([("--data", "give the graders that score it with --grader G.json")])

@@ -212,7 +212,9 @@ def feedback_export(
         from tunesmith import models
 
         tokenizer = models.load_tokenizer(models.resolve_base(model))
-    render_report(audit([str(done.path)], tokenizer=tokenizer, method=to))
+    from tunesmith.train import methods
+
+    render_report(audit([str(done.path)], tokenizer=tokenizer, method=methods.get(to)))
     if tokenizer is None:
         console.print("[dim]token checks skipped (pass --model to run them)[/]")
 

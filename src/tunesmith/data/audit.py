@@ -33,7 +33,6 @@ from tunesmith.data.formats import read_records
 from tunesmith.data.tool_checks import tool_counts, tool_stats
 from tunesmith.data.tool_shapes import load_tools_file
 from tunesmith.errors import DataError
-from tunesmith.train import methods
 
 if TYPE_CHECKING:
     from tunesmith.train.method import Method
@@ -142,7 +141,7 @@ class TokenPass:
 
 
 def _token_pass(
-    rows: Rows, tokenizer: Any, max_length: int | None, overlong: str, method: Method[Any], room: int, reasoning: str
+    rows: Rows, tokenizer: Any, max_length: int | None, overlong: str, method: Method[Any] | None, room: int, reasoning: str
 ) -> TokenPass:
     from tunesmith.data.show import show_messages
 
@@ -174,13 +173,22 @@ def _reasoning_stats(rows: Rows, counts: Counter[str], policy: str) -> dict[str,
     return {"policy": policy, "sources": dict(found), **traces}
 
 
-def _token_stats(infos: list[TokenInfo], max_length: int | None, tokenizer: Any, method: Method[Any]) -> dict[str, Any]:
-    dropped = Counter(i.dropped for i in infos if i.dropped)
-    kept = [i for i in infos if not i.dropped and i.eos_trained is not None]
+def _method_stats(method: Method[Any] | None) -> dict[str, Any]:
+    """Whose length policy measured the rows; nothing for an audit without a method (rendered conversations)."""
+    if method is None:
+        return {}
     return {
         "method": method.name,
         "measured_as": method.measured_as,
         "samples_completions": method.samples_completions,  # no fixed answer is trained: no EOS to count
+    }
+
+
+def _token_stats(infos: list[TokenInfo], max_length: int | None, tokenizer: Any, method: Method[Any] | None) -> dict[str, Any]:
+    dropped = Counter(i.dropped for i in infos if i.dropped)
+    kept = [i for i in infos if not i.dropped and i.eos_trained is not None]
+    return {
+        **_method_stats(method),
         "max_length": max_length,
         "total_tokens": stats.distribution([i.total for i in infos]),
         "assistant_tokens": stats.distribution([i.assistant for i in infos]),
@@ -264,7 +272,7 @@ def audit(
     near: bool = True,
     cost: dict[str, Any] | None = None,
     on_stage: Callable[[str], None] | None = None,
-    method: str = "sft",
+    method: Method[Any] | None = None,
     completion_budget: int = 0,
     reasoning: str = "train",
     tools: list[dict[str, Any]] | None = None,
@@ -272,12 +280,12 @@ def audit(
     """Audit training files (and eval files). Without a tokenizer the token checks are skipped.
 
     cost: keyword arguments for `stats.cost_estimate` (params, gpu, price_per_hour, epochs, adapter, bf16, ...).
-    method: the method (train/methods.py) whose length policy the token checks apply (data.lengths);
+    method: the method whose length policy the token checks apply (Method.fit_row, data.lengths); None: each row
+    measured as the rendered conversation with its loss mask, as the demonstration methods (SFT) measure it;
     completion_budget: the room each prompt needs for a sampled completion (grpo.max_completion_length);
     reasoning: data.reasoning (train | mask | drop), as training applies it; tools: the tools every row that names
     none offers (data.tools).
     """
-    m = methods.get(method)
     stage = on_stage or (lambda _s: None)
     eval_files = list(eval_files or [])
     stage("reading")
@@ -299,14 +307,14 @@ def audit(
         stage("tokenizing")
         if tokenizer.eos_token_id is None:
             tr.findings.append(finding("no_eos_token", None, None, "the tokenizer defines no EOS token"))
-        passed = _token_pass(tr, tokenizer, max_length, overlong, m, completion_budget, reasoning)
+        passed = _token_pass(tr, tokenizer, max_length, overlong, method, completion_budget, reasoning)
         infos, report.samples = passed.infos, passed.samples
-        st["tokens"] = _token_stats(infos, max_length, tokenizer, m)
+        st["tokens"] = _token_stats(infos, max_length, tokenizer, method)
         st["tokens"]["turns"] = {k: v for k, v in sorted(passed.counts.items()) if "turn" in k and v}
         report.lengths = {"total": [i.total for i in infos], "assistant": [i.assistant for i in infos]}
         if ev.rows:
-            ev_infos = _token_pass(ev, tokenizer, max_length, overlong, m, completion_budget, reasoning).infos
-            st["eval_tokens"] = _token_stats(ev_infos, max_length, tokenizer, m)
+            ev_infos = _token_pass(ev, tokenizer, max_length, overlong, method, completion_budget, reasoning).infos
+            st["eval_tokens"] = _token_stats(ev_infos, max_length, tokenizer, method)
         if (traces := _reasoning_stats(tr, passed.counts, reasoning)) is not None:
             st["reasoning"] = traces
     stage("deduplicating")
@@ -328,9 +336,9 @@ def _ordered(findings: list[Finding]) -> list[Finding]:
     return sorted(findings, key=lambda f: (f.file is None, f.file or "", f.line is None, f.line or 0))
 
 
-def audit_recipe(recipe: Any, tokenizer: Any, **kwargs: Any) -> AuditReport:
-    """Audit a recipe's train (and eval) files with its max_length, over-length and reasoning policies, and its
-    packing (rows that could attend to each other)."""
+def audit_recipe(recipe: Any, method: Method[Any], tokenizer: Any, **kwargs: Any) -> AuditReport:
+    """Audit a recipe's train (and eval) files with its max_length, over-length and reasoning policies, its
+    `method`'s length policy (the recipe's own), and its packing (rows that could attend to each other)."""
     d = recipe.data
     report = audit(
         d.train,
@@ -338,25 +346,26 @@ def audit_recipe(recipe: Any, tokenizer: Any, **kwargs: Any) -> AuditReport:
         tokenizer,
         d.max_length,
         d.overlong,
-        method=recipe.method,
-        completion_budget=methods.get(recipe.method).completion_room(recipe),
+        method=method,
+        completion_budget=method.completion_room(recipe),
         reasoning=d.reasoning,
         tools=load_tools_file(str(d.tools)) if d.tools else None,
         **kwargs,
     )
-    if (why := packing_leaks(recipe)) is not None:
+    if (why := packing_leaks(recipe, method)) is not None:
         report.findings.append(finding("packed_rows_attend", "(recipe)", None, why))
     return report
 
 
-def packing_leaks(recipe: Any) -> str | None:
-    """Why the recipe's packed rows could attend to each other, or None. speed.packing padding_free concatenates a
+def packing_leaks(recipe: Any, method: Method[Any]) -> str | None:
+    """Why the recipe's packed rows (`method`: the recipe's, when it packs rows) could attend to each other, or None.
+    speed.packing padding_free concatenates a
     batch's rows and keeps them apart by position_ids restarting at 0: varlen attention runs each row alone, and
     transformers' own models build a per-row mask from those position_ids (masking_utils.find_packed_sequence_indices).
     Remote modeling code, or a transformers without that mask, attends across the rows."""
     from tunesmith.train import speed
 
-    if not methods.get(recipe.method).packs_rows or speed.batching(recipe) != "padding_free":
+    if not method.packs_rows or speed.batching(recipe) != "padding_free":
         return None
     if speed.packed_attention(recipe) == "varlen":
         return None
@@ -369,9 +378,9 @@ def packing_leaks(recipe: Any) -> str | None:
     return None
 
 
-def preflight(recipe: Any, tokenizer: Any, force: bool = False, max_listed: int = 20) -> AuditReport:
-    """Run the audit before training; blocking errors raise DataError unless `force`."""
-    report = audit_recipe(recipe, tokenizer)
+def preflight(recipe: Any, method: Method[Any], tokenizer: Any, force: bool = False, max_listed: int = 20) -> AuditReport:
+    """Run the audit before training (`method`: the recipe's); blocking errors raise DataError unless `force`."""
+    report = audit_recipe(recipe, method, tokenizer)
     for code, g in report.by_code().items():
         if g["severity"] == WARNING:
             log.warning("data check: %d x %s (%s)", g["count"], code, g["first"][0])

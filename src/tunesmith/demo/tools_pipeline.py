@@ -190,10 +190,10 @@ def _steps(
     directory: Path, console: Any, overrides: list[str], base: Path | None, steps: int | None, deadline: float
 ) -> tuple[EvalReport, Loop, sizing.ToolsPlan]:
     from tunesmith.config import load_recipe
-    from tunesmith.eval.compare import evaluate
     from tunesmith.models import pull
     from tunesmith.tables import Table
     from tunesmith.train.entry import run as train_run
+    from tunesmith.train.methods import evaluate
 
     console.rule("[bold]1/4 base model")
     source = base if base is not None else pull("smollm2-135m-instruct")

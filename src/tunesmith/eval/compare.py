@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunesmith import models
 from tunesmith.data.template import prompt_messages
@@ -20,22 +20,25 @@ from tunesmith.eval.notes import eval_warnings
 from tunesmith.loader import load_run_model
 from tunesmith.rag.index import changed_since
 from tunesmith.records import EvalReport, Judgement, write_eval_report
-from tunesmith.run import Run, changed_inputs, describe_reference, held_out_examples, read_metrics
+from tunesmith.run import Run, changed_inputs, held_out_examples, read_metrics
+
+if TYPE_CHECKING:
+    from tunesmith.train.method import Method
 
 log = logging.getLogger(__name__)
 SIDES = ("base", "tuned")
 
 
-def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) -> EvalReport:
-    """Run every held-out prompt through base and tuned, score both, write report.json/predictions.jsonl/report.html."""
+def evaluate(run: Run, method: Method[Any], max_examples: int | None = None, progress: Any = None) -> EvalReport:
+    """Run every held-out prompt through base and tuned, score both, write report.json/predictions.jsonl/report.html.
+    `method`: the run's own (train/methods.py's `evaluate` finds it by name)."""
     from tunesmith.eval.reward_model import add_scores
-    from tunesmith.train.methods import get
     from tunesmith.train.rewards import scorer
 
     recipe = run.recipe
-    if (own := get(recipe.method).evaluate(run, max_examples, progress)) is not None:  # a reward model scores pairs
+    if (own := method.evaluate(run, max_examples, progress)) is not None:  # a reward model scores pairs
         return own  # type: ignore[no-any-return]
-    eval_ex = held_out_examples(run)  # the run's own held-out rows, the only evaluation prompts
+    eval_ex = held_out_examples(run, method)  # the run's own held-out rows, the only evaluation prompts
     warnings = changed_inputs(run)  # inputs that differ from the manifest's SHA-256; gates fail on these
     if (stale_index := changed_since(run)) is not None:  # recipe.rag: the index differs from the one trained with
         warnings.append(stale_index)
@@ -55,7 +58,7 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
     json_mode, tool_mode = scoring.modes(refs)
     budget = resolve_max_new_tokens(recipe, tokenizer, refs)  # `auto`: from the longest reference
     fields = [e.extra for e in eval_ex]  # each held-out row's own fields: rewards' columns, graders' item.<field>
-    reward = scorer(recipe, refs, fields)
+    reward = scorer(recipe, method, refs, fields)
 
     answers: dict[str, scoring.Answers] = {}
     scores: dict[str, scoring.Scores] = {}
@@ -121,7 +124,7 @@ def evaluate(run: Run, max_examples: int | None = None, progress: Any = None) ->
         json_mode=json_mode,
         tool_mode=tool_mode,
         per_tool={side: scores[side].per_tool for side in SIDES} if tool_mode else {},
-        reference=describe_reference(recipe.method, refs),
+        reference=method.describe_reference(refs),
         summary=summary,
         judgement=judgement,
         chat_template_sha256=models.chat_template_hash(tokenizer),

@@ -92,8 +92,8 @@ def held_out(recipe: Recipe) -> list[Any]:
     Without retrieved context: the RAG rungs add it themselves. A RAG run's saved rows carry the context it trained
     with, so its plain prompts are re-read from the recipe's data and must be the same rows.
     """
-    from tunesmith.run import held_out_examples, is_run_dir, load_run
-    from tunesmith.train.methods import held_out_split
+    from tunesmith.run import is_run_dir, load_run
+    from tunesmith.train.methods import held_out_examples, held_out_split
 
     if not is_run_dir(recipe.run_dir):
         return held_out_split(recipe, with_context=False)[1]
@@ -129,7 +129,7 @@ def ladder_inputs(recipe: Recipe, max_examples: int | None = None, retriever: An
     `retriever` (anything with `.search(query, k, mode)`) overrides the recipe's index; without either, no RAG rungs.
     """
     from tunesmith.rag import prompt as rag_prompt
-    from tunesmith.run import describe_reference
+    from tunesmith.train import methods
 
     evaluation = held_out(recipe)
     cap = max_examples if max_examples is not None else (recipe.ladder.max_examples or recipe.eval.max_examples)
@@ -153,7 +153,7 @@ def ladder_inputs(recipe: Recipe, max_examples: int | None = None, retriever: An
         shots=shots,
         rag_convs=rag_convs,
         sources=sources,
-        reference=describe_reference(recipe.method, refs),
+        reference=methods.get(recipe.method).describe_reference(refs),
         no_shots=no_shots,
     )
 
@@ -328,6 +328,7 @@ def run_ladder(
     when it can no longer pass (cannot_pass): it then cannot change the recommendation, and its reason says so.
     """
     from tunesmith.eval.generate import generate_detailed
+    from tunesmith.train import methods
     from tunesmith.train.rewards import scorer
 
     lad = recipe.ladder
@@ -341,7 +342,7 @@ def run_ladder(
         "price": price,
         "max_new": lad.max_new_tokens or resolve_max_new_tokens(recipe, None, inputs.refs).tokens,  # eval.max_new_tokens: auto
         "batch": lad.batch_size or recipe.eval.batch_size,
-        "reward": scorer(recipe, inputs.refs),
+        "reward": scorer(recipe, methods.get(recipe.method), inputs.refs),
         "gates": recipe.eval.gates,
         "progress": progress,
     }

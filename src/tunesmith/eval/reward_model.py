@@ -60,8 +60,8 @@ def as_answer(answer: str | Conversation, tools: list[Any] | None, style: str | 
 
 def is_reward_run(path: str | Path) -> bool:
     """Whether `path` is a finished run of the reward method (its manifest carries RewardDetails)."""
+    from tunesmith.method_details import RewardDetails
     from tunesmith.run import is_run_dir, load_run
-    from tunesmith.train.reward import RewardDetails
 
     return is_run_dir(path) and isinstance(load_run(path).manifest.details, RewardDetails)
 
@@ -111,7 +111,7 @@ class RewardModel:
 
         from tunesmith import models
         from tunesmith.loader import resolve_run_base
-        from tunesmith.train.reward import RewardDetails
+        from tunesmith.method_details import RewardDetails
 
         if not isinstance(run.manifest.details, RewardDetails):
             raise ModelError(

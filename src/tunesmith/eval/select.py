@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import Recipe
 from tunesmith.eval import registry
 from tunesmith.records import CheckpointSelection
+
+if TYPE_CHECKING:
+    from tunesmith.train.method import Method
 
 LOSSES = frozenset({"eval_loss", "perplexity"})  # measured on the references' likelihood, not on generations
 # What a checkpoint contributes to adapter/: the adapter (or full model) weights and config, never optimizer state.
@@ -51,9 +54,17 @@ def choose(scores: dict[str, float], metric: str) -> str:
     return best
 
 
-def score(model: Any, tokenizer: Any, recipe: Recipe, examples: list[Any], metric: str, thinking: bool | None = None) -> float:
-    """One model's value of `metric` on the examples (greedy answers and scores through the one scoring path),
-    prompted in the run's thinking mode."""
+def score(
+    model: Any,
+    tokenizer: Any,
+    recipe: Recipe,
+    method: Method[Any],
+    examples: list[Any],
+    metric: str,
+    thinking: bool | None = None,
+) -> float:
+    """One model's value of `metric` on the examples (greedy answers and scores through the one scoring path, with
+    the rewards of the recipe's `method`), prompted in the run's thinking mode."""
     from tunesmith.data.template import prompt_messages
     from tunesmith.errors import RecipeError
     from tunesmith.eval import scoring, tool_metrics
@@ -71,7 +82,7 @@ def score(model: Any, tokenizer: Any, recipe: Recipe, examples: list[Any], metri
     offered = tool_metrics.tools_of(examples)
     answers = scoring.answer(model, tokenizer, convs, budget, recipe.eval.batch_size, thinking=thinking, tools=offered)
     outputs = scoring.scored_texts(answers, model, tokenizer, tool_mode)
-    agg = scoring.score(outputs, refs, json_mode, scorer(recipe, refs), convs, tools=tool_mode).aggregate
+    agg = scoring.score(outputs, refs, json_mode, scorer(recipe, method, refs), convs, tools=tool_mode).aggregate
     if metric not in agg:
         known = ", ".join(sorted(agg) + sorted(LOSSES))
         raise RecipeError([("eval.select_checkpoint", f"{metric} is not measured on these rows; use one of {known}")])
@@ -100,8 +111,11 @@ def _load(recipe: Recipe, base_path: str, folder: Path, peft_model: Any) -> Any:
     return peft_model
 
 
-def select_checkpoint(recipe: Recipe, run_dir: Path, base_path: str, thinking: bool | None = None) -> CheckpointSelection:
-    """Score every candidate, make the best run_dir/adapter, and return what the manifest records."""
+def select_checkpoint(
+    recipe: Recipe, method: Method[Any], run_dir: Path, base_path: str, thinking: bool | None = None
+) -> CheckpointSelection:
+    """Score every candidate (scored as the recipe's `method` scores answers), make the best run_dir/adapter, and
+    return what the manifest records."""
     from tunesmith import models
     from tunesmith.run import HELD_OUT, read_held_out
 
@@ -114,7 +128,7 @@ def select_checkpoint(recipe: Recipe, run_dir: Path, base_path: str, thinking: b
     for name, folder in candidates(run_dir):
         model = _load(recipe, base_path, folder, peft_model)
         peft_model = model if hasattr(model, "load_adapter") and hasattr(model, "peft_config") else None
-        scores[name] = score(model, tokenizer, recipe, examples, metric, thinking)
+        scores[name] = score(model, tokenizer, recipe, method, examples, metric, thinking)
     chosen = choose(scores, metric)
     if chosen != "final":
         install(run_dir / "checkpoints" / chosen, run_dir / "adapter")

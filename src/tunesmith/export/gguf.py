@@ -230,7 +230,7 @@ def _conversations(run: Run | None, n: int) -> list[list[dict[str, Any]]]:
     """Held-out prompts of the run (without their answers), else a few fixed ones."""
     if run is not None:
         from tunesmith.data.template import prompt_messages
-        from tunesmith.run import held_out_examples
+        from tunesmith.train.methods import held_out_examples
 
         convs = [prompt_messages(e.messages) for e in held_out_examples(run)[:n]]
         if convs:

@@ -16,7 +16,7 @@ from tunesmith.data.template import prompt_messages
 from tunesmith.errors import RunError
 from tunesmith.eval.generate import family_of
 from tunesmith.loader import resolve_run_base, run_thinking
-from tunesmith.run import Run, held_out_examples, read_json_record, versions, write_json_atomic
+from tunesmith.run import Run, read_json_record, versions, write_json_atomic
 
 
 def _greedy_tokens(
@@ -95,6 +95,8 @@ def merge(run: Run, out_dir: Path, dtype: str = "float32", n_check: int = 3, max
     a refused or failed merge leaves nothing behind.
     """
     from peft import PeftModel
+
+    from tunesmith.train.methods import held_out_examples
 
     _refuse(run, dtype)
     out_dir = outputs.check_new_dir(out_dir)

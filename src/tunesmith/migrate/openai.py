@@ -92,15 +92,21 @@ def _stage_files(job: Job, staging: Path, fields: list[str]) -> list[Staged]:
 
 
 def _audit(files: list[Staged], tokenizer: Any, method: str, budget: int) -> tuple[int, Any, list[int]]:
-    """(max_length chosen from the rows, tunesmith's audit at that length, every row's token count)."""
+    """(max_length chosen from the rows, tunesmith's audit at that length with `method`'s length policy, every row's
+    token count)."""
     from tunesmith.data.audit import audit
     from tunesmith.project import max_length_for
+    from tunesmith.train import methods
 
     train, evals = [str(files[0].path)], [str(f.path) for f in files[1:]]
-    first = audit(train, evals, tokenizer, None, "drop", method=method, completion_budget=budget, near=False)
+    first = audit(train, evals, tokenizer, None, "drop", method=methods.get(method), completion_budget=budget, near=False)
     lengths = first.lengths.get("total", [])
     max_length = max_length_for(lengths)
-    return max_length, audit(train, evals, tokenizer, max_length, "drop", method=method, completion_budget=budget), lengths
+    return (
+        max_length,
+        audit(train, evals, tokenizer, max_length, "drop", method=methods.get(method), completion_budget=budget),
+        lengths,
+    )
 
 
 def _hosted_limit(job: Job, files: list[Staged], tokenizer: Any, lengths: list[int], budget: int) -> None:

@@ -99,7 +99,7 @@ def served_data(run: Any) -> tuple[list[Row], list[Row]]:
     from pathlib import Path
 
     from tunesmith.data.formats import read_records
-    from tunesmith.run import held_out_examples
+    from tunesmith.train.methods import held_out_examples
 
     def rows(paths: list[str]) -> list[Row]:
         return [r.obj for p in paths if Path(p).is_file() for r in read_records(p) if isinstance(r.obj, dict) and not r.error]
@@ -123,7 +123,7 @@ def pin_held_out(run: Any, recipe_train: list[str], out: Any) -> Any:
     from tunesmith.data.dataset import content_key
     from tunesmith.data.formats import read_records
     from tunesmith.monitor.retrain import Pinned
-    from tunesmith.run import held_out_examples
+    from tunesmith.train.methods import held_out_examples
 
     if run.recipe.rag is not None or run.manifest.held_out is None:
         return None

@@ -116,7 +116,7 @@ def against_served(new: Run, served: Run, report: EvalReport, max_regression: fl
     from tunesmith.data.template import prompt_messages, reference
     from tunesmith.eval import metrics, scoring
     from tunesmith.loader import load_run_model
-    from tunesmith.run import held_out_examples
+    from tunesmith.train.methods import held_out_examples
 
     examples = held_out_examples(new)[: report.n_examples]  # the rows the new run's eval scored, in its order
     convs = [prompt_messages(e.messages) for e in examples]
@@ -213,11 +213,11 @@ def retrain(
     """Train on old + new data into a new run folder, run its release gates plus `beats_served` against the served
     run, and promote it only when every one passes (promote_when_passed False: the caller rolls it out instead).
     pin: a function (served run -> Pinned | None) keeping the served run's held-out rows held out (next_recipe)."""
-    from tunesmith.eval.compare import evaluate
     from tunesmith.run import load_run
     from tunesmith.serve.security import check_name
     from tunesmith.serve.server import serve_dir as claim_serve_dir
     from tunesmith.train.entry import run as train_run
+    from tunesmith.train.methods import evaluate
     from tunesmith.train.start import release_run_dir
 
     check_name(name)  # before anything is trained: a name that cannot be served is refused first

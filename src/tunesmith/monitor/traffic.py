@@ -45,7 +45,7 @@ def training_traffic(run: Run) -> tuple[drift.Traffic, bool]:
     from tunesmith.data.formats import load_examples
     from tunesmith.data.template import reference
     from tunesmith.eval.metrics import references_are_json
-    from tunesmith.run import held_out_examples
+    from tunesmith.train.methods import held_out_examples
 
     files = [f for f in run.recipe.data.train if Path(f).is_file()]
     examples = load_examples(files) if files else held_out_examples(run)

@@ -73,7 +73,7 @@ def _conversations(run: Any) -> dict[str, list[dict[str, str]]]:
     """Eval example id -> the prompt messages eval sent (system turn included); empty when the data moved."""
     from tunesmith.data.template import prompt_messages
     from tunesmith.errors import TunesmithError
-    from tunesmith.run import held_out_examples
+    from tunesmith.train.methods import held_out_examples
 
     try:  # the run's own held-out rows: the prompts its eval (and so its golden answers) used
         return {e.id: prompt_messages(e.messages) for e in held_out_examples(run)}

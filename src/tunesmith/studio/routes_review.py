@@ -26,7 +26,8 @@ def conversations(run_dir: Path) -> dict[str, list[dict[str, str]]]:
     """Example id -> prompt conversation (system + user turns) of the run's own held-out rows; empty when unreadable."""
     from tunesmith.data.template import prompt_messages
     from tunesmith.errors import TunesmithError
-    from tunesmith.run import held_out_examples, load_run
+    from tunesmith.run import load_run
+    from tunesmith.train.methods import held_out_examples
 
     try:
         return {ex.id: prompt_messages(ex.messages) for ex in held_out_examples(load_run(run_dir))}

@@ -104,13 +104,14 @@ def launch_preview(
     from tunesmith.config import commented_yaml
     from tunesmith.data.audit import audit
     from tunesmith.studio.confine import model_problem
+    from tunesmith.train.sft import METHOD as SFT
 
     roots = request.app.state.roots
     train_paths = [str(roots.resolve(k)) for k in train]
     eval_paths = [str(roots.resolve(eval_file))] if eval_file else []
     refused = model_problem(base, roots.dirs, request.app.state.config.models)
     tokenizer, note = (None, None) if refused else _tokenizer(base)
-    report = audit(train_paths, eval_paths, tokenizer)
+    report = audit(train_paths, eval_paths, tokenizer, method=SFT)  # the new run's recipe starts as SFT
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name) or "run"
     values: dict[str, Any] = {
         "name": safe,
@@ -232,6 +233,7 @@ def data_page(
     from tunesmith.data.audit import audit
     from tunesmith.data.html import rows_section
     from tunesmith.studio.confine import model_problem
+    from tunesmith.train.sft import METHOD as SFT
 
     report, path, note, rows = None, None, None, Markup("")
     if k:
@@ -242,7 +244,7 @@ def data_page(
         if model:
             refused = model_problem(model, request.app.state.roots.dirs, request.app.state.config.models)
             tokenizer, note = (None, f"model: {refused}") if refused else _tokenizer(model)
-        report = audit([str(path)], tokenizer=tokenizer, reasoning=reasoning)
+        report = audit([str(path)], tokenizer=tokenizer, reasoning=reasoning, method=SFT)
         if report.samples:  # the same fragment as the audit's HTML report (every piece of data text escaped)
             rows = Markup(rows_section(report.samples))
     return page(

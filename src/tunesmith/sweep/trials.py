@@ -77,12 +77,13 @@ class Pruning:
 
     def __init__(self, trial: Any, recipe: Any, metric: str):
         from tunesmith import models
-        from tunesmith.train.methods import eval_examples
+        from tunesmith.train import methods
 
         self.trial, self.recipe, self.metric = trial, recipe, metric
+        self.method = methods.get(recipe.method)
         self.base_path = models.resolve_base(recipe.model.base)
         self.tokenizer = models.load_tokenizer(self.base_path)
-        self.examples = eval_examples(recipe)[: recipe.eval.select_examples]  # the held-out set's first rows
+        self.examples = self.method.eval_examples(recipe)[: recipe.eval.select_examples]  # the held-out set's first rows
         self.values: dict[int, float] = {}
         self.pruned_at: int | None = None
 
@@ -102,7 +103,7 @@ class Pruning:
         try:
             with torch.random.fork_rng(devices=devices), torch.no_grad():
                 model = load_checkpoint(self.recipe, self.base_path, folder)
-                value = float(score(model, self.tokenizer, self.recipe, self.examples, self.metric))
+                value = float(score(model, self.tokenizer, self.recipe, self.method, self.examples, self.metric))
                 del model
                 gc.collect()
                 return value
@@ -159,8 +160,8 @@ def train_trial(recipe: Any, pruning: Pruning | None) -> Any:
 
 def run_trial(study: Any, spec: SweepSpec, index: int, point: dict[str, Any], recipe: Any, planned: Any) -> Any:
     """One trial to the end: trained, pruned or evaluated, told to the study with what the report shows."""
-    from tunesmith.eval.compare import evaluate
     from tunesmith.eval.gates import gate_values
+    from tunesmith.train.methods import evaluate
 
     study.enqueue_trial({k: v for k, v in point.items()}, user_attrs={"point": index}, skip_if_exists=False)
     trial = study.ask()

@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
-
 from tunesmith import method_sections
+from tunesmith.method_details import AuditCounts, DistillDetails, TeacherFile, TeacherFiles
 from tunesmith.method_sections import DistillSection
-from tunesmith.records import MethodDetails, Record, Tokens, read_record, write_record
+from tunesmith.records import Tokens, read_record, write_record
 from tunesmith.train import _trl
 from tunesmith.train.method import Datasets, Method, Parts
 from tunesmith.train.sft import METHOD as SFT
@@ -31,39 +30,6 @@ if TYPE_CHECKING:
     from tunesmith.run import Run
 
 GENERATED = "distill"  # the run's sub-folder holding the teacher's answers (sequence mode)
-
-
-class TeacherFile(Record):
-    path: str
-    rows: int
-    sha256: str
-    empty_answers: int = 0
-
-
-class TeacherFiles(Record):
-    train: TeacherFile | None = None
-    eval: TeacherFile | None = None
-
-
-class AuditCounts(Record):
-    errors: int
-    warnings: int
-
-
-class DistillDetails(MethodDetails):
-    """The manifest's record; in sequence mode also distill/generated.json, what the teacher wrote (a resumed run
-    reuses it instead of paying for the answers twice)."""
-
-    mode: str = "sequence"
-    teacher: str | None = Field(None, description="What the teacher was: `run DIR (base ...)` or `model SPEC`.")
-    teacher_spec: str | None = None
-    files: TeacherFiles | None = None  # sequence: the teacher's answers
-    teacher_seconds: float | None = None
-    audit: AuditCounts | None = None  # sequence: the data check of the teacher's answers
-    prompts_from: list[str] = Field(default_factory=list, description="sequence: the data.train the prompts came from.")
-    beta: float | None = None  # logits: GKD's settings
-    temperature: float | None = None
-    lmbda: float | None = None
 
 
 def load_teacher(spec: str, dtype: str = "auto") -> tuple[Any, Any, str]:
@@ -196,7 +162,7 @@ class Distill(Method[DistillSection]):
         data = {"train": [files.train.path] if files.train else [], "eval": files.eval.path if files.eval else None}
         student = recipe.model_copy(update={"data": recipe.data.model_copy(update=data)})
         tokenizer = models.load_tokenizer(models.resolve_base(recipe.model.base))
-        write_json_atomic(out_dir / "audit.json", audit.audit_recipe(student, tokenizer).as_dict())
+        write_json_atomic(out_dir / "audit.json", audit.audit_recipe(student, self, tokenizer).as_dict())
         return student
 
     def datasets(self, recipe: Recipe, tokenizer: Any) -> Datasets:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
-
 from tunesmith import method_sections
 from tunesmith.data.formats import detect_shape, to_preference
 from tunesmith.data.lengths import Fit, fit_pair
 from tunesmith.data.tool_shapes import row_tools
+from tunesmith.method_details import DPODetails
 from tunesmith.method_sections import PAIR_SHAPES, DPOSection
-from tunesmith.records import MethodDetails, Tokens
+from tunesmith.records import Tokens
 from tunesmith.train import _trl
 from tunesmith.train.method import Datasets, Method, Parts
 from tunesmith.train.rows import apply_length_policy, pair_tools, preference_row, prompt_split, recipe_rows
@@ -23,13 +22,6 @@ from tunesmith.train.rows import apply_length_policy, pair_tools, preference_row
 if TYPE_CHECKING:
     from tunesmith.config import Recipe
     from tunesmith.data.formats import Example
-
-
-class DPODetails(MethodDetails):
-    beta: float
-    loss_type: str
-    reference: str = Field(description="The reference policy: the base under the adapter, or precomputed log-probs.")
-    final_eval: dict[str, float] = Field(default_factory=dict, description="TRL's eval rewards/* and logps/* figures.")
 
 
 class DPO(Method[DPOSection]):

@@ -17,10 +17,10 @@ def run(recipe: Recipe, resume: bool = False, force: bool = False, callbacks: Se
 
     Under --nproc/--nnodes a collective that fails because another rank stopped becomes faults.PeerLost.
     """
-    from tunesmith.train import faults, skeleton  # torch, transformers and TRL: kept out of `tunesmith --help`
+    from tunesmith.train import faults, methods, skeleton  # torch, transformers and TRL: kept out of `tunesmith --help`
 
     try:
-        return skeleton.run(recipe, resume=resume, force=force, callbacks=callbacks)
+        return skeleton.run(recipe, methods.get(recipe.method), resume=resume, force=force, callbacks=callbacks)
     except Exception as exc:
         lost = faults.peer_lost(exc, recipe.run_dir)
         if lost is None:

@@ -34,6 +34,7 @@ from tunesmith.run import (
 
 if TYPE_CHECKING:
     from tunesmith.config import Recipe
+    from tunesmith.train.method import Method
 
 
 def _raise_if_disk_full(exc: BaseException, what: str, run_dir: Path) -> None:
@@ -70,14 +71,13 @@ def save_adapter(trainer: Any, tokenizer: Any, run_dir: Path) -> Path:
     return adapter_dir
 
 
-def save_held_out(recipe: Recipe, run_dir: Path) -> HeldOut:
-    """Copy the held-out rows this run is scored on into run_dir/data/eval.jsonl, so eval, merge and chat
-    work after the training data moved; returns what the manifest records about the copy."""
+def save_held_out(recipe: Recipe, method: Method[Any], run_dir: Path) -> HeldOut:
+    """Copy the held-out rows this run is scored on (its `method`'s eval_examples) into run_dir/data/eval.jsonl, so
+    eval, merge and chat work after the training data moved; returns what the manifest records about the copy."""
     from tunesmith.data.convert import write_rows
-    from tunesmith.train.methods import eval_examples
     from tunesmith.train.rows import fields_json
 
-    examples = eval_examples(recipe)
+    examples = method.eval_examples(recipe)
     rows = [{"id": e.id, "messages": e.messages, "source": e.source, **_tools(e)} for e in examples]
     for row, e in zip(rows, examples, strict=True):
         fields = {k: v for k, v in e.extra.items() if k != "tools"}
@@ -119,6 +119,7 @@ def data_hashes(recipe: Recipe) -> dict[str, str]:
 
 def finish_run(
     recipe: Recipe,
+    method: Method[Any],
     trainer: Any,
     tokenizer: Any,
     result: Any,
@@ -134,7 +135,8 @@ def finish_run(
 ) -> Run:
     """Save the adapter, write manifest.json (versions, hashes, figures) and loss.png; return the run read back.
 
-    counts: per split, what the length policy kept (tokens/s counts the kept train rows' tokens).
+    method: the recipe's (its held-out rows, checkpoint selection's scoring); counts: per split, what the length
+    policy kept (tokens/s counts the kept train rows' tokens).
     details: the method's own record; speed: the levers trained with; plan: the planner's estimate, measured.
     """
     from tunesmith.train import checkpoints, dist, faults, start
@@ -148,7 +150,7 @@ def finish_run(
         dist.barrier()
         return load_run(run_dir)
     try:
-        held_out = save_held_out(recipe, run_dir)
+        held_out = save_held_out(recipe, method, run_dir)
     except Exception as exc:  # a full disk is not always an OSError (see faults.disk_full)
         shutil.rmtree(run_dir / "data", ignore_errors=True)
         _raise_if_disk_full(exc, f"saving the held-out rows under {run_dir}", run_dir)
@@ -158,7 +160,7 @@ def finish_run(
     if recipe.eval.select_checkpoint:  # before the manifest: a finished run is never rewritten afterwards
         from tunesmith.eval.select import select_checkpoint
 
-        selection = select_checkpoint(recipe, run_dir, base_path, family.thinking)
+        selection = select_checkpoint(recipe, method, run_dir, base_path, family.thinking)
     wall = time.time() - started
     runtime = result.metrics.get("train_runtime", wall)
     train = counts.train

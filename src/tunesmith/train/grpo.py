@@ -10,15 +10,14 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
-
 from tunesmith import method_sections
 from tunesmith.data.formats import to_prompt_only
 from tunesmith.data.lengths import Fit, fit_prompt
 from tunesmith.data.template import prompt_as_text
 from tunesmith.data.tool_shapes import row_tools
-from tunesmith.method_sections import GRPOSection, RewardSpec
-from tunesmith.records import MethodDetails, Tokens
+from tunesmith.method_details import GRPODetails
+from tunesmith.method_sections import GRPOSection
+from tunesmith.records import Tokens
 from tunesmith.train import _trl
 from tunesmith.train.method import Datasets, Method, Parts
 from tunesmith.train.rows import PROMPT_MESSAGES, apply_length_policy, dataset_row, prompt_row, prompt_split, recipe_rows
@@ -26,15 +25,6 @@ from tunesmith.train.rows import PROMPT_MESSAGES, apply_length_policy, dataset_r
 if TYPE_CHECKING:
     from tunesmith.config import Recipe
     from tunesmith.data.formats import Example
-
-
-class GRPODetails(MethodDetails):
-    rewards: list[RewardSpec] = Field(default_factory=list)
-    num_generations: int
-    first_step_reward: float | None = Field(None, description="Mean reward of the first logged step.")
-    last_step_reward: float | None = Field(None, description="Mean reward of the last logged step.")
-    logged_steps: int = 0
-    warnings: list[str] = Field(default_factory=list, description="Rewards GRPO could not learn from (train/reward_watch.py).")
 
 
 class GRPO(Method[GRPOSection]):

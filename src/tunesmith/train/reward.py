@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
-
 from tunesmith import method_sections
 from tunesmith.data.lengths import Fit, fit_pair
+from tunesmith.method_details import PAIRS, RewardDetails
 from tunesmith.method_sections import RewardSection
-from tunesmith.records import MethodDetails, Tokens
+from tunesmith.records import Tokens
 from tunesmith.train import _trl
 from tunesmith.train.dpo import METHOD as DPO
 from tunesmith.train.method import Datasets, Method, Parts
@@ -27,17 +26,6 @@ from tunesmith.train.rows import apply_length_policy, pair_tools, preference_row
 if TYPE_CHECKING:
     from tunesmith.config import Recipe
     from tunesmith.data.formats import Example
-
-PAIRS = "data/eval_pairs.jsonl"
-"""The held-out pairs a reward run is evaluated on, saved in the run folder (data/eval.jsonl keeps prompt + chosen)."""
-
-
-class RewardDetails(MethodDetails):
-    pairs: str = Field(PAIRS, description="The held-out pairs (run folder relative) `tunesmith eval` scores.")
-    held_out_pairs: int = 0
-    final_eval: dict[str, float] = Field(
-        default_factory=dict, description="TRL's held-out accuracy, margin, mean reward and loss at the end of training."
-    )
 
 
 def _pair_rows(recipe: Recipe) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from tunesmith.method_sections import RewardSpec
+    from tunesmith.train.method import Method
 
 RewardFn = Callable[..., list[float]]
 
@@ -320,14 +321,13 @@ def columns(refs: list[str], rows: list[dict[str, Any]] | None) -> dict[str, lis
 
 
 def scorer(
-    recipe: Any, refs: list[str], rows: list[dict[str, Any]] | None = None
+    recipe: Any, method: Method[Any], refs: list[str], rows: list[dict[str, Any]] | None = None
 ) -> Callable[[list[Any], list[str]], list[float]] | None:
     """The run's GRPO rewards as one scorer for eval and the ladder: outputs -> the weighted sum GRPO trains on,
     with the columns training gave them (`refs` as `reference`; `rows`: each held-out row's own fields). None for
-    other methods, or when a reward cannot be built here (the report then says so through the missing metric)."""
-    from tunesmith.train import methods
-
-    if not methods.get(recipe.method).samples_completions:  # only a method that learns from rewards has them
+    other methods (`method`: the recipe's), or when a reward cannot be built here (the report then says so through
+    the missing metric)."""
+    if not method.samples_completions:  # only a method that learns from rewards has them
         return None
     specs = recipe.grpo.rewards
     try:

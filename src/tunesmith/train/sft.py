@@ -79,14 +79,14 @@ METHOD = SFT()
 
 
 def run(recipe: Recipe, resume: bool = False, force: bool = False) -> Run:
-    """Train `recipe` through the one training path (tunesmith.train.entry.run; kept here for SFT recipes' callers)."""
+    """Train an SFT `recipe` through the one training path (tunesmith.train.entry.run trains any method's)."""
     from tunesmith.train import skeleton
 
-    return skeleton.run(recipe, resume, force)
+    return skeleton.run(recipe, METHOD, resume, force)
 
 
 def build(recipe: Recipe, resume: bool = False, force: bool = False) -> Built:
-    """Everything up to trainer.train() for `recipe` (skeleton.build), as bench/train_throughput.py measures it."""
+    """Everything up to trainer.train() for an SFT `recipe` (skeleton.build), as bench/train_throughput.py measures it."""
     from tunesmith.train import skeleton
 
-    return skeleton.build(recipe, resume, force)
+    return skeleton.build(recipe, METHOD, resume, force)

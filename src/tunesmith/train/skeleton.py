@@ -12,10 +12,10 @@ import torch
 
 from tunesmith.records import Measured, Speed
 from tunesmith.run import Run, peak_memory_mb
-from tunesmith.train import compact, faults, methods, policy, speed, start, upcast, varlen
+from tunesmith.train import compact, faults, policy, speed, start, upcast, varlen
 from tunesmith.train.callbacks import standard_callbacks
 from tunesmith.train.finish import finish_run
-from tunesmith.train.method import Datasets, Parts
+from tunesmith.train.method import Datasets, Method, Parts
 
 if TYPE_CHECKING:
     from tunesmith.config import Recipe
@@ -47,11 +47,11 @@ class Built:
             self.unwrap = None
 
 
-def build(recipe: Recipe, resume: bool = False, force: bool = False, extra: Sequence[Any] = ()) -> Built:
-    """Run folder, the method's datasets, the levers, the model and the method's trainer (a prepared recipe);
-    `extra` callbacks join the standard ones."""
-    method = methods.get(recipe.method).trains_as(recipe)
-    st = start.begin(recipe, resume, force)  # blocking data errors stop here, before any model loads
+def build(recipe: Recipe, method: Method[Any], resume: bool = False, force: bool = False, extra: Sequence[Any] = ()) -> Built:
+    """Run folder, the datasets, the levers, the model and the trainer of the method `method` trains the (prepared)
+    recipe as (Method.trains_as); `method`: the recipe's own. `extra` callbacks join the standard ones."""
+    st = start.begin(recipe, method, resume, force)  # blocking data errors stop here, before any model loads
+    method = method.trains_as(recipe)
     data = method.datasets(recipe, st.tokenizer)
     # leading tokens every training row has (the system prompt, typically): speed.shared_prefix runs them once a pass
     shared = compact.common_prefix(list(data.train["input_ids"])) if method.packs_rows else 0
@@ -90,11 +90,11 @@ def _plan(recipe: Recipe, data: Datasets, shared: int = 0) -> Any:
         return None
 
 
-def run(recipe: Recipe, resume: bool = False, force: bool = False, callbacks: Sequence[Any] = ()) -> Run:
-    """Train the recipe with its method end to end and return the run (read back from its folder)."""
-    method = methods.get(recipe.method)
+def run(recipe: Recipe, method: Method[Any], resume: bool = False, force: bool = False, callbacks: Sequence[Any] = ()) -> Run:
+    """Train the recipe with `method` (its own, train/methods.py's) end to end and return the run (read back from its
+    folder)."""
     recipe = method.prepare(recipe, resume)  # before the run folder is locked: a broken reward or teacher fails here
-    b = build(recipe, resume, force, callbacks)
+    b = build(recipe, method, resume, force, callbacks)
     result = faults.fit(b.trainer, recipe, b.start.checkpoint)  # trainer.train under the fault policy
     final_eval = b.trainer.evaluate() if b.data.eval is not None else {}  # logged to metrics.jsonl by MetricsLog
     b.restore_attention()
@@ -104,6 +104,7 @@ def run(recipe: Recipe, resume: bool = False, force: bool = False, callbacks: Se
         plan = plan.model_copy(update={"measured": measured})
     return finish_run(
         recipe,
+        method,
         b.trainer,
         b.start.tokenizer,
         result,

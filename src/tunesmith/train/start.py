@@ -9,7 +9,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -19,6 +19,9 @@ from tunesmith.config import Recipe, dump_recipe
 from tunesmith.errors import RecipeError, RunError
 from tunesmith.train import checkpoints, dist
 from tunesmith.train.checkpoints import latest_complete_checkpoint
+
+if TYPE_CHECKING:
+    from tunesmith.train.method import Method
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +154,9 @@ def _refuse_if_finished(run_dir: Path) -> None:
         )
 
 
-def begin(recipe: Recipe, resume: bool, force: bool) -> Start:
-    """Run folder, base model, tokenizer; then the data audit, whose blocking errors stop the run before any model loads."""
+def begin(recipe: Recipe, method: Method[Any], resume: bool, force: bool) -> Start:
+    """Run folder, base model, tokenizer; then the data audit (with the recipe's `method`'s length policy), whose
+    blocking errors stop the run before any model loads."""
     from tunesmith.data import audit
 
     started = time.time()
@@ -163,7 +167,7 @@ def begin(recipe: Recipe, resume: bool, force: bool) -> Start:
         base_path = models.resolve_base(recipe.model.base)
         tokenizer = models.load_tokenizer(base_path, recipe.model.revision, recipe.model.trust_remote_code)
         check_target_modules(recipe, base_path)
-        audit.preflight(recipe, tokenizer, force)
+        audit.preflight(recipe, method, tokenizer, force)
     except BaseException:
         release_run_dir(run_dir)
         if new and dist.is_main_process():  # a run refused before training leaves no folder behind

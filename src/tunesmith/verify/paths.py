@@ -49,7 +49,7 @@ def reference(run: Any, n: int, tokenizer: Any | None = None) -> Reference:
     from tunesmith import families, models
     from tunesmith.data.template import prompt_messages
     from tunesmith.loader import run_thinking
-    from tunesmith.run import held_out_examples
+    from tunesmith.train.methods import held_out_examples
 
     tok = tokenizer or models.load_tokenizer(str(run.adapter_dir))
     examples = held_out_examples(run)[:n]
