@@ -220,7 +220,8 @@ class MethodDetails(Record):
     """Base of what a training method adds to the manifest: each method's module declares its own (Method.details)."""
 
 
-# method name -> its MethodDetails record; filled by tunesmith.train.methods.register, read when a manifest is read.
+# method name -> its MethodDetails record; the built-in ones registered by tunesmith.method_details (which run.py
+# imports), a later one by tunesmith.train.methods.register; read when a manifest is read.
 _DETAILS: dict[str, type[MethodDetails]] = {}
 
 

@@ -194,3 +194,24 @@ def test_help_imports_no_heavy_library() -> None:
     code = f"import sys, tunesmith.cli\nprint(','.join(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert done.stdout.strip() == "", f"`import tunesmith.cli` loaded {done.stdout.strip()}"
+
+
+def test_reading_a_run_imports_no_training_code(tmp_path: Path) -> None:
+    """A finished run's manifest (with its method's `details` record) is read without importing any train module:
+    the records live in tunesmith.method_details."""
+    from tunesmith.method_details import DPODetails
+    from tunesmith.records import BaseModelRef, Manifest, write_manifest
+
+    recipe = (Path(__file__).resolve().parents[2] / "configs" / "dpo.yaml").read_text(encoding="utf-8")
+    (tmp_path / "run.yaml").write_text(recipe, encoding="utf-8")
+    details = DPODetails(beta=0.1, loss_type="sigmoid", reference="the base under the adapter")
+    ref = BaseModelRef(spec="smollm2-135m-instruct", path="smollm2-135m-instruct")
+    manifest = Manifest(run="dpo", method="dpo", adapter="lora", base_model=ref, chat_template_sha256="", details=details)
+    write_manifest(tmp_path / "manifest.json", manifest)
+    code = (
+        "import sys\nfrom tunesmith.run import load_run\n"
+        f"run = load_run({str(tmp_path)!r})\n"
+        "print(type(run.manifest.details).__name__, sorted(m for m in sys.modules if m.startswith('tunesmith.train')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert done.stdout.split() == ["DPODetails", "[]"], done.stdout + done.stderr

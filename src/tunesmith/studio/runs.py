@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from tunesmith import method_details  # noqa: F401  # the methods' manifest records, which read_manifest needs
 from tunesmith.errors import RunError
 from tunesmith.records import EvalReport, Manifest, read_eval_report, read_manifest
 from tunesmith.studio.launch import pid_alive, read_job
