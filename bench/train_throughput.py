@@ -38,6 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tunesmith import allocator
 from tunesmith.train.hardware import SIMULATED_AVX2
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -259,6 +260,7 @@ def measure(ns: argparse.Namespace, out: Path) -> None:
         "counted_steps": len(seconds),
         "params": n_params,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "allocator": allocator.active(),
     }
     result["flops_per_token"] = f"4N, N={n_params}"  # LoRA: forward 2N + input-gradient backward 2N; full: 6N
     if torch.cuda.is_available():
@@ -296,6 +298,8 @@ def run_one(side: str, kind: str, train: Path, evaluation: Path, ns: argparse.Na
     cmd += [arg for s in ns.a_set for arg in ("--a-set", s)] + ["--b-fp32"] * ns.b_fp32
     started = time.time()
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(SIMULATED if ns.simulate_avx2 else {})}
+    if side == "A":  # what `tunesmith train` runs on: tcmalloc or jemalloc preloaded where installed (allocator.py)
+        env = allocator.preload_env(env, allocator.find())
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
         sys.exit(f"{side} run failed:\n{proc.stderr[-4000:]}")
@@ -304,7 +308,7 @@ def run_one(side: str, kind: str, train: Path, evaluation: Path, ns: argparse.Na
     rates = data["gemm_gflops"]
     achieved = f"  achieved {data['achieved']:.1%}" if data.get("achieved") is not None else ""
     print(
-        f"  {kind} pair {i} {side} ({data['precision']}): {data['tokens_per_s']:7.1f} tok/s  {data['s_per_step']:.2f} s/step  "
+        f"  {kind} pair {i} {side} ({data['precision']}, {data.get('allocator', 'system')}): {data['tokens_per_s']:7.1f} tok/s  {data['s_per_step']:.2f} s/step  "
         f"peak {data['peak_mb']:6.0f} MB (train {data['peak_train_mb']:.0f})  load {load:.2f}{achieved}  "
         f"[matmul fp32 {rates['float32']:.1f}, bf16 {rates['bfloat16']:.1f} GFLOP/s]",
         flush=True,

@@ -87,6 +87,7 @@ class Speed(Record):
     passes: int = 0  # forward/backward passes accumulated per optimizer step (training.grad_accum when not split)
     shared_prefix: bool = False  # rows' common leading tokens run once per pass, padding not run (train/compact.py)
     frozen_bf16: bool = False  # fp32 training with the frozen decoder linears stored in bf16 (train/upcast.py)
+    allocator: str = "system"  # the process's malloc: tcmalloc or jemalloc preloaded (allocator.py), or system
 
 
 class TokenCounts(Record):

@@ -87,9 +87,7 @@ def test_a_canary_whose_calls_stop_parsing_is_rolled_back_and_its_shadow_is_judg
         _script(state.engine)
         answers = []
         # routing hashes each response id: ask until both sides have answered (3 canary, at least 1 primary)
-        while len(answers) < 60 and (
-            sum(routed(a.id, 0.5) for a in answers) < 3 or all(routed(a.id, 0.5) for a in answers)
-        ):
+        while len(answers) < 60 and (sum(routed(a.id, 0.5) for a in answers) < 3 or all(routed(a.id, 0.5) for a in answers)):
             answers.append(ask(len(answers)))
         canary = [a for a in answers if routed(a.id, 0.5)]
         primary = [a for a in answers if not routed(a.id, 0.5)]

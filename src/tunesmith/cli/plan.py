@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from tunesmith import allocator
 from tunesmith.cli.base import app, console, handle_errors
 
 
@@ -59,6 +60,7 @@ def plan(
         f"{cfg.training.batch_size * cfg.training.grad_accum * p.nproc} rows in passes of {p.micro_batch}, "
         f"{p.tokens:,} tokens: ~{p.seconds / 60:,.1f} min ({p.precision} at {p.device_tflops * 1e3:,.0f} GFLOP/s), ~${p.usd:,.2f}"
     )
+    console.print(allocator.plan_line(), highlight=False)
     how = strategy(p, cfg.adapter.type)
     if how.name != "single":
         where = f"--nnodes {nnodes} --nproc {nproc}" if nnodes > 1 else f"--nproc {nproc}"

@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from tunesmith import allocator
 from tunesmith.records import Speed
 
 if TYPE_CHECKING:
@@ -65,12 +66,13 @@ def release_freed_memory() -> bool:
 
 
 def releases_memory(recipe: Recipe) -> bool:
-    """speed.release_memory resolved (every method's trainer reads it): auto = on for CPU runs where glibc can trim."""
+    """speed.release_memory resolved (every method's trainer reads it): auto = on for CPU runs on glibc's malloc
+    (tcmalloc and jemalloc reuse freed blocks by size, and glibc's trim cannot reach their heap)."""
     import torch
 
     value = recipe.speed.release_memory
     if value == "auto":
-        return not torch.cuda.is_available() and _malloc_trim() is not None
+        return not torch.cuda.is_available() and _malloc_trim() is not None and allocator.active() == "system"
     return bool(value)
 
 
@@ -238,6 +240,7 @@ def resolve(recipe: Recipe, plan: Any = None, lengths: list[int] | None = None, 
         passes=t.grad_accum * t.batch_size // rows,
         shared_prefix=sharing,
         frozen_bf16=stores_frozen_bf16(recipe, bf16, cuda),
+        allocator=allocator.active(),
     )
 
 
