@@ -250,6 +250,8 @@ def measure(ns: argparse.Namespace, out: Path) -> None:
         "precision": "bf16 autocast" if bf16 else "fp32",
         **probes,
         "tokens_per_s": sum(tokens) / sum(seconds),
+        "step_seconds": seconds,
+        "step_tokens": tokens,
         "s_per_step": sum(seconds) / len(seconds),
         # trained (label) tokens of each row the optimizer steps consumed, in order; the data loader's rows fetched
         # ahead of the last step are cut
@@ -309,7 +311,7 @@ def run_one(side: str, kind: str, train: Path, evaluation: Path, ns: argparse.Na
     achieved = f"  achieved {data['achieved']:.1%}" if data.get("achieved") is not None else ""
     print(
         f"  {kind} pair {i} {side} ({data['precision']}, {data.get('allocator', 'system')}): {data['tokens_per_s']:7.1f} tok/s  {data['s_per_step']:.2f} s/step  "
-        f"peak {data['peak_mb']:6.0f} MB (train {data['peak_train_mb']:.0f})  load {load:.2f}{achieved}  "
+        f"steps {min(data['step_seconds']):.2f}-{max(data['step_seconds']):.2f} s  peak {data['peak_mb']:6.0f} MB (train {data['peak_train_mb']:.0f})  load {load:.2f}{achieved}  "
         f"[matmul fp32 {rates['float32']:.1f}, bf16 {rates['bfloat16']:.1f} GFLOP/s]",
         flush=True,
     )
@@ -319,6 +321,13 @@ def run_one(side: str, kind: str, train: Path, evaluation: Path, ns: argparse.Na
 def final_loss(loss: dict) -> float:
     last = sorted(loss.items(), key=lambda kv: int(kv[0]))[-5:]
     return sum(v for _, v in last) / len(last)
+
+
+def fastest_half(run: dict) -> float:
+    """Tokens/s over the faster half of a run's counted steps: the steps a busy host slowed least (a shared
+    machine's other load can stretch a step by ~1.5x; both sides get the same rows step by step)."""
+    steps = sorted(zip(run["step_seconds"], run["step_tokens"]))[: max(1, len(run["step_seconds"]) // 2)]
+    return sum(t for _, t in steps) / sum(s for s, _ in steps)
 
 
 def report(kind: str, pairs: list[tuple[dict, dict]], out: Path) -> dict:
@@ -336,6 +345,7 @@ def report(kind: str, pairs: list[tuple[dict, dict]], out: Path) -> dict:
             {
                 "pair": i,
                 "tok_s_ratio": a["tokens_per_s"] / b["tokens_per_s"],
+                "tok_s_ratio_fastest_half": fastest_half(a) / fastest_half(b),
                 "mem_ratio": a["peak_mb"] / b["peak_mb"],
                 "step_ratio": a["s_per_step"] / b["s_per_step"],
                 "max_loss_dev": dev,
@@ -362,7 +372,8 @@ def report(kind: str, pairs: list[tuple[dict, dict]], out: Path) -> dict:
             and abs(loss_dev) <= TARGETS["loss"]
         )
         print(
-            f"  {kind} pair {r['pair']}: A/B tokens/s {r['tok_s_ratio']:.2f}x  memory {r['mem_ratio']:.2f}x  "
+            f"  {kind} pair {r['pair']}: A/B tokens/s {r['tok_s_ratio']:.2f}x "
+            f"(fastest half of each side's steps {r['tok_s_ratio_fastest_half']:.2f}x)  memory {r['mem_ratio']:.2f}x  "
             f"time/step {r['step_ratio']:.2f}x  "
             f"final loss A {r['final_loss_a']:.4f} B {r['final_loss_b']:.4f} ({loss_dev:+.1%})  max loss deviation {r['max_loss_dev']:.1%}  "
             f"trained tokens {'the same' if r['same_trained_tokens'] else 'DIFFER'}  "
