@@ -6,6 +6,7 @@ import os
 import sys
 
 from tunesmith import allocator
+from tunesmith.cli import app
 
 
 def main() -> None:
@@ -21,7 +22,6 @@ def main() -> None:
         sys.stderr.flush()
         os.execve(sys.executable, [sys.executable, "-m", "tunesmith", *argv], allocator.rerun_env(found))
     allocator.restore_callers_preload()
-    from tunesmith.cli import app
 
     app(prog_name="tunesmith")
 

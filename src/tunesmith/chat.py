@@ -7,6 +7,8 @@ from typing import Any
 
 from tunesmith.errors import RunError
 from tunesmith.eval.generate import generate_detailed
+from tunesmith.loader import load_target
+from tunesmith.train.methods import held_out_examples
 
 
 @dataclass
@@ -22,13 +24,10 @@ class ChatSession:
     @classmethod
     def open(cls, target: str, system: str | None = None) -> ChatSession:
         """Open a run folder (base + adapter, template checked) or a model (folder, .gguf, catalog name)."""
-        from tunesmith.loader import load_target
 
         loaded = load_target(target)
         run = loaded.run
         if run is not None and system is None:
-            from tunesmith.train.methods import held_out_examples
-
             # The run was trained with its data's system prompt; answering without it is a different task.
             # Read from the run folder's own held-out rows, so chat works after the data moved.
             try:

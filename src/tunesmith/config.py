@@ -23,8 +23,11 @@ from pydantic import (
 )
 
 from tunesmith import method_sections
+from tunesmith.atomic import write_text_atomic
 from tunesmith.errors import RecipeError
+from tunesmith.eval.gates import parse_rule
 from tunesmith.eval.graders import load_graders
+from tunesmith.eval.registry import canonical, metric
 from tunesmith.preflight import environment, preflight
 from tunesmith.sections import DataPath, Section, absolute, base_dir
 
@@ -264,8 +267,6 @@ class EvalSection(Section):
     @field_validator("gates")
     @classmethod
     def _rules_parse(cls, value: dict[str, str | float]) -> dict[str, str | float]:
-        from tunesmith.eval.gates import parse_rule
-        from tunesmith.eval.registry import canonical
 
         for name, rule in value.items():
             parse_rule(name, rule)  # ValueError names the gate and its unknown metric or unreadable rule
@@ -274,7 +275,6 @@ class EvalSection(Section):
     @field_validator("select_checkpoint")
     @classmethod
     def _selectable(cls, value: str | None) -> str | None:
-        from tunesmith.eval.registry import metric
 
         if value is None:
             return None
@@ -613,7 +613,6 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, check_file
 
 def dump_recipe(recipe: Recipe, path: Path) -> None:
     """Write the resolved recipe (absolute paths, every default filled in)."""
-    from tunesmith.atomic import write_text_atomic
 
     write_text_atomic(path, yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from tunesmith import families, models
 from tunesmith.errors import ModelError
+from tunesmith.eval.generate import stop_token_ids
 from tunesmith.run import Run, is_run_dir, load_run
 
 
@@ -44,7 +45,6 @@ class Loaded:
 
     def stop_token_ids(self) -> list[int]:
         """Ids that end generation (eval.generate.stop_token_ids: the family's end of turn first)."""
-        from tunesmith.eval.generate import stop_token_ids
 
         return stop_token_ids(self.model, self.tokenizer)
 

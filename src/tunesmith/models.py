@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunesmith import families
 from tunesmith.atomic import staged_dir
 from tunesmith.errors import ModelError
 
@@ -204,8 +205,6 @@ def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bo
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if not tok.chat_template:
-        from tunesmith import families
-
         # A base-model folder of a known family (its vocabulary has the family's tokens) gets the family's template.
         family = families.ensure_template(tok, read_config(path))
         if family is None:

@@ -25,6 +25,7 @@ from typing import Any
 
 from tunesmith.atomic import fsync_dir, write_text_atomic
 from tunesmith.errors import TunesmithError
+from tunesmith.models import sha256_file
 
 MARKER = ".tunesmith"
 
@@ -49,7 +50,6 @@ def _write_marker(folder: Path, marker: dict[str, Any]) -> None:
 
 
 def _sha256(path: Path) -> str:
-    from tunesmith.models import sha256_file
 
     return sha256_file(path)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunesmith import models, outputs
 from tunesmith.atomic import write_text_atomic
 from tunesmith.config import (
     DEFAULT_BASE,
@@ -25,6 +26,7 @@ from tunesmith.config import (
     commented_yaml,
     recipe_from_dict,
 )
+from tunesmith.errors import DataError
 from tunesmith.train import methods
 
 LORA_LR = 2e-4  # the usual LoRA learning rate (QLoRA paper, peft and TRL examples)
@@ -111,10 +113,8 @@ def write_user_project(
     overwrite: bool = False,
 ) -> UserProject:
     """Audit the user's files with the base's tokenizer, choose the schedule, write DIRECTORY/recipe.yaml."""
-    from tunesmith import models, outputs
     from tunesmith.data.audit import audit, load_rows
     from tunesmith.data.checks import last_answer
-    from tunesmith.errors import DataError
 
     missing = [str(p) for p in [*data, *([eval_file] if eval_file else [])] if not Path(p).is_file()]
     if missing:

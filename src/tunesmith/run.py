@@ -24,11 +24,12 @@ import yaml
 from tunesmith import method_details  # noqa: F401  # registers each built-in method's details record, which manifests hold
 from tunesmith.atomic import write_text_atomic
 from tunesmith.config import Recipe, recipe_from_dict
+from tunesmith.data.formats import Example
 from tunesmith.errors import RunError
+from tunesmith.models import sha256_file
 from tunesmith.records import Manifest, read_manifest
 
 if TYPE_CHECKING:
-    from tunesmith.data.formats import Example
     from tunesmith.train.method import Method
 
 HELD_OUT = "data/eval.jsonl"  # inside the run folder
@@ -131,8 +132,6 @@ def _extra(row: dict[str, Any]) -> dict[str, Any]:
 def read_held_out(path: Path) -> list[Any]:
     """The examples of a held-out file (data/eval.jsonl: one {id, messages, source, fields} per line; `fields`, the
     row's other fields, becomes Example.extra)."""
-    from tunesmith.data.formats import Example
-
     if not path.exists():
         raise RunError(f"{path} is missing: the run's held-out rows were removed", hint="Restore the run folder from a copy.")
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -171,7 +170,6 @@ def changed_inputs(run: Run) -> list[str]:
     The run's own held-out copy must match; a source data file that still exists must match too (a missing one is
     fine: the run's copy is used). Empty when everything matches.
     """
-    from tunesmith.models import sha256_file
 
     warnings = []
     held = run.manifest.held_out

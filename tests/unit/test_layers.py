@@ -86,14 +86,23 @@ def imports(name: str, path: Path, mods: dict[str, Path]) -> list[tuple[str, str
     return out
 
 
+def _packages(name: str) -> list[str]:
+    """The packages whose __init__ runs before module `name` (a.b.c: a, a.b)."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
 def import_graph() -> dict[str, dict[str, Edge]]:
+    """Module -> the modules its import statements run: each target and, first, the __init__ of every package
+    above it (except the importer's own packages, which are already running)."""
     mods = module_names()
     graph: dict[str, dict[str, Edge]] = {m: {} for m in mods}
     for name, path in mods.items():
+        own = set(_packages(name))
         for target, _, line in imports(name, path, mods):
-            if target != name and target not in graph[name]:
-                where = f"{path.relative_to(SRC.parent.parent)}:{line}"
-                graph[name][target] = Edge(name, target, where)
+            for each in [*_packages(target), target]:
+                if each in mods and each != name and each not in own and each not in graph[name]:
+                    graph[name][each] = Edge(name, each, f"{path.relative_to(SRC.parent.parent)}:{line}")
     return graph
 
 
@@ -215,3 +224,71 @@ def test_reading_a_run_imports_no_training_code(tmp_path: Path) -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert done.stdout.split() == ["DPODetails", "[]"], done.stdout + done.stderr
+
+
+def _statements(path: Path) -> list[tuple[ast.Import | ast.ImportFrom, bool]]:
+    """Every import statement of a module outside `if TYPE_CHECKING:`, and whether it sits inside a function."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skip = _type_checking_only(tree)
+    local = {
+        id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) for n in ast.walk(f) if n is not f
+    }
+    return [(n, id(n) in local) for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and id(n) not in skip]
+
+
+def _targets(node: ast.Import | ast.ImportFrom, name: str, path: Path, mods: dict[str, Path]) -> tuple[set[str], set[str]]:
+    """(tunesmith modules, other top-level packages) that one import statement loads."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+    else:
+        base = node.module or ""
+        if node.level:
+            base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+        names = [base, *(f"{base}.{a.name}" for a in node.names)]
+    ours = {".".join(n.split(".")[:i]) for n in names for i in range(1, n.count(".") + 2)} & set(mods)
+    return ours, {n.split(".")[0] for n in names if n.split(".")[0] != "tunesmith"}
+
+
+# What an import inside a function may keep out of `tunesmith --help`: HEAVY, and the libraries that take tens of
+# milliseconds each (a web framework, numpy, templates, plotting, clients, databases).
+SLOW = (
+    *HEAVY,
+    *("fastapi", "starlette", "uvicorn", "numpy", "jinja2", "matplotlib", "openai", "httpx", "prometheus_client"),
+    *("optuna", "mlflow", "sqlalchemy", "psycopg", "psycopg2", "pyarrow", "pandas", "gguf", "PIL", "scipy"),
+    *("jsonschema", "llama_cpp", "playwright", "tensorboard", "sklearn"),
+)
+
+
+def heavy_at_import() -> set[str]:
+    """The tunesmith modules whose import (module-level statements, followed through tunesmith) loads a SLOW one."""
+    mods = module_names()
+    top: dict[str, tuple[set[str], set[str]]] = {}
+    for name, path in mods.items():
+        ours: set[str] = set()
+        other: set[str] = set()
+        for node, local in _statements(path):
+            if not local:
+                o, e = _targets(node, name, path, mods)
+                ours |= o - {name}
+                other |= e
+        top[name] = (ours, other)
+    heavy = {m for m, (_, other) in top.items() if other & set(SLOW)}
+    while grown := {m for m, (ours, _) in top.items() if m not in heavy and ours & heavy}:
+        heavy |= grown
+    return heavy
+
+
+def test_function_local_imports_only_keep_heavy_libraries_out_of_help() -> None:
+    """An import inside a function hides a dependency from the reader: outside the command layer it is there only
+    when the module it loads pulls in torch, transformers, a web framework & co. at import; a light one goes at the
+    top. The command layer (cli/) imports the library inside each command, so `--help` loads the command line only."""
+    mods, heavy = module_names(), heavy_at_import()
+    bad = [
+        f"{path.relative_to(SRC.parent.parent)}:{node.lineno}: {ast.unparse(node)}"
+        for name, path in mods.items()
+        if not name.startswith(("tunesmith.cli", "tunesmith.__main__"))
+        for node, local in _statements(path)
+        if local and (ours := _targets(node, name, path, mods)[0]) and not ours & heavy
+    ]
+    assert not bad, "function-local imports of light tunesmith modules (move them to the top):\n" + "\n".join(bad)

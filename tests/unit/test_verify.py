@@ -80,7 +80,7 @@ def test_a_generation_config_without_the_end_of_turn_exits_3_naming_it(run, merg
 
 def test_serve_check_parity_names_a_template_the_engine_changed(run):
     from tunesmith.serve.engine import load_engine
-    from tunesmith.verify import engine_parity
+    from tunesmith.verify.paths import engine_parity
 
     engine = load_engine(run.dir)
     assert engine_parity(engine, n=2) == []
@@ -94,7 +94,7 @@ def test_a_quantized_export_is_reported_not_refused(run, merged, tmp_path):
     from pathlib import Path
 
     from tunesmith.export.gguf import export_gguf
-    from tunesmith.verify import verify
+    from tunesmith.verify.parity import verify
 
     out = tmp_path / "q.gguf"
     export_gguf(Path(merged), out, "q8_0", n_check=1, max_new_tokens=8)
@@ -108,7 +108,7 @@ def test_llama_cpp_runs_the_file_with_its_embedded_template(run, merged, tmp_pat
     pytest.importorskip("llama_cpp", reason="llama-cpp-python (the optional `llamacpp` extra) is not installed")
     from pathlib import Path
 
-    from tunesmith.verify import verify
+    from tunesmith.verify.parity import verify
 
     report = verify(run, merged=Path(merged), serve=False, prompts=2, max_new_tokens=8)
     assert next(c for c in report.checks if c.path == "llama.cpp").status in ("ok", "reported", "diverged")

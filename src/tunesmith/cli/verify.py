@@ -30,8 +30,8 @@ def verify(
     prompt bytes, stop on the same tokens and answer with the same greedy tokens. Exit 0 parity, 3 a divergence
     (the first differing token is named), 1 an error."""
     from tunesmith.run import load_run
-    from tunesmith.verify import Divergent
-    from tunesmith.verify import verify as run_verify
+    from tunesmith.verify.compare import Divergent
+    from tunesmith.verify.parity import verify as run_verify
 
     run = load_run(run_dir)
     with console.status("verifying (adapter, merged, served, gguf) ..."):

@@ -30,9 +30,11 @@ from tunesmith.data.checks import (
     row_tools,
 )
 from tunesmith.data.formats import read_records
+from tunesmith.data.reasoning import sources
 from tunesmith.data.tool_checks import tool_counts, tool_stats
 from tunesmith.data.tool_shapes import load_tools_file
 from tunesmith.errors import DataError
+from tunesmith.train import speed
 
 if TYPE_CHECKING:
     from tunesmith.train.method import Method
@@ -162,7 +164,6 @@ def _token_pass(
 def _reasoning_stats(rows: Rows, counts: Counter[str], policy: str) -> dict[str, Any] | None:
     """Where the traces came from (reasoning_content, reasoning, thinking, inline <think>) and what training does
     with them (data.template's counts); None when no row carries one."""
-    from tunesmith.data.reasoning import sources
 
     found: Counter[str] = Counter()
     for row in rows.rows:
@@ -363,7 +364,6 @@ def packing_leaks(recipe: Any, method: Method[Any]) -> str | None:
     batch's rows and keeps them apart by position_ids restarting at 0: varlen attention runs each row alone, and
     transformers' own models build a per-row mask from those position_ids (masking_utils.find_packed_sequence_indices).
     Remote modeling code, or a transformers without that mask, attends across the rows."""
-    from tunesmith.train import speed
 
     if not method.packs_rows or speed.batching(recipe) != "padding_free":
         return None

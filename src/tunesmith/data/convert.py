@@ -25,6 +25,7 @@ from tunesmith.data.formats import (
     to_preference,
     to_prompt_only,
 )
+from tunesmith.data.tool_checks import tool_counts
 from tunesmith.data.tool_shapes import row_tools
 from tunesmith.errors import DataError
 
@@ -136,7 +137,6 @@ class ConvertResult:
 
 def _tool_counts(obj: Any) -> Counter[str]:
     """What a converted row holds in calls and results (its function-call turns became tool_calls / tool messages)."""
-    from tunesmith.data.tool_checks import tool_counts
 
     try:
         messages = to_messages(obj)  # a preference pair: its prompt and chosen answer

@@ -10,6 +10,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from tunesmith.errors import TunesmithError
+from tunesmith.plan import cost
+from tunesmith.plan.memory import Shape
+
 
 def distribution(values: list[int | float]) -> dict[str, float]:
     """min / mean / median / p5 / p95 / max of a list (zeros when empty)."""
@@ -62,7 +66,6 @@ def cost_estimate(
 
     epochs: the recipe's (or --epochs; None: OpenAI's default rule); max_steps > 0 overrides it as training does;
     rows_per_step: batch_size x grad_accum; bf16: whether this CPU trains in bf16 (train.speed.uses_bf16)."""
-    from tunesmith.plan import cost
 
     if max_steps > 0:
         rule = "recipe's max_steps x batch_size x grad_accum"
@@ -111,8 +114,6 @@ def cost_estimate(
 def count_params(model_path: str) -> int | None:
     """Parameter count of a model folder, as the planner counts it from config.json (plan/memory.Shape); None when
     the planner cannot read the config (the estimate is then skipped)."""
-    from tunesmith.errors import TunesmithError
-    from tunesmith.plan.memory import Shape
 
     try:
         return Shape.from_config(model_path).params

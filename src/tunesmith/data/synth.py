@@ -23,6 +23,8 @@ from tunesmith.data.formats import Record, parse_json, read_records, too_deep
 from tunesmith.data.template import tokenize_example
 from tunesmith.errors import DataError
 from tunesmith.eval import metrics
+from tunesmith.eval.generate import generate
+from tunesmith.loader import load_target
 
 REASONS = (
     "unparseable",
@@ -167,7 +169,6 @@ def synthesize(
     on_batch: Callable[[int, int], None] | None = None,
 ) -> SynthResult:
     """Generate until `n` candidates are accepted or `max_attempts` (default 4 x n) are spent."""
-    from tunesmith.eval.generate import generate
 
     validator = CandidateValidator(seeds, tokenizer, max_length, schema)
     rng = random.Random(seed)
@@ -191,7 +192,6 @@ def synthesize(
 
 def load_generator(spec: str) -> tuple[Any, Any]:
     """(model, tokenizer) for a run folder (base + adapter) or a base model spec."""
-    from tunesmith.loader import load_target
 
     loaded = load_target(spec)
     return loaded.model, loaded.tokenizer

@@ -25,6 +25,7 @@ from tunesmith import families
 from tunesmith.data import reasoning
 from tunesmith.errors import DataError
 from tunesmith.families import Family
+from tunesmith.models import chat_template_hash
 
 IGNORE = -100
 
@@ -74,7 +75,6 @@ def clear_memo() -> None:
 
 
 def _memo_key(tokenizer: Any, messages: list[dict[str, Any]], extra: Any) -> tuple[str, str]:
-    from tunesmith.models import chat_template_hash
 
     who = f"{type(tokenizer).__name__}|{getattr(tokenizer, 'name_or_path', '')}|{len(tokenizer)}|{tokenizer.eos_token_id}"
     conversation = json.dumps([messages, extra], sort_keys=True, ensure_ascii=False, default=str)

@@ -21,6 +21,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
+from tunesmith.atomic import write_text_atomic
 from tunesmith.data.convert import write_rows
 
 FIELDS: tuple[str, ...] = ("customer", "product", "sku", "warranty", "category", "priority", "amount", "currency")
@@ -334,7 +335,6 @@ def catalog_entry(product: str) -> str:
 
 def write_catalog(out_dir: Path) -> list[Path]:
     """Write one ``<slug>.md`` per product under ``out_dir``; returns the paths in PRODUCTS order."""
-    from tunesmith.atomic import write_text_atomic
 
     return [write_text_atomic(Path(out_dir) / f"{catalog_slug(p)}.md", catalog_entry(p)) for p in PRODUCTS]
 

@@ -9,7 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunesmith import outputs
 from tunesmith.atomic import write_text_atomic
+from tunesmith.chat import ChatSession
 from tunesmith.config import (
     AdapterSection,
     EvalSection,
@@ -18,9 +20,16 @@ from tunesmith.config import (
     RagSection,
     TrainingSection,
     commented_yaml,
+    load_recipe,
 )
 from tunesmith.demo import sizing
+from tunesmith.demo.sizing import BUDGET_S
 from tunesmith.errors import TunesmithError
+from tunesmith.eval.ladder import default_out, ladder
+from tunesmith.eval.ladder_table import ladder_summary
+from tunesmith.export.merge import merge
+from tunesmith.models import pull
+from tunesmith.train.entry import run as train_run
 
 if TYPE_CHECKING:
     from tunesmith.eval.ladder_report import LadderReport
@@ -76,7 +85,6 @@ def write_project(directory: Path, overwrite: bool = False, claimed: bool = Fals
     DIRECTORY must be new, empty or an earlier `tunesmith init` (replaced only with overwrite, and only the files
     init wrote, unedited); `claimed`: the caller (the demo) already made the folder its own.
     """
-    from tunesmith import outputs
     from tunesmith.rag.index import build_index
 
     if not claimed:
@@ -109,8 +117,6 @@ def run_demo(
 
     budget_s: seconds the whole demo may take (default demo.sizing.BUDGET_S): its work is sized to fit this machine
     (demo/sizing.py), said before it starts and compared with the measured time at the end."""
-    from tunesmith import outputs
-    from tunesmith.demo.sizing import BUDGET_S
 
     started = time.time()
     # Only a folder an earlier demo made is reused; with fresh, only the demo's own files in it are replaced.
@@ -142,14 +148,6 @@ def _demo_steps(directory: Path, console: Any, steps: int | None, deadline: floa
     """The five steps of the demo in `directory` (claimed by the caller), sized to end by `deadline` (epoch seconds);
     the ladder report and what each part took against its estimate."""
     from rich.progress import Progress
-
-    from tunesmith.chat import ChatSession
-    from tunesmith.config import load_recipe
-    from tunesmith.eval.ladder import default_out, ladder
-    from tunesmith.eval.ladder_table import ladder_summary
-    from tunesmith.export.merge import merge
-    from tunesmith.models import pull
-    from tunesmith.train.entry import run as train_run
 
     console.rule("[bold]1/5 base model")
     with console.status("importing SmolLM2-135M-Instruct from its GGUF (once) ..."):

@@ -15,7 +15,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from tunesmith import models
 from tunesmith.eval.ladder import PROBE_ROWS
+from tunesmith.plan import advisor
+from tunesmith.train import hardware
 
 if TYPE_CHECKING:
     from tunesmith.config import Recipe
@@ -178,9 +181,6 @@ def estimate(
 ) -> Machine:
     """The planner's seconds per training step of `recipe` here (its data tokenized as training will, unless
     `lengths`/`trained`/`shared` are given), in the precision this CPU trains in, and the measured matmul rates."""
-    from tunesmith import models
-    from tunesmith.plan import advisor
-    from tunesmith.train import hardware
 
     if lengths is None or trained is None:
         tokenizer = tokenizer or models.load_tokenizer(models.resolve_base(recipe.model.base))

@@ -11,10 +11,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunesmith import families, outputs
 from tunesmith.atomic import write_text_atomic
-from tunesmith.config import AdapterSection, EvalSection, SpeedSection, TrainingSection, commented_yaml
+from tunesmith.config import AdapterSection, EvalSection, SpeedSection, TrainingSection, commented_yaml, load_recipe
 from tunesmith.demo import sizing, tools_task
 from tunesmith.errors import TunesmithError
+from tunesmith.eval.registry import metric
+from tunesmith.models import pull
+from tunesmith.serve.engine import load_engine
+from tunesmith.serve.security import KeyRing, generate_key
+from tunesmith.tables import Table
+from tunesmith.train.entry import run as train_run
+from tunesmith.train.methods import evaluate
+from tunesmith.verify.served import running
 
 if TYPE_CHECKING:
     from tunesmith.records import EvalReport
@@ -39,7 +48,6 @@ LOOP_REQUEST = "Hi, where is my order QZ-5817? It has been a week."  # its order
 def tool_base(source: Path, out: Path) -> Path:
     """`out`: the model folder `source` with the ChatML family's tool-rendering template (weights linked, not
     copied, where the file system allows)."""
-    from tunesmith import families
 
     out.mkdir(parents=True, exist_ok=True)
     for name in BASE_FILES:
@@ -70,7 +78,6 @@ def recipe_values(base: str) -> dict[str, Any]:
 
 def write_project(directory: Path, base: Path) -> Path:
     """DIRECTORY/base (the tool-rendering model folder), DIRECTORY/data/{train,eval}.jsonl and a commented recipe."""
-    from tunesmith import outputs
 
     tool_base(base, directory / "base")
     tools_task.write_splits(directory / "data", N_TRAIN, N_EVAL)
@@ -129,9 +136,6 @@ def serve_loop(run_dir: Path, request: str = LOOP_REQUEST) -> Loop:
     import openai
 
     from tunesmith.serve.app import ServeSettings, create_app
-    from tunesmith.serve.engine import load_engine
-    from tunesmith.serve.security import KeyRing, generate_key
-    from tunesmith.verify.served import running
 
     engine = load_engine(run_dir)
     key = generate_key()
@@ -143,7 +147,6 @@ def serve_loop(run_dir: Path, request: str = LOOP_REQUEST) -> Loop:
 
 def table_rows(report: EvalReport) -> list[tuple[str, list[float]]]:
     """(metric label, [base, tuned]) for the demo's table, from the eval report's summary."""
-    from tunesmith.eval.registry import metric
 
     summary = report.summary
     return [
@@ -164,8 +167,6 @@ def run_tools_demo(
     `base`: a model folder instead of the embedded SmolLM2, `overrides`: recipe `--set` values (tests).
     budget_s: seconds the whole demo may take (default sizing.TOOLS_BUDGET_S): its training steps are sized from the
     planner's estimate for this machine, said before training starts and compared with the measured time at the end."""
-    from tunesmith import outputs
-    from tunesmith.demo import sizing
 
     started = time.time()
     deadline = started + (budget_s if budget_s is not None else sizing.TOOLS_BUDGET_S)
@@ -189,11 +190,6 @@ def run_tools_demo(
 def _steps(
     directory: Path, console: Any, overrides: list[str], base: Path | None, steps: int | None, deadline: float
 ) -> tuple[EvalReport, Loop, sizing.ToolsPlan]:
-    from tunesmith.config import load_recipe
-    from tunesmith.models import pull
-    from tunesmith.tables import Table
-    from tunesmith.train.entry import run as train_run
-    from tunesmith.train.methods import evaluate
 
     console.rule("[bold]1/4 base model")
     source = base if base is not None else pull("smollm2-135m-instruct")

@@ -15,6 +15,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+from tunesmith.demo.generator import write_split_files
+
 SYSTEM = "You are the support assistant of the Pinewood shop. Call a tool when a request needs one."
 
 _ORDER = {"order_id": {"type": "string"}}  # short schemas: the tool list is in every prompt
@@ -172,6 +174,5 @@ def _unique(n: int, start: int, rng: random.Random, values: _Values, two_step: f
 
 def write_splits(out_dir: Path, n_train: int = 240, n_eval: int = 24, seed: int = 0) -> tuple[Path, Path]:
     """Write `train.jsonl` and `eval.jsonl` under `out_dir`; returns their paths."""
-    from tunesmith.demo.generator import write_split_files
 
     return write_split_files(out_dir, *make_splits(n_train, n_eval, seed))

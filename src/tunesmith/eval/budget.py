@@ -11,6 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tunesmith import models
+from tunesmith.errors import RunError
+from tunesmith.eval.tool_metrics import answer_text
+from tunesmith.records import read_eval_report
+
 HEADROOM, EXTRA = 1.25, 16
 NO_REFERENCES = 256  # tokens, when `auto` has no reference answers to measure (prompt-only data, serving)
 
@@ -31,10 +36,7 @@ def resolve_max_new_tokens(recipe: Any, tokenizer: Any, refs: Sequence[str] | No
         return Budget(int(setting), "eval.max_new_tokens")
     cap = recipe.data.max_length
     if tokenizer is None and refs:
-        from tunesmith import models
-
         tokenizer = models.load_tokenizer(models.resolve_base(recipe.model.base))
-    from tunesmith.eval.tool_metrics import answer_text
 
     texts = [answer_text(r) for r in refs or [] if r]  # a tool row's answer as the calls it writes
     lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts if t]
@@ -51,8 +53,6 @@ def resolve_max_new_tokens(recipe: Any, tokenizer: Any, refs: Sequence[str] | No
 def run_budget(run: Any) -> int:
     """The budget a finished run's eval used (eval/report.json), so serve's golden check asks for the same;
     resolved from the recipe when the run has not been evaluated."""
-    from tunesmith.errors import RunError
-    from tunesmith.records import read_eval_report
 
     try:
         used = read_eval_report(run.dir / "eval" / "report.json").generation.get("max_new_tokens")

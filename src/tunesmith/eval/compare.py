@@ -11,16 +11,20 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunesmith import models
+from tunesmith import models, outputs
+from tunesmith.data.convert import write_rows
 from tunesmith.data.template import prompt_messages
 from tunesmith.eval import gates, metrics, release, scoring, tool_metrics
 from tunesmith.eval.budget import resolve_max_new_tokens
 from tunesmith.eval.loss import perplexity, reference_loss
 from tunesmith.eval.notes import eval_warnings
+from tunesmith.eval.report import write_html
+from tunesmith.eval.reward_model import add_scores
 from tunesmith.loader import load_run_model
 from tunesmith.rag.index import changed_since
 from tunesmith.records import EvalReport, Judgement, write_eval_report
 from tunesmith.run import Run, changed_inputs, held_out_examples, read_metrics
+from tunesmith.train.rewards import scorer
 
 if TYPE_CHECKING:
     from tunesmith.train.method import Method
@@ -32,8 +36,6 @@ SIDES = ("base", "tuned")
 def evaluate(run: Run, method: Method[Any], max_examples: int | None = None, progress: Any = None) -> EvalReport:
     """Run every held-out prompt through base and tuned, score both, write report.json/predictions.jsonl/report.html.
     `method`: the run's own (train/methods.py's `evaluate` finds it by name)."""
-    from tunesmith.eval.reward_model import add_scores
-    from tunesmith.train.rewards import scorer
 
     recipe = run.recipe
     if (own := method.evaluate(run, max_examples, progress)) is not None:  # a reward model scores pairs
@@ -151,9 +153,6 @@ def write_outputs(
     out: Path, report: EvalReport, rows: list[dict[str, Any]], history: list[dict[str, Any]], extra: dict[str, str] | None = None
 ) -> None:
     """report.json, predictions.jsonl, report.html and `extra` (name -> text, e.g. a reward run's calibration.json)."""
-    from tunesmith import outputs
-    from tunesmith.data.convert import write_rows
-    from tunesmith.eval.report import write_html
 
     out = outputs.claim_dir(out, "eval", overwrite=True, what="eval folder")  # replaces only an earlier eval's files
     with outputs.replacing(out) as stage:  # the earlier report stays until the new one is complete

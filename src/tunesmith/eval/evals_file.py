@@ -15,7 +15,13 @@ from typing import Any
 
 from pydantic import Field
 
+from tunesmith.data.formats import read_records
 from tunesmith.errors import DataError
+from tunesmith.eval import scoring
+from tunesmith.eval.budget import resolve_max_new_tokens
+from tunesmith.eval.graders import grader_items, run_graders
+from tunesmith.eval.judge import judges_for_graders
+from tunesmith.loader import load_run_model
 from tunesmith.records import GraderScore, Record
 
 SAMPLES = "samples"  # the side name of outputs given in the file
@@ -41,7 +47,6 @@ class GradersReport(Record):
 
 def read_rows(path: Path) -> list[EvalsRow]:
     """The rows of an Evals JSONL; one DataError naming every bad line."""
-    from tunesmith.data.formats import read_records
 
     rows, bad = [], []
     for rec in read_records(path):
@@ -81,7 +86,6 @@ def prompt_of(row: EvalsRow) -> list[dict[str, Any]]:
 
 def items_for(rows: list[EvalsRow], prompts: list[str]) -> list[dict[str, Any]]:
     """The `item` each grader sees: the row's item fields, with tunesmith's reference (item.reference, or "")."""
-    from tunesmith.eval.graders import grader_items
 
     refs = [str(r.item.get("reference", "")) for r in rows]
     return grader_items([str(r.item.get("id", r.where)) for r in rows], prompts, refs, [r.item for r in rows])
@@ -91,7 +95,6 @@ def score_file(
     graders: list[Any], rows: list[EvalsRow], outputs: dict[str, list[str]], prompts: list[str], judge_for: Any
 ) -> dict[str, dict[str, GraderScore]]:
     """grader -> side -> GraderScore, every output graded with its row's item."""
-    from tunesmith.eval.graders import run_graders
 
     graded = run_graders(graders, outputs, items_for(rows, prompts), judge_for)
     return {name: {side: GraderScore(**s) for side, s in sides.items()} for name, sides in graded.items()}
@@ -110,9 +113,6 @@ def recorded_outputs(rows: list[EvalsRow], path: Path) -> dict[str, list[str]]:
 
 def answer_with_run(run: Any, prompts: list[list[dict[str, Any]]], progress: Any = None) -> dict[str, list[str]]:
     """{base, tuned}: the run's base and tuned answers to the prompts (greedy, the run's eval budget and batch)."""
-    from tunesmith.eval import scoring
-    from tunesmith.eval.budget import resolve_max_new_tokens
-    from tunesmith.loader import load_run_model
 
     loaded = load_run_model(run)
     budget = resolve_max_new_tokens(run.recipe, loaded.tokenizer, [])
@@ -127,7 +127,6 @@ def answer_with_run(run: Any, prompts: list[list[dict[str, Any]]], progress: Any
 
 def evaluate_file(path: Path, graders: list[Any], run: Any = None, progress: Any = None) -> GradersReport:
     """Score the file's recorded samples (no run) or the run's base and tuned answers to its items."""
-    from tunesmith.eval.judge import judges_for_graders
 
     rows = read_rows(path)
     if run is None:

@@ -16,6 +16,8 @@ from importlib import resources
 from typing import Any, Literal
 
 from tunesmith.eval import metrics
+from tunesmith.eval.generate import generate
+from tunesmith.eval.loss import reference_loss
 
 PROBE_MAX_NEW_TOKENS = 48  # every probe answer is a word, a number or a one-line JSON object
 PROBE_BATCH = 16  # probe prompts are one short line each: batch wider than eval.batch_size
@@ -88,8 +90,6 @@ def forgetting_scores(
 
 def probe_side(model: Any, tokenizer: Any, items: list[ProbeItem], batch_size: int, max_length: int) -> tuple[list[str], float]:
     """One model's probe answers (greedy, the one generation function) and its general-text reference loss."""
-    from tunesmith.eval.generate import generate
-    from tunesmith.eval.loss import reference_loss
 
     convs = [[{"role": "user", "content": item.prompt}] for item in items]
     outputs = generate(model, tokenizer, convs, PROBE_MAX_NEW_TOKENS, max(batch_size, PROBE_BATCH))

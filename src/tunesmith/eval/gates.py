@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from tunesmith.errors import RecipeError
 from tunesmith.eval import metrics, registry
 from tunesmith.records import GateResult
 
@@ -56,7 +57,6 @@ def parse_rule(name: str, rule: str | float) -> tuple[str, float]:
 
 def gate_options(options: list[str]) -> dict[str, str]:
     """Gates from `--gate metric=RULE` options; a RecipeError naming the first unreadable one."""
-    from tunesmith.errors import RecipeError
 
     parsed: dict[str, str] = {}
     for option in options:

@@ -25,8 +25,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from tunesmith.errors import RecipeError
-from tunesmith.eval import metrics
+from tunesmith.eval import metrics, pygrader
 from tunesmith.eval.grader_base import Graded, JudgeFor, Unscored, jinja_template, render
+from tunesmith.eval.grader_models import model_grade
+from tunesmith.eval.similarity import cosine_similarities
 
 TEXT_PARTS = ("text", "input_text", "output_text")
 ITEM_KEYS = ("reference", "reference_json", "input", "id")
@@ -289,19 +291,14 @@ def grade(grader: Grader, outputs: list[str], items: list[dict[str, Any]], judge
         metric = grader.evaluation_metric
         return _each(lambda s, i: _similarity(metric, render(grader.input, s, i), render(grader.reference, s, i)), samples, items)
     if isinstance(grader, PythonGrader):
-        from tunesmith.eval import pygrader
-
         done = pygrader.run(grader.source, grader.name, samples, items, grader.timeout_s, grader.memory_mb)
         return Graded([o.score or 0.0 for o in done], [o.error for o in done])
     if isinstance(grader, (ScoreModel, LabelModel)):
-        from tunesmith.eval.grader_models import model_grade
-
         return model_grade(grader, samples, items, judge_for)
     return _multi(grader, outputs, items, judge_for)
 
 
 def _cosine(grader: TextSimilarity, samples: list[Any], items: list[Any]) -> Graded:
-    from tunesmith.eval.similarity import cosine_similarities
 
     out = Graded([0.0] * len(samples), [None] * len(samples))
     rendered = []

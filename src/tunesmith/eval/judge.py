@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from tunesmith.errors import ModelError
 from tunesmith.eval import metrics
+from tunesmith.eval.generate import generate
+from tunesmith.loader import load_target
 
 if TYPE_CHECKING:
     from tunesmith.config import JudgeSection
@@ -65,13 +67,11 @@ class LocalJudge:
     """A run folder or model spec loaded through tunesmith.loader; answers with the one generation function."""
 
     def __init__(self, spec: str, max_new_tokens: int = 256, batch_size: int = 8):
-        from tunesmith.loader import load_target
 
         self.loaded = load_target(spec)
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
 
     def complete(self, conversations: list[Conversation]) -> list[str]:
-        from tunesmith.eval.generate import generate
 
         return generate(self.loaded.model, self.loaded.tokenizer, conversations, self.max_new_tokens, self.batch_size)
 

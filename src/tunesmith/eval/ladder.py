@@ -17,12 +17,23 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import RUNGS, Recipe
+from tunesmith.data.convert import write_rows
 from tunesmith.data.template import prompt_messages, reference
-from tunesmith.errors import DataError
+from tunesmith.errors import DataError, TunesmithError
 from tunesmith.eval import metrics, registry, scoring, tool_metrics
 from tunesmith.eval.budget import resolve_max_new_tokens
-from tunesmith.eval.ladder_report import CostBasis, LadderReport, RungResult
+from tunesmith.eval.gates import check_rules, parse_rule
+from tunesmith.eval.generate import generate_detailed
+from tunesmith.eval.ladder_html import write_ladder_html
+from tunesmith.eval.ladder_report import CostBasis, LadderReport, RungResult, write_ladder_report
 from tunesmith.eval.recommend import recommend
+from tunesmith.eval.registry import LADDER
+from tunesmith.loader import load_run_model, load_target
+from tunesmith.outputs import claim_dir, record, replacing
+from tunesmith.run import is_run_dir, load_run
+from tunesmith.train import methods
+from tunesmith.train.methods import held_out_examples, held_out_split
+from tunesmith.train.rewards import scorer
 
 Conversation = list[dict[str, Any]]
 
@@ -92,8 +103,6 @@ def held_out(recipe: Recipe) -> list[Any]:
     Without retrieved context: the RAG rungs add it themselves. A RAG run's saved rows carry the context it trained
     with, so its plain prompts are re-read from the recipe's data and must be the same rows.
     """
-    from tunesmith.run import is_run_dir, load_run
-    from tunesmith.train.methods import held_out_examples, held_out_split
 
     if not is_run_dir(recipe.run_dir):
         return held_out_split(recipe, with_context=False)[1]
@@ -111,8 +120,6 @@ def held_out(recipe: Recipe) -> list[Any]:
 
 def _shots(recipe: Recipe) -> tuple[list[Conversation], str | None]:
     """Few-shot turns from the training side of the split, or why there are none."""
-    from tunesmith.errors import TunesmithError
-    from tunesmith.train.methods import held_out_split
 
     if "base_few_shot" not in recipe.ladder.rungs:
         return [], None
@@ -129,7 +136,6 @@ def ladder_inputs(recipe: Recipe, max_examples: int | None = None, retriever: An
     `retriever` (anything with `.search(query, k, mode)`) overrides the recipe's index; without either, no RAG rungs.
     """
     from tunesmith.rag import prompt as rag_prompt
-    from tunesmith.train import methods
 
     evaluation = held_out(recipe)
     cap = max_examples if max_examples is not None else (recipe.ladder.max_examples or recipe.eval.max_examples)
@@ -181,8 +187,6 @@ def score_rung(
     spec: RungSpec, answers: scoring.Answers, scores: scoring.Scores, basis: CostBasis, price: float, gates: dict[str, Any]
 ) -> RungResult:
     """A rung's quality (the one scoring path), latency (the one clock), tokens and cost, and its gate results."""
-    from tunesmith.eval.gates import check_rules
-    from tunesmith.eval.registry import LADDER
 
     completions = answers.completions
     n = max(len(completions), 1)
@@ -207,8 +211,6 @@ def score_rung(
 def load_answerers(recipe: Recipe, kinds: set[str]) -> tuple[dict[str, scoring.Answerer], dict[str, str]]:
     """Models for the wanted kinds (base, tuned, student), loaded once, as `tunesmith eval` loads them; and why a kind
     is unavailable."""
-    from tunesmith.loader import load_run_model, load_target
-    from tunesmith.run import is_run_dir, load_run
 
     found: dict[str, scoring.Answerer] = {}
     missing: dict[str, str] = {}
@@ -240,8 +242,6 @@ def cannot_pass(gates: dict[str, Any], per_example: list[dict[str, float | None]
     best the rung can still reach gives every unanswered prompt the metric's best value. The mean over the answers
     given then fails the gate as well (it is at most that bound), so stopping changes no verdict.
     """
-    from tunesmith.eval.gates import check_rules, parse_rule
-    from tunesmith.eval.registry import LADDER
 
     for name, rule in gates.items():
         m = registry.metric(name)
@@ -266,7 +266,6 @@ def _measure(
 ) -> tuple[RungResult, list[str]]:
     """One rung's answers, scores and result. Once `decided` (a rung that passes every gate) exists, this rung first
     answers PROBE_ROWS prompts and stops there when it can no longer pass: it cannot change the recommendation."""
-    from tunesmith.eval.generate import generate_detailed
 
     prompts, refs, total = rung_prompts(spec, inputs), inputs.refs, len(inputs.refs)
     head = PROBE_ROWS if decided is not None and total > PROBE_ROWS else total
@@ -327,9 +326,6 @@ def run_ladder(
     known early; with `stop_early`, a rung measured after one that passes answers PROBE_ROWS prompts first and stops
     when it can no longer pass (cannot_pass): it then cannot change the recommendation, and its reason says so.
     """
-    from tunesmith.eval.generate import generate_detailed
-    from tunesmith.train import methods
-    from tunesmith.train.rewards import scorer
 
     lad = recipe.ladder
     inputs = ladder_inputs(recipe, max_examples, retriever)
@@ -407,10 +403,6 @@ LADDER_FILES = ("ladder.json", "ladder.html", "predictions.jsonl")
 
 def write_ladder(out: Path, report: LadderReport, rows: list[dict[str, Any]]) -> None:
     """ladder.json, ladder.html and predictions.jsonl in `out` (a folder claimed by the caller)."""
-    from tunesmith.data.convert import write_rows
-    from tunesmith.eval.ladder_html import write_ladder_html
-    from tunesmith.eval.ladder_report import write_ladder_report
-    from tunesmith.outputs import record
 
     write_ladder_report(out / "ladder.json", report)
     write_rows(out / "predictions.jsonl", rows)
@@ -433,7 +425,6 @@ def ladder(
     stop_early: bool = True,
 ) -> tuple[LadderReport, Path]:
     """Claim the output folder, measure the ladder, write its files; (report, folder)."""
-    from tunesmith.outputs import claim_dir, replacing
 
     folder = claim_dir(out or default_out(recipe), "ladder", overwrite=overwrite, what="ladder folder")
     report, rows = run_ladder(recipe, max_examples=max_examples, progress=progress, stop_early=stop_early)

@@ -12,6 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunesmith.config import EvalSection
+from tunesmith.eval import hallucination
+from tunesmith.eval.forgetting import forgetting_scores, load_probe, probe_side
+from tunesmith.eval.graders import grader_items, load_graders, run_graders
+from tunesmith.eval.judge import judges_for_graders, open_section, pairwise, unsupported_claims
+from tunesmith.eval.similarity import mean_similarity
 from tunesmith.records import EvalExtra, Forgetting, GraderScore, Hallucination, JudgeResult
 
 log = logging.getLogger(__name__)
@@ -44,7 +49,6 @@ def measure(
     progress: Any = None,
 ) -> EvalExtra:
     """Every optional measurement the section asks for, as EvalReport.extra."""
-    from tunesmith.eval import hallucination
 
     extra = EvalExtra()
     sources = [hallucination.source_text(c) for c in data.convs]
@@ -53,21 +57,14 @@ def measure(
     if data.json_mode:
         extra.hallucination = Hallucination(**hallucination.json_hallucination(data.outputs["tuned"], data.refs, sources))
     elif judge is not None:
-        from tunesmith.eval.judge import unsupported_claims
-
         claims = unsupported_claims(judge, data.outputs["tuned"], data.refs, sources)
         extra.hallucination = Hallucination(**hallucination.rate(claims), method="claims labelled by the judge")
     if judge is not None:
-        from tunesmith.eval.judge import pairwise
-
         n = (section.judge.max_examples if section.judge else 0) or len(prompts)
         extra.judge = JudgeResult(
             **pairwise(judge, prompts[:n], data.refs[:n], data.outputs["base"][:n], data.outputs["tuned"][:n])
         )
     if section.graders:
-        from tunesmith.eval.graders import grader_items, load_graders, run_graders
-        from tunesmith.eval.judge import judges_for_graders
-
         items = grader_items(data.ids, prompts, data.refs, data.rows)
         graded = run_graders(load_graders(section.graders), data.outputs, items, judges_for_graders(section.judge, judge))
         extra.graders = {name: {side: GraderScore(**s) for side, s in sides.items()} for name, sides in graded.items()}
@@ -99,14 +96,12 @@ def similarity_summary(section: EvalSection, data: EvalOutputs) -> dict[str, flo
     """side -> mean semantic similarity to the references; empty for JSON references unless eval.similarity."""
     if data.json_mode and not section.similarity:
         return {}
-    from tunesmith.eval.similarity import mean_similarity
 
     return {side: mean_similarity(texts, data.refs) for side, texts in data.outputs.items()}
 
 
 def forgetting(sides: dict[str, Any], tokenizer: Any, batch_size: int, max_length: int, progress: Any = None) -> dict[str, Any]:
     """The bundled probe and general-text loss on base and tuned; forgetting.forgetting_scores of them."""
-    from tunesmith.eval.forgetting import forgetting_scores, load_probe, probe_side
 
     items = load_probe()
     task = progress.add_task("forgetting probe", total=2) if progress else None
@@ -123,6 +118,5 @@ def forgetting(sides: dict[str, Any], tokenizer: Any, batch_size: int, max_lengt
 def _judge(section: EvalSection) -> Any:
     if section.judge is None:
         return None
-    from tunesmith.eval.judge import open_section
 
     return open_section(section.judge)

@@ -28,7 +28,11 @@ from pydantic import Field
 
 from tunesmith import models
 from tunesmith.errors import RunError
-from tunesmith.records import EvalReport, GateResult, Judgement, Record
+from tunesmith.eval import gates
+from tunesmith.eval.reward_model import RewardModel
+from tunesmith.records import EvalReport, GateResult, Judgement, Record, read_record
+from tunesmith.run import changed_inputs, read_metrics
+from tunesmith.train.rows import pair_tools
 
 CALIBRATION_NAME = "calibration.json"
 EDGES = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -113,11 +117,7 @@ def _beats_base(summary: dict[str, dict[str, float]]) -> GateResult:
 
 def evaluate_pairs(run: Any, max_examples: int | None = None, progress: Any = None) -> EvalReport:
     """Score every held-out pair with the untrained head and the reward model; write the eval folder."""
-    from tunesmith.eval import gates
     from tunesmith.eval.compare import write_outputs
-    from tunesmith.eval.reward_model import RewardModel
-    from tunesmith.run import changed_inputs, read_metrics
-    from tunesmith.train.rows import pair_tools
 
     pairs = read_pairs(run)
     limit = max_examples if max_examples is not None else run.recipe.eval.max_examples
@@ -179,6 +179,5 @@ def evaluate_pairs(run: Any, max_examples: int | None = None, progress: Any = No
 
 def read_calibration(run_dir: str | Path) -> Calibration:
     """A reward run's eval/calibration.json; RunError when missing, malformed or newer than this code."""
-    from tunesmith.records import read_record
 
     return read_record(Path(run_dir) / "eval" / CALIBRATION_NAME, Calibration, 1)

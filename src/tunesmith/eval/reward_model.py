@@ -21,8 +21,15 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from tunesmith import families, models
+from tunesmith.data.template import tokenize_example
 from tunesmith.data.tool_shapes import as_conversation
 from tunesmith.errors import ModelError
+from tunesmith.eval.tool_metrics import parse_turn
+from tunesmith.families.tools import parse_tool_calls
+from tunesmith.loader import resolve_run_base
+from tunesmith.method_details import RewardDetails
+from tunesmith.run import is_run_dir, load_run
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +41,6 @@ _CACHE_LOCK = threading.Lock()
 def encode(tokenizer: Any, prompt: Conversation, answer: str | Conversation, tools: list[Any] | None = None) -> list[int]:
     """Token ids of the prompt followed by the answer (one assistant turn, or the answer's messages), rendered as
     training renders a conversation, with the tools the prompt offers."""
-    from tunesmith.data.template import tokenize_example
 
     turns = [{"role": "assistant", "content": answer}] if isinstance(answer, str) else list(answer)
     return list(tokenize_example(tokenizer, [*prompt, *turns], tools=tools).input_ids)
@@ -44,8 +50,6 @@ def as_answer(answer: str | Conversation, tools: list[Any] | None, style: str | 
     """What `encode` takes for an answer: messages as they are; on a prompt that offered tools, a completion that
     calls in the family's format (`style`) as the assistant message with its `tool_calls` (arguments as written);
     any other text as it is. Eval's tool turns (tunesmith.eval.tool_metrics) are read as the text they came from."""
-    from tunesmith.eval.tool_metrics import parse_turn
-    from tunesmith.families.tools import parse_tool_calls
 
     if not isinstance(answer, str):
         return answer
@@ -60,8 +64,6 @@ def as_answer(answer: str | Conversation, tools: list[Any] | None, style: str | 
 
 def is_reward_run(path: str | Path) -> bool:
     """Whether `path` is a finished run of the reward method (its manifest carries RewardDetails)."""
-    from tunesmith.method_details import RewardDetails
-    from tunesmith.run import is_run_dir, load_run
 
     return is_run_dir(path) and isinstance(load_run(path).manifest.details, RewardDetails)
 
@@ -85,7 +87,6 @@ class RewardModel:
     @property
     def style(self) -> str | None:
         """The tool-call format of the reward model's family (families.tools.STYLES): how a written call is read."""
-        from tunesmith import families
 
         return families.for_tokenizer(self.tokenizer).tools
 
@@ -93,7 +94,6 @@ class RewardModel:
     def load(cls, path: str | Path) -> RewardModel:
         """The reward run at `path`, loaded once per process (again when its manifest changes); ModelError when it is
         not a finished reward run."""
-        from tunesmith.run import is_run_dir, load_run
 
         where = Path(path).expanduser().resolve()
         if not is_run_dir(where):
@@ -108,10 +108,6 @@ class RewardModel:
     @classmethod
     def _load(cls, run: Any) -> RewardModel:
         import torch
-
-        from tunesmith import models
-        from tunesmith.loader import resolve_run_base
-        from tunesmith.method_details import RewardDetails
 
         if not isinstance(run.manifest.details, RewardDetails):
             raise ModelError(

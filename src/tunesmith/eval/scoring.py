@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunesmith.eval import metrics, registry, tool_metrics
+from tunesmith.eval.generate import family_of, generate_detailed
+from tunesmith.loader import load_base
 from tunesmith.records import Latency
 
 log = logging.getLogger(__name__)
@@ -177,7 +179,6 @@ class Answerer:
 def run_answerers(run: Any, loaded: Any) -> dict[str, Answerer]:
     """base and tuned for a run loaded with loader.load_run_model: one model in memory for an adapter run (base =
     the same object with its adapter disabled), the base loaded beside a full fine-tune."""
-    from tunesmith.loader import load_base
 
     # Both sides are prompted in the run's thinking mode: the same bytes, so only the weights differ.
     tuned = Answerer(loaded.model, loaded.tokenizer, thinking=loaded.thinking)
@@ -198,7 +199,6 @@ def answer(
 ) -> Answers:
     """Greedy answers to `prompts` (the one generation function) in the thinking mode given (the run's), each
     batch timed by the one clock; tools: per prompt, the tools it offers (rendered by the family's template)."""
-    from tunesmith.eval.generate import generate_detailed
 
     clock = Clock(batch_size, advance)
     clock.start()
@@ -222,7 +222,6 @@ def scored_texts(answers: Answers, model: Any, tokenizer: Any, tools: bool) -> l
 
 def tool_style(model: Any, tokenizer: Any) -> str | None:
     """The tool-call format a loaded model's family writes (families.tools.STYLES), None when it documents none."""
-    from tunesmith.eval.generate import family_of
 
     return family_of(model, tokenizer).tools
 

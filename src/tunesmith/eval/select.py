@@ -15,9 +15,16 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunesmith import models
 from tunesmith.config import Recipe
-from tunesmith.eval import registry
+from tunesmith.data.template import prompt_messages
+from tunesmith.errors import RecipeError
+from tunesmith.eval import registry, scoring, tool_metrics
+from tunesmith.eval.budget import resolve_max_new_tokens
+from tunesmith.eval.loss import perplexity, reference_loss
 from tunesmith.records import CheckpointSelection
+from tunesmith.run import HELD_OUT, read_held_out
+from tunesmith.train.rewards import scorer
 
 if TYPE_CHECKING:
     from tunesmith.train.method import Method
@@ -65,12 +72,6 @@ def score(
 ) -> float:
     """One model's value of `metric` on the examples (greedy answers and scores through the one scoring path, with
     the rewards of the recipe's `method`), prompted in the run's thinking mode."""
-    from tunesmith.data.template import prompt_messages
-    from tunesmith.errors import RecipeError
-    from tunesmith.eval import scoring, tool_metrics
-    from tunesmith.eval.budget import resolve_max_new_tokens
-    from tunesmith.eval.loss import perplexity, reference_loss
-    from tunesmith.train.rewards import scorer
 
     if metric in LOSSES:
         loss = reference_loss(model, tokenizer, [e.messages for e in examples], recipe.data.max_length, recipe.data.reasoning)
@@ -96,7 +97,6 @@ def load_checkpoint(recipe: Recipe, base_path: str, folder: Path) -> Any:
 
 def _load(recipe: Recipe, base_path: str, folder: Path, peft_model: Any) -> Any:
     """The model of one candidate: its adapter loaded into the one PeftModel, or a full fine-tune's weights."""
-    from tunesmith import models
 
     if not (folder / "adapter_config.json").exists():
         return models.load_model(str(folder), recipe.model.dtype).eval()
@@ -116,8 +116,6 @@ def select_checkpoint(
 ) -> CheckpointSelection:
     """Score every candidate (scored as the recipe's `method` scores answers), make the best run_dir/adapter, and
     return what the manifest records."""
-    from tunesmith import models
-    from tunesmith.run import HELD_OUT, read_held_out
 
     metric = recipe.eval.select_checkpoint
     assert metric is not None

@@ -21,7 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tunesmith.data.reasoning import split_output
+from tunesmith.data.template import reference
+from tunesmith.data.tool_checks import schema_errors
 from tunesmith.eval.metrics import normalize, same_value
+from tunesmith.families.tools import parse_tool_calls
 
 KEY = "tool_turn"  # marks a canonical turn: "reference" or "output"
 NO_CALL = "(answered in text)"  # the per-tool group of rows whose reference calls nothing
@@ -81,7 +85,6 @@ def offered_turn(tools: list[dict[str, Any]]) -> str:
 
 def output_turn(text: str, style: str | None) -> str:
     """An answer (decoded with its special tokens) as a canonical turn, parsed in the family's tool format."""
-    from tunesmith.families.tools import parse_tool_calls
 
     parsed = parse_tool_calls(text, style)
     calls = [(c["function"]["name"], _arguments(c["function"]["arguments"])) for c in parsed.calls]
@@ -91,7 +94,6 @@ def output_turn(text: str, style: str | None) -> str:
 def completion_turn(raw: str, style: str | None, opened: bool = False, think: tuple[str, str] = ("<think>", "</think>")) -> str:
     """A whole completion (special tokens kept, the stop token aside) as a canonical turn: its answer after any
     reasoning trace, parsed in the family's format. Eval, the ladder and GRPO's tool rewards all call this."""
-    from tunesmith.data.reasoning import split_output
 
     return output_turn(split_output(raw, opened, think).answer, style)
 
@@ -164,7 +166,6 @@ def tool_arguments_match(output: str, reference: str) -> float | None:
 def tool_arguments_valid(output: str, reference: str) -> float | None:
     """1.0 when every call names an offered function and its arguments pass that function's JSON schema; rows where
     the output calls."""
-    from tunesmith.data.tool_checks import schema_errors
 
     pair = _pair(output, reference)
     if pair is None or not pair[0].called:
@@ -222,7 +223,6 @@ def per_tool(rows: Sequence[dict[str, float | None]], refs: Sequence[str]) -> di
 
 def references(examples: Sequence[Any]) -> list[str]:
     """The reference of each example: its tool turn when it offers tools or its answer calls one, else its answer."""
-    from tunesmith.data.template import reference
 
     out = []
     for e in examples:

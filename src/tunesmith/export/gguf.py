@@ -22,11 +22,18 @@ from typing import Any
 
 from pydantic import Field
 
-from tunesmith import models, outputs
+from tunesmith import families, models, outputs
+from tunesmith.atomic import new_parents, publish, write_text_atomic
+from tunesmith.data.template import prompt_messages
 from tunesmith.errors import ModelError, RunError
+from tunesmith.eval.generate import generate_detailed, stop_token_ids
+from tunesmith.export.merge import merge
 from tunesmith.loader import resolve_run_base, run_thinking
-from tunesmith.records import Record
+from tunesmith.records import Record, read_eval_report
 from tunesmith.run import Run, is_run_dir, load_run, read_json_record, versions
+from tunesmith.train.methods import held_out_examples
+from tunesmith.verify.compare import Divergent
+from tunesmith.verify.paths import verify_files
 
 log = logging.getLogger(__name__)
 LINEAGE_KEY = "tunesmith.lineage"
@@ -72,8 +79,6 @@ def run_lineage(run: Run | None, tokenizer: Any, merged_lineage: dict[str, Any])
     )
     report = run.dir / "eval" / "report.json"
     if report.exists():
-        from tunesmith.records import read_eval_report
-
         r = read_eval_report(report)
         out["eval_summary"] = {"n_examples": r.n_examples, "summary": r.summary, "gates": r.gates}
     return out
@@ -185,8 +190,6 @@ def carry_stops(writer: Any, model_dir: Path) -> dict[str, int]:
     llama.cpp looks for the tokens that end generation beside `eos`; returns the ids written by key."""
     import gguf
 
-    from tunesmith import families
-
     tokenizer = models.load_tokenizer(str(model_dir))
     ends = families.detect(models.read_config(str(model_dir)), tokenizer).end_of_turn_ids(tokenizer)
     written: dict[str, int] = {}
@@ -229,9 +232,6 @@ def convert(model_dir: Path, out: Path, type_: str, lineage: ExportLineage) -> N
 def _conversations(run: Run | None, n: int) -> list[list[dict[str, Any]]]:
     """Held-out prompts of the run (without their answers), else a few fixed ones."""
     if run is not None:
-        from tunesmith.data.template import prompt_messages
-        from tunesmith.train.methods import held_out_examples
-
         convs = [prompt_messages(e.messages) for e in held_out_examples(run)[:n]]
         if convs:
             return convs
@@ -247,7 +247,6 @@ def check(
 ) -> dict[str, Any]:
     """Greedy tokens of the GGUF (reloaded by transformers, its own tokenizer and template) vs the HF folder's, both
     prompted in the run's thinking mode; and whether the template and the family's stop tokens were carried."""
-    from tunesmith.eval.generate import generate_detailed, stop_token_ids
 
     ref_model = models.load_model(str(model_dir), "float32").eval()
     ref_tok = models.load_tokenizer(str(model_dir))
@@ -285,14 +284,12 @@ def claim_output(out: Path, overwrite: bool) -> tuple[Path, Path]:
 def staging_dir(out: Path) -> Iterator[Path]:
     """A private temp folder beside `out` (random name, mode 0700, so nothing can be planted in it), removed after;
     on a failure, so are the folders made for `out`."""
-    from tunesmith.atomic import new_parents
 
     with new_parents(out), tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent) as stage:
         yield Path(stage)
 
 
 def publish_export(tmp: Path, out: Path, sidecar: Path, lineage: ExportLineage) -> None:
-    from tunesmith.atomic import publish, write_text_atomic
 
     write_text_atomic(sidecar, lineage.model_dump_json(indent=2))
     publish(tmp, out)
@@ -302,7 +299,6 @@ def publish_export(tmp: Path, out: Path, sidecar: Path, lineage: ExportLineage) 
 
 def _source(source: Path, stage: Path) -> tuple[Path, Run | None, dict[str, Any]]:
     """(HF folder to convert, its run when known, the merge's lineage): a run is merged into `stage` first."""
-    from tunesmith.export.merge import merge
 
     if is_run_dir(source):
         run = load_run(source)
@@ -323,8 +319,6 @@ def _source(source: Path, stage: Path) -> tuple[Path, Run | None, dict[str, Any]
 
 def _verified(run: Run, merged: Path, gguf_file: Path, prompts: int, max_new_tokens: int) -> dict[str, Any]:
     """tunesmith verify on the file about to be published (the served path aside); Divergent when a path differs."""
-    from tunesmith.verify.compare import Divergent
-    from tunesmith.verify.paths import verify_files
 
     report = verify_files(run, merged, gguf_file, prompts, max_new_tokens)
     if not report.passed:

@@ -19,6 +19,7 @@ from tunesmith.export.gguf import (
     run_lineage,
     staging_dir,
 )
+from tunesmith.loader import resolve_run_base
 from tunesmith.run import Run, load_run, read_json_record
 
 
@@ -105,7 +106,6 @@ def export_adapter_gguf(run_dir: Path, out: Path, overwrite: bool = False) -> Ex
     cfg = refuse_adapter(run)
     out, sidecar = claim_output(out, overwrite)
     tokenizer = models.load_tokenizer(str(run.adapter_dir))
-    from tunesmith.loader import resolve_run_base
 
     lineage = ExportLineage(artifact=out.name, kind="gguf-lora", type="f32", **run_lineage(run, tokenizer, {}))
     with staging_dir(out) as stage:

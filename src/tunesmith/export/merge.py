@@ -14,16 +14,18 @@ from tunesmith import models, outputs
 from tunesmith.atomic import new_parents, staged_dir
 from tunesmith.data.template import prompt_messages
 from tunesmith.errors import RunError
-from tunesmith.eval.generate import family_of
+from tunesmith.eval.generate import family_of, generate_detailed, stop_token_ids
 from tunesmith.loader import resolve_run_base, run_thinking
 from tunesmith.run import Run, read_json_record, versions, write_json_atomic
+from tunesmith.train.methods import held_out_examples
+from tunesmith.verify.compare import Divergent, Report
+from tunesmith.verify.paths import folder_parity, reference
 
 
 def _greedy_tokens(
     model: Any, tokenizer: Any, conversations: list[list[dict[str, Any]]], max_new_tokens: int, thinking: bool | None
 ) -> list[list[int]]:
     """Greedy generated ids per conversation, one at a time so no padding differs between the two models."""
-    from tunesmith.eval.generate import generate_detailed
 
     done = generate_detailed(model, tokenizer, conversations, max_new_tokens, batch_size=1, thinking=thinking)
     return [c.token_ids for c in done]
@@ -33,8 +35,6 @@ def keep_stops(model: Any, tokenizer: Any) -> list[int]:
     """Write the chat family's stop tokens into the model's generation_config (eos_token_id, end of turn first;
     pad_token_id when it had none), so the saved folder stops where tunesmith does; returns them."""
     from transformers import GenerationConfig
-
-    from tunesmith.eval.generate import stop_token_ids
 
     stops = stop_token_ids(model, tokenizer)
     if getattr(model, "generation_config", None) is None:
@@ -79,8 +79,6 @@ def _save(merged: Any, tokenizer: Any, stage: Path, lineage: dict[str, Any], run
 def _same_render(run: Run, folder: Path, n: int, tokenizer: Any) -> None:
     """The saved folder, read back as another runtime reads it, renders the training prompts and stops on the family's
     end-of-turn tokens (verify.folder_parity); Divergent (exit 3) otherwise, and nothing is published."""
-    from tunesmith.verify.compare import Divergent, Report
-    from tunesmith.verify.paths import folder_parity, reference
 
     ref = reference(run, n, tokenizer)
     found = folder_parity(ref, folder)
@@ -95,8 +93,6 @@ def merge(run: Run, out_dir: Path, dtype: str = "float32", n_check: int = 3, max
     a refused or failed merge leaves nothing behind.
     """
     from peft import PeftModel
-
-    from tunesmith.train.methods import held_out_examples
 
     _refuse(run, dtype)
     out_dir = outputs.check_new_dir(out_dir)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunesmith import models, outputs
+from tunesmith.data.formats import detect_shape
 from tunesmith.errors import DataError
 from tunesmith.migrate import openai_data, openai_graders
 from tunesmith.migrate.openai_data import RULES, Staged
@@ -22,6 +24,8 @@ from tunesmith.migrate.openai_hparams import HyperMapping, map_hyperparameters, 
 from tunesmith.migrate.openai_job import Job, job_from_flags, parse_job, read_job_file
 from tunesmith.migrate.recipe import recipe_text
 from tunesmith.migrate.report import DataFileReport, ImportReport, Mapped, RuleHit, Unmapped, summary_lines
+from tunesmith.project import max_length_for
+from tunesmith.train import methods
 
 COMMAND = "import openai"
 GRADERS_FILE = "graders.json"
@@ -65,7 +69,6 @@ def _job(
 
 
 def _first_shape(path: Path) -> str:
-    from tunesmith.data.formats import detect_shape
 
     try:
         with open(path, encoding="utf-8-sig", errors="replace") as fh:
@@ -95,8 +98,6 @@ def _audit(files: list[Staged], tokenizer: Any, method: str, budget: int) -> tup
     """(max_length chosen from the rows, tunesmith's audit at that length with `method`'s length policy, every row's
     token count)."""
     from tunesmith.data.audit import audit
-    from tunesmith.project import max_length_for
-    from tunesmith.train import methods
 
     train, evals = [str(files[0].path)], [str(f.path) for f in files[1:]]
     first = audit(train, evals, tokenizer, None, "drop", method=methods.get(method), completion_budget=budget, near=False)
@@ -113,7 +114,6 @@ def _hosted_limit(job: Job, files: list[Staged], tokenizer: Any, lengths: list[i
     """Rows over the hosted model's per-example limit (counted with the new tokenizer), as an OpenAI rule hit."""
     from tunesmith.data.audit import load_rows
     from tunesmith.data.checks import check_tokens
-    from tunesmith.train import methods
 
     model = job.hosted_model or ""
     limit = openai_data.EXAMPLE_LIMITS.get(model.split(":")[1] if model.startswith("ft:") else model)
@@ -216,8 +216,6 @@ def import_openai(
     overwrite: bool = False,
 ) -> Imported:
     """Read, audit, map and write the project into `out`; returns it with the report and its printed summary."""
-    from tunesmith import models
-    from tunesmith.train import methods
 
     if files_dir is not None and not Path(files_dir).is_dir():
         raise DataError(f"--files {files_dir}: not a folder", hint="Give the folder the job's files were downloaded into.")
@@ -302,7 +300,6 @@ def _report(
 def _publish(staging: Path, out: Path, names: list[str], overwrite: bool) -> Path:
     """Claim `out` (new, or made by an earlier import) and move the staged entries in, each over its earlier version
     only once all are in place (an earlier import stays whole until then); recorded in its marker."""
-    from tunesmith import outputs
 
     directory = outputs.claim_dir(out, COMMAND, overwrite=overwrite, what="project folder")
     with outputs.replacing(directory, *names) as stage:

@@ -15,7 +15,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunesmith.errors import RecipeError
+from tunesmith.errors import DataError, RecipeError
+from tunesmith.eval.graders import calculate, load_graders
 from tunesmith.migrate.report import GraderReport, Unmapped
 
 TUNESMITH_ITEM = ("reference", "reference_json", "input", "id")
@@ -141,7 +142,6 @@ def _unreachable(missing: list[str], fields: set[str]) -> None:
 
 
 def _check_formula(formula: str, names: list[str]) -> None:
-    from tunesmith.eval.graders import calculate
 
     try:
         calculate(formula, {n: 0.5 for n in names})
@@ -153,7 +153,6 @@ def _check_formula(formula: str, names: list[str]) -> None:
 def translate(graders: list[tuple[str, dict[str, Any]]], fields: set[str] | None, judge: str | None) -> Translation:
     """Translate (where, grader) pairs; each is validated by tunesmith's own grader loader. `fields`: what a grader
     may read as item.<field> (tunesmith's own item keys and the fields every row has); None: not checked."""
-    from tunesmith.eval.graders import load_graders
 
     out = Translation()
     for where, g in graders:
@@ -197,8 +196,6 @@ def needs_judge(grader: dict[str, Any]) -> bool:
 def load_grader_file(path: Any) -> list[dict[str, Any]]:
     """The graders in a --grader file: one grader object, a list, or {"graders": [...]} (DataError when unreadable)."""
     from pathlib import Path
-
-    from tunesmith.errors import DataError
 
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8-sig"))

@@ -12,6 +12,7 @@ from tunesmith.method_sections import DPOSection, GRPOSection
 from tunesmith.migrate.openai_hparams import HyperMapping
 from tunesmith.migrate.openai_job import Job
 from tunesmith.migrate.report import ImportReport
+from tunesmith.project import eval_fraction_for, user_recipe_values
 
 _KEY = re.compile(r"^( *)([A-Za-z_]\w*):")
 
@@ -62,7 +63,6 @@ def recipe_values(
     graders_file: str | None,
 ) -> dict[str, Any]:
     """The recipe as plain values: `tunesmith init`'s defaults with the job's settings on top."""
-    from tunesmith.project import eval_fraction_for, user_recipe_values
 
     values = user_recipe_values(
         name,

@@ -16,7 +16,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunesmith.data import dedup
-from tunesmith.data.formats import PREFERENCE_SHAPES, RowError, detect_shape, to_messages, to_preference, to_prompt_only
+from tunesmith.data.convert import write_rows
+from tunesmith.data.dataset import content_key
+from tunesmith.data.formats import (
+    PREFERENCE_SHAPES,
+    RowError,
+    detect_shape,
+    read_records,
+    to_messages,
+    to_preference,
+    to_prompt_only,
+)
+from tunesmith.monitor.retrain import Pinned
+from tunesmith.train.methods import held_out_examples
 
 Row = dict[str, Any]
 
@@ -98,9 +110,6 @@ def served_data(run: Any) -> tuple[list[Row], list[Row]]:
     is scored on (its data/eval.jsonl, plus the recipe's eval file)."""
     from pathlib import Path
 
-    from tunesmith.data.formats import read_records
-    from tunesmith.train.methods import held_out_examples
-
     def rows(paths: list[str]) -> list[Row]:
         return [r.obj for p in paths if Path(p).is_file() for r in read_records(p) if isinstance(r.obj, dict) and not r.error]
 
@@ -118,12 +127,6 @@ def pin_held_out(run: Any, recipe_train: list[str], out: Any) -> Any:
     trains. None where rows cannot be pinned this way (preference pairs, retrieval-augmented prompts, a run without
     saved held-out rows): the recipe's own split applies then."""
     from pathlib import Path
-
-    from tunesmith.data.convert import write_rows
-    from tunesmith.data.dataset import content_key
-    from tunesmith.data.formats import read_records
-    from tunesmith.monitor.retrain import Pinned
-    from tunesmith.train.methods import held_out_examples
 
     if run.recipe.rag is not None or run.manifest.held_out is None:
         return None

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from tunesmith.eval.metrics import json_valid
 from tunesmith.monitor.report import Signal
 
 if TYPE_CHECKING:
@@ -152,7 +153,6 @@ def refusal_rate(texts: Sequence[str]) -> float | None:
 
 
 def json_valid_rate(texts: Sequence[str]) -> float | None:
-    from tunesmith.eval.metrics import json_valid
 
     return float(np.mean([json_valid(t) for t in texts])) if texts else None
 

@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from tunesmith.atomic import write_text_atomic
 from tunesmith.errors import DataError
-from tunesmith.monitor.rows import latest_feedback, prompt_of, served_answer
+from tunesmith.monitor.rows import latest_feedback, prompt_of, prompt_text, served_answer
+from tunesmith.outputs import OutputError, claim_file, record_file
+from tunesmith.serve.store import RequestLog
 
 if TYPE_CHECKING:
     from tunesmith.config import MonitorSection
@@ -134,8 +137,6 @@ def pair_rows(source: str | Path) -> tuple[list[dict[str, Any]], dict[str, int]]
 
 def write_new(out: str | Path, rows: list[dict[str, Any]], inputs: list[Path]) -> Path:
     """Write rows as JSONL to a path that must not exist yet (atomic; recorded as tunesmith's output)."""
-    from tunesmith.atomic import write_text_atomic
-    from tunesmith.outputs import OutputError, claim_file, record_file
 
     if Path(out).expanduser().exists():  # not even an earlier export of ours: each export is kept
         raise OutputError(f"--out {out} already exists", hint="Choose a new file; an export never replaces one.")
@@ -148,7 +149,6 @@ def write_new(out: str | Path, rows: list[dict[str, Any]], inputs: list[Path]) -
 def _read_log(source: str | Path) -> tuple[dict[str, RequestRow], list[FeedbackRow], str, list[Path]]:
     """Requests by id (a rollout's shadow answers apart: no client saw them), feedback, the log's name for messages,
     and its file (none for a database) as an input."""
-    from tunesmith.serve.store import RequestLog
 
     with RequestLog.open(source) as store:
         requests = {r.request_id: r for r in store.iter_requests() if r.variant != "shadow"}
@@ -188,7 +188,6 @@ def retrain_rows(
 ) -> tuple[list[dict[str, Any]], dict[str, int], str, list[Path]]:
     """export_retrain's rows (not written), what was skipped, the log's name and its file."""
     from tunesmith.monitor import drift
-    from tunesmith.monitor.rows import prompt_text
     from tunesmith.monitor.traffic import out_of_distribution, read_windows, training_traffic
 
     requests, feedback, db, inputs = _read_log(source)

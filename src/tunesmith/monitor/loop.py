@@ -29,9 +29,17 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from tunesmith.config import MonitorSection, load_recipe
+from tunesmith.data.convert import write_rows
+from tunesmith.data.formats import PREFERENCE_SHAPES, detect_shape, read_records
 from tunesmith.errors import RunError, TunesmithError
-from tunesmith.monitor.loop_report import CYCLE_NAME
+from tunesmith.monitor import feedback
+from tunesmith.monitor import rollout as ro
+from tunesmith.monitor.contamination import pin_held_out, row_keys, screen, served_data
+from tunesmith.monitor.loop_report import CYCLE_NAME, write_cycle
+from tunesmith.monitor.retrain import promote, retrain, served_run
 from tunesmith.records import GateResult, Record, read_record
+from tunesmith.serve.rollout import ACTIVE, rollout_path
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +167,6 @@ def _cycle_dir(serve_dir: Path, started: datetime) -> Path:
 
 
 def _finish(cycle: Cycle, outcome: Outcome, folder: Path, monitor: Any = None) -> Cycle:
-    from tunesmith.monitor.loop_report import write_cycle
 
     cycle.outcome, cycle.exit_code, cycle.finished = outcome, EXIT_CODES[outcome], datetime.now(timezone.utc)
     write_cycle(folder, cycle, monitor)
@@ -191,9 +198,6 @@ def run_cycle(opts: LoopOptions) -> Cycle:
 
 
 def _steps(opts: LoopOptions, folder: Path, cycle: Cycle, out: Path) -> Cycle:
-    from tunesmith.monitor import rollout as ro
-    from tunesmith.monitor.retrain import served_run
-    from tunesmith.serve.rollout import ACTIVE, rollout_path
 
     if rollout_path(folder, opts.name).exists() and ro.settle(folder, opts.name).status in ACTIVE:
         decision = ro.check(folder, opts.name, opts.log)
@@ -214,7 +218,6 @@ def _steps(opts: LoopOptions, folder: Path, cycle: Cycle, out: Path) -> Cycle:
 
 
 def _monitor(opts: LoopOptions, folder: Path, served: Any) -> tuple[Any, Any]:
-    from tunesmith.config import MonitorSection
     from tunesmith.monitor import traffic
 
     cfg = served.recipe.monitor
@@ -227,8 +230,6 @@ def _monitor(opts: LoopOptions, folder: Path, served: Any) -> tuple[Any, Any]:
 def _export(opts: LoopOptions, folder: Path, served: Any, cfg: Any) -> tuple[list[dict[str, Any]], dict[str, int], bool]:
     """The rows the log offers in the shape the served run trains on: preference pairs when its training data is
     pairs, else corrections and drifted traffic (monitor --export-retrain's rows)."""
-    from tunesmith.data.formats import PREFERENCE_SHAPES, detect_shape, read_records
-    from tunesmith.monitor import feedback
 
     first = next(
         (r.obj for p in served.recipe.data.train if Path(p).is_file() for r in read_records(p) if isinstance(r.obj, dict)), None
@@ -244,7 +245,6 @@ def _export(opts: LoopOptions, folder: Path, served: Any, cfg: Any) -> tuple[lis
 
 def _screen(folder: Path, served: Any, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Rows no earlier cycle tried, screened against the served run's training and eval rows."""
-    from tunesmith.monitor.contamination import row_keys, screen, served_data
 
     tried = _tried(folder)
     fresh = [r for r, k in zip(rows, row_keys(rows)) if k not in tried]
@@ -260,8 +260,6 @@ def _tried(folder: Path) -> set[str]:
     """Keys of the rows every earlier cycle trained on (their added.jsonl files)."""
     import json
 
-    from tunesmith.monitor.contamination import row_keys
-
     keys: set[str] = set()
     for added in sorted((folder / LOOP_DIR).glob("*/added.jsonl")):
         rows = [json.loads(line) for line in added.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -272,11 +270,6 @@ def _tried(folder: Path) -> set[str]:
 def _retrain_and_roll_out(
     opts: LoopOptions, folder: Path, cycle: Cycle, out: Path, rows: list[dict[str, Any]], pairs: bool, report: Any
 ) -> Cycle:
-    from tunesmith.config import load_recipe
-    from tunesmith.data.convert import write_rows
-    from tunesmith.monitor import rollout as ro
-    from tunesmith.monitor.contamination import pin_held_out
-    from tunesmith.monitor.retrain import promote, retrain
 
     out.mkdir(parents=True, exist_ok=True)
     added = write_rows(out / "added.jsonl", rows)

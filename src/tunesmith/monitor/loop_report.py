@@ -9,6 +9,7 @@ from typing import Any
 
 from tunesmith import htmlkit
 from tunesmith.atomic import write_text_atomic
+from tunesmith.monitor.report import HTML_NAME, REPORT_NAME, write_html, write_report
 
 CYCLE_NAME, CYCLE_HTML = "cycle.json", "cycle.html"
 _CLASS = {0: "ok", 3: "bad", 4: "warning", 1: "bad"}  # by exit code
@@ -16,7 +17,6 @@ _CLASS = {0: "ok", 3: "bad", 4: "warning", 1: "bad"}  # by exit code
 
 def write_cycle(folder: Path, cycle: Any, monitor: Any = None) -> None:
     """cycle.json and cycle.html (and the drift report when the cycle made one) in the cycle's folder."""
-    from tunesmith.monitor.report import HTML_NAME, REPORT_NAME, write_html, write_report
 
     folder.mkdir(parents=True, exist_ok=True)
     if monitor is not None:

@@ -21,8 +21,16 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from tunesmith.atomic import replace_symlink, write_text_atomic
+from tunesmith.config import load_recipe, recipe_from_dict
+from tunesmith.data.template import prompt_messages, reference
 from tunesmith.errors import RunError
+from tunesmith.eval import metrics, scoring
+from tunesmith.loader import load_run_model
 from tunesmith.records import GateResult, Record
+from tunesmith.run import load_run
+from tunesmith.serve.security import check_name
+from tunesmith.train.entry import run as train_run
+from tunesmith.train.methods import evaluate, held_out_examples
 
 if TYPE_CHECKING:
     from tunesmith.config import Recipe
@@ -84,7 +92,6 @@ def next_recipe(
     writing to the next free run folder (<output_dir>-rN). pinned: train on `pinned.train` (those files without the
     served run's held-out rows) + `add`, scored on `pinned.eval` (the served run's held-out rows), so a fresh
     eval_fraction split of the grown data cannot draw a held-out row into training (monitor/contamination.py)."""
-    from tunesmith.config import load_recipe, recipe_from_dict
 
     old = load_recipe(recipe_path)
     data = old.model_dump(mode="json")
@@ -100,8 +107,6 @@ def next_recipe(
 
 def served_run(serve_dir: Path, name: str, recipe_path: str | Path) -> Run:
     """The run served under `name`: the adapter link's target, else the recipe's own (first) run."""
-    from tunesmith.config import load_recipe
-    from tunesmith.run import load_run
 
     link = adapter_link(serve_dir, name)
     if link.exists():
@@ -113,10 +118,6 @@ def against_served(new: Run, served: Run, report: EvalReport, max_regression: fl
     """The served version answers the new run's held-out prompts (same budget and batch size as its eval, through the
     one scoring path); the new one must score no more than `max_regression` below it on the first primary metric both
     have."""
-    from tunesmith.data.template import prompt_messages, reference
-    from tunesmith.eval import metrics, scoring
-    from tunesmith.loader import load_run_model
-    from tunesmith.train.methods import held_out_examples
 
     examples = held_out_examples(new)[: report.n_examples]  # the rows the new run's eval scored, in its order
     convs = [prompt_messages(e.messages) for e in examples]
@@ -161,7 +162,6 @@ def promote(serve_dir: Path, name: str, run_dir: Path, previous: Path, added: Pa
     """Point SERVE_DIR/adapters/<name> at run_dir in one atomic rename, recorded before ("pending") and after
     ("promoted"). Refuses to replace anything at that path that is not a link (a folder or file the user put there).
     added: the data the new run added (a file), or what promoted it (a rollout)."""
-    from tunesmith.serve.security import check_name
 
     check_name(name)
     link = adapter_link(serve_dir, name)
@@ -213,11 +213,7 @@ def retrain(
     """Train on old + new data into a new run folder, run its release gates plus `beats_served` against the served
     run, and promote it only when every one passes (promote_when_passed False: the caller rolls it out instead).
     pin: a function (served run -> Pinned | None) keeping the served run's held-out rows held out (next_recipe)."""
-    from tunesmith.run import load_run
-    from tunesmith.serve.security import check_name
     from tunesmith.serve.server import serve_dir as claim_serve_dir
-    from tunesmith.train.entry import run as train_run
-    from tunesmith.train.methods import evaluate
     from tunesmith.train.start import release_run_dir
 
     check_name(name)  # before anything is trained: a name that cannot be served is refused first

@@ -23,8 +23,18 @@ from pathlib import Path
 from typing import Literal
 
 from tunesmith.errors import RecipeError, RunError
+from tunesmith.eval import gates, registry
+from tunesmith.eval.gates import check_rules
+from tunesmith.eval.registry import ROLLOUT
+from tunesmith.eval.reward_model import RewardModel, is_reward_run
+from tunesmith.monitor.report import VariantStats
+from tunesmith.monitor.retrain import adapter_link, promote
+from tunesmith.monitor.tool_replies import unjudged
 from tunesmith.records import GateResult
+from tunesmith.run import load_run
 from tunesmith.serve.rollout import ACTIVE, Rollout, read_rollout, rollout_path, write_rollout
+from tunesmith.serve.security import check_name
+from tunesmith.serve.store import RequestLog
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +64,6 @@ class Decision:
 def live_gates(options: list[str], reward_model: str | None) -> dict[str, str | float]:
     """The rollout's gates: --gate metric=RULE options (live_* metrics only), else DEFAULT_GATES (plus
     live_reward_delta >= -0.5 with a reward model). RecipeError for a metric the live traffic does not measure."""
-    from tunesmith.eval import gates, registry
 
     parsed: dict[str, str | float] = dict(gates.gate_options(options)) if options else dict(DEFAULT_GATES)
     for name in parsed:
@@ -67,7 +76,6 @@ def live_gates(options: list[str], reward_model: str | None) -> dict[str, str | 
 
 
 def _link_target(serve_dir: Path, name: str) -> str | None:
-    from tunesmith.monitor.retrain import adapter_link
 
     link = adapter_link(serve_dir, name)
     return os.path.realpath(link) if link.is_symlink() else None
@@ -84,8 +92,6 @@ def start(
     reward_model: str | None = None,
 ) -> Rollout:
     """Write an active rollout of `candidate` against the run SERVE_DIR/adapters/<name> points at."""
-    from tunesmith.run import load_run
-    from tunesmith.serve.security import check_name
     from tunesmith.serve.server import serve_dir as claim_serve_dir
 
     check_name(name)
@@ -108,11 +114,8 @@ def start(
             f"a rollout of {old.candidate} under {name!r} is still running",
             hint=f"Decide it first: tunesmith rollout {folder} {name} --check (or --abort).",
         )
-    if reward_model is not None:
-        from tunesmith.eval.reward_model import is_reward_run
-
-        if not is_reward_run(reward_model):
-            raise RunError(f"--reward-model {reward_model} is not a finished reward run (method: reward)")
+    if reward_model is not None and not is_reward_run(reward_model):
+        raise RunError(f"--reward-model {reward_model} is not a finished reward run (method: reward)")
     rollout = Rollout(
         name=name,
         candidate=str(new.dir),
@@ -142,15 +145,12 @@ def settle(serve_dir: Path, name: str) -> Rollout:
 def figures(source: str | Path, r: Rollout) -> dict[str, dict[str, float]]:
     """variant -> figures of `r.name`'s rows since the rollout started, from the log at `source` (monitor/variants.py)."""
     from tunesmith.monitor.variants import compare
-    from tunesmith.serve.store import RequestLog
 
     with RequestLog.open(source) as store:
         rows = [row for row in store.iter_requests(since=r.started) if row.model == r.name]
         feedback = list(store.iter_feedback())
     scorer = None
     if r.reward_model:
-        from tunesmith.eval.reward_model import RewardModel
-
         scorer = RewardModel.load(r.reward_model)
     return {s.variant: s.figures for s in compare(rows, feedback, scorer)}
 
@@ -158,10 +158,6 @@ def figures(source: str | Path, r: Rollout) -> dict[str, dict[str, float]]:
 def check(serve_dir: str | Path, name: str, log_source: str | Path | None = None) -> Decision:
     """Judge the rollout of `name` on the traffic since it started: promote, roll back, or wait for more requests.
     log_source: the request log (default the serve folder's; a postgresql:// URL for replicas)."""
-    from tunesmith.eval.gates import check_rules
-    from tunesmith.eval.registry import ROLLOUT
-    from tunesmith.monitor.report import VariantStats
-    from tunesmith.monitor.tool_replies import unjudged
     from tunesmith.monitor.variants import live_values
 
     folder = Path(serve_dir)
@@ -196,7 +192,6 @@ def check(serve_dir: str | Path, name: str, log_source: str | Path | None = None
 
 def promote_rollout(folder: Path, r: Rollout, reason: str) -> None:
     """promoting -> promotion record pending -> link swap -> promotion record promoted -> promoted."""
-    from tunesmith.monitor.retrain import promote
 
     link = _link_target(folder, r.name)
     if link not in (r.primary, r.candidate):

@@ -20,8 +20,11 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from tunesmith import families, models
 from tunesmith.errors import TunesmithError
 from tunesmith.eval import registry, tool_metrics
+from tunesmith.records import GateResult
+from tunesmith.run import load_run
 
 if TYPE_CHECKING:
     from tunesmith.families import Family
@@ -39,12 +42,9 @@ SCORED = ("tool_call_valid", "tool_arguments_valid")
 def family_at(path: str, is_run: bool) -> Family | None:
     """The chat family of a run folder (as its manifest records it, else its tokenizer's) or of a base model path;
     None when it cannot be read (the request's calls are then not judged)."""
-    from tunesmith import families, models
 
     try:
         if is_run:
-            from tunesmith.run import load_run
-
             run = load_run(path)
             if run.manifest.family is not None:
                 return families.get(run.manifest.family.family)
@@ -88,7 +88,6 @@ def figures(rows: Sequence[RequestRow]) -> dict[str, float | None]:
 def unjudged(gate: Any, seen: dict[str, dict[str, float]], candidate: str) -> Any:
     """A live tool gate (live_tool_*) with nothing to compare, skipped instead of failed: no request offered tools,
     or one side's replies never called a function (a share of valid calls needs calls). Any other gate as it is."""
-    from tunesmith.records import GateResult
 
     if gate.status != "fail" or gate.value is not None or not gate.name.startswith("live_tool_"):
         return gate

@@ -15,9 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tunesmith.data.formats import load_examples
+from tunesmith.data.template import reference
+from tunesmith.eval.metrics import references_are_json
+from tunesmith.eval.reward_model import RewardModel
 from tunesmith.monitor import drift
 from tunesmith.monitor.report import HourPoint, MonitorReport, ReplicaStats, Signal, VariantStats, Window
 from tunesmith.monitor.rows import latest_feedback, prompt_of, prompt_text, reward_scores
+from tunesmith.serve.store import RequestLog
+from tunesmith.train.methods import held_out_examples
 
 if TYPE_CHECKING:
     from tunesmith.config import MonitorSection
@@ -42,10 +48,6 @@ def to_traffic(name: str, rows: list[RequestRow], verdicts: dict[str, FeedbackRo
 
 def training_traffic(run: Run) -> tuple[drift.Traffic, bool]:
     """The baseline run's training prompts and answers (its held-out copy when the data files moved); JSON task?"""
-    from tunesmith.data.formats import load_examples
-    from tunesmith.data.template import reference
-    from tunesmith.eval.metrics import references_are_json
-    from tunesmith.train.methods import held_out_examples
 
     files = [f for f in run.recipe.data.train if Path(f).is_file()]
     examples = load_examples(files) if files else held_out_examples(run)
@@ -113,7 +115,6 @@ class Windows:
 def read_windows(source: str | Path, window_hours: float, until: datetime | None = None) -> Windows:
     """The rows of the log at `source` (see RequestLog.open) split into the recent and earlier windows (and all rows,
     for the pictures)."""
-    from tunesmith.serve.store import RequestLog
 
     end = until or datetime.now(timezone.utc)
     end = end if end.tzinfo else end.replace(tzinfo=timezone.utc)
@@ -199,7 +200,6 @@ def reward_scorer(cfg: MonitorSection) -> Any:
     """The reward model of `monitor.reward_model` (tunesmith.eval.reward_model, the one scorer), or None."""
     if not cfg.reward_model:
         return None
-    from tunesmith.eval.reward_model import RewardModel
 
     return RewardModel.load(cfg.reward_model)
 

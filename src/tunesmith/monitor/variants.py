@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunesmith.monitor import drift, tool_replies
 from tunesmith.monitor.report import VariantStats
-from tunesmith.monitor.rows import prompt_of, reward_scores
+from tunesmith.monitor.rows import latest_feedback, prompt_of, reward_scores
 
 if TYPE_CHECKING:
     from tunesmith.serve.store import FeedbackRow, RequestRow
@@ -61,7 +61,6 @@ def compare(
     rows: Sequence[RequestRow], feedback: Sequence[FeedbackRow], reward_model: Any = None, seed: int = 0
 ) -> list[VariantStats]:
     """Per (model, variant): the figures; a candidate also gets output_drift_p against its model's primary."""
-    from tunesmith.monitor.rows import latest_feedback
 
     verdicts = latest_feedback(list(feedback))
     groups: dict[tuple[str, str], list[RequestRow]] = {}

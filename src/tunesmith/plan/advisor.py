@@ -6,9 +6,22 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from tunesmith import models
+from tunesmith.data.dataset import recipe_examples, tokenize_examples
+from tunesmith.errors import RecipeError
 from tunesmith.plan import cost
 from tunesmith.plan.memory import Memory, Shape, estimate
 from tunesmith.records import Plan  # a record: kept in the run manifest
+from tunesmith.train.compact import common_prefix, pass_tokens
+from tunesmith.train.speed import (
+    batching,
+    micro_batch,
+    releases_memory,
+    shares_prefix,
+    stores_frozen_bf16,
+    uses_bf16,
+    weights_dtype,
+)
 
 if TYPE_CHECKING:
     from tunesmith.config import Recipe
@@ -17,8 +30,6 @@ if TYPE_CHECKING:
 def data_shape(recipe: Recipe, tokenizer: Any) -> tuple[list[int], float, int]:
     """Token length of every training row as trained, the share of tokens that are trained (labels), and the
     leading tokens every row has (the system prompt and tool list, typically: speed.shared_prefix runs them once)."""
-    from tunesmith.data.dataset import recipe_examples, tokenize_examples
-    from tunesmith.train.compact import common_prefix
 
     train, _ = recipe_examples(recipe)
     rows, stats = tokenize_examples(tokenizer, train, recipe.data.max_length, "truncate", recipe.data.reasoning)
@@ -30,8 +41,6 @@ def pass_shape(recipe: Recipe, lengths: list[int], cuda: bool, shared: int = 0) 
     """(rows, tokens per row) of the largest forward/backward pass: rows from speed.micro_batch_tokens; padded, every
     row as long as the longest; padding-free, the longest rows side by side, their `shared` leading tokens run once
     when speed.shared_prefix is on (shared: the leading tokens every training row has)."""
-    from tunesmith.train.compact import pass_tokens
-    from tunesmith.train.speed import batching, micro_batch, shares_prefix
 
     sharing = shares_prefix(recipe, cuda, recipe.training.gradient_checkpointing is True)
     shared = shared if sharing else 0
@@ -45,8 +54,6 @@ def pass_shape(recipe: Recipe, lengths: list[int], cuda: bool, shared: int = 0) 
 def _run_share(recipe: Recipe, lengths: list[int], rows: int, cuda: bool, shared: int) -> float:
     """The share of the training tokens the forward passes run: 1, less the shared leading tokens a pass of several
     rows runs once (speed.shared_prefix)."""
-    from tunesmith.train.compact import pass_tokens
-    from tunesmith.train.speed import batching, shares_prefix
 
     if (
         rows < 2
@@ -59,7 +66,6 @@ def _run_share(recipe: Recipe, lengths: list[int], rows: int, cuda: bool, shared
 
 
 def _memory(recipe: Recipe, shape: Shape, lengths: list[int], trained: float, cuda: bool, shared: int = 0) -> Memory:
-    from tunesmith.train.speed import releases_memory, stores_frozen_bf16, uses_bf16, weights_dtype
 
     a = recipe.adapter
     rows, seq = pass_shape(recipe, lengths, cuda, shared)
@@ -143,9 +149,6 @@ def plan(
     (speed.shared_prefix runs them once per pass).
     """
     nproc *= nnodes
-    from tunesmith import models
-    from tunesmith.errors import RecipeError
-    from tunesmith.train.speed import uses_bf16
 
     if nproc < 1:
         raise RecipeError([("--nproc", f"devices trained on together: 1 or more, not {nproc}")])

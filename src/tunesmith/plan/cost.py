@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tunesmith.train.hardware import gemm_gflops
+
 
 @dataclass(frozen=True)
 class Hardware:
@@ -43,8 +45,6 @@ def cpu_hardware(memory_gib: float | None = None, price: float = 0.0, bf16: bool
     """This machine's CPU: its matmul rate measured now (0.2 s probe) in the precision training will multiply in
     (bf16 only where the CPU has bf16 units: train/speed.py decides), its RAM, and what training achieves of it."""
     import os
-
-    from tunesmith.train.hardware import gemm_gflops
 
     precision = "bf16" if bf16 else "fp32"
     tflops = gemm_gflops("bfloat16" if bf16 else "float32") / 1e3

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
+from tunesmith.data.formats import TOO_DEEP, parse_json
 from tunesmith.errors import DataError
 
 SUFFIXES = (".md", ".markdown", ".txt", ".html", ".htm", ".jsonl", ".pdf")
@@ -170,7 +171,6 @@ def _row_text(obj: object) -> str:
 
 
 def _jsonl_lines(text: str, path: Path, problems: list[str]) -> list[Line]:
-    from tunesmith.data.formats import TOO_DEEP, parse_json
 
     out: list[Line] = []
     for number, raw in enumerate(text.splitlines(), start=1):

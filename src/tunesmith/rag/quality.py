@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import Field
 
+from tunesmith.data.formats import read_records
 from tunesmith.errors import DataError
 from tunesmith.rag.prompt import retrieval_query
 from tunesmith.rag.retrieve import Mode, Retriever, mrr, recall_at_k
@@ -65,7 +66,6 @@ def _gold(obj: dict[str, Any]) -> list[str]:
 
 def load_labelled(path: Path) -> tuple[list[str], list[list[str]], int]:
     """(questions, gold references, rows skipped) from a JSONL file; unreadable rows raise one DataError."""
-    from tunesmith.data.formats import read_records
 
     questions, gold, skipped, bad = [], [], 0, []
     for rec in read_records(path):

@@ -23,8 +23,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunesmith.errors import TunesmithError
+from tunesmith.serve.batching import Batcher, Params
+from tunesmith.serve.check import deploy_check
 from tunesmith.serve.handlers import Call, complete
 from tunesmith.serve.metrics import ServeMetrics
+from tunesmith.serve.rollout import Rollouts
 from tunesmith.serve.schemas import (
     AdapterRequest,
     ApiError,
@@ -34,6 +37,8 @@ from tunesmith.serve.schemas import (
     validation_error,
 )
 from tunesmith.serve.security import KeyRing, contained_path, generate_key
+from tunesmith.serve.store import FailedRequest, FeedbackRow, UnknownRequest, log_metrics
+from tunesmith.verify.paths import engine_parity
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +85,6 @@ class ServeState:
 
 def _startup(state: ServeState, load: Callable[[], Any]) -> None:
     """Load, warm up, optionally deploy-check; sets state.ready or state.problem (runs in a thread)."""
-    from tunesmith.serve.batching import Batcher, Params
     from tunesmith.serve.retrieval import check_indexes
 
     try:
@@ -102,8 +106,6 @@ def _startup(state: ServeState, load: Callable[[], Any]) -> None:
         state.status = "warming up"
         engine.generate_batch(engine.default_name, [[{"role": "user", "content": "hi"}]], Params(max_tokens=1))
         if state.settings.check:
-            from tunesmith.serve.check import deploy_check
-
             state.status = "checking"
             url = state.settings.check_url or "http://127.0.0.1:8000"
             state.check_report = report = deploy_check(url, state.internal_key, list(engine.models.values()))
@@ -111,8 +113,6 @@ def _startup(state: ServeState, load: Callable[[], Any]) -> None:
                 state.status, state.problem = "check failed", report.summary()
                 log.error("deploy check failed: %s", state.problem)
                 return
-            from tunesmith.verify.paths import engine_parity
-
             differ = engine_parity(engine)  # each served run's prompt bytes and stop tokens, against its training
             if differ:
                 state.status, state.problem = "check failed", "; ".join(d.message() for d in differ[:3])
@@ -132,13 +132,9 @@ def create_app(load: Callable[[], Any], settings: ServeSettings, store: Any = No
     """The API for the engine `load()` returns (called once, in a background thread at startup)."""
     state = ServeState(settings, ServeMetrics(), store)
     if store is not None:
-        from tunesmith.serve.store import log_metrics
-
         log_metrics(state.metrics.registry, store)
     settings.keys.user.append(KeyRing.build([state.internal_key], []).user[0])  # the deploy check calls in with it
     if settings.serve_dir is not None:
-        from tunesmith.serve.rollout import Rollouts
-
         state.rollouts = Rollouts(settings.serve_dir, state.metrics.registry, settings.rollout_poll_s, settings.timeout_s)
 
     @asynccontextmanager
@@ -254,7 +250,6 @@ def _routes(app: FastAPI, state: ServeState) -> None:
 
     @app.post("/v1/feedback", dependencies=[Depends(user)])
     async def feedback(request: Request) -> dict[str, Any]:
-        from tunesmith.serve.store import FailedRequest, FeedbackRow, UnknownRequest
 
         body = parse_body(await read_body(request), FeedbackRequest)
         if state.store is None:

@@ -14,6 +14,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunesmith.data.template import prompt_messages
+from tunesmith.errors import TunesmithError
+from tunesmith.eval.budget import run_budget
+from tunesmith.run import load_run
+from tunesmith.train.methods import held_out_examples
+
 # Batched (left-padded) eval and one-at-a-time serving can flip a near-tied greedy token; a small
 # share of mismatches is numerics, a broken adapter misses most prompts.
 MIN_MATCH = 0.9
@@ -71,9 +77,6 @@ def golden_prompts(run: Any) -> list[Golden]:
 
 def _conversations(run: Any) -> dict[str, list[dict[str, str]]]:
     """Eval example id -> the prompt messages eval sent (system turn included); empty when the data moved."""
-    from tunesmith.data.template import prompt_messages
-    from tunesmith.errors import TunesmithError
-    from tunesmith.train.methods import held_out_examples
 
     try:  # the run's own held-out rows: the prompts its eval (and so its golden answers) used
         return {e.id: prompt_messages(e.messages) for e in held_out_examples(run)}
@@ -93,8 +96,6 @@ def _ask(client: Any, name: str, conversation: list[dict[str, str]], max_tokens:
 
 def check_adapter(client: Any, served: Any, min_match: float = MIN_MATCH) -> AdapterCheck:
     """Send one adapter's golden prompts through the server and judge the answers."""
-    from tunesmith.eval.budget import run_budget
-    from tunesmith.run import load_run
 
     out = AdapterCheck(served.name, False)
     if served.template_warning:

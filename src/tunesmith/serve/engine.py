@@ -17,7 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunesmith import models
 from tunesmith.errors import ModelError
+from tunesmith.eval.generate import generate_detailed, prompt_text
+from tunesmith.eval.stream import generate_stream
+from tunesmith.loader import load_target, run_thinking
+from tunesmith.run import is_run_dir, load_run
 from tunesmith.serve.security import check_adapter_files, check_name
 
 
@@ -95,12 +100,10 @@ class Engine:
 
     # -- adapters ---------------------------------------------------------------------------------
     def _template_hash(self) -> str:
-        from tunesmith import models
 
         return models.chat_template_hash(self.tokenizer)
 
     def _served_from_run(self, name: str, peft_name: str | None, run: Any) -> ServedModel:
-        from tunesmith.loader import run_thinking
 
         now = self._template_hash()
         warning = None
@@ -128,7 +131,6 @@ class Engine:
         The files are checked before the model is touched, and a load that fails half-way is undone, so a refused
         adapter leaves the served models exactly as they were.
         """
-        from tunesmith.run import is_run_dir, load_run
 
         check_name(name)
         path = Path(path)
@@ -223,7 +225,6 @@ class Engine:
     def prompt(self, name: str | None, conversation: list[dict[str, Any]], tools: list[Any] | None = None) -> str:
         """The prompt text served model `name` is sent: the one render (eval.generate.prompt_text), in its run's
         thinking mode, with the tools the request offers."""
-        from tunesmith.eval.generate import prompt_text
 
         thinking = self.resolve(name).thinking
         with self._count_lock:
@@ -239,7 +240,6 @@ class Engine:
     ) -> list[Any]:
         """Completions (tunesmith.eval.generate.Completion) for one group sharing model and sampling parameters;
         tools: per conversation, the tools its request offers."""
-        from tunesmith.eval.generate import generate_detailed
 
         with self.activate(name) as served:
             return generate_detailed(
@@ -260,7 +260,6 @@ class Engine:
         self, name: str, conversation: list[dict[str, Any]], params: Any, cancel: threading.Event, timeout_s: float
     ) -> Iterator[tuple[str, Any]]:
         """Yield (delta, TextStream) pieces of one streamed completion, holding the model for its duration."""
-        from tunesmith.eval.stream import generate_stream
 
         with self.activate(name) as served:
             ts = generate_stream(
@@ -302,7 +301,6 @@ def load_engine(
     A full fine-tune is served under the run's name as its own base (adapters trained on the original base do not
     fit it). ModelError when the run's name is the base's: clients asking for the base would get the tuned model.
     """
-    from tunesmith.loader import load_target
 
     loaded = load_target(target, dtype)
     if loaded.run is not None:
@@ -317,8 +315,6 @@ def load_engine(
             engine = Engine(loaded.model, loaded.tokenizer, served_name, str(run.adapter_dir))
             engine.models[served_name] = engine._served_from_run(served_name, None, run)
     else:
-        from tunesmith import models
-
         spec = str(target)
         local = Path(spec).expanduser()  # resolved as load_target did, so adapters' recorded base paths compare equal
         base = models.resolve_base(str(local) if local.exists() else spec)

@@ -18,6 +18,9 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from tunesmith.data.reasoning import TraceStream, split_output
+from tunesmith.errors import DataError
+from tunesmith.eval.generate import family_of, opens_trace
 from tunesmith.serve import responses
 from tunesmith.serve.batching import Job, Params, QueueFull
 from tunesmith.serve.engine import NoSuchModel
@@ -78,9 +81,6 @@ def _count_prompt(state: Any, call: Call) -> None:
     """call.prompt_tokens through the model's chat template (the one render, in the served run's thinking mode),
     and whether that prompt opens a reasoning trace; a template that refuses the messages is a 400."""
     from jinja2.exceptions import TemplateError
-
-    from tunesmith.errors import DataError
-    from tunesmith.eval.generate import family_of, opens_trace
 
     family = family_of(state.engine.model, state.engine.tokenizer)
     if call.tools and family.tools is None:
@@ -323,8 +323,6 @@ def read_calls(state: Any, call: Call, completion: Any) -> None:
     """The completion's calls (families.tools, in the family's format, special tokens kept); an unparsable call is
     counted and returned as content; a forced tool_choice without its call raises the 422 here. A shadow copy's
     calls are logged, not counted on /metrics (no client asked for them)."""
-    from tunesmith.data.reasoning import split_output
-    from tunesmith.eval.generate import family_of
 
     style = family_of(state.engine.model, state.engine.tokenizer).tools
     raw = split_output(completion.raw, completion.opened, completion.think).answer
@@ -360,7 +358,6 @@ async def _events(state: Any, call: Call) -> AsyncIterator[str]:
 
 async def _stream(state: Any, call: Call, job: Job, first: Any) -> AsyncIterator[str]:
     """SSE chunks from the worker's deltas (`first` already taken); a client that goes away cancels the generation."""
-    from tunesmith.data.reasoning import TraceStream
 
     assert job.deltas is not None
     item = first

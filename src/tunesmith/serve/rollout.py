@@ -34,6 +34,8 @@ from pydantic import Field
 from tunesmith.atomic import write_text_atomic
 from tunesmith.errors import RunError, TunesmithError
 from tunesmith.records import GateResult, Record, read_record
+from tunesmith.serve.batching import Job, QueueFull
+from tunesmith.serve.metrics import LATENCY_BUCKETS
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +114,6 @@ class RolloutMetrics:
 
     def __init__(self, registry: Any) -> None:
         from prometheus_client import Counter, Gauge, Histogram
-
-        from tunesmith.serve.metrics import LATENCY_BUCKETS
 
         r = registry
         self.requests = Counter(
@@ -270,7 +270,6 @@ class Rollouts:
     async def _shadow(self, state: Any, call: Any, r: Rollout) -> None:
         """Run the request on the candidate (never streamed, with the request's tools), log its answer (its calls
         parsed as a client's would be) as variant shadow, return nothing."""
-        from tunesmith.serve.batching import Job, QueueFull
         from tunesmith.serve.handlers import Call, finish, read_calls
         from tunesmith.serve.schemas import ApiError
 

@@ -13,10 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunesmith import models
 from tunesmith.atomic import write_text_atomic
 from tunesmith.errors import ModelError, RunError
+from tunesmith.run import is_run_dir, load_run
 from tunesmith.serve.app import ServeSettings, create_app
+from tunesmith.serve.engine import load_engine, run_name
 from tunesmith.serve.security import KeyRing, check_adapter_files, check_name, generate_key
+from tunesmith.serve.store import DB_NAME, RequestLog, is_url
+from tunesmith.serve.vllm_engine import load_vllm_engine, require_vllm
 
 MARKER = ".tunesmith-serve"
 
@@ -87,7 +92,6 @@ def check_listen(host: str, port: int) -> None:
 def _check_run(path: str | Path, what: str) -> None:
     """A served run's files, before anything loads: its adapter (when it has one) and its recipe's retrieval index."""
     from tunesmith.rag.index import read_meta
-    from tunesmith.run import is_run_dir, load_run
 
     run = load_run(path) if is_run_dir(path) else None
     adapter_dir = run.adapter_dir if run is not None else Path(path)
@@ -134,13 +138,10 @@ def _keys(opts: ServeOptions, folder: Path) -> tuple[KeyRing, str | None]:
 def loader(opts: ServeOptions, adapters: dict[str, str]) -> Any:
     """A zero-argument function that loads the engine (called in the server's startup thread)."""
     if opts.engine == "vllm":
-        from tunesmith.serve.vllm_engine import load_vllm_engine, require_vllm
-
         require_vllm()  # fail now, with a clear message, rather than after the server started
         return lambda: load_vllm_engine(opts.target, adapters, opts.dtype, opts.name)
     if opts.engine != "transformers":
         raise ModelError(f"unknown engine {opts.engine!r}", hint="Use transformers (default) or vllm.")
-    from tunesmith.serve.engine import load_engine
 
     return lambda: load_engine(opts.target, adapters, opts.dtype, opts.name)
 
@@ -148,8 +149,6 @@ def loader(opts: ServeOptions, adapters: dict[str, str]) -> Any:
 def prepare(opts: ServeOptions) -> Prepared:
     """Validate the options and build the app (the model loads once the server runs)."""
     from tunesmith.rag.index import read_meta
-    from tunesmith.run import is_run_dir
-    from tunesmith.serve.store import DB_NAME, RequestLog, is_url
 
     # Everything that can be refused is checked before the serve folder is made or the model loads.
     check_listen(opts.host, opts.port)
@@ -158,15 +157,10 @@ def prepare(opts: ServeOptions) -> Prepared:
     if opts.name is not None:
         check_name(opts.name)
     if is_run_dir(opts.target):
-        from tunesmith.run import load_run
-        from tunesmith.serve.engine import run_name
-
         run = load_run(opts.target)
         run_name(run, opts.name, (run.adapter_dir / "adapter_config.json").exists())
         _check_run(opts.target, f"run {opts.target}")
     elif opts.engine == "transformers":  # a model: found and readable before the server starts (vLLM resolves its own)
-        from tunesmith import models
-
         models.read_config(models.resolve_base(opts.target))
     adapters = parse_adapters(opts.adapters)
     for adapter, path in adapters.items():

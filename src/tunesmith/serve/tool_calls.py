@@ -14,6 +14,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from tunesmith.data.formats import RowError
+from tunesmith.data.tool_shapes import normalise_tools
+from tunesmith.families.tools import parse_tool_calls
 from tunesmith.serve.schemas import ApiError
 
 ARGUMENT_CHUNK = 24  # characters of arguments per streamed delta (the OpenAI client concatenates them)
@@ -37,8 +40,6 @@ class ToolChoice:
 
 def offered_tools(tools: Any) -> list[dict[str, Any]] | None:
     """The request's `tools` in OpenAI's shape (None when none); a 400 naming `tools` when they are not functions."""
-    from tunesmith.data.formats import RowError
-    from tunesmith.data.tool_shapes import normalise_tools
 
     if tools is None:
         return None
@@ -84,7 +85,6 @@ class Reply:
 def read_reply(answer: str, style: str | None, choice: ToolChoice) -> Reply:
     """`answer` (the completion after any trace, special tokens kept) as content and calls; a 422 when a forced
     choice gets no call (or a call to another function)."""
-    from tunesmith.families.tools import parse_tool_calls
 
     if not choice.parses:
         return Reply(answer)
@@ -138,6 +138,5 @@ def logged_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
 
 def tool_error(answer: str, style: str | None) -> str | None:
     """Why the call `answer` opens does not parse (None when it opens none, or it parses)."""
-    from tunesmith.families.tools import parse_tool_calls
 
     return parse_tool_calls(answer, style).error

@@ -12,7 +12,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from tunesmith import families, models
 from tunesmith.errors import ModelError
+from tunesmith.eval.generate import Completion, FinishReason, opens_trace, prompt_text, raw_completion
+from tunesmith.loader import resolve_run_base, run_thinking
+from tunesmith.run import is_run_dir, load_run
 from tunesmith.serve.engine import Engine, ServedModel, model_name, run_name
 
 
@@ -60,9 +64,6 @@ class VllmEngine(Engine):
         self, name: str, conversations: list[list[dict[str, Any]]], params: Any, tools: list[Any] | None = None
     ) -> list[Any]:
         from vllm import SamplingParams
-
-        from tunesmith import families
-        from tunesmith.eval.generate import Completion, FinishReason, opens_trace, prompt_text, raw_completion
 
         family = families.for_tokenizer(self.tokenizer)
         with self.lock:
@@ -112,10 +113,6 @@ def load_vllm_engine(
     require_vllm()
     from vllm import LLM
 
-    from tunesmith import models
-    from tunesmith.loader import resolve_run_base
-    from tunesmith.run import is_run_dir, load_run
-
     run = load_run(target) if is_run_dir(target) else None
     if run is not None and (run.adapter_dir / "adapter_config.json").exists():
         base_path, base_name = resolve_run_base(run), model_name(run.manifest.base_model.spec)
@@ -142,8 +139,6 @@ def load_vllm_engine(
         served = engine.add_adapter(run_name(run, name, True), run.dir)
         engine.default_name = served.name
     elif run is not None:
-        from tunesmith.loader import run_thinking
-
         engine.models[base_name] = ServedModel(
             base_name, None, base_name, str(run.dir), dict(run.manifest.data), thinking=run_thinking(run)
         )

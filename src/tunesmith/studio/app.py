@@ -19,6 +19,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+import tunesmith.eval.metrics  # noqa: F401  (its imports paid at start-up, not by the first page)
 from tunesmith.errors import RunError, TunesmithError
 from tunesmith.eval.registry import TOOL_METRICS
 from tunesmith.studio import guard, reports
@@ -55,8 +56,6 @@ def check_bind(host: str, token: str | None) -> None:
 
 
 def create_app(config: StudioConfig) -> FastAPI:
-    import tunesmith.eval.metrics  # noqa: F401  (seconds of imports paid at start-up, not by the first page)
-
     app = FastAPI(title="tunesmith studio", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.config = config
     app.state.roots = Roots([*config.runs, *config.data])

@@ -17,7 +17,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tunesmith.data.reasoning import TraceStream
 from tunesmith.errors import TunesmithError
+from tunesmith.eval.stream import generate_stream
+from tunesmith.loader import load_target
 
 MAX_LOADED = 2  # models kept in memory at once (least recently used goes first)
 
@@ -49,7 +52,6 @@ class ModelCache:
         self.lock = threading.Lock()
 
     def get(self, target: Path) -> Any:
-        from tunesmith.loader import load_target
 
         key = str(target)
         if key in self._loaded:
@@ -93,8 +95,6 @@ def stream_reply(
     """SSE: `sources` (when RAG is on), `reasoning` pieces of a trace and `delta` pieces of the answer (split as
     serve splits them), then `done` (finish reason) or `error` (a message). Prompts are rendered in the run's
     thinking mode."""
-    from tunesmith.data.reasoning import TraceStream
-    from tunesmith.eval.stream import generate_stream
 
     try:
         with cache.lock:

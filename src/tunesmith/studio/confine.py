@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from tunesmith.config import DEFAULT_BASE
 from tunesmith.errors import RecipeError
+from tunesmith.models import CATALOG
 
 REMOTE_CODE = (
     "trust_remote_code cannot be turned on from the studio: the model's own Python code would run. Read that code, "
@@ -88,8 +90,6 @@ def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
 
 def check_launch(data: dict[str, Any], base_dir: Path, files: list[Path], models: list[Path]) -> None:
     """RecipeError listing every field of the raw recipe `data` that points outside the studio or at code."""
-    from tunesmith.config import DEFAULT_BASE
-    from tunesmith.models import CATALOG
     from tunesmith.rag.embed import DEFAULT_EMBEDDER
 
     c = _Check(base_dir, [Path(f).resolve() for f in files], [Path(m).resolve() for m in models])
@@ -167,7 +167,6 @@ def _check_rewards(c: _Check, rewards: Any) -> None:
 
 def model_problem(spec: str, files: list[Path], models: list[Path]) -> str | None:
     """Why `spec` may not be a base model launched from the studio (None when it may); the rule of `check_launch`."""
-    from tunesmith.models import CATALOG
 
     c = _Check(Path.cwd(), [Path(f).resolve() for f in files], [Path(m).resolve() for m in models])
     c.model("model.base", spec, tuple(CATALOG))

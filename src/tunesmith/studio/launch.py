@@ -25,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from tunesmith.atomic import open_new, write_text_atomic
 from tunesmith.config import Recipe, recipe_from_dict
 from tunesmith.errors import RecipeError, RunError
+from tunesmith.outputs import claim_dir
+from tunesmith.studio.confine import check_launch
 
 JOB_VERSION = 1
 POLL_S = 0.5
@@ -84,7 +86,6 @@ def validate_recipe(text: str, recipes_dir: Path, files: list[Path], models: lis
     """Parse and validate a recipe edited in the studio. Everything it points at must lie inside the studio's folders
     (`files`: --runs and --data; base models also in `models`) and it may not run code from the form
     (`confine.check_launch`), checked before validation opens any file it names."""
-    from tunesmith.studio.confine import check_launch
 
     try:
         data = yaml.safe_load(text) or {}
@@ -100,7 +101,6 @@ class Launcher:
     """Starts and stops training subprocesses; one job record per run folder."""
 
     def __init__(self, studio_dir: Path) -> None:
-        from tunesmith.outputs import claim_dir
 
         self.studio_dir = claim_dir(studio_dir, "studio", reuse=True, what="studio folder")
         self.procs: dict[str, subprocess.Popen[bytes]] = {}

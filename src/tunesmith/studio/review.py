@@ -21,7 +21,9 @@ from typing import Literal, TypeVar
 
 from pydantic import Field
 
+from tunesmith.data.convert import write_rows
 from tunesmith.errors import RunError
+from tunesmith.outputs import claim_dir, claim_file, record_file
 from tunesmith.records import Record, validate_record
 from tunesmith.studio.agreement import cohen_kappa, fleiss_kappa, wilson
 
@@ -127,7 +129,6 @@ class ReviewStore:
 
     @classmethod
     def open(cls, run_dir: Path, create: bool = True) -> ReviewStore:
-        from tunesmith.outputs import claim_dir
 
         path = db_path(run_dir)
         if not create:  # an existing review only: nothing is created or changed by opening it
@@ -336,8 +337,6 @@ def export_rows(items: list[ReviewItem], verdicts: list[Verdict], to: str, min_a
 def write_export(rows: list[dict[str, object]], out: Path) -> ExportSummary:
     """Write rows to a new file (never over an existing one) and audit it like any other data; returns the audit summary."""
     from tunesmith.data.audit import audit
-    from tunesmith.data.convert import write_rows
-    from tunesmith.outputs import claim_file, record_file
 
     if not rows:
         raise RunError("nothing to export: no corrections (sft) or no counted preferences (dpo) yet")

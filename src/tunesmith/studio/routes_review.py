@@ -8,10 +8,13 @@ from pathlib import Path
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from tunesmith.errors import RunError
+from tunesmith.data.template import prompt_messages
+from tunesmith.errors import RunError, TunesmithError
+from tunesmith.run import load_run
 from tunesmith.studio import review
 from tunesmith.studio.render import page, resolve_run
 from tunesmith.studio.runs import list_runs, predictions
+from tunesmith.train.methods import held_out_examples
 
 router = APIRouter()
 MAX_ID = 2**63 - 1  # SQLite's largest integer: a bigger id is a 422, not an overflow
@@ -24,10 +27,6 @@ def _store(run_dir: Path, create: bool = False) -> review.ReviewStore:
 
 def conversations(run_dir: Path) -> dict[str, list[dict[str, str]]]:
     """Example id -> prompt conversation (system + user turns) of the run's own held-out rows; empty when unreadable."""
-    from tunesmith.data.template import prompt_messages
-    from tunesmith.errors import TunesmithError
-    from tunesmith.run import load_run
-    from tunesmith.train.methods import held_out_examples
 
     try:
         return {ex.id: prompt_messages(ex.messages) for ex in held_out_examples(load_run(run_dir))}

@@ -14,6 +14,8 @@ from fastapi.responses import HTMLResponse
 from tunesmith.errors import RunError, TunesmithError
 from tunesmith.studio.render import page
 from tunesmith.studio.runs import SKIP_DIRS, Roots
+from tunesmith.sweep import report
+from tunesmith.sweep.spec import SPEC
 
 router = APIRouter()
 
@@ -36,7 +38,6 @@ class SweepRow:
 
 def find_sweeps(roots: Roots, max_depth: int = 4) -> list[Path]:
     """Every folder holding a sweep.json under the run roots (not descending into a sweep or a run)."""
-    from tunesmith.sweep.spec import SPEC
 
     found: list[Path] = []
     for root in roots.dirs:
@@ -52,7 +53,6 @@ def find_sweeps(roots: Roots, max_depth: int = 4) -> list[Path]:
 
 
 def _row(folder: Path, roots: Roots) -> SweepRow:
-    from tunesmith.sweep import report
 
     row = SweepRow(roots.key(folder), folder)
     try:
@@ -84,8 +84,6 @@ def sweeps_page(request: Request) -> HTMLResponse:
 
 @router.get("/sweep", response_class=HTMLResponse)
 def sweep_page(request: Request, k: str) -> HTMLResponse:
-    from tunesmith.sweep import report
-    from tunesmith.sweep.spec import SPEC
 
     roots: Roots = request.app.state.roots
     folder = roots.resolve(k)

@@ -9,11 +9,21 @@ from typing import Any, Literal
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
 
+from tunesmith import models
+from tunesmith.config import DEFAULT_BASE, Recipe, commented_yaml
+from tunesmith.data.formats import read_records
 from tunesmith.errors import RunError, TunesmithError
+from tunesmith.models import CATALOG
+from tunesmith.monitor.loop import cycles
+from tunesmith.monitor.report import latest
+from tunesmith.serve.store import DB_NAME, RequestLog, is_url
 from tunesmith.studio import launch
-from tunesmith.studio.chat import ChatRequest
+from tunesmith.studio.chat import ChatRequest, ModelCache, stream_reply
+from tunesmith.studio.confine import model_problem
 from tunesmith.studio.render import page, resolve_run
 from tunesmith.studio.runs import SKIP_DIRS, list_runs
+from tunesmith.studio.synth_review import SynthReview
+from tunesmith.train.sft import METHOD as SFT
 
 router = APIRouter()
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".jsonl.gz")
@@ -49,7 +59,6 @@ def _launcher(request: Request) -> launch.Launcher:
 
 def _tokenizer(base: str) -> tuple[Any, str | None]:
     """The base model's tokenizer for the token checks, or (None, why not) when it is not available here."""
-    from tunesmith import models
 
     try:
         return models.load_tokenizer(models.resolve_base(base)), None
@@ -59,7 +68,6 @@ def _tokenizer(base: str) -> tuple[Any, str | None]:
 
 def field_help() -> list[tuple[str, str]]:
     """(field path, description) for every recipe field, from the recipe's JSON schema."""
-    from tunesmith.config import Recipe
 
     schema = Recipe.model_json_schema()
     defs = schema.get("$defs", {})
@@ -78,13 +86,11 @@ def field_help() -> list[tuple[str, str]]:
 
 @router.get("/launch", response_class=HTMLResponse)
 def launch_form(request: Request) -> HTMLResponse:
-    from tunesmith.config import DEFAULT_BASE
 
     return page(request, "launch.html", files=data_files(request), base=DEFAULT_BASE, audit=None, catalog=_catalog())
 
 
 def _catalog() -> list[str]:
-    from tunesmith.models import CATALOG
 
     return sorted(CATALOG)
 
@@ -101,10 +107,7 @@ def launch_preview(
     max_steps: int = Form(-1),
 ) -> HTMLResponse:
     """The data audit (the same findings as `tunesmith data check`) and the recipe to edit, before anything trains."""
-    from tunesmith.config import commented_yaml
     from tunesmith.data.audit import audit
-    from tunesmith.studio.confine import model_problem
-    from tunesmith.train.sft import METHOD as SFT
 
     roots = request.app.state.roots
     train_paths = [str(roots.resolve(k)) for k in train]
@@ -146,8 +149,6 @@ def launch_start(request: Request, recipe: str = Form(...)) -> Any:
             recipe, studio_dir / "recipes", request.app.state.roots.dirs, request.app.state.config.models
         )
     except TunesmithError as exc:
-        from tunesmith.config import DEFAULT_BASE
-
         return page(
             request,
             "launch.html",
@@ -209,7 +210,6 @@ def chat_page(request: Request, k: str = "") -> HTMLResponse:
 @router.post("/chat/stream")
 def chat_stream(request: Request, body: ChatRequest) -> StreamingResponse:
     """Stream a reply (server-sent events); a malformed body is a 422 naming the field, before anything loads."""
-    from tunesmith.studio.chat import ModelCache, stream_reply
 
     run_dir = resolve_run(request, body.k)
     messages = [m.model_dump() for m in body.messages]
@@ -232,8 +232,6 @@ def data_page(
 
     from tunesmith.data.audit import audit
     from tunesmith.data.html import rows_section
-    from tunesmith.studio.confine import model_problem
-    from tunesmith.train.sft import METHOD as SFT
 
     report, path, note, rows = None, None, None, Markup("")
     if k:
@@ -264,7 +262,6 @@ def data_page(
 
 @router.get("/data/row", response_class=HTMLResponse)
 def data_row(request: Request, k: str, line: int) -> HTMLResponse:
-    from tunesmith.data.formats import read_records
 
     path = request.app.state.roots.resolve(k)
     rec = next((r for r in read_records(str(path)) if r.line == line), None)
@@ -275,7 +272,6 @@ def data_row(request: Request, k: str, line: int) -> HTMLResponse:
 
 
 def _synth(request: Request, k: str, n: int, create: bool = True) -> Any:
-    from tunesmith.studio.synth_review import SynthReview
 
     path = request.app.state.roots.resolve(k)
     if not path.is_file():
@@ -350,7 +346,6 @@ def synth_write(request: Request, k: str = Form(...), n: int = Form(20)) -> HTML
 
 @router.get("/monitor", response_class=HTMLResponse)
 def monitor_page(request: Request, offset: int = 0) -> HTMLResponse:
-    from tunesmith.serve.store import DB_NAME, RequestLog, is_url
 
     config = request.app.state.config
     serve_dir, source = config.serve_dir, config.log or (config.serve_dir and Path(config.serve_dir) / DB_NAME)
@@ -364,8 +359,6 @@ def monitor_page(request: Request, offset: int = 0) -> HTMLResponse:
         where = log.location  # a URL's password masked
     buckets = hourly(rows)
     rows.reverse()
-    from tunesmith.monitor.loop import cycles
-    from tunesmith.monitor.report import latest
 
     return page(
         request,

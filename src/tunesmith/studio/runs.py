@@ -19,6 +19,7 @@ import yaml
 
 from tunesmith import method_details  # noqa: F401  # the methods' manifest records, which read_manifest needs
 from tunesmith.errors import RunError
+from tunesmith.eval.metrics import primary_metrics
 from tunesmith.records import EvalReport, Manifest, read_eval_report, read_manifest
 from tunesmith.studio.launch import pid_alive, read_job
 
@@ -183,7 +184,6 @@ def _section(recipe: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def key_metrics(report: EvalReport) -> list[str]:
-    from tunesmith.eval.metrics import primary_metrics
 
     return list(primary_metrics(report.json_mode, report.tool_mode))[:2]
 

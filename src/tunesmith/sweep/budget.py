@@ -14,13 +14,14 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from tunesmith import models
+from tunesmith.plan import advisor
+
 log = logging.getLogger(__name__)
 
 
 def plan_trial(recipe: Any) -> Any:
     """The planner's estimate (records.Plan) of one trial on this machine; None when the model's config is unreadable."""
-    from tunesmith import models
-    from tunesmith.plan import advisor
 
     try:
         tokenizer = models.load_tokenizer(models.resolve_base(recipe.model.base))

@@ -15,9 +15,12 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from tunesmith.records import Record
+from tunesmith import htmlkit
+from tunesmith.atomic import write_text_atomic
+from tunesmith.records import Record, read_record
 from tunesmith.sweep.budget import duration
 from tunesmith.sweep.spec import SweepSpec, best_recipe_text
+from tunesmith.tables import Table
 
 RESULTS, TABLE, CHART_HTML, CHART_PNG, BEST = "results.json", "results.txt", "chart.html", "chart.png", "best-recipe.yaml"
 WIDTH = 80
@@ -93,8 +96,6 @@ def table_text(report: SweepReport) -> str:
     """The trials as a table 80 columns wide, with the skip reasons and errors under it."""
     from rich.console import Console
 
-    from tunesmith.tables import Table
-
     spec = report.spec
     table = Table(title=f"sweep of {Path(spec.recipe).name} by {spec.metric}", title_justify="left", box=None, pad_edge=False)
     table.add_column("trial", justify="right")
@@ -132,7 +133,6 @@ def _verdict(report: SweepReport) -> str:
 
 def chart(report: SweepReport, png: Path) -> str:
     """The metric against wall time per trial: saved as PNG, returned as inline SVG."""
-    from tunesmith import htmlkit
 
     fig = htmlkit.figure(7, 4)
     ax = fig.add_subplot()
@@ -157,7 +157,6 @@ def chart(report: SweepReport, png: Path) -> str:
 
 
 def chart_html(report: SweepReport, svg: str) -> str:
-    from tunesmith import htmlkit
 
     table = html.escape(table_text(report))
     return htmlkit.page(
@@ -169,7 +168,6 @@ def chart_html(report: SweepReport, svg: str) -> str:
 
 def write(out: Path, report: SweepReport, points: list[dict[str, Any]]) -> None:
     """results.json, results.txt, the chart, and best-recipe.yaml once there is a winner (each replaced whole)."""
-    from tunesmith.atomic import write_text_atomic
 
     write_text_atomic(out / RESULTS, report.model_dump_json(indent=1) + "\n")
     write_text_atomic(out / TABLE, table_text(report))
@@ -187,6 +185,5 @@ def write(out: Path, report: SweepReport, points: list[dict[str, Any]]) -> None:
 
 def read(out: Path) -> SweepReport:
     """results.json of a sweep folder (RunError when unreadable)."""
-    from tunesmith.records import read_record
 
     return read_record(out / RESULTS, SweepReport, 1)

@@ -12,9 +12,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tunesmith import outputs
+from tunesmith.atomic import write_text_atomic
+from tunesmith.config import load_recipe
+from tunesmith.data.template import reference
 from tunesmith.errors import RecipeError, RunError, TunesmithError
+from tunesmith.eval import metrics, registry
+from tunesmith.plan import advisor
 from tunesmith.sweep import budget, report, spec, trials
 from tunesmith.sweep.spec import SweepSpec
+from tunesmith.train import methods
+from tunesmith.train.methods import eval_examples
 
 COMMAND = "sweep"
 
@@ -29,8 +37,6 @@ def new_spec(
     prune: bool,
 ) -> SweepSpec:
     """The sweep's definition, checked: the recipe loads with every point's values; the metric is a registry one."""
-    from tunesmith.config import load_recipe
-    from tunesmith.eval import registry
 
     recipe = load_recipe(recipe_path, sets)
     for key in grid:
@@ -60,10 +66,6 @@ def new_spec(
 def default_metric(recipe: Any) -> str:
     """eval.select_checkpoint when set; else the first primary metric of the held-out answers (JSON or text); the
     first grader's pass rate, or the reward, for rows without answers."""
-    from tunesmith.data.template import reference
-    from tunesmith.eval import metrics
-    from tunesmith.train import methods
-    from tunesmith.train.methods import eval_examples
 
     if recipe.eval.select_checkpoint:
         return str(recipe.eval.select_checkpoint)
@@ -80,8 +82,6 @@ def default_metric(recipe: Any) -> str:
 
 def claim(out: Path, wanted: SweepSpec) -> SweepSpec:
     """The sweep folder for this definition: new, or an earlier run of the same sweep (continued)."""
-    from tunesmith import outputs
-    from tunesmith.atomic import write_text_atomic
 
     out = outputs.claim_dir(out, COMMAND, reuse=True, what="sweep folder")
     path = out / spec.SPEC
@@ -105,8 +105,6 @@ def claim(out: Path, wanted: SweepSpec) -> SweepSpec:
 def run_sweep(out: Path, wanted: SweepSpec, on_trial: Callable[[str], None] | None = None) -> report.SweepReport:
     """Run (or continue) the sweep in `out`; returns the report also written there."""
     from filelock import FileLock, Timeout
-
-    from tunesmith.plan import advisor
 
     sweep = claim(out, wanted)
     out = Path(out).expanduser().resolve()

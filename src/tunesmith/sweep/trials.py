@@ -20,8 +20,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from tunesmith import models
 from tunesmith.errors import TunesmithError
+from tunesmith.eval import registry
+from tunesmith.eval.gates import gate_values
+from tunesmith.eval.select import LOSSES, load_checkpoint, score
+from tunesmith.run import load_run
 from tunesmith.sweep.spec import SweepSpec
+from tunesmith.train import methods
+from tunesmith.train.entry import run as train_run
+from tunesmith.train.methods import evaluate
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +84,6 @@ class Pruning:
     when the pruner says the trial is clearly losing."""
 
     def __init__(self, trial: Any, recipe: Any, metric: str):
-        from tunesmith import models
-        from tunesmith.train import methods
 
         self.trial, self.recipe, self.metric = trial, recipe, metric
         self.method = methods.get(recipe.method)
@@ -95,8 +101,6 @@ class Pruning:
 
         import numpy as np
         import torch
-
-        from tunesmith.eval.select import load_checkpoint, score
 
         py, npy = random.getstate(), np.random.get_state()
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
@@ -135,9 +139,6 @@ def callback(pruning: Pruning) -> Any:
 
 def prunable(recipe: Any, metric: str) -> bool:
     """Whether checkpoints can be scored on `metric` (per-example metrics, reward, eval_loss, perplexity)."""
-    from tunesmith.eval import registry
-    from tunesmith.eval.select import LOSSES
-    from tunesmith.train import methods
 
     m = registry.metric(metric)
     return m.fn is not None or m.name in LOSSES or (m.name == "reward" and methods.get(recipe.method).samples_completions)
@@ -145,9 +146,7 @@ def prunable(recipe: Any, metric: str) -> bool:
 
 def train_trial(recipe: Any, pruning: Pruning | None) -> Any:
     """Train (or continue, after a kill) the trial's run; a run that already finished is read back as it is."""
-    from tunesmith.run import load_run
     from tunesmith.train.checkpoints import latest_complete_checkpoint
-    from tunesmith.train.entry import run as train_run
 
     run_dir = recipe.run_dir
     if (run_dir / "manifest.json").exists():
@@ -160,8 +159,6 @@ def train_trial(recipe: Any, pruning: Pruning | None) -> Any:
 
 def run_trial(study: Any, spec: SweepSpec, index: int, point: dict[str, Any], recipe: Any, planned: Any) -> Any:
     """One trial to the end: trained, pruned or evaluated, told to the study with what the report shows."""
-    from tunesmith.eval.gates import gate_values
-    from tunesmith.train.methods import evaluate
 
     study.enqueue_trial({k: v for k, v in point.items()}, user_attrs={"point": index}, skip_if_exists=False)
     trial = study.ask()

@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunesmith.train.speed import sft_args, trainer_args
+
 if TYPE_CHECKING:
     from tunesmith.config import AdapterSection, Recipe
     from tunesmith.method_sections import DistillSection, DPOSection, GRPOSection, RewardSection
@@ -70,8 +72,6 @@ def common_args(recipe: Recipe, run_dir: Path, has_eval: bool, speed: Speed | No
     adds its levers, None keeps the plain fp32 path."""
     import torch
 
-    from tunesmith.train.speed import trainer_args
-
     t = recipe.training
     args = dict(
         output_dir=str(run_dir / "checkpoints"),
@@ -116,8 +116,6 @@ def build_sft_config(recipe: Recipe, run_dir: Path, has_eval: bool, speed: Speed
     speed: the resolved levers (tunesmith.train.speed.Speed); None keeps the plain defaults of common_args.
     """
     from trl import SFTConfig
-
-    from tunesmith.train.speed import sft_args
 
     return SFTConfig(
         **{**common_args(recipe, run_dir, has_eval), **(sft_args(speed) if speed is not None else {})},

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
+from tunesmith.eval.report import loss_curve_png
+from tunesmith.run import read_metrics
 from tunesmith.train import _private, dist
 from tunesmith.train.checkpoints import (  # noqa: F401  (re-exported: the names callers know)
     COMPLETE,
@@ -105,9 +107,6 @@ class MetricsLog(TrainerCallback):
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         # Every run folder gets its loss curve, also runs that stop early (signal, divergence).
         if state.is_world_process_zero and self.path.exists():
-            from tunesmith.eval.report import loss_curve_png
-            from tunesmith.run import read_metrics
-
             loss_curve_png(read_metrics(self.path.parent), self.path.parent / "loss.png")
 
 

@@ -16,6 +16,7 @@ from transformers import TrainerCallback
 from tunesmith.atomic import fsync_dir as _fsync_dir
 from tunesmith.atomic import write_text_atomic
 from tunesmith.errors import RunError
+from tunesmith.models import sha256_file
 from tunesmith.train import dist
 
 if TYPE_CHECKING:
@@ -132,7 +133,6 @@ def fingerprint(recipe: Any) -> dict[str, Any]:
     world_size: processes of all nodes together; with batch_size and grad_accum it makes the global batch, and it
     decides which rows each rank reads, so a resume on fewer or more processes would be neither run.
     """
-    from tunesmith.models import sha256_file
 
     t = recipe.training
     data = list(recipe.data.train) + ([recipe.data.eval] if recipe.data.eval else [])

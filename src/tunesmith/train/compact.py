@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tunesmith.train import varlen
+
 MIN_SHARED = 16  # tokens: a shorter shared beginning saves less than its segment's own attention call costs
 
 Segment = tuple[int, int, int, int]  # (start, end) in the compact sequence; (start, length) of the anchor tokens it continues
@@ -129,8 +131,6 @@ def layout(input_ids: Any, attention_mask: Any = None, position_ids: Any = None,
 def install(model: Any) -> Callable[[], None]:
     """Wrap `model`'s backbone (a transformers causal LM, before peft wraps it); returns the function that unwraps it."""
     import torch
-
-    from tunesmith.train import varlen
 
     backbone = model.base_model
     original = backbone.forward

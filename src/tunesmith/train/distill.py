@@ -15,12 +15,22 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunesmith import method_sections
+from tunesmith import method_sections, models
+from tunesmith.data.convert import write_rows
+from tunesmith.data.dataset import recipe_examples
+from tunesmith.data.formats import row_id
+from tunesmith.data.lengths import fit_conversation
+from tunesmith.data.template import prompt_messages, reference
+from tunesmith.errors import RecipeError
+from tunesmith.eval.generate import generate
+from tunesmith.loader import load_target
 from tunesmith.method_details import AuditCounts, DistillDetails, TeacherFile, TeacherFiles
 from tunesmith.method_sections import DistillSection
 from tunesmith.records import Tokens, read_record, write_record
-from tunesmith.train import _trl
+from tunesmith.run import is_run_dir, load_run, write_json_atomic
+from tunesmith.train import _trl, speed
 from tunesmith.train.method import Datasets, Method, Parts
+from tunesmith.train.rows import apply_length_policy, prompt_row, prompt_split, split_rows
 from tunesmith.train.sft import METHOD as SFT
 
 if TYPE_CHECKING:
@@ -34,7 +44,6 @@ GENERATED = "distill"  # the run's sub-folder holding the teacher's answers (seq
 
 def load_teacher(spec: str, dtype: str = "auto") -> tuple[Any, Any, str]:
     """(model, tokenizer, description) for a base model spec or a tunesmith run folder (its tuned model)."""
-    from tunesmith.loader import load_target
 
     loaded = load_target(spec, dtype)
     return loaded.model, loaded.tokenizer, _described(loaded.run, spec)
@@ -42,7 +51,6 @@ def load_teacher(spec: str, dtype: str = "auto") -> tuple[Any, Any, str]:
 
 def describe_teacher(spec: str) -> str:
     """What a teacher spec is, as load_teacher says it, without loading the model."""
-    from tunesmith.run import is_run_dir, load_run
 
     return _described(load_run(spec) if is_run_dir(spec) else None, spec)
 
@@ -58,12 +66,7 @@ def same_tokenizer(a: Any, b: Any) -> bool:
 
 def generate_dataset(recipe: Recipe, out_dir: Path) -> DistillDetails:
     """Teacher answers for the train and eval prompts, written as chat JSONL; returns what was written."""
-    from tunesmith import models
-    from tunesmith.data.convert import write_rows
-    from tunesmith.data.formats import row_id
-    from tunesmith.eval.generate import generate
     from tunesmith.rag.prompt import augment_rows
-    from tunesmith.train.rows import prompt_row, split_rows
 
     d = METHOD.settings(recipe)
     train, evaluation = split_rows(recipe.data, recipe.training.seed, prompt_row)
@@ -100,9 +103,6 @@ def generate_dataset(recipe: Recipe, out_dir: Path) -> DistillDetails:
 def logit_rows(recipe: Recipe, tokenizer: Any, examples: list[Any]) -> tuple[list[dict[str, Any]], TokenCounts]:
     """GKD rows ({messages}: the prompt, then the answer) within data.max_length (data.lengths.fit_conversation),
     with the manifest's counts. The GKD collator would otherwise cut over-long rows from the left, uncounted."""
-    from tunesmith.data.lengths import fit_conversation
-    from tunesmith.data.template import prompt_messages, reference
-    from tunesmith.train.rows import apply_length_policy
 
     d = recipe.data
     rows = [
@@ -132,7 +132,6 @@ class Distill(Method[DistillSection]):
         return d.mode == "logits" and d.lmbda > 0  # on-policy steps sample from the student
 
     def held_out_split(self, recipe: Recipe, with_context: bool = True) -> tuple[list[Example], list[Example]]:
-        from tunesmith.train.rows import prompt_split
 
         return prompt_split(recipe, with_context)  # the teacher's answer rows keep their prompt row's id
 
@@ -144,9 +143,7 @@ class Distill(Method[DistillSection]):
         recipe on those answers: run.yaml then points at them, so `tunesmith eval` scores the agreement."""
         if self.settings(recipe).mode != "sequence":
             return recipe
-        from tunesmith import models
         from tunesmith.data import audit
-        from tunesmith.run import write_json_atomic
         from tunesmith.train import start
 
         out_dir = recipe.run_dir / GENERATED
@@ -168,16 +165,12 @@ class Distill(Method[DistillSection]):
     def datasets(self, recipe: Recipe, tokenizer: Any) -> Datasets:
         from datasets import Dataset
 
-        from tunesmith.data.dataset import recipe_examples
-
         train_ex, eval_ex = recipe_examples(recipe)
         train_rows, train_counts = logit_rows(recipe, tokenizer, train_ex)
         eval_rows, eval_counts = logit_rows(recipe, tokenizer, eval_ex)
         return Datasets(Dataset.from_list(train_rows), Dataset.from_list(eval_rows), Tokens(train=train_counts, eval=eval_counts))
 
     def trainer(self, recipe: Recipe, parts: Parts) -> Any:
-        from tunesmith.errors import RecipeError
-        from tunesmith.train import speed
 
         # The teacher is frozen whatever the student's adapter: under bf16 it is stored in bf16 too (model.dtype auto).
         teacher_dtype = speed.weights_dtype(recipe, parts.levers.bf16, frozen=True)

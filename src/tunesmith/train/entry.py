@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from tunesmith.train import methods
+
 if TYPE_CHECKING:
     from tunesmith.config import Recipe
     from tunesmith.run import Run
@@ -51,8 +53,6 @@ def summary(run: Run) -> str:
     if m.family is not None:
         lines.append(family_line(m.family, tok))
     if m.details is not None:
-        from tunesmith.train import methods
-
         lines += methods.get(m.method).summary(m.details)
     return "\n".join(lines)
 

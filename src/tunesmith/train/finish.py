@@ -8,7 +8,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunesmith import models
+from tunesmith import families, models
+from tunesmith.data.convert import write_rows
+from tunesmith.data.reasoning import thinking_mode
+from tunesmith.eval.report import loss_curve_png
+from tunesmith.eval.select import select_checkpoint
 from tunesmith.rag.index import manifest_entry
 from tunesmith.records import (
     BaseModelRef,
@@ -31,6 +35,7 @@ from tunesmith.run import (
     read_metrics,
     versions,
 )
+from tunesmith.train.rows import fields_json
 
 if TYPE_CHECKING:
     from tunesmith.config import Recipe
@@ -74,8 +79,6 @@ def save_adapter(trainer: Any, tokenizer: Any, run_dir: Path) -> Path:
 def save_held_out(recipe: Recipe, method: Method[Any], run_dir: Path) -> HeldOut:
     """Copy the held-out rows this run is scored on (its `method`'s eval_examples) into run_dir/data/eval.jsonl, so
     eval, merge and chat work after the training data moved; returns what the manifest records about the copy."""
-    from tunesmith.data.convert import write_rows
-    from tunesmith.train.rows import fields_json
 
     examples = method.eval_examples(recipe)
     rows = [{"id": e.id, "messages": e.messages, "source": e.source, **_tools(e)} for e in examples]
@@ -90,8 +93,6 @@ def save_held_out(recipe: Recipe, method: Method[Any], run_dir: Path) -> HeldOut
 def family_record(tokenizer: Any, config: Any, policy: str, counts: Tokens) -> FamilyRecord:
     """The run's chat family (families.describe with the tokenizer's ids) and its thinking mode: on when any trained
     answer carried a trace (a family with a switch), else off; None for a family without one."""
-    from tunesmith import families
-    from tunesmith.data.reasoning import thinking_mode
 
     family = families.detect(config, tokenizer)
     modes = (counts.train.thinking_rows if counts.train is not None else {}) or {}
@@ -158,8 +159,6 @@ def finish_run(
     family = family_record(tokenizer, models.read_config(base_path), recipe.data.reasoning, counts)
     selection = None
     if recipe.eval.select_checkpoint:  # before the manifest: a finished run is never rewritten afterwards
-        from tunesmith.eval.select import select_checkpoint
-
         selection = select_checkpoint(recipe, method, run_dir, base_path, family.thinking)
     wall = time.time() - started
     runtime = result.metrics.get("train_runtime", wall)
@@ -217,6 +216,5 @@ def finish_run(
 
 
 def write_loss_png(run_dir: Path) -> None:
-    from tunesmith.eval.report import loss_curve_png
 
     loss_curve_png(read_metrics(run_dir), run_dir / "loss.png")

@@ -15,10 +15,12 @@ from tunesmith.data.formats import to_prompt_only
 from tunesmith.data.lengths import Fit, fit_prompt
 from tunesmith.data.template import prompt_as_text
 from tunesmith.data.tool_shapes import row_tools
+from tunesmith.eval import metrics
 from tunesmith.method_details import GRPODetails
 from tunesmith.method_sections import GRPOSection
 from tunesmith.records import Tokens
-from tunesmith.train import _trl
+from tunesmith.run import read_metrics
+from tunesmith.train import _trl, rewards
 from tunesmith.train.method import Datasets, Method, Parts
 from tunesmith.train.rows import PROMPT_MESSAGES, apply_length_policy, dataset_row, prompt_row, prompt_split, recipe_rows
 
@@ -48,13 +50,11 @@ class GRPO(Method[GRPOSection]):
 
     def starter_section(self, answers: list[str]) -> dict[str, Any]:
         """Rewards for the data's answers: exact match on the reference, and valid JSON where the answers are JSON."""
-        from tunesmith.eval import metrics
 
         exact: dict[str, Any] = {"type": "exact_match", "field": "reference"}
         return {"rewards": ["json_valid", exact] if answers and metrics.references_are_json(answers) else [exact]}
 
     def prepare(self, recipe: Recipe, resume: bool) -> Recipe:
-        from tunesmith.train import rewards
 
         rewards.for_recipe(recipe)  # a broken user reward fails before any model loads
         return recipe
@@ -80,7 +80,6 @@ class GRPO(Method[GRPOSection]):
         return Datasets(Dataset.from_list(rows), None, Tokens(train=train_counts, eval=eval_counts))
 
     def trainer(self, recipe: Recipe, parts: Parts) -> Any:
-        from tunesmith.train import rewards
         from tunesmith.train.reward_watch import RewardWatch
 
         g = self.settings(recipe)
@@ -90,7 +89,6 @@ class GRPO(Method[GRPOSection]):
         return _trl.grpo_trainer(recipe, g, parts, [watch.wrap(fn) for fn in fns])
 
     def record(self, recipe: Recipe, trainer: Any, final_eval: dict[str, float]) -> GRPODetails:
-        from tunesmith.run import read_metrics
         from tunesmith.train.reward_watch import RewardWatch
 
         g = self.settings(recipe)

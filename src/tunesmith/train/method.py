@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
+from tunesmith.data.dataset import recipe_examples, split_examples
 from tunesmith.method_sections import Declaration
 from tunesmith.records import MethodDetails, Tokens
 from tunesmith.sections import Section
+from tunesmith.train import policy
 
 if TYPE_CHECKING:
     from tunesmith.config import Recipe
@@ -107,7 +109,6 @@ class Method(ABC, Generic[S]):
     def held_out_split(self, recipe: Recipe, with_context: bool = True) -> tuple[list[Example], list[Example]]:
         """(train, held-out) examples of the one split training uses (data.dataset.split_rows): the demonstrations.
         with_context: with `rag`, retrieved context in every prompt, as training saw them."""
-        from tunesmith.data.dataset import recipe_examples, split_examples
 
         if with_context:
             return recipe_examples(recipe)
@@ -136,7 +137,6 @@ class Method(ABC, Generic[S]):
 
     def load_model(self, recipe: Recipe, base_path: str, dtype: str | None) -> Any:
         """The model this method trains, before peft wraps it: the causal LM (4-bit for qlora), dtype from the levers."""
-        from tunesmith.train import policy
 
         return policy.load(recipe, base_path, dtype)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tunesmith import method_sections
+from tunesmith import run as runs
 from tunesmith.records import register_details
 from tunesmith.train import distill, dpo, grpo, reward, sft
 from tunesmith.train.method import Method
@@ -65,7 +66,6 @@ def held_out_split(recipe: Any, with_context: bool = True) -> tuple[list[Any], l
 
 def held_out_examples(run: Run) -> list[Any]:
     """THE held-out set of a finished run (tunesmith.run.held_out_examples, with the run's own method)."""
-    from tunesmith import run as runs
 
     return runs.held_out_examples(run, get(run.recipe.method))
 

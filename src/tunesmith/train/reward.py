@@ -14,11 +14,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tunesmith import method_sections
+from tunesmith.data.convert import write_rows
+from tunesmith.data.formats import row_id
 from tunesmith.data.lengths import Fit, fit_pair
+from tunesmith.eval.reward_eval import evaluate_pairs
+from tunesmith.eval.reward_model import encode
 from tunesmith.method_details import PAIRS, RewardDetails
 from tunesmith.method_sections import RewardSection
 from tunesmith.records import Tokens
-from tunesmith.train import _trl
+from tunesmith.train import _trl, dist, policy
 from tunesmith.train.dpo import METHOD as DPO
 from tunesmith.train.method import Datasets, Method, Parts
 from tunesmith.train.rows import apply_length_policy, pair_tools, preference_row, recipe_rows
@@ -45,7 +49,6 @@ class Reward(Method[RewardSection]):
         return DPO.held_out_split(recipe, with_context)  # each held-out prompt with its chosen answer
 
     def load_model(self, recipe: Recipe, base_path: str, dtype: str | None) -> Any:
-        from tunesmith.train import policy
 
         return policy.load(recipe, base_path, dtype, num_labels=1)  # the base with a new one-output score head
 
@@ -53,8 +56,6 @@ class Reward(Method[RewardSection]):
         """Pairs within data.max_length (data.lengths.fit_pair, as DPO measures them), tokenized by the scorer's
         `encode` into TRL's chosen_ids / rejected_ids."""
         from datasets import Dataset
-
-        from tunesmith.eval.reward_model import encode
 
         d = recipe.data
         fit = lambda r: fit_pair(tokenizer, r["prompt"], r["chosen"], r["rejected"], d.max_length, d.overlong, pair_tools(r))
@@ -81,9 +82,6 @@ class Reward(Method[RewardSection]):
     def record(self, recipe: Recipe, trainer: Any, final_eval: dict[str, float]) -> RewardDetails:
         """The held-out pairs saved with the run (data/eval_pairs.jsonl, as read from the files with the tools each
         offers, before any length policy: eval scores the pairs as they are), and TRL's final held-out figures."""
-        from tunesmith.data.convert import write_rows
-        from tunesmith.data.formats import row_id
-        from tunesmith.train import dist
 
         _, evaluation = _pair_rows(recipe)
         if dist.is_main_process():
@@ -100,7 +98,6 @@ class Reward(Method[RewardSection]):
         return [f"held-out pairwise accuracy at the end of training: {accuracy:.3f} ({details.held_out_pairs} pairs)"]
 
     def evaluate(self, run: Any, max_examples: int | None = None, progress: Any = None) -> Any:
-        from tunesmith.eval.reward_eval import evaluate_pairs
 
         return evaluate_pairs(run, max_examples, progress)
 

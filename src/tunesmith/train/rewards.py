@@ -23,8 +23,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from tunesmith import families
 from tunesmith.errors import RecipeError
 from tunesmith.eval import metrics, registry, tool_metrics
+from tunesmith.eval.generate import raw_completion
+from tunesmith.eval.graders import grade, grader_items, load_graders
+from tunesmith.eval.judge import judges_for_graders
+from tunesmith.eval.reward_model import RewardModel, is_reward_run
+from tunesmith.method_sections import schema_file
+from tunesmith.train.rows import PROMPT_MESSAGES, ROW_FIELDS, dataset_row
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +65,6 @@ def json_valid(prompts: list[Any], completions: list[Any], **_: Any) -> list[flo
 def _schema(value: dict[str, Any] | str | None) -> dict[str, Any]:
     """A reward's JSON schema: inline, as preflight leaves it, or still the file a schema-only load points at."""
     if isinstance(value, str):
-        from tunesmith.errors import RecipeError
-        from tunesmith.method_sections import schema_file
-
         try:
             return schema_file(value)
         except ValueError as exc:
@@ -107,13 +111,10 @@ def turn_reader(tokenizer: Any = None) -> Callable[[Any, Any], str]:
     completion that already is a tool turn (eval's) as it is."""
     style, stops = None, set()
     if tokenizer is not None:
-        from tunesmith import families
-
         family = families.for_tokenizer(tokenizer)
         style, stops = family.tools, set(family.stop_token_ids(tokenizer))
 
     def read(completion: Any, ids: Any = None) -> str:
-        from tunesmith.eval.generate import raw_completion
 
         if isinstance(completion, str) and tool_metrics.parse_turn(completion) is not None:
             return completion
@@ -169,8 +170,6 @@ def make_reward_model(run: str, tokenizer: Any = None) -> RewardFn:
     Each prompt is scored with the tools its row offers (`row_fields`) as its messages (`prompt_messages`, for rows
     TRL receives as rendered text), and a completion on such a row as its tool turn (`turn_reader`, with the
     policy's `tokenizer`): the rendering the reward model was trained on."""
-    from tunesmith.eval.reward_model import RewardModel, is_reward_run
-    from tunesmith.train.rows import PROMPT_MESSAGES, ROW_FIELDS
 
     if not is_reward_run(run):
         raise RecipeError([("grpo.rewards", f"{run} is not a finished reward run (train one with method: reward)")])
@@ -241,8 +240,6 @@ def make_grader(grader: Any, judge_for: Any) -> RewardFn:
     """An eval grader (tunesmith.eval.graders) as a reward: each completion scored with the item eval gives it (the
     row's fields from `row_fields`, its reference, its prompt), by the same definition `tunesmith eval` reports as
     graders.<name>. A completion the grader cannot score gets 0, as in eval; the first such reason is logged."""
-    from tunesmith.eval.graders import grade, grader_items
-    from tunesmith.train.rows import ROW_FIELDS
 
     failures = [0]
 
@@ -291,8 +288,6 @@ def build(
 
 
 def _grader_reward(name: str, graders: list[dict[str, Any]], judge: Any) -> RewardFn:
-    from tunesmith.eval.graders import load_graders
-    from tunesmith.eval.judge import judges_for_graders
 
     try:
         found = [g for g in load_graders(graders) if g.name == name]
@@ -313,7 +308,6 @@ def for_recipe(recipe: Any, tokenizer: Any = None) -> list[RewardFn]:
 def columns(refs: list[str], rows: list[dict[str, Any]] | None) -> dict[str, list[Any]]:
     """The columns GRPO's dataset gives rewards (train.rows.dataset_row), for held-out rows: reference, the rows'
     scalar fields, row_fields."""
-    from tunesmith.train.rows import dataset_row
 
     per_row = [dataset_row({"prompt": None, "reference": ref, **fields}) for ref, fields in zip(refs, rows or [{}] * len(refs))]
     keys = list(dict.fromkeys(k for row in per_row for k in row if k != "prompt"))

@@ -11,17 +11,20 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from tunesmith.data.dataset import split_rows as split
 from tunesmith.data.formats import (
     Example,
     detect_shape,
     load_normalised,
     row_id,
+    to_messages,
     to_preference,
     to_prompt_only,
 )
 from tunesmith.data.lengths import Fit
 from tunesmith.data.template import reference
 from tunesmith.data.tool_shapes import as_conversation, row_tools
+from tunesmith.errors import DataError
 from tunesmith.eval.tool_metrics import reference_turn, turn_message
 from tunesmith.records import TokenCounts
 
@@ -81,8 +84,6 @@ def prompt_row(obj: Any) -> dict[str, Any]:
     elif shape == "prompt_completion":
         ref = obj["completion"] if isinstance(obj["completion"], str) else reference(list(obj["completion"]))
     elif shape != "prompt_only":
-        from tunesmith.data.formats import to_messages
-
         messages = to_messages(obj)
         if not any(m["role"] == "assistant" for m in messages):
             ref = ""
@@ -130,7 +131,6 @@ def apply_length_policy(
 ) -> tuple[list[dict[str, Any]], TokenCounts]:
     """The rows that fit data.max_length under data.overlong (data.lengths), truncated ones rewritten, with the
     manifest's counts. Policy `error` raises one DataError at the first row over."""
-    from tunesmith.errors import DataError
 
     counts = TokenCounts(examples=len(rows), max_length=data.max_length, overlong=data.overlong, measured_as=measured_as)
     kept = []
@@ -174,7 +174,6 @@ def split_rows(
     data: DataSection, seed: int, normalise: Callable[[Any], dict[str, Any]]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Train and eval rows (data.dataset.split_rows, the one split), each tagged with its file:line."""
-    from tunesmith.data.dataset import split_rows as split
 
     return split(data, seed, lambda rec: {**normalise(rec.obj), "source": rec.where})
 

@@ -7,6 +7,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from tunesmith import method_sections
+from tunesmith.data.dataset import recipe_examples, tokenize_examples
+from tunesmith.data.template import clear_memo
 from tunesmith.records import TokenCounts, Tokens
 from tunesmith.sections import Section
 from tunesmith.train import _trl
@@ -58,9 +60,6 @@ class SFT(Method[Section]):
     def datasets(self, recipe: Recipe, tokenizer: Any) -> Datasets:
         """The rows tokenized once (the data check's pass is reused), within data.max_length under data.overlong."""
         from datasets import Dataset
-
-        from tunesmith.data.dataset import recipe_examples, tokenize_examples
-        from tunesmith.data.template import clear_memo
 
         train_ex, eval_ex = recipe_examples(recipe)  # with rag: retrieved context in every prompt
         d = recipe.data

@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from tunesmith.plan import advisor
 from tunesmith.records import Measured, Speed
 from tunesmith.run import Run, peak_memory_mb
-from tunesmith.train import compact, faults, policy, speed, start, upcast, varlen
+from tunesmith.train import compact, dist, faults, policy, speed, start, upcast, varlen
 from tunesmith.train.callbacks import standard_callbacks
 from tunesmith.train.finish import finish_run
 from tunesmith.train.method import Datasets, Method, Parts
@@ -76,8 +77,6 @@ def build(recipe: Recipe, method: Method[Any], resume: bool = False, force: bool
 
 def _plan(recipe: Recipe, data: Datasets, shared: int = 0) -> Any:
     """The planner's estimate for this run on this machine, from the rows already tokenized (their lengths)."""
-    from tunesmith.plan import advisor
-    from tunesmith.train import dist
 
     counts = data.counts.train
     trained = counts.trained_tokens / max(counts.tokens, 1) if counts is not None else 0.0

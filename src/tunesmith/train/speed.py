@@ -16,7 +16,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tunesmith import allocator
+from tunesmith.errors import RecipeError
 from tunesmith.records import Speed
+from tunesmith.train import compact, hardware
 
 if TYPE_CHECKING:
     from tunesmith.config import Recipe
@@ -39,7 +41,6 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_KERNEL_CACHE)
 def cpu_has_bf16() -> bool:
     """True on CPUs with native bf16 dot products (AVX512-BF16 or AMX) that oneDNN may use (train/hardware.py: its
     ISA cap ONEDNN_MAX_CPU_ISA, when set below them, makes this machine a CPU without bf16 units)."""
-    from tunesmith.train import hardware
 
     return hardware.bf16_units()
 
@@ -156,8 +157,6 @@ def uses_liger(recipe: Recipe, cuda: bool, allowed: bool = True) -> bool:
     is a recipe error (Liger's kernels are Triton programs for the GPU). allowed: the method takes Liger's kernels
     (Method.liger; TRL's other trainers swap in Liger's own losses)."""
     import importlib.util
-
-    from tunesmith.errors import RecipeError
 
     installed = importlib.util.find_spec("liger_kernel") is not None
     if recipe.speed.liger == "auto":
@@ -315,8 +314,6 @@ def apply_to_model(speed: Speed, model: Any) -> Callable[[], None] | None:
     """Levers that act on the built (peft) model: the adapter input cast (the flag peft.helpers.disable_input_dtype_casting
     sets) and speed.shared_prefix (train/compact.py wraps the backbone). Returns what undoes the wrapper, or None."""
     from peft.tuners.tuners_utils import BaseTunerLayer
-
-    from tunesmith.train import compact
 
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):

@@ -1,5 +1,5 @@
 """The paths `tunesmith verify` compares (adapter, merged folder, GGUF, a serving engine), each against the training
-reference of a run's first held-out prompts (see tunesmith/verify/__init__.py). Export and serve use these checks
+reference of a run's first held-out prompts (see tunesmith/verify/parity.py). Export and serve use these checks
 on what they made; `verify` (the package) also makes the merged folder and the GGUF it checks.
 """
 
@@ -9,6 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunesmith import families, models
+from tunesmith.data.template import prompt_messages, render_prompt, render_turns
+from tunesmith.eval.generate import generate_detailed, prompt_text, stop_token_ids
+from tunesmith.loader import load_run_model, run_thinking
+from tunesmith.run import load_run
+from tunesmith.train.methods import held_out_examples
 from tunesmith.verify.compare import Divergence, Report, compare_ids, compare_prompts, compare_stops
 from tunesmith.verify.llamacpp import check as llama_cpp_check
 
@@ -35,7 +41,6 @@ class Reference:
 def training_prompt(tokenizer: Any, example: Any, policy: str, thinking: bool | None) -> str:
     """The text training put before a held-out row's last answer (its tools and data.reasoning), in the run's thinking
     mode; a row trained in the other mode (or whose last answer was not trained) gets render_prompt in the run's."""
-    from tunesmith.data.template import prompt_messages, render_prompt, render_turns
 
     tools = example.extra.get("tools")
     rendered = render_turns(tokenizer, example.messages, policy=policy, tools=tools)
@@ -46,10 +51,6 @@ def training_prompt(tokenizer: Any, example: Any, policy: str, thinking: bool | 
 
 def reference(run: Any, n: int, tokenizer: Any | None = None) -> Reference:
     """The reference prompts and stop tokens of a run's first `n` held-out rows (no model is loaded)."""
-    from tunesmith import families, models
-    from tunesmith.data.template import prompt_messages
-    from tunesmith.loader import run_thinking
-    from tunesmith.train.methods import held_out_examples
 
     tok = tokenizer or models.load_tokenizer(str(run.adapter_dir))
     examples = held_out_examples(run)[:n]
@@ -69,7 +70,6 @@ def reference(run: Any, n: int, tokenizer: Any | None = None) -> Reference:
 
 
 def _greedy(model: Any, tokenizer: Any, ref: Reference, max_new_tokens: int) -> list[Any]:
-    from tunesmith.eval.generate import generate_detailed
 
     return generate_detailed(model, tokenizer, ref.convs, max_new_tokens, batch_size=1, thinking=ref.thinking)
 
@@ -84,8 +84,6 @@ def _tokens(path: str, ref: Reference, done: list[Any], tokenizer: Any, blocking
 def adapter_path(run: Any, ref: Reference, max_new_tokens: int) -> list[Divergence]:
     """The run's adapter in transformers (what eval scored): its prompts and stops; its greedy tokens become the
     reference for the other paths."""
-    from tunesmith.eval.generate import prompt_text, stop_token_ids
-    from tunesmith.loader import load_run_model
 
     loaded = load_run_model(run)
     found = compare_prompts(
@@ -111,8 +109,6 @@ def _config_stops(folder: Path) -> list[int]:
 
 def folder_parity(ref: Reference, folder: Path, path: str = "merged") -> list[Divergence]:
     """A model folder's own template and generation_config against the reference: prompt bytes, stop tokens."""
-    from tunesmith import families, models
-    from tunesmith.data.template import render_prompt
 
     tok = models.load_tokenizer(str(folder))
     family = families.detect(models.read_config(str(folder)), tok)
@@ -122,7 +118,6 @@ def folder_parity(ref: Reference, folder: Path, path: str = "merged") -> list[Di
 
 def merged_path(ref: Reference, folder: Path, max_new_tokens: int) -> list[Divergence]:
     """The merged folder as another runtime reads it, and its greedy tokens."""
-    from tunesmith import models
 
     found = folder_parity(ref, folder)
     model = models.load_model(str(folder), "float32").eval()
@@ -132,8 +127,6 @@ def merged_path(ref: Reference, folder: Path, max_new_tokens: int) -> list[Diver
 def gguf_path(ref: Reference, gguf_file: Path, max_new_tokens: int) -> list[Divergence]:
     """The GGUF reloaded by transformers: its embedded template, its stop keys, its greedy tokens (identical for
     f16/bf16/f32 files, reported for quantized ones)."""
-    from tunesmith import families, models
-    from tunesmith.data.template import render_prompt
 
     model, tok = models.load_gguf(gguf_file)
     family = families.detect(model.config, tok)
@@ -155,8 +148,6 @@ def exact_file(gguf_file: Path) -> bool:
 def engine_parity(engine: Any, n: int = DEFAULT_PROMPTS) -> list[Divergence]:
     """`serve --check`: every served run's prompts as the engine renders them, and the engine's stop tokens, against
     its run's training render (no generation: the deploy check compares the answers)."""
-    from tunesmith.eval.generate import stop_token_ids
-    from tunesmith.run import load_run
 
     found: list[Divergence] = []
     for served in engine.models.values():

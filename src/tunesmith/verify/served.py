@@ -11,6 +11,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from tunesmith.errors import ModelError
+from tunesmith.eval.generate import stop_token_ids
+from tunesmith.serve.engine import load_engine
+from tunesmith.serve.security import KeyRing, generate_key
 from tunesmith.verify.compare import Divergence, compare_prompts, compare_stops, compare_texts
 
 START_TIMEOUT_S = 600.0
@@ -55,10 +58,7 @@ def served_path(run: Any, ref: Any, max_new_tokens: int) -> list[Divergence]:
     for each held-out prompt, greedy, against the adapter's."""
     import httpx
 
-    from tunesmith.eval.generate import stop_token_ids
     from tunesmith.serve.app import ServeSettings, create_app
-    from tunesmith.serve.engine import load_engine
-    from tunesmith.serve.security import KeyRing, generate_key
 
     engine = load_engine(run.dir)
     name = engine.default_name
