@@ -6,7 +6,6 @@ import os
 import sys
 
 from tunesmith import allocator
-from tunesmith.cli import app
 
 
 def main() -> None:
@@ -22,6 +21,7 @@ def main() -> None:
         sys.stderr.flush()
         os.execve(sys.executable, [sys.executable, "-m", "tunesmith", *argv], allocator.rerun_env(found))
     allocator.restore_callers_preload()
+    from tunesmith.cli import app  # after the re-run decision: a re-run process imports the command line once
 
     app(prog_name="tunesmith")
 
