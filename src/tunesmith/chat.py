@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunesmith.errors import RunError
-from tunesmith.eval.generate import generate_detailed
+from tunesmith.eval import generate
 from tunesmith.loader import load_target
 from tunesmith.train.methods import held_out_examples
 
@@ -49,6 +49,8 @@ class ChatSession:
             rag, retriever = self.recipe.rag, recipe_retriever(self.recipe)
             if retriever is not None:
                 conv = augment(conv, retriever, rag.k, rag.template, rag.mode)[0]
-        done = generate_detailed(self.model, self.tokenizer, [conv], max_new_tokens, batch_size=1, thinking=self.thinking)[0]
+        done = generate.generate_detailed(
+            self.model, self.tokenizer, [conv], max_new_tokens, batch_size=1, thinking=self.thinking
+        )[0]
         self.history.append({"role": "assistant", "content": done.answer})
         return done.text

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunesmith import outputs
+from tunesmith import models, outputs
 from tunesmith.atomic import write_text_atomic
 from tunesmith.chat import ChatSession
 from tunesmith.config import (
@@ -28,8 +28,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.eval.ladder import default_out, ladder
 from tunesmith.eval.ladder_table import ladder_summary
 from tunesmith.export.merge import merge
-from tunesmith.models import pull
-from tunesmith.train.entry import run as train_run
+from tunesmith.train import entry
 
 if TYPE_CHECKING:
     from tunesmith.eval.ladder_report import LadderReport
@@ -151,7 +150,7 @@ def _demo_steps(directory: Path, console: Any, steps: int | None, deadline: floa
 
     console.rule("[bold]1/5 base model")
     with console.status("importing SmolLM2-135M-Instruct from its GGUF (once) ..."):
-        base = pull("smollm2-135m-instruct")
+        base = models.pull("smollm2-135m-instruct")
     console.print(f"base model: {base}")
 
     console.rule("[bold]2/5 project")
@@ -165,7 +164,7 @@ def _demo_steps(directory: Path, console: Any, steps: int | None, deadline: floa
 
     console.rule("[bold]3/5 train (LoRA SFT)")
     with timing.part("train"):
-        run = train_run(recipe)
+        run = entry.run(recipe)
     fig = run.manifest.figures
     console.print(
         f"{fig.global_step} steps in {fig.train_runtime_s:.0f}s, train loss {fig.train_loss or 0:.3f}, eval loss {fig.eval_loss or 0:.3f}"

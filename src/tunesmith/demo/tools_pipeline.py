@@ -11,17 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunesmith import families, outputs
+from tunesmith import families, models, outputs
 from tunesmith.atomic import write_text_atomic
 from tunesmith.config import AdapterSection, EvalSection, SpeedSection, TrainingSection, commented_yaml, load_recipe
 from tunesmith.demo import sizing, tools_task
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.registry import metric
-from tunesmith.models import pull
-from tunesmith.serve.engine import load_engine
+from tunesmith.serve import engine as engine_module
 from tunesmith.serve.security import KeyRing, generate_key
 from tunesmith.tables import Table
-from tunesmith.train.entry import run as train_run
+from tunesmith.train import entry
 from tunesmith.train.methods import evaluate
 from tunesmith.verify.served import running
 
@@ -137,7 +136,7 @@ def serve_loop(run_dir: Path, request: str = LOOP_REQUEST) -> Loop:
 
     from tunesmith.serve.app import ServeSettings, create_app
 
-    engine = load_engine(run_dir)
+    engine = engine_module.load_engine(run_dir)
     key = generate_key()
     app = create_app(lambda: engine, ServeSettings(keys=KeyRing.build([key], [])))
     with running(app) as url:
@@ -192,7 +191,7 @@ def _steps(
 ) -> tuple[EvalReport, Loop, sizing.ToolsPlan]:
 
     console.rule("[bold]1/4 base model")
-    source = base if base is not None else pull("smollm2-135m-instruct")
+    source = base if base is not None else models.pull("smollm2-135m-instruct")
     console.print(f"base model: {source} (with the ChatML family's tool template)")
 
     console.rule("[bold]2/4 project")
@@ -205,7 +204,7 @@ def _steps(
     console.print(f"[bold]plan:[/] {plan.sentence()}", highlight=False)
 
     console.rule("[bold]3/4 train (LoRA SFT on calls, results masked) and eval on held-out requests")
-    run = train_run(recipe)
+    run = entry.run(recipe)
     report = evaluate(run)
     table = Table(title=f"{report.n_examples} held-out requests (values never in train)")
     for col in ("metric", "base", "tuned"):

@@ -15,10 +15,10 @@ from tunesmith import models, outputs
 from tunesmith.data.convert import write_rows
 from tunesmith.data.template import prompt_messages
 from tunesmith.eval import gates, metrics, release, scoring, tool_metrics
+from tunesmith.eval import report as report_module
 from tunesmith.eval.budget import resolve_max_new_tokens
 from tunesmith.eval.loss import perplexity, reference_loss
 from tunesmith.eval.notes import eval_warnings
-from tunesmith.eval.report import write_html
 from tunesmith.eval.reward_model import add_scores
 from tunesmith.loader import load_run_model
 from tunesmith.rag.index import changed_since
@@ -158,6 +158,8 @@ def write_outputs(
     with outputs.replacing(out) as stage:  # the earlier report stays until the new one is complete
         write_eval_report(stage / "report.json", report)
         write_rows(stage / "predictions.jsonl", rows)
-        write_html(stage / "report.html", report.model_dump(mode="json"), rows, history)  # the page reads plain JSON
+        report_module.write_html(
+            stage / "report.html", report.model_dump(mode="json"), rows, history
+        )  # the page reads plain JSON
         for name, text in (extra or {}).items():
             (stage / name).write_text(text, encoding="utf-8")

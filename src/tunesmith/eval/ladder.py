@@ -20,10 +20,9 @@ from tunesmith.config import RUNGS, Recipe
 from tunesmith.data.convert import write_rows
 from tunesmith.data.template import prompt_messages, reference
 from tunesmith.errors import DataError, TunesmithError
-from tunesmith.eval import metrics, registry, scoring, tool_metrics
+from tunesmith.eval import generate, metrics, registry, scoring, tool_metrics
 from tunesmith.eval.budget import resolve_max_new_tokens
 from tunesmith.eval.gates import check_rules, parse_rule
-from tunesmith.eval.generate import generate_detailed
 from tunesmith.eval.ladder_html import write_ladder_html
 from tunesmith.eval.ladder_report import CostBasis, LadderReport, RungResult, write_ladder_report
 from tunesmith.eval.recommend import recommend
@@ -274,7 +273,7 @@ def _measure(
 
     def answer(lo: int, hi: int) -> list[Any]:
         clock.start()
-        return generate_detailed(
+        return generate.generate_detailed(
             who.model,
             who.tokenizer,
             prompts[lo:hi],
@@ -351,7 +350,9 @@ def run_ladder(
     found: dict[str, RungResult] = {}
     decided: RungResult | None = None
     for who in {id(a.model): a for a in answerers.values()}.values():  # the first batch of a model is not timed cold
-        generate_detailed(who.model, who.tokenizer, inputs.convs[:2], 2, 2, thinking=who.thinking, tools=inputs.tools[:2])
+        generate.generate_detailed(
+            who.model, who.tokenizer, inputs.convs[:2], 2, 2, thinking=who.thinking, tools=inputs.tools[:2]
+        )
     for spec in reversed(specs):
         why = _why_not(spec, missing, inputs)
         if why:

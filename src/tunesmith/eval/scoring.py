@@ -16,8 +16,8 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunesmith.eval import metrics, registry, tool_metrics
-from tunesmith.eval.generate import family_of, generate_detailed
+from tunesmith.eval import generate, metrics, registry, tool_metrics
+from tunesmith.eval.generate import family_of
 from tunesmith.loader import load_base
 from tunesmith.records import Latency
 
@@ -202,7 +202,7 @@ def answer(
 
     clock = Clock(batch_size, advance)
     clock.start()
-    done = generate_detailed(
+    done = generate.generate_detailed(
         model, tokenizer, prompts, max_new_tokens, batch_size, on_batch=clock, thinking=thinking, tools=tools
     )
     return Answers(done, clock.latency())

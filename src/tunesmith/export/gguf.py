@@ -26,7 +26,8 @@ from tunesmith import families, models, outputs
 from tunesmith.atomic import new_parents, publish, write_text_atomic
 from tunesmith.data.template import prompt_messages
 from tunesmith.errors import ModelError, RunError
-from tunesmith.eval.generate import generate_detailed, stop_token_ids
+from tunesmith.eval import generate
+from tunesmith.eval.generate import stop_token_ids
 from tunesmith.export.merge import merge
 from tunesmith.loader import resolve_run_base, run_thinking
 from tunesmith.records import Record, read_eval_report
@@ -250,11 +251,11 @@ def check(
 
     ref_model = models.load_model(str(model_dir), "float32").eval()
     ref_tok = models.load_tokenizer(str(model_dir))
-    done = generate_detailed(ref_model, ref_tok, conversations, max_new_tokens, batch_size=1, thinking=thinking)
+    done = generate.generate_detailed(ref_model, ref_tok, conversations, max_new_tokens, batch_size=1, thinking=thinking)
     ref, stops = [c.token_ids for c in done], stop_token_ids(ref_model, ref_tok)
     del ref_model
     model, tokenizer = models.load_gguf(gguf_path)
-    done = generate_detailed(model.eval(), tokenizer, conversations, max_new_tokens, batch_size=1, thinking=thinking)
+    done = generate.generate_detailed(model.eval(), tokenizer, conversations, max_new_tokens, batch_size=1, thinking=thinking)
     got = [c.token_ids for c in done]
     prefix = [a[:EXACT_PREFIX] == b[:EXACT_PREFIX] for a, b in zip(ref, got)]
     carried = models.stops_of(gguf_path)

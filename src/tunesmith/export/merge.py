@@ -14,7 +14,8 @@ from tunesmith import models, outputs
 from tunesmith.atomic import new_parents, staged_dir
 from tunesmith.data.template import prompt_messages
 from tunesmith.errors import RunError
-from tunesmith.eval.generate import family_of, generate_detailed, stop_token_ids
+from tunesmith.eval import generate
+from tunesmith.eval.generate import family_of, stop_token_ids
 from tunesmith.loader import resolve_run_base, run_thinking
 from tunesmith.run import Run, read_json_record, versions, write_json_atomic
 from tunesmith.train.methods import held_out_examples
@@ -27,7 +28,7 @@ def _greedy_tokens(
 ) -> list[list[int]]:
     """Greedy generated ids per conversation, one at a time so no padding differs between the two models."""
 
-    done = generate_detailed(model, tokenizer, conversations, max_new_tokens, batch_size=1, thinking=thinking)
+    done = generate.generate_detailed(model, tokenizer, conversations, max_new_tokens, batch_size=1, thinking=thinking)
     return [c.token_ids for c in done]
 
 

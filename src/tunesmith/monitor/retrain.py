@@ -29,7 +29,7 @@ from tunesmith.loader import load_run_model
 from tunesmith.records import GateResult, Record
 from tunesmith.run import load_run
 from tunesmith.serve.security import check_name
-from tunesmith.train.entry import run as train_run
+from tunesmith.train import entry
 from tunesmith.train.methods import evaluate, held_out_examples
 
 if TYPE_CHECKING:
@@ -224,7 +224,7 @@ def retrain(
     served = served_run(folder, name, recipe_path)
     recipe = next_recipe(recipe_path, add, list(served.recipe.data.train), pin(served) if pin is not None else None)
     try:
-        new = load_run(train_run(recipe, force=force).dir)
+        new = load_run(entry.run(recipe, force=force).dir)
     finally:
         release_run_dir(recipe.run_dir)
     report = evaluate(new, progress=progress)

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tunesmith import models
-from tunesmith.data.dataset import recipe_examples, tokenize_examples
+from tunesmith.data import dataset
+from tunesmith.data.dataset import tokenize_examples
 from tunesmith.errors import RecipeError
 from tunesmith.plan import cost
 from tunesmith.plan.memory import Memory, Shape, estimate
@@ -31,7 +32,7 @@ def data_shape(recipe: Recipe, tokenizer: Any) -> tuple[list[int], float, int]:
     """Token length of every training row as trained, the share of tokens that are trained (labels), and the
     leading tokens every row has (the system prompt and tool list, typically: speed.shared_prefix runs them once)."""
 
-    train, _ = recipe_examples(recipe)
+    train, _ = dataset.recipe_examples(recipe)
     rows, stats = tokenize_examples(tokenizer, train, recipe.data.max_length, "truncate", recipe.data.reasoning)
     ids = [r["input_ids"] for r in rows]
     return [len(r) for r in ids], stats.trained_tokens / max(stats.tokens, 1), common_prefix(ids)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tunesmith.train.hardware import gemm_gflops
+from tunesmith.train import hardware
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def cpu_hardware(memory_gib: float | None = None, price: float = 0.0, bf16: bool
     import os
 
     precision = "bf16" if bf16 else "fp32"
-    tflops = gemm_gflops("bfloat16" if bf16 else "float32") / 1e3
+    tflops = hardware.gemm_gflops("bfloat16" if bf16 else "float32") / 1e3
     if memory_gib is None:
         memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return Hardware("cpu", memory_gib, tflops, CPU_EFFICIENCY[precision], price, precision)

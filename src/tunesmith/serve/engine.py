@@ -19,7 +19,8 @@ from typing import Any
 
 from tunesmith import models
 from tunesmith.errors import ModelError
-from tunesmith.eval.generate import generate_detailed, prompt_text
+from tunesmith.eval import generate
+from tunesmith.eval.generate import prompt_text
 from tunesmith.eval.stream import generate_stream
 from tunesmith.loader import load_target, run_thinking
 from tunesmith.run import is_run_dir, load_run
@@ -242,7 +243,7 @@ class Engine:
         tools: per conversation, the tools its request offers."""
 
         with self.activate(name) as served:
-            return generate_detailed(
+            return generate.generate_detailed(
                 self.model,
                 self.tokenizer,
                 conversations,

@@ -17,8 +17,9 @@ from tunesmith import models
 from tunesmith.atomic import write_text_atomic
 from tunesmith.errors import ModelError, RunError
 from tunesmith.run import is_run_dir, load_run
+from tunesmith.serve import engine as engine_module
 from tunesmith.serve.app import ServeSettings, create_app
-from tunesmith.serve.engine import load_engine, run_name
+from tunesmith.serve.engine import run_name
 from tunesmith.serve.security import KeyRing, check_adapter_files, check_name, generate_key
 from tunesmith.serve.store import DB_NAME, RequestLog, is_url
 from tunesmith.serve.vllm_engine import load_vllm_engine, require_vllm
@@ -143,7 +144,7 @@ def loader(opts: ServeOptions, adapters: dict[str, str]) -> Any:
     if opts.engine != "transformers":
         raise ModelError(f"unknown engine {opts.engine!r}", hint="Use transformers (default) or vllm.")
 
-    return lambda: load_engine(opts.target, adapters, opts.dtype, opts.name)
+    return lambda: engine_module.load_engine(opts.target, adapters, opts.dtype, opts.name)
 
 
 def prepare(opts: ServeOptions) -> Prepared:

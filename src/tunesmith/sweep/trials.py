@@ -22,13 +22,12 @@ from typing import Any, Literal
 
 from tunesmith import models
 from tunesmith.errors import TunesmithError
-from tunesmith.eval import registry
+from tunesmith.eval import registry, select
 from tunesmith.eval.gates import gate_values
-from tunesmith.eval.select import LOSSES, load_checkpoint, score
+from tunesmith.eval.select import LOSSES, load_checkpoint
 from tunesmith.run import load_run
 from tunesmith.sweep.spec import SweepSpec
-from tunesmith.train import methods
-from tunesmith.train.entry import run as train_run
+from tunesmith.train import entry, methods
 from tunesmith.train.methods import evaluate
 
 log = logging.getLogger(__name__)
@@ -107,7 +106,7 @@ class Pruning:
         try:
             with torch.random.fork_rng(devices=devices), torch.no_grad():
                 model = load_checkpoint(self.recipe, self.base_path, folder)
-                value = float(score(model, self.tokenizer, self.recipe, self.method, self.examples, self.metric))
+                value = float(select.score(model, self.tokenizer, self.recipe, self.method, self.examples, self.metric))
                 del model
                 gc.collect()
                 return value
@@ -154,7 +153,7 @@ def train_trial(recipe: Any, pruning: Pruning | None) -> Any:
     resume = latest_complete_checkpoint(run_dir / "checkpoints") is not None
     if run_dir.exists() and not resume:  # a start this sweep made that left no checkpoint: nothing to keep
         shutil.rmtree(run_dir)
-    return train_run(recipe, resume=resume, callbacks=[callback(pruning)] if pruning else [])
+    return entry.run(recipe, resume=resume, callbacks=[callback(pruning)] if pruning else [])
 
 
 def run_trial(study: Any, spec: SweepSpec, index: int, point: dict[str, Any], recipe: Any, planned: Any) -> Any:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunesmith import method_sections, models
+from tunesmith.data import dataset
 from tunesmith.data.convert import write_rows
-from tunesmith.data.dataset import recipe_examples
 from tunesmith.data.formats import row_id
 from tunesmith.data.lengths import fit_conversation
 from tunesmith.data.template import prompt_messages, reference
@@ -165,7 +165,7 @@ class Distill(Method[DistillSection]):
     def datasets(self, recipe: Recipe, tokenizer: Any) -> Datasets:
         from datasets import Dataset
 
-        train_ex, eval_ex = recipe_examples(recipe)
+        train_ex, eval_ex = dataset.recipe_examples(recipe)
         train_rows, train_counts = logit_rows(recipe, tokenizer, train_ex)
         eval_rows, eval_counts = logit_rows(recipe, tokenizer, eval_ex)
         return Datasets(Dataset.from_list(train_rows), Dataset.from_list(eval_rows), Tokens(train=train_counts, eval=eval_counts))

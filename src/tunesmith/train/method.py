@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
-from tunesmith.data.dataset import recipe_examples, split_examples
+from tunesmith.data import dataset
+from tunesmith.data.dataset import split_examples
 from tunesmith.method_sections import Declaration
 from tunesmith.records import MethodDetails, Tokens
 from tunesmith.sections import Section
@@ -111,7 +112,7 @@ class Method(ABC, Generic[S]):
         with_context: with `rag`, retrieved context in every prompt, as training saw them."""
 
         if with_context:
-            return recipe_examples(recipe)
+            return dataset.recipe_examples(recipe)
         return split_examples(recipe.data, recipe.training.seed)
 
     def eval_examples(self, recipe: Recipe) -> list[Example]:

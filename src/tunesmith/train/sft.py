@@ -7,7 +7,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from tunesmith import method_sections
-from tunesmith.data.dataset import recipe_examples, tokenize_examples
+from tunesmith.data import dataset
+from tunesmith.data.dataset import tokenize_examples
 from tunesmith.data.template import clear_memo
 from tunesmith.records import TokenCounts, Tokens
 from tunesmith.sections import Section
@@ -61,7 +62,7 @@ class SFT(Method[Section]):
         """The rows tokenized once (the data check's pass is reused), within data.max_length under data.overlong."""
         from datasets import Dataset
 
-        train_ex, eval_ex = recipe_examples(recipe)  # with rag: retrieved context in every prompt
+        train_ex, eval_ex = dataset.recipe_examples(recipe)  # with rag: retrieved context in every prompt
         d = recipe.data
         train_rows, train_stats = tokenize_examples(tokenizer, train_ex, d.max_length, d.overlong, d.reasoning)
         eval_rows, eval_stats = tokenize_examples(tokenizer, eval_ex, d.max_length, d.overlong, d.reasoning)

@@ -11,7 +11,8 @@ from typing import Any
 
 from tunesmith import families, models
 from tunesmith.data.template import prompt_messages, render_prompt, render_turns
-from tunesmith.eval.generate import generate_detailed, prompt_text, stop_token_ids
+from tunesmith.eval import generate
+from tunesmith.eval.generate import prompt_text, stop_token_ids
 from tunesmith.loader import load_run_model, run_thinking
 from tunesmith.run import load_run
 from tunesmith.train.methods import held_out_examples
@@ -71,7 +72,7 @@ def reference(run: Any, n: int, tokenizer: Any | None = None) -> Reference:
 
 def _greedy(model: Any, tokenizer: Any, ref: Reference, max_new_tokens: int) -> list[Any]:
 
-    return generate_detailed(model, tokenizer, ref.convs, max_new_tokens, batch_size=1, thinking=ref.thinking)
+    return generate.generate_detailed(model, tokenizer, ref.convs, max_new_tokens, batch_size=1, thinking=ref.thinking)
 
 
 def _tokens(path: str, ref: Reference, done: list[Any], tokenizer: Any, blocking: bool = True) -> list[Divergence]:

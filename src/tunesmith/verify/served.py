@@ -12,7 +12,7 @@ from typing import Any
 
 from tunesmith.errors import ModelError
 from tunesmith.eval.generate import stop_token_ids
-from tunesmith.serve.engine import load_engine
+from tunesmith.serve import engine as engine_module
 from tunesmith.serve.security import KeyRing, generate_key
 from tunesmith.verify.compare import Divergence, compare_prompts, compare_stops, compare_texts
 
@@ -60,7 +60,7 @@ def served_path(run: Any, ref: Any, max_new_tokens: int) -> list[Divergence]:
 
     from tunesmith.serve.app import ServeSettings, create_app
 
-    engine = load_engine(run.dir)
+    engine = engine_module.load_engine(run.dir)
     name = engine.default_name
     found = compare_prompts("served", ref, [engine.prompt(name, c) for c in ref.convs], engine.tokenizer)
     found += compare_stops("served", ref.end_of_turn, stop_token_ids(engine.model, engine.tokenizer), ref.tokenizer)
