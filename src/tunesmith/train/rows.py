@@ -30,7 +30,6 @@ from tunesmith.records import TokenCounts
 
 if TYPE_CHECKING:
     from tunesmith.config import DataSection, Recipe
-    from tunesmith.data.formats import Example
 
 log = logging.getLogger(__name__)
 
