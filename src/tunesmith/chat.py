@@ -24,7 +24,6 @@ class ChatSession:
     @classmethod
     def open(cls, target: str, system: str | None = None) -> ChatSession:
         """Open a run folder (base + adapter, template checked) or a model (folder, .gguf, catalog name)."""
-
         loaded = load_target(target)
         run = loaded.run
         if run is not None and system is None:

@@ -267,7 +267,6 @@ class EvalSection(Section):
     @field_validator("gates")
     @classmethod
     def _rules_parse(cls, value: dict[str, str | float]) -> dict[str, str | float]:
-
         for name, rule in value.items():
             parse_rule(name, rule)  # ValueError names the gate and its unknown metric or unreadable rule
         return {canonical(name): rule for name, rule in value.items()}
@@ -275,7 +274,6 @@ class EvalSection(Section):
     @field_validator("select_checkpoint")
     @classmethod
     def _selectable(cls, value: str | None) -> str | None:
-
         if value is None:
             return None
         m = metric(value)  # ValueError naming the known metrics
@@ -613,7 +611,6 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, check_file
 
 def dump_recipe(recipe: Recipe, path: Path) -> None:
     """Write the resolved recipe (absolute paths, every default filled in)."""
-
     write_text_atomic(path, yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
 
 

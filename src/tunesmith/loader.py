@@ -45,7 +45,6 @@ class Loaded:
 
     def stop_token_ids(self) -> list[int]:
         """Ids that end generation (eval.generate.stop_token_ids: the family's end of turn first)."""
-
         return stop_token_ids(self.model, self.tokenizer)
 
 

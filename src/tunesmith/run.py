@@ -170,7 +170,6 @@ def changed_inputs(run: Run) -> list[str]:
     The run's own held-out copy must match; a source data file that still exists must match too (a missing one is
     fine: the run's copy is used). Empty when everything matches.
     """
-
     warnings = []
     held = run.manifest.held_out
     if held is not None and (path := run.dir / held.path).exists() and sha256_file(path) != held.sha256:

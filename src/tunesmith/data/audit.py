@@ -164,7 +164,6 @@ def _token_pass(
 def _reasoning_stats(rows: Rows, counts: Counter[str], policy: str) -> dict[str, Any] | None:
     """Where the traces came from (reasoning_content, reasoning, thinking, inline <think>) and what training does
     with them (data.template's counts); None when no row carries one."""
-
     found: Counter[str] = Counter()
     for row in rows.rows:
         found.update(sources(row.obj.get("messages") or row.obj.get("conversations")))
@@ -364,7 +363,6 @@ def packing_leaks(recipe: Any, method: Method[Any]) -> str | None:
     batch's rows and keeps them apart by position_ids restarting at 0: varlen attention runs each row alone, and
     transformers' own models build a per-row mask from those position_ids (masking_utils.find_packed_sequence_indices).
     Remote modeling code, or a transformers without that mask, attends across the rows."""
-
     if not method.packs_rows or speed.batching(recipe) != "padding_free":
         return None
     if speed.packed_attention(recipe) == "varlen":

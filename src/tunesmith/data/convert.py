@@ -137,7 +137,6 @@ class ConvertResult:
 
 def _tool_counts(obj: Any) -> Counter[str]:
     """What a converted row holds in calls and results (its function-call turns became tool_calls / tool messages)."""
-
     try:
         messages = to_messages(obj)  # a preference pair: its prompt and chosen answer
     except RowError:  # a prompt-only row: its prompt

@@ -66,7 +66,6 @@ def cost_estimate(
 
     epochs: the recipe's (or --epochs; None: OpenAI's default rule); max_steps > 0 overrides it as training does;
     rows_per_step: batch_size x grad_accum; bf16: whether this CPU trains in bf16 (train.speed.uses_bf16)."""
-
     if max_steps > 0:
         rule = "recipe's max_steps x batch_size x grad_accum"
     elif epochs is not None:
@@ -114,7 +113,6 @@ def cost_estimate(
 def count_params(model_path: str) -> int | None:
     """Parameter count of a model folder, as the planner counts it from config.json (plan/memory.Shape); None when
     the planner cannot read the config (the estimate is then skipped)."""
-
     try:
         return Shape.from_config(model_path).params
     except TunesmithError:

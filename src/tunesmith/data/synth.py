@@ -169,7 +169,6 @@ def synthesize(
     on_batch: Callable[[int, int], None] | None = None,
 ) -> SynthResult:
     """Generate until `n` candidates are accepted or `max_attempts` (default 4 x n) are spent."""
-
     validator = CandidateValidator(seeds, tokenizer, max_length, schema)
     rng = random.Random(seed)
     result = SynthResult()
@@ -192,6 +191,5 @@ def synthesize(
 
 def load_generator(spec: str) -> tuple[Any, Any]:
     """(model, tokenizer) for a run folder (base + adapter) or a base model spec."""
-
     loaded = load_target(spec)
     return loaded.model, loaded.tokenizer

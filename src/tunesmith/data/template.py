@@ -75,7 +75,6 @@ def clear_memo() -> None:
 
 
 def _memo_key(tokenizer: Any, messages: list[dict[str, Any]], extra: Any) -> tuple[str, str]:
-
     who = f"{type(tokenizer).__name__}|{getattr(tokenizer, 'name_or_path', '')}|{len(tokenizer)}|{tokenizer.eos_token_id}"
     conversation = json.dumps([messages, extra], sort_keys=True, ensure_ascii=False, default=str)
     return f"{who}|{chat_template_hash(tokenizer)}", hashlib.sha256(conversation.encode()).hexdigest()

@@ -335,7 +335,6 @@ def catalog_entry(product: str) -> str:
 
 def write_catalog(out_dir: Path) -> list[Path]:
     """Write one ``<slug>.md`` per product under ``out_dir``; returns the paths in PRODUCTS order."""
-
     return [write_text_atomic(Path(out_dir) / f"{catalog_slug(p)}.md", catalog_entry(p)) for p in PRODUCTS]
 
 

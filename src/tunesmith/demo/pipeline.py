@@ -116,7 +116,6 @@ def run_demo(
 
     budget_s: seconds the whole demo may take (default demo.sizing.BUDGET_S): its work is sized to fit this machine
     (demo/sizing.py), said before it starts and compared with the measured time at the end."""
-
     started = time.time()
     # Only a folder an earlier demo made is reused; with fresh, only the demo's own files in it are replaced.
     directory = outputs.claim_dir(directory, "demo", overwrite=fresh, what="--dir")

@@ -181,7 +181,6 @@ def estimate(
 ) -> Machine:
     """The planner's seconds per training step of `recipe` here (its data tokenized as training will, unless
     `lengths`/`trained`/`shared` are given), in the precision this CPU trains in, and the measured matmul rates."""
-
     if lengths is None or trained is None:
         tokenizer = tokenizer or models.load_tokenizer(models.resolve_base(recipe.model.base))
         lengths, trained, shared = advisor.data_shape(recipe, tokenizer)

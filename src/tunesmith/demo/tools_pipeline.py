@@ -47,7 +47,6 @@ LOOP_REQUEST = "Hi, where is my order QZ-5817? It has been a week."  # its order
 def tool_base(source: Path, out: Path) -> Path:
     """`out`: the model folder `source` with the ChatML family's tool-rendering template (weights linked, not
     copied, where the file system allows)."""
-
     out.mkdir(parents=True, exist_ok=True)
     for name in BASE_FILES:
         if not (source / name).exists():
@@ -77,7 +76,6 @@ def recipe_values(base: str) -> dict[str, Any]:
 
 def write_project(directory: Path, base: Path) -> Path:
     """DIRECTORY/base (the tool-rendering model folder), DIRECTORY/data/{train,eval}.jsonl and a commented recipe."""
-
     tool_base(base, directory / "base")
     tools_task.write_splits(directory / "data", N_TRAIN, N_EVAL)
     header = (
@@ -146,7 +144,6 @@ def serve_loop(run_dir: Path, request: str = LOOP_REQUEST) -> Loop:
 
 def table_rows(report: EvalReport) -> list[tuple[str, list[float]]]:
     """(metric label, [base, tuned]) for the demo's table, from the eval report's summary."""
-
     summary = report.summary
     return [
         (metric(m).label, [summary[s].get(m, 0.0) for s in ("base", "tuned")]) for m in SHOWN if m in summary.get("tuned", {})
@@ -166,7 +163,6 @@ def run_tools_demo(
     `base`: a model folder instead of the embedded SmolLM2, `overrides`: recipe `--set` values (tests).
     budget_s: seconds the whole demo may take (default sizing.TOOLS_BUDGET_S): its training steps are sized from the
     planner's estimate for this machine, said before training starts and compared with the measured time at the end."""
-
     started = time.time()
     deadline = started + (budget_s if budget_s is not None else sizing.TOOLS_BUDGET_S)
     directory = outputs.claim_dir(directory, "demo --task tools", overwrite=fresh, what="--dir")  # not the extract demo's folder
@@ -189,7 +185,6 @@ def run_tools_demo(
 def _steps(
     directory: Path, console: Any, overrides: list[str], base: Path | None, steps: int | None, deadline: float
 ) -> tuple[EvalReport, Loop, sizing.ToolsPlan]:
-
     console.rule("[bold]1/4 base model")
     source = base if base is not None else models.pull("smollm2-135m-instruct")
     console.print(f"base model: {source} (with the ChatML family's tool template)")

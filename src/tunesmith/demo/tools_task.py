@@ -174,5 +174,4 @@ def _unique(n: int, start: int, rng: random.Random, values: _Values, two_step: f
 
 def write_splits(out_dir: Path, n_train: int = 240, n_eval: int = 24, seed: int = 0) -> tuple[Path, Path]:
     """Write `train.jsonl` and `eval.jsonl` under `out_dir`; returns their paths."""
-
     return write_split_files(out_dir, *make_splits(n_train, n_eval, seed))

@@ -53,7 +53,6 @@ def resolve_max_new_tokens(recipe: Any, tokenizer: Any, refs: Sequence[str] | No
 def run_budget(run: Any) -> int:
     """The budget a finished run's eval used (eval/report.json), so serve's golden check asks for the same;
     resolved from the recipe when the run has not been evaluated."""
-
     try:
         used = read_eval_report(run.dir / "eval" / "report.json").generation.get("max_new_tokens")
     except RunError:

@@ -36,7 +36,6 @@ SIDES = ("base", "tuned")
 def evaluate(run: Run, method: Method[Any], max_examples: int | None = None, progress: Any = None) -> EvalReport:
     """Run every held-out prompt through base and tuned, score both, write report.json/predictions.jsonl/report.html.
     `method`: the run's own (train/methods.py's `evaluate` finds it by name)."""
-
     recipe = run.recipe
     if (own := method.evaluate(run, max_examples, progress)) is not None:  # a reward model scores pairs
         return own  # type: ignore[no-any-return]
@@ -153,7 +152,6 @@ def write_outputs(
     out: Path, report: EvalReport, rows: list[dict[str, Any]], history: list[dict[str, Any]], extra: dict[str, str] | None = None
 ) -> None:
     """report.json, predictions.jsonl, report.html and `extra` (name -> text, e.g. a reward run's calibration.json)."""
-
     out = outputs.claim_dir(out, "eval", overwrite=True, what="eval folder")  # replaces only an earlier eval's files
     with outputs.replacing(out) as stage:  # the earlier report stays until the new one is complete
         write_eval_report(stage / "report.json", report)

@@ -47,7 +47,6 @@ class GradersReport(Record):
 
 def read_rows(path: Path) -> list[EvalsRow]:
     """The rows of an Evals JSONL; one DataError naming every bad line."""
-
     rows, bad = [], []
     for rec in read_records(path):
         obj = rec.obj
@@ -86,7 +85,6 @@ def prompt_of(row: EvalsRow) -> list[dict[str, Any]]:
 
 def items_for(rows: list[EvalsRow], prompts: list[str]) -> list[dict[str, Any]]:
     """The `item` each grader sees: the row's item fields, with tunesmith's reference (item.reference, or "")."""
-
     refs = [str(r.item.get("reference", "")) for r in rows]
     return grader_items([str(r.item.get("id", r.where)) for r in rows], prompts, refs, [r.item for r in rows])
 
@@ -95,7 +93,6 @@ def score_file(
     graders: list[Any], rows: list[EvalsRow], outputs: dict[str, list[str]], prompts: list[str], judge_for: Any
 ) -> dict[str, dict[str, GraderScore]]:
     """grader -> side -> GraderScore, every output graded with its row's item."""
-
     graded = run_graders(graders, outputs, items_for(rows, prompts), judge_for)
     return {name: {side: GraderScore(**s) for side, s in sides.items()} for name, sides in graded.items()}
 
@@ -113,7 +110,6 @@ def recorded_outputs(rows: list[EvalsRow], path: Path) -> dict[str, list[str]]:
 
 def answer_with_run(run: Any, prompts: list[list[dict[str, Any]]], progress: Any = None) -> dict[str, list[str]]:
     """{base, tuned}: the run's base and tuned answers to the prompts (greedy, the run's eval budget and batch)."""
-
     loaded = load_run_model(run)
     budget = resolve_max_new_tokens(run.recipe, loaded.tokenizer, [])
     out = {}
@@ -127,7 +123,6 @@ def answer_with_run(run: Any, prompts: list[list[dict[str, Any]]], progress: Any
 
 def evaluate_file(path: Path, graders: list[Any], run: Any = None, progress: Any = None) -> GradersReport:
     """Score the file's recorded samples (no run) or the run's base and tuned answers to its items."""
-
     rows = read_rows(path)
     if run is None:
         outputs = recorded_outputs(rows, path)

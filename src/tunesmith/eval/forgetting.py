@@ -90,7 +90,6 @@ def forgetting_scores(
 
 def probe_side(model: Any, tokenizer: Any, items: list[ProbeItem], batch_size: int, max_length: int) -> tuple[list[str], float]:
     """One model's probe answers (greedy, the one generation function) and its general-text reference loss."""
-
     convs = [[{"role": "user", "content": item.prompt}] for item in items]
     outputs = generate(model, tokenizer, convs, PROBE_MAX_NEW_TOKENS, max(batch_size, PROBE_BATCH))
     return outputs, reference_loss(model, tokenizer, load_general_text(), max_length)

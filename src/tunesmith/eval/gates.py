@@ -57,7 +57,6 @@ def parse_rule(name: str, rule: str | float) -> tuple[str, float]:
 
 def gate_options(options: list[str]) -> dict[str, str]:
     """Gates from `--gate metric=RULE` options; a RecipeError naming the first unreadable one."""
-
     parsed: dict[str, str] = {}
     for option in options:
         name, eq, rule = option.partition("=")

@@ -299,7 +299,6 @@ def grade(grader: Grader, outputs: list[str], items: list[dict[str, Any]], judge
 
 
 def _cosine(grader: TextSimilarity, samples: list[Any], items: list[Any]) -> Graded:
-
     out = Graded([0.0] * len(samples), [None] * len(samples))
     rendered = []
     for k, (s, i) in enumerate(zip(samples, items, strict=True)):

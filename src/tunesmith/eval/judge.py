@@ -67,7 +67,6 @@ class LocalJudge:
     """A run folder or model spec loaded through tunesmith.loader; answers with the one generation function."""
 
     def __init__(self, spec: str, max_new_tokens: int = 256, batch_size: int = 8):
-
         self.loaded = load_target(spec)
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
 

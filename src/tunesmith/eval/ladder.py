@@ -102,7 +102,6 @@ def held_out(recipe: Recipe) -> list[Any]:
     Without retrieved context: the RAG rungs add it themselves. A RAG run's saved rows carry the context it trained
     with, so its plain prompts are re-read from the recipe's data and must be the same rows.
     """
-
     if not is_run_dir(recipe.run_dir):
         return held_out_split(recipe, with_context=False)[1]
     saved = held_out_examples(load_run(recipe.run_dir))
@@ -119,7 +118,6 @@ def held_out(recipe: Recipe) -> list[Any]:
 
 def _shots(recipe: Recipe) -> tuple[list[Conversation], str | None]:
     """Few-shot turns from the training side of the split, or why there are none."""
-
     if "base_few_shot" not in recipe.ladder.rungs:
         return [], None
     try:
@@ -186,7 +184,6 @@ def score_rung(
     spec: RungSpec, answers: scoring.Answers, scores: scoring.Scores, basis: CostBasis, price: float, gates: dict[str, Any]
 ) -> RungResult:
     """A rung's quality (the one scoring path), latency (the one clock), tokens and cost, and its gate results."""
-
     completions = answers.completions
     n = max(len(completions), 1)
     prompt_tokens = sum(c.prompt_tokens for c in completions) / n
@@ -210,7 +207,6 @@ def score_rung(
 def load_answerers(recipe: Recipe, kinds: set[str]) -> tuple[dict[str, scoring.Answerer], dict[str, str]]:
     """Models for the wanted kinds (base, tuned, student), loaded once, as `tunesmith eval` loads them; and why a kind
     is unavailable."""
-
     found: dict[str, scoring.Answerer] = {}
     missing: dict[str, str] = {}
     if kinds & {"base", "tuned"}:
@@ -241,7 +237,6 @@ def cannot_pass(gates: dict[str, Any], per_example: list[dict[str, float | None]
     best the rung can still reach gives every unanswered prompt the metric's best value. The mean over the answers
     given then fails the gate as well (it is at most that bound), so stopping changes no verdict.
     """
-
     for name, rule in gates.items():
         m = registry.metric(name)
         if m.fn is None or m.corpus is not None or m.low is None or m.high is None:
@@ -265,7 +260,6 @@ def _measure(
 ) -> tuple[RungResult, list[str]]:
     """One rung's answers, scores and result. Once `decided` (a rung that passes every gate) exists, this rung first
     answers PROBE_ROWS prompts and stops there when it can no longer pass: it cannot change the recommendation."""
-
     prompts, refs, total = rung_prompts(spec, inputs), inputs.refs, len(inputs.refs)
     head = PROBE_ROWS if decided is not None and total > PROBE_ROWS else total
     advance = scoring.progress_advance(ask["progress"], f"ladder: {spec.label}", total)
@@ -325,7 +319,6 @@ def run_ladder(
     known early; with `stop_early`, a rung measured after one that passes answers PROBE_ROWS prompts first and stops
     when it can no longer pass (cannot_pass): it then cannot change the recommendation, and its reason says so.
     """
-
     lad = recipe.ladder
     inputs = ladder_inputs(recipe, max_examples, retriever)
     price = lad.price_per_1k_tokens if lad.price_per_1k_tokens is not None else lad.hourly_price
@@ -404,7 +397,6 @@ LADDER_FILES = ("ladder.json", "ladder.html", "predictions.jsonl")
 
 def write_ladder(out: Path, report: LadderReport, rows: list[dict[str, Any]]) -> None:
     """ladder.json, ladder.html and predictions.jsonl in `out` (a folder claimed by the caller)."""
-
     write_ladder_report(out / "ladder.json", report)
     write_rows(out / "predictions.jsonl", rows)
     write_ladder_html(out / "ladder.html", report, rows)
@@ -426,7 +418,6 @@ def ladder(
     stop_early: bool = True,
 ) -> tuple[LadderReport, Path]:
     """Claim the output folder, measure the ladder, write its files; (report, folder)."""
-
     folder = claim_dir(out or default_out(recipe), "ladder", overwrite=overwrite, what="ladder folder")
     report, rows = run_ladder(recipe, max_examples=max_examples, progress=progress, stop_early=stop_early)
     with replacing(folder) as stage:  # an earlier ladder's files stay until the new ones are complete

@@ -49,7 +49,6 @@ def measure(
     progress: Any = None,
 ) -> EvalExtra:
     """Every optional measurement the section asks for, as EvalReport.extra."""
-
     extra = EvalExtra()
     sources = [hallucination.source_text(c) for c in data.convs]
     prompts = [c[-1]["content"] if c else "" for c in data.convs]
@@ -102,7 +101,6 @@ def similarity_summary(section: EvalSection, data: EvalOutputs) -> dict[str, flo
 
 def forgetting(sides: dict[str, Any], tokenizer: Any, batch_size: int, max_length: int, progress: Any = None) -> dict[str, Any]:
     """The bundled probe and general-text loss on base and tuned; forgetting.forgetting_scores of them."""
-
     items = load_probe()
     task = progress.add_task("forgetting probe", total=2) if progress else None
     answers: dict[str, list[str]] = {}

@@ -179,5 +179,4 @@ def evaluate_pairs(run: Any, max_examples: int | None = None, progress: Any = No
 
 def read_calibration(run_dir: str | Path) -> Calibration:
     """A reward run's eval/calibration.json; RunError when missing, malformed or newer than this code."""
-
     return read_record(Path(run_dir) / "eval" / CALIBRATION_NAME, Calibration, 1)

@@ -41,7 +41,6 @@ _CACHE_LOCK = threading.Lock()
 def encode(tokenizer: Any, prompt: Conversation, answer: str | Conversation, tools: list[Any] | None = None) -> list[int]:
     """Token ids of the prompt followed by the answer (one assistant turn, or the answer's messages), rendered as
     training renders a conversation, with the tools the prompt offers."""
-
     turns = [{"role": "assistant", "content": answer}] if isinstance(answer, str) else list(answer)
     return list(tokenize_example(tokenizer, [*prompt, *turns], tools=tools).input_ids)
 
@@ -50,7 +49,6 @@ def as_answer(answer: str | Conversation, tools: list[Any] | None, style: str | 
     """What `encode` takes for an answer: messages as they are; on a prompt that offered tools, a completion that
     calls in the family's format (`style`) as the assistant message with its `tool_calls` (arguments as written);
     any other text as it is. Eval's tool turns (tunesmith.eval.tool_metrics) are read as the text they came from."""
-
     if not isinstance(answer, str):
         return answer
     turn = parse_turn(answer)
@@ -64,7 +62,6 @@ def as_answer(answer: str | Conversation, tools: list[Any] | None, style: str | 
 
 def is_reward_run(path: str | Path) -> bool:
     """Whether `path` is a finished run of the reward method (its manifest carries RewardDetails)."""
-
     return is_run_dir(path) and isinstance(load_run(path).manifest.details, RewardDetails)
 
 
@@ -87,14 +84,12 @@ class RewardModel:
     @property
     def style(self) -> str | None:
         """The tool-call format of the reward model's family (families.tools.STYLES): how a written call is read."""
-
         return families.for_tokenizer(self.tokenizer).tools
 
     @classmethod
     def load(cls, path: str | Path) -> RewardModel:
         """The reward run at `path`, loaded once per process (again when its manifest changes); ModelError when it is
         not a finished reward run."""
-
         where = Path(path).expanduser().resolve()
         if not is_run_dir(where):
             raise ModelError(f"{path} is not a finished run folder", hint="Point at a run trained with method: reward.")

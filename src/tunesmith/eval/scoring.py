@@ -179,7 +179,6 @@ class Answerer:
 def run_answerers(run: Any, loaded: Any) -> dict[str, Answerer]:
     """base and tuned for a run loaded with loader.load_run_model: one model in memory for an adapter run (base =
     the same object with its adapter disabled), the base loaded beside a full fine-tune."""
-
     # Both sides are prompted in the run's thinking mode: the same bytes, so only the weights differ.
     tuned = Answerer(loaded.model, loaded.tokenizer, thinking=loaded.thinking)
     if loaded.has_adapter:
@@ -199,7 +198,6 @@ def answer(
 ) -> Answers:
     """Greedy answers to `prompts` (the one generation function) in the thinking mode given (the run's), each
     batch timed by the one clock; tools: per prompt, the tools it offers (rendered by the family's template)."""
-
     clock = Clock(batch_size, advance)
     clock.start()
     done = generate.generate_detailed(
@@ -222,7 +220,6 @@ def scored_texts(answers: Answers, model: Any, tokenizer: Any, tools: bool) -> l
 
 def tool_style(model: Any, tokenizer: Any) -> str | None:
     """The tool-call format a loaded model's family writes (families.tools.STYLES), None when it documents none."""
-
     return family_of(model, tokenizer).tools
 
 

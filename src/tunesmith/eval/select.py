@@ -72,7 +72,6 @@ def score(
 ) -> float:
     """One model's value of `metric` on the examples (greedy answers and scores through the one scoring path, with
     the rewards of the recipe's `method`), prompted in the run's thinking mode."""
-
     if metric in LOSSES:
         loss = reference_loss(model, tokenizer, [e.messages for e in examples], recipe.data.max_length, recipe.data.reasoning)
         return loss if metric == "eval_loss" else perplexity(loss)
@@ -97,7 +96,6 @@ def load_checkpoint(recipe: Recipe, base_path: str, folder: Path) -> Any:
 
 def _load(recipe: Recipe, base_path: str, folder: Path, peft_model: Any) -> Any:
     """The model of one candidate: its adapter loaded into the one PeftModel, or a full fine-tune's weights."""
-
     if not (folder / "adapter_config.json").exists():
         return models.load_model(str(folder), recipe.model.dtype).eval()
     if peft_model is None:
@@ -116,7 +114,6 @@ def select_checkpoint(
 ) -> CheckpointSelection:
     """Score every candidate (scored as the recipe's `method` scores answers), make the best run_dir/adapter, and
     return what the manifest records."""
-
     metric = recipe.eval.select_checkpoint
     assert metric is not None
     examples = read_held_out(run_dir / HELD_OUT)[: recipe.eval.select_examples]  # saved before selection runs

@@ -85,7 +85,6 @@ def offered_turn(tools: list[dict[str, Any]]) -> str:
 
 def output_turn(text: str, style: str | None) -> str:
     """An answer (decoded with its special tokens) as a canonical turn, parsed in the family's tool format."""
-
     parsed = parse_tool_calls(text, style)
     calls = [(c["function"]["name"], _arguments(c["function"]["arguments"])) for c in parsed.calls]
     return _dump("output", Turn(parsed.content.strip(), calls, None, parsed.error, text.strip()))
@@ -94,7 +93,6 @@ def output_turn(text: str, style: str | None) -> str:
 def completion_turn(raw: str, style: str | None, opened: bool = False, think: tuple[str, str] = ("<think>", "</think>")) -> str:
     """A whole completion (special tokens kept, the stop token aside) as a canonical turn: its answer after any
     reasoning trace, parsed in the family's format. Eval, the ladder and GRPO's tool rewards all call this."""
-
     return output_turn(split_output(raw, opened, think).answer, style)
 
 
@@ -166,7 +164,6 @@ def tool_arguments_match(output: str, reference: str) -> float | None:
 def tool_arguments_valid(output: str, reference: str) -> float | None:
     """1.0 when every call names an offered function and its arguments pass that function's JSON schema; rows where
     the output calls."""
-
     pair = _pair(output, reference)
     if pair is None or not pair[0].called:
         return None
@@ -223,7 +220,6 @@ def per_tool(rows: Sequence[dict[str, float | None]], refs: Sequence[str]) -> di
 
 def references(examples: Sequence[Any]) -> list[str]:
     """The reference of each example: its tool turn when it offers tools or its answer calls one, else its answer."""
-
     out = []
     for e in examples:
         tools = e.extra.get("tools") if isinstance(e.extra.get("tools"), list) else None

@@ -248,7 +248,6 @@ def check(
 ) -> dict[str, Any]:
     """Greedy tokens of the GGUF (reloaded by transformers, its own tokenizer and template) vs the HF folder's, both
     prompted in the run's thinking mode; and whether the template and the family's stop tokens were carried."""
-
     ref_model = models.load_model(str(model_dir), "float32").eval()
     ref_tok = models.load_tokenizer(str(model_dir))
     done = generate.generate_detailed(ref_model, ref_tok, conversations, max_new_tokens, batch_size=1, thinking=thinking)
@@ -285,13 +284,11 @@ def claim_output(out: Path, overwrite: bool) -> tuple[Path, Path]:
 def staging_dir(out: Path) -> Iterator[Path]:
     """A private temp folder beside `out` (random name, mode 0700, so nothing can be planted in it), removed after;
     on a failure, so are the folders made for `out`."""
-
     with new_parents(out), tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent) as stage:
         yield Path(stage)
 
 
 def publish_export(tmp: Path, out: Path, sidecar: Path, lineage: ExportLineage) -> None:
-
     write_text_atomic(sidecar, lineage.model_dump_json(indent=2))
     publish(tmp, out)
     outputs.record_file(out)
@@ -300,7 +297,6 @@ def publish_export(tmp: Path, out: Path, sidecar: Path, lineage: ExportLineage) 
 
 def _source(source: Path, stage: Path) -> tuple[Path, Run | None, dict[str, Any]]:
     """(HF folder to convert, its run when known, the merge's lineage): a run is merged into `stage` first."""
-
     if is_run_dir(source):
         run = load_run(source)
         if not (run.adapter_dir / "adapter_config.json").exists():
@@ -320,7 +316,6 @@ def _source(source: Path, stage: Path) -> tuple[Path, Run | None, dict[str, Any]
 
 def _verified(run: Run, merged: Path, gguf_file: Path, prompts: int, max_new_tokens: int) -> dict[str, Any]:
     """tunesmith verify on the file about to be published (the served path aside); Divergent when a path differs."""
-
     report = verify_files(run, merged, gguf_file, prompts, max_new_tokens)
     if not report.passed:
         raise Divergent(report)

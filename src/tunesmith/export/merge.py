@@ -27,7 +27,6 @@ def _greedy_tokens(
     model: Any, tokenizer: Any, conversations: list[list[dict[str, Any]]], max_new_tokens: int, thinking: bool | None
 ) -> list[list[int]]:
     """Greedy generated ids per conversation, one at a time so no padding differs between the two models."""
-
     done = generate.generate_detailed(model, tokenizer, conversations, max_new_tokens, batch_size=1, thinking=thinking)
     return [c.token_ids for c in done]
 
@@ -80,7 +79,6 @@ def _save(merged: Any, tokenizer: Any, stage: Path, lineage: dict[str, Any], run
 def _same_render(run: Run, folder: Path, n: int, tokenizer: Any) -> None:
     """The saved folder, read back as another runtime reads it, renders the training prompts and stops on the family's
     end-of-turn tokens (verify.folder_parity); Divergent (exit 3) otherwise, and nothing is published."""
-
     ref = reference(run, n, tokenizer)
     found = folder_parity(ref, folder)
     if found:

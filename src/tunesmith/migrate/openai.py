@@ -69,7 +69,6 @@ def _job(
 
 
 def _first_shape(path: Path) -> str:
-
     try:
         with open(path, encoding="utf-8-sig", errors="replace") as fh:
             for line in fh:
@@ -216,7 +215,6 @@ def import_openai(
     overwrite: bool = False,
 ) -> Imported:
     """Read, audit, map and write the project into `out`; returns it with the report and its printed summary."""
-
     if files_dir is not None and not Path(files_dir).is_dir():
         raise DataError(f"--files {files_dir}: not a folder", hint="Give the folder the job's files were downloaded into.")
     extra = openai_graders.load_grader_file(grader_file) if grader_file else []
@@ -300,7 +298,6 @@ def _report(
 def _publish(staging: Path, out: Path, names: list[str], overwrite: bool) -> Path:
     """Claim `out` (new, or made by an earlier import) and move the staged entries in, each over its earlier version
     only once all are in place (an earlier import stays whole until then); recorded in its marker."""
-
     directory = outputs.claim_dir(out, COMMAND, overwrite=overwrite, what="project folder")
     with outputs.replacing(directory, *names) as stage:
         for name in names:

@@ -153,7 +153,6 @@ def _check_formula(formula: str, names: list[str]) -> None:
 def translate(graders: list[tuple[str, dict[str, Any]]], fields: set[str] | None, judge: str | None) -> Translation:
     """Translate (where, grader) pairs; each is validated by tunesmith's own grader loader. `fields`: what a grader
     may read as item.<field> (tunesmith's own item keys and the fields every row has); None: not checked."""
-
     out = Translation()
     for where, g in graders:
         name, kind = (str(g.get("name") or where), str(g.get("type"))) if isinstance(g, dict) else (where, "?")

@@ -63,7 +63,6 @@ def recipe_values(
     graders_file: str | None,
 ) -> dict[str, Any]:
     """The recipe as plain values: `tunesmith init`'s defaults with the job's settings on top."""
-
     values = user_recipe_values(
         name,
         job.method,

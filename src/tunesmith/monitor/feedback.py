@@ -137,7 +137,6 @@ def pair_rows(source: str | Path) -> tuple[list[dict[str, Any]], dict[str, int]]
 
 def write_new(out: str | Path, rows: list[dict[str, Any]], inputs: list[Path]) -> Path:
     """Write rows as JSONL to a path that must not exist yet (atomic; recorded as tunesmith's output)."""
-
     if Path(out).expanduser().exists():  # not even an earlier export of ours: each export is kept
         raise OutputError(f"--out {out} already exists", hint="Choose a new file; an export never replaces one.")
     path = claim_file(out, inputs=inputs, overwrite=False)
@@ -149,7 +148,6 @@ def write_new(out: str | Path, rows: list[dict[str, Any]], inputs: list[Path]) -
 def _read_log(source: str | Path) -> tuple[dict[str, RequestRow], list[FeedbackRow], str, list[Path]]:
     """Requests by id (a rollout's shadow answers apart: no client saw them), feedback, the log's name for messages,
     and its file (none for a database) as an input."""
-
     with RequestLog.open(source) as store:
         requests = {r.request_id: r for r in store.iter_requests() if r.variant != "shadow"}
         return requests, list(store.iter_feedback()), store.location, [store.path] if store.path else []

@@ -167,7 +167,6 @@ def _cycle_dir(serve_dir: Path, started: datetime) -> Path:
 
 
 def _finish(cycle: Cycle, outcome: Outcome, folder: Path, monitor: Any = None) -> Cycle:
-
     cycle.outcome, cycle.exit_code, cycle.finished = outcome, EXIT_CODES[outcome], datetime.now(timezone.utc)
     write_cycle(folder, cycle, monitor)
     return cycle
@@ -198,7 +197,6 @@ def run_cycle(opts: LoopOptions) -> Cycle:
 
 
 def _steps(opts: LoopOptions, folder: Path, cycle: Cycle, out: Path) -> Cycle:
-
     if rollout_path(folder, opts.name).exists() and ro.settle(folder, opts.name).status in ACTIVE:
         decision = ro.check(folder, opts.name, opts.log)
         cycle.rollout, cycle.gates = ro.describe(decision), decision.results
@@ -230,7 +228,6 @@ def _monitor(opts: LoopOptions, folder: Path, served: Any) -> tuple[Any, Any]:
 def _export(opts: LoopOptions, folder: Path, served: Any, cfg: Any) -> tuple[list[dict[str, Any]], dict[str, int], bool]:
     """The rows the log offers in the shape the served run trains on: preference pairs when its training data is
     pairs, else corrections and drifted traffic (monitor --export-retrain's rows)."""
-
     first = next(
         (r.obj for p in served.recipe.data.train if Path(p).is_file() for r in read_records(p) if isinstance(r.obj, dict)), None
     )
@@ -245,7 +242,6 @@ def _export(opts: LoopOptions, folder: Path, served: Any, cfg: Any) -> tuple[lis
 
 def _screen(folder: Path, served: Any, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Rows no earlier cycle tried, screened against the served run's training and eval rows."""
-
     tried = _tried(folder)
     fresh = [r for r, k in zip(rows, row_keys(rows)) if k not in tried]
     training, evaluation = served_data(served)
@@ -270,7 +266,6 @@ def _tried(folder: Path) -> set[str]:
 def _retrain_and_roll_out(
     opts: LoopOptions, folder: Path, cycle: Cycle, out: Path, rows: list[dict[str, Any]], pairs: bool, report: Any
 ) -> Cycle:
-
     out.mkdir(parents=True, exist_ok=True)
     added = write_rows(out / "added.jsonl", rows)
     cycle.added_file = str(added)

@@ -17,7 +17,6 @@ _CLASS = {0: "ok", 3: "bad", 4: "warning", 1: "bad"}  # by exit code
 
 def write_cycle(folder: Path, cycle: Any, monitor: Any = None) -> None:
     """cycle.json and cycle.html (and the drift report when the cycle made one) in the cycle's folder."""
-
     folder.mkdir(parents=True, exist_ok=True)
     if monitor is not None:
         write_report(folder / REPORT_NAME, monitor)

@@ -92,7 +92,6 @@ def next_recipe(
     writing to the next free run folder (<output_dir>-rN). pinned: train on `pinned.train` (those files without the
     served run's held-out rows) + `add`, scored on `pinned.eval` (the served run's held-out rows), so a fresh
     eval_fraction split of the grown data cannot draw a held-out row into training (monitor/contamination.py)."""
-
     old = load_recipe(recipe_path)
     data = old.model_dump(mode="json")
     base = [str(pinned.train)] if pinned is not None else [*old.data.train, *served_train]
@@ -107,7 +106,6 @@ def next_recipe(
 
 def served_run(serve_dir: Path, name: str, recipe_path: str | Path) -> Run:
     """The run served under `name`: the adapter link's target, else the recipe's own (first) run."""
-
     link = adapter_link(serve_dir, name)
     if link.exists():
         return load_run(link)
@@ -118,7 +116,6 @@ def against_served(new: Run, served: Run, report: EvalReport, max_regression: fl
     """The served version answers the new run's held-out prompts (same budget and batch size as its eval, through the
     one scoring path); the new one must score no more than `max_regression` below it on the first primary metric both
     have."""
-
     examples = held_out_examples(new)[: report.n_examples]  # the rows the new run's eval scored, in its order
     convs = [prompt_messages(e.messages) for e in examples]
     refs = [reference(e.messages) for e in examples]
@@ -162,7 +159,6 @@ def promote(serve_dir: Path, name: str, run_dir: Path, previous: Path, added: Pa
     """Point SERVE_DIR/adapters/<name> at run_dir in one atomic rename, recorded before ("pending") and after
     ("promoted"). Refuses to replace anything at that path that is not a link (a folder or file the user put there).
     added: the data the new run added (a file), or what promoted it (a rollout)."""
-
     check_name(name)
     link = adapter_link(serve_dir, name)
     link.parent.mkdir(parents=True, exist_ok=True)

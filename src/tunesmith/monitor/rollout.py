@@ -64,7 +64,6 @@ class Decision:
 def live_gates(options: list[str], reward_model: str | None) -> dict[str, str | float]:
     """The rollout's gates: --gate metric=RULE options (live_* metrics only), else DEFAULT_GATES (plus
     live_reward_delta >= -0.5 with a reward model). RecipeError for a metric the live traffic does not measure."""
-
     parsed: dict[str, str | float] = dict(gates.gate_options(options)) if options else dict(DEFAULT_GATES)
     for name in parsed:
         if registry.ROLLOUT not in registry.metric(name).by:
@@ -76,7 +75,6 @@ def live_gates(options: list[str], reward_model: str | None) -> dict[str, str | 
 
 
 def _link_target(serve_dir: Path, name: str) -> str | None:
-
     link = adapter_link(serve_dir, name)
     return os.path.realpath(link) if link.is_symlink() else None
 
@@ -192,7 +190,6 @@ def check(serve_dir: str | Path, name: str, log_source: str | Path | None = None
 
 def promote_rollout(folder: Path, r: Rollout, reason: str) -> None:
     """promoting -> promotion record pending -> link swap -> promotion record promoted -> promoted."""
-
     link = _link_target(folder, r.name)
     if link not in (r.primary, r.candidate):
         raise RunError(

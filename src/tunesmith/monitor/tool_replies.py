@@ -42,7 +42,6 @@ SCORED = ("tool_call_valid", "tool_arguments_valid")
 def family_at(path: str, is_run: bool) -> Family | None:
     """The chat family of a run folder (as its manifest records it, else its tokenizer's) or of a base model path;
     None when it cannot be read (the request's calls are then not judged)."""
-
     try:
         if is_run:
             run = load_run(path)
@@ -88,7 +87,6 @@ def figures(rows: Sequence[RequestRow]) -> dict[str, float | None]:
 def unjudged(gate: Any, seen: dict[str, dict[str, float]], candidate: str) -> Any:
     """A live tool gate (live_tool_*) with nothing to compare, skipped instead of failed: no request offered tools,
     or one side's replies never called a function (a share of valid calls needs calls). Any other gate as it is."""
-
     if gate.status != "fail" or gate.value is not None or not gate.name.startswith("live_tool_"):
         return gate
     figure = gate.name.removeprefix("live_").removesuffix("_drop")

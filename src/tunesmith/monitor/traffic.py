@@ -48,7 +48,6 @@ def to_traffic(name: str, rows: list[RequestRow], verdicts: dict[str, FeedbackRo
 
 def training_traffic(run: Run) -> tuple[drift.Traffic, bool]:
     """The baseline run's training prompts and answers (its held-out copy when the data files moved); JSON task?"""
-
     files = [f for f in run.recipe.data.train if Path(f).is_file()]
     examples = load_examples(files) if files else held_out_examples(run)
     answered = [e for e in examples if any(m["role"] == "assistant" for m in e.messages)]
@@ -115,7 +114,6 @@ class Windows:
 def read_windows(source: str | Path, window_hours: float, until: datetime | None = None) -> Windows:
     """The rows of the log at `source` (see RequestLog.open) split into the recent and earlier windows (and all rows,
     for the pictures)."""
-
     end = until or datetime.now(timezone.utc)
     end = end if end.tzinfo else end.replace(tzinfo=timezone.utc)
     mid, start = end - timedelta(hours=window_hours), end - timedelta(hours=2 * window_hours)

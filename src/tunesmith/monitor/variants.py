@@ -61,7 +61,6 @@ def compare(
     rows: Sequence[RequestRow], feedback: Sequence[FeedbackRow], reward_model: Any = None, seed: int = 0
 ) -> list[VariantStats]:
     """Per (model, variant): the figures; a candidate also gets output_drift_p against its model's primary."""
-
     verdicts = latest_feedback(list(feedback))
     groups: dict[tuple[str, str], list[RequestRow]] = {}
     for r in rows:

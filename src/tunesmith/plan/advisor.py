@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 def data_shape(recipe: Recipe, tokenizer: Any) -> tuple[list[int], float, int]:
     """Token length of every training row as trained, the share of tokens that are trained (labels), and the
     leading tokens every row has (the system prompt and tool list, typically: speed.shared_prefix runs them once)."""
-
     train, _ = dataset.recipe_examples(recipe)
     rows, stats = tokenize_examples(tokenizer, train, recipe.data.max_length, "truncate", recipe.data.reasoning)
     ids = [r["input_ids"] for r in rows]
@@ -42,7 +41,6 @@ def pass_shape(recipe: Recipe, lengths: list[int], cuda: bool, shared: int = 0) 
     """(rows, tokens per row) of the largest forward/backward pass: rows from speed.micro_batch_tokens; padded, every
     row as long as the longest; padding-free, the longest rows side by side, their `shared` leading tokens run once
     when speed.shared_prefix is on (shared: the leading tokens every training row has)."""
-
     sharing = shares_prefix(recipe, cuda, recipe.training.gradient_checkpointing is True)
     shared = shared if sharing else 0
     rows = micro_batch(recipe, lengths, cuda, shared)
@@ -55,7 +53,6 @@ def pass_shape(recipe: Recipe, lengths: list[int], cuda: bool, shared: int = 0) 
 def _run_share(recipe: Recipe, lengths: list[int], rows: int, cuda: bool, shared: int) -> float:
     """The share of the training tokens the forward passes run: 1, less the shared leading tokens a pass of several
     rows runs once (speed.shared_prefix)."""
-
     if (
         rows < 2
         or batching(recipe) != "padding_free"
@@ -67,7 +64,6 @@ def _run_share(recipe: Recipe, lengths: list[int], rows: int, cuda: bool, shared
 
 
 def _memory(recipe: Recipe, shape: Shape, lengths: list[int], trained: float, cuda: bool, shared: int = 0) -> Memory:
-
     a = recipe.adapter
     rows, seq = pass_shape(recipe, lengths, cuda, shared)
 

@@ -171,7 +171,6 @@ def _row_text(obj: object) -> str:
 
 
 def _jsonl_lines(text: str, path: Path, problems: list[str]) -> list[Line]:
-
     out: list[Line] = []
     for number, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():

@@ -66,7 +66,6 @@ def _gold(obj: dict[str, Any]) -> list[str]:
 
 def load_labelled(path: Path) -> tuple[list[str], list[list[str]], int]:
     """(questions, gold references, rows skipped) from a JSONL file; unreadable rows raise one DataError."""
-
     questions, gold, skipped, bad = [], [], 0, []
     for rec in read_records(path):
         if rec.error or not isinstance(rec.obj, dict):

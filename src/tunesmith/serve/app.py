@@ -250,7 +250,6 @@ def _routes(app: FastAPI, state: ServeState) -> None:
 
     @app.post("/v1/feedback", dependencies=[Depends(user)])
     async def feedback(request: Request) -> dict[str, Any]:
-
         body = parse_body(await read_body(request), FeedbackRequest)
         if state.store is None:
             raise ApiError(400, "this server keeps no request log (started with --no-log)", code="no_request_log")

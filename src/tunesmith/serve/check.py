@@ -77,7 +77,6 @@ def golden_prompts(run: Any) -> list[Golden]:
 
 def _conversations(run: Any) -> dict[str, list[dict[str, str]]]:
     """Eval example id -> the prompt messages eval sent (system turn included); empty when the data moved."""
-
     try:  # the run's own held-out rows: the prompts its eval (and so its golden answers) used
         return {e.id: prompt_messages(e.messages) for e in held_out_examples(run)}
     except (TunesmithError, OSError, ValueError):
@@ -96,7 +95,6 @@ def _ask(client: Any, name: str, conversation: list[dict[str, str]], max_tokens:
 
 def check_adapter(client: Any, served: Any, min_match: float = MIN_MATCH) -> AdapterCheck:
     """Send one adapter's golden prompts through the server and judge the answers."""
-
     out = AdapterCheck(served.name, False)
     if served.template_warning:
         out.reason = served.template_warning

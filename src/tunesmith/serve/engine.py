@@ -105,7 +105,6 @@ class Engine:
         return models.chat_template_hash(self.tokenizer)
 
     def _served_from_run(self, name: str, peft_name: str | None, run: Any) -> ServedModel:
-
         now = self._template_hash()
         warning = None
         if run.template_hash != now:
@@ -132,7 +131,6 @@ class Engine:
         The files are checked before the model is touched, and a load that fails half-way is undone, so a refused
         adapter leaves the served models exactly as they were.
         """
-
         check_name(name)
         path = Path(path)
         with self.lock:
@@ -226,7 +224,6 @@ class Engine:
     def prompt(self, name: str | None, conversation: list[dict[str, Any]], tools: list[Any] | None = None) -> str:
         """The prompt text served model `name` is sent: the one render (eval.generate.prompt_text), in its run's
         thinking mode, with the tools the request offers."""
-
         thinking = self.resolve(name).thinking
         with self._count_lock:
             return prompt_text(self.model, self._count_tokenizer, conversation, thinking, tools)
@@ -241,7 +238,6 @@ class Engine:
     ) -> list[Any]:
         """Completions (tunesmith.eval.generate.Completion) for one group sharing model and sampling parameters;
         tools: per conversation, the tools its request offers."""
-
         with self.activate(name) as served:
             return generate.generate_detailed(
                 self.model,
@@ -261,7 +257,6 @@ class Engine:
         self, name: str, conversation: list[dict[str, Any]], params: Any, cancel: threading.Event, timeout_s: float
     ) -> Iterator[tuple[str, Any]]:
         """Yield (delta, TextStream) pieces of one streamed completion, holding the model for its duration."""
-
         with self.activate(name) as served:
             ts = generate_stream(
                 self.model,
@@ -302,7 +297,6 @@ def load_engine(
     A full fine-tune is served under the run's name as its own base (adapters trained on the original base do not
     fit it). ModelError when the run's name is the base's: clients asking for the base would get the tuned model.
     """
-
     loaded = load_target(target, dtype)
     if loaded.run is not None:
         run = loaded.run

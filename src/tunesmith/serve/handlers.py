@@ -323,7 +323,6 @@ def read_calls(state: Any, call: Call, completion: Any) -> None:
     """The completion's calls (families.tools, in the family's format, special tokens kept); an unparsable call is
     counted and returned as content; a forced tool_choice without its call raises the 422 here. A shadow copy's
     calls are logged, not counted on /metrics (no client asked for them)."""
-
     style = family_of(state.engine.model, state.engine.tokenizer).tools
     raw = split_output(completion.raw, completion.opened, completion.think).answer
     if completion.raw:
@@ -358,7 +357,6 @@ async def _events(state: Any, call: Call) -> AsyncIterator[str]:
 
 async def _stream(state: Any, call: Call, job: Job, first: Any) -> AsyncIterator[str]:
     """SSE chunks from the worker's deltas (`first` already taken); a client that goes away cancels the generation."""
-
     assert job.deltas is not None
     item = first
     # Chat: a reasoning trace streams as `reasoning_content` deltas, the answer as `content` (split as non-streamed).

@@ -40,7 +40,6 @@ class ToolChoice:
 
 def offered_tools(tools: Any) -> list[dict[str, Any]] | None:
     """The request's `tools` in OpenAI's shape (None when none); a 400 naming `tools` when they are not functions."""
-
     if tools is None:
         return None
     try:
@@ -85,7 +84,6 @@ class Reply:
 def read_reply(answer: str, style: str | None, choice: ToolChoice) -> Reply:
     """`answer` (the completion after any trace, special tokens kept) as content and calls; a 422 when a forced
     choice gets no call (or a call to another function)."""
-
     if not choice.parses:
         return Reply(answer)
     parsed = parse_tool_calls(answer, style)
@@ -138,5 +136,4 @@ def logged_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
 
 def tool_error(answer: str, style: str | None) -> str | None:
     """Why the call `answer` opens does not parse (None when it opens none, or it parses)."""
-
     return parse_tool_calls(answer, style).error

@@ -52,7 +52,6 @@ class ModelCache:
         self.lock = threading.Lock()
 
     def get(self, target: Path) -> Any:
-
         key = str(target)
         if key in self._loaded:
             self._loaded.move_to_end(key)
@@ -95,7 +94,6 @@ def stream_reply(
     """SSE: `sources` (when RAG is on), `reasoning` pieces of a trace and `delta` pieces of the answer (split as
     serve splits them), then `done` (finish reason) or `error` (a message). Prompts are rendered in the run's
     thinking mode."""
-
     try:
         with cache.lock:
             loaded = cache.get(target)

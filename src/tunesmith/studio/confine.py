@@ -167,7 +167,6 @@ def _check_rewards(c: _Check, rewards: Any) -> None:
 
 def model_problem(spec: str, files: list[Path], models: list[Path]) -> str | None:
     """Why `spec` may not be a base model launched from the studio (None when it may); the rule of `check_launch`."""
-
     c = _Check(Path.cwd(), [Path(f).resolve() for f in files], [Path(m).resolve() for m in models])
     c.model("model.base", spec, tuple(CATALOG))
     return c.problems[0][1] if c.problems else None

@@ -86,7 +86,6 @@ def validate_recipe(text: str, recipes_dir: Path, files: list[Path], models: lis
     """Parse and validate a recipe edited in the studio. Everything it points at must lie inside the studio's folders
     (`files`: --runs and --data; base models also in `models`) and it may not run code from the form
     (`confine.check_launch`), checked before validation opens any file it names."""
-
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
@@ -101,7 +100,6 @@ class Launcher:
     """Starts and stops training subprocesses; one job record per run folder."""
 
     def __init__(self, studio_dir: Path) -> None:
-
         self.studio_dir = claim_dir(studio_dir, "studio", reuse=True, what="studio folder")
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.command = [sys.executable, "-m", "tunesmith", "train"]  # + RECIPE [--resume]

@@ -129,7 +129,6 @@ class ReviewStore:
 
     @classmethod
     def open(cls, run_dir: Path, create: bool = True) -> ReviewStore:
-
         path = db_path(run_dir)
         if not create:  # an existing review only: nothing is created or changed by opening it
             if not path.is_file():

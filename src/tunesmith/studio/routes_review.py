@@ -27,7 +27,6 @@ def _store(run_dir: Path, create: bool = False) -> review.ReviewStore:
 
 def conversations(run_dir: Path) -> dict[str, list[dict[str, str]]]:
     """Example id -> prompt conversation (system + user turns) of the run's own held-out rows; empty when unreadable."""
-
     try:
         return {ex.id: prompt_messages(ex.messages) for ex in held_out_examples(load_run(run_dir))}
     except (TunesmithError, OSError):

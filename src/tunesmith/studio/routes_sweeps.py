@@ -38,7 +38,6 @@ class SweepRow:
 
 def find_sweeps(roots: Roots, max_depth: int = 4) -> list[Path]:
     """Every folder holding a sweep.json under the run roots (not descending into a sweep or a run)."""
-
     found: list[Path] = []
     for root in roots.dirs:
         for cur, dirs, files in os.walk(root):
@@ -53,7 +52,6 @@ def find_sweeps(roots: Roots, max_depth: int = 4) -> list[Path]:
 
 
 def _row(folder: Path, roots: Roots) -> SweepRow:
-
     row = SweepRow(roots.key(folder), folder)
     try:
         row.report = report.read(folder)
@@ -84,7 +82,6 @@ def sweeps_page(request: Request) -> HTMLResponse:
 
 @router.get("/sweep", response_class=HTMLResponse)
 def sweep_page(request: Request, k: str) -> HTMLResponse:
-
     roots: Roots = request.app.state.roots
     folder = roots.resolve(k)
     if not (folder / SPEC).is_file():

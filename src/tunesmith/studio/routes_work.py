@@ -59,7 +59,6 @@ def _launcher(request: Request) -> launch.Launcher:
 
 def _tokenizer(base: str) -> tuple[Any, str | None]:
     """The base model's tokenizer for the token checks, or (None, why not) when it is not available here."""
-
     try:
         return models.load_tokenizer(models.resolve_base(base)), None
     except (TunesmithError, OSError, ValueError) as exc:
@@ -68,7 +67,6 @@ def _tokenizer(base: str) -> tuple[Any, str | None]:
 
 def field_help() -> list[tuple[str, str]]:
     """(field path, description) for every recipe field, from the recipe's JSON schema."""
-
     schema = Recipe.model_json_schema()
     defs = schema.get("$defs", {})
     out: list[tuple[str, str]] = []
@@ -210,7 +208,6 @@ def chat_page(request: Request, k: str = "") -> HTMLResponse:
 @router.post("/chat/stream")
 def chat_stream(request: Request, body: ChatRequest) -> StreamingResponse:
     """Stream a reply (server-sent events); a malformed body is a 422 naming the field, before anything loads."""
-
     run_dir = resolve_run(request, body.k)
     messages = [m.model_dump() for m in body.messages]
     if messages[-1]["role"] != "user":
@@ -262,7 +259,6 @@ def data_page(
 
 @router.get("/data/row", response_class=HTMLResponse)
 def data_row(request: Request, k: str, line: int) -> HTMLResponse:
-
     path = request.app.state.roots.resolve(k)
     rec = next((r for r in read_records(str(path)) if r.line == line), None)
     if rec is None:
@@ -272,7 +268,6 @@ def data_row(request: Request, k: str, line: int) -> HTMLResponse:
 
 
 def _synth(request: Request, k: str, n: int, create: bool = True) -> Any:
-
     path = request.app.state.roots.resolve(k)
     if not path.is_file():
         raise RunError("not a data file")
@@ -346,7 +341,6 @@ def synth_write(request: Request, k: str = Form(...), n: int = Form(20)) -> HTML
 
 @router.get("/monitor", response_class=HTMLResponse)
 def monitor_page(request: Request, offset: int = 0) -> HTMLResponse:
-
     config = request.app.state.config
     serve_dir, source = config.serve_dir, config.log or (config.serve_dir and Path(config.serve_dir) / DB_NAME)
     if source is None:

@@ -62,7 +62,6 @@ class SynthReview:
 
     def __init__(self, source: Path, studio_dir: Path, sample_size: int = 20, seed: int = 0, create: bool = True) -> None:
         """`create=False` opens an existing review read-only and writes nothing when there is none yet."""
-
         self.source = Path(source).resolve()
         records = {r.line: r.obj for r in read_records(str(self.source)) if isinstance(r.obj, dict)}
         if not records:
@@ -151,7 +150,6 @@ def write_new(folder: Path, stem: str, rows: list[dict[str, Any]]) -> Path:
     The rows are staged whole in a temp file, then hard-linked to the first free name: a link is never made over an
     existing name (not even a symlink), so two writes in the same second, or at the same moment, give two files.
     """
-
     stamp = time.strftime("%Y%m%d-%H%M%S")
     staged = write_rows(folder / f".{stem}-{secrets.token_hex(8)}.staged.jsonl", rows)
     try:

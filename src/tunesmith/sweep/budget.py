@@ -22,7 +22,6 @@ log = logging.getLogger(__name__)
 
 def plan_trial(recipe: Any) -> Any:
     """The planner's estimate (records.Plan) of one trial on this machine; None when the model's config is unreadable."""
-
     try:
         tokenizer = models.load_tokenizer(models.resolve_base(recipe.model.base))
         return advisor.plan(recipe, tokenizer, gpu=advisor.local_gpu())

@@ -133,7 +133,6 @@ def _verdict(report: SweepReport) -> str:
 
 def chart(report: SweepReport, png: Path) -> str:
     """The metric against wall time per trial: saved as PNG, returned as inline SVG."""
-
     fig = htmlkit.figure(7, 4)
     ax = fig.add_subplot()
     for status, marker in (("complete", "o"), ("pruned", "x")):
@@ -157,7 +156,6 @@ def chart(report: SweepReport, png: Path) -> str:
 
 
 def chart_html(report: SweepReport, svg: str) -> str:
-
     table = html.escape(table_text(report))
     return htmlkit.page(
         f"sweep: {report.spec.metric} vs cost",
@@ -168,7 +166,6 @@ def chart_html(report: SweepReport, svg: str) -> str:
 
 def write(out: Path, report: SweepReport, points: list[dict[str, Any]]) -> None:
     """results.json, results.txt, the chart, and best-recipe.yaml once there is a winner (each replaced whole)."""
-
     write_text_atomic(out / RESULTS, report.model_dump_json(indent=1) + "\n")
     write_text_atomic(out / TABLE, table_text(report))
     if any(t.value is not None and t.seconds is not None for t in report.trials):
@@ -185,5 +182,4 @@ def write(out: Path, report: SweepReport, points: list[dict[str, Any]]) -> None:
 
 def read(out: Path) -> SweepReport:
     """results.json of a sweep folder (RunError when unreadable)."""
-
     return read_record(out / RESULTS, SweepReport, 1)

@@ -37,7 +37,6 @@ def new_spec(
     prune: bool,
 ) -> SweepSpec:
     """The sweep's definition, checked: the recipe loads with every point's values; the metric is a registry one."""
-
     recipe = load_recipe(recipe_path, sets)
     for key in grid:
         if key.split(".")[0] in ("output_dir", "name"):
@@ -66,7 +65,6 @@ def new_spec(
 def default_metric(recipe: Any) -> str:
     """eval.select_checkpoint when set; else the first primary metric of the held-out answers (JSON or text); the
     first grader's pass rate, or the reward, for rows without answers."""
-
     if recipe.eval.select_checkpoint:
         return str(recipe.eval.select_checkpoint)
     refs = [reference(e.messages) for e in eval_examples(recipe)]
@@ -82,7 +80,6 @@ def default_metric(recipe: Any) -> str:
 
 def claim(out: Path, wanted: SweepSpec) -> SweepSpec:
     """The sweep folder for this definition: new, or an earlier run of the same sweep (continued)."""
-
     out = outputs.claim_dir(out, COMMAND, reuse=True, what="sweep folder")
     path = out / spec.SPEC
     if not path.exists():

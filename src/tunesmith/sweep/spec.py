@@ -111,7 +111,6 @@ def trial_dir(out: Path, index: int) -> Path:
 
 def trial_recipe(spec: SweepSpec, out: Path, index: int, point: dict[str, Any]) -> Any:
     """The validated recipe of one trial: its own name and output_dir under the sweep folder."""
-
     base = load_recipe(spec.recipe, spec.sets, check_files=False)
     sets = [*overrides(spec, point), f"name={base.name}-trial-{index:02d}", f"output_dir={trial_dir(out, index)}"]
     return load_recipe(spec.recipe, sets)
@@ -120,7 +119,6 @@ def trial_recipe(spec: SweepSpec, out: Path, index: int, point: dict[str, Any]) 
 def best_recipe_text(spec: SweepSpec, point: dict[str, Any], header: str) -> str:
     """The recipe with the winning point's values (and the sweep's --set) applied, resolved (absolute paths, every
     default written out) so it trains from wherever it is saved; its name and output_dir are the recipe's own."""
-
     try:  # preflight also makes custom rewards and teachers absolute
         recipe = load_recipe(spec.recipe, overrides(spec, point))
     except RecipeError:  # its data moved since the trials trained: the report is still written, paths as given

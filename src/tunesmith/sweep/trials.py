@@ -83,7 +83,6 @@ class Pruning:
     when the pruner says the trial is clearly losing."""
 
     def __init__(self, trial: Any, recipe: Any, metric: str):
-
         self.trial, self.recipe, self.metric = trial, recipe, metric
         self.method = methods.get(recipe.method)
         self.base_path = models.resolve_base(recipe.model.base)
@@ -138,7 +137,6 @@ def callback(pruning: Pruning) -> Any:
 
 def prunable(recipe: Any, metric: str) -> bool:
     """Whether checkpoints can be scored on `metric` (per-example metrics, reward, eval_loss, perplexity)."""
-
     m = registry.metric(metric)
     return m.fn is not None or m.name in LOSSES or (m.name == "reward" and methods.get(recipe.method).samples_completions)
 
@@ -158,7 +156,6 @@ def train_trial(recipe: Any, pruning: Pruning | None) -> Any:
 
 def run_trial(study: Any, spec: SweepSpec, index: int, point: dict[str, Any], recipe: Any, planned: Any) -> Any:
     """One trial to the end: trained, pruned or evaluated, told to the study with what the report shows."""
-
     study.enqueue_trial({k: v for k, v in point.items()}, user_attrs={"point": index}, skip_if_exists=False)
     trial = study.ask()
     for key, values in spec.grid.items():

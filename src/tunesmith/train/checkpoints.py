@@ -133,7 +133,6 @@ def fingerprint(recipe: Any) -> dict[str, Any]:
     world_size: processes of all nodes together; with batch_size and grad_accum it makes the global batch, and it
     decides which rows each rank reads, so a resume on fewer or more processes would be neither run.
     """
-
     t = recipe.training
     data = list(recipe.data.train) + ([recipe.data.eval] if recipe.data.eval else [])
     return {

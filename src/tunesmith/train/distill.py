@@ -44,14 +44,12 @@ GENERATED = "distill"  # the run's sub-folder holding the teacher's answers (seq
 
 def load_teacher(spec: str, dtype: str = "auto") -> tuple[Any, Any, str]:
     """(model, tokenizer, description) for a base model spec or a tunesmith run folder (its tuned model)."""
-
     loaded = load_target(spec, dtype)
     return loaded.model, loaded.tokenizer, _described(loaded.run, spec)
 
 
 def describe_teacher(spec: str) -> str:
     """What a teacher spec is, as load_teacher says it, without loading the model."""
-
     return _described(load_run(spec) if is_run_dir(spec) else None, spec)
 
 
@@ -103,7 +101,6 @@ def generate_dataset(recipe: Recipe, out_dir: Path) -> DistillDetails:
 def logit_rows(recipe: Recipe, tokenizer: Any, examples: list[Any]) -> tuple[list[dict[str, Any]], TokenCounts]:
     """GKD rows ({messages}: the prompt, then the answer) within data.max_length (data.lengths.fit_conversation),
     with the manifest's counts. The GKD collator would otherwise cut over-long rows from the left, uncounted."""
-
     d = recipe.data
     rows = [
         {

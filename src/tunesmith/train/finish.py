@@ -79,7 +79,6 @@ def save_adapter(trainer: Any, tokenizer: Any, run_dir: Path) -> Path:
 def save_held_out(recipe: Recipe, method: Method[Any], run_dir: Path) -> HeldOut:
     """Copy the held-out rows this run is scored on (its `method`'s eval_examples) into run_dir/data/eval.jsonl, so
     eval, merge and chat work after the training data moved; returns what the manifest records about the copy."""
-
     examples = method.eval_examples(recipe)
     rows = [{"id": e.id, "messages": e.messages, "source": e.source, **_tools(e)} for e in examples]
     for row, e in zip(rows, examples, strict=True):
@@ -93,7 +92,6 @@ def save_held_out(recipe: Recipe, method: Method[Any], run_dir: Path) -> HeldOut
 def family_record(tokenizer: Any, config: Any, policy: str, counts: Tokens) -> FamilyRecord:
     """The run's chat family (families.describe with the tokenizer's ids) and its thinking mode: on when any trained
     answer carried a trace (a family with a switch), else off; None for a family without one."""
-
     family = families.detect(config, tokenizer)
     modes = (counts.train.thinking_rows if counts.train is not None else {}) or {}
     # No row says (a method that tokenizes no demonstrations): None, the template's own default.

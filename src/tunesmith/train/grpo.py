@@ -50,12 +50,10 @@ class GRPO(Method[GRPOSection]):
 
     def starter_section(self, answers: list[str]) -> dict[str, Any]:
         """Rewards for the data's answers: exact match on the reference, and valid JSON where the answers are JSON."""
-
         exact: dict[str, Any] = {"type": "exact_match", "field": "reference"}
         return {"rewards": ["json_valid", exact] if answers and metrics.references_are_json(answers) else [exact]}
 
     def prepare(self, recipe: Recipe, resume: bool) -> Recipe:
-
         rewards.for_recipe(recipe)  # a broken user reward fails before any model loads
         return recipe
 

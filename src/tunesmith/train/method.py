@@ -110,7 +110,6 @@ class Method(ABC, Generic[S]):
     def held_out_split(self, recipe: Recipe, with_context: bool = True) -> tuple[list[Example], list[Example]]:
         """(train, held-out) examples of the one split training uses (data.dataset.split_rows): the demonstrations.
         with_context: with `rag`, retrieved context in every prompt, as training saw them."""
-
         if with_context:
             return dataset.recipe_examples(recipe)
         return split_examples(recipe.data, recipe.training.seed)
@@ -138,7 +137,6 @@ class Method(ABC, Generic[S]):
 
     def load_model(self, recipe: Recipe, base_path: str, dtype: str | None) -> Any:
         """The model this method trains, before peft wraps it: the causal LM (4-bit for qlora), dtype from the levers."""
-
         return policy.load(recipe, base_path, dtype)
 
     def evaluate(self, run: Any, max_examples: int | None = None, progress: Any = None) -> Any:

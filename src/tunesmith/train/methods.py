@@ -66,7 +66,6 @@ def held_out_split(recipe: Any, with_context: bool = True) -> tuple[list[Any], l
 
 def held_out_examples(run: Run) -> list[Any]:
     """THE held-out set of a finished run (tunesmith.run.held_out_examples, with the run's own method)."""
-
     return runs.held_out_examples(run, get(run.recipe.method))
 
 

@@ -82,7 +82,6 @@ class Reward(Method[RewardSection]):
     def record(self, recipe: Recipe, trainer: Any, final_eval: dict[str, float]) -> RewardDetails:
         """The held-out pairs saved with the run (data/eval_pairs.jsonl, as read from the files with the tools each
         offers, before any length policy: eval scores the pairs as they are), and TRL's final held-out figures."""
-
         _, evaluation = _pair_rows(recipe)
         if dist.is_main_process():
             keys = ("prompt", "chosen", "rejected", "tools", "source")  # tools: JSON text, as pair_tools reads them

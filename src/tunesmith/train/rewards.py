@@ -115,7 +115,6 @@ def turn_reader(tokenizer: Any = None) -> Callable[[Any, Any], str]:
         style, stops = family.tools, set(family.stop_token_ids(tokenizer))
 
     def read(completion: Any, ids: Any = None) -> str:
-
         if isinstance(completion, str) and tool_metrics.parse_turn(completion) is not None:
             return completion
         raw = raw_completion(tokenizer, list(ids), stops) if tokenizer is not None and ids is not None else None
@@ -170,7 +169,6 @@ def make_reward_model(run: str, tokenizer: Any = None) -> RewardFn:
     Each prompt is scored with the tools its row offers (`row_fields`) as its messages (`prompt_messages`, for rows
     TRL receives as rendered text), and a completion on such a row as its tool turn (`turn_reader`, with the
     policy's `tokenizer`): the rendering the reward model was trained on."""
-
     if not is_reward_run(run):
         raise RecipeError([("grpo.rewards", f"{run} is not a finished reward run (train one with method: reward)")])
     read = turn_reader(tokenizer)
@@ -240,7 +238,6 @@ def make_grader(grader: Any, judge_for: Any) -> RewardFn:
     """An eval grader (tunesmith.eval.graders) as a reward: each completion scored with the item eval gives it (the
     row's fields from `row_fields`, its reference, its prompt), by the same definition `tunesmith eval` reports as
     graders.<name>. A completion the grader cannot score gets 0, as in eval; the first such reason is logged."""
-
     failures = [0]
 
     def reward(prompts: list[Any], completions: list[Any], **columns: Any) -> list[float]:
@@ -288,7 +285,6 @@ def build(
 
 
 def _grader_reward(name: str, graders: list[dict[str, Any]], judge: Any) -> RewardFn:
-
     try:
         found = [g for g in load_graders(graders) if g.name == name]
     except ValueError as exc:
@@ -308,7 +304,6 @@ def for_recipe(recipe: Any, tokenizer: Any = None) -> list[RewardFn]:
 def columns(refs: list[str], rows: list[dict[str, Any]] | None) -> dict[str, list[Any]]:
     """The columns GRPO's dataset gives rewards (train.rows.dataset_row), for held-out rows: reference, the rows'
     scalar fields, row_fields."""
-
     per_row = [dataset_row({"prompt": None, "reference": ref, **fields}) for ref, fields in zip(refs, rows or [{}] * len(refs))]
     keys = list(dict.fromkeys(k for row in per_row for k in row if k != "prompt"))
     return {k: [row.get(k) for row in per_row] for k in keys}

@@ -130,7 +130,6 @@ def apply_length_policy(
 ) -> tuple[list[dict[str, Any]], TokenCounts]:
     """The rows that fit data.max_length under data.overlong (data.lengths), truncated ones rewritten, with the
     manifest's counts. Policy `error` raises one DataError at the first row over."""
-
     counts = TokenCounts(examples=len(rows), max_length=data.max_length, overlong=data.overlong, measured_as=measured_as)
     kept = []
     for row in rows:
@@ -173,7 +172,6 @@ def split_rows(
     data: DataSection, seed: int, normalise: Callable[[Any], dict[str, Any]]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Train and eval rows (data.dataset.split_rows, the one split), each tagged with its file:line."""
-
     return split(data, seed, lambda rec: {**normalise(rec.obj), "source": rec.where})
 
 

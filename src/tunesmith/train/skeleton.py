@@ -77,7 +77,6 @@ def build(recipe: Recipe, method: Method[Any], resume: bool = False, force: bool
 
 def _plan(recipe: Recipe, data: Datasets, shared: int = 0) -> Any:
     """The planner's estimate for this run on this machine, from the rows already tokenized (their lengths)."""
-
     counts = data.counts.train
     trained = counts.trained_tokens / max(counts.tokens, 1) if counts is not None else 0.0
     try:  # every process of every node shares the steps: the time is that of world_size devices

@@ -41,7 +41,6 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_KERNEL_CACHE)
 def cpu_has_bf16() -> bool:
     """True on CPUs with native bf16 dot products (AVX512-BF16 or AMX) that oneDNN may use (train/hardware.py: its
     ISA cap ONEDNN_MAX_CPU_ISA, when set below them, makes this machine a CPU without bf16 units)."""
-
     return hardware.bf16_units()
 
 

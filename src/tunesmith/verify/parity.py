@@ -22,7 +22,6 @@ from tunesmith.verify.served import served_path
 
 def _gguf_for(report: Report, merged: Path | None, stage: Path) -> Path | None:
     """A temporary f16 GGUF of the merged folder (None, with the reason reported, when it cannot be made)."""
-
     if merged is None:
         report.skip("gguf", "no merged model to convert")
         return None
@@ -49,7 +48,6 @@ def verify(
     """Every path of `run` against the reference (see the module docstring). Without `merged` an adapter run is
     merged into a temporary folder; without `gguf_file` that folder is converted to a temporary f16 GGUF where
     llama.cpp's converter supports it (otherwise the GGUF path is skipped, with the refusal as its reason)."""
-
     ref, report = start(run, prompts, max_new_tokens)
     with tempfile.TemporaryDirectory(prefix="tunesmith-verify-") as tmp:
         stage = Path(tmp)

@@ -42,7 +42,6 @@ class Reference:
 def training_prompt(tokenizer: Any, example: Any, policy: str, thinking: bool | None) -> str:
     """The text training put before a held-out row's last answer (its tools and data.reasoning), in the run's thinking
     mode; a row trained in the other mode (or whose last answer was not trained) gets render_prompt in the run's."""
-
     tools = example.extra.get("tools")
     rendered = render_turns(tokenizer, example.messages, policy=policy, tools=tools)
     if rendered.spans and rendered.thinking == thinking:
@@ -52,7 +51,6 @@ def training_prompt(tokenizer: Any, example: Any, policy: str, thinking: bool | 
 
 def reference(run: Any, n: int, tokenizer: Any | None = None) -> Reference:
     """The reference prompts and stop tokens of a run's first `n` held-out rows (no model is loaded)."""
-
     tok = tokenizer or models.load_tokenizer(str(run.adapter_dir))
     examples = held_out_examples(run)[:n]
     thinking = run_thinking(run)
@@ -85,7 +83,6 @@ def _tokens(path: str, ref: Reference, done: list[Any], tokenizer: Any, blocking
 def adapter_path(run: Any, ref: Reference, max_new_tokens: int) -> list[Divergence]:
     """The run's adapter in transformers (what eval scored): its prompts and stops; its greedy tokens become the
     reference for the other paths."""
-
     loaded = load_run_model(run)
     found = compare_prompts(
         "adapter", ref, [prompt_text(loaded.model, loaded.tokenizer, c, ref.thinking) for c in ref.convs], loaded.tokenizer
@@ -110,7 +107,6 @@ def _config_stops(folder: Path) -> list[int]:
 
 def folder_parity(ref: Reference, folder: Path, path: str = "merged") -> list[Divergence]:
     """A model folder's own template and generation_config against the reference: prompt bytes, stop tokens."""
-
     tok = models.load_tokenizer(str(folder))
     family = families.detect(models.read_config(str(folder)), tok)
     prompts = [render_prompt(tok, c, thinking=ref.thinking, family=family, tools=t) for c, t in zip(ref.convs, ref.tools)]
@@ -119,7 +115,6 @@ def folder_parity(ref: Reference, folder: Path, path: str = "merged") -> list[Di
 
 def merged_path(ref: Reference, folder: Path, max_new_tokens: int) -> list[Divergence]:
     """The merged folder as another runtime reads it, and its greedy tokens."""
-
     found = folder_parity(ref, folder)
     model = models.load_model(str(folder), "float32").eval()
     return found + _tokens("merged", ref, _greedy(model, models.load_tokenizer(str(folder)), ref, max_new_tokens), ref.tokenizer)
@@ -128,7 +123,6 @@ def merged_path(ref: Reference, folder: Path, max_new_tokens: int) -> list[Diver
 def gguf_path(ref: Reference, gguf_file: Path, max_new_tokens: int) -> list[Divergence]:
     """The GGUF reloaded by transformers: its embedded template, its stop keys, its greedy tokens (identical for
     f16/bf16/f32 files, reported for quantized ones)."""
-
     model, tok = models.load_gguf(gguf_file)
     family = families.detect(model.config, tok)
     prompts = [render_prompt(tok, c, thinking=ref.thinking, family=family, tools=t) for c, t in zip(ref.convs, ref.tools)]
@@ -149,7 +143,6 @@ def exact_file(gguf_file: Path) -> bool:
 def engine_parity(engine: Any, n: int = DEFAULT_PROMPTS) -> list[Divergence]:
     """`serve --check`: every served run's prompts as the engine renders them, and the engine's stop tokens, against
     its run's training render (no generation: the deploy check compares the answers)."""
-
     found: list[Divergence] = []
     for served in engine.models.values():
         if not served.run:
