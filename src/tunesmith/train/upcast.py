@@ -6,6 +6,11 @@ linear layers are frozen: stored in bf16 they take half, and each is cast back t
 forward and again in the backward (the autograd function saves the bf16 weight, not the fp32 copy). The embeddings
 (the tied LM head) and the norms stay fp32. The model then computes exactly what the fp32 model computes with its
 weights rounded to bf16 (tests/unit/test_compact.py), the rounding bf16 autocast applies to every matmul anyway.
+
+An fp32 checkpoint loads without a copy: every fp32 tensor is a view of the safetensors file mapped into memory, so
+converting the linears reads the whole file into the process's resident pages. The tensors left in fp32 are then
+copied out of the mapping, which closes it: otherwise it stays open for the embeddings' sake and the pages the
+conversion read stay resident (SmolLM2-135M: 415 MB of the file, 308 MB net of the embeddings' copy).
 """
 
 from __future__ import annotations
@@ -56,4 +61,9 @@ def install(model: Any) -> int:
             module.weight.data = module.weight.data.to(torch.bfloat16)
             module.forward = types.MethodType(_forward, module)  # type: ignore[method-assign]  # this instance only
             count += 1
+    seen: set[int] = set()
+    for tensor in [*model.parameters(), *model.buffers()]:  # what still views the checkpoint's mapping, if anything
+        if id(tensor) not in seen and tensor.dtype != torch.bfloat16:
+            seen.add(id(tensor))
+            tensor.data = tensor.data.clone()  # the same Parameter object: tied weights stay tied
     return count
