@@ -214,18 +214,25 @@ def test_compile_keeps_the_loss_curve(tiny_recipe):
     assert max(abs(a - b) / a for a, b in zip(eager, compiled)) < 1e-3
 
 
-def test_micro_batch_follows_the_token_budget(tiny_recipe):
+def test_micro_batch_follows_the_token_budget(tiny_recipe, monkeypatch):
     """speed.micro_batch_tokens: the largest divisor of batch_size whose rows x mean row length fit the budget (at
-    least one row); auto = 256 tokens on CPU and no split on CUDA; never with group_by_length batching."""
+    least one row); auto = 256 tokens on a CPU training in bf16, 512 on one training in fp32, and no split on CUDA;
+    never with group_by_length batching."""
     from tunesmith.config import load_recipe
     from tunesmith.train import speed
 
-    def rows(budget="auto", batch=4, mean=240, cuda=False, packing="auto", **sections):
-        levers = {"micro_batch_tokens": budget, "packing": packing}
+    monkeypatch.setattr(speed, "cpu_has_bf16", lambda: True)
+
+    def rows(budget="auto", batch=4, mean=240, cuda=False, packing="auto", precision="auto", **sections):
+        levers = {"micro_batch_tokens": budget, "packing": packing, "precision": precision}
         recipe = load_recipe(tiny_recipe(speed=levers, training={"batch_size": batch}, **sections))
         return speed.micro_batch(recipe, [mean - 10, mean + 10], cuda)
 
-    assert speed.CPU_MICRO_BATCH_TOKENS == 256
+    assert speed.CPU_MICRO_BATCH_TOKENS == 256 and speed.CPU_FP32_MICRO_BATCH_TOKENS == 512
+    assert rows(precision="fp32") == 2 and rows(mean=300, precision="fp32") == 1
+    monkeypatch.setattr(speed, "cpu_has_bf16", lambda: False)  # a CPU without bf16 units trains in fp32
+    assert rows() == 2 and rows(mean=100) == 4 and rows(precision="bf16") == 1
+    monkeypatch.setattr(speed, "cpu_has_bf16", lambda: True)
     assert rows() == 1 and rows(mean=100) == 2 and rows(mean=60) == 4 and rows(mean=300) == 1
     assert rows(batch=6, mean=100) == 2 and rows(batch=6, mean=80) == 3  # divisors of 6: 1, 2, 3, 6
     assert rows(cuda=True) == 4 and rows("off") == 4 and rows(1000) == 4 and rows(500, cuda=True) == 2
