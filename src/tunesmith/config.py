@@ -394,7 +394,7 @@ class SpeedSection(Section):
         "expected length (rows x the mean training row) exceeds it runs as several passes of whole rows, the largest "
         "divisor of batch_size that fits (at least one row), and their gradients are accumulated before the optimizer "
         "step: the same rows, the same gradient, the same steps, less memory. auto on CPU = 256 when training in bf16 "
-        "(there a pass of one ~240-token row ran as fast as whole 944-token batches at 0.7x the memory) and 512 in fp32 "
+        "(there a pass of one ~240-token row ran as fast as whole 944-token batches at 0.7x the memory) and 640 in fp32 "
         "(a CPU without bf16 units: two such rows a pass kept its steps steady and fast where one did not; "
         "docs/benchmarks.md), off on CUDA "
         "(a GPU wants long passes; the planner and gradient checkpointing handle its memory). Under "

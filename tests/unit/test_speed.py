@@ -228,10 +228,10 @@ def test_micro_batch_follows_the_token_budget(tiny_recipe, monkeypatch):
         recipe = load_recipe(tiny_recipe(speed=levers, training={"batch_size": batch}, **sections))
         return speed.micro_batch(recipe, [mean - 10, mean + 10], cuda)
 
-    assert speed.CPU_MICRO_BATCH_TOKENS == 256 and speed.CPU_FP32_MICRO_BATCH_TOKENS == 512
-    assert rows(precision="fp32") == 2 and rows(mean=300, precision="fp32") == 1
+    assert speed.CPU_MICRO_BATCH_TOKENS == 256 and speed.CPU_FP32_MICRO_BATCH_TOKENS == 640
+    assert rows(precision="fp32") == 2 and rows(mean=300, precision="fp32") == 2 and rows(mean=400, precision="fp32") == 1
     monkeypatch.setattr(speed, "cpu_has_bf16", lambda: False)  # a CPU without bf16 units trains in fp32
-    assert rows() == 2 and rows(mean=100) == 4 and rows(precision="bf16") == 1
+    assert rows() == 2 and rows(mean=150) == 4 and rows(precision="bf16") == 1
     monkeypatch.setattr(speed, "cpu_has_bf16", lambda: True)
     assert rows() == 1 and rows(mean=100) == 2 and rows(mean=60) == 4 and rows(mean=300) == 1
     assert rows(batch=6, mean=100) == 2 and rows(batch=6, mean=80) == 3  # divisors of 6: 1, 2, 3, 6

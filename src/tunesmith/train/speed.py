@@ -115,10 +115,12 @@ def weights_dtype(recipe: Recipe, bf16: bool, frozen: bool | None = None) -> str
 # speed.micro_batch_tokens auto on CPU. Measured on the benchmark (demo rows of ~240 tokens, batch 4). bf16 units:
 # one row per pass 454 tokens/s at 1,833 MB, two rows 506 at 2,082 MB, the whole batch (944 tokens) 424 at 2,488 MB.
 CPU_MICRO_BATCH_TOKENS = 256
-# fp32 training (a CPU without bf16 units, speed.frozen_bf16 on): a ~240-row pass multiplies each freshly cast weight
-# by too few rows to keep the cores fed. Capped at AVX2: one row a pass ran 4.3 s a step in some processes and 6.0-6.2
-# s in others; two rows 4.2-4.5 s in every one, at +310 MB (1,474 -> 1,783 MB peak, docs/benchmarks.md).
-CPU_FP32_MICRO_BATCH_TOKENS = 512
+# fp32 training (a CPU without bf16 units, speed.frozen_bf16 on): a ~240-token pass multiplies each freshly cast
+# weight by too few rows to keep the cores fed. Capped at AVX2, demo rows (~165 own tokens after the shared prefix):
+# one row a pass ran 4.3 s a step in some processes and 6.0-6.2 s in others; two rows 4.2-4.5 s in every one, at
+# +310 MB (1,474 -> 1,783 MB peak). The mixed-length rows (~280 own tokens) take two a pass at 640: 6.1 s a step
+# against 7.0 s one at a time, at 2,511 MB against 2,035 (docs/benchmarks.md).
+CPU_FP32_MICRO_BATCH_TOKENS = 640
 
 
 def batching(recipe: Recipe) -> str:
@@ -130,7 +132,7 @@ def batching(recipe: Recipe) -> str:
 
 def micro_batch(recipe: Recipe, lengths: list[int] | None, cuda: bool, shared: int = 0) -> int:
     """Rows per forward/backward pass (speed.micro_batch_tokens resolved): the largest divisor of training.batch_size
-    whose expected tokens fit the budget (auto on CPU: 256 tokens in bf16, 512 in fp32), at least 1; the whole batch
+    whose expected tokens fit the budget (auto on CPU: 256 tokens in bf16, 640 in fp32), at least 1; the whole batch
     when there is no budget (auto on CUDA, off), no
     lengths, or group_by_length batching (its sampler groups by micro-batch, so a split would change which rows share
     a step). Expected tokens: rows x the mean of `lengths`; under speed.shared_prefix (pass `shared` > 0) the
