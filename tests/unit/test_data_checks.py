@@ -164,6 +164,8 @@ DATASET_CODES = {
 # a warning about a row the family template renders (tests/unit/test_tools_data.py, the ChatML family's tiny model).
 FAMILY_CODES = {"empty_trace_trained", "tool_result_trained", "whitespace_only_trained", "packed_rows_attend"}
 FAMILY_CODES |= {"tool_content_and_calls"}
+# Under a method that trains on answers (test_a_prompt_without_an_answer_is_dropped_..., below).
+METHOD_CODES = {"no_answer"}
 
 
 def write(path: Path, rows: list) -> Path:
@@ -176,7 +178,7 @@ def codes(findings: list[Finding]) -> set[str]:
 
 
 def test_every_code_has_a_trigger():
-    assert set(ROW_TRIGGERS) | DATASET_CODES | FAMILY_CODES == set(CODES)
+    assert set(ROW_TRIGGERS) | DATASET_CODES | FAMILY_CODES | METHOD_CODES == set(CODES)
 
 
 def test_clean_file_gives_no_findings(tmp_path, tok):
@@ -313,3 +315,35 @@ def test_docs_table_lists_every_code():
     doc = (Path(__file__).parents[2] / "docs" / "data.md").read_text(encoding="utf-8")
     missing = [code for code in CODES if f"`{code}`" not in doc]
     assert not missing, missing
+
+
+def test_a_prompt_without_an_answer_is_dropped_and_counted_under_a_method_that_trains_answers(tmp_path, tiny_model_dir):
+    """SFT and DPO train on answers: a prompt-only training row trains nothing, so the check says which row and drops
+    it as training does (before, it counted as usable, with no finding). GRPO samples its answers: the same rows are
+    its data. Held-out prompts without answers are scored without a reference, so the eval file is not flagged."""
+    from typer.testing import CliRunner
+
+    from helpers import chat_rows
+    from tunesmith.cli import app
+
+    rows = [json.dumps(r) for r in chat_rows(12, seed=1)]
+    prompt = json.dumps({"prompt": [{"role": "user", "content": "What is the capital of France?"}]})
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join([*rows[:3], prompt, *rows[3:7], prompt.replace("France", "Peru"), *rows[7:]]) + "\n")
+    held_out = tmp_path / "eval.jsonl"
+    held_out.write_text("\n".join([prompt, *rows[:3]]) + "\n")
+
+    def check(method: str) -> dict:
+        args = ["data", "check", str(train), "--eval", str(held_out), "--model", str(tiny_model_dir), "--json"]
+        res = CliRunner().invoke(app, [*args, "--method", method])
+        assert res.exception is None or isinstance(res.exception, SystemExit), res.output
+        return json.loads(res.output)
+
+    for method in ("sft", "dpo"):
+        report = check(method)
+        found = [(f["code"], f["file"], f["line"]) for f in report["findings"] if f["code"] == "no_answer"]
+        assert found == [("no_answer", str(train), 4), ("no_answer", str(train), 9)], method
+        assert report["stats"]["tokens"]["dropped_no_trained_tokens"] == 2
+    grpo = check("grpo")
+    assert not [f for f in grpo["findings"] if f["code"] == "no_answer"]
+    assert grpo["stats"]["tokens"]["dropped_no_trained_tokens"] == 0

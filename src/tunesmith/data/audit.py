@@ -28,6 +28,7 @@ from tunesmith.data.checks import (
     last_answer,
     looks_like_refusal,
     row_tools,
+    unanswered,
 )
 from tunesmith.data.formats import read_records
 from tunesmith.data.reasoning import sources
@@ -143,14 +144,24 @@ class TokenPass:
 
 
 def _token_pass(
-    rows: Rows, tokenizer: Any, max_length: int | None, overlong: str, method: Method[Any] | None, room: int, reasoning: str
+    rows: Rows,
+    tokenizer: Any,
+    max_length: int | None,
+    overlong: str,
+    method: Method[Any] | None,
+    room: int,
+    reasoning: str,
+    training: bool = True,
 ) -> TokenPass:
+    """training: these are training rows (a prompt-only row without an answer to train is dropped, `no_answer`); the
+    held-out rows may be prompts alone (scored without a reference)."""
     from tunesmith.data.show import show_messages
 
     out = TokenPass()
     flagged = 0
     for row in rows.rows:
-        info, found = check_tokens(row, tokenizer, max_length, overlong, method, room, reasoning)
+        dropped = unanswered(row, method) if training else None
+        info, found = dropped or check_tokens(row, tokenizer, max_length, overlong, method, room, reasoning)
         out.infos.append(info)
         out.counts.update(info.counts)
         rows.findings.extend(found)
@@ -313,7 +324,7 @@ def audit(
         st["tokens"]["turns"] = {k: v for k, v in sorted(passed.counts.items()) if "turn" in k and v}
         report.lengths = {"total": [i.total for i in infos], "assistant": [i.assistant for i in infos]}
         if ev.rows:
-            ev_infos = _token_pass(ev, tokenizer, max_length, overlong, method, completion_budget, reasoning).infos
+            ev_infos = _token_pass(ev, tokenizer, max_length, overlong, method, completion_budget, reasoning, False).infos
             st["eval_tokens"] = _token_stats(ev_infos, max_length, tokenizer, method)
         if (traces := _reasoning_stats(tr, passed.counts, reasoning)) is not None:
             st["reasoning"] = traces

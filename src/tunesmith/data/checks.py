@@ -75,6 +75,7 @@ CODES: dict[str, tuple[str, str]] = {
     "over_max_length": (WARNING, "longer than max_length: dropped or truncated per policy (an error with policy `error`)"),
     "truncated_no_trained_tokens": (WARNING, "truncation removes every trained token: the row is dropped"),
     "all_labels_masked": (WARNING, "no token is trained (every assistant turn has weight 0): the row is dropped"),
+    "no_answer": (WARNING, "a prompt with no answer, under a method that trains on answers (sft, dpo): the row is dropped"),
     "eos_not_trained": (
         WARNING,
         "the end-of-turn token (the chat family's: <|im_end|>, <|eot_id|>, <end_of_turn>, <|end|>, ...; the EOS for an "
@@ -260,6 +261,15 @@ def _fit_tokens(row: Row, fit: Fit, max_length: int | None, overlong: str, what:
             )
         ]
     return info, [finding("over_max_length", row.file, row.line, f"{over}: truncated, {fit.tokens_lost} tokens lost")]
+
+
+def unanswered(row: Row, method: Method[Any] | None) -> tuple[TokenInfo, list[Finding]] | None:
+    """A prompt-only training row under a method that trains on answers: training drops it, so the check drops it too
+    and says so (None: the row is not one)."""
+    if method is None or not method.needs_answers or row.trained:
+        return None
+    text = f"a prompt with no answer: {method.name} trains on {method.row_shape}; dropped"
+    return TokenInfo(0, 0, dropped="no_trained_tokens"), [finding("no_answer", row.file, row.line, text)]
 
 
 def check_tokens(

@@ -123,6 +123,7 @@ class Distill(Method[DistillSection]):
     reference = "the teacher's answer (sequence) or the demonstration's (logits)"
     no_reference = "none yet: the teacher writes the answers when the run trains"
     init_from_data = False  # needs a teacher, which the data cannot suggest
+    needs_answers = False  # sequence: the teacher answers each prompt
 
     def generates(self, recipe: Recipe) -> bool:
         d = self.settings(recipe)

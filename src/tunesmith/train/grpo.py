@@ -37,6 +37,7 @@ class GRPO(Method[GRPOSection]):
     reference = "the reference answer of each held-out prompt (its `reference` column or its answer)"
     no_reference = "none: prompt-only rows are scored by the run's GRPO rewards (metric `reward`)"
     samples_completions = True
+    needs_answers = False
     scores_labels = True
 
     def completion_room(self, recipe: Recipe | None) -> int:

@@ -73,6 +73,9 @@ class Method(ABC, Generic[S]):
     # what reports say when the held-out rows carry no answer at all
     no_reference: ClassVar[str] = "none: the held-out rows have no answers, so no reference metric applies"
     samples_completions: ClassVar[bool] = False  # learns from completions it samples: no fixed answer is trained
+    # every row must carry the answer it trains on: a prompt-only row is dropped with a `no_answer` finding (GRPO
+    # samples its answers, distillation's teacher writes them)
+    needs_answers: ClassVar[bool] = True
     packs_rows: ClassVar[bool] = False  # SFT's levers: packing, varlen attention, labelled logits, micro-batches, plan
     liger: ClassVar[bool] = False  # Liger's kernels apply (TRL's other trainers swap in Liger's own losses)
     scores_labels: ClassVar[bool] = False  # its loss scores labelled positions through TRL's fused LM head (labelled logits)
