@@ -421,3 +421,28 @@ def test_tokenize_once(tiny_recipe, tiny_model_dir):
         again.n_tokens,
         again.tokens_lost,
     )
+
+
+def test_onednn_kernel_cache_is_bounded_before_the_first_rate_probe():
+    """oneDNN reads its cache bound when it creates its first kernel: a matmul-rate probe that ran before the bound
+    was set (the benchmark's, before anything imported train/speed.py) left training holding 270 MB more. The bound
+    comes with the module that probes; a value the user exported is kept."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os\nfrom tunesmith.train import hardware\n"
+        "print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])\nhardware.gemm_gflops('float32', n=64, seconds=0.01)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["32"]
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "7"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.split() == ["7"]

@@ -19,6 +19,17 @@ import re
 from pathlib import Path
 from typing import Any
 
+# oneDNN (torch's CPU bf16 matmuls) caches a compiled kernel per matmul shape, 1,024 of them by default. Padding-free
+# batches change the token count every step, so that cache fills with kernels for shapes that never recur: resident
+# memory crept up ~10 MB per step on the benchmark with whole batches; 64 kept the step time. With one-row passes a
+# plain torch loop still held ~830 MB of heap at 64 and 524-545 MB at 32 in the same time (3x slower at 0), so the
+# bound is 32 (docs/benchmarks.md). oneDNN reads this when it creates its first kernel, so it is set when this module is
+# imported: before the first probe of the matmul rate (the planner's, the demo's sizing, the benchmark's) and before any
+# model loads. Set later, after a probe had created oneDNN's cache, training held 270 MB more (bf16 CPU, demo rows,
+# tcmalloc: 1,364 against 1,095 MB allocated at the peak). A value the user exported is kept.
+ONEDNN_KERNEL_CACHE = "32"
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_KERNEL_CACHE)
+
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA values) under which it has no native bf16 dot product.
 NO_BF16_CAPS = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"})
 # /proc/cpuinfo flags the benchmarks report: vector width, and the units that multiply bf16.

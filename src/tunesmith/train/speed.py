@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -28,14 +27,7 @@ __all__ = ["Speed", "for_method", "resolve", "resolve_padded", "uses_bf16", "wei
 
 log = logging.getLogger(__name__)
 
-# oneDNN (torch's CPU bf16 matmuls) caches a compiled kernel per matmul shape, 1,024 of them by default. Padding-free
-# batches change the token count every step, so that cache fills with kernels for shapes that never recur: resident
-# memory crept up ~10 MB per step on the benchmark with whole batches; 64 kept the step time. With one-row passes a
-# plain torch loop still held ~830 MB of heap at 64 and 524-545 MB at 32 in the same time (3x slower at 0), so the
-# bound is 32 (docs/benchmarks.md). oneDNN reads this when it creates its first kernel, so it is set on import, before
-# any model loads; a value the user exported is kept.
-ONEDNN_KERNEL_CACHE = "32"
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_KERNEL_CACHE)
+# oneDNN's kernel cache is bounded where the matmul rate is probed, on import: train/hardware.py (ONEDNN_KERNEL_CACHE).
 
 
 def cpu_has_bf16() -> bool:
