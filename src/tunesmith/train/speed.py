@@ -110,8 +110,8 @@ CPU_MICRO_BATCH_TOKENS = 256
 # fp32 training (a CPU without bf16 units, speed.frozen_bf16 on): a ~240-token pass multiplies each freshly cast
 # weight by too few rows to keep the cores fed. Capped at AVX2, demo rows (~165 own tokens after the shared prefix):
 # one row a pass ran 4.3 s a step in some processes and 6.0-6.2 s in others; two rows 3.5-4.6 s (most 4.2-4.5) in
-# every one, at +310 MB (1,474 -> 1,783 MB peak). The mixed-length rows (~280 own tokens) take two a pass at 640: 6.1 s a step
-# against 7.0 s one at a time, at 2,511 MB against 2,035 (docs/benchmarks.md).
+# every one, at +310 MB (1,474 -> 1,783 MB peak). The mixed-length rows (~280 own tokens) take two a pass at 640:
+# 6.1 s a step against 7.0 s one at a time, at 2,511 MB against 2,035 (docs/benchmarks.md).
 CPU_FP32_MICRO_BATCH_TOKENS = 640
 
 

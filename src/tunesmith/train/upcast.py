@@ -61,9 +61,8 @@ def install(model: Any) -> int:
             module.weight.data = module.weight.data.to(torch.bfloat16)
             module.forward = types.MethodType(_forward, module)  # type: ignore[method-assign]  # this instance only
             count += 1
-    seen: set[int] = set()
-    for tensor in [*model.parameters(), *model.buffers()]:  # what still views the checkpoint's mapping, if anything
-        if id(tensor) not in seen and tensor.dtype != torch.bfloat16:
-            seen.add(id(tensor))
+    # what still views the checkpoint's mapping, if anything (each tensor once: tied weights are listed once)
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.dtype != torch.bfloat16:
             tensor.data = tensor.data.clone()  # the same Parameter object: tied weights stay tied
     return count
